@@ -1,0 +1,30 @@
+//! Quartermaster's scheduling core: the domain model and every scheduling policy, as pure
+//! functions.
+//!
+//! - [`ClusterState`] holds nodes, the team tree, jobs and their allocations.
+//! - [`apply`] is the only way it changes: one [`Event`] at a time, checked first, so a
+//!   refused event changes nothing.
+//! - [`plan`] is a pure function of the state and the time: the same inputs give the same
+//!   [`Plan`], byte for byte.
+//!
+//! This crate knows nothing about HTTP, SQL, files, threads or the clock: time is an argument.
+
+pub mod error;
+pub mod model;
+pub mod plan;
+pub mod state;
+pub mod teams;
+pub mod testkit;
+mod validate;
+
+pub use error::ApplyError;
+pub use model::*;
+pub use plan::{
+    plan, IdleAction, IdleNotice, PendingJob, Plan, Reason, Reservation, Start, StopOrder,
+    TeamStanding,
+};
+pub use state::{
+    apply, Admission, ClusterState, Event, Hold, Job, JobState, Node, StopCause, TaskPlacement,
+    Team,
+};
+pub use validate::MAX_TASKS;

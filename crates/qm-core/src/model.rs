@@ -1,0 +1,321 @@
+//! The domain model: nodes, jobs, teams and the scheduler's configuration.
+//!
+//! Everything here is plain data with serde derives, so that the simulator, the store and the
+//! wire protocol can carry it unchanged. GPU amounts are counted internally in milli-GPUs
+//! (1 whole GPU = 1000), so whole and fractional requests share one unit.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Seconds on the caller's clock. The core never reads a clock: every event and every plan
+/// carries the time it happens at.
+pub type Secs = u64;
+
+/// Milli-GPUs in one whole GPU.
+pub const MILLI_PER_GPU: u32 = 1000;
+
+/// A node's identity, chosen by the caller (the server or the simulator).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct NodeId(pub u32);
+
+/// A job's identity, chosen by the caller. Lower ids are older jobs.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node#{}", self.0)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job#{}", self.0)
+    }
+}
+
+/// Whether a node takes new work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Takes new tasks.
+    #[default]
+    Ready,
+    /// Keeps what runs there, takes nothing new.
+    Draining,
+    /// Unreachable: what ran there has been requeued.
+    Down,
+}
+
+/// A node as it registers: whole GPUs of one model plus CPU and memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub name: String,
+    pub gpus: u32,
+    pub gpu_model: String,
+    pub gpu_mem_mib: u64,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Outermost domain first, e.g. `["pod-2", "rack-17"]`.
+    #[serde(default)]
+    pub topology: Vec<String>,
+}
+
+/// What one task asks of GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuAsk {
+    /// Whole GPUs, exclusively.
+    Whole(u32),
+    /// A share of one GPU, in milli-GPUs (1..=1000); other shares may sit on the same GPU.
+    Milli(u32),
+}
+
+impl GpuAsk {
+    /// Milli-GPUs one task takes.
+    pub fn milli(self) -> u64 {
+        match self {
+            GpuAsk::Whole(n) => u64::from(n) * u64::from(MILLI_PER_GPU),
+            GpuAsk::Milli(m) => u64::from(m),
+        }
+    }
+}
+
+/// What a job asks for and how it may be treated. Submitted once, never changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub id: JobId,
+    #[serde(default)]
+    pub name: String,
+    pub team: String,
+    #[serde(default)]
+    pub user: String,
+    /// Higher runs first within the same admission class.
+    #[serde(default)]
+    pub priority: i32,
+    /// Gang size: all tasks start together or none does.
+    pub tasks: u32,
+    pub gpu: GpuAsk,
+    #[serde(default)]
+    pub cpu_milli: u64,
+    #[serde(default)]
+    pub mem_mib: u64,
+    /// Only nodes with this GPU model; any model when absent.
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    /// Only nodes carrying all these labels.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Wall-clock limit; the job is stopped when it runs past it. Reservations and backfill
+    /// rely on it; a job without one is never backfilled ahead of a reservation.
+    #[serde(default)]
+    pub time_limit_s: Option<Secs>,
+    /// The user's guess of the run time, used for estimated start times only.
+    #[serde(default)]
+    pub runtime_estimate_s: Option<Secs>,
+    #[serde(default = "yes")]
+    pub preemptible: bool,
+    /// Between SIGTERM and SIGKILL when preempted.
+    #[serde(default = "default_grace_s")]
+    pub grace_s: Secs,
+    /// Never preempted before it has run this long.
+    #[serde(default)]
+    pub min_run_s: Secs,
+    /// The job checkpoints this often, so a preemption loses at most this much work.
+    #[serde(default)]
+    pub checkpoint_every_s: Option<Secs>,
+    /// Starts only after each of these jobs succeeded.
+    #[serde(default)]
+    pub depends_on: Vec<JobId>,
+    pub submit_s: Secs,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_grace_s() -> Secs {
+    30
+}
+
+impl JobSpec {
+    /// Milli-GPUs the whole gang takes.
+    pub fn milli_total(&self) -> u64 {
+        self.gpu.milli() * u64::from(self.tasks)
+    }
+}
+
+/// What happens to an allocation whose GPUs stay idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IdlePolicy {
+    /// Tell the owner; nothing else.
+    #[default]
+    Warn,
+    /// Preempt (and requeue) idle jobs that run on borrowed capacity; warn for the others.
+    ReclaimBorrowed,
+    /// Requeue any idle job once it has been idle for the window plus `grace_s`.
+    Requeue { grace_s: Secs },
+}
+
+/// Quota of one team for one GPU pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Quota {
+    /// GPUs the team gets back on demand, by preemption of borrowers if needed.
+    pub guaranteed: u32,
+    /// The most GPUs the team (with its sub-teams) may hold; unlimited when absent.
+    #[serde(default)]
+    pub max: Option<u32>,
+}
+
+/// The quota key that covers every GPU model without a key of its own.
+pub const ANY_MODEL: &str = "*";
+
+/// One node of the team tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamSpec {
+    pub name: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Quotas by GPU model; the key [`ANY_MODEL`] covers the models not named.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, Quota>,
+    /// Share of idle capacity relative to the other teams.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub idle_policy: IdlePolicy,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl TeamSpec {
+    /// A team with one quota for every GPU model.
+    pub fn new(name: &str, guaranteed: u32) -> TeamSpec {
+        let mut quotas = BTreeMap::new();
+        quotas.insert(
+            ANY_MODEL.to_string(),
+            Quota {
+                guaranteed,
+                max: None,
+            },
+        );
+        TeamSpec {
+            name: name.to_string(),
+            parent: None,
+            quotas,
+            weight: 1,
+            idle_policy: IdlePolicy::Warn,
+        }
+    }
+}
+
+/// Which planner runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// Guarantees, borrowing, reclaim, gangs, reservations and backfill.
+    #[default]
+    Default,
+    /// One shared queue in submission order, blocked by its head; no quotas, no backfill.
+    Fifo,
+    /// Each team confined to its own partition of nodes sized to its guarantee.
+    Static,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 3] = [PolicyKind::Default, PolicyKind::Fifo, PolicyKind::Static];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Default => "default",
+            PolicyKind::Fifo => "fifo",
+            PolicyKind::Static => "static",
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown policy name; its message lists the valid ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownPolicy(pub String);
+
+impl fmt::Display for UnknownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let valid: Vec<&str> = PolicyKind::ALL.iter().map(|p| p.name()).collect();
+        write!(
+            f,
+            "unknown policy {:?}; valid policies: {}",
+            self.0,
+            valid.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownPolicy {}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_string()))
+    }
+}
+
+/// Knobs of the planner. The defaults are what `qm up` runs with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    pub policy: PolicyKind,
+    /// Half-life of the usage history behind fair-share standing.
+    pub fair_share_half_life_s: Secs,
+    /// An allocation below this utilisation (percent) counts as idle ...
+    pub idle_threshold_pct: u8,
+    /// ... once it has stayed below it this long.
+    pub idle_window_s: Secs,
+    /// Blocked jobs that get a reservation in one plan, at most.
+    pub max_reservations: usize,
+    /// Jobs that get preemptions planned for them in one plan, at most.
+    pub max_reclaims: usize,
+    /// A job waiting longer than this is ordered ahead of younger work of its class and
+    /// priority, so that no stream of small jobs starves it.
+    pub starvation_wait_s: Secs,
+    /// Freed GPUs stay held for the job they were reclaimed for this long after the
+    /// preemption was asked, beyond the victims' grace periods.
+    pub hold_slack_s: Secs,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            policy: PolicyKind::Default,
+            fair_share_half_life_s: 7 * 24 * 3600,
+            idle_threshold_pct: 5,
+            idle_window_s: 30 * 60,
+            max_reservations: 16,
+            max_reclaims: 32,
+            starvation_wait_s: 3600,
+            hold_slack_s: 300,
+        }
+    }
+}

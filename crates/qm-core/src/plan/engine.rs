@@ -1,0 +1,1391 @@
+//! The planner proper: one pass over the running jobs (accounting, time limits, idle
+//! reclaim), one over the holds left by earlier reclaims, then the pending jobs in policy
+//! order, then estimated start times.
+//!
+//! Order (default policy): admission class (jobs inside their team's guarantee first), then
+//! priority, then starving jobs first, then the team's fair-share standing, then submission
+//! time, then id. Each team keeps its own queue; a heap holds every team's head job, so the
+//! team with the lowest standing is served next (progressive filling, i.e. weighted max-min).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use crate::model::{
+    GpuAsk, IdlePolicy, JobId, JobSpec, PolicyKind, SchedulerConfig, Secs, MILLI_PER_GPU,
+};
+use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacement};
+use crate::teams::TeamIndex;
+
+use super::place::{self, Ask};
+use super::view::{Guard, View};
+use super::{
+    IdleAction, IdleNotice, PendingJob, Plan, Reason, Reservation, Start, StopOrder, TeamStanding,
+};
+
+/// Loop bounds beyond the configured ones: reclaim and reservation attempts that fail.
+const MAX_FAILED_ATTEMPTS: usize = 256;
+/// Victims dropped one by one when minimising a gang's reclaim.
+const MAX_PRUNE_STEPS: usize = 64;
+
+struct RunInfo<'a> {
+    job: &'a Job,
+    placement: &'a [TaskPlacement],
+    team: Option<usize>,
+    model: usize,
+    mode: Admission,
+    stopping: bool,
+    /// GPU-seconds lost if preempted now.
+    cost: u64,
+    taken: bool,
+}
+
+struct Release {
+    end_s: Secs,
+    est_s: Secs,
+    node: u32,
+    gpus: Vec<u32>,
+    milli: u32,
+    cpu: u64,
+    mem: u64,
+}
+
+struct ResvRec {
+    group: usize,
+    end_s: Secs,
+    placement: Vec<TaskPlacement>,
+    cpu: u64,
+    mem: u64,
+}
+
+/// Amounts actually taken from the view on someone's behalf, to give back exactly.
+struct Taken {
+    node: u32,
+    gpu: Option<u32>,
+    milli: i64,
+    cpu: i64,
+    mem: i64,
+}
+
+type Key = (u8, i64, u8, u64, Secs, JobId);
+
+pub(crate) struct Planner<'a> {
+    state: &'a ClusterState,
+    cfg: &'a SchedulerConfig,
+    now: Secs,
+    policy: PolicyKind,
+    models: Vec<String>,
+    teams: TeamIndex,
+    leaf_rank: Vec<Option<usize>>,
+    n_leaves: usize,
+    view: View<'a>,
+    /// `[team][pool]` milli-GPUs held, sub-teams included, updated as the plan starts jobs.
+    alloc: Vec<Vec<u64>>,
+    /// `[team]` milli-GPUs over all pools, sub-teams included.
+    alloc_total: Vec<u64>,
+    runs: Vec<RunInfo<'a>>,
+    victims_by_model: Vec<Vec<usize>>,
+    releases: Vec<Release>,
+    reservations: Vec<ResvRec>,
+    resv_by_group: BTreeMap<usize, usize>,
+    failed_attempts: usize,
+    reclaims: usize,
+    /// Group in which each capacity-blocked pending job waits, for estimates.
+    eta_group: BTreeMap<JobId, usize>,
+    out: Plan,
+}
+
+fn key_f64(x: f64) -> u64 {
+    (x.max(0.0) * 1e6).min(u64::MAX as f64) as u64
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(state: &'a ClusterState, now: Secs) -> Planner<'a> {
+        let cfg = &state.config;
+        let policy = cfg.policy;
+        let mut models: Vec<String> = state
+            .nodes
+            .values()
+            .map(|n| n.spec.gpu_model.clone())
+            .collect();
+        models.sort();
+        models.dedup();
+        let teams = TeamIndex::build(state.teams.values().map(|t| &t.spec), &models);
+        let mut leaf_rank = vec![None; teams.names.len()];
+        let mut n_leaves = 0;
+        for (t, rank) in leaf_rank.iter_mut().enumerate() {
+            if teams.is_leaf[t] {
+                *rank = Some(n_leaves);
+                n_leaves += 1;
+            }
+        }
+        let partition = if policy == PolicyKind::Static {
+            static_partition(state, &models, &teams, &leaf_rank)
+        } else {
+            BTreeMap::new()
+        };
+        let groups = if policy == PolicyKind::Static {
+            models.len() * n_leaves
+        } else {
+            models.len()
+        };
+        let view = View::build(state, groups, |node| {
+            let m = models.binary_search(&node.spec.gpu_model).ok()?;
+            if policy == PolicyKind::Static {
+                partition.get(&node.spec.id).map(|r| m * n_leaves + r)
+            } else {
+                Some(m)
+            }
+        });
+        let team_count = teams.names.len();
+        let alloc = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
+        Planner {
+            state,
+            cfg,
+            now,
+            policy,
+            victims_by_model: vec![Vec::new(); models.len()],
+            models,
+            teams,
+            leaf_rank,
+            n_leaves,
+            view,
+            alloc,
+            alloc_total: vec![0; team_count],
+            runs: Vec::new(),
+            releases: Vec::new(),
+            reservations: Vec::new(),
+            resv_by_group: BTreeMap::new(),
+            failed_attempts: 0,
+            reclaims: 0,
+            eta_group: BTreeMap::new(),
+            out: Plan {
+                policy,
+                now_s: now,
+                starts: Vec::new(),
+                stops: Vec::new(),
+                reservations: Vec::new(),
+                pending: Vec::new(),
+                idle: Vec::new(),
+                teams: Vec::new(),
+            },
+        }
+    }
+
+    pub fn run(mut self) -> Plan {
+        self.scan_running();
+        let held = self.occupy_holds();
+        let handled = self.serve_holds(held);
+        match self.policy {
+            PolicyKind::Fifo => self.fifo_pass(&handled),
+            _ => self.ordered_pass(&handled),
+        }
+        self.estimate();
+        self.standings();
+        self.out.pending.sort_by_key(|p| p.job);
+        self.out
+    }
+
+    fn group(&self, team: usize, model: usize) -> Option<usize> {
+        match self.policy {
+            PolicyKind::Static => self.leaf_rank[team].map(|r| model * self.n_leaves + r),
+            _ => Some(model),
+        }
+    }
+
+    fn model_of(&self, placement: &[TaskPlacement]) -> Option<usize> {
+        let node = self.state.nodes.get(&placement.first()?.node)?;
+        self.models.binary_search(&node.spec.gpu_model).ok()
+    }
+
+    fn end_of(&self, spec: &JobSpec, from: Secs) -> (Secs, Secs) {
+        let limit = spec
+            .time_limit_s
+            .map_or(Secs::MAX, |l| from.saturating_add(l));
+        let est = spec
+            .runtime_estimate_s
+            .or(spec.time_limit_s)
+            .map_or(Secs::MAX, |l| from.saturating_add(l));
+        (limit, est)
+    }
+
+    fn add_alloc(&mut self, team: usize, model: usize, milli: u64) {
+        for &a in &self.teams.lineage[team] {
+            let pool = self.teams.pool_of_model[a][model];
+            self.alloc[a][pool] += milli;
+            self.alloc_total[a] += milli;
+        }
+    }
+
+    /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs.
+    fn scan_running(&mut self) {
+        let state = self.state;
+        for job in state.live_jobs() {
+            let Some(run) = job.state.run() else { continue };
+            let Some(model) = self.model_of(&run.placement) else {
+                continue;
+            };
+            let team = self.teams.by_name.get(&job.spec.team).copied();
+            let milli = job.spec.milli_total();
+            if let Some(t) = team {
+                self.add_alloc(t, model, milli);
+            }
+            let stopping = match &job.state {
+                JobState::Stopping(_, stop) => Some(stop.deadline_s),
+                _ => None,
+            };
+            let (limit, est) = match stopping {
+                Some(deadline) => (deadline, deadline),
+                None => self.end_of(&job.spec, run.started_s),
+            };
+            for task in &run.placement {
+                if let Some(n) = self.view.dense(task.node) {
+                    self.releases.push(Release {
+                        end_s: limit,
+                        est_s: est,
+                        node: n,
+                        gpus: task.gpus.clone(),
+                        milli: task.gpu_milli,
+                        cpu: job.spec.cpu_milli,
+                        mem: job.spec.mem_mib,
+                    });
+                }
+            }
+            let elapsed = self.now.saturating_sub(run.started_s);
+            let lost = match job.spec.checkpoint_every_s {
+                Some(every) if every > 0 => elapsed % every,
+                _ => elapsed,
+            };
+            self.runs.push(RunInfo {
+                job,
+                placement: &run.placement,
+                team,
+                model,
+                mode: Admission::Guaranteed,
+                stopping: stopping.is_some(),
+                cost: milli * lost / u64::from(MILLI_PER_GPU),
+                taken: stopping.is_some(),
+            });
+        }
+        self.classify();
+        // Time limits, for every policy.
+        for r in &mut self.runs {
+            let spec = &r.job.spec;
+            let run = r.job.state.run().expect("holding");
+            let over = spec
+                .time_limit_s
+                .is_some_and(|l| self.now >= run.started_s.saturating_add(l));
+            if over && !r.stopping {
+                r.taken = true;
+                self.out.stops.push(StopOrder {
+                    job: spec.id,
+                    cause: StopCause::TimeLimit,
+                    beneficiary: None,
+                    lost_gpu_s: 0,
+                });
+            }
+        }
+        if self.policy != PolicyKind::Default {
+            return;
+        }
+        self.idle_reclaim();
+        for (i, r) in self.runs.iter().enumerate() {
+            let spec = &r.job.spec;
+            let run = r.job.state.run().expect("holding");
+            let eligible = !r.taken
+                && r.mode == Admission::Borrowed
+                && spec.preemptible
+                && self.now.saturating_sub(run.started_s) >= spec.min_run_s;
+            if eligible {
+                self.victims_by_model[r.model].push(i);
+            }
+        }
+        for list in &mut self.victims_by_model {
+            let runs = &self.runs;
+            list.sort_by_key(|&i| {
+                let r = &runs[i];
+                let started = r.job.state.run().map_or(0, |run| run.started_s);
+                (r.cost, Reverse(started), r.job.spec.id)
+            });
+        }
+    }
+
+    /// Recomputes each running job's admission from the current quotas: a team's jobs, oldest
+    /// first, are guaranteed while they fit in its guarantee; the rest are borrowed. A lowered
+    /// guarantee thereby turns the excess into reclaimable borrowed capacity.
+    fn classify(&mut self) {
+        let mut by_team: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, r) in self.runs.iter_mut().enumerate() {
+            if let Some(t) = r.team {
+                by_team.entry(t).or_default().push(i);
+            } else {
+                r.mode = Admission::Borrowed;
+            }
+        }
+        for (t, mut list) in by_team {
+            list.sort_by_key(|&i| {
+                let r = &self.runs[i];
+                (r.job.state.run().map_or(0, |x| x.started_s), r.job.spec.id)
+            });
+            let mut used = vec![0u64; self.teams.pools[t].len()];
+            for i in list {
+                let r = &mut self.runs[i];
+                let pool = self.teams.pool_of_model[t][r.model];
+                let milli = r.job.spec.milli_total();
+                if self.policy != PolicyKind::Default
+                    || used[pool] + milli <= self.teams.pools[t][pool].guaranteed
+                {
+                    used[pool] += milli;
+                    r.mode = Admission::Guaranteed;
+                } else {
+                    r.mode = Admission::Borrowed;
+                }
+            }
+        }
+    }
+
+    fn idle_reclaim(&mut self) {
+        let window = self.cfg.idle_window_s;
+        for r in &mut self.runs {
+            if r.taken {
+                continue;
+            }
+            let run = r.job.state.run().expect("holding");
+            let Some(since) = run.idle_since_s else {
+                continue;
+            };
+            if self.now.saturating_sub(since) < window {
+                continue;
+            }
+            let policy = self
+                .state
+                .teams
+                .get(&r.job.spec.team)
+                .map_or(IdlePolicy::Warn, |t| t.spec.idle_policy);
+            let preemptible = r.job.spec.preemptible;
+            let action = match policy {
+                IdlePolicy::Warn => IdleAction::Warn,
+                IdlePolicy::ReclaimBorrowed if r.mode == Admission::Borrowed && preemptible => {
+                    IdleAction::Reclaimed
+                }
+                IdlePolicy::ReclaimBorrowed => IdleAction::Warn,
+                IdlePolicy::Requeue { grace_s } => {
+                    let due = since.saturating_add(window).saturating_add(grace_s);
+                    if self.now >= due && preemptible {
+                        IdleAction::Reclaimed
+                    } else {
+                        IdleAction::RequeueAt(due)
+                    }
+                }
+            };
+            if action == IdleAction::Reclaimed {
+                r.taken = true;
+                let lost = r.cost;
+                self.out.stops.push(StopOrder {
+                    job: r.job.spec.id,
+                    cause: StopCause::Idle,
+                    beneficiary: None,
+                    lost_gpu_s: lost,
+                });
+            }
+            self.out.idle.push(IdleNotice {
+                job: r.job.spec.id,
+                team: r.job.spec.team.clone(),
+                idle_since_s: since,
+                action,
+            });
+        }
+    }
+
+    fn occupy(view: &mut View, task: &TaskPlacement, cpu: u64, mem: u64) -> Vec<Taken> {
+        let Some(n) = view.dense(task.node) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::with_capacity(task.gpus.len() + 1);
+        for &g in &task.gpus {
+            let Some(&used) = view.used_of(n).get(g as usize) else {
+                continue;
+            };
+            let amount = i64::from(task.gpu_milli.min(MILLI_PER_GPU - used));
+            if amount > 0 {
+                view.adjust(n, &[g], amount, 0, 0);
+                taken.push(Taken {
+                    node: n,
+                    gpu: Some(g),
+                    milli: amount,
+                    cpu: 0,
+                    mem: 0,
+                });
+            }
+        }
+        let cpu = cpu.min(view.cpu_free[n as usize]) as i64;
+        let mem = mem.min(view.mem_free[n as usize]) as i64;
+        view.adjust(n, &[], 0, cpu, mem);
+        taken.push(Taken {
+            node: n,
+            gpu: None,
+            milli: 0,
+            cpu,
+            mem,
+        });
+        taken
+    }
+
+    fn give_back(view: &mut View, taken: &[Taken]) {
+        for t in taken {
+            let gpus: Vec<u32> = t.gpu.into_iter().collect();
+            view.adjust(t.node, &gpus, -t.milli, -t.cpu, -t.mem);
+        }
+    }
+
+    /// Marks GPUs that earlier reclaims freed as taken, on behalf of the jobs they were
+    /// freed for, so nothing else takes them first.
+    fn occupy_holds(&mut self) -> BTreeMap<JobId, Vec<Taken>> {
+        let mut held = BTreeMap::new();
+        if self.policy != PolicyKind::Default {
+            return held;
+        }
+        for (b, hold) in &self.state.holds {
+            let pending = self
+                .state
+                .jobs
+                .get(b)
+                .is_some_and(|j| j.state == JobState::Pending);
+            if !pending || self.now > hold.until_s {
+                continue;
+            }
+            let mut taken = Vec::new();
+            for share in &hold.shares {
+                let victim_holds = self
+                    .state
+                    .jobs
+                    .get(&share.victim)
+                    .is_some_and(|v| matches!(v.state, JobState::Stopping(..)));
+                if !victim_holds {
+                    taken.extend(Self::occupy(
+                        &mut self.view,
+                        &share.task,
+                        share.cpu_milli,
+                        share.mem_mib,
+                    ));
+                }
+            }
+            held.insert(*b, taken);
+        }
+        held
+    }
+
+    /// Jobs with a hold go first: they start on the held GPUs if those suffice, or keep
+    /// waiting for their victims (keeping the free part of their future placement).
+    fn serve_holds(&mut self, held: BTreeMap<JobId, Vec<Taken>>) -> BTreeSet<JobId> {
+        let mut handled = BTreeSet::new();
+        for (b, taken) in held {
+            Self::give_back(&mut self.view, &taken);
+            let job = &self.state.jobs[&b];
+            let Some(t) = self.teams.by_name.get(&job.spec.team).copied() else {
+                continue;
+            };
+            if !self.deps_ready(job) {
+                continue;
+            }
+            let spec = &job.spec;
+            let (end_s, _) = self.end_of(spec, self.now);
+            let mut started = false;
+            for m in self.candidate_models(spec) {
+                if self.over_max(t, m, spec.milli_total()).is_some() {
+                    continue;
+                }
+                let Some(g) = self.group(t, m) else { continue };
+                let ask = Ask {
+                    spec,
+                    group: g,
+                    end_s,
+                    ignore_guards: false,
+                };
+                if let Some(p) = place::find(&self.view, &ask) {
+                    let class = self.class_of(t, m, spec.milli_total());
+                    self.start(job, t, m, p, class);
+                    started = true;
+                    break;
+                }
+            }
+            if started {
+                handled.insert(b);
+                continue;
+            }
+            let hold = &self.state.holds[&b];
+            let stopping: Vec<&Job> = hold
+                .victims
+                .iter()
+                .filter_map(|v| self.state.jobs.get(v))
+                .filter(|v| matches!(v.state, JobState::Stopping(..)))
+                .collect();
+            if stopping.is_empty() {
+                continue;
+            }
+            let mut future = self.view.clone();
+            for v in &stopping {
+                let run = v.state.run().expect("stopping");
+                future.give(&run.placement, v.spec.cpu_milli, v.spec.mem_mib);
+            }
+            for m in self.candidate_models(spec) {
+                let Some(g) = self.group(t, m) else { continue };
+                let ask = Ask {
+                    spec,
+                    group: g,
+                    end_s,
+                    ignore_guards: false,
+                };
+                if let Some(p) = place::find(&future, &ask) {
+                    for task in &p {
+                        Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
+                    }
+                    let ready_by_s = stopping
+                        .iter()
+                        .filter_map(|v| match &v.state {
+                            JobState::Stopping(_, s) => Some(s.deadline_s),
+                            _ => None,
+                        })
+                        .max()
+                        .unwrap_or(self.now);
+                    self.pend(
+                        b,
+                        Reason::WaitingForReclaim {
+                            victims: stopping.iter().map(|v| v.spec.id).collect(),
+                            ready_by_s,
+                        },
+                        Some(ready_by_s.max(self.now)),
+                    );
+                    handled.insert(b);
+                    break;
+                }
+            }
+        }
+        handled
+    }
+
+    fn pend(&mut self, job: JobId, reason: Reason, eta_s: Option<Secs>) {
+        self.out.pending.push(PendingJob { job, reason, eta_s });
+    }
+
+    fn deps_ready(&self, job: &Job) -> bool {
+        self.dep_block(job).is_none()
+    }
+
+    fn dep_block(&self, job: &Job) -> Option<Reason> {
+        for on in &job.spec.depends_on {
+            match self.state.jobs.get(on).map(|j| &j.state) {
+                Some(JobState::Succeeded { .. }) => {}
+                Some(JobState::Failed { .. } | JobState::Cancelled { .. }) | None => {
+                    return Some(Reason::DependencyFailed { on: *on })
+                }
+                Some(_) => return Some(Reason::Dependency { on: *on }),
+            }
+        }
+        None
+    }
+
+    fn candidate_models(&self, spec: &JobSpec) -> Vec<usize> {
+        match &spec.gpu_model {
+            Some(m) => self.models.binary_search(m).ok().into_iter().collect(),
+            None => (0..self.models.len()).collect(),
+        }
+    }
+
+    /// The team (this one or an ancestor) whose max the job would break, if any.
+    fn over_max(&self, team: usize, model: usize, milli: u64) -> Option<Reason> {
+        if self.policy != PolicyKind::Default {
+            return None;
+        }
+        for &a in &self.teams.lineage[team] {
+            let pool = self.teams.pool_of_model[a][model];
+            if let Some(max) = self.teams.pools[a][pool].max {
+                let used = self.alloc[a][pool];
+                if used + milli > max {
+                    return Some(Reason::OverMax {
+                        team: self.teams.names[a].clone(),
+                        model: self.models[model].clone(),
+                        used_milli: used,
+                        ask_milli: milli,
+                        max_milli: max,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    fn class_of(&self, team: usize, model: usize, milli: u64) -> Admission {
+        if self.policy != PolicyKind::Default {
+            return Admission::Guaranteed;
+        }
+        let pool = self.teams.pool_of_model[team][model];
+        if self.alloc[team][pool] + milli <= self.teams.pools[team][pool].guaranteed {
+            Admission::Guaranteed
+        } else {
+            Admission::Borrowed
+        }
+    }
+
+    /// Fair-share usage: half current allocation, half decayed history, plus idle charge.
+    fn usage(&self, team: usize) -> f64 {
+        let Some(t) = self.state.teams.get(&self.teams.names[team]) else {
+            return 0.0;
+        };
+        let lambda = std::f64::consts::LN_2 / self.cfg.fair_share_half_life_s.max(1) as f64;
+        let dt = self.now.saturating_sub(self.state.clock_s) as f64;
+        let keep = (-lambda * dt).exp();
+        let hist = (t.usage_decayed * keep + t.alloc_milli as f64 * (1.0 - keep) / lambda) * lambda;
+        let idle = t.idle_decayed * keep * lambda;
+        0.5 * self.alloc_total[team] as f64 + 0.5 * hist + idle
+    }
+
+    fn guaranteed_total(&self, team: usize) -> u64 {
+        self.teams.pools[team].iter().map(|p| p.guaranteed).sum()
+    }
+
+    fn rank(&self, job: &Job, team: usize) -> Key {
+        let spec = &job.spec;
+        let starving =
+            u8::from(self.now.saturating_sub(spec.submit_s) < self.cfg.starvation_wait_s);
+        let prio = -i64::from(spec.priority);
+        if self.policy != PolicyKind::Default {
+            return (0, prio, starving, 0, spec.submit_s, spec.id);
+        }
+        let milli = spec.milli_total();
+        let guaranteed = self
+            .candidate_models(spec)
+            .into_iter()
+            .any(|m| self.class_of(team, m, milli) == Admission::Guaranteed);
+        let usage = self.usage(team);
+        let g = self.guaranteed_total(team) as f64;
+        let (class, key) = if guaranteed {
+            (0, usage / g.max(1.0))
+        } else {
+            (1, (usage - g).max(0.0) / f64::from(self.teams.weight[team]))
+        };
+        (class, prio, starving, key_f64(key), spec.submit_s, spec.id)
+    }
+
+    fn start(
+        &mut self,
+        job: &Job,
+        team: usize,
+        model: usize,
+        p: Vec<TaskPlacement>,
+        class: Admission,
+    ) {
+        let spec = &job.spec;
+        let (end_s, est_s) = self.end_of(spec, self.now);
+        place::commit(&mut self.view, spec, &p, end_s);
+        self.add_alloc(team, model, spec.milli_total());
+        for task in &p {
+            if let Some(n) = self.view.dense(task.node) {
+                self.releases.push(Release {
+                    end_s,
+                    est_s,
+                    node: n,
+                    gpus: task.gpus.clone(),
+                    milli: task.gpu_milli,
+                    cpu: spec.cpu_milli,
+                    mem: spec.mem_mib,
+                });
+            }
+        }
+        self.out.starts.push(Start {
+            job: spec.id,
+            placement: p,
+            admission: class,
+        });
+    }
+
+    /// Pending jobs that a pass considers, with the dependency-blocked ones explained.
+    fn queue(&mut self, handled: &BTreeSet<JobId>) -> Vec<&'a Job> {
+        let state = self.state;
+        let mut queue = Vec::new();
+        for job in state.live_jobs() {
+            if job.state != JobState::Pending || handled.contains(&job.spec.id) {
+                continue;
+            }
+            if let Some(reason) = self.dep_block(job) {
+                self.pend(job.spec.id, reason, None);
+                continue;
+            }
+            queue.push(job);
+        }
+        queue
+    }
+
+    fn fifo_pass(&mut self, handled: &BTreeSet<JobId>) {
+        let mut queue = self.queue(handled);
+        queue.sort_by_key(|j| (j.spec.submit_s, j.spec.id));
+        let mut head: Option<JobId> = None;
+        for job in queue {
+            if let Some(h) = head {
+                self.pend(job.spec.id, Reason::BlockedByHead { head: h }, None);
+                continue;
+            }
+            let spec = &job.spec;
+            let t = self.teams.by_name.get(&spec.team).copied();
+            let (end_s, _) = self.end_of(spec, self.now);
+            let mut started = false;
+            for m in self.candidate_models(spec) {
+                let ask = Ask {
+                    spec,
+                    group: m,
+                    end_s,
+                    ignore_guards: true,
+                };
+                if let Some(p) = place::find(&self.view, &ask) {
+                    match t {
+                        Some(t) => self.start(job, t, m, p, Admission::Guaranteed),
+                        None => continue,
+                    }
+                    started = true;
+                    break;
+                }
+            }
+            if !started {
+                head = Some(spec.id);
+                let m = self.candidate_models(spec).first().copied();
+                self.no_placement(job, m.unwrap_or(usize::MAX));
+            }
+        }
+    }
+
+    fn no_placement(&mut self, job: &Job, group: usize) {
+        let spec = &job.spec;
+        let (free, largest) = if group < self.view.buckets.len() {
+            (
+                self.view.group_whole_free[group],
+                self.view.largest_free_block(group),
+            )
+        } else {
+            (0, 0)
+        };
+        let model = spec.gpu_model.clone().or_else(|| {
+            let m = if self.policy == PolicyKind::Static && self.n_leaves > 0 {
+                group / self.n_leaves
+            } else {
+                group
+            };
+            self.models.get(m).cloned()
+        });
+        if group < self.view.buckets.len() {
+            self.eta_group.insert(spec.id, group);
+        }
+        self.pend(
+            spec.id,
+            Reason::NoPlacement {
+                tasks: spec.tasks,
+                gpu: spec.gpu,
+                model,
+                free_gpus: free,
+                largest_free_block: largest,
+            },
+            None,
+        );
+    }
+
+    fn ordered_pass(&mut self, handled: &BTreeSet<JobId>) {
+        let queue = self.queue(handled);
+        let mut per_team: BTreeMap<usize, Vec<&'a Job>> = BTreeMap::new();
+        for job in queue {
+            match self.teams.by_name.get(&job.spec.team) {
+                Some(&t) => per_team.entry(t).or_default().push(job),
+                None => {
+                    let team = job.spec.team.clone();
+                    self.pend(job.spec.id, Reason::NoPartition { team }, None);
+                }
+            }
+        }
+        let mut heap: BinaryHeap<Reverse<(Key, usize, usize)>> = BinaryHeap::new();
+        let mut lists: Vec<(usize, Vec<&'a Job>)> = per_team.into_iter().collect();
+        for (i, (t, list)) in lists.iter_mut().enumerate() {
+            list.sort_by_key(|j| (Reverse(j.spec.priority), j.spec.submit_s, j.spec.id));
+            heap.push(Reverse((self.rank(list[0], *t), i, 0)));
+        }
+        // Each pop consumes one job; every job is pushed exactly once.
+        while let Some(Reverse((_, i, pos))) = heap.pop() {
+            let (t, job) = (lists[i].0, lists[i].1[pos]);
+            self.consider(job, t);
+            if pos + 1 < lists[i].1.len() {
+                let next = lists[i].1[pos + 1];
+                heap.push(Reverse((self.rank(next, t), i, pos + 1)));
+            }
+        }
+    }
+
+    /// Starts the job, or reclaims for it, or reserves for it, or explains why not.
+    fn consider(&mut self, job: &'a Job, t: usize) {
+        let spec = &job.spec;
+        let milli = spec.milli_total();
+        let (end_s, _) = self.end_of(spec, self.now);
+        let mut blocked: Option<Reason> = None;
+        let mut admissible: Vec<(usize, usize, Admission)> = Vec::new();
+        let mut behind: Option<(JobId, Secs)> = None;
+        for m in self.candidate_models(spec) {
+            if let Some(r) = self.over_max(t, m, milli) {
+                blocked = Some(r);
+                continue;
+            }
+            let Some(g) = self.group(t, m) else {
+                blocked = Some(Reason::NoPartition {
+                    team: spec.team.clone(),
+                });
+                continue;
+            };
+            if self.view.group_nodes[g].is_empty() && self.policy == PolicyKind::Static {
+                blocked = Some(Reason::NoPartition {
+                    team: spec.team.clone(),
+                });
+                continue;
+            }
+            let class = self.class_of(t, m, milli);
+            admissible.push((m, g, class));
+            let ask = Ask {
+                spec,
+                group: g,
+                end_s,
+                ignore_guards: false,
+            };
+            if let Some(p) = place::find(&self.view, &ask) {
+                self.start(job, t, m, p, class);
+                return;
+            }
+            if behind.is_none() && !self.reservations.is_empty() {
+                let free_ask = Ask {
+                    ignore_guards: true,
+                    ..ask
+                };
+                if place::find(&self.view, &free_ask).is_some() {
+                    behind = self
+                        .out
+                        .reservations
+                        .iter()
+                        .map(|r| (r.start_s, r.job))
+                        .min()
+                        .map(|(s, j)| (j, s));
+                }
+            }
+        }
+        if admissible.is_empty() {
+            let reason = blocked.unwrap_or(Reason::NoPartition {
+                team: spec.team.clone(),
+            });
+            self.pend(spec.id, reason, None);
+            return;
+        }
+        if self.policy == PolicyKind::Default {
+            for &(m, g, class) in &admissible {
+                if class == Admission::Guaranteed && self.reclaim(job, m, g) {
+                    return;
+                }
+            }
+        }
+        if let Some((reserved, start_s)) = behind {
+            self.eta_group.insert(spec.id, admissible[0].1);
+            self.pend(
+                spec.id,
+                Reason::BehindReservation { reserved, start_s },
+                None,
+            );
+            return;
+        }
+        if self.reserve(job, &admissible) {
+            return;
+        }
+        self.no_placement(job, admissible[0].1);
+    }
+
+    /// Frees the job's GPUs by preempting borrowed jobs that lose the least work.
+    fn reclaim(&mut self, job: &Job, m: usize, g: usize) -> bool {
+        if self.reclaims >= self.cfg.max_reclaims || self.failed_attempts >= MAX_FAILED_ATTEMPTS {
+            return false;
+        }
+        let spec = &job.spec;
+        let victims: Vec<usize> = self.victims_by_model[m]
+            .iter()
+            .copied()
+            .filter(|&i| !self.runs[i].taken)
+            .collect();
+        if victims.is_empty() {
+            return false;
+        }
+        if let GpuAsk::Whole(_) = spec.gpu {
+            let reclaimable: u64 = victims
+                .iter()
+                .map(|&i| self.runs[i].job.spec.milli_total())
+                .sum();
+            if self.view.group_whole_free[g] * u64::from(MILLI_PER_GPU) + reclaimable
+                < spec.milli_total()
+            {
+                return false;
+            }
+        }
+        let (end_s, _) = self.end_of(spec, self.now);
+        let ask = Ask {
+            spec,
+            group: g,
+            end_s,
+            ignore_guards: false,
+        };
+        let chosen = if spec.tasks == 1 {
+            self.victims_for_task(spec, g, &victims)
+        } else {
+            self.victims_for_gang(&ask, &victims)
+        };
+        let placement = chosen.as_ref().and_then(|chosen| {
+            let future = self.view_without(chosen);
+            place::find(&future, &ask)
+        });
+        let (Some(chosen), Some(placement)) = (chosen, placement) else {
+            self.failed_attempts += 1;
+            return false;
+        };
+        // Keep the free part of the future placement for this job, in this plan.
+        for task in &placement {
+            Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
+        }
+        let mut ready_by_s = self.now;
+        let mut ids = Vec::new();
+        for &i in &chosen {
+            let r = &mut self.runs[i];
+            r.taken = true;
+            ready_by_s = ready_by_s.max(self.now.saturating_add(r.job.spec.grace_s));
+            ids.push(r.job.spec.id);
+            self.out.stops.push(StopOrder {
+                job: r.job.spec.id,
+                cause: StopCause::Reclaim,
+                beneficiary: Some(spec.id),
+                lost_gpu_s: r.cost,
+            });
+        }
+        ids.sort();
+        self.reclaims += 1;
+        self.pend(
+            spec.id,
+            Reason::WaitingForReclaim {
+                victims: ids,
+                ready_by_s,
+            },
+            Some(ready_by_s),
+        );
+        true
+    }
+
+    /// A copy of the view with the given running jobs' resources given back.
+    fn view_without(&self, runs: &[usize]) -> View<'a> {
+        let mut v = self.view.clone();
+        for &i in runs {
+            let r = &self.runs[i];
+            v.give(r.placement, r.job.spec.cpu_milli, r.job.spec.mem_mib);
+        }
+        v
+    }
+
+    /// For one task: on each node, the cheapest victims there that make room; the cheapest
+    /// node wins.
+    fn victims_for_task(&self, spec: &JobSpec, g: usize, victims: &[usize]) -> Option<Vec<usize>> {
+        let mut on_node: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for &i in victims {
+            for task in self.runs[i].placement {
+                if let Some(n) = self.view.dense(task.node) {
+                    let list = on_node.entry(n).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                }
+            }
+        }
+        let mut best: Option<(u64, u32, Vec<usize>)> = None;
+        for (n, list) in on_node {
+            if self.view.group[n as usize] != Some(g)
+                || !spec
+                    .node_selector
+                    .iter()
+                    .all(|(k, v)| self.view.nodes[n as usize].spec.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let mut used = self.view.used_of(n).to_vec();
+            let mut cpu = self.view.cpu_free[n as usize];
+            let mut mem = self.view.mem_free[n as usize];
+            let mut cost = 0u64;
+            let mut chosen = Vec::new();
+            for i in list {
+                let r = &self.runs[i];
+                for task in r
+                    .placement
+                    .iter()
+                    .filter(|t| t.node == self.view.ids[n as usize])
+                {
+                    for &gi in &task.gpus {
+                        used[gi as usize] = used[gi as usize].saturating_sub(task.gpu_milli);
+                    }
+                    cpu += r.job.spec.cpu_milli;
+                    mem += r.job.spec.mem_mib;
+                }
+                cost += r.cost;
+                chosen.push(i);
+                let gpu_ok = match spec.gpu {
+                    GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
+                    GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
+                };
+                if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
+                    if best.as_ref().is_none_or(|b| (cost, n) < (b.0, b.1)) {
+                        best = Some((cost, n, chosen.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        best.map(|b| b.2)
+    }
+
+    /// For a gang: free every candidate, place, keep the victims under the placement, then
+    /// spare the most expensive ones that turn out not to be needed.
+    fn victims_for_gang(&self, ask: &Ask, victims: &[usize]) -> Option<Vec<usize>> {
+        let all = self.view_without(victims);
+        let p = place::find(&all, ask)?;
+        let used: BTreeSet<(crate::model::NodeId, u32)> = p
+            .iter()
+            .flat_map(|t| t.gpus.iter().map(move |&g| (t.node, g)))
+            .collect();
+        let mut chosen: Vec<usize> = victims
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.runs[i]
+                    .placement
+                    .iter()
+                    .any(|t| t.gpus.iter().any(|&g| used.contains(&(t.node, g))))
+            })
+            .collect();
+        chosen.sort_by_key(|&i| Reverse((self.runs[i].cost, self.runs[i].job.spec.id)));
+        let mut k = 0;
+        let mut steps = 0;
+        while k < chosen.len() && steps < MAX_PRUNE_STEPS {
+            steps += 1;
+            let mut trial = chosen.clone();
+            trial.remove(k);
+            if place::find(&self.view_without(&trial), ask).is_some() {
+                chosen = trial;
+            } else {
+                k += 1;
+            }
+        }
+        Some(chosen)
+    }
+
+    /// Gives a blocked job the earliest start that running jobs' time limits promise, over
+    /// its admissible GPU models, and guards the GPUs against backfill that would delay it.
+    fn reserve(&mut self, job: &Job, admissible: &[(usize, usize, Admission)]) -> bool {
+        let spec = &job.spec;
+        let mut best: Option<(Secs, usize, Vec<TaskPlacement>, View<'a>)> = None;
+        for &(_, g, _) in admissible {
+            let used = self.resv_by_group.get(&g).copied().unwrap_or(0);
+            if used >= self.cfg.max_reservations || self.failed_attempts >= MAX_FAILED_ATTEMPTS {
+                continue;
+            }
+            match self.earliest(spec, g) {
+                Some((t, p, fut)) => {
+                    if best.as_ref().is_none_or(|b| t < b.0) {
+                        best = Some((t, g, p, fut));
+                    }
+                }
+                None => self.failed_attempts += 1,
+            }
+        }
+        let Some((t, g, p, mut fut)) = best else {
+            return false;
+        };
+        place::commit(&mut fut, spec, &p, Secs::MAX);
+        for task in &p {
+            if let Some(n) = self.view.dense(task.node) {
+                let slack = fut.whole_free[n as usize];
+                let guard = &mut self.view.guard[n as usize];
+                *guard = Guard {
+                    earliest_s: guard.earliest_s.min(t),
+                    slack: guard.slack.min(slack),
+                };
+            }
+        }
+        let (end_s, _) = self.end_of(spec, t);
+        self.reservations.push(ResvRec {
+            group: g,
+            end_s,
+            placement: p.clone(),
+            cpu: spec.cpu_milli,
+            mem: spec.mem_mib,
+        });
+        *self.resv_by_group.entry(g).or_default() += 1;
+        self.out.reservations.push(Reservation {
+            job: spec.id,
+            start_s: t,
+            placement: p,
+        });
+        self.eta_group.insert(spec.id, g);
+        self.pend(spec.id, Reason::Reserved { start_s: t }, Some(t));
+        true
+    }
+
+    /// The earliest time the job fits group `g`, from running jobs' time limits.
+    fn earliest(&self, spec: &JobSpec, g: usize) -> Option<(Secs, Vec<TaskPlacement>, View<'a>)> {
+        let mut rel: Vec<&Release> = self
+            .releases
+            .iter()
+            .filter(|r| r.end_s != Secs::MAX && self.view.group[r.node as usize] == Some(g))
+            .collect();
+        rel.sort_by_key(|r| r.end_s);
+        let mut times: Vec<Secs> = rel.iter().map(|r| r.end_s.max(self.now)).collect();
+        times.extend(
+            self.reservations
+                .iter()
+                .filter(|r| r.group == g && r.end_s != Secs::MAX)
+                .map(|r| r.end_s),
+        );
+        times.sort_unstable();
+        times.dedup();
+        if times.is_empty() {
+            return None;
+        }
+        // Necessary condition, cheap: enough milli-GPUs free by then in aggregate.
+        let free_now: u64 = self.view.group_nodes[g]
+            .iter()
+            .map(|&n| {
+                self.view
+                    .used_of(n)
+                    .iter()
+                    .map(|&u| u64::from(MILLI_PER_GPU - u))
+                    .sum::<u64>()
+            })
+            .sum();
+        let need = spec.milli_total();
+        let mut freed = 0u64;
+        let mut ri = 0;
+        let mut first = None;
+        for (i, &t) in times.iter().enumerate() {
+            while ri < rel.len() && rel[ri].end_s <= t {
+                freed += u64::from(rel[ri].milli) * rel[ri].gpus.len() as u64;
+                ri += 1;
+            }
+            let reserved: u64 = self
+                .reservations
+                .iter()
+                .filter(|r| r.group == g && r.end_s > t)
+                .map(|r| crate::state::placement_milli(&r.placement))
+                .sum();
+            if (free_now + freed).saturating_sub(reserved) >= need {
+                first = Some(i);
+                break;
+            }
+        }
+        let first = first?;
+        let probe = |t: Secs| -> Option<(Vec<TaskPlacement>, View<'a>)> {
+            let mut fut = self.view.clone();
+            for r in rel.iter().take_while(|r| r.end_s <= t) {
+                fut.adjust(
+                    r.node,
+                    &r.gpus,
+                    -i64::from(r.milli),
+                    -(r.cpu as i64),
+                    -(r.mem as i64),
+                );
+            }
+            for resv in self
+                .reservations
+                .iter()
+                .filter(|r| r.group == g && r.end_s > t)
+            {
+                for task in &resv.placement {
+                    Self::occupy(&mut fut, task, resv.cpu, resv.mem);
+                }
+            }
+            let ask = Ask {
+                spec,
+                group: g,
+                end_s: Secs::MAX,
+                ignore_guards: true,
+            };
+            place::find(&fut, &ask).map(|p| (p, fut))
+        };
+        // Feasibility only grows with time: gallop, then bisect.
+        if let Some((p, fut)) = probe(times[first]) {
+            return Some((times[first], p, fut));
+        }
+        let (mut lo, mut step) = (first, 1);
+        let last = times.len() - 1;
+        let mut hi;
+        loop {
+            if lo == last {
+                return None;
+            }
+            hi = (lo + step).min(last);
+            if probe(times[hi]).is_some() {
+                break;
+            }
+            lo = hi;
+            step *= 2;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if probe(times[mid]).is_some() {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        probe(times[hi]).map(|(p, fut)| (times[hi], p, fut))
+    }
+
+    /// Estimated starts of capacity-blocked jobs: walk them in plan order against the
+    /// releases expected from runtime estimates (or time limits), in aggregate per group.
+    fn estimate(&mut self) {
+        if self.eta_group.is_empty() {
+            return;
+        }
+        let groups = self.view.buckets.len();
+        let mut rel: Vec<Vec<(Secs, u64)>> = vec![Vec::new(); groups];
+        for r in &self.releases {
+            if r.est_s == Secs::MAX {
+                continue;
+            }
+            if let Some(g) = self.view.group[r.node as usize] {
+                rel[g].push((
+                    r.est_s.max(self.now),
+                    u64::from(r.milli) * r.gpus.len() as u64,
+                ));
+            }
+        }
+        let mut cum: Vec<Vec<(Secs, u64)>> = Vec::with_capacity(groups);
+        for mut list in rel {
+            list.sort_unstable();
+            let mut total = 0;
+            cum.push(
+                list.into_iter()
+                    .map(|(t, m)| {
+                        total += m;
+                        (t, total)
+                    })
+                    .collect(),
+            );
+        }
+        let free: Vec<u64> = (0..groups)
+            .map(|g| {
+                self.view.group_nodes[g]
+                    .iter()
+                    .map(|&n| {
+                        self.view
+                            .used_of(n)
+                            .iter()
+                            .map(|&u| u64::from(MILLI_PER_GPU - u))
+                            .sum::<u64>()
+                    })
+                    .sum()
+            })
+            .collect();
+        let mut demand = vec![0u64; groups];
+        for p in &mut self.out.pending {
+            let Some(&g) = self.eta_group.get(&p.job) else {
+                continue;
+            };
+            let milli = self.state.jobs[&p.job].spec.milli_total();
+            demand[g] += milli;
+            if p.eta_s.is_some() {
+                continue;
+            }
+            let short = demand[g].saturating_sub(free[g]);
+            let i = cum[g].partition_point(|&(_, c)| c < short);
+            p.eta_s = cum[g].get(i).map(|&(t, _)| t.max(self.now));
+        }
+    }
+
+    fn standings(&mut self) {
+        let mut borrowed = vec![0u64; self.teams.names.len()];
+        let mut idle = vec![0u64; self.teams.names.len()];
+        let mut own = vec![0u64; self.teams.names.len()];
+        for r in &self.runs {
+            let Some(t) = r.team else { continue };
+            let milli = r.job.spec.milli_total();
+            let is_idle = r.job.state.run().is_some_and(|x| x.idle_since_s.is_some());
+            for &a in &self.teams.lineage[t] {
+                own[a] += milli;
+                if r.mode == Admission::Borrowed {
+                    borrowed[a] += milli;
+                }
+                if is_idle {
+                    idle[a] += milli;
+                }
+            }
+        }
+        // Standing from the allocation before this plan's starts.
+        self.alloc_total.clone_from(&own);
+        for t in 0..self.teams.names.len() {
+            let g = self.guaranteed_total(t);
+            let standing = self.usage(t) / (g.max(1)) as f64;
+            let idle_total = self
+                .state
+                .teams
+                .get(&self.teams.names[t])
+                .map_or(0, |x| x.idle_milli_s_total);
+            self.out.teams.push(TeamStanding {
+                team: self.teams.names[t].clone(),
+                guaranteed_gpus: (g / u64::from(MILLI_PER_GPU)) as u32,
+                alloc_milli: own[t],
+                borrowed_milli: borrowed[t],
+                idle_milli: idle[t],
+                standing,
+                idle_gpu_hours: idle_total as f64 / 1000.0 / 3600.0,
+            });
+        }
+    }
+}
+
+/// `static`: each leaf team gets whole nodes of each GPU model in proportion to its
+/// guarantee for that model, contiguous in topology order.
+fn static_partition(
+    state: &ClusterState,
+    models: &[String],
+    teams: &TeamIndex,
+    leaf_rank: &[Option<usize>],
+) -> BTreeMap<crate::model::NodeId, usize> {
+    let mut out = BTreeMap::new();
+    for (m, model) in models.iter().enumerate() {
+        let mut nodes: Vec<_> = state
+            .nodes
+            .values()
+            .filter(|n| &n.spec.gpu_model == model)
+            .collect();
+        nodes.sort_by(|a, b| {
+            a.spec
+                .topology
+                .cmp(&b.spec.topology)
+                .then(a.spec.id.cmp(&b.spec.id))
+        });
+        let capacity: u64 = nodes.iter().map(|n| u64::from(n.spec.gpus)).sum();
+        let shares: Vec<(usize, u64)> = leaf_rank
+            .iter()
+            .enumerate()
+            .filter_map(|(t, r)| r.map(|r| (r, teams.guaranteed(t, m))))
+            .filter(|&(_, g)| g > 0)
+            .collect();
+        let total: u64 = shares.iter().map(|s| s.1).sum();
+        if total == 0 || capacity == 0 {
+            continue;
+        }
+        // A node goes to the team whose share of the line contains the node's midpoint.
+        let mut pos = 0u64;
+        let mut idx = 0;
+        let mut cum = shares[0].1;
+        for node in nodes {
+            let mid2 = 2 * pos + u64::from(node.spec.gpus);
+            while idx + 1 < shares.len() && mid2 * total >= 2 * cum * capacity {
+                idx += 1;
+                cum += shares[idx].1;
+            }
+            out.insert(node.spec.id, shares[idx].0);
+            pos += u64::from(node.spec.gpus);
+        }
+    }
+    out
+}

@@ -1,0 +1,221 @@
+//! `plan(state, now) -> Plan`: every start, stop and reservation decision, as a pure function.
+//!
+//! The planner copies the cluster's free capacity into a [`view::View`], walks the pending
+//! jobs in policy order and records what it decides. It never mutates the state; the shell
+//! (server or simulator) executes the plan by applying the matching events.
+
+mod engine;
+mod place;
+mod view;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{GpuAsk, JobId, PolicyKind, Secs};
+use crate::state::{Admission, ClusterState, StopCause, TaskPlacement};
+
+/// What the scheduler decided at one instant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub policy: PolicyKind,
+    pub now_s: Secs,
+    /// Jobs to start now, in the order the planner chose them.
+    pub starts: Vec<Start>,
+    /// Running jobs to stop now: reclaim, idle reclaim, time limit.
+    pub stops: Vec<StopOrder>,
+    /// Blocked jobs and where and when they are promised to start.
+    pub reservations: Vec<Reservation>,
+    /// Every job left pending, by id, with why and an estimated start.
+    pub pending: Vec<PendingJob>,
+    /// Allocations whose GPUs have been idle past the window.
+    pub idle: Vec<IdleNotice>,
+    /// Each team's standing, by name.
+    pub teams: Vec<TeamStanding>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    pub job: JobId,
+    pub placement: Vec<TaskPlacement>,
+    pub admission: Admission,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopOrder {
+    pub job: JobId,
+    pub cause: StopCause,
+    /// The job the freed GPUs are held for.
+    pub beneficiary: Option<JobId>,
+    /// GPU-seconds of work the stop throws away (since the last checkpoint).
+    pub lost_gpu_s: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub job: JobId,
+    /// The job starts by then if running jobs end within their time limits.
+    pub start_s: Secs,
+    pub placement: Vec<TaskPlacement>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingJob {
+    pub job: JobId,
+    pub reason: Reason,
+    /// Estimated start, where one can be computed.
+    pub eta_s: Option<Secs>,
+}
+
+/// Why a job is not starting now. Data, not prose: `Display` renders it for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Reason {
+    /// A job it depends on has not succeeded yet.
+    Dependency { on: JobId },
+    /// A job it depends on failed, was cancelled or is unknown: it will never start.
+    DependencyFailed { on: JobId },
+    /// Starting it would put `team` (itself or an ancestor) above its `max`.
+    OverMax {
+        team: String,
+        model: String,
+        used_milli: u64,
+        ask_milli: u64,
+        max_milli: u64,
+    },
+    /// Borrowed jobs are being preempted to free its guaranteed GPUs.
+    WaitingForReclaim {
+        victims: Vec<JobId>,
+        ready_by_s: Secs,
+    },
+    /// It holds a reservation: the GPUs it needs are promised at `start_s`.
+    Reserved { start_s: Secs },
+    /// It would fit now, but would delay a reserved job.
+    BehindReservation { reserved: JobId, start_s: Secs },
+    /// Not enough free GPUs in the right shape.
+    NoPlacement {
+        tasks: u32,
+        gpu: GpuAsk,
+        model: Option<String>,
+        free_gpus: u64,
+        largest_free_block: u32,
+    },
+    /// `fifo`: the job at the head of the queue is blocked, and everything waits behind it.
+    BlockedByHead { head: JobId },
+    /// `static`: the team has no partition (no guarantee for this GPU model).
+    NoPartition { team: String },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gpus = |m: u64| m as f64 / 1000.0;
+        match self {
+            Reason::Dependency { on } => write!(f, "waiting for {on} to succeed"),
+            Reason::DependencyFailed { on } => {
+                write!(f, "{on} did not succeed, so this job will never start; cancel it")
+            }
+            Reason::OverMax {
+                team,
+                model,
+                used_milli,
+                ask_milli,
+                max_milli,
+            } => write!(
+                f,
+                "over quota: team {team} holds {} {model} GPUs, this job needs {} more and the team's max is {}",
+                gpus(*used_milli),
+                gpus(*ask_milli),
+                gpus(*max_milli)
+            ),
+            Reason::WaitingForReclaim { victims, ready_by_s } => {
+                let list: Vec<String> = victims.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "waiting for reclaim: preempting borrowed {} (done by t={ready_by_s}s)",
+                    list.join(", ")
+                )
+            }
+            Reason::Reserved { start_s } => {
+                write!(f, "GPUs reserved; starts by t={start_s}s if running jobs keep their time limits")
+            }
+            Reason::BehindReservation { reserved, start_s } => write!(
+                f,
+                "would fit, but would delay {reserved}, which has GPUs reserved from t={start_s}s; a shorter time limit would let it backfill"
+            ),
+            Reason::NoPlacement {
+                tasks,
+                gpu,
+                model,
+                free_gpus,
+                largest_free_block,
+            } => {
+                let per_task = match gpu {
+                    GpuAsk::Whole(n) => format!("{n} GPU(s)"),
+                    GpuAsk::Milli(m) => format!("{m} milli-GPU"),
+                };
+                write!(
+                    f,
+                    "no placement for {tasks} task(s) of {per_task} of model {}: {free_gpus} whole GPUs free, the largest free block is {largest_free_block} on one node",
+                    model.as_deref().unwrap_or("any")
+                )
+            }
+            Reason::BlockedByHead { head } => {
+                write!(f, "queued behind {head}, which is blocked (fifo)")
+            }
+            Reason::NoPartition { team } => {
+                write!(f, "team {team} has no partition for this GPU model (static)")
+            }
+        }
+    }
+}
+
+/// What happens to an idle allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleAction {
+    Warn,
+    /// Stopped in this plan (listed in `stops`).
+    Reclaimed,
+    /// Will be requeued at this time unless it gets busy.
+    RequeueAt(Secs),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleNotice {
+    pub job: JobId,
+    pub team: String,
+    pub idle_since_s: Secs,
+    pub action: IdleAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamStanding {
+    pub team: String,
+    /// Guaranteed GPUs over all pools.
+    pub guaranteed_gpus: u32,
+    /// Milli-GPUs held by the team's own jobs now.
+    pub alloc_milli: u64,
+    /// The part of `alloc_milli` beyond the guarantee.
+    pub borrowed_milli: u64,
+    /// The part of `alloc_milli` that is idle now.
+    pub idle_milli: u64,
+    /// Fair-share standing: decayed usage over entitlement; lower goes first.
+    pub standing: f64,
+    pub idle_gpu_hours: f64,
+}
+
+impl Plan {
+    pub fn pending_job(&self, job: JobId) -> Option<&PendingJob> {
+        self.pending
+            .binary_search_by_key(&job, |p| p.job)
+            .ok()
+            .map(|i| &self.pending[i])
+    }
+
+    pub fn start_of(&self, job: JobId) -> Option<&Start> {
+        self.starts.iter().find(|s| s.job == job)
+    }
+}
+
+/// Plans with the policy named in the state's configuration.
+pub fn plan(state: &ClusterState, now: Secs) -> Plan {
+    engine::Planner::new(state, now).run()
+}

@@ -1,0 +1,282 @@
+//! Placement: where the tasks of one job go, given the free capacity of a [`View`].
+//!
+//! - A single whole-GPU task goes to the node with the fewest whole free GPUs that still fit
+//!   it (best fit), keeping whole nodes free for gangs.
+//! - A fractional task goes to the partly used GPU with the least room that still fits it,
+//!   and only then to a whole free GPU, on the fullest node that has one.
+//! - A gang goes to the smallest topology domain that can hold it all (best fit, level by
+//!   level); when no domain can, it takes the domains with the most room first and best-fits
+//!   the remainder, so it spans as few domains and nodes as possible.
+//!
+//! `find` is pure; `commit` applies a found placement to the view.
+
+use std::collections::BTreeMap;
+
+use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
+use crate::state::TaskPlacement;
+
+use super::view::View;
+
+/// One placement question.
+pub(crate) struct Ask<'s> {
+    pub spec: &'s JobSpec,
+    pub group: usize,
+    /// When the job will have ended for sure (now + time limit), `Secs::MAX` without a limit.
+    pub end_s: Secs,
+    /// Ignore reservation guards (to tell "blocked by a reservation" from "no room").
+    pub ignore_guards: bool,
+}
+
+fn selector_ok(view: &View, spec: &JobSpec, n: u32) -> bool {
+    spec.node_selector.is_empty()
+        || spec
+            .node_selector
+            .iter()
+            .all(|(k, v)| view.nodes[n as usize].spec.labels.get(k) == Some(v))
+}
+
+fn fits_cpu_mem(view: &View, spec: &JobSpec, n: u32, tasks: u64) -> bool {
+    view.cpu_free[n as usize] >= spec.cpu_milli * tasks
+        && view.mem_free[n as usize] >= spec.mem_mib * tasks
+}
+
+fn allowed_whole(view: &View, ask: &Ask, n: u32) -> u32 {
+    if ask.ignore_guards {
+        view.whole_free[n as usize]
+    } else {
+        view.allowed_whole(n, ask.end_s)
+    }
+}
+
+/// How many tasks of the ask node `n` can take now.
+fn node_cap(view: &View, ask: &Ask, n: u32) -> u64 {
+    let spec = ask.spec;
+    if !selector_ok(view, spec, n) {
+        return 0;
+    }
+    let by_gpu = match spec.gpu {
+        GpuAsk::Whole(k) => u64::from(allowed_whole(view, ask, n) / k.max(1)),
+        GpuAsk::Milli(m) => {
+            let per_whole = u64::from(MILLI_PER_GPU / m);
+            let partial: u64 = view
+                .used_of(n)
+                .iter()
+                .filter(|&&u| u > 0 && u < MILLI_PER_GPU)
+                .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
+                .sum();
+            partial + u64::from(allowed_whole(view, ask, n)) * per_whole
+        }
+    };
+    let by_cpu = view.cpu_free[n as usize]
+        .checked_div(spec.cpu_milli)
+        .unwrap_or(u64::MAX);
+    let by_mem = view.mem_free[n as usize]
+        .checked_div(spec.mem_mib)
+        .unwrap_or(u64::MAX);
+    by_gpu.min(by_cpu).min(by_mem)
+}
+
+/// Where the job's tasks would go, or `None` if they do not fit now.
+pub(crate) fn find(view: &View, ask: &Ask) -> Option<Vec<TaskPlacement>> {
+    let spec = ask.spec;
+    let g = ask.group;
+    if g >= view.buckets.len() {
+        return None;
+    }
+    if let GpuAsk::Whole(k) = spec.gpu {
+        if view.group_whole_free[g] < u64::from(k) * u64::from(spec.tasks) {
+            return None;
+        }
+    }
+    if spec.tasks == 1 {
+        return single(view, ask).map(|t| vec![t]);
+    }
+    let items: Vec<(u32, u64)> = view.group_nodes[g]
+        .iter()
+        .map(|&n| (n, node_cap(view, ask, n)))
+        .filter(|&(_, c)| c > 0)
+        .collect();
+    let total: u64 = items.iter().map(|&(_, c)| c).sum();
+    if total < u64::from(spec.tasks) {
+        return None;
+    }
+    let depth = view.depth;
+    let mut chosen = Vec::new();
+    pick(view, items, 0, depth, u64::from(spec.tasks), &mut chosen);
+    Some(assign(view, spec, &chosen))
+}
+
+fn single(view: &View, ask: &Ask) -> Option<TaskPlacement> {
+    let spec = ask.spec;
+    let g = ask.group;
+    let buckets = &view.buckets[g];
+    match spec.gpu {
+        GpuAsk::Whole(k) => {
+            for bucket in buckets.iter().skip(k as usize) {
+                for &n in bucket {
+                    if fits_cpu_mem(view, spec, n, 1)
+                        && allowed_whole(view, ask, n) >= k
+                        && selector_ok(view, spec, n)
+                    {
+                        return Some(assign_one(view.used_of(n), view, n, spec.gpu));
+                    }
+                }
+            }
+            None
+        }
+        GpuAsk::Milli(m) => {
+            for &(_, n, gpu) in view.partial[g].range((m, 0, 0)..) {
+                if fits_cpu_mem(view, spec, n, 1) && selector_ok(view, spec, n) {
+                    return Some(TaskPlacement {
+                        node: view.ids[n as usize],
+                        gpus: vec![gpu],
+                        gpu_milli: m,
+                    });
+                }
+            }
+            for bucket in buckets.iter().skip(1) {
+                for &n in bucket {
+                    if fits_cpu_mem(view, spec, n, 1)
+                        && allowed_whole(view, ask, n) >= 1
+                        && selector_ok(view, spec, n)
+                    {
+                        return Some(assign_one(view.used_of(n), view, n, spec.gpu));
+                    }
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Picks GPUs for one task on node `n` given the node's current usage.
+fn assign_one(used: &[u32], view: &View, n: u32, ask: GpuAsk) -> TaskPlacement {
+    let node = view.ids[n as usize];
+    match ask {
+        GpuAsk::Whole(k) => TaskPlacement {
+            node,
+            gpus: used
+                .iter()
+                .enumerate()
+                .filter(|(_, &u)| u == 0)
+                .take(k as usize)
+                .map(|(i, _)| i as u32)
+                .collect(),
+            gpu_milli: MILLI_PER_GPU,
+        },
+        GpuAsk::Milli(m) => {
+            // Tightest partly used GPU first, then a whole free one.
+            let gpu = used
+                .iter()
+                .enumerate()
+                .filter(|(_, &u)| u > 0 && u + m <= MILLI_PER_GPU)
+                .max_by_key(|(i, &u)| (u, std::cmp::Reverse(*i)))
+                .or_else(|| used.iter().enumerate().find(|(_, &u)| u == 0))
+                .map_or(0, |(i, _)| i as u32);
+            TaskPlacement {
+                node,
+                gpus: vec![gpu],
+                gpu_milli: m,
+            }
+        }
+    }
+}
+
+/// Turns (node, tasks) choices into task placements with GPU indices.
+fn assign(view: &View, spec: &JobSpec, chosen: &[(u32, u64)]) -> Vec<TaskPlacement> {
+    let mut out = Vec::with_capacity(spec.tasks as usize);
+    for &(n, count) in chosen {
+        let mut used = view.used_of(n).to_vec();
+        for _ in 0..count {
+            let t = assign_one(&used, view, n, spec.gpu);
+            for &g in &t.gpus {
+                used[g as usize] += t.gpu_milli;
+            }
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// A topology domain: id, tasks it can hold, its (node, tasks) items.
+type Domain = (u32, u64, Vec<(u32, u64)>);
+
+/// Chooses how many tasks go to which node, packing into as few domains as possible.
+fn pick(
+    view: &View,
+    items: Vec<(u32, u64)>,
+    level: usize,
+    depth: usize,
+    need: u64,
+    out: &mut Vec<(u32, u64)>,
+) {
+    if level == depth {
+        let mut items = items;
+        items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        take_best_fit(&items, need, |&(n, cap), take| {
+            debug_assert!(take <= cap);
+            out.push((n, take));
+        });
+        return;
+    }
+    let mut domains: BTreeMap<u32, (u64, Vec<(u32, u64)>)> = BTreeMap::new();
+    for (n, cap) in items {
+        let entry = domains.entry(view.domain(n, level)).or_default();
+        entry.0 += cap;
+        entry.1.push((n, cap));
+    }
+    let mut list: Vec<Domain> = domains
+        .into_iter()
+        .map(|(d, (sum, items))| (d, sum, items))
+        .collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let sums: Vec<(usize, u64)> = list.iter().enumerate().map(|(i, d)| (i, d.1)).collect();
+    let mut takes: Vec<(usize, u64)> = Vec::new();
+    take_best_fit(&sums, need, |&(i, _), take| takes.push((i, take)));
+    for (i, take) in takes {
+        let items = std::mem::take(&mut list[i].2);
+        pick(view, items, level + 1, depth, take, out);
+    }
+}
+
+/// Over `items` sorted by capacity (descending), takes whole items largest first until the
+/// remainder fits one item, then the smallest item that holds the remainder.
+fn take_best_fit<T>(items: &[(T, u64)], need: u64, mut take: impl FnMut(&(T, u64), u64)) {
+    let mut remaining = need;
+    let mut start = 0;
+    while remaining > 0 && start < items.len() {
+        let rest = &items[start..];
+        // Items with capacity >= remaining form a prefix of `rest`.
+        let fit = rest.partition_point(|it| it.1 >= remaining);
+        if fit > 0 {
+            take(&rest[fit - 1], remaining);
+            return;
+        }
+        take(&rest[0], rest[0].1);
+        remaining -= rest[0].1;
+        start += 1;
+    }
+}
+
+/// Applies a placement to the view, and charges reservation guards for the whole GPUs a job
+/// that outlives them takes.
+pub(crate) fn commit(view: &mut View, spec: &JobSpec, placement: &[TaskPlacement], end_s: Secs) {
+    for t in placement {
+        let Some(n) = view.dense(t.node) else {
+            continue;
+        };
+        let before = view.whole_free[n as usize];
+        view.adjust(
+            n,
+            &t.gpus,
+            i64::from(t.gpu_milli),
+            spec.cpu_milli as i64,
+            spec.mem_mib as i64,
+        );
+        let after = view.whole_free[n as usize];
+        let guard = &mut view.guard[n as usize];
+        if end_s > guard.earliest_s {
+            guard.slack = guard.slack.saturating_sub(before - after);
+        }
+    }
+}

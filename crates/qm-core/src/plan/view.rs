@@ -1,0 +1,225 @@
+//! A dense, mutable copy of the cluster's free capacity that one plan works on.
+//!
+//! Nodes are numbered densely in `NodeId` order and sorted into *groups* (a GPU model, or in
+//! the `static` policy a model within one team's partition). Each group keeps its nodes in
+//! buckets by whole free GPUs and its partly used GPUs in a set ordered by free milli-GPUs, so
+//! that best-fit placement is a range query rather than a scan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{NodeId, NodeState, Secs, MILLI_PER_GPU};
+use crate::state::{ClusterState, Node, TaskPlacement};
+
+/// Guard a reservation puts on a node: work that runs past `earliest_s` may take at most
+/// `slack` of the node's whole free GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Guard {
+    pub earliest_s: Secs,
+    pub slack: u32,
+}
+
+pub(crate) const NO_GUARD: Guard = Guard {
+    earliest_s: Secs::MAX,
+    slack: u32::MAX,
+};
+
+#[derive(Clone)]
+pub(crate) struct View<'a> {
+    pub ids: Vec<NodeId>,
+    pub nodes: Vec<&'a Node>,
+    pub group: Vec<Option<usize>>,
+    /// First GPU of node `n` in `used`.
+    pub gpu_off: Vec<usize>,
+    pub gpus: Vec<u32>,
+    pub used: Vec<u32>,
+    pub cpu_free: Vec<u64>,
+    pub mem_free: Vec<u64>,
+    pub whole_free: Vec<u32>,
+    /// Topology domain ids, `depth` per node, outermost first.
+    pub domains: Vec<u32>,
+    pub depth: usize,
+    pub guard: Vec<Guard>,
+    /// `[group][whole free GPUs]` → nodes.
+    pub buckets: Vec<Vec<BTreeSet<u32>>>,
+    /// `[group]` → (free milli, node, gpu) of GPUs that are partly used.
+    pub partial: Vec<BTreeSet<(u32, u32, u32)>>,
+    pub group_nodes: Vec<Vec<u32>>,
+    pub group_whole_free: Vec<u64>,
+    pub group_max_gpus: Vec<u32>,
+}
+
+impl<'a> View<'a> {
+    /// Builds the view. `group_of` maps a ready node to its group (None: unusable).
+    pub fn build(
+        state: &'a ClusterState,
+        groups: usize,
+        mut group_of: impl FnMut(&Node) -> Option<usize>,
+    ) -> View<'a> {
+        let n = state.nodes.len();
+        let mut v = View {
+            ids: Vec::with_capacity(n),
+            nodes: Vec::with_capacity(n),
+            group: Vec::with_capacity(n),
+            gpu_off: Vec::with_capacity(n),
+            gpus: Vec::with_capacity(n),
+            used: Vec::new(),
+            cpu_free: Vec::with_capacity(n),
+            mem_free: Vec::with_capacity(n),
+            whole_free: Vec::with_capacity(n),
+            domains: Vec::new(),
+            depth: 0,
+            guard: vec![NO_GUARD; n],
+            buckets: vec![Vec::new(); groups],
+            partial: vec![BTreeSet::new(); groups],
+            group_nodes: vec![Vec::new(); groups],
+            group_whole_free: vec![0; groups],
+            group_max_gpus: vec![0; groups],
+        };
+        let depth = state
+            .nodes
+            .values()
+            .map(|n| n.spec.topology.len())
+            .max()
+            .unwrap_or(0);
+        v.depth = depth;
+        let mut interned: BTreeMap<Vec<&str>, u32> = BTreeMap::new();
+        for node in state.nodes.values() {
+            let idx = v.ids.len() as u32;
+            v.ids.push(node.spec.id);
+            v.nodes.push(node);
+            let group = if node.state == NodeState::Ready {
+                group_of(node)
+            } else {
+                None
+            };
+            v.group.push(group);
+            v.gpu_off.push(v.used.len());
+            v.gpus.push(node.spec.gpus);
+            v.used.extend(node.gpu_used_milli.iter().copied());
+            v.cpu_free
+                .push(node.spec.cpu_milli.saturating_sub(node.cpu_used_milli));
+            v.mem_free
+                .push(node.spec.mem_mib.saturating_sub(node.mem_used_mib));
+            v.whole_free.push(node.whole_gpus_free());
+            for level in 0..depth {
+                let prefix: Vec<&str> = (0..=level)
+                    .map(|l| node.spec.topology.get(l).map_or("", String::as_str))
+                    .collect();
+                let next = interned.len() as u32;
+                v.domains.push(*interned.entry(prefix).or_insert(next));
+            }
+            if let Some(g) = group {
+                v.group_nodes[g].push(idx);
+                v.group_max_gpus[g] = v.group_max_gpus[g].max(node.spec.gpus);
+            }
+        }
+        for g in 0..groups {
+            v.buckets[g] = vec![BTreeSet::new(); v.group_max_gpus[g] as usize + 1];
+        }
+        for i in 0..v.ids.len() {
+            v.index(i as u32);
+        }
+        v
+    }
+
+    fn gpu_range(&self, n: u32) -> std::ops::Range<usize> {
+        let off = self.gpu_off[n as usize];
+        off..off + self.gpus[n as usize] as usize
+    }
+
+    pub fn domain(&self, n: u32, level: usize) -> u32 {
+        self.domains[n as usize * self.depth + level]
+    }
+
+    pub fn used_of(&self, n: u32) -> &[u32] {
+        &self.used[self.gpu_range(n)]
+    }
+
+    /// Adds node `n` to its group's indices.
+    fn index(&mut self, n: u32) {
+        let Some(g) = self.group[n as usize] else {
+            return;
+        };
+        let wf = self.whole_free[n as usize];
+        self.buckets[g][wf as usize].insert(n);
+        self.group_whole_free[g] += u64::from(wf);
+        let off = self.gpu_off[n as usize];
+        for i in 0..self.gpus[n as usize] as usize {
+            let u = self.used[off + i];
+            if u > 0 && u < MILLI_PER_GPU {
+                self.partial[g].insert((MILLI_PER_GPU - u, n, i as u32));
+            }
+        }
+    }
+
+    fn unindex(&mut self, n: u32) {
+        let Some(g) = self.group[n as usize] else {
+            return;
+        };
+        let wf = self.whole_free[n as usize];
+        self.buckets[g][wf as usize].remove(&n);
+        self.group_whole_free[g] -= u64::from(wf);
+        let off = self.gpu_off[n as usize];
+        for i in 0..self.gpus[n as usize] as usize {
+            let u = self.used[off + i];
+            if u > 0 && u < MILLI_PER_GPU {
+                self.partial[g].remove(&(MILLI_PER_GPU - u, n, i as u32));
+            }
+        }
+    }
+
+    /// Changes a node's usage by `delta` milli on the listed GPUs and by the CPU and memory
+    /// given; positive takes, negative gives back. Saturates instead of overflowing, so
+    /// conservative "occupy if not already" updates are safe.
+    pub fn adjust(&mut self, n: u32, gpus: &[u32], milli: i64, cpu: i64, mem: i64) {
+        self.unindex(n);
+        let off = self.gpu_off[n as usize];
+        for &g in gpus {
+            let u = &mut self.used[off + g as usize];
+            *u = (i64::from(*u) + milli).clamp(0, i64::from(MILLI_PER_GPU)) as u32;
+        }
+        let ni = n as usize;
+        self.cpu_free[ni] = (self.cpu_free[ni] as i64 - cpu).max(0) as u64;
+        self.mem_free[ni] = (self.mem_free[ni] as i64 - mem).max(0) as u64;
+        self.whole_free[ni] = self.used_of(n).iter().filter(|&&u| u == 0).count() as u32;
+        self.index(n);
+    }
+
+    pub fn dense(&self, id: NodeId) -> Option<u32> {
+        self.ids.binary_search(&id).ok().map(|i| i as u32)
+    }
+
+    /// Gives a placement back to the free capacity.
+    pub fn give(&mut self, placement: &[TaskPlacement], cpu: u64, mem: u64) {
+        for t in placement {
+            if let Some(n) = self.dense(t.node) {
+                self.adjust(
+                    n,
+                    &t.gpus,
+                    -i64::from(t.gpu_milli),
+                    -(cpu as i64),
+                    -(mem as i64),
+                );
+            }
+        }
+    }
+
+    /// The largest number of whole free GPUs on one node of the group.
+    pub fn largest_free_block(&self, g: usize) -> u32 {
+        self.buckets[g]
+            .iter()
+            .rposition(|b| !b.is_empty())
+            .unwrap_or(0) as u32
+    }
+
+    /// Whole GPUs of node `n` that a job ending at `end_s` may take.
+    pub fn allowed_whole(&self, n: u32, end_s: Secs) -> u32 {
+        let guard = self.guard[n as usize];
+        let free = self.whole_free[n as usize];
+        if end_s <= guard.earliest_s {
+            free
+        } else {
+            free.min(guard.slack)
+        }
+    }
+}

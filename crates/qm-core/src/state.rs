@@ -1,0 +1,830 @@
+//! `ClusterState` and `apply`: the only way the state changes.
+//!
+//! Every event is checked before anything is touched, so a refused event (an [`ApplyError`])
+//! leaves the state exactly as it was. The checks here are also the last line of defence of
+//! the core's invariants: `apply` refuses a start that would give a GPU share twice, whatever
+//! the caller believes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApplyError;
+use crate::model::{
+    GpuAsk, JobId, JobSpec, NodeId, NodeSpec, NodeState, SchedulerConfig, Secs, TeamSpec,
+    MILLI_PER_GPU,
+};
+use crate::teams;
+
+/// Where one task of a job runs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskPlacement {
+    pub node: NodeId,
+    /// Indices of the GPUs on that node.
+    pub gpus: Vec<u32>,
+    /// Milli-GPUs taken on each listed GPU (1000 for whole GPUs).
+    pub gpu_milli: u32,
+}
+
+/// Whether a job runs inside its team's guarantee or on lent capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    Guaranteed,
+    Borrowed,
+}
+
+/// Why a running job is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// Its GPUs go back to the team that is guaranteed them; the job is requeued.
+    Reclaim,
+    /// Its GPUs sat idle; the job is requeued.
+    Idle,
+    /// It ran past its time limit; it ends as failed.
+    TimeLimit,
+    /// Its owner cancelled it.
+    Cancel,
+}
+
+impl StopCause {
+    fn requeues(self) -> bool {
+        matches!(self, StopCause::Reclaim | StopCause::Idle)
+    }
+}
+
+/// A job that holds resources.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub placement: Vec<TaskPlacement>,
+    pub started_s: Secs,
+    pub admission: Admission,
+    /// Since when every sample has been below the idle threshold.
+    pub idle_since_s: Option<Secs>,
+    pub last_sample_s: Option<Secs>,
+    pub last_util_pct: Option<u8>,
+}
+
+/// A running job told to stop; it keeps its resources until it exits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    pub cause: StopCause,
+    pub asked_s: Secs,
+    /// SIGKILL time: asked + grace.
+    pub deadline_s: Secs,
+    pub beneficiary: Option<JobId>,
+}
+
+/// A job's life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Pending,
+    Running(Run),
+    Stopping(Run, Stop),
+    Succeeded { at_s: Secs },
+    Failed { at_s: Secs, timed_out: bool },
+    Cancelled { at_s: Secs },
+}
+
+impl JobState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running(_) => "running",
+            JobState::Stopping(..) => "stopping",
+            JobState::Succeeded { .. } => "succeeded",
+            JobState::Failed { .. } => "failed",
+            JobState::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded { .. } | JobState::Failed { .. } | JobState::Cancelled { .. }
+        )
+    }
+
+    /// The resources a job holds, if it holds any.
+    pub fn run(&self) -> Option<&Run> {
+        match self {
+            JobState::Running(run) | JobState::Stopping(run, _) => Some(run),
+            _ => None,
+        }
+    }
+}
+
+/// A submitted job and what has happened to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub preemptions: u32,
+    /// GPU milli-seconds this job spent allocated but idle.
+    pub idle_milli_s: u64,
+}
+
+/// A node with what is given out on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub spec: NodeSpec,
+    pub state: NodeState,
+    /// Milli-GPUs given out, per GPU index.
+    pub gpu_used_milli: Vec<u32>,
+    pub cpu_used_milli: u64,
+    pub mem_used_mib: u64,
+}
+
+impl Node {
+    pub fn whole_gpus_free(&self) -> u32 {
+        self.gpu_used_milli.iter().filter(|&&m| m == 0).count() as u32
+    }
+}
+
+/// A team with its usage history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Team {
+    pub spec: TeamSpec,
+    /// Milli-GPUs held now by this team's own jobs.
+    pub alloc_milli: u64,
+    /// Exponentially decayed integral of `alloc_milli` over time (milli-GPU-seconds).
+    pub usage_decayed: f64,
+    /// Same, for GPU time that was allocated but idle.
+    pub idle_decayed: f64,
+    /// All idle GPU time ever charged to the team, in milli-GPU-seconds.
+    pub idle_milli_s_total: u64,
+}
+
+/// GPUs freed by preemption and kept for the job they were freed for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub shares: Vec<HeldShare>,
+    pub victims: BTreeSet<JobId>,
+    /// After this the hold lapses and the GPUs go back to everyone.
+    pub until_s: Secs,
+}
+
+/// One task's worth of resources in a hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldShare {
+    pub victim: JobId,
+    pub task: TaskPlacement,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+}
+
+/// Everything the scheduler knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct ClusterState {
+    pub config: SchedulerConfig,
+    pub(crate) nodes: BTreeMap<NodeId, Node>,
+    pub(crate) teams: BTreeMap<String, Team>,
+    pub(crate) jobs: BTreeMap<JobId, Job>,
+    pub(crate) holds: BTreeMap<JobId, Hold>,
+    /// Pending and holding jobs, the only ones a plan looks at.
+    pub(crate) live: BTreeSet<JobId>,
+    /// Time of the latest event seen, for usage decay.
+    pub(crate) clock_s: Secs,
+}
+
+/// Something that happened. `apply` is the only way state changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A node registers (or re-registers after an outage, coming back ready).
+    NodeUp(NodeSpec),
+    /// An operator or the reconciler changes a node's state. `Down` requeues what ran there.
+    NodeState {
+        node: NodeId,
+        state: NodeState,
+        at_s: Secs,
+    },
+    /// Creates a team or changes its quotas, weight, parent or idle policy.
+    SetTeam(TeamSpec),
+    /// Removes a team without jobs and without sub-teams.
+    RemoveTeam {
+        name: String,
+    },
+    Submit(JobSpec),
+    /// A pending job ends at once; a running one is stopped and ends cancelled.
+    Cancel {
+        job: JobId,
+        at_s: Secs,
+    },
+    /// The shell executed a start of the plan.
+    Start {
+        job: JobId,
+        placement: Vec<TaskPlacement>,
+        admission: Admission,
+        at_s: Secs,
+    },
+    /// The shell told a running job to stop (SIGTERM now, SIGKILL after its grace period).
+    Stop {
+        job: JobId,
+        cause: StopCause,
+        beneficiary: Option<JobId>,
+        at_s: Secs,
+    },
+    /// Every task of the job has exited. A stopped job goes where its stop cause says.
+    Exited {
+        job: JobId,
+        success: bool,
+        at_s: Secs,
+    },
+    /// The job lost its resources (its node went away) and goes back to the queue whole.
+    Requeue {
+        job: JobId,
+        at_s: Secs,
+    },
+    /// Highest GPU utilisation over the job's GPUs since the previous sample.
+    Utilisation {
+        job: JobId,
+        pct: u8,
+        at_s: Secs,
+    },
+}
+
+impl Event {
+    fn at_s(&self) -> Option<Secs> {
+        match self {
+            Event::NodeState { at_s, .. }
+            | Event::Cancel { at_s, .. }
+            | Event::Start { at_s, .. }
+            | Event::Stop { at_s, .. }
+            | Event::Exited { at_s, .. }
+            | Event::Requeue { at_s, .. }
+            | Event::Utilisation { at_s, .. } => Some(*at_s),
+            Event::Submit(spec) => Some(spec.submit_s),
+            Event::NodeUp(_) | Event::SetTeam(_) | Event::RemoveTeam { .. } => None,
+        }
+    }
+}
+
+/// Applies one event; on error nothing changed.
+pub fn apply(state: &mut ClusterState, event: Event) -> Result<(), ApplyError> {
+    state.apply(event)
+}
+
+impl ClusterState {
+    pub fn new(config: SchedulerConfig) -> ClusterState {
+        ClusterState {
+            config,
+            ..ClusterState::default()
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    pub fn teams(&self) -> impl Iterator<Item = &Team> {
+        self.teams.values()
+    }
+
+    pub fn team(&self, name: &str) -> Option<&Team> {
+        self.teams.get(name)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Jobs that are pending, running or stopping, in id order.
+    pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.live.iter().map(|id| &self.jobs[id])
+    }
+
+    pub fn holds(&self) -> &BTreeMap<JobId, Hold> {
+        &self.holds
+    }
+
+    pub fn clock_s(&self) -> Secs {
+        self.clock_s
+    }
+
+    /// Drops terminal jobs that ended before `before_s` and that no live job depends on, to
+    /// bound memory in long-running servers and simulations.
+    pub fn forget_finished(&mut self, before_s: Secs) {
+        let needed: BTreeSet<JobId> = self
+            .live
+            .iter()
+            .flat_map(|id| self.jobs[id].spec.depends_on.iter().copied())
+            .collect();
+        self.jobs.retain(|id, job| {
+            let ended = match job.state {
+                JobState::Succeeded { at_s }
+                | JobState::Failed { at_s, .. }
+                | JobState::Cancelled { at_s } => Some(at_s),
+                _ => None,
+            };
+            !matches!(ended, Some(at) if at < before_s) || needed.contains(id)
+        });
+    }
+
+    fn apply(&mut self, event: Event) -> Result<(), ApplyError> {
+        // Every arm validates completely before it mutates. Usage decay runs first (it needs
+        // the allocation before the event) and is rolled back if the event is refused.
+        let saved_clock = self.clock_s;
+        let saved_usage: Vec<(f64, f64)> = self
+            .teams
+            .values()
+            .map(|t| (t.usage_decayed, t.idle_decayed))
+            .collect();
+        if let Some(at) = event.at_s() {
+            self.advance_usage(at);
+        }
+        let result = self.apply_checked(event);
+        if result.is_err() {
+            self.clock_s = saved_clock;
+            for (team, (usage, idle)) in self.teams.values_mut().zip(saved_usage) {
+                team.usage_decayed = usage;
+                team.idle_decayed = idle;
+            }
+        }
+        result
+    }
+
+    fn apply_checked(&mut self, event: Event) -> Result<(), ApplyError> {
+        match event {
+            Event::NodeUp(spec) => self.node_up(spec),
+            Event::NodeState { node, state, at_s } => self.set_node_state(node, state, at_s),
+            Event::SetTeam(spec) => self.set_team(spec),
+            Event::RemoveTeam { name } => self.remove_team(&name),
+            Event::Submit(spec) => self.submit(spec),
+            Event::Cancel { job, at_s } => self.cancel(job, at_s),
+            Event::Start {
+                job,
+                placement,
+                admission,
+                at_s,
+            } => self.start(job, placement, admission, at_s),
+            Event::Stop {
+                job,
+                cause,
+                beneficiary,
+                at_s,
+            } => self.stop(job, cause, beneficiary, at_s),
+            Event::Exited { job, success, at_s } => self.exited(job, success, at_s),
+            Event::Requeue { job, at_s } => self.requeue(job, at_s),
+            Event::Utilisation { job, pct, at_s } => self.utilisation(job, pct, at_s),
+        }
+    }
+
+    /// Brings every team's decayed usage forward to `at` (never backwards).
+    fn advance_usage(&mut self, at: Secs) {
+        if at <= self.clock_s {
+            return;
+        }
+        let dt = (at - self.clock_s) as f64;
+        let lambda = std::f64::consts::LN_2 / self.config.fair_share_half_life_s.max(1) as f64;
+        let keep = (-lambda * dt).exp();
+        for team in self.teams.values_mut() {
+            let added = team.alloc_milli as f64 * (1.0 - keep) / lambda;
+            team.usage_decayed = team.usage_decayed * keep + added;
+            team.idle_decayed *= keep;
+        }
+        self.clock_s = at;
+    }
+
+    fn node_up(&mut self, spec: NodeSpec) -> Result<(), ApplyError> {
+        if spec.gpus == 0 {
+            return Err(ApplyError::invalid_node(
+                &spec.name,
+                "a node needs at least one GPU",
+            ));
+        }
+        if spec.gpus > 64 {
+            return Err(ApplyError::invalid_node(
+                &spec.name,
+                "at most 64 GPUs per node are supported",
+            ));
+        }
+        if spec.gpu_model.is_empty() || spec.gpu_model == crate::model::ANY_MODEL {
+            return Err(ApplyError::invalid_node(
+                &spec.name,
+                "the GPU model must be a name such as \"H100\"",
+            ));
+        }
+        if let Some(node) = self.nodes.get_mut(&spec.id) {
+            let used = node.gpu_used_milli.iter().any(|&m| m > 0)
+                || node.cpu_used_milli > 0
+                || node.mem_used_mib > 0;
+            let shrinks = spec.gpus != node.spec.gpus
+                || spec.cpu_milli < node.cpu_used_milli
+                || spec.mem_mib < node.mem_used_mib
+                || spec.gpu_model != node.spec.gpu_model;
+            if used && shrinks {
+                return Err(ApplyError::invalid_node(
+                    &spec.name,
+                    "cannot change GPUs, GPU model or shrink CPU/memory while tasks run there",
+                ));
+            }
+            if !used {
+                node.gpu_used_milli = vec![0; spec.gpus as usize];
+            }
+            node.spec = spec;
+            node.state = NodeState::Ready;
+            return Ok(());
+        }
+        let gpus = spec.gpus as usize;
+        self.nodes.insert(
+            spec.id,
+            Node {
+                spec,
+                state: NodeState::Ready,
+                gpu_used_milli: vec![0; gpus],
+                cpu_used_milli: 0,
+                mem_used_mib: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn set_node_state(
+        &mut self,
+        node: NodeId,
+        state: NodeState,
+        at_s: Secs,
+    ) -> Result<(), ApplyError> {
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return Err(ApplyError::UnknownNode(node));
+        };
+        n.state = state;
+        if state == NodeState::Down {
+            let victims: Vec<JobId> = self
+                .live
+                .iter()
+                .filter(|id| {
+                    self.jobs[id]
+                        .state
+                        .run()
+                        .is_some_and(|r| r.placement.iter().any(|t| t.node == node))
+                })
+                .copied()
+                .collect();
+            for job in victims {
+                self.requeue(job, at_s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_team(&mut self, spec: TeamSpec) -> Result<(), ApplyError> {
+        let mut specs: BTreeMap<String, TeamSpec> = self
+            .teams
+            .iter()
+            .map(|(k, t)| (k.clone(), t.spec.clone()))
+            .collect();
+        specs.insert(spec.name.clone(), spec.clone());
+        teams::validate(&specs)?;
+        if let Some(parent) = &spec.parent {
+            let parent_has_jobs = self
+                .live
+                .iter()
+                .any(|id| &self.jobs[id].spec.team == parent);
+            if parent_has_jobs {
+                return Err(ApplyError::InvalidTeam {
+                    team: spec.name.clone(),
+                    why: format!(
+                        "its parent {parent:?} has jobs of its own; only teams without sub-teams run jobs"
+                    ),
+                });
+            }
+        }
+        match self.teams.get_mut(&spec.name) {
+            Some(team) => team.spec = spec,
+            None => {
+                self.teams.insert(
+                    spec.name.clone(),
+                    Team {
+                        spec,
+                        alloc_milli: 0,
+                        usage_decayed: 0.0,
+                        idle_decayed: 0.0,
+                        idle_milli_s_total: 0,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_team(&mut self, name: &str) -> Result<(), ApplyError> {
+        if !self.teams.contains_key(name) {
+            return Err(ApplyError::UnknownTeam {
+                team: name.to_string(),
+                known: self.teams.keys().cloned().collect(),
+            });
+        }
+        if let Some(child) = self
+            .teams
+            .values()
+            .find(|t| t.spec.parent.as_deref() == Some(name))
+        {
+            return Err(ApplyError::InvalidTeam {
+                team: name.to_string(),
+                why: format!("it still has the sub-team {:?}", child.spec.name),
+            });
+        }
+        if self.live.iter().any(|id| self.jobs[id].spec.team == name) {
+            return Err(ApplyError::InvalidTeam {
+                team: name.to_string(),
+                why: "it still has pending or running jobs".to_string(),
+            });
+        }
+        self.teams.remove(name);
+        Ok(())
+    }
+
+    fn submit(&mut self, spec: JobSpec) -> Result<(), ApplyError> {
+        crate::validate::job(self, &spec)?;
+        self.live.insert(spec.id);
+        self.jobs.insert(
+            spec.id,
+            Job {
+                spec,
+                state: JobState::Pending,
+                preemptions: 0,
+                idle_milli_s: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn job_mut(&mut self, id: JobId) -> Result<&mut Job, ApplyError> {
+        self.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))
+    }
+
+    fn wrong_state(&self, id: JobId, expected: &'static str) -> ApplyError {
+        ApplyError::WrongState {
+            job: id,
+            state: self.jobs[&id].state.name(),
+            expected,
+        }
+    }
+
+    fn cancel(&mut self, id: JobId, at_s: Secs) -> Result<(), ApplyError> {
+        let job = self.job_mut(id)?;
+        match &job.state {
+            JobState::Pending => {
+                job.state = JobState::Cancelled { at_s };
+                self.live.remove(&id);
+                self.holds.remove(&id);
+                Ok(())
+            }
+            JobState::Running(_) => self.stop(id, StopCause::Cancel, None, at_s),
+            JobState::Stopping(run, stop) => {
+                // Already stopping: it will end cancelled instead of being requeued.
+                let (run, mut stop) = (run.clone(), stop.clone());
+                stop.cause = StopCause::Cancel;
+                job.state = JobState::Stopping(run, stop);
+                Ok(())
+            }
+            _ => Err(self.wrong_state(id, "pending, running or stopping")),
+        }
+    }
+
+    fn start(
+        &mut self,
+        id: JobId,
+        placement: Vec<TaskPlacement>,
+        admission: Admission,
+        at_s: Secs,
+    ) -> Result<(), ApplyError> {
+        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        if job.state != JobState::Pending {
+            return Err(self.wrong_state(id, "pending"));
+        }
+        crate::validate::placement(self, &job.spec, &placement)?;
+        let milli = job.spec.milli_total();
+        let (cpu, mem) = (job.spec.cpu_milli, job.spec.mem_mib);
+        let team = job.spec.team.clone();
+        self.take(&placement, cpu, mem);
+        if let Some(t) = self.teams.get_mut(&team) {
+            t.alloc_milli += milli;
+        }
+        self.holds.remove(&id);
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        job.state = JobState::Running(Run {
+            placement,
+            started_s: at_s,
+            admission,
+            idle_since_s: None,
+            last_sample_s: None,
+            last_util_pct: None,
+        });
+        Ok(())
+    }
+
+    fn take(&mut self, placement: &[TaskPlacement], cpu: u64, mem: u64) {
+        for task in placement {
+            let node = self.nodes.get_mut(&task.node).expect("validated");
+            for &g in &task.gpus {
+                node.gpu_used_milli[g as usize] += task.gpu_milli;
+            }
+            node.cpu_used_milli += cpu;
+            node.mem_used_mib += mem;
+        }
+    }
+
+    fn give_back(&mut self, placement: &[TaskPlacement], cpu: u64, mem: u64) {
+        for task in placement {
+            // A node may have been re-registered empty; never underflow.
+            if let Some(node) = self.nodes.get_mut(&task.node) {
+                for &g in &task.gpus {
+                    if let Some(used) = node.gpu_used_milli.get_mut(g as usize) {
+                        *used = used.saturating_sub(task.gpu_milli);
+                    }
+                }
+                node.cpu_used_milli = node.cpu_used_milli.saturating_sub(cpu);
+                node.mem_used_mib = node.mem_used_mib.saturating_sub(mem);
+            }
+        }
+    }
+
+    /// Frees a job's resources and takes it off its team's allocation.
+    fn release(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        let Some(run) = job.state.run() else { return };
+        let placement = run.placement.clone();
+        let (cpu, mem, milli) = (job.spec.cpu_milli, job.spec.mem_mib, job.spec.milli_total());
+        let team = job.spec.team.clone();
+        self.give_back(&placement, cpu, mem);
+        if let Some(t) = self.teams.get_mut(&team) {
+            t.alloc_milli = t.alloc_milli.saturating_sub(milli);
+        }
+    }
+
+    fn stop(
+        &mut self,
+        id: JobId,
+        cause: StopCause,
+        beneficiary: Option<JobId>,
+        at_s: Secs,
+    ) -> Result<(), ApplyError> {
+        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let JobState::Running(run) = &job.state else {
+            return Err(self.wrong_state(id, "running"));
+        };
+        if cause == StopCause::Reclaim && !job.spec.preemptible {
+            return Err(ApplyError::NotPreemptible(id));
+        }
+        if let Some(b) = beneficiary {
+            let ok = self
+                .jobs
+                .get(&b)
+                .is_some_and(|j| j.state == JobState::Pending);
+            if !ok {
+                return Err(ApplyError::BadBeneficiary {
+                    victim: id,
+                    beneficiary: b,
+                });
+            }
+        }
+        let run = run.clone();
+        let grace = job.spec.grace_s;
+        let deadline_s = at_s + grace;
+        if let Some(b) = beneficiary {
+            let slack = self.config.hold_slack_s;
+            let hold = self.holds.entry(b).or_insert_with(|| Hold {
+                shares: Vec::new(),
+                victims: BTreeSet::new(),
+                until_s: 0,
+            });
+            hold.victims.insert(id);
+            hold.until_s = hold.until_s.max(deadline_s + slack);
+            hold.shares.extend(run.placement.iter().map(|t| HeldShare {
+                victim: id,
+                task: t.clone(),
+                cpu_milli: job.spec.cpu_milli,
+                mem_mib: job.spec.mem_mib,
+            }));
+        }
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        job.state = JobState::Stopping(
+            run,
+            Stop {
+                cause,
+                asked_s: at_s,
+                deadline_s,
+                beneficiary,
+            },
+        );
+        Ok(())
+    }
+
+    fn exited(&mut self, id: JobId, success: bool, at_s: Secs) -> Result<(), ApplyError> {
+        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let next = match &job.state {
+            JobState::Running(_) if success => JobState::Succeeded { at_s },
+            JobState::Running(_) => JobState::Failed {
+                at_s,
+                timed_out: false,
+            },
+            JobState::Stopping(_, stop) => match stop.cause {
+                c if c.requeues() => JobState::Pending,
+                StopCause::TimeLimit => JobState::Failed {
+                    at_s,
+                    timed_out: true,
+                },
+                _ => JobState::Cancelled { at_s },
+            },
+            _ => return Err(self.wrong_state(id, "running or stopping")),
+        };
+        let requeued = next == JobState::Pending;
+        self.release(id);
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        job.state = next;
+        if requeued {
+            job.preemptions += 1;
+        } else {
+            self.live.remove(&id);
+            self.holds.remove(&id);
+        }
+        Ok(())
+    }
+
+    fn requeue(&mut self, id: JobId, _at_s: Secs) -> Result<(), ApplyError> {
+        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        if job.state.run().is_none() {
+            return Err(self.wrong_state(id, "running or stopping"));
+        }
+        let cancelled =
+            matches!(&job.state, JobState::Stopping(_, s) if s.cause == StopCause::Cancel);
+        self.release(id);
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        if cancelled {
+            job.state = JobState::Cancelled { at_s: _at_s };
+            self.live.remove(&id);
+        } else {
+            job.state = JobState::Pending;
+            job.preemptions += 1;
+        }
+        Ok(())
+    }
+
+    fn utilisation(&mut self, id: JobId, pct: u8, at_s: Secs) -> Result<(), ApplyError> {
+        if pct > 100 {
+            return Err(ApplyError::Invalid(format!(
+                "utilisation of {id} is {pct}%; it must be 0..=100"
+            )));
+        }
+        let threshold = self.config.idle_threshold_pct;
+        let job = self.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let milli = job.spec.milli_total();
+        let team = job.spec.team.clone();
+        let run = match &mut job.state {
+            JobState::Running(run) | JobState::Stopping(run, _) => run,
+            _ => {
+                // Late samples from a job that already stopped are harmless: ignore them.
+                return Ok(());
+            }
+        };
+        let idle = pct < threshold;
+        let mut charged = 0u64;
+        if idle {
+            if let (Some(prev_at), Some(prev_pct)) = (run.last_sample_s, run.last_util_pct) {
+                if prev_pct < threshold && at_s > prev_at {
+                    charged = milli * (at_s - prev_at);
+                }
+            }
+            run.idle_since_s.get_or_insert(at_s);
+        } else {
+            run.idle_since_s = None;
+        }
+        run.last_sample_s = Some(at_s);
+        run.last_util_pct = Some(pct);
+        job.idle_milli_s += charged;
+        if let Some(t) = self.teams.get_mut(&team) {
+            t.idle_milli_s_total += charged;
+            t.idle_decayed += charged as f64;
+        }
+        Ok(())
+    }
+}
+
+/// Milli-GPUs a placement takes, for checks.
+pub(crate) fn placement_milli(placement: &[TaskPlacement]) -> u64 {
+    placement
+        .iter()
+        .map(|t| u64::from(t.gpu_milli) * t.gpus.len() as u64)
+        .sum()
+}
+
+/// The placement shape a task of `ask` must have.
+pub(crate) fn task_shape(ask: GpuAsk) -> (usize, u32) {
+    match ask {
+        GpuAsk::Whole(n) => (n as usize, MILLI_PER_GPU),
+        GpuAsk::Milli(m) => (1, m),
+    }
+}

@@ -1,0 +1,288 @@
+//! `qm bench …`: benchmarks as code, one command each, figures recorded in BENCHMARKS.md.
+
+use std::error::Error;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use qm_core::{
+    apply, plan, ClusterState, Event, GpuAsk, JobId, JobSpec, NodeId, NodeSpec, SchedulerConfig,
+    TeamSpec,
+};
+use serde::Serialize;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time `plan` on a large synthetic cluster (2,048 nodes x 8 GPUs by default).
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Nodes of 8 GPUs, 32 per rack, 8 racks per pod.
+    #[arg(long, default_value_t = 2048)]
+    nodes: u32,
+    #[arg(long, default_value_t = 20)]
+    teams: u32,
+    #[arg(long, default_value_t = 2000)]
+    running: u32,
+    #[arg(long, default_value_t = 10_000)]
+    pending: u32,
+    /// Timed runs of `plan` (after two warm-up runs).
+    #[arg(long, default_value_t = 30)]
+    runs: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
+    match cmd {
+        BenchCommand::Plan(args) => bench_plan(&args),
+    }
+}
+
+/// splitmix64: a small seeded generator, so every run builds the same cluster.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+const GPUS_PER_NODE: u32 = 8;
+const NODES_PER_RACK: u32 = 32;
+const RACKS_PER_POD: u32 = 8;
+const NOW_S: u64 = 7200;
+
+fn job(rng: &mut Rng, id: u64, team: String, tasks: u32, gpus: u32, submit_s: u64) -> JobSpec {
+    let limits = [3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600];
+    JobSpec {
+        id: JobId(id),
+        name: format!("job-{id}"),
+        team,
+        user: format!("user-{}", rng.below(200)),
+        priority: if rng.below(20) == 0 { 10 } else { 0 },
+        tasks,
+        gpu: GpuAsk::Whole(gpus),
+        cpu_milli: 4000 * u64::from(gpus),
+        mem_mib: 32 * 1024 * u64::from(gpus),
+        gpu_model: None,
+        node_selector: Default::default(),
+        time_limit_s: Some(limits[rng.below(limits.len() as u64) as usize]),
+        runtime_estimate_s: None,
+        preemptible: rng.below(10) != 0,
+        grace_s: 30,
+        min_run_s: if rng.below(4) == 0 { 600 } else { 0 },
+        checkpoint_every_s: if rng.below(3) == 0 { Some(1800) } else { None },
+        depends_on: Vec::new(),
+        submit_s,
+    }
+}
+
+/// (tasks, GPUs per task) of a mostly-small mix with some gangs: 85 % 1 GPU, 9 % 8 GPUs,
+/// the rest gangs of 16-256 GPUs (16-128 for running jobs), and in the queue one in a
+/// thousand a 1,024-2,048-GPU gang.
+fn shape(rng: &mut Rng, queued: bool) -> (u32, u32) {
+    let roll = rng.below(1000);
+    if queued && roll == 0 {
+        let tasks = [128, 192, 256][rng.below(3) as usize];
+        return (tasks, 8);
+    }
+    let gang_sizes = if queued { 5 } else { 4 };
+    match roll {
+        0..=849 => (1, 1),
+        850..=939 => (1, 8),
+        _ => (2u32 << rng.below(gang_sizes), 8),
+    }
+}
+
+pub struct Scenario {
+    pub state: ClusterState,
+    pub running: usize,
+    pub pending: usize,
+    pub gpus_allocated: u64,
+}
+
+/// The benchmark cluster: nodes in racks and pods, teams with guarantees that sum to the
+/// cluster, jobs running since various times, and a deep queue.
+pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
+    let mut rng = Rng(args.seed);
+    let mut state = ClusterState::new(SchedulerConfig::default());
+    for i in 0..args.nodes {
+        let rack = i / NODES_PER_RACK;
+        apply(
+            &mut state,
+            Event::NodeUp(NodeSpec {
+                id: NodeId(i),
+                name: format!("node-{i:05}"),
+                gpus: GPUS_PER_NODE,
+                gpu_model: "H100".into(),
+                gpu_mem_mib: 81_920,
+                cpu_milli: 128_000,
+                mem_mib: 2 * 1024 * 1024,
+                labels: Default::default(),
+                topology: vec![
+                    format!("pod-{}", rack / RACKS_PER_POD),
+                    format!("rack-{rack}"),
+                ],
+            }),
+        )?;
+    }
+    let total = u64::from(args.nodes * GPUS_PER_NODE);
+    let weights: Vec<u64> = (0..args.teams).map(|_| 1 + rng.below(10)).collect();
+    let wsum: u64 = weights.iter().sum();
+    let mut given = 0;
+    for (t, w) in weights.iter().enumerate() {
+        let g = if t + 1 == weights.len() {
+            total - given
+        } else {
+            total * w / wsum
+        };
+        given += g;
+        apply(
+            &mut state,
+            Event::SetTeam(TeamSpec::new(&format!("team-{t:02}"), g as u32)),
+        )?;
+    }
+    let team = |rng: &mut Rng| format!("team-{:02}", rng.below(u64::from(args.teams)));
+    // Running jobs: submitted at 0, started over the last two hours, placed by the planner.
+    for id in 1..=u64::from(args.running) {
+        let (tasks, gpus) = shape(&mut rng, false);
+        let t = team(&mut rng);
+        let spec = job(&mut rng, id, t, tasks, gpus, 0);
+        apply(&mut state, Event::Submit(spec))?;
+    }
+    let initial = plan(&state, 0);
+    for start in initial.starts {
+        apply(
+            &mut state,
+            Event::Start {
+                job: start.job,
+                placement: start.placement,
+                admission: start.admission,
+                at_s: rng.below(NOW_S),
+            },
+        )?;
+    }
+    let running = state.live_jobs().filter(|j| j.state.run().is_some()).count();
+    let gpus_allocated = state
+        .live_jobs()
+        .filter(|j| j.state.run().is_some())
+        .map(|j| j.spec.milli_total() / 1000)
+        .sum();
+    // Pending jobs: the rest of the first batch, then the queue, a few huge gangs in it.
+    let first = u64::from(args.running) + 1;
+    for id in first..first + u64::from(args.pending) {
+        let (tasks, gpus) = shape(&mut rng, true);
+        let t = team(&mut rng);
+        let submit_s = rng.below(NOW_S);
+        let spec = job(&mut rng, id, t, tasks, gpus, submit_s);
+        apply(&mut state, Event::Submit(spec))?;
+    }
+    let pending = state.live_jobs().filter(|j| j.state.run().is_none()).count();
+    Ok(Scenario {
+        state,
+        running,
+        pending,
+        gpus_allocated,
+    })
+}
+
+#[derive(Serialize)]
+struct PlanReport {
+    nodes: u32,
+    gpus: u32,
+    racks: u32,
+    teams: u32,
+    running: usize,
+    pending: usize,
+    gpus_allocated: u64,
+    runs: u32,
+    plan_ms_median: f64,
+    plan_ms_p99: f64,
+    plan_ms_min: f64,
+    plan_ms_max: f64,
+    state_mib: f64,
+    plan_starts: usize,
+    plan_stops: usize,
+    plan_reservations: usize,
+    plan_pending: usize,
+}
+
+fn bench_plan(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let before = crate::alloc::live_bytes();
+    let sc = scenario(args)?;
+    let state_bytes = crate::alloc::live_bytes().saturating_sub(before);
+    let mut last = plan(&sc.state, NOW_S);
+    let _ = plan(&sc.state, NOW_S);
+    let mut ms = Vec::with_capacity(args.runs as usize);
+    for _ in 0..args.runs {
+        let t0 = Instant::now();
+        let p = plan(&sc.state, NOW_S);
+        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if p != last {
+            return Err("plan is not deterministic: two runs on one state differ".into());
+        }
+        last = p;
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let report = PlanReport {
+        nodes: args.nodes,
+        gpus: args.nodes * GPUS_PER_NODE,
+        racks: args.nodes.div_ceil(NODES_PER_RACK),
+        teams: args.teams,
+        running: sc.running,
+        pending: sc.pending,
+        gpus_allocated: sc.gpus_allocated,
+        runs: args.runs,
+        plan_ms_median: pct(0.5),
+        plan_ms_p99: pct(0.99),
+        plan_ms_min: ms[0],
+        plan_ms_max: ms[ms.len() - 1],
+        state_mib: state_bytes as f64 / (1024.0 * 1024.0),
+        plan_starts: last.starts.len(),
+        plan_stops: last.stops.len(),
+        plan_reservations: last.reservations.len(),
+        plan_pending: last.pending.len(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("qm bench plan (one thread)");
+    println!(
+        "  cluster   {} nodes, {} GPUs, {} racks, {} teams",
+        report.nodes, report.gpus, report.racks, report.teams
+    );
+    println!(
+        "  jobs      {} running on {} GPUs, {} pending",
+        report.running, report.gpus_allocated, report.pending
+    );
+    println!(
+        "  plan      {} starts, {} stops, {} reservations, {} left pending",
+        report.plan_starts, report.plan_stops, report.plan_reservations, report.plan_pending
+    );
+    println!("  state     {:.1} MiB", report.state_mib);
+    println!();
+    println!("  {:<10} {:>10}", "runs", report.runs);
+    println!("  {:<10} {:>10.2} ms", "median", report.plan_ms_median);
+    println!("  {:<10} {:>10.2} ms", "p99", report.plan_ms_p99);
+    println!("  {:<10} {:>10.2} ms", "min", report.plan_ms_min);
+    println!("  {:<10} {:>10.2} ms", "max", report.plan_ms_max);
+    Ok(())
+}
