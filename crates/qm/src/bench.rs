@@ -175,7 +175,10 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
             },
         )?;
     }
-    let running = state.live_jobs().filter(|j| j.state.run().is_some()).count();
+    let running = state
+        .live_jobs()
+        .filter(|j| j.state.run().is_some())
+        .count();
     let gpus_allocated = state
         .live_jobs()
         .filter(|j| j.state.run().is_some())
@@ -190,7 +193,10 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
         let spec = job(&mut rng, id, t, tasks, gpus, submit_s);
         apply(&mut state, Event::Submit(spec))?;
     }
-    let pending = state.live_jobs().filter(|j| j.state.run().is_none()).count();
+    let pending = state
+        .live_jobs()
+        .filter(|j| j.state.run().is_none())
+        .count();
     Ok(Scenario {
         state,
         running,

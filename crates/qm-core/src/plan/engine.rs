@@ -164,6 +164,7 @@ impl<'a> Planner<'a> {
                 starts: Vec::new(),
                 stops: Vec::new(),
                 reservations: Vec::new(),
+                reclaims: Vec::new(),
                 pending: Vec::new(),
                 idle: Vec::new(),
                 teams: Vec::new(),
@@ -539,6 +540,7 @@ impl<'a> Planner<'a> {
                     for task in &p {
                         Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
                     }
+                    let claim = p;
                     let ready_by_s = stopping
                         .iter()
                         .filter_map(|v| match &v.state {
@@ -547,6 +549,11 @@ impl<'a> Planner<'a> {
                         })
                         .max()
                         .unwrap_or(self.now);
+                    self.out.reclaims.push(Reservation {
+                        job: b,
+                        start_s: ready_by_s.max(self.now),
+                        placement: claim,
+                    });
                     self.pend(
                         b,
                         Reason::WaitingForReclaim {
@@ -663,7 +670,10 @@ impl<'a> Planner<'a> {
         } else {
             (1, (usage - g).max(0.0) / f64::from(self.teams.weight[team]))
         };
-        (class, prio, starving, key_f64(key), spec.submit_s, spec.id)
+        // Starving jobs are ordered by age alone, so their order (and with it the head's
+        // reservation) no longer moves with fair-share standings.
+        let key = if starving == 0 { 0 } else { key_f64(key) };
+        (class, prio, starving, key, spec.submit_s, spec.id)
     }
 
     fn start(
@@ -912,9 +922,11 @@ impl<'a> Planner<'a> {
             return false;
         }
         if let GpuAsk::Whole(_) = spec.gpu {
+            // Upper bound: a victim's share of a GPU may free the whole GPU.
             let reclaimable: u64 = victims
                 .iter()
-                .map(|&i| self.runs[i].job.spec.milli_total())
+                .flat_map(|&i| self.runs[i].placement.iter())
+                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
                 .sum();
             if self.view.group_whole_free[g] * u64::from(MILLI_PER_GPU) + reclaimable
                 < spec.milli_total()
@@ -962,6 +974,11 @@ impl<'a> Planner<'a> {
         }
         ids.sort();
         self.reclaims += 1;
+        self.out.reclaims.push(Reservation {
+            job: spec.id,
+            start_s: ready_by_s,
+            placement,
+        });
         self.pend(
             spec.id,
             Reason::WaitingForReclaim {

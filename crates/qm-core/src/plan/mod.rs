@@ -24,6 +24,8 @@ pub struct Plan {
     pub stops: Vec<StopOrder>,
     /// Blocked jobs and where and when they are promised to start.
     pub reservations: Vec<Reservation>,
+    /// Jobs waiting for preempted jobs to exit, and where they will start when they have.
+    pub reclaims: Vec<Reservation>,
     /// Every job left pending, by id, with why and an estimated start.
     pub pending: Vec<PendingJob>,
     /// Allocations whose GPUs have been idle past the window.

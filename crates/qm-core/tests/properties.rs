@@ -1,0 +1,595 @@
+//! Property tests: random clusters, team trees and event sequences, with the core's
+//! invariants checked after every plan.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use qm_core::testkit::{ClusterBuilder, JobBuilder, NodeBuilder, TeamBuilder};
+use qm_core::*;
+
+#[derive(Clone, Debug)]
+struct Cluster {
+    racks: Vec<(u32, u32, bool)>, // nodes, GPUs per node, second model
+    teams: Vec<(u32, Option<u32>, u32, u8)>, // guaranteed, extra max, weight, idle policy
+    nested: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit {
+        team: usize,
+        tasks: u32,
+        whole: Option<u32>,
+        milli: u32,
+        limit: u64,
+        run_pct: u64,
+        preemptible: bool,
+        min_run: u64,
+        grace: u64,
+        priority: i32,
+        model: u8,
+        dep: Option<usize>,
+    },
+    Advance(u64),
+    Cancel(usize),
+    Guarantee(usize, u32),
+    Node(usize, u8),
+    Util(usize, u8),
+}
+
+fn cluster() -> impl Strategy<Value = Cluster> {
+    (
+        prop::collection::vec(
+            (1u32..=3, prop::sample::select(vec![4u32, 8]), any::<bool>()),
+            1..=3,
+        ),
+        prop::collection::vec(
+            (0u32..=12, prop::option::of(0u32..=16), 1u32..=3, 0u8..3),
+            2..=4,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(racks, teams, nested)| Cluster {
+            racks,
+            teams,
+            nested,
+        })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (
+            0usize..4,
+            prop::sample::select(vec![1u32, 1, 1, 2, 3]),
+            prop::option::of(prop::sample::select(vec![1u32, 1, 2, 4, 8])),
+            prop::sample::select(vec![100u32, 250, 500, 700, 1000]),
+            prop::sample::select(vec![100u64, 300, 1000, 5000]),
+            10u64..=100,
+            prop::bool::weighted(0.8),
+            prop::sample::select(vec![0u64, 0, 200]),
+            prop::sample::select(vec![0u64, 30]),
+            -1i32..=1,
+            0u8..4,
+            prop::option::weighted(0.1, 0usize..64),
+        )
+            .prop_map(
+                |(team, tasks, whole, milli, limit, run_pct, preemptible, min_run, grace, priority, model, dep)| {
+                    Op::Submit {
+                        team,
+                        tasks,
+                        whole,
+                        milli,
+                        limit,
+                        run_pct,
+                        preemptible,
+                        min_run,
+                        grace,
+                        priority,
+                        model,
+                        dep,
+                    }
+                }
+            ),
+        3 => (1u64..=600).prop_map(Op::Advance),
+        1 => (0usize..64).prop_map(Op::Cancel),
+        1 => (0usize..4, 0u32..=16).prop_map(|(t, g)| Op::Guarantee(t, g)),
+        1 => (0usize..12, 0u8..3).prop_map(|(n, s)| Op::Node(n, s)),
+        1 => (0usize..64, 0u8..=100).prop_map(|(j, p)| Op::Util(j, p)),
+    ]
+}
+
+fn build(c: &Cluster) -> (ClusterState, Vec<String>) {
+    let mut b = ClusterBuilder::new();
+    for (r, &(nodes, gpus, second)) in c.racks.iter().enumerate() {
+        for _ in 0..nodes {
+            let model = if second { "A100" } else { "H100" };
+            let rack = format!("rack-{r}");
+            b = b.node(
+                NodeBuilder::new(gpus)
+                    .model(model)
+                    .topology(&["pod", &rack]),
+            );
+        }
+    }
+    let names: Vec<String> = (0..c.teams.len()).map(|i| format!("t{i}")).collect();
+    let total_g: u32 = c.teams.iter().map(|t| t.0).sum();
+    if c.nested {
+        b = b.team_spec(TeamBuilder::new("org").guaranteed(total_g).build());
+    }
+    for (i, &(g, extra, w, idle)) in c.teams.iter().enumerate() {
+        let mut t = TeamBuilder::new(&names[i]).guaranteed(g).weight(w);
+        if let Some(extra) = extra {
+            t = t.max(g + extra);
+        }
+        if c.nested {
+            t = t.parent("org");
+        }
+        t = t.idle_policy(match idle {
+            0 => IdlePolicy::Warn,
+            1 => IdlePolicy::ReclaimBorrowed,
+            _ => IdlePolicy::Requeue { grace_s: 120 },
+        });
+        b = b.team_spec(t.build());
+    }
+    let state = b
+        .config(|c| {
+            c.idle_window_s = 300;
+        })
+        .build();
+    (state, names)
+}
+
+/// A tiny shell with a virtual clock that checks invariants after every plan.
+struct World {
+    state: ClusterState,
+    now: u64,
+    names: Vec<String>,
+    ids: Vec<JobId>,
+    durations: BTreeMap<JobId, u64>,
+    /// Plans made since the last `drain`, when recording.
+    history: Option<Vec<Plan>>,
+}
+
+impl World {
+    fn plan_and_check(&mut self) -> Result<Plan, TestCaseError> {
+        let plan = qm_core::plan(&self.state, self.now);
+        // Determinism: same state and time, same plan, byte for byte; also after a round
+        // trip of the state through serde.
+        let again = qm_core::plan(&self.state, self.now);
+        prop_assert_eq!(&plan, &again);
+        let copy: ClusterState =
+            serde_json::from_str(&serde_json::to_string(&self.state).unwrap()).unwrap();
+        let third = qm_core::plan(&copy, self.now);
+        prop_assert_eq!(
+            serde_json::to_string(&plan).unwrap(),
+            serde_json::to_string(&third).unwrap()
+        );
+        // Every pending job is explained exactly once; nothing else is.
+        let pending: Vec<JobId> = self
+            .state
+            .live_jobs()
+            .filter(|j| j.state == JobState::Pending)
+            .map(|j| j.spec.id)
+            .filter(|id| plan.start_of(*id).is_none())
+            .collect();
+        let explained: Vec<JobId> = plan.pending.iter().map(|p| p.job).collect();
+        prop_assert_eq!(pending, explained);
+        // Gangs whole in every start.
+        for s in &plan.starts {
+            let spec = &self.state.job(s.job).unwrap().spec;
+            prop_assert_eq!(s.placement.len(), spec.tasks as usize);
+        }
+        self.execute(&plan)?;
+        self.check_state()?;
+        self.check_guarantees(&plan)?;
+        if let Some(h) = &mut self.history {
+            h.push(plan.clone());
+        }
+        Ok(plan)
+    }
+
+    fn execute(&mut self, plan: &Plan) -> Result<(), TestCaseError> {
+        for stop in &plan.stops {
+            let e = Event::Stop {
+                job: stop.job,
+                cause: stop.cause,
+                beneficiary: stop.beneficiary,
+                at_s: self.now,
+            };
+            apply(&mut self.state, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        for start in &plan.starts {
+            // `apply` refuses a start that gives a GPU share twice.
+            let e = Event::Start {
+                job: start.job,
+                placement: start.placement.clone(),
+                admission: start.admission,
+                at_s: self.now,
+            };
+            apply(&mut self.state, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// No GPU capacity given twice, gangs whole, no team above its max.
+    fn check_state(&self) -> Result<(), TestCaseError> {
+        let mut used: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+        let mut team_alloc: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for job in self.state.live_jobs() {
+            let Some(run) = job.state.run() else { continue };
+            prop_assert_eq!(run.placement.len(), job.spec.tasks as usize, "gang split");
+            let mut model = None;
+            for t in &run.placement {
+                let node = self.state.node(t.node).unwrap();
+                prop_assert!(model
+                    .as_ref()
+                    .is_none_or(|m: &String| *m == node.spec.gpu_model));
+                model = Some(node.spec.gpu_model.clone());
+                let u = used
+                    .entry(t.node)
+                    .or_insert_with(|| vec![0; node.spec.gpus as usize]);
+                for &g in &t.gpus {
+                    u[g as usize] += t.gpu_milli;
+                }
+            }
+            *team_alloc
+                .entry((job.spec.team.clone(), model.unwrap()))
+                .or_default() += job.spec.milli_total();
+        }
+        for node in self.state.nodes() {
+            let expect = used
+                .get(&node.spec.id)
+                .cloned()
+                .unwrap_or_else(|| vec![0; node.spec.gpus as usize]);
+            prop_assert_eq!(&node.gpu_used_milli, &expect);
+            prop_assert!(expect.iter().all(|&m| m <= 1000), "GPU over-committed");
+        }
+        // Max, for each team and its ancestors (one "*" pool in these trees).
+        for team in self.state.teams() {
+            let Some(max) = team.spec.quotas.get(ANY_MODEL).and_then(|q| q.max) else {
+                continue;
+            };
+            let alloc: u64 = team_alloc
+                .iter()
+                .filter(|((t, _), _)| {
+                    *t == team.spec.name || team.spec.name == "org" // org holds every team
+                })
+                .map(|(_, m)| *m)
+                .sum();
+            prop_assert!(
+                alloc <= u64::from(max) * 1000,
+                "{} above max",
+                team.spec.name
+            );
+        }
+        Ok(())
+    }
+
+    /// A guaranteed job is never left pending while borrowed capacity that could be
+    /// reclaimed would let it run.
+    fn check_guarantees(&self, plan: &Plan) -> Result<(), TestCaseError> {
+        // Capacity after the plan; reclaims and reservations are subtracted per job below.
+        let used: BTreeMap<NodeId, (Vec<u32>, u64, u64)> = self
+            .state
+            .nodes()
+            .map(|n| {
+                (
+                    n.spec.id,
+                    (n.gpu_used_milli.clone(), n.cpu_used_milli, n.mem_used_mib),
+                )
+            })
+            .collect();
+        let occupy = |used: &mut BTreeMap<NodeId, (Vec<u32>, u64, u64)>, p: &[TaskPlacement]| {
+            for t in p {
+                let u = used.get_mut(&t.node).unwrap();
+                for &g in &t.gpus {
+                    u.0[g as usize] = (u.0[g as usize] + t.gpu_milli).min(1000);
+                }
+            }
+        };
+        // Recompute admission: each team's jobs, oldest first, guaranteed while they fit.
+        let mut borrowed = Vec::new();
+        let mut alloc: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_team: BTreeMap<String, Vec<&Job>> = BTreeMap::new();
+        for job in self.state.live_jobs() {
+            if job.state.run().is_some() {
+                by_team.entry(job.spec.team.clone()).or_default().push(job);
+            }
+        }
+        for (team, mut jobs) in by_team {
+            jobs.sort_by_key(|j| (j.state.run().unwrap().started_s, j.spec.id));
+            let g =
+                u64::from(self.state.team(&team).unwrap().spec.quotas[ANY_MODEL].guaranteed) * 1000;
+            let mut inside = 0;
+            for j in jobs {
+                let m = j.spec.milli_total();
+                *alloc.entry(team.clone()).or_default() += m;
+                if inside + m <= g {
+                    inside += m;
+                } else if let JobState::Running(run) = &j.state {
+                    let old_enough = self.now - run.started_s >= j.spec.min_run_s;
+                    let new = plan.start_of(j.spec.id).is_some();
+                    if j.spec.preemptible && old_enough && !new {
+                        borrowed.push(j);
+                    }
+                }
+            }
+        }
+        for p in &plan.pending {
+            if !matches!(
+                p.reason,
+                Reason::NoPlacement { .. }
+                    | Reason::Reserved { .. }
+                    | Reason::BehindReservation { .. }
+            ) {
+                continue;
+            }
+            let job = self.state.job(p.job).unwrap();
+            let team = self.state.team(&job.spec.team).unwrap();
+            let g = u64::from(team.spec.quotas[ANY_MODEL].guaranteed) * 1000;
+            let a = alloc.get(&job.spec.team).copied().unwrap_or(0);
+            if a + job.spec.milli_total() > g {
+                continue;
+            }
+            let mut free = used.clone();
+            for v in &borrowed {
+                for t in &v.state.run().unwrap().placement {
+                    let u = free.get_mut(&t.node).unwrap();
+                    for &gi in &t.gpus {
+                        u.0[gi as usize] -= t.gpu_milli.min(u.0[gi as usize]);
+                    }
+                    u.1 -= v.spec.cpu_milli.min(u.1);
+                    u.2 -= v.spec.mem_mib.min(u.2);
+                }
+            }
+            // What others were promised stays theirs.
+            for r in plan.reservations.iter().filter(|r| r.job != p.job) {
+                occupy(&mut free, &r.placement);
+            }
+            for r in plan.reclaims.iter() {
+                occupy(&mut free, &r.placement);
+            }
+            for model in ["H100", "A100"] {
+                if job.spec.gpu_model.as_deref().is_some_and(|m| m != model) {
+                    continue;
+                }
+                let mut cap = 0u64;
+                for node in self.state.nodes() {
+                    if node.state != NodeState::Ready || node.spec.gpu_model != model {
+                        continue;
+                    }
+                    let (u, cpu, mem) = &free[&node.spec.id];
+                    let by_gpu = match job.spec.gpu {
+                        GpuAsk::Whole(k) => {
+                            u.iter().filter(|&&x| x == 0).count() as u64 / u64::from(k)
+                        }
+                        GpuAsk::Milli(m) => u.iter().map(|&x| u64::from((1000 - x) / m)).sum(),
+                    };
+                    let by_cpu = (node.spec.cpu_milli - cpu) / job.spec.cpu_milli.max(1);
+                    let by_mem = (node.spec.mem_mib - mem) / job.spec.mem_mib.max(1);
+                    cap += by_gpu.min(by_cpu).min(by_mem);
+                }
+                prop_assert!(
+                    cap < u64::from(job.spec.tasks),
+                    "guaranteed {} left pending ({}) while reclaim would fit it on {model}",
+                    p.job,
+                    p.reason
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, dt: u64) -> Result<(), TestCaseError> {
+        let target = self.now + dt;
+        // Move event by event: job ends and stop deadlines, planning after each.
+        for _ in 0..1000 {
+            let next = self
+                .state
+                .live_jobs()
+                .filter_map(|j| match &j.state {
+                    JobState::Running(r) => self.durations.get(&j.spec.id).map(|d| r.started_s + d),
+                    JobState::Stopping(_, s) => Some(s.deadline_s),
+                    _ => None,
+                })
+                .filter(|&t| t <= target)
+                .min();
+            let Some(t) = next else { break };
+            self.now = t.max(self.now);
+            let due: Vec<(JobId, bool)> = self
+                .state
+                .live_jobs()
+                .filter_map(|j| match &j.state {
+                    JobState::Running(r)
+                        if self
+                            .durations
+                            .get(&j.spec.id)
+                            .is_some_and(|d| r.started_s + d <= self.now) =>
+                    {
+                        Some((j.spec.id, true))
+                    }
+                    JobState::Stopping(_, s) if s.deadline_s <= self.now => {
+                        Some((j.spec.id, false))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (job, ok) in due {
+                let e = Event::Exited {
+                    job,
+                    success: ok,
+                    at_s: self.now,
+                };
+                apply(&mut self.state, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            self.plan_and_check()?;
+        }
+        self.now = target;
+        Ok(())
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        let before = self.state.clone();
+        let result = match op.clone() {
+            Op::Submit {
+                team,
+                tasks,
+                whole,
+                milli,
+                limit,
+                run_pct,
+                preemptible,
+                min_run,
+                grace,
+                priority,
+                model,
+                dep,
+            } => {
+                let name = &self.names[team % self.names.len()];
+                let id = JobId(self.ids.len() as u64 + 1);
+                let mut b = JobBuilder::new(name)
+                    .id(id.0)
+                    .tasks(tasks)
+                    .limit(limit)
+                    .min_run(min_run)
+                    .grace(grace)
+                    .priority(priority)
+                    .submit_at(self.now);
+                b = match whole {
+                    Some(k) => b.gpus(k),
+                    None => b.milli(milli),
+                };
+                if !preemptible {
+                    b = b.not_preemptible();
+                }
+                b = match model {
+                    0 => b.model("H100"),
+                    1 => b.model("A100"),
+                    _ => b,
+                };
+                if let Some(d) = dep.filter(|d| *d < self.ids.len()) {
+                    b = b.after(self.ids[d]);
+                }
+                let r = apply(&mut self.state, Event::Submit(b.spec()));
+                if r.is_ok() {
+                    self.ids.push(id);
+                    self.durations.insert(id, limit * run_pct / 100);
+                }
+                r
+            }
+            Op::Advance(dt) => return self.advance(dt),
+            Op::Cancel(j) => match self.ids.get(j) {
+                Some(&job) => apply(
+                    &mut self.state,
+                    Event::Cancel {
+                        job,
+                        at_s: self.now,
+                    },
+                ),
+                None => Ok(()),
+            },
+            Op::Guarantee(t, g) => {
+                let name = &self.names[t % self.names.len()];
+                let mut spec = self.state.team(name).unwrap().spec.clone();
+                spec.quotas.get_mut(ANY_MODEL).unwrap().guaranteed = g;
+                apply(&mut self.state, Event::SetTeam(spec))
+            }
+            Op::Node(n, s) => {
+                let ids: Vec<NodeId> = self.state.nodes().map(|n| n.spec.id).collect();
+                let node = ids[n % ids.len()];
+                let state = [NodeState::Ready, NodeState::Draining, NodeState::Down][s as usize];
+                apply(
+                    &mut self.state,
+                    Event::NodeState {
+                        node,
+                        state,
+                        at_s: self.now,
+                    },
+                )
+            }
+            Op::Util(j, pct) => match self.ids.get(j) {
+                Some(&job) => apply(
+                    &mut self.state,
+                    Event::Utilisation {
+                        job,
+                        pct,
+                        at_s: self.now,
+                    },
+                ),
+                None => Ok(()),
+            },
+        };
+        if result.is_err() {
+            // Nothing refused changes the state.
+            prop_assert_eq!(&self.state, &before);
+        }
+        self.plan_and_check()?;
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_after_every_plan(c in cluster(), ops in prop::collection::vec(op(), 1..60)) {
+        let (state, names) = build(&c);
+        let mut w = World { state, now: 0, names, ids: Vec::new(), durations: BTreeMap::new(), history: None };
+        for op in &ops {
+            w.apply_op(op)?;
+        }
+        w.advance(20_000)?;
+    }
+
+    /// Backfill never delays a reservation when time limits hold: the job holding the first
+    /// reservation of a plan starts no later than that reservation promised.
+    #[test]
+    fn reservations_are_kept_when_time_limits_hold(
+        c in cluster(),
+        jobs in prop::collection::vec((0usize..4, 1u32..=6, prop::sample::select(vec![1u32, 2, 4, 8]),
+                                        prop::sample::select(vec![100u64, 300, 1000, 3000]), 10u64..=100,
+                                        0u64..2000), 1..40),
+    ) {
+        let mut c = c;
+        for t in &mut c.teams { t.0 = 0; t.1 = None; }
+        let (mut state, names) = build(&c);
+        state.config.starvation_wait_s = 0;
+        let mut w = World { state, now: 0, names, ids: Vec::new(), durations: BTreeMap::new(), history: Some(Vec::new()) };
+        // Jobs arrive over time, each runs within its limit.
+        let mut arrivals = jobs.clone();
+        arrivals.sort_by_key(|j| j.5);
+        let mut promised: BTreeMap<JobId, u64> = BTreeMap::new();
+        let mut started: BTreeMap<JobId, u64> = BTreeMap::new();
+        let record = |plan: &Plan, promised: &mut BTreeMap<JobId, u64>, started: &mut BTreeMap<JobId, u64>| {
+            if let Some(r) = plan.reservations.first() {
+                promised.entry(r.job).or_insert(r.start_s);
+            }
+            for s in &plan.starts {
+                started.entry(s.job).or_insert(plan.now_s);
+            }
+        };
+        for (team, tasks, k, limit, pct, at) in arrivals {
+            w.advance(at.saturating_sub(w.now))?;
+            let id = JobId(w.ids.len() as u64 + 1);
+            let spec = JobBuilder::new(&w.names[team % w.names.len()]).id(id.0).tasks(tasks).gpus(k)
+                .limit(limit).submit_at(w.now).spec();
+            if apply(&mut w.state, Event::Submit(spec)).is_ok() {
+                w.ids.push(id);
+                w.durations.insert(id, limit * pct / 100);
+            }
+            w.plan_and_check()?;
+            for p in w.history.replace(Vec::new()).unwrap() { record(&p, &mut promised, &mut started); }
+        }
+        for _ in 0..200 {
+            let before = w.now;
+            w.advance(500)?;
+            for p in w.history.replace(Vec::new()).unwrap() { record(&p, &mut promised, &mut started); }
+            if w.now == before { break; }
+        }
+        for (job, at) in promised {
+            if let Some(s) = started.get(&job) {
+                prop_assert!(*s <= at, "{job} promised {at}, started {s}");
+            }
+        }
+    }
+}
