@@ -47,6 +47,12 @@ pub enum ApplyError {
         victim: JobId,
         beneficiary: JobId,
     },
+    /// A report about a run that is no longer the job's current run.
+    StaleRun {
+        job: JobId,
+        attempt: u32,
+        current: Option<u32>,
+    },
     Invalid(String),
 }
 
@@ -62,8 +68,10 @@ impl ApplyError {
 impl fmt::Display for ApplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApplyError::UnknownJob(id) => write!(f, "no job {id}"),
-            ApplyError::UnknownNode(id) => write!(f, "no node {id}"),
+            ApplyError::UnknownJob(id) => write!(f, "{id} does not exist"),
+            ApplyError::UnknownNode(id) => {
+                write!(f, "{id} does not exist; a node must register first")
+            }
             ApplyError::UnknownTeam { team, known } => {
                 write!(f, "unknown team {team:?}")?;
                 if known.is_empty() {
@@ -91,8 +99,22 @@ impl fmt::Display for ApplyError {
                 beneficiary,
             } => write!(
                 f,
-                "cannot stop {victim} for {beneficiary}: the beneficiary is not a pending job"
+                "cannot stop {victim} for {beneficiary}: the beneficiary must be a pending job"
             ),
+            ApplyError::StaleRun {
+                job,
+                attempt,
+                current,
+            } => match current {
+                Some(c) => write!(
+                    f,
+                    "report about run {attempt} of {job} ignored: its current run is {c}"
+                ),
+                None => write!(
+                    f,
+                    "report about run {attempt} of {job} ignored: it is not running"
+                ),
+            },
             ApplyError::Invalid(why) => f.write_str(why),
         }
     }

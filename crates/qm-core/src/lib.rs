@@ -28,3 +28,8 @@ pub use state::{
     Team,
 };
 pub use validate::MAX_TASKS;
+
+/// The README's tour is compiled and run as a test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeTour;

@@ -57,6 +57,9 @@ impl StopCause {
 /// A job that holds resources.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Run {
+    /// 1 for the job's first run, 2 after its first requeue, and so on. Reports about a
+    /// run carry it, so a late report from an earlier run cannot touch the current one.
+    pub attempt: u32,
     pub placement: Vec<TaskPlacement>,
     pub started_s: Secs,
     pub admission: Admission,
@@ -122,6 +125,8 @@ pub struct Job {
     pub spec: JobSpec,
     pub state: JobState,
     pub preemptions: u32,
+    /// Times the job has started.
+    pub runs: u32,
     /// GPU milli-seconds this job spent allocated but idle.
     pub idle_milli_s: u64,
 }
@@ -187,6 +192,8 @@ pub struct ClusterState {
     pub(crate) live: BTreeSet<JobId>,
     /// Time of the latest event seen, for usage decay.
     pub(crate) clock_s: Secs,
+    /// Highest id of a forgotten job: ids up to it are never reused.
+    pub(crate) forgotten_up_to: Option<JobId>,
 }
 
 /// Something that happened. `apply` is the only way state changes.
@@ -228,21 +235,33 @@ pub enum Event {
         at_s: Secs,
     },
     /// Every task of the job has exited. A stopped job goes where its stop cause says.
+    /// `attempt`, when given, must be the current run's (see [`Run::attempt`]).
     Exited {
         job: JobId,
         success: bool,
+        #[serde(default)]
+        attempt: Option<u32>,
         at_s: Secs,
     },
     /// The job lost its resources (its node went away) and goes back to the queue whole.
     Requeue {
         job: JobId,
+        #[serde(default)]
+        attempt: Option<u32>,
         at_s: Secs,
     },
     /// Highest GPU utilisation over the job's GPUs since the previous sample.
     Utilisation {
         job: JobId,
         pct: u8,
+        #[serde(default)]
+        attempt: Option<u32>,
         at_s: Secs,
+    },
+    /// Drops jobs that ended before `before_s` (and that no live job depends on), to bound
+    /// memory in long-running servers and simulations.
+    Forget {
+        before_s: Secs,
     },
 }
 
@@ -257,7 +276,10 @@ impl Event {
             | Event::Requeue { at_s, .. }
             | Event::Utilisation { at_s, .. } => Some(*at_s),
             Event::Submit(spec) => Some(spec.submit_s),
-            Event::NodeUp(_) | Event::SetTeam(_) | Event::RemoveTeam { .. } => None,
+            Event::NodeUp(_)
+            | Event::SetTeam(_)
+            | Event::RemoveTeam { .. }
+            | Event::Forget { .. } => None,
         }
     }
 }
@@ -312,14 +334,13 @@ impl ClusterState {
         self.clock_s
     }
 
-    /// Drops terminal jobs that ended before `before_s` and that no live job depends on, to
-    /// bound memory in long-running servers and simulations.
-    pub fn forget_finished(&mut self, before_s: Secs) {
+    fn forget_finished(&mut self, before_s: Secs) {
         let needed: BTreeSet<JobId> = self
             .live
             .iter()
             .flat_map(|id| self.jobs[id].spec.depends_on.iter().copied())
             .collect();
+        let mut forgotten = None;
         self.jobs.retain(|id, job| {
             let ended = match job.state {
                 JobState::Succeeded { at_s }
@@ -327,8 +348,13 @@ impl ClusterState {
                 | JobState::Cancelled { at_s } => Some(at_s),
                 _ => None,
             };
-            !matches!(ended, Some(at) if at < before_s) || needed.contains(id)
+            let keep = !matches!(ended, Some(at) if at < before_s) || needed.contains(id);
+            if !keep {
+                forgotten = forgotten.max(Some(*id));
+            }
+            keep
         });
+        self.forgotten_up_to = self.forgotten_up_to.max(forgotten);
     }
 
     fn apply(&mut self, event: Event) -> Result<(), ApplyError> {
@@ -374,9 +400,32 @@ impl ClusterState {
                 beneficiary,
                 at_s,
             } => self.stop(job, cause, beneficiary, at_s),
-            Event::Exited { job, success, at_s } => self.exited(job, success, at_s),
-            Event::Requeue { job, at_s } => self.requeue(job, at_s),
-            Event::Utilisation { job, pct, at_s } => self.utilisation(job, pct, at_s),
+            Event::Exited {
+                job,
+                success,
+                attempt,
+                at_s,
+            } => {
+                self.check_attempt(job, attempt)?;
+                self.exited(job, success, at_s)
+            }
+            Event::Requeue { job, attempt, at_s } => {
+                self.check_attempt(job, attempt)?;
+                self.requeue(job, at_s)
+            }
+            Event::Utilisation {
+                job,
+                pct,
+                attempt,
+                at_s,
+            } => {
+                self.check_attempt(job, attempt)?;
+                self.utilisation(job, pct, at_s)
+            }
+            Event::Forget { before_s } => {
+                self.forget_finished(before_s);
+                Ok(())
+            }
         }
     }
 
@@ -415,6 +464,31 @@ impl ClusterState {
                 "the GPU model must be a name such as \"H100\"",
             ));
         }
+        if spec.name.is_empty() {
+            return Err(ApplyError::invalid_node(
+                &spec.id.to_string(),
+                "a node needs a name (its host name)",
+            ));
+        }
+        if spec.cpu_milli == 0 || spec.mem_mib == 0 {
+            return Err(ApplyError::invalid_node(
+                &spec.name,
+                "CPU and memory must be positive (cpu_milli, mem_mib)",
+            ));
+        }
+        if let Some(other) = self
+            .nodes
+            .values()
+            .find(|n| n.spec.name == spec.name && n.spec.id != spec.id)
+        {
+            return Err(ApplyError::invalid_node(
+                &spec.name,
+                &format!(
+                    "the name is already registered as {}; re-register with that id",
+                    other.spec.id
+                ),
+            ));
+        }
         if let Some(node) = self.nodes.get_mut(&spec.id) {
             let used = node.gpu_used_milli.iter().any(|&m| m > 0)
                 || node.cpu_used_milli > 0
@@ -433,7 +507,10 @@ impl ClusterState {
                 node.gpu_used_milli = vec![0; spec.gpus as usize];
             }
             node.spec = spec;
-            node.state = NodeState::Ready;
+            // Coming back clears an outage, not an operator's drain.
+            if node.state == NodeState::Down {
+                node.state = NodeState::Ready;
+            }
             return Ok(());
         }
         let gpus = spec.gpus as usize;
@@ -555,6 +632,7 @@ impl ClusterState {
                 spec,
                 state: JobState::Pending,
                 preemptions: 0,
+                runs: 0,
                 idle_milli_s: 0,
             },
         );
@@ -573,6 +651,19 @@ impl ClusterState {
         }
     }
 
+    fn check_attempt(&self, id: JobId, attempt: Option<u32>) -> Result<(), ApplyError> {
+        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let current = job.state.run().map(|r| r.attempt);
+        match attempt {
+            Some(a) if current != Some(a) => Err(ApplyError::StaleRun {
+                job: id,
+                attempt: a,
+                current,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn cancel(&mut self, id: JobId, at_s: Secs) -> Result<(), ApplyError> {
         let job = self.job_mut(id)?;
         match &job.state {
@@ -584,10 +675,13 @@ impl ClusterState {
             }
             JobState::Running(_) => self.stop(id, StopCause::Cancel, None, at_s),
             JobState::Stopping(run, stop) => {
-                // Already stopping: it will end cancelled instead of being requeued.
-                let (run, mut stop) = (run.clone(), stop.clone());
-                stop.cause = StopCause::Cancel;
-                job.state = JobState::Stopping(run, stop);
+                // Already stopping: it ends cancelled instead of being requeued. A job stopped
+                // for its time limit still ends failed (timed out).
+                if stop.cause.requeues() {
+                    let (run, mut stop) = (run.clone(), stop.clone());
+                    stop.cause = StopCause::Cancel;
+                    job.state = JobState::Stopping(run, stop);
+                }
                 Ok(())
             }
             _ => Err(self.wrong_state(id, "pending, running or stopping")),
@@ -615,7 +709,9 @@ impl ClusterState {
         }
         self.holds.remove(&id);
         let job = self.jobs.get_mut(&id).expect("checked above");
+        job.runs += 1;
         job.state = JobState::Running(Run {
+            attempt: job.runs,
             placement,
             started_s: at_s,
             admission,
@@ -693,16 +789,21 @@ impl ClusterState {
         }
         let run = run.clone();
         let grace = job.spec.grace_s;
-        let deadline_s = at_s + grace;
+        let deadline_s = at_s.saturating_add(grace);
         if let Some(b) = beneficiary {
             let slack = self.config.hold_slack_s;
-            let hold = self.holds.entry(b).or_insert_with(|| Hold {
+            let fresh = Hold {
                 shares: Vec::new(),
                 victims: BTreeSet::new(),
                 until_s: 0,
-            });
+            };
+            let hold = self.holds.entry(b).or_insert_with(|| fresh.clone());
+            if hold.until_s < at_s {
+                // A lapsed hold holds nothing any more: start over.
+                *hold = fresh;
+            }
             hold.victims.insert(id);
-            hold.until_s = hold.until_s.max(deadline_s + slack);
+            hold.until_s = hold.until_s.max(deadline_s.saturating_add(slack));
             hold.shares.extend(run.placement.iter().map(|t| HeldShare {
                 victim: id,
                 task: t.clone(),
@@ -754,22 +855,31 @@ impl ClusterState {
         Ok(())
     }
 
-    fn requeue(&mut self, id: JobId, _at_s: Secs) -> Result<(), ApplyError> {
+    fn requeue(&mut self, id: JobId, at_s: Secs) -> Result<(), ApplyError> {
         let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
         if job.state.run().is_none() {
             return Err(self.wrong_state(id, "running or stopping"));
         }
-        let cancelled =
-            matches!(&job.state, JobState::Stopping(_, s) if s.cause == StopCause::Cancel);
+        // A job already on its way out ends as its stop said; anything else is requeued.
+        let next = match &job.state {
+            JobState::Stopping(_, s) if s.cause == StopCause::Cancel => {
+                JobState::Cancelled { at_s }
+            }
+            JobState::Stopping(_, s) if s.cause == StopCause::TimeLimit => JobState::Failed {
+                at_s,
+                timed_out: true,
+            },
+            _ => JobState::Pending,
+        };
         self.release(id);
         let job = self.jobs.get_mut(&id).expect("checked above");
-        if cancelled {
-            job.state = JobState::Cancelled { at_s: _at_s };
-            self.live.remove(&id);
-        } else {
-            job.state = JobState::Pending;
+        if next == JobState::Pending {
             job.preemptions += 1;
+        } else {
+            self.live.remove(&id);
+            self.holds.remove(&id);
         }
+        job.state = next;
         Ok(())
     }
 
@@ -790,12 +900,16 @@ impl ClusterState {
                 return Ok(());
             }
         };
+        // Samples from before this run, or older than the last one, change nothing.
+        if at_s < run.started_s || run.last_sample_s.is_some_and(|last| at_s <= last) {
+            return Ok(());
+        }
         let idle = pct < threshold;
         let mut charged = 0u64;
         if idle {
             if let (Some(prev_at), Some(prev_pct)) = (run.last_sample_s, run.last_util_pct) {
-                if prev_pct < threshold && at_s > prev_at {
-                    charged = milli * (at_s - prev_at);
+                if prev_pct < threshold {
+                    charged = milli.saturating_mul(at_s - prev_at);
                 }
             }
             run.idle_since_s.get_or_insert(at_s);
@@ -804,9 +918,9 @@ impl ClusterState {
         }
         run.last_sample_s = Some(at_s);
         run.last_util_pct = Some(pct);
-        job.idle_milli_s += charged;
+        job.idle_milli_s = job.idle_milli_s.saturating_add(charged);
         if let Some(t) = self.teams.get_mut(&team) {
-            t.idle_milli_s_total += charged;
+            t.idle_milli_s_total = t.idle_milli_s_total.saturating_add(charged);
             t.idle_decayed += charged as f64;
         }
         Ok(())

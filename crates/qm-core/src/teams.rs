@@ -64,38 +64,49 @@ pub fn validate(specs: &BTreeMap<String, TeamSpec>) -> Result<(), ApplyError> {
             cursor = specs.get(p).and_then(|s| s.parent.as_deref());
         }
     }
-    // Children's guarantees, mapped onto the parent's pools, must fit the parent's.
-    let mut sums: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for spec in specs.values() {
-        let Some(parent) = &spec.parent else { continue };
-        let pspec = &specs[parent];
-        for (key, quota) in &spec.quotas {
-            let pkey = if pspec.quotas.contains_key(key) {
-                key.as_str()
-            } else {
-                ANY_MODEL
-            };
-            *sums.entry((parent.as_str(), pkey)).or_default() += u64::from(quota.guaranteed);
+    // For every GPU pool key a parent or child names, the children's effective guarantees
+    // (their own key, else their "*") must fit the parent's effective guarantee.
+    let effective = |spec: &TeamSpec, key: &str| -> u64 {
+        spec.quotas
+            .get(key)
+            .or_else(|| spec.quotas.get(ANY_MODEL))
+            .map_or(0, |q| u64::from(q.guaranteed))
+    };
+    for parent in specs.values() {
+        let children: Vec<&TeamSpec> = specs
+            .values()
+            .filter(|s| s.parent.as_deref() == Some(parent.name.as_str()))
+            .collect();
+        if children.is_empty() {
+            continue;
         }
-    }
-    for ((parent, pkey), sum) in sums {
-        let have = specs[parent]
-            .quotas
-            .get(pkey)
-            .map_or(0, |q| u64::from(q.guaranteed));
-        if sum > have {
-            let children: Vec<&str> = specs
-                .values()
-                .filter(|s| s.parent.as_deref() == Some(parent))
-                .map(|s| s.name.as_str())
-                .collect();
-            return Err(bad(
-                parent,
-                format!(
-                    "its sub-teams ({}) are guaranteed {sum} GPUs in pool {pkey:?} but it is guaranteed only {have}; raise its guarantee or lower theirs",
-                    children.join(", ")
-                ),
-            ));
+        let mut keys: Vec<&str> = vec![ANY_MODEL];
+        keys.extend(parent.quotas.keys().map(String::as_str));
+        keys.extend(
+            children
+                .iter()
+                .flat_map(|c| c.quotas.keys().map(String::as_str)),
+        );
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let sum: u64 = children.iter().map(|c| effective(c, key)).sum();
+            let have = effective(parent, key);
+            if sum > have {
+                let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
+                let pool = if key == ANY_MODEL {
+                    "any GPU model".to_string()
+                } else {
+                    format!("GPU model {key}")
+                };
+                return Err(bad(
+                    &parent.name,
+                    format!(
+                        "its sub-teams ({}) are guaranteed {sum} GPUs of {pool} but it is guaranteed only {have}; raise its guarantee or lower theirs",
+                        names.join(", ")
+                    ),
+                ));
+            }
         }
     }
     Ok(())

@@ -214,6 +214,7 @@ impl NodeBuilder {
 pub struct JobBuilder {
     spec: JobSpec,
     duration_s: Option<Secs>,
+    submit_set: bool,
 }
 
 impl JobBuilder {
@@ -241,6 +242,7 @@ impl JobBuilder {
                 submit_s: 0,
             },
             duration_s: None,
+            submit_set: false,
         }
     }
 
@@ -337,8 +339,10 @@ impl JobBuilder {
         self
     }
 
+    /// Submission time; a [`Harness`] otherwise submits at its current time.
     pub fn submit_at(mut self, s: Secs) -> Self {
         self.spec.submit_s = s;
+        self.submit_set = true;
         self
     }
 
@@ -385,7 +389,9 @@ impl Harness {
             spec.id = JobId(self.next_id);
         }
         self.next_id = self.next_id.max(spec.id.0 + 1);
-        spec.submit_s = self.now;
+        if !job.submit_set {
+            spec.submit_s = self.now;
+        }
         let id = spec.id;
         let duration = job.duration_s.or(spec.time_limit_s);
         apply(&mut self.state, Event::Submit(spec))?;
@@ -450,6 +456,7 @@ impl Harness {
             Event::Exited {
                 job,
                 success,
+                attempt: None,
                 at_s: self.now,
             },
         )

@@ -13,6 +13,9 @@ use crate::teams::TeamIndex;
 /// Most tasks one gang may have.
 pub const MAX_TASKS: u32 = 100_000;
 
+/// Longest grace period between SIGTERM and SIGKILL.
+pub const MAX_GRACE_S: u64 = 24 * 3600;
+
 /// Whether a node could ever host tasks of this job, ignoring what runs there now.
 pub(crate) fn node_matches(spec: &JobSpec, node: &Node) -> bool {
     spec.gpu_model
@@ -73,6 +76,29 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
         return Err(invalid(
             "time limit is 0 s; give a positive limit or none".into(),
         ));
+    }
+    if spec.grace_s > MAX_GRACE_S {
+        return Err(invalid(format!(
+            "grace period is {} s; it must be at most {MAX_GRACE_S} s",
+            spec.grace_s
+        )));
+    }
+    if spec.checkpoint_every_s == Some(0) {
+        return Err(invalid(
+            "checkpoint interval is 0 s; give a positive interval or none".into(),
+        ));
+    }
+    if state.forgotten_up_to.is_some_and(|f| id <= f) {
+        return Err(invalid(format!(
+            "ids up to {} belong to forgotten jobs; use a higher id",
+            state.forgotten_up_to.unwrap_or_default()
+        )));
+    }
+    let mut deps = spec.depends_on.clone();
+    deps.sort();
+    deps.dedup();
+    if deps.len() != spec.depends_on.len() {
+        return Err(invalid("lists a dependency twice".into()));
     }
     if spec.depends_on.contains(&id) {
         return Err(invalid("depends on itself".into()));
@@ -171,12 +197,15 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
         }
         let per_node: u64 = nodes.iter().map(|n| tasks_per_empty_node(spec, n)).sum();
         if per_node == 0 {
-            let (n, _) = task_shape(spec.gpu);
+            let gpus = match spec.gpu {
+                GpuAsk::Whole(n) => format!("{n} GPU(s)"),
+                GpuAsk::Milli(m) => format!("{m} milli-GPU"),
+            };
             let biggest = nodes.iter().map(|n| n.spec.gpus).max().unwrap_or(0);
             let cpu = nodes.iter().map(|n| n.spec.cpu_milli).max().unwrap_or(0);
             let mem = nodes.iter().map(|n| n.spec.mem_mib).max().unwrap_or(0);
             why_not.push(format!(
-                "a task asks for {n} GPU(s), {} CPU milli-cores and {} MiB but the largest {model} node has {biggest} GPUs, {cpu} CPU milli-cores and {mem} MiB",
+                "a task asks for {gpus}, {} CPU milli-cores and {} MiB but no {model} node has that much (at most {biggest} GPUs, {cpu} CPU milli-cores, {mem} MiB)",
                 spec.cpu_milli, spec.mem_mib
             ));
             continue;

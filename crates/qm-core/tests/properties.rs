@@ -415,9 +415,12 @@ impl World {
                 })
                 .collect();
             for (job, ok) in due {
+                // Reports name the run they are about, as a real agent's do.
+                let attempt = self.state.job(job).unwrap().state.run().map(|r| r.attempt);
                 let e = Event::Exited {
                     job,
                     success: ok,
+                    attempt,
                     at_s: self.now,
                 };
                 apply(&mut self.state, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -513,6 +516,7 @@ impl World {
                     Event::Utilisation {
                         job,
                         pct,
+                        attempt: None,
                         at_s: self.now,
                     },
                 ),

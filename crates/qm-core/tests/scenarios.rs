@@ -313,7 +313,7 @@ fn jobs_that_can_never_run_are_refused_and_change_nothing() {
         (JobBuilder::new("a").gpus(0), "0 GPUs"),
         (JobBuilder::new("a").milli(0), "gpu_milli is 0"),
         (JobBuilder::new("a").milli(1001), "gpu_milli is 1001"),
-        (JobBuilder::new("a").gpus(9), "largest H100 node has 8 GPUs"),
+        (JobBuilder::new("a").gpus(9), "at most 8 GPUs"),
         (
             JobBuilder::new("a").model("B200"),
             "no node has GPU model \"B200\"",
@@ -427,6 +427,9 @@ fn borrowing_stops_at_max_and_says_so() {
         }
         r => panic!("{r:?}"),
     }
+    // It starts when the first of A's own jobs ends (one-hour limits from t=0).
+    let plan = qm_core::plan(&h.state, h.now);
+    assert_eq!(plan.pending_job(jobs[4]).unwrap().eta_s, Some(3600));
 }
 
 #[test]
@@ -524,6 +527,7 @@ fn idle_allocations_are_warned_reclaimed_or_requeued_by_team_policy() {
                 Event::Utilisation {
                     job: j,
                     pct: 1,
+                    attempt: None,
                     at_s: t,
                 },
             )
@@ -556,6 +560,7 @@ fn idle_allocations_are_warned_reclaimed_or_requeued_by_team_policy() {
         Event::Utilisation {
             job: w,
             pct: 80,
+            attempt: None,
             at_s: 1900,
         },
     )
@@ -723,4 +728,136 @@ fn every_pending_job_has_a_reason_and_blocked_ones_an_estimate() {
     let plan = qm_core::plan(&h.state, h.now);
     let p = plan.pending_job(more).unwrap();
     assert!(p.eta_s.is_some(), "{p:?}");
+}
+
+#[test]
+fn late_reports_about_an_earlier_run_change_nothing() {
+    let mut h = Harness::new(two_teams(2, 16, 0));
+    let job = h.submit(JobBuilder::new("a").gpus(8));
+    h.step();
+    let node = h.state_of(job).run().unwrap().placement[0].node;
+    apply(
+        &mut h.state,
+        Event::NodeState {
+            node,
+            state: NodeState::Down,
+            at_s: 10,
+        },
+    )
+    .unwrap();
+    h.now = 10;
+    h.step();
+    let run = h.state_of(job).run().unwrap().clone();
+    assert_eq!(run.attempt, 2);
+    let before = h.state.clone();
+    // The lost node's agent comes back and reports the first run's exit.
+    let stale = Event::Exited {
+        job,
+        success: false,
+        attempt: Some(1),
+        at_s: 20,
+    };
+    let err = apply(&mut h.state, stale).unwrap_err();
+    assert!(err.to_string().contains("current run is 2"), "{err}");
+    assert_eq!(h.state, before);
+    // Samples out of order or from before the run are ignored.
+    for (at, pct) in [(30, 0), (50, 0), (40, 0), (5, 0)] {
+        let e = Event::Utilisation {
+            job,
+            pct,
+            attempt: Some(2),
+            at_s: at,
+        };
+        apply(&mut h.state, e).unwrap();
+    }
+    assert_eq!(h.state.job(job).unwrap().idle_milli_s, 8 * 1000 * 20);
+}
+
+#[test]
+fn a_timed_out_job_that_loses_its_node_still_ends_timed_out() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let job = h.submit(JobBuilder::new("a").limit(100).grace(60));
+    h.step();
+    h.now = 100;
+    h.step();
+    let node = h.state_of(job).run().unwrap().placement[0].node;
+    let down = Event::NodeState {
+        node,
+        state: NodeState::Down,
+        at_s: 120,
+    };
+    apply(&mut h.state, down).unwrap();
+    assert_eq!(
+        h.state_of(job),
+        &JobState::Failed {
+            at_s: 120,
+            timed_out: true
+        }
+    );
+}
+
+#[test]
+fn a_node_that_registers_again_stays_drained() {
+    let mut state = two_teams(1, 8, 0);
+    let node = state.nodes().next().unwrap().spec.clone();
+    let drain = Event::NodeState {
+        node: node.id,
+        state: NodeState::Draining,
+        at_s: 1,
+    };
+    apply(&mut state, drain).unwrap();
+    apply(&mut state, Event::NodeUp(node.clone())).unwrap();
+    assert_eq!(state.node(node.id).unwrap().state, NodeState::Draining);
+    let mut twin = node.clone();
+    twin.id = NodeId(77);
+    let err = apply(&mut state, Event::NodeUp(twin))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already registered as node#0"), "{err}");
+}
+
+#[test]
+fn per_model_guarantees_of_sub_teams_must_fit_the_parent_pool_by_pool() {
+    let mut state = ClusterBuilder::new()
+        .racks(1, 1, 8)
+        .team_spec(
+            TeamBuilder::new("org")
+                .guaranteed(100)
+                .quota("H100", 4, None)
+                .build(),
+        )
+        .build();
+    // The child's "*" guarantee also covers H100s, of which the parent has only 4.
+    let child = TeamBuilder::new("c").parent("org").guaranteed(50).build();
+    let err = apply(&mut state, Event::SetTeam(child))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"org\""), "{err}");
+    assert!(err.contains("50 GPUs of GPU model H100"), "{err}");
+    let child = TeamBuilder::new("c")
+        .parent("org")
+        .guaranteed(50)
+        .quota("H100", 4, None)
+        .build();
+    apply(&mut state, Event::SetTeam(child)).unwrap();
+}
+
+#[test]
+fn a_guaranteed_job_is_not_stuck_behind_its_own_teams_borrowing() {
+    // The team's older job is too big for its guarantee and gets a reservation; the
+    // younger job fits the guarantee and must not wait behind it.
+    let mut h = Harness::new(two_teams(2, 2, 0));
+    for _ in 0..12 {
+        h.submit(JobBuilder::new("b").limit(5000));
+    }
+    h.step();
+    let big = h.submit(JobBuilder::new("a").gpus(8).limit(5000));
+    let small = h.submit(JobBuilder::new("a").gpus(2).limit(6000));
+    let plan = h.step();
+    assert!(
+        plan.start_of(small).is_some(),
+        "{:?}",
+        plan.pending_job(small)
+    );
+    assert!(h.is_pending(big));
 }

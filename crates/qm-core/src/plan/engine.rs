@@ -91,6 +91,11 @@ pub(crate) struct Planner<'a> {
     reclaims: usize,
     /// Group in which each capacity-blocked pending job waits, for estimates.
     eta_group: BTreeMap<JobId, usize>,
+    /// Expected end (runtime estimate or time limit), team, model and milli-GPUs of every
+    /// holding or starting job, for estimates of jobs waiting on a `max`.
+    job_ends: Vec<(Secs, usize, usize, u64)>,
+    /// Jobs waiting on a `max`: (job, team whose max, model, milli-GPUs over the max).
+    over_max_waits: Vec<(JobId, usize, usize, u64)>,
     out: Plan,
 }
 
@@ -158,6 +163,8 @@ impl<'a> Planner<'a> {
             failed_attempts: 0,
             reclaims: 0,
             eta_group: BTreeMap::new(),
+            job_ends: Vec::new(),
+            over_max_waits: Vec::new(),
             out: Plan {
                 policy,
                 now_s: now,
@@ -229,6 +236,13 @@ impl<'a> Planner<'a> {
             let milli = job.spec.milli_total();
             if let Some(t) = team {
                 self.add_alloc(t, model, milli);
+            }
+            let expected_end = match &job.state {
+                JobState::Stopping(_, stop) => stop.deadline_s,
+                _ => self.end_of(&job.spec, run.started_s).1,
+            };
+            if let Some(t) = team {
+                self.job_ends.push((expected_end, t, model, milli));
             }
             let stopping = match &job.state {
                 JobState::Stopping(_, stop) => Some(stop.deadline_s),
@@ -688,6 +702,7 @@ impl<'a> Planner<'a> {
         let (end_s, est_s) = self.end_of(spec, self.now);
         place::commit(&mut self.view, spec, &p, end_s);
         self.add_alloc(team, model, spec.milli_total());
+        self.job_ends.push((est_s, team, model, spec.milli_total()));
         for task in &p {
             if let Some(n) = self.view.dense(task.node) {
                 self.releases.push(Release {
@@ -808,21 +823,66 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        let mut heap: BinaryHeap<Reverse<(Key, usize, usize)>> = BinaryHeap::new();
         let mut lists: Vec<(usize, Vec<&'a Job>)> = per_team.into_iter().collect();
-        for (i, (t, list)) in lists.iter_mut().enumerate() {
+        for (_, list) in &mut lists {
             list.sort_by_key(|j| (Reverse(j.spec.priority), j.spec.submit_s, j.spec.id));
-            heap.push(Reverse((self.rank(list[0], *t), i, 0)));
         }
-        // Each pop consumes one job; every job is pushed exactly once.
-        while let Some(Reverse((_, i, pos))) = heap.pop() {
-            let (t, job) = (lists[i].0, lists[i].1[pos]);
-            self.consider(job, t);
-            if pos + 1 < lists[i].1.len() {
-                let next = lists[i].1[pos + 1];
-                heap.push(Reverse((self.rank(next, t), i, pos + 1)));
+        // Phase 1, guaranteed work: each team offers its first job that fits its guarantee;
+        // the jobs it skips (too big for what is left of the guarantee, which only shrinks
+        // during a plan) wait for phase 2 in their order. Phase 2, borrowing: every team
+        // offers its skipped jobs in order.
+        let mut skipped: Vec<Vec<&'a Job>> = vec![Vec::new(); lists.len()];
+        let mut cursor = vec![0usize; lists.len()];
+        let mut heap: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
+        for i in 0..lists.len() {
+            if let Some(key) = self.next_guaranteed(&lists, &mut cursor, &mut skipped, i) {
+                heap.push(Reverse((key, i)));
             }
         }
+        // Each pop consumes one job; every job is pushed at most once per phase.
+        while let Some(Reverse((_, i))) = heap.pop() {
+            let (t, job) = (lists[i].0, lists[i].1[cursor[i]]);
+            cursor[i] += 1;
+            self.consider(job, t);
+            if let Some(key) = self.next_guaranteed(&lists, &mut cursor, &mut skipped, i) {
+                heap.push(Reverse((key, i)));
+            }
+        }
+        let mut cursor = vec![0usize; lists.len()];
+        for (i, list) in skipped.iter().enumerate() {
+            if let Some(job) = list.first() {
+                heap.push(Reverse((self.rank(job, lists[i].0), i)));
+            }
+        }
+        while let Some(Reverse((_, i))) = heap.pop() {
+            let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
+            cursor[i] += 1;
+            self.consider(job, t);
+            if let Some(next) = skipped[i].get(cursor[i]) {
+                heap.push(Reverse((self.rank(next, t), i)));
+            }
+        }
+    }
+
+    /// Moves team `i`'s cursor to its next job inside the guarantee, setting aside the ones
+    /// it passes; returns that job's rank.
+    fn next_guaranteed(
+        &self,
+        lists: &[(usize, Vec<&'a Job>)],
+        cursor: &mut [usize],
+        skipped: &mut [Vec<&'a Job>],
+        i: usize,
+    ) -> Option<Key> {
+        let (t, list) = (&lists[i].0, &lists[i].1);
+        while let Some(job) = list.get(cursor[i]) {
+            let key = self.rank(job, *t);
+            if key.0 == 0 {
+                return Some(key);
+            }
+            skipped[i].push(job);
+            cursor[i] += 1;
+        }
+        None
     }
 
     /// Starts the job, or reclaims for it, or reserves for it, or explains why not.
@@ -882,6 +942,19 @@ impl<'a> Planner<'a> {
             let reason = blocked.unwrap_or(Reason::NoPartition {
                 team: spec.team.clone(),
             });
+            if let Reason::OverMax {
+                team,
+                model,
+                used_milli,
+                ask_milli,
+                max_milli,
+            } = &reason
+            {
+                let a = self.teams.by_name[team];
+                let m = self.models.binary_search(model).unwrap_or(0);
+                let over = (used_milli + ask_milli).saturating_sub(*max_milli);
+                self.over_max_waits.push((spec.id, a, m, over));
+            }
             self.pend(spec.id, reason, None);
             return;
         }
@@ -1258,6 +1331,7 @@ impl<'a> Planner<'a> {
     /// Estimated starts of capacity-blocked jobs: walk them in plan order against the
     /// releases expected from runtime estimates (or time limits), in aggregate per group.
     fn estimate(&mut self) {
+        self.estimate_over_max();
         if self.eta_group.is_empty() {
             return;
         }
@@ -1314,6 +1388,51 @@ impl<'a> Planner<'a> {
             let short = demand[g].saturating_sub(free[g]);
             let i = cum[g].partition_point(|&(_, c)| c < short);
             p.eta_s = cum[g].get(i).map(|&(t, _)| t.max(self.now));
+        }
+    }
+
+    /// Jobs waiting on a `max` start once the capped team's own jobs have released enough;
+    /// jobs of the same team and pool queue behind each other in plan order.
+    fn estimate_over_max(&mut self) {
+        if self.over_max_waits.is_empty() {
+            return;
+        }
+        let mut curves: BTreeMap<(usize, usize), Vec<(Secs, u64)>> = BTreeMap::new();
+        let mut queued: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        let mut etas: BTreeMap<JobId, Secs> = BTreeMap::new();
+        for &(job, a, m, over) in &self.over_max_waits {
+            let pool = self.teams.pool_of_model[a][m];
+            let curve = curves.entry((a, pool)).or_insert_with(|| {
+                let mut ends: Vec<(Secs, u64)> = self
+                    .job_ends
+                    .iter()
+                    .filter(|&&(end, t, jm, _)| {
+                        end != Secs::MAX
+                            && self.teams.lineage[t].contains(&a)
+                            && self.teams.pool_of_model[a][jm] == pool
+                    })
+                    .map(|&(end, _, _, milli)| (end.max(self.now), milli))
+                    .collect();
+                ends.sort_unstable();
+                let mut total = 0;
+                for e in &mut ends {
+                    total += e.1;
+                    e.1 = total;
+                }
+                ends
+            });
+            let ahead = queued.entry((a, pool)).or_default();
+            let need = over + *ahead;
+            *ahead += self.state.jobs[&job].spec.milli_total();
+            let i = curve.partition_point(|&(_, c)| c < need);
+            if let Some(&(t, _)) = curve.get(i) {
+                etas.insert(job, t);
+            }
+        }
+        for p in &mut self.out.pending {
+            if let Some(&t) = etas.get(&p.job) {
+                p.eta_s = Some(t);
+            }
         }
     }
 
