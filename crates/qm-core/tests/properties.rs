@@ -289,7 +289,13 @@ impl World {
         };
         // Recompute admission: each team's jobs, oldest first, guaranteed while they fit.
         let mut borrowed = Vec::new();
-        let mut alloc: BTreeMap<String, u64> = BTreeMap::new();
+        // Guaranteed usage per team: running jobs inside the guarantee, plus GPUs being
+        // reclaimed for the team's jobs.
+        let mut inside_of: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &plan.reclaims {
+            let j = self.state.job(r.job).unwrap();
+            *inside_of.entry(j.spec.team.clone()).or_default() += j.spec.milli_total();
+        }
         let mut by_team: BTreeMap<String, Vec<&Job>> = BTreeMap::new();
         for job in self.state.live_jobs() {
             if job.state.run().is_some() {
@@ -303,9 +309,9 @@ impl World {
             let mut inside = 0;
             for j in jobs {
                 let m = j.spec.milli_total();
-                *alloc.entry(team.clone()).or_default() += m;
                 if inside + m <= g {
                     inside += m;
+                    *inside_of.entry(team.clone()).or_default() += m;
                 } else if let JobState::Running(run) = &j.state {
                     let old_enough = self.now - run.started_s >= j.spec.min_run_s;
                     let new = plan.start_of(j.spec.id).is_some();
@@ -327,12 +333,13 @@ impl World {
             let job = self.state.job(p.job).unwrap();
             let team = self.state.team(&job.spec.team).unwrap();
             let g = u64::from(team.spec.quotas[ANY_MODEL].guaranteed) * 1000;
-            let a = alloc.get(&job.spec.team).copied().unwrap_or(0);
+            let a = inside_of.get(&job.spec.team).copied().unwrap_or(0);
             if a + job.spec.milli_total() > g {
                 continue;
             }
             let mut free = used.clone();
-            for v in &borrowed {
+            // A team's guarantee is taken back from other teams, never from itself.
+            for v in borrowed.iter().filter(|v| v.spec.team != job.spec.team) {
                 for t in &v.state.run().unwrap().placement {
                     let u = free.get_mut(&t.node).unwrap();
                     for &gi in &t.gpus {
@@ -342,9 +349,15 @@ impl World {
                     u.2 -= v.spec.mem_mib.min(u.2);
                 }
             }
-            // What others were promised stays theirs.
+            // What others were promised stays theirs: reserved GPUs whole (work that would
+            // outlive a reservation may not share its GPUs).
             for r in plan.reservations.iter().filter(|r| r.job != p.job) {
-                occupy(&mut free, &r.placement);
+                for t in &r.placement {
+                    let u = free.get_mut(&t.node).unwrap();
+                    for &g in &t.gpus {
+                        u.0[g as usize] = 1000;
+                    }
+                }
             }
             for r in plan.reclaims.iter() {
                 occupy(&mut free, &r.placement);

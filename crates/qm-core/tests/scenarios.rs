@@ -861,3 +861,57 @@ fn a_guaranteed_job_is_not_stuck_behind_its_own_teams_borrowing() {
     );
     assert!(h.is_pending(big));
 }
+
+#[test]
+fn a_team_reclaims_only_up_to_its_guarantee_per_plan() {
+    // A is guaranteed 8 and queues five 8-GPU jobs; B borrows the whole cluster.
+    let mut h = Harness::new(two_teams(4, 8, 0));
+    for _ in 0..4 {
+        h.submit(JobBuilder::new("b").gpus(8).limit(10_000));
+    }
+    h.step();
+    let mine: Vec<JobId> = (0..5)
+        .map(|_| h.submit(JobBuilder::new("a").gpus(8)))
+        .collect();
+    let plan = h.step();
+    assert_eq!(
+        plan.stops.len(),
+        1,
+        "one 8-GPU reclaim fills A's guarantee of 8"
+    );
+    assert_eq!(plan.reclaims.len(), 1);
+    assert_eq!(plan.reclaims[0].job, mine[0]);
+    // The next plan, with the victim still stopping, reclaims nothing more.
+    let plan = qm_core::plan(&h.state, h.now);
+    assert!(plan.stops.is_empty());
+}
+
+#[test]
+fn work_that_outlives_a_reservation_never_shares_its_gpus() {
+    // Everything here is inside A's guarantee, so only age orders the jobs.
+    let state = ClusterBuilder::new().racks(1, 1, 8).team("a", 32).build();
+    let mut h = Harness::new(state);
+    // Half of GPU 0 and all of GPUs 1-7 are busy until t=100.
+    h.submit(JobBuilder::new("a").milli(500).limit(100));
+    h.submit(JobBuilder::new("a").gpus(7).limit(100));
+    h.step();
+    let big = h.submit(JobBuilder::new("a").gpus(8).limit(1000));
+    let plan = h.step();
+    assert_eq!(
+        plan.pending_job(big).unwrap().reason,
+        Reason::Reserved { start_s: 100 }
+    );
+    // A long half-GPU job would fit on GPU 0 now, but would delay the 8-GPU job.
+    let long = h.submit(JobBuilder::new("a").milli(500).no_limit());
+    let short = h.submit(JobBuilder::new("a").milli(400).limit(50));
+    let plan = h.step();
+    assert!(plan.start_of(long).is_none());
+    assert!(matches!(
+        plan.pending_job(long).unwrap().reason,
+        Reason::BehindReservation { .. }
+    ));
+    assert!(
+        plan.start_of(short).is_some(),
+        "work ending before t=100 may use it"
+    );
+}

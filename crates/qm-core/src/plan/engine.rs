@@ -68,6 +68,15 @@ struct Taken {
 
 type Key = (u8, i64, u8, u64, Secs, JobId);
 
+/// The two passes of the ordered planner.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Only jobs (and GPU models) inside their team's guarantee; reclaim allowed.
+    Guaranteed,
+    /// Everything left, on any model, borrowing idle capacity; no reclaim.
+    Borrowing,
+}
+
 pub(crate) struct Planner<'a> {
     state: &'a ClusterState,
     cfg: &'a SchedulerConfig,
@@ -87,7 +96,15 @@ pub(crate) struct Planner<'a> {
     releases: Vec<Release>,
     reservations: Vec<ResvRec>,
     resv_by_group: BTreeMap<usize, usize>,
-    failed_attempts: usize,
+    /// `[team][pool]` milli-GPUs held or claimed inside the guarantee.
+    gused: Vec<Vec<u64>>,
+    /// `[model]` upper bound of milli-GPUs the remaining victims would free.
+    victim_milli_left: Vec<u64>,
+    failed_reclaims: usize,
+    failed_reservations: usize,
+    /// Groups where nothing had a finite end (and how many releases and reservations there
+    /// were then): no reservation can be promised there until that changes.
+    unreservable: BTreeMap<usize, usize>,
     reclaims: usize,
     /// Group in which each capacity-blocked pending job waits, for estimates.
     eta_group: BTreeMap<JobId, usize>,
@@ -143,6 +160,8 @@ impl<'a> Planner<'a> {
         });
         let team_count = teams.names.len();
         let alloc = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
+        let teams_gused = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
+        let models_len = models.len();
         Planner {
             state,
             cfg,
@@ -160,7 +179,11 @@ impl<'a> Planner<'a> {
             releases: Vec::new(),
             reservations: Vec::new(),
             resv_by_group: BTreeMap::new(),
-            failed_attempts: 0,
+            gused: teams_gused,
+            victim_milli_left: vec![0; models_len],
+            failed_reclaims: 0,
+            failed_reservations: 0,
+            unreservable: BTreeMap::new(),
             reclaims: 0,
             eta_group: BTreeMap::new(),
             job_ends: Vec::new(),
@@ -314,6 +337,13 @@ impl<'a> Planner<'a> {
                 self.victims_by_model[r.model].push(i);
             }
         }
+        for (m, list) in self.victims_by_model.iter().enumerate() {
+            self.victim_milli_left[m] = list
+                .iter()
+                .flat_map(|&i| self.runs[i].placement.iter())
+                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                .sum();
+        }
         for list in &mut self.victims_by_model {
             let runs = &self.runs;
             list.sort_by_key(|&i| {
@@ -355,6 +385,7 @@ impl<'a> Planner<'a> {
                     r.mode = Admission::Borrowed;
                 }
             }
+            self.gused[t] = used;
         }
     }
 
@@ -435,6 +466,9 @@ impl<'a> Planner<'a> {
         let cpu = cpu.min(view.cpu_free[n as usize]) as i64;
         let mem = mem.min(view.mem_free[n as usize]) as i64;
         view.adjust(n, &[], 0, cpu, mem);
+        let guard = &mut view.guard[n as usize];
+        guard.cpu_slack = guard.cpu_slack.saturating_sub(cpu as u64);
+        guard.mem_slack = guard.mem_slack.saturating_sub(mem as u64);
         taken.push(Taken {
             node: n,
             gpu: None,
@@ -543,6 +577,9 @@ impl<'a> Planner<'a> {
                 future.give(&run.placement, v.spec.cpu_milli, v.spec.mem_mib);
             }
             for m in self.candidate_models(spec) {
+                if self.over_max(t, m, spec.milli_total()).is_some() {
+                    continue;
+                }
                 let Some(g) = self.group(t, m) else { continue };
                 let ask = Ask {
                     spec,
@@ -563,6 +600,8 @@ impl<'a> Planner<'a> {
                         })
                         .max()
                         .unwrap_or(self.now);
+                    let class = self.class_of(t, m, spec.milli_total());
+                    self.claim(job, t, m, g, &claim, ready_by_s.max(self.now), class);
                     self.out.reclaims.push(Reservation {
                         job: b,
                         start_s: ready_by_s.max(self.now),
@@ -640,10 +679,44 @@ impl<'a> Planner<'a> {
             return Admission::Guaranteed;
         }
         let pool = self.teams.pool_of_model[team][model];
-        if self.alloc[team][pool] + milli <= self.teams.pools[team][pool].guaranteed {
+        if self.gused[team][pool] + milli <= self.teams.pools[team][pool].guaranteed {
             Admission::Guaranteed
         } else {
             Admission::Borrowed
+        }
+    }
+
+    /// Records GPUs promised to a job waiting for its victims: they count against its team
+    /// now, and reservation probes see them occupied from `from_s`.
+    #[allow(clippy::too_many_arguments)]
+    fn claim(
+        &mut self,
+        job: &Job,
+        team: usize,
+        model: usize,
+        group: usize,
+        placement: &[TaskPlacement],
+        from_s: Secs,
+        class: Admission,
+    ) {
+        let spec = &job.spec;
+        self.account(team, model, spec.milli_total(), class);
+        let (end_s, _) = self.end_of(spec, from_s);
+        self.reservations.push(ResvRec {
+            group,
+            end_s,
+            placement: placement.to_vec(),
+            cpu: spec.cpu_milli,
+            mem: spec.mem_mib,
+        });
+    }
+
+    /// Counts a start or a claim against the team's allocation (and guarantee).
+    fn account(&mut self, team: usize, model: usize, milli: u64, class: Admission) {
+        self.add_alloc(team, model, milli);
+        if class == Admission::Guaranteed {
+            let pool = self.teams.pool_of_model[team][model];
+            self.gused[team][pool] += milli;
         }
     }
 
@@ -701,7 +774,7 @@ impl<'a> Planner<'a> {
         let spec = &job.spec;
         let (end_s, est_s) = self.end_of(spec, self.now);
         place::commit(&mut self.view, spec, &p, end_s);
-        self.add_alloc(team, model, spec.milli_total());
+        self.account(team, model, spec.milli_total(), class);
         self.job_ends.push((est_s, team, model, spec.milli_total()));
         for task in &p {
             if let Some(n) = self.view.dense(task.node) {
@@ -843,7 +916,10 @@ impl<'a> Planner<'a> {
         while let Some(Reverse((_, i))) = heap.pop() {
             let (t, job) = (lists[i].0, lists[i].1[cursor[i]]);
             cursor[i] += 1;
-            self.consider(job, t);
+            if !self.consider(job, t, Phase::Guaranteed) {
+                // It may still borrow elsewhere: phase 2 decides.
+                skipped[i].push(job);
+            }
             if let Some(key) = self.next_guaranteed(&lists, &mut cursor, &mut skipped, i) {
                 heap.push(Reverse((key, i)));
             }
@@ -857,7 +933,7 @@ impl<'a> Planner<'a> {
         while let Some(Reverse((_, i))) = heap.pop() {
             let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
             cursor[i] += 1;
-            self.consider(job, t);
+            self.consider(job, t, Phase::Borrowing);
             if let Some(next) = skipped[i].get(cursor[i]) {
                 heap.push(Reverse((self.rank(next, t), i)));
             }
@@ -885,8 +961,10 @@ impl<'a> Planner<'a> {
         None
     }
 
-    /// Starts the job, or reclaims for it, or reserves for it, or explains why not.
-    fn consider(&mut self, job: &'a Job, t: usize) {
+    /// Starts the job, or reclaims for it, or reserves for it, or explains why not. In the
+    /// guaranteed phase it only starts where it is guaranteed, and returns `false` (deciding
+    /// nothing) when it could still borrow elsewhere.
+    fn consider(&mut self, job: &'a Job, t: usize, phase: Phase) -> bool {
         let spec = &job.spec;
         let milli = spec.milli_total();
         let (end_s, _) = self.end_of(spec, self.now);
@@ -912,6 +990,13 @@ impl<'a> Planner<'a> {
             }
             let class = self.class_of(t, m, milli);
             admissible.push((m, g, class));
+        }
+        // Models where the job is guaranteed first.
+        admissible.sort_by_key(|a| a.2);
+        for &(m, g, class) in &admissible {
+            if phase == Phase::Guaranteed && class == Admission::Borrowed {
+                continue;
+            }
             let ask = Ask {
                 spec,
                 group: g,
@@ -920,7 +1005,7 @@ impl<'a> Planner<'a> {
             };
             if let Some(p) = place::find(&self.view, &ask) {
                 self.start(job, t, m, p, class);
-                return;
+                return true;
             }
             if behind.is_none() && !self.reservations.is_empty() {
                 let free_ask = Ask {
@@ -956,13 +1041,16 @@ impl<'a> Planner<'a> {
                 self.over_max_waits.push((spec.id, a, m, over));
             }
             self.pend(spec.id, reason, None);
-            return;
+            return true;
         }
-        if self.policy == PolicyKind::Default {
+        if self.policy == PolicyKind::Default && phase == Phase::Guaranteed {
             for &(m, g, class) in &admissible {
                 if class == Admission::Guaranteed && self.reclaim(job, m, g) {
-                    return;
+                    return true;
                 }
+            }
+            if admissible.iter().any(|a| a.2 == Admission::Borrowed) {
+                return false;
             }
         }
         if let Some((reserved, start_s)) = behind {
@@ -972,40 +1060,37 @@ impl<'a> Planner<'a> {
                 Reason::BehindReservation { reserved, start_s },
                 None,
             );
-            return;
+            return true;
         }
         if self.reserve(job, &admissible) {
-            return;
+            return true;
         }
         self.no_placement(job, admissible[0].1);
+        true
     }
 
     /// Frees the job's GPUs by preempting borrowed jobs that lose the least work.
     fn reclaim(&mut self, job: &Job, m: usize, g: usize) -> bool {
-        if self.reclaims >= self.cfg.max_reclaims || self.failed_attempts >= MAX_FAILED_ATTEMPTS {
+        if self.reclaims >= self.cfg.max_reclaims || self.failed_reclaims >= MAX_FAILED_ATTEMPTS {
             return false;
         }
         let spec = &job.spec;
+        // Cheap bound first: free GPUs plus every GPU a victim touches (a victim's share of a
+        // GPU may free the whole GPU).
+        if self.view.group_free_milli[g] + self.victim_milli_left[m] < spec.milli_total() {
+            return false;
+        }
+        let Some(&team) = self.teams.by_name.get(&spec.team) else {
+            return false;
+        };
+        // A team's guarantee protects it from other teams; it does not preempt itself.
         let victims: Vec<usize> = self.victims_by_model[m]
             .iter()
             .copied()
-            .filter(|&i| !self.runs[i].taken)
+            .filter(|&i| !self.runs[i].taken && self.runs[i].team != Some(team))
             .collect();
         if victims.is_empty() {
             return false;
-        }
-        if let GpuAsk::Whole(_) = spec.gpu {
-            // Upper bound: a victim's share of a GPU may free the whole GPU.
-            let reclaimable: u64 = victims
-                .iter()
-                .flat_map(|&i| self.runs[i].placement.iter())
-                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                .sum();
-            if self.view.group_whole_free[g] * u64::from(MILLI_PER_GPU) + reclaimable
-                < spec.milli_total()
-            {
-                return false;
-            }
         }
         let (end_s, _) = self.end_of(spec, self.now);
         let ask = Ask {
@@ -1024,7 +1109,7 @@ impl<'a> Planner<'a> {
             place::find(&future, &ask)
         });
         let (Some(chosen), Some(placement)) = (chosen, placement) else {
-            self.failed_attempts += 1;
+            self.failed_reclaims += 1;
             return false;
         };
         // Keep the free part of the future placement for this job, in this plan.
@@ -1036,6 +1121,12 @@ impl<'a> Planner<'a> {
         for &i in &chosen {
             let r = &mut self.runs[i];
             r.taken = true;
+            let freed: u64 = r
+                .placement
+                .iter()
+                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                .sum();
+            self.victim_milli_left[m] = self.victim_milli_left[m].saturating_sub(freed);
             ready_by_s = ready_by_s.max(self.now.saturating_add(r.job.spec.grace_s));
             ids.push(r.job.spec.id);
             self.out.stops.push(StopOrder {
@@ -1047,6 +1138,15 @@ impl<'a> Planner<'a> {
         }
         ids.sort();
         self.reclaims += 1;
+        self.claim(
+            job,
+            team,
+            m,
+            g,
+            &placement,
+            ready_by_s,
+            Admission::Guaranteed,
+        );
         self.out.reclaims.push(Reservation {
             job: spec.id,
             start_s: ready_by_s,
@@ -1174,7 +1274,11 @@ impl<'a> Planner<'a> {
         let mut best: Option<(Secs, usize, Vec<TaskPlacement>, View<'a>)> = None;
         for &(_, g, _) in admissible {
             let used = self.resv_by_group.get(&g).copied().unwrap_or(0);
-            if used >= self.cfg.max_reservations || self.failed_attempts >= MAX_FAILED_ATTEMPTS {
+            if used >= self.cfg.max_reservations
+                || self.failed_reservations >= MAX_FAILED_ATTEMPTS
+                || self.unreservable.get(&g)
+                    == Some(&(self.releases.len() + self.reservations.len()))
+            {
                 continue;
             }
             match self.earliest(spec, g) {
@@ -1183,20 +1287,25 @@ impl<'a> Planner<'a> {
                         best = Some((t, g, p, fut));
                     }
                 }
-                None => self.failed_attempts += 1,
+                None => self.failed_reservations += 1,
             }
         }
         let Some((t, g, p, mut fut)) = best else {
             return false;
         };
         place::commit(&mut fut, spec, &p, Secs::MAX);
+        // Guard the reserved GPUs themselves, and leave work that outlives the reservation
+        // only the CPU and memory that will still be free when it starts.
         for task in &p {
             if let Some(n) = self.view.dense(task.node) {
-                let slack = fut.whole_free[n as usize];
-                let guard = &mut self.view.guard[n as usize];
+                let ni = n as usize;
+                let mask = task.gpus.iter().fold(0u64, |m, &g| m | (1 << g));
+                let guard = &mut self.view.guard[ni];
                 *guard = Guard {
                     earliest_s: guard.earliest_s.min(t),
-                    slack: guard.slack.min(slack),
+                    gpus: guard.gpus | mask,
+                    cpu_slack: guard.cpu_slack.min(fut.cpu_free[ni]),
+                    mem_slack: guard.mem_slack.min(fut.mem_free[ni]),
                 };
             }
         }
@@ -1220,7 +1329,11 @@ impl<'a> Planner<'a> {
     }
 
     /// The earliest time the job fits group `g`, from running jobs' time limits.
-    fn earliest(&self, spec: &JobSpec, g: usize) -> Option<(Secs, Vec<TaskPlacement>, View<'a>)> {
+    fn earliest(
+        &mut self,
+        spec: &JobSpec,
+        g: usize,
+    ) -> Option<(Secs, Vec<TaskPlacement>, View<'a>)> {
         let mut rel: Vec<&Release> = self
             .releases
             .iter()
@@ -1237,6 +1350,9 @@ impl<'a> Planner<'a> {
         times.sort_unstable();
         times.dedup();
         if times.is_empty() {
+            // Nothing here ever ends by itself: no promise is possible, for any job.
+            let seen = self.releases.len() + self.reservations.len();
+            self.unreservable.insert(g, seen);
             return None;
         }
         // Necessary condition, cheap: enough milli-GPUs free by then in aggregate.

@@ -35,16 +35,24 @@ fn selector_ok(view: &View, spec: &JobSpec, n: u32) -> bool {
             .all(|(k, v)| view.nodes[n as usize].spec.labels.get(k) == Some(v))
 }
 
-fn fits_cpu_mem(view: &View, spec: &JobSpec, n: u32, tasks: u64) -> bool {
-    view.cpu_free[n as usize] >= spec.cpu_milli * tasks
-        && view.mem_free[n as usize] >= spec.mem_mib * tasks
+/// GPUs of node `n` the ask must leave alone (reserved for a job that starts before this
+/// one would end).
+fn forbidden(view: &View, ask: &Ask, n: u32) -> u64 {
+    if ask.ignore_guards {
+        0
+    } else {
+        view.guard[n as usize].forbidden(ask.end_s)
+    }
 }
 
-fn allowed_whole(view: &View, ask: &Ask, n: u32) -> u32 {
-    if ask.ignore_guards {
-        view.whole_free[n as usize]
+/// CPU and memory of node `n` the ask may take.
+fn cpu_mem(view: &View, ask: &Ask, n: u32) -> (u64, u64) {
+    let (cpu, mem) = (view.cpu_free[n as usize], view.mem_free[n as usize]);
+    let guard = view.guard[n as usize];
+    if ask.ignore_guards || ask.end_s <= guard.earliest_s {
+        (cpu, mem)
     } else {
-        view.allowed_whole(n, ask.end_s)
+        (cpu.min(guard.cpu_slack), mem.min(guard.mem_slack))
     }
 }
 
@@ -54,25 +62,20 @@ fn node_cap(view: &View, ask: &Ask, n: u32) -> u64 {
     if !selector_ok(view, spec, n) {
         return 0;
     }
+    let mask = forbidden(view, ask, n);
     let by_gpu = match spec.gpu {
-        GpuAsk::Whole(k) => u64::from(allowed_whole(view, ask, n) / k.max(1)),
-        GpuAsk::Milli(m) => {
-            let per_whole = u64::from(MILLI_PER_GPU / m);
-            let partial: u64 = view
-                .used_of(n)
-                .iter()
-                .filter(|&&u| u > 0 && u < MILLI_PER_GPU)
-                .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
-                .sum();
-            partial + u64::from(allowed_whole(view, ask, n)) * per_whole
-        }
+        GpuAsk::Whole(k) => u64::from(view.whole_free_outside(n, mask) / k.max(1)),
+        GpuAsk::Milli(m) => view
+            .used_of(n)
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| mask & (1 << i) == 0)
+            .map(|(_, &u)| u64::from((MILLI_PER_GPU - u) / m))
+            .sum(),
     };
-    let by_cpu = view.cpu_free[n as usize]
-        .checked_div(spec.cpu_milli)
-        .unwrap_or(u64::MAX);
-    let by_mem = view.mem_free[n as usize]
-        .checked_div(spec.mem_mib)
-        .unwrap_or(u64::MAX);
+    let (cpu, mem) = cpu_mem(view, ask, n);
+    let by_cpu = cpu.checked_div(spec.cpu_milli).unwrap_or(u64::MAX);
+    let by_mem = mem.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
     by_gpu.min(by_cpu).min(by_mem)
 }
 
@@ -80,7 +83,7 @@ fn node_cap(view: &View, ask: &Ask, n: u32) -> u64 {
 pub(crate) fn find(view: &View, ask: &Ask) -> Option<Vec<TaskPlacement>> {
     let spec = ask.spec;
     let g = ask.group;
-    if g >= view.buckets.len() {
+    if g >= view.buckets.len() || view.group_free_milli[g] < spec.milli_total() {
         return None;
     }
     if let GpuAsk::Whole(k) = spec.gpu {
@@ -103,22 +106,24 @@ pub(crate) fn find(view: &View, ask: &Ask) -> Option<Vec<TaskPlacement>> {
     let depth = view.depth;
     let mut chosen = Vec::new();
     pick(view, items, 0, depth, u64::from(spec.tasks), &mut chosen);
-    Some(assign(view, spec, &chosen))
+    Some(assign(view, ask, &chosen))
 }
 
 fn single(view: &View, ask: &Ask) -> Option<TaskPlacement> {
     let spec = ask.spec;
     let g = ask.group;
     let buckets = &view.buckets[g];
+    let fits = |n: u32| {
+        let (cpu, mem) = cpu_mem(view, ask, n);
+        cpu >= spec.cpu_milli && mem >= spec.mem_mib && selector_ok(view, spec, n)
+    };
     match spec.gpu {
         GpuAsk::Whole(k) => {
             for bucket in buckets.iter().skip(k as usize) {
                 for &n in bucket {
-                    if fits_cpu_mem(view, spec, n, 1)
-                        && allowed_whole(view, ask, n) >= k
-                        && selector_ok(view, spec, n)
-                    {
-                        return Some(assign_one(view.used_of(n), view, n, spec.gpu));
+                    let mask = forbidden(view, ask, n);
+                    if view.whole_free_outside(n, mask) >= k && fits(n) {
+                        return Some(assign_one(view.used_of(n), mask, view, n, spec.gpu));
                     }
                 }
             }
@@ -126,7 +131,7 @@ fn single(view: &View, ask: &Ask) -> Option<TaskPlacement> {
         }
         GpuAsk::Milli(m) => {
             for &(_, n, gpu) in view.partial[g].range((m, 0, 0)..) {
-                if fits_cpu_mem(view, spec, n, 1) && selector_ok(view, spec, n) {
+                if forbidden(view, ask, n) & (1 << gpu) == 0 && fits(n) {
                     return Some(TaskPlacement {
                         node: view.ids[n as usize],
                         gpus: vec![gpu],
@@ -136,11 +141,9 @@ fn single(view: &View, ask: &Ask) -> Option<TaskPlacement> {
             }
             for bucket in buckets.iter().skip(1) {
                 for &n in bucket {
-                    if fits_cpu_mem(view, spec, n, 1)
-                        && allowed_whole(view, ask, n) >= 1
-                        && selector_ok(view, spec, n)
-                    {
-                        return Some(assign_one(view.used_of(n), view, n, spec.gpu));
+                    let mask = forbidden(view, ask, n);
+                    if view.whole_free_outside(n, mask) >= 1 && fits(n) {
+                        return Some(assign_one(view.used_of(n), mask, view, n, spec.gpu));
                     }
                 }
             }
@@ -149,16 +152,17 @@ fn single(view: &View, ask: &Ask) -> Option<TaskPlacement> {
     }
 }
 
-/// Picks GPUs for one task on node `n` given the node's current usage.
-fn assign_one(used: &[u32], view: &View, n: u32, ask: GpuAsk) -> TaskPlacement {
+/// Picks GPUs for one task on node `n` given the node's usage, outside the `forbidden` mask.
+fn assign_one(used: &[u32], forbidden: u64, view: &View, n: u32, ask: GpuAsk) -> TaskPlacement {
     let node = view.ids[n as usize];
+    let allowed = |i: usize| forbidden & (1 << i) == 0;
     match ask {
         GpuAsk::Whole(k) => TaskPlacement {
             node,
             gpus: used
                 .iter()
                 .enumerate()
-                .filter(|(_, &u)| u == 0)
+                .filter(|&(i, &u)| u == 0 && allowed(i))
                 .take(k as usize)
                 .map(|(i, _)| i as u32)
                 .collect(),
@@ -169,9 +173,13 @@ fn assign_one(used: &[u32], view: &View, n: u32, ask: GpuAsk) -> TaskPlacement {
             let gpu = used
                 .iter()
                 .enumerate()
-                .filter(|(_, &u)| u > 0 && u + m <= MILLI_PER_GPU)
-                .max_by_key(|(i, &u)| (u, std::cmp::Reverse(*i)))
-                .or_else(|| used.iter().enumerate().find(|(_, &u)| u == 0))
+                .filter(|&(i, &u)| u > 0 && u + m <= MILLI_PER_GPU && allowed(i))
+                .max_by_key(|&(i, &u)| (u, std::cmp::Reverse(i)))
+                .or_else(|| {
+                    used.iter()
+                        .enumerate()
+                        .find(|&(i, &u)| u == 0 && allowed(i))
+                })
                 .map_or(0, |(i, _)| i as u32);
             TaskPlacement {
                 node,
@@ -183,12 +191,14 @@ fn assign_one(used: &[u32], view: &View, n: u32, ask: GpuAsk) -> TaskPlacement {
 }
 
 /// Turns (node, tasks) choices into task placements with GPU indices.
-fn assign(view: &View, spec: &JobSpec, chosen: &[(u32, u64)]) -> Vec<TaskPlacement> {
+fn assign(view: &View, ask: &Ask, chosen: &[(u32, u64)]) -> Vec<TaskPlacement> {
+    let spec = ask.spec;
     let mut out = Vec::with_capacity(spec.tasks as usize);
     for &(n, count) in chosen {
         let mut used = view.used_of(n).to_vec();
+        let mask = forbidden(view, ask, n);
         for _ in 0..count {
-            let t = assign_one(&used, view, n, spec.gpu);
+            let t = assign_one(&used, mask, view, n, spec.gpu);
             for &g in &t.gpus {
                 used[g as usize] += t.gpu_milli;
             }
@@ -258,14 +268,13 @@ fn take_best_fit<T>(items: &[(T, u64)], need: u64, mut take: impl FnMut(&(T, u64
     }
 }
 
-/// Applies a placement to the view, and charges reservation guards for the whole GPUs a job
-/// that outlives them takes.
+/// Applies a placement to the view, and charges reservation guards for the CPU and memory
+/// that a job outliving them takes.
 pub(crate) fn commit(view: &mut View, spec: &JobSpec, placement: &[TaskPlacement], end_s: Secs) {
     for t in placement {
         let Some(n) = view.dense(t.node) else {
             continue;
         };
-        let before = view.whole_free[n as usize];
         view.adjust(
             n,
             &t.gpus,
@@ -273,10 +282,10 @@ pub(crate) fn commit(view: &mut View, spec: &JobSpec, placement: &[TaskPlacement
             spec.cpu_milli as i64,
             spec.mem_mib as i64,
         );
-        let after = view.whole_free[n as usize];
         let guard = &mut view.guard[n as usize];
         if end_s > guard.earliest_s {
-            guard.slack = guard.slack.saturating_sub(before - after);
+            guard.cpu_slack = guard.cpu_slack.saturating_sub(spec.cpu_milli);
+            guard.mem_slack = guard.mem_slack.saturating_sub(spec.mem_mib);
         }
     }
 }

@@ -10,18 +10,34 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::model::{NodeId, NodeState, Secs, MILLI_PER_GPU};
 use crate::state::{ClusterState, Node, TaskPlacement};
 
-/// Guard a reservation puts on a node: work that runs past `earliest_s` may take at most
-/// `slack` of the node's whole free GPUs.
+/// Guard that reservations put on a node: work that runs past `earliest_s` may not touch
+/// the reserved GPUs (`gpus`, a bit per GPU index, whole or in part) and may take only the
+/// CPU and memory the reservations leave (`cpu_slack`, `mem_slack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Guard {
     pub earliest_s: Secs,
-    pub slack: u32,
+    pub gpus: u64,
+    pub cpu_slack: u64,
+    pub mem_slack: u64,
 }
 
 pub(crate) const NO_GUARD: Guard = Guard {
     earliest_s: Secs::MAX,
-    slack: u32::MAX,
+    gpus: 0,
+    cpu_slack: u64::MAX,
+    mem_slack: u64::MAX,
 };
+
+impl Guard {
+    /// GPUs a job ending at `end_s` must leave alone.
+    pub fn forbidden(&self, end_s: Secs) -> u64 {
+        if end_s <= self.earliest_s {
+            0
+        } else {
+            self.gpus
+        }
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct View<'a> {
@@ -45,6 +61,8 @@ pub(crate) struct View<'a> {
     pub partial: Vec<BTreeSet<(u32, u32, u32)>>,
     pub group_nodes: Vec<Vec<u32>>,
     pub group_whole_free: Vec<u64>,
+    /// Free milli-GPUs of each group, fragments included.
+    pub group_free_milli: Vec<u64>,
     pub group_max_gpus: Vec<u32>,
 }
 
@@ -73,6 +91,7 @@ impl<'a> View<'a> {
             partial: vec![BTreeSet::new(); groups],
             group_nodes: vec![Vec::new(); groups],
             group_whole_free: vec![0; groups],
+            group_free_milli: vec![0; groups],
             group_max_gpus: vec![0; groups],
         };
         let depth = state
@@ -146,6 +165,7 @@ impl<'a> View<'a> {
         let off = self.gpu_off[n as usize];
         for i in 0..self.gpus[n as usize] as usize {
             let u = self.used[off + i];
+            self.group_free_milli[g] += u64::from(MILLI_PER_GPU - u);
             if u > 0 && u < MILLI_PER_GPU {
                 self.partial[g].insert((MILLI_PER_GPU - u, n, i as u32));
             }
@@ -162,6 +182,7 @@ impl<'a> View<'a> {
         let off = self.gpu_off[n as usize];
         for i in 0..self.gpus[n as usize] as usize {
             let u = self.used[off + i];
+            self.group_free_milli[g] -= u64::from(MILLI_PER_GPU - u);
             if u > 0 && u < MILLI_PER_GPU {
                 self.partial[g].remove(&(MILLI_PER_GPU - u, n, i as u32));
             }
@@ -212,14 +233,15 @@ impl<'a> View<'a> {
             .unwrap_or(0) as u32
     }
 
-    /// Whole GPUs of node `n` that a job ending at `end_s` may take.
-    pub fn allowed_whole(&self, n: u32, end_s: Secs) -> u32 {
-        let guard = self.guard[n as usize];
-        let free = self.whole_free[n as usize];
-        if end_s <= guard.earliest_s {
-            free
-        } else {
-            free.min(guard.slack)
+    /// Whole free GPUs of node `n` outside the `forbidden` mask.
+    pub fn whole_free_outside(&self, n: u32, forbidden: u64) -> u32 {
+        if forbidden == 0 {
+            return self.whole_free[n as usize];
         }
+        self.used_of(n)
+            .iter()
+            .enumerate()
+            .filter(|&(i, &u)| u == 0 && forbidden & (1 << i) == 0)
+            .count() as u32
     }
 }
