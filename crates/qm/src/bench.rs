@@ -21,15 +21,19 @@ pub struct PlanArgs {
     /// Nodes of 8 GPUs, 32 per rack, 8 racks per pod.
     #[arg(long, default_value_t = 2048)]
     nodes: u32,
+    /// Teams, with guarantees that add up to the cluster.
     #[arg(long, default_value_t = 20)]
     teams: u32,
+    /// Jobs submitted first and placed by the planner, started over the last two hours.
     #[arg(long, default_value_t = 2000)]
     running: u32,
+    /// Jobs queued after them (mostly 1 GPU, some 8, some gangs of 16 to 2,048 GPUs).
     #[arg(long, default_value_t = 10_000)]
     pending: u32,
     /// Timed runs of `plan` (after two warm-up runs).
     #[arg(long, default_value_t = 30)]
     runs: u32,
+    /// Seed of the generator: the same seed builds the same cluster and queue.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Print one JSON object instead of a table.
@@ -227,8 +231,8 @@ struct PlanReport {
 }
 
 fn bench_plan(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
-    if args.runs == 0 {
-        return Err("--runs must be at least 1".into());
+    if args.runs == 0 || args.nodes == 0 || args.teams == 0 {
+        return Err("--runs, --nodes and --teams must each be at least 1".into());
     }
     let before = crate::alloc::live_bytes();
     let sc = scenario(args)?;

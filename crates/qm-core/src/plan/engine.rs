@@ -91,6 +91,8 @@ pub(crate) struct Planner<'a> {
     alloc: Vec<Vec<u64>>,
     /// `[team]` milli-GPUs over all pools, sub-teams included.
     alloc_total: Vec<u64>,
+    /// `[team]` the history part of fair-share usage.
+    history: Vec<f64>,
     runs: Vec<RunInfo<'a>>,
     victims_by_model: Vec<Vec<usize>>,
     releases: Vec<Release>,
@@ -162,6 +164,7 @@ impl<'a> Planner<'a> {
         let alloc = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
         let teams_gused = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
         let models_len = models.len();
+        let history = Self::histories(state, &teams, now);
         Planner {
             state,
             cfg,
@@ -175,6 +178,7 @@ impl<'a> Planner<'a> {
             view,
             alloc,
             alloc_total: vec![0; team_count],
+            history,
             runs: Vec::new(),
             releases: Vec::new(),
             reservations: Vec::new(),
@@ -644,10 +648,14 @@ impl<'a> Planner<'a> {
         None
     }
 
-    fn candidate_models(&self, spec: &JobSpec) -> Vec<usize> {
+    /// The GPU models a job may run on, as a range of model indices.
+    fn candidate_models(&self, spec: &JobSpec) -> std::ops::Range<usize> {
         match &spec.gpu_model {
-            Some(m) => self.models.binary_search(m).ok().into_iter().collect(),
-            None => (0..self.models.len()).collect(),
+            Some(m) => match self.models.binary_search(m) {
+                Ok(i) => i..i + 1,
+                Err(_) => 0..0,
+            },
+            None => 0..self.models.len(),
         }
     }
 
@@ -722,15 +730,27 @@ impl<'a> Planner<'a> {
 
     /// Fair-share usage: half current allocation, half decayed history, plus idle charge.
     fn usage(&self, team: usize) -> f64 {
-        let Some(t) = self.state.teams.get(&self.teams.names[team]) else {
-            return 0.0;
-        };
-        let lambda = std::f64::consts::LN_2 / self.cfg.fair_share_half_life_s.max(1) as f64;
-        let dt = self.now.saturating_sub(self.state.clock_s) as f64;
+        0.5 * self.alloc_total[team] as f64 + self.history[team]
+    }
+
+    /// Per team: half the decayed average allocation plus the decayed idle charge, brought
+    /// forward from the state's clock to `now` (milli-GPUs).
+    fn histories(state: &ClusterState, teams: &TeamIndex, now: Secs) -> Vec<f64> {
+        let lambda = std::f64::consts::LN_2 / state.config.fair_share_half_life_s.max(1) as f64;
+        let dt = now.saturating_sub(state.clock_s) as f64;
         let keep = (-lambda * dt).exp();
-        let hist = (t.usage_decayed * keep + t.alloc_milli as f64 * (1.0 - keep) / lambda) * lambda;
-        let idle = t.idle_decayed * keep * lambda;
-        0.5 * self.alloc_total[team] as f64 + 0.5 * hist + idle
+        teams
+            .names
+            .iter()
+            .map(|name| {
+                let Some(t) = state.teams.get(name) else {
+                    return 0.0;
+                };
+                let hist = (t.usage_decayed * keep + t.alloc_milli as f64 * (1.0 - keep) / lambda)
+                    * lambda;
+                0.5 * hist + t.idle_decayed * keep * lambda
+            })
+            .collect()
     }
 
     fn guaranteed_total(&self, team: usize) -> u64 {
@@ -844,7 +864,7 @@ impl<'a> Planner<'a> {
             }
             if !started {
                 head = Some(spec.id);
-                let m = self.candidate_models(spec).first().copied();
+                let m = self.candidate_models(spec).next();
                 self.no_placement(job, m.unwrap_or(usize::MAX));
             }
         }
