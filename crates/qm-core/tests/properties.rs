@@ -12,6 +12,7 @@ struct Cluster {
     racks: Vec<(u32, u32, bool)>, // nodes, GPUs per node, second model
     teams: Vec<(u32, Option<u32>, u32, u8)>, // guaranteed, extra max, weight, idle policy
     nested: bool,
+    policy: PolicyKind,
 }
 
 #[derive(Clone, Debug)]
@@ -48,11 +49,18 @@ fn cluster() -> impl Strategy<Value = Cluster> {
             2..=4,
         ),
         any::<bool>(),
+        prop::sample::select(vec![
+            PolicyKind::Default,
+            PolicyKind::Default,
+            PolicyKind::Fifo,
+            PolicyKind::Static,
+        ]),
     )
-        .prop_map(|(racks, teams, nested)| Cluster {
+        .prop_map(|(racks, teams, nested, policy)| Cluster {
             racks,
             teams,
             nested,
+            policy,
         })
 }
 
@@ -132,6 +140,7 @@ fn build(c: &Cluster) -> (ClusterState, Vec<String>) {
         b = b.team_spec(t.build());
     }
     let state = b
+        .policy(c.policy)
         .config(|c| {
             c.idle_window_s = 300;
         })
@@ -179,9 +188,26 @@ impl World {
             let spec = &self.state.job(s.job).unwrap().spec;
             prop_assert_eq!(s.placement.len(), spec.tasks as usize);
         }
+        // Jobs waiting on a hold keep their place in their team's guarantee.
+        let waiting: Vec<JobId> = self
+            .state
+            .holds()
+            .iter()
+            .filter(|(b, h)| {
+                self.now <= h.until_s && self.state.job(**b).unwrap().state == JobState::Pending
+            })
+            .map(|(b, _)| *b)
+            .collect();
         self.execute(&plan)?;
         self.check_state()?;
-        self.check_guarantees(&plan)?;
+        let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
+        for b in waiting {
+            let j = self.state.job(b).unwrap();
+            if j.state == JobState::Pending {
+                *seeds.entry(j.spec.team.clone()).or_default() += j.spec.milli_total();
+            }
+        }
+        self.check_guarantees(&plan, &seeds)?;
         if let Some(h) = &mut self.history {
             h.push(plan.clone());
         }
@@ -244,8 +270,13 @@ impl World {
             prop_assert_eq!(&node.gpu_used_milli, &expect);
             prop_assert!(expect.iter().all(|&m| m <= 1000), "GPU over-committed");
         }
-        // Max, for each team and its ancestors (one "*" pool in these trees).
-        for team in self.state.teams() {
+        // Max, for each team and its ancestors (one "*" pool in these trees). The baselines
+        // have no borrowing limits: fifo ignores teams, static confines them to partitions.
+        let teams = self
+            .state
+            .teams()
+            .filter(|_| self.state.config.policy == PolicyKind::Default);
+        for team in teams {
             let Some(max) = team.spec.quotas.get(ANY_MODEL).and_then(|q| q.max) else {
                 continue;
             };
@@ -267,7 +298,14 @@ impl World {
 
     /// A guaranteed job is never left pending while borrowed capacity that could be
     /// reclaimed would let it run.
-    fn check_guarantees(&self, plan: &Plan) -> Result<(), TestCaseError> {
+    fn check_guarantees(
+        &self,
+        plan: &Plan,
+        seeds: &BTreeMap<String, u64>,
+    ) -> Result<(), TestCaseError> {
+        if plan.policy != PolicyKind::Default {
+            return Ok(()); // The baselines make no promise about guarantees.
+        }
         // Capacity after the plan; reclaims and reservations are subtracted per job below.
         let used: BTreeMap<NodeId, (Vec<u32>, u64, u64)> = self
             .state
@@ -287,7 +325,8 @@ impl World {
                 }
             }
         };
-        // Recompute admission: each team's jobs, oldest first, guaranteed while they fit.
+        // Recompute admission: jobs waiting on holds first, then each team's jobs that started
+        // guaranteed, then the others, oldest first, guaranteed while they fit.
         let mut borrowed = Vec::new();
         // Guaranteed usage per team: running jobs inside the guarantee, plus GPUs being
         // reclaimed for the team's jobs.
@@ -303,10 +342,13 @@ impl World {
             }
         }
         for (team, mut jobs) in by_team {
-            jobs.sort_by_key(|j| (j.state.run().unwrap().started_s, j.spec.id));
+            jobs.sort_by_key(|j| {
+                let run = j.state.run().unwrap();
+                (run.admission, run.started_s, j.spec.id)
+            });
             let g =
                 u64::from(self.state.team(&team).unwrap().spec.quotas[ANY_MODEL].guaranteed) * 1000;
-            let mut inside = 0;
+            let mut inside = seeds.get(&team).copied().unwrap_or(0);
             for j in jobs {
                 let m = j.spec.milli_total();
                 if inside + m <= g {
@@ -568,6 +610,7 @@ proptest! {
                                         0u64..2000), 1..40),
     ) {
         let mut c = c;
+        c.policy = PolicyKind::Default;
         for t in &mut c.teams { t.0 = 0; t.1 = None; }
         let (mut state, names) = build(&c);
         state.config.starvation_wait_s = 0;

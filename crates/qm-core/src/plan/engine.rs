@@ -100,6 +100,8 @@ pub(crate) struct Planner<'a> {
     resv_by_group: BTreeMap<usize, usize>,
     /// `[team][pool]` milli-GPUs held or claimed inside the guarantee.
     gused: Vec<Vec<u64>>,
+    /// Guaranteed usage set aside for each job waiting on a hold: (team, pool, milli).
+    hold_seed: BTreeMap<JobId, (usize, usize, u64)>,
     /// `[model]` upper bound of milli-GPUs the remaining victims would free.
     victim_milli_left: Vec<u64>,
     failed_reclaims: usize,
@@ -184,6 +186,7 @@ impl<'a> Planner<'a> {
             reservations: Vec::new(),
             resv_by_group: BTreeMap::new(),
             gused: teams_gused,
+            hold_seed: BTreeMap::new(),
             victim_milli_left: vec![0; models_len],
             failed_reclaims: 0,
             failed_reservations: 0,
@@ -361,6 +364,10 @@ impl<'a> Planner<'a> {
     /// Recomputes each running job's admission from the current quotas: a team's jobs, oldest
     /// first, are guaranteed while they fit in its guarantee; the rest are borrowed. A lowered
     /// guarantee thereby turns the excess into reclaimable borrowed capacity.
+    ///
+    /// Jobs waiting on a hold were admitted as guaranteed when their reclaim was planned: they
+    /// keep their place in the guarantee first. Then jobs that started guaranteed, then the
+    /// others, oldest first.
     fn classify(&mut self) {
         let mut by_team: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, r) in self.runs.iter_mut().enumerate() {
@@ -370,12 +377,34 @@ impl<'a> Planner<'a> {
                 r.mode = Admission::Borrowed;
             }
         }
+        if self.policy == PolicyKind::Default {
+            for (b, hold) in &self.state.holds {
+                let Some(job) = self.state.jobs.get(b) else {
+                    continue;
+                };
+                if job.state != JobState::Pending || self.now > hold.until_s {
+                    continue;
+                }
+                let Some(&t) = self.teams.by_name.get(&job.spec.team) else {
+                    continue;
+                };
+                let model = hold
+                    .shares
+                    .first()
+                    .and_then(|s| self.model_of(std::slice::from_ref(&s.task)));
+                let Some(model) = model else { continue };
+                let pool = self.teams.pool_of_model[t][model];
+                self.gused[t][pool] += job.spec.milli_total();
+                self.hold_seed.insert(*b, (t, pool, job.spec.milli_total()));
+            }
+        }
         for (t, mut list) in by_team {
             list.sort_by_key(|&i| {
                 let r = &self.runs[i];
-                (r.job.state.run().map_or(0, |x| x.started_s), r.job.spec.id)
+                let run = r.job.state.run().expect("holding");
+                (run.admission, run.started_s, r.job.spec.id)
             });
-            let mut used = vec![0u64; self.teams.pools[t].len()];
+            let mut used = std::mem::take(&mut self.gused[t]);
             for i in list {
                 let r = &mut self.runs[i];
                 let pool = self.teams.pool_of_model[t][r.model];
@@ -541,6 +570,10 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let spec = &job.spec;
+            // Its place in the guarantee was set aside; it takes it now (or gives it up).
+            if let Some((st, pool, milli)) = self.hold_seed.remove(&b) {
+                self.gused[st][pool] -= milli;
+            }
             let (end_s, _) = self.end_of(spec, self.now);
             let mut started = false;
             for m in self.candidate_models(spec) {
