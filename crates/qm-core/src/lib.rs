@@ -20,7 +20,7 @@ mod validate;
 pub use error::ApplyError;
 pub use model::*;
 pub use plan::{
-    plan, IdleAction, IdleNotice, PendingJob, Plan, Reason, Reservation, Start, StopOrder,
+    decide, plan, IdleAction, IdleNotice, PendingJob, Plan, Reason, Reservation, Start, StopOrder,
     TeamStanding,
 };
 pub use state::{

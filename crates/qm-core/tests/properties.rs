@@ -166,6 +166,11 @@ impl World {
         // trip of the state through serde.
         let again = qm_core::plan(&self.state, self.now);
         prop_assert_eq!(&plan, &again);
+        // Deciding without explaining makes the very same decisions.
+        let decided = qm_core::decide(&self.state, self.now);
+        prop_assert_eq!(&plan.starts, &decided.starts);
+        prop_assert_eq!(&plan.stops, &decided.stops);
+        prop_assert_eq!(&plan.idle, &decided.idle);
         let copy: ClusterState =
             serde_json::from_str(&serde_json::to_string(&self.state).unwrap()).unwrap();
         let third = qm_core::plan(&copy, self.now);

@@ -3,6 +3,7 @@
 
 mod alloc;
 mod bench;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -26,12 +27,18 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Replay cluster traces through the scheduling core and compare policies.
+    Sim {
+        #[command(subcommand)]
+        what: sim::SimCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),
+        Command::Sim { what } => sim::run(what),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

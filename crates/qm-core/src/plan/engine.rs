@@ -17,7 +17,7 @@ use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacem
 use crate::teams::TeamIndex;
 
 use super::place::{self, Ask};
-use super::view::{Guard, View};
+use super::view::View;
 use super::{
     IdleAction, IdleNotice, PendingJob, Plan, Reason, Reservation, Start, StopOrder, TeamStanding,
 };
@@ -68,6 +68,23 @@ struct Taken {
 
 type Key = (u8, i64, u8, u64, Secs, JobId);
 
+/// CPU and memory a node will have left once a reservation has started there.
+type Slack = (u32, u64, u64);
+
+/// What placement depends on, for jobs without a node selector: group, tasks, GPU ask, CPU,
+/// memory.
+type Shape = (usize, u32, GpuAsk, u64, u64);
+
+fn shape_of(spec: &JobSpec, group: usize) -> Option<Shape> {
+    spec.node_selector.is_empty().then_some((
+        group,
+        spec.tasks,
+        spec.gpu,
+        spec.cpu_milli,
+        spec.mem_mib,
+    ))
+}
+
 /// The two passes of the ordered planner.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -79,6 +96,7 @@ enum Phase {
 
 pub(crate) struct Planner<'a> {
     state: &'a ClusterState,
+    explain: bool,
     cfg: &'a SchedulerConfig,
     now: Secs,
     policy: PolicyKind,
@@ -97,6 +115,9 @@ pub(crate) struct Planner<'a> {
     victims_by_model: Vec<Vec<usize>>,
     releases: Vec<Release>,
     reservations: Vec<ResvRec>,
+    /// `[node]` indices into `releases` and `reservations` touching the node.
+    rel_by_node: Vec<Vec<usize>>,
+    resv_by_node: Vec<Vec<usize>>,
     resv_by_group: BTreeMap<usize, usize>,
     /// `[team][pool]` milli-GPUs held or claimed inside the guarantee.
     gused: Vec<Vec<u64>>,
@@ -110,6 +131,13 @@ pub(crate) struct Planner<'a> {
     /// were then): no reservation can be promised there until that changes.
     unreservable: BTreeMap<usize, usize>,
     reclaims: usize,
+    /// Shapes that did not fit (ignoring guards or not), with the earliest end that failed.
+    no_fit: BTreeMap<(Shape, bool), Secs>,
+    /// (team, shape) whose reclaim failed, with the earliest end that failed.
+    no_reclaim: BTreeMap<(usize, Shape), Secs>,
+    /// Shapes for which no reservation could be found, and how many releases there were
+    /// then (a later start, with its own end, may make one possible).
+    no_reserve: BTreeMap<Shape, usize>,
     /// Group in which each capacity-blocked pending job waits, for estimates.
     eta_group: BTreeMap<JobId, usize>,
     /// Expected end (runtime estimate or time limit), team, model and milli-GPUs of every
@@ -125,7 +153,9 @@ fn key_f64(x: f64) -> u64 {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(state: &'a ClusterState, now: Secs) -> Planner<'a> {
+    /// `explain`: also give every pending job its reason and estimate, and each team its
+    /// standing. Without it the planner makes the very same decisions, faster.
+    pub fn new(state: &'a ClusterState, now: Secs, explain: bool) -> Planner<'a> {
         let cfg = &state.config;
         let policy = cfg.policy;
         let mut models: Vec<String> = state
@@ -163,12 +193,14 @@ impl<'a> Planner<'a> {
             }
         });
         let team_count = teams.names.len();
+        let node_count = view.ids.len();
         let alloc = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
         let teams_gused = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
         let models_len = models.len();
         let history = Self::histories(state, &teams, now);
         Planner {
             state,
+            explain,
             cfg,
             now,
             policy,
@@ -184,6 +216,8 @@ impl<'a> Planner<'a> {
             runs: Vec::new(),
             releases: Vec::new(),
             reservations: Vec::new(),
+            rel_by_node: vec![Vec::new(); node_count],
+            resv_by_node: vec![Vec::new(); node_count],
             resv_by_group: BTreeMap::new(),
             gused: teams_gused,
             hold_seed: BTreeMap::new(),
@@ -192,6 +226,9 @@ impl<'a> Planner<'a> {
             failed_reservations: 0,
             unreservable: BTreeMap::new(),
             reclaims: 0,
+            no_fit: BTreeMap::new(),
+            no_reclaim: BTreeMap::new(),
+            no_reserve: BTreeMap::new(),
             eta_group: BTreeMap::new(),
             job_ends: Vec::new(),
             over_max_waits: Vec::new(),
@@ -217,9 +254,11 @@ impl<'a> Planner<'a> {
             PolicyKind::Fifo => self.fifo_pass(&handled),
             _ => self.ordered_pass(&handled),
         }
-        self.estimate();
-        self.standings();
-        self.out.pending.sort_by_key(|p| p.job);
+        if self.explain {
+            self.estimate();
+            self.standings();
+            self.out.pending.sort_by_key(|p| p.job);
+        }
         self.out
     }
 
@@ -284,7 +323,7 @@ impl<'a> Planner<'a> {
             };
             for task in &run.placement {
                 if let Some(n) = self.view.dense(task.node) {
-                    self.releases.push(Release {
+                    self.push_release(Release {
                         end_s: limit,
                         est_s: est,
                         node: n,
@@ -661,7 +700,38 @@ impl<'a> Planner<'a> {
     }
 
     fn pend(&mut self, job: JobId, reason: Reason, eta_s: Option<Secs>) {
-        self.out.pending.push(PendingJob { job, reason, eta_s });
+        if self.explain {
+            self.out.pending.push(PendingJob { job, reason, eta_s });
+        }
+    }
+
+    /// `place::find`, remembering failures: capacity only shrinks and guards only tighten
+    /// during a plan, so a shape that did not fit with some end time does not fit later with
+    /// the same or a later one.
+    fn find_memo(&mut self, ask: &Ask, shape: Option<Shape>) -> Option<Vec<TaskPlacement>> {
+        let key = shape.map(|s| (s, ask.ignore_guards));
+        if let Some(k) = &key {
+            if self.no_fit.get(k).is_some_and(|&end| ask.end_s >= end) {
+                return None;
+            }
+        }
+        let found = place::find(&self.view, ask);
+        if let (None, Some(k)) = (&found, key) {
+            let end = self.no_fit.entry(k).or_insert(ask.end_s);
+            *end = (*end).min(ask.end_s);
+        }
+        found
+    }
+
+    /// Nothing left in this plan can start a job or stop one: every group is full and no
+    /// reclaim can happen. Only explanations would remain to be made.
+    fn exhausted(&self) -> bool {
+        let full = self.view.group_free_milli.iter().all(|&m| m == 0);
+        let no_reclaim = self.policy != PolicyKind::Default
+            || self.reclaims >= self.cfg.max_reclaims
+            || self.failed_reclaims >= MAX_FAILED_ATTEMPTS
+            || self.victim_milli_left.iter().all(|&m| m == 0);
+        full && no_reclaim
     }
 
     fn deps_ready(&self, job: &Job) -> bool {
@@ -743,13 +813,32 @@ impl<'a> Planner<'a> {
         let spec = &job.spec;
         self.account(team, model, spec.milli_total(), class);
         let (end_s, _) = self.end_of(spec, from_s);
-        self.reservations.push(ResvRec {
+        self.push_reservation(ResvRec {
             group,
             end_s,
             placement: placement.to_vec(),
             cpu: spec.cpu_milli,
             mem: spec.mem_mib,
         });
+    }
+
+    /// Records an occupation promised from now (reservation or claim), indexed by node.
+    fn push_reservation(&mut self, rec: ResvRec) {
+        let i = self.reservations.len();
+        for task in &rec.placement {
+            if let Some(n) = self.view.dense(task.node) {
+                let list = &mut self.resv_by_node[n as usize];
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        self.reservations.push(rec);
+    }
+
+    fn push_release(&mut self, rel: Release) {
+        self.rel_by_node[rel.node as usize].push(self.releases.len());
+        self.releases.push(rel);
     }
 
     /// Counts a start or a claim against the team's allocation (and guarantee).
@@ -831,7 +920,7 @@ impl<'a> Planner<'a> {
         self.job_ends.push((est_s, team, model, spec.milli_total()));
         for task in &p {
             if let Some(n) = self.view.dense(task.node) {
-                self.releases.push(Release {
+                self.push_release(Release {
                     end_s,
                     est_s,
                     node: n,
@@ -872,6 +961,9 @@ impl<'a> Planner<'a> {
         let mut head: Option<JobId> = None;
         for job in queue {
             if let Some(h) = head {
+                if !self.explain {
+                    break;
+                }
                 self.pend(job.spec.id, Reason::BlockedByHead { head: h }, None);
                 continue;
             }
@@ -904,6 +996,9 @@ impl<'a> Planner<'a> {
     }
 
     fn no_placement(&mut self, job: &Job, group: usize) {
+        if !self.explain {
+            return;
+        }
         let spec = &job.spec;
         let (free, largest) = if group < self.view.buckets.len() {
             (
@@ -967,6 +1062,9 @@ impl<'a> Planner<'a> {
         }
         // Each pop consumes one job; every job is pushed at most once per phase.
         while let Some(Reverse((_, i))) = heap.pop() {
+            if !self.explain && self.exhausted() {
+                return;
+            }
             let (t, job) = (lists[i].0, lists[i].1[cursor[i]]);
             cursor[i] += 1;
             if !self.consider(job, t, Phase::Guaranteed) {
@@ -984,6 +1082,9 @@ impl<'a> Planner<'a> {
             }
         }
         while let Some(Reverse((_, i))) = heap.pop() {
+            if !self.explain && self.exhausted() {
+                return;
+            }
             let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
             cursor[i] += 1;
             self.consider(job, t, Phase::Borrowing);
@@ -1056,7 +1157,8 @@ impl<'a> Planner<'a> {
                 end_s,
                 ignore_guards: false,
             };
-            if let Some(p) = place::find(&self.view, &ask) {
+            let shape = shape_of(spec, g);
+            if let Some(p) = self.find_memo(&ask, shape) {
                 self.start(job, t, m, p, class);
                 return true;
             }
@@ -1065,7 +1167,7 @@ impl<'a> Planner<'a> {
                     ignore_guards: true,
                     ..ask
                 };
-                if place::find(&self.view, &free_ask).is_some() {
+                if self.find_memo(&free_ask, shape).is_some() {
                     behind = self
                         .out
                         .reservations
@@ -1136,6 +1238,13 @@ impl<'a> Planner<'a> {
         let Some(&team) = self.teams.by_name.get(&spec.team) else {
             return false;
         };
+        let (end_s, _) = self.end_of(spec, self.now);
+        let memo = shape_of(spec, g).map(|s| (team, s));
+        if let Some(k) = &memo {
+            if self.no_reclaim.get(k).is_some_and(|&end| end_s >= end) {
+                return false;
+            }
+        }
         // A team's guarantee protects it from other teams; it does not preempt itself.
         let victims: Vec<usize> = self.victims_by_model[m]
             .iter()
@@ -1145,7 +1254,6 @@ impl<'a> Planner<'a> {
         if victims.is_empty() {
             return false;
         }
-        let (end_s, _) = self.end_of(spec, self.now);
         let ask = Ask {
             spec,
             group: g,
@@ -1163,6 +1271,10 @@ impl<'a> Planner<'a> {
         });
         let (Some(chosen), Some(placement)) = (chosen, placement) else {
             self.failed_reclaims += 1;
+            if let Some(k) = memo {
+                let end = self.no_reclaim.entry(k).or_insert(end_s);
+                *end = (*end).min(end_s);
+            }
             return false;
         };
         // Keep the free part of the future placement for this job, in this plan.
@@ -1324,46 +1436,54 @@ impl<'a> Planner<'a> {
     /// its admissible GPU models, and guards the GPUs against backfill that would delay it.
     fn reserve(&mut self, job: &Job, admissible: &[(usize, usize, Admission)]) -> bool {
         let spec = &job.spec;
-        let mut best: Option<(Secs, usize, Vec<TaskPlacement>, View<'a>)> = None;
+        let mut best: Option<(Secs, usize, Vec<TaskPlacement>, Vec<Slack>)> = None;
         for &(_, g, _) in admissible {
             let used = self.resv_by_group.get(&g).copied().unwrap_or(0);
+            let shape = shape_of(spec, g);
             if used >= self.cfg.max_reservations
                 || self.failed_reservations >= MAX_FAILED_ATTEMPTS
+                || shape.is_some_and(|s| self.no_reserve.get(&s) == Some(&self.releases.len()))
                 || self.unreservable.get(&g)
                     == Some(&(self.releases.len() + self.reservations.len()))
             {
                 continue;
             }
             match self.earliest(spec, g) {
-                Some((t, p, fut)) => {
+                Some((t, p, slack)) => {
                     if best.as_ref().is_none_or(|b| t < b.0) {
-                        best = Some((t, g, p, fut));
+                        best = Some((t, g, p, slack));
                     }
                 }
-                None => self.failed_reservations += 1,
+                None => {
+                    self.failed_reservations += 1;
+                    // More reservations only push later: until something else starts, this
+                    // shape will not get one.
+                    if let Some(s) = shape {
+                        self.no_reserve.insert(s, self.releases.len());
+                    }
+                }
             }
         }
-        let Some((t, g, p, mut fut)) = best else {
+        let Some((t, g, p, slack)) = best else {
             return false;
         };
-        place::commit(&mut fut, spec, &p, Secs::MAX);
         // Guard the reserved GPUs themselves, and leave work that outlives the reservation
         // only the CPU and memory that will still be free when it starts.
         for task in &p {
             if let Some(n) = self.view.dense(task.node) {
-                let ni = n as usize;
                 let mask = task.gpus.iter().fold(0u64, |m, &g| m | (1 << g));
-                let guard = &mut self.view.guard[ni];
-                *guard = Guard {
-                    earliest_s: guard.earliest_s.min(t),
-                    gpus: guard.gpus | mask,
-                    cpu_slack: guard.cpu_slack.min(fut.cpu_free[ni]),
-                    mem_slack: guard.mem_slack.min(fut.mem_free[ni]),
-                };
+                let guard = &mut self.view.guard[n as usize];
+                guard.earliest_s = guard.earliest_s.min(t);
+                guard.gpus |= mask;
             }
         }
+        for (n, cpu, mem) in slack {
+            let guard = &mut self.view.guard[n as usize];
+            guard.cpu_slack = guard.cpu_slack.min(cpu);
+            guard.mem_slack = guard.mem_slack.min(mem);
+        }
         let (end_s, _) = self.end_of(spec, t);
-        self.reservations.push(ResvRec {
+        self.push_reservation(ResvRec {
             group: g,
             end_s,
             placement: p.clone(),
@@ -1381,8 +1501,112 @@ impl<'a> Planner<'a> {
         true
     }
 
-    /// The earliest time the job fits group `g`, from running jobs' time limits.
+    /// The earliest time the job fits group `g`, from running jobs' time limits: when, where,
+    /// and the CPU and memory each node it uses will have left then.
     fn earliest(
+        &mut self,
+        spec: &JobSpec,
+        g: usize,
+    ) -> Option<(Secs, Vec<TaskPlacement>, Vec<Slack>)> {
+        if spec.tasks == 1 {
+            return self
+                .earliest_single(spec, g)
+                .map(|(t, task, slack)| (t, vec![task], vec![slack]));
+        }
+        let (t, p, mut fut) = self.earliest_gang(spec, g)?;
+        place::commit(&mut fut, spec, &p, Secs::MAX);
+        let mut nodes: Vec<u32> = p.iter().filter_map(|t| fut.dense(t.node)).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let slack = nodes
+            .into_iter()
+            .map(|n| (n, fut.cpu_free[n as usize], fut.mem_free[n as usize]))
+            .collect();
+        Some((t, p, slack))
+    }
+
+    /// One task: node by node, the first time (among its own releases and the ends of what
+    /// was promised there) at which the task fits; the earliest node wins, then the one with
+    /// the fewest whole GPUs free then, then the lowest index.
+    fn earliest_single(&self, spec: &JobSpec, g: usize) -> Option<(Secs, TaskPlacement, Slack)> {
+        let mut best: Option<(Secs, u32, u32, Vec<u32>, u64, u64)> = None;
+        for &n in &self.view.group_nodes[g] {
+            let node = self.view.nodes[n as usize];
+            if !spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| node.spec.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let ni = n as usize;
+            let rels: Vec<&Release> = self.rel_by_node[ni]
+                .iter()
+                .map(|&i| &self.releases[i])
+                .filter(|r| r.end_s != Secs::MAX)
+                .collect();
+            let resvs: Vec<&ResvRec> = self.resv_by_node[ni]
+                .iter()
+                .map(|&i| &self.reservations[i])
+                .filter(|r| r.group == g)
+                .collect();
+            let mut times: Vec<Secs> = vec![self.now];
+            times.extend(rels.iter().map(|r| r.end_s.max(self.now)));
+            times.extend(
+                resvs
+                    .iter()
+                    .filter(|r| r.end_s != Secs::MAX)
+                    .map(|r| r.end_s),
+            );
+            times.sort_unstable();
+            times.dedup();
+            let id = self.view.ids[ni];
+            for t in times {
+                if best.as_ref().is_some_and(|b| t > b.0) {
+                    break;
+                }
+                let mut used = self.view.used_of(n).to_vec();
+                let (mut cpu, mut mem) = (self.view.cpu_free[ni], self.view.mem_free[ni]);
+                for r in rels.iter().filter(|r| r.end_s <= t) {
+                    for &gi in &r.gpus {
+                        used[gi as usize] = used[gi as usize].saturating_sub(r.milli);
+                    }
+                    cpu += r.cpu;
+                    mem += r.mem;
+                }
+                for resv in resvs.iter().filter(|r| r.end_s > t) {
+                    for task in resv.placement.iter().filter(|task| task.node == id) {
+                        for &gi in &task.gpus {
+                            used[gi as usize] =
+                                (used[gi as usize] + task.gpu_milli).min(MILLI_PER_GPU);
+                        }
+                        cpu = cpu.saturating_sub(resv.cpu);
+                        mem = mem.saturating_sub(resv.mem);
+                    }
+                }
+                let gpu_ok = match spec.gpu {
+                    GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
+                    GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
+                };
+                if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
+                    let whole = used.iter().filter(|&&u| u == 0).count() as u32;
+                    let better = best
+                        .as_ref()
+                        .is_none_or(|b| (t, whole, n) < (b.0, b.1, b.2));
+                    if better {
+                        best = Some((t, whole, n, used, cpu, mem));
+                    }
+                    break;
+                }
+            }
+        }
+        let (t, _, n, used, cpu, mem) = best?;
+        let task = place::task_on(&used, &self.view, n, spec.gpu);
+        Some((t, task, (n, cpu - spec.cpu_milli, mem - spec.mem_mib)))
+    }
+
+    /// A gang: probe the whole group at release times.
+    fn earliest_gang(
         &mut self,
         spec: &JobSpec,
         g: usize,
@@ -1442,8 +1666,22 @@ impl<'a> Planner<'a> {
         let first = first?;
         let probe = |t: Secs| -> Option<(Vec<TaskPlacement>, View<'a>)> {
             let mut fut = self.view.clone();
-            for r in rel.iter().take_while(|r| r.end_s <= t) {
-                fut.adjust(
+            let released = rel.iter().take_while(|r| r.end_s <= t);
+            let promised: Vec<&ResvRec> = self
+                .reservations
+                .iter()
+                .filter(|r| r.group == g && r.end_s > t)
+                .collect();
+            // One batch: detach the touched nodes once, edit, re-index once.
+            let mut touched: Vec<u32> = released.clone().map(|r| r.node).collect();
+            for resv in &promised {
+                touched.extend(resv.placement.iter().filter_map(|t| fut.dense(t.node)));
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            fut.detach(&touched);
+            for r in released {
+                fut.raw_adjust(
                     r.node,
                     &r.gpus,
                     -i64::from(r.milli),
@@ -1451,15 +1689,21 @@ impl<'a> Planner<'a> {
                     -(r.mem as i64),
                 );
             }
-            for resv in self
-                .reservations
-                .iter()
-                .filter(|r| r.group == g && r.end_s > t)
-            {
+            for resv in promised {
                 for task in &resv.placement {
-                    Self::occupy(&mut fut, task, resv.cpu, resv.mem);
+                    let Some(n) = fut.dense(task.node) else {
+                        continue;
+                    };
+                    for &gi in &task.gpus {
+                        let free = MILLI_PER_GPU - fut.used_of(n)[gi as usize];
+                        fut.raw_adjust(n, &[gi], i64::from(task.gpu_milli.min(free)), 0, 0);
+                    }
+                    let cpu = resv.cpu.min(fut.cpu_free[n as usize]) as i64;
+                    let mem = resv.mem.min(fut.mem_free[n as usize]) as i64;
+                    fut.raw_adjust(n, &[], 0, cpu, mem);
                 }
             }
+            fut.attach(&touched);
             let ask = Ask {
                 spec,
                 group: g,

@@ -219,5 +219,12 @@ impl Plan {
 
 /// Plans with the policy named in the state's configuration.
 pub fn plan(state: &ClusterState, now: Secs) -> Plan {
-    engine::Planner::new(state, now).run()
+    engine::Planner::new(state, now, true).run()
+}
+
+/// The same decisions as [`plan`] (starts, stops, reservations, reclaims, idle notices),
+/// without explaining the jobs that stay pending: `pending` and `teams` are empty. For shells
+/// that only execute plans, such as the simulator.
+pub fn decide(state: &ClusterState, now: Secs) -> Plan {
+    engine::Planner::new(state, now, false).run()
 }

@@ -152,6 +152,11 @@ fn single(view: &View, ask: &Ask) -> Option<TaskPlacement> {
     }
 }
 
+/// Where one task goes on node `n` if the node's usage were `used`.
+pub(crate) fn task_on(used: &[u32], view: &View, n: u32, ask: GpuAsk) -> TaskPlacement {
+    assign_one(used, 0, view, n, ask)
+}
+
 /// Picks GPUs for one task on node `n` given the node's usage, outside the `forbidden` mask.
 fn assign_one(used: &[u32], forbidden: u64, view: &View, n: u32, ask: GpuAsk) -> TaskPlacement {
     let node = view.ids[n as usize];

@@ -206,6 +206,34 @@ impl<'a> View<'a> {
         self.index(n);
     }
 
+    /// Takes nodes out of the indices before a batch of [`View::raw_adjust`] calls.
+    pub fn detach(&mut self, nodes: &[u32]) {
+        for &n in nodes {
+            self.unindex(n);
+        }
+    }
+
+    /// Like [`View::adjust`] on a detached node, without touching the indices.
+    pub fn raw_adjust(&mut self, n: u32, gpus: &[u32], milli: i64, cpu: i64, mem: i64) {
+        let off = self.gpu_off[n as usize];
+        for &g in gpus {
+            let u = &mut self.used[off + g as usize];
+            *u = (i64::from(*u) + milli).clamp(0, i64::from(MILLI_PER_GPU)) as u32;
+        }
+        let ni = n as usize;
+        self.cpu_free[ni] = (self.cpu_free[ni] as i64 - cpu).max(0) as u64;
+        self.mem_free[ni] = (self.mem_free[ni] as i64 - mem).max(0) as u64;
+    }
+
+    /// Puts detached nodes back into the indices.
+    pub fn attach(&mut self, nodes: &[u32]) {
+        for &n in nodes {
+            self.whole_free[n as usize] =
+                self.used_of(n).iter().filter(|&&u| u == 0).count() as u32;
+            self.index(n);
+        }
+    }
+
     pub fn dense(&self, id: NodeId) -> Option<u32> {
         self.ids.binary_search(&id).ok().map(|i| i as u32)
     }

@@ -1,0 +1,10 @@
+//! Quartermaster's simulator: the `qm-core` planner on a virtual clock, fed by cluster
+//! traces. What it measures is what the production scheduler would do: the server and the
+//! simulator drive the same `plan`.
+
+pub mod cluster;
+pub mod report;
+pub mod sim;
+pub mod svg;
+pub mod teamspec;
+pub mod trace;

@@ -1,0 +1,185 @@
+//! Team trees for a simulation: a TOML file, or `auto`.
+//!
+//! `auto` gives every team in the trace a guarantee proportional to its GPU-time demand
+//! (GPUs x duration over the whole trace), summing to the cluster's GPUs (largest remainder),
+//! weight 1, no max.
+//!
+//! TOML:
+//!
+//! ```toml
+//! [[team]]
+//! name = "research"
+//! guaranteed = 64         # GPUs of any model
+//!
+//! [[team]]
+//! name = "vision"
+//! parent = "research"
+//! guaranteed = 32
+//! max = 96                # optional borrowing limit
+//! weight = 2              # optional, default 1
+//! quotas = { A100 = { guaranteed = 8, max = 16 } }   # optional, per GPU model
+//! ```
+
+use std::collections::BTreeMap;
+
+use qm_core::{IdlePolicy, Quota, TeamSpec, ANY_MODEL};
+use serde::Deserialize;
+
+use crate::cluster::SpecError;
+use crate::trace::TraceJob;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeamsFile {
+    team: Vec<TeamEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeamEntry {
+    name: String,
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    guaranteed: Option<u32>,
+    #[serde(default)]
+    max: Option<u32>,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    quotas: BTreeMap<String, Quota>,
+    #[serde(default)]
+    idle_policy: IdlePolicy,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Parses a TOML team tree. Validation of the tree itself (parents, guarantees) happens when
+/// the teams are applied to the core, which names the offending team.
+pub fn from_toml(name: &str, text: &str) -> Result<Vec<TeamSpec>, SpecError> {
+    let file: TeamsFile = toml::from_str(text).map_err(|e| SpecError(format!("{name}: {e}")))?;
+    let mut out = Vec::new();
+    for t in file.team {
+        let mut quotas = t.quotas;
+        if t.guaranteed.is_some() || t.max.is_some() {
+            quotas.insert(
+                ANY_MODEL.to_string(),
+                Quota {
+                    guaranteed: t.guaranteed.unwrap_or(0),
+                    max: t.max,
+                },
+            );
+        }
+        out.push(TeamSpec {
+            name: t.name,
+            parent: t.parent,
+            quotas,
+            weight: t.weight,
+            idle_policy: t.idle_policy,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads `arg`: `auto` or a TOML file.
+pub fn from_arg(arg: &str, jobs: &[TraceJob], gpus: u64) -> Result<Vec<TeamSpec>, SpecError> {
+    if arg == "auto" {
+        return Ok(auto(jobs, gpus));
+    }
+    let text = std::fs::read_to_string(arg).map_err(|e| {
+        SpecError(format!(
+            "cannot read team tree {arg}: {e}; give a TOML file or \"auto\""
+        ))
+    })?;
+    from_toml(arg, &text)
+}
+
+/// Guarantees proportional to each team's GPU-time demand, summing to `gpus`.
+pub fn auto(jobs: &[TraceJob], gpus: u64) -> Vec<TeamSpec> {
+    let mut demand: BTreeMap<&str, u128> = BTreeMap::new();
+    for j in jobs {
+        *demand.entry(j.team.as_str()).or_default() +=
+            u128::from(j.gpu.milli()) * u128::from(j.tasks) * u128::from(j.duration_s);
+    }
+    let total: u128 = demand.values().sum();
+    if total == 0 {
+        return demand.keys().map(|t| TeamSpec::new(t, 0)).collect();
+    }
+    // Largest remainder: floor shares, then one more GPU to the largest remainders.
+    let mut shares: Vec<(&str, u64, u128)> = demand
+        .iter()
+        .map(|(t, d)| {
+            let exact = d * u128::from(gpus);
+            (*t, (exact / total) as u64, exact % total)
+        })
+        .collect();
+    let given: u64 = shares.iter().map(|s| s.1).sum();
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    order.sort_by(|&a, &b| {
+        shares[b]
+            .2
+            .cmp(&shares[a].2)
+            .then(shares[a].0.cmp(shares[b].0))
+    });
+    for &i in order.iter().take((gpus - given) as usize) {
+        shares[i].1 += 1;
+    }
+    shares
+        .into_iter()
+        .map(|(t, g, _)| TeamSpec::new(t, g as u32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qm_core::GpuAsk;
+
+    fn job(team: &str, gpus: u32, duration_s: u64) -> TraceJob {
+        TraceJob {
+            id: 1,
+            submit_s: 0,
+            duration_s,
+            tasks: 1,
+            gpu: GpuAsk::Whole(gpus),
+            cpu_milli: 1000,
+            mem_mib: 1024,
+            team: team.to_string(),
+            user: String::new(),
+            priority: 0,
+            gpu_model: None,
+            time_limit_s: None,
+            preemptible: true,
+        }
+    }
+
+    #[test]
+    fn auto_guarantees_follow_demand_and_sum_to_the_cluster() {
+        let jobs = vec![job("a", 1, 300), job("b", 2, 100), job("c", 1, 100)];
+        let teams = auto(&jobs, 10);
+        let g: Vec<u32> = teams
+            .iter()
+            .map(|t| t.quotas[ANY_MODEL].guaranteed)
+            .collect();
+        assert_eq!(g.iter().sum::<u32>(), 10);
+        assert_eq!(g, vec![5, 3, 2]);
+    }
+
+    #[test]
+    fn toml_trees_parse_and_bad_keys_are_named() {
+        let teams = from_toml(
+            "t.toml",
+            "[[team]]\nname = \"org\"\nguaranteed = 8\n[[team]]\nname = \"a\"\nparent = \"org\"\nguaranteed = 4\nmax = 6\nweight = 2\n",
+        )
+        .unwrap();
+        assert_eq!(teams[1].parent.as_deref(), Some("org"));
+        assert_eq!(teams[1].quotas[ANY_MODEL].max, Some(6));
+        assert_eq!(teams[1].weight, 2);
+        let err = from_toml("t.toml", "[[team]]\nname = \"x\"\nguarantee = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml") && err.contains("guarantee"), "{err}");
+    }
+}

@@ -1,0 +1,134 @@
+//! `qm sim …`: replay traces through the scheduling core and compare policies.
+
+use std::error::Error;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use qm_core::PolicyKind;
+use qm_sim::cluster::ClusterSpec;
+use qm_sim::report::{self, Report};
+use qm_sim::sim::{simulate, SimOptions};
+use qm_sim::teamspec;
+use qm_sim::trace::{self, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum SimCommand {
+    /// Replay a job trace under one or more policies and write a comparison report.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The trace file.
+    #[arg(long)]
+    trace: PathBuf,
+    /// csv, philly, openb or tiresias; guessed from the file name when absent.
+    #[arg(long)]
+    format: Option<String>,
+    /// A TOML cluster spec, or a shorthand such as 64x8 or 32x8@A100,16x4@T4.
+    #[arg(long)]
+    cluster: String,
+    /// A TOML team tree, or `auto` (guarantees proportional to each team's GPU-time demand).
+    #[arg(long, default_value = "auto")]
+    teams: String,
+    /// Comma-separated policies to compare.
+    #[arg(long, default_value = "default,fifo,static")]
+    policy: String,
+    /// Directory for report.json, report.md and the SVG charts.
+    #[arg(long)]
+    out: PathBuf,
+    /// Recorded in the report; replays are deterministic and draw no random numbers.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Grace period between SIGTERM and SIGKILL for preempted jobs, seconds.
+    #[arg(long, default_value_t = 30)]
+    grace_s: u64,
+    /// No job is preempted before it has run this long, seconds.
+    #[arg(long, default_value_t = 300)]
+    min_run_s: u64,
+}
+
+pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
+    match cmd {
+        SimCommand::Run(args) => run_trace(&args),
+    }
+}
+
+fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
+    let format = match &args.format {
+        Some(f) => f.parse::<Format>()?,
+        None => Format::guess(&args.trace),
+    };
+    let policies: Vec<PolicyKind> = args
+        .policy
+        .split(',')
+        .map(|p| p.trim().parse::<PolicyKind>())
+        .collect::<Result<_, _>>()?;
+    let cluster = ClusterSpec::from_arg(&args.cluster)?;
+    let t0 = Instant::now();
+    let trace = trace::load(&args.trace, format)?;
+    let teams = teamspec::from_arg(&args.teams, &trace.jobs, cluster.gpus())?;
+    eprintln!(
+        "qm sim: {} jobs from {} ({} rows skipped) in {:.1} s; cluster {} ({} GPUs); {} teams",
+        trace.jobs.len(),
+        args.trace.display(),
+        trace.skipped.len(),
+        t0.elapsed().as_secs_f64(),
+        cluster.describe(),
+        cluster.gpus(),
+        teams.len()
+    );
+    let tty = std::io::stderr().is_terminal();
+    let mut results = Vec::new();
+    for policy in policies {
+        let mut options = SimOptions::new(policy);
+        options.grace_s = args.grace_s;
+        options.min_run_s = args.min_run_s;
+        let started = Instant::now();
+        let mut progress = |done: usize, total: usize| {
+            if tty {
+                let width = 40;
+                let filled = done * width / total.max(1);
+                eprint!(
+                    "\r  {:<8} [{}{}] {:>3} % ({done}/{total} jobs)",
+                    policy.name(),
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    done * 100 / total.max(1)
+                );
+                let _ = std::io::stderr().flush();
+            }
+        };
+        let result = simulate(&trace.jobs, &cluster, &teams, &options, &mut progress)?;
+        if tty {
+            eprintln!();
+        }
+        eprintln!(
+            "  {:<8} simulated in {:.1} s ({} plans)",
+            policy.name(),
+            started.elapsed().as_secs_f64(),
+            result.plans
+        );
+        results.push(result);
+    }
+    let report = Report {
+        trace: args.trace.display().to_string(),
+        format: format.to_string(),
+        cluster: cluster.describe(),
+        gpus: cluster.gpus(),
+        teams: args.teams.clone(),
+        trace_jobs: trace.jobs.len(),
+        trace_skipped: trace.skipped.len(),
+        seed: args.seed,
+        policies: results.iter().map(report::summarize).collect(),
+    };
+    report::write(&args.out, &report, &results)?;
+    println!("{}", report::table(&report));
+    eprintln!(
+        "qm sim: report written to {}",
+        args.out.join("report.md").display()
+    );
+    Ok(())
+}
