@@ -161,8 +161,10 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
     }
     let team = |rng: &mut Rng| format!("team-{:02}", rng.below(u64::from(args.teams)));
     // Running jobs: submitted at 0, started over the last two hours, placed by the planner.
+    // Gangs never ask for more nodes than the cluster has (for small `--nodes`).
+    let fit = |(tasks, gpus): (u32, u32)| (tasks.min(args.nodes), gpus);
     for id in 1..=u64::from(args.running) {
-        let (tasks, gpus) = shape(&mut rng, false);
+        let (tasks, gpus) = fit(shape(&mut rng, false));
         let t = team(&mut rng);
         let spec = job(&mut rng, id, t, tasks, gpus, 0);
         apply(&mut state, Event::Submit(spec))?;
@@ -191,7 +193,7 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
     // Pending jobs: the rest of the first batch, then the queue, a few huge gangs in it.
     let first = u64::from(args.running) + 1;
     for id in first..first + u64::from(args.pending) {
-        let (tasks, gpus) = shape(&mut rng, true);
+        let (tasks, gpus) = fit(shape(&mut rng, true));
         let t = team(&mut rng);
         let submit_s = rng.below(NOW_S);
         let spec = job(&mut rng, id, t, tasks, gpus, submit_s);

@@ -1,0 +1,119 @@
+//! End-to-end replays of a small fixture trace through every policy.
+
+use std::path::PathBuf;
+
+use qm_core::PolicyKind;
+use qm_sim::cluster::ClusterSpec;
+use qm_sim::report::{self, Report};
+use qm_sim::sim::{simulate, SimOptions, SimResult};
+use qm_sim::teamspec;
+use qm_sim::trace::{self, Format};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/small.csv")
+}
+
+fn run(policy: PolicyKind) -> SimResult {
+    let trace = trace::load(&fixture(), Format::Csv).unwrap();
+    let cluster = ClusterSpec::shorthand("4x8").unwrap();
+    let teams = teamspec::auto(&trace.jobs, cluster.gpus());
+    simulate(
+        &trace.jobs,
+        &cluster,
+        &teams,
+        &SimOptions::new(policy),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_policy_completes_every_job_that_fits_and_counts_the_one_that_does_not() {
+    for policy in PolicyKind::ALL {
+        let r = report::summarize(&run(policy));
+        assert_eq!(r.rejected, 1, "{policy}: the 16-GPU job fits no 8-GPU node");
+        assert_eq!(r.jobs + r.unfinished + r.rejected, 42, "{policy}");
+        // Under static, team c's 16-GPU gang is bigger than c's partition: it never runs.
+        let stuck = usize::from(policy == PolicyKind::Static);
+        assert_eq!(r.unfinished, stuck, "{policy}: {r:?}");
+        assert!(r.gpu_allocation > 0.0 && r.gpu_allocation <= 1.0);
+    }
+}
+
+#[test]
+fn sharing_the_pool_cuts_waiting_against_static_partitions() {
+    let shared = report::summarize(&run(PolicyKind::Default));
+    let parts = report::summarize(&run(PolicyKind::Static));
+    assert!(
+        shared.wait_mean_s < parts.wait_mean_s,
+        "default {} s vs static {} s",
+        shared.wait_mean_s,
+        parts.wait_mean_s
+    );
+    assert!(shared.makespan_s <= parts.makespan_s);
+}
+
+#[test]
+fn replays_are_deterministic() {
+    let a = run(PolicyKind::Default);
+    let b = run(PolicyKind::Default);
+    assert_eq!(a.jobs, b.jobs);
+    assert_eq!(a.allocated, b.allocated);
+}
+
+#[test]
+fn reports_are_written_with_every_field_and_chart() {
+    let results: Vec<SimResult> = PolicyKind::ALL.iter().map(|&p| run(p)).collect();
+    let report = Report {
+        trace: "small.csv".into(),
+        format: "csv".into(),
+        cluster: "4x8".into(),
+        gpus: 32,
+        teams: "auto".into(),
+        trace_jobs: 42,
+        trace_skipped: 0,
+        seed: 42,
+        policies: results.iter().map(report::summarize).collect(),
+    };
+    let dir = std::env::temp_dir().join(format!("qm-sim-report-{}", std::process::id()));
+    report::write(&dir, &report, &results).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let policies = json["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 3);
+    for key in [
+        "policy",
+        "jobs",
+        "rejected",
+        "jct_mean_s",
+        "jct_p50_s",
+        "jct_p99_s",
+        "wait_mean_s",
+        "wait_p99_s",
+        "wait_max_s",
+        "slowdown_mean",
+        "gpu_allocation",
+        "makespan_s",
+        "preemptions",
+        "gpu_hours_lost",
+        "idle_gpu_hours_reclaimed",
+        "fairness_jain",
+        "teams",
+    ] {
+        assert!(policies[0].get(key).is_some(), "report.json lacks {key}");
+    }
+    let team = &policies[0]["teams"][0];
+    for key in ["team", "jobs", "wait_mean_s", "slowdown_mean"] {
+        assert!(team.get(key).is_some(), "team entry lacks {key}");
+    }
+    for chart in ["allocation.svg", "wait_cdf.svg", "team_wait.svg"] {
+        let svg = std::fs::read_to_string(dir.join(chart)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.ends_with("</svg>"),
+            "{chart}"
+        );
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| default |") && md.contains("default vs static"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,189 @@
+//! The `qm` binary as users run it: real processes, real files.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn qm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(args)
+        .output()
+        .expect("qm runs")
+}
+
+fn fixture() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../qm-sim/tests/fixtures/small.csv")
+        .display()
+        .to_string()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qm-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn version_and_help() {
+    let out = qm(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("qm "));
+    let out = qm(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("bench") && help.contains("sim"), "{help}");
+}
+
+#[test]
+fn sim_run_writes_a_report_for_each_policy() {
+    let dir = tmp("report");
+    let out = qm(&[
+        "sim",
+        "run",
+        "--trace",
+        &fixture(),
+        "--cluster",
+        "4x8",
+        "--teams",
+        "auto",
+        "--policy",
+        "default,fifo,static",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for p in ["| default |", "| fifo |", "| static |"] {
+        assert!(table.contains(p), "{table}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["policies"].as_array().unwrap().len(), 3);
+    assert_eq!(json["policies"][0]["rejected"], 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_says_what_is_valid_and_fails() {
+    let dir = tmp("bad");
+    let out_dir = dir.join("out");
+    let out_arg = out_dir.to_str().unwrap();
+    let out = qm(&[
+        "sim",
+        "run",
+        "--trace",
+        &fixture(),
+        "--cluster",
+        "4x8",
+        "--policy",
+        "default,lottery",
+        "--out",
+        out_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("valid policies: default, fifo, static"),
+        "{err}"
+    );
+
+    let out = qm(&[
+        "sim",
+        "run",
+        "--trace",
+        &fixture(),
+        "--format",
+        "xml",
+        "--cluster",
+        "4x8",
+        "--out",
+        out_arg,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("csv") && err.contains("philly") && err.contains("openb"),
+        "{err}"
+    );
+
+    let bad = dir.join("bad.csv");
+    std::fs::write(
+        &bad,
+        "submit_s,duration_s,tasks,gpus_per_task,team\n0,60,1,1,a\n5,abc,1,1,a\n",
+    )
+    .unwrap();
+    let out = qm(&[
+        "sim",
+        "run",
+        "--trace",
+        bad.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--cluster",
+        "4x8",
+        "--out",
+        out_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.csv:3") && err.contains("duration_s"),
+        "{err}"
+    );
+
+    let out = qm(&[
+        "sim",
+        "run",
+        "--trace",
+        &fixture(),
+        "--cluster",
+        "4by8",
+        "--out",
+        out_arg,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("COUNTxGPUS"), "{err}");
+    assert!(
+        !out_dir.exists(),
+        "nothing is written when the input is refused"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_plan_prints_its_json_figures() {
+    let out = qm(&[
+        "bench",
+        "plan",
+        "--nodes",
+        "64",
+        "--running",
+        "50",
+        "--pending",
+        "300",
+        "--runs",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "nodes",
+        "gpus",
+        "running",
+        "pending",
+        "plan_ms_median",
+        "plan_ms_p99",
+        "state_mib",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}: {json}");
+    }
+    assert_eq!(json["gpus"], 512);
+}
