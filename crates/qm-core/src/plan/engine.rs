@@ -43,7 +43,8 @@ struct Release {
     end_s: Secs,
     est_s: Secs,
     node: u32,
-    gpus: Vec<u32>,
+    /// GPU indices on the node, one bit each (nodes have at most 64 GPUs).
+    gpus: u64,
     milli: u32,
     cpu: u64,
     mem: u64,
@@ -74,6 +75,21 @@ type Slack = (u32, u64, u64);
 /// What placement depends on, for jobs without a node selector: group, tasks, GPU ask, CPU,
 /// memory.
 type Shape = (usize, u32, GpuAsk, u64, u64);
+
+fn mask_of(gpus: &[u32]) -> u64 {
+    gpus.iter().fold(0, |m, &g| m | (1 << g))
+}
+
+/// The indices of the set bits, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros();
+            mask &= mask - 1;
+            i
+        })
+    })
+}
 
 fn shape_of(spec: &JobSpec, group: usize) -> Option<Shape> {
     spec.node_selector.is_empty().then_some((
@@ -327,7 +343,7 @@ impl<'a> Planner<'a> {
                         end_s: limit,
                         est_s: est,
                         node: n,
-                        gpus: task.gpus.clone(),
+                        gpus: mask_of(&task.gpus),
                         milli: task.gpu_milli,
                         cpu: job.spec.cpu_milli,
                         mem: job.spec.mem_mib,
@@ -924,7 +940,7 @@ impl<'a> Planner<'a> {
                     end_s,
                     est_s,
                     node: n,
-                    gpus: task.gpus.clone(),
+                    gpus: mask_of(&task.gpus),
                     milli: task.gpu_milli,
                     cpu: spec.cpu_milli,
                     mem: spec.mem_mib,
@@ -1568,7 +1584,7 @@ impl<'a> Planner<'a> {
                 let mut used = self.view.used_of(n).to_vec();
                 let (mut cpu, mut mem) = (self.view.cpu_free[ni], self.view.mem_free[ni]);
                 for r in rels.iter().filter(|r| r.end_s <= t) {
-                    for &gi in &r.gpus {
+                    for gi in bits(r.gpus) {
                         used[gi as usize] = used[gi as usize].saturating_sub(r.milli);
                     }
                     cpu += r.cpu;
@@ -1649,7 +1665,7 @@ impl<'a> Planner<'a> {
         let mut first = None;
         for (i, &t) in times.iter().enumerate() {
             while ri < rel.len() && rel[ri].end_s <= t {
-                freed += u64::from(rel[ri].milli) * rel[ri].gpus.len() as u64;
+                freed += u64::from(rel[ri].milli) * u64::from(rel[ri].gpus.count_ones());
                 ri += 1;
             }
             let reserved: u64 = self
@@ -1683,7 +1699,7 @@ impl<'a> Planner<'a> {
             for r in released {
                 fut.raw_adjust(
                     r.node,
-                    &r.gpus,
+                    &bits(r.gpus).collect::<Vec<u32>>(),
                     -i64::from(r.milli),
                     -(r.cpu as i64),
                     -(r.mem as i64),
@@ -1757,7 +1773,7 @@ impl<'a> Planner<'a> {
             if let Some(g) = self.view.group[r.node as usize] {
                 rel[g].push((
                     r.est_s.max(self.now),
-                    u64::from(r.milli) * r.gpus.len() as u64,
+                    u64::from(r.milli) * u64::from(r.gpus.count_ones()),
                 ));
             }
         }

@@ -214,7 +214,7 @@ fn assign(view: &View, ask: &Ask, chosen: &[(u32, u64)]) -> Vec<TaskPlacement> {
 }
 
 /// A topology domain: id, tasks it can hold, its (node, tasks) items.
-type Domain = (u32, u64, Vec<(u32, u64)>);
+type Domain = (u64, u64, Vec<(u32, u64)>);
 
 /// Chooses how many tasks go to which node, packing into as few domains as possible.
 fn pick(
@@ -234,7 +234,7 @@ fn pick(
         });
         return;
     }
-    let mut domains: BTreeMap<u32, (u64, Vec<(u32, u64)>)> = BTreeMap::new();
+    let mut domains: BTreeMap<u64, (u64, Vec<(u32, u64)>)> = BTreeMap::new();
     for (n, cap) in items {
         let entry = domains.entry(view.domain(n, level)).or_default();
         entry.0 += cap;

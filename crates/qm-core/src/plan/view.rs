@@ -5,7 +5,7 @@
 //! buckets by whole free GPUs and its partly used GPUs in a set ordered by free milli-GPUs, so
 //! that best-fit placement is a range query rather than a scan.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::model::{NodeId, NodeState, Secs, MILLI_PER_GPU};
 use crate::state::{ClusterState, Node, TaskPlacement};
@@ -52,7 +52,7 @@ pub(crate) struct View<'a> {
     pub mem_free: Vec<u64>,
     pub whole_free: Vec<u32>,
     /// Topology domain ids, `depth` per node, outermost first.
-    pub domains: Vec<u32>,
+    pub domains: Vec<u64>,
     pub depth: usize,
     pub guard: Vec<Guard>,
     /// `[group][whole free GPUs]` → nodes.
@@ -101,7 +101,6 @@ impl<'a> View<'a> {
             .max()
             .unwrap_or(0);
         v.depth = depth;
-        let mut interned: BTreeMap<Vec<&str>, u32> = BTreeMap::new();
         for node in state.nodes.values() {
             let idx = v.ids.len() as u32;
             v.ids.push(node.spec.id);
@@ -120,12 +119,15 @@ impl<'a> View<'a> {
             v.mem_free
                 .push(node.spec.mem_mib.saturating_sub(node.mem_used_mib));
             v.whole_free.push(node.whole_gpus_free());
+            // A domain is named by its path prefix; its id is a hash of that prefix (FNV-1a),
+            // so no interning table is built per plan. Only equality matters.
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for level in 0..depth {
-                let prefix: Vec<&str> = (0..=level)
-                    .map(|l| node.spec.topology.get(l).map_or("", String::as_str))
-                    .collect();
-                let next = interned.len() as u32;
-                v.domains.push(*interned.entry(prefix).or_insert(next));
+                let part = node.spec.topology.get(level).map_or("", String::as_str);
+                for b in part.bytes().chain(std::iter::once(0xff)) {
+                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                v.domains.push(hash);
             }
             if let Some(g) = group {
                 v.group_nodes[g].push(idx);
@@ -146,7 +148,7 @@ impl<'a> View<'a> {
         off..off + self.gpus[n as usize] as usize
     }
 
-    pub fn domain(&self, n: u32, level: usize) -> u32 {
+    pub fn domain(&self, n: u32, level: usize) -> u64 {
         self.domains[n as usize * self.depth + level]
     }
 
