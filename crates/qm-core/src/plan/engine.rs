@@ -1556,50 +1556,28 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let ni = n as usize;
-            let rels: Vec<&Release> = self.rel_by_node[ni]
-                .iter()
-                .map(|&i| &self.releases[i])
-                .filter(|r| r.end_s != Secs::MAX)
-                .collect();
-            let resvs: Vec<&ResvRec> = self.resv_by_node[ni]
-                .iter()
-                .map(|&i| &self.reservations[i])
-                .filter(|r| r.group == g)
-                .collect();
             let mut times: Vec<Secs> = vec![self.now];
-            times.extend(rels.iter().map(|r| r.end_s.max(self.now)));
             times.extend(
-                resvs
+                self.rel_by_node[ni]
                     .iter()
-                    .filter(|r| r.end_s != Secs::MAX)
+                    .map(|&i| self.releases[i].end_s)
+                    .filter(|&e| e != Secs::MAX)
+                    .map(|e| e.max(self.now)),
+            );
+            times.extend(
+                self.resv_by_node[ni]
+                    .iter()
+                    .map(|&i| &self.reservations[i])
+                    .filter(|r| r.group == g && r.end_s != Secs::MAX)
                     .map(|r| r.end_s),
             );
             times.sort_unstable();
             times.dedup();
-            let id = self.view.ids[ni];
             for t in times {
                 if best.as_ref().is_some_and(|b| t > b.0) {
                     break;
                 }
-                let mut used = self.view.used_of(n).to_vec();
-                let (mut cpu, mut mem) = (self.view.cpu_free[ni], self.view.mem_free[ni]);
-                for r in rels.iter().filter(|r| r.end_s <= t) {
-                    for gi in bits(r.gpus) {
-                        used[gi as usize] = used[gi as usize].saturating_sub(r.milli);
-                    }
-                    cpu += r.cpu;
-                    mem += r.mem;
-                }
-                for resv in resvs.iter().filter(|r| r.end_s > t) {
-                    for task in resv.placement.iter().filter(|task| task.node == id) {
-                        for &gi in &task.gpus {
-                            used[gi as usize] =
-                                (used[gi as usize] + task.gpu_milli).min(MILLI_PER_GPU);
-                        }
-                        cpu = cpu.saturating_sub(resv.cpu);
-                        mem = mem.saturating_sub(resv.mem);
-                    }
-                }
+                let (used, cpu, mem) = self.node_at(n, g, t);
                 let gpu_ok = match spec.gpu {
                     GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
                     GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
@@ -1728,9 +1706,11 @@ impl<'a> Planner<'a> {
             };
             place::find(&fut, &ask).map(|p| (p, fut))
         };
-        // Feasibility only grows with time: gallop, then bisect.
-        if let Some((p, fut)) = probe(times[first]) {
-            return Some((times[first], p, fut));
+        // Feasibility only grows with time: gallop, then bisect, counting per-node capacity
+        // (cheap); build the view and the placement once, at the time found.
+        let fits = |t: Secs| self.gang_fits_at(spec, g, t);
+        if fits(times[first]) {
+            return probe(times[first]).map(|(p, fut)| (times[first], p, fut));
         }
         let (mut lo, mut step) = (first, 1);
         let last = times.len() - 1;
@@ -1740,7 +1720,7 @@ impl<'a> Planner<'a> {
                 return None;
             }
             hi = (lo + step).min(last);
-            if probe(times[hi]).is_some() {
+            if fits(times[hi]) {
                 break;
             }
             lo = hi;
@@ -1748,13 +1728,77 @@ impl<'a> Planner<'a> {
         }
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if probe(times[mid]).is_some() {
+            if fits(times[mid]) {
                 hi = mid;
             } else {
                 lo = mid;
             }
         }
         probe(times[hi]).map(|(p, fut)| (times[hi], p, fut))
+    }
+
+    /// Node `n` at time `t`: its GPU usage, free CPU and free memory once what runs there
+    /// has ended by its time limit, with what reservations and claims of group `g` hold then.
+    fn node_at(&self, n: u32, g: usize, t: Secs) -> (Vec<u32>, u64, u64) {
+        let ni = n as usize;
+        let id = self.view.ids[ni];
+        let mut used = self.view.used_of(n).to_vec();
+        let (mut cpu, mut mem) = (self.view.cpu_free[ni], self.view.mem_free[ni]);
+        for &i in &self.rel_by_node[ni] {
+            let r = &self.releases[i];
+            if r.end_s != Secs::MAX && r.end_s <= t {
+                for gi in bits(r.gpus) {
+                    used[gi as usize] = used[gi as usize].saturating_sub(r.milli);
+                }
+                cpu += r.cpu;
+                mem += r.mem;
+            }
+        }
+        for &i in &self.resv_by_node[ni] {
+            let resv = &self.reservations[i];
+            if resv.group != g || resv.end_s <= t {
+                continue;
+            }
+            for task in resv.placement.iter().filter(|task| task.node == id) {
+                for &gi in &task.gpus {
+                    used[gi as usize] = (used[gi as usize] + task.gpu_milli).min(MILLI_PER_GPU);
+                }
+                cpu = cpu.saturating_sub(resv.cpu);
+                mem = mem.saturating_sub(resv.mem);
+            }
+        }
+        (used, cpu, mem)
+    }
+
+    /// Whether the gang fits group `g` at time `t` (ignoring guards, as reservations do).
+    fn gang_fits_at(&self, spec: &JobSpec, g: usize, t: Secs) -> bool {
+        let need = u64::from(spec.tasks);
+        let mut have = 0u64;
+        for &n in &self.view.group_nodes[g] {
+            let labels = &self.view.nodes[n as usize].spec.labels;
+            if !spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let (used, cpu, mem) = self.node_at(n, g, t);
+            let by_gpu = match spec.gpu {
+                GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
+                GpuAsk::Milli(m) => used
+                    .iter()
+                    .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
+                    .sum(),
+            };
+            let by_cpu = cpu.checked_div(spec.cpu_milli).unwrap_or(u64::MAX);
+            let by_mem = mem.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
+            have += by_gpu.min(by_cpu).min(by_mem);
+            if have >= need {
+                return true;
+            }
+        }
+        false
     }
 
     /// Estimated starts of capacity-blocked jobs: walk them in plan order against the
