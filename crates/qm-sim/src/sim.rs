@@ -12,8 +12,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use qm_core::{
-    apply, decide, ClusterState, Event, JobId, JobSpec, JobState, PolicyKind, SchedulerConfig,
-    Secs, StopCause, TeamSpec,
+    apply, decide, ClusterState, Event, GpuAsk, JobId, JobSpec, JobState, PolicyKind,
+    SchedulerConfig, Secs, StopCause, TeamSpec,
 };
 
 use crate::cluster::{ClusterSpec, SpecError};
@@ -27,6 +27,10 @@ pub struct SimOptions {
     pub grace_s: Secs,
     /// No job is preempted before it has run this long.
     pub min_run_s: Secs,
+    /// A task asking for more whole GPUs than the largest node has becomes a gang of tasks of
+    /// the largest node's size, when that divides it (for traces that record only a job's
+    /// GPU count, such as Philly and Tiresias).
+    pub split_to_nodes: bool,
 }
 
 impl SimOptions {
@@ -35,6 +39,7 @@ impl SimOptions {
             policy,
             grace_s: 30,
             min_run_s: 300,
+            split_to_nodes: false,
         }
     }
 }
@@ -69,18 +74,30 @@ pub struct SimResult {
     pub end_s: Secs,
 }
 
-/// One trace job as the core sees it.
-pub fn job_spec(job: &TraceJob, options: &SimOptions) -> JobSpec {
+/// One trace job as the core sees it, on a cluster whose largest node has `node_gpus`.
+pub fn job_spec(job: &TraceJob, options: &SimOptions, node_gpus: u32) -> JobSpec {
+    let (tasks, gpu) = match job.gpu {
+        GpuAsk::Whole(k)
+            if options.split_to_nodes && node_gpus > 0 && k > node_gpus && k % node_gpus == 0 =>
+        {
+            (job.tasks * (k / node_gpus), GpuAsk::Whole(node_gpus))
+        }
+        other => (job.tasks, other),
+    };
+    let per_task = |x: u64| match job.gpu {
+        GpuAsk::Whole(k) if tasks != job.tasks => x * u64::from(node_gpus) / u64::from(k),
+        _ => x,
+    };
     JobSpec {
         id: JobId(job.id),
         name: String::new(),
         team: job.team.clone(),
         user: job.user.clone(),
         priority: job.priority,
-        tasks: job.tasks,
-        gpu: job.gpu,
-        cpu_milli: job.cpu_milli,
-        mem_mib: job.mem_mib,
+        tasks,
+        gpu,
+        cpu_milli: per_task(job.cpu_milli),
+        mem_mib: per_task(job.mem_mib),
         gpu_model: job.gpu_model.clone(),
         node_selector: Default::default(),
         time_limit_s: Some(
@@ -181,6 +198,7 @@ pub fn simulate(
     let mut done = 0usize;
     let mut now: Secs = 0;
     let report_every = (jobs.len() / 200).max(1);
+    let node_gpus = cluster.group.iter().map(|g| g.gpus).max().unwrap_or(0);
     loop {
         let t_arrival = order.get(next).map(|&i| jobs[i].submit_s);
         let t_event = heap.peek().map(|Reverse(e)| e.0);
@@ -195,7 +213,7 @@ pub fn simulate(
                 break;
             }
             next += 1;
-            let spec = job_spec(&jobs[i], options);
+            let spec = job_spec(&jobs[i], options, node_gpus);
             if let Err(e) = apply(&mut state, Event::Submit(spec)) {
                 records[i].rejected = Some(e.to_string());
                 done += 1;
@@ -317,4 +335,51 @@ pub fn simulate(
         plans,
         end_s: now,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(gpus: u32) -> TraceJob {
+        TraceJob {
+            id: 1,
+            submit_s: 0,
+            duration_s: 60,
+            tasks: 1,
+            gpu: GpuAsk::Whole(gpus),
+            cpu_milli: 8000,
+            mem_mib: 8192,
+            team: "a".into(),
+            user: String::new(),
+            priority: 0,
+            gpu_model: None,
+            time_limit_s: None,
+            preemptible: true,
+        }
+    }
+
+    #[test]
+    fn jobs_bigger_than_a_node_become_gangs_of_node_sized_tasks_when_asked() {
+        let mut options = SimOptions::new(PolicyKind::Default);
+        assert_eq!(
+            job_spec(&job(8), &options, 4).tasks,
+            1,
+            "not split unless asked"
+        );
+        options.split_to_nodes = true;
+        let spec = job_spec(&job(8), &options, 4);
+        assert_eq!((spec.tasks, spec.gpu), (2, GpuAsk::Whole(4)));
+        assert_eq!(
+            (spec.cpu_milli, spec.mem_mib),
+            (4000, 4096),
+            "CPU and memory split too"
+        );
+        assert_eq!(
+            job_spec(&job(6), &options, 4).tasks,
+            1,
+            "6 does not divide by 4"
+        );
+        assert_eq!(spec.time_limit_s, Some(3600), "the documented limit rule");
+    }
 }

@@ -86,6 +86,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         let mut options = SimOptions::new(policy);
         options.grace_s = args.grace_s;
         options.min_run_s = args.min_run_s;
+        options.split_to_nodes = matches!(format, Format::Philly | Format::Tiresias);
         let started = Instant::now();
         let mut progress = |done: usize, total: usize| {
             if tty {

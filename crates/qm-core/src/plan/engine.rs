@@ -1638,20 +1638,26 @@ impl<'a> Planner<'a> {
             })
             .sum();
         let need = spec.milli_total();
-        let mut freed = 0u64;
-        let mut ri = 0;
+        // Promised milli-GPUs of the group by end time; those ending by `t` are free again.
+        let mut promised: Vec<(Secs, u64)> = self
+            .reservations
+            .iter()
+            .filter(|r| r.group == g)
+            .map(|r| (r.end_s, crate::state::placement_milli(&r.placement)))
+            .collect();
+        promised.sort_unstable();
+        let mut reserved: u64 = promised.iter().map(|p| p.1).sum();
+        let (mut freed, mut ri, mut pi) = (0u64, 0, 0);
         let mut first = None;
         for (i, &t) in times.iter().enumerate() {
             while ri < rel.len() && rel[ri].end_s <= t {
                 freed += u64::from(rel[ri].milli) * u64::from(rel[ri].gpus.count_ones());
                 ri += 1;
             }
-            let reserved: u64 = self
-                .reservations
-                .iter()
-                .filter(|r| r.group == g && r.end_s > t)
-                .map(|r| crate::state::placement_milli(&r.placement))
-                .sum();
+            while pi < promised.len() && promised[pi].0 <= t {
+                reserved -= promised[pi].1;
+                pi += 1;
+            }
             if (free_now + freed).saturating_sub(reserved) >= need {
                 first = Some(i);
                 break;
