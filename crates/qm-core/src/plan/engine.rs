@@ -1083,9 +1083,23 @@ impl<'a> Planner<'a> {
             }
             let (t, job) = (lists[i].0, lists[i].1[cursor[i]]);
             cursor[i] += 1;
-            if !self.consider(job, t, Phase::Guaranteed) {
+            let before = self.decisions();
+            let decided = self.consider(job, t, Phase::Guaranteed);
+            if !decided {
                 // It may still borrow elsewhere: phase 2 decides.
                 skipped[i].push(job);
+            }
+            if !self.explain && self.decisions() == before {
+                // Nothing changed: the team's next jobs with the same fate fare the same.
+                while let Some(&next) = lists[i].1.get(cursor[i]) {
+                    if !self.same_fate(job, next) {
+                        break;
+                    }
+                    if !decided {
+                        skipped[i].push(next);
+                    }
+                    cursor[i] += 1;
+                }
             }
             if let Some(key) = self.next_guaranteed(&lists, &mut cursor, &mut skipped, i) {
                 heap.push(Reverse((key, i)));
@@ -1103,11 +1117,46 @@ impl<'a> Planner<'a> {
             }
             let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
             cursor[i] += 1;
+            let before = self.decisions();
             self.consider(job, t, Phase::Borrowing);
+            if !self.explain && self.decisions() == before {
+                while let Some(&next) = skipped[i].get(cursor[i]) {
+                    if !self.same_fate(job, next) {
+                        break;
+                    }
+                    cursor[i] += 1;
+                }
+            }
             if let Some(next) = skipped[i].get(cursor[i]) {
                 heap.push(Reverse((self.rank(next, t), i)));
             }
         }
+    }
+
+    /// How many decisions the plan holds so far.
+    fn decisions(&self) -> (usize, usize, usize, usize) {
+        (
+            self.out.starts.len(),
+            self.out.stops.len(),
+            self.reservations.len(),
+            self.out.reclaims.len(),
+        )
+    }
+
+    /// Whether `next`, of the same team and right after `failed` in its queue, is certain to
+    /// be decided as `failed` was when nothing changed in between: the same demands, no node
+    /// selector, and an end no earlier (capacity only shrinks and guards only tighten during
+    /// a plan, and every memo is keyed by these).
+    fn same_fate(&self, failed: &Job, next: &Job) -> bool {
+        let (a, b) = (&failed.spec, &next.spec);
+        a.tasks == b.tasks
+            && a.gpu == b.gpu
+            && a.cpu_milli == b.cpu_milli
+            && a.mem_mib == b.mem_mib
+            && a.gpu_model == b.gpu_model
+            && a.node_selector.is_empty()
+            && b.node_selector.is_empty()
+            && self.end_of(b, self.now).0 >= self.end_of(a, self.now).0
     }
 
     /// Moves team `i`'s cursor to its next job inside the guarantee, setting aside the ones
