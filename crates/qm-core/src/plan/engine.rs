@@ -128,6 +128,8 @@ pub(crate) struct Planner<'a> {
     /// `[team]` the history part of fair-share usage.
     history: Vec<f64>,
     runs: Vec<RunInfo<'a>>,
+    /// Every pending, running or stopping job, read once per plan.
+    live: Vec<&'a Job>,
     victims_by_model: Vec<Vec<usize>>,
     releases: Vec<Release>,
     reservations: Vec<ResvRec>,
@@ -230,6 +232,7 @@ impl<'a> Planner<'a> {
             alloc_total: vec![0; team_count],
             history,
             runs: Vec::new(),
+            live: Vec::new(),
             releases: Vec::new(),
             reservations: Vec::new(),
             rel_by_node: vec![Vec::new(); node_count],
@@ -312,7 +315,9 @@ impl<'a> Planner<'a> {
     /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs.
     fn scan_running(&mut self) {
         let state = self.state;
-        for job in state.live_jobs() {
+        self.live = state.live_jobs().collect();
+        let live = self.live.clone();
+        for job in live {
             let Some(run) = job.state.run() else { continue };
             let Some(model) = self.model_of(&run.placement) else {
                 continue;
@@ -956,9 +961,9 @@ impl<'a> Planner<'a> {
 
     /// Pending jobs that a pass considers, with the dependency-blocked ones explained.
     fn queue(&mut self, handled: &BTreeSet<JobId>) -> Vec<&'a Job> {
-        let state = self.state;
         let mut queue = Vec::new();
-        for job in state.live_jobs() {
+        let live = std::mem::take(&mut self.live);
+        for &job in &live {
             if job.state != JobState::Pending || handled.contains(&job.spec.id) {
                 continue;
             }
@@ -968,6 +973,7 @@ impl<'a> Planner<'a> {
             }
             queue.push(job);
         }
+        self.live = live;
         queue
     }
 
@@ -1626,7 +1632,8 @@ impl<'a> Planner<'a> {
                 if best.as_ref().is_some_and(|b| t > b.0) {
                     break;
                 }
-                let (used, cpu, mem) = self.node_at(n, g, t);
+                let (buf, cpu, mem) = self.node_at(n, g, t);
+                let used = &buf[..self.view.gpus[n as usize] as usize];
                 let gpu_ok = match spec.gpu {
                     GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
                     GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
@@ -1637,7 +1644,7 @@ impl<'a> Planner<'a> {
                         .as_ref()
                         .is_none_or(|b| (t, whole, n) < (b.0, b.1, b.2));
                     if better {
-                        best = Some((t, whole, n, used, cpu, mem));
+                        best = Some((t, whole, n, used.to_vec(), cpu, mem));
                     }
                     break;
                 }
@@ -1794,10 +1801,14 @@ impl<'a> Planner<'a> {
 
     /// Node `n` at time `t`: its GPU usage, free CPU and free memory once what runs there
     /// has ended by its time limit, with what reservations and claims of group `g` hold then.
-    fn node_at(&self, n: u32, g: usize, t: Secs) -> (Vec<u32>, u64, u64) {
+    /// The usage comes in a fixed buffer (nodes have at most 64 GPUs): only the node's first
+    /// `gpus` entries count.
+    fn node_at(&self, n: u32, g: usize, t: Secs) -> ([u32; 64], u64, u64) {
         let ni = n as usize;
         let id = self.view.ids[ni];
-        let mut used = self.view.used_of(n).to_vec();
+        let mut used = [0u32; 64];
+        let now = self.view.used_of(n);
+        used[..now.len()].copy_from_slice(now);
         let (mut cpu, mut mem) = (self.view.cpu_free[ni], self.view.mem_free[ni]);
         for &i in &self.rel_by_node[ni] {
             let r = &self.releases[i];
@@ -1838,7 +1849,8 @@ impl<'a> Planner<'a> {
             {
                 continue;
             }
-            let (used, cpu, mem) = self.node_at(n, g, t);
+            let (buf, cpu, mem) = self.node_at(n, g, t);
+            let used = &buf[..self.view.gpus[n as usize] as usize];
             let by_gpu = match spec.gpu {
                 GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
                 GpuAsk::Milli(m) => used
