@@ -312,7 +312,7 @@ impl Default for SchedulerConfig {
             fair_share_half_life_s: 7 * 24 * 3600,
             idle_threshold_pct: 5,
             idle_window_s: 30 * 60,
-            max_reservations: 16,
+            max_reservations: 4,
             max_reclaims: 32,
             starvation_wait_s: 3600,
             hold_slack_s: 300,
