@@ -288,6 +288,9 @@ pub fn team_table(report: &Report) -> String {
                 (Some(_), Some(d)) => {
                     let _ = write!(out, " static 0 s, default {} |", hours(d.wait_mean_s));
                 }
+                (None, Some(_)) => {
+                    let _ = write!(out, " gains: runs at all (no partition under static) |");
+                }
                 _ => {
                     let _ = write!(out, " - |");
                 }

@@ -303,6 +303,28 @@ impl std::error::Error for TraceError {
 }
 
 /// Reads a trace file; errors name the file as `path` spells it.
+/// Guesses the format from the file's header line, then from its name: a header with
+/// `timestamp` and `cluster` is Philly, one with `creation_time` and `gpu_milli` openb pods,
+/// one with `num_gpu` and `submit_time` Tiresias, one with `submit_s` our CSV.
+pub fn sniff(path: &Path) -> Format {
+    let header = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.lines().next().map(str::to_ascii_lowercase))
+        .unwrap_or_default();
+    let has = |col: &str| header.split(',').any(|c| c.trim().trim_matches('"') == col);
+    if has("timestamp") && has("cluster") {
+        Format::Philly
+    } else if has("creation_time") && has("gpu_milli") {
+        Format::Openb
+    } else if has("num_gpu") && has("submit_time") {
+        Format::Tiresias
+    } else if has("submit_s") {
+        Format::Csv
+    } else {
+        Format::guess(path)
+    }
+}
+
 pub fn load(path: &Path, format: Format) -> Result<Trace, TraceError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| TraceError::io(&name, error))?;

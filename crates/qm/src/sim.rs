@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// The trace file.
     #[arg(long)]
     trace: PathBuf,
-    /// csv, philly, openb or tiresias; guessed from the file name when absent.
+    /// csv, philly, openb or tiresias; guessed from the header (then the file name) when absent.
     #[arg(long)]
     format: Option<String>,
     /// A TOML cluster spec, or a shorthand such as 64x8 or 32x8@A100,16x4@T4.
@@ -59,7 +59,7 @@ pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
 fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
     let format = match &args.format {
         Some(f) => f.parse::<Format>()?,
-        None => Format::guess(&args.trace),
+        None => trace::sniff(&args.trace),
     };
     let policies: Vec<PolicyKind> = args
         .policy

@@ -187,3 +187,39 @@ fn bench_plan_prints_its_json_figures() {
     }
     assert_eq!(json["gpus"], 512);
 }
+
+#[test]
+fn the_format_is_sniffed_from_the_header() {
+    let dir = tmp("sniff");
+    let trace = dir.join("jobs.txt");
+    std::fs::write(
+        &trace,
+        "job_id,num_gpu,submit_time,iterations,model_name,duration,interval\n0,8,0,100,vgg16,120,10\n1,1,10,100,alexnet,60,0\n",
+    )
+    .unwrap();
+    let out_dir = dir.join("out");
+    let out = qm(&[
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--cluster",
+        "2x4",
+        "--policy",
+        "default",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["format"], "tiresias");
+    // The 8-GPU job ran as a gang of two 4-GPU tasks on the 4-GPU nodes.
+    assert_eq!(json["policies"][0]["jobs"], 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
