@@ -186,10 +186,11 @@ pub struct ClusterState {
     pub config: SchedulerConfig,
     pub(crate) nodes: BTreeMap<NodeId, Node>,
     pub(crate) teams: BTreeMap<String, Team>,
+    /// Pending, running and stopping jobs: the only ones a plan looks at.
     pub(crate) jobs: BTreeMap<JobId, Job>,
+    /// Jobs that ended, kept for dependencies and reports until forgotten.
+    pub(crate) done: BTreeMap<JobId, Job>,
     pub(crate) holds: BTreeMap<JobId, Hold>,
-    /// Pending and holding jobs, the only ones a plan looks at.
-    pub(crate) live: BTreeSet<JobId>,
     /// Time of the latest event seen, for usage decay.
     pub(crate) clock_s: Secs,
     /// Highest id of a forgotten job: ids up to it are never reused.
@@ -313,17 +314,35 @@ impl ClusterState {
         self.teams.get(name)
     }
 
+    /// Every job known: the live ones, then the ended ones, each in id order.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.values().chain(self.done.values())
     }
 
     pub fn job(&self, id: JobId) -> Option<&Job> {
-        self.jobs.get(&id)
+        self.jobs.get(&id).or_else(|| self.done.get(&id))
     }
 
     /// Jobs that are pending, running or stopping, in id order.
     pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
-        self.live.iter().map(|id| &self.jobs[id])
+        self.jobs.values()
+    }
+
+    /// A job that has just ended moves out of the live map.
+    fn retire(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.remove(&id) {
+            self.done.insert(id, job);
+        }
+        self.holds.remove(&id);
+    }
+
+    /// A live job, or why not.
+    fn live_job(&self, id: JobId) -> Result<&Job, ApplyError> {
+        match (self.jobs.get(&id), self.done.get(&id)) {
+            (Some(job), _) => Ok(job),
+            (None, Some(_)) => Err(self.wrong_state(id, "pending, running or stopping")),
+            (None, None) => Err(ApplyError::UnknownJob(id)),
+        }
     }
 
     pub fn holds(&self) -> &BTreeMap<JobId, Hold> {
@@ -336,12 +355,12 @@ impl ClusterState {
 
     fn forget_finished(&mut self, before_s: Secs) {
         let needed: BTreeSet<JobId> = self
-            .live
-            .iter()
-            .flat_map(|id| self.jobs[id].spec.depends_on.iter().copied())
+            .jobs
+            .values()
+            .flat_map(|j| j.spec.depends_on.iter().copied())
             .collect();
         let mut forgotten = None;
-        self.jobs.retain(|id, job| {
+        self.done.retain(|id, job| {
             let ended = match job.state {
                 JobState::Succeeded { at_s }
                 | JobState::Failed { at_s, .. }
@@ -539,15 +558,14 @@ impl ClusterState {
         n.state = state;
         if state == NodeState::Down {
             let victims: Vec<JobId> = self
-                .live
-                .iter()
-                .filter(|id| {
-                    self.jobs[id]
-                        .state
+                .jobs
+                .values()
+                .filter(|j| {
+                    j.state
                         .run()
                         .is_some_and(|r| r.placement.iter().any(|t| t.node == node))
                 })
-                .copied()
+                .map(|j| j.spec.id)
                 .collect();
             for job in victims {
                 self.requeue(job, at_s)?;
@@ -565,10 +583,7 @@ impl ClusterState {
         specs.insert(spec.name.clone(), spec.clone());
         teams::validate(&specs)?;
         if let Some(parent) = &spec.parent {
-            let parent_has_jobs = self
-                .live
-                .iter()
-                .any(|id| &self.jobs[id].spec.team == parent);
+            let parent_has_jobs = self.jobs.values().any(|j| &j.spec.team == parent);
             if parent_has_jobs {
                 return Err(ApplyError::InvalidTeam {
                     team: spec.name.clone(),
@@ -613,7 +628,7 @@ impl ClusterState {
                 why: format!("it still has the sub-team {:?}", child.spec.name),
             });
         }
-        if self.live.iter().any(|id| self.jobs[id].spec.team == name) {
+        if self.jobs.values().any(|j| j.spec.team == name) {
             return Err(ApplyError::InvalidTeam {
                 team: name.to_string(),
                 why: "it still has pending or running jobs".to_string(),
@@ -625,7 +640,6 @@ impl ClusterState {
 
     fn submit(&mut self, spec: JobSpec) -> Result<(), ApplyError> {
         crate::validate::job(self, &spec)?;
-        self.live.insert(spec.id);
         self.jobs.insert(
             spec.id,
             Job {
@@ -640,19 +654,20 @@ impl ClusterState {
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut Job, ApplyError> {
-        self.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))
+        self.live_job(id)?;
+        Ok(self.jobs.get_mut(&id).expect("live"))
     }
 
     fn wrong_state(&self, id: JobId, expected: &'static str) -> ApplyError {
         ApplyError::WrongState {
             job: id,
-            state: self.jobs[&id].state.name(),
+            state: self.job(id).map_or("unknown", |j| j.state.name()),
             expected,
         }
     }
 
     fn check_attempt(&self, id: JobId, attempt: Option<u32>) -> Result<(), ApplyError> {
-        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let job = self.live_job(id)?;
         let current = job.state.run().map(|r| r.attempt);
         match attempt {
             Some(a) if current != Some(a) => Err(ApplyError::StaleRun {
@@ -669,8 +684,7 @@ impl ClusterState {
         match &job.state {
             JobState::Pending => {
                 job.state = JobState::Cancelled { at_s };
-                self.live.remove(&id);
-                self.holds.remove(&id);
+                self.retire(id);
                 Ok(())
             }
             JobState::Running(_) => self.stop(id, StopCause::Cancel, None, at_s),
@@ -695,7 +709,7 @@ impl ClusterState {
         admission: Admission,
         at_s: Secs,
     ) -> Result<(), ApplyError> {
-        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let job = self.live_job(id)?;
         if job.state != JobState::Pending {
             return Err(self.wrong_state(id, "pending"));
         }
@@ -768,7 +782,8 @@ impl ClusterState {
         beneficiary: Option<JobId>,
         at_s: Secs,
     ) -> Result<(), ApplyError> {
-        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        self.live_job(id)?;
+        let job = &self.jobs[&id];
         let JobState::Running(run) = &job.state else {
             return Err(self.wrong_state(id, "running"));
         };
@@ -825,7 +840,7 @@ impl ClusterState {
     }
 
     fn exited(&mut self, id: JobId, success: bool, at_s: Secs) -> Result<(), ApplyError> {
-        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let job = self.live_job(id)?;
         let next = match &job.state {
             JobState::Running(_) if success => JobState::Succeeded { at_s },
             JobState::Running(_) => JobState::Failed {
@@ -849,14 +864,13 @@ impl ClusterState {
         if requeued {
             job.preemptions += 1;
         } else {
-            self.live.remove(&id);
-            self.holds.remove(&id);
+            self.retire(id);
         }
         Ok(())
     }
 
     fn requeue(&mut self, id: JobId, at_s: Secs) -> Result<(), ApplyError> {
-        let job = self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))?;
+        let job = self.live_job(id)?;
         if job.state.run().is_none() {
             return Err(self.wrong_state(id, "running or stopping"));
         }
@@ -873,13 +887,13 @@ impl ClusterState {
         };
         self.release(id);
         let job = self.jobs.get_mut(&id).expect("checked above");
-        if next == JobState::Pending {
+        let requeued = next == JobState::Pending;
+        job.state = next;
+        if requeued {
             job.preemptions += 1;
         } else {
-            self.live.remove(&id);
-            self.holds.remove(&id);
+            self.retire(id);
         }
-        job.state = next;
         Ok(())
     }
 
@@ -890,6 +904,10 @@ impl ClusterState {
             )));
         }
         let threshold = self.config.idle_threshold_pct;
+        if self.done.contains_key(&id) {
+            // Late samples from a job that already ended are harmless: ignore them.
+            return Ok(());
+        }
         let job = self.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))?;
         let milli = job.spec.milli_total();
         let team = job.spec.team.clone();

@@ -50,7 +50,7 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
     let id = spec.id;
     let invalid = |why: String| ApplyError::InvalidJob { job: id, why };
     let never = |why: String| ApplyError::Unrunnable { job: id, why };
-    if state.jobs.contains_key(&id) {
+    if state.job(id).is_some() {
         return Err(ApplyError::DuplicateJob(id));
     }
     if spec.tasks == 0 || spec.tasks > MAX_TASKS {
@@ -104,7 +104,7 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
         return Err(invalid("depends on itself".into()));
     }
     for dep in &spec.depends_on {
-        match state.jobs.get(dep) {
+        match state.job(*dep) {
             None => return Err(invalid(format!("depends on {dep}, which does not exist"))),
             Some(j)
                 if matches!(

@@ -439,7 +439,7 @@ impl<'a> Planner<'a> {
         }
         if self.policy == PolicyKind::Default {
             for (b, hold) in &self.state.holds {
-                let Some(job) = self.state.jobs.get(b) else {
+                let Some(job) = self.state.job(*b) else {
                     continue;
                 };
                 if job.state != JobState::Pending || self.now > hold.until_s {
@@ -662,7 +662,7 @@ impl<'a> Planner<'a> {
             let stopping: Vec<&Job> = hold
                 .victims
                 .iter()
-                .filter_map(|v| self.state.jobs.get(v))
+                .filter_map(|v| self.state.job(*v))
                 .filter(|v| matches!(v.state, JobState::Stopping(..)))
                 .collect();
             if stopping.is_empty() {
@@ -761,7 +761,7 @@ impl<'a> Planner<'a> {
 
     fn dep_block(&self, job: &Job) -> Option<Reason> {
         for on in &job.spec.depends_on {
-            match self.state.jobs.get(on).map(|j| &j.state) {
+            match self.state.job(*on).map(|j| &j.state) {
                 Some(JobState::Succeeded { .. }) => {}
                 Some(JobState::Failed { .. } | JobState::Cancelled { .. }) | None => {
                     return Some(Reason::DependencyFailed { on: *on })
