@@ -123,6 +123,8 @@ impl JobState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub spec: JobSpec,
+    /// [`Team::id`] of `spec.team`.
+    pub team_id: u32,
     pub state: JobState,
     pub preemptions: u32,
     /// Times the job has started.
@@ -152,6 +154,8 @@ impl Node {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Team {
     pub spec: TeamSpec,
+    /// Stable internal number, so jobs refer to their team without comparing names.
+    pub id: u32,
     /// Milli-GPUs held now by this team's own jobs.
     pub alloc_milli: u64,
     /// Exponentially decayed integral of `alloc_milli` over time (milli-GPU-seconds).
@@ -193,6 +197,8 @@ pub struct ClusterState {
     pub(crate) holds: BTreeMap<JobId, Hold>,
     /// Time of the latest event seen, for usage decay.
     pub(crate) clock_s: Secs,
+    /// Next [`Team::id`].
+    pub(crate) next_team_id: u32,
     /// Highest id of a forgotten job: ids up to it are never reused.
     pub(crate) forgotten_up_to: Option<JobId>,
 }
@@ -596,10 +602,13 @@ impl ClusterState {
         match self.teams.get_mut(&spec.name) {
             Some(team) => team.spec = spec,
             None => {
+                let id = self.next_team_id;
+                self.next_team_id += 1;
                 self.teams.insert(
                     spec.name.clone(),
                     Team {
                         spec,
+                        id,
                         alloc_milli: 0,
                         usage_decayed: 0.0,
                         idle_decayed: 0.0,
@@ -640,9 +649,11 @@ impl ClusterState {
 
     fn submit(&mut self, spec: JobSpec) -> Result<(), ApplyError> {
         crate::validate::job(self, &spec)?;
+        let team_id = self.teams[&spec.team].id;
         self.jobs.insert(
             spec.id,
             Job {
+                team_id,
                 spec,
                 state: JobState::Pending,
                 preemptions: 0,

@@ -120,6 +120,10 @@ pub(crate) struct Planner<'a> {
     teams: TeamIndex,
     leaf_rank: Vec<Option<usize>>,
     n_leaves: usize,
+    /// [`Team::id`](crate::Team) to the planner's team index.
+    team_by_id: BTreeMap<u32, usize>,
+    /// `[node]` index into `models`.
+    node_model: Vec<usize>,
     view: View<'a>,
     /// `[team][pool]` milli-GPUs held, sub-teams included, updated as the plan starts jobs.
     alloc: Vec<Vec<u64>>,
@@ -211,6 +215,16 @@ impl<'a> Planner<'a> {
             }
         });
         let team_count = teams.names.len();
+        let team_by_id = state
+            .teams
+            .values()
+            .filter_map(|t| teams.by_name.get(&t.spec.name).map(|&i| (t.id, i)))
+            .collect();
+        let node_model = view
+            .nodes
+            .iter()
+            .map(|n| models.binary_search(&n.spec.gpu_model).unwrap_or(0))
+            .collect();
         let node_count = view.ids.len();
         let alloc = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
         let teams_gused = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
@@ -227,6 +241,8 @@ impl<'a> Planner<'a> {
             teams,
             leaf_rank,
             n_leaves,
+            team_by_id,
+            node_model,
             view,
             alloc,
             alloc_total: vec![0; team_count],
@@ -289,8 +305,13 @@ impl<'a> Planner<'a> {
     }
 
     fn model_of(&self, placement: &[TaskPlacement]) -> Option<usize> {
-        let node = self.state.nodes.get(&placement.first()?.node)?;
-        self.models.binary_search(&node.spec.gpu_model).ok()
+        let n = self.view.dense(placement.first()?.node)?;
+        Some(self.node_model[n as usize])
+    }
+
+    /// The planner's index of a job's team.
+    fn team_of(&self, job: &Job) -> Option<usize> {
+        self.team_by_id.get(&job.team_id).copied()
     }
 
     fn end_of(&self, spec: &JobSpec, from: Secs) -> (Secs, Secs) {
@@ -322,7 +343,7 @@ impl<'a> Planner<'a> {
             let Some(model) = self.model_of(&run.placement) else {
                 continue;
             };
-            let team = self.teams.by_name.get(&job.spec.team).copied();
+            let team = self.team_of(job);
             let milli = job.spec.milli_total();
             if let Some(t) = team {
                 self.add_alloc(t, model, milli);
@@ -445,7 +466,7 @@ impl<'a> Planner<'a> {
                 if job.state != JobState::Pending || self.now > hold.until_s {
                     continue;
                 }
-                let Some(&t) = self.teams.by_name.get(&job.spec.team) else {
+                let Some(t) = self.team_of(job) else {
                     continue;
                 };
                 let model = hold
@@ -623,7 +644,7 @@ impl<'a> Planner<'a> {
         for (b, taken) in held {
             Self::give_back(&mut self.view, &taken);
             let job = &self.state.jobs[&b];
-            let Some(t) = self.teams.by_name.get(&job.spec.team).copied() else {
+            let Some(t) = self.team_of(job) else {
                 continue;
             };
             if !self.deps_ready(job) {
@@ -990,7 +1011,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let spec = &job.spec;
-            let t = self.teams.by_name.get(&spec.team).copied();
+            let t = self.team_of(job);
             let (end_s, _) = self.end_of(spec, self.now);
             let mut started = false;
             for m in self.candidate_models(spec) {
@@ -1058,8 +1079,8 @@ impl<'a> Planner<'a> {
         let queue = self.queue(handled);
         let mut per_team: BTreeMap<usize, Vec<&'a Job>> = BTreeMap::new();
         for job in queue {
-            match self.teams.by_name.get(&job.spec.team) {
-                Some(&t) => per_team.entry(t).or_default().push(job),
+            match self.team_of(job) {
+                Some(t) => per_team.entry(t).or_default().push(job),
                 None => {
                     let team = job.spec.team.clone();
                     self.pend(job.spec.id, Reason::NoPartition { team }, None);
@@ -1306,7 +1327,7 @@ impl<'a> Planner<'a> {
         if self.view.group_free_milli[g] + self.victim_milli_left[m] < spec.milli_total() {
             return false;
         }
-        let Some(&team) = self.teams.by_name.get(&spec.team) else {
+        let Some(team) = self.team_of(job) else {
             return false;
         };
         let (end_s, _) = self.end_of(spec, self.now);
