@@ -195,17 +195,9 @@ impl<'a> View<'a> {
     /// given; positive takes, negative gives back. Saturates instead of overflowing, so
     /// conservative "occupy if not already" updates are safe.
     pub fn adjust(&mut self, n: u32, gpus: &[u32], milli: i64, cpu: i64, mem: i64) {
-        self.unindex(n);
-        let off = self.gpu_off[n as usize];
-        for &g in gpus {
-            let u = &mut self.used[off + g as usize];
-            *u = (i64::from(*u) + milli).clamp(0, i64::from(MILLI_PER_GPU)) as u32;
-        }
-        let ni = n as usize;
-        self.cpu_free[ni] = (self.cpu_free[ni] as i64 - cpu).max(0) as u64;
-        self.mem_free[ni] = (self.mem_free[ni] as i64 - mem).max(0) as u64;
-        self.whole_free[ni] = self.used_of(n).iter().filter(|&&u| u == 0).count() as u32;
-        self.index(n);
+        self.detach(&[n]);
+        self.raw_adjust(n, gpus, milli, cpu, mem);
+        self.attach(&[n]);
     }
 
     /// Takes nodes out of the indices before a batch of [`View::raw_adjust`] calls.
