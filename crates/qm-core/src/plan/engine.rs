@@ -1605,16 +1605,7 @@ impl<'a> Planner<'a> {
                 .earliest_single(spec, g)
                 .map(|(t, task, slack)| (t, vec![task], vec![slack]));
         }
-        let (t, p, mut fut) = self.earliest_gang(spec, g)?;
-        place::commit(&mut fut, spec, &p, Secs::MAX);
-        let mut nodes: Vec<u32> = p.iter().filter_map(|t| fut.dense(t.node)).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        let slack = nodes
-            .into_iter()
-            .map(|n| (n, fut.cpu_free[n as usize], fut.mem_free[n as usize]))
-            .collect();
-        Some((t, p, slack))
+        self.earliest_gang(spec, g)
     }
 
     /// One task: node by node, the first time (among its own releases and the ends of what
@@ -1681,7 +1672,7 @@ impl<'a> Planner<'a> {
         &mut self,
         spec: &JobSpec,
         g: usize,
-    ) -> Option<(Secs, Vec<TaskPlacement>, View<'a>)> {
+    ) -> Option<(Secs, Vec<TaskPlacement>, Vec<Slack>)> {
         let mut rel: Vec<&Release> = self
             .releases
             .iter()
@@ -1741,59 +1732,13 @@ impl<'a> Planner<'a> {
             }
         }
         let first = first?;
-        let probe = |t: Secs| -> Option<(Vec<TaskPlacement>, View<'a>)> {
-            let mut fut = self.view.clone();
-            let released = rel.iter().take_while(|r| r.end_s <= t);
-            let promised: Vec<&ResvRec> = self
-                .reservations
-                .iter()
-                .filter(|r| r.group == g && r.end_s > t)
-                .collect();
-            // One batch: detach the touched nodes once, edit, re-index once.
-            let mut touched: Vec<u32> = released.clone().map(|r| r.node).collect();
-            for resv in &promised {
-                touched.extend(resv.placement.iter().filter_map(|t| fut.dense(t.node)));
-            }
-            touched.sort_unstable();
-            touched.dedup();
-            fut.detach(&touched);
-            for r in released {
-                fut.raw_adjust(
-                    r.node,
-                    &bits(r.gpus).collect::<Vec<u32>>(),
-                    -i64::from(r.milli),
-                    -(r.cpu as i64),
-                    -(r.mem as i64),
-                );
-            }
-            for resv in promised {
-                for task in &resv.placement {
-                    let Some(n) = fut.dense(task.node) else {
-                        continue;
-                    };
-                    for &gi in &task.gpus {
-                        let free = MILLI_PER_GPU - fut.used_of(n)[gi as usize];
-                        fut.raw_adjust(n, &[gi], i64::from(task.gpu_milli.min(free)), 0, 0);
-                    }
-                    let cpu = resv.cpu.min(fut.cpu_free[n as usize]) as i64;
-                    let mem = resv.mem.min(fut.mem_free[n as usize]) as i64;
-                    fut.raw_adjust(n, &[], 0, cpu, mem);
-                }
-            }
-            fut.attach(&touched);
-            let ask = Ask {
-                spec,
-                group: g,
-                end_s: Secs::MAX,
-                ignore_guards: true,
-            };
-            place::find(&fut, &ask).map(|p| (p, fut))
-        };
         // Feasibility only grows with time: gallop, then bisect, counting per-node capacity
         // (cheap); build the view and the placement once, at the time found.
         let fits = |t: Secs| self.gang_fits_at(spec, g, t);
         if fits(times[first]) {
-            return probe(times[first]).map(|(p, fut)| (times[first], p, fut));
+            return self
+                .gang_at(spec, g, times[first])
+                .map(|(p, slack)| (times[first], p, slack));
         }
         let (mut lo, mut step) = (first, 1);
         let last = times.len() - 1;
@@ -1817,7 +1762,69 @@ impl<'a> Planner<'a> {
                 lo = mid;
             }
         }
-        probe(times[hi]).map(|(p, fut)| (times[hi], p, fut))
+        self.gang_at(spec, g, times[hi])
+            .map(|(p, slack)| (times[hi], p, slack))
+    }
+
+    /// Where the gang goes at time `t` (packed as `place::find` packs), and the CPU and
+    /// memory its nodes have left then.
+    fn gang_at(
+        &self,
+        spec: &JobSpec,
+        g: usize,
+        t: Secs,
+    ) -> Option<(Vec<TaskPlacement>, Vec<Slack>)> {
+        let mut items = Vec::new();
+        let mut at: BTreeMap<u32, ([u32; 64], u64, u64)> = BTreeMap::new();
+        for &n in &self.view.group_nodes[g] {
+            let labels = &self.view.nodes[n as usize].spec.labels;
+            if !spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let (buf, cpu, mem) = self.node_at(n, g, t);
+            let used = &buf[..self.view.gpus[n as usize] as usize];
+            let by_gpu = match spec.gpu {
+                GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
+                GpuAsk::Milli(m) => used
+                    .iter()
+                    .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
+                    .sum(),
+            };
+            let by_cpu = cpu.checked_div(spec.cpu_milli).unwrap_or(u64::MAX);
+            let by_mem = mem.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
+            let cap = by_gpu.min(by_cpu).min(by_mem);
+            if cap > 0 {
+                items.push((n, cap));
+                at.insert(n, (buf, cpu, mem));
+            }
+        }
+        let need = u64::from(spec.tasks);
+        if items.iter().map(|i| i.1).sum::<u64>() < need {
+            return None;
+        }
+        let mut placement = Vec::with_capacity(spec.tasks as usize);
+        let mut slack = Vec::new();
+        for (n, count) in place::pick_nodes(&self.view, items, need) {
+            let (buf, cpu, mem) = at[&n];
+            let mut used = buf[..self.view.gpus[n as usize] as usize].to_vec();
+            for _ in 0..count {
+                let task = place::task_on(&used, &self.view, n, spec.gpu);
+                for &gi in &task.gpus {
+                    used[gi as usize] += task.gpu_milli;
+                }
+                placement.push(task);
+            }
+            slack.push((
+                n,
+                cpu.saturating_sub(count * spec.cpu_milli),
+                mem.saturating_sub(count * spec.mem_mib),
+            ));
+        }
+        Some((placement, slack))
     }
 
     /// Node `n` at time `t`: its GPU usage, free CPU and free memory once what runs there

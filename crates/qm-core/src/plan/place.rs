@@ -213,6 +213,14 @@ fn assign(view: &View, ask: &Ask, chosen: &[(u32, u64)]) -> Vec<TaskPlacement> {
     out
 }
 
+/// How many tasks go to which node, given each node's capacity: the gang packing of
+/// [`find`], for capacities computed elsewhere (such as at a future time).
+pub(crate) fn pick_nodes(view: &View, items: Vec<(u32, u64)>, need: u64) -> Vec<(u32, u64)> {
+    let mut chosen = Vec::new();
+    pick(view, items, 0, view.depth, need, &mut chosen);
+    chosen
+}
+
 /// A topology domain: id, tasks it can hold, its (node, tasks) items.
 type Domain = (u64, u64, Vec<(u32, u64)>);
 
