@@ -1777,26 +1777,11 @@ impl<'a> Planner<'a> {
         let mut items = Vec::new();
         let mut at: BTreeMap<u32, ([u32; 64], u64, u64)> = BTreeMap::new();
         for &n in &self.view.group_nodes[g] {
-            let labels = &self.view.nodes[n as usize].spec.labels;
-            if !spec
-                .node_selector
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-            {
+            let mut node = ([0u32; 64], 0, 0);
+            let Some(cap) = self.cap_at(spec, g, n, t, &mut node) else {
                 continue;
-            }
-            let (buf, cpu, mem) = self.node_at(n, g, t);
-            let used = &buf[..self.view.gpus[n as usize] as usize];
-            let by_gpu = match spec.gpu {
-                GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
-                GpuAsk::Milli(m) => used
-                    .iter()
-                    .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
-                    .sum(),
             };
-            let by_cpu = cpu.checked_div(spec.cpu_milli).unwrap_or(u64::MAX);
-            let by_mem = mem.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
-            let cap = by_gpu.min(by_cpu).min(by_mem);
+            let (buf, cpu, mem) = node;
             if cap > 0 {
                 items.push((n, cap));
                 at.insert(n, (buf, cpu, mem));
@@ -1864,31 +1849,50 @@ impl<'a> Planner<'a> {
         (used, cpu, mem)
     }
 
+    /// How many tasks of the job node `n` can hold at time `t`; `None` when its labels
+    /// rule it out. The node's state then is written to `out`.
+    #[inline(always)]
+    fn cap_at(
+        &self,
+        spec: &JobSpec,
+        g: usize,
+        n: u32,
+        t: Secs,
+        out: &mut ([u32; 64], u64, u64),
+    ) -> Option<u64> {
+        let labels = &self.view.nodes[n as usize].spec.labels;
+        if !spec
+            .node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
+            return None;
+        }
+        *out = self.node_at(n, g, t);
+        let (buf, cpu, mem) = out;
+        let used = &buf[..self.view.gpus[n as usize] as usize];
+        let by_gpu = match spec.gpu {
+            GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
+            GpuAsk::Milli(m) => used
+                .iter()
+                .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
+                .sum(),
+        };
+        let by_cpu = cpu.checked_div(spec.cpu_milli).unwrap_or(u64::MAX);
+        let by_mem = mem.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
+        Some(by_gpu.min(by_cpu).min(by_mem))
+    }
+
     /// Whether the gang fits group `g` at time `t` (ignoring guards, as reservations do).
     fn gang_fits_at(&self, spec: &JobSpec, g: usize, t: Secs) -> bool {
         let need = u64::from(spec.tasks);
         let mut have = 0u64;
+        let mut node = ([0u32; 64], 0, 0);
         for &n in &self.view.group_nodes[g] {
-            let labels = &self.view.nodes[n as usize].spec.labels;
-            if !spec
-                .node_selector
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-            {
+            let Some(cap) = self.cap_at(spec, g, n, t, &mut node) else {
                 continue;
-            }
-            let (buf, cpu, mem) = self.node_at(n, g, t);
-            let used = &buf[..self.view.gpus[n as usize] as usize];
-            let by_gpu = match spec.gpu {
-                GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
-                GpuAsk::Milli(m) => used
-                    .iter()
-                    .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
-                    .sum(),
             };
-            let by_cpu = cpu.checked_div(spec.cpu_milli).unwrap_or(u64::MAX);
-            let by_mem = mem.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
-            have += by_gpu.min(by_cpu).min(by_mem);
+            have += cap;
             if have >= need {
                 return true;
             }
