@@ -252,7 +252,7 @@ pub struct TraceError {
 }
 
 impl TraceError {
-    fn at(
+    pub(crate) fn at(
         file: &str,
         line: usize,
         column: Option<&str>,
@@ -269,7 +269,7 @@ impl TraceError {
         }
     }
 
-    fn io(file: &str, error: std::io::Error) -> TraceError {
+    pub(crate) fn io(file: &str, error: std::io::Error) -> TraceError {
         TraceError {
             file: file.to_string(),
             line: 0,
@@ -399,11 +399,11 @@ impl Builder {
 
 const SECONDS: &str = "a non-negative number of seconds";
 const POSITIVE_SECONDS: &str = "a positive number of seconds";
-const GPU_COUNT: &str = "a whole number of GPUs";
+pub(crate) const GPU_COUNT: &str = "a whole number of GPUs";
 const TASK_COUNT: &str = "a whole number of tasks, at least 1";
-const CPU_MILLI: &str = "a whole number of milli-CPUs";
-const MEM_MIB: &str = "a whole number of MiB";
-const GPU_MILLI: &str = "a number of milli-GPUs from 0 to 1000";
+pub(crate) const CPU_MILLI: &str = "a whole number of milli-CPUs";
+pub(crate) const MEM_MIB: &str = "a whole number of MiB";
+pub(crate) const GPU_MILLI: &str = "a number of milli-GPUs from 0 to 1000";
 /// Seconds beyond this do not fit the signed arithmetic of the rebase.
 const MAX_SECONDS: u64 = i64::MAX as u64;
 
@@ -786,13 +786,13 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// A CSV file: its header and its non-blank rows, split into trimmed fields.
-struct Table {
+pub(crate) struct Table {
     header_line: usize,
     header: Vec<String>,
     rows: Vec<Row>,
 }
 
-struct Row {
+pub(crate) struct Row {
     /// 1-based line in the file.
     line: usize,
     /// 1-based among the data rows.
@@ -801,7 +801,7 @@ struct Row {
 }
 
 impl Table {
-    fn read(file: &str, text: &str) -> Result<Table, TraceError> {
+    pub(crate) fn read(file: &str, text: &str) -> Result<Table, TraceError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut header: Option<(usize, Vec<String>)> = None;
         let mut rows = Vec::new();
@@ -863,12 +863,12 @@ impl Table {
         }
     }
 
-    fn column(&self, name: &str) -> Option<usize> {
+    pub(crate) fn column(&self, name: &str) -> Option<usize> {
         self.header.iter().position(|column| column == name)
     }
 
     /// The indices of the columns `names`, or an error naming the missing ones.
-    fn require<const N: usize>(
+    pub(crate) fn require<const N: usize>(
         &self,
         file: &str,
         names: [&str; N],
@@ -893,7 +893,7 @@ impl Table {
         }
     }
 
-    fn records<'a>(&'a self, file: &'a str) -> impl Iterator<Item = Rec<'a>> + 'a {
+    pub(crate) fn records<'a>(&'a self, file: &'a str) -> impl Iterator<Item = Rec<'a>> + 'a {
         self.rows.iter().map(move |row| Rec {
             file,
             header: &self.header,
@@ -903,14 +903,14 @@ impl Table {
 }
 
 /// One data row, with what it takes to name its fields in errors.
-struct Rec<'a> {
+pub(crate) struct Rec<'a> {
     file: &'a str,
     header: &'a [String],
     row: &'a Row,
 }
 
 impl<'a> Rec<'a> {
-    fn cell(&self, index: usize) -> Cell<'a> {
+    pub(crate) fn cell(&self, index: usize) -> Cell<'a> {
         let header: &'a [String] = self.header;
         let row: &'a Row = self.row;
         Cell {
@@ -922,7 +922,7 @@ impl<'a> Rec<'a> {
     }
 
     /// The field of an optional column: `None` where the column is absent or the field empty.
-    fn optional(&self, index: Option<usize>) -> Option<Cell<'a>> {
+    pub(crate) fn optional(&self, index: Option<usize>) -> Option<Cell<'a>> {
         index
             .map(|index| self.cell(index))
             .filter(|cell| !cell.text.is_empty())
@@ -931,15 +931,15 @@ impl<'a> Rec<'a> {
 
 /// One field, with its place for error messages.
 #[derive(Clone, Copy)]
-struct Cell<'a> {
-    file: &'a str,
-    line: usize,
-    column: &'a str,
-    text: &'a str,
+pub(crate) struct Cell<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) line: usize,
+    pub(crate) column: &'a str,
+    pub(crate) text: &'a str,
 }
 
 impl Cell<'_> {
-    fn error(&self, expected: impl Into<String>) -> TraceError {
+    pub(crate) fn error(&self, expected: impl Into<String>) -> TraceError {
         TraceError::at(
             self.file,
             self.line,
@@ -949,7 +949,7 @@ impl Cell<'_> {
         )
     }
 
-    fn number<T: FromStr>(&self, expected: &str) -> Result<T, TraceError> {
+    pub(crate) fn number<T: FromStr>(&self, expected: &str) -> Result<T, TraceError> {
         self.text.parse().map_err(|_| self.error(expected))
     }
 

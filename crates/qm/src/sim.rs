@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use qm_core::PolicyKind;
 use qm_sim::cluster::ClusterSpec;
+use qm_sim::pack::{self, PackInput, PackMeta, PackPolicy};
 use qm_sim::report::{self, Report};
 use qm_sim::sim::{simulate, SimOptions};
 use qm_sim::teamspec;
@@ -17,6 +18,32 @@ use qm_sim::trace::{self, Format};
 pub enum SimCommand {
     /// Replay a job trace under one or more policies and write a comparison report.
     Run(RunArgs),
+    /// Reproduce the FGD packing protocol on a node list and a pod list (such as Alibaba's
+    /// openb): GPU allocation against arrived demand, per placement policy, mean over seeds.
+    Pack(PackArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PackArgs {
+    /// The node list (`sn,cpu_milli,memory_mib,gpu,model`).
+    #[arg(long)]
+    nodes: PathBuf,
+    /// The pod list (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec]`).
+    #[arg(long)]
+    pods: PathBuf,
+    /// Pods arrive until their GPU demand is this multiple of the cluster's GPUs.
+    #[arg(long, default_value_t = 1.3)]
+    demand: f64,
+    /// Seeds, as a range (42-51) or a list (42,43).
+    #[arg(long, default_value = "42-51")]
+    seeds: String,
+    /// Comma-separated policies: random, dotprod, gpuclustering, gpupacking, bestfit, fgd,
+    /// quartermaster.
+    #[arg(long, default_value = "random,bestfit,gpupacking,fgd,quartermaster")]
+    policy: String,
+    /// Directory for report.json, report.md and alloc.svg.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +80,7 @@ pub struct RunArgs {
 pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
     match cmd {
         SimCommand::Run(args) => run_trace(&args),
+        SimCommand::Pack(args) => run_pack(&args),
     }
 }
 
@@ -129,6 +157,59 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
     println!("{}", report::table(&report));
     eprintln!(
         "qm sim: report written to {}",
+        args.out.join("report.md").display()
+    );
+    Ok(())
+}
+
+fn run_pack(args: &PackArgs) -> Result<(), Box<dyn Error>> {
+    let policies: Vec<PackPolicy> = args
+        .policy
+        .split(',')
+        .map(|p| p.trim().parse::<PackPolicy>())
+        .collect::<Result<_, _>>()?;
+    let seeds = pack::parse_seeds(&args.seeds)?;
+    let t0 = Instant::now();
+    let nodes = pack::load_nodes(&args.nodes)?;
+    let pods = pack::load_pods(&args.pods)?;
+    let input = PackInput::new(nodes, pods, args.demand)?;
+    eprintln!(
+        "qm sim pack: {} pods, {} nodes with {} GPUs, loaded in {:.1} s; demand {} x the GPUs; {} seeds; FGD target workload: {} pod types",
+        input.pods.len(),
+        input.nodes.len(),
+        input.total_milli() / 1000,
+        t0.elapsed().as_secs_f64(),
+        args.demand,
+        seeds.len(),
+        input.target_workload().len()
+    );
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let progress = |done: usize, total: usize| {
+        if tty {
+            eprint!("\r  {done}/{total} runs");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let runs = pack::run_all(&input, &policies, &seeds, &progress);
+    if tty {
+        eprintln!();
+    }
+    eprintln!(
+        "  {} runs in {:.1} s",
+        policies.len() * seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let meta = PackMeta {
+        nodes_file: args.nodes.display().to_string(),
+        pods_file: args.pods.display().to_string(),
+        demand: args.demand,
+        seeds,
+    };
+    pack::write_report(&args.out, &meta, &input, &runs)?;
+    println!("{}", pack::table(&input, &runs));
+    eprintln!(
+        "qm sim pack: report written to {}",
         args.out.join("report.md").display()
     );
     Ok(())

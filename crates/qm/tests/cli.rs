@@ -223,3 +223,63 @@ fn the_format_is_sniffed_from_the_header() {
     assert_eq!(json["policies"][0]["jobs"], 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sim_pack_compares_policies_over_seeds() {
+    let dir = tmp("pack");
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../qm-sim/tests/fixtures");
+    let nodes = fixtures.join("pack_nodes.csv").display().to_string();
+    let pods = fixtures.join("pack_pods.csv").display().to_string();
+    let out = qm(&[
+        "sim",
+        "pack",
+        "--nodes",
+        &nodes,
+        "--pods",
+        &pods,
+        "--seeds",
+        "1-3",
+        "--policy",
+        "random,bestfit,fgd,quartermaster",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| fgd |") && table.contains("| quartermaster |"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let policies = json["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 4);
+    for p in policies {
+        let at = p["alloc_pct_at_130"].as_f64().unwrap();
+        assert!(at > 0.0 && at <= 100.0);
+        assert_eq!(p["curve"].as_array().unwrap().len(), 131);
+        assert_eq!(p["seeds"].as_array().unwrap().len(), 3);
+    }
+    assert!(dir.join("report.md").exists() && dir.join("alloc.svg").exists());
+
+    let bad = qm(&[
+        "sim",
+        "pack",
+        "--nodes",
+        &nodes,
+        "--pods",
+        &pods,
+        "--policy",
+        "tetris",
+        "--out",
+        dir.join("bad").to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("valid policies: random, dotprod"), "{err}");
+    assert!(!dir.join("bad").exists(), "nothing written when refused");
+}

@@ -16,6 +16,7 @@ use crate::model::{
 use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacement};
 use crate::teams::TeamIndex;
 
+use super::frag::Mix;
 use super::place::{self, Ask};
 use super::view::View;
 use super::{
@@ -220,11 +221,17 @@ impl<'a> Planner<'a> {
             .values()
             .filter_map(|t| teams.by_name.get(&t.spec.name).map(|&i| (t.id, i)))
             .collect();
-        let node_model = view
+        let node_model: Vec<usize> = view
             .nodes
             .iter()
             .map(|n| models.binary_search(&n.spec.gpu_model).unwrap_or(0))
             .collect();
+        let mut view = view;
+        view.mix = Mix::of(
+            state.live_jobs(),
+            |m| models.binary_search_by(|x| x.as_str().cmp(m)).ok(),
+            node_model.iter().map(|&m| m as u32).collect(),
+        );
         let node_count = view.ids.len();
         let alloc = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
         let teams_gused = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
@@ -751,13 +758,21 @@ impl<'a> Planner<'a> {
     /// during a plan, so a shape that did not fit with some end time does not fit later with
     /// the same or a later one.
     fn find_memo(&mut self, ask: &Ask, shape: Option<Shape>) -> Option<Vec<TaskPlacement>> {
+        self.find_memo_scored(ask, shape).map(|(p, _)| p)
+    }
+
+    fn find_memo_scored(
+        &mut self,
+        ask: &Ask,
+        shape: Option<Shape>,
+    ) -> Option<(Vec<TaskPlacement>, f64)> {
         let key = shape.map(|s| (s, ask.ignore_guards));
         if let Some(k) = &key {
             if self.no_fit.get(k).is_some_and(|&end| ask.end_s >= end) {
                 return None;
             }
         }
-        let found = place::find(&self.view, ask);
+        let found = place::find_scored(&self.view, ask);
         if let (None, Some(k)) = (&found, key) {
             let end = self.no_fit.entry(k).or_insert(ask.end_s);
             *end = (*end).min(ask.end_s);
@@ -1239,6 +1254,34 @@ impl<'a> Planner<'a> {
         }
         // Models where the job is guaranteed first.
         admissible.sort_by_key(|a| a.2);
+        // A single task that several models of its best class can take goes where it grows
+        // the fragmentation least.
+        if spec.tasks == 1 && admissible.len() > 1 {
+            let best_class = admissible[0].2;
+            if !(phase == Phase::Guaranteed && best_class == Admission::Borrowed) {
+                let mut best: Option<(f64, usize, usize, Vec<TaskPlacement>)> = None;
+                for &(m, g, class) in &admissible {
+                    if class != best_class {
+                        break;
+                    }
+                    let ask = Ask {
+                        spec,
+                        group: g,
+                        end_s,
+                        ignore_guards: false,
+                    };
+                    if let Some((p, d)) = self.find_memo_scored(&ask, shape_of(spec, g)) {
+                        if best.as_ref().is_none_or(|b| d < b.0 - 1e-9) {
+                            best = Some((d, m, g, p));
+                        }
+                    }
+                }
+                if let Some((_, m, _, p)) = best {
+                    self.start(job, t, m, p, best_class);
+                    return true;
+                }
+            }
+        }
         for &(m, g, class) in &admissible {
             if phase == Phase::Guaranteed && class == Admission::Borrowed {
                 continue;

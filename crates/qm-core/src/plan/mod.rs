@@ -5,6 +5,7 @@
 //! (server or simulator) executes the plan by applying the matching events.
 
 mod engine;
+mod frag;
 mod place;
 mod view;
 

@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 use crate::model::{NodeId, NodeState, Secs, MILLI_PER_GPU};
 use crate::state::{ClusterState, Node, TaskPlacement};
 
+use super::frag::Mix;
+
 /// Guard that reservations put on a node: work that runs past `earliest_s` may not touch
 /// the reserved GPUs (`gpus`, a bit per GPU index, whole or in part) and may take only the
 /// CPU and memory the reservations leave (`cpu_slack`, `mem_slack`).
@@ -64,6 +66,8 @@ pub(crate) struct View<'a> {
     /// Free milli-GPUs of each group, fragments included.
     pub group_free_milli: Vec<u64>,
     pub group_max_gpus: Vec<u32>,
+    /// The workload's mix, for fragmentation-aware placement of single tasks.
+    pub mix: Mix,
 }
 
 impl<'a> View<'a> {
@@ -93,6 +97,7 @@ impl<'a> View<'a> {
             group_whole_free: vec![0; groups],
             group_free_milli: vec![0; groups],
             group_max_gpus: vec![0; groups],
+            mix: Mix::default(),
         };
         let depth = state
             .nodes
