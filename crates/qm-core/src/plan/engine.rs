@@ -16,7 +16,6 @@ use crate::model::{
 use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacement};
 use crate::teams::TeamIndex;
 
-use super::frag::Mix;
 use super::place::{self, Ask};
 use super::view::View;
 use super::{
@@ -227,11 +226,7 @@ impl<'a> Planner<'a> {
             .map(|n| models.binary_search(&n.spec.gpu_model).unwrap_or(0))
             .collect();
         let mut view = view;
-        view.mix = Mix::of(
-            state.live_jobs(),
-            |m| models.binary_search_by(|x| x.as_str().cmp(m)).ok(),
-            node_model.iter().map(|&m| m as u32).collect(),
-        );
+        view.mix_src = Some((state, models.clone()));
         let node_count = view.ids.len();
         let alloc = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
         let teams_gused = teams.pools.iter().map(|p| vec![0; p.len()]).collect();
@@ -441,11 +436,18 @@ impl<'a> Planner<'a> {
         }
         for list in &mut self.victims_by_model {
             let runs = &self.runs;
-            list.sort_by_key(|&i| {
-                let r = &runs[i];
-                let started = r.job.state.run().map_or(0, |run| run.started_s);
-                (r.cost, Reverse(started), r.job.spec.id)
-            });
+            // Keys inline, so that sorting does not chase pointers per comparison.
+            let mut keyed: Vec<_> = list
+                .iter()
+                .map(|&i| {
+                    let r = &runs[i];
+                    let started = r.job.state.run().map_or(0, |run| run.started_s);
+                    ((r.cost, Reverse(started), r.job.spec.id), i)
+                })
+                .collect();
+            keyed.sort_unstable();
+            list.clear();
+            list.extend(keyed.into_iter().map(|k| k.1));
         }
     }
 
@@ -487,11 +489,17 @@ impl<'a> Planner<'a> {
             }
         }
         for (t, mut list) in by_team {
-            list.sort_by_key(|&i| {
-                let r = &self.runs[i];
-                let run = r.job.state.run().expect("holding");
-                (run.admission, run.started_s, r.job.spec.id)
-            });
+            let mut keyed: Vec<_> = list
+                .iter()
+                .map(|&i| {
+                    let r = &self.runs[i];
+                    let run = r.job.state.run().expect("holding");
+                    ((run.admission, run.started_s, r.job.spec.id), i)
+                })
+                .collect();
+            keyed.sort_unstable();
+            list.clear();
+            list.extend(keyed.into_iter().map(|k| k.1));
             let mut used = std::mem::take(&mut self.gused[t]);
             for i in list {
                 let r = &mut self.runs[i];
@@ -1102,9 +1110,12 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        let mut lists: Vec<(usize, Vec<&'a Job>)> = per_team.into_iter().collect();
+        let mut lists: Vec<(usize, Ordered<'a>)> = per_team
+            .into_iter()
+            .map(|(t, jobs)| (t, Ordered::new(jobs)))
+            .collect();
         for (_, list) in &mut lists {
-            list.sort_by_key(|j| (Reverse(j.spec.priority), j.spec.submit_s, j.spec.id));
+            list.sort();
         }
         // Phase 1, guaranteed work: each team offers its first job that fits its guarantee;
         // the jobs it skips (too big for what is left of the guarantee, which only shrinks
@@ -1114,7 +1125,7 @@ impl<'a> Planner<'a> {
         let mut cursor = vec![0usize; lists.len()];
         let mut heap: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
         for i in 0..lists.len() {
-            if let Some(key) = self.next_guaranteed(&lists, &mut cursor, &mut skipped, i) {
+            if let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
                 heap.push(Reverse((key, i)));
             }
         }
@@ -1123,7 +1134,8 @@ impl<'a> Planner<'a> {
             if !self.explain && self.exhausted() {
                 return;
             }
-            let (t, job) = (lists[i].0, lists[i].1[cursor[i]]);
+            let t = lists[i].0;
+            let job = lists[i].1.get(cursor[i]).expect("a job at the cursor");
             cursor[i] += 1;
             let before = self.decisions();
             let decided = self.consider(job, t, Phase::Guaranteed);
@@ -1133,7 +1145,7 @@ impl<'a> Planner<'a> {
             }
             if !self.explain && self.decisions() == before {
                 // Nothing changed: the team's next jobs with the same fate fare the same.
-                while let Some(&next) = lists[i].1.get(cursor[i]) {
+                while let Some(next) = lists[i].1.get(cursor[i]) {
                     if !self.same_fate(job, next) {
                         break;
                     }
@@ -1143,7 +1155,7 @@ impl<'a> Planner<'a> {
                     cursor[i] += 1;
                 }
             }
-            if let Some(key) = self.next_guaranteed(&lists, &mut cursor, &mut skipped, i) {
+            if let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
                 heap.push(Reverse((key, i)));
             }
         }
@@ -1205,12 +1217,12 @@ impl<'a> Planner<'a> {
     /// it passes; returns that job's rank.
     fn next_guaranteed(
         &self,
-        lists: &[(usize, Vec<&'a Job>)],
+        lists: &mut [(usize, Ordered<'a>)],
         cursor: &mut [usize],
         skipped: &mut [Vec<&'a Job>],
         i: usize,
     ) -> Option<Key> {
-        let (t, list) = (&lists[i].0, &lists[i].1);
+        let (t, list) = (&lists[i].0, &mut lists[i].1);
         while let Some(job) = list.get(cursor[i]) {
             let key = self.rank(job, *t);
             if key.0 == 0 {
@@ -1683,11 +1695,13 @@ impl<'a> Planner<'a> {
             );
             times.sort_unstable();
             times.dedup();
+            let mut node = ([0u32; 64], 0, 0);
             for t in times {
                 if best.as_ref().is_some_and(|b| t > b.0) {
                     break;
                 }
-                let (buf, cpu, mem) = self.node_at(n, g, t);
+                self.node_at(n, g, t, &mut node);
+                let (buf, cpu, mem) = (&node.0, node.1, node.2);
                 let used = &buf[..self.view.gpus[n as usize] as usize];
                 let gpu_ok = match spec.gpu {
                     GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
@@ -1859,21 +1873,22 @@ impl<'a> Planner<'a> {
     /// has ended by its time limit, with what reservations and claims of group `g` hold then.
     /// The usage comes in a fixed buffer (nodes have at most 64 GPUs): only the node's first
     /// `gpus` entries count.
-    fn node_at(&self, n: u32, g: usize, t: Secs) -> ([u32; 64], u64, u64) {
+    fn node_at(&self, n: u32, g: usize, t: Secs, out: &mut ([u32; 64], u64, u64)) {
         let ni = n as usize;
         let id = self.view.ids[ni];
-        let mut used = [0u32; 64];
+        let (used, cpu, mem) = out;
         let now = self.view.used_of(n);
         used[..now.len()].copy_from_slice(now);
-        let (mut cpu, mut mem) = (self.view.cpu_free[ni], self.view.mem_free[ni]);
+        *cpu = self.view.cpu_free[ni];
+        *mem = self.view.mem_free[ni];
         for &i in &self.rel_by_node[ni] {
             let r = &self.releases[i];
             if r.end_s != Secs::MAX && r.end_s <= t {
                 for gi in bits(r.gpus) {
                     used[gi as usize] = used[gi as usize].saturating_sub(r.milli);
                 }
-                cpu += r.cpu;
-                mem += r.mem;
+                *cpu += r.cpu;
+                *mem += r.mem;
             }
         }
         for &i in &self.resv_by_node[ni] {
@@ -1885,11 +1900,10 @@ impl<'a> Planner<'a> {
                 for &gi in &task.gpus {
                     used[gi as usize] = (used[gi as usize] + task.gpu_milli).min(MILLI_PER_GPU);
                 }
-                cpu = cpu.saturating_sub(resv.cpu);
-                mem = mem.saturating_sub(resv.mem);
+                *cpu = cpu.saturating_sub(resv.cpu);
+                *mem = mem.saturating_sub(resv.mem);
             }
         }
-        (used, cpu, mem)
     }
 
     /// How many tasks of the job node `n` can hold at time `t`; `None` when its labels
@@ -1911,7 +1925,7 @@ impl<'a> Planner<'a> {
         {
             return None;
         }
-        *out = self.node_at(n, g, t);
+        self.node_at(n, g, t, out);
         let (buf, cpu, mem) = out;
         let used = &buf[..self.view.gpus[n as usize] as usize];
         let by_gpu = match spec.gpu {
@@ -2139,4 +2153,36 @@ fn static_partition(
         }
     }
     out
+}
+
+/// A team's pending jobs in plan order: priority, then submission, then id. The keys are
+/// kept inline, so that sorting does not chase a pointer per comparison (this sort is a tenth
+/// of a trace replay's time).
+struct Ordered<'a> {
+    keyed: Vec<(OrderKey, &'a Job)>,
+}
+
+/// Priority (highest first), submission, id.
+type OrderKey = (Reverse<i32>, Secs, JobId);
+
+impl<'a> Ordered<'a> {
+    fn new(jobs: Vec<&'a Job>) -> Ordered<'a> {
+        Ordered {
+            keyed: jobs
+                .into_iter()
+                .map(|j| ((Reverse(j.spec.priority), j.spec.submit_s, j.spec.id), j))
+                .collect(),
+        }
+    }
+
+    fn sort(&mut self) {
+        if !self.keyed.is_sorted_by_key(|k| k.0) {
+            self.keyed.sort_unstable_by_key(|k| k.0);
+        }
+    }
+
+    /// The `i`-th job in order.
+    fn get(&self, i: usize) -> Option<&'a Job> {
+        self.keyed.get(i).map(|k| k.1)
+    }
 }

@@ -136,7 +136,7 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
         let (cpu, mem) = cpu_mem(view, ask, n);
         cpu >= spec.cpu_milli && mem >= spec.mem_mib && selector_ok(view, spec, n)
     };
-    let scoring = !view.mix.is_empty();
+    let scoring = view.mix_src.is_some();
     let mut cands: Vec<TaskPlacement> = Vec::new();
     let whole_nodes = |k: u32, cands: &mut Vec<TaskPlacement>| {
         for bucket in buckets.iter().skip(k as usize) {
@@ -178,9 +178,10 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
             }
         }
     }
-    if !scoring || cands.len() == 1 {
+    if !scoring || cands.len() <= 1 || view.mix().is_empty() {
         return cands.into_iter().next().map(|t| (t, 0.0));
     }
+    let mix = view.mix();
     let mut best: Option<(f64, usize)> = None;
     let mut after = Vec::new();
     for (i, t) in cands.iter().enumerate() {
@@ -189,16 +190,13 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
         };
         let used = view.used_of(n);
         let (cpu, mem) = (view.cpu_free[n as usize], view.mem_free[n as usize]);
-        let before = view.mix.frag(n, used, cpu, mem);
+        let before = mix.frag(n, used, cpu, mem);
         after.clear();
         after.extend_from_slice(used);
         for &gpu in &t.gpus {
             after[gpu as usize] += t.gpu_milli;
         }
-        let delta = view
-            .mix
-            .frag(n, &after, cpu - spec.cpu_milli, mem - spec.mem_mib)
-            - before;
+        let delta = mix.frag(n, &after, cpu - spec.cpu_milli, mem - spec.mem_mib) - before;
         if best.is_none_or(|(d, _)| delta < d - 1e-9) {
             best = Some((delta, i));
         }

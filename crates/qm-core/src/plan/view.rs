@@ -5,6 +5,7 @@
 //! buckets by whole free GPUs and its partly used GPUs in a set ordered by free milli-GPUs, so
 //! that best-fit placement is a range query rather than a scan.
 
+use std::cell::OnceCell;
 use std::collections::BTreeSet;
 
 use crate::model::{NodeId, NodeState, Secs, MILLI_PER_GPU};
@@ -66,8 +67,10 @@ pub(crate) struct View<'a> {
     /// Free milli-GPUs of each group, fragments included.
     pub group_free_milli: Vec<u64>,
     pub group_max_gpus: Vec<u32>,
-    /// The workload's mix, for fragmentation-aware placement of single tasks.
-    pub mix: Mix,
+    /// The workload's mix, for fragmentation-aware placement of single tasks: computed on
+    /// first use from `mix_src` (the state and its sorted GPU models).
+    mix: OnceCell<Mix>,
+    pub mix_src: Option<(&'a ClusterState, Vec<String>)>,
 }
 
 impl<'a> View<'a> {
@@ -97,7 +100,8 @@ impl<'a> View<'a> {
             group_whole_free: vec![0; groups],
             group_free_milli: vec![0; groups],
             group_max_gpus: vec![0; groups],
-            mix: Mix::default(),
+            mix: OnceCell::new(),
+            mix_src: None,
         };
         let depth = state
             .nodes
@@ -146,6 +150,22 @@ impl<'a> View<'a> {
             v.index(i as u32);
         }
         v
+    }
+
+    /// The workload's mix (empty without a source).
+    pub fn mix(&self) -> &Mix {
+        self.mix.get_or_init(|| match &self.mix_src {
+            Some((state, models)) => {
+                let index = |m: &str| models.binary_search_by(|x| x.as_str().cmp(m)).ok();
+                let node_model = self
+                    .nodes
+                    .iter()
+                    .map(|n| index(&n.spec.gpu_model).map_or(u32::MAX, |i| i as u32))
+                    .collect();
+                Mix::of(state.live_jobs(), index, node_model)
+            }
+            None => Mix::default(),
+        })
     }
 
     fn gpu_range(&self, n: u32) -> std::ops::Range<usize> {
