@@ -788,15 +788,21 @@ impl<'a> Planner<'a> {
         found
     }
 
-    /// Nothing left in this plan can start a job or stop one: every group is full and no
-    /// reclaim can happen. Only explanations would remain to be made.
-    fn exhausted(&self) -> bool {
-        let full = self.view.group_free_milli.iter().all(|&m| m == 0);
-        let no_reclaim = self.policy != PolicyKind::Default
+    /// No reclaim can happen in the rest of this plan.
+    fn no_reclaim(&self) -> bool {
+        self.policy != PolicyKind::Default
             || self.reclaims >= self.cfg.max_reclaims
             || self.failed_reclaims >= MAX_FAILED_ATTEMPTS
-            || self.victim_milli_left.iter().all(|&m| m == 0);
-        full && no_reclaim
+            || self.victim_milli_left.iter().all(|&m| m == 0)
+    }
+
+    /// No job asking for `least` milli-GPUs or more fits the free capacity of any group.
+    fn cannot_fit(&self, least: u64) -> bool {
+        self.view
+            .group_free_milli
+            .iter()
+            .max()
+            .is_none_or(|&f| least > f)
     }
 
     fn deps_ready(&self, job: &Job) -> bool {
@@ -952,11 +958,7 @@ impl<'a> Planner<'a> {
         if self.policy != PolicyKind::Default {
             return (0, prio, starving, 0, spec.submit_s, spec.id);
         }
-        let milli = spec.milli_total();
-        let guaranteed = self
-            .candidate_models(spec)
-            .into_iter()
-            .any(|m| self.class_of(team, m, milli) == Admission::Guaranteed);
+        let guaranteed = self.guaranteed_somewhere(job, team);
         let usage = self.usage(team);
         let g = self.guaranteed_total(team) as f64;
         let (class, key) = if guaranteed {
@@ -1129,10 +1131,33 @@ impl<'a> Planner<'a> {
                 heap.push(Reverse((key, i)));
             }
         }
+        // In `decide`, the pass ends once nothing left can start or reclaim: no job left (in
+        // the lists or set aside for phase 2) fits the free capacity of any group, and no
+        // reclaim can happen.
+        let lists_least: Vec<Vec<u64>> = if self.explain {
+            Vec::new()
+        } else {
+            lists.iter().map(|(_, l)| l.least_suffix()).collect()
+        };
+        let mut skipped_least = u64::MAX;
+        let mut folded = vec![0usize; lists.len()];
         // Each pop consumes one job; every job is pushed at most once per phase.
         while let Some(Reverse((_, i))) = heap.pop() {
-            if !self.explain && self.exhausted() {
-                return;
+            if !self.explain {
+                for (j, list) in skipped.iter().enumerate() {
+                    for job in &list[folded[j]..] {
+                        skipped_least = skipped_least.min(job.spec.milli_total());
+                    }
+                    folded[j] = list.len();
+                }
+                let least = (0..lists.len())
+                    .map(|j| lists_least[j][cursor[j]])
+                    .min()
+                    .unwrap_or(u64::MAX)
+                    .min(skipped_least);
+                if self.no_reclaim() && self.cannot_fit(least) {
+                    return;
+                }
             }
             let t = lists[i].0;
             let job = lists[i].1.get(cursor[i]).expect("a job at the cursor");
@@ -1165,9 +1190,31 @@ impl<'a> Planner<'a> {
                 heap.push(Reverse((self.rank(job, lists[i].0), i)));
             }
         }
+        // Borrowing stops nothing and reclaims nothing: once no job left can fit the free
+        // capacity of any group, nothing left can start (reservations only tighten).
+        let least_left: Vec<Vec<u64>> = if self.explain {
+            Vec::new()
+        } else {
+            skipped
+                .iter()
+                .map(|list| {
+                    let mut least = vec![u64::MAX; list.len() + 1];
+                    for k in (0..list.len()).rev() {
+                        least[k] = least[k + 1].min(list[k].spec.milli_total());
+                    }
+                    least
+                })
+                .collect()
+        };
         while let Some(Reverse((_, i))) = heap.pop() {
-            if !self.explain && self.exhausted() {
-                return;
+            if !self.explain {
+                let least = (0..skipped.len())
+                    .map(|j| least_left[j][cursor[j]])
+                    .min()
+                    .unwrap_or(u64::MAX);
+                if self.cannot_fit(least) {
+                    return;
+                }
             }
             let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
             cursor[i] += 1;
@@ -1222,16 +1269,26 @@ impl<'a> Planner<'a> {
         skipped: &mut [Vec<&'a Job>],
         i: usize,
     ) -> Option<Key> {
-        let (t, list) = (&lists[i].0, &mut lists[i].1);
+        let (t, list) = (lists[i].0, &lists[i].1);
         while let Some(job) = list.get(cursor[i]) {
-            let key = self.rank(job, *t);
-            if key.0 == 0 {
-                return Some(key);
+            if self.guaranteed_somewhere(job, t) {
+                return Some(self.rank(job, t));
             }
             skipped[i].push(job);
             cursor[i] += 1;
         }
         None
+    }
+
+    /// Whether the job fits its team's guarantee for some model it can run on (class 0 of
+    /// [`Self::rank`], without computing the rest of the key).
+    fn guaranteed_somewhere(&self, job: &Job, team: usize) -> bool {
+        if self.policy != PolicyKind::Default {
+            return true;
+        }
+        let milli = job.spec.milli_total();
+        self.candidate_models(&job.spec)
+            .any(|m| self.class_of(team, m, milli) == Admission::Guaranteed)
     }
 
     /// Starts the job, or reclaims for it, or reserves for it, or explains why not. In the
@@ -2155,30 +2212,52 @@ fn static_partition(
     out
 }
 
-/// A team's pending jobs in plan order: priority, then submission, then id. The keys are
-/// kept inline, so that sorting does not chase a pointer per comparison (this sort is a tenth
-/// of a trace replay's time).
+/// A team's pending jobs in plan order: priority, then submission, then id. The key is packed
+/// into one `u128` kept inline (priority 32 bits, submission and id 48 bits each; the rare
+/// job beyond that sorts by the full tuple), so that sorting neither chases a pointer nor
+/// compares a tuple per step: this sort is a seventh of a trace replay's time.
 struct Ordered<'a> {
-    keyed: Vec<(OrderKey, &'a Job)>,
+    keyed: Vec<(u128, &'a Job)>,
 }
 
-/// Priority (highest first), submission, id.
-type OrderKey = (Reverse<i32>, Secs, JobId);
+const KEY_48: u64 = (1 << 48) - 1;
+
+fn order_key(j: &Job) -> Option<u128> {
+    let s = &j.spec;
+    let p = (i64::from(i32::MAX) - i64::from(s.priority)) as u128;
+    (s.submit_s <= KEY_48 && s.id.0 <= KEY_48)
+        .then(|| (p << 96) | (u128::from(s.submit_s) << 48) | u128::from(s.id.0))
+}
 
 impl<'a> Ordered<'a> {
     fn new(jobs: Vec<&'a Job>) -> Ordered<'a> {
         Ordered {
             keyed: jobs
                 .into_iter()
-                .map(|j| ((Reverse(j.spec.priority), j.spec.submit_s, j.spec.id), j))
+                .map(|j| (order_key(j).unwrap_or(u128::MAX), j))
                 .collect(),
         }
     }
 
     fn sort(&mut self) {
-        if !self.keyed.is_sorted_by_key(|k| k.0) {
+        if self.keyed.iter().any(|k| k.0 == u128::MAX) {
+            self.keyed.sort_by_key(|k| {
+                let s = &k.1.spec;
+                (Reverse(s.priority), s.submit_s, s.id)
+            });
+        } else if !self.keyed.is_sorted_by_key(|k| k.0) {
             self.keyed.sort_unstable_by_key(|k| k.0);
         }
+    }
+
+    /// `out[k]`: the fewest milli-GPUs any job from the `k`-th on asks for (`u64::MAX` past
+    /// the end).
+    fn least_suffix(&self) -> Vec<u64> {
+        let mut least = vec![u64::MAX; self.keyed.len() + 1];
+        for k in (0..self.keyed.len()).rev() {
+            least[k] = least[k + 1].min(self.keyed[k].1.spec.milli_total());
+        }
+        least
     }
 
     /// The `i`-th job in order.
