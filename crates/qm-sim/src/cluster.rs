@@ -1,4 +1,5 @@
-//! Cluster specs: a TOML file of node groups, or a shorthand such as `64x8`.
+//! Cluster specs: a TOML file of node groups, a shorthand such as `64x8`, or a node list in
+//! the openb format (`*.csv` with `sn,cpu_milli,memory_mib,gpu,model`).
 //!
 //! Shorthand: comma-separated `COUNTxGPUS[@MODEL]`, e.g. `64x8` (64 nodes of 8 GPUs of model
 //! "GPU") or `32x8@A100,16x4@T4`. Nodes get 8 CPU cores and 64 GiB of memory per GPU, 16
@@ -73,12 +74,45 @@ impl ClusterSpec {
         if arg.chars().next().is_some_and(|c| c.is_ascii_digit()) && !Path::new(arg).exists() {
             return ClusterSpec::shorthand(arg);
         }
+        if arg.ends_with(".csv") {
+            return ClusterSpec::node_list(Path::new(arg));
+        }
         let text = std::fs::read_to_string(arg).map_err(|e| {
             SpecError(format!(
                 "cannot read cluster spec {arg}: {e}; give a file or a shorthand such as 64x8"
             ))
         })?;
         ClusterSpec::from_toml(arg, &text)
+    }
+
+    /// An openb-style node list (`sn,cpu_milli,memory_mib,gpu,model`): identical nodes in
+    /// one group each, in order of first appearance; nodes without GPUs are left out (the
+    /// scheduler places GPU jobs only).
+    pub fn node_list(path: &Path) -> Result<ClusterSpec, SpecError> {
+        let nodes = crate::pack::load_nodes(path).map_err(|e| SpecError(e.to_string()))?;
+        let mut group: Vec<NodeGroup> = Vec::new();
+        for n in nodes.iter().filter(|n| n.gpus > 0) {
+            let same = group.iter_mut().find(|g| {
+                g.gpus == n.gpus
+                    && g.model == n.model
+                    && g.cpu_milli == Some(n.cpu_milli)
+                    && g.mem_mib == Some(n.mem_mib)
+            });
+            match same {
+                Some(g) => g.count += 1,
+                None => group.push(NodeGroup {
+                    count: 1,
+                    gpus: n.gpus,
+                    model: n.model.clone(),
+                    cpu_milli: Some(n.cpu_milli),
+                    mem_mib: Some(n.mem_mib),
+                    nodes_per_rack: default_per_rack(),
+                }),
+            }
+        }
+        let spec = ClusterSpec { group };
+        spec.check()?;
+        Ok(spec)
     }
 
     pub fn shorthand(s: &str) -> Result<ClusterSpec, SpecError> {

@@ -172,3 +172,16 @@ fn openb_baselines_match_the_published_means_when_the_trace_is_present() {
         );
     }
 }
+
+#[test]
+fn a_node_list_is_a_cluster_spec_for_replays() {
+    let path = fixture("pack_nodes.csv");
+    let spec = qm_sim::cluster::ClusterSpec::from_arg(path.to_str().unwrap()).unwrap();
+    assert_eq!(
+        spec.group.len(),
+        3,
+        "identical nodes grouped, GPU-less ones left out"
+    );
+    assert_eq!(spec.gpus(), 6 * 8 + 6 * 4 + 4 * 2);
+    assert_eq!(spec.group[0].cpu_milli, Some(96_000));
+}

@@ -54,7 +54,8 @@ pub struct RunArgs {
     /// csv, philly, openb or tiresias; guessed from the header (then the file name) when absent.
     #[arg(long)]
     format: Option<String>,
-    /// A TOML cluster spec, or a shorthand such as 64x8 or 32x8@A100,16x4@T4.
+    /// A TOML cluster spec, a shorthand such as 64x8 or 32x8@A100,16x4@T4, or a node list
+    /// (`*.csv`: `sn,cpu_milli,memory_mib,gpu,model`, as in Alibaba openb).
     #[arg(long)]
     cluster: String,
     /// A TOML team tree, or `auto` (guarantees proportional to each team's GPU-time demand).
