@@ -3,7 +3,9 @@
 
 mod alloc;
 mod bench;
+mod client;
 mod sim;
+mod up;
 
 use std::process::ExitCode;
 
@@ -16,12 +18,71 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 #[derive(Parser, Debug)]
 #[command(name = "qm", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Everything on this machine: the server with its SQLite store and a local agent.
+    Up(up::UpArgs),
+    /// The control plane alone, for a real cluster.
+    Server(up::ServerArgs),
+    /// A node agent, for a real cluster.
+    Agent(up::AgentArgs),
+    /// Submit a job: `qm submit --gpus 2 --tasks 2 -- python train.py`.
+    Submit(client::SubmitArgs),
+    /// List jobs.
+    Jobs {
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's details: tasks, placement, events.
+    Show {
+        job: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a job waits, and when it should start.
+    Why {
+        job: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel { job: u64 },
+    /// A task's output.
+    Logs {
+        job: u64,
+        #[arg(long, default_value_t = 0)]
+        task: u32,
+        /// Keep printing until the task ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Nodes, or drain and resume one.
+    Nodes {
+        #[command(subcommand)]
+        what: Option<client::NodesCmd>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The team tree with guaranteed, max, used, borrowed and idle GPUs.
+    Teams {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Teams and tokens (admin token).
+    Admin {
+        #[command(subcommand)]
+        what: client::AdminCmd,
+    },
     /// Measure Quartermaster's speed.
     Bench {
         #[command(subcommand)]
@@ -36,7 +97,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let conn = cli.conn;
     let result = match cli.command {
+        Command::Up(a) => up::up(a),
+        Command::Server(a) => up::server(a),
+        Command::Agent(a) => up::agent(a),
+        Command::Submit(a) => client::submit(&conn, a),
+        Command::Jobs { team, state, json } => client::jobs(&conn, team, state, json),
+        Command::Show { job, json } => client::show(&conn, job, json),
+        Command::Why { job, json } => client::why(&conn, job, json),
+        Command::Cancel { job } => client::cancel(&conn, job),
+        Command::Logs { job, task, follow } => client::logs(&conn, job, task, follow),
+        Command::Nodes { what, json } => client::nodes(&conn, what, json),
+        Command::Teams { json } => client::teams(&conn, json),
+        Command::Admin { what } => client::admin(&conn, what),
         Command::Bench { what } => bench::run(what),
         Command::Sim { what } => sim::run(what),
     };
@@ -49,7 +123,8 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
-            ExitCode::FAILURE
+            let code = err.downcast_ref::<client::CliError>().map_or(1, |e| e.code);
+            ExitCode::from(code)
         }
     }
 }

@@ -1,0 +1,307 @@
+//! The node agent. It registers its node with a join token, long-polls the server for
+//! launches and kills, runs each task as its own process group with the environment the
+//! server gives it (`CUDA_VISIBLE_DEVICES`, the distributed-training variables), writes the
+//! task's stdout and stderr to a log file and uploads it, samples utilisation, and reports
+//! running tasks and exits in a heartbeat every second (at once after an exit). If the server
+//! goes away it keeps its tasks running and reports everything when it is back.
+
+pub mod gpus;
+mod proc;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qm_proto::{
+    Command, Commands, Heartbeat, Launch, LogChunk, RegisterRequest, RegisterResponse, TaskExit,
+    TaskKey, TaskUtil,
+};
+
+pub use gpus::{GpuProbe, NvidiaSmi, Simulated};
+use proc::Task;
+
+/// What an agent needs to know.
+pub struct AgentConfig {
+    /// `http://host:port` of the server.
+    pub server: String,
+    pub join_token: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub topology: Vec<String>,
+    /// Where task logs go.
+    pub data_dir: PathBuf,
+    /// Where other nodes reach this one (MASTER_ADDR).
+    pub address: String,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+}
+
+/// An error that stops the agent.
+#[derive(Debug)]
+pub struct AgentError(pub String);
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+/// This machine's CPU (milli-cores) and memory (MiB).
+pub fn machine_resources() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(8 << 20);
+    (cpus * 1000, mem_kib / 1024)
+}
+
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+        body: &B,
+    ) -> Result<R, String> {
+        self.agent
+            .post(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(body)
+            .map_err(describe)?
+            .into_json()
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn describe(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, r) => {
+            format!("HTTP {code}: {}", r.into_string().unwrap_or_default())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Runs the agent until `stop` is set, then kills its tasks (SIGTERM, then SIGKILL after
+/// their grace) and returns.
+pub fn run(
+    cfg: AgentConfig,
+    probe: Box<dyn GpuProbe>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(cfg.data_dir.join("logs"))
+        .map_err(|e| AgentError(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    let client = Client {
+        base: cfg.server.trim_end_matches('/').to_string(),
+        agent: ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout_read(Duration::from_secs(70))
+            .build(),
+    };
+    let gpus = probe.gpus();
+    let model = gpus
+        .first()
+        .map_or_else(|| "SIM".to_string(), |g| g.model.clone());
+    let register = RegisterRequest {
+        name: cfg.name.clone(),
+        gpus: gpus.len() as u32,
+        gpu_model: model,
+        gpu_mem_mib: gpus.first().map_or(0, |g| g.mem_mib),
+        cpu_milli: cfg.cpu_milli,
+        mem_mib: cfg.mem_mib,
+        labels: cfg.labels.clone(),
+        topology: cfg.topology.clone(),
+        address: cfg.address.clone(),
+    };
+    // Register, retrying until the server answers (it may still be starting).
+    let credential = loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match client.post::<_, RegisterResponse>("/agent/v1/register", &cfg.join_token, &register) {
+            Ok(r) => break r.credential,
+            Err(e) if e.starts_with("HTTP 4") => {
+                return Err(AgentError(format!(
+                    "the server refused to register this node: {e}"
+                )))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let credential = Arc::new(std::sync::Mutex::new(credential));
+    // Commands arrive on a long-polling thread.
+    let (tx, rx) = mpsc::channel::<Command>();
+    let (poll_base, poll_cred, poll_stop) = (client.base.clone(), credential.clone(), stop.clone());
+    let reregister = Arc::new(AtomicBool::new(false));
+    let poll_rereg = reregister.clone();
+    std::thread::spawn(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout_read(Duration::from_secs(70))
+            .build();
+        while !poll_stop.load(Ordering::SeqCst) {
+            let token = poll_cred.lock().expect("credential").clone();
+            let r = agent
+                .get(&format!("{poll_base}/agent/v1/commands?wait_s=20"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .call();
+            match r {
+                Ok(resp) => match resp.into_json::<Commands>() {
+                    Ok(c) => {
+                        for cmd in c.commands {
+                            if tx.send(cmd).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                },
+                Err(ureq::Error::Status(401, _)) => {
+                    poll_rereg.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    });
+    let mut tasks: BTreeMap<TaskKey, Task> = BTreeMap::new();
+    let mut exited: Vec<TaskExit> = Vec::new();
+    let mut last_beat = Instant::now() - Duration::from_secs(10);
+    let clk = proc::clock_ticks();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            for t in tasks.values_mut() {
+                t.terminate(Duration::from_secs(5));
+            }
+            let until = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < until && tasks.values_mut().any(|t| t.poll().is_none()) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Ok(());
+        }
+        if reregister.swap(false, Ordering::SeqCst) {
+            if let Ok(r) =
+                client.post::<_, RegisterResponse>("/agent/v1/register", &cfg.join_token, &register)
+            {
+                *credential.lock().expect("credential") = r.credential;
+            }
+        }
+        let mut urgent = false;
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Launch(l) => {
+                    if tasks.contains_key(&l.key) {
+                        continue;
+                    }
+                    match launch(&cfg, &l) {
+                        Ok(t) => {
+                            tasks.insert(l.key.clone(), t);
+                        }
+                        Err(e) => {
+                            let log = cfg.data_dir.join("logs").join(log_name(&l.key));
+                            let _ = std::fs::write(
+                                &log,
+                                format!("qm agent: cannot start the task: {e}\n"),
+                            );
+                            tasks.insert(l.key.clone(), Task::failed(log));
+                        }
+                    }
+                    urgent = true;
+                }
+                Command::Kill { key, grace_s } => {
+                    if let Some(t) = tasks.get_mut(&key) {
+                        t.terminate(Duration::from_secs(grace_s));
+                    }
+                }
+            }
+        }
+        let token = credential.lock().expect("credential").clone();
+        // Reap, escalate kills, upload output.
+        let mut done = Vec::new();
+        for (key, t) in tasks.iter_mut() {
+            t.escalate();
+            let code = t.poll();
+            upload(&client, &token, key, t);
+            if let Some(code) = code {
+                if t.fully_uploaded() {
+                    done.push((key.clone(), code));
+                }
+            }
+        }
+        for (key, code) in done {
+            tasks.remove(&key);
+            exited.push(TaskExit { key, code });
+            urgent = true;
+        }
+        if urgent || last_beat.elapsed() >= Duration::from_secs(1) {
+            let util = tasks
+                .iter_mut()
+                .filter_map(|(k, t)| {
+                    let pct = probe.utilisation(&t.gpus).or_else(|| t.cpu_pct(clk))?;
+                    Some(TaskUtil {
+                        key: k.clone(),
+                        pct,
+                    })
+                })
+                .collect();
+            let hb = Heartbeat {
+                running: tasks.keys().cloned().collect(),
+                exited: exited.clone(),
+                util,
+            };
+            match client.post::<_, serde_json::Value>("/agent/v1/heartbeat", &token, &hb) {
+                Ok(_) => exited.clear(),
+                Err(e) if e.starts_with("HTTP 401") => reregister.store(true, Ordering::SeqCst),
+                Err(_) => {} // The server is away: keep the exits for the next beat.
+            }
+            last_beat = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_name(key: &TaskKey) -> String {
+    format!("{}-{}-{}.log", key.job, key.task, key.attempt)
+}
+
+fn launch(cfg: &AgentConfig, l: &Launch) -> Result<Task, String> {
+    let log = cfg.data_dir.join("logs").join(log_name(&l.key));
+    let gpus = l
+        .env
+        .get("CUDA_VISIBLE_DEVICES")
+        .map(|v| v.split(',').filter_map(|g| g.parse().ok()).collect())
+        .unwrap_or_default();
+    Task::spawn(l, &log, gpus)
+}
+
+fn upload(client: &Client, token: &str, key: &TaskKey, t: &mut Task) {
+    let Some((offset, data)) = t.unsent() else {
+        return;
+    };
+    let chunk = LogChunk {
+        key: key.clone(),
+        offset,
+        data,
+    };
+    let n = chunk.data.len() as u64;
+    if client
+        .post::<_, serde_json::Value>("/agent/v1/logs", token, &chunk)
+        .is_ok()
+    {
+        t.sent(offset + n);
+    }
+}

@@ -1,0 +1,200 @@
+//! Task processes: each in its own process group, output to a log file, SIGTERM then SIGKILL,
+//! CPU use from `/proc` for simulated GPUs.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use qm_proto::Launch;
+
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+pub struct Task {
+    child: Option<Child>,
+    pgid: i32,
+    log: PathBuf,
+    uploaded: u64,
+    code: Option<i32>,
+    kill_at: Option<Instant>,
+    pub gpus: Vec<u32>,
+    cpu: Option<(Instant, u64)>,
+}
+
+/// uid and gid of a Unix user, from /etc/passwd.
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+impl Task {
+    pub fn spawn(l: &Launch, log: &Path, gpus: Vec<u32>) -> Result<Task, String> {
+        let out = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let (prog, args) = l.command.split_first().ok_or("an empty command")?;
+        let mut cmd = std::process::Command::new(prog);
+        cmd.args(args)
+            .envs(&l.env)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        if let Some(dir) = &l.workdir {
+            cmd.current_dir(dir);
+        }
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            if let Some((uid, gid)) = l.user.as_deref().and_then(user_ids) {
+                cmd.uid(uid).gid(gid);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {prog:?}: {e}"))?;
+        let pgid = child.id() as i32;
+        Ok(Task {
+            child: Some(child),
+            pgid,
+            log: log.to_path_buf(),
+            uploaded: 0,
+            code: None,
+            kill_at: None,
+            gpus,
+            cpu: None,
+        })
+    }
+
+    /// A task that could not start: it has exited with 127.
+    pub fn failed(log: PathBuf) -> Task {
+        Task {
+            child: None,
+            pgid: 0,
+            log,
+            uploaded: 0,
+            code: Some(127),
+            kill_at: None,
+            gpus: Vec::new(),
+            cpu: None,
+        }
+    }
+
+    /// The exit code once the task has exited (128 + signal if killed).
+    pub fn poll(&mut self) -> Option<i32> {
+        if self.code.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    use std::os::unix::process::ExitStatusExt;
+                    self.code = Some(
+                        status
+                            .code()
+                            .unwrap_or_else(|| 128 + status.signal().unwrap_or(9)),
+                    );
+                    // Whatever the group left behind goes too.
+                    // SAFETY: signalling a process group we created.
+                    unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+                }
+            }
+        }
+        self.code
+    }
+
+    /// SIGTERM to the whole group now, SIGKILL after `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.code.is_some() || self.pgid == 0 {
+            return;
+        }
+        // SAFETY: signalling a process group we created.
+        unsafe { libc::kill(-self.pgid, libc::SIGTERM) };
+        let at = Instant::now() + grace;
+        self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));
+    }
+
+    pub fn escalate(&mut self) {
+        if let Some(at) = self.kill_at {
+            if self.code.is_none() && Instant::now() >= at {
+                // SAFETY: signalling a process group we created.
+                unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// Output not yet uploaded: (offset, text), at most 256 KiB.
+    pub fn unsent(&mut self) -> Option<(u64, String)> {
+        let mut f = File::open(&self.log).ok()?;
+        let len = f.metadata().ok()?.len();
+        if len <= self.uploaded {
+            return None;
+        }
+        f.seek(SeekFrom::Start(self.uploaded)).ok()?;
+        let mut buf = vec![0u8; ((len - self.uploaded) as usize).min(256 << 10)];
+        f.read_exact(&mut buf).ok()?;
+        Some((self.uploaded, String::from_utf8_lossy(&buf).into_owned()))
+    }
+
+    pub fn sent(&mut self, upto: u64) {
+        self.uploaded = upto;
+    }
+
+    pub fn fully_uploaded(&self) -> bool {
+        std::fs::metadata(&self.log).map_or(true, |m| m.len() <= self.uploaded)
+    }
+
+    /// CPU use of the task's process group since the previous call, percent of one core.
+    pub fn cpu_pct(&mut self, clk: u64) -> Option<u8> {
+        if self.pgid == 0 {
+            return None;
+        }
+        let ticks = group_ticks(self.pgid);
+        let now = Instant::now();
+        let pct = self.cpu.map(|(t0, k0)| {
+            let dt = now.duration_since(t0).as_secs_f64().max(1e-3);
+            let used = ticks.saturating_sub(k0) as f64 / clk as f64;
+            (used / dt * 100.0).clamp(0.0, 100.0) as u8
+        });
+        self.cpu = Some((now, ticks));
+        pct
+    }
+}
+
+/// utime + stime of every process in group `pgid`, in clock ticks.
+fn group_ticks(pgid: i32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest: state(0) ppid(1) pgrp(2) ... utime(11) stime(12)
+        if f.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid) {
+            let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let st: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += ut + st;
+        }
+    }
+    total
+}

@@ -1,0 +1,295 @@
+//! The wire types of Quartermaster's HTTP API, shared by the server, the agent and the CLI.
+//!
+//! Everything is JSON. Client calls live under `/api/v1`, agent calls under `/agent/v1`;
+//! every call carries `Authorization: Bearer TOKEN`. Errors come back as [`ApiError`] with a
+//! 4xx or 5xx status. Times are Unix seconds; GPU amounts are milli-GPUs where named `milli`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The error body of every failed call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `internal`.
+    pub error: String,
+    /// What was wrong and what would be right, for people.
+    pub message: String,
+}
+
+/// `POST /api/v1/jobs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub team: String,
+    #[serde(default)]
+    pub name: String,
+    /// Tasks of the gang (default 1).
+    #[serde(default)]
+    pub tasks: Option<u32>,
+    /// Whole GPUs per task (default 1 unless `gpu_milli` is given).
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    /// A share of one GPU per task, 1..=1000 milli-GPUs, instead of whole GPUs.
+    #[serde(default)]
+    pub gpu_milli: Option<u32>,
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    #[serde(default)]
+    pub cpu_milli: Option<u64>,
+    #[serde(default)]
+    pub mem_mib: Option<u64>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Seconds; none for no limit.
+    #[serde(default)]
+    pub time_limit_s: Option<i64>,
+    /// Default true.
+    #[serde(default)]
+    pub preemptible: Option<bool>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// The Unix user to run as, when the agent runs as root (default: the submitter's).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    pub job: u64,
+}
+
+/// One task's place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub index: u32,
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub gpu_milli: u32,
+    /// Exit code once the task of the current run has exited.
+    pub exit_code: Option<i32>,
+}
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: u64,
+    pub name: String,
+    pub team: String,
+    pub user: String,
+    /// pending, running, stopping, succeeded, failed, cancelled.
+    pub state: String,
+    pub tasks: u32,
+    /// Whole GPUs per task, or 0 for a share.
+    pub gpus: u32,
+    pub gpu_milli: u32,
+    pub gpu_model: Option<String>,
+    pub priority: i32,
+    pub time_limit_s: Option<u64>,
+    pub preemptible: bool,
+    pub submit_s: u64,
+    pub started_s: Option<u64>,
+    pub ended_s: Option<u64>,
+    pub attempt: u32,
+    pub preemptions: u32,
+    /// guaranteed or borrowed, while running.
+    pub admission: Option<String>,
+    pub placement: Vec<TaskView>,
+    /// Latest GPU utilisation sample of the running job, percent.
+    pub util_pct: Option<u8>,
+    /// Since when the running job's GPUs have been idle.
+    pub idle_since_s: Option<u64>,
+    pub command: Vec<String>,
+    /// What happened to the job, oldest first.
+    pub events: Vec<JobEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub at_s: u64,
+    /// queued, started, stopping, requeued, idle, exited, cancelled, ...
+    pub what: String,
+    pub detail: String,
+}
+
+/// `GET /api/v1/jobs/{id}/why`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WhyView {
+    pub job: u64,
+    pub state: String,
+    /// The structured reason, as the scheduling core gives it (absent unless pending).
+    pub reason: Option<serde_json::Value>,
+    /// The reason for people.
+    pub message: String,
+    pub eta_s: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    /// ready, draining, down.
+    pub state: String,
+    pub gpus: u32,
+    pub gpu_model: String,
+    pub gpus_used_milli: Vec<u32>,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+    pub labels: BTreeMap<String, String>,
+    pub last_seen_s: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamView {
+    pub name: String,
+    pub parent: Option<String>,
+    /// Whole GPUs per model (`*`: any model).
+    pub guaranteed: BTreeMap<String, u32>,
+    pub max: BTreeMap<String, Option<u32>>,
+    pub weight: u32,
+    pub idle_policy: String,
+    pub used_milli: u64,
+    pub borrowed_milli: u64,
+    pub idle_milli: u64,
+    pub idle_gpu_hours: f64,
+}
+
+/// `POST /api/v1/admin/teams`: create or change a team.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamRequest {
+    pub name: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Whole GPUs guaranteed, for any model.
+    #[serde(default)]
+    pub guaranteed: Option<u32>,
+    #[serde(default)]
+    pub max: Option<u32>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// warn, reclaim or requeue.
+    #[serde(default)]
+    pub idle_policy: Option<String>,
+}
+
+/// `POST /api/v1/admin/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    /// admin, member or join (for agents).
+    pub role: String,
+    #[serde(default)]
+    pub teams: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// Shown once; the server keeps only its hash.
+    pub token: String,
+}
+
+/// `POST /agent/v1/register` (with a join token).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub name: String,
+    pub gpus: u32,
+    pub gpu_model: String,
+    pub gpu_mem_mib: u64,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+    pub labels: BTreeMap<String, String>,
+    /// Outermost first, e.g. `["pod-1", "rack-7"]`.
+    pub topology: Vec<String>,
+    /// Where tasks on this node can reach each other (MASTER_ADDR).
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The node's own credential for every later agent call.
+    pub credential: String,
+}
+
+/// A task the agent runs, as reported in heartbeats.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskKey {
+    pub job: u64,
+    pub task: u32,
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskExit {
+    pub key: TaskKey,
+    pub code: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUtil {
+    pub key: TaskKey,
+    pub pct: u8,
+}
+
+/// `POST /agent/v1/heartbeat`: what the node observes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Heartbeat {
+    pub running: Vec<TaskKey>,
+    pub exited: Vec<TaskExit>,
+    pub util: Vec<TaskUtil>,
+}
+
+/// What the server wants of an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Command {
+    Launch(Launch),
+    /// SIGTERM the task's process group, SIGKILL after `grace_s`.
+    Kill {
+        key: TaskKey,
+        grace_s: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    pub key: TaskKey,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// `GET /agent/v1/commands?wait_s=N`: long poll.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Commands {
+    pub commands: Vec<Command>,
+}
+
+/// `POST /agent/v1/logs`: new bytes of a task's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub key: TaskKey,
+    /// Byte offset of `data` in the task's log.
+    pub offset: u64,
+    pub data: String,
+}
+
+/// `GET /api/v1/jobs/{id}/logs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogView {
+    pub job: u64,
+    pub task: u32,
+    pub attempt: u32,
+    /// Offset of `data` in the log, and the next offset to ask for.
+    pub offset: u64,
+    pub next: u64,
+    pub data: String,
+    /// No more output will come (the task has exited).
+    pub done: bool,
+}

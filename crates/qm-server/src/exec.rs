@@ -1,0 +1,369 @@
+//! Executing plans and reconciling with agents: what the server tells agents to do, and what
+//! it makes of what they report.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use qm_core::{decide, Event, JobId, JobState, NodeId, NodeState, StopCause};
+use qm_proto::{Command, Heartbeat, Launch, TaskKey};
+
+use crate::{now_s, Inner, Refusal, Sent};
+
+/// How long a launched task may be missing from its agent's heartbeats before it counts as
+/// lost (the agent restarted without it).
+const LOST_AFTER: Duration = Duration::from_secs(10);
+
+/// A run's job, attempt and (task, node) pairs.
+type RunTasks = (u64, u32, Vec<(u32, NodeId)>);
+
+impl Inner {
+    /// Marks down the nodes whose agents stopped reporting; the core requeues their jobs.
+    pub fn check_timeouts(&mut self) -> Result<(), Refusal> {
+        let timeout = Duration::from_secs(self.config.node_timeout_s);
+        let now = now_s();
+        let mut events = Vec::new();
+        for rec in self.nodes.values() {
+            let node = NodeId(rec.id);
+            let Some(n) = self.state.node(node) else {
+                continue;
+            };
+            if n.state == NodeState::Down {
+                continue;
+            }
+            let seen = self
+                .agents
+                .get(&rec.id)
+                .map_or(self.started, |a| a.last_seen);
+            if seen.elapsed() > timeout {
+                events.push(Event::NodeState {
+                    node,
+                    state: NodeState::Down,
+                    at_s: now,
+                });
+            }
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Jobs running there lose every task: the ones on other nodes are killed.
+        let down: Vec<NodeId> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::NodeState { node, .. } => Some(*node),
+                _ => None,
+            })
+            .collect();
+        let hit: Vec<RunTasks> = self
+            .state
+            .live_jobs()
+            .filter_map(|j| {
+                let run = j.state.run()?;
+                run.placement
+                    .iter()
+                    .any(|t| down.contains(&t.node))
+                    .then(|| {
+                        (
+                            j.spec.id.0,
+                            run.attempt,
+                            run.placement
+                                .iter()
+                                .enumerate()
+                                .map(|(i, t)| (i as u32, t.node))
+                                .collect(),
+                        )
+                    })
+            })
+            .collect();
+        self.commit(events, &[])?;
+        for (job, attempt, tasks) in hit {
+            self.note(job, now, "requeued", "a node of the job went down".into());
+            for (task, node) in tasks {
+                let key = TaskKey { job, task, attempt };
+                self.sent.remove(&key);
+                if !down.contains(&node) {
+                    self.push(node.0, Command::Kill { key, grace_s: 0 });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans and executes: stops first (SIGTERM now, SIGKILL after the grace period), then
+    /// starts (one launch per task). Events are durable before any agent hears of them.
+    pub fn schedule(&mut self) -> Result<(), Refusal> {
+        let now = now_s();
+        let plan = decide(&self.state, now);
+        for notice in &plan.idle {
+            let attempt = self
+                .state
+                .job(notice.job)
+                .and_then(|j| j.state.run())
+                .map_or(0, |r| r.attempt);
+            if self.idle_noted.insert((notice.job.0, attempt)) {
+                self.note(
+                    notice.job.0,
+                    now,
+                    "idle",
+                    format!(
+                        "GPUs idle since {}: {:?}",
+                        notice.idle_since_s, notice.action
+                    )
+                    .to_lowercase(),
+                );
+            }
+        }
+        if plan.starts.is_empty() && plan.stops.is_empty() {
+            return Ok(());
+        }
+        let mut events = Vec::new();
+        for stop in &plan.stops {
+            events.push(Event::Stop {
+                job: stop.job,
+                cause: stop.cause,
+                beneficiary: stop.beneficiary,
+                at_s: now,
+            });
+        }
+        for start in &plan.starts {
+            events.push(Event::Start {
+                job: start.job,
+                placement: start.placement.clone(),
+                admission: start.admission,
+                at_s: now,
+            });
+        }
+        self.commit(events, &[])?;
+        for stop in &plan.stops {
+            let Some(job) = self.state.job(stop.job) else {
+                continue;
+            };
+            let Some(run) = job.state.run() else { continue };
+            let grace_s = job.spec.grace_s;
+            let attempt = run.attempt;
+            let tasks: Vec<(u32, u32)> = run
+                .placement
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i as u32, t.node.0))
+                .collect();
+            for (task, node) in tasks {
+                let key = TaskKey {
+                    job: stop.job.0,
+                    task,
+                    attempt,
+                };
+                self.push(node, Command::Kill { key, grace_s });
+            }
+        }
+        for start in &plan.starts {
+            self.launch(start.job);
+        }
+        Ok(())
+    }
+
+    /// Sends each task of the job's current run to its node's agent.
+    fn launch(&mut self, id: JobId) {
+        let Some(job) = self.state.job(id) else {
+            return;
+        };
+        let Some(run) = job.state.run() else { return };
+        let payload = self.payloads.get(&id.0).cloned().unwrap_or_default();
+        let world = run.placement.len();
+        let master = run
+            .placement
+            .first()
+            .map(|t| {
+                self.nodes
+                    .values()
+                    .find(|n| n.id == t.node.0)
+                    .map_or_else(|| "127.0.0.1".to_string(), |n| n.address.clone())
+            })
+            .unwrap_or_default();
+        let mut per_node: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for t in &run.placement {
+            *per_node.entry(t.node).or_default() += 1;
+        }
+        let mut local: BTreeMap<NodeId, u32> = BTreeMap::new();
+        let mut launches = Vec::new();
+        for (i, t) in run.placement.iter().enumerate() {
+            let local_rank = local.entry(t.node).or_default();
+            let mut env = payload.env.clone();
+            let gpus: Vec<String> = t.gpus.iter().map(u32::to_string).collect();
+            env.insert("CUDA_VISIBLE_DEVICES".into(), gpus.join(","));
+            env.insert("MASTER_ADDR".into(), master.clone());
+            env.insert("MASTER_PORT".into(), (20_000 + id.0 % 20_000).to_string());
+            env.insert("WORLD_SIZE".into(), world.to_string());
+            env.insert("RANK".into(), i.to_string());
+            env.insert("LOCAL_RANK".into(), local_rank.to_string());
+            env.insert("LOCAL_WORLD_SIZE".into(), per_node[&t.node].to_string());
+            env.insert("QM_JOB_ID".into(), id.0.to_string());
+            env.insert("QM_TASK_INDEX".into(), i.to_string());
+            env.insert("QM_ATTEMPT".into(), run.attempt.to_string());
+            if t.gpu_milli < 1000 {
+                env.insert("QM_GPU_MILLI".into(), t.gpu_milli.to_string());
+            }
+            *local_rank += 1;
+            let key = TaskKey {
+                job: id.0,
+                task: i as u32,
+                attempt: run.attempt,
+            };
+            launches.push((
+                t.node.0,
+                Launch {
+                    key,
+                    command: payload.command.clone(),
+                    env,
+                    workdir: payload.workdir.clone(),
+                    user: payload.user.clone(),
+                },
+            ));
+        }
+        for (node, launch) in launches {
+            self.sent.insert(
+                launch.key.clone(),
+                Sent {
+                    node,
+                    at: Instant::now(),
+                },
+            );
+            self.push(node, Command::Launch(launch));
+        }
+    }
+
+    /// What an agent reports: exits end runs, utilisation feeds idle detection, tasks it
+    /// runs that the server does not want are killed, tasks it lost count as failed.
+    pub fn heartbeat(&mut self, node: u32, hb: Heartbeat) -> Result<(), Refusal> {
+        let now = now_s();
+        if let Some(a) = self.agents.get_mut(&node) {
+            a.last_seen = Instant::now();
+        }
+        let mut events = Vec::new();
+        // A node that was marked down comes back.
+        if self
+            .state
+            .node(NodeId(node))
+            .is_some_and(|n| n.state == NodeState::Down)
+        {
+            events.push(Event::NodeState {
+                node: NodeId(node),
+                state: NodeState::Ready,
+                at_s: now,
+            });
+        }
+        let current = |inner: &Inner, key: &TaskKey| {
+            inner
+                .state
+                .job(JobId(key.job))
+                .and_then(|j| j.state.run())
+                .is_some_and(|r| r.attempt == key.attempt)
+        };
+        for key in &hb.running {
+            if !current(self, key) {
+                self.push(
+                    node,
+                    Command::Kill {
+                        key: key.clone(),
+                        grace_s: 0,
+                    },
+                );
+            }
+        }
+        let mut exits = hb.exited.clone();
+        // Launched here, received, and neither running nor exited: lost.
+        let lost: Vec<TaskKey> = self
+            .sent
+            .iter()
+            .filter(|(k, s)| {
+                s.node == node && s.at.elapsed() > LOST_AFTER && !hb.running.contains(k)
+            })
+            .map(|(k, _)| k.clone())
+            .filter(|k| !exits.iter().any(|e| &e.key == k))
+            .collect();
+        for key in lost {
+            exits.push(qm_proto::TaskExit { key, code: -1 });
+        }
+        for exit in &exits {
+            self.sent.remove(&exit.key);
+            if !current(self, &exit.key) {
+                continue;
+            }
+            let job = JobId(exit.key.job);
+            let codes = self
+                .exits
+                .entry((exit.key.job, exit.key.attempt))
+                .or_default();
+            codes.insert(exit.key.task, exit.code);
+            let codes = codes.clone();
+            let (run, stopping, grace_s) = {
+                let j = self.state.job(job).expect("current");
+                (
+                    j.state.run().expect("current").clone(),
+                    matches!(j.state, JobState::Stopping(..)),
+                    j.spec.grace_s,
+                )
+            };
+            if codes.len() == run.placement.len() {
+                let success = codes.values().all(|&c| c == 0);
+                events.push(Event::Exited {
+                    job,
+                    success,
+                    attempt: Some(run.attempt),
+                    at_s: now,
+                });
+            } else if exit.code != 0 && !stopping {
+                // One task of the gang failed: the job fails; stop the others.
+                events.push(Event::Stop {
+                    job,
+                    cause: StopCause::Cancel,
+                    beneficiary: None,
+                    at_s: now,
+                });
+                for (i, t) in run.placement.iter().enumerate() {
+                    if !codes.contains_key(&(i as u32)) {
+                        let key = TaskKey {
+                            job: job.0,
+                            task: i as u32,
+                            attempt: run.attempt,
+                        };
+                        self.push(t.node.0, Command::Kill { key, grace_s });
+                    }
+                }
+                self.note(
+                    job.0,
+                    now,
+                    "failed",
+                    format!("task {} exited with code {}", exit.key.task, exit.code),
+                );
+            }
+        }
+        for u in &hb.util {
+            if current(self, &u.key) && u.key.task == 0 {
+                events.push(Event::Utilisation {
+                    job: JobId(u.key.job),
+                    pct: u.pct,
+                    attempt: Some(u.key.attempt),
+                    at_s: now,
+                });
+            }
+        }
+        // Exits of one job in one batch must not repeat: keep the first of each.
+        let mut seen = std::collections::BTreeSet::new();
+        events.retain(|e| match e {
+            Event::Exited { job, .. } | Event::Stop { job, .. } => seen.insert((job.0, 0u8)),
+            _ => true,
+        });
+        if !events.is_empty() {
+            // Apply one at a time so one stale report cannot refuse the rest.
+            for e in events {
+                match self.commit(vec![e], &[]) {
+                    Ok(())
+                    | Err(Refusal::BadRequest(_) | Refusal::Conflict(_) | Refusal::NotFound(_)) => {
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! The control plane. [`Server`] owns the scheduling core's `ClusterState` and the store;
+//! every change is a `qm_core::Event`, appended to the store before it takes effect outside
+//! (before the API answers, before an agent is told). The scheduling loop ([`Server::run`])
+//! calls `decide` whenever something changed and executes the plan: it never decides
+//! placement itself. Agents long-poll for commands and report what they observe in
+//! heartbeats; the server reconciles the two.
+
+mod api;
+mod auth;
+mod exec;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use qm_core::{apply, ApplyError, ClusterState, Event, JobId, SchedulerConfig, Secs};
+use qm_proto::{Command, JobEvent, TaskKey};
+use qm_store::{Batch, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
+use tokio::sync::Notify;
+
+pub use api::app;
+pub use auth::{hash_token, new_token};
+
+/// Knobs of a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// A node whose agent has not reported for this long is marked down and its jobs are
+    /// requeued whole.
+    pub node_timeout_s: u64,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node_timeout_s: 30,
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// Wall-clock Unix seconds: the only clock the server reads.
+pub fn now_s() -> Secs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One agent's live session.
+pub(crate) struct Agent {
+    pub last_seen: Instant,
+    pub outbox: Vec<Command>,
+    pub wake: Arc<Notify>,
+}
+
+/// A task launch the agent has received: when, so a heartbeat that lacks it later means the
+/// task was lost.
+pub(crate) struct Sent {
+    pub node: u32,
+    pub at: Instant,
+}
+
+pub(crate) struct Inner {
+    pub config: ServerConfig,
+    pub state: ClusterState,
+    pub store: Box<dyn Store>,
+    pub payloads: BTreeMap<u64, JobPayload>,
+    pub tokens: BTreeMap<String, TokenRecord>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    pub agents: BTreeMap<u32, Agent>,
+    /// Exit codes of the current run's tasks, by (job, attempt).
+    pub exits: BTreeMap<(u64, u32), BTreeMap<u32, i32>>,
+    /// Launches handed to agents and not yet seen exited.
+    pub sent: BTreeMap<TaskKey, Sent>,
+    pub history: BTreeMap<u64, Vec<JobEvent>>,
+    /// Jobs whose idle warning was recorded, by (job, attempt).
+    pub idle_noted: BTreeSet<(u64, u32)>,
+    pub next_job: u64,
+    pub started: Instant,
+}
+
+/// Why a request changed nothing.
+#[derive(Debug)]
+pub enum Refusal {
+    BadRequest(String),
+    Unauthorized(String),
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    Internal(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Internal(e.to_string())
+    }
+}
+
+impl From<ApplyError> for Refusal {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::UnknownJob(_) | ApplyError::UnknownNode(_) => {
+                Refusal::NotFound(e.to_string())
+            }
+            ApplyError::DuplicateJob(_) | ApplyError::WrongState { .. } => {
+                Refusal::Conflict(e.to_string())
+            }
+            _ => Refusal::BadRequest(e.to_string()),
+        }
+    }
+}
+
+/// The control plane, shared by the HTTP handlers and the scheduling loop.
+pub struct Server {
+    inner: Mutex<Inner>,
+    /// Something changed: plan again.
+    pub(crate) wake: Notify,
+}
+
+impl Server {
+    /// Opens the server on a store, replaying its events.
+    pub fn open(mut store: Box<dyn Store>, config: ServerConfig) -> Result<Arc<Server>, Refusal> {
+        let loaded = store.load()?;
+        let mut state = loaded
+            .state
+            .unwrap_or_else(|| ClusterState::new(config.scheduler.clone()));
+        let mut history = BTreeMap::new();
+        for (seq, event) in loaded.events {
+            record(&mut history, &state, &event);
+            apply(&mut state, event).map_err(|e| {
+                Refusal::Internal(format!("event {seq} of the store does not apply: {e}"))
+            })?;
+        }
+        let next_job = state.jobs().map(|j| j.spec.id.0).max().unwrap_or(0) + 1;
+        let started = Instant::now();
+        let inner = Inner {
+            config,
+            state,
+            store,
+            payloads: loaded.payloads.into_iter().collect(),
+            tokens: loaded
+                .tokens
+                .into_iter()
+                .map(|t| (t.hash.clone(), t))
+                .collect(),
+            nodes: loaded
+                .nodes
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect(),
+            agents: BTreeMap::new(),
+            exits: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            history,
+            idle_noted: BTreeSet::new(),
+            next_job,
+            started,
+        };
+        Ok(Arc::new(Server {
+            inner: Mutex::new(inner),
+            wake: Notify::new(),
+        }))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any admin token exists (a fresh store has none).
+    pub fn has_admin(&self) -> bool {
+        self.lock().tokens.values().any(|t| t.role == "admin")
+    }
+
+    /// Creates a token and returns it (its hash is stored).
+    pub fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        teams: &[String],
+    ) -> Result<String, Refusal> {
+        if !["admin", "member", "join"].contains(&role) {
+            return Err(Refusal::BadRequest(format!(
+                "unknown role {role:?}; valid roles: admin, member, join"
+            )));
+        }
+        if role == "member" && teams.is_empty() {
+            return Err(Refusal::BadRequest(
+                "a member token needs at least one team".into(),
+            ));
+        }
+        let mut inner = self.lock();
+        for t in teams {
+            if inner.state.team(t).is_none() {
+                return Err(Refusal::BadRequest(format!("unknown team {t:?}")));
+            }
+        }
+        let token = new_token();
+        let rec = TokenRecord {
+            hash: hash_token(&token),
+            name: name.to_string(),
+            role: role.to_string(),
+            teams: teams.to_vec(),
+        };
+        inner.store.put_token(&rec)?;
+        inner.tokens.insert(rec.hash.clone(), rec);
+        Ok(token)
+    }
+
+    /// Sends every running job back to the queue whole (for a clean stop of `qm up`, whose
+    /// agent then ends their tasks); they start again when capacity returns.
+    pub fn requeue_all(&self, why: &str) -> Result<(), Refusal> {
+        let mut inner = self.lock();
+        let now = now_s();
+        let runs: Vec<(JobId, u32)> = inner
+            .state
+            .live_jobs()
+            .filter_map(|j| j.state.run().map(|r| (j.spec.id, r.attempt)))
+            .collect();
+        for (job, attempt) in runs {
+            let e = Event::Requeue {
+                job,
+                attempt: Some(attempt),
+                at_s: now,
+            };
+            if inner.commit(vec![e], &[]).is_ok() {
+                if let Some(last) = inner.history.get_mut(&job.0).and_then(|h| h.last_mut()) {
+                    last.detail = why.to_string();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The scheduling loop: plans whenever woken, and at least every second (node timeouts,
+    /// time limits, idle windows). Runs until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+            if let Err(e) = self.tick() {
+                // The state ran ahead of the store: stop rather than act on what may be lost.
+                eprintln!("qm server: fatal: {e:?}");
+                std::process::exit(70);
+            }
+        }
+    }
+
+    /// One round: node timeouts, then a plan, executed.
+    pub fn tick(&self) -> Result<(), Refusal> {
+        let mut inner = self.lock();
+        inner.check_timeouts()?;
+        inner.schedule()?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Applies events and makes them durable, all or nothing. On a refused event nothing is
+    /// stored and the state is as before.
+    pub fn commit(
+        &mut self,
+        events: Vec<Event>,
+        payloads: &[(u64, JobPayload)],
+    ) -> Result<(), Refusal> {
+        let before = self.state.clone();
+        let mut hist = Vec::new();
+        for e in &events {
+            hist.push(e.clone());
+            if let Err(err) = apply(&mut self.state, e.clone()) {
+                self.state = before;
+                return Err(err.into());
+            }
+        }
+        if let Err(err) = self.store.append(Batch {
+            events: &events,
+            payloads,
+        }) {
+            self.state = before;
+            return Err(err.into());
+        }
+        // History is recorded against the state before each event.
+        let mut replay = before;
+        for e in hist {
+            record(&mut self.history, &replay, &e);
+            let _ = apply(&mut replay, e);
+        }
+        for (job, p) in payloads {
+            self.payloads.insert(*job, p.clone());
+        }
+        Ok(())
+    }
+
+    pub fn node_name(&self, id: u32) -> String {
+        self.nodes
+            .values()
+            .find(|n| n.id == id)
+            .map_or_else(|| format!("node-{id}"), |n| n.name.clone())
+    }
+
+    pub fn push(&mut self, node: u32, command: Command) {
+        if let Some(a) = self.agents.get_mut(&node) {
+            a.outbox.push(command);
+            a.wake.notify_one();
+        } else {
+            // Not connected now: the command waits for its next poll.
+            let wake = Arc::new(Notify::new());
+            self.agents.insert(
+                node,
+                Agent {
+                    last_seen: self.started,
+                    outbox: vec![command],
+                    wake,
+                },
+            );
+        }
+    }
+
+    pub fn note(&mut self, job: u64, at_s: Secs, what: &str, detail: String) {
+        self.history.entry(job).or_default().push(JobEvent {
+            at_s,
+            what: what.into(),
+            detail,
+        });
+    }
+}
+
+/// What an event means for a job's history.
+fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &Event) {
+    let mut push = |job: JobId, at_s: Secs, what: &str, detail: String| {
+        history.entry(job.0).or_default().push(JobEvent {
+            at_s,
+            what: what.into(),
+            detail,
+        });
+    };
+    match e {
+        Event::Submit(spec) => push(spec.id, spec.submit_s, "queued", String::new()),
+        Event::Start {
+            job,
+            placement,
+            admission,
+            at_s,
+        } => {
+            let nodes: Vec<String> = placement
+                .iter()
+                .map(|t| format!("node {} gpus {:?}", t.node.0, t.gpus))
+                .collect();
+            push(
+                *job,
+                *at_s,
+                "started",
+                format!("{admission:?} on {}", nodes.join(", ")).to_lowercase(),
+            );
+        }
+        Event::Stop {
+            job,
+            cause,
+            beneficiary,
+            at_s,
+        } => {
+            let why = match (cause, beneficiary) {
+                (qm_core::StopCause::Reclaim, Some(b)) => {
+                    format!("preempted: GPUs reclaimed for job {}", b.0)
+                }
+                (c, _) => format!("stopping: {c:?}").to_lowercase(),
+            };
+            push(*job, *at_s, "stopping", why);
+        }
+        Event::Exited {
+            job, success, at_s, ..
+        } => {
+            let what = match state.job(*job).map(|j| &j.state) {
+                Some(qm_core::JobState::Stopping(_, s))
+                    if s.cause == qm_core::StopCause::Reclaim =>
+                {
+                    "requeued"
+                }
+                _ if *success => "succeeded",
+                _ => "exited",
+            };
+            push(*job, *at_s, what, String::new());
+        }
+        Event::Requeue { job, at_s, .. } => {
+            push(*job, *at_s, "requeued", "its node went away".into())
+        }
+        Event::Cancel { job, at_s } => push(*job, *at_s, "cancelled", String::new()),
+        _ => {}
+    }
+}

@@ -1,0 +1,382 @@
+//! Persistence behind one trait, [`Store`], with its SQLite backend, [`SqliteStore`].
+//!
+//! The server's state is the scheduling core's `ClusterState`, and it changes only through
+//! `qm_core::Event`s. The store keeps those events in an append-only log (a batch is one
+//! transaction, synced before the API answers), a snapshot of the state now and then so a
+//! restart replays only the events after it, and beside them what the core does not model:
+//! each job's payload (command, environment, working directory), API tokens (hashed), node
+//! credentials (hashed) and the log bytes tasks printed.
+
+use std::path::Path;
+
+use qm_core::{ClusterState, Event};
+use serde::{Deserialize, Serialize};
+
+/// Something the store could not do.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError(format!("bad JSON: {e}"))
+    }
+}
+
+/// What a job runs: what the scheduling core does not need to know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct JobPayload {
+    pub command: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// An API token: only its SHA-256 is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub hash: String,
+    pub name: String,
+    /// admin, member or join.
+    pub role: String,
+    pub teams: Vec<String>,
+}
+
+/// A registered node: its name, the core's id for it and the hash of its credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub id: u32,
+    pub credential_hash: String,
+    pub address: String,
+}
+
+/// What a restart starts from.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub state: Option<ClusterState>,
+    /// Events after the snapshot, in order, with their sequence numbers.
+    pub events: Vec<(u64, Event)>,
+    pub payloads: Vec<(u64, JobPayload)>,
+    pub tokens: Vec<TokenRecord>,
+    pub nodes: Vec<NodeRecord>,
+    /// The sequence number of the last event.
+    pub last_seq: u64,
+}
+
+/// One atomic write: events and the payloads of the jobs they submit.
+#[derive(Debug, Default)]
+pub struct Batch<'a> {
+    pub events: &'a [Event],
+    pub payloads: &'a [(u64, JobPayload)],
+}
+
+/// The server's persistence.
+pub trait Store: Send {
+    /// Everything needed to rebuild the server's state.
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+    /// Appends a batch durably; returns the sequence number of its last event.
+    fn append(&mut self, batch: Batch<'_>) -> Result<u64, StoreError>;
+    /// Saves the state as of event `seq`; later loads replay only what follows.
+    fn snapshot(&mut self, seq: u64, state: &ClusterState) -> Result<(), StoreError>;
+    fn put_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
+    fn put_node(&mut self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// Appends task output at `offset` (ignoring bytes already stored); returns the log's
+    /// length.
+    fn append_log(
+        &mut self,
+        key: (u64, u32, u32),
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, StoreError>;
+    /// Up to `max` bytes of a task's log from `offset`.
+    fn read_log(
+        &mut self,
+        key: (u64, u32, u32),
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError>;
+}
+
+/// The embedded store: one SQLite file in WAL mode with full sync.
+pub struct SqliteStore {
+    db: rusqlite::Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payloads (job INTEGER PRIMARY KEY, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, teams TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, credential_hash TEXT NOT NULL, address TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS logs (job INTEGER NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, task, attempt));
+";
+
+impl SqliteStore {
+    /// Opens (or creates) the database file.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let db = rusqlite::Connection::open(path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { db })
+    }
+
+    /// An in-memory database, for tests.
+    pub fn memory() -> Result<SqliteStore, StoreError> {
+        let db = rusqlite::Connection::open_in_memory()?;
+        db.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { db })
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let mut out = Loaded::default();
+        let snap: Option<(u64, String)> = self
+            .db
+            .query_row(
+                "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        let from = match snap {
+            Some((seq, text)) => {
+                out.state = Some(serde_json::from_str(&text)?);
+                seq
+            }
+            None => 0,
+        };
+        let mut stmt = self
+            .db
+            .prepare("SELECT seq, event FROM events WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([from as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (seq, text) = row?;
+            out.events.push((seq, serde_json::from_str(&text)?));
+        }
+        out.last_seq = self
+            .db
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64;
+        let mut stmt = self.db.prepare("SELECT job, payload FROM payloads")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (job, text) = row?;
+            out.payloads.push((job, serde_json::from_str(&text)?));
+        }
+        let mut stmt = self
+            .db
+            .prepare("SELECT hash, name, role, teams FROM tokens")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (hash, name, role, teams) = row?;
+            out.tokens.push(TokenRecord {
+                hash,
+                name,
+                role,
+                teams: serde_json::from_str(&teams)?,
+            });
+        }
+        let mut stmt = self
+            .db
+            .prepare("SELECT name, id, credential_hash, address FROM nodes ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(NodeRecord {
+                name: r.get(0)?,
+                id: r.get::<_, i64>(1)? as u32,
+                credential_hash: r.get(2)?,
+                address: r.get(3)?,
+            })
+        })?;
+        for row in rows {
+            out.nodes.push(row?);
+        }
+        Ok(out)
+    }
+
+    fn append(&mut self, batch: Batch<'_>) -> Result<u64, StoreError> {
+        let tx = self.db.transaction()?;
+        let mut last = 0;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO events (event) VALUES (?1)")?;
+            for e in batch.events {
+                ins.execute([serde_json::to_string(e)?])?;
+                last = tx.last_insert_rowid() as u64;
+            }
+            let mut pay = tx
+                .prepare_cached("INSERT OR REPLACE INTO payloads (job, payload) VALUES (?1, ?2)")?;
+            for (job, p) in batch.payloads {
+                pay.execute(rusqlite::params![*job as i64, serde_json::to_string(p)?])?;
+            }
+        }
+        tx.commit()?;
+        Ok(last)
+    }
+
+    fn snapshot(&mut self, seq: u64, state: &ClusterState) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (seq, state) VALUES (?1, ?2)",
+            rusqlite::params![seq as i64, serde_json::to_string(state)?],
+        )?;
+        tx.execute("DELETE FROM snapshots WHERE seq < ?1", [seq as i64])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO tokens (hash, name, role, teams) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![t.hash, t.name, t.role, serde_json::to_string(&t.teams)?],
+        )?;
+        Ok(())
+    }
+
+    fn put_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO nodes (name, id, credential_hash, address) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![n.name, i64::from(n.id), n.credential_hash, n.address],
+        )?;
+        Ok(())
+    }
+
+    fn append_log(
+        &mut self,
+        key: (u64, u32, u32),
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, StoreError> {
+        let tx = self.db.transaction()?;
+        let have: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT data FROM logs WHERE job = ?1 AND task = ?2 AND attempt = ?3",
+                rusqlite::params![key.0 as i64, key.1, key.2],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        let mut all = have.unwrap_or_default();
+        let len = all.len() as u64;
+        if offset <= len {
+            let skip = (len - offset) as usize;
+            if skip < data.len() {
+                all.extend_from_slice(&data[skip..]);
+            }
+        } else {
+            return Err(StoreError(format!(
+                "log chunk at offset {offset} leaves a gap after {len} bytes"
+            )));
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO logs (job, task, attempt, data) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![key.0 as i64, key.1, key.2, all],
+        )?;
+        tx.commit()?;
+        Ok(all.len() as u64)
+    }
+
+    fn read_log(
+        &mut self,
+        key: (u64, u32, u32),
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
+        let data: Vec<u8> = self
+            .db
+            .query_row(
+                "SELECT data FROM logs WHERE job = ?1 AND task = ?2 AND attempt = ?3",
+                rusqlite::params![key.0 as i64, key.1, key.2],
+                |r| r.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(Vec::new()),
+                e => Err(e),
+            })?;
+        let start = (offset as usize).min(data.len());
+        let end = (start + max).min(data.len());
+        Ok((data[start..end].to_vec(), end as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qm_core::{apply, SchedulerConfig, TeamSpec};
+
+    #[test]
+    fn events_snapshots_and_logs_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("qm-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qm.db");
+        let team = Event::SetTeam(TeamSpec::new("a", 8));
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            let seq = s
+                .append(Batch {
+                    events: std::slice::from_ref(&team),
+                    payloads: &[(1, JobPayload::default())],
+                })
+                .unwrap();
+            assert_eq!(seq, 1);
+            let mut state = ClusterState::new(SchedulerConfig::default());
+            apply(&mut state, team.clone()).unwrap();
+            s.snapshot(seq, &state).unwrap();
+            s.append(Batch {
+                events: &[Event::SetTeam(TeamSpec::new("b", 8))],
+                payloads: &[],
+            })
+            .unwrap();
+            assert_eq!(s.append_log((1, 0, 1), 0, b"hello ").unwrap(), 6);
+            assert_eq!(s.append_log((1, 0, 1), 3, b"lo world").unwrap(), 11);
+            assert!(
+                s.append_log((1, 0, 1), 20, b"x").is_err(),
+                "a gap is refused"
+            );
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let loaded = s.load().unwrap();
+        assert!(loaded.state.unwrap().team("a").is_some());
+        assert_eq!(loaded.events.len(), 1, "only what follows the snapshot");
+        assert_eq!(loaded.last_seq, 2);
+        assert_eq!(loaded.payloads.len(), 1);
+        let (bytes, next) = s.read_log((1, 0, 1), 6, 100).unwrap();
+        assert_eq!((bytes.as_slice(), next), (&b"world"[..], 11));
+    }
+}

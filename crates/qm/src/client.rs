@@ -1,0 +1,611 @@
+//! The client subcommands: `submit`, `jobs`, `show`, `why`, `cancel`, `logs`, `nodes`,
+//! `teams`, `admin`. The server and token come from `--server`/`--token`, else `QM_SERVER`/
+//! `QM_TOKEN`, else the `client.json` that `qm up` wrote in `./.qm` (or `QM_DATA_DIR`).
+//!
+//! Exit codes: 0 success; 1 the server refused (its message is printed); 3 the server could
+//! not be reached or no credentials were found; 4 `submit --wait` saw the job end unsuccessful.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use qm_proto::{
+    ApiError, JobView, LogView, NodeView, SubmitRequest, SubmitResponse, TeamRequest, TeamView,
+    TokenRequest, TokenResponse, WhyView,
+};
+use serde::{Deserialize, Serialize};
+
+/// What `qm up` writes for the CLI.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientFile {
+    pub server: String,
+    pub token: String,
+}
+
+impl ClientFile {
+    pub fn load(path: &Path) -> Result<ClientFile, Box<dyn Error>> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(serde_json::to_string_pretty(self).expect("JSON").as_bytes())
+    }
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+fn fail(code: u8, message: impl Into<String>) -> Box<dyn Error> {
+    Box::new(CliError {
+        code,
+        message: message.into(),
+    })
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// The server's URL (default: $QM_SERVER, else the client.json of `qm up`).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// An API token (default: $QM_TOKEN, else the client.json of `qm up`).
+    #[arg(long, global = true)]
+    token: Option<String>,
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(conn: &Conn) -> Result<Client, Box<dyn Error>> {
+        let file = || {
+            let dir = std::env::var("QM_DATA_DIR").unwrap_or_else(|_| ".qm".into());
+            ClientFile::load(&PathBuf::from(dir).join("client.json")).ok()
+        };
+        let server = conn
+            .server
+            .clone()
+            .or_else(|| std::env::var("QM_SERVER").ok())
+            .or_else(|| file().map(|f| f.server));
+        let token = conn
+            .token
+            .clone()
+            .or_else(|| std::env::var("QM_TOKEN").ok())
+            .or_else(|| file().map(|f| f.token));
+        match (server, token) {
+            (Some(base), Some(token)) => Ok(Client {
+                base: base.trim_end_matches('/').to_string(),
+                token,
+                http: ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(3))
+                    .timeout_read(Duration::from_secs(60))
+                    .build(),
+            }),
+            _ => Err(fail(
+                3,
+                "no server or token: run `qm up` here, or give --server and --token (or QM_SERVER and QM_TOKEN)",
+            )),
+        }
+    }
+
+    fn answer<R: serde::de::DeserializeOwned>(
+        r: Result<ureq::Response, ureq::Error>,
+    ) -> Result<R, Box<dyn Error>> {
+        match r {
+            Ok(resp) => Ok(resp.into_json()?),
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let msg = serde_json::from_str::<ApiError>(&text)
+                    .map(|e| e.message)
+                    .unwrap_or(text);
+                Err(fail(1, format!("the server refused ({code}): {msg}")))
+            }
+            Err(e) => Err(fail(3, format!("cannot reach the server: {e}"))),
+        }
+    }
+
+    pub fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> Result<R, Box<dyn Error>> {
+        Self::answer(
+            self.http
+                .get(&format!("{}{path}", self.base))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .call(),
+        )
+    }
+
+    pub fn post<B: Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, Box<dyn Error>> {
+        Self::answer(
+            self.http
+                .post(&format!("{}{path}", self.base))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .send_json(body),
+        )
+    }
+}
+
+/// `1h`, `30m`, `90s` or plain seconds.
+fn duration_s(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('h') => (&t[..t.len() - 1], 3600),
+        Some('m') => (&t[..t.len() - 1], 60),
+        Some('s') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    num.parse::<i64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("bad duration {text:?}; expected seconds or 30m, 2h, 90s"))
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[arg(long, default_value = "default")]
+    team: String,
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Whole GPUs per task.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// A share of one GPU per task, in milli-GPUs (1..=1000), instead of whole GPUs.
+    #[arg(long)]
+    gpu_milli: Option<u32>,
+    #[arg(long, default_value_t = 1)]
+    tasks: u32,
+    #[arg(long)]
+    gpu_model: Option<String>,
+    #[arg(long)]
+    priority: Option<i32>,
+    /// 30m, 2h, 90s or seconds.
+    #[arg(long, allow_hyphen_values = true)]
+    time_limit: Option<String>,
+    /// The job must not be preempted.
+    #[arg(long)]
+    no_preempt: bool,
+    /// KEY=VALUE, repeatable.
+    #[arg(long)]
+    env: Vec<String>,
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Wait until the job ends; the exit code says how it ended.
+    #[arg(long)]
+    wait: bool,
+    #[arg(long)]
+    json: bool,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodesCmd {
+    /// Take no new tasks on the node (what runs there keeps running).
+    Drain { node: String },
+    /// Take new tasks again.
+    Resume { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Teams: create or change.
+    Team {
+        #[command(subcommand)]
+        what: TeamCmd,
+    },
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        what: TokenCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TeamCmd {
+    Create(TeamArgs),
+    Set(TeamArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TeamArgs {
+    name: String,
+    #[arg(long)]
+    parent: Option<String>,
+    /// Whole GPUs guaranteed.
+    #[arg(long)]
+    guaranteed: Option<u32>,
+    #[arg(long)]
+    max: Option<u32>,
+    #[arg(long)]
+    weight: Option<u32>,
+    /// warn, reclaim or requeue.
+    #[arg(long)]
+    idle_policy: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, member or join.
+        #[arg(long)]
+        role: String,
+        /// Teams a member token covers (repeatable).
+        #[arg(long)]
+        team: Vec<String>,
+    },
+}
+
+pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let mut env = BTreeMap::new();
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| fail(1, format!("bad --env {kv:?}; expected KEY=VALUE")))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let req = SubmitRequest {
+        team: a.team,
+        name: a.name,
+        tasks: Some(a.tasks),
+        gpus: a.gpus,
+        gpu_milli: a.gpu_milli,
+        gpu_model: a.gpu_model,
+        cpu_milli: None,
+        mem_mib: None,
+        priority: a.priority,
+        time_limit_s: a
+            .time_limit
+            .as_deref()
+            .map(duration_s)
+            .transpose()
+            .map_err(|e| fail(1, e))?,
+        preemptible: Some(!a.no_preempt),
+        env,
+        workdir: a.workdir.or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .map(|d| d.display().to_string())
+        }),
+        command: a.command,
+        user: std::env::var("USER").ok(),
+    };
+    let r: SubmitResponse = c.post("/api/v1/jobs", &req)?;
+    if a.json {
+        println!("{}", serde_json::json!({ "job": r.job }));
+    } else {
+        println!("submitted job {}", r.job);
+    }
+    if a.wait {
+        loop {
+            let j: JobView = c.get(&format!("/api/v1/jobs/{}", r.job))?;
+            match j.state.as_str() {
+                "succeeded" => return Ok(()),
+                "failed" | "cancelled" => {
+                    return Err(fail(4, format!("job {} ended {}", r.job, j.state)))
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn age(s: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let d = now.saturating_sub(s);
+    match d {
+        0..=119 => format!("{d}s"),
+        120..=7199 => format!("{}m", d / 60),
+        _ => format!("{}h", d / 3600),
+    }
+}
+
+fn gpus_text(j: &JobView) -> String {
+    if j.gpus > 0 {
+        format!("{}x{}", j.tasks, j.gpus)
+    } else {
+        format!("{}x{}m", j.tasks, j.gpu_milli)
+    }
+}
+
+pub fn jobs(
+    conn: &Conn,
+    team: Option<String>,
+    state: Option<String>,
+    json: bool,
+) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let mut q = Vec::new();
+    if let Some(t) = team {
+        q.push(format!("team={t}"));
+    }
+    if let Some(s) = state {
+        q.push(format!("state={s}"));
+    }
+    let jobs: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<12} {:<10} {:<8} {:<9} {:<6} NAME",
+        "ID", "TEAM", "STATE", "GPUS", "ADMIT", "AGE"
+    );
+    for j in jobs {
+        println!(
+            "{:<6} {:<12} {:<10} {:<8} {:<9} {:<6} {}",
+            j.id,
+            j.team,
+            j.state,
+            gpus_text(&j),
+            j.admission.clone().unwrap_or_default(),
+            age(j.submit_s),
+            if j.name.is_empty() {
+                j.command.join(" ")
+            } else {
+                j.name.clone()
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let j: JobView = c.get(&format!("/api/v1/jobs/{job}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!(
+        "job {}  {}  team {}  user {}",
+        j.id, j.state, j.team, j.user
+    );
+    println!("  command: {}", j.command.join(" "));
+    println!(
+        "  asks: {} tasks x {}  priority {}  preemptible {}  time limit {}",
+        j.tasks,
+        if j.gpus > 0 {
+            format!("{} GPUs", j.gpus)
+        } else {
+            format!("{} milli-GPUs", j.gpu_milli)
+        },
+        j.priority,
+        j.preemptible,
+        j.time_limit_s.map_or("none".into(), |t| format!("{t} s"))
+    );
+    if let Some(a) = &j.admission {
+        println!(
+            "  running ({a}), attempt {}, utilisation {}",
+            j.attempt,
+            j.util_pct.map_or("-".into(), |u| format!("{u} %"))
+        );
+    }
+    for t in &j.placement {
+        println!(
+            "  task {}: {} GPUs {:?}{}",
+            t.index,
+            t.node,
+            t.gpus,
+            t.exit_code
+                .map_or(String::new(), |c| format!(" exited {c}"))
+        );
+    }
+    println!("  events:");
+    for e in &j.events {
+        println!("    {}  {:<10} {}", e.at_s, e.what, e.detail);
+    }
+    Ok(())
+}
+
+pub fn why(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let w: WhyView = c.get(&format!("/api/v1/jobs/{job}/why"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&w)?);
+        return Ok(());
+    }
+    println!("job {} is {}: {}", w.job, w.state, w.message);
+    if let Some(eta) = w.eta_s {
+        println!(
+            "estimated start: in {} s",
+            eta.saturating_sub(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            )
+        );
+    }
+    Ok(())
+}
+
+pub fn cancel(conn: &Conn, job: u64) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let j: JobView = c.post(
+        &format!("/api/v1/jobs/{job}/cancel"),
+        &serde_json::json!({}),
+    )?;
+    println!("job {} is {}", j.id, j.state);
+    Ok(())
+}
+
+pub fn logs(conn: &Conn, job: u64, task: u32, follow: bool) -> Result<(), Box<dyn Error>> {
+    use std::io::Write;
+    let c = Client::new(conn)?;
+    let mut offset = 0;
+    loop {
+        let l: LogView = c.get(&format!(
+            "/api/v1/jobs/{job}/logs?task={task}&offset={offset}"
+        ))?;
+        print!("{}", l.data);
+        std::io::stdout().flush()?;
+        offset = l.next;
+        if !follow || (l.done && l.data.is_empty()) {
+            return Ok(());
+        }
+        if l.data.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+pub fn nodes(conn: &Conn, cmd: Option<NodesCmd>, json: bool) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    match cmd {
+        Some(NodesCmd::Drain { node }) => {
+            let n: NodeView = c.post(
+                &format!("/api/v1/nodes/{node}/drain"),
+                &serde_json::json!({}),
+            )?;
+            println!("node {} is {}", n.name, n.state);
+            Ok(())
+        }
+        Some(NodesCmd::Resume { node }) => {
+            let n: NodeView = c.post(
+                &format!("/api/v1/nodes/{node}/resume"),
+                &serde_json::json!({}),
+            )?;
+            println!("node {} is {}", n.name, n.state);
+            Ok(())
+        }
+        None => {
+            let nodes: Vec<NodeView> = c.get("/api/v1/nodes")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<9} {:<10} {:<5} USED",
+                "NODE", "STATE", "MODEL", "GPUS"
+            );
+            for n in nodes {
+                let used: f64 =
+                    n.gpus_used_milli.iter().map(|&m| f64::from(m)).sum::<f64>() / 1000.0;
+                println!(
+                    "{:<20} {:<9} {:<10} {:<5} {used:.1}",
+                    n.name, n.state, n.gpu_model, n.gpus
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let teams: Vec<TeamView> = c.get("/api/v1/teams")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&teams)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:>10} {:>6} {:>7} {:>9} {:>6} {:>9}",
+        "TEAM", "GUARANTEED", "MAX", "USED", "BORROWED", "IDLE", "IDLE GPU-H"
+    );
+    fn walk(teams: &[TeamView], parent: Option<&str>, depth: usize) {
+        for t in teams.iter().filter(|t| t.parent.as_deref() == parent) {
+            let g: u32 = t.guaranteed.values().sum();
+            let max = t
+                .max
+                .values()
+                .flatten()
+                .max()
+                .map_or("-".into(), |m| m.to_string());
+            println!(
+                "{:<20} {:>10} {:>6} {:>7.1} {:>9.1} {:>6.1} {:>9.2}",
+                format!("{}{}", "  ".repeat(depth), t.name),
+                g,
+                max,
+                t.used_milli as f64 / 1000.0,
+                t.borrowed_milli as f64 / 1000.0,
+                t.idle_milli as f64 / 1000.0,
+                t.idle_gpu_hours
+            );
+            walk(teams, Some(&t.name), depth + 1);
+        }
+    }
+    walk(&teams, None, 0);
+    Ok(())
+}
+
+pub fn admin(conn: &Conn, cmd: AdminCmd) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    match cmd {
+        AdminCmd::Team { what } => {
+            let (a, create) = match what {
+                TeamCmd::Create(a) => (a, true),
+                TeamCmd::Set(a) => (a, false),
+            };
+            if !create {
+                let teams: Vec<TeamView> = c.get("/api/v1/teams")?;
+                if !teams.iter().any(|t| t.name == a.name) {
+                    return Err(fail(
+                        1,
+                        format!(
+                            "no team {:?}; create it with `qm admin team create`",
+                            a.name
+                        ),
+                    ));
+                }
+            }
+            let t: TeamView = c.post(
+                "/api/v1/admin/teams",
+                &TeamRequest {
+                    name: a.name,
+                    parent: a.parent,
+                    guaranteed: a.guaranteed,
+                    max: a.max,
+                    weight: a.weight,
+                    idle_policy: a.idle_policy,
+                },
+            )?;
+            println!("team {}: guaranteed {:?}", t.name, t.guaranteed);
+        }
+        AdminCmd::Token {
+            what: TokenCmd::Create { name, role, team },
+        } => {
+            let r: TokenResponse = c.post(
+                "/api/v1/admin/tokens",
+                &TokenRequest {
+                    name,
+                    role,
+                    teams: team,
+                },
+            )?;
+            println!("{}", r.token);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! `qm up`, `qm server` and `qm agent`: the processes of a Quartermaster installation.
+//!
+//! `qm up` runs everything on this machine: the server with its SQLite file in the data
+//! directory, and a local agent as a child process (`qm agent`), so that a crash of the server
+//! leaves the agent and its tasks running; a restarted `qm up` finds the live agent by its pid
+//! file and does not start a second one. The first start prints an admin token once and saves
+//! it, with the API address, in `DATA_DIR/client.json` for the CLI.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Args;
+use qm_server::{Server, ServerConfig};
+use qm_store::SqliteStore;
+
+use crate::client::ClientFile;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where the database, tokens and task logs live.
+    #[arg(long, default_value = ".qm")]
+    data_dir: PathBuf,
+    /// The API address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    listen: String,
+    /// Simulated GPUs for the local agent when the machine has no NVIDIA GPU (or to force
+    /// simulation).
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Seconds without a heartbeat before a node is marked down.
+    #[arg(long, default_value_t = 30)]
+    node_timeout_s: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// `sqlite:PATH`.
+    #[arg(long)]
+    db: String,
+    #[arg(long, default_value = "0.0.0.0:8420")]
+    listen: String,
+    #[arg(long, default_value_t = 30)]
+    node_timeout_s: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The server, e.g. http://10.0.0.1:8420.
+    #[arg(long)]
+    server: String,
+    /// A join token (see `qm admin token create --role join`).
+    #[arg(long, env = "QM_JOIN_TOKEN")]
+    join_token: String,
+    /// Simulated GPUs (default: this machine's NVIDIA GPUs, else 8 simulated ones).
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Topology and other labels, e.g. rack=r7,pod=p1 (`pod` and `rack` form the topology).
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where task logs go.
+    #[arg(long, default_value = ".qm-agent")]
+    data_dir: PathBuf,
+    /// How other nodes reach this one (MASTER_ADDR); default 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+}
+
+fn open_server(db: &Path, node_timeout_s: u64) -> Result<Arc<Server>, Box<dyn Error>> {
+    let store = SqliteStore::open(db)?;
+    let config = ServerConfig {
+        node_timeout_s,
+        ..ServerConfig::default()
+    };
+    Server::open(Box::new(store), config)
+        .map_err(|e| format!("cannot open the server: {e:?}").into())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether process `pid` is alive.
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+async fn serve(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    on_stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn Error>> {
+    let looped = tokio::spawn(server.clone().run());
+    axum::serve(listener, qm_server::app(server))
+        .with_graceful_shutdown(on_stop)
+        .await?;
+    looped.abort();
+    Ok(())
+}
+
+pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let server = open_server(&dir.join("qm.db"), args.node_timeout_s)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let join_file = dir.join("join-token");
+    if !server.has_admin() {
+        let admin = server
+            .create_token("admin", "admin", &[])
+            .map_err(|e| format!("{e:?}"))?;
+        let join = server
+            .create_token("local agent", "join", &[])
+            .map_err(|e| format!("{e:?}"))?;
+        write_private(&join_file, &join)?;
+        ClientFile {
+            server: url.clone(),
+            token: admin.clone(),
+        }
+        .save(&dir.join("client.json"))?;
+        println!(
+            "admin token (shown once; saved in {}): {admin}",
+            dir.join("client.json").display()
+        );
+    } else {
+        // The address may have changed since the last start.
+        let path = dir.join("client.json");
+        if let Ok(mut c) = ClientFile::load(&path) {
+            c.server = url.clone();
+            c.save(&path)?;
+        }
+    }
+    println!("qm up: API at {url}, data in {}", dir.display());
+    // The local agent: a child process, unless one for this data directory still runs.
+    let pid_file = dir.join("agent.pid");
+    let running = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|&p| alive(p));
+    let mut child = None;
+    match running {
+        Some(pid) => println!("qm up: the local agent (pid {pid}) is still running; it reconnects"),
+        None => {
+            let join = std::fs::read_to_string(&join_file)
+                .map_err(|e| format!("cannot read {}: {e}", join_file.display()))?;
+            let mut cmd = std::process::Command::new(std::env::current_exe()?);
+            cmd.arg("agent")
+                .arg("--server")
+                .arg(&url)
+                .arg("--data-dir")
+                .arg(dir.join("agent"))
+                .arg("--name")
+                .arg(hostname())
+                .env("QM_JOIN_TOKEN", join.trim());
+            if let Some(g) = args.gpus {
+                cmd.arg("--gpus").arg(g.to_string());
+            }
+            // Its own process group: Ctrl-C in the terminal reaches `qm up`, which stops it.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            let c = cmd
+                .spawn()
+                .map_err(|e| format!("cannot start the local agent: {e}"))?;
+            std::fs::write(&pid_file, c.id().to_string())?;
+            println!("qm up: local agent started (pid {})", c.id());
+            child = Some(c);
+        }
+    }
+    let stopper = server.clone();
+    let agent_pid = child.as_ref().map(|c| c.id() as i32).or(running);
+    rt.block_on(serve(server, listener, async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("qm up: stopping");
+        // Running jobs go back to the queue whole; they start again on the next `qm up`.
+        let _ = stopper.requeue_all("qm up stopped");
+        // The agent ends its tasks and closes its long poll, so the server can stop.
+        if let Some(pid) = agent_pid {
+            // SAFETY: signalling the agent we started (or found by its pid file).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }))?;
+    if let Some(mut c) = child {
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
+    let path = args.db.strip_prefix("sqlite:").ok_or_else(|| {
+        format!(
+            "unsupported database {:?}; expected sqlite:PATH, e.g. sqlite:/var/lib/qm/qm.db",
+            args.db
+        )
+    })?;
+    let server = open_server(Path::new(path), args.node_timeout_s)?;
+    if !server.has_admin() {
+        let admin = server
+            .create_token("admin", "admin", &[])
+            .map_err(|e| format!("{e:?}"))?;
+        println!("admin token (shown once): {admin}");
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    println!("qm server: API at http://{}", listener.local_addr()?);
+    rt.block_on(serve(server, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))
+}
+
+pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
+    let mut labels = std::collections::BTreeMap::new();
+    for kv in args.labels.split(',').filter(|s| !s.trim().is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("bad label {kv:?}; expected key=value, e.g. rack=r7"))?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let topology = ["pod", "rack"]
+        .iter()
+        .filter_map(|k| labels.get(*k).cloned())
+        .collect();
+    let probe: Box<dyn qm_agent::GpuProbe> = match args.gpus {
+        Some(n) => Box::new(qm_agent::Simulated { count: n }),
+        None => match qm_agent::NvidiaSmi::detect() {
+            Some(p) => Box::new(p),
+            None => Box::new(qm_agent::Simulated { count: 8 }),
+        },
+    };
+    let (cpu_milli, mem_mib) = qm_agent::machine_resources();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // SIGTERM and SIGINT stop the agent (which terminates its tasks).
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        });
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let cfg = qm_agent::AgentConfig {
+        server: args.server,
+        join_token: args.join_token,
+        name: args.name.unwrap_or_else(hostname),
+        labels,
+        topology,
+        data_dir: args.data_dir,
+        address: args.address,
+        cpu_milli,
+        mem_mib,
+    };
+    qm_agent::run(cfg, probe, stop)?;
+    Ok(())
+}
