@@ -200,10 +200,6 @@ async fn submit(
             None => None,
         };
         let tasks = req.tasks.unwrap_or(1);
-        let per_gpu = |x: u64| match gpu {
-            GpuAsk::Whole(k) => x * u64::from(k.max(1)),
-            GpuAsk::Milli(_) => x,
-        };
         let id = JobId(inner.next_job);
         let now = now_s();
         let spec = JobSpec {
@@ -214,8 +210,9 @@ async fn submit(
             priority: req.priority.unwrap_or(0),
             tasks,
             gpu,
-            cpu_milli: req.cpu_milli.unwrap_or_else(|| per_gpu(1000)),
-            mem_mib: req.mem_mib.unwrap_or_else(|| per_gpu(1024)),
+            // CPU and memory are reserved only when asked for: GPUs are what is scheduled.
+            cpu_milli: req.cpu_milli.unwrap_or(0),
+            mem_mib: req.mem_mib.unwrap_or(0),
             gpu_model: req.gpu_model.clone(),
             node_selector: Default::default(),
             time_limit_s,

@@ -33,6 +33,28 @@ pub struct UpArgs {
     /// Seconds without a heartbeat before a node is marked down.
     #[arg(long, default_value_t = 30)]
     node_timeout_s: u64,
+    #[command(flatten)]
+    sched: SchedArgs,
+}
+
+/// Scheduler settings a deployment may change.
+#[derive(Args, Debug, Clone)]
+pub struct SchedArgs {
+    /// A job whose GPUs stay below --idle-threshold-pct for this long is idle.
+    #[arg(long, default_value_t = 1800)]
+    idle_window_s: u64,
+    #[arg(long, default_value_t = 5)]
+    idle_threshold_pct: u8,
+}
+
+impl SchedArgs {
+    fn config(&self) -> qm_core::SchedulerConfig {
+        qm_core::SchedulerConfig {
+            idle_window_s: self.idle_window_s,
+            idle_threshold_pct: self.idle_threshold_pct,
+            ..qm_core::SchedulerConfig::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +66,8 @@ pub struct ServerArgs {
     listen: String,
     #[arg(long, default_value_t = 30)]
     node_timeout_s: u64,
+    #[command(flatten)]
+    sched: SchedArgs,
 }
 
 #[derive(Args, Debug)]
@@ -71,11 +95,15 @@ pub struct AgentArgs {
     address: String,
 }
 
-fn open_server(db: &Path, node_timeout_s: u64) -> Result<Arc<Server>, Box<dyn Error>> {
+fn open_server(
+    db: &Path,
+    node_timeout_s: u64,
+    sched: &SchedArgs,
+) -> Result<Arc<Server>, Box<dyn Error>> {
     let store = SqliteStore::open(db)?;
     let config = ServerConfig {
         node_timeout_s,
-        ..ServerConfig::default()
+        scheduler: sched.config(),
     };
     Server::open(Box::new(store), config)
         .map_err(|e| format!("cannot open the server: {e:?}").into())
@@ -113,7 +141,7 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let server = open_server(&dir.join("qm.db"), args.node_timeout_s)?;
+    let server = open_server(&dir.join("qm.db"), args.node_timeout_s, &args.sched)?;
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&args.listen))
@@ -220,7 +248,7 @@ pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
             args.db
         )
     })?;
-    let server = open_server(Path::new(path), args.node_timeout_s)?;
+    let server = open_server(Path::new(path), args.node_timeout_s, &args.sched)?;
     if !server.has_admin() {
         let admin = server
             .create_token("admin", "admin", &[])

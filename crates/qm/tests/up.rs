@@ -1,0 +1,478 @@
+//! `qm up` as users run it: a real server process with its SQLite file, a real agent process
+//! with simulated GPUs, real task processes, and the `qm` CLI against them.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const QM: &str = env!("CARGO_BIN_EXE_qm");
+
+struct Up {
+    dir: PathBuf,
+    port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Up {
+    fn start(name: &str, extra: &[&str]) -> Up {
+        let dir = std::env::temp_dir().join(format!("qm-up-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Up::start_in(dir, free_port(), extra)
+    }
+
+    fn start_in(dir: PathBuf, port: u16, extra: &[&str]) -> Up {
+        let data = dir.join(".qm");
+        let mut child = Command::new(QM)
+            .args(["up", "--data-dir", data.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--gpus", "4"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qm up starts");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        loop {
+            let line = lines.next().expect("qm up prints its address").unwrap();
+            if line.contains("API at") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let up = Up { dir, port, child };
+        up.wait_for(|u| {
+            u.json(&["nodes", "--json"])
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        });
+        up
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join(".qm")
+    }
+
+    fn qm(&self, args: &[&str]) -> std::process::Output {
+        Command::new(QM)
+            .args(args)
+            .env("QM_DATA_DIR", self.data())
+            .env_remove("QM_SERVER")
+            .env_remove("QM_TOKEN")
+            .current_dir(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.qm(args);
+        assert!(
+            out.status.success(),
+            "qm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap_or(Value::Null)
+    }
+
+    fn submit(&self, args: &[&str]) -> u64 {
+        let mut all = vec!["submit", "--json"];
+        all.extend_from_slice(args);
+        self.json(&all)["job"].as_u64().unwrap()
+    }
+
+    fn job(&self, id: u64) -> Value {
+        self.json(&["show", &id.to_string(), "--json"])
+    }
+
+    fn wait_for(&self, mut done: impl FnMut(&Up) -> bool) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if done(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out");
+    }
+
+    fn wait_state(&self, id: u64, state: &str) -> Value {
+        let mut last = Value::Null;
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            last = self.job(id);
+            if last["state"] == state {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("job {id} never became {state}: {last:#}");
+    }
+
+    fn token(&self) -> String {
+        let c: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data().join("client.json")).unwrap(),
+        )
+        .unwrap();
+        c["token"].as_str().unwrap().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn agent_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data().join("agent.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child and the agent it started.
+        unsafe { libc_kill(pid, 2) };
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(agent) = self.agent_pid() {
+            unsafe { libc_kill(agent, 9) };
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn logs(up: &Up, id: u64, task: u32) -> String {
+    up.ok(&["logs", &id.to_string(), "--task", &task.to_string()])
+}
+
+#[test]
+fn a_gang_runs_with_the_distributed_environment_in_each_task() {
+    let up = Up::start("gang", &[]);
+    up.ok(&["admin", "team", "create", "ml", "--guaranteed", "4"]);
+    let id = up.submit(&[
+        "--team", "ml", "--gpus", "2", "--tasks", "2", "--", "sh", "-c",
+        "echo rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK/$LOCAL_WORLD_SIZE gpus=$CUDA_VISIBLE_DEVICES master=$MASTER_ADDR:$MASTER_PORT job=$QM_JOB_ID task=$QM_TASK_INDEX",
+    ]);
+    let job = up.wait_state(id, "succeeded");
+    assert_eq!(job["tasks"], 2);
+    let mut gpus = Vec::new();
+    for task in 0..2u32 {
+        let out = logs(&up, id, task);
+        let port = 20_000 + id % 20_000;
+        assert!(
+            out.contains(&format!("rank={task} world=2 local={task}/2 ")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("master=127.0.0.1:{port} job={id} task={task}")),
+            "{out}"
+        );
+        let g = out
+            .split("gpus=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(g.split(',').count(), 2, "two GPUs per task: {out}");
+        gpus.push(g);
+    }
+    assert_ne!(gpus[0], gpus[1], "no GPU given twice");
+    let events: Vec<&str> = job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["queued", "started", "succeeded"]);
+}
+
+#[test]
+fn a_borrowing_team_is_preempted_when_the_owner_submits() {
+    let up = Up::start("reclaim", &[]);
+    up.ok(&["admin", "team", "create", "owner", "--guaranteed", "2"]);
+    up.ok(&["admin", "team", "create", "borrower", "--guaranteed", "0"]);
+    let borrowed: Vec<u64> = (0..4)
+        .map(|_| up.submit(&["--team", "borrower", "--gpus", "1", "--", "sleep", "300"]))
+        .collect();
+    for &b in &borrowed {
+        let j = up.wait_state(b, "running");
+        assert_eq!(j["admission"], "borrowed");
+    }
+    let owner = up.submit(&[
+        "--team",
+        "owner",
+        "--gpus",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo $CUDA_VISIBLE_DEVICES; sleep 1",
+    ]);
+    let j = up.wait_state(owner, "succeeded");
+    assert_eq!(j["admission"], Value::Null);
+    let out = logs(&up, owner, 0);
+    let owner_gpus: Vec<&str> = out.trim().split(',').collect();
+    assert_eq!(owner_gpus.len(), 2, "{out}");
+    // Exactly two borrowed jobs were preempted, and the owner got their GPUs.
+    let preempted: Vec<Value> = borrowed
+        .iter()
+        .map(|&b| up.job(b))
+        .filter(|j| j["preemptions"].as_u64() == Some(1))
+        .collect();
+    assert_eq!(preempted.len(), 2, "two borrowed jobs preempted");
+    for p in &preempted {
+        let events: Vec<&str> = p["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["what"].as_str().unwrap())
+            .collect();
+        assert!(events.contains(&"stopping"), "{events:?}");
+        let detail = p["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["what"] == "stopping")
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(detail.contains(&format!("job {owner}")), "{detail}");
+    }
+    let why = up.json(&["why", &preempted[0]["id"].to_string(), "--json"]);
+    assert!(
+        why["state"] == "pending" || why["state"] == "running",
+        "{why}"
+    );
+}
+
+#[test]
+fn a_sleeping_task_is_reported_idle() {
+    let up = Up::start("idle", &["--idle-window-s", "2"]);
+    up.ok(&["admin", "team", "create", "lab", "--guaranteed", "4"]);
+    let id = up.submit(&["--team", "lab", "--gpus", "1", "--", "sleep", "120"]);
+    up.wait_state(id, "running");
+    up.wait_for(|u| {
+        let j = u.job(id);
+        j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["what"] == "idle")
+    });
+    let j = up.job(id);
+    assert_eq!(j["util_pct"], 0);
+    assert!(j["idle_since_s"].is_u64());
+    let busy = up.submit(&[
+        "--team",
+        "lab",
+        "--gpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    up.wait_state(busy, "running");
+    up.wait_for(|u| u.job(busy)["util_pct"].as_u64().is_some_and(|p| p > 50));
+    assert!(
+        up.job(busy)["idle_since_s"].is_null(),
+        "a busy task is not idle"
+    );
+    up.ok(&["cancel", &busy.to_string()]);
+}
+
+#[test]
+fn kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks() {
+    let up = Up::start("crash", &[]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "4"]);
+    let long = up.submit(&[
+        "--team",
+        "t",
+        "--gpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "sleep 4; echo finished",
+    ]);
+    let queued = up.submit(&["--team", "t", "--gpus", "4", "--", "true"]);
+    up.wait_state(long, "running");
+    let (dir, port) = (up.dir.clone(), up.port);
+    let agent = up.agent_pid().unwrap();
+    let mut up = up;
+    up.child.kill().unwrap(); // SIGKILL
+    up.child.wait().unwrap();
+    std::mem::forget(up);
+    let up = Up::start_in(dir, port, &[]);
+    assert_eq!(
+        up.agent_pid(),
+        Some(agent),
+        "the agent kept running; no second one"
+    );
+    let j = up.wait_state(long, "succeeded");
+    assert_eq!(j["attempt"], 1, "re-attached, not restarted");
+    assert_eq!(logs(&up, long, 0).matches("finished").count(), 1);
+    // Everything accepted is still there: the job that waited for the GPUs runs after it.
+    up.wait_state(queued, "succeeded");
+    let teams = up.json(&["teams", "--json"]);
+    assert!(teams.as_array().unwrap().iter().any(|t| t["name"] == "t"));
+}
+
+/// method, path, token, body, expected status, a phrase the message must hold.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+
+fn http(up: &Up, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = ureq::request(method, &format!("{}{path}", up.url()));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let r = if body.is_empty() {
+        req.call()
+    } else {
+        req.set("Content-Type", "application/json")
+            .send_string(body)
+    };
+    match r {
+        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn bad_requests_get_a_clear_4xx_and_change_nothing() {
+    let up = Up::start("bad", &[]);
+    up.ok(&["admin", "team", "create", "a", "--guaranteed", "2"]);
+    up.ok(&["admin", "team", "create", "b", "--guaranteed", "2"]);
+    let admin = up.token();
+    let a_job = up.submit(&["--team", "a", "--gpus", "1", "--", "sleep", "300"]);
+    let member_b = up.ok(&[
+        "admin", "token", "create", "--name", "bob", "--role", "member", "--team", "b",
+    ]);
+    let member_b = member_b.trim();
+    let before = up.json(&["jobs", "--json"]);
+    let cancel_a = format!("/api/v1/jobs/{a_job}/cancel");
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(&admin),
+            "{not json".into(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(&admin),
+            r#"{"team":"nobody","command":["true"]}"#.into(),
+            400,
+            "nobody",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(&admin),
+            r#"{"team":"a","gpus":0,"command":["true"]}"#.into(),
+            400,
+            "0 GPUs",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(&admin),
+            r#"{"team":"a","time_limit_s":-5,"command":["true"]}"#.into(),
+            400,
+            "time_limit_s is -5",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            None,
+            r#"{"team":"a","command":["true"]}"#.into(),
+            401,
+            "no token",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some("qm_wrong"),
+            r#"{"team":"a","command":["true"]}"#.into(),
+            401,
+            "unknown token",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(member_b),
+            r#"{"team":"a","command":["true"]}"#.into(),
+            403,
+            "team \"a\"",
+        ),
+        (
+            "POST",
+            &cancel_a,
+            Some(member_b),
+            "{}".into(),
+            403,
+            "team \"a\"",
+        ),
+        (
+            "GET",
+            "/api/v1/jobs/999999",
+            Some(&admin),
+            String::new(),
+            404,
+            "no job 999999",
+        ),
+    ];
+    for (method, path, token, body, status, says) in &cases {
+        let (code, err) = http(&up, method, path, *token, body);
+        assert_eq!(code, *status, "{method} {path} {body}: {err}");
+        let message = err["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{method} {path} {body}: {message}");
+    }
+    let after = up.json(&["jobs", "--json"]);
+    assert_eq!(
+        before.as_array().unwrap().len(),
+        after.as_array().unwrap().len(),
+        "nothing submitted"
+    );
+    assert_eq!(up.job(a_job)["state"], "running", "nothing cancelled");
+    // The CLI exits 1 with the server's message.
+    let out = up.qm(&["submit", "--team", "nobody", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
+    let (code, doc) = http(&up, "GET", "/api/openapi.json", None, "");
+    assert_eq!(code, 200);
+    assert!(doc["paths"]["/api/v1/jobs"].is_object());
+}
