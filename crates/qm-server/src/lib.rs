@@ -254,19 +254,24 @@ impl Server {
 }
 
 impl Inner {
-    /// Applies events and makes them durable, all or nothing. On a refused event nothing is
-    /// stored and the state is as before.
+    /// Applies events and makes them durable, all or nothing. A refused event changes
+    /// nothing (the core checks an event before it mutates; a batch of several is rolled
+    /// back from a copy). If the store cannot take an applied batch, the process exits: the
+    /// state must never run ahead of what a restart would see, and nothing unstored has been
+    /// acknowledged.
     pub fn commit(
         &mut self,
         events: Vec<Event>,
         payloads: &[(u64, JobPayload)],
     ) -> Result<(), Refusal> {
-        let before = self.state.clone();
-        let mut hist = Vec::new();
+        let backup = (events.len() > 1).then(|| self.state.clone());
+        let mut hist = BTreeMap::new();
         for e in &events {
-            hist.push(e.clone());
+            record(&mut hist, &self.state, e);
             if let Err(err) = apply(&mut self.state, e.clone()) {
-                self.state = before;
+                if let Some(b) = backup {
+                    self.state = b;
+                }
                 return Err(err.into());
             }
         }
@@ -274,14 +279,11 @@ impl Inner {
             events: &events,
             payloads,
         }) {
-            self.state = before;
-            return Err(err.into());
+            eprintln!("qm server: fatal: the store refused a write ({err}); exiting so that a restart reloads what is stored");
+            std::process::exit(70);
         }
-        // History is recorded against the state before each event.
-        let mut replay = before;
-        for e in hist {
-            record(&mut self.history, &replay, &e);
-            let _ = apply(&mut replay, e);
+        for (job, mut list) in hist {
+            self.history.entry(job).or_default().append(&mut list);
         }
         for (job, p) in payloads {
             self.payloads.insert(*job, p.clone());

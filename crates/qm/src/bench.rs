@@ -14,6 +14,9 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// Time `plan` on a large synthetic cluster (2,048 nodes x 8 GPUs by default).
     Plan(PlanArgs),
+    /// End to end with real processes: API submissions per second, and 1,000 jobs on four
+    /// agents (optionally beside a real Slurm).
+    E2e(crate::e2e::E2eArgs),
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +47,7 @@ pub struct PlanArgs {
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
     match cmd {
         BenchCommand::Plan(args) => bench_plan(&args),
+        BenchCommand::E2e(args) => crate::e2e::run(args),
     }
 }
 

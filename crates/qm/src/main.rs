@@ -4,6 +4,7 @@
 mod alloc;
 mod bench;
 mod client;
+mod e2e;
 mod sim;
 mod up;
 
