@@ -476,3 +476,31 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     assert_eq!(code, 200);
     assert!(doc["paths"]["/api/v1/jobs"].is_object());
 }
+
+#[test]
+fn a_silent_node_is_marked_down_and_its_jobs_requeued_whole() {
+    let up = Up::start("down", &["--node-timeout-s", "2"]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "4"]);
+    let id = up.submit(&[
+        "--team", "t", "--gpus", "2", "--tasks", "2", "--", "sleep", "300",
+    ]);
+    up.wait_state(id, "running");
+    let agent = up.agent_pid().unwrap();
+    unsafe { libc_kill(agent, 19) }; // SIGSTOP: the agent stops reporting
+    let j = up.wait_state(id, "pending");
+    let events: Vec<&str> = j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"requeued"), "{events:?}");
+    let nodes = up.json(&["nodes", "--json"]);
+    assert_eq!(nodes[0]["state"], "down");
+    unsafe { libc_kill(agent, 18) }; // SIGCONT: it reports again
+    let j = up.wait_state(id, "running");
+    assert_eq!(j["attempt"], 2, "the whole gang started again");
+    assert_eq!(up.json(&["nodes", "--json"])[0]["state"], "ready");
+    up.ok(&["cancel", &id.to_string()]);
+    up.wait_state(id, "cancelled");
+}
