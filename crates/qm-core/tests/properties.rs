@@ -347,9 +347,12 @@ impl World {
             }
         }
         for (team, mut jobs) in by_team {
+            // Jobs this plan started come after the ones already running: when the plan was
+            // made they were pending, and took what was left of the guarantee.
             jobs.sort_by_key(|j| {
                 let run = j.state.run().unwrap();
-                (run.admission, run.started_s, j.spec.id)
+                let new = plan.start_of(j.spec.id).is_some();
+                (new, run.admission, run.started_s, j.spec.id)
             });
             let g =
                 u64::from(self.state.team(&team).unwrap().spec.quotas[ANY_MODEL].guaranteed) * 1000;

@@ -1140,10 +1140,15 @@ impl<'a> Planner<'a> {
             lists.iter().map(|(_, l)| l.least_suffix()).collect()
         };
         let mut skipped_least = u64::MAX;
+        let mut pops = 0usize;
+        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lists.len()];
         let mut folded = vec![0usize; lists.len()];
         // Each pop consumes one job; every job is pushed at most once per phase.
         while let Some(Reverse((_, i))) = heap.pop() {
-            if !self.explain {
+            // The check only matters once it can succeed; every 8th pop is enough (it stays
+            // true once true: free capacity only shrinks, what is left only grows).
+            pops += 1;
+            if !self.explain && pops % 8 == 1 {
                 for (j, list) in skipped.iter().enumerate() {
                     for job in &list[folded[j]..] {
                         skipped_least = skipped_least.min(job.spec.milli_total());
@@ -1162,29 +1167,49 @@ impl<'a> Planner<'a> {
             let t = lists[i].0;
             let job = lists[i].1.get(cursor[i]).expect("a job at the cursor");
             cursor[i] += 1;
-            let before = self.decisions();
-            let decided = self.consider(job, t, Phase::Guaranteed);
+            // A job like the team's last one that changed nothing, with nothing changed since
+            // (by any team), fares as that one did.
+            let fate = last_fail[i]
+                .filter(|&(f, at, _)| at == self.decisions() && self.same_fate(f, job))
+                .map(|(_, _, decided)| decided);
+            let decided = match fate {
+                Some(decided) => decided,
+                None => {
+                    let before = self.decisions();
+                    let decided = self.consider(job, t, Phase::Guaranteed);
+                    last_fail[i] = (!self.explain && self.decisions() == before)
+                        .then_some((job, before, decided));
+                    decided
+                }
+            };
             if !decided {
                 // It may still borrow elsewhere: phase 2 decides.
                 skipped[i].push(job);
             }
-            if !self.explain && self.decisions() == before {
-                // Nothing changed: the team's next jobs with the same fate fare the same.
-                while let Some(next) = lists[i].1.get(cursor[i]) {
-                    if !self.same_fate(job, next) {
+            // As in phase 2: the team's next jobs that would be popped right now anyway and
+            // share the fate of its last job that changed nothing are passed over here.
+            while let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
+                let next = lists[i].1.get(cursor[i]).expect("a job at the cursor");
+                let fate = last_fail[i]
+                    .filter(|&(f, at, _)| at == self.decisions() && self.same_fate(f, next))
+                    .map(|(_, _, decided)| decided);
+                let first = heap.peek().is_none_or(|Reverse(top)| (key, i) < *top);
+                match fate {
+                    Some(decided) if first => {
+                        cursor[i] += 1;
+                        if !decided {
+                            skipped[i].push(next);
+                        }
+                    }
+                    _ => {
+                        heap.push(Reverse((key, i)));
                         break;
                     }
-                    if !decided {
-                        skipped[i].push(next);
-                    }
-                    cursor[i] += 1;
                 }
-            }
-            if let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
-                heap.push(Reverse((key, i)));
             }
         }
         let mut cursor = vec![0usize; lists.len()];
+        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lists.len()];
         for (i, list) in skipped.iter().enumerate() {
             if let Some(job) = list.first() {
                 heap.push(Reverse((self.rank(job, lists[i].0), i)));
@@ -1207,7 +1232,8 @@ impl<'a> Planner<'a> {
                 .collect()
         };
         while let Some(Reverse((_, i))) = heap.pop() {
-            if !self.explain {
+            pops += 1;
+            if !self.explain && pops % 8 == 1 {
                 let least = (0..skipped.len())
                     .map(|j| least_left[j][cursor[j]])
                     .min()
@@ -1218,18 +1244,31 @@ impl<'a> Planner<'a> {
             }
             let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
             cursor[i] += 1;
-            let before = self.decisions();
-            self.consider(job, t, Phase::Borrowing);
-            if !self.explain && self.decisions() == before {
-                while let Some(&next) = skipped[i].get(cursor[i]) {
-                    if !self.same_fate(job, next) {
-                        break;
-                    }
-                    cursor[i] += 1;
-                }
+            let same = last_fail[i]
+                .is_some_and(|(f, at, _)| at == self.decisions() && self.same_fate(f, job));
+            if !same {
+                let before = self.decisions();
+                self.consider(job, t, Phase::Borrowing);
+                last_fail[i] =
+                    (!self.explain && self.decisions() == before).then_some((job, before, true));
             }
-            if let Some(next) = skipped[i].get(cursor[i]) {
-                heap.push(Reverse((self.rank(next, t), i)));
+            // The team's next jobs that would be popped right now anyway (before any other
+            // team's) and share the fate of its last job that changed nothing are passed over
+            // here, without a trip through the heap.
+            let mut next_key = None;
+            while let Some(&next) = skipped[i].get(cursor[i]) {
+                let key = self.rank(next, t);
+                let fails = last_fail[i]
+                    .is_some_and(|(f, at, _)| at == self.decisions() && self.same_fate(f, next));
+                let first = heap.peek().is_none_or(|Reverse(top)| (key, i) < *top);
+                if !(fails && first) {
+                    next_key = Some(key);
+                    break;
+                }
+                cursor[i] += 1;
+            }
+            if let Some(key) = next_key {
+                heap.push(Reverse((key, i)));
             }
         }
     }
@@ -2265,3 +2304,7 @@ impl<'a> Ordered<'a> {
         self.keyed.get(i).map(|k| k.1)
     }
 }
+
+/// A job that changed nothing, the decision count when it was considered, and whether it was
+/// decided (in the guaranteed phase, undecided jobs go on to borrow).
+type Fate<'a> = (&'a Job, (usize, usize, usize, usize), bool);
