@@ -178,7 +178,22 @@ pub fn run(
             }
         }
     });
+    // Tasks of an earlier life of this agent cannot be supervised (they are not its
+    // children): end them; the server requeues their jobs.
+    let ledger = cfg.data_dir.join("tasks.json");
+    if let Ok(text) = std::fs::read_to_string(&ledger) {
+        let old: Vec<i32> = serde_json::from_str(&text).unwrap_or_default();
+        for pgid in old.into_iter().filter(|&p| p > 0) {
+            // SAFETY: signalling a process group this agent created in an earlier life.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+    let save_ledger = |tasks: &BTreeMap<TaskKey, Task>| {
+        let pgids: Vec<i32> = tasks.values().map(Task::pgid).collect();
+        let _ = std::fs::write(&ledger, serde_json::to_string(&pgids).unwrap_or_default());
+    };
     let mut tasks: BTreeMap<TaskKey, Task> = BTreeMap::new();
+    save_ledger(&tasks);
     let mut exited: Vec<TaskExit> = Vec::new();
     let mut last_beat = Instant::now() - Duration::from_secs(10);
     let clk = proc::clock_ticks();
@@ -220,6 +235,7 @@ pub fn run(
                             tasks.insert(l.key.clone(), Task::failed(log));
                         }
                     }
+                    save_ledger(&tasks);
                     urgent = true;
                 }
                 Command::Kill { key, grace_s } => {
@@ -246,6 +262,7 @@ pub fn run(
             tasks.remove(&key);
             exited.push(TaskExit { key, code });
             urgent = true;
+            save_ledger(&tasks);
         }
         if urgent || last_beat.elapsed() >= Duration::from_secs(1) {
             let util = tasks

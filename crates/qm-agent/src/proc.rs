@@ -92,6 +92,11 @@ impl Task {
         }
     }
 
+    /// The task's process group (0 for a task that never started).
+    pub fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
     /// The exit code once the task has exited (128 + signal if killed).
     pub fn poll(&mut self) -> Option<i32> {
         if self.code.is_none() {

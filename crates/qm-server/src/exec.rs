@@ -269,7 +269,7 @@ impl Inner {
                 );
             }
         }
-        let mut exits = hb.exited.clone();
+        let exits = hb.exited.clone();
         // Launched here, received, and neither running nor exited: lost.
         let lost: Vec<TaskKey> = self
             .sent
@@ -280,8 +280,46 @@ impl Inner {
             .map(|(k, _)| k.clone())
             .filter(|k| !exits.iter().any(|e| &e.key == k))
             .collect();
+        // A lost task (its agent restarted without it) loses the whole run: the job goes back
+        // to the queue whole and its other tasks are killed.
         for key in lost {
-            exits.push(qm_proto::TaskExit { key, code: -1 });
+            self.sent.remove(&key);
+            if !current(self, &key)
+                || events
+                    .iter()
+                    .any(|e| matches!(e, Event::Requeue { job, .. } if job.0 == key.job))
+            {
+                continue;
+            }
+            let run = self
+                .state
+                .job(JobId(key.job))
+                .and_then(|j| j.state.run())
+                .cloned();
+            if let Some(run) = run {
+                for (i, t) in run.placement.iter().enumerate() {
+                    let k = TaskKey {
+                        job: key.job,
+                        task: i as u32,
+                        attempt: run.attempt,
+                    };
+                    self.sent.remove(&k);
+                    if k != key {
+                        self.push(t.node.0, Command::Kill { key: k, grace_s: 0 });
+                    }
+                }
+                self.note(
+                    key.job,
+                    now,
+                    "lost",
+                    format!("task {} vanished from its node", key.task),
+                );
+                events.push(Event::Requeue {
+                    job: JobId(key.job),
+                    attempt: Some(key.attempt),
+                    at_s: now,
+                });
+            }
         }
         for exit in &exits {
             self.sent.remove(&exit.key);

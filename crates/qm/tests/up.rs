@@ -504,3 +504,64 @@ fn a_silent_node_is_marked_down_and_its_jobs_requeued_whole() {
     up.ok(&["cancel", &id.to_string()]);
     up.wait_state(id, "cancelled");
 }
+
+#[test]
+fn a_restarted_agent_ends_the_tasks_it_lost_and_their_jobs_run_again() {
+    let up = Up::start("agent-restart", &[]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "4"]);
+    let id = up.submit(&[
+        "--team",
+        "t",
+        "--gpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo attempt $QM_ATTEMPT; sleep 317",
+    ]);
+    up.wait_state(id, "running");
+    let node = up.json(&["nodes", "--json"])[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old = up.agent_pid().unwrap();
+    unsafe { libc_kill(old, 9) };
+    // The task of the dead agent still runs, orphaned; a new agent on the node ends it.
+    let join = std::fs::read_to_string(up.data().join("join-token")).unwrap();
+    let mut agent = Command::new(QM)
+        .args([
+            "agent",
+            "--server",
+            &up.url(),
+            "--gpus",
+            "4",
+            "--name",
+            &node,
+            "--data-dir",
+        ])
+        .arg(up.data().join("agent"))
+        .env("QM_JOIN_TOKEN", join.trim())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    up.wait_for(|u| u.job(id)["attempt"] == 2 && u.job(id)["state"] == "running");
+    let j = up.job(id);
+    let events: Vec<&str> = j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"lost"), "{events:?}");
+    up.wait_for(|u| logs(u, id, 0).contains("attempt 2"));
+    // Only the new run's task is alive.
+    let ps = Command::new("sh")
+        .args(["-c", "ps -eo args | grep -c '^sleep 317$'"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "1");
+    up.ok(&["cancel", &id.to_string()]);
+    up.wait_state(id, "cancelled");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
