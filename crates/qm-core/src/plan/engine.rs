@@ -121,7 +121,8 @@ pub(crate) struct Planner<'a> {
     leaf_rank: Vec<Option<usize>>,
     n_leaves: usize,
     /// [`Team::id`](crate::Team) to the planner's team index.
-    team_by_id: BTreeMap<u32, usize>,
+    /// Team id (as jobs carry it) to the planner's team index.
+    team_by_id: Vec<Option<usize>>,
     /// `[node]` index into `models`.
     node_model: Vec<usize>,
     view: View<'a>,
@@ -215,11 +216,16 @@ impl<'a> Planner<'a> {
             }
         });
         let team_count = teams.names.len();
-        let team_by_id = state
-            .teams
-            .values()
-            .filter_map(|t| teams.by_name.get(&t.spec.name).map(|&i| (t.id, i)))
-            .collect();
+        let mut team_by_id = Vec::new();
+        for t in state.teams.values() {
+            if let Some(&i) = teams.by_name.get(&t.spec.name) {
+                let id = t.id as usize;
+                if team_by_id.len() <= id {
+                    team_by_id.resize(id + 1, None);
+                }
+                team_by_id[id] = Some(i);
+            }
+        }
         let node_model: Vec<usize> = view
             .nodes
             .iter()
@@ -313,7 +319,7 @@ impl<'a> Planner<'a> {
 
     /// The planner's index of a job's team.
     fn team_of(&self, job: &Job) -> Option<usize> {
-        self.team_by_id.get(&job.team_id).copied()
+        self.team_by_id.get(job.team_id as usize).copied().flatten()
     }
 
     fn end_of(&self, spec: &JobSpec, from: Secs) -> (Secs, Secs) {

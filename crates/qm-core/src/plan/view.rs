@@ -254,6 +254,11 @@ impl<'a> View<'a> {
     }
 
     pub fn dense(&self, id: NodeId) -> Option<u32> {
+        // Node ids are usually dense from 0: then the id is the index.
+        let guess = id.0 as usize;
+        if self.ids.get(guess) == Some(&id) {
+            return Some(guess as u32);
+        }
         self.ids.binary_search(&id).ok().map(|i| i as u32)
     }
 
