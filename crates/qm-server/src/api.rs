@@ -115,7 +115,10 @@ fn principal(inner: &Inner, headers: &HeaderMap) -> Result<Principal, Refusal> {
         return Ok(match t.role.as_str() {
             "admin" => Principal::Admin,
             "join" => Principal::Join,
-            _ => Principal::Member(t.teams.clone()),
+            _ => Principal::Member {
+                name: t.name.clone(),
+                teams: t.teams.clone(),
+            },
         });
     }
     if let Some(n) = inner.nodes.values().find(|n| n.credential_hash == hash) {
@@ -133,7 +136,7 @@ fn need_admin(p: &Principal) -> Result<(), Refusal> {
 
 fn need_client(p: &Principal) -> Result<(), Refusal> {
     match p {
-        Principal::Admin | Principal::Member(_) => Ok(()),
+        Principal::Admin | Principal::Member { .. } => Ok(()),
         _ => Err(Refusal::Forbidden(
             "this needs an admin or member token, not an agent's".into(),
         )),
@@ -154,7 +157,7 @@ async fn openapi() -> Json<serde_json::Value> {
 fn submitter(p: &Principal) -> String {
     match p {
         Principal::Admin => "admin".into(),
-        Principal::Member(teams) => format!("member of {}", teams.join(",")),
+        Principal::Member { name, .. } => name.clone(),
         _ => String::new(),
     }
 }
@@ -200,13 +203,18 @@ async fn submit(
             None => None,
         };
         let tasks = req.tasks.unwrap_or(1);
+        // Tasks run as the submitter: a member's token name; only an admin may name a user.
+        let run_as = match &p {
+            Principal::Member { name, .. } => Some(name.clone()),
+            _ => req.user.clone(),
+        };
         let id = JobId(inner.next_job);
         let now = now_s();
         let spec = JobSpec {
             id,
             name: req.name.clone(),
             team: req.team.clone(),
-            user: req.user.clone().unwrap_or_else(|| submitter(&p)),
+            user: run_as.clone().unwrap_or_else(|| submitter(&p)),
             priority: req.priority.unwrap_or(0),
             tasks,
             gpu,
@@ -228,7 +236,7 @@ async fn submit(
             command: req.command.clone(),
             env: req.env.clone(),
             workdir: req.workdir.clone(),
-            user: req.user.clone(),
+            user: run_as.clone(),
         };
         inner.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
         inner.next_job += 1;

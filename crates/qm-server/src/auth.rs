@@ -20,7 +20,11 @@ pub fn hash_token(token: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
     Admin,
-    Member(Vec<String>),
+    /// A member of these teams, under the token's name (the Unix user its tasks run as).
+    Member {
+        name: String,
+        teams: Vec<String>,
+    },
     /// May register nodes only.
     Join,
     /// A registered node's agent.
@@ -31,7 +35,7 @@ impl Principal {
     pub fn may_use_team(&self, team: &str) -> bool {
         match self {
             Principal::Admin => true,
-            Principal::Member(teams) => teams.iter().any(|t| t == team),
+            Principal::Member { teams, .. } => teams.iter().any(|t| t == team),
             _ => false,
         }
     }

@@ -297,7 +297,7 @@ pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
                 .map(|d| d.display().to_string())
         }),
         command: a.command,
-        user: std::env::var("USER").ok(),
+        user: None,
     };
     let r: SubmitResponse = c.post("/api/v1/jobs", &req)?;
     if a.json {

@@ -472,6 +472,16 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     let out = up.qm(&["submit", "--team", "nobody", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
+    // A member's tasks run as the member, whatever user the request names.
+    let (code, r) = http(
+        &up,
+        "POST",
+        "/api/v1/jobs",
+        Some(member_b),
+        r#"{"team":"b","user":"root","command":["true"]}"#,
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(up.job(r["job"].as_u64().unwrap())["user"], "bob");
     let (code, doc) = http(&up, "GET", "/api/openapi.json", None, "");
     assert_eq!(code, 200);
     assert!(doc["paths"]["/api/v1/jobs"].is_object());
