@@ -81,6 +81,7 @@ where
 pub fn app(server: Arc<Server>) -> Router {
     Router::new()
         .route("/api/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .route("/api/v1/jobs", post(submit).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/why", get(why))
@@ -148,6 +149,21 @@ fn need_node(p: &Principal) -> Result<u32, Refusal> {
         Principal::Node(n) => Ok(*n),
         _ => Err(Refusal::Forbidden("this needs a node credential".into())),
     }
+}
+
+async fn metrics(State(s): State<Arc<Server>>, headers: HeaderMap) -> Result<Response, Refusal> {
+    let inner = s.lock();
+    let p = principal(&inner, &headers)?;
+    need_client(&p)?;
+    let body = crate::metrics::render(&inner);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn openapi() -> Json<serde_json::Value> {
@@ -870,7 +886,8 @@ pub fn openapi_doc() -> serde_json::Value {
             "/agent/v1/register": { "post": op("An agent registers its node with a join token; returns its credential") },
             "/agent/v1/heartbeat": { "post": op("An agent reports running tasks, exits and utilisation") },
             "/agent/v1/commands": { "get": op("Long poll for launches and kills; query wait_s") },
-            "/agent/v1/logs": { "post": op("An agent uploads task output") }
+            "/agent/v1/logs": { "post": op("An agent uploads task output") },
+            "/metrics": { "get": op("Prometheus text format: GPUs, jobs, plan and wait histograms, preemptions, heartbeats") }
         }
     })
 }

@@ -92,7 +92,11 @@ impl Inner {
     /// starts (one launch per task). Events are durable before any agent hears of them.
     pub fn schedule(&mut self) -> Result<(), Refusal> {
         let now = now_s();
+        let t0 = Instant::now();
         let plan = decide(&self.state, now);
+        self.metrics
+            .plan_duration
+            .observe(t0.elapsed().as_secs_f64());
         for notice in &plan.idle {
             let attempt = self
                 .state
@@ -155,7 +159,26 @@ impl Inner {
                 self.push(node, Command::Kill { key, grace_s });
             }
         }
+        for stop in &plan.stops {
+            let cause = match stop.cause {
+                StopCause::Reclaim => "reclaim",
+                StopCause::Idle => "idle",
+                _ => continue,
+            };
+            if let Some(job) = self.state.job(stop.job) {
+                let team = job.spec.team.clone();
+                *self
+                    .metrics
+                    .preemptions
+                    .entry((team, cause.to_string()))
+                    .or_default() += 1;
+            }
+        }
         for start in &plan.starts {
+            if let Some(job) = self.state.job(start.job) {
+                let wait = now.saturating_sub(job.spec.submit_s);
+                self.metrics.job_wait.observe(wait as f64);
+            }
             self.launch(start.job);
         }
         Ok(())
@@ -238,6 +261,8 @@ impl Inner {
         if let Some(a) = self.agents.get_mut(&node) {
             a.last_seen = Instant::now();
         }
+        let name = self.node_name(node);
+        *self.metrics.heartbeats.entry(name).or_default() += 1;
         let mut events = Vec::new();
         // A node that was marked down comes back.
         if self

@@ -8,6 +8,7 @@
 mod api;
 mod auth;
 mod exec;
+mod metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,6 +78,7 @@ pub(crate) struct Inner {
     pub idle_noted: BTreeSet<(u64, u32)>,
     pub next_job: u64,
     pub started: Instant,
+    pub metrics: metrics::Metrics,
 }
 
 /// Why a request changed nothing.
@@ -155,6 +157,7 @@ impl Server {
             idle_noted: BTreeSet::new(),
             next_job,
             started,
+            metrics: metrics::Metrics::default(),
         };
         Ok(Arc::new(Server {
             inner: Mutex::new(inner),

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "support/promtext.rs"]
+mod promtext;
+
 const QM: &str = env!("CARGO_BIN_EXE_qm");
 
 struct Up {
@@ -272,6 +275,66 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
         why["state"] == "pending" || why["state"] == "running",
         "{why}"
     );
+
+    // /metrics agrees with the API.
+    let (code, _) = http(&up, "GET", "/metrics", None, "");
+    assert_eq!(code, 401, "no token, no metrics");
+    let text = ureq::get(&format!("{}/metrics", up.url()))
+        .set("Authorization", &format!("Bearer {}", up.token()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let m = promtext::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let jobs = up.json(&["jobs", "--json"]);
+    let jobs = jobs.as_array().unwrap();
+    let running: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "running").collect();
+    let gpus_of = |team: &str| -> f64 {
+        running
+            .iter()
+            .filter(|j| j["team"] == team)
+            .map(|j| j["gpus"].as_f64().unwrap() * j["tasks"].as_f64().unwrap())
+            .sum()
+    };
+    let g = |name: &str, labels: &[(&str, &str)]| promtext::get(&m, name, labels);
+    assert_eq!(g("qm_nodes", &[("state", "ready")]), Some(1.0));
+    assert_eq!(g("qm_gpus", &[("model", "SIM")]), Some(4.0));
+    assert_eq!(
+        g("qm_jobs", &[("state", "running")]),
+        Some(running.len() as f64)
+    );
+    assert_eq!(
+        g(
+            "qm_gpus_allocated",
+            &[("team", "borrower"), ("model", "SIM")]
+        )
+        .unwrap_or(0.0),
+        gpus_of("borrower")
+    );
+    assert_eq!(
+        g(
+            "qm_preemptions_total",
+            &[("team", "borrower"), ("cause", "reclaim")]
+        ),
+        Some(2.0)
+    );
+    let pending = jobs.iter().filter(|j| j["state"] == "pending").count() as f64;
+    let by_reason: f64 = m
+        .iter()
+        .filter(|s| s.name == "qm_jobs_pending")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        by_reason, pending,
+        "every pending job counted under one reason"
+    );
+    assert!(g("qm_job_wait_seconds_count", &[]).unwrap() >= 5.0);
+    assert!(g("qm_plan_duration_seconds_count", &[]).unwrap() >= 1.0);
+    let node = up.json(&["nodes", "--json"])[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(g("qm_agent_heartbeats_total", &[("node", &node)]).unwrap() >= 1.0);
 }
 
 #[test]
