@@ -82,6 +82,10 @@ pub fn app(server: Arc<Server>) -> Router {
     Router::new()
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/", get(crate::dash::index))
+        .route("/assets/app.js", get(crate::dash::app_js))
+        .route("/assets/app.css", get(crate::dash::app_css))
+        .route("/api/v1/stream", get(crate::dash::stream))
         .route("/api/v1/jobs", post(submit).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/why", get(why))
@@ -101,7 +105,7 @@ pub fn app(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-fn principal(inner: &Inner, headers: &HeaderMap) -> Result<Principal, Refusal> {
+pub(crate) fn principal(inner: &Inner, headers: &HeaderMap) -> Result<Principal, Refusal> {
     let header = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -135,7 +139,7 @@ fn need_admin(p: &Principal) -> Result<(), Refusal> {
     }
 }
 
-fn need_client(p: &Principal) -> Result<(), Refusal> {
+pub(crate) fn need_client(p: &Principal) -> Result<(), Refusal> {
     match p {
         Principal::Admin | Principal::Member { .. } => Ok(()),
         _ => Err(Refusal::Forbidden(
@@ -486,6 +490,8 @@ struct LogQuery {
     task: Option<u32>,
     attempt: Option<u32>,
     offset: Option<u64>,
+    /// Only the last this many bytes (instead of `offset`).
+    tail: Option<u64>,
 }
 
 async fn logs(
@@ -512,7 +518,11 @@ async fn logs(
         .get(&(id, attempt))
         .is_some_and(|c| c.contains_key(&task));
     let done = current != Some(attempt) || exited;
-    let offset = q.offset.unwrap_or(0);
+    let mut offset = q.offset.unwrap_or(0);
+    if let Some(tail) = q.tail {
+        let (_, len) = inner.store.read_log((id, task, attempt), u64::MAX, 0)?;
+        offset = len.saturating_sub(tail);
+    }
     let (data, next) = inner.store.read_log((id, task, attempt), offset, 1 << 20)?;
     Ok(Json(LogView {
         job: id,
@@ -887,6 +897,7 @@ pub fn openapi_doc() -> serde_json::Value {
             "/agent/v1/heartbeat": { "post": op("An agent reports running tasks, exits and utilisation") },
             "/agent/v1/commands": { "get": op("Long poll for launches and kills; query wait_s") },
             "/agent/v1/logs": { "post": op("An agent uploads task output") },
+            "/api/v1/stream": { "get": op("Server-sent events: dashboard snapshots, pushed on change") },
             "/metrics": { "get": op("Prometheus text format: GPUs, jobs, plan and wait histograms, preemptions, heartbeats") }
         }
     })

@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod dash;
 mod exec;
 mod metrics;
 
@@ -21,6 +22,7 @@ use tokio::sync::Notify;
 
 pub use api::app;
 pub use auth::{hash_token, new_token};
+pub use dash::snapshot_of as dashboard_snapshot;
 
 /// Knobs of a server.
 #[derive(Clone, Debug)]
@@ -79,6 +81,8 @@ pub(crate) struct Inner {
     pub next_job: u64,
     pub started: Instant,
     pub metrics: metrics::Metrics,
+    /// Bumped by every change, for the dashboard's stream.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Why a request changed nothing.
@@ -117,6 +121,10 @@ pub struct Server {
     inner: Mutex<Inner>,
     /// Something changed: plan again.
     pub(crate) wake: Notify,
+    /// Bumped by every change (the dashboard's stream waits on it).
+    pub(crate) changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Overview samples for the dashboard, one per 5 s.
+    pub(crate) history: Mutex<std::collections::VecDeque<dash::Sample>>,
 }
 
 impl Server {
@@ -135,6 +143,7 @@ impl Server {
         }
         let next_job = state.jobs().map(|j| j.spec.id.0).max().unwrap_or(0) + 1;
         let started = Instant::now();
+        let changes = Arc::new(tokio::sync::watch::channel(0u64).0);
         let inner = Inner {
             config,
             state,
@@ -158,10 +167,13 @@ impl Server {
             next_job,
             started,
             metrics: metrics::Metrics::default(),
+            changes: changes.clone(),
         };
         Ok(Arc::new(Server {
             inner: Mutex::new(inner),
             wake: Notify::new(),
+            changes,
+            history: Mutex::new(std::collections::VecDeque::new()),
         }))
     }
 
@@ -237,8 +249,15 @@ impl Server {
     /// The scheduling loop: plans whenever woken, and at least every second (node timeouts,
     /// time limits, idle windows). Runs until the task is dropped.
     pub async fn run(self: Arc<Self>) {
+        let mut last_sample: Option<Instant> = None;
         loop {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+            if last_sample.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                let mut inner = self.lock();
+                let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+                dash::sample(&mut inner, &mut h);
+                last_sample = Some(Instant::now());
+            }
             if let Err(e) = self.tick() {
                 // The state ran ahead of the store: stop rather than act on what may be lost.
                 eprintln!("qm server: fatal: {e:?}");
@@ -291,6 +310,7 @@ impl Inner {
         for (job, p) in payloads {
             self.payloads.insert(*job, p.clone());
         }
+        self.changes.send_modify(|v| *v += 1);
         Ok(())
     }
 

@@ -17,6 +17,9 @@ pub enum BenchCommand {
     /// End to end with real processes: API submissions per second, and 1,000 jobs on four
     /// agents (optionally beside a real Slurm).
     E2e(crate::e2e::E2eArgs),
+    /// Build the dashboard's live snapshot of the `bench plan` cluster (2,048 nodes, 12,000
+    /// jobs): time and size.
+    Dashboard(PlanArgs),
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +51,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
     match cmd {
         BenchCommand::Plan(args) => bench_plan(&args),
         BenchCommand::E2e(args) => crate::e2e::run(args),
+        BenchCommand::Dashboard(args) => bench_dashboard(&args),
     }
 }
 
@@ -300,5 +304,45 @@ fn bench_plan(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
     println!("  {:<10} {:>10.2} ms", "p99", report.plan_ms_p99);
     println!("  {:<10} {:>10.2} ms", "min", report.plan_ms_min);
     println!("  {:<10} {:>10.2} ms", "max", report.plan_ms_max);
+    Ok(())
+}
+
+fn bench_dashboard(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
+    let sc = scenario(args)?;
+    let now = 2 * 3600;
+    let history: std::collections::VecDeque<(u64, u64, u64, u64)> = (0..720)
+        .map(|i| (i * 5, 1000 * i, 100 * i, 10 * i))
+        .collect();
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for i in 0..args.runs.max(1) + 2 {
+        let t0 = Instant::now();
+        let text = qm_server::dashboard_snapshot(&sc.state, &history, now).to_string();
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        bytes = text.len();
+        if i >= 2 {
+            times.push(ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"nodes": args.nodes, "running": sc.running, "pending": sc.pending,
+                "snapshot_ms_median": median, "snapshot_ms_max": max, "snapshot_bytes": bytes})
+        );
+    } else {
+        println!(
+            "dashboard snapshot of {} nodes, {} running and {} pending jobs:",
+            args.nodes, sc.running, sc.pending
+        );
+        println!(
+            "  built and serialised in {median:.1} ms (median of {}, max {max:.1} ms), {} KiB",
+            times.len(),
+            bytes / 1024
+        );
+    }
     Ok(())
 }

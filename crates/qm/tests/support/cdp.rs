@@ -1,0 +1,153 @@
+//! A real headless Chromium, driven over the Chrome DevTools Protocol: navigate, evaluate
+//! JavaScript in the page, wait for a condition, take screenshots.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub struct Browser {
+    child: Child,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    dir: PathBuf,
+}
+
+impl Browser {
+    pub fn launch() -> Browser {
+        let dir = std::env::temp_dir().join(format!("qm-chromium-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", dir.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Debian's `chromium` must be installed for the dashboard tests (apt-get install chromium; .ci/run does it)");
+        let port_file = dir.join("DevToolsActivePort");
+        let until = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                if let Some(p) = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse::<u16>().ok())
+                {
+                    break p;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "chromium did not open its debugging port"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let targets: Value = ureq::get(&format!("http://127.0.0.1:{port}/json/list"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let url = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .expect("a page target")
+            .to_string();
+        let (ws, _) = tungstenite::connect(url).expect("the DevTools websocket");
+        let mut b = Browser {
+            child,
+            ws,
+            next_id: 1,
+            dir,
+        };
+        b.call("Page.enable", json!({}));
+        b
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ws
+            .send(Message::Text(
+                json!({"id": id, "method": method, "params": params}).to_string(),
+            ))
+            .unwrap();
+        loop {
+            let msg = self.ws.read().expect("a DevTools message");
+            let Message::Text(text) = msg else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {}", v["error"]);
+                return v["result"].clone();
+            }
+        }
+    }
+
+    pub fn goto(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url }));
+        self.wait_for("document.readyState === 'complete'", "the page to load");
+    }
+
+    /// Evaluates `js` in the page (awaiting a promise) and returns its value.
+    pub fn eval(&mut self, js: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
+        );
+        assert!(
+            r.get("exceptionDetails").is_none(),
+            "{js}: {}",
+            r["exceptionDetails"]
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Polls `js` until it is true.
+    pub fn wait_for(&mut self, js: &str, what: &str) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.eval(&format!("!!({js})")) == json!(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what} ({js})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn screenshot(&mut self, path: &Path) {
+        let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
