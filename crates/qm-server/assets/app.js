@@ -102,14 +102,15 @@ function chart(h, total) {
 function teams() {
   const rows = snap.teams.map((t) => {
     const g = Math.max(t.guaranteed_milli, t.used_milli, 1);
-    const share = t.standing && t.standing.share !== undefined ? t.standing.share : "";
+    // Fair-share standing: decayed usage over entitlement; lower is served first.
+    const share = t.standing && typeof t.standing.standing === "number" ? t.standing.standing.toFixed(2) : "";
     return `<tr><td>${esc(t.name)}</td><td>${gpus(t.guaranteed_milli)}</td><td>${gpus(t.used_milli)}</td><td>${gpus(t.borrowed_milli)}</td>
       <td>${gpus(t.idle_milli)}</td><td>${t.idle_gpu_hours.toFixed(2)}</td>
       <td><div class="bar"><span style="left:0;width:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;background:#2f6fdf"></span>
       <span style="left:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;width:${(100 * t.borrowed_milli) / g}%;background:#e08a1e"></span></div></td>
       <td>${esc(share)}</td></tr>`;
   });
-  return `<h1>Teams</h1><table id="teams"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>idle now</th><th>idle GPU-h charged</th><th>use of guarantee</th><th>standing</th></tr>${rows.join("")}</table>`;
+  return `<h1>Teams</h1><table id="teams"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>idle now</th><th>idle GPU-h charged</th><th>use of guarantee</th><th>fair-share standing (lower goes first)</th></tr>${rows.join("")}</table>`;
 }
 
 function when(s) { if (s == null) return "—"; const d = s - snap.now; return d <= 0 ? "now" : d < 120 ? d + " s" : d < 7200 ? Math.round(d / 60) + " min" : Math.round(d / 3600) + " h"; }
