@@ -367,13 +367,22 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
         } => {
             let nodes: Vec<String> = placement
                 .iter()
-                .map(|t| format!("node {} gpus {:?}", t.node.0, t.gpus))
+                .map(|t| {
+                    let node = state
+                        .node(t.node)
+                        .map_or_else(|| format!("node {}", t.node.0), |n| n.spec.name.clone());
+                    format!("{node} GPUs {:?}", t.gpus)
+                })
                 .collect();
             push(
                 *job,
                 *at_s,
                 "started",
-                format!("{admission:?} on {}", nodes.join(", ")).to_lowercase(),
+                format!(
+                    "{} on {}",
+                    format!("{admission:?}").to_lowercase(),
+                    nodes.join(", ")
+                ),
             );
         }
         Event::Stop {
