@@ -69,7 +69,15 @@ async function connect() {
 
 function page() { return (location.hash || "#/overview").slice(2).split("/"); }
 
+// How long each render took, in ms (read by `qm bench dashboard --browser`).
+window.qmRenders = [];
 function render() {
+  const t0 = performance.now();
+  renderPage();
+  window.qmRenders.push(performance.now() - t0);
+}
+
+function renderPage() {
   const [p, arg] = page();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === "#/" + p));
   if (p === "jobs" && arg) return renderJob(arg);

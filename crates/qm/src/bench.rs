@@ -19,7 +19,7 @@ pub enum BenchCommand {
     E2e(crate::e2e::E2eArgs),
     /// Build the dashboard's live snapshot of the `bench plan` cluster (2,048 nodes, 12,000
     /// jobs): time and size.
-    Dashboard(PlanArgs),
+    Dashboard(DashArgs),
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +45,16 @@ pub struct PlanArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DashArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Also serve that cluster and render the dashboard in a headless Chromium: time to the
+    /// first view, and each page's render time.
+    #[arg(long)]
+    browser: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
@@ -307,7 +317,8 @@ fn bench_plan(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn bench_dashboard(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
+fn bench_dashboard(d: &DashArgs) -> Result<(), Box<dyn Error>> {
+    let args = &d.plan;
     let sc = scenario(args)?;
     let now = 2 * 3600;
     let history: std::collections::VecDeque<(u64, u64, u64, u64)> = (0..720)
@@ -327,11 +338,17 @@ fn bench_dashboard(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let max = times[times.len() - 1];
+    let browser = if d.browser {
+        Some(browser_figures(sc.state)?)
+    } else {
+        None
+    };
     if args.json {
         println!(
             "{}",
             serde_json::json!({"nodes": args.nodes, "running": sc.running, "pending": sc.pending,
-                "snapshot_ms_median": median, "snapshot_ms_max": max, "snapshot_bytes": bytes})
+                "snapshot_ms_median": median, "snapshot_ms_max": max, "snapshot_bytes": bytes,
+                "browser": browser})
         );
     } else {
         println!(
@@ -343,6 +360,76 @@ fn bench_dashboard(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
             times.len(),
             bytes / 1024
         );
+        if let Some(b) = browser {
+            println!("in headless Chromium:");
+            println!(
+                "  sign-in to the first overview: {:.0} ms",
+                b["first_view_ms"].as_f64().unwrap_or(0.0)
+            );
+            for (page, v) in b["pages"].as_object().into_iter().flatten() {
+                println!(
+                    "  {page:<9} render median {:>6.1} ms, max {:>6.1} ms ({} renders)",
+                    v["median_ms"].as_f64().unwrap_or(0.0),
+                    v["max_ms"].as_f64().unwrap_or(0.0),
+                    v["renders"]
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// Serves `state` (the server's own code, a temporary SQLite file, no agents) and renders
+/// each dashboard page in a headless Chromium, reading the page's own render timings.
+fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Error>> {
+    use qm_store::Store;
+    let dir = std::env::temp_dir().join(format!("qm-bench-dash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut store = qm_store::SqliteStore::open(&dir.join("qm.db"))?;
+    store.snapshot(0, &state)?;
+    let server = qm_server::Server::open(Box::new(store), qm_server::ServerConfig::default())
+        .map_err(|e| format!("{e:?}"))?;
+    let token = server
+        .create_token("bench", "admin", &[])
+        .map_err(|e| format!("{e:?}"))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    rt.spawn(server.clone().run());
+    rt.spawn(async move {
+        let _ = axum::serve(listener, qm_server::app(server)).await;
+    });
+    let mut b = crate::cdp::Browser::launch();
+    b.goto(&format!("{url}/"));
+    b.wait_for(
+        "!document.querySelector('#signin').hidden",
+        "the sign-in form",
+    );
+    let t0 = Instant::now();
+    b.eval(&format!(
+        "document.querySelector('#token').value = '{token}'; document.querySelector('#signin-button').click(); true"
+    ));
+    b.wait_for("document.querySelector('#c-gpus')", "the overview");
+    let first_view_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let mut pages = serde_json::Map::new();
+    for page in ["overview", "teams", "queue", "nodes", "jobs"] {
+        b.eval(&format!(
+            "window.qmRenders = []; location.hash = '#/{page}'; true"
+        ));
+        // Several snapshots arrive meanwhile: the planner keeps starting jobs.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let mut r: Vec<f64> = serde_json::from_value(b.eval("window.qmRenders"))?;
+        r.sort_by(f64::total_cmp);
+        if r.is_empty() {
+            return Err(format!("the {page} page never rendered").into());
+        }
+        pages.insert(
+            page.into(),
+            serde_json::json!({"renders": r.len(), "median_ms": r[r.len() / 2], "max_ms": r[r.len() - 1]}),
+        );
+    }
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(serde_json::json!({"first_view_ms": first_view_ms, "pages": pages}))
 }

@@ -3,6 +3,7 @@
 
 mod alloc;
 mod bench;
+mod cdp;
 mod client;
 mod e2e;
 mod sim;

@@ -11,7 +11,7 @@ use serde_json::Value;
 #[path = "support/promtext.rs"]
 mod promtext;
 
-#[path = "support/cdp.rs"]
+#[path = "../src/cdp.rs"]
 mod cdp;
 
 const QM: &str = env!("CARGO_BIN_EXE_qm");
