@@ -289,6 +289,34 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
         .into_string()
         .unwrap();
     let m = promtext::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // An independent parser (the `prometheus-parse` crate) reads the same values.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("prometheus-parse reads /metrics");
+    for s in m.iter().filter(|s| !s.name.contains("_seconds")) {
+        let theirs = scrape
+            .samples
+            .iter()
+            .find(|t| {
+                t.metric == s.name
+                    && s.labels
+                        .iter()
+                        .all(|(k, v)| t.labels.get(k) == Some(v.as_str()))
+            })
+            .unwrap_or_else(|| panic!("prometheus-parse lacks {} {:?}", s.name, s.labels));
+        let v = match &theirs.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{}: {other:?}", s.name),
+        };
+        assert_eq!(v, s.value, "{} {:?}", s.name, s.labels);
+    }
+    let waits = scrape
+        .samples
+        .iter()
+        .find(|t| t.metric == "qm_job_wait_seconds")
+        .expect("the wait histogram");
+    assert!(matches!(&waits.value, prometheus_parse::Value::Histogram(b) if !b.is_empty()));
     let jobs = up.json(&["jobs", "--json"]);
     let jobs = jobs.as_array().unwrap();
     let running: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "running").collect();
