@@ -539,26 +539,26 @@ async fn list_nodes(State(s): State<Arc<Server>>, headers: HeaderMap) -> Api<Vec
     let inner = s.lock();
     let p = principal(&inner, &headers)?;
     need_client(&p)?;
-    let now = now_s();
-    let out = inner
-        .state
-        .nodes()
-        .map(|n| NodeView {
-            name: n.spec.name.clone(),
-            state: format!("{:?}", n.state).to_lowercase(),
-            gpus: n.spec.gpus,
-            gpu_model: n.spec.gpu_model.clone(),
-            gpus_used_milli: n.gpu_used_milli.clone(),
-            cpu_milli: n.spec.cpu_milli,
-            mem_mib: n.spec.mem_mib,
-            labels: n.spec.labels.clone(),
-            last_seen_s: inner
-                .agents
-                .get(&n.spec.id.0)
-                .map(|a| now.saturating_sub(a.last_seen.elapsed().as_secs())),
-        })
-        .collect();
+    let out = inner.state.nodes().map(|n| node_view(&inner, n)).collect();
     Ok(Json(out))
+}
+
+fn node_view(inner: &Inner, n: &qm_core::Node) -> NodeView {
+    let now = now_s();
+    NodeView {
+        name: n.spec.name.clone(),
+        state: format!("{:?}", n.state).to_lowercase(),
+        gpus: n.spec.gpus,
+        gpu_model: n.spec.gpu_model.clone(),
+        gpus_used_milli: n.gpu_used_milli.clone(),
+        cpu_milli: n.spec.cpu_milli,
+        mem_mib: n.spec.mem_mib,
+        labels: n.spec.labels.clone(),
+        last_seen_s: inner
+            .agents
+            .get(&n.spec.id.0)
+            .map(|a| now.saturating_sub(a.last_seen.elapsed().as_secs())),
+    }
 }
 
 fn set_node_state(s: &Server, headers: &HeaderMap, name: &str, to: NodeState) -> Api<NodeView> {
@@ -587,17 +587,7 @@ fn set_node_state(s: &Server, headers: &HeaderMap, name: &str, to: NodeState) ->
         .nodes()
         .find(|n| n.spec.name == name)
         .expect("just set");
-    Ok(Json(NodeView {
-        name: n.spec.name.clone(),
-        state: format!("{:?}", n.state).to_lowercase(),
-        gpus: n.spec.gpus,
-        gpu_model: n.spec.gpu_model.clone(),
-        gpus_used_milli: n.gpu_used_milli.clone(),
-        cpu_milli: n.spec.cpu_milli,
-        mem_mib: n.spec.mem_mib,
-        labels: n.spec.labels.clone(),
-        last_seen_s: None,
-    }))
+    Ok(Json(node_view(&inner, n)))
 }
 
 async fn drain(

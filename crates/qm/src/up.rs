@@ -16,7 +16,7 @@ use clap::Args;
 use qm_server::{Server, ServerConfig};
 use qm_store::SqliteStore;
 
-use crate::client::ClientFile;
+use crate::client::{write_private, ClientFile};
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -227,18 +227,6 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
     }
     let _ = std::fs::remove_file(&pid_file);
     Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
 }
 
 pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
