@@ -170,8 +170,10 @@ async fn metrics(State(s): State<Arc<Server>>, headers: HeaderMap) -> Result<Res
         .into_response())
 }
 
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::api::openapi_doc())
+async fn openapi(State(s): State<Arc<Server>>, headers: HeaderMap) -> Api<serde_json::Value> {
+    let inner = s.lock();
+    principal(&inner, &headers)?;
+    Ok(Json(crate::api::openapi_doc()))
 }
 
 fn submitter(p: &Principal) -> String {

@@ -604,7 +604,9 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     );
     assert_eq!(code, 200, "{r}");
     assert_eq!(up.job(r["job"].as_u64().unwrap())["user"], "bob");
-    let (code, doc) = http(&up, "GET", "/api/openapi.json", None, "");
+    let (code, _) = http(&up, "GET", "/api/openapi.json", None, "");
+    assert_eq!(code, 401, "the API document needs a token too");
+    let (code, doc) = http(&up, "GET", "/api/openapi.json", Some(&admin), "");
     assert_eq!(code, 200);
     assert!(doc["paths"]["/api/v1/jobs"].is_object());
 }
