@@ -30,6 +30,8 @@ pub struct ServerConfig {
     /// A node whose agent has not reported for this long is marked down and its jobs are
     /// requeued whole.
     pub node_timeout_s: u64,
+    /// A snapshot of the state every this many events, so a restart replays only the rest.
+    pub snapshot_every: u64,
     pub scheduler: SchedulerConfig,
 }
 
@@ -37,6 +39,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             node_timeout_s: 30,
+            snapshot_every: 10_000,
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -80,9 +83,14 @@ pub(crate) struct Inner {
     pub idle_noted: BTreeSet<(u64, u32)>,
     pub next_job: u64,
     pub started: Instant,
+    /// How this start began: (snapshot taken at event, events replayed after it).
+    pub resumed: (u64, u64),
     pub metrics: metrics::Metrics,
     /// Bumped by every change, for the dashboard's stream.
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Sequence number of the last stored event, and events stored since the last snapshot.
+    pub seq: u64,
+    pub since_snapshot: u64,
 }
 
 /// Why a request changed nothing.
@@ -134,8 +142,15 @@ impl Server {
         let mut state = loaded
             .state
             .unwrap_or_else(|| ClusterState::new(config.scheduler.clone()));
-        let mut history = BTreeMap::new();
+        let mut history: BTreeMap<u64, Vec<JobEvent>> = match &loaded.extra {
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                Refusal::Internal(format!("the snapshot's history does not read: {e}"))
+            })?,
+            None => BTreeMap::new(),
+        };
+        let mut since_snapshot = 0;
         for (seq, event) in loaded.events {
+            since_snapshot += 1;
             record(&mut history, &state, &event);
             apply(&mut state, event).map_err(|e| {
                 Refusal::Internal(format!("event {seq} of the store does not apply: {e}"))
@@ -168,6 +183,9 @@ impl Server {
             started,
             metrics: metrics::Metrics::default(),
             changes: changes.clone(),
+            seq: loaded.last_seq,
+            since_snapshot,
+            resumed: (loaded.snapshot_seq, since_snapshot),
         };
         Ok(Arc::new(Server {
             inner: Mutex::new(inner),
@@ -179,6 +197,11 @@ impl Server {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (The event the state was loaded from a snapshot at, 0 for none; events replayed.)
+    pub fn resumed(&self) -> (u64, u64) {
+        self.lock().resumed
     }
 
     /// Whether any admin token exists (a fresh store has none).
@@ -297,15 +320,28 @@ impl Inner {
                 return Err(err.into());
             }
         }
-        if let Err(err) = self.store.append(Batch {
+        match self.store.append(Batch {
             events: &events,
             payloads,
         }) {
-            eprintln!("qm server: fatal: the store refused a write ({err}); exiting so that a restart reloads what is stored");
-            std::process::exit(70);
+            Ok(seq) => self.seq = seq,
+            Err(err) => {
+                eprintln!("qm server: fatal: the store refused a write ({err}); exiting so that a restart reloads what is stored");
+                std::process::exit(70);
+            }
         }
         for (job, mut list) in hist {
             self.history.entry(job).or_default().append(&mut list);
+        }
+        self.since_snapshot += events.len() as u64;
+        if self.since_snapshot >= self.config.snapshot_every {
+            let extra = serde_json::to_string(&self.history).unwrap_or_else(|_| "{}".into());
+            // A failed snapshot loses nothing: the events are stored; the next one retries.
+            if let Err(e) = self.store.snapshot(self.seq, &self.state, &extra) {
+                eprintln!("qm server: snapshot at event {} failed: {e}", self.seq);
+            } else {
+                self.since_snapshot = 0;
+            }
         }
         for (job, p) in payloads {
             self.payloads.insert(*job, p.clone());

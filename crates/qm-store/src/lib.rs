@@ -75,6 +75,10 @@ pub struct Loaded {
     pub nodes: Vec<NodeRecord>,
     /// The sequence number of the last event.
     pub last_seq: u64,
+    /// The sequence number the snapshot (if any) was taken at.
+    pub snapshot_seq: u64,
+    /// The server's derived data saved with the snapshot.
+    pub extra: Option<String>,
 }
 
 /// One atomic write: events and the payloads of the jobs they submit.
@@ -90,8 +94,9 @@ pub trait Store: Send {
     fn load(&mut self) -> Result<Loaded, StoreError>;
     /// Appends a batch durably; returns the sequence number of its last event.
     fn append(&mut self, batch: Batch<'_>) -> Result<u64, StoreError>;
-    /// Saves the state as of event `seq`; later loads replay only what follows.
-    fn snapshot(&mut self, seq: u64, state: &ClusterState) -> Result<(), StoreError>;
+    /// Saves the state as of event `seq`, with the server's own derived data (`extra`, JSON);
+    /// later loads replay only what follows.
+    fn snapshot(&mut self, seq: u64, state: &ClusterState, extra: &str) -> Result<(), StoreError>;
     fn put_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
     fn put_node(&mut self, node: &NodeRecord) -> Result<(), StoreError>;
     /// Appends task output at `offset` (ignoring bytes already stored); returns the log's
@@ -119,6 +124,7 @@ pub struct SqliteStore {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, event TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot_extra (seq INTEGER PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS payloads (job INTEGER PRIMARY KEY, payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, teams TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, credential_hash TEXT NOT NULL, address TEXT NOT NULL);
@@ -163,10 +169,23 @@ impl Store for SqliteStore {
         let from = match snap {
             Some((seq, text)) => {
                 out.state = Some(serde_json::from_str(&text)?);
+                out.extra = self
+                    .db
+                    .query_row(
+                        "SELECT data FROM snapshot_extra WHERE seq = ?1",
+                        [seq as i64],
+                        |r| r.get(0),
+                    )
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
                 seq
             }
             None => 0,
         };
+        out.snapshot_seq = from;
         let mut stmt = self
             .db
             .prepare("SELECT seq, event FROM events WHERE seq > ?1 ORDER BY seq")?;
@@ -246,13 +265,18 @@ impl Store for SqliteStore {
         Ok(last)
     }
 
-    fn snapshot(&mut self, seq: u64, state: &ClusterState) -> Result<(), StoreError> {
+    fn snapshot(&mut self, seq: u64, state: &ClusterState, extra: &str) -> Result<(), StoreError> {
         let tx = self.db.transaction()?;
         tx.execute(
             "INSERT OR REPLACE INTO snapshots (seq, state) VALUES (?1, ?2)",
             rusqlite::params![seq as i64, serde_json::to_string(state)?],
         )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshot_extra (seq, data) VALUES (?1, ?2)",
+            rusqlite::params![seq as i64, extra],
+        )?;
         tx.execute("DELETE FROM snapshots WHERE seq < ?1", [seq as i64])?;
+        tx.execute("DELETE FROM snapshot_extra WHERE seq < ?1", [seq as i64])?;
         tx.commit()?;
         Ok(())
     }
@@ -357,7 +381,7 @@ mod tests {
             assert_eq!(seq, 1);
             let mut state = ClusterState::new(SchedulerConfig::default());
             apply(&mut state, team.clone()).unwrap();
-            s.snapshot(seq, &state).unwrap();
+            s.snapshot(seq, &state, "{}").unwrap();
             s.append(Batch {
                 events: &[Event::SetTeam(TeamSpec::new("b", 8))],
                 payloads: &[],
@@ -374,6 +398,7 @@ mod tests {
         let loaded = s.load().unwrap();
         assert!(loaded.state.unwrap().team("a").is_some());
         assert_eq!(loaded.events.len(), 1, "only what follows the snapshot");
+        assert_eq!(loaded.extra.as_deref(), Some("{}"));
         assert_eq!(loaded.last_seq, 2);
         assert_eq!(loaded.payloads.len(), 1);
         let (bytes, next) = s.read_log((1, 0, 1), 6, 100).unwrap();

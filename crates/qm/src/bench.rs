@@ -387,7 +387,7 @@ fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Err
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut store = qm_store::SqliteStore::open(&dir.join("qm.db"))?;
-    store.snapshot(0, &state)?;
+    store.snapshot(0, &state, "{}")?;
     let server = qm_server::Server::open(Box::new(store), qm_server::ServerConfig::default())
         .map_err(|e| format!("{e:?}"))?;
     let token = server

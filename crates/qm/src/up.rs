@@ -45,6 +45,10 @@ pub struct SchedArgs {
     idle_window_s: u64,
     #[arg(long, default_value_t = 5)]
     idle_threshold_pct: u8,
+    /// Events between snapshots of the state (a restart replays only the events after the
+    /// last one).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
 }
 
 impl SchedArgs {
@@ -103,6 +107,7 @@ fn open_server(
     let store = SqliteStore::open(db)?;
     let config = ServerConfig {
         node_timeout_s,
+        snapshot_every: sched.snapshot_every.max(1),
         scheduler: sched.config(),
     };
     Server::open(Box::new(store), config)
@@ -173,6 +178,10 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
             c.server = url.clone();
             c.save(&path)?;
         }
+    }
+    let (snap, replayed) = server.resumed();
+    if snap > 0 || replayed > 0 {
+        println!("qm up: resumed from a snapshot at event {snap} and {replayed} events after it");
     }
     println!("qm up: API at {url}, data in {}", dir.display());
     // The local agent: a child process, unless one for this data directory still runs.

@@ -20,6 +20,8 @@ struct Up {
     dir: PathBuf,
     port: u16,
     child: Child,
+    /// What `qm up` printed before its address.
+    banner: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -50,14 +52,21 @@ impl Up {
             .expect("qm up starts");
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
+        let mut banner = Vec::new();
         loop {
             let line = lines.next().expect("qm up prints its address").unwrap();
             if line.contains("API at") {
                 break;
             }
+            banner.push(line);
         }
         std::thread::spawn(move || for _ in lines {});
-        let up = Up { dir, port, child };
+        let up = Up {
+            dir,
+            port,
+            child,
+            banner,
+        };
         up.wait_for(|u| {
             u.json(&["nodes", "--json"])
                 .as_array()
@@ -434,7 +443,7 @@ fn a_sleeping_task_is_reported_idle() {
 
 #[test]
 fn kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks() {
-    let up = Up::start("crash", &[]);
+    let up = Up::start("crash", &["--snapshot-every", "3"]);
     up.ok(&["admin", "team", "create", "t", "--guaranteed", "4"]);
     let long = up.submit(&[
         "--team",
@@ -454,12 +463,28 @@ fn kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks() {
     up.child.kill().unwrap(); // SIGKILL
     up.child.wait().unwrap();
     std::mem::forget(up);
-    let up = Up::start_in(dir, port, &[]);
+    let up = Up::start_in(dir, port, &["--snapshot-every", "3"]);
     assert_eq!(
         up.agent_pid(),
         Some(agent),
         "the agent kept running; no second one"
     );
+    // The restart began from a snapshot (one every 3 events) and kept the job's history.
+    assert!(
+        up.banner
+            .iter()
+            .any(|l| l.contains("resumed from a snapshot at event")
+                && !l.contains("snapshot at event 0 ")),
+        "{:?}",
+        up.banner
+    );
+    let whats: Vec<String> = up.job(long)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(whats[..2], ["queued", "started"], "{whats:?}");
     let j = up.wait_state(long, "succeeded");
     assert_eq!(j["attempt"], 1, "re-attached, not restarted");
     assert_eq!(logs(&up, long, 0).matches("finished").count(), 1);
