@@ -345,6 +345,7 @@ impl<'a> Planner<'a> {
     fn scan_running(&mut self) {
         let state = self.state;
         self.live = state.live_jobs().collect();
+        self.view.mix_jobs = self.live.clone();
         let live = self.live.clone();
         for job in live {
             let Some(run) = job.state.run() else { continue };
@@ -1108,10 +1109,10 @@ impl<'a> Planner<'a> {
 
     fn ordered_pass(&mut self, handled: &BTreeSet<JobId>) {
         let queue = self.queue(handled);
-        let mut per_team: BTreeMap<usize, Vec<&'a Job>> = BTreeMap::new();
+        let mut per_team: Vec<Vec<&'a Job>> = vec![Vec::new(); self.teams.names.len()];
         for job in queue {
             match self.team_of(job) {
-                Some(t) => per_team.entry(t).or_default().push(job),
+                Some(t) => per_team[t].push(job),
                 None => {
                     let team = job.spec.team.clone();
                     self.pend(job.spec.id, Reason::NoPartition { team }, None);
@@ -1120,6 +1121,8 @@ impl<'a> Planner<'a> {
         }
         let mut lists: Vec<(usize, Ordered<'a>)> = per_team
             .into_iter()
+            .enumerate()
+            .filter(|(_, jobs)| !jobs.is_empty())
             .map(|(t, jobs)| (t, Ordered::new(jobs)))
             .collect();
         for (_, list) in &mut lists {

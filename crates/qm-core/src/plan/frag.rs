@@ -89,6 +89,15 @@ impl Mix {
         }
     }
 
+    /// The share of tasks in the mix that need whole nodes of `node_gpus` GPUs (or more).
+    pub fn whole_node_share(&self, node_gpus: u32) -> f64 {
+        self.shapes
+            .iter()
+            .filter(|(s, _)| s.need == MILLI_PER_GPU && s.count >= node_gpus.max(1))
+            .map(|(_, p)| p)
+            .sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.shapes.is_empty()
     }
