@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use qm_core::{ClusterState, Event};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 /// Something the store could not do.
@@ -161,11 +162,7 @@ impl Store for SqliteStore {
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
             )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
+            .optional()?;
         let from = match snap {
             Some((seq, text)) => {
                 out.state = Some(serde_json::from_str(&text)?);
@@ -176,11 +173,7 @@ impl Store for SqliteStore {
                         [seq as i64],
                         |r| r.get(0),
                     )
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
+                    .optional()?;
                 seq
             }
             None => 0,
@@ -310,11 +303,7 @@ impl Store for SqliteStore {
                 rusqlite::params![key.0 as i64, key.1, key.2],
                 |r| r.get(0),
             )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
+            .optional()?;
         let mut all = have.unwrap_or_default();
         let len = all.len() as u64;
         if offset <= len {
@@ -348,10 +337,8 @@ impl Store for SqliteStore {
                 rusqlite::params![key.0 as i64, key.1, key.2],
                 |r| r.get(0),
             )
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(Vec::new()),
-                e => Err(e),
-            })?;
+            .optional()?
+            .unwrap_or_default();
         let start = (offset as usize).min(data.len());
         let end = (start + max).min(data.len());
         Ok((data[start..end].to_vec(), end as u64))
