@@ -13,6 +13,9 @@ use crate::{now_s, Inner, Refusal, Sent};
 /// lost (the agent restarted without it).
 const LOST_AFTER: Duration = Duration::from_secs(10);
 
+/// Utilisation of a running job becomes an event at least this often (seconds).
+const UTIL_EVERY_S: u64 = 30;
+
 /// A run's job, attempt and (task, node) pairs.
 type RunTasks = (u64, u32, Vec<(u32, NodeId)>);
 
@@ -400,16 +403,43 @@ impl Inner {
                 );
             }
         }
+        // Utilisation: the job's is the highest of its tasks' (reported by every node it runs
+        // on). It becomes an event (stored like every other) when it first arrives, when it
+        // crosses the idle threshold, and at least every UTIL_EVERY_S otherwise: enough for
+        // idle detection, without an event per job per second.
+        let threshold = self.state.config.idle_threshold_pct;
         for u in &hb.util {
-            if current(self, &u.key) && u.key.task == 0 {
+            if !current(self, &u.key) {
+                continue;
+            }
+            let entry = self.util.entry((u.key.job, u.key.attempt)).or_default();
+            entry.tasks.insert(u.key.task, u.pct);
+            let pct = entry.tasks.values().copied().max().unwrap_or(0);
+            // The core keeps one sample per second: a second one in the same second waits.
+            let due = match entry.sent {
+                None => true,
+                Some((last_pct, at)) => {
+                    now > at
+                        && ((last_pct < threshold) != (pct < threshold) || now - at >= UTIL_EVERY_S)
+                }
+            };
+            if due {
+                entry.sent = Some((pct, now));
                 events.push(Event::Utilisation {
                     job: JobId(u.key.job),
-                    pct: u.pct,
+                    pct,
                     attempt: Some(u.key.attempt),
                     at_s: now,
                 });
             }
         }
+        // Forget runs that ended.
+        let live = &self.state;
+        self.util.retain(|&(job, attempt), _| {
+            live.job(JobId(job))
+                .and_then(|j| j.state.run())
+                .is_some_and(|r| r.attempt == attempt)
+        });
         // Exits of one job in one batch must not repeat: keep the first of each.
         let mut seen = std::collections::BTreeSet::new();
         events.retain(|e| match e {
@@ -428,5 +458,144 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qm_core::{GpuAsk, JobSpec, NodeSpec, SchedulerConfig, TeamSpec};
+    use qm_proto::TaskUtil;
+    use qm_store::SqliteStore;
+
+    use super::*;
+    use crate::{Server, ServerConfig};
+
+    fn node(id: u32) -> Event {
+        Event::NodeUp(NodeSpec {
+            id: NodeId(id),
+            name: format!("n{id}"),
+            gpus: 1,
+            gpu_model: "SIM".into(),
+            gpu_mem_mib: 0,
+            cpu_milli: 1000,
+            mem_mib: 1024,
+            labels: Default::default(),
+            topology: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_gangs_utilisation_is_its_busiest_task_and_is_stored_only_when_it_matters() {
+        let server = Server::open(
+            Box::new(SqliteStore::memory().unwrap()),
+            ServerConfig {
+                scheduler: SchedulerConfig::default(),
+                ..ServerConfig::default()
+            },
+        )
+        .unwrap();
+        let mut inner = server.lock();
+        let spec = JobSpec {
+            id: JobId(1),
+            name: String::new(),
+            team: "t".into(),
+            user: String::new(),
+            priority: 0,
+            tasks: 2,
+            gpu: GpuAsk::Whole(1),
+            cpu_milli: 0,
+            mem_mib: 0,
+            gpu_model: None,
+            node_selector: Default::default(),
+            time_limit_s: None,
+            runtime_estimate_s: None,
+            preemptible: true,
+            grace_s: 0,
+            min_run_s: 0,
+            checkpoint_every_s: None,
+            depends_on: Vec::new(),
+            submit_s: now_s(),
+        };
+        inner
+            .commit(
+                vec![
+                    node(0),
+                    node(1),
+                    Event::SetTeam(TeamSpec::new("t", 2)),
+                    Event::Submit(spec),
+                ],
+                &[],
+            )
+            .unwrap();
+        inner.schedule().unwrap();
+        let run = inner
+            .state
+            .job(JobId(1))
+            .unwrap()
+            .state
+            .run()
+            .unwrap()
+            .clone();
+        assert_eq!(run.placement.len(), 2);
+        let key = |task: u32| TaskKey {
+            job: 1,
+            task,
+            attempt: run.attempt,
+        };
+        let beat = |inner: &mut Inner, node: u32, task: u32, pct: u8| {
+            inner
+                .heartbeat(
+                    node,
+                    Heartbeat {
+                        running: vec![key(task)],
+                        exited: Vec::new(),
+                        util: vec![TaskUtil {
+                            key: key(task),
+                            pct,
+                        }],
+                    },
+                )
+                .unwrap();
+        };
+        let node_of = |task: usize| run.placement[task].node.0;
+        let before = inner.seq;
+        beat(&mut inner, node_of(0), 0, 0);
+        // The core keeps one sample per second: the clock must move on.
+        let next_second = || std::thread::sleep(std::time::Duration::from_millis(1100));
+        next_second();
+        beat(&mut inner, node_of(1), 1, 90);
+        let util = |inner: &Inner| {
+            inner
+                .state
+                .job(JobId(1))
+                .unwrap()
+                .state
+                .run()
+                .unwrap()
+                .last_util_pct
+        };
+        assert_eq!(util(&inner), Some(90), "the busiest task counts");
+        let after_two = inner.seq;
+        assert_eq!(
+            after_two - before,
+            2,
+            "the first sample and a threshold crossing"
+        );
+        for _ in 0..5 {
+            beat(&mut inner, node_of(0), 0, 0);
+            beat(&mut inner, node_of(1), 1, 85);
+        }
+        assert_eq!(
+            inner.seq, after_two,
+            "no event while nothing that matters changed"
+        );
+        next_second();
+        beat(&mut inner, node_of(1), 1, 1);
+        assert_eq!(
+            inner.seq,
+            after_two + 1,
+            "falling below the idle threshold is stored"
+        );
+        assert_eq!(util(&inner), Some(1));
     }
 }

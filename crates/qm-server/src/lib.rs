@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     /// Launches handed to agents and not yet seen exited.
     pub sent: BTreeMap<TaskKey, Sent>,
     pub history: BTreeMap<u64, Vec<JobEvent>>,
+    /// Utilisation reports of running jobs, by (job, attempt).
+    pub util: BTreeMap<(u64, u32), UtilSeen>,
     /// Jobs whose idle warning was recorded, by (job, attempt).
     pub idle_noted: BTreeSet<(u64, u32)>,
     pub next_job: u64,
@@ -91,6 +93,14 @@ pub(crate) struct Inner {
     /// Sequence number of the last stored event, and events stored since the last snapshot.
     pub seq: u64,
     pub since_snapshot: u64,
+}
+
+/// The latest utilisation of each task of a run, and the last value sent to the core.
+#[derive(Debug, Default)]
+pub(crate) struct UtilSeen {
+    pub tasks: BTreeMap<u32, u8>,
+    /// (percent, at) of the last `Utilisation` event.
+    pub sent: Option<(u8, Secs)>,
 }
 
 /// Why a request changed nothing.
@@ -178,6 +188,7 @@ impl Server {
             exits: BTreeMap::new(),
             sent: BTreeMap::new(),
             history,
+            util: BTreeMap::new(),
             idle_noted: BTreeSet::new(),
             next_job,
             started,
