@@ -117,6 +117,15 @@ pub trait Store: Send {
     ) -> Result<(Vec<u8>, u64), StoreError>;
 }
 
+/// Bytes stored for a task's log.
+fn log_len(db: &rusqlite::Connection, key: (u64, u32, u32)) -> Result<u64, StoreError> {
+    Ok(db.query_row(
+        "SELECT COALESCE(MAX(offset + length(data)), 0) FROM log_chunks WHERE job = ?1 AND task = ?2 AND attempt = ?3",
+        rusqlite::params![key.0 as i64, key.1, key.2],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
 /// The embedded store: one SQLite file in WAL mode with full sync.
 pub struct SqliteStore {
     db: rusqlite::Connection,
@@ -129,7 +138,7 @@ CREATE TABLE IF NOT EXISTS snapshot_extra (seq INTEGER PRIMARY KEY, data TEXT NO
 CREATE TABLE IF NOT EXISTS payloads (job INTEGER PRIMARY KEY, payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, teams TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, credential_hash TEXT NOT NULL, address TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS logs (job INTEGER NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, task, attempt));
+CREATE TABLE IF NOT EXISTS log_chunks (job INTEGER NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, task, attempt, offset));
 ";
 
 impl SqliteStore {
@@ -296,32 +305,25 @@ impl Store for SqliteStore {
         offset: u64,
         data: &[u8],
     ) -> Result<u64, StoreError> {
+        // Output is stored as chunks, one row per upload, never rewritten.
         let tx = self.db.transaction()?;
-        let have: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT data FROM logs WHERE job = ?1 AND task = ?2 AND attempt = ?3",
-                rusqlite::params![key.0 as i64, key.1, key.2],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let mut all = have.unwrap_or_default();
-        let len = all.len() as u64;
-        if offset <= len {
-            let skip = (len - offset) as usize;
-            if skip < data.len() {
-                all.extend_from_slice(&data[skip..]);
-            }
-        } else {
+        let len = log_len(&tx, key)?;
+        if offset > len {
             return Err(StoreError(format!(
                 "log chunk at offset {offset} leaves a gap after {len} bytes"
             )));
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO logs (job, task, attempt, data) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![key.0 as i64, key.1, key.2, all],
-        )?;
+        let skip = (len - offset) as usize;
+        let mut end = len;
+        if skip < data.len() {
+            tx.execute(
+                "INSERT INTO log_chunks (job, task, attempt, offset, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![key.0 as i64, key.1, key.2, len as i64, &data[skip..]],
+            )?;
+            end = len + (data.len() - skip) as u64;
+        }
         tx.commit()?;
-        Ok(all.len() as u64)
+        Ok(end)
     }
 
     fn read_log(
@@ -330,18 +332,29 @@ impl Store for SqliteStore {
         offset: u64,
         max: usize,
     ) -> Result<(Vec<u8>, u64), StoreError> {
-        let data: Vec<u8> = self
-            .db
-            .query_row(
-                "SELECT data FROM logs WHERE job = ?1 AND task = ?2 AND attempt = ?3",
-                rusqlite::params![key.0 as i64, key.1, key.2],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or_default();
-        let start = (offset as usize).min(data.len());
-        let end = (start + max).min(data.len());
-        Ok((data[start..end].to_vec(), end as u64))
+        let len = log_len(&self.db, key)?;
+        let start = offset.min(len);
+        let mut out = Vec::new();
+        let mut stmt = self.db.prepare_cached(
+            "SELECT offset, data FROM log_chunks WHERE job = ?1 AND task = ?2 AND attempt = ?3 \
+             AND offset + length(data) > ?4 ORDER BY offset",
+        )?;
+        let rows = stmt.query_map(
+            rusqlite::params![key.0 as i64, key.1, key.2, start as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+        )?;
+        for row in rows {
+            let (at, data) = row?;
+            let from = start.saturating_sub(at) as usize;
+            let room = max - out.len();
+            let take = (data.len() - from).min(room);
+            out.extend_from_slice(&data[from..from + take]);
+            if out.len() >= max {
+                break;
+            }
+        }
+        let next = start + out.len() as u64;
+        Ok((out, next))
     }
 }
 
@@ -388,6 +401,14 @@ mod tests {
         assert_eq!(loaded.extra.as_deref(), Some("{}"));
         assert_eq!(loaded.last_seq, 2);
         assert_eq!(loaded.payloads.len(), 1);
+        let (bytes, next) = s.read_log((1, 0, 1), 2, 5).unwrap();
+        assert_eq!(
+            (bytes.as_slice(), next),
+            (&b"llo w"[..], 7),
+            "across chunks, at most max"
+        );
+        let (bytes, next) = s.read_log((1, 0, 1), u64::MAX, 0).unwrap();
+        assert_eq!((bytes.len(), next), (0, 11), "the length, for a tail");
         let (bytes, next) = s.read_log((1, 0, 1), 6, 100).unwrap();
         assert_eq!((bytes.as_slice(), next), (&b"world"[..], 11));
     }
