@@ -355,6 +355,10 @@ impl Inner {
                 continue;
             }
             let job = JobId(exit.key.job);
+            // Durable before it counts: a restart must not forget that a task of a gang
+            // still running has already exited.
+            self.store
+                .put_exit((exit.key.job, exit.key.task, exit.key.attempt), exit.code)?;
             let codes = self
                 .exits
                 .entry((exit.key.job, exit.key.attempt))

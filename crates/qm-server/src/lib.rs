@@ -185,7 +185,16 @@ impl Server {
                 .map(|n| (n.name.clone(), n))
                 .collect(),
             agents: BTreeMap::new(),
-            exits: BTreeMap::new(),
+            exits: {
+                let mut exits: BTreeMap<(u64, u32), BTreeMap<u32, i32>> = BTreeMap::new();
+                for ((job, task, attempt), code) in &loaded.exits {
+                    exits
+                        .entry((*job, *attempt))
+                        .or_default()
+                        .insert(*task, *code);
+                }
+                exits
+            },
             sent: BTreeMap::new(),
             history,
             util: BTreeMap::new(),

@@ -76,6 +76,8 @@ pub struct Loaded {
     pub nodes: Vec<NodeRecord>,
     /// The sequence number of the last event.
     pub last_seq: u64,
+    /// Exit codes of tasks, by (job, task, attempt).
+    pub exits: Vec<((u64, u32, u32), i32)>,
     /// The sequence number the snapshot (if any) was taken at.
     pub snapshot_seq: u64,
     /// The server's derived data saved with the snapshot.
@@ -100,6 +102,8 @@ pub trait Store: Send {
     fn snapshot(&mut self, seq: u64, state: &ClusterState, extra: &str) -> Result<(), StoreError>;
     fn put_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
     fn put_node(&mut self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// Records that one task of a run exited (a gang's run ends when all its tasks have).
+    fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError>;
     /// Appends task output at `offset` (ignoring bytes already stored); returns the log's
     /// length.
     fn append_log(
@@ -138,6 +142,7 @@ CREATE TABLE IF NOT EXISTS snapshot_extra (seq INTEGER PRIMARY KEY, data TEXT NO
 CREATE TABLE IF NOT EXISTS payloads (job INTEGER PRIMARY KEY, payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, teams TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, credential_hash TEXT NOT NULL, address TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS task_exits (job INTEGER NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, code INTEGER NOT NULL, PRIMARY KEY (job, task, attempt));
 CREATE TABLE IF NOT EXISTS log_chunks (job INTEGER NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, task, attempt, offset));
 ";
 
@@ -233,6 +238,22 @@ impl Store for SqliteStore {
         }
         let mut stmt = self
             .db
+            .prepare("SELECT job, task, attempt, code FROM task_exits")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                (
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, u32>(2)?,
+                ),
+                r.get::<_, i32>(3)?,
+            ))
+        })?;
+        for row in rows {
+            out.exits.push(row?);
+        }
+        let mut stmt = self
+            .db
             .prepare("SELECT name, id, credential_hash, address FROM nodes ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             Ok(NodeRecord {
@@ -287,6 +308,14 @@ impl Store for SqliteStore {
         self.db.execute(
             "INSERT OR REPLACE INTO tokens (hash, name, role, teams) VALUES (?1, ?2, ?3, ?4)",
             rusqlite::params![t.hash, t.name, t.role, serde_json::to_string(&t.teams)?],
+        )?;
+        Ok(())
+    }
+
+    fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO task_exits (job, task, attempt, code) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![key.0 as i64, key.1, key.2, code],
         )?;
         Ok(())
     }

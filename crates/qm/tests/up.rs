@@ -815,3 +815,31 @@ fn the_dashboard_shows_jobs_live_and_a_preemption_behind_a_sign_in() {
     );
     eprintln!("dashboard screenshots: {}", shots.display());
 }
+
+#[test]
+fn a_gang_whose_first_task_ended_before_a_server_crash_still_completes() {
+    let up = Up::start("gang-crash", &[]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "4"]);
+    let id = up.submit(&[
+        "--team",
+        "t",
+        "--gpus",
+        "1",
+        "--tasks",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "if [ \"$QM_TASK_INDEX\" = 1 ]; then sleep 4; echo done; fi",
+    ]);
+    up.wait_for(|u| u.job(id)["placement"][0]["exit_code"] == 0);
+    let (dir, port) = (up.dir.clone(), up.port);
+    let mut up = up;
+    up.child.kill().unwrap(); // SIGKILL, while task 1 still runs
+    up.child.wait().unwrap();
+    std::mem::forget(up);
+    let up = Up::start_in(dir, port, &[]);
+    let j = up.wait_state(id, "succeeded");
+    assert_eq!(j["attempt"], 1, "re-attached, not restarted");
+    assert!(logs(&up, id, 1).contains("done"));
+}
