@@ -23,6 +23,9 @@ use qm_proto::{
 pub use gpus::{GpuProbe, NvidiaSmi, Simulated};
 use proc::Task;
 
+/// How many ended tasks an agent remembers, to ignore launches sent again.
+const FINISHED_KEPT: usize = 100_000;
+
 /// What an agent needs to know.
 pub struct AgentConfig {
     /// `http://host:port` of the server.
@@ -193,6 +196,8 @@ pub fn run(
         let _ = std::fs::write(&ledger, serde_json::to_string(&pgids).unwrap_or_default());
     };
     let mut tasks: BTreeMap<TaskKey, Task> = BTreeMap::new();
+    // Tasks that ended in this life (the lowest keys are dropped past FINISHED_KEPT).
+    let mut finished: std::collections::BTreeSet<TaskKey> = std::collections::BTreeSet::new();
     save_ledger(&tasks);
     let mut exited: Vec<TaskExit> = Vec::new();
     let mut last_beat = Instant::now() - Duration::from_secs(10);
@@ -219,7 +224,9 @@ pub fn run(
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
                 Command::Launch(l) => {
-                    if tasks.contains_key(&l.key) {
+                    // A launch sent again (after a server restart) of a task this agent runs
+                    // or has run changes nothing.
+                    if tasks.contains_key(&l.key) || finished.contains(&l.key) {
                         continue;
                     }
                     match launch(&cfg, &l) {
@@ -260,6 +267,13 @@ pub fn run(
         }
         for (key, code) in done {
             tasks.remove(&key);
+            finished.insert(key.clone());
+            if finished.len() > FINISHED_KEPT {
+                let oldest = finished.iter().next().cloned();
+                if let Some(k) = oldest {
+                    finished.remove(&k);
+                }
+            }
             exited.push(TaskExit { key, code });
             urgent = true;
             save_ledger(&tasks);

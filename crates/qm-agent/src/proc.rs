@@ -55,6 +55,14 @@ impl Task {
         if let Some(dir) = &l.workdir {
             cmd.current_dir(dir);
         }
+        // SAFETY: only an async-signal-safe call between fork and exec: the task gets the
+        // default SIGHUP the agent itself ignores.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if root {

@@ -188,7 +188,7 @@ impl Inner {
     }
 
     /// Sends each task of the job's current run to its node's agent.
-    fn launch(&mut self, id: JobId) {
+    pub(crate) fn launch(&mut self, id: JobId) {
         let Some(job) = self.state.job(id) else {
             return;
         };
@@ -245,6 +245,13 @@ impl Inner {
                 },
             ));
         }
+        // Tasks that already exited are not launched again.
+        let exited = self
+            .exits
+            .get(&(id.0, run.attempt))
+            .cloned()
+            .unwrap_or_default();
+        launches.retain(|(_, l)| !exited.contains_key(&l.key.task));
         for (node, launch) in launches {
             self.sent.insert(
                 launch.key.clone(),

@@ -207,6 +207,18 @@ impl Server {
             since_snapshot,
             resumed: (loaded.snapshot_seq, since_snapshot),
         };
+        // Launches of running jobs may not have reached their agents before the last stop:
+        // send them again (an agent ignores a launch of a task it runs or has run).
+        let mut inner = inner;
+        let running: Vec<JobId> = inner
+            .state
+            .live_jobs()
+            .filter(|j| matches!(j.state, qm_core::JobState::Running(_)))
+            .map(|j| j.spec.id)
+            .collect();
+        for job in running {
+            inner.launch(job);
+        }
         Ok(Arc::new(Server {
             inner: Mutex::new(inner),
             wake: Notify::new(),

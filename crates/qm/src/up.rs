@@ -122,10 +122,20 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Whether process `pid` is alive.
+/// Whether process `pid` is a live `qm agent` (not a zombie, not a reused pid).
 fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_agent = cmdline.split(|&b| b == 0).any(|arg| arg == b"agent");
+    !zombie && is_agent
 }
 
 async fn serve(
@@ -282,6 +292,10 @@ pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
         },
     };
     let (cpu_milli, mem_mib) = qm_agent::machine_resources();
+    // A daemon: it outlives the terminal or parent that started it (tasks get the default
+    // SIGHUP back).
+    // SAFETY: setting a signal disposition to "ignore" has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // SIGTERM and SIGINT stop the agent (which terminates its tasks).

@@ -843,3 +843,35 @@ fn a_gang_whose_first_task_ended_before_a_server_crash_still_completes() {
     assert_eq!(j["attempt"], 1, "re-attached, not restarted");
     assert!(logs(&up, id, 1).contains("done"));
 }
+
+#[test]
+fn a_launch_lost_in_a_server_crash_is_sent_again() {
+    let up = Up::start("lost-launch", &[]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "4"]);
+    // The agent dies: the node stays ready until its timeout, so the job starts and its
+    // launch waits in the server's outbox.
+    let agent = up.agent_pid().unwrap();
+    unsafe { libc_kill(agent, 9) };
+    let id = up.submit(&[
+        "--team",
+        "t",
+        "--gpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo ran once",
+    ]);
+    up.wait_state(id, "running");
+    let (dir, port) = (up.dir.clone(), up.port);
+    let mut up = up;
+    up.child.kill().unwrap(); // SIGKILL before any agent heard of the start
+    up.child.wait().unwrap();
+    std::mem::forget(up);
+    // The restart starts a new agent; the launch is sent again.
+    let up = Up::start_in(dir, port, &[]);
+    assert_ne!(up.agent_pid(), Some(agent));
+    let j = up.wait_state(id, "succeeded");
+    assert_eq!(j["attempt"], 1);
+    assert_eq!(logs(&up, id, 0).matches("ran once").count(), 1);
+}
