@@ -474,7 +474,8 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use qm_core::{GpuAsk, JobSpec, NodeSpec, SchedulerConfig, TeamSpec};
+    use qm_core::testkit::JobBuilder;
+    use qm_core::{NodeSpec, SchedulerConfig, TeamSpec};
     use qm_proto::TaskUtil;
     use qm_store::SqliteStore;
 
@@ -506,27 +507,14 @@ mod tests {
         )
         .unwrap();
         let mut inner = server.lock();
-        let spec = JobSpec {
-            id: JobId(1),
-            name: String::new(),
-            team: "t".into(),
-            user: String::new(),
-            priority: 0,
-            tasks: 2,
-            gpu: GpuAsk::Whole(1),
-            cpu_milli: 0,
-            mem_mib: 0,
-            gpu_model: None,
-            node_selector: Default::default(),
-            time_limit_s: None,
-            runtime_estimate_s: None,
-            preemptible: true,
-            grace_s: 0,
-            min_run_s: 0,
-            checkpoint_every_s: None,
-            depends_on: Vec::new(),
-            submit_s: now_s(),
-        };
+        let spec = JobBuilder::new("t")
+            .id(1)
+            .tasks(2)
+            .cpu_milli(0)
+            .mem_mib(0)
+            .no_limit()
+            .submit_at(now_s())
+            .spec();
         inner
             .commit(
                 vec![

@@ -481,9 +481,12 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
             };
             push(*job, *at_s, what, String::new());
         }
-        Event::Requeue { job, at_s, .. } => {
-            push(*job, *at_s, "requeued", "its node went away".into())
-        }
+        Event::Requeue { job, at_s, .. } => push(
+            *job,
+            *at_s,
+            "requeued",
+            "its run lost its resources; back to the queue whole".into(),
+        ),
         Event::Cancel { job, at_s } => push(*job, *at_s, "cancelled", String::new()),
         _ => {}
     }
