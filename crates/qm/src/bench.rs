@@ -45,6 +45,9 @@ pub struct PlanArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the timed plan as JSON to this file, to compare two builds' decisions.
+    #[arg(long, value_name = "FILE")]
+    plan_out: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -268,6 +271,10 @@ fn bench_plan(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
             return Err("plan is not deterministic: two runs on one state differ".into());
         }
         last = p;
+    }
+    if let Some(path) = &args.plan_out {
+        std::fs::write(path, serde_json::to_vec_pretty(&last)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     ms.sort_by(f64::total_cmp);
     let pct = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
