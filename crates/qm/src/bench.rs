@@ -407,7 +407,7 @@ fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Err
     rt.spawn(async move {
         let _ = axum::serve(listener, qm_server::app(server)).await;
     });
-    let mut b = crate::cdp::Browser::launch();
+    let mut b = qm::cdp::Browser::launch();
     b.goto(&format!("{url}/"));
     b.wait_for(
         "!document.querySelector('#signin').hidden",

@@ -1,7 +1,6 @@
 //! A real headless Chromium, driven over the Chrome DevTools Protocol: navigate, evaluate
 //! JavaScript in the page, wait for a condition, take screenshots. Used by the dashboard's
 //! tests and by `qm bench dashboard --browser`.
-#![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

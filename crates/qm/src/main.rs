@@ -3,7 +3,6 @@
 
 mod alloc;
 mod bench;
-mod cdp;
 mod client;
 mod e2e;
 mod sim;

@@ -11,8 +11,7 @@ use serde_json::Value;
 #[path = "support/promtext.rs"]
 mod promtext;
 
-#[path = "../src/cdp.rs"]
-mod cdp;
+use qm::cdp;
 
 const QM: &str = env!("CARGO_BIN_EXE_qm");
 
@@ -433,7 +432,9 @@ fn a_sleeping_task_is_reported_idle() {
         "while :; do :; done",
     ]);
     up.wait_state(busy, "running");
-    up.wait_for(|u| u.job(busy)["util_pct"].as_u64().is_some_and(|p| p > 50));
+    // Busy means above the idle threshold (5 %); a loaded machine may give the loop far less
+    // than a whole core.
+    up.wait_for(|u| u.job(busy)["util_pct"].as_u64().is_some_and(|p| p > 5));
     assert!(
         up.job(busy)["idle_since_s"].is_null(),
         "a busy task is not idle"
