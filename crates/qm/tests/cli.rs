@@ -186,6 +186,10 @@ fn bench_plan_prints_its_json_figures() {
         assert!(json.get(key).is_some(), "missing {key}: {json}");
     }
     assert_eq!(json["gpus"], 512);
+    assert!(
+        json["plan_ms_p99"].is_null(),
+        "3 runs give no 99th percentile: {json}"
+    );
 }
 
 #[test]
@@ -219,8 +223,15 @@ fn the_format_is_sniffed_from_the_header() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
             .unwrap();
     assert_eq!(json["format"], "tiresias");
-    // The 8-GPU job ran as a gang of two 4-GPU tasks on the 4-GPU nodes.
-    assert_eq!(json["policies"][0]["jobs"], 2);
+    // The 8-GPU job ran (as a gang of two 4-GPU tasks: no 4-GPU node holds it whole) and
+    // took all 8 GPUs of both nodes: the 1-GPU job submitted at 10 s waited for its end at
+    // 120 s.
+    let run = &json["policies"][0];
+    assert_eq!(run["jobs"], 2);
+    assert_eq!(run["rejected"], 0);
+    assert_eq!(run["unfinished"], 0);
+    assert_eq!(run["wait_max_s"], 110.0);
+    assert_eq!(run["makespan_s"], 180);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
