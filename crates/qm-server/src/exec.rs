@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use qm_core::{decide, Event, JobId, JobState, NodeId, NodeState, StopCause};
+use qm_core::{decide, Event, IdleAction, JobId, JobState, NodeId, NodeState, StopCause};
 use qm_proto::{Command, Heartbeat, Launch, TaskKey};
 
 use crate::{now_s, Inner, Refusal, Sent};
@@ -18,6 +18,15 @@ const UTIL_EVERY_S: u64 = 30;
 
 /// A run's job, attempt and (task, node) pairs.
 type RunTasks = (u64, u32, Vec<(u32, NodeId)>);
+
+/// An idle notice's action in a job's history.
+fn idle_action_text(a: IdleAction) -> String {
+    match a {
+        IdleAction::Warn => "warn".into(),
+        IdleAction::Reclaimed => "reclaimed".into(),
+        IdleAction::RequeueAt(t) => format!("requeueat({t})"),
+    }
+}
 
 impl Inner {
     /// Marks down the nodes whose agents stopped reporting; the core requeues their jobs.
@@ -112,10 +121,10 @@ impl Inner {
                     now,
                     "idle",
                     format!(
-                        "GPUs idle since {}: {:?}",
-                        notice.idle_since_s, notice.action
-                    )
-                    .to_lowercase(),
+                        "gpus idle since {}: {}",
+                        notice.idle_since_s,
+                        idle_action_text(notice.action)
+                    ),
                 );
             }
         }
@@ -164,17 +173,13 @@ impl Inner {
         }
         for stop in &plan.stops {
             let cause = match stop.cause {
-                StopCause::Reclaim => "reclaim",
-                StopCause::Idle => "idle",
+                StopCause::Reclaim => qm_proto::PreemptionCause::Reclaim,
+                StopCause::Idle => qm_proto::PreemptionCause::Idle,
                 _ => continue,
             };
             if let Some(job) = self.state.job(stop.job) {
                 let team = job.spec.team.clone();
-                *self
-                    .metrics
-                    .preemptions
-                    .entry((team, cause.to_string()))
-                    .or_default() += 1;
+                *self.metrics.preemptions.entry((team, cause)).or_default() += 1;
             }
         }
         for start in &plan.starts {

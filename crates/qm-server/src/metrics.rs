@@ -5,9 +5,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use qm_core::{plan, Admission, NodeState};
+use qm_core::{plan, NodeState};
+use qm_proto as proto;
+use qm_proto::PreemptionCause;
 
-use crate::{now_s, Inner};
+use crate::{now_s, views, Inner};
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Upper bounds of the histogram buckets, in seconds.
 const WAIT_BUCKETS: [f64; 12] = [
@@ -62,7 +67,7 @@ pub struct Metrics {
     pub job_wait: Histogram,
     pub plan_duration: Histogram,
     /// Preemptions by team and cause (reclaim, idle).
-    pub preemptions: BTreeMap<(String, String), u64>,
+    pub preemptions: BTreeMap<(String, PreemptionCause), u64>,
     /// Heartbeats by node name.
     pub heartbeats: BTreeMap<String, u64>,
 }
@@ -98,17 +103,10 @@ pub fn render(inner: &Inner) -> String {
 
     // Capacity by model and node state.
     let mut capacity: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut nodes: BTreeMap<&str, u64> = ["ready", "draining", "down"]
-        .into_iter()
-        .map(|s| (s, 0))
-        .collect();
+    let mut nodes: BTreeMap<proto::NodeState, u64> =
+        proto::NodeState::ALL.iter().map(|s| (*s, 0)).collect();
     for n in state.nodes() {
-        let st = match n.state {
-            NodeState::Ready => "ready",
-            NodeState::Draining => "draining",
-            NodeState::Down => "down",
-        };
-        *nodes.entry(st).or_default() += 1;
+        *nodes.entry(views::node_state(n.state)).or_default() += 1;
         if n.state != NodeState::Down {
             *capacity.entry(n.spec.gpu_model.as_str()).or_default() += u64::from(n.spec.gpus);
         }
@@ -128,55 +126,38 @@ pub fn render(inner: &Inner) -> String {
     }
 
     // Allocation by team and model.
-    let mut alloc: BTreeMap<(&str, &str), (u64, u64, u64)> = BTreeMap::new();
-    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+    let alloc = views::usage(state);
+    let mut by_state: BTreeMap<proto::JobState, u64> = BTreeMap::new();
     for j in state.jobs() {
-        *by_state.entry(j.state.name()).or_default() += 1;
-        let Some(run) = j.state.run() else { continue };
-        let Some(model) = run
-            .placement
-            .first()
-            .and_then(|t| state.node(t.node))
-            .map(|n| n.spec.gpu_model.as_str())
-        else {
-            continue;
-        };
-        let milli = j.spec.milli_total();
-        let e = alloc.entry((j.spec.team.as_str(), model)).or_default();
-        e.0 += milli;
-        if run.admission == Admission::Borrowed {
-            e.1 += milli;
-        }
-        if run.idle_since_s.is_some() {
-            e.2 += milli;
-        }
+        *by_state.entry(views::job_state(&j.state)).or_default() += 1;
     }
-    for (name, help, pick) in [
+    type Pick = fn(&views::Usage) -> u64;
+    let picks: [(&str, &str, Pick); 3] = [
         (
             "qm_gpus_allocated",
             "GPUs held by running jobs, by team and model.",
-            0usize,
+            |u| u.allocated_milli,
         ),
         (
             "qm_gpus_borrowed",
             "GPUs held by jobs that started on capacity lent beyond their team's guarantee.",
-            1,
+            |u| u.borrowed_milli,
         ),
         (
             "qm_gpus_idle",
             "GPUs held by jobs whose GPUs are idle now (below the idle threshold).",
-            2,
+            |u| u.idle_milli,
         ),
-    ] {
+    ];
+    for (name, help, pick) in picks {
         head(&mut out, name, "gauge", help);
-        for ((team, model), v) in &alloc {
-            let x = [v.0, v.1, v.2][pick];
+        for ((team, model), u) in &alloc {
             let _ = writeln!(
                 out,
                 "{name}{{team=\"{}\",model=\"{}\"}} {}",
                 esc(team),
                 esc(model),
-                gpus(x)
+                gpus(pick(u))
             );
         }
     }
@@ -186,14 +167,7 @@ pub fn render(inner: &Inner) -> String {
         "gauge",
         "Jobs known to the server, by state.",
     );
-    for s in [
-        "pending",
-        "running",
-        "stopping",
-        "succeeded",
-        "failed",
-        "cancelled",
-    ] {
+    for s in proto::JobState::ALL {
         let _ = writeln!(
             out,
             "qm_jobs{{state=\"{s}\"}} {}",
@@ -203,13 +177,9 @@ pub fn render(inner: &Inner) -> String {
 
     // Pending jobs by reason, from a full plan.
     let p = plan(state, now_s());
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut reasons: BTreeMap<proto::ReasonKind, u64> = BTreeMap::new();
     for pj in &p.pending {
-        let kind = serde_json::to_value(&pj.reason)
-            .ok()
-            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
-        *reasons.entry(kind).or_default() += 1;
+        *reasons.entry(views::reason(&pj.reason).kind()).or_default() += 1;
     }
     head(
         &mut out,
@@ -218,7 +188,7 @@ pub fn render(inner: &Inner) -> String {
         "Pending jobs by the reason they wait.",
     );
     for (r, c) in &reasons {
-        let _ = writeln!(out, "qm_jobs_pending{{reason=\"{}\"}} {c}", esc(r));
+        let _ = writeln!(out, "qm_jobs_pending{{reason=\"{r}\"}} {c}");
     }
 
     // Per team: guarantee and idle time charged.
@@ -250,7 +220,7 @@ pub fn render(inner: &Inner) -> String {
             out,
             "qm_idle_gpu_hours_total{{team=\"{}\"}} {}",
             esc(&t.spec.name),
-            t.idle_milli_s_total as f64 / 1000.0 / 3600.0
+            views::idle_gpu_hours(t)
         );
     }
 
@@ -266,7 +236,7 @@ pub fn render(inner: &Inner) -> String {
             out,
             "qm_preemptions_total{{team=\"{}\",cause=\"{}\"}} {c}",
             esc(team),
-            esc(cause)
+            cause
         );
     }
     head(
