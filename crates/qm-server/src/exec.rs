@@ -106,9 +106,7 @@ impl Inner {
         let now = now_s();
         let t0 = Instant::now();
         let plan = decide(&self.state, now);
-        self.metrics
-            .plan_duration
-            .observe(t0.elapsed().as_secs_f64());
+        self.metrics.planned(t0.elapsed().as_secs_f64());
         for notice in &plan.idle {
             let attempt = self
                 .state
@@ -178,14 +176,13 @@ impl Inner {
                 _ => continue,
             };
             if let Some(job) = self.state.job(stop.job) {
-                let team = job.spec.team.clone();
-                *self.metrics.preemptions.entry((team, cause)).or_default() += 1;
+                self.metrics.preempted(job.spec.team.clone(), cause);
             }
         }
         for start in &plan.starts {
             if let Some(job) = self.state.job(start.job) {
                 let wait = now.saturating_sub(job.spec.submit_s);
-                self.metrics.job_wait.observe(wait as f64);
+                self.metrics.job_waited(wait);
             }
             self.launch(start.job);
         }
@@ -277,7 +274,7 @@ impl Inner {
             a.last_seen = Instant::now();
         }
         let name = self.node_name(node);
-        *self.metrics.heartbeats.entry(name).or_default() += 1;
+        self.metrics.heartbeat(name);
         let mut events = Vec::new();
         // A node that was marked down comes back.
         if self

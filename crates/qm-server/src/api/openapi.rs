@@ -32,7 +32,7 @@ pub fn openapi_doc() -> serde_json::Value {
             "/agent/v1/commands": { "get": op("Long poll for launches and kills; query wait_s") },
             "/agent/v1/logs": { "post": op("An agent uploads task output") },
             "/api/v1/stream": { "get": op("Server-sent events: dashboard snapshots, pushed on change") },
-            "/metrics": { "get": op("Prometheus text format: GPUs, jobs, plan and wait histograms, preemptions, heartbeats") }
+            "/metrics": { "get": op("OpenMetrics text format: GPUs, jobs, plan and wait histograms, preemptions, heartbeats") }
         }
     })
 }
