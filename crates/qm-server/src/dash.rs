@@ -18,7 +18,7 @@ use qm_proto::{
 };
 
 use crate::api::Client;
-use crate::views::{self, usage, usage_by_team, usage_total};
+use crate::views::{self, usage, usage_total};
 use crate::{now_s, Inner, Refusal, Server};
 
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -85,7 +85,6 @@ pub fn snapshot_of(
         .map(|n| u64::from(n.spec.gpus) * 1000)
         .sum();
     let by_model = usage(state);
-    let by_team = usage_by_team(&by_model);
     let total = usage_total(&by_model);
     let p = plan(state, now);
     // Per-GPU utilisation: the latest sample of the job holding the GPU.
@@ -128,30 +127,24 @@ pub fn snapshot_of(
         .collect();
     let standings: BTreeMap<&str, &qm_core::TeamStanding> =
         p.teams.iter().map(|t| (t.team.as_str(), t)).collect();
-    let teams = state
-        .teams()
-        .map(|t| {
-            let u = by_team
+    let teams = views::teams_with_usage(state, &by_model)
+        .into_iter()
+        .map(|(t, u)| DashTeam {
+            name: t.spec.name.clone(),
+            parent: t.spec.parent.clone(),
+            guaranteed_milli: t
+                .spec
+                .quotas
+                .values()
+                .map(|q| u64::from(q.guaranteed) * 1000)
+                .sum(),
+            used_milli: u.allocated_milli,
+            borrowed_milli: u.borrowed_milli,
+            idle_milli: u.idle_milli,
+            idle_gpu_hours: views::idle_gpu_hours(t),
+            standing: standings
                 .get(t.spec.name.as_str())
-                .copied()
-                .unwrap_or_default();
-            DashTeam {
-                name: t.spec.name.clone(),
-                parent: t.spec.parent.clone(),
-                guaranteed_milli: t
-                    .spec
-                    .quotas
-                    .values()
-                    .map(|q| u64::from(q.guaranteed) * 1000)
-                    .sum(),
-                used_milli: u.allocated_milli,
-                borrowed_milli: u.borrowed_milli,
-                idle_milli: u.idle_milli,
-                idle_gpu_hours: views::idle_gpu_hours(t),
-                standing: standings
-                    .get(t.spec.name.as_str())
-                    .map(|s| views::standing(s)),
-            }
+                .map(|s| views::standing(s)),
         })
         .collect();
     let queue = p

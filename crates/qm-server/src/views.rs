@@ -298,39 +298,46 @@ pub fn node_view(inner: &Inner, n: &Node) -> NodeView {
     }
 }
 
-/// Every team, with the GPUs it holds now.
-pub fn team_views(state: &ClusterState) -> Vec<TeamView> {
-    let by_model = usage(state);
-    let by_team = usage_by_team(&by_model);
+/// Every team with the GPUs it holds ([`usage`] summed over models).
+pub fn teams_with_usage<'s>(
+    state: &'s ClusterState,
+    by_model: &BTreeMap<(String, String), Usage>,
+) -> Vec<(&'s Team, Usage)> {
+    let by_team = usage_by_team(by_model);
     state
         .teams()
         .map(|t| {
-            let u = by_team
-                .get(t.spec.name.as_str())
-                .copied()
-                .unwrap_or_default();
-            TeamView {
-                name: t.spec.name.clone(),
-                parent: t.spec.parent.clone(),
-                guaranteed: t
-                    .spec
-                    .quotas
-                    .iter()
-                    .map(|(m, q)| (m.clone(), q.guaranteed))
-                    .collect(),
-                max: t
-                    .spec
-                    .quotas
-                    .iter()
-                    .map(|(m, q)| (m.clone(), q.max))
-                    .collect(),
-                weight: t.spec.weight,
-                idle_policy: idle_policy(t.spec.idle_policy),
-                used_milli: u.allocated_milli,
-                borrowed_milli: u.borrowed_milli,
-                idle_milli: u.idle_milli,
-                idle_gpu_hours: idle_gpu_hours(t),
-            }
+            let u = by_team.get(t.spec.name.as_str()).copied();
+            (t, u.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Every team, with the GPUs it holds now.
+pub fn team_views(state: &ClusterState) -> Vec<TeamView> {
+    teams_with_usage(state, &usage(state))
+        .into_iter()
+        .map(|(t, u)| TeamView {
+            name: t.spec.name.clone(),
+            parent: t.spec.parent.clone(),
+            guaranteed: t
+                .spec
+                .quotas
+                .iter()
+                .map(|(m, q)| (m.clone(), q.guaranteed))
+                .collect(),
+            max: t
+                .spec
+                .quotas
+                .iter()
+                .map(|(m, q)| (m.clone(), q.max))
+                .collect(),
+            weight: t.spec.weight,
+            idle_policy: idle_policy(t.spec.idle_policy),
+            used_milli: u.allocated_milli,
+            borrowed_milli: u.borrowed_milli,
+            idle_milli: u.idle_milli,
+            idle_gpu_hours: idle_gpu_hours(t),
         })
         .collect()
 }
