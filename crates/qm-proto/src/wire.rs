@@ -61,7 +61,7 @@ macro_rules! wire_enum {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
 
@@ -263,6 +263,8 @@ mod tests {
             );
             assert_eq!(name.parse::<T>().unwrap(), *v);
             assert_eq!(v.to_string(), *name);
+            // Table columns pad it.
+            assert_eq!(format!("{v:<12}|"), format!("{name:<12}|"));
         }
     }
 
