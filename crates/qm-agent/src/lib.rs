@@ -294,7 +294,7 @@ pub fn run(
                 exited: exited.clone(),
                 util,
             };
-            match client.post::<_, serde_json::Value>("/agent/v1/heartbeat", &token, &hb) {
+            match client.post::<_, qm_proto::HeartbeatAck>("/agent/v1/heartbeat", &token, &hb) {
                 Ok(_) => exited.clear(),
                 Err(e) if e.starts_with("HTTP 401") => reregister.store(true, Ordering::SeqCst),
                 Err(_) => {} // The server is away: keep the exits for the next beat.
@@ -330,7 +330,7 @@ fn upload(client: &Client, token: &str, key: &TaskKey, t: &mut Task) {
     };
     let n = chunk.data.len() as u64;
     if client
-        .post::<_, serde_json::Value>("/agent/v1/logs", token, &chunk)
+        .post::<_, qm_proto::LogAck>("/agent/v1/logs", token, &chunk)
         .is_ok()
     {
         t.sent(offset + n);

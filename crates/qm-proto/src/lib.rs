@@ -8,6 +8,18 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod dash;
+mod wire;
+
+pub use dash::{
+    DashJob, DashNode, DashOverview, DashPending, DashQueue, DashReservation, DashSnapshot,
+    DashTeam, Standing,
+};
+pub use wire::{
+    Admission, GpuAsk, IdlePolicy, JobState, NodeState, PreemptionCause, Reason, ReasonKind, Role,
+    UnknownValue,
+};
+
 /// The error body of every failed call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
@@ -82,8 +94,7 @@ pub struct JobView {
     pub name: String,
     pub team: String,
     pub user: String,
-    /// pending, running, stopping, succeeded, failed, cancelled.
-    pub state: String,
+    pub state: JobState,
     pub tasks: u32,
     /// Whole GPUs per task, or 0 for a share.
     pub gpus: u32,
@@ -97,8 +108,8 @@ pub struct JobView {
     pub ended_s: Option<u64>,
     pub attempt: u32,
     pub preemptions: u32,
-    /// guaranteed or borrowed, while running.
-    pub admission: Option<String>,
+    /// While running.
+    pub admission: Option<Admission>,
     pub placement: Vec<TaskView>,
     /// Latest GPU utilisation sample of the running job, percent.
     pub util_pct: Option<u8>,
@@ -121,9 +132,9 @@ pub struct JobEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WhyView {
     pub job: u64,
-    pub state: String,
+    pub state: JobState,
     /// The structured reason, as the scheduling core gives it (absent unless pending).
-    pub reason: Option<serde_json::Value>,
+    pub reason: Option<Reason>,
     /// The reason for people.
     pub message: String,
     pub eta_s: Option<u64>,
@@ -132,8 +143,7 @@ pub struct WhyView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
-    /// ready, draining, down.
-    pub state: String,
+    pub state: NodeState,
     pub gpus: u32,
     pub gpu_model: String,
     pub gpus_used_milli: Vec<u32>,
@@ -151,7 +161,7 @@ pub struct TeamView {
     pub guaranteed: BTreeMap<String, u32>,
     pub max: BTreeMap<String, Option<u32>>,
     pub weight: u32,
-    pub idle_policy: String,
+    pub idle_policy: IdlePolicy,
     pub used_milli: u64,
     pub borrowed_milli: u64,
     pub idle_milli: u64,
@@ -172,9 +182,8 @@ pub struct TeamRequest {
     pub max: Option<u32>,
     #[serde(default)]
     pub weight: Option<u32>,
-    /// warn, reclaim or requeue.
     #[serde(default)]
-    pub idle_policy: Option<String>,
+    pub idle_policy: Option<IdlePolicy>,
 }
 
 /// `POST /api/v1/admin/tokens`.
@@ -182,8 +191,7 @@ pub struct TeamRequest {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
-    /// admin, member or join (for agents).
-    pub role: String,
+    pub role: Role,
     #[serde(default)]
     pub teams: Vec<String>,
 }
@@ -244,6 +252,10 @@ pub struct Heartbeat {
     pub util: Vec<TaskUtil>,
 }
 
+/// The answer to a heartbeat (what the server wants comes by the commands long poll).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HeartbeatAck {}
+
 /// What the server wants of an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -278,6 +290,13 @@ pub struct LogChunk {
     /// Byte offset of `data` in the task's log.
     pub offset: u64,
     pub data: String,
+}
+
+/// The answer to a log upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogAck {
+    /// The log's length after the upload.
+    pub length: u64,
 }
 
 /// `GET /api/v1/jobs/{id}/logs`.

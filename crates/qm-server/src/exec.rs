@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use qm_core::{decide, Event, JobId, JobState, NodeId, NodeState, StopCause};
+use qm_core::{decide, Event, IdleAction, JobId, JobState, NodeId, NodeState, StopCause};
 use qm_proto::{Command, Heartbeat, Launch, TaskKey};
 
 use crate::{now_s, Inner, Refusal, Sent};
@@ -18,6 +18,15 @@ const UTIL_EVERY_S: u64 = 30;
 
 /// A run's job, attempt and (task, node) pairs.
 type RunTasks = (u64, u32, Vec<(u32, NodeId)>);
+
+/// An idle notice's action in a job's history.
+fn idle_action_text(a: IdleAction) -> String {
+    match a {
+        IdleAction::Warn => "warn".into(),
+        IdleAction::Reclaimed => "reclaimed".into(),
+        IdleAction::RequeueAt(t) => format!("requeueat({t})"),
+    }
+}
 
 impl Inner {
     /// Marks down the nodes whose agents stopped reporting; the core requeues their jobs.
@@ -97,9 +106,7 @@ impl Inner {
         let now = now_s();
         let t0 = Instant::now();
         let plan = decide(&self.state, now);
-        self.metrics
-            .plan_duration
-            .observe(t0.elapsed().as_secs_f64());
+        self.metrics.planned(t0.elapsed().as_secs_f64());
         for notice in &plan.idle {
             let attempt = self
                 .state
@@ -112,10 +119,10 @@ impl Inner {
                     now,
                     "idle",
                     format!(
-                        "GPUs idle since {}: {:?}",
-                        notice.idle_since_s, notice.action
-                    )
-                    .to_lowercase(),
+                        "gpus idle since {}: {}",
+                        notice.idle_since_s,
+                        idle_action_text(notice.action)
+                    ),
                 );
             }
         }
@@ -164,23 +171,18 @@ impl Inner {
         }
         for stop in &plan.stops {
             let cause = match stop.cause {
-                StopCause::Reclaim => "reclaim",
-                StopCause::Idle => "idle",
+                StopCause::Reclaim => qm_proto::PreemptionCause::Reclaim,
+                StopCause::Idle => qm_proto::PreemptionCause::Idle,
                 _ => continue,
             };
             if let Some(job) = self.state.job(stop.job) {
-                let team = job.spec.team.clone();
-                *self
-                    .metrics
-                    .preemptions
-                    .entry((team, cause.to_string()))
-                    .or_default() += 1;
+                self.metrics.preempted(job.spec.team.clone(), cause);
             }
         }
         for start in &plan.starts {
             if let Some(job) = self.state.job(start.job) {
                 let wait = now.saturating_sub(job.spec.submit_s);
-                self.metrics.job_wait.observe(wait as f64);
+                self.metrics.job_waited(wait);
             }
             self.launch(start.job);
         }
@@ -272,7 +274,7 @@ impl Inner {
             a.last_seen = Instant::now();
         }
         let name = self.node_name(node);
-        *self.metrics.heartbeats.entry(name).or_default() += 1;
+        self.metrics.heartbeat(name);
         let mut events = Vec::new();
         // A node that was marked down comes back.
         if self

@@ -10,19 +10,21 @@ mod auth;
 mod dash;
 mod exec;
 mod metrics;
+mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use qm_core::{apply, ApplyError, ClusterState, Event, JobId, SchedulerConfig, Secs};
-use qm_proto::{Command, JobEvent, TaskKey};
+use qm_proto::{Command, JobEvent, Role, TaskKey};
 use qm_store::{Batch, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
 use tokio::sync::Notify;
 
 pub use api::app;
 pub use auth::{hash_token, new_token};
 pub use dash::snapshot_of as dashboard_snapshot;
+pub use metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 
 /// Knobs of a server.
 #[derive(Clone, Debug)]
@@ -227,8 +229,20 @@ impl Server {
         }))
     }
 
+    /// The state, under its one lock. A poisoned lock means a panic happened while the state
+    /// was being changed: nothing can trust it any more, so this panics too (and the
+    /// scheduling loop's panic stops the process) rather than recover it.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .lock()
+            .expect("the server's state lock is poisoned: a panic happened while the state was being changed")
+    }
+
+    /// The dashboard's overview samples (poisoned like [`Server::lock`]).
+    pub(crate) fn history(&self) -> MutexGuard<'_, std::collections::VecDeque<dash::Sample>> {
+        self.history.lock().expect(
+            "the dashboard's history lock is poisoned: a panic happened while it was being changed",
+        )
     }
 
     /// (The event the state was loaded from a snapshot at, 0 for none; events replayed.)
@@ -238,22 +252,31 @@ impl Server {
 
     /// Whether any admin token exists (a fresh store has none).
     pub fn has_admin(&self) -> bool {
-        self.lock().tokens.values().any(|t| t.role == "admin")
+        self.lock().tokens.values().any(|t| t.role == Role::Admin)
     }
 
-    /// Creates a token and returns it (its hash is stored).
+    /// Creates a token and returns it (its hash is stored). `role` is a wire name (`admin`,
+    /// `member`, `join`); any other is refused with the valid ones.
     pub fn create_token(
         &self,
         name: &str,
         role: &str,
         teams: &[String],
     ) -> Result<String, Refusal> {
-        if !["admin", "member", "join"].contains(&role) {
-            return Err(Refusal::BadRequest(format!(
-                "unknown role {role:?}; valid roles: admin, member, join"
-            )));
-        }
-        if role == "member" && teams.is_empty() {
+        let role: Role = role
+            .parse()
+            .map_err(|e: qm_proto::UnknownValue| Refusal::BadRequest(e.to_string()))?;
+        self.create_token_for(name, role, teams)
+    }
+
+    /// [`Server::create_token`] for a typed role.
+    pub fn create_token_for(
+        &self,
+        name: &str,
+        role: Role,
+        teams: &[String],
+    ) -> Result<String, Refusal> {
+        if role == Role::Member && teams.is_empty() {
             return Err(Refusal::BadRequest(
                 "a member token needs at least one team".into(),
             ));
@@ -268,7 +291,7 @@ impl Server {
         let rec = TokenRecord {
             hash: hash_token(&token),
             name: name.to_string(),
-            role: role.to_string(),
+            role,
             teams: teams.to_vec(),
         };
         inner.store.put_token(&rec)?;
@@ -308,9 +331,9 @@ impl Server {
         loop {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
             if last_sample.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                let mut inner = self.lock();
-                let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-                dash::sample(&mut inner, &mut h);
+                let inner = self.lock();
+                let mut h = self.history();
+                dash::sample(&inner, &mut h);
                 last_sample = Some(Instant::now());
             }
             if let Err(e) = self.tick() {
@@ -331,6 +354,24 @@ impl Server {
 }
 
 impl Inner {
+    /// Who holds the token of this hash.
+    pub(crate) fn principal(&self, hash: &str) -> Result<auth::Principal, Refusal> {
+        if let Some(t) = self.tokens.get(hash) {
+            return Ok(match t.role {
+                Role::Admin => auth::Principal::Admin,
+                Role::Join => auth::Principal::Join,
+                Role::Member => auth::Principal::Member {
+                    name: t.name.clone(),
+                    teams: t.teams.clone(),
+                },
+            });
+        }
+        if let Some(n) = self.nodes.values().find(|n| n.credential_hash == hash) {
+            return Ok(auth::Principal::Node(n.id));
+        }
+        Err(Refusal::Unauthorized("unknown token".into()))
+    }
+
     /// Applies events and makes them durable, all or nothing. A refused event changes
     /// nothing (the core checks an event before it mutates; a batch of several is rolled
     /// back from a copy). If the store cannot take an applied batch, the process exits: the
@@ -446,11 +487,7 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
                 *job,
                 *at_s,
                 "started",
-                format!(
-                    "{} on {}",
-                    format!("{admission:?}").to_lowercase(),
-                    nodes.join(", ")
-                ),
+                format!("{} on {}", views::admission(*admission), nodes.join(", ")),
             );
         }
         Event::Stop {
@@ -463,7 +500,7 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
                 (qm_core::StopCause::Reclaim, Some(b)) => {
                     format!("preempted: GPUs reclaimed for job {}", b.0)
                 }
-                (c, _) => format!("stopping: {c:?}").to_lowercase(),
+                (c, _) => format!("stopping: {}", views::stop_cause_text(*c)),
             };
             push(*job, *at_s, "stopping", why);
         }

@@ -1,13 +1,34 @@
-//! `/metrics`: Prometheus text format (version 0.0.4). Gauges are computed from the state at
-//! scrape time; counters and histograms are kept by the server since it started (Prometheus
-//! handles the resets of a restart).
+//! `/metrics`, written by the Prometheus project's Rust client (`prometheus-client`) in the
+//! OpenMetrics text format. Gauges are computed from the state at scrape time; counters and
+//! histograms are kept by the server since it started (Prometheus handles the resets of a
+//! restart).
+//!
+//! Each scrape builds a fresh [`Registry`]: the gauges are a function of the state now (teams,
+//! models and nodes come and go, and a kept registry would go on exporting the series of a
+//! team that no longer holds anything), so they are created and set under the state's lock
+//! and dropped after encoding. The kept metrics ([`Metrics`]) are registered into it by
+//! clone: a clone shares its atomics with the original, so nothing is copied or reset.
+//!
+//! Counters are registered without `_total`; the encoder appends it to their samples, so
+//! the exposed names are `qm_preemptions_total` and so on. A family without series (no
+//! preemption yet) is left out altogether, `# HELP` and `# TYPE` included.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
-use qm_core::{plan, Admission, NodeState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use qm_core::{plan, NodeState};
+use qm_proto as proto;
+use qm_proto::PreemptionCause;
 
-use crate::{now_s, Inner};
+use crate::{now_s, views, Inner};
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds of the histogram buckets, in seconds.
 const WAIT_BUCKETS: [f64; 12] = [
@@ -17,298 +38,294 @@ const PLAN_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// A cumulative histogram.
-#[derive(Clone, Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PreemptionLabels {
+    pub team: String,
+    pub cause: &'static str,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, v: f64) {
-        for (b, c) in self.bounds.iter().zip(self.counts.iter_mut()) {
-            if v <= *b {
-                *c += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TeamModelLabels {
+    team: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TeamLabels {
+    team: String,
+}
+
+/// A gauge of fractional values (GPUs, seconds).
+type GaugeF64 = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// What the server counts as it goes.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Metrics {
-    pub job_wait: Histogram,
-    pub plan_duration: Histogram,
-    /// Preemptions by team and cause (reclaim, idle).
-    pub preemptions: BTreeMap<(String, String), u64>,
+    job_wait: Histogram,
+    plan_duration: Histogram,
+    /// Preemptions by team and cause.
+    preemptions: Family<PreemptionLabels, Counter>,
     /// Heartbeats by node name.
-    pub heartbeats: BTreeMap<String, u64>,
+    heartbeats: Family<NodeLabels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            job_wait: Histogram::new(&WAIT_BUCKETS),
-            plan_duration: Histogram::new(&PLAN_BUCKETS),
-            preemptions: BTreeMap::new(),
-            heartbeats: BTreeMap::new(),
+            job_wait: Histogram::new(WAIT_BUCKETS),
+            plan_duration: Histogram::new(PLAN_BUCKETS),
+            preemptions: Family::default(),
+            heartbeats: Family::default(),
         }
     }
 }
 
-/// A label value, escaped as the text format wants.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Metrics {
+    /// A job started after waiting this long since its submission.
+    pub fn job_waited(&self, wait_s: u64) {
+        self.job_wait.observe(wait_s as f64);
+    }
+
+    /// One `decide` took this long.
+    pub fn planned(&self, seconds: f64) {
+        self.plan_duration.observe(seconds);
+    }
+
+    pub fn preempted(&self, team: String, cause: PreemptionCause) {
+        self.preemptions
+            .get_or_create(&PreemptionLabels {
+                team,
+                cause: cause.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn heartbeat(&self, node: String) {
+        self.heartbeats.get_or_create(&NodeLabels { node }).inc();
+    }
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// Sets a labelled gauge of each entry, in the map's order.
+fn gauges<L, V>(values: impl IntoIterator<Item = (L, V)>) -> Family<L, Gauge>
+where
+    L: Clone + std::hash::Hash + Eq,
+    V: TryInto<i64>,
+{
+    let family: Family<L, Gauge> = Family::default();
+    for (labels, v) in values {
+        family
+            .get_or_create(&labels)
+            .set(v.try_into().unwrap_or(i64::MAX));
+    }
+    family
+}
+
+fn gauges_f64<L>(values: impl IntoIterator<Item = (L, f64)>) -> Family<L, GaugeF64>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    let family: Family<L, GaugeF64> = Family::default();
+    for (labels, v) in values {
+        family.get_or_create(&labels).set(v);
+    }
+    family
 }
 
 /// The whole exposition.
 pub fn render(inner: &Inner) -> String {
-    let mut out = String::new();
     let state = &inner.state;
     let gpus = |milli: u64| milli as f64 / 1000.0;
+    let mut r = Registry::default();
 
     // Capacity by model and node state.
     let mut capacity: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut nodes: BTreeMap<&str, u64> = ["ready", "draining", "down"]
-        .into_iter()
-        .map(|s| (s, 0))
-        .collect();
+    let mut nodes: BTreeMap<proto::NodeState, u64> =
+        proto::NodeState::ALL.iter().map(|s| (*s, 0)).collect();
     for n in state.nodes() {
-        let st = match n.state {
-            NodeState::Ready => "ready",
-            NodeState::Draining => "draining",
-            NodeState::Down => "down",
-        };
-        *nodes.entry(st).or_default() += 1;
+        *nodes.entry(views::node_state(n.state)).or_default() += 1;
         if n.state != NodeState::Down {
             *capacity.entry(n.spec.gpu_model.as_str()).or_default() += u64::from(n.spec.gpus);
         }
     }
-    head(
-        &mut out,
+    r.register(
         "qm_gpus",
-        "gauge",
         "GPUs on nodes that are not down, by model.",
+        gauges(capacity.iter().map(|(m, g)| {
+            (
+                ModelLabels {
+                    model: m.to_string(),
+                },
+                *g,
+            )
+        })),
     );
-    for (m, g) in &capacity {
-        let _ = writeln!(out, "qm_gpus{{model=\"{}\"}} {g}", esc(m));
-    }
-    head(&mut out, "qm_nodes", "gauge", "Nodes by state.");
-    for (s, c) in &nodes {
-        let _ = writeln!(out, "qm_nodes{{state=\"{s}\"}} {c}");
-    }
+    r.register(
+        "qm_nodes",
+        "Nodes by state.",
+        gauges(
+            nodes
+                .iter()
+                .map(|(s, c)| (StateLabels { state: s.as_str() }, *c)),
+        ),
+    );
 
     // Allocation by team and model.
-    let mut alloc: BTreeMap<(&str, &str), (u64, u64, u64)> = BTreeMap::new();
-    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
-    for j in state.jobs() {
-        *by_state.entry(j.state.name()).or_default() += 1;
-        let Some(run) = j.state.run() else { continue };
-        let Some(model) = run
-            .placement
-            .first()
-            .and_then(|t| state.node(t.node))
-            .map(|n| n.spec.gpu_model.as_str())
-        else {
-            continue;
-        };
-        let milli = j.spec.milli_total();
-        let e = alloc.entry((j.spec.team.as_str(), model)).or_default();
-        e.0 += milli;
-        if run.admission == Admission::Borrowed {
-            e.1 += milli;
-        }
-        if run.idle_since_s.is_some() {
-            e.2 += milli;
-        }
-    }
-    for (name, help, pick) in [
+    let usage = views::usage(state);
+    type Pick = fn(&views::Usage) -> u64;
+    let picks: [(&str, &str, Pick); 3] = [
         (
             "qm_gpus_allocated",
             "GPUs held by running jobs, by team and model.",
-            0usize,
+            |u| u.allocated_milli,
         ),
         (
             "qm_gpus_borrowed",
             "GPUs held by jobs that started on capacity lent beyond their team's guarantee.",
-            1,
+            |u| u.borrowed_milli,
         ),
         (
             "qm_gpus_idle",
             "GPUs held by jobs whose GPUs are idle now (below the idle threshold).",
-            2,
+            |u| u.idle_milli,
         ),
-    ] {
-        head(&mut out, name, "gauge", help);
-        for ((team, model), v) in &alloc {
-            let x = [v.0, v.1, v.2][pick];
-            let _ = writeln!(
-                out,
-                "{name}{{team=\"{}\",model=\"{}\"}} {}",
-                esc(team),
-                esc(model),
-                gpus(x)
-            );
-        }
-    }
-    head(
-        &mut out,
-        "qm_jobs",
-        "gauge",
-        "Jobs known to the server, by state.",
-    );
-    for s in [
-        "pending",
-        "running",
-        "stopping",
-        "succeeded",
-        "failed",
-        "cancelled",
-    ] {
-        let _ = writeln!(
-            out,
-            "qm_jobs{{state=\"{s}\"}} {}",
-            by_state.get(s).copied().unwrap_or(0)
+    ];
+    for (name, help, pick) in picks {
+        r.register(
+            name,
+            help,
+            gauges_f64(usage.iter().map(|((team, model), u)| {
+                (
+                    TeamModelLabels {
+                        team: team.clone(),
+                        model: model.clone(),
+                    },
+                    gpus(pick(u)),
+                )
+            })),
         );
     }
+    let mut by_state: BTreeMap<proto::JobState, u64> =
+        proto::JobState::ALL.iter().map(|s| (*s, 0)).collect();
+    for j in state.jobs() {
+        *by_state.entry(views::job_state(&j.state)).or_default() += 1;
+    }
+    r.register(
+        "qm_jobs",
+        "Jobs known to the server, by state.",
+        gauges(
+            by_state
+                .iter()
+                .map(|(s, c)| (StateLabels { state: s.as_str() }, *c)),
+        ),
+    );
 
     // Pending jobs by reason, from a full plan.
     let p = plan(state, now_s());
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    // Every reason, 0 included (as for states), so the family is always described: the
+    // encoder leaves out a family without series.
+    let mut reasons: BTreeMap<proto::ReasonKind, u64> =
+        proto::ReasonKind::ALL.iter().map(|k| (*k, 0)).collect();
     for pj in &p.pending {
-        let kind = serde_json::to_value(&pj.reason)
-            .ok()
-            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
-        *reasons.entry(kind).or_default() += 1;
+        *reasons.entry(views::reason(&pj.reason).kind()).or_default() += 1;
     }
-    head(
-        &mut out,
+    r.register(
         "qm_jobs_pending",
-        "gauge",
         "Pending jobs by the reason they wait.",
+        gauges(
+            reasons
+                .iter()
+                .map(|(k, c)| (ReasonLabels { reason: k.as_str() }, *c)),
+        ),
     );
-    for (r, c) in &reasons {
-        let _ = writeln!(out, "qm_jobs_pending{{reason=\"{}\"}} {c}", esc(r));
-    }
 
     // Per team: guarantee and idle time charged.
-    head(
-        &mut out,
+    r.register(
         "qm_team_gpus_guaranteed",
-        "gauge",
         "GPUs guaranteed to each team, by model (`*`: any).",
+        gauges(state.teams().flat_map(|t| {
+            t.spec.quotas.iter().map(|(m, q)| {
+                (
+                    TeamModelLabels {
+                        team: t.spec.name.clone(),
+                        model: m.clone(),
+                    },
+                    q.guaranteed,
+                )
+            })
+        })),
     );
+    let idle_hours: Family<TeamLabels, Counter<f64, std::sync::atomic::AtomicU64>> =
+        Family::default();
     for t in state.teams() {
-        for (m, q) in &t.spec.quotas {
-            let _ = writeln!(
-                out,
-                "qm_team_gpus_guaranteed{{team=\"{}\",model=\"{}\"}} {}",
-                esc(&t.spec.name),
-                esc(m),
-                q.guaranteed
-            );
-        }
+        idle_hours
+            .get_or_create(&TeamLabels {
+                team: t.spec.name.clone(),
+            })
+            .inc_by(views::idle_gpu_hours(t));
     }
-    head(
-        &mut out,
-        "qm_idle_gpu_hours_total",
-        "counter",
+    // Counters are named without `_total`: the encoder appends it to the samples.
+    r.register(
+        "qm_idle_gpu_hours",
         "GPU-hours allocated to each team while idle.",
+        idle_hours,
     );
-    for t in state.teams() {
-        let _ = writeln!(
-            out,
-            "qm_idle_gpu_hours_total{{team=\"{}\"}} {}",
-            esc(&t.spec.name),
-            t.idle_milli_s_total as f64 / 1000.0 / 3600.0
-        );
-    }
 
     let m = &inner.metrics;
-    head(
-        &mut out,
-        "qm_preemptions_total",
-        "counter",
+    r.register(
+        "qm_preemptions",
         "Running jobs stopped to give their GPUs back (reclaim) or because they sat idle.",
+        m.preemptions.clone(),
     );
-    for ((team, cause), c) in &m.preemptions {
-        let _ = writeln!(
-            out,
-            "qm_preemptions_total{{team=\"{}\",cause=\"{}\"}} {c}",
-            esc(team),
-            esc(cause)
-        );
-    }
-    head(
-        &mut out,
+    r.register(
         "qm_job_wait_seconds",
-        "histogram",
         "Time from submission to start, observed at each start.",
+        m.job_wait.clone(),
     );
-    m.job_wait.write(&mut out, "qm_job_wait_seconds");
-    head(
-        &mut out,
+    r.register(
         "qm_plan_duration_seconds",
-        "histogram",
         "Time one scheduling decision (decide) took.",
+        m.plan_duration.clone(),
     );
-    m.plan_duration.write(&mut out, "qm_plan_duration_seconds");
-    head(
-        &mut out,
-        "qm_agent_heartbeats_total",
-        "counter",
+    r.register(
+        "qm_agent_heartbeats",
         "Heartbeats received from each node's agent.",
+        m.heartbeats.clone(),
     );
-    for (node, c) in &m.heartbeats {
-        let _ = writeln!(
-            out,
-            "qm_agent_heartbeats_total{{node=\"{}\"}} {c}",
-            esc(node)
-        );
-    }
-    head(
-        &mut out,
+    r.register(
         "qm_agent_last_heartbeat_age_seconds",
-        "gauge",
         "Seconds since each connected node's agent last reported.",
+        gauges_f64(inner.agents.iter().map(|(id, a)| {
+            (
+                NodeLabels {
+                    node: inner.node_name(*id),
+                },
+                a.last_seen.elapsed().as_secs_f64(),
+            )
+        })),
     );
-    for (id, a) in &inner.agents {
-        let _ = writeln!(
-            out,
-            "qm_agent_last_heartbeat_age_seconds{{node=\"{}\"}} {}",
-            esc(&inner.node_name(*id)),
-            a.last_seen.elapsed().as_secs_f64()
-        );
-    }
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r)
+        .expect("writing to a String cannot fail");
     out
 }

@@ -51,8 +51,7 @@ pub struct JobPayload {
 pub struct TokenRecord {
     pub hash: String,
     pub name: String,
-    /// admin, member or join.
-    pub role: String,
+    pub role: qm_proto::Role,
     pub teams: Vec<String>,
 }
 
@@ -229,6 +228,10 @@ impl Store for SqliteStore {
         })?;
         for row in rows {
             let (hash, name, role, teams) = row?;
+            // A role this build does not know is a store it cannot trust.
+            let role = role
+                .parse()
+                .map_err(|e| StoreError(format!("token {name:?}: {e}")))?;
             out.tokens.push(TokenRecord {
                 hash,
                 name,
@@ -307,7 +310,12 @@ impl Store for SqliteStore {
     fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
         self.db.execute(
             "INSERT OR REPLACE INTO tokens (hash, name, role, teams) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![t.hash, t.name, t.role, serde_json::to_string(&t.teams)?],
+            rusqlite::params![
+                t.hash,
+                t.name,
+                t.role.as_str(),
+                serde_json::to_string(&t.teams)?
+            ],
         )?;
         Ok(())
     }

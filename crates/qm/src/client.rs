@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use qm_proto::{
-    ApiError, JobView, LogView, NodeView, SubmitRequest, SubmitResponse, TeamRequest, TeamView,
-    TokenRequest, TokenResponse, WhyView,
+    ApiError, IdlePolicy, JobState, JobView, LogView, NodeView, Role, SubmitRequest,
+    SubmitResponse, TeamRequest, TeamView, TokenRequest, TokenResponse, WhyView,
 };
 use serde::{Deserialize, Serialize};
 
@@ -252,7 +252,7 @@ pub struct TeamArgs {
     weight: Option<u32>,
     /// warn, reclaim or requeue.
     #[arg(long)]
-    idle_policy: Option<String>,
+    idle_policy: Option<IdlePolicy>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,7 +262,7 @@ pub enum TokenCmd {
         name: String,
         /// admin, member or join.
         #[arg(long)]
-        role: String,
+        role: Role,
         /// Teams a member token covers (repeatable).
         #[arg(long)]
         team: Vec<String>,
@@ -313,12 +313,14 @@ pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
     if a.wait {
         loop {
             let j: JobView = c.get(&format!("/api/v1/jobs/{}", r.job))?;
-            match j.state.as_str() {
-                "succeeded" => return Ok(()),
-                "failed" | "cancelled" => {
+            match j.state {
+                JobState::Succeeded => return Ok(()),
+                JobState::Failed | JobState::Cancelled => {
                     return Err(fail(4, format!("job {} ended {}", r.job, j.state)))
                 }
-                _ => std::thread::sleep(Duration::from_millis(200)),
+                JobState::Pending | JobState::Running | JobState::Stopping => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
             }
         }
     }
@@ -348,7 +350,7 @@ fn gpus_text(j: &JobView) -> String {
 pub fn jobs(
     conn: &Conn,
     team: Option<String>,
-    state: Option<String>,
+    state: Option<JobState>,
     json: bool,
 ) -> Result<(), Box<dyn Error>> {
     let c = Client::new(conn)?;
@@ -375,7 +377,7 @@ pub fn jobs(
             j.team,
             j.state,
             gpus_text(&j),
-            j.admission.clone().unwrap_or_default(),
+            j.admission.map_or("", |a| a.as_str()),
             age(j.submit_s),
             if j.name.is_empty() {
                 j.command.join(" ")

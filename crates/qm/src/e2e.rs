@@ -195,7 +195,8 @@ pub fn run(a: E2eArgs) -> Result<(), Box<dyn Error>> {
     }
     let submit_all_s = t0.elapsed().as_secs_f64();
     loop {
-        let busy = ["pending", "running", "stopping"]
+        use qm_proto::JobState;
+        let busy = [JobState::Pending, JobState::Running, JobState::Stopping]
             .iter()
             .try_fold(false, |acc, st| {
                 get(&format!("/api/v1/jobs?state={st}&limit=1"))
@@ -217,7 +218,9 @@ pub fn run(a: E2eArgs) -> Result<(), Box<dyn Error>> {
         unsafe { libc::kill(ag.id() as i32, libc::SIGTERM) };
         let _ = ag.wait();
     }
-    if last_job.state != "succeeded" || failed.as_array().is_some_and(|f| !f.is_empty()) {
+    if last_job.state != qm_proto::JobState::Succeeded
+        || failed.as_array().is_some_and(|f| !f.is_empty())
+    {
         return Err(format!("jobs failed (the last one is {})", last_job.state).into());
     }
     drop(r);

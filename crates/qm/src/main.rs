@@ -39,8 +39,9 @@ enum Command {
     Jobs {
         #[arg(long)]
         team: Option<String>,
+        /// pending, running, stopping, succeeded, failed or cancelled.
         #[arg(long)]
-        state: Option<String>,
+        state: Option<qm_proto::JobState>,
         #[arg(long)]
         json: bool,
     },

@@ -143,11 +143,25 @@ async fn serve(
     listener: tokio::net::TcpListener,
     on_stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn Error>> {
-    let looped = tokio::spawn(server.clone().run());
-    axum::serve(listener, qm_server::app(server))
-        .with_graceful_shutdown(on_stop)
-        .await?;
-    looped.abort();
+    let mut looped = tokio::spawn(server.clone().run());
+    let served = axum::serve(listener, qm_server::app(server)).with_graceful_shutdown(on_stop);
+    tokio::select! {
+        r = served => {
+            looped.abort();
+            r?;
+        }
+        // The loop never returns: it ended in a panic, i.e. a broken invariant, and the
+        // state may be half changed (its lock is poisoned). Stop rather than serve it.
+        ended = &mut looped => {
+            let why = match ended {
+                Err(e) if e.is_panic() => "it panicked".to_string(),
+                Err(e) => e.to_string(),
+                Ok(()) => "it returned".to_string(),
+            };
+            eprintln!("qm server: fatal: the scheduling loop stopped ({why}); exiting so that a restart reloads the stored state");
+            std::process::exit(70);
+        }
+    }
     Ok(())
 }
 

@@ -8,9 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "support/promtext.rs"]
-mod promtext;
-
 use qm::cdp;
 
 const QM: &str = env!("CARGO_BIN_EXE_qm");
@@ -290,35 +287,31 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
     // /metrics agrees with the API.
     let (code, _) = http(&up, "GET", "/metrics", None, "");
     assert_eq!(code, 401, "no token, no metrics");
-    let text = ureq::get(&format!("{}/metrics", up.url()))
+    let resp = ureq::get(&format!("{}/metrics", up.url()))
         .set("Authorization", &format!("Bearer {}", up.token()))
         .call()
-        .unwrap()
-        .into_string()
         .unwrap();
-    let m = promtext::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    // An independent parser (the `prometheus-parse` crate) reads the same values.
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = resp.into_string().unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // A parser independent of the encoder (the `prometheus-parse` crate) reads every line.
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .expect("prometheus-parse reads /metrics");
-    for s in m.iter().filter(|s| !s.name.contains("_seconds")) {
-        let theirs = scrape
+    let g = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
             .samples
             .iter()
-            .find(|t| {
-                t.metric == s.name
-                    && s.labels
-                        .iter()
-                        .all(|(k, v)| t.labels.get(k) == Some(v.as_str()))
+            .find(|t| t.metric == name && labels.iter().all(|(k, v)| t.labels.get(k) == Some(*v)))
+            .map(|t| match &t.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name}: {other:?}"),
             })
-            .unwrap_or_else(|| panic!("prometheus-parse lacks {} {:?}", s.name, s.labels));
-        let v = match &theirs.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            other => panic!("{}: {other:?}", s.name),
-        };
-        assert_eq!(v, s.value, "{} {:?}", s.name, s.labels);
-    }
+    };
     let waits = scrape
         .samples
         .iter()
@@ -335,7 +328,6 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
             .map(|j| j["gpus"].as_f64().unwrap() * j["tasks"].as_f64().unwrap())
             .sum()
     };
-    let g = |name: &str, labels: &[(&str, &str)]| promtext::get(&m, name, labels);
     assert_eq!(g("qm_nodes", &[("state", "ready")]), Some(1.0));
     assert_eq!(g("qm_gpus", &[("model", "SIM")]), Some(4.0));
     assert_eq!(
@@ -358,10 +350,14 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
         Some(2.0)
     );
     let pending = jobs.iter().filter(|j| j["state"] == "pending").count() as f64;
-    let by_reason: f64 = m
+    let by_reason: f64 = scrape
+        .samples
         .iter()
-        .filter(|s| s.name == "qm_jobs_pending")
-        .map(|s| s.value)
+        .filter(|s| s.metric == "qm_jobs_pending")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{other:?}"),
+        })
         .sum();
     assert_eq!(
         by_reason, pending,
@@ -391,7 +387,8 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
     for e in &exprs {
         for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if let Some(name) = word.strip_prefix("qm_") {
-                let base = ["_bucket", "_sum", "_count"]
+                // OpenMetrics names a counter's family without the `_total` of its samples.
+                let base = ["_bucket", "_sum", "_count", "_total"]
                     .iter()
                     .find_map(|s| name.strip_suffix(s))
                     .unwrap_or(name);

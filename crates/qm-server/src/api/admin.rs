@@ -1,0 +1,106 @@
+//! What only an admin may do: create and change teams, create tokens, drain and resume
+//! nodes.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use qm_core::{Event, NodeId, NodeState, Quota, TeamSpec, ANY_MODEL};
+use qm_proto::{NodeView, TeamRequest, TeamView, TokenRequest, TokenResponse};
+
+use super::{Admin, Api, Body};
+use crate::views::{self, node_view, team_views};
+use crate::{now_s, Refusal, Server};
+
+fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
+    {
+        let mut inner = s.lock();
+        let id = inner
+            .nodes
+            .get(name)
+            .map(|n| n.id)
+            .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
+        inner.commit(
+            vec![Event::NodeState {
+                node: NodeId(id),
+                state: to,
+                at_s: now_s(),
+            }],
+            &[],
+        )?;
+    }
+    s.wake.notify_one();
+    let inner = s.lock();
+    let n = inner
+        .state
+        .nodes()
+        .find(|n| n.spec.name == name)
+        .expect("just set");
+    Ok(Json(node_view(&inner, n)))
+}
+
+pub async fn drain(
+    State(s): State<Arc<Server>>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Api<NodeView> {
+    set_node_state(&s, &name, NodeState::Draining)
+}
+
+pub async fn resume(
+    State(s): State<Arc<Server>>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Api<NodeView> {
+    set_node_state(&s, &name, NodeState::Ready)
+}
+
+pub async fn set_team(
+    State(s): State<Arc<Server>>,
+    _: Admin,
+    Body(req): Body<TeamRequest>,
+) -> Api<TeamView> {
+    if req.weight == Some(0) {
+        return Err(Refusal::BadRequest("weight must be at least 1".into()));
+    }
+    let view = {
+        let mut inner = s.lock();
+        let old = inner.state.team(&req.name).map(|t| t.spec.clone());
+        let mut spec = old.unwrap_or_else(|| TeamSpec::new(&req.name, 0));
+        if req.parent.is_some() {
+            spec.parent = req.parent.clone();
+        }
+        let q = spec.quotas.entry(ANY_MODEL.to_string()).or_insert(Quota {
+            guaranteed: 0,
+            max: None,
+        });
+        if let Some(g) = req.guaranteed {
+            q.guaranteed = g;
+        }
+        if req.max.is_some() {
+            q.max = req.max;
+        }
+        if let Some(w) = req.weight {
+            spec.weight = w;
+        }
+        if let Some(policy) = req.idle_policy {
+            spec.idle_policy = views::core_idle_policy(policy);
+        }
+        inner.commit(vec![Event::SetTeam(spec)], &[])?;
+        team_views(&inner.state)
+            .into_iter()
+            .find(|t| t.name == req.name)
+            .ok_or_else(|| Refusal::Internal("team vanished".into()))?
+    };
+    s.wake.notify_one();
+    Ok(Json(view))
+}
+
+pub async fn create_token(
+    State(s): State<Arc<Server>>,
+    _: Admin,
+    Body(req): Body<TokenRequest>,
+) -> Api<TokenResponse> {
+    let token = s.create_token_for(&req.name, req.role, &req.teams)?;
+    Ok(Json(TokenResponse { token }))
+}

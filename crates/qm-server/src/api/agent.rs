@@ -1,0 +1,145 @@
+//! The agents' side: register with a join token, then heartbeats, the commands long poll
+//! (`GET /agent/v1/commands?wait_s=`) and log uploads with the node's own credential.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::Json;
+use qm_core::{Event, NodeId, NodeSpec};
+use qm_proto::{
+    Commands, Heartbeat, HeartbeatAck, LogAck, LogChunk, RegisterRequest, RegisterResponse,
+};
+use qm_store::NodeRecord;
+use serde::Deserialize;
+
+use super::{Api, Body, Joiner, Node, Params};
+use crate::auth::{hash_token, new_token};
+use crate::{Agent, Inner, Server};
+
+impl Inner {
+    /// The node's live session, created on first contact, marked seen now.
+    fn agent_seen(&mut self, node: u32) -> &mut Agent {
+        let agent = self.agents.entry(node).or_insert_with(|| Agent {
+            last_seen: Instant::now(),
+            outbox: Vec::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        });
+        agent.last_seen = Instant::now();
+        agent
+    }
+}
+
+pub async fn register(
+    State(s): State<Arc<Server>>,
+    _: Joiner,
+    Body(req): Body<RegisterRequest>,
+) -> Api<RegisterResponse> {
+    if req.name.is_empty() {
+        return Err(crate::Refusal::BadRequest("a node needs a name".into()));
+    }
+    let credential = {
+        let mut inner = s.lock();
+        let id = match inner.nodes.get(&req.name) {
+            Some(n) => n.id,
+            None => inner.nodes.values().map(|n| n.id + 1).max().unwrap_or(0),
+        };
+        let spec = NodeSpec {
+            id: NodeId(id),
+            name: req.name.clone(),
+            gpus: req.gpus,
+            gpu_model: req.gpu_model.clone(),
+            gpu_mem_mib: req.gpu_mem_mib,
+            cpu_milli: req.cpu_milli,
+            mem_mib: req.mem_mib,
+            labels: req.labels.clone(),
+            topology: req.topology.clone(),
+        };
+        let credential = new_token();
+        let rec = NodeRecord {
+            name: req.name.clone(),
+            id,
+            credential_hash: hash_token(&credential),
+            address: req.address.clone(),
+        };
+        // A node already running jobs keeps them: re-registering only renews its credential.
+        let known = inner
+            .state
+            .node(NodeId(id))
+            .is_some_and(|n| n.spec.gpus == spec.gpus && n.spec.gpu_model == spec.gpu_model);
+        if !known {
+            inner.commit(vec![Event::NodeUp(spec)], &[])?;
+        }
+        inner.store.put_node(&rec)?;
+        inner.nodes.insert(rec.name.clone(), rec);
+        inner.agent_seen(id);
+        credential
+    };
+    s.wake.notify_one();
+    Ok(Json(RegisterResponse { credential }))
+}
+
+pub async fn heartbeat(
+    State(s): State<Arc<Server>>,
+    Node(node): Node,
+    Body(hb): Body<Heartbeat>,
+) -> Api<HeartbeatAck> {
+    {
+        let mut inner = s.lock();
+        inner.agent_seen(node);
+        inner.heartbeat(node, hb)?;
+    }
+    s.wake.notify_one();
+    Ok(Json(HeartbeatAck {}))
+}
+
+#[derive(Deserialize)]
+pub struct Wait {
+    wait_s: Option<u64>,
+}
+
+pub async fn commands(
+    State(s): State<Arc<Server>>,
+    Node(node): Node,
+    Params(w): Params<Wait>,
+) -> Api<Commands> {
+    let wake = s.lock().agent_seen(node).wake.clone();
+    let deadline = Duration::from_secs(w.wait_s.unwrap_or(25).min(60));
+    let take = |s: &Server| {
+        let mut inner = s.lock();
+        let out = inner
+            .agents
+            .get_mut(&node)
+            .map(|a| std::mem::take(&mut a.outbox))
+            .unwrap_or_default();
+        for c in &out {
+            if let qm_proto::Command::Launch(l) = c {
+                if let Some(sent) = inner.sent.get_mut(&l.key) {
+                    sent.at = Instant::now();
+                }
+            }
+        }
+        out
+    };
+    let mut out = take(&s);
+    if out.is_empty() {
+        let _ = tokio::time::timeout(deadline, wake.notified()).await;
+        out = take(&s);
+    }
+    Ok(Json(Commands { commands: out }))
+}
+
+pub async fn logs(
+    State(s): State<Arc<Server>>,
+    _: Node,
+    Body(chunk): Body<LogChunk>,
+) -> Api<LogAck> {
+    let mut inner = s.lock();
+    let k = &chunk.key;
+    let length = inner.store.append_log(
+        (k.job, k.task, k.attempt),
+        chunk.offset,
+        chunk.data.as_bytes(),
+    )?;
+    Ok(Json(LogAck { length }))
+}

@@ -1,0 +1,299 @@
+//! Jobs: submit, list, show, why, cancel, logs.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use qm_core::{plan, Event, GpuAsk, JobId, JobSpec, JobState};
+use qm_proto as proto;
+use qm_proto::{JobView, LogView, SubmitRequest, SubmitResponse, WhyView};
+use qm_store::JobPayload;
+use serde::Deserialize;
+
+use super::{Api, Body, Client, Params};
+use crate::auth::Principal;
+use crate::views::{self, job_view};
+use crate::{now_s, Inner, Refusal, Server};
+
+fn submitter(p: &Principal) -> String {
+    match p {
+        Principal::Admin => "admin".into(),
+        Principal::Member { name, .. } => name.clone(),
+        _ => String::new(),
+    }
+}
+
+pub async fn submit(
+    State(s): State<Arc<Server>>,
+    Client(p): Client,
+    Body(req): Body<SubmitRequest>,
+) -> Api<SubmitResponse> {
+    if !p.may_use_team(&req.team) {
+        return Err(Refusal::Forbidden(format!(
+            "your token may not submit to team {:?}",
+            req.team
+        )));
+    }
+    if req.command.is_empty() || req.command[0].is_empty() {
+        return Err(Refusal::BadRequest(
+            "command is empty; give the program and its arguments".into(),
+        ));
+    }
+    let gpu = match (req.gpus, req.gpu_milli) {
+        (Some(_), Some(_)) => {
+            return Err(Refusal::BadRequest(
+                "give gpus (whole GPUs per task) or gpu_milli (a share of one), not both".into(),
+            ))
+        }
+        (None, Some(m)) => GpuAsk::Milli(m),
+        (Some(g), None) => GpuAsk::Whole(g),
+        (None, None) => GpuAsk::Whole(1),
+    };
+    let time_limit_s = match req.time_limit_s {
+        Some(t) if t <= 0 => {
+            return Err(Refusal::BadRequest(format!(
+            "time_limit_s is {t}; give a positive number of seconds or leave it out for no limit"
+        )))
+        }
+        Some(t) => Some(t as u64),
+        None => None,
+    };
+    // Tasks run as the submitter: a member's token name; only an admin may name a user.
+    let run_as = match &p {
+        Principal::Member { name, .. } => Some(name.clone()),
+        _ => req.user.clone(),
+    };
+    let id = {
+        let mut inner = s.lock();
+        let id = JobId(inner.next_job);
+        let spec = JobSpec {
+            id,
+            name: req.name.clone(),
+            team: req.team.clone(),
+            user: run_as.clone().unwrap_or_else(|| submitter(&p)),
+            priority: req.priority.unwrap_or(0),
+            tasks: req.tasks.unwrap_or(1),
+            gpu,
+            // CPU and memory are reserved only when asked for: GPUs are what is scheduled.
+            cpu_milli: req.cpu_milli.unwrap_or(0),
+            mem_mib: req.mem_mib.unwrap_or(0),
+            gpu_model: req.gpu_model.clone(),
+            node_selector: Default::default(),
+            time_limit_s,
+            runtime_estimate_s: None,
+            preemptible: req.preemptible.unwrap_or(true),
+            grace_s: 10,
+            min_run_s: 0,
+            checkpoint_every_s: None,
+            depends_on: Vec::new(),
+            submit_s: now_s(),
+        };
+        let payload = JobPayload {
+            command: req.command.clone(),
+            env: req.env.clone(),
+            workdir: req.workdir.clone(),
+            user: run_as,
+        };
+        inner.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
+        inner.next_job += 1;
+        id
+    };
+    s.wake.notify_one();
+    Ok(Json(SubmitResponse { job: id.0 }))
+}
+
+#[derive(Deserialize)]
+pub struct JobFilter {
+    team: Option<String>,
+    state: Option<proto::JobState>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(s): State<Arc<Server>>,
+    Client(_): Client,
+    Params(f): Params<JobFilter>,
+) -> Api<Vec<JobView>> {
+    let inner = s.lock();
+    let mut out: Vec<JobView> = inner
+        .state
+        .jobs()
+        .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
+        .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
+        .map(|j| job_view(&inner, j))
+        .collect();
+    out.sort_by_key(|j| std::cmp::Reverse(j.id));
+    out.truncate(f.limit.unwrap_or(1000));
+    Ok(Json(out))
+}
+
+fn find_job<'a>(inner: &'a Inner, id: u64, p: &Principal) -> Result<&'a qm_core::Job, Refusal> {
+    let job = inner
+        .state
+        .job(JobId(id))
+        .ok_or_else(|| Refusal::NotFound(format!("no job {id}")))?;
+    if !p.may_use_team(&job.spec.team) {
+        return Err(Refusal::Forbidden(format!(
+            "job {id} belongs to team {:?}, which your token does not cover",
+            job.spec.team
+        )));
+    }
+    Ok(job)
+}
+
+pub async fn show(
+    State(s): State<Arc<Server>>,
+    Client(p): Client,
+    Path(id): Path<u64>,
+) -> Api<JobView> {
+    let inner = s.lock();
+    let job = find_job(&inner, id, &p)?;
+    Ok(Json(job_view(&inner, job)))
+}
+
+pub async fn why(
+    State(s): State<Arc<Server>>,
+    Client(p): Client,
+    Path(id): Path<u64>,
+) -> Api<WhyView> {
+    let inner = s.lock();
+    let job = find_job(&inner, id, &p)?;
+    let state = views::job_state(&job.state);
+    if job.state != JobState::Pending {
+        let message = match &job.state {
+            JobState::Running(r) => format!(
+                "running since {} ({})",
+                r.started_s,
+                views::admission(r.admission)
+            ),
+            JobState::Stopping(_, st) => {
+                format!("stopping ({})", views::stop_cause_text(st.cause))
+            }
+            _ => format!("{state} (it has ended)"),
+        };
+        return Ok(Json(WhyView {
+            job: id,
+            state,
+            reason: None,
+            message,
+            eta_s: None,
+        }));
+    }
+    let p = plan(&inner.state, now_s());
+    match p.pending_job(JobId(id)) {
+        Some(pj) => Ok(Json(WhyView {
+            job: id,
+            state,
+            reason: Some(views::reason(&pj.reason)),
+            message: pj.reason.to_string(),
+            eta_s: pj.eta_s,
+        })),
+        None => Ok(Json(WhyView {
+            job: id,
+            state,
+            reason: None,
+            message: "starting now".into(),
+            eta_s: Some(now_s()),
+        })),
+    }
+}
+
+pub async fn cancel(
+    State(s): State<Arc<Server>>,
+    Client(p): Client,
+    Path(id): Path<u64>,
+) -> Api<JobView> {
+    let view = {
+        let mut inner = s.lock();
+        let job = find_job(&inner, id, &p)?;
+        if job.state.is_terminal() {
+            return Err(Refusal::Conflict(format!(
+                "job {id} has already ended ({})",
+                job.state.name()
+            )));
+        }
+        inner.commit(
+            vec![Event::Cancel {
+                job: JobId(id),
+                at_s: now_s(),
+            }],
+            &[],
+        )?;
+        // A running job is now stopping: its agents are told.
+        let job = inner.state.job(JobId(id)).expect("known");
+        if let Some(run) = job.state.run() {
+            let grace_s = job.spec.grace_s;
+            let tasks: Vec<(u32, u32, u32)> = run
+                .placement
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i as u32, t.node.0, run.attempt))
+                .collect();
+            for (task, node, attempt) in tasks {
+                inner.push(
+                    node,
+                    qm_proto::Command::Kill {
+                        key: qm_proto::TaskKey {
+                            job: id,
+                            task,
+                            attempt,
+                        },
+                        grace_s,
+                    },
+                );
+            }
+        }
+        let job = inner.state.job(JobId(id)).expect("known");
+        job_view(&inner, job)
+    };
+    s.wake.notify_one();
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    task: Option<u32>,
+    attempt: Option<u32>,
+    offset: Option<u64>,
+    /// Only the last this many bytes (instead of `offset`).
+    tail: Option<u64>,
+}
+
+pub async fn logs(
+    State(s): State<Arc<Server>>,
+    Client(p): Client,
+    Path(id): Path<u64>,
+    Params(q): Params<LogQuery>,
+) -> Api<LogView> {
+    let mut inner = s.lock();
+    let job = find_job(&inner, id, &p)?;
+    let task = q.task.unwrap_or(0);
+    if task >= job.spec.tasks {
+        return Err(Refusal::BadRequest(format!(
+            "job {id} has {} tasks; task must be 0..{}",
+            job.spec.tasks, job.spec.tasks
+        )));
+    }
+    let current = job.state.run().map(|r| r.attempt);
+    let attempt = q.attempt.or(current).unwrap_or(job.runs.max(1));
+    let exited = inner
+        .exits
+        .get(&(id, attempt))
+        .is_some_and(|c| c.contains_key(&task));
+    let done = current != Some(attempt) || exited;
+    let mut offset = q.offset.unwrap_or(0);
+    if let Some(tail) = q.tail {
+        let (_, len) = inner.store.read_log((id, task, attempt), u64::MAX, 0)?;
+        offset = len.saturating_sub(tail);
+    }
+    let (data, next) = inner.store.read_log((id, task, attempt), offset, 1 << 20)?;
+    Ok(Json(LogView {
+        job: id,
+        task,
+        attempt,
+        offset,
+        next,
+        data: String::from_utf8_lossy(&data).into_owned(),
+        done,
+    }))
+}

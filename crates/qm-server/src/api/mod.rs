@@ -1,0 +1,211 @@
+//! The HTTP API: `fn app(server) -> Router`, so handlers can be tested without a socket.
+//! Client calls under `/api/v1`, agent calls under `/agent/v1`, the OpenAPI document at
+//! `/api/openapi.json`. Every call needs a bearer token, resolved once per request by the
+//! [`Caller`] extractor; a handler's arguments say who may call it ([`Admin`], [`Client`],
+//! [`Node`], [`Joiner`]). Every refusal is an `ApiError` body with a 4xx status and changes
+//! nothing.
+//!
+//! - `jobs.rs`: submit, list, show, why, cancel, logs.
+//! - `cluster.rs`: nodes and teams as everyone sees them; `/metrics`.
+//! - `admin.rs`: teams and tokens set by an admin; drain and resume.
+//! - `agent.rs`: register, heartbeat, the commands long poll, log uploads.
+//! - `openapi.rs`: the OpenAPI document.
+
+mod admin;
+mod agent;
+mod cluster;
+mod jobs;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use qm_proto::ApiError;
+
+use crate::auth::{hash_token, Principal};
+use crate::{Refusal, Server};
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            Refusal::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            Refusal::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
+            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+            Refusal::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            Refusal::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            Refusal::Internal(m) => {
+                eprintln!("qm server: internal error: {m}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server's log".to_string(),
+                )
+            }
+        };
+        (
+            status,
+            Json(ApiError {
+                error: code.into(),
+                message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type Api<T> = Result<Json<T>, Refusal>;
+
+/// A JSON body, with a clear message when it does not parse.
+pub struct Body<T>(T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Refusal;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Refusal::BadRequest(format!("cannot read the body: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| Refusal::BadRequest(format!("malformed JSON body: {e}")))
+    }
+}
+
+/// A query string, refused as an `ApiError` (listing the valid values of an enum) when it
+/// does not parse.
+pub struct Params<T>(T);
+
+impl<S, T> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| Refusal::BadRequest(e.body_text()))
+    }
+}
+
+/// Whoever sent the request's bearer token: an admin, a member, a join token or a node.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<Arc<Server>> for Caller {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Refusal> {
+        let header = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Refusal::Unauthorized("no token; send `Authorization: Bearer TOKEN`".into())
+            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            Refusal::Unauthorized("malformed Authorization header; expected `Bearer TOKEN`".into())
+        })?;
+        let hash = hash_token(token.trim());
+        let principal = s.lock().principal(&hash)?;
+        Ok(Caller(principal))
+    }
+}
+
+/// An admin.
+pub struct Admin;
+
+impl FromRequestParts<Arc<Server>> for Admin {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Refusal> {
+        match Caller::from_request_parts(parts, s).await?.0 {
+            Principal::Admin => Ok(Admin),
+            _ => Err(Refusal::Forbidden("this needs an admin token".into())),
+        }
+    }
+}
+
+/// A person: an admin or a member of teams (not an agent, not a join token).
+pub struct Client(pub Principal);
+
+impl FromRequestParts<Arc<Server>> for Client {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Refusal> {
+        match Caller::from_request_parts(parts, s).await?.0 {
+            p @ (Principal::Admin | Principal::Member { .. }) => Ok(Client(p)),
+            _ => Err(Refusal::Forbidden(
+                "this needs an admin or member token, not an agent's".into(),
+            )),
+        }
+    }
+}
+
+/// A registered node's agent, by the node's id.
+pub struct Node(pub u32);
+
+impl FromRequestParts<Arc<Server>> for Node {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Refusal> {
+        match Caller::from_request_parts(parts, s).await?.0 {
+            Principal::Node(n) => Ok(Node(n)),
+            _ => Err(Refusal::Forbidden("this needs a node credential".into())),
+        }
+    }
+}
+
+/// Who may register a node: a join token (or an admin).
+pub struct Joiner;
+
+impl FromRequestParts<Arc<Server>> for Joiner {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Refusal> {
+        match Caller::from_request_parts(parts, s).await?.0 {
+            Principal::Join | Principal::Admin => Ok(Joiner),
+            _ => Err(Refusal::Forbidden(
+                "registering a node needs a join token".into(),
+            )),
+        }
+    }
+}
+
+/// The router of the whole API.
+pub fn app(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/api/openapi.json", get(openapi::openapi))
+        .route("/metrics", get(cluster::metrics))
+        .route("/", get(crate::dash::index))
+        .route("/assets/app.js", get(crate::dash::app_js))
+        .route("/assets/app.css", get(crate::dash::app_css))
+        .route("/api/v1/stream", get(crate::dash::stream))
+        .route("/api/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/api/v1/jobs/{id}", get(jobs::show))
+        .route("/api/v1/jobs/{id}/why", get(jobs::why))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/jobs/{id}/logs", get(jobs::logs))
+        .route("/api/v1/nodes", get(cluster::nodes))
+        .route("/api/v1/nodes/{name}/drain", post(admin::drain))
+        .route("/api/v1/nodes/{name}/resume", post(admin::resume))
+        .route("/api/v1/teams", get(cluster::teams))
+        .route("/api/v1/admin/teams", post(admin::set_team))
+        .route("/api/v1/admin/tokens", post(admin::create_token))
+        .route("/agent/v1/register", post(agent::register))
+        .route("/agent/v1/heartbeat", post(agent::heartbeat))
+        .route("/agent/v1/commands", get(agent::commands))
+        .route("/agent/v1/logs", post(agent::logs))
+        .fallback(|| async { Refusal::NotFound("no such endpoint; see /api/openapi.json".into()) })
+        .with_state(server)
+}

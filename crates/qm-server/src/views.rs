@@ -1,0 +1,435 @@
+//! What the API, the dashboard and `/metrics` show of the state, built in one place: the
+//! core's values turned into the wire's (`qm_proto`), the job, node and team views, and the
+//! GPUs each team holds ([`usage`]), so the three never disagree.
+
+use std::collections::BTreeMap;
+
+use qm_core::{ClusterState, GpuAsk, Job, JobState, Node, Team};
+use qm_proto as proto;
+use qm_proto::{JobView, NodeView, TaskView, TeamView};
+
+use crate::{now_s, Inner};
+
+/// Milli-GPUs held by running (or stopping) jobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All GPUs the jobs hold.
+    pub allocated_milli: u64,
+    /// Held by jobs that started on capacity lent beyond their team's guarantee (the
+    /// admission their job view shows).
+    pub borrowed_milli: u64,
+    /// Held by jobs whose GPUs are idle now (below the idle threshold).
+    pub idle_milli: u64,
+}
+
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.allocated_milli += other.allocated_milli;
+        self.borrowed_milli += other.borrowed_milli;
+        self.idle_milli += other.idle_milli;
+    }
+
+    /// What one job holds (nothing unless it has a run).
+    fn of(job: &Job) -> Usage {
+        let Some(run) = job.state.run() else {
+            return Usage::default();
+        };
+        let milli = job.spec.milli_total();
+        Usage {
+            allocated_milli: milli,
+            borrowed_milli: if run.admission == qm_core::Admission::Borrowed {
+                milli
+            } else {
+                0
+            },
+            idle_milli: if run.idle_since_s.is_some() { milli } else { 0 },
+        }
+    }
+}
+
+/// The GPUs held now, by (team, GPU model of the job's nodes): the only place these totals
+/// are computed.
+pub fn usage(state: &ClusterState) -> BTreeMap<(String, String), Usage> {
+    let mut out: BTreeMap<(String, String), Usage> = BTreeMap::new();
+    for j in state.live_jobs() {
+        let Some(run) = j.state.run() else { continue };
+        let model = run
+            .placement
+            .first()
+            .and_then(|t| state.node(t.node))
+            .map_or("unknown", |n| n.spec.gpu_model.as_str());
+        out.entry((j.spec.team.clone(), model.to_string()))
+            .or_default()
+            .add(Usage::of(j));
+    }
+    out
+}
+
+/// [`usage`] summed over GPU models.
+pub fn usage_by_team(by_model: &BTreeMap<(String, String), Usage>) -> BTreeMap<&str, Usage> {
+    let mut out: BTreeMap<&str, Usage> = BTreeMap::new();
+    for ((team, _), u) in by_model {
+        out.entry(team.as_str()).or_default().add(*u);
+    }
+    out
+}
+
+/// [`usage`] summed over everything.
+pub fn usage_total(by_model: &BTreeMap<(String, String), Usage>) -> Usage {
+    let mut out = Usage::default();
+    for u in by_model.values() {
+        out.add(*u);
+    }
+    out
+}
+
+/// GPU-hours charged to a team while its GPUs sat idle.
+pub fn idle_gpu_hours(t: &Team) -> f64 {
+    t.idle_milli_s_total as f64 / 1000.0 / 3600.0
+}
+
+pub fn job_state(s: &JobState) -> proto::JobState {
+    match s {
+        JobState::Pending => proto::JobState::Pending,
+        JobState::Running(_) => proto::JobState::Running,
+        JobState::Stopping(..) => proto::JobState::Stopping,
+        JobState::Succeeded { .. } => proto::JobState::Succeeded,
+        JobState::Failed { .. } => proto::JobState::Failed,
+        JobState::Cancelled { .. } => proto::JobState::Cancelled,
+    }
+}
+
+pub fn node_state(s: qm_core::NodeState) -> proto::NodeState {
+    match s {
+        qm_core::NodeState::Ready => proto::NodeState::Ready,
+        qm_core::NodeState::Draining => proto::NodeState::Draining,
+        qm_core::NodeState::Down => proto::NodeState::Down,
+    }
+}
+
+pub fn admission(a: qm_core::Admission) -> proto::Admission {
+    match a {
+        qm_core::Admission::Guaranteed => proto::Admission::Guaranteed,
+        qm_core::Admission::Borrowed => proto::Admission::Borrowed,
+    }
+}
+
+pub fn idle_policy(p: qm_core::IdlePolicy) -> proto::IdlePolicy {
+    match p {
+        qm_core::IdlePolicy::Warn => proto::IdlePolicy::Warn,
+        qm_core::IdlePolicy::ReclaimBorrowed => proto::IdlePolicy::Reclaim,
+        qm_core::IdlePolicy::Requeue { .. } => proto::IdlePolicy::Requeue,
+    }
+}
+
+/// The grace period of an idle policy set through the API.
+pub const REQUEUE_GRACE_S: u64 = 300;
+
+pub fn core_idle_policy(p: proto::IdlePolicy) -> qm_core::IdlePolicy {
+    match p {
+        proto::IdlePolicy::Warn => qm_core::IdlePolicy::Warn,
+        proto::IdlePolicy::Reclaim => qm_core::IdlePolicy::ReclaimBorrowed,
+        proto::IdlePolicy::Requeue => qm_core::IdlePolicy::Requeue {
+            grace_s: REQUEUE_GRACE_S,
+        },
+    }
+}
+
+/// A stop's cause in job histories and explanations.
+pub fn stop_cause_text(c: qm_core::StopCause) -> &'static str {
+    match c {
+        qm_core::StopCause::Reclaim => "reclaim",
+        qm_core::StopCause::Idle => "idle",
+        qm_core::StopCause::TimeLimit => "timelimit",
+        qm_core::StopCause::Cancel => "cancel",
+    }
+}
+
+fn gpu_ask(g: GpuAsk) -> proto::GpuAsk {
+    match g {
+        GpuAsk::Whole(n) => proto::GpuAsk::Whole(n),
+        GpuAsk::Milli(m) => proto::GpuAsk::Milli(m),
+    }
+}
+
+pub fn reason(r: &qm_core::Reason) -> proto::Reason {
+    use qm_core::Reason as R;
+    match r {
+        R::Dependency { on } => proto::Reason::Dependency { on: on.0 },
+        R::DependencyFailed { on } => proto::Reason::DependencyFailed { on: on.0 },
+        R::OverMax {
+            team,
+            model,
+            used_milli,
+            ask_milli,
+            max_milli,
+        } => proto::Reason::OverMax {
+            team: team.clone(),
+            model: model.clone(),
+            used_milli: *used_milli,
+            ask_milli: *ask_milli,
+            max_milli: *max_milli,
+        },
+        R::WaitingForReclaim {
+            victims,
+            ready_by_s,
+        } => proto::Reason::WaitingForReclaim {
+            victims: victims.iter().map(|v| v.0).collect(),
+            ready_by_s: *ready_by_s,
+        },
+        R::Reserved { start_s } => proto::Reason::Reserved { start_s: *start_s },
+        R::BehindReservation { reserved, start_s } => proto::Reason::BehindReservation {
+            reserved: reserved.0,
+            start_s: *start_s,
+        },
+        R::NoPlacement {
+            tasks,
+            gpu,
+            model,
+            free_gpus,
+            largest_free_block,
+        } => proto::Reason::NoPlacement {
+            tasks: *tasks,
+            gpu: gpu_ask(*gpu),
+            model: model.clone(),
+            free_gpus: *free_gpus,
+            largest_free_block: *largest_free_block,
+        },
+        R::BlockedByHead { head } => proto::Reason::BlockedByHead { head: head.0 },
+        R::NoPartition { team } => proto::Reason::NoPartition { team: team.clone() },
+    }
+}
+
+pub fn standing(s: &qm_core::TeamStanding) -> proto::Standing {
+    proto::Standing {
+        team: s.team.clone(),
+        guaranteed_gpus: s.guaranteed_gpus,
+        alloc_milli: s.alloc_milli,
+        borrowed_milli: s.borrowed_milli,
+        idle_milli: s.idle_milli,
+        standing: s.standing,
+        idle_gpu_hours: s.idle_gpu_hours,
+    }
+}
+
+/// What a job asks, short: `2x8 GPU` or `1x250 mGPU`.
+pub fn ask(spec: &qm_core::JobSpec) -> String {
+    match spec.gpu {
+        GpuAsk::Whole(k) => format!("{}x{} GPU", spec.tasks, k),
+        GpuAsk::Milli(m) => format!("{}x{} mGPU", spec.tasks, m),
+    }
+}
+
+pub fn job_view(inner: &Inner, j: &Job) -> JobView {
+    let run = j.state.run();
+    let attempt = run.map_or(j.runs, |r| r.attempt);
+    let codes = inner.exits.get(&(j.spec.id.0, attempt));
+    let placement = run
+        .map(|r| {
+            r.placement
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TaskView {
+                    index: i as u32,
+                    node: inner.node_name(t.node.0),
+                    gpus: t.gpus.clone(),
+                    gpu_milli: t.gpu_milli,
+                    exit_code: codes.and_then(|c| c.get(&(i as u32)).copied()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ended_s = match j.state {
+        JobState::Succeeded { at_s }
+        | JobState::Failed { at_s, .. }
+        | JobState::Cancelled { at_s } => Some(at_s),
+        _ => None,
+    };
+    let (gpus, gpu_milli) = match j.spec.gpu {
+        GpuAsk::Whole(k) => (k, 1000),
+        GpuAsk::Milli(m) => (0, m),
+    };
+    JobView {
+        id: j.spec.id.0,
+        name: j.spec.name.clone(),
+        team: j.spec.team.clone(),
+        user: j.spec.user.clone(),
+        state: job_state(&j.state),
+        tasks: j.spec.tasks,
+        gpus,
+        gpu_milli,
+        gpu_model: j.spec.gpu_model.clone(),
+        priority: j.spec.priority,
+        time_limit_s: j.spec.time_limit_s,
+        preemptible: j.spec.preemptible,
+        submit_s: j.spec.submit_s,
+        started_s: run.map(|r| r.started_s),
+        ended_s,
+        attempt,
+        preemptions: j.preemptions,
+        admission: run.map(|r| admission(r.admission)),
+        placement,
+        util_pct: run.and_then(|r| r.last_util_pct),
+        idle_since_s: run.and_then(|r| r.idle_since_s),
+        command: inner
+            .payloads
+            .get(&j.spec.id.0)
+            .map(|p| p.command.clone())
+            .unwrap_or_default(),
+        events: inner.history.get(&j.spec.id.0).cloned().unwrap_or_default(),
+    }
+}
+
+pub fn node_view(inner: &Inner, n: &Node) -> NodeView {
+    let now = now_s();
+    NodeView {
+        name: n.spec.name.clone(),
+        state: node_state(n.state),
+        gpus: n.spec.gpus,
+        gpu_model: n.spec.gpu_model.clone(),
+        gpus_used_milli: n.gpu_used_milli.clone(),
+        cpu_milli: n.spec.cpu_milli,
+        mem_mib: n.spec.mem_mib,
+        labels: n.spec.labels.clone(),
+        last_seen_s: inner
+            .agents
+            .get(&n.spec.id.0)
+            .map(|a| now.saturating_sub(a.last_seen.elapsed().as_secs())),
+    }
+}
+
+/// Every team with the GPUs it holds ([`usage`] summed over models).
+pub fn teams_with_usage<'s>(
+    state: &'s ClusterState,
+    by_model: &BTreeMap<(String, String), Usage>,
+) -> Vec<(&'s Team, Usage)> {
+    let by_team = usage_by_team(by_model);
+    state
+        .teams()
+        .map(|t| {
+            let u = by_team.get(t.spec.name.as_str()).copied();
+            (t, u.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Every team, with the GPUs it holds now.
+pub fn team_views(state: &ClusterState) -> Vec<TeamView> {
+    teams_with_usage(state, &usage(state))
+        .into_iter()
+        .map(|(t, u)| TeamView {
+            name: t.spec.name.clone(),
+            parent: t.spec.parent.clone(),
+            guaranteed: t
+                .spec
+                .quotas
+                .iter()
+                .map(|(m, q)| (m.clone(), q.guaranteed))
+                .collect(),
+            max: t
+                .spec
+                .quotas
+                .iter()
+                .map(|(m, q)| (m.clone(), q.max))
+                .collect(),
+            weight: t.spec.weight,
+            idle_policy: idle_policy(t.spec.idle_policy),
+            used_milli: u.allocated_milli,
+            borrowed_milli: u.borrowed_milli,
+            idle_milli: u.idle_milli,
+            idle_gpu_hours: idle_gpu_hours(t),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use qm_core::{JobId, StopCause};
+
+    use super::*;
+
+    /// The wire's reasons and states are the core's, as the API sent them before they were
+    /// typed: field for field, name for name.
+    #[test]
+    fn wire_values_match_the_cores_serialization() {
+        use qm_core::Reason as R;
+        let reasons = [
+            R::Dependency { on: JobId(1) },
+            R::DependencyFailed { on: JobId(2) },
+            R::OverMax {
+                team: "a".into(),
+                model: "*".into(),
+                used_milli: 1,
+                ask_milli: 2,
+                max_milli: 3,
+            },
+            R::WaitingForReclaim {
+                victims: vec![JobId(3)],
+                ready_by_s: 4,
+            },
+            R::Reserved { start_s: 5 },
+            R::BehindReservation {
+                reserved: JobId(6),
+                start_s: 7,
+            },
+            R::NoPlacement {
+                tasks: 2,
+                gpu: GpuAsk::Milli(250),
+                model: Some("H100".into()),
+                free_gpus: 1,
+                largest_free_block: 1,
+            },
+            R::BlockedByHead { head: JobId(8) },
+            R::NoPartition { team: "b".into() },
+        ];
+        assert_eq!(reasons.len(), proto::ReasonKind::ALL.len());
+        for r in &reasons {
+            assert_eq!(
+                serde_json::to_value(reason(r)).unwrap(),
+                serde_json::to_value(r).unwrap()
+            );
+        }
+        for a in [qm_core::Admission::Guaranteed, qm_core::Admission::Borrowed] {
+            assert_eq!(
+                serde_json::to_value(admission(a)).unwrap(),
+                serde_json::to_value(a).unwrap()
+            );
+        }
+        for s in [
+            qm_core::NodeState::Ready,
+            qm_core::NodeState::Draining,
+            qm_core::NodeState::Down,
+        ] {
+            assert_eq!(
+                serde_json::to_value(node_state(s)).unwrap(),
+                serde_json::to_value(s).unwrap()
+            );
+        }
+        for s in [
+            JobState::Pending,
+            JobState::Succeeded { at_s: 0 },
+            JobState::Failed {
+                at_s: 0,
+                timed_out: false,
+            },
+            JobState::Cancelled { at_s: 0 },
+        ] {
+            assert_eq!(job_state(&s).as_str(), s.name());
+        }
+        for p in proto::IdlePolicy::ALL {
+            assert_eq!(idle_policy(core_idle_policy(*p)), *p);
+        }
+        for c in [
+            StopCause::Reclaim,
+            StopCause::Idle,
+            StopCause::TimeLimit,
+            StopCause::Cancel,
+        ] {
+            assert_eq!(
+                stop_cause_text(c),
+                format!("{c:?}").to_lowercase(),
+                "the text histories have always shown"
+            );
+        }
+    }
+}

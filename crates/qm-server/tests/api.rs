@@ -1,0 +1,402 @@
+//! The API through `app(server)` with `oneshot`: no socket, no agent process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures_util::StreamExt;
+use qm_proto::{
+    DashSnapshot, Heartbeat, JobView, RegisterRequest, RegisterResponse, TaskKey, TaskUtil,
+    TeamView,
+};
+use qm_server::{Server, ServerConfig};
+use qm_store::SqliteStore;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Api {
+    server: Arc<Server>,
+    admin: String,
+}
+
+impl Api {
+    fn new() -> Api {
+        let server = Server::open(
+            Box::new(SqliteStore::memory().unwrap()),
+            ServerConfig::default(),
+        )
+        .unwrap();
+        let admin = server.create_token("admin", "admin", &[]).unwrap();
+        Api { server, admin }
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, axum::body::Body, Option<String>) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let resp = qm_server::app(self.server.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let status = resp.status();
+        (status, resp.into_body(), content_type)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, String) {
+        let (status, body, _) = self.raw(method, path, token, body).await;
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    async fn ok<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> T {
+        let (status, text) = self.call(method, path, &self.admin, body).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// A 4-GPU node, registered as its agent would; its credential.
+    async fn node(&self) -> (u32, String) {
+        let join = self.server.create_token("agent", "join", &[]).unwrap();
+        let req = RegisterRequest {
+            name: "n0".into(),
+            gpus: 4,
+            gpu_model: "SIM".into(),
+            gpu_mem_mib: 0,
+            cpu_milli: 8000,
+            mem_mib: 8192,
+            labels: BTreeMap::new(),
+            topology: Vec::new(),
+            address: "127.0.0.1".into(),
+        };
+        let (status, text) = self
+            .call(
+                "POST",
+                "/agent/v1/register",
+                &join,
+                Some(serde_json::to_value(req).unwrap()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let r: RegisterResponse = serde_json::from_str(&text).unwrap();
+        (0, r.credential)
+    }
+
+    async fn submit(&self, team: &str, gpus: u32) -> u64 {
+        let r: Value = self
+            .ok(
+                "POST",
+                "/api/v1/jobs",
+                Some(json!({"team": team, "gpus": gpus, "command": ["sleep", "300"]})),
+            )
+            .await;
+        r["job"].as_u64().unwrap()
+    }
+
+    /// The first snapshot of the dashboard's stream.
+    async fn snapshot(&self) -> DashSnapshot {
+        let (status, body, _) = self.raw("GET", "/api/v1/stream", &self.admin, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut stream = body.into_data_stream();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = stream.next().await.expect("a snapshot").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("a data line");
+        serde_json::from_str(data).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_role_is_refused_with_the_valid_ones() {
+    let api = Api::new();
+    let (status, text) = api
+        .call(
+            "POST",
+            "/api/v1/admin/tokens",
+            &api.admin,
+            Some(json!({"name": "x", "role": "boss"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let err: qm_proto::ApiError = serde_json::from_str(&text).unwrap();
+    assert_eq!(err.error, "bad_request");
+    for valid in ["admin", "member", "join"] {
+        assert!(err.message.contains(valid), "{}", err.message);
+    }
+    assert!(err.message.contains("boss"), "{}", err.message);
+    // Through the library too (as `qm up` creates its first tokens).
+    let e = api.server.create_token("x", "boss", &[]).unwrap_err();
+    assert!(
+        format!("{e:?}").contains("valid: admin, member, join"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_state_filter_is_refused_with_the_valid_ones() {
+    let api = Api::new();
+    let (status, text) = api
+        .call("GET", "/api/v1/jobs?state=sleeping", &api.admin, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let err: qm_proto::ApiError = serde_json::from_str(&text).unwrap();
+    assert_eq!(err.error, "bad_request");
+    for valid in qm_proto::JobState::NAMES {
+        assert!(err.message.contains(valid), "{}", err.message);
+    }
+    // A known state filters.
+    let jobs: Vec<JobView> = api.ok("GET", "/api/v1/jobs?state=pending", None).await;
+    assert!(jobs.is_empty());
+}
+
+#[tokio::test]
+async fn roles_are_checked_by_the_extractors() {
+    let api = Api::new();
+    let (_, credential) = api.node().await;
+    let (status, text) = api.call("GET", "/api/v1/jobs", &credential, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("not an agent's"), "{text}");
+    let (status, text) = api
+        .call("POST", "/api/v1/nodes/n0/drain", &credential, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("needs an admin token"), "{text}");
+    let (status, text) = api
+        .call(
+            "POST",
+            "/agent/v1/heartbeat",
+            &api.admin,
+            Some(json!(Heartbeat::default())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("needs a node credential"), "{text}");
+    let (status, text) = api.call("GET", "/api/v1/teams", "qm_nobody", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    assert!(text.contains("unknown token"), "{text}");
+}
+
+/// The API's teams, the dashboard's snapshot and `/metrics` count the same GPUs as
+/// allocated, borrowed and idle, team by team.
+#[tokio::test]
+async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
+    let api = Api::new();
+    let (node, credential) = api.node().await;
+    for (team, guaranteed) in [("owner", 2), ("borrower", 0)] {
+        let _: TeamView = api
+            .ok(
+                "POST",
+                "/api/v1/admin/teams",
+                Some(json!({"name": team, "guaranteed": guaranteed})),
+            )
+            .await;
+    }
+    let owned = api.submit("owner", 1).await;
+    let borrowed: Vec<u64> = vec![
+        api.submit("borrower", 1).await,
+        api.submit("borrower", 1).await,
+    ];
+    api.server.tick().unwrap();
+    // One borrowed job and the owner's job report idle GPUs, the other borrowed one is busy.
+    let mut running = Vec::new();
+    let mut util = Vec::new();
+    for (id, pct) in [(owned, 0), (borrowed[0], 0), (borrowed[1], 90)] {
+        let j: JobView = api.ok("GET", &format!("/api/v1/jobs/{id}"), None).await;
+        assert_eq!(j.state, qm_proto::JobState::Running, "{j:?}");
+        let key = TaskKey {
+            job: id,
+            task: 0,
+            attempt: j.attempt,
+        };
+        running.push(key.clone());
+        util.push(TaskUtil { key, pct });
+    }
+    let hb = Heartbeat {
+        running,
+        exited: Vec::new(),
+        util,
+    };
+    let (status, text) = api
+        .call(
+            "POST",
+            "/agent/v1/heartbeat",
+            &credential,
+            Some(serde_json::to_value(hb).unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let _ = node;
+
+    let teams: Vec<TeamView> = api.ok("GET", "/api/v1/teams", None).await;
+    let team = |name: &str| teams.iter().find(|t| t.name == name).unwrap().clone();
+    let expect = [("owner", (1000, 0, 1000)), ("borrower", (2000, 2000, 1000))];
+    for (name, (allocated, borrowed, idle)) in expect {
+        let t = team(name);
+        assert_eq!(
+            (t.used_milli, t.borrowed_milli, t.idle_milli),
+            (allocated, borrowed, idle),
+            "{name}: {t:?}"
+        );
+    }
+
+    let snap = api.snapshot().await;
+    for (name, (allocated, borrowed, idle)) in expect {
+        let t = snap.teams.iter().find(|t| t.name == name).unwrap();
+        assert_eq!(
+            (t.used_milli, t.borrowed_milli, t.idle_milli),
+            (allocated, borrowed, idle),
+            "dashboard, {name}"
+        );
+    }
+    assert_eq!(
+        (
+            snap.overview.allocated_milli,
+            snap.overview.borrowed_milli,
+            snap.overview.idle_milli
+        ),
+        (3000, 2000, 2000)
+    );
+
+    let (status, body, content_type) = api.raw("GET", "/metrics", &api.admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let content_type = content_type.unwrap();
+    assert!(
+        content_type.starts_with(qm_server::METRICS_CONTENT_TYPE),
+        "{content_type}"
+    );
+    let text = String::from_utf8(
+        axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("prometheus-parse reads /metrics");
+    let metric = |name: &str, team: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get("team") == Some(team))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+            .sum()
+    };
+    for (name, (allocated, borrowed, idle)) in expect {
+        let gpus = |milli: u64| milli as f64 / 1000.0;
+        assert_eq!(
+            (
+                metric("qm_gpus_allocated", name),
+                metric("qm_gpus_borrowed", name),
+                metric("qm_gpus_idle", name)
+            ),
+            (gpus(allocated), gpus(borrowed), gpus(idle)),
+            "/metrics, {name}\n{text}"
+        );
+    }
+}
+
+/// Every field `assets/app.js` reads from a snapshot is there, with the JSON type it expects.
+#[tokio::test]
+async fn the_snapshot_has_every_field_the_dashboard_reads() {
+    let api = Api::new();
+    let _ = api.node().await;
+    let _: TeamView = api
+        .ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "a", "guaranteed": 1})),
+        )
+        .await;
+    api.submit("a", 1).await;
+    api.submit("a", 4).await;
+    api.server.tick().unwrap();
+    let snap = serde_json::to_value(api.snapshot().await).unwrap();
+    let number = |v: &Value| v.is_number();
+    let string = |v: &Value| v.is_string();
+    type Check<'a> = &'a dyn Fn(&Value) -> bool;
+    let paths: [(&str, Check); 27] = [
+        ("/now", &number),
+        ("/overview/gpus_milli", &number),
+        ("/overview/allocated_milli", &number),
+        ("/overview/borrowed_milli", &number),
+        ("/overview/idle_milli", &number),
+        ("/overview/free_milli", &number),
+        ("/overview/running", &number),
+        ("/overview/pending", &number),
+        ("/history", &|v| v.is_array()),
+        ("/teams/0/name", &string),
+        ("/teams/0/guaranteed_milli", &number),
+        ("/teams/0/used_milli", &number),
+        ("/teams/0/borrowed_milli", &number),
+        ("/teams/0/idle_milli", &number),
+        ("/teams/0/idle_gpu_hours", &number),
+        ("/teams/0/standing/standing", &number),
+        ("/queue/total", &number),
+        ("/queue/jobs/0/id", &number),
+        ("/queue/jobs/0/ask", &string),
+        ("/queue/jobs/0/reason", &string),
+        ("/queue/jobs/0/wait_s", &number),
+        ("/queue/reservations", &|v| v.is_array()),
+        ("/nodes/0/rack", &string),
+        ("/nodes/0/state", &|v| v == "ready"),
+        ("/nodes/0/gpus/0/1", &number),
+        ("/jobs/0/state", &|v| v == "pending"),
+        ("/jobs/1/admission", &|v| v == "guaranteed"),
+    ];
+    for (path, ok) in paths {
+        let v = snap
+            .pointer(path)
+            .unwrap_or_else(|| panic!("no {path} in {snap}"));
+        assert!(ok(v), "{path} is {v}");
+    }
+    for key in [
+        "id",
+        "team",
+        "state",
+        "ask",
+        "name",
+        "preemptions",
+        "admission",
+    ] {
+        assert!(snap["jobs"][0].get(key).is_some(), "jobs[0].{key}");
+    }
+    for key in ["id", "team", "eta_s"] {
+        assert!(
+            snap["queue"]["jobs"][0].get(key).is_some(),
+            "queue.jobs[0].{key}"
+        );
+    }
+}
