@@ -36,7 +36,8 @@ use qm_core::{
     TeamSpec,
 };
 
-use crate::trace::{Table, TraceError, CPU_MILLI, GPU_COUNT, GPU_MILLI, MEM_MIB};
+use crate::trace::table::Table;
+use crate::trace::{TraceError, CPU_MILLI, GPU_COUNT, GPU_MILLI, MEM_MIB};
 
 /// The most GPUs a node of the protocol may have.
 pub const MAX_NODE_GPUS: usize = 16;
