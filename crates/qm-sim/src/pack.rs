@@ -32,143 +32,16 @@ use std::path::Path;
 use std::str::FromStr;
 
 use qm_core::{
-    apply, decide, ClusterState, Event, GpuAsk, JobId, JobSpec, NodeId, NodeSpec, SchedulerConfig,
-    TeamSpec,
+    apply, decide, ClusterState, Event, JobId, JobSpec, NodeId, NodeSpec, SchedulerConfig, TeamSpec,
 };
 
-use crate::trace::table::Table;
-use crate::trace::{TraceError, CPU_MILLI, GPU_COUNT, GPU_MILLI, MEM_MIB};
+use crate::trace::openb::MILLI;
+pub use crate::trace::openb::{
+    load_nodes, load_pods, parse_nodes, parse_pods, PackNode, Pod, MAX_NODE_GPUS,
+};
 
-/// The most GPUs a node of the protocol may have.
-pub const MAX_NODE_GPUS: usize = 16;
-const MILLI: u32 = 1000;
 /// The curve's last column, in % of the cluster's GPUs arrived.
 pub const CURVE_END: usize = 130;
-
-/// One node of the node list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PackNode {
-    pub name: String,
-    pub cpu_milli: u64,
-    pub mem_mib: u64,
-    pub gpus: u32,
-    pub model: String,
-}
-
-/// One pod of the pod list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pod {
-    pub name: String,
-    pub cpu_milli: u64,
-    pub mem_mib: u64,
-    pub num_gpu: u32,
-    /// Per GPU, capped at 1000; 0 for a CPU-only pod.
-    pub gpu_milli: u32,
-    /// `|`-separated acceptable GPU models; empty for any. Ignored for CPU-only pods.
-    pub gpu_spec: String,
-}
-
-impl Pod {
-    /// Milli-GPUs the pod asks for in all.
-    pub fn milli_total(&self) -> u64 {
-        u64::from(self.num_gpu) * u64::from(self.gpu_milli)
-    }
-
-    fn sharing(&self) -> bool {
-        self.num_gpu == 1 && self.gpu_milli < MILLI
-    }
-}
-
-/// Reads a node list.
-pub fn load_nodes(path: &Path) -> Result<Vec<PackNode>, TraceError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| TraceError::io(&name, e))?;
-    parse_nodes(&name, &text)
-}
-
-/// Parses a node list (`sn,cpu_milli,memory_mib,gpu,model`). Nodes without GPUs are kept: they
-/// take CPU-only pods.
-pub fn parse_nodes(file: &str, text: &str) -> Result<Vec<PackNode>, TraceError> {
-    let table = Table::read(file, text)?;
-    let [sn, cpu, mem, gpu, model] =
-        table.require(file, ["sn", "cpu_milli", "memory_mib", "gpu", "model"])?;
-    let mut out = Vec::new();
-    for rec in table.records(file) {
-        let gpus_cell = rec.cell(gpu);
-        let gpus: u32 = gpus_cell.number(GPU_COUNT)?;
-        if gpus as usize > MAX_NODE_GPUS {
-            return Err(gpus_cell.error(format!("at most {MAX_NODE_GPUS} GPUs per node")));
-        }
-        out.push(PackNode {
-            name: rec.cell(sn).text.to_string(),
-            cpu_milli: rec.cell(cpu).number(CPU_MILLI)?,
-            mem_mib: rec.cell(mem).number(MEM_MIB)?,
-            gpus,
-            model: rec.cell(model).text.trim().to_string(),
-        });
-    }
-    if out.is_empty() {
-        return Err(TraceError::at(
-            file,
-            1,
-            None,
-            "at least one node",
-            "a header only",
-        ));
-    }
-    Ok(out)
-}
-
-/// Reads a pod list.
-pub fn load_pods(path: &Path) -> Result<Vec<Pod>, TraceError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| TraceError::io(&name, e))?;
-    parse_pods(&name, &text)
-}
-
-/// Parses a pod list: `name,cpu_milli,memory_mib,num_gpu,gpu_milli` and optionally `gpu_spec`;
-/// other columns are ignored. `gpu_milli` above 1000 is capped at 1000, as the protocol does.
-pub fn parse_pods(file: &str, text: &str) -> Result<Vec<Pod>, TraceError> {
-    let table = Table::read(file, text)?;
-    let [name, cpu, mem, gpus, milli] = table.require(
-        file,
-        ["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"],
-    )?;
-    let spec = table.column("gpu_spec");
-    let mut out = Vec::new();
-    for rec in table.records(file) {
-        let num_gpu: u32 = rec.cell(gpus).number(GPU_COUNT)?;
-        let milli_cell = rec.cell(milli);
-        let share: u32 = milli_cell.number(GPU_MILLI)?;
-        if num_gpu > 0 && share == 0 {
-            return Err(milli_cell.error("1 to 1000 milli-GPUs for a pod with GPUs"));
-        }
-        let gpu_spec = if num_gpu > 0 {
-            rec.optional(spec)
-                .map_or(String::new(), |c| c.text.trim().to_string())
-        } else {
-            String::new()
-        };
-        out.push(Pod {
-            name: rec.cell(name).text.to_string(),
-            cpu_milli: rec.cell(cpu).number(CPU_MILLI)?,
-            mem_mib: rec.cell(mem).number(MEM_MIB)?,
-            num_gpu,
-            gpu_milli: if num_gpu == 0 { 0 } else { share.min(MILLI) },
-            gpu_spec,
-        });
-    }
-    if out.is_empty() {
-        return Err(TraceError::at(
-            file,
-            1,
-            None,
-            "at least one pod",
-            "a header only",
-        ));
-    }
-    Ok(out)
-}
 
 /// A placement policy of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -970,19 +843,10 @@ impl Core {
             user: String::new(),
             priority: 0,
             tasks: 1,
-            gpu: if pod.sharing() {
-                GpuAsk::Milli(pod.gpu_milli)
-            } else {
-                GpuAsk::Whole(pod.num_gpu)
-            },
+            gpu: pod.gpu_ask().expect("a pod with GPUs"),
             cpu_milli: pod.cpu_milli,
             mem_mib: pod.mem_mib,
-            gpu_model: pod
-                .gpu_spec
-                .split('|')
-                .map(str::trim)
-                .find(|m| !m.is_empty())
-                .map(str::to_string),
+            gpu_model: pod.first_model(),
             node_selector: Default::default(),
             time_limit_s: None,
             runtime_estimate_s: None,
