@@ -1,8 +1,9 @@
 //! Alibaba's cluster-trace-gpu-v2023 ("openb"): pod lists and node lists.
 //!
 //! One reader for each list serves both users: `qm sim run` replays a pod list as a trace
-//! ([`Format::Openb`](super::Format::Openb), through [`trace::parse`](super::parse)), and `qm sim pack` packs a pod
-//! list onto a node list ([`load_pods`], [`load_nodes`]). A pod row means the same to both.
+//! ([`Format::Openb`](super::Format::Openb), through [`trace::parse`](super::parse)), and
+//! `qm sim pack` packs a pod list onto a node list ([`load_pods`], [`load_nodes`]). A pod row
+//! means the same to both.
 //!
 //! # Pod lists
 //!
