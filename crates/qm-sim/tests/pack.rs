@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use qm_sim::pack::{
-    self, arrivals, load_nodes, load_pods, parse_nodes, parse_pods, PackInput, PackPolicy, Rng,
+    self, arrivals, load_nodes, load_pods, parse_nodes, parse_pods, PackInput, PackPolicy,
 };
+use qm_sim::rng::Rng;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -48,7 +48,7 @@ mod room;
 use std::fmt;
 use std::str::FromStr;
 
-pub use crate::rng::Rng;
+use crate::rng::Rng;
 pub use crate::trace::openb::{
     load_nodes, load_pods, parse_nodes, parse_pods, PackNode, Pod, MAX_NODE_GPUS,
 };
