@@ -23,7 +23,7 @@ const PHILLY_MEM_MIB_PER_GPU: u64 = 16384;
 
 /// `(tasks, GPUs per task)` for a job of `gpus` whole GPUs: one task up to 8 GPUs, else a gang
 /// of 8-GPU tasks, else of 4-GPU tasks, else of 1-GPU tasks, whichever divides first.
-pub(crate) fn split_gang(gpus: u32) -> (u32, u32) {
+fn split_gang(gpus: u32) -> (u32, u32) {
     if gpus <= 8 {
         return (1, gpus);
     }
@@ -33,6 +33,25 @@ pub(crate) fn split_gang(gpus: u32) -> (u32, u32) {
         _ => 1,
     };
     (gpus / per_task, per_task)
+}
+
+/// The gang of a job of `gpus` whole GPUs lasting `duration_s` ([`split_gang`]), or `None`
+/// once the row is counted as skipped: it asks for no GPU, or lasts no time.
+pub(crate) fn whole_gpu_gang(
+    out: &mut Builder,
+    line: usize,
+    gpus: u32,
+    duration_s: u64,
+) -> Option<(u32, u32)> {
+    if gpus == 0 {
+        out.skip(line, "asks for no GPU");
+        return None;
+    }
+    if duration_s == 0 {
+        out.skip(line, "zero duration");
+        return None;
+    }
+    Some(split_gang(gpus))
 }
 
 pub(crate) fn parse(file: &str, table: &Table, out: &mut Builder) -> Result<(), TraceError> {
@@ -45,15 +64,9 @@ pub(crate) fn parse(file: &str, table: &Table, out: &mut Builder) -> Result<(), 
         let duration_s = rec.cell(duration).seconds(true)?;
         let count: u32 = rec.cell(gpus).number(GPU_COUNT)?;
         let team = team_or_default(rec.cell(cluster).text);
-        if count == 0 {
-            out.skip(rec.row.line, "asks for no GPU");
+        let Some((tasks, per_task)) = whole_gpu_gang(out, rec.row.line, count, duration_s) else {
             continue;
-        }
-        if duration_s == 0 {
-            out.skip(rec.row.line, "zero duration");
-            continue;
-        }
-        let (tasks, per_task) = split_gang(count);
+        };
         out.job(
             submit,
             TraceJob {

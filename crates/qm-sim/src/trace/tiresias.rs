@@ -10,7 +10,7 @@
 
 use qm_core::GpuAsk;
 
-use super::philly::split_gang;
+use super::philly::whole_gpu_gang;
 use super::table::{Table, TraceError};
 use super::{
     default_cpu_milli, default_mem_mib, team_or_default, to_i64, Builder, TraceJob, GPU_COUNT,
@@ -24,15 +24,9 @@ pub(crate) fn parse(file: &str, table: &Table, out: &mut Builder) -> Result<(), 
         let submit_s = rec.cell(submit).seconds(false)?;
         let duration_s = rec.cell(duration).seconds(true)?;
         let count: u32 = rec.cell(gpus).number(GPU_COUNT)?;
-        if count == 0 {
-            out.skip(rec.row.line, "asks for no GPU");
+        let Some((tasks, per_task)) = whole_gpu_gang(out, rec.row.line, count, duration_s) else {
             continue;
-        }
-        if duration_s == 0 {
-            out.skip(rec.row.line, "zero duration");
-            continue;
-        }
-        let (tasks, per_task) = split_gang(count);
+        };
         let gpu = GpuAsk::Whole(per_task);
         out.job(
             to_i64(submit_s),
