@@ -89,7 +89,7 @@ impl ClusterSpec {
     /// one group each, in order of first appearance; nodes without GPUs are left out (the
     /// scheduler places GPU jobs only).
     pub fn node_list(path: &Path) -> Result<ClusterSpec, SpecError> {
-        let nodes = crate::pack::load_nodes(path).map_err(|e| SpecError(e.to_string()))?;
+        let nodes = crate::trace::openb::load_nodes(path).map_err(|e| SpecError(e.to_string()))?;
         let mut group: Vec<NodeGroup> = Vec::new();
         for n in nodes.iter().filter(|n| n.gpus > 0) {
             let same = group.iter_mut().find(|g| {

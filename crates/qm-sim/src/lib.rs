@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod pack;
 pub mod report;
+pub mod rng;
 pub mod sim;
 pub mod svg;
 pub mod teamspec;

@@ -8,6 +8,7 @@ use qm_core::{
     apply, plan, ClusterState, Event, GpuAsk, JobId, JobSpec, NodeId, NodeSpec, SchedulerConfig,
     TeamSpec,
 };
+use qm_sim::rng::Rng;
 use serde::Serialize;
 
 #[derive(Subcommand, Debug)]
@@ -69,23 +70,6 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
     }
 }
 
-/// splitmix64: a small seeded generator, so every run builds the same cluster.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 const GPUS_PER_NODE: u32 = 8;
 const NODES_PER_RACK: u32 = 32;
 const RACKS_PER_POD: u32 = 8;
@@ -97,20 +81,24 @@ fn job(rng: &mut Rng, id: u64, team: String, tasks: u32, gpus: u32, submit_s: u6
         id: JobId(id),
         name: format!("job-{id}"),
         team,
-        user: format!("user-{}", rng.below(200)),
-        priority: if rng.below(20) == 0 { 10 } else { 0 },
+        user: format!("user-{}", rng.below_mod(200)),
+        priority: if rng.below_mod(20) == 0 { 10 } else { 0 },
         tasks,
         gpu: GpuAsk::Whole(gpus),
         cpu_milli: 4000 * u64::from(gpus),
         mem_mib: 32 * 1024 * u64::from(gpus),
         gpu_model: None,
         node_selector: Default::default(),
-        time_limit_s: Some(limits[rng.below(limits.len() as u64) as usize]),
+        time_limit_s: Some(limits[rng.below_mod(limits.len() as u64) as usize]),
         runtime_estimate_s: None,
-        preemptible: rng.below(10) != 0,
+        preemptible: rng.below_mod(10) != 0,
         grace_s: 30,
-        min_run_s: if rng.below(4) == 0 { 600 } else { 0 },
-        checkpoint_every_s: if rng.below(3) == 0 { Some(1800) } else { None },
+        min_run_s: if rng.below_mod(4) == 0 { 600 } else { 0 },
+        checkpoint_every_s: if rng.below_mod(3) == 0 {
+            Some(1800)
+        } else {
+            None
+        },
         depends_on: Vec::new(),
         submit_s,
     }
@@ -120,16 +108,16 @@ fn job(rng: &mut Rng, id: u64, team: String, tasks: u32, gpus: u32, submit_s: u6
 /// the rest gangs of 16-256 GPUs (16-128 for running jobs), and in the queue one in a
 /// thousand a 1,024-2,048-GPU gang.
 fn shape(rng: &mut Rng, queued: bool) -> (u32, u32) {
-    let roll = rng.below(1000);
+    let roll = rng.below_mod(1000);
     if queued && roll == 0 {
-        let tasks = [128, 192, 256][rng.below(3) as usize];
+        let tasks = [128, 192, 256][rng.below_mod(3) as usize];
         return (tasks, 8);
     }
     let gang_sizes = if queued { 5 } else { 4 };
     match roll {
         0..=849 => (1, 1),
         850..=939 => (1, 8),
-        _ => (2u32 << rng.below(gang_sizes), 8),
+        _ => (2u32 << rng.below_mod(gang_sizes), 8),
     }
 }
 
@@ -143,7 +131,7 @@ pub struct Scenario {
 /// The benchmark cluster: nodes in racks and pods, teams with guarantees that sum to the
 /// cluster, jobs running since various times, and a deep queue.
 pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
-    let mut rng = Rng(args.seed);
+    let mut rng = Rng::new(args.seed);
     let mut state = ClusterState::new(SchedulerConfig::default());
     for i in 0..args.nodes {
         let rack = i / NODES_PER_RACK;
@@ -166,7 +154,7 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
         )?;
     }
     let total = u64::from(args.nodes * GPUS_PER_NODE);
-    let weights: Vec<u64> = (0..args.teams).map(|_| 1 + rng.below(10)).collect();
+    let weights: Vec<u64> = (0..args.teams).map(|_| 1 + rng.below_mod(10)).collect();
     let wsum: u64 = weights.iter().sum();
     let mut given = 0;
     for (t, w) in weights.iter().enumerate() {
@@ -181,7 +169,7 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
             Event::SetTeam(TeamSpec::new(&format!("team-{t:02}"), g as u32)),
         )?;
     }
-    let team = |rng: &mut Rng| format!("team-{:02}", rng.below(u64::from(args.teams)));
+    let team = |rng: &mut Rng| format!("team-{:02}", rng.below_mod(u64::from(args.teams)));
     // Running jobs: submitted at 0, started over the last two hours, placed by the planner.
     // Gangs never ask for more nodes than the cluster has (for small `--nodes`).
     let fit = |(tasks, gpus): (u32, u32)| (tasks.min(args.nodes), gpus);
@@ -199,7 +187,7 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
                 job: start.job,
                 placement: start.placement,
                 admission: start.admission,
-                at_s: rng.below(NOW_S),
+                at_s: rng.below_mod(NOW_S),
             },
         )?;
     }
@@ -217,7 +205,7 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
     for id in first..first + u64::from(args.pending) {
         let (tasks, gpus) = fit(shape(&mut rng, true));
         let t = team(&mut rng);
-        let submit_s = rng.below(NOW_S);
+        let submit_s = rng.below_mod(NOW_S);
         let spec = job(&mut rng, id, t, tasks, gpus, submit_s);
         apply(&mut state, Event::Submit(spec))?;
     }
