@@ -30,8 +30,20 @@ fn run(policy: PolicyKind) -> SimResult {
 #[test]
 fn every_policy_completes_every_job_that_fits_and_counts_the_one_that_does_not() {
     for policy in PolicyKind::ALL {
-        let r = report::summarize(&run(policy));
-        assert_eq!(r.rejected, 1, "{policy}: the 16-GPU job fits no 8-GPU node");
+        let result = run(policy);
+        let rejected: Vec<_> = result
+            .jobs
+            .iter()
+            .filter(|j| j.rejected.is_some())
+            .map(|j| (j.id.0, j.gpu_milli))
+            .collect();
+        assert_eq!(
+            rejected,
+            [(42, 16_000)],
+            "{policy}: only the 16-GPU job (42) is refused: it fits no 8-GPU node"
+        );
+        let r = report::summarize(&result);
+        assert_eq!(r.rejected, 1, "{policy}");
         assert_eq!(r.jobs + r.unfinished + r.rejected, 42, "{policy}");
         // Under static, team c's 16-GPU gang is bigger than c's partition: it never runs.
         let stuck = usize::from(policy == PolicyKind::Static);

@@ -78,7 +78,7 @@ pub fn run_seed(input: &PackInput, policy: PackPolicy, seed: u64) -> SeedRun {
         let pod = &input.pods[i];
         let models = input.masks[i];
         let choice = match qm.as_mut() {
-            Some(core) if pod.num_gpu > 0 => core.place(input, &room, pod, step as u64),
+            Some(core) if pod.num_gpu > 0 => core.place(pod, step as u64),
             Some(_) => beside_core(&room, pod),
             None => choose(policy, &room, pod, models, &mut rng, &mut frag),
         };

@@ -46,14 +46,7 @@ impl Core {
     }
 
     /// Submits the pod as a job, lets `decide` start it or not, and forgets it if not.
-    pub(super) fn place(
-        &mut self,
-        input: &PackInput,
-        room: &Room,
-        pod: &Pod,
-        step: u64,
-    ) -> Option<(usize, Vec<usize>)> {
-        let _ = room;
+    pub(super) fn place(&mut self, pod: &Pod, step: u64) -> Option<(usize, Vec<usize>)> {
         let id = JobId(step + 1);
         let spec = JobSpec {
             id,
@@ -76,7 +69,6 @@ impl Core {
             depends_on: Vec::new(),
             submit_s: step,
         };
-        let _ = input;
         if apply(&mut self.state, Event::Submit(spec)).is_err() {
             return None; // Never fits this cluster.
         }
