@@ -18,7 +18,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::sim::SimResult;
-use crate::svg::{self, BarSeries, Series};
+use crate::svg::{self, BarSeries, Scale, Series};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TeamReport {
@@ -351,10 +351,16 @@ fn allocation_chart(results: &[SimResult]) -> String {
         "Allocated GPUs over time",
         "days",
         "GPUs allocated",
+        Scale::Linear,
         &series,
     )
 }
 
+/// Waits below this many hours (36 s; immediate starts among them) are drawn at it on the
+/// log axis of the wait CDF.
+const WAIT_FLOOR_H: f64 = 0.01;
+
+/// The CDF of queueing delay, on a log axis: waits span seconds to weeks.
 fn wait_cdf_chart(results: &[SimResult]) -> String {
     let series: Vec<Series> = results
         .iter()
@@ -378,8 +384,11 @@ fn wait_cdf_chart(results: &[SimResult]) -> String {
         .collect();
     svg::step_chart(
         "Queueing delay (CDF)",
-        "wait (hours)",
+        "wait (hours, log scale; waits under 0.01 h drawn at 0.01)",
         "fraction of jobs",
+        Scale::Log {
+            floor: WAIT_FLOOR_H,
+        },
         &series,
     )
 }

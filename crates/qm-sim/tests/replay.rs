@@ -121,7 +121,7 @@ fn reports_are_written_with_every_field_and_chart() {
     for chart in ["allocation.svg", "wait_cdf.svg", "team_wait.svg"] {
         let svg = std::fs::read_to_string(dir.join(chart)).unwrap();
         assert!(
-            svg.starts_with("<svg") && svg.ends_with("</svg>"),
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
             "{chart}"
         );
     }
