@@ -528,3 +528,53 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod fail_stop {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use qm_store::SqliteStore;
+
+    use super::{Server, ServerConfig};
+
+    fn server() -> Arc<Server> {
+        Server::open(
+            Box::new(SqliteStore::memory().unwrap()),
+            ServerConfig::default(),
+        )
+        .unwrap()
+    }
+
+    fn poison(server: &Arc<Server>) {
+        let s = server.clone();
+        let died = std::thread::spawn(move || {
+            let _inner = s.lock();
+            panic!("an invariant broke while the state was being changed");
+        })
+        .join();
+        assert!(died.is_err());
+    }
+
+    #[test]
+    fn a_poisoned_state_is_never_used_again() {
+        let server = server();
+        poison(&server);
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(server.lock());
+        }));
+        assert!(again.is_err(), "the lock was recovered from poisoning");
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.tick())).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_scheduling_loop_stops_on_a_poisoned_state() {
+        let server = server();
+        poison(&server);
+        let run = tokio::spawn(server.clone().run());
+        let ended = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the scheduling loop went on with a poisoned state");
+        assert!(ended.unwrap_err().is_panic());
+    }
+}
