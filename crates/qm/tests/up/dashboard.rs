@@ -1,0 +1,97 @@
+//! The dashboard in a real headless Chromium: sign-in, live jobs, a preemption.
+
+use qm::cdp;
+use std::path::PathBuf;
+
+use crate::harness::*;
+
+#[test]
+fn the_dashboard_shows_jobs_live_and_a_preemption_behind_a_sign_in() {
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    let up = Up::start("dash", &[]);
+    up.ok(&["admin", "team", "create", "owner", "--guaranteed", "2"]);
+    up.ok(&["admin", "team", "create", "borrower", "--guaranteed", "0"]);
+    let mut b = cdp::Browser::launch();
+    b.goto(&format!("{}/", up.url()));
+    // No token: the sign-in form and no data.
+    b.wait_for(
+        "!document.querySelector('#signin').hidden",
+        "the sign-in form",
+    );
+    assert_eq!(
+        b.eval("document.querySelector('#view').innerText.trim()"),
+        ""
+    );
+    assert_eq!(b.eval("document.querySelector('#nav').hidden"), true);
+    let (code, _) = http(&up, "GET", "/api/v1/stream", None, "");
+    assert_eq!(code, 401, "the stream needs a token");
+    b.screenshot(&shots.join("1-sign-in.png"));
+    b.eval("document.querySelector('#token').value = 'qm_wrong'; document.querySelector('#signin-button').click(); true");
+    b.wait_for(
+        "document.querySelector('#signin-error').textContent.includes('refused')",
+        "a refusal",
+    );
+    assert_eq!(
+        b.eval("document.querySelector('#view').innerText.trim()"),
+        ""
+    );
+    // Sign in.
+    let token = up.token();
+    b.eval(&format!("document.querySelector('#token').value = '{token}'; document.querySelector('#signin-button').click(); true"));
+    b.wait_for(
+        "document.querySelector('#live').textContent === 'live'",
+        "the live stream",
+    );
+    b.wait_for("document.querySelector('#c-gpus') && document.querySelector('#c-gpus b').textContent === '4'", "the overview");
+    // A job appears pending, then running.
+    let busy: Vec<u64> = (0..4)
+        .map(|_| up.submit(&["--team", "borrower", "--gpus", "1", "--", "sleep", "300"]))
+        .collect();
+    let waiting = up.submit(&["--team", "borrower", "--gpus", "1", "--", "sleep", "300"]);
+    b.goto(&format!("{}/#/jobs", up.url()));
+    let cell = |id: u64| format!("document.querySelector('#job-{id} td:nth-child(3)')");
+    b.wait_for(
+        &format!("{c} && {c}.textContent === 'pending'", c = cell(waiting)),
+        "the job pending",
+    );
+    b.screenshot(&shots.join("2-pending.png"));
+    up.ok(&["cancel", &busy[0].to_string()]);
+    b.wait_for(
+        &format!("{c} && {c}.textContent === 'running'", c = cell(waiting)),
+        "the job running",
+    );
+    b.screenshot(&shots.join("3-running.png"));
+    // A preemption, on the victim's job page.
+    let owner = up.submit(&["--team", "owner", "--gpus", "2", "--", "sleep", "300"]);
+    up.wait_state(owner, "running");
+    let victim = busy[1..]
+        .iter()
+        .chain([&waiting])
+        .copied()
+        .find(|&j| up.job(j)["preemptions"] == 1)
+        .expect("a borrowed job was preempted");
+    b.goto(&format!("{}/#/jobs/{victim}", up.url()));
+    b.wait_for(
+        &format!("document.querySelector('#events') && document.querySelector('#events').innerText.includes('preempted: GPUs reclaimed for job {owner}')"),
+        "the preemption on the job page",
+    );
+    b.screenshot(&shots.join("4-preempted.png"));
+    for page in ["overview", "teams", "queue", "nodes"] {
+        b.goto(&format!("{}/#/{page}", up.url()));
+        b.wait_for("document.querySelector('#view h1')", page);
+        b.screenshot(&shots.join(format!("5-{page}.png")));
+    }
+    b.goto(&format!("{}/#/teams", up.url()));
+    b.wait_for("document.querySelector('#teams') && document.querySelector('#teams').innerText.includes('owner')", "the teams table");
+    // Signing out leaves no data on the page.
+    b.eval("document.querySelector('#signout').click(); true");
+    b.wait_for(
+        "!document.querySelector('#signin').hidden",
+        "the sign-in form again",
+    );
+    assert_eq!(
+        b.eval("document.querySelector('#view').innerText.trim()"),
+        ""
+    );
+    eprintln!("dashboard screenshots: {}", shots.display());
+}

@@ -1,0 +1,202 @@
+//! The `qm up` harness: a server started in a temporary directory, the CLI run against it,
+//! waits on job states, and raw HTTP for the API's own checks.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const QM: &str = env!("CARGO_BIN_EXE_qm");
+
+pub struct Up {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub child: Child,
+    /// What `qm up` printed before its address.
+    pub banner: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Up {
+    pub fn start(name: &str, extra: &[&str]) -> Up {
+        let dir = std::env::temp_dir().join(format!("qm-up-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Up::start_in(dir, free_port(), extra)
+    }
+
+    pub fn start_in(dir: PathBuf, port: u16, extra: &[&str]) -> Up {
+        let data = dir.join(".qm");
+        let mut child = Command::new(QM)
+            .args(["up", "--data-dir", data.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--gpus", "4"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qm up starts");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let mut banner = Vec::new();
+        loop {
+            let line = lines.next().expect("qm up prints its address").unwrap();
+            if line.contains("API at") {
+                break;
+            }
+            banner.push(line);
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let up = Up {
+            dir,
+            port,
+            child,
+            banner,
+        };
+        up.wait_for(|u| {
+            u.json(&["nodes", "--json"])
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        });
+        up
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join(".qm")
+    }
+
+    pub fn qm(&self, args: &[&str]) -> std::process::Output {
+        Command::new(QM)
+            .args(args)
+            .env("QM_DATA_DIR", self.data())
+            .env_remove("QM_SERVER")
+            .env_remove("QM_TOKEN")
+            .current_dir(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.qm(args);
+        assert!(
+            out.status.success(),
+            "qm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap_or(Value::Null)
+    }
+
+    pub fn submit(&self, args: &[&str]) -> u64 {
+        let mut all = vec!["submit", "--json"];
+        all.extend_from_slice(args);
+        self.json(&all)["job"].as_u64().unwrap()
+    }
+
+    pub fn job(&self, id: u64) -> Value {
+        self.json(&["show", &id.to_string(), "--json"])
+    }
+
+    pub fn wait_for(&self, mut done: impl FnMut(&Up) -> bool) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if done(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out");
+    }
+
+    pub fn wait_state(&self, id: u64, state: &str) -> Value {
+        let mut last = Value::Null;
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            last = self.job(id);
+            if last["state"] == state {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("job {id} never became {state}: {last:#}");
+    }
+
+    pub fn token(&self) -> String {
+        let c: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data().join("client.json")).unwrap(),
+        )
+        .unwrap();
+        c["token"].as_str().unwrap().to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn agent_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data().join("agent.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child and the agent it started.
+        unsafe { libc_kill(pid, 2) };
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(agent) = self.agent_pid() {
+            unsafe { libc_kill(agent, 9) };
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    pub fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn logs(up: &Up, id: u64, task: u32) -> String {
+    up.ok(&["logs", &id.to_string(), "--task", &task.to_string()])
+}
+
+/// method, path, token, body, expected status, a phrase the message must hold.
+pub type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+
+pub fn http(up: &Up, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = ureq::request(method, &format!("{}{path}", up.url()));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let r = if body.is_empty() {
+        req.call()
+    } else {
+        req.set("Content-Type", "application/json")
+            .send_string(body)
+    };
+    match r {
+        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
+}

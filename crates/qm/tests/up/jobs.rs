@@ -1,0 +1,265 @@
+//! Jobs as users run them: a gang's environment, borrowing and reclaim (with /metrics
+//! checked against the API), idle detection.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+#[test]
+fn a_gang_runs_with_the_distributed_environment_in_each_task() {
+    let up = Up::start("gang", &[]);
+    up.ok(&["admin", "team", "create", "ml", "--guaranteed", "4"]);
+    let id = up.submit(&[
+        "--team", "ml", "--gpus", "2", "--tasks", "2", "--", "sh", "-c",
+        "echo rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK/$LOCAL_WORLD_SIZE gpus=$CUDA_VISIBLE_DEVICES master=$MASTER_ADDR:$MASTER_PORT job=$QM_JOB_ID task=$QM_TASK_INDEX",
+    ]);
+    let job = up.wait_state(id, "succeeded");
+    assert_eq!(job["tasks"], 2);
+    let mut gpus = Vec::new();
+    for task in 0..2u32 {
+        let out = logs(&up, id, task);
+        let port = 20_000 + id % 20_000;
+        assert!(
+            out.contains(&format!("rank={task} world=2 local={task}/2 ")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("master=127.0.0.1:{port} job={id} task={task}")),
+            "{out}"
+        );
+        let g = out
+            .split("gpus=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(g.split(',').count(), 2, "two GPUs per task: {out}");
+        gpus.push(g);
+    }
+    assert_ne!(gpus[0], gpus[1], "no GPU given twice");
+    let events: Vec<&str> = job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["queued", "started", "succeeded"]);
+}
+
+#[test]
+fn a_borrowing_team_is_preempted_when_the_owner_submits() {
+    let up = Up::start("reclaim", &[]);
+    up.ok(&["admin", "team", "create", "owner", "--guaranteed", "2"]);
+    up.ok(&["admin", "team", "create", "borrower", "--guaranteed", "0"]);
+    let borrowed: Vec<u64> = (0..4)
+        .map(|_| up.submit(&["--team", "borrower", "--gpus", "1", "--", "sleep", "300"]))
+        .collect();
+    for &b in &borrowed {
+        let j = up.wait_state(b, "running");
+        assert_eq!(j["admission"], "borrowed");
+    }
+    let owner = up.submit(&[
+        "--team",
+        "owner",
+        "--gpus",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo $CUDA_VISIBLE_DEVICES; sleep 1",
+    ]);
+    let j = up.wait_state(owner, "succeeded");
+    assert_eq!(j["admission"], Value::Null);
+    let out = logs(&up, owner, 0);
+    let owner_gpus: Vec<&str> = out.trim().split(',').collect();
+    assert_eq!(owner_gpus.len(), 2, "{out}");
+    // Exactly two borrowed jobs were preempted, and the owner got their GPUs.
+    let preempted: Vec<Value> = borrowed
+        .iter()
+        .map(|&b| up.job(b))
+        .filter(|j| j["preemptions"].as_u64() == Some(1))
+        .collect();
+    assert_eq!(preempted.len(), 2, "two borrowed jobs preempted");
+    for p in &preempted {
+        let events: Vec<&str> = p["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["what"].as_str().unwrap())
+            .collect();
+        assert!(events.contains(&"stopping"), "{events:?}");
+        let detail = p["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["what"] == "stopping")
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(detail.contains(&format!("job {owner}")), "{detail}");
+    }
+    let why = up.json(&["why", &preempted[0]["id"].to_string(), "--json"]);
+    assert!(
+        why["state"] == "pending" || why["state"] == "running",
+        "{why}"
+    );
+
+    // /metrics agrees with the API.
+    let (code, _) = http(&up, "GET", "/metrics", None, "");
+    assert_eq!(code, 401, "no token, no metrics");
+    let resp = ureq::get(&format!("{}/metrics", up.url()))
+        .set("Authorization", &format!("Bearer {}", up.token()))
+        .call()
+        .unwrap();
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = resp.into_string().unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // A parser independent of the encoder (the `prometheus-parse` crate) reads every line.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("prometheus-parse reads /metrics");
+    let g = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|t| t.metric == name && labels.iter().all(|(k, v)| t.labels.get(k) == Some(*v)))
+            .map(|t| match &t.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name}: {other:?}"),
+            })
+    };
+    let waits = scrape
+        .samples
+        .iter()
+        .find(|t| t.metric == "qm_job_wait_seconds")
+        .expect("the wait histogram");
+    assert!(matches!(&waits.value, prometheus_parse::Value::Histogram(b) if !b.is_empty()));
+    let jobs = up.json(&["jobs", "--json"]);
+    let jobs = jobs.as_array().unwrap();
+    let running: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "running").collect();
+    let gpus_of = |team: &str| -> f64 {
+        running
+            .iter()
+            .filter(|j| j["team"] == team)
+            .map(|j| j["gpus"].as_f64().unwrap() * j["tasks"].as_f64().unwrap())
+            .sum()
+    };
+    assert_eq!(g("qm_nodes", &[("state", "ready")]), Some(1.0));
+    assert_eq!(g("qm_gpus", &[("model", "SIM")]), Some(4.0));
+    assert_eq!(
+        g("qm_jobs", &[("state", "running")]),
+        Some(running.len() as f64)
+    );
+    assert_eq!(
+        g(
+            "qm_gpus_allocated",
+            &[("team", "borrower"), ("model", "SIM")]
+        )
+        .unwrap_or(0.0),
+        gpus_of("borrower")
+    );
+    assert_eq!(
+        g(
+            "qm_preemptions_total",
+            &[("team", "borrower"), ("cause", "reclaim")]
+        ),
+        Some(2.0)
+    );
+    let pending = jobs.iter().filter(|j| j["state"] == "pending").count() as f64;
+    let by_reason: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "qm_jobs_pending")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(
+        by_reason, pending,
+        "every pending job counted under one reason"
+    );
+    assert!(g("qm_job_wait_seconds_count", &[]).unwrap() >= 5.0);
+    assert!(g("qm_plan_duration_seconds_count", &[]).unwrap() >= 1.0);
+    let node = up.json(&["nodes", "--json"])[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(g("qm_agent_heartbeats_total", &[("node", &node)]).unwrap() >= 1.0);
+
+    // Every metric the shipped Grafana dashboard queries is exported.
+    let grafana = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/quartermaster.json"),
+    )
+    .unwrap();
+    let dash: Value = serde_json::from_str(&grafana).unwrap();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() > 10);
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(name) = word.strip_prefix("qm_") {
+                // OpenMetrics names a counter's family without the `_total` of its samples.
+                let base = ["_bucket", "_sum", "_count", "_total"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    text.contains(&format!("# TYPE qm_{base} ")),
+                    "the Grafana dashboard queries qm_{base}, which /metrics does not export"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sleeping_task_is_reported_idle() {
+    let up = Up::start("idle", &["--idle-window-s", "2"]);
+    up.ok(&["admin", "team", "create", "lab", "--guaranteed", "4"]);
+    let id = up.submit(&["--team", "lab", "--gpus", "1", "--", "sleep", "120"]);
+    up.wait_state(id, "running");
+    up.wait_for(|u| {
+        let j = u.job(id);
+        j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["what"] == "idle")
+    });
+    let j = up.job(id);
+    assert_eq!(j["util_pct"], 0);
+    assert!(j["idle_since_s"].is_u64());
+    let busy = up.submit(&[
+        "--team",
+        "lab",
+        "--gpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    up.wait_state(busy, "running");
+    // Busy means above the idle threshold (5 %); a loaded machine may give the loop far less
+    // than a whole core.
+    up.wait_for(|u| u.job(busy)["util_pct"].as_u64().is_some_and(|p| p > 5));
+    assert!(
+        up.job(busy)["idle_since_s"].is_null(),
+        "a busy task is not idle"
+    );
+    up.ok(&["cancel", &busy.to_string()]);
+}
