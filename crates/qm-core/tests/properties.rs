@@ -220,23 +220,8 @@ impl World {
     }
 
     fn execute(&mut self, plan: &Plan) -> Result<(), TestCaseError> {
-        for stop in &plan.stops {
-            let e = Event::Stop {
-                job: stop.job,
-                cause: stop.cause,
-                beneficiary: stop.beneficiary,
-                at_s: self.now,
-            };
-            apply(&mut self.state, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        }
-        for start in &plan.starts {
-            // `apply` refuses a start that gives a GPU share twice.
-            let e = Event::Start {
-                job: start.job,
-                placement: start.placement.clone(),
-                admission: start.admission,
-                at_s: self.now,
-            };
+        // `apply` refuses a start that gives a GPU share twice.
+        for e in plan.events(self.now) {
             apply(&mut self.state, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
         }
         Ok(())

@@ -12,7 +12,7 @@ mod view;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{GpuAsk, JobId, PolicyKind, Secs};
-use crate::state::{Admission, ClusterState, StopCause, TaskPlacement};
+use crate::state::{Admission, ClusterState, Event, StopCause, TaskPlacement};
 
 /// What the scheduler decided at one instant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,6 +215,40 @@ impl Plan {
 
     pub fn start_of(&self, job: JobId) -> Option<&Start> {
         self.starts.iter().find(|s| s.job == job)
+    }
+
+    /// The events that execute this plan at `at_s`, in the order to apply them: every stop
+    /// first (a reclaim's victims stop before anything starts), then every start, each in
+    /// plan order. A shell applies them one by one (a refused one changes nothing) or
+    /// commits them as one batch.
+    pub fn events(&self, at_s: Secs) -> Vec<Event> {
+        let stops = self.stops.iter().map(|stop| stop.event(at_s));
+        let starts = self.starts.iter().map(|start| start.event(at_s));
+        stops.chain(starts).collect()
+    }
+}
+
+impl Start {
+    /// The event that executes this start at `at_s`.
+    pub fn event(&self, at_s: Secs) -> Event {
+        Event::Start {
+            job: self.job,
+            placement: self.placement.clone(),
+            admission: self.admission,
+            at_s,
+        }
+    }
+}
+
+impl StopOrder {
+    /// The event that executes this stop at `at_s`.
+    pub fn event(&self, at_s: Secs) -> Event {
+        Event::Stop {
+            job: self.job,
+            cause: self.cause,
+            beneficiary: self.beneficiary,
+            at_s,
+        }
     }
 }
 
