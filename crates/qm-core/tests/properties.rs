@@ -229,6 +229,9 @@ impl World {
 
     /// No GPU capacity given twice, gangs whole, no team above its max.
     fn check_state(&self) -> Result<(), TestCaseError> {
+        // The state's own invariants, over the whole state (`apply` checks only what each
+        // event touched); a failing one panics.
+        self.state.check_invariants();
         let mut used: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
         let mut team_alloc: BTreeMap<(String, String), u64> = BTreeMap::new();
         for job in self.state.live_jobs() {
