@@ -46,6 +46,10 @@ fn reclaim_preempts_the_borrowers_losing_least_work_and_holds_gpus_for_the_owner
     victims.sort();
     // The four youngest borrowed jobs lose the least work, and sit on the node with 4 free.
     assert_eq!(victims, borrowed[8..].to_vec());
+    let node_of = |h: &Harness, j: JobId| h.state_of(j).run().unwrap().placement[0].node;
+    let on = node_of(&h, victims[0]);
+    assert!(victims.iter().all(|&v| node_of(&h, v) == on));
+    assert_eq!(h.state.node(on).unwrap().whole_gpus_free(), 4);
     assert!(plan
         .stops
         .iter()
@@ -188,6 +192,14 @@ fn a_2048_gpu_gang_behind_a_stream_of_1_gpu_jobs_starts_when_its_reservation_say
     // Whole: 256 tasks on 256 distinct nodes, packed into 8 racks.
     let run = h.state_of(gang).run().expect("gang runs");
     assert_eq!(run.placement.len(), 256);
+    assert!(run.placement.iter().all(|t| t.gpus.len() == 8));
+    let nodes: std::collections::BTreeSet<NodeId> = run.placement.iter().map(|t| t.node).collect();
+    assert_eq!(nodes.len(), 256, "one task per node");
+    let racks: std::collections::BTreeSet<&str> = nodes
+        .iter()
+        .map(|&n| h.state.node(n).unwrap().spec.topology[1].as_str())
+        .collect();
+    assert_eq!(racks.len(), 8);
 }
 
 #[test]
@@ -221,10 +233,11 @@ fn backfill_uses_reserved_gpus_only_for_jobs_that_end_before_the_reservation() {
 fn gangs_are_packed_into_the_fewest_racks_and_nodes() {
     let state = ClusterBuilder::new().racks(2, 4, 8).team("a", 64).build();
     let mut h = Harness::new(state);
-    // Occupy 3 nodes of rack-0 and 1 node of rack-1 completely.
-    for _ in 0..4 {
-        h.submit(JobBuilder::new("a").gpus(8).limit(10_000));
-    }
+    // Occupy 3 nodes of rack-0 and 1 node of rack-1 completely: five whole-node jobs fill
+    // rack-0 and one node of rack-1, then one of rack-0's ends.
+    let fillers: Vec<JobId> = (0..5)
+        .map(|_| h.submit(JobBuilder::new("a").gpus(8).limit(10_000).grace(0)))
+        .collect();
     h.step();
     let nodes_in = |h: &Harness, job: JobId| -> Vec<String> {
         let run = h.state_of(job).run().unwrap();
@@ -233,12 +246,22 @@ fn gangs_are_packed_into_the_fewest_racks_and_nodes() {
             .map(|t| h.state.node(t.node).unwrap().spec.topology[1].clone())
             .collect()
     };
+    let racks: Vec<String> = fillers.iter().flat_map(|&j| nodes_in(&h, j)).collect();
+    assert_eq!(racks, ["rack-0", "rack-0", "rack-0", "rack-0", "rack-1"]);
+    let at_s = h.now;
+    apply(
+        &mut h.state,
+        Event::Cancel {
+            job: fillers[0],
+            at_s,
+        },
+    )
+    .unwrap();
+    h.reap();
     // A 16-GPU gang fits rack-1 (3 free nodes), not rack-0 (1 free node).
     let gang = h.submit(JobBuilder::new("a").gpus(8).tasks(2));
     h.step();
-    let racks = nodes_in(&h, gang);
-    let first_rack = racks[0].clone();
-    assert!(racks.iter().all(|r| *r == first_rack));
+    assert_eq!(nodes_in(&h, gang), ["rack-1", "rack-1"]);
     // A 4-task gang of 1 GPU lands on a single node.
     let small = h.submit(JobBuilder::new("a").tasks(4));
     h.step();
@@ -727,7 +750,10 @@ fn every_pending_job_has_a_reason_and_blocked_ones_an_estimate() {
     let more = h.submit(JobBuilder::new("a").gpus(8));
     let plan = qm_core::plan(&h.state, h.now);
     let p = plan.pending_job(more).unwrap();
-    assert!(p.eta_s.is_some(), "{p:?}");
+    assert!(
+        matches!(p.reason, Reason::Reserved { start_s } if p.eta_s == Some(start_s)),
+        "{p:?}"
+    );
 }
 
 #[test]
