@@ -4,9 +4,17 @@
 //! jobs in policy order and records what it decides. It never mutates the state; the shell
 //! (server or simulator) executes the plan by applying the matching events.
 
-mod engine;
+mod estimate;
 mod frag;
+mod holds;
+mod order;
+mod partition;
+mod passes;
 mod place;
+mod planner;
+mod reclaim;
+mod reserve;
+mod running;
 mod view;
 
 use serde::{Deserialize, Serialize};
@@ -254,12 +262,12 @@ impl StopOrder {
 
 /// Plans with the policy named in the state's configuration.
 pub fn plan(state: &ClusterState, now: Secs) -> Plan {
-    engine::Planner::new(state, now, true).run()
+    planner::Planner::new(state, now, true).run()
 }
 
 /// The same decisions as [`plan`] (starts, stops, reservations, reclaims, idle notices),
 /// without explaining the jobs that stay pending: `pending` and `teams` are empty. For shells
 /// that only execute plans, such as the simulator.
 pub fn decide(state: &ClusterState, now: Secs) -> Plan {
-    engine::Planner::new(state, now, false).run()
+    planner::Planner::new(state, now, false).run()
 }
