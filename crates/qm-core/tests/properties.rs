@@ -583,8 +583,16 @@ impl World {
     }
 }
 
+/// `PROPTEST_CASES` from the environment when set (a longer run), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_after_every_plan(c in cluster(), ops in prop::collection::vec(op(), 1..60)) {
