@@ -14,6 +14,9 @@ pub mod model;
 pub mod plan;
 pub mod state;
 pub mod teams;
+/// Builders and a minimal shell for tests: compiled for this crate's tests and for crates
+/// that enable the `testkit` feature (in their `[dev-dependencies]`).
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod validate;
 

@@ -410,30 +410,15 @@ impl Harness {
     }
 
     pub fn execute(&mut self, plan: &Plan) {
-        for stop in &plan.stops {
-            apply(
-                &mut self.state,
-                Event::Stop {
-                    job: stop.job,
-                    cause: stop.cause,
-                    beneficiary: stop.beneficiary,
-                    at_s: self.now,
-                },
-            )
-            .expect("planned stop refused");
-        }
-        for start in &plan.starts {
-            apply(
-                &mut self.state,
-                Event::Start {
-                    job: start.job,
-                    placement: start.placement.clone(),
-                    admission: start.admission,
-                    at_s: self.now,
-                },
-            )
-            .expect("planned start refused");
-            self.started.insert(start.job, self.now);
+        for event in plan.events(self.now) {
+            let start = match &event {
+                Event::Start { job, .. } => Some(*job),
+                _ => None,
+            };
+            apply(&mut self.state, event).expect("planned event refused");
+            if let Some(job) = start {
+                self.started.insert(job, self.now);
+            }
         }
     }
 

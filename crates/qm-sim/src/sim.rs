@@ -269,52 +269,41 @@ pub fn simulate(
         }
         let p = decide(&state, now);
         plans += 1;
-        for stop in &p.stops {
-            let j = state.job(stop.job).expect("planned");
-            let run = j.state.run().expect("running");
-            let (attempt, started) = (run.attempt, run.started_s);
-            let milli = j.spec.milli_total();
-            let grace = j.spec.grace_s;
-            apply(
-                &mut state,
-                Event::Stop {
-                    job: stop.job,
-                    cause: stop.cause,
-                    beneficiary: stop.beneficiary,
-                    at_s: now,
-                },
-            )
-            .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
-            if matches!(stop.cause, StopCause::Reclaim | StopCause::Idle) {
-                let r = &mut records[index[&stop.job]];
-                r.preemptions += 1;
-                // The run is lost up to its SIGKILL.
-                r.lost_milli_s += milli * (now + grace - started);
+        for event in p.events(now) {
+            match event {
+                Event::Stop { job: id, cause, .. } => {
+                    let j = state.job(id).expect("planned");
+                    let run = j.state.run().expect("running");
+                    let (attempt, started) = (run.attempt, run.started_s);
+                    let milli = j.spec.milli_total();
+                    let grace = j.spec.grace_s;
+                    apply(&mut state, event)
+                        .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
+                    if matches!(cause, StopCause::Reclaim | StopCause::Idle) {
+                        let r = &mut records[index[&id]];
+                        r.preemptions += 1;
+                        // The run is lost up to its SIGKILL.
+                        r.lost_milli_s += milli * (now + grace - started);
+                    }
+                    heap.push(Reverse((now + grace, Kind::Kill, id, attempt)));
+                }
+                Event::Start { job: id, .. } => {
+                    apply(&mut state, event)
+                        .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
+                    let i = index[&id];
+                    let job = state.job(id).expect("started");
+                    let attempt = job.state.run().expect("running").attempt;
+                    alloc_now += job.spec.milli_total();
+                    records[i].first_start_s.get_or_insert(now);
+                    heap.push(Reverse((
+                        now + jobs[i].duration_s,
+                        Kind::Finish,
+                        id,
+                        attempt,
+                    )));
+                }
+                _ => unreachable!("a plan's events are stops and starts"),
             }
-            heap.push(Reverse((now + grace, Kind::Kill, stop.job, attempt)));
-        }
-        for start in &p.starts {
-            apply(
-                &mut state,
-                Event::Start {
-                    job: start.job,
-                    placement: start.placement.clone(),
-                    admission: start.admission,
-                    at_s: now,
-                },
-            )
-            .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
-            let i = index[&start.job];
-            let job = state.job(start.job).expect("started");
-            let attempt = job.state.run().expect("running").attempt;
-            alloc_now += job.spec.milli_total();
-            records[i].first_start_s.get_or_insert(now);
-            heap.push(Reverse((
-                now + jobs[i].duration_s,
-                Kind::Finish,
-                start.job,
-                attempt,
-            )));
         }
         if allocated.last().map(|a| a.1) != Some(alloc_now) {
             if allocated.last().map(|a| a.0) == Some(now) {

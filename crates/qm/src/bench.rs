@@ -180,16 +180,13 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
         apply(&mut state, Event::Submit(spec))?;
     }
     let initial = plan(&state, 0);
-    for start in initial.starts {
-        apply(
-            &mut state,
-            Event::Start {
-                job: start.job,
-                placement: start.placement,
-                admission: start.admission,
-                at_s: rng.below_mod(NOW_S),
-            },
-        )?;
+    // Nothing runs yet, so the plan stops nothing: its events are its starts, each given its
+    // own start time in the last two hours.
+    for mut event in initial.events(0) {
+        if let Event::Start { at_s, .. } = &mut event {
+            *at_s = rng.below_mod(NOW_S);
+        }
+        apply(&mut state, event)?;
     }
     let running = state
         .live_jobs()

@@ -4,15 +4,23 @@
 //! jobs in policy order and records what it decides. It never mutates the state; the shell
 //! (server or simulator) executes the plan by applying the matching events.
 
-mod engine;
+mod estimate;
 mod frag;
+mod holds;
+mod order;
+mod partition;
+mod passes;
 mod place;
+mod planner;
+mod reclaim;
+mod reserve;
+mod running;
 mod view;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{GpuAsk, JobId, PolicyKind, Secs};
-use crate::state::{Admission, ClusterState, StopCause, TaskPlacement};
+use crate::state::{Admission, ClusterState, Event, StopCause, TaskPlacement};
 
 /// What the scheduler decided at one instant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -216,16 +224,50 @@ impl Plan {
     pub fn start_of(&self, job: JobId) -> Option<&Start> {
         self.starts.iter().find(|s| s.job == job)
     }
+
+    /// The events that execute this plan at `at_s`, in the order to apply them: every stop
+    /// first (a reclaim's victims stop before anything starts), then every start, each in
+    /// plan order. A shell applies them one by one (a refused one changes nothing) or
+    /// commits them as one batch.
+    pub fn events(&self, at_s: Secs) -> Vec<Event> {
+        let stops = self.stops.iter().map(|stop| stop.event(at_s));
+        let starts = self.starts.iter().map(|start| start.event(at_s));
+        stops.chain(starts).collect()
+    }
+}
+
+impl Start {
+    /// The event that executes this start at `at_s`.
+    pub fn event(&self, at_s: Secs) -> Event {
+        Event::Start {
+            job: self.job,
+            placement: self.placement.clone(),
+            admission: self.admission,
+            at_s,
+        }
+    }
+}
+
+impl StopOrder {
+    /// The event that executes this stop at `at_s`.
+    pub fn event(&self, at_s: Secs) -> Event {
+        Event::Stop {
+            job: self.job,
+            cause: self.cause,
+            beneficiary: self.beneficiary,
+            at_s,
+        }
+    }
 }
 
 /// Plans with the policy named in the state's configuration.
 pub fn plan(state: &ClusterState, now: Secs) -> Plan {
-    engine::Planner::new(state, now, true).run()
+    planner::Planner::new(state, now, true).run()
 }
 
 /// The same decisions as [`plan`] (starts, stops, reservations, reclaims, idle notices),
 /// without explaining the jobs that stay pending: `pending` and `teams` are empty. For shells
 /// that only execute plans, such as the simulator.
 pub fn decide(state: &ClusterState, now: Secs) -> Plan {
-    engine::Planner::new(state, now, false).run()
+    planner::Planner::new(state, now, false).run()
 }

@@ -151,14 +151,14 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
     let mut cands: Vec<TaskPlacement> = Vec::new();
     let whole_nodes = |k: u32, cands: &mut Vec<TaskPlacement>| {
         for bucket in buckets.iter().skip(k as usize) {
-            let mut level = 0;
+            let mut from_this_level = 0;
             for &n in bucket {
                 let mask = forbidden(view, ask, n);
                 if view.whole_free_outside(n, mask) >= k && fits(n) {
                     cands.push(assign_one(view.used_of(n), mask, view, n, spec.gpu));
-                    level += 1;
+                    from_this_level += 1;
                     let cap = if across { ACROSS_PER_LEVEL } else { PER_LEVEL };
-                    if level == cap || !scoring {
+                    if from_this_level == cap || !scoring {
                         break;
                     }
                 }
@@ -178,7 +178,7 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
     match spec.gpu {
         GpuAsk::Whole(k) => whole_nodes(k, &mut cands),
         GpuAsk::Milli(m) => {
-            let mut level = 0;
+            let mut shares_taken = 0;
             for &(_, n, gpu) in view.partial[g].range((m, 0, 0)..) {
                 if forbidden(view, ask, n) & (1 << gpu) == 0 && fits(n) {
                     cands.push(TaskPlacement {
@@ -186,8 +186,8 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
                         gpus: vec![gpu],
                         gpu_milli: m,
                     });
-                    level += 1;
-                    if level == PER_LEVEL || !scoring {
+                    shares_taken += 1;
+                    if shares_taken == PER_LEVEL || !scoring {
                         break;
                     }
                 }

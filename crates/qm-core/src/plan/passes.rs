@@ -1,0 +1,476 @@
+//! The passes over pending jobs. `ordered_pass` (default and static): each team's queue in
+//! plan order, a heap of every team's head so that the team with the lowest standing is
+//! served next; first only work inside guarantees (reclaiming for it), then everything left,
+//! borrowing. `consider` decides one job: start, reclaim, reserve, or why not. `fifo_pass`:
+//! one queue by submission time, blocked by its head.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+use crate::model::{JobId, PolicyKind, Secs};
+use crate::state::{Admission, Job, JobState, TaskPlacement};
+
+use super::order::{Ordered, RankKey};
+use super::place::{self, Ask};
+use super::planner::{shape_of, Phase, Planner};
+use super::Reason;
+
+/// A job that changed nothing, the decision count when it was considered, and whether it was
+/// decided (in the guaranteed phase, undecided jobs go on to borrow).
+pub(super) type Fate<'a> = (&'a Job, (usize, usize, usize, usize), bool);
+
+impl<'a> Planner<'a> {
+    /// Pending jobs that a pass considers, with the dependency-blocked ones explained.
+    pub(super) fn queue(&mut self, handled: &BTreeSet<JobId>) -> Vec<&'a Job> {
+        let mut queue = Vec::new();
+        let live = std::mem::take(&mut self.live);
+        for &job in &live {
+            if job.state != JobState::Pending || handled.contains(&job.spec.id) {
+                continue;
+            }
+            if let Some(reason) = self.dep_block(job) {
+                self.pend(job.spec.id, reason, None);
+                continue;
+            }
+            queue.push(job);
+        }
+        self.live = live;
+        queue
+    }
+
+    pub(super) fn fifo_pass(&mut self, handled: &BTreeSet<JobId>) {
+        let mut queue = self.queue(handled);
+        queue.sort_by_key(|j| (j.spec.submit_s, j.spec.id));
+        let mut head: Option<JobId> = None;
+        for job in queue {
+            if let Some(h) = head {
+                if !self.explain {
+                    break;
+                }
+                self.pend(job.spec.id, Reason::BlockedByHead { head: h }, None);
+                continue;
+            }
+            let spec = &job.spec;
+            let t = self.team_of(job);
+            let (end_s, _) = self.end_of(spec, self.now);
+            let mut started = false;
+            for m in self.candidate_models(spec) {
+                let ask = Ask {
+                    spec,
+                    group: m,
+                    end_s,
+                    ignore_guards: true,
+                };
+                if let Some(p) = place::find(&self.view, &ask) {
+                    match t {
+                        Some(t) => self.start(job, t, m, p, Admission::Guaranteed),
+                        None => continue,
+                    }
+                    started = true;
+                    break;
+                }
+            }
+            if !started {
+                head = Some(spec.id);
+                let m = self.candidate_models(spec).next();
+                self.no_placement(job, m.unwrap_or(usize::MAX));
+            }
+        }
+    }
+
+    pub(super) fn no_placement(&mut self, job: &Job, group: usize) {
+        if !self.explain {
+            return;
+        }
+        let spec = &job.spec;
+        let (free, largest) = if group < self.view.buckets.len() {
+            (
+                self.view.group_whole_free[group],
+                self.view.largest_free_block(group),
+            )
+        } else {
+            (0, 0)
+        };
+        let model = spec.gpu_model.clone().or_else(|| {
+            let m = if self.policy == PolicyKind::Static && self.leaf_count > 0 {
+                group / self.leaf_count
+            } else {
+                group
+            };
+            self.models.get(m).cloned()
+        });
+        if group < self.view.buckets.len() {
+            self.eta.group_of.insert(spec.id, group);
+        }
+        self.pend(
+            spec.id,
+            Reason::NoPlacement {
+                tasks: spec.tasks,
+                gpu: spec.gpu,
+                model,
+                free_gpus: free,
+                largest_free_block: largest,
+            },
+            None,
+        );
+    }
+
+    pub(super) fn ordered_pass(&mut self, handled: &BTreeSet<JobId>) {
+        let queue = self.queue(handled);
+        let mut per_team: Vec<Vec<&'a Job>> = vec![Vec::new(); self.teams.names.len()];
+        for job in queue {
+            match self.team_of(job) {
+                Some(t) => per_team[t].push(job),
+                None => {
+                    let team = job.spec.team.clone();
+                    self.pend(job.spec.id, Reason::NoPartition { team }, None);
+                }
+            }
+        }
+        let mut lists: Vec<(usize, Ordered<'a>)> = per_team
+            .into_iter()
+            .enumerate()
+            .filter(|(_, jobs)| !jobs.is_empty())
+            .map(|(t, jobs)| (t, Ordered::new(jobs)))
+            .collect();
+        for (_, list) in &mut lists {
+            list.sort();
+        }
+        // Phase 1, guaranteed work: each team offers its first job that fits its guarantee;
+        // the jobs it skips (too big for what is left of the guarantee, which only shrinks
+        // during a plan) wait for phase 2 in their order. Phase 2, borrowing: every team
+        // offers its skipped jobs in order.
+        let mut skipped: Vec<Vec<&'a Job>> = vec![Vec::new(); lists.len()];
+        let mut cursor = vec![0usize; lists.len()];
+        let mut heap: BinaryHeap<Reverse<(RankKey, usize)>> = BinaryHeap::new();
+        for i in 0..lists.len() {
+            if let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
+                heap.push(Reverse((key, i)));
+            }
+        }
+        // In `decide`, the pass ends once nothing left can start or reclaim: no job left (in
+        // the lists or set aside for phase 2) fits the free capacity of any group, and no
+        // reclaim can happen.
+        let lists_least: Vec<Vec<u64>> = if self.explain {
+            Vec::new()
+        } else {
+            lists.iter().map(|(_, l)| l.least_suffix()).collect()
+        };
+        let mut skipped_least = u64::MAX;
+        let mut pops = 0usize;
+        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lists.len()];
+        let mut folded = vec![0usize; lists.len()];
+        // Each pop consumes one job; every job is pushed at most once per phase.
+        while let Some(Reverse((_, i))) = heap.pop() {
+            // The check only matters once it can succeed; every 8th pop is enough (it stays
+            // true once true: free capacity only shrinks, what is left only grows).
+            pops += 1;
+            if !self.explain && pops % 8 == 1 {
+                for (j, list) in skipped.iter().enumerate() {
+                    for job in &list[folded[j]..] {
+                        skipped_least = skipped_least.min(job.spec.milli_total());
+                    }
+                    folded[j] = list.len();
+                }
+                let least = (0..lists.len())
+                    .map(|j| lists_least[j][cursor[j]])
+                    .min()
+                    .unwrap_or(u64::MAX)
+                    .min(skipped_least);
+                if self.reclaim_exhausted() && self.cannot_fit(least) {
+                    return;
+                }
+            }
+            let t = lists[i].0;
+            let job = lists[i].1.get(cursor[i]).expect("a job at the cursor");
+            cursor[i] += 1;
+            // A job like the team's last one that changed nothing, with nothing changed since
+            // (by any team), fares as that one did.
+            let fate = last_fail[i]
+                .filter(|&(f, at, _)| at == self.decisions() && self.same_fate(f, job))
+                .map(|(_, _, decided)| decided);
+            let decided = match fate {
+                Some(decided) => decided,
+                None => {
+                    let before = self.decisions();
+                    let decided = self.consider(job, t, Phase::Guaranteed);
+                    last_fail[i] = (!self.explain && self.decisions() == before)
+                        .then_some((job, before, decided));
+                    decided
+                }
+            };
+            if !decided {
+                // It may still borrow elsewhere: phase 2 decides.
+                skipped[i].push(job);
+            }
+            // As in phase 2: the team's next jobs that would be popped right now anyway and
+            // share the fate of its last job that changed nothing are passed over here.
+            while let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
+                let next = lists[i].1.get(cursor[i]).expect("a job at the cursor");
+                let fate = last_fail[i]
+                    .filter(|&(f, at, _)| at == self.decisions() && self.same_fate(f, next))
+                    .map(|(_, _, decided)| decided);
+                let first = heap.peek().is_none_or(|Reverse(top)| (key, i) < *top);
+                match fate {
+                    Some(decided) if first => {
+                        cursor[i] += 1;
+                        if !decided {
+                            skipped[i].push(next);
+                        }
+                    }
+                    _ => {
+                        heap.push(Reverse((key, i)));
+                        break;
+                    }
+                }
+            }
+        }
+        let mut cursor = vec![0usize; lists.len()];
+        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lists.len()];
+        for (i, list) in skipped.iter().enumerate() {
+            if let Some(job) = list.first() {
+                heap.push(Reverse((self.rank(job, lists[i].0), i)));
+            }
+        }
+        // Borrowing stops nothing and reclaims nothing: once no job left can fit the free
+        // capacity of any group, nothing left can start (reservations only tighten).
+        let least_left: Vec<Vec<u64>> = if self.explain {
+            Vec::new()
+        } else {
+            skipped
+                .iter()
+                .map(|list| {
+                    let mut least = vec![u64::MAX; list.len() + 1];
+                    for k in (0..list.len()).rev() {
+                        least[k] = least[k + 1].min(list[k].spec.milli_total());
+                    }
+                    least
+                })
+                .collect()
+        };
+        while let Some(Reverse((_, i))) = heap.pop() {
+            pops += 1;
+            if !self.explain && pops % 8 == 1 {
+                let least = (0..skipped.len())
+                    .map(|j| least_left[j][cursor[j]])
+                    .min()
+                    .unwrap_or(u64::MAX);
+                if self.cannot_fit(least) {
+                    return;
+                }
+            }
+            let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
+            cursor[i] += 1;
+            let same = last_fail[i]
+                .is_some_and(|(f, at, _)| at == self.decisions() && self.same_fate(f, job));
+            if !same {
+                let before = self.decisions();
+                self.consider(job, t, Phase::Borrowing);
+                last_fail[i] =
+                    (!self.explain && self.decisions() == before).then_some((job, before, true));
+            }
+            // The team's next jobs that would be popped right now anyway (before any other
+            // team's) and share the fate of its last job that changed nothing are passed over
+            // here, without a trip through the heap.
+            let mut next_key = None;
+            while let Some(&next) = skipped[i].get(cursor[i]) {
+                let key = self.rank(next, t);
+                let fails = last_fail[i]
+                    .is_some_and(|(f, at, _)| at == self.decisions() && self.same_fate(f, next));
+                let first = heap.peek().is_none_or(|Reverse(top)| (key, i) < *top);
+                if !(fails && first) {
+                    next_key = Some(key);
+                    break;
+                }
+                cursor[i] += 1;
+            }
+            if let Some(key) = next_key {
+                heap.push(Reverse((key, i)));
+            }
+        }
+    }
+
+    /// Whether `next`, of the same team and right after `failed` in its queue, is certain to
+    /// be decided as `failed` was when nothing changed in between: the same demands, no node
+    /// selector, and an end no earlier (capacity only shrinks and guards only tighten during
+    /// a plan, and every memo is keyed by these).
+    pub(super) fn same_fate(&self, failed: &Job, next: &Job) -> bool {
+        let (a, b) = (&failed.spec, &next.spec);
+        a.tasks == b.tasks
+            && a.gpu == b.gpu
+            && a.cpu_milli == b.cpu_milli
+            && a.mem_mib == b.mem_mib
+            && a.gpu_model == b.gpu_model
+            && a.node_selector.is_empty()
+            && b.node_selector.is_empty()
+            && self.end_of(b, self.now).0 >= self.end_of(a, self.now).0
+    }
+
+    /// Moves team `i`'s cursor to its next job inside the guarantee, setting aside the ones
+    /// it passes; returns that job's rank.
+    pub(super) fn next_guaranteed(
+        &self,
+        lists: &mut [(usize, Ordered<'a>)],
+        cursor: &mut [usize],
+        skipped: &mut [Vec<&'a Job>],
+        i: usize,
+    ) -> Option<RankKey> {
+        let (t, list) = (lists[i].0, &lists[i].1);
+        while let Some(job) = list.get(cursor[i]) {
+            if self.guaranteed_somewhere(job, t) {
+                return Some(self.rank(job, t));
+            }
+            skipped[i].push(job);
+            cursor[i] += 1;
+        }
+        None
+    }
+
+    /// Whether the job fits its team's guarantee for some model it can run on (class 0 of
+    /// [`Self::rank`], without computing the rest of the key).
+    pub(super) fn guaranteed_somewhere(&self, job: &Job, team: usize) -> bool {
+        if self.policy != PolicyKind::Default {
+            return true;
+        }
+        let milli = job.spec.milli_total();
+        self.candidate_models(&job.spec)
+            .any(|m| self.class_of(team, m, milli) == Admission::Guaranteed)
+    }
+
+    /// Starts the job, or reclaims for it, or reserves for it, or explains why not. In the
+    /// guaranteed phase it only starts where it is guaranteed, and returns `false` (deciding
+    /// nothing) when it could still borrow elsewhere.
+    pub(super) fn consider(&mut self, job: &'a Job, t: usize, phase: Phase) -> bool {
+        let spec = &job.spec;
+        let milli = spec.milli_total();
+        let (end_s, _) = self.end_of(spec, self.now);
+        let mut blocked: Option<Reason> = None;
+        let mut admissible: Vec<(usize, usize, Admission)> = Vec::new();
+        let mut behind: Option<(JobId, Secs)> = None;
+        for m in self.candidate_models(spec) {
+            if let Some(r) = self.over_max(t, m, milli) {
+                blocked = Some(r);
+                continue;
+            }
+            let Some(g) = self.group(t, m) else {
+                blocked = Some(Reason::NoPartition {
+                    team: spec.team.clone(),
+                });
+                continue;
+            };
+            if self.view.group_nodes[g].is_empty() && self.policy == PolicyKind::Static {
+                blocked = Some(Reason::NoPartition {
+                    team: spec.team.clone(),
+                });
+                continue;
+            }
+            let class = self.class_of(t, m, milli);
+            admissible.push((m, g, class));
+        }
+        // Models where the job is guaranteed first.
+        admissible.sort_by_key(|a| a.2);
+        // A single task that several models of its best class can take goes where it grows
+        // the fragmentation least.
+        if spec.tasks == 1 && admissible.len() > 1 {
+            let best_class = admissible[0].2;
+            if !(phase == Phase::Guaranteed && best_class == Admission::Borrowed) {
+                let mut best: Option<(f64, usize, usize, Vec<TaskPlacement>)> = None;
+                for &(m, g, class) in &admissible {
+                    if class != best_class {
+                        break;
+                    }
+                    let ask = Ask {
+                        spec,
+                        group: g,
+                        end_s,
+                        ignore_guards: false,
+                    };
+                    if let Some((p, d)) = self.find_memo_scored(&ask, shape_of(spec, g)) {
+                        if best.as_ref().is_none_or(|b| d < b.0 - 1e-9) {
+                            best = Some((d, m, g, p));
+                        }
+                    }
+                }
+                if let Some((_, m, _, p)) = best {
+                    self.start(job, t, m, p, best_class);
+                    return true;
+                }
+            }
+        }
+        for &(m, g, class) in &admissible {
+            if phase == Phase::Guaranteed && class == Admission::Borrowed {
+                continue;
+            }
+            let ask = Ask {
+                spec,
+                group: g,
+                end_s,
+                ignore_guards: false,
+            };
+            let shape = shape_of(spec, g);
+            if let Some(p) = self.find_memo(&ask, shape) {
+                self.start(job, t, m, p, class);
+                return true;
+            }
+            if behind.is_none() && !self.timeline.promises.is_empty() {
+                let free_ask = Ask {
+                    ignore_guards: true,
+                    ..ask
+                };
+                if self.find_memo(&free_ask, shape).is_some() {
+                    behind = self
+                        .out
+                        .reservations
+                        .iter()
+                        .map(|r| (r.start_s, r.job))
+                        .min()
+                        .map(|(s, j)| (j, s));
+                }
+            }
+        }
+        if admissible.is_empty() {
+            let reason = blocked.unwrap_or(Reason::NoPartition {
+                team: spec.team.clone(),
+            });
+            if let Reason::OverMax {
+                team,
+                model,
+                used_milli,
+                ask_milli,
+                max_milli,
+            } = &reason
+            {
+                let a = self.teams.by_name[team];
+                let m = self.models.binary_search(model).unwrap_or(0);
+                let over = (used_milli + ask_milli).saturating_sub(*max_milli);
+                self.eta.over_max_waits.push((spec.id, a, m, over));
+            }
+            self.pend(spec.id, reason, None);
+            return true;
+        }
+        if self.policy == PolicyKind::Default && phase == Phase::Guaranteed {
+            for &(m, g, class) in &admissible {
+                if class == Admission::Guaranteed && self.reclaim(job, m, g) {
+                    return true;
+                }
+            }
+            if admissible.iter().any(|a| a.2 == Admission::Borrowed) {
+                return false;
+            }
+        }
+        if let Some((reserved, start_s)) = behind {
+            self.eta.group_of.insert(spec.id, admissible[0].1);
+            self.pend(
+                spec.id,
+                Reason::BehindReservation { reserved, start_s },
+                None,
+            );
+            return true;
+        }
+        if self.reserve(job, &admissible) {
+            return true;
+        }
+        self.no_placement(job, admissible[0].1);
+        true
+    }
+}

@@ -1,0 +1,428 @@
+//! The planner of one plan: what it reads, what it builds, and the order of its steps. One
+//! pass over the running jobs (accounting, admission modes, time limits, idle reclaim), one
+//! over the holds left by earlier reclaims, then the pending jobs in policy order, then
+//! estimated start times. Each step lives in its own module; this one holds what they share:
+//! the planner's state and the small questions every step asks (which group, which models,
+//! over a `max`, inside the guarantee), and `start`, the one way a plan starts a job.
+
+use std::collections::BTreeMap;
+
+use crate::model::{GpuAsk, JobId, JobSpec, PolicyKind, SchedulerConfig, Secs};
+use crate::state::{Admission, ClusterState, Job, JobState, TaskPlacement};
+use crate::teams::TeamIndex;
+
+use super::estimate::EstimateInputs;
+use super::partition::static_partition;
+use super::place::{self, Ask};
+use super::reclaim::Victims;
+use super::reserve::{Release, Timeline};
+use super::running::{Accounting, RunInfo};
+use super::view::View;
+use super::{PendingJob, Plan, Reason, Start};
+
+/// Loop bounds beyond the configured ones: reclaim and reservation attempts that fail.
+pub(super) const MAX_FAILED_ATTEMPTS: usize = 256;
+
+/// Victims dropped one by one when minimising a gang's reclaim.
+pub(super) const MAX_PRUNE_STEPS: usize = 64;
+
+/// What placement depends on, for jobs without a node selector: group, tasks, GPU ask, CPU,
+/// memory.
+pub(super) type Shape = (usize, u32, GpuAsk, u64, u64);
+
+pub(super) fn shape_of(spec: &JobSpec, group: usize) -> Option<Shape> {
+    spec.node_selector.is_empty().then_some((
+        group,
+        spec.tasks,
+        spec.gpu,
+        spec.cpu_milli,
+        spec.mem_mib,
+    ))
+}
+
+/// GPU indices as a bit mask (nodes have at most 64 GPUs).
+pub(super) fn gpu_mask(gpus: &[u32]) -> u64 {
+    gpus.iter().fold(0, |m, &g| m | (1 << g))
+}
+
+/// The indices of the set bits, lowest first.
+pub(super) fn mask_bits(mut mask: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros();
+            mask &= mask - 1;
+            i
+        })
+    })
+}
+
+/// The two passes of the ordered planner.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Only jobs (and GPU models) inside their team's guarantee; reclaim allowed.
+    Guaranteed,
+    /// Everything left, on any model, borrowing idle capacity; no reclaim.
+    Borrowing,
+}
+
+/// One plan in the making: what it reads (the state, the time, indices of models, teams and
+/// nodes), the free capacity it hands out, and what it has decided so far.
+pub(crate) struct Planner<'a> {
+    pub(super) state: &'a ClusterState,
+    /// Also explain every pending job and give each team its standing.
+    pub(super) explain: bool,
+    pub(super) cfg: &'a SchedulerConfig,
+    pub(super) now: Secs,
+    pub(super) policy: PolicyKind,
+    /// GPU models, sorted: a model's index is its place here.
+    pub(super) models: Vec<String>,
+    pub(super) teams: TeamIndex,
+    /// `[team]` rank among the leaf teams (`static` partitions are per leaf).
+    pub(super) leaf_rank: Vec<Option<usize>>,
+    pub(super) leaf_count: usize,
+    /// Team id (as jobs carry it) to the planner's team index.
+    pub(super) team_by_id: Vec<Option<usize>>,
+    /// `[node]` index into `models`.
+    pub(super) node_model: Vec<usize>,
+    /// Free capacity, updated as the plan starts, claims and reserves.
+    pub(super) view: View<'a>,
+    /// Every pending, running or stopping job, read once per plan.
+    pub(super) live: Vec<&'a Job>,
+    /// Every running or stopping job, as the plan sees it.
+    pub(super) runs: Vec<RunInfo<'a>>,
+    pub(super) acct: Accounting,
+    pub(super) victims: Victims,
+    pub(super) timeline: Timeline,
+    pub(super) attempts: Attempts,
+    pub(super) memo: Memos,
+    pub(super) eta: EstimateInputs,
+    /// The plan being built.
+    pub(super) out: Plan,
+}
+
+/// How many reclaims the plan has made, and how many reclaim and reservation attempts
+/// failed: each is bounded per plan.
+#[derive(Default)]
+pub(super) struct Attempts {
+    pub(super) reclaims: usize,
+    pub(super) failed_reclaims: usize,
+    pub(super) failed_reservations: usize,
+}
+
+/// Failures remembered within one plan, so that the same question is not asked twice:
+/// capacity only shrinks and guards only tighten during a plan.
+#[derive(Default)]
+pub(super) struct Memos {
+    /// Shapes that did not fit (ignoring guards or not), with the earliest end that failed.
+    pub(super) no_fit: BTreeMap<(Shape, bool), Secs>,
+    /// (team, shape) whose reclaim failed, with the earliest end that failed.
+    pub(super) no_reclaim: BTreeMap<(usize, Shape), Secs>,
+    /// Shapes for which no reservation could be found, and how many releases there were
+    /// then (a later start, with its own end, may make one possible).
+    pub(super) no_reserve: BTreeMap<Shape, usize>,
+    /// Groups where nothing had a finite end (and how many releases and promises there
+    /// were then): no reservation can be promised there until that changes.
+    pub(super) unreservable: BTreeMap<usize, usize>,
+}
+
+impl<'a> Planner<'a> {
+    /// `explain`: also give every pending job its reason and estimate, and each team its
+    /// standing. Without it the planner makes the very same decisions, faster.
+    pub(super) fn new(state: &'a ClusterState, now: Secs, explain: bool) -> Planner<'a> {
+        let cfg = &state.config;
+        let policy = cfg.policy;
+        let mut models: Vec<String> = state
+            .nodes
+            .values()
+            .map(|n| n.spec.gpu_model.clone())
+            .collect();
+        models.sort();
+        models.dedup();
+        let teams = TeamIndex::build(state.teams.values().map(|t| &t.spec), &models);
+        let mut leaf_rank = vec![None; teams.names.len()];
+        let mut leaf_count = 0;
+        for (t, rank) in leaf_rank.iter_mut().enumerate() {
+            if teams.is_leaf[t] {
+                *rank = Some(leaf_count);
+                leaf_count += 1;
+            }
+        }
+        let partition = if policy == PolicyKind::Static {
+            static_partition(state, &models, &teams, &leaf_rank)
+        } else {
+            BTreeMap::new()
+        };
+        let groups = if policy == PolicyKind::Static {
+            models.len() * leaf_count
+        } else {
+            models.len()
+        };
+        let view = View::build(state, groups, |node| {
+            let m = models.binary_search(&node.spec.gpu_model).ok()?;
+            if policy == PolicyKind::Static {
+                partition.get(&node.spec.id).map(|r| m * leaf_count + r)
+            } else {
+                Some(m)
+            }
+        });
+        let mut team_by_id = Vec::new();
+        for t in state.teams.values() {
+            if let Some(&i) = teams.by_name.get(&t.spec.name) {
+                let id = t.id as usize;
+                if team_by_id.len() <= id {
+                    team_by_id.resize(id + 1, None);
+                }
+                team_by_id[id] = Some(i);
+            }
+        }
+        let node_model: Vec<usize> = view
+            .nodes
+            .iter()
+            .map(|n| models.binary_search(&n.spec.gpu_model).unwrap_or(0))
+            .collect();
+        let mut view = view;
+        view.mix_src = Some((state, models.clone()));
+        let node_count = view.ids.len();
+        let acct = Accounting::new(state, &teams, now);
+        Planner {
+            state,
+            explain,
+            cfg,
+            now,
+            policy,
+            victims: Victims::new(models.len()),
+            models,
+            teams,
+            leaf_rank,
+            leaf_count,
+            team_by_id,
+            node_model,
+            view,
+            live: Vec::new(),
+            runs: Vec::new(),
+            acct,
+            timeline: Timeline::new(node_count),
+            attempts: Attempts::default(),
+            memo: Memos::default(),
+            eta: EstimateInputs::default(),
+            out: Plan {
+                policy,
+                now_s: now,
+                starts: Vec::new(),
+                stops: Vec::new(),
+                reservations: Vec::new(),
+                reclaims: Vec::new(),
+                pending: Vec::new(),
+                idle: Vec::new(),
+                teams: Vec::new(),
+            },
+        }
+    }
+
+    /// The steps of a plan, in order.
+    pub(super) fn run(mut self) -> Plan {
+        self.scan_running();
+        let held = self.occupy_holds();
+        let handled = self.serve_holds(held);
+        match self.policy {
+            PolicyKind::Fifo => self.fifo_pass(&handled),
+            _ => self.ordered_pass(&handled),
+        }
+        if self.explain {
+            self.estimate();
+            self.standings();
+            self.out.pending.sort_by_key(|p| p.job);
+        }
+        self.out
+    }
+
+    /// The group of the view a team's job on `model` places in: the model, or under `static`
+    /// the model's partition of the team (`None` for a team that is not a leaf).
+    pub(super) fn group(&self, team: usize, model: usize) -> Option<usize> {
+        match self.policy {
+            PolicyKind::Static => self.leaf_rank[team].map(|r| model * self.leaf_count + r),
+            _ => Some(model),
+        }
+    }
+
+    /// The GPU model of a placement (of its first task's node).
+    pub(super) fn model_of(&self, placement: &[TaskPlacement]) -> Option<usize> {
+        let n = self.view.dense(placement.first()?.node)?;
+        Some(self.node_model[n as usize])
+    }
+
+    /// The planner's index of a job's team.
+    pub(super) fn team_of(&self, job: &Job) -> Option<usize> {
+        self.team_by_id.get(job.team_id as usize).copied().flatten()
+    }
+
+    /// When a job started at `from` ends: by its time limit, and by its runtime estimate (or
+    /// its time limit); `Secs::MAX` for never.
+    pub(super) fn end_of(&self, spec: &JobSpec, from: Secs) -> (Secs, Secs) {
+        let limit = spec
+            .time_limit_s
+            .map_or(Secs::MAX, |l| from.saturating_add(l));
+        let est = spec
+            .runtime_estimate_s
+            .or(spec.time_limit_s)
+            .map_or(Secs::MAX, |l| from.saturating_add(l));
+        (limit, est)
+    }
+
+    pub(super) fn pend(&mut self, job: JobId, reason: Reason, eta_s: Option<Secs>) {
+        if self.explain {
+            self.out.pending.push(PendingJob { job, reason, eta_s });
+        }
+    }
+
+    pub(super) fn deps_ready(&self, job: &Job) -> bool {
+        self.dep_block(job).is_none()
+    }
+
+    pub(super) fn dep_block(&self, job: &Job) -> Option<Reason> {
+        for on in &job.spec.depends_on {
+            match self.state.job(*on).map(|j| &j.state) {
+                Some(JobState::Succeeded { .. }) => {}
+                Some(JobState::Failed { .. } | JobState::Cancelled { .. }) | None => {
+                    return Some(Reason::DependencyFailed { on: *on })
+                }
+                Some(_) => return Some(Reason::Dependency { on: *on }),
+            }
+        }
+        None
+    }
+
+    /// The GPU models a job may run on, as a range of model indices.
+    pub(super) fn candidate_models(&self, spec: &JobSpec) -> std::ops::Range<usize> {
+        match &spec.gpu_model {
+            Some(m) => match self.models.binary_search(m) {
+                Ok(i) => i..i + 1,
+                Err(_) => 0..0,
+            },
+            None => 0..self.models.len(),
+        }
+    }
+
+    /// The team (this one or an ancestor) whose max the job would break, if any.
+    pub(super) fn over_max(&self, team: usize, model: usize, milli: u64) -> Option<Reason> {
+        if self.policy != PolicyKind::Default {
+            return None;
+        }
+        for &a in &self.teams.lineage[team] {
+            let pool = self.teams.pool_of_model[a][model];
+            if let Some(max) = self.teams.pools[a][pool].max {
+                let used = self.acct.alloc[a][pool];
+                if used + milli > max {
+                    return Some(Reason::OverMax {
+                        team: self.teams.names[a].clone(),
+                        model: self.models[model].clone(),
+                        used_milli: used,
+                        ask_milli: milli,
+                        max_milli: max,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Guaranteed if the job fits what is left of its team's guarantee for the model's pool.
+    pub(super) fn class_of(&self, team: usize, model: usize, milli: u64) -> Admission {
+        if self.policy != PolicyKind::Default {
+            return Admission::Guaranteed;
+        }
+        let pool = self.teams.pool_of_model[team][model];
+        if self.acct.guaranteed_used[team][pool] + milli <= self.teams.pools[team][pool].guaranteed
+        {
+            Admission::Guaranteed
+        } else {
+            Admission::Borrowed
+        }
+    }
+
+    /// Starts a job: takes its placement from the view, counts it against its team, and
+    /// records when it releases what it takes.
+    pub(super) fn start(
+        &mut self,
+        job: &Job,
+        team: usize,
+        model: usize,
+        p: Vec<TaskPlacement>,
+        class: Admission,
+    ) {
+        let spec = &job.spec;
+        let (end_s, est_s) = self.end_of(spec, self.now);
+        place::commit(&mut self.view, spec, &p, end_s);
+        self.account(team, model, spec.milli_total(), class);
+        self.eta
+            .job_ends
+            .push((est_s, team, model, spec.milli_total()));
+        for task in &p {
+            if let Some(n) = self.view.dense(task.node) {
+                self.push_release(Release {
+                    end_s,
+                    est_s,
+                    node: n,
+                    gpus: gpu_mask(&task.gpus),
+                    milli: task.gpu_milli,
+                    cpu: spec.cpu_milli,
+                    mem: spec.mem_mib,
+                });
+            }
+        }
+        self.out.starts.push(Start {
+            job: spec.id,
+            placement: p,
+            admission: class,
+        });
+    }
+
+    /// How many decisions the plan holds so far.
+    pub(super) fn decisions(&self) -> (usize, usize, usize, usize) {
+        (
+            self.out.starts.len(),
+            self.out.stops.len(),
+            self.timeline.promises.len(),
+            self.out.reclaims.len(),
+        )
+    }
+
+    /// `place::find`, remembering failures: capacity only shrinks and guards only tighten
+    /// during a plan, so a shape that did not fit with some end time does not fit later with
+    /// the same or a later one.
+    pub(super) fn find_memo(
+        &mut self,
+        ask: &Ask,
+        shape: Option<Shape>,
+    ) -> Option<Vec<TaskPlacement>> {
+        self.find_memo_scored(ask, shape).map(|(p, _)| p)
+    }
+
+    pub(super) fn find_memo_scored(
+        &mut self,
+        ask: &Ask,
+        shape: Option<Shape>,
+    ) -> Option<(Vec<TaskPlacement>, f64)> {
+        let key = shape.map(|s| (s, ask.ignore_guards));
+        if let Some(k) = &key {
+            if self.memo.no_fit.get(k).is_some_and(|&end| ask.end_s >= end) {
+                return None;
+            }
+        }
+        let found = place::find_scored(&self.view, ask);
+        if let (None, Some(k)) = (&found, key) {
+            let end = self.memo.no_fit.entry(k).or_insert(ask.end_s);
+            *end = (*end).min(ask.end_s);
+        }
+        found
+    }
+
+    /// No job asking for `least` milli-GPUs or more fits the free capacity of any group.
+    pub(super) fn cannot_fit(&self, least: u64) -> bool {
+        self.view
+            .group_free_milli
+            .iter()
+            .max()
+            .is_none_or(|&f| least > f)
+    }
+}

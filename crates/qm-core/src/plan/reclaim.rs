@@ -1,0 +1,257 @@
+//! Reclaim: for a guaranteed job that does not fit, preempt borrowed jobs of other teams
+//! that lose the least work. One task: on each node, the cheapest victims that make room
+//! there, and the cheapest node wins. A gang: free every candidate, place, keep the victims
+//! under the placement, then spare the most expensive ones that prove unnecessary.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{GpuAsk, JobSpec, PolicyKind, MILLI_PER_GPU};
+use crate::state::{Admission, Job, StopCause};
+
+use super::place::{self, Ask};
+use super::planner::{shape_of, Planner, MAX_FAILED_ATTEMPTS, MAX_PRUNE_STEPS};
+use super::view::View;
+use super::{Reason, Reservation, StopOrder};
+
+/// Borrowed, preemptible runs past their minimum run time: what reclaim may stop.
+pub(super) struct Victims {
+    /// `[model]` indices into the planner's runs, cheapest to stop first.
+    pub(super) by_model: Vec<Vec<usize>>,
+    /// `[model]` upper bound of milli-GPUs the remaining victims would free.
+    pub(super) milli_left: Vec<u64>,
+}
+
+impl Victims {
+    pub(super) fn new(models: usize) -> Victims {
+        Victims {
+            by_model: vec![Vec::new(); models],
+            milli_left: vec![0; models],
+        }
+    }
+}
+
+impl<'a> Planner<'a> {
+    /// No reclaim can happen in the rest of this plan.
+    pub(super) fn reclaim_exhausted(&self) -> bool {
+        self.policy != PolicyKind::Default
+            || self.attempts.reclaims >= self.cfg.max_reclaims
+            || self.attempts.failed_reclaims >= MAX_FAILED_ATTEMPTS
+            || self.victims.milli_left.iter().all(|&m| m == 0)
+    }
+
+    /// Frees the job's GPUs by preempting borrowed jobs that lose the least work.
+    pub(super) fn reclaim(&mut self, job: &Job, m: usize, g: usize) -> bool {
+        if self.attempts.reclaims >= self.cfg.max_reclaims
+            || self.attempts.failed_reclaims >= MAX_FAILED_ATTEMPTS
+        {
+            return false;
+        }
+        let spec = &job.spec;
+        // Cheap bound first: free GPUs plus every GPU a victim touches (a victim's share of a
+        // GPU may free the whole GPU).
+        if self.view.group_free_milli[g] + self.victims.milli_left[m] < spec.milli_total() {
+            return false;
+        }
+        let Some(team) = self.team_of(job) else {
+            return false;
+        };
+        let (end_s, _) = self.end_of(spec, self.now);
+        let memo = shape_of(spec, g).map(|s| (team, s));
+        if let Some(k) = &memo {
+            if self.memo.no_reclaim.get(k).is_some_and(|&end| end_s >= end) {
+                return false;
+            }
+        }
+        // A team's guarantee protects it from other teams; it does not preempt itself.
+        let victims: Vec<usize> = self.victims.by_model[m]
+            .iter()
+            .copied()
+            .filter(|&i| !self.runs[i].stopped && self.runs[i].team != Some(team))
+            .collect();
+        if victims.is_empty() {
+            return false;
+        }
+        let ask = Ask {
+            spec,
+            group: g,
+            end_s,
+            ignore_guards: false,
+        };
+        let chosen = if spec.tasks == 1 {
+            self.victims_for_task(spec, g, &victims)
+        } else {
+            self.victims_for_gang(&ask, &victims)
+        };
+        let placement = chosen.as_ref().and_then(|chosen| {
+            let future = self.view_without(chosen);
+            place::find(&future, &ask)
+        });
+        let (Some(chosen), Some(placement)) = (chosen, placement) else {
+            self.attempts.failed_reclaims += 1;
+            if let Some(k) = memo {
+                let end = self.memo.no_reclaim.entry(k).or_insert(end_s);
+                *end = (*end).min(end_s);
+            }
+            return false;
+        };
+        // Keep the free part of the future placement for this job, in this plan.
+        for task in &placement {
+            Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
+        }
+        let mut ready_by_s = self.now;
+        let mut ids = Vec::new();
+        for &i in &chosen {
+            let r = &mut self.runs[i];
+            r.stopped = true;
+            let freed: u64 = r
+                .placement
+                .iter()
+                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                .sum();
+            self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
+            ready_by_s = ready_by_s.max(self.now.saturating_add(r.job.spec.grace_s));
+            ids.push(r.job.spec.id);
+            self.out.stops.push(StopOrder {
+                job: r.job.spec.id,
+                cause: StopCause::Reclaim,
+                beneficiary: Some(spec.id),
+                lost_gpu_s: r.lost_gpu_s,
+            });
+        }
+        ids.sort();
+        self.attempts.reclaims += 1;
+        self.claim(
+            job,
+            team,
+            m,
+            g,
+            &placement,
+            ready_by_s,
+            Admission::Guaranteed,
+        );
+        self.out.reclaims.push(Reservation {
+            job: spec.id,
+            start_s: ready_by_s,
+            placement,
+        });
+        self.pend(
+            spec.id,
+            Reason::WaitingForReclaim {
+                victims: ids,
+                ready_by_s,
+            },
+            Some(ready_by_s),
+        );
+        true
+    }
+
+    /// A copy of the view with the given running jobs' resources given back.
+    pub(super) fn view_without(&self, runs: &[usize]) -> View<'a> {
+        let mut v = self.view.clone();
+        for &i in runs {
+            let r = &self.runs[i];
+            v.give(r.placement, r.job.spec.cpu_milli, r.job.spec.mem_mib);
+        }
+        v
+    }
+
+    /// For one task: on each node, the cheapest victims there that make room; the cheapest
+    /// node wins.
+    pub(super) fn victims_for_task(
+        &self,
+        spec: &JobSpec,
+        g: usize,
+        victims: &[usize],
+    ) -> Option<Vec<usize>> {
+        let mut on_node: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for &i in victims {
+            for task in self.runs[i].placement {
+                if let Some(n) = self.view.dense(task.node) {
+                    let list = on_node.entry(n).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                }
+            }
+        }
+        let mut best: Option<(u64, u32, Vec<usize>)> = None;
+        for (n, list) in on_node {
+            if self.view.group[n as usize] != Some(g)
+                || !spec
+                    .node_selector
+                    .iter()
+                    .all(|(k, v)| self.view.nodes[n as usize].spec.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let mut used = self.view.used_of(n).to_vec();
+            let mut cpu = self.view.cpu_free[n as usize];
+            let mut mem = self.view.mem_free[n as usize];
+            let mut cost = 0u64;
+            let mut chosen = Vec::new();
+            for i in list {
+                let r = &self.runs[i];
+                for task in r
+                    .placement
+                    .iter()
+                    .filter(|t| t.node == self.view.ids[n as usize])
+                {
+                    for &gi in &task.gpus {
+                        used[gi as usize] = used[gi as usize].saturating_sub(task.gpu_milli);
+                    }
+                    cpu += r.job.spec.cpu_milli;
+                    mem += r.job.spec.mem_mib;
+                }
+                cost += r.lost_gpu_s;
+                chosen.push(i);
+                let gpu_ok = match spec.gpu {
+                    GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
+                    GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
+                };
+                if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
+                    if best.as_ref().is_none_or(|b| (cost, n) < (b.0, b.1)) {
+                        best = Some((cost, n, chosen.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        best.map(|b| b.2)
+    }
+
+    /// For a gang: free every candidate, place, keep the victims under the placement, then
+    /// spare the most expensive ones that turn out not to be needed.
+    pub(super) fn victims_for_gang(&self, ask: &Ask, victims: &[usize]) -> Option<Vec<usize>> {
+        let all = self.view_without(victims);
+        let p = place::find(&all, ask)?;
+        let used: BTreeSet<(crate::model::NodeId, u32)> = p
+            .iter()
+            .flat_map(|t| t.gpus.iter().map(move |&g| (t.node, g)))
+            .collect();
+        let mut chosen: Vec<usize> = victims
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.runs[i]
+                    .placement
+                    .iter()
+                    .any(|t| t.gpus.iter().any(|&g| used.contains(&(t.node, g))))
+            })
+            .collect();
+        chosen.sort_by_key(|&i| Reverse((self.runs[i].lost_gpu_s, self.runs[i].job.spec.id)));
+        let mut k = 0;
+        let mut steps = 0;
+        while k < chosen.len() && steps < MAX_PRUNE_STEPS {
+            steps += 1;
+            let mut trial = chosen.clone();
+            trial.remove(k);
+            if place::find(&self.view_without(&trial), ask).is_some() {
+                chosen = trial;
+            } else {
+                k += 1;
+            }
+        }
+        Some(chosen)
+    }
+}

@@ -1,0 +1,481 @@
+//! Reservations: a blocked job gets the earliest time at which running jobs' time limits
+//! free a placement for it, and guards on those GPUs keep backfill that would delay it off.
+//! The timeline they are found on: when each running task releases what it holds, and what
+//! reservations and claims have promised from when on.
+
+use std::collections::BTreeMap;
+
+use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
+use crate::state::{Admission, Job, TaskPlacement};
+
+use super::place;
+use super::planner::{mask_bits, shape_of, Planner, MAX_FAILED_ATTEMPTS};
+use super::{Reason, Reservation};
+
+/// What one running (or starting) task gives back, and when.
+pub(super) struct Release {
+    /// By its time limit (`Secs::MAX` without one): what promises are computed from.
+    pub(super) end_s: Secs,
+    /// By its runtime estimate, else its time limit: what estimates are computed from.
+    pub(super) est_s: Secs,
+    /// Dense node index.
+    pub(super) node: u32,
+    /// GPU indices on the node, one bit each (nodes have at most 64 GPUs).
+    pub(super) gpus: u64,
+    /// Milli-GPUs on each of those GPUs.
+    pub(super) milli: u32,
+    /// CPU milli-cores and memory (MiB).
+    pub(super) cpu: u64,
+    pub(super) mem: u64,
+}
+
+/// An occupation promised from some time on: a reservation (from its start) or a claim of a
+/// job waiting for its victims (from their deadline), until the job's time limit would end it.
+pub(super) struct Promise {
+    pub(super) group: usize,
+    pub(super) end_s: Secs,
+    pub(super) placement: Vec<TaskPlacement>,
+    /// CPU milli-cores and memory (MiB) per task.
+    pub(super) cpu: u64,
+    pub(super) mem: u64,
+}
+
+/// CPU and memory a node will have left once a reservation has started there.
+pub(super) type Slack = (u32, u64, u64);
+
+/// When running tasks release what they hold, and what has been promised from when on.
+pub(super) struct Timeline {
+    pub(super) releases: Vec<Release>,
+    /// Reservations and claims, in the order they were made.
+    pub(super) promises: Vec<Promise>,
+    /// `[node]` indices into `releases` and `promises` touching the node.
+    pub(super) releases_by_node: Vec<Vec<usize>>,
+    pub(super) promises_by_node: Vec<Vec<usize>>,
+    /// Reservations made per group, against `max_reservations`.
+    pub(super) reservations_by_group: BTreeMap<usize, usize>,
+}
+
+impl Timeline {
+    pub(super) fn new(nodes: usize) -> Timeline {
+        Timeline {
+            releases: Vec::new(),
+            promises: Vec::new(),
+            releases_by_node: vec![Vec::new(); nodes],
+            promises_by_node: vec![Vec::new(); nodes],
+            reservations_by_group: BTreeMap::new(),
+        }
+    }
+}
+
+impl<'a> Planner<'a> {
+    /// Records an occupation promised from now (reservation or claim), indexed by node.
+    pub(super) fn push_reservation(&mut self, rec: Promise) {
+        let i = self.timeline.promises.len();
+        for task in &rec.placement {
+            if let Some(n) = self.view.dense(task.node) {
+                let list = &mut self.timeline.promises_by_node[n as usize];
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        self.timeline.promises.push(rec);
+    }
+
+    pub(super) fn push_release(&mut self, rel: Release) {
+        self.timeline.releases_by_node[rel.node as usize].push(self.timeline.releases.len());
+        self.timeline.releases.push(rel);
+    }
+
+    /// Gives a blocked job the earliest start that running jobs' time limits promise, over
+    /// its admissible GPU models, and guards the GPUs against backfill that would delay it.
+    pub(super) fn reserve(&mut self, job: &Job, admissible: &[(usize, usize, Admission)]) -> bool {
+        let spec = &job.spec;
+        let mut best: Option<(Secs, usize, Vec<TaskPlacement>, Vec<Slack>)> = None;
+        for &(_, g, _) in admissible {
+            let used = self
+                .timeline
+                .reservations_by_group
+                .get(&g)
+                .copied()
+                .unwrap_or(0);
+            let shape = shape_of(spec, g);
+            if used >= self.cfg.max_reservations
+                || self.attempts.failed_reservations >= MAX_FAILED_ATTEMPTS
+                || shape.is_some_and(|s| {
+                    self.memo.no_reserve.get(&s) == Some(&self.timeline.releases.len())
+                })
+                || self.memo.unreservable.get(&g)
+                    == Some(&(self.timeline.releases.len() + self.timeline.promises.len()))
+            {
+                continue;
+            }
+            match self.earliest(spec, g) {
+                Some((t, p, slack)) => {
+                    if best.as_ref().is_none_or(|b| t < b.0) {
+                        best = Some((t, g, p, slack));
+                    }
+                }
+                None => {
+                    self.attempts.failed_reservations += 1;
+                    // More reservations only push later: until something else starts, this
+                    // shape will not get one.
+                    if let Some(s) = shape {
+                        self.memo.no_reserve.insert(s, self.timeline.releases.len());
+                    }
+                }
+            }
+        }
+        let Some((t, g, p, slack)) = best else {
+            return false;
+        };
+        // Guard the reserved GPUs themselves, and leave work that outlives the reservation
+        // only the CPU and memory that will still be free when it starts.
+        for task in &p {
+            if let Some(n) = self.view.dense(task.node) {
+                let mask = task.gpus.iter().fold(0u64, |m, &g| m | (1 << g));
+                let guard = &mut self.view.guard[n as usize];
+                guard.earliest_s = guard.earliest_s.min(t);
+                guard.gpus |= mask;
+            }
+        }
+        for (n, cpu, mem) in slack {
+            let guard = &mut self.view.guard[n as usize];
+            guard.cpu_slack = guard.cpu_slack.min(cpu);
+            guard.mem_slack = guard.mem_slack.min(mem);
+        }
+        let (end_s, _) = self.end_of(spec, t);
+        self.push_reservation(Promise {
+            group: g,
+            end_s,
+            placement: p.clone(),
+            cpu: spec.cpu_milli,
+            mem: spec.mem_mib,
+        });
+        *self.timeline.reservations_by_group.entry(g).or_default() += 1;
+        self.out.reservations.push(Reservation {
+            job: spec.id,
+            start_s: t,
+            placement: p,
+        });
+        self.eta.group_of.insert(spec.id, g);
+        self.pend(spec.id, Reason::Reserved { start_s: t }, Some(t));
+        true
+    }
+
+    /// The earliest time the job fits group `g`, from running jobs' time limits: when, where,
+    /// and the CPU and memory each node it uses will have left then.
+    pub(super) fn earliest(
+        &mut self,
+        spec: &JobSpec,
+        g: usize,
+    ) -> Option<(Secs, Vec<TaskPlacement>, Vec<Slack>)> {
+        if spec.tasks == 1 {
+            return self
+                .earliest_single(spec, g)
+                .map(|(t, task, slack)| (t, vec![task], vec![slack]));
+        }
+        self.earliest_gang(spec, g)
+    }
+
+    /// One task: node by node, the first time (among its own releases and the ends of what
+    /// was promised there) at which the task fits; the earliest node wins, then the one with
+    /// the fewest whole GPUs free then, then the lowest index.
+    pub(super) fn earliest_single(
+        &self,
+        spec: &JobSpec,
+        g: usize,
+    ) -> Option<(Secs, TaskPlacement, Slack)> {
+        let mut best: Option<(Secs, u32, u32, Vec<u32>, u64, u64)> = None;
+        for &n in &self.view.group_nodes[g] {
+            let node = self.view.nodes[n as usize];
+            if !spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| node.spec.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let ni = n as usize;
+            let mut times: Vec<Secs> = vec![self.now];
+            times.extend(
+                self.timeline.releases_by_node[ni]
+                    .iter()
+                    .map(|&i| self.timeline.releases[i].end_s)
+                    .filter(|&e| e != Secs::MAX)
+                    .map(|e| e.max(self.now)),
+            );
+            times.extend(
+                self.timeline.promises_by_node[ni]
+                    .iter()
+                    .map(|&i| &self.timeline.promises[i])
+                    .filter(|r| r.group == g && r.end_s != Secs::MAX)
+                    .map(|r| r.end_s),
+            );
+            times.sort_unstable();
+            times.dedup();
+            let mut node = ([0u32; 64], 0, 0);
+            for t in times {
+                if best.as_ref().is_some_and(|b| t > b.0) {
+                    break;
+                }
+                self.node_at(n, g, t, &mut node);
+                let (buf, cpu, mem) = (&node.0, node.1, node.2);
+                let used = &buf[..self.view.gpus[n as usize] as usize];
+                let gpu_ok = match spec.gpu {
+                    GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
+                    GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
+                };
+                if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
+                    let whole = used.iter().filter(|&&u| u == 0).count() as u32;
+                    let better = best
+                        .as_ref()
+                        .is_none_or(|b| (t, whole, n) < (b.0, b.1, b.2));
+                    if better {
+                        best = Some((t, whole, n, used.to_vec(), cpu, mem));
+                    }
+                    break;
+                }
+            }
+        }
+        let (t, _, n, used, cpu, mem) = best?;
+        let task = place::task_on(&used, &self.view, n, spec.gpu);
+        Some((t, task, (n, cpu - spec.cpu_milli, mem - spec.mem_mib)))
+    }
+
+    /// A gang: probe the whole group at release times.
+    pub(super) fn earliest_gang(
+        &mut self,
+        spec: &JobSpec,
+        g: usize,
+    ) -> Option<(Secs, Vec<TaskPlacement>, Vec<Slack>)> {
+        let mut rel: Vec<&Release> = self
+            .timeline
+            .releases
+            .iter()
+            .filter(|r| r.end_s != Secs::MAX && self.view.group[r.node as usize] == Some(g))
+            .collect();
+        rel.sort_by_key(|r| r.end_s);
+        let mut times: Vec<Secs> = rel.iter().map(|r| r.end_s.max(self.now)).collect();
+        times.extend(
+            self.timeline
+                .promises
+                .iter()
+                .filter(|r| r.group == g && r.end_s != Secs::MAX)
+                .map(|r| r.end_s),
+        );
+        times.sort_unstable();
+        times.dedup();
+        if times.is_empty() {
+            // Nothing here ever ends by itself: no promise is possible, for any job.
+            let seen = self.timeline.releases.len() + self.timeline.promises.len();
+            self.memo.unreservable.insert(g, seen);
+            return None;
+        }
+        // Necessary condition, cheap: enough milli-GPUs free by then in aggregate.
+        let free_now: u64 = self.view.group_nodes[g]
+            .iter()
+            .map(|&n| {
+                self.view
+                    .used_of(n)
+                    .iter()
+                    .map(|&u| u64::from(MILLI_PER_GPU - u))
+                    .sum::<u64>()
+            })
+            .sum();
+        let need = spec.milli_total();
+        // Promised milli-GPUs of the group by end time; those ending by `t` are free again.
+        let mut promised: Vec<(Secs, u64)> = self
+            .timeline
+            .promises
+            .iter()
+            .filter(|r| r.group == g)
+            .map(|r| (r.end_s, crate::state::placement_milli(&r.placement)))
+            .collect();
+        promised.sort_unstable();
+        let mut reserved: u64 = promised.iter().map(|p| p.1).sum();
+        let (mut freed, mut ri, mut pi) = (0u64, 0, 0);
+        let mut first = None;
+        for (i, &t) in times.iter().enumerate() {
+            while ri < rel.len() && rel[ri].end_s <= t {
+                freed += u64::from(rel[ri].milli) * u64::from(rel[ri].gpus.count_ones());
+                ri += 1;
+            }
+            while pi < promised.len() && promised[pi].0 <= t {
+                reserved -= promised[pi].1;
+                pi += 1;
+            }
+            if (free_now + freed).saturating_sub(reserved) >= need {
+                first = Some(i);
+                break;
+            }
+        }
+        let first = first?;
+        // Feasibility only grows with time: gallop, then bisect, counting per-node capacity
+        // (cheap); build the view and the placement once, at the time found.
+        let fits = |t: Secs| self.gang_fits_at(spec, g, t);
+        if fits(times[first]) {
+            return self
+                .gang_at(spec, g, times[first])
+                .map(|(p, slack)| (times[first], p, slack));
+        }
+        let (mut lo, mut step) = (first, 1);
+        let last = times.len() - 1;
+        let mut hi;
+        loop {
+            if lo == last {
+                return None;
+            }
+            hi = (lo + step).min(last);
+            if fits(times[hi]) {
+                break;
+            }
+            lo = hi;
+            step *= 2;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(times[mid]) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        self.gang_at(spec, g, times[hi])
+            .map(|(p, slack)| (times[hi], p, slack))
+    }
+
+    /// Where the gang goes at time `t` (packed as `place::find` packs), and the CPU and
+    /// memory its nodes have left then.
+    pub(super) fn gang_at(
+        &self,
+        spec: &JobSpec,
+        g: usize,
+        t: Secs,
+    ) -> Option<(Vec<TaskPlacement>, Vec<Slack>)> {
+        let mut items = Vec::new();
+        let mut at: BTreeMap<u32, ([u32; 64], u64, u64)> = BTreeMap::new();
+        for &n in &self.view.group_nodes[g] {
+            let mut node = ([0u32; 64], 0, 0);
+            let Some(cap) = self.cap_at(spec, g, n, t, &mut node) else {
+                continue;
+            };
+            let (buf, cpu, mem) = node;
+            if cap > 0 {
+                items.push((n, cap));
+                at.insert(n, (buf, cpu, mem));
+            }
+        }
+        let need = u64::from(spec.tasks);
+        if items.iter().map(|i| i.1).sum::<u64>() < need {
+            return None;
+        }
+        let mut placement = Vec::with_capacity(spec.tasks as usize);
+        let mut slack = Vec::new();
+        for (n, count) in place::pick_nodes(&self.view, items, need) {
+            let (buf, cpu, mem) = at[&n];
+            let mut used = buf[..self.view.gpus[n as usize] as usize].to_vec();
+            for _ in 0..count {
+                let task = place::task_on(&used, &self.view, n, spec.gpu);
+                for &gi in &task.gpus {
+                    used[gi as usize] += task.gpu_milli;
+                }
+                placement.push(task);
+            }
+            slack.push((
+                n,
+                cpu.saturating_sub(count * spec.cpu_milli),
+                mem.saturating_sub(count * spec.mem_mib),
+            ));
+        }
+        Some((placement, slack))
+    }
+
+    /// Node `n` at time `t`: its GPU usage, free CPU and free memory once what runs there
+    /// has ended by its time limit, with what reservations and claims of group `g` hold then.
+    /// The usage comes in a fixed buffer (nodes have at most 64 GPUs): only the node's first
+    /// `gpus` entries count.
+    pub(super) fn node_at(&self, n: u32, g: usize, t: Secs, out: &mut ([u32; 64], u64, u64)) {
+        let ni = n as usize;
+        let id = self.view.ids[ni];
+        let (used, cpu, mem) = out;
+        let now = self.view.used_of(n);
+        used[..now.len()].copy_from_slice(now);
+        *cpu = self.view.cpu_free[ni];
+        *mem = self.view.mem_free[ni];
+        for &i in &self.timeline.releases_by_node[ni] {
+            let r = &self.timeline.releases[i];
+            if r.end_s != Secs::MAX && r.end_s <= t {
+                for gi in mask_bits(r.gpus) {
+                    used[gi as usize] = used[gi as usize].saturating_sub(r.milli);
+                }
+                *cpu += r.cpu;
+                *mem += r.mem;
+            }
+        }
+        for &i in &self.timeline.promises_by_node[ni] {
+            let resv = &self.timeline.promises[i];
+            if resv.group != g || resv.end_s <= t {
+                continue;
+            }
+            for task in resv.placement.iter().filter(|task| task.node == id) {
+                for &gi in &task.gpus {
+                    used[gi as usize] = (used[gi as usize] + task.gpu_milli).min(MILLI_PER_GPU);
+                }
+                *cpu = cpu.saturating_sub(resv.cpu);
+                *mem = mem.saturating_sub(resv.mem);
+            }
+        }
+    }
+
+    /// How many tasks of the job node `n` can hold at time `t`; `None` when its labels
+    /// rule it out. The node's state then is written to `out`.
+    #[inline(always)]
+    pub(super) fn cap_at(
+        &self,
+        spec: &JobSpec,
+        g: usize,
+        n: u32,
+        t: Secs,
+        out: &mut ([u32; 64], u64, u64),
+    ) -> Option<u64> {
+        let labels = &self.view.nodes[n as usize].spec.labels;
+        if !spec
+            .node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
+            return None;
+        }
+        self.node_at(n, g, t, out);
+        let (buf, cpu, mem) = out;
+        let used = &buf[..self.view.gpus[n as usize] as usize];
+        let by_gpu = match spec.gpu {
+            GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
+            GpuAsk::Milli(m) => used
+                .iter()
+                .map(|&u| u64::from((MILLI_PER_GPU - u) / m))
+                .sum(),
+        };
+        let by_cpu = cpu.checked_div(spec.cpu_milli).unwrap_or(u64::MAX);
+        let by_mem = mem.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
+        Some(by_gpu.min(by_cpu).min(by_mem))
+    }
+
+    /// Whether the gang fits group `g` at time `t` (ignoring guards, as reservations do).
+    pub(super) fn gang_fits_at(&self, spec: &JobSpec, g: usize, t: Secs) -> bool {
+        let need = u64::from(spec.tasks);
+        let mut have = 0u64;
+        let mut node = ([0u32; 64], 0, 0);
+        for &n in &self.view.group_nodes[g] {
+            let Some(cap) = self.cap_at(spec, g, n, t, &mut node) else {
+                continue;
+            };
+            have += cap;
+            if have >= need {
+                return true;
+            }
+        }
+        false
+    }
+}

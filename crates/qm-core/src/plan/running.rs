@@ -1,0 +1,346 @@
+//! The running jobs, as one plan sees them: what each team holds (pool by pool, inside its
+//! guarantee or not), which runs are guaranteed and which borrowed under the current quotas,
+//! which pass their time limit, which have sat idle past the window, and the fair-share usage
+//! the order of pending jobs is computed from.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use crate::model::{IdlePolicy, JobId, PolicyKind, Secs, MILLI_PER_GPU};
+use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacement};
+use crate::teams::TeamIndex;
+
+use super::planner::{gpu_mask, Planner};
+use super::reserve::Release;
+use super::{IdleAction, IdleNotice, StopOrder};
+
+/// A running or stopping job, as this plan sees it.
+pub(super) struct RunInfo<'a> {
+    pub(super) job: &'a Job,
+    pub(super) placement: &'a [TaskPlacement],
+    /// The planner's index of its team.
+    pub(super) team: Option<usize>,
+    /// The planner's index of its GPU model.
+    pub(super) model: usize,
+    /// Guaranteed or borrowed under the current quotas (recomputed every plan).
+    pub(super) mode: Admission,
+    /// Stopping already (told to stop before this plan).
+    pub(super) stopping: bool,
+    /// GPU-seconds lost if preempted now.
+    pub(super) lost_gpu_s: u64,
+    /// Stopping, or stopped by this plan: no longer a victim for reclaim.
+    pub(super) stopped: bool,
+}
+
+/// What each team holds and has used, updated as the plan starts and claims.
+pub(super) struct Accounting {
+    /// `[team][pool]` milli-GPUs held, sub-teams included, updated as the plan starts jobs.
+    pub(super) alloc: Vec<Vec<u64>>,
+    /// `[team]` milli-GPUs over all pools, sub-teams included.
+    pub(super) alloc_total: Vec<u64>,
+    /// `[team]` the history part of fair-share usage.
+    pub(super) history: Vec<f64>,
+    /// `[team][pool]` milli-GPUs held or claimed inside the guarantee.
+    pub(super) guaranteed_used: Vec<Vec<u64>>,
+    /// Guaranteed usage set aside for each job waiting on a hold: (team, pool, milli).
+    pub(super) guarantee_set_aside: BTreeMap<JobId, (usize, usize, u64)>,
+}
+
+impl Accounting {
+    pub(super) fn new(state: &ClusterState, teams: &TeamIndex, now: Secs) -> Accounting {
+        Accounting {
+            alloc: teams.pools.iter().map(|p| vec![0; p.len()]).collect(),
+            alloc_total: vec![0; teams.names.len()],
+            history: Planner::histories(state, teams, now),
+            guaranteed_used: teams.pools.iter().map(|p| vec![0; p.len()]).collect(),
+            guarantee_set_aside: BTreeMap::new(),
+        }
+    }
+}
+
+impl<'a> Planner<'a> {
+    /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs.
+    pub(super) fn scan_running(&mut self) {
+        let state = self.state;
+        self.live = state.live_jobs().collect();
+        self.view.mix_jobs = self.live.clone();
+        let live = self.live.clone();
+        for job in live {
+            let Some(run) = job.state.run() else { continue };
+            let Some(model) = self.model_of(&run.placement) else {
+                continue;
+            };
+            let team = self.team_of(job);
+            let milli = job.spec.milli_total();
+            if let Some(t) = team {
+                self.add_alloc(t, model, milli);
+            }
+            let expected_end = match &job.state {
+                JobState::Stopping(_, stop) => stop.deadline_s,
+                _ => self.end_of(&job.spec, run.started_s).1,
+            };
+            if let Some(t) = team {
+                self.eta.job_ends.push((expected_end, t, model, milli));
+            }
+            let stopping = match &job.state {
+                JobState::Stopping(_, stop) => Some(stop.deadline_s),
+                _ => None,
+            };
+            let (limit, est) = match stopping {
+                Some(deadline) => (deadline, deadline),
+                None => self.end_of(&job.spec, run.started_s),
+            };
+            for task in &run.placement {
+                if let Some(n) = self.view.dense(task.node) {
+                    self.push_release(Release {
+                        end_s: limit,
+                        est_s: est,
+                        node: n,
+                        gpus: gpu_mask(&task.gpus),
+                        milli: task.gpu_milli,
+                        cpu: job.spec.cpu_milli,
+                        mem: job.spec.mem_mib,
+                    });
+                }
+            }
+            let elapsed = self.now.saturating_sub(run.started_s);
+            let lost = match job.spec.checkpoint_every_s {
+                Some(every) if every > 0 => elapsed % every,
+                _ => elapsed,
+            };
+            self.runs.push(RunInfo {
+                job,
+                placement: &run.placement,
+                team,
+                model,
+                mode: Admission::Guaranteed,
+                stopping: stopping.is_some(),
+                lost_gpu_s: milli * lost / u64::from(MILLI_PER_GPU),
+                stopped: stopping.is_some(),
+            });
+        }
+        self.classify();
+        // Time limits, for every policy.
+        for r in &mut self.runs {
+            let spec = &r.job.spec;
+            let run = r.job.state.run().expect("holding");
+            let over = spec
+                .time_limit_s
+                .is_some_and(|l| self.now >= run.started_s.saturating_add(l));
+            if over && !r.stopping {
+                r.stopped = true;
+                self.out.stops.push(StopOrder {
+                    job: spec.id,
+                    cause: StopCause::TimeLimit,
+                    beneficiary: None,
+                    lost_gpu_s: 0,
+                });
+            }
+        }
+        if self.policy != PolicyKind::Default {
+            return;
+        }
+        self.idle_reclaim();
+        for (i, r) in self.runs.iter().enumerate() {
+            let spec = &r.job.spec;
+            let run = r.job.state.run().expect("holding");
+            let eligible = !r.stopped
+                && r.mode == Admission::Borrowed
+                && spec.preemptible
+                && self.now.saturating_sub(run.started_s) >= spec.min_run_s;
+            if eligible {
+                self.victims.by_model[r.model].push(i);
+            }
+        }
+        for (m, list) in self.victims.by_model.iter().enumerate() {
+            self.victims.milli_left[m] = list
+                .iter()
+                .flat_map(|&i| self.runs[i].placement.iter())
+                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                .sum();
+        }
+        for list in &mut self.victims.by_model {
+            let runs = &self.runs;
+            // Keys inline, so that sorting does not chase pointers per comparison.
+            let mut keyed: Vec<_> = list
+                .iter()
+                .map(|&i| {
+                    let r = &runs[i];
+                    let started = r.job.state.run().map_or(0, |run| run.started_s);
+                    ((r.lost_gpu_s, Reverse(started), r.job.spec.id), i)
+                })
+                .collect();
+            keyed.sort_unstable();
+            list.clear();
+            list.extend(keyed.into_iter().map(|k| k.1));
+        }
+    }
+
+    /// Recomputes each running job's admission from the current quotas: a team's jobs, oldest
+    /// first, are guaranteed while they fit in its guarantee; the rest are borrowed. A lowered
+    /// guarantee thereby turns the excess into reclaimable borrowed capacity.
+    ///
+    /// Jobs waiting on a hold were admitted as guaranteed when their reclaim was planned: they
+    /// keep their place in the guarantee first. Then jobs that started guaranteed, then the
+    /// others, oldest first.
+    pub(super) fn classify(&mut self) {
+        let mut by_team: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, r) in self.runs.iter_mut().enumerate() {
+            if let Some(t) = r.team {
+                by_team.entry(t).or_default().push(i);
+            } else {
+                r.mode = Admission::Borrowed;
+            }
+        }
+        if self.policy == PolicyKind::Default {
+            for (b, hold) in &self.state.holds {
+                let Some(job) = self.state.job(*b) else {
+                    continue;
+                };
+                if job.state != JobState::Pending || self.now > hold.until_s {
+                    continue;
+                }
+                let Some(t) = self.team_of(job) else {
+                    continue;
+                };
+                let model = hold
+                    .shares
+                    .first()
+                    .and_then(|s| self.model_of(std::slice::from_ref(&s.task)));
+                let Some(model) = model else { continue };
+                let pool = self.teams.pool_of_model[t][model];
+                self.acct.guaranteed_used[t][pool] += job.spec.milli_total();
+                self.acct
+                    .guarantee_set_aside
+                    .insert(*b, (t, pool, job.spec.milli_total()));
+            }
+        }
+        for (t, mut list) in by_team {
+            let mut keyed: Vec<_> = list
+                .iter()
+                .map(|&i| {
+                    let r = &self.runs[i];
+                    let run = r.job.state.run().expect("holding");
+                    ((run.admission, run.started_s, r.job.spec.id), i)
+                })
+                .collect();
+            keyed.sort_unstable();
+            list.clear();
+            list.extend(keyed.into_iter().map(|k| k.1));
+            let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
+            for i in list {
+                let r = &mut self.runs[i];
+                let pool = self.teams.pool_of_model[t][r.model];
+                let milli = r.job.spec.milli_total();
+                if self.policy != PolicyKind::Default
+                    || used[pool] + milli <= self.teams.pools[t][pool].guaranteed
+                {
+                    used[pool] += milli;
+                    r.mode = Admission::Guaranteed;
+                } else {
+                    r.mode = Admission::Borrowed;
+                }
+            }
+            self.acct.guaranteed_used[t] = used;
+        }
+    }
+
+    pub(super) fn idle_reclaim(&mut self) {
+        let window = self.cfg.idle_window_s;
+        for r in &mut self.runs {
+            if r.stopped {
+                continue;
+            }
+            let run = r.job.state.run().expect("holding");
+            let Some(since) = run.idle_since_s else {
+                continue;
+            };
+            if self.now.saturating_sub(since) < window {
+                continue;
+            }
+            let policy = self
+                .state
+                .teams
+                .get(&r.job.spec.team)
+                .map_or(IdlePolicy::Warn, |t| t.spec.idle_policy);
+            let preemptible = r.job.spec.preemptible;
+            let action = match policy {
+                IdlePolicy::Warn => IdleAction::Warn,
+                IdlePolicy::ReclaimBorrowed if r.mode == Admission::Borrowed && preemptible => {
+                    IdleAction::Reclaimed
+                }
+                IdlePolicy::ReclaimBorrowed => IdleAction::Warn,
+                IdlePolicy::Requeue { grace_s } => {
+                    let due = since.saturating_add(window).saturating_add(grace_s);
+                    if self.now >= due && preemptible {
+                        IdleAction::Reclaimed
+                    } else {
+                        IdleAction::RequeueAt(due)
+                    }
+                }
+            };
+            if action == IdleAction::Reclaimed {
+                r.stopped = true;
+                let lost = r.lost_gpu_s;
+                self.out.stops.push(StopOrder {
+                    job: r.job.spec.id,
+                    cause: StopCause::Idle,
+                    beneficiary: None,
+                    lost_gpu_s: lost,
+                });
+            }
+            self.out.idle.push(IdleNotice {
+                job: r.job.spec.id,
+                team: r.job.spec.team.clone(),
+                idle_since_s: since,
+                action,
+            });
+        }
+    }
+
+    pub(super) fn add_alloc(&mut self, team: usize, model: usize, milli: u64) {
+        for &a in &self.teams.lineage[team] {
+            let pool = self.teams.pool_of_model[a][model];
+            self.acct.alloc[a][pool] += milli;
+            self.acct.alloc_total[a] += milli;
+        }
+    }
+
+    /// Counts a start or a claim against the team's allocation (and guarantee).
+    pub(super) fn account(&mut self, team: usize, model: usize, milli: u64, class: Admission) {
+        self.add_alloc(team, model, milli);
+        if class == Admission::Guaranteed {
+            let pool = self.teams.pool_of_model[team][model];
+            self.acct.guaranteed_used[team][pool] += milli;
+        }
+    }
+
+    /// Fair-share usage: half current allocation, half decayed history, plus idle charge.
+    pub(super) fn usage(&self, team: usize) -> f64 {
+        0.5 * self.acct.alloc_total[team] as f64 + self.acct.history[team]
+    }
+
+    /// Per team: half the decayed average allocation plus the decayed idle charge, brought
+    /// forward from the state's clock to `now` (milli-GPUs).
+    pub(super) fn histories(state: &ClusterState, teams: &TeamIndex, now: Secs) -> Vec<f64> {
+        let lambda = std::f64::consts::LN_2 / state.config.fair_share_half_life_s.max(1) as f64;
+        let dt = now.saturating_sub(state.clock_s) as f64;
+        let keep = (-lambda * dt).exp();
+        teams
+            .names
+            .iter()
+            .map(|name| {
+                let Some(t) = state.teams.get(name) else {
+                    return 0.0;
+                };
+                let hist = (t.usage_decayed * keep + t.alloc_milli as f64 * (1.0 - keep) / lambda)
+                    * lambda;
+                0.5 * hist + t.idle_decayed * keep * lambda
+            })
+            .collect()
+    }
+
+    pub(super) fn guaranteed_total(&self, team: usize) -> u64 {
+        self.teams.pools[team].iter().map(|p| p.guaranteed).sum()
+    }
+}

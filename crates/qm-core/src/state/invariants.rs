@@ -1,0 +1,255 @@
+//! The state's invariants, asserted after every accepted event, in release builds too: a
+//! failing one is a bug in the core, and the state must not run on from it.
+//!
+//! - No GPU share above [`MILLI_PER_GPU`]; no node's CPU or memory above its capacity.
+//! - A node's used GPU milli, CPU and memory are the sums of what the jobs holding it take.
+//! - A team's `alloc_milli` is the sum of the milli-GPUs its holding jobs take.
+//! - A holding job's placement has one task per task of the job, of the job's shape, on
+//!   GPUs that exist, on nodes that exist and are not `Down` (a node going down requeues
+//!   what ran there).
+//! - Live jobs are not ended; ended jobs are not live.
+//!
+//! After an event only what it touched is checked (its nodes, teams and jobs), so the cost is
+//! one pass over the live jobs for events that move resources and nothing for the others.
+
+use super::{task_shape, ClusterState, Event, Job};
+use crate::model::{JobId, NodeId, NodeState, MILLI_PER_GPU};
+
+/// What one event may change: the nodes, teams (by [`super::Team::id`]) and jobs to check
+/// once it is applied. Each list is sorted and without duplicates.
+#[derive(Default)]
+pub(super) struct Touched {
+    nodes: Vec<NodeId>,
+    teams: Vec<u32>,
+    jobs: Vec<JobId>,
+}
+
+fn insert_sorted<T: Ord>(list: &mut Vec<T>, item: T) {
+    if let Err(i) = list.binary_search(&item) {
+        list.insert(i, item);
+    }
+}
+
+impl Touched {
+    /// A job, its team, and the nodes it holds now.
+    fn job_and_resources(&mut self, job: &Job) {
+        insert_sorted(&mut self.jobs, job.spec.id);
+        insert_sorted(&mut self.teams, job.team_id);
+        for task in job.state.run().map_or(&[][..], |r| &r.placement) {
+            insert_sorted(&mut self.nodes, task.node);
+        }
+    }
+}
+
+impl ClusterState {
+    /// What `event` may change, found before it is applied.
+    pub(super) fn touched_by(&self, event: &Event) -> Touched {
+        let mut touched = Touched::default();
+        match event {
+            Event::Start { job, placement, .. } => {
+                if let Some(j) = self.jobs.get(job) {
+                    touched.job_and_resources(j);
+                }
+                for task in placement {
+                    insert_sorted(&mut touched.nodes, task.node);
+                }
+            }
+            Event::Exited { job, .. } | Event::Requeue { job, .. } => {
+                if let Some(j) = self.jobs.get(job) {
+                    touched.job_and_resources(j);
+                }
+            }
+            // A stop (or a cancel) moves no resources until the job exits.
+            Event::Stop { job, .. } | Event::Cancel { job, .. } => {
+                insert_sorted(&mut touched.jobs, *job);
+            }
+            Event::NodeUp(spec) => insert_sorted(&mut touched.nodes, spec.id),
+            Event::NodeState { node, state, .. } => {
+                insert_sorted(&mut touched.nodes, *node);
+                if *state == NodeState::Down {
+                    for j in self.jobs.values() {
+                        let on_node = j
+                            .state
+                            .run()
+                            .is_some_and(|r| r.placement.iter().any(|t| t.node == *node));
+                        if on_node {
+                            touched.job_and_resources(j);
+                        }
+                    }
+                }
+            }
+            Event::SetTeam(spec) => {
+                if let Some(team) = self.teams.get(&spec.name) {
+                    insert_sorted(&mut touched.teams, team.id);
+                }
+            }
+            Event::Submit(_)
+            | Event::Utilisation { .. }
+            | Event::RemoveTeam { .. }
+            | Event::Forget { .. } => {}
+        }
+        touched
+    }
+
+    /// Asserts the invariants of the nodes, teams and jobs an event touched.
+    pub(super) fn check_invariants_for(&self, touched: &Touched) {
+        for id in &touched.jobs {
+            match (self.jobs.get(id), self.done.get(id)) {
+                (Some(job), None) => self.check_job(job),
+                (None, Some(job)) => assert!(
+                    job.state.is_terminal(),
+                    "invariant: an ended job is terminal: {id} is {}",
+                    job.state.name()
+                ),
+                (Some(_), Some(_)) => panic!("invariant: a job is live or ended, not both: {id}"),
+                // Forgotten, or refused before it was known.
+                (None, None) => {}
+            }
+        }
+        if touched.nodes.is_empty() && touched.teams.is_empty() {
+            return;
+        }
+        // One pass over the live jobs: what they take on the touched nodes and for the
+        // touched teams.
+        let mut node_sums: Vec<(Vec<u32>, u64, u64)> = touched
+            .nodes
+            .iter()
+            .map(|id| {
+                let gpus = self.nodes.get(id).map_or(0, |n| n.gpu_used_milli.len());
+                (vec![0; gpus], 0, 0)
+            })
+            .collect();
+        let mut team_sums = vec![0u64; touched.teams.len()];
+        for job in self.jobs.values() {
+            let Some(run) = job.state.run() else { continue };
+            if let Ok(k) = touched.teams.binary_search(&job.team_id) {
+                team_sums[k] += job.spec.milli_total();
+            }
+            for task in &run.placement {
+                let Ok(k) = touched.nodes.binary_search(&task.node) else {
+                    continue;
+                };
+                let node = self.nodes.get(&task.node);
+                assert!(
+                    node.is_some_and(|n| n.state != NodeState::Down),
+                    "invariant: a holding job runs on live nodes: {} holds {}, which is {}",
+                    job.spec.id,
+                    task.node,
+                    node.map_or("unknown", |_| "down")
+                );
+                let sum = &mut node_sums[k];
+                for &g in &task.gpus {
+                    let used = sum.0.get_mut(g as usize).unwrap_or_else(|| {
+                        panic!(
+                            "invariant: a placement names GPUs that exist: {} holds GPU {g} of {}",
+                            job.spec.id, task.node
+                        )
+                    });
+                    *used += task.gpu_milli;
+                }
+                sum.1 += job.spec.cpu_milli;
+                sum.2 += job.spec.mem_mib;
+            }
+        }
+        for (id, (gpu_sum, cpu_sum, mem_sum)) in touched.nodes.iter().zip(&node_sums) {
+            let Some(node) = self.nodes.get(id) else {
+                continue;
+            };
+            for (g, &used) in node.gpu_used_milli.iter().enumerate() {
+                assert!(
+                    used <= MILLI_PER_GPU,
+                    "invariant: no GPU share above {MILLI_PER_GPU} milli: GPU {g} of {id} has {used}"
+                );
+            }
+            assert_eq!(
+                &node.gpu_used_milli, gpu_sum,
+                "invariant: a node's used GPU milli is the sum of its jobs' placements: {id}"
+            );
+            assert!(
+                node.cpu_used_milli <= node.spec.cpu_milli && node.mem_used_mib <= node.spec.mem_mib,
+                "invariant: a node's CPU and memory within capacity: {id} uses {} of {} CPU milli, {} of {} MiB",
+                node.cpu_used_milli,
+                node.spec.cpu_milli,
+                node.mem_used_mib,
+                node.spec.mem_mib
+            );
+            assert_eq!(
+                (node.cpu_used_milli, node.mem_used_mib),
+                (*cpu_sum, *mem_sum),
+                "invariant: a node's used CPU and memory are the sums of its jobs': {id}"
+            );
+        }
+        for (&team_id, &sum) in touched.teams.iter().zip(&team_sums) {
+            let Some(team) = self.teams.values().find(|t| t.id == team_id) else {
+                continue;
+            };
+            assert_eq!(
+                team.alloc_milli, sum,
+                "invariant: a team's allocation is the sum of its holding jobs': team {} (id {team_id})",
+                team.spec.name
+            );
+        }
+    }
+
+    /// A live job is not ended, belongs to a team that exists, and, if it holds resources,
+    /// holds exactly its shape on nodes that are up.
+    fn check_job(&self, job: &Job) {
+        let id = job.spec.id;
+        assert!(
+            !job.state.is_terminal(),
+            "invariant: a live job is not ended: {id} is {}",
+            job.state.name()
+        );
+        assert!(
+            self.teams
+                .get(&job.spec.team)
+                .is_some_and(|t| t.id == job.team_id),
+            "invariant: a live job's team exists and carries its id: {id} of team {} (id {})",
+            job.spec.team,
+            job.team_id
+        );
+        let Some(run) = job.state.run() else { return };
+        assert_eq!(
+            run.placement.len(),
+            job.spec.tasks as usize,
+            "invariant: a holding job places every task: {id}"
+        );
+        let (gpus, milli) = task_shape(job.spec.gpu);
+        for task in &run.placement {
+            assert!(
+                task.gpus.len() == gpus && task.gpu_milli == milli,
+                "invariant: a task holds the job's GPU shape: {id} on {}",
+                task.node
+            );
+            let node = self.nodes.get(&task.node);
+            assert!(
+                node.is_some_and(|n| n.state != NodeState::Down),
+                "invariant: a holding job runs on live nodes: {id} holds {}, which is {}",
+                task.node,
+                node.map_or("unknown", |_| "down")
+            );
+            let count = node.map_or(0, |n| n.spec.gpus);
+            assert!(
+                task.gpus.iter().all(|&g| g < count),
+                "invariant: a placement names GPUs that exist: {id} on {}",
+                task.node
+            );
+        }
+    }
+
+    /// Asserts every invariant over the whole state (see this module's list). For tests,
+    /// after every step; `apply` checks only what each event touched.
+    pub fn check_invariants(&self) {
+        let mut teams: Vec<u32> = self.teams.values().map(|t| t.id).collect();
+        teams.sort_unstable();
+        let mut jobs: Vec<JobId> = self.jobs.keys().chain(self.done.keys()).copied().collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        let all = Touched {
+            nodes: self.nodes.keys().copied().collect(),
+            teams,
+            jobs,
+        };
+        self.check_invariants_for(&all);
+    }
+}

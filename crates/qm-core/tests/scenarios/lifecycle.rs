@@ -1,0 +1,278 @@
+//! Jobs and nodes over time: refusals, dependencies, idle policy, time limits, lost and returning nodes, late reports.
+
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, TeamBuilder};
+use qm_core::*;
+
+use super::{reason, two_teams};
+
+#[test]
+fn jobs_that_can_never_run_are_refused_and_change_nothing() {
+    let state = ClusterBuilder::new()
+        .racks(1, 2, 8)
+        .team_spec(TeamBuilder::new("org").guaranteed(16).build())
+        .team_spec(
+            TeamBuilder::new("a")
+                .parent("org")
+                .guaranteed(8)
+                .max(12)
+                .build(),
+        )
+        .build();
+    let before = state.clone();
+    let mut h = Harness::new(state);
+    let cases: Vec<(JobBuilder, &str)> = vec![
+        (JobBuilder::new("nobody"), "unknown team"),
+        (JobBuilder::new("org"), "has sub-teams"),
+        (JobBuilder::new("a").tasks(0), "tasks is 0"),
+        (JobBuilder::new("a").gpus(0), "0 GPUs"),
+        (JobBuilder::new("a").milli(0), "gpu_milli is 0"),
+        (JobBuilder::new("a").milli(1001), "gpu_milli is 1001"),
+        (JobBuilder::new("a").gpus(9), "at most 8 GPUs"),
+        (
+            JobBuilder::new("a").model("B200"),
+            "no node has GPU model \"B200\"",
+        ),
+        (
+            JobBuilder::new("a").gpus(8).tasks(3),
+            "hold at most 2 such tasks",
+        ),
+        (JobBuilder::new("a").gpus(8).tasks(2), "may hold at most 12"),
+        (JobBuilder::new("a").selector("zone", "x"), "labels"),
+        (JobBuilder::new("a").cpu_milli(1_000_000), "CPU milli-cores"),
+        (JobBuilder::new("a").limit(0), "time limit is 0"),
+        (JobBuilder::new("a").after(JobId(999)), "does not exist"),
+    ];
+    for (job, expected) in cases {
+        let err = h.try_submit(job).expect_err(expected).to_string();
+        assert!(
+            err.contains(expected),
+            "{err:?} should mention {expected:?}"
+        );
+        assert_eq!(h.state, before, "a refused job changed the state");
+    }
+}
+
+#[test]
+fn dependencies_wait_for_success_and_give_up_after_failure() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let first = h.submit(JobBuilder::new("a"));
+    let second = h.submit(JobBuilder::new("a").after(first));
+    h.step();
+    assert_eq!(reason(&h, second), Reason::Dependency { on: first });
+    h.exit(first, true);
+    h.step();
+    assert!(h.is_running(second));
+    let third = h.submit(JobBuilder::new("a").after(second));
+    h.exit(second, false);
+    assert_eq!(reason(&h, third), Reason::DependencyFailed { on: second });
+}
+
+#[test]
+fn submitting_after_a_failed_job_is_refused() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let first = h.submit(JobBuilder::new("a"));
+    h.step();
+    h.exit(first, false);
+    let err = h.try_submit(JobBuilder::new("a").after(first)).unwrap_err();
+    assert!(err.to_string().contains("can never run"), "{err}");
+}
+
+#[test]
+fn idle_allocations_are_warned_reclaimed_or_requeued_by_team_policy() {
+    let state = ClusterBuilder::new()
+        .racks(1, 1, 8)
+        .team_spec(TeamBuilder::new("warn").guaranteed(2).build())
+        .team_spec(
+            TeamBuilder::new("reclaim")
+                .guaranteed(1)
+                .idle_policy(IdlePolicy::ReclaimBorrowed)
+                .build(),
+        )
+        .team_spec(
+            TeamBuilder::new("requeue")
+                .guaranteed(2)
+                .idle_policy(IdlePolicy::Requeue { grace_s: 600 })
+                .build(),
+        )
+        .build();
+    let mut h = Harness::new(state);
+    let w = h.submit(JobBuilder::new("warn").limit(100_000));
+    let r_guaranteed = h.submit(JobBuilder::new("reclaim").limit(100_000));
+    let r_borrowed = h.submit(JobBuilder::new("reclaim").limit(100_000));
+    let q = h.submit(JobBuilder::new("requeue").limit(100_000));
+    h.step();
+    for t in (0..=1800).step_by(300) {
+        h.now = t;
+        for j in [w, r_guaranteed, r_borrowed, q] {
+            apply(
+                &mut h.state,
+                Event::Utilisation {
+                    job: j,
+                    pct: 1,
+                    attempt: None,
+                    at_s: t,
+                },
+            )
+            .unwrap();
+        }
+    }
+    let plan = qm_core::plan(&h.state, 1800);
+    let action = |j| plan.idle.iter().find(|n| n.job == j).map(|n| n.action);
+    assert_eq!(action(w), Some(IdleAction::Warn));
+    assert_eq!(action(r_guaranteed), Some(IdleAction::Warn));
+    assert_eq!(action(r_borrowed), Some(IdleAction::Reclaimed));
+    assert_eq!(action(q), Some(IdleAction::RequeueAt(2400)));
+    let stopped: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
+    assert_eq!(stopped, vec![r_borrowed]);
+    let plan = qm_core::plan(&h.state, 2400);
+    assert!(plan
+        .stops
+        .iter()
+        .any(|s| s.job == q && s.cause == StopCause::Idle));
+    // Idle time is charged: 1800 s x 1 GPU for each of the four jobs.
+    let warn = plan.teams.iter().find(|t| t.team == "warn").unwrap();
+    assert!(
+        (warn.idle_gpu_hours - 0.5).abs() < 1e-9,
+        "{}",
+        warn.idle_gpu_hours
+    );
+    // A busy sample clears the idle state.
+    apply(
+        &mut h.state,
+        Event::Utilisation {
+            job: w,
+            pct: 80,
+            attempt: None,
+            at_s: 1900,
+        },
+    )
+    .unwrap();
+    let plan = qm_core::plan(&h.state, 1900);
+    assert!(plan.idle.iter().all(|n| n.job != w));
+}
+
+#[test]
+fn jobs_past_their_time_limit_are_stopped_and_end_failed() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let job = h.submit(JobBuilder::new("a").limit(100).runs_for(1000));
+    h.step();
+    h.now = 100;
+    let plan = h.step();
+    assert_eq!(plan.stops[0].cause, StopCause::TimeLimit);
+    h.reap();
+    assert_eq!(
+        h.state_of(job),
+        &JobState::Failed {
+            at_s: 100,
+            timed_out: true
+        }
+    );
+}
+
+#[test]
+fn a_node_going_down_requeues_its_gangs_whole() {
+    let mut h = Harness::new(two_teams(2, 16, 0));
+    let gang = h.submit(JobBuilder::new("a").gpus(8).tasks(2));
+    h.step();
+    assert!(h.is_running(gang));
+    let node = h.state_of(gang).run().unwrap().placement[0].node;
+    apply(
+        &mut h.state,
+        Event::NodeState {
+            node,
+            state: NodeState::Down,
+            at_s: 5,
+        },
+    )
+    .unwrap();
+    assert!(h.is_pending(gang));
+    assert!(h.state.nodes().all(|n| n.cpu_used_milli == 0));
+    let plan = h.step();
+    assert!(plan.starts.is_empty(), "one node left cannot hold the gang");
+}
+
+#[test]
+fn late_reports_about_an_earlier_run_change_nothing() {
+    let mut h = Harness::new(two_teams(2, 16, 0));
+    let job = h.submit(JobBuilder::new("a").gpus(8));
+    h.step();
+    let node = h.state_of(job).run().unwrap().placement[0].node;
+    apply(
+        &mut h.state,
+        Event::NodeState {
+            node,
+            state: NodeState::Down,
+            at_s: 10,
+        },
+    )
+    .unwrap();
+    h.now = 10;
+    h.step();
+    let run = h.state_of(job).run().unwrap().clone();
+    assert_eq!(run.attempt, 2);
+    let before = h.state.clone();
+    // The lost node's agent comes back and reports the first run's exit.
+    let stale = Event::Exited {
+        job,
+        success: false,
+        attempt: Some(1),
+        at_s: 20,
+    };
+    let err = apply(&mut h.state, stale).unwrap_err();
+    assert!(err.to_string().contains("current run is 2"), "{err}");
+    assert_eq!(h.state, before);
+    // Samples out of order or from before the run are ignored.
+    for (at, pct) in [(30, 0), (50, 0), (40, 0), (5, 0)] {
+        let e = Event::Utilisation {
+            job,
+            pct,
+            attempt: Some(2),
+            at_s: at,
+        };
+        apply(&mut h.state, e).unwrap();
+    }
+    assert_eq!(h.state.job(job).unwrap().idle_milli_s, 8 * 1000 * 20);
+}
+
+#[test]
+fn a_timed_out_job_that_loses_its_node_still_ends_timed_out() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let job = h.submit(JobBuilder::new("a").limit(100).grace(60));
+    h.step();
+    h.now = 100;
+    h.step();
+    let node = h.state_of(job).run().unwrap().placement[0].node;
+    let down = Event::NodeState {
+        node,
+        state: NodeState::Down,
+        at_s: 120,
+    };
+    apply(&mut h.state, down).unwrap();
+    assert_eq!(
+        h.state_of(job),
+        &JobState::Failed {
+            at_s: 120,
+            timed_out: true
+        }
+    );
+}
+
+#[test]
+fn a_node_that_registers_again_stays_drained() {
+    let mut state = two_teams(1, 8, 0);
+    let node = state.nodes().next().unwrap().spec.clone();
+    let drain = Event::NodeState {
+        node: node.id,
+        state: NodeState::Draining,
+        at_s: 1,
+    };
+    apply(&mut state, drain).unwrap();
+    apply(&mut state, Event::NodeUp(node.clone())).unwrap();
+    assert_eq!(state.node(node.id).unwrap().state, NodeState::Draining);
+    let mut twin = node.clone();
+    twin.id = NodeId(77);
+    let err = apply(&mut state, Event::NodeUp(twin))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already registered as node#0"), "{err}");
+}

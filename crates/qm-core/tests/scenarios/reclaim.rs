@@ -1,0 +1,186 @@
+//! Reclaim: who is preempted for whom, and what protects a borrower.
+
+use qm_core::testkit::{Harness, JobBuilder};
+use qm_core::*;
+
+use super::two_teams;
+
+#[test]
+fn reclaim_preempts_the_borrowers_losing_least_work_and_holds_gpus_for_the_owner() {
+    let mut h = Harness::new(two_teams(4, 16, 16));
+    // B fills its guarantee with long jobs, then borrows 12 GPUs, one job every 100 s.
+    let mut guaranteed = Vec::new();
+    for _ in 0..16 {
+        guaranteed.push(h.submit(JobBuilder::new("b").limit(100_000)));
+    }
+    h.step();
+    let mut borrowed = Vec::new();
+    for i in 0..12 {
+        h.now = 100 * (i + 1);
+        borrowed.push(h.submit(JobBuilder::new("b").limit(100_000)));
+        h.step();
+    }
+    assert!(borrowed.iter().all(|&j| h.is_running(j)));
+    let plan = h.step();
+    let b = plan.teams.iter().find(|t| t.team == "b").unwrap();
+    assert_eq!(b.borrowed_milli, 12_000);
+
+    h.now = 1300;
+    let owner = h.submit(JobBuilder::new("a").gpus(8));
+    let plan = h.step();
+    let mut victims: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
+    victims.sort();
+    // The four youngest borrowed jobs lose the least work, and sit on the node with 4 free.
+    assert_eq!(victims, borrowed[8..].to_vec());
+    let node_of = |h: &Harness, j: JobId| h.state_of(j).run().unwrap().placement[0].node;
+    let on = node_of(&h, victims[0]);
+    assert!(victims.iter().all(|&v| node_of(&h, v) == on));
+    assert_eq!(h.state.node(on).unwrap().whole_gpus_free(), 4);
+    assert!(plan
+        .stops
+        .iter()
+        .all(|s| s.cause == StopCause::Reclaim && s.beneficiary == Some(owner)));
+    assert!(matches!(
+        plan.pending_job(owner).unwrap().reason,
+        Reason::WaitingForReclaim { .. }
+    ));
+    let victim_node = h.state_of(victims[0]).run().unwrap().placement[0].node;
+    // Nothing else may take the freed GPUs: a B job submitted now does not start there.
+    let intruder = h.submit(JobBuilder::new("b"));
+    h.reap();
+    let plan = h.step();
+    assert!(plan.start_of(intruder).is_none());
+    let start = plan
+        .start_of(owner)
+        .expect("owner starts on the freed GPUs");
+    assert_eq!(start.admission, Admission::Guaranteed);
+    assert_eq!(start.placement[0].node, victim_node);
+    // The victims went back to the queue, keeping their place (submission time).
+    for v in &victims {
+        assert!(h.is_pending(*v));
+        assert_eq!(h.state.job(*v).unwrap().preemptions, 1);
+    }
+    assert!(guaranteed.iter().all(|&j| h.is_running(j)));
+}
+
+#[test]
+fn reclaim_prefers_jobs_that_checkpoint() {
+    let mut h = Harness::new(two_teams(1, 4, 4));
+    let old_ckpt = h.submit(JobBuilder::new("b").gpus(4).checkpoint_every(60));
+    h.step();
+    h.now = 3000;
+    let young = h.submit(JobBuilder::new("b").gpus(4));
+    h.step();
+    h.now = 3100;
+    // Old job ran 3100 s but checkpoints every minute: it loses 40 s; young loses 100 s.
+    // B is guaranteed 4; the younger job is the borrowed one, so only it may be preempted.
+    let owner = h.submit(JobBuilder::new("a").gpus(4));
+    let plan = h.step();
+    assert_eq!(plan.stops.len(), 1);
+    assert_eq!(plan.stops[0].job, young);
+    assert_eq!(plan.stops[0].lost_gpu_s, 400);
+    let _ = (old_ckpt, owner);
+
+    // With both jobs borrowed (B guaranteed nothing), the checkpointing one goes first.
+    let mut h = Harness::new(two_teams(1, 4, 0));
+    let ckpt = h.submit(JobBuilder::new("b").gpus(4).checkpoint_every(60));
+    h.step();
+    h.now = 3000;
+    h.submit(JobBuilder::new("b").gpus(4));
+    h.step();
+    h.now = 3100;
+    h.submit(JobBuilder::new("a").gpus(4));
+    let plan = h.step();
+    assert_eq!(plan.stops.len(), 1);
+    assert_eq!(plan.stops[0].job, ckpt);
+    assert_eq!(plan.stops[0].lost_gpu_s, 4 * (3100 % 60));
+}
+
+#[test]
+fn minimum_run_time_protects_borrowers_until_it_has_passed() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let borrower = h.submit(JobBuilder::new("b").gpus(8).min_run(600));
+    h.step();
+    h.now = 100;
+    let owner = h.submit(JobBuilder::new("a").gpus(8));
+    let plan = h.step();
+    assert!(plan.stops.is_empty());
+    assert!(h.is_pending(owner));
+    h.now = 600;
+    let plan = h.step();
+    assert_eq!(plan.stops.len(), 1);
+    assert_eq!(plan.stops[0].job, borrower);
+    h.reap();
+    h.step();
+    assert!(h.is_running(owner));
+}
+
+#[test]
+fn non_preemptible_borrowers_are_never_reclaimed() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    h.submit(JobBuilder::new("b").gpus(8).not_preemptible().limit(500));
+    h.step();
+    let owner = h.submit(JobBuilder::new("a").gpus(8));
+    let plan = h.step();
+    assert!(plan.stops.is_empty());
+    // It gets a reservation for when the borrower's time limit ends instead.
+    assert_eq!(
+        plan.pending_job(owner).unwrap().reason,
+        Reason::Reserved { start_s: 500 }
+    );
+}
+
+#[test]
+fn a_lowered_guarantee_becomes_reclaimable_and_a_raised_one_reclaims() {
+    let mut h = Harness::new(two_teams(2, 16, 0));
+    let a_jobs: Vec<JobId> = (0..16)
+        .map(|_| h.submit(JobBuilder::new("a").limit(10_000)))
+        .collect();
+    h.step();
+    let b_job = h.submit(JobBuilder::new("b").gpus(8));
+    let plan = h.step();
+    assert!(
+        plan.stops.is_empty(),
+        "A runs within its guarantee: nothing to reclaim"
+    );
+    // Move 8 GPUs of guarantee from A to B at run time.
+    apply(&mut h.state, Event::SetTeam(TeamSpec::new("a", 8))).unwrap();
+    apply(&mut h.state, Event::SetTeam(TeamSpec::new("b", 8))).unwrap();
+    let plan = h.step();
+    let a = plan.teams.iter().find(|t| t.team == "a").unwrap();
+    assert_eq!(a.borrowed_milli, 8_000, "A's excess is now borrowed");
+    let victims: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
+    assert_eq!(victims.len(), 8);
+    // The youngest 8 of A's jobs are the borrowed ones.
+    assert!(
+        victims.iter().all(|v| a_jobs[8..].contains(v)),
+        "{victims:?}"
+    );
+    h.reap();
+    h.step();
+    assert!(h.is_running(b_job));
+}
+
+#[test]
+fn a_team_reclaims_only_up_to_its_guarantee_per_plan() {
+    // A is guaranteed 8 and queues five 8-GPU jobs; B borrows the whole cluster.
+    let mut h = Harness::new(two_teams(4, 8, 0));
+    for _ in 0..4 {
+        h.submit(JobBuilder::new("b").gpus(8).limit(10_000));
+    }
+    h.step();
+    let mine: Vec<JobId> = (0..5)
+        .map(|_| h.submit(JobBuilder::new("a").gpus(8)))
+        .collect();
+    let plan = h.step();
+    assert_eq!(
+        plan.stops.len(),
+        1,
+        "one 8-GPU reclaim fills A's guarantee of 8"
+    );
+    assert_eq!(plan.reclaims.len(), 1);
+    assert_eq!(plan.reclaims[0].job, mine[0]);
+    // The next plan, with the victim still stopping, reclaims nothing more.
+    let plan = qm_core::plan(&h.state, h.now);
+    assert!(plan.stops.is_empty());
+}

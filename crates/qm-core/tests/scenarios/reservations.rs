@@ -1,0 +1,154 @@
+//! Reservations, backfill and estimated starts.
+
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder};
+use qm_core::*;
+
+use super::two_teams;
+
+#[test]
+fn a_2048_gpu_gang_behind_a_stream_of_1_gpu_jobs_starts_when_its_reservation_says() {
+    let state = ClusterBuilder::new()
+        .racks(8, 32, 8)
+        .team("research", 1024)
+        .team("prod", 1024)
+        .build();
+    let mut h = Harness::new(state);
+    // The cluster is full of 1-GPU jobs with one-hour limits that end at staggered times.
+    for i in 0..2048u64 {
+        let team = if i % 2 == 0 { "research" } else { "prod" };
+        h.submit(
+            JobBuilder::new(team)
+                .limit(3600)
+                .runs_for(600 + (i % 30) * 60),
+        );
+    }
+    h.step();
+    h.now = 10;
+    let gang = h.submit(
+        JobBuilder::new("research")
+            .gpus(8)
+            .tasks(256)
+            .limit(7200)
+            .runs_for(3600),
+    );
+    // A stream of 1-GPU jobs keeps arriving behind it, short and long.
+    for i in 0..400u64 {
+        let limit = if i % 2 == 0 { 300 } else { 5000 };
+        h.submit(JobBuilder::new("prod").limit(limit).runs_for(limit / 2));
+    }
+    let plan = h.step();
+    let reserved_at = match plan.pending_job(gang).unwrap().reason {
+        Reason::Reserved { start_s } => start_s,
+        ref r => panic!("gang not reserved: {r}"),
+    };
+    // Every 1-GPU job has a one-hour limit from t=0, so the promise is at most one hour.
+    assert!(reserved_at <= 3600, "reserved at {reserved_at}");
+    assert_eq!(plan.pending_job(gang).unwrap().eta_s, Some(reserved_at));
+    h.run_until(reserved_at + 1);
+    let started = *h.started.get(&gang).expect("gang started");
+    assert!(
+        started <= reserved_at,
+        "started {started} > promised {reserved_at}"
+    );
+    // Whole: 256 tasks on 256 distinct nodes, packed into 8 racks.
+    let run = h.state_of(gang).run().expect("gang runs");
+    assert_eq!(run.placement.len(), 256);
+    assert!(run.placement.iter().all(|t| t.gpus.len() == 8));
+    let nodes: std::collections::BTreeSet<NodeId> = run.placement.iter().map(|t| t.node).collect();
+    assert_eq!(nodes.len(), 256, "one task per node");
+    let racks: std::collections::BTreeSet<&str> = nodes
+        .iter()
+        .map(|&n| h.state.node(n).unwrap().spec.topology[1].as_str())
+        .collect();
+    assert_eq!(racks.len(), 8);
+}
+
+#[test]
+fn backfill_uses_reserved_gpus_only_for_jobs_that_end_before_the_reservation() {
+    let mut h = Harness::new(two_teams(2, 8, 8));
+    // 12 GPUs busy until t=1000; 4 free.
+    for _ in 0..12 {
+        h.submit(JobBuilder::new("b").limit(1000));
+    }
+    h.step();
+    let big = h.submit(JobBuilder::new("a").gpus(8).tasks(2).limit(5000));
+    let plan = h.step();
+    assert_eq!(
+        plan.pending_job(big).unwrap().reason,
+        Reason::Reserved { start_s: 1000 }
+    );
+    let short = h.submit(JobBuilder::new("b").limit(900));
+    let long = h.submit(JobBuilder::new("b").limit(2000));
+    let plan = h.step();
+    assert!(
+        plan.start_of(short).is_some(),
+        "a job ending before t=1000 backfills"
+    );
+    assert!(matches!(
+        plan.pending_job(long).unwrap().reason,
+        Reason::BehindReservation { reserved, start_s: 1000 } if reserved == big
+    ));
+}
+
+#[test]
+fn work_that_outlives_a_reservation_never_shares_its_gpus() {
+    // Everything here is inside A's guarantee, so only age orders the jobs.
+    let state = ClusterBuilder::new().racks(1, 1, 8).team("a", 32).build();
+    let mut h = Harness::new(state);
+    // Half of GPU 0 and all of GPUs 1-7 are busy until t=100.
+    h.submit(JobBuilder::new("a").milli(500).limit(100));
+    h.submit(JobBuilder::new("a").gpus(7).limit(100));
+    h.step();
+    let big = h.submit(JobBuilder::new("a").gpus(8).limit(1000));
+    let plan = h.step();
+    assert_eq!(
+        plan.pending_job(big).unwrap().reason,
+        Reason::Reserved { start_s: 100 }
+    );
+    // A long half-GPU job would fit on GPU 0 now, but would delay the 8-GPU job.
+    let long = h.submit(JobBuilder::new("a").milli(500).no_limit());
+    let short = h.submit(JobBuilder::new("a").milli(400).limit(50));
+    let plan = h.step();
+    assert!(plan.start_of(long).is_none());
+    assert!(matches!(
+        plan.pending_job(long).unwrap().reason,
+        Reason::BehindReservation { .. }
+    ));
+    assert!(
+        plan.start_of(short).is_some(),
+        "work ending before t=100 may use it"
+    );
+}
+
+#[test]
+fn every_pending_job_has_a_reason_and_blocked_ones_an_estimate() {
+    let mut h = Harness::new(two_teams(1, 4, 4));
+    for _ in 0..8 {
+        h.submit(JobBuilder::new("a").limit(1000));
+    }
+    h.step();
+    let waiting: Vec<JobId> = (0..4)
+        .map(|_| h.submit(JobBuilder::new("b").estimate(100)))
+        .collect();
+    let plan = qm_core::plan(&h.state, h.now);
+    // B is guaranteed 4: it reclaims from A's borrowed jobs.
+    assert!(waiting.iter().all(|j| matches!(
+        plan.pending_job(*j).unwrap().reason,
+        Reason::WaitingForReclaim { .. }
+    )));
+    let pending: Vec<JobId> = h
+        .state
+        .live_jobs()
+        .filter(|j| j.state == JobState::Pending)
+        .map(|j| j.spec.id)
+        .collect();
+    assert_eq!(pending.len(), plan.pending.len());
+    // A's next job waits for capacity: reserved, with a start time.
+    let more = h.submit(JobBuilder::new("a").gpus(8));
+    let plan = qm_core::plan(&h.state, h.now);
+    let p = plan.pending_job(more).unwrap();
+    assert!(
+        matches!(p.reason, Reason::Reserved { start_s } if p.eta_s == Some(start_s)),
+        "{p:?}"
+    );
+}

@@ -1,0 +1,225 @@
+//! Teams and order: trees, guarantees, max, sharing by weight, per-model pools, policies.
+
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder, TeamBuilder};
+use qm_core::*;
+
+use super::{reason, two_teams};
+
+#[test]
+fn team_trees_whose_children_exceed_their_parent_are_refused_naming_the_team() {
+    let mut state = ClusterBuilder::new()
+        .racks(1, 1, 8)
+        .team_spec(TeamBuilder::new("org").guaranteed(8).build())
+        .team_spec(TeamBuilder::new("x").parent("org").guaranteed(6).build())
+        .build();
+    let before = state.clone();
+    let err = apply(
+        &mut state,
+        Event::SetTeam(TeamBuilder::new("y").parent("org").guaranteed(4).build()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("\"org\""), "{err}");
+    assert!(err.contains("10 GPUs"), "{err}");
+    assert_eq!(state, before);
+    let err = apply(
+        &mut state,
+        Event::SetTeam(TeamBuilder::new("z").guaranteed(4).max(2).build()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("max 2 is below guaranteed 4"), "{err}");
+    let err = apply(
+        &mut state,
+        Event::SetTeam(TeamBuilder::new("org").parent("x").guaranteed(8).build()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("loops"), "{err}");
+    assert_eq!(state, before);
+}
+
+#[test]
+fn borrowing_stops_at_max_and_says_so() {
+    let state = ClusterBuilder::new()
+        .racks(1, 2, 8)
+        .team_spec(TeamBuilder::new("a").guaranteed(2).max(4).build())
+        .team("b", 14)
+        .build();
+    let mut h = Harness::new(state);
+    let jobs: Vec<JobId> = (0..5).map(|_| h.submit(JobBuilder::new("a"))).collect();
+    h.step();
+    assert_eq!(jobs.iter().filter(|&&j| h.is_running(j)).count(), 4);
+    match reason(&h, jobs[4]) {
+        Reason::OverMax {
+            team,
+            max_milli,
+            used_milli,
+            ..
+        } => {
+            assert_eq!(team, "a");
+            assert_eq!(max_milli, 4000);
+            assert_eq!(used_milli, 4000);
+        }
+        r => panic!("{r:?}"),
+    }
+    // It starts when the first of A's own jobs ends (one-hour limits from t=0).
+    let plan = qm_core::plan(&h.state, h.now);
+    assert_eq!(plan.pending_job(jobs[4]).unwrap().eta_s, Some(3600));
+}
+
+#[test]
+fn idle_capacity_is_shared_by_weight_between_borrowers() {
+    let state = ClusterBuilder::new()
+        .racks(1, 4, 8)
+        .team("owner", 32)
+        .team_spec(TeamBuilder::new("heavy").weight(3).build())
+        .team_spec(TeamBuilder::new("light").weight(1).build())
+        .build();
+    let mut h = Harness::new(state);
+    for _ in 0..40 {
+        h.submit(JobBuilder::new("light"));
+        h.submit(JobBuilder::new("heavy"));
+    }
+    h.step();
+    let plan = h.step();
+    let alloc = |t: &str| plan.teams.iter().find(|s| s.team == t).unwrap().alloc_milli / 1000;
+    assert_eq!(alloc("heavy") + alloc("light"), 32);
+    assert_eq!(alloc("heavy"), 24, "weight 3:1 splits 32 idle GPUs 24:8");
+}
+
+#[test]
+fn guaranteed_work_goes_before_borrowing_and_priority_orders_within() {
+    let mut h = Harness::new(two_teams(1, 4, 4));
+    let borrow = h.submit(JobBuilder::new("a").gpus(4).priority(10));
+    let low = h.submit(JobBuilder::new("a").gpus(4).priority(-1));
+    let b = h.submit(JobBuilder::new("b").gpus(4));
+    h.step();
+    assert!(
+        h.is_running(borrow),
+        "A's highest priority job runs in its guarantee"
+    );
+    assert!(
+        h.is_running(b),
+        "B's guaranteed job goes before A's borrowing"
+    );
+    assert!(h.is_pending(low));
+}
+
+#[test]
+fn per_model_quotas_count_against_their_own_pool() {
+    let state = ClusterBuilder::new()
+        .node(NodeBuilder::new(8).model("A100"))
+        .node(NodeBuilder::new(8).model("H100"))
+        .team_spec(TeamBuilder::new("a").quota("H100", 8, None).build())
+        .team_spec(TeamBuilder::new("b").quota("A100", 8, None).build())
+        .build();
+    let mut h = Harness::new(state);
+    // B borrows the H100 node while A is idle.
+    let b_borrow = h.submit(JobBuilder::new("b").gpus(8).model("H100"));
+    h.step();
+    assert!(h.is_running(b_borrow));
+    let a_job = h.submit(JobBuilder::new("a").gpus(8).model("H100"));
+    let plan = h.step();
+    assert_eq!(plan.stops.len(), 1);
+    assert_eq!(plan.stops[0].job, b_borrow);
+    h.reap();
+    h.step();
+    assert!(h.is_running(a_job));
+}
+
+#[test]
+fn per_model_guarantees_of_sub_teams_must_fit_the_parent_pool_by_pool() {
+    let mut state = ClusterBuilder::new()
+        .racks(1, 1, 8)
+        .team_spec(
+            TeamBuilder::new("org")
+                .guaranteed(100)
+                .quota("H100", 4, None)
+                .build(),
+        )
+        .build();
+    // The child's "*" guarantee also covers H100s, of which the parent has only 4.
+    let child = TeamBuilder::new("c").parent("org").guaranteed(50).build();
+    let err = apply(&mut state, Event::SetTeam(child))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"org\""), "{err}");
+    assert!(err.contains("50 GPUs of GPU model H100"), "{err}");
+    let child = TeamBuilder::new("c")
+        .parent("org")
+        .guaranteed(50)
+        .quota("H100", 4, None)
+        .build();
+    apply(&mut state, Event::SetTeam(child)).unwrap();
+}
+
+#[test]
+fn a_guaranteed_job_is_not_stuck_behind_its_own_teams_borrowing() {
+    // The team's older job is too big for its guarantee and gets a reservation; the
+    // younger job fits the guarantee and must not wait behind it.
+    let mut h = Harness::new(two_teams(2, 2, 0));
+    for _ in 0..12 {
+        h.submit(JobBuilder::new("b").limit(5000));
+    }
+    h.step();
+    let big = h.submit(JobBuilder::new("a").gpus(8).limit(5000));
+    let small = h.submit(JobBuilder::new("a").gpus(2).limit(6000));
+    let plan = h.step();
+    assert!(
+        plan.start_of(small).is_some(),
+        "{:?}",
+        plan.pending_job(small)
+    );
+    assert!(h.is_pending(big));
+}
+
+#[test]
+fn fifo_blocks_behind_its_head_and_static_confines_teams() {
+    let state = ClusterBuilder::new()
+        .policy(PolicyKind::Fifo)
+        .racks(1, 2, 8)
+        .team("a", 8)
+        .team("b", 8)
+        .build();
+    let mut h = Harness::new(state);
+    h.submit(JobBuilder::new("a").gpus(8));
+    let head = h.submit(JobBuilder::new("a").gpus(8).tasks(2));
+    let small = h.submit(JobBuilder::new("b"));
+    h.step();
+    assert!(h.is_pending(head));
+    assert_eq!(reason(&h, small), Reason::BlockedByHead { head });
+
+    let state = ClusterBuilder::new()
+        .policy(PolicyKind::Static)
+        .racks(1, 2, 8)
+        .team("a", 8)
+        .team("b", 8)
+        .build();
+    let mut h = Harness::new(state);
+    let a1 = h.submit(JobBuilder::new("a").gpus(8));
+    let a2 = h.submit(JobBuilder::new("a").gpus(8));
+    h.step();
+    assert!(h.is_running(a1));
+    assert!(
+        h.is_pending(a2),
+        "B's idle partition is not lent under static"
+    );
+    let b1 = h.submit(JobBuilder::new("b").gpus(8));
+    h.step();
+    assert!(h.is_running(b1));
+    assert_ne!(
+        h.state_of(a1).run().unwrap().placement[0].node,
+        h.state_of(b1).run().unwrap().placement[0].node
+    );
+}
+
+#[test]
+fn policies_are_selected_by_name() {
+    assert_eq!("static".parse::<PolicyKind>().unwrap(), PolicyKind::Static);
+    let err = "lottery".parse::<PolicyKind>().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "unknown policy \"lottery\"; valid policies: default, fifo, static"
+    );
+}
