@@ -129,23 +129,7 @@ impl Inner {
         if plan.starts.is_empty() && plan.stops.is_empty() {
             return Ok(());
         }
-        let mut events = Vec::new();
-        for stop in &plan.stops {
-            events.push(Event::Stop {
-                job: stop.job,
-                cause: stop.cause,
-                beneficiary: stop.beneficiary,
-                at_s: now,
-            });
-        }
-        for start in &plan.starts {
-            events.push(Event::Start {
-                job: start.job,
-                placement: start.placement.clone(),
-                admission: start.admission,
-                at_s: now,
-            });
-        }
+        let events = plan.events(now);
         self.commit(events, &[])?;
         for stop in &plan.stops {
             let Some(job) = self.state.job(stop.job) else {

@@ -79,16 +79,7 @@ impl Core {
                 let task = &s.placement[0];
                 let n = task.node.0 as usize;
                 let gpus = task.gpus.iter().map(|&g| g as usize).collect();
-                apply(
-                    &mut self.state,
-                    Event::Start {
-                        job: id,
-                        placement: s.placement,
-                        admission: s.admission,
-                        at_s: step,
-                    },
-                )
-                .expect("a planned start applies");
+                apply(&mut self.state, s.event(step)).expect("a planned start applies");
                 Some((n, gpus))
             }
             None => {
