@@ -56,20 +56,7 @@ impl<'a> Planner<'a> {
                     .collect(),
             );
         }
-        let free: Vec<u64> = (0..groups)
-            .map(|g| {
-                self.view.group_nodes[g]
-                    .iter()
-                    .map(|&n| {
-                        self.view
-                            .used_of(n)
-                            .iter()
-                            .map(|&u| u64::from(MILLI_PER_GPU - u))
-                            .sum::<u64>()
-                    })
-                    .sum()
-            })
-            .collect();
+        let free: Vec<u64> = (0..groups).map(|g| self.view.free_milli(g)).collect();
         let mut demand = vec![0u64; groups];
         for p in &mut self.out.pending {
             let Some(&g) = self.eta.group_of.get(&p.job) else {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{JobId, PolicyKind, Secs, MILLI_PER_GPU};
+use crate::model::{JobId, JobSpec, PolicyKind, Secs, MILLI_PER_GPU};
 use crate::state::{Admission, Job, JobState, TaskPlacement};
 
 use super::place::{self, Ask};
@@ -123,26 +123,9 @@ impl<'a> Planner<'a> {
                 self.acct.guaranteed_used[st][pool] -= milli;
             }
             let (end_s, _) = self.end_of(spec, self.now);
-            let mut started = false;
-            for m in self.candidate_models(spec) {
-                if self.over_max(t, m, spec.milli_total()).is_some() {
-                    continue;
-                }
-                let Some(g) = self.group(t, m) else { continue };
-                let ask = Ask {
-                    spec,
-                    group: g,
-                    end_s,
-                    ignore_guards: false,
-                };
-                if let Some(p) = place::find(&self.view, &ask) {
-                    let class = self.class_of(t, m, spec.milli_total());
-                    self.start(job, t, m, p, class);
-                    started = true;
-                    break;
-                }
-            }
-            if started {
+            if let Some((m, _, p)) = self.first_fit(&self.view, spec, t, end_s) {
+                let class = self.class_of(t, m, spec.milli_total());
+                self.start(job, t, m, p, class);
                 handled.insert(b);
                 continue;
             }
@@ -161,51 +144,67 @@ impl<'a> Planner<'a> {
                 let run = v.state.run().expect("stopping");
                 future.give(&run.placement, v.spec.cpu_milli, v.spec.mem_mib);
             }
-            for m in self.candidate_models(spec) {
-                if self.over_max(t, m, spec.milli_total()).is_some() {
-                    continue;
+            if let Some((m, g, p)) = self.first_fit(&future, spec, t, end_s) {
+                for task in &p {
+                    Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
                 }
-                let Some(g) = self.group(t, m) else { continue };
-                let ask = Ask {
-                    spec,
-                    group: g,
-                    end_s,
-                    ignore_guards: false,
-                };
-                if let Some(p) = place::find(&future, &ask) {
-                    for task in &p {
-                        Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
-                    }
-                    let claim = p;
-                    let ready_by_s = stopping
-                        .iter()
-                        .filter_map(|v| match &v.state {
-                            JobState::Stopping(_, s) => Some(s.deadline_s),
-                            _ => None,
-                        })
-                        .max()
-                        .unwrap_or(self.now);
-                    let class = self.class_of(t, m, spec.milli_total());
-                    self.claim(job, t, m, g, &claim, ready_by_s.max(self.now), class);
-                    self.out.reclaims.push(Reservation {
-                        job: b,
-                        start_s: ready_by_s.max(self.now),
-                        placement: claim,
-                    });
-                    self.pend(
-                        b,
-                        Reason::WaitingForReclaim {
-                            victims: stopping.iter().map(|v| v.spec.id).collect(),
-                            ready_by_s,
-                        },
-                        Some(ready_by_s.max(self.now)),
-                    );
-                    handled.insert(b);
-                    break;
-                }
+                let claim = p;
+                let ready_by_s = stopping
+                    .iter()
+                    .filter_map(|v| match &v.state {
+                        JobState::Stopping(_, s) => Some(s.deadline_s),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(self.now);
+                let class = self.class_of(t, m, spec.milli_total());
+                self.claim(job, t, m, g, &claim, ready_by_s.max(self.now), class);
+                self.out.reclaims.push(Reservation {
+                    job: b,
+                    start_s: ready_by_s.max(self.now),
+                    placement: claim,
+                });
+                self.pend(
+                    b,
+                    Reason::WaitingForReclaim {
+                        victims: stopping.iter().map(|v| v.spec.id).collect(),
+                        ready_by_s,
+                    },
+                    Some(ready_by_s.max(self.now)),
+                );
+                handled.insert(b);
             }
         }
         handled
+    }
+
+    /// The first GPU model, in the job's order of candidates, on which its team may grow by
+    /// the job and `view` has a placement: (model, group, placement).
+    fn first_fit(
+        &self,
+        view: &View,
+        spec: &JobSpec,
+        team: usize,
+        end_s: Secs,
+    ) -> Option<(usize, usize, Vec<TaskPlacement>)> {
+        for m in self.candidate_models(spec) {
+            if self.over_max(team, m, spec.milli_total()).is_some() {
+                continue;
+            }
+            let Some(g) = self.group(team, m) else {
+                continue;
+            };
+            let ask = Ask {
+                spec,
+                group: g,
+                end_s,
+                ignore_guards: false,
+            };
+            if let Some(p) = place::find(view, &ask) {
+                return Some((m, g, p));
+            }
+        }
+        None
     }
 
     /// Records GPUs promised to a job waiting for its victims: they count against its team

@@ -273,16 +273,7 @@ impl<'a> Planner<'a> {
             return None;
         }
         // Necessary condition, cheap: enough milli-GPUs free by then in aggregate.
-        let free_now: u64 = self.view.group_nodes[g]
-            .iter()
-            .map(|&n| {
-                self.view
-                    .used_of(n)
-                    .iter()
-                    .map(|&u| u64::from(MILLI_PER_GPU - u))
-                    .sum::<u64>()
-            })
-            .sum();
+        let free_now = self.view.free_milli(g);
         let need = spec.milli_total();
         // Promised milli-GPUs of the group by end time; those ending by `t` are free again.
         let mut promised: Vec<(Secs, u64)> = self

@@ -184,6 +184,19 @@ impl<'a> View<'a> {
         &self.used[self.gpu_range(n)]
     }
 
+    /// The free milli-GPUs of group `g`, in aggregate (whole and partly used GPUs alike).
+    pub fn free_milli(&self, g: usize) -> u64 {
+        self.group_nodes[g]
+            .iter()
+            .map(|&n| {
+                self.used_of(n)
+                    .iter()
+                    .map(|&u| u64::from(MILLI_PER_GPU - u))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Adds node `n` to its group's indices.
     fn index(&mut self, n: u32) {
         let Some(g) = self.group[n as usize] else {

@@ -517,15 +517,7 @@ impl ClusterState {
             },
             _ => return Err(self.wrong_state(id, "running or stopping")),
         };
-        let requeued = next == JobState::Pending;
-        self.release(id);
-        let job = self.jobs.get_mut(&id).expect("checked above");
-        job.state = next;
-        if requeued {
-            job.preemptions += 1;
-        } else {
-            self.retire(id);
-        }
+        self.end_run(id, next);
         Ok(())
     }
 
@@ -545,16 +537,22 @@ impl ClusterState {
             },
             _ => JobState::Pending,
         };
-        self.release(id);
-        let job = self.jobs.get_mut(&id).expect("checked above");
+        self.end_run(id, next);
+        Ok(())
+    }
+
+    /// Ends a live job's run: its resources go back, and it is pending again (a
+    /// preemption more) or, in any other state, retired among the ended jobs.
+    fn end_run(&mut self, id: JobId, next: JobState) {
         let requeued = next == JobState::Pending;
+        self.release(id);
+        let job = self.jobs.get_mut(&id).expect("a live job");
         job.state = next;
         if requeued {
             job.preemptions += 1;
         } else {
             self.retire(id);
         }
-        Ok(())
     }
 
     fn utilisation(&mut self, id: JobId, pct: u8, at_s: Secs) -> Result<(), ApplyError> {
