@@ -31,6 +31,8 @@ pub struct SimOptions {
     /// the largest node's size, when that divides it (for traces that record only a job's
     /// GPU count, such as Philly and Tiresias).
     pub split_to_nodes: bool,
+    /// Blocked jobs that get a reservation in each plan ([`SchedulerConfig::max_reservations`]).
+    pub max_reservations: usize,
 }
 
 impl SimOptions {
@@ -40,6 +42,7 @@ impl SimOptions {
             grace_s: 30,
             min_run_s: 300,
             split_to_nodes: false,
+            max_reservations: SchedulerConfig::default().max_reservations,
         }
     }
 }
@@ -118,10 +121,11 @@ pub fn job_spec(job: &TraceJob, options: &SimOptions, node_gpus: u32) -> JobSpec
 pub fn initial_state(
     cluster: &ClusterSpec,
     teams: &[TeamSpec],
-    policy: PolicyKind,
+    options: &SimOptions,
 ) -> Result<ClusterState, SpecError> {
     let mut state = ClusterState::new(SchedulerConfig {
-        policy,
+        policy: options.policy,
+        max_reservations: options.max_reservations,
         ..SchedulerConfig::default()
     });
     for node in cluster.nodes() {
@@ -169,7 +173,7 @@ pub fn simulate(
     options: &SimOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SimResult, SpecError> {
-    let mut state = initial_state(cluster, teams, options.policy)?;
+    let mut state = initial_state(cluster, teams, options)?;
     let mut records: Vec<JobRecord> = jobs
         .iter()
         .map(|j| JobRecord {
