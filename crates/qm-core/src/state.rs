@@ -193,7 +193,7 @@ pub struct ClusterState {
     pub(crate) nodes: BTreeMap<NodeId, Node>,
     pub(crate) teams: BTreeMap<String, Team>,
     /// Pending, running and stopping jobs: the only ones a plan looks at.
-    pub(crate) jobs: BTreeMap<JobId, Job>,
+    pub(crate) jobs: LiveJobs,
     /// Jobs that ended, kept for dependencies and reports until forgotten.
     pub(crate) done: BTreeMap<JobId, Job>,
     pub(crate) holds: BTreeMap<JobId, Hold>,
@@ -203,6 +203,48 @@ pub struct ClusterState {
     pub(crate) next_team_id: u32,
     /// Highest id of a forgotten job: ids up to it are never reused.
     pub(crate) forgotten_up_to: Option<JobId>,
+}
+
+/// The live jobs by id, with an index of those holding resources (running or stopping), so
+/// the invariants sum a node's or a team's holders without walking the pending queue. `apply`
+/// keeps the index where resources are taken (a start) and given back (a release); it is not
+/// stored, but rebuilt from the jobs when a state is loaded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct LiveJobs {
+    map: BTreeMap<JobId, Job>,
+    pub(crate) holding: BTreeSet<JobId>,
+}
+
+impl std::ops::Deref for LiveJobs {
+    type Target = BTreeMap<JobId, Job>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for LiveJobs {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Serialize for LiveJobs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.map.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for LiveJobs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<JobId, Job>::deserialize(deserializer)?;
+        let holding = map
+            .values()
+            .filter(|job| job.state.run().is_some())
+            .map(|job| job.spec.id)
+            .collect();
+        Ok(LiveJobs { map, holding })
+    }
 }
 
 /// Something that happened. `apply` is the only way state changes.

@@ -382,6 +382,7 @@ impl ClusterState {
             t.alloc_milli += milli;
         }
         self.holds.remove(&id);
+        self.jobs.holding.insert(id);
         let job = self.jobs.get_mut(&id).expect("checked above");
         job.runs += 1;
         job.state = JobState::Running(Run {
@@ -429,6 +430,7 @@ impl ClusterState {
         let placement = run.placement.clone();
         let (cpu, mem, milli) = (job.spec.cpu_milli, job.spec.mem_mib, job.spec.milli_total());
         let team = job.spec.team.clone();
+        self.jobs.holding.remove(&id);
         self.give_back(&placement, cpu, mem);
         if let Some(t) = self.teams.get_mut(&team) {
             t.alloc_milli = t.alloc_milli.saturating_sub(milli);

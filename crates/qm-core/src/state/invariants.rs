@@ -9,8 +9,11 @@
 //!   what ran there).
 //! - Live jobs are not ended; ended jobs are not live.
 //!
+//! - The index of holding jobs names exactly the live jobs that hold resources.
+//!
 //! After an event only what it touched is checked (its nodes, teams and jobs), so the cost is
-//! one pass over the live jobs for events that move resources and nothing for the others.
+//! one pass over the holding jobs (not the pending queue) for events that move resources, and
+//! nothing for the others.
 
 use super::{task_shape, ClusterState, Event, Job};
 use crate::model::{JobId, NodeId, NodeState, MILLI_PER_GPU};
@@ -120,8 +123,13 @@ impl ClusterState {
             })
             .collect();
         let mut team_sums = vec![0u64; touched.teams.len()];
-        for job in self.jobs.values() {
-            let Some(run) = job.state.run() else { continue };
+        for id in &self.jobs.holding {
+            let job = self.jobs.get(id).unwrap_or_else(|| {
+                panic!("invariant: the index of holding jobs names live jobs: {id}")
+            });
+            let Some(run) = job.state.run() else {
+                panic!("invariant: the index of holding jobs names jobs that hold: {id}")
+            };
             if let Ok(k) = touched.teams.binary_search(&job.team_id) {
                 team_sums[k] += job.spec.milli_total();
             }
@@ -200,6 +208,12 @@ impl ClusterState {
             "invariant: a live job is not ended: {id} is {}",
             job.state.name()
         );
+        assert_eq!(
+            self.jobs.holding.contains(&id),
+            job.state.run().is_some(),
+            "invariant: the index of holding jobs names exactly the jobs that hold: {id} is {}",
+            job.state.name()
+        );
         assert!(
             self.teams
                 .get(&job.spec.team)
@@ -245,6 +259,13 @@ impl ClusterState {
         let mut jobs: Vec<JobId> = self.jobs.keys().chain(self.done.keys()).copied().collect();
         jobs.sort_unstable();
         jobs.dedup();
+        assert!(
+            self.jobs
+                .holding
+                .iter()
+                .all(|id| self.jobs.contains_key(id)),
+            "invariant: the index of holding jobs names live jobs"
+        );
         let all = Touched {
             nodes: self.nodes.keys().copied().collect(),
             teams,
