@@ -194,12 +194,7 @@ impl<'a> Planner<'a> {
             let Some(g) = self.group(team, m) else {
                 continue;
             };
-            let ask = Ask {
-                spec,
-                group: g,
-                end_s,
-                ignore_guards: false,
-            };
+            let ask = Ask::new(spec, g, end_s);
             if let Some(p) = place::find(view, &ask) {
                 return Some((m, g, p));
             }

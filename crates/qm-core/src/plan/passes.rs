@@ -379,12 +379,7 @@ impl<'a> Planner<'a> {
                     if class != best_class {
                         break;
                     }
-                    let ask = Ask {
-                        spec,
-                        group: g,
-                        end_s,
-                        ignore_guards: false,
-                    };
+                    let ask = Ask::new(spec, g, end_s);
                     if let Some((p, d)) = self.find_memo_scored(&ask, shape_of(spec, g)) {
                         if best.as_ref().is_none_or(|b| d < b.0 - 1e-9) {
                             best = Some((d, m, g, p));
@@ -401,12 +396,7 @@ impl<'a> Planner<'a> {
             if phase == Phase::Guaranteed && class == Admission::Borrowed {
                 continue;
             }
-            let ask = Ask {
-                spec,
-                group: g,
-                end_s,
-                ignore_guards: false,
-            };
+            let ask = Ask::new(spec, g, end_s);
             let shape = shape_of(spec, g);
             if let Some(p) = self.find_memo(&ask, shape) {
                 self.start(job, t, m, p, class);

@@ -27,6 +27,18 @@ pub(crate) struct Ask<'s> {
     pub ignore_guards: bool,
 }
 
+impl<'s> Ask<'s> {
+    /// An ask that respects reservation guards.
+    pub fn new(spec: &'s JobSpec, group: usize, end_s: Secs) -> Ask<'s> {
+        Ask {
+            spec,
+            group,
+            end_s,
+            ignore_guards: false,
+        }
+    }
+}
+
 fn selector_ok(view: &View, spec: &JobSpec, n: u32) -> bool {
     spec.node_selector.is_empty()
         || spec

@@ -72,12 +72,7 @@ impl<'a> Planner<'a> {
         if victims.is_empty() {
             return false;
         }
-        let ask = Ask {
-            spec,
-            group: g,
-            end_s,
-            ignore_guards: false,
-        };
+        let ask = Ask::new(spec, g, end_s);
         let chosen = if spec.tasks == 1 {
             self.victims_for_task(spec, g, &victims)
         } else {
