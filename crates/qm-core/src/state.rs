@@ -205,14 +205,56 @@ pub struct ClusterState {
     pub(crate) forgotten_up_to: Option<JobId>,
 }
 
-/// The live jobs by id, with an index of those holding resources (running or stopping), so
-/// the invariants sum a node's or a team's holders without walking the pending queue. `apply`
-/// keeps the index where resources are taken (a start) and given back (a release); it is not
-/// stored, but rebuilt from the jobs when a state is loaded.
+/// The live jobs by id, with an index of those holding resources (running or stopping): all
+/// of them, by node and by team, so the invariants sum a node's or a team's holders without
+/// walking the pending queue. `apply` keeps the index where resources are taken (a start) and
+/// given back (a release); it is not stored, but rebuilt from the jobs when a state is loaded.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct LiveJobs {
     map: BTreeMap<JobId, Job>,
     pub(crate) holding: BTreeSet<JobId>,
+    pub(crate) holding_by_node: BTreeMap<NodeId, BTreeSet<JobId>>,
+    pub(crate) holding_by_team: BTreeMap<u32, BTreeSet<JobId>>,
+}
+
+impl LiveJobs {
+    /// Enters a job that now holds resources (its run is set) into the index.
+    pub(crate) fn hold(&mut self, id: JobId) {
+        let job = &self.map[&id];
+        let run = job.state.run().expect("a job that holds has a run");
+        self.holding.insert(id);
+        self.holding_by_team
+            .entry(job.team_id)
+            .or_default()
+            .insert(id);
+        for task in &run.placement {
+            self.holding_by_node
+                .entry(task.node)
+                .or_default()
+                .insert(id);
+        }
+    }
+
+    /// Takes a job whose resources go back (its run still set) out of the index.
+    pub(crate) fn unhold(&mut self, id: JobId) {
+        let job = &self.map[&id];
+        let Some(run) = job.state.run() else { return };
+        self.holding.remove(&id);
+        if let Some(set) = self.holding_by_team.get_mut(&job.team_id) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.holding_by_team.remove(&job.team_id);
+            }
+        }
+        for task in &run.placement {
+            if let Some(set) = self.holding_by_node.get_mut(&task.node) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.holding_by_node.remove(&task.node);
+                }
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for LiveJobs {
@@ -238,12 +280,19 @@ impl Serialize for LiveJobs {
 impl<'de> Deserialize<'de> for LiveJobs {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<JobId, Job>::deserialize(deserializer)?;
-        let holding = map
+        let holders: Vec<JobId> = map
             .values()
             .filter(|job| job.state.run().is_some())
             .map(|job| job.spec.id)
             .collect();
-        Ok(LiveJobs { map, holding })
+        let mut jobs = LiveJobs {
+            map,
+            ..LiveJobs::default()
+        };
+        for id in holders {
+            jobs.hold(id);
+        }
+        Ok(jobs)
     }
 }
 

@@ -173,6 +173,9 @@ impl World {
         prop_assert_eq!(&plan.idle, &decided.idle);
         let copy: ClusterState =
             serde_json::from_str(&serde_json::to_string(&self.state).unwrap()).unwrap();
+        // A loaded state is the same state, the index of holding jobs rebuilt included.
+        prop_assert!(copy == self.state, "a serde round trip changed the state");
+        copy.check_invariants();
         let third = qm_core::plan(&copy, self.now);
         prop_assert_eq!(
             serde_json::to_string(&plan).unwrap(),

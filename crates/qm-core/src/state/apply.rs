@@ -382,7 +382,6 @@ impl ClusterState {
             t.alloc_milli += milli;
         }
         self.holds.remove(&id);
-        self.jobs.holding.insert(id);
         let job = self.jobs.get_mut(&id).expect("checked above");
         job.runs += 1;
         job.state = JobState::Running(Run {
@@ -394,6 +393,7 @@ impl ClusterState {
             last_sample_s: None,
             last_util_pct: None,
         });
+        self.jobs.hold(id);
         Ok(())
     }
 
@@ -430,7 +430,7 @@ impl ClusterState {
         let placement = run.placement.clone();
         let (cpu, mem, milli) = (job.spec.cpu_milli, job.spec.mem_mib, job.spec.milli_total());
         let team = job.spec.team.clone();
-        self.jobs.holding.remove(&id);
+        self.jobs.unhold(id);
         self.give_back(&placement, cpu, mem);
         if let Some(t) = self.teams.get_mut(&team) {
             t.alloc_milli = t.alloc_milli.saturating_sub(milli);

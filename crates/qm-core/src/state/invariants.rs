@@ -112,53 +112,68 @@ impl ClusterState {
         if touched.nodes.is_empty() && touched.teams.is_empty() {
             return;
         }
-        // One pass over the live jobs: what they take on the touched nodes and for the
-        // touched teams.
-        let mut node_sums: Vec<(Vec<u32>, u64, u64)> = touched
-            .nodes
-            .iter()
-            .map(|id| {
-                let gpus = self.nodes.get(id).map_or(0, |n| n.gpu_used_milli.len());
-                (vec![0; gpus], 0, 0)
-            })
-            .collect();
-        let mut team_sums = vec![0u64; touched.teams.len()];
-        for id in &self.jobs.holding {
+        // What the holders of each touched node take there, and of each touched team.
+        let holder = |id: &JobId| {
             let job = self.jobs.get(id).unwrap_or_else(|| {
                 panic!("invariant: the index of holding jobs names live jobs: {id}")
             });
-            let Some(run) = job.state.run() else {
+            let run = job.state.run().unwrap_or_else(|| {
                 panic!("invariant: the index of holding jobs names jobs that hold: {id}")
-            };
-            if let Ok(k) = touched.teams.binary_search(&job.team_id) {
-                team_sums[k] += job.spec.milli_total();
-            }
-            for task in &run.placement {
-                let Ok(k) = touched.nodes.binary_search(&task.node) else {
-                    continue;
-                };
-                let node = self.nodes.get(&task.node);
+            });
+            (job, run)
+        };
+        let mut node_sums: Vec<(Vec<u32>, u64, u64)> = Vec::with_capacity(touched.nodes.len());
+        for n in &touched.nodes {
+            let gpus = self
+                .nodes
+                .get(n)
+                .map_or(0, |node| node.gpu_used_milli.len());
+            let mut sum = (vec![0; gpus], 0, 0);
+            for id in self.jobs.holding_by_node.get(n).into_iter().flatten() {
+                let (job, run) = holder(id);
+                let mut here = run.placement.iter().filter(|t| t.node == *n).peekable();
                 assert!(
-                    node.is_some_and(|n| n.state != NodeState::Down),
-                    "invariant: a holding job runs on live nodes: {} holds {}, which is {}",
-                    job.spec.id,
-                    task.node,
+                    here.peek().is_some(),
+                    "invariant: the index of holding jobs by node is exact: {id} is listed on {n}"
+                );
+                let node = self.nodes.get(n);
+                assert!(
+                    node.is_some_and(|node| node.state != NodeState::Down),
+                    "invariant: a holding job runs on live nodes: {id} holds {n}, which is {}",
                     node.map_or("unknown", |_| "down")
                 );
-                let sum = &mut node_sums[k];
-                for &g in &task.gpus {
-                    let used = sum.0.get_mut(g as usize).unwrap_or_else(|| {
-                        panic!(
-                            "invariant: a placement names GPUs that exist: {} holds GPU {g} of {}",
-                            job.spec.id, task.node
-                        )
-                    });
-                    *used += task.gpu_milli;
+                for task in here {
+                    for &g in &task.gpus {
+                        let used = sum.0.get_mut(g as usize).unwrap_or_else(|| {
+                            panic!(
+                                "invariant: a placement names GPUs that exist: {id} holds GPU {g} of {n}"
+                            )
+                        });
+                        *used += task.gpu_milli;
+                    }
+                    sum.1 += job.spec.cpu_milli;
+                    sum.2 += job.spec.mem_mib;
                 }
-                sum.1 += job.spec.cpu_milli;
-                sum.2 += job.spec.mem_mib;
             }
+            node_sums.push(sum);
         }
+        let team_sums: Vec<u64> = touched
+            .teams
+            .iter()
+            .map(|team| {
+                let holders = self.jobs.holding_by_team.get(team).into_iter().flatten();
+                holders
+                    .map(|id| {
+                        let (job, _) = holder(id);
+                        assert_eq!(
+                            job.team_id, *team,
+                            "invariant: the index of holding jobs by team is exact: {id}"
+                        );
+                        job.spec.milli_total()
+                    })
+                    .sum()
+            })
+            .collect();
         for (id, (gpu_sum, cpu_sum, mem_sum)) in touched.nodes.iter().zip(&node_sums) {
             let Some(node) = self.nodes.get(id) else {
                 continue;
@@ -214,6 +229,19 @@ impl ClusterState {
             "invariant: the index of holding jobs names exactly the jobs that hold: {id} is {}",
             job.state.name()
         );
+        if let Some(run) = job.state.run() {
+            let listed = |set: Option<&std::collections::BTreeSet<JobId>>| {
+                set.is_some_and(|set| set.contains(&id))
+            };
+            assert!(
+                listed(self.jobs.holding_by_team.get(&job.team_id))
+                    && run
+                        .placement
+                        .iter()
+                        .all(|t| listed(self.jobs.holding_by_node.get(&t.node))),
+                "invariant: the index of holding jobs lists {id} under its team and each of its nodes"
+            );
+        }
         assert!(
             self.teams
                 .get(&job.spec.team)
@@ -266,11 +294,26 @@ impl ClusterState {
                 .all(|id| self.jobs.contains_key(id)),
             "invariant: the index of holding jobs names live jobs"
         );
-        let all = Touched {
-            nodes: self.nodes.keys().copied().collect(),
-            teams,
-            jobs,
-        };
+        let by_team: usize = self
+            .jobs
+            .holding_by_team
+            .values()
+            .map(|set| set.len())
+            .sum();
+        assert_eq!(
+            by_team,
+            self.jobs.holding.len(),
+            "invariant: the index of holding jobs by team lists each holder once"
+        );
+        let mut teams_with_holders: Vec<u32> = self.jobs.holding_by_team.keys().copied().collect();
+        teams.append(&mut teams_with_holders);
+        teams.sort_unstable();
+        teams.dedup();
+        let mut nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        nodes.extend(self.jobs.holding_by_node.keys().copied());
+        nodes.sort_unstable();
+        nodes.dedup();
+        let all = Touched { nodes, teams, jobs };
         self.check_invariants_for(&all);
     }
 }
