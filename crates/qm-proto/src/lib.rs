@@ -16,8 +16,8 @@ pub use dash::{
     DashTeam, Standing,
 };
 pub use wire::{
-    Admission, GpuAsk, IdlePolicy, JobState, NodeState, PreemptionCause, Reason, ReasonKind, Role,
-    UnknownValue,
+    Admission, GpuAsk, IdlePolicy, JobEventKind, JobState, NodeState, PreemptionCause, Reason,
+    ReasonKind, Role, UnknownValue,
 };
 
 /// The error body of every failed call.
@@ -123,8 +123,7 @@ pub struct JobView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobEvent {
     pub at_s: u64,
-    /// queued, started, stopping, requeued, idle, exited, cancelled, ...
-    pub what: String,
+    pub what: JobEventKind,
     pub detail: String,
 }
 

@@ -146,6 +146,32 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// What happened to a job, in its history (`JobEvent::what`).
+    JobEventKind ("job event") {
+        /// Submitted and accepted.
+        Queued = "queued",
+        /// Placed and launched.
+        Started = "started",
+        /// Told to stop (preempted, cancelled, past its time limit or idle).
+        Stopping = "stopping",
+        /// Back in the queue (preempted, or its run lost its resources).
+        Requeued = "requeued",
+        /// Every task exited 0.
+        Succeeded = "succeeded",
+        /// Its run ended otherwise.
+        Exited = "exited",
+        /// A task failed; the gang is stopped.
+        Failed = "failed",
+        /// A launched task vanished from its node.
+        Lost = "lost",
+        /// Its GPUs were seen idle.
+        Idle = "idle",
+        /// Cancelled.
+        Cancelled = "cancelled",
+    }
+}
+
+wire_enum! {
     /// Why a running job was stopped to give its GPUs back.
     PreemptionCause ("cause") {
         /// Its GPUs went back to the team that is guaranteed them.
@@ -286,6 +312,21 @@ mod tests {
         pinned(Role::ALL, &["admin", "member", "join"]);
         pinned(IdlePolicy::ALL, &["warn", "reclaim", "requeue"]);
         pinned(PreemptionCause::ALL, &["reclaim", "idle"]);
+        pinned(
+            JobEventKind::ALL,
+            &[
+                "queued",
+                "started",
+                "stopping",
+                "requeued",
+                "succeeded",
+                "exited",
+                "failed",
+                "lost",
+                "idle",
+                "cancelled",
+            ],
+        );
         pinned(
             ReasonKind::ALL,
             &[

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use qm_core::{decide, Event, IdleAction, JobId, JobState, NodeId, NodeState, StopCause};
-use qm_proto::{Command, Heartbeat, Launch, TaskKey};
+use qm_proto::{Command, Heartbeat, JobEventKind, Launch, TaskKey};
 
 use crate::{now_s, Inner, Refusal, Sent};
 
@@ -88,7 +88,12 @@ impl Inner {
             .collect();
         self.commit(events, &[])?;
         for (job, attempt, tasks) in hit {
-            self.note(job, now, "requeued", "a node of the job went down".into());
+            self.note(
+                job,
+                now,
+                JobEventKind::Requeued,
+                "a node of the job went down".into(),
+            );
             for (task, node) in tasks {
                 let key = TaskKey { job, task, attempt };
                 self.sent.remove(&key);
@@ -117,7 +122,7 @@ impl Inner {
                 self.note(
                     notice.job.0,
                     now,
-                    "idle",
+                    JobEventKind::Idle,
                     format!(
                         "gpus idle since {}: {}",
                         notice.idle_since_s,
@@ -332,7 +337,7 @@ impl Inner {
                 self.note(
                     key.job,
                     now,
-                    "lost",
+                    JobEventKind::Lost,
                     format!("task {} vanished from its node", key.task),
                 );
                 events.push(Event::Requeue {
@@ -395,7 +400,7 @@ impl Inner {
                 self.note(
                     job.0,
                     now,
-                    "failed",
+                    JobEventKind::Failed,
                     format!("task {} exited with code {}", exit.key.task, exit.code),
                 );
             }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use qm_core::{apply, ApplyError, ClusterState, Event, JobId, SchedulerConfig, Secs};
-use qm_proto::{Command, JobEvent, Role, TaskKey};
+use qm_proto::{Command, JobEvent, JobEventKind, Role, TaskKey};
 use qm_store::{Batch, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
 use tokio::sync::Notify;
 
@@ -448,26 +448,24 @@ impl Inner {
         }
     }
 
-    pub fn note(&mut self, job: u64, at_s: Secs, what: &str, detail: String) {
-        self.history.entry(job).or_default().push(JobEvent {
-            at_s,
-            what: what.into(),
-            detail,
-        });
+    pub fn note(&mut self, job: u64, at_s: Secs, what: JobEventKind, detail: String) {
+        self.history
+            .entry(job)
+            .or_default()
+            .push(JobEvent { at_s, what, detail });
     }
 }
 
 /// What an event means for a job's history.
 fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &Event) {
-    let mut push = |job: JobId, at_s: Secs, what: &str, detail: String| {
-        history.entry(job.0).or_default().push(JobEvent {
-            at_s,
-            what: what.into(),
-            detail,
-        });
+    let mut push = |job: JobId, at_s: Secs, what: JobEventKind, detail: String| {
+        history
+            .entry(job.0)
+            .or_default()
+            .push(JobEvent { at_s, what, detail });
     };
     match e {
-        Event::Submit(spec) => push(spec.id, spec.submit_s, "queued", String::new()),
+        Event::Submit(spec) => push(spec.id, spec.submit_s, JobEventKind::Queued, String::new()),
         Event::Start {
             job,
             placement,
@@ -486,7 +484,7 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
             push(
                 *job,
                 *at_s,
-                "started",
+                JobEventKind::Started,
                 format!("{} on {}", views::admission(*admission), nodes.join(", ")),
             );
         }
@@ -502,7 +500,7 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
                 }
                 (c, _) => format!("stopping: {}", views::stop_cause_text(*c)),
             };
-            push(*job, *at_s, "stopping", why);
+            push(*job, *at_s, JobEventKind::Stopping, why);
         }
         Event::Exited {
             job, success, at_s, ..
@@ -511,20 +509,20 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
                 Some(qm_core::JobState::Stopping(_, s))
                     if s.cause == qm_core::StopCause::Reclaim =>
                 {
-                    "requeued"
+                    JobEventKind::Requeued
                 }
-                _ if *success => "succeeded",
-                _ => "exited",
+                _ if *success => JobEventKind::Succeeded,
+                _ => JobEventKind::Exited,
             };
             push(*job, *at_s, what, String::new());
         }
         Event::Requeue { job, at_s, .. } => push(
             *job,
             *at_s,
-            "requeued",
+            JobEventKind::Requeued,
             "its run lost its resources; back to the queue whole".into(),
         ),
-        Event::Cancel { job, at_s } => push(*job, *at_s, "cancelled", String::new()),
+        Event::Cancel { job, at_s } => push(*job, *at_s, JobEventKind::Cancelled, String::new()),
         _ => {}
     }
 }
