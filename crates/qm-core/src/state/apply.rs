@@ -220,16 +220,12 @@ impl ClusterState {
         };
         n.state = state;
         if state == NodeState::Down {
+            // The jobs holding resources there, in id order.
             let victims: Vec<JobId> = self
                 .jobs
-                .values()
-                .filter(|j| {
-                    j.state
-                        .run()
-                        .is_some_and(|r| r.placement.iter().any(|t| t.node == node))
-                })
-                .map(|j| j.spec.id)
-                .collect();
+                .holding_by_node
+                .get(&node)
+                .map_or_else(Vec::new, |ids| ids.iter().copied().collect());
             for job in victims {
                 self.requeue(job, at_s)?;
             }

@@ -70,14 +70,8 @@ impl ClusterState {
             Event::NodeState { node, state, .. } => {
                 insert_sorted(&mut touched.nodes, *node);
                 if *state == NodeState::Down {
-                    for j in self.jobs.values() {
-                        let on_node = j
-                            .state
-                            .run()
-                            .is_some_and(|r| r.placement.iter().any(|t| t.node == *node));
-                        if on_node {
-                            touched.job_and_resources(j);
-                        }
+                    for id in self.jobs.holding_by_node.get(node).into_iter().flatten() {
+                        touched.job_and_resources(&self.jobs[id]);
                     }
                 }
             }
