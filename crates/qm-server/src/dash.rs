@@ -56,8 +56,9 @@ pub async fn app_css() -> Response {
 
 /// Records an overview sample (called by the scheduling loop).
 pub fn sample(inner: &Inner, history: &mut VecDeque<Sample>) {
-    let u = usage_total(&usage(&inner.state));
-    history.push_back((now_s(), u.allocated_milli, u.borrowed_milli, u.idle_milli));
+    let now = now_s();
+    let u = usage_total(&usage(&inner.state, now));
+    history.push_back((now, u.allocated_milli, u.borrowed_milli, u.idle_milli));
     while history.len() > HISTORY {
         history.pop_front();
     }
@@ -84,7 +85,7 @@ pub fn snapshot_of(
         .filter(|n| n.state != NodeState::Down)
         .map(|n| u64::from(n.spec.gpus) * 1000)
         .sum();
-    let by_model = usage(state);
+    let by_model = usage(state, now);
     let total = usage_total(&by_model);
     let p = plan(state, now);
     // Per-GPU utilisation: the latest sample of the job holding the GPU.

@@ -571,7 +571,19 @@ mod tests {
             2,
             "the first sample and a threshold crossing"
         );
-        for _ in 0..5 {
+        // The idle task reports after the busy one, a second later: the gang is as busy as
+        // its busiest task, not as its latest report (which would cross the idle threshold
+        // and be stored).
+        next_second();
+        beat(&mut inner, node_of(0), 0, 0);
+        assert_eq!(
+            util(&inner),
+            Some(90),
+            "the busiest task counts, not the latest"
+        );
+        assert_eq!(inner.seq, after_two, "nothing that matters changed");
+        for _ in 0..2 {
+            next_second();
             beat(&mut inner, node_of(0), 0, 0);
             beat(&mut inner, node_of(1), 1, 85);
         }

@@ -168,6 +168,9 @@ impl Server {
                 Refusal::Internal(format!("event {seq} of the store does not apply: {e}"))
             })?;
         }
+        // A state that breaks an invariant (a bad snapshot) stops the server here, naming the
+        // invariant, rather than at whichever later event first touches the broken part.
+        state.check_invariants();
         let next_job = state.jobs().map(|j| j.spec.id.0).max().unwrap_or(0) + 1;
         let started = Instant::now();
         let changes = Arc::new(tokio::sync::watch::channel(0u64).0);

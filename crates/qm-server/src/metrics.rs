@@ -190,7 +190,7 @@ pub fn render(inner: &Inner) -> String {
     );
 
     // Allocation by team and model.
-    let usage = views::usage(state);
+    let usage = views::usage(state, now_s());
     type Pick = fn(&views::Usage) -> u64;
     let picks: [(&str, &str, Pick); 3] = [
         (

@@ -15,8 +15,8 @@ use crate::{now_s, Inner};
 pub struct Usage {
     /// All GPUs the jobs hold.
     pub allocated_milli: u64,
-    /// Held by jobs that started on capacity lent beyond their team's guarantee (the
-    /// admission their job view shows).
+    /// Held by jobs on capacity lent beyond their team's guarantee under the quotas in force
+    /// now (`qm_core::admissions`: what a reclaim may take back).
     pub borrowed_milli: u64,
     /// Held by jobs whose GPUs are idle now (below the idle threshold).
     pub idle_milli: u64,
@@ -29,15 +29,15 @@ impl Usage {
         self.idle_milli += other.idle_milli;
     }
 
-    /// What one job holds (nothing unless it has a run).
-    fn of(job: &Job) -> Usage {
+    /// What one job holds (nothing unless it has a run), `mode` being its admission now.
+    fn of(job: &Job, mode: Option<qm_core::Admission>) -> Usage {
         let Some(run) = job.state.run() else {
             return Usage::default();
         };
         let milli = job.spec.milli_total();
         Usage {
             allocated_milli: milli,
-            borrowed_milli: if run.admission == qm_core::Admission::Borrowed {
+            borrowed_milli: if mode.unwrap_or(run.admission) == qm_core::Admission::Borrowed {
                 milli
             } else {
                 0
@@ -47,9 +47,10 @@ impl Usage {
     }
 }
 
-/// The GPUs held now, by (team, GPU model of the job's nodes): the only place these totals
-/// are computed.
-pub fn usage(state: &ClusterState) -> BTreeMap<(String, String), Usage> {
+/// The GPUs held at `now`, by (team, GPU model of the job's nodes): the only place these
+/// totals are computed.
+pub fn usage(state: &ClusterState, now: qm_core::Secs) -> BTreeMap<(String, String), Usage> {
+    let modes = qm_core::admissions(state, now);
     let mut out: BTreeMap<(String, String), Usage> = BTreeMap::new();
     for j in state.live_jobs() {
         let Some(run) = j.state.run() else { continue };
@@ -60,7 +61,7 @@ pub fn usage(state: &ClusterState) -> BTreeMap<(String, String), Usage> {
             .map_or("unknown", |n| n.spec.gpu_model.as_str());
         out.entry((j.spec.team.clone(), model.to_string()))
             .or_default()
-            .add(Usage::of(j));
+            .add(Usage::of(j, modes.get(&j.spec.id).copied()));
     }
     out
 }
@@ -314,8 +315,8 @@ pub fn teams_with_usage<'s>(
 }
 
 /// Every team, with the GPUs it holds now.
-pub fn team_views(state: &ClusterState) -> Vec<TeamView> {
-    teams_with_usage(state, &usage(state))
+pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
+    teams_with_usage(state, &usage(state, now))
         .into_iter()
         .map(|(t, u)| TeamView {
             name: t.spec.name.clone(),

@@ -257,10 +257,36 @@ async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
     assert_eq!(status, StatusCode::OK, "{text}");
     let _ = node;
 
+    check_totals(
+        &api,
+        &[("owner", (1000, 0, 1000)), ("borrower", (2000, 2000, 1000))],
+        (3000, 2000, 2000),
+    )
+    .await;
+
+    // A guarantee raised at run time turns the borrower's oldest job into guaranteed capacity
+    // at once, everywhere: it can no longer be reclaimed, so it is no longer borrowed.
+    let _: TeamView = api
+        .ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "borrower", "guaranteed": 1})),
+        )
+        .await;
+    check_totals(
+        &api,
+        &[("owner", (1000, 0, 1000)), ("borrower", (2000, 1000, 1000))],
+        (3000, 1000, 2000),
+    )
+    .await;
+}
+
+/// The team API, the dashboard's snapshot and `/metrics` all show these (allocated,
+/// borrowed, idle) milli-GPUs per team, and the overview these in total.
+async fn check_totals(api: &Api, expect: &[(&str, (u64, u64, u64))], overview: (u64, u64, u64)) {
     let teams: Vec<TeamView> = api.ok("GET", "/api/v1/teams", None).await;
     let team = |name: &str| teams.iter().find(|t| t.name == name).unwrap().clone();
-    let expect = [("owner", (1000, 0, 1000)), ("borrower", (2000, 2000, 1000))];
-    for (name, (allocated, borrowed, idle)) in expect {
+    for &(name, (allocated, borrowed, idle)) in expect {
         let t = team(name);
         assert_eq!(
             (t.used_milli, t.borrowed_milli, t.idle_milli),
@@ -270,7 +296,7 @@ async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
     }
 
     let snap = api.snapshot().await;
-    for (name, (allocated, borrowed, idle)) in expect {
+    for &(name, (allocated, borrowed, idle)) in expect {
         let t = snap.teams.iter().find(|t| t.name == name).unwrap();
         assert_eq!(
             (t.used_milli, t.borrowed_milli, t.idle_milli),
@@ -284,7 +310,7 @@ async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
             snap.overview.borrowed_milli,
             snap.overview.idle_milli
         ),
-        (3000, 2000, 2000)
+        overview
     );
 
     let (status, body, content_type) = api.raw("GET", "/metrics", &api.admin, None).await;
@@ -314,7 +340,7 @@ async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
             })
             .sum()
     };
-    for (name, (allocated, borrowed, idle)) in expect {
+    for &(name, (allocated, borrowed, idle)) in expect {
         let gpus = |milli: u64| milli as f64 / 1000.0;
         assert_eq!(
             (

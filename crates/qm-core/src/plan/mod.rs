@@ -17,6 +17,8 @@ mod reserve;
 mod running;
 mod view;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{GpuAsk, JobId, PolicyKind, Secs};
@@ -258,6 +260,20 @@ impl StopOrder {
             at_s,
         }
     }
+}
+
+/// Each running (or stopping) job's admission under the quotas in force at `now`, as every
+/// plan classifies it: a job that started on lent capacity counts as guaranteed once its
+/// team's guarantee covers it, and a guaranteed one as borrowed once the guarantee shrinks
+/// below it. What a shell shows as borrowed (reclaimable) capacity.
+pub fn admissions(state: &ClusterState, now: Secs) -> BTreeMap<JobId, Admission> {
+    let mut planner = planner::Planner::new(state, now, false);
+    planner.scan_running();
+    planner
+        .runs
+        .iter()
+        .map(|run| (run.job.spec.id, run.mode))
+        .collect()
 }
 
 /// Plans with the policy named in the state's configuration.

@@ -130,12 +130,14 @@ fn idle_allocations_are_warned_reclaimed_or_requeued_by_team_policy() {
         .iter()
         .any(|s| s.job == q && s.cause == StopCause::Idle));
     // Idle time is charged: 1800 s x 1 GPU for each of the four jobs.
-    let warn = plan.teams.iter().find(|t| t.team == "warn").unwrap();
-    assert!(
-        (warn.idle_gpu_hours - 0.5).abs() < 1e-9,
-        "{}",
-        warn.idle_gpu_hours
-    );
+    for (team, jobs) in [("warn", 1.0), ("reclaim", 2.0), ("requeue", 1.0)] {
+        let standing = plan.teams.iter().find(|t| t.team == team).unwrap();
+        assert!(
+            (standing.idle_gpu_hours - 0.5 * jobs).abs() < 1e-9,
+            "{team}: {}",
+            standing.idle_gpu_hours
+        );
+    }
     // A busy sample clears the idle state.
     apply(
         &mut h.state,

@@ -56,9 +56,15 @@ fn reclaim_preempts_the_borrowers_losing_least_work_and_holds_gpus_for_the_owner
     assert_eq!(start.admission, Admission::Guaranteed);
     assert_eq!(start.placement[0].node, victim_node);
     // The victims went back to the queue, keeping their place (submission time).
-    for v in &victims {
+    for (i, v) in (8u64..).zip(&victims) {
         assert!(h.is_pending(*v));
-        assert_eq!(h.state.job(*v).unwrap().preemptions, 1);
+        let job = h.state.job(*v).unwrap();
+        assert_eq!(job.preemptions, 1);
+        assert_eq!(
+            job.spec.submit_s,
+            100 * (i + 1),
+            "{v} keeps its submission time"
+        );
     }
     assert!(guaranteed.iter().all(|&j| h.is_running(j)));
 }

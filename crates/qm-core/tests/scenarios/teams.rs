@@ -91,13 +91,18 @@ fn idle_capacity_is_shared_by_weight_between_borrowers() {
 #[test]
 fn guaranteed_work_goes_before_borrowing_and_priority_orders_within() {
     let mut h = Harness::new(two_teams(1, 4, 4));
-    let borrow = h.submit(JobBuilder::new("a").gpus(4).priority(10));
+    // The low-priority job is the older one: only priority can put the other first.
     let low = h.submit(JobBuilder::new("a").gpus(4).priority(-1));
+    let high = h.submit(JobBuilder::new("a").gpus(4).priority(10));
     let b = h.submit(JobBuilder::new("b").gpus(4));
     h.step();
     assert!(
-        h.is_running(borrow),
+        h.is_running(high),
         "A's highest priority job runs in its guarantee"
+    );
+    assert_eq!(
+        h.state_of(high).run().unwrap().admission,
+        Admission::Guaranteed
     );
     assert!(
         h.is_running(b),
@@ -172,6 +177,14 @@ fn a_guaranteed_job_is_not_stuck_behind_its_own_teams_borrowing() {
         plan.pending_job(small)
     );
     assert!(h.is_pending(big));
+    assert!(
+        matches!(
+            plan.pending_job(big).unwrap().reason,
+            Reason::Reserved { .. }
+        ),
+        "{:?}",
+        plan.pending_job(big)
+    );
 }
 
 #[test]

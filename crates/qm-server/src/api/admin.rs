@@ -87,7 +87,7 @@ pub async fn set_team(
             spec.idle_policy = views::core_idle_policy(policy);
         }
         inner.commit(vec![Event::SetTeam(spec)], &[])?;
-        team_views(&inner.state)
+        team_views(&inner.state, crate::now_s())
             .into_iter()
             .find(|t| t.name == req.name)
             .ok_or_else(|| Refusal::Internal("team vanished".into()))?
