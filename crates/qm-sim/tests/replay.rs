@@ -48,6 +48,18 @@ fn every_policy_completes_every_job_that_fits_and_counts_the_one_that_does_not()
         // Under static, team c's 16-GPU gang is bigger than c's partition: it never runs.
         let stuck = usize::from(policy == PolicyKind::Static);
         assert_eq!(r.unfinished, stuck, "{policy}: {r:?}");
+        let never_ran: Vec<_> = result
+            .jobs
+            .iter()
+            .filter(|j| j.rejected.is_none() && j.end_s.is_none())
+            .map(|j| (j.team.as_str(), j.gpu_milli))
+            .collect();
+        let expected: &[(&str, u64)] = if policy == PolicyKind::Static {
+            &[("c", 16_000)]
+        } else {
+            &[]
+        };
+        assert_eq!(never_ran, expected, "{policy}");
         assert!(r.gpu_allocation > 0.0 && r.gpu_allocation <= 1.0);
     }
 }

@@ -104,6 +104,7 @@ fn bad_input_says_what_is_valid_and_fails() {
         out_arg,
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown format fails");
     assert!(
         err.contains("csv") && err.contains("philly") && err.contains("openb"),
         "{err}"
@@ -145,6 +146,7 @@ fn bad_input_says_what_is_valid_and_fails() {
         out_arg,
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a malformed cluster fails");
     assert!(err.contains("COUNTxGPUS"), "{err}");
     assert!(
         !out_dir.exists(),

@@ -53,7 +53,20 @@ fn kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks() {
     assert_eq!(j["attempt"], 1, "re-attached, not restarted");
     assert_eq!(logs(&up, long, 0).matches("finished").count(), 1);
     // Everything accepted is still there: the job that waited for the GPUs runs after it.
-    up.wait_state(queued, "succeeded");
+    let q = up.wait_state(queued, "succeeded");
+    let at = |job: &serde_json::Value, what: &str| {
+        job["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["what"] == what)
+            .and_then(|e| e["at_s"].as_u64())
+            .unwrap_or_else(|| panic!("no {what} event: {job}"))
+    };
+    assert!(
+        at(&q, "started") >= at(&j, "succeeded"),
+        "the queued job started only once the long one had ended: {q} {j}"
+    );
     let teams = up.json(&["teams", "--json"]);
     assert!(teams.as_array().unwrap().iter().any(|t| t["name"] == "t"));
 }

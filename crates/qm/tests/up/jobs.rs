@@ -40,7 +40,15 @@ fn a_gang_runs_with_the_distributed_environment_in_each_task() {
         assert_eq!(g.split(',').count(), 2, "two GPUs per task: {out}");
         gpus.push(g);
     }
-    assert_ne!(gpus[0], gpus[1], "no GPU given twice");
+    let sets: Vec<std::collections::BTreeSet<u32>> = gpus
+        .iter()
+        .map(|g| g.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert!(
+        sets[0].is_disjoint(&sets[1]),
+        "no GPU given twice: {gpus:?}"
+    );
+    assert_eq!(sets[0].len() + sets[1].len(), 4, "{gpus:?}");
     let events: Vec<&str> = job["events"]
         .as_array()
         .unwrap()
