@@ -188,7 +188,10 @@ fn a_node_going_down_requeues_its_gangs_whole() {
     )
     .unwrap();
     assert!(h.is_pending(gang));
-    assert!(h.state.nodes().all(|n| n.cpu_used_milli == 0));
+    // Whole: the task on the surviving node gave its GPUs, CPU and memory back too.
+    assert!(h.state.nodes().all(|n| n.cpu_used_milli == 0
+        && n.mem_used_mib == 0
+        && n.gpu_used_milli.iter().all(|&m| m == 0)));
     let plan = h.step();
     assert!(plan.starts.is_empty(), "one node left cannot hold the gang");
 }

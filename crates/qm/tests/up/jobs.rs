@@ -66,9 +66,11 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
     let borrowed: Vec<u64> = (0..4)
         .map(|_| up.submit(&["--team", "borrower", "--gpus", "1", "--", "sleep", "300"]))
         .collect();
+    let mut gpus_of = std::collections::BTreeMap::new();
     for &b in &borrowed {
         let j = up.wait_state(b, "running");
         assert_eq!(j["admission"], "borrowed");
+        gpus_of.insert(b, j["placement"][0]["gpus"].clone());
     }
     let owner = up.submit(&[
         "--team",
@@ -92,6 +94,17 @@ fn a_borrowing_team_is_preempted_when_the_owner_submits() {
         .filter(|j| j["preemptions"].as_u64() == Some(1))
         .collect();
     assert_eq!(preempted.len(), 2, "two borrowed jobs preempted");
+    let mut freed: Vec<String> = preempted
+        .iter()
+        .flat_map(|p| {
+            let gpus = gpus_of[&p["id"].as_u64().unwrap()].as_array().unwrap();
+            gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    freed.sort();
+    let mut got: Vec<String> = owner_gpus.iter().map(|g| g.to_string()).collect();
+    got.sort();
+    assert_eq!(got, freed, "the owner runs on the GPUs its reclaim freed");
     for p in &preempted {
         let events: Vec<&str> = p["events"]
             .as_array()
