@@ -366,14 +366,25 @@ async fn the_snapshot_has_every_field_the_dashboard_reads() {
             Some(json!({"name": "a", "guaranteed": 1})),
         )
         .await;
-    api.submit("a", 1).await;
+    // A 1-GPU job with a time limit runs; the 4-GPU job after it gets a reservation at the
+    // limit's end, so the snapshot has one to show.
+    let _: Value = api
+        .ok(
+            "POST",
+            "/api/v1/jobs",
+            Some(
+                json!({"team": "a", "gpus": 1, "time_limit_s": 3600, "command": ["sleep", "300"]}),
+            ),
+        )
+        .await;
     api.submit("a", 4).await;
     api.server.tick().unwrap();
     let snap = serde_json::to_value(api.snapshot().await).unwrap();
     let number = |v: &Value| v.is_number();
     let string = |v: &Value| v.is_string();
     type Check<'a> = &'a dyn Fn(&Value) -> bool;
-    let paths: [(&str, Check); 27] = [
+    // Not covered: the overview's history samples, which only the scheduling loop takes.
+    let paths: [(&str, Check); 30] = [
         ("/now", &number),
         ("/overview/gpus_milli", &number),
         ("/overview/allocated_milli", &number),
@@ -382,7 +393,6 @@ async fn the_snapshot_has_every_field_the_dashboard_reads() {
         ("/overview/free_milli", &number),
         ("/overview/running", &number),
         ("/overview/pending", &number),
-        ("/history", &|v| v.is_array()),
         ("/teams/0/name", &string),
         ("/teams/0/guaranteed_milli", &number),
         ("/teams/0/used_milli", &number),
@@ -395,10 +405,14 @@ async fn the_snapshot_has_every_field_the_dashboard_reads() {
         ("/queue/jobs/0/ask", &string),
         ("/queue/jobs/0/reason", &string),
         ("/queue/jobs/0/wait_s", &number),
-        ("/queue/reservations", &|v| v.is_array()),
+        ("/queue/reservations/0/id", &number),
+        ("/queue/reservations/0/nodes/0", &string),
+        ("/queue/reservations/0/start_s", &number),
         ("/nodes/0/rack", &string),
         ("/nodes/0/state", &|v| v == "ready"),
+        ("/nodes/0/gpus/0/0", &number),
         ("/nodes/0/gpus/0/1", &number),
+        ("/history", &|v| v.is_array()),
         ("/jobs/0/state", &|v| v == "pending"),
         ("/jobs/1/admission", &|v| v == "guaranteed"),
     ];

@@ -132,17 +132,24 @@ fn every_pending_job_has_a_reason_and_blocked_ones_an_estimate() {
         .collect();
     let plan = qm_core::plan(&h.state, h.now);
     // B is guaranteed 4: it reclaims from A's borrowed jobs.
-    assert!(waiting.iter().all(|j| matches!(
-        plan.pending_job(*j).unwrap().reason,
-        Reason::WaitingForReclaim { .. }
-    )));
+    // Each waits for its victims, with their grace deadline as its estimated start.
+    for j in &waiting {
+        let p = plan.pending_job(*j).unwrap();
+        assert!(
+            matches!(p.reason, Reason::WaitingForReclaim { ready_by_s, .. }
+                if p.eta_s == Some(ready_by_s.max(h.now))),
+            "{p:?}"
+        );
+    }
+    // Exactly the pending jobs are explained, each once.
     let pending: Vec<JobId> = h
         .state
         .live_jobs()
         .filter(|j| j.state == JobState::Pending)
         .map(|j| j.spec.id)
         .collect();
-    assert_eq!(pending.len(), plan.pending.len());
+    let explained: Vec<JobId> = plan.pending.iter().map(|p| p.job).collect();
+    assert_eq!(pending, explained);
     // A's next job waits for capacity: reserved, with a start time.
     let more = h.submit(JobBuilder::new("a").gpus(8));
     let plan = qm_core::plan(&h.state, h.now);
