@@ -254,32 +254,60 @@ impl fmt::Display for PolicyKind {
     }
 }
 
-/// An unknown policy name; its message lists the valid ones.
+/// A name outside a closed set (a policy, a trace format, ...); its message says what it
+/// should have been and lists the valid names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownPolicy(pub String);
+pub struct UnknownName {
+    /// What the name names, and its plural: "policy", "policies".
+    pub what: (&'static str, &'static str),
+    pub given: String,
+    pub valid: Vec<&'static str>,
+}
 
-impl fmt::Display for UnknownPolicy {
+impl UnknownName {
+    pub fn new<T: Copy>(
+        what: (&'static str, &'static str),
+        given: &str,
+        all: &[T],
+        name: impl Fn(T) -> &'static str,
+    ) -> UnknownName {
+        UnknownName {
+            what,
+            given: given.to_string(),
+            valid: all.iter().map(|&t| name(t)).collect(),
+        }
+    }
+}
+
+impl fmt::Display for UnknownName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let valid: Vec<&str> = PolicyKind::ALL.iter().map(|p| p.name()).collect();
+        let (one, many) = self.what;
         write!(
             f,
-            "unknown policy {:?}; valid policies: {}",
-            self.0,
-            valid.join(", ")
+            "unknown {one} {:?}; valid {many}: {}",
+            self.given,
+            self.valid.join(", ")
         )
     }
 }
 
-impl std::error::Error for UnknownPolicy {}
+impl std::error::Error for UnknownName {}
 
 impl std::str::FromStr for PolicyKind {
-    type Err = UnknownPolicy;
+    type Err = UnknownName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         PolicyKind::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| UnknownPolicy(s.to_string()))
+            .ok_or_else(|| {
+                UnknownName::new(
+                    ("policy", "policies"),
+                    s,
+                    &PolicyKind::ALL,
+                    PolicyKind::name,
+                )
+            })
     }
 }
 

@@ -48,6 +48,8 @@ mod room;
 use std::fmt;
 use std::str::FromStr;
 
+use qm_core::UnknownName;
+
 use crate::rng::Rng;
 pub use crate::trace::openb::{
     load_nodes, load_pods, parse_nodes, parse_pods, PackNode, Pod, MAX_NODE_GPUS,
@@ -116,32 +118,21 @@ impl fmt::Display for PackPolicy {
     }
 }
 
-/// An unknown policy name; its message lists the valid ones.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownPackPolicy(pub String);
-
-impl fmt::Display for UnknownPackPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = PackPolicy::ALL.iter().map(|p| p.name()).collect();
-        write!(
-            f,
-            "unknown packing policy {:?}; valid policies: {}",
-            self.0,
-            names.join(", ")
-        )
-    }
-}
-
-impl std::error::Error for UnknownPackPolicy {}
-
 impl FromStr for PackPolicy {
-    type Err = UnknownPackPolicy;
+    type Err = UnknownName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let key = s.trim().to_ascii_lowercase();
         PackPolicy::ALL
             .into_iter()
             .find(|p| p.name() == key)
-            .ok_or_else(|| UnknownPackPolicy(s.to_string()))
+            .ok_or_else(|| {
+                UnknownName::new(
+                    ("packing policy", "policies"),
+                    s,
+                    &PackPolicy::ALL,
+                    PackPolicy::name,
+                )
+            })
     }
 }

@@ -52,7 +52,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use qm_core::GpuAsk;
+use qm_core::{GpuAsk, UnknownName};
 
 pub use table::TraceError;
 
@@ -111,33 +111,17 @@ impl fmt::Display for Format {
     }
 }
 
-/// An unknown format name; its message lists the valid ones.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownFormat(pub String);
-
-impl fmt::Display for UnknownFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let valid: Vec<&str> = Format::ALL.iter().map(|format| format.name()).collect();
-        write!(
-            f,
-            "unknown trace format {:?}; valid formats: {}",
-            self.0,
-            valid.join(", ")
-        )
-    }
-}
-
-impl std::error::Error for UnknownFormat {}
-
 impl FromStr for Format {
-    type Err = UnknownFormat;
+    type Err = UnknownName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase();
         Format::ALL
             .into_iter()
             .find(|format| format.name() == wanted.as_str())
-            .ok_or_else(|| UnknownFormat(s.to_string()))
+            .ok_or_else(|| {
+                UnknownName::new(("trace format", "formats"), s, &Format::ALL, Format::name)
+            })
     }
 }
 
