@@ -205,14 +205,13 @@ pub struct ClusterState {
     pub(crate) forgotten_up_to: Option<JobId>,
 }
 
-/// The live jobs by id, with an index of those holding resources (running or stopping): all
-/// of them, by node and by team, so the invariants sum a node's or a team's holders without
+/// The live jobs by id, with an index of those holding resources (running or stopping), by
+/// node and by team, so the invariants sum a node's or a team's holders without
 /// walking the pending queue. `apply` keeps the index where resources are taken (a start) and
 /// given back (a release); it is not stored, but rebuilt from the jobs when a state is loaded.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct LiveJobs {
     map: BTreeMap<JobId, Job>,
-    pub(crate) holding: BTreeSet<JobId>,
     pub(crate) holding_by_node: BTreeMap<NodeId, BTreeSet<JobId>>,
     pub(crate) holding_by_team: BTreeMap<u32, BTreeSet<JobId>>,
 }
@@ -222,7 +221,6 @@ impl LiveJobs {
     pub(crate) fn hold(&mut self, id: JobId) {
         let job = &self.map[&id];
         let run = job.state.run().expect("a job that holds has a run");
-        self.holding.insert(id);
         self.holding_by_team
             .entry(job.team_id)
             .or_default()
@@ -239,7 +237,6 @@ impl LiveJobs {
     pub(crate) fn unhold(&mut self, id: JobId) {
         let job = &self.map[&id];
         let Some(run) = job.state.run() else { return };
-        self.holding.remove(&id);
         if let Some(set) = self.holding_by_team.get_mut(&job.team_id) {
             set.remove(&id);
             if set.is_empty() {
