@@ -76,9 +76,9 @@ pub struct RunArgs {
     /// No job is preempted before it has run this long, seconds.
     #[arg(long, default_value_t = 300)]
     min_run_s: u64,
-    /// Blocked jobs that get a reservation in each plan (the server's default is 4).
-    #[arg(long, default_value_t = 4)]
-    max_reservations: usize,
+    /// Blocked jobs that get a reservation in each plan [default: the scheduler's, 4].
+    #[arg(long)]
+    max_reservations: Option<usize>,
 }
 
 pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
@@ -118,7 +118,9 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         let mut options = SimOptions::new(policy);
         options.grace_s = args.grace_s;
         options.min_run_s = args.min_run_s;
-        options.max_reservations = args.max_reservations;
+        if let Some(n) = args.max_reservations {
+            options.max_reservations = n;
+        }
         options.split_to_nodes = matches!(format, Format::Philly | Format::Tiresias);
         let started = Instant::now();
         let mut progress = |done: usize, total: usize| {
