@@ -193,6 +193,7 @@ wire_enum! {
         NoPlacement = "no_placement",
         BlockedByHead = "blocked_by_head",
         NoPartition = "no_partition",
+        NotPreemptible = "not_preemptible",
     }
 }
 
@@ -250,6 +251,10 @@ pub enum Reason {
     /// `static`: the team has no partition for this GPU model.
     #[serde(rename = "no_partition")]
     NoPartition { team: String },
+    /// It cannot be preempted, so it runs only inside its team's guarantee (or on nodes no
+    /// team is guaranteed), and none of that has room.
+    #[serde(rename = "not_preemptible")]
+    NotPreemptible { team: String },
 }
 
 impl Reason {
@@ -264,6 +269,7 @@ impl Reason {
             Reason::NoPlacement { .. } => ReasonKind::NoPlacement,
             Reason::BlockedByHead { .. } => ReasonKind::BlockedByHead,
             Reason::NoPartition { .. } => ReasonKind::NoPartition,
+            Reason::NotPreemptible { .. } => ReasonKind::NotPreemptible,
         }
     }
 }
@@ -414,6 +420,10 @@ mod tests {
             (
                 Reason::NoPartition { team: "b".into() },
                 serde_json::json!({"kind": "no_partition", "team": "b"}),
+            ),
+            (
+                Reason::NotPreemptible { team: "b".into() },
+                serde_json::json!({"kind": "not_preemptible", "team": "b"}),
             ),
         ];
         assert_eq!(cases.len(), ReasonKind::ALL.len());

@@ -198,6 +198,7 @@ pub fn reason(r: &qm_core::Reason) -> proto::Reason {
         },
         R::BlockedByHead { head } => proto::Reason::BlockedByHead { head: head.0 },
         R::NoPartition { team } => proto::Reason::NoPartition { team: team.clone() },
+        R::NotPreemptible { team } => proto::Reason::NotPreemptible { team: team.clone() },
     }
 }
 
@@ -382,6 +383,7 @@ mod tests {
             },
             R::BlockedByHead { head: JobId(8) },
             R::NoPartition { team: "b".into() },
+            R::NotPreemptible { team: "b".into() },
         ];
         assert_eq!(reasons.len(), proto::ReasonKind::ALL.len());
         for r in &reasons {

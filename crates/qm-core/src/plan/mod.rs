@@ -7,6 +7,7 @@
 mod estimate;
 mod frag;
 mod holds;
+mod homes;
 mod order;
 mod partition;
 mod passes;
@@ -21,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{GpuAsk, JobId, PolicyKind, Secs};
+use crate::model::{GpuAsk, JobId, NodeId, PolicyKind, Secs};
 use crate::state::{Admission, ClusterState, Event, StopCause, TaskPlacement};
 
 /// What the scheduler decided at one instant.
@@ -115,6 +116,10 @@ pub enum Reason {
     BlockedByHead { head: JobId },
     /// `static`: the team has no partition (no guarantee for this GPU model).
     NoPartition { team: String },
+    /// It cannot be preempted, so it runs only where no other team's guarantee lives (its
+    /// team's home, nodes no team is guaranteed), and none of those has room; it would fit
+    /// elsewhere.
+    NotPreemptible { team: String },
 }
 
 impl std::fmt::Display for Reason {
@@ -176,6 +181,10 @@ impl std::fmt::Display for Reason {
             Reason::NoPartition { team } => {
                 write!(f, "team {team} has no partition for this GPU model (static)")
             }
+            Reason::NotPreemptible { team } => write!(
+                f,
+                "cannot be preempted, so it runs only inside team {team}'s guarantee (its home nodes) or on nodes no team is guaranteed, and none has room; it would fit on other teams' lent GPUs if it were preemptible"
+            ),
         }
     }
 }
@@ -274,6 +283,49 @@ pub fn admissions(state: &ClusterState, now: Secs) -> BTreeMap<JobId, Admission>
         .iter()
         .map(|run| (run.job.spec.id, run.mode))
         .collect()
+}
+
+/// Where teams' guarantees live under the `default` policy (`homes.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeMap {
+    /// Each team's own home, by team name (a parent's holds its sub-teams'); teams without
+    /// one are absent.
+    pub teams: BTreeMap<String, std::collections::BTreeSet<NodeId>>,
+    /// Nodes that are nobody's home: common ground, where every team is at home too.
+    pub common: std::collections::BTreeSet<NodeId>,
+}
+
+impl HomeMap {
+    /// Whether a job of `team` that cannot be preempted may run on `node`.
+    pub fn safe_for(&self, team: &str, node: NodeId) -> bool {
+        self.teams.is_empty()
+            || self.common.contains(&node)
+            || self.teams.get(team).is_some_and(|h| h.contains(&node))
+    }
+}
+
+/// Each team's home (see [`HomeMap`]); empty under `fifo` and `static`.
+pub fn homes(state: &ClusterState) -> HomeMap {
+    let planner = planner::Planner::new(state, state.clock_s, false);
+    let mut out = HomeMap::default();
+    let n = planner.view.ids.len() as u32;
+    for (t, name) in planner.teams.names.iter().enumerate() {
+        let nodes: std::collections::BTreeSet<NodeId> = planner
+            .homes
+            .own(t)
+            .map(|n| planner.view.ids[n as usize])
+            .collect();
+        if !nodes.is_empty() {
+            out.teams.insert(name.clone(), nodes);
+        }
+    }
+    if !out.teams.is_empty() {
+        out.common = (0..n)
+            .filter(|&i| planner.homes.common(i))
+            .map(|i| planner.view.ids[i as usize])
+            .collect();
+    }
+    out
 }
 
 /// Plans with the policy named in the state's configuration.

@@ -60,6 +60,7 @@ impl<'a> Planner<'a> {
                     group: m,
                     end_s,
                     ignore_guards: true,
+                    within: None,
                 };
                 if let Some(p) = place::find(&self.view, &ask) {
                     match t {
@@ -369,6 +370,13 @@ impl<'a> Planner<'a> {
         }
         // Models where the job is guaranteed first.
         admissible.sort_by_key(|a| a.2);
+        let (homes, safe) = (self.homes.clone(), self.safe.clone());
+        let homeless: Vec<bool> = (0..self.models.len())
+            .map(|m| self.teams.guaranteed(t, m) > 0 && homes.of(t, m).is_none())
+            .collect();
+        // Work that cannot be preempted goes only where it never blocks another team's
+        // guarantee.
+        let within = |m: usize| keep_to(&safe, t, spec, homeless[m]);
         // A single task that several models of its best class can take goes where it grows
         // the fragmentation least.
         if spec.tasks == 1 && admissible.len() > 1 {
@@ -379,7 +387,7 @@ impl<'a> Planner<'a> {
                     if class != best_class {
                         break;
                     }
-                    let ask = Ask::new(spec, g, end_s);
+                    let ask = Ask::new(spec, g, end_s).within(within(m));
                     if let Some((p, d)) = self.find_memo_scored(&ask, shape_of(spec, g)) {
                         if best.as_ref().is_none_or(|b| d < b.0 - 1e-9) {
                             best = Some((d, m, g, p));
@@ -396,7 +404,7 @@ impl<'a> Planner<'a> {
             if phase == Phase::Guaranteed && class == Admission::Borrowed {
                 continue;
             }
-            let ask = Ask::new(spec, g, end_s);
+            let ask = Ask::new(spec, g, end_s).within(within(m));
             let shape = shape_of(spec, g);
             if let Some(p) = self.find_memo(&ask, shape) {
                 self.start(job, t, m, p, class);
@@ -457,10 +465,43 @@ impl<'a> Planner<'a> {
             );
             return true;
         }
-        if self.reserve(job, &admissible) {
+        // A job that cannot be preempted is promised GPUs only where it may run.
+        self.keep_to = match admissible.first() {
+            Some(&(m, _, _)) if !spec.preemptible && !homeless[m] => self.safe[t].clone(),
+            _ => None,
+        };
+        let reserved = self.reserve(job, &admissible);
+        self.keep_to = None;
+        if reserved {
             return true;
+        }
+        if self.explain && self.safe[t].is_some() && !spec.preemptible {
+            let ask = Ask {
+                ignore_guards: true,
+                ..Ask::new(spec, admissible[0].1, end_s)
+            };
+            if place::find(&self.view, &ask).is_some() {
+                let team = spec.team.clone();
+                self.pend(spec.id, Reason::NotPreemptible { team }, None);
+                return true;
+            }
         }
         self.no_placement(job, admissible[0].1);
         true
+    }
+}
+
+/// The nodes a job may use at all: for one that cannot be preempted, its team's home and
+/// nobody's; otherwise (or where that is everywhere) any.
+pub(super) fn keep_to<'h>(
+    safe: &'h [Option<Vec<u64>>],
+    t: usize,
+    spec: &crate::model::JobSpec,
+    homeless: bool,
+) -> Option<(usize, &'h [u64])> {
+    if spec.preemptible || homeless {
+        None
+    } else {
+        safe[t].as_deref().map(|b| (2 * t + 1, b))
     }
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
 use crate::state::TaskPlacement;
 
+use super::homes::bit;
 use super::view::View;
 
 /// One placement question.
@@ -25,6 +26,9 @@ pub(crate) struct Ask<'s> {
     pub end_s: Secs,
     /// Ignore reservation guards (to tell "blocked by a reservation" from "no room").
     pub ignore_guards: bool,
+    /// Only these nodes (a bit per dense node), such as the team's home, with a key that
+    /// names the set for memos; `None`: any node.
+    pub within: Option<(usize, &'s [u64])>,
 }
 
 impl<'s> Ask<'s> {
@@ -35,16 +39,28 @@ impl<'s> Ask<'s> {
             group,
             end_s,
             ignore_guards: false,
+            within: None,
+        }
+    }
+
+    /// The same ask, on these nodes only.
+    pub fn within(self, nodes: Option<(usize, &'s [u64])>) -> Ask<'s> {
+        Ask {
+            within: nodes,
+            ..self
         }
     }
 }
 
-fn selector_ok(view: &View, spec: &JobSpec, n: u32) -> bool {
-    spec.node_selector.is_empty()
-        || spec
-            .node_selector
-            .iter()
-            .all(|(k, v)| view.nodes[n as usize].spec.labels.get(k) == Some(v))
+/// Whether the ask may use node `n` at all: its node selector and the nodes it is kept to.
+fn node_ok(view: &View, ask: &Ask, n: u32) -> bool {
+    ask.within.is_none_or(|(_, w)| bit(w, n))
+        && (ask.spec.node_selector.is_empty()
+            || ask
+                .spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| view.nodes[n as usize].spec.labels.get(k) == Some(v)))
 }
 
 /// GPUs of node `n` the ask must leave alone (reserved for a job that starts before this
@@ -71,7 +87,7 @@ fn cpu_mem(view: &View, ask: &Ask, n: u32) -> (u64, u64) {
 /// How many tasks of the ask node `n` can take now.
 fn node_cap(view: &View, ask: &Ask, n: u32) -> u64 {
     let spec = ask.spec;
-    if !selector_ok(view, spec, n) {
+    if !node_ok(view, ask, n) {
         return 0;
     }
     let mask = forbidden(view, ask, n);
@@ -154,7 +170,7 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
     let buckets = &view.buckets[g];
     let fits = |n: u32| {
         let (cpu, mem) = cpu_mem(view, ask, n);
-        cpu >= spec.cpu_milli && mem >= spec.mem_mib && selector_ok(view, spec, n)
+        cpu >= spec.cpu_milli && mem >= spec.mem_mib && node_ok(view, ask, n)
     };
     let scoring = view.mix_src.is_some();
     // Across levels only where few tasks need whole nodes: then nothing is lost by not

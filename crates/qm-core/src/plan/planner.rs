@@ -12,6 +12,7 @@ use crate::state::{Admission, ClusterState, Job, JobState, TaskPlacement};
 use crate::teams::TeamIndex;
 
 use super::estimate::EstimateInputs;
+use super::homes::Homes;
 use super::partition::static_partition;
 use super::place::{self, Ask};
 use super::reclaim::Victims;
@@ -86,6 +87,13 @@ pub(crate) struct Planner<'a> {
     pub(super) node_model: Vec<usize>,
     /// Free capacity, updated as the plan starts, claims and reserves.
     pub(super) view: View<'a>,
+    /// Where each team's guarantee lives (`default` only; see `homes.rs`).
+    pub(super) homes: std::rc::Rc<Homes>,
+    /// `[team]`: where the team's jobs that cannot be preempted may run (its home and
+    /// nobody's), or `None` for anywhere.
+    pub(super) safe: std::rc::Rc<Vec<Option<Vec<u64>>>>,
+    /// While a job that cannot be preempted is being reserved for: the nodes it may use.
+    pub(super) keep_to: Option<Vec<u64>>,
     /// Every pending, running or stopping job, read once per plan.
     pub(super) live: Vec<&'a Job>,
     /// Every running or stopping job, as the plan sees it.
@@ -114,7 +122,7 @@ pub(super) struct Attempts {
 #[derive(Default)]
 pub(super) struct Memos {
     /// Shapes that did not fit (ignoring guards or not), with the earliest end that failed.
-    pub(super) no_fit: BTreeMap<(Shape, bool), Secs>,
+    pub(super) no_fit: BTreeMap<(Shape, bool, usize), Secs>,
     /// (team, shape) whose reclaim failed, with the earliest end that failed.
     pub(super) no_reclaim: BTreeMap<(usize, Shape), Secs>,
     /// Shapes for which no reservation could be found, and how many releases there were
@@ -184,6 +192,12 @@ impl<'a> Planner<'a> {
         view.mix_src = Some((state, models.clone()));
         let node_count = view.ids.len();
         let acct = Accounting::new(state, &teams, now);
+        let homes = if policy == PolicyKind::Default {
+            Homes::build(state, &view, &models, &node_model, &teams)
+        } else {
+            Homes::none(teams.names.len(), models.len())
+        };
+        let safe = (0..teams.names.len()).map(|t| homes.safe_for(t)).collect();
         Planner {
             state,
             explain,
@@ -198,6 +212,9 @@ impl<'a> Planner<'a> {
             team_by_id,
             node_model,
             view,
+            homes: std::rc::Rc::new(homes),
+            safe: std::rc::Rc::new(safe),
+            keep_to: None,
             live: Vec::new(),
             runs: Vec::new(),
             acct,
@@ -403,7 +420,7 @@ impl<'a> Planner<'a> {
         ask: &Ask,
         shape: Option<Shape>,
     ) -> Option<(Vec<TaskPlacement>, f64)> {
-        let key = shape.map(|s| (s, ask.ignore_guards));
+        let key = shape.map(|s| (s, ask.ignore_guards, ask.within.map_or(0, |w| w.0 + 1)));
         if let Some(k) = &key {
             if self.memo.no_fit.get(k).is_some_and(|&end| ask.end_s >= end) {
                 return None;

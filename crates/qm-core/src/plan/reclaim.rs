@@ -6,9 +6,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{GpuAsk, JobSpec, PolicyKind, MILLI_PER_GPU};
+use crate::model::{GpuAsk, PolicyKind, MILLI_PER_GPU};
 use crate::state::{Admission, Job, StopCause};
 
+use super::homes::bit;
+use super::passes::keep_to;
 use super::place::{self, Ask};
 use super::planner::{shape_of, Planner, MAX_FAILED_ATTEMPTS, MAX_PRUNE_STEPS};
 use super::view::View;
@@ -20,6 +22,11 @@ pub(super) struct Victims {
     pub(super) by_model: Vec<Vec<usize>>,
     /// `[model]` upper bound of milli-GPUs the remaining victims would free.
     pub(super) milli_left: Vec<u64>,
+    /// `[model]` milli-GPUs of guaranteed runs away from their team's home that reclaim may
+    /// take for a job that cannot be preempted (`home_victims`).
+    pub(super) away_milli: Vec<u64>,
+    /// Some pending job cannot be preempted (and so may take a home back whole).
+    pub(super) pinned_pending: bool,
 }
 
 impl Victims {
@@ -27,6 +34,8 @@ impl Victims {
         Victims {
             by_model: vec![Vec::new(); models],
             milli_left: vec![0; models],
+            away_milli: vec![0; models],
+            pinned_pending: false,
         }
     }
 }
@@ -37,7 +46,12 @@ impl<'a> Planner<'a> {
         self.policy != PolicyKind::Default
             || self.attempts.reclaims >= self.cfg.max_reclaims
             || self.attempts.failed_reclaims >= MAX_FAILED_ATTEMPTS
-            || self.victims.milli_left.iter().all(|&m| m == 0)
+            || self
+                .victims
+                .milli_left
+                .iter()
+                .zip(&self.victims.away_milli)
+                .all(|(&m, &a)| m == 0 && (a == 0 || !self.victims.pinned_pending))
     }
 
     /// Frees the job's GPUs by preempting borrowed jobs that lose the least work.
@@ -50,7 +64,13 @@ impl<'a> Planner<'a> {
         let spec = &job.spec;
         // Cheap bound first: free GPUs plus every GPU a victim touches (a victim's share of a
         // GPU may free the whole GPU).
-        if self.view.group_free_milli[g] + self.victims.milli_left[m] < spec.milli_total() {
+        let takable = self.victims.milli_left[m]
+            + if spec.preemptible {
+                0
+            } else {
+                self.victims.away_milli[m]
+            };
+        if self.view.group_free_milli[g] + takable < spec.milli_total() {
             return false;
         }
         let Some(team) = self.team_of(job) else {
@@ -69,20 +89,30 @@ impl<'a> Planner<'a> {
             .copied()
             .filter(|&i| !self.runs[i].stopped && self.runs[i].team != Some(team))
             .collect();
-        if victims.is_empty() {
-            return false;
+        // Work that cannot be preempted is placed only where it may run.
+        let safe = self.safe.clone();
+        let homes = self.homes.clone();
+        let homeless = self.teams.guaranteed(team, m) > 0 && homes.of(team, m).is_none();
+        let within = keep_to(&safe, team, spec, homeless);
+        let restricted = within.is_some();
+        let ask = Ask::new(spec, g, end_s).within(within);
+        // First the borrowed work that loses least, wherever it is. A job that cannot be
+        // preempted runs only at its team's home: where borrowed work alone cannot make room
+        // for it there, it takes its home back whole, preempting every run there that is away
+        // from its own team's home too.
+        let mut found = None;
+        if !victims.is_empty() {
+            found = self.victims_and_place(&ask, &victims);
         }
-        let ask = Ask::new(spec, g, end_s);
-        let chosen = if spec.tasks == 1 {
-            self.victims_for_task(spec, g, &victims)
-        } else {
-            self.victims_for_gang(&ask, &victims)
-        };
-        let placement = chosen.as_ref().and_then(|chosen| {
-            let future = self.view_without(chosen);
-            place::find(&future, &ask)
-        });
-        let (Some(chosen), Some(placement)) = (chosen, placement) else {
+        if found.is_none() && restricted && homes.of(team, m).is_some() {
+            let home = homes.own_bits(team);
+            let wide = self.home_victims(team, m, &home, &victims);
+            if wide.len() > victims.len() {
+                let ask = Ask::new(spec, g, end_s).within(Some((2 * team, &home)));
+                found = self.victims_and_place(&ask, &wide);
+            }
+        }
+        let Some((chosen, placement)) = found else {
             self.attempts.failed_reclaims += 1;
             if let Some(k) = memo {
                 let end = self.memo.no_reclaim.entry(k).or_insert(end_s);
@@ -141,6 +171,54 @@ impl<'a> Planner<'a> {
         true
     }
 
+    /// Victims among `victims` (cheapest first) that make room for the ask, and where it goes.
+    fn victims_and_place(
+        &self,
+        ask: &Ask,
+        victims: &[usize],
+    ) -> Option<(Vec<usize>, Vec<crate::state::TaskPlacement>)> {
+        let chosen = if ask.spec.tasks == 1 {
+            self.victims_for_task(ask, victims)
+        } else {
+            self.victims_for_gang(ask, victims)
+        }?;
+        let placement = place::find(&self.view_without(&chosen), ask)?;
+        Some((chosen, placement))
+    }
+
+    /// The borrowed `victims`, and every other run that may be preempted and sits in the
+    /// team's own `home` away from its own team's home, cheapest first: what the team may
+    /// take back to have its guarantee in shape.
+    fn home_victims(&self, team: usize, m: usize, home: &[u64], victims: &[usize]) -> Vec<usize> {
+        let mut out: Vec<usize> = victims.to_vec();
+        for (i, r) in self.runs.iter().enumerate() {
+            let Some(run) = r.job.state.run() else {
+                continue;
+            };
+            let in_home = r
+                .placement
+                .iter()
+                .any(|t| self.view.dense(t.node).is_some_and(|n| bit(home, n)));
+            let eligible = !r.stopped
+                && r.model == m
+                && r.team.is_some_and(|t| t != team)
+                && r.mode == Admission::Guaranteed
+                && r.job.spec.preemptible
+                && self.now.saturating_sub(run.started_s) >= r.job.spec.min_run_s
+                && in_home
+                && !self.run_at_home(i);
+            if eligible {
+                out.push(i);
+            }
+        }
+        out.sort_by_key(|&i| {
+            let r = &self.runs[i];
+            let started = r.job.state.run().map_or(0, |run| run.started_s);
+            (r.lost_gpu_s, Reverse(started), r.job.spec.id)
+        });
+        out
+    }
+
     /// A copy of the view with the given running jobs' resources given back.
     pub(super) fn view_without(&self, runs: &[usize]) -> View<'a> {
         let mut v = self.view.clone();
@@ -153,12 +231,8 @@ impl<'a> Planner<'a> {
 
     /// For one task: on each node, the cheapest victims there that make room; the cheapest
     /// node wins.
-    pub(super) fn victims_for_task(
-        &self,
-        spec: &JobSpec,
-        g: usize,
-        victims: &[usize],
-    ) -> Option<Vec<usize>> {
+    pub(super) fn victims_for_task(&self, ask: &Ask, victims: &[usize]) -> Option<Vec<usize>> {
+        let (spec, g) = (ask.spec, ask.group);
         let mut on_node: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for &i in victims {
             for task in self.runs[i].placement {
@@ -173,6 +247,7 @@ impl<'a> Planner<'a> {
         let mut best: Option<(u64, u32, Vec<usize>)> = None;
         for (n, list) in on_node {
             if self.view.group[n as usize] != Some(g)
+                || ask.within.is_some_and(|(_, h)| !bit(h, n))
                 || !spec
                     .node_selector
                     .iter()

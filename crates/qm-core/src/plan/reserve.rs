@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
 use crate::state::{Admission, Job, TaskPlacement};
 
+use super::homes::bit;
 use super::place;
 use super::planner::{mask_bits, shape_of, Planner, MAX_FAILED_ATTEMPTS};
 use super::{Reason, Reservation};
@@ -119,8 +120,9 @@ impl<'a> Planner<'a> {
                 None => {
                     self.attempts.failed_reservations += 1;
                     // More reservations only push later: until something else starts, this
-                    // shape will not get one.
-                    if let Some(s) = shape {
+                    // shape will not get one (on every node; kept to some, it may fail where
+                    // others would not).
+                    if let Some(s) = shape.filter(|_| self.keep_to.is_none()) {
                         self.memo.no_reserve.insert(s, self.timeline.releases.len());
                     }
                 }
@@ -189,6 +191,9 @@ impl<'a> Planner<'a> {
         let mut best: Option<(Secs, u32, u32, Vec<u32>, u64, u64)> = None;
         for &n in &self.view.group_nodes[g] {
             let node = self.view.nodes[n as usize];
+            if self.keep_to.as_ref().is_some_and(|w| !bit(w, n)) {
+                continue;
+            }
             if !spec
                 .node_selector
                 .iter()
@@ -430,6 +435,9 @@ impl<'a> Planner<'a> {
         t: Secs,
         out: &mut ([u32; 64], u64, u64),
     ) -> Option<u64> {
+        if self.keep_to.as_ref().is_some_and(|w| !bit(w, n)) {
+            return None;
+        }
         let labels = &self.view.nodes[n as usize].spec.labels;
         if !spec
             .node_selector

@@ -152,6 +152,22 @@ impl<'a> Planner<'a> {
                 self.victims.by_model[r.model].push(i);
             }
         }
+        self.victims.pinned_pending = self
+            .live
+            .iter()
+            .any(|j| j.state == JobState::Pending && !j.spec.preemptible);
+        for i in 0..self.runs.len() {
+            let r = &self.runs[i];
+            let run = r.job.state.run().expect("holding");
+            let away = !r.stopped
+                && r.mode == Admission::Guaranteed
+                && r.job.spec.preemptible
+                && self.now.saturating_sub(run.started_s) >= r.job.spec.min_run_s
+                && !self.run_at_home(i);
+            if away {
+                self.victims.away_milli[r.model] += r.job.spec.milli_total();
+            }
+        }
         for (m, list) in self.victims.by_model.iter().enumerate() {
             self.victims.milli_left[m] = list
                 .iter()
@@ -215,7 +231,7 @@ impl<'a> Planner<'a> {
                     .insert(*b, (t, pool, job.spec.milli_total()));
             }
         }
-        for (t, mut list) in by_team {
+        for (t, list) in by_team {
             let mut keyed: Vec<_> = list
                 .iter()
                 .map(|&i| {
@@ -225,10 +241,8 @@ impl<'a> Planner<'a> {
                 })
                 .collect();
             keyed.sort_unstable();
-            list.clear();
-            list.extend(keyed.into_iter().map(|k| k.1));
             let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
-            for i in list {
+            for (_, i) in keyed {
                 let r = &mut self.runs[i];
                 let pool = self.teams.pool_of_model[t][r.model];
                 let milli = r.job.spec.milli_total();
@@ -243,6 +257,17 @@ impl<'a> Planner<'a> {
             }
             self.acct.guaranteed_used[t] = used;
         }
+    }
+
+    /// Whether every task of run `i` sits on a node that is home to its team.
+    pub(super) fn run_at_home(&self, i: usize) -> bool {
+        let r = &self.runs[i];
+        let Some(t) = r.team else { return false };
+        r.placement.iter().all(|task| {
+            self.view
+                .dense(task.node)
+                .is_some_and(|n| self.homes.at_home(t, r.model, n))
+        })
     }
 
     pub(super) fn idle_reclaim(&mut self) {

@@ -4,6 +4,7 @@ mod lifecycle;
 mod placement;
 mod reclaim;
 mod reservations;
+mod sharing;
 mod teams;
 
 use qm_core::testkit::{ClusterBuilder, Harness};

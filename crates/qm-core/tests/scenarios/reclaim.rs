@@ -123,9 +123,11 @@ fn minimum_run_time_protects_borrowers_until_it_has_passed() {
 
 #[test]
 fn non_preemptible_borrowers_are_never_reclaimed() {
-    let mut h = Harness::new(two_teams(1, 8, 0));
+    // B's job started on GPUs no team was guaranteed; then A was guaranteed the node.
+    let mut h = Harness::new(two_teams(1, 0, 0));
     h.submit(JobBuilder::new("b").gpus(8).not_preemptible().limit(500));
-    h.step();
+    assert_eq!(h.step().starts.len(), 1);
+    apply(&mut h.state, Event::SetTeam(TeamSpec::new("a", 8))).unwrap();
     let owner = h.submit(JobBuilder::new("a").gpus(8));
     let plan = h.step();
     assert!(plan.stops.is_empty());
@@ -134,6 +136,45 @@ fn non_preemptible_borrowers_are_never_reclaimed() {
         plan.pending_job(owner).unwrap().reason,
         Reason::Reserved { start_s: 500 }
     );
+}
+
+#[test]
+fn work_that_cannot_be_preempted_never_borrows_another_teams_guarantee() {
+    // A is guaranteed node 0; node 1 is nobody's. B has no guarantee.
+    let mut h = Harness::new(two_teams(2, 8, 0));
+    let first = h.submit(JobBuilder::new("b").gpus(8).not_preemptible().no_limit());
+    let second = h.submit(JobBuilder::new("b").gpus(8).not_preemptible().limit(500));
+    let plan = h.step();
+    assert!(
+        plan.start_of(first).is_some(),
+        "node 1 is nobody's: it may run there"
+    );
+    let node = &plan.start_of(first).unwrap().placement[0].node;
+    assert_eq!(node.0, 1, "not in A's home");
+    assert_eq!(
+        plan.pending_job(second).unwrap().reason,
+        Reason::NotPreemptible { team: "b".into() },
+        "A's idle node is lent only to work that can be taken back"
+    );
+    // Preemptible work borrows A's node, and A takes it back.
+    let lent = h.submit(JobBuilder::new("b").gpus(8).limit(500));
+    apply(
+        &mut h.state,
+        Event::Cancel {
+            job: second,
+            at_s: 0,
+        },
+    )
+    .unwrap();
+    assert!(h.step().start_of(lent).is_some());
+    h.now = 400;
+    let owner = h.submit(JobBuilder::new("a").gpus(8));
+    let plan = h.step();
+    assert_eq!(plan.stops.len(), 1);
+    assert_eq!(plan.stops[0].job, lent);
+    h.reap();
+    h.step();
+    assert!(h.is_running(owner));
 }
 
 #[test]

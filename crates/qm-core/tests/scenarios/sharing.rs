@@ -1,0 +1,134 @@
+//! Sharing safety: a guarantee comes back in the shape the team needs, from its home.
+
+use std::collections::BTreeMap;
+
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder};
+use qm_core::*;
+
+/// 8 nodes of 8 GPUs, 4 per rack: `frontier` is guaranteed half the cluster, `x` and `y` a
+/// quarter each.
+fn frontier_cluster() -> ClusterState {
+    ClusterBuilder::new()
+        .racks(2, 4, 8)
+        .team("frontier", 32)
+        .team("x", 16)
+        .team("y", 16)
+        .build()
+}
+
+/// GPUs each team holds in running (not stopping) jobs.
+fn held(h: &Harness) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for j in h.state.live_jobs() {
+        if matches!(j.state, JobState::Running(_)) {
+            *out.entry(j.spec.team.clone()).or_default() += j.spec.milli_total() / 1000;
+        }
+    }
+    out
+}
+
+#[test]
+fn homes_lay_guarantees_as_whole_nodes_largest_first_and_share_remainders() {
+    let state = ClusterBuilder::new()
+        .racks(2, 4, 8)
+        .team("big", 32)
+        .team("mid", 12)
+        .team("small", 4)
+        .build();
+    let homes = qm_core::homes(&state);
+    let ids = |team: &str| -> Vec<u32> { homes.teams[team].iter().map(|n| n.0).collect() };
+    // 32 GPUs: four whole nodes, the first rack. 12: one whole node, then 4 GPUs of the next,
+    // which `small` shares. Nodes 6 and 7 are nobody's: common ground for every team.
+    assert_eq!(ids("big"), vec![0, 1, 2, 3]);
+    assert_eq!(ids("mid"), vec![4, 5]);
+    assert_eq!(ids("small"), vec![5]);
+    let common: Vec<u32> = homes.common.iter().map(|n| n.0).collect();
+    assert_eq!(common, vec![6, 7]);
+}
+
+#[test]
+fn a_guaranteed_gang_takes_its_whole_home_back_within_minutes() {
+    let mut h = Harness::new(frontier_cluster());
+    // X and Y churn through short single-GPU jobs, borrowing frontier's idle half: who holds
+    // which GPU ends up scattered by the order of ends and starts.
+    for i in 0..400u64 {
+        for team in ["x", "y"] {
+            h.submit(
+                JobBuilder::new(team)
+                    .limit(4000)
+                    .runs_for(600 + (i * 7919 + u64::from(team == "y") * 311) % 2400)
+                    .grace(30)
+                    .min_run(60),
+            );
+        }
+    }
+    h.run_until(5000);
+    assert_eq!(held(&h).values().sum::<u64>(), 64, "the cluster is full");
+    let before = held(&h);
+    assert!(before["x"] >= 16 && before["y"] >= 16);
+    // Frontier's one big run: 4 whole nodes, inside its guarantee, not preemptible.
+    let gang = h.submit(
+        JobBuilder::new("frontier")
+            .tasks(4)
+            .gpus(8)
+            .not_preemptible()
+            .limit(20_000),
+    );
+    let submitted = h.now;
+    let home: Vec<NodeId> = qm_core::homes(&h.state).teams["frontier"]
+        .iter()
+        .copied()
+        .collect();
+    let first_plan = h.plans.len();
+    // Borrowed work alone cannot make four whole nodes here: the gang, which cannot be
+    // preempted and so runs only at home, takes its home back, runs there that are away from
+    // their own homes included. Borrowers younger than their minimum run time (60 s) are
+    // protected, then the grace period (30 s). The churn goes on meanwhile.
+    while !h.is_running(gang) && h.now < submitted + 200 {
+        let at = h.now + 10;
+        h.run_until(at);
+    }
+    assert!(
+        h.is_running(gang),
+        "{:?}",
+        qm_core::plan(&h.state, h.now).pending_job(gang)
+    );
+    let waited = h.started_at(gang).unwrap() - submitted;
+    assert!(waited <= 60 + 30 + 10, "waited {waited} s");
+    // Only work in frontier's home was stopped, and X and Y kept their guarantees.
+    for plan in &h.plans[first_plan..] {
+        for stop in &plan.stops {
+            let job = h.state.job(stop.job).unwrap();
+            assert_ne!(job.spec.team, "frontier");
+        }
+    }
+    // A team that lost a run away from its home takes its guarantee back at its own home,
+    // within its reclaim's grace period.
+    let back = h.now + 60 + 30 + 10;
+    h.run_until(back);
+    let after = held(&h);
+    assert!(after["x"] >= 16 && after["y"] >= 16, "{after:?}");
+    assert_eq!(after["frontier"], 32);
+    let run = h.state.job(gang).unwrap().state.run().unwrap().clone();
+    assert!(run.placement.iter().all(|t| home.contains(&t.node)));
+    assert_eq!(run.admission, Admission::Guaranteed);
+}
+
+#[test]
+fn a_team_that_outgrows_its_home_borrows_elsewhere() {
+    let mut h = Harness::new(frontier_cluster());
+    // X's home is full of its own work; one more job must go elsewhere.
+    for _ in 0..16 {
+        h.submit(JobBuilder::new("x").limit(1000));
+    }
+    h.step();
+    let admissions = qm_core::admissions(&h.state, h.now);
+    assert!(admissions.values().all(|&a| a == Admission::Guaranteed));
+    // A guarantee that X outgrew by one job: the 17th runs on lent GPUs, as borrowed.
+    let extra = h.submit(JobBuilder::new("x").limit(1000));
+    let plan = h.step();
+    assert_eq!(plan.start_of(extra).unwrap().admission, Admission::Borrowed);
+    let home = &qm_core::homes(&h.state).teams["x"];
+    let node = plan.start_of(extra).unwrap().placement[0].node;
+    assert!(!home.contains(&node));
+}
