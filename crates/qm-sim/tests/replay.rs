@@ -98,6 +98,7 @@ fn reports_are_written_with_every_field_and_chart() {
         trace_skipped: 0,
         seed: 42,
         policies: results.iter().map(report::summarize).collect(),
+        team_comparisons: report::team_comparisons(&results),
     };
     let dir = std::env::temp_dir().join(format!("qm-sim-report-{}", std::process::id()));
     report::write(&dir, &report, &results).unwrap();
@@ -123,6 +124,9 @@ fn reports_are_written_with_every_field_and_chart() {
         "idle_gpu_hours_reclaimed",
         "fairness_jain",
         "teams",
+        "replay_end_s",
+        "wait_all",
+        "team_waits",
     ] {
         assert!(policies[0].get(key).is_some(), "report.json lacks {key}");
     }
@@ -138,6 +142,20 @@ fn reports_are_written_with_every_field_and_chart() {
         );
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("| default |") && md.contains("default vs static"));
+    assert!(md.contains("| default |") && md.contains("`default` against `static`"));
+    // Team c's 16-GPU gang never starts under static: censored there, started only under
+    // the shared pool in the like-with-like comparison.
+    let stat = &policies[2];
+    assert_eq!(stat["policy"], "static");
+    assert_eq!(stat["wait_all"]["censored"], 1);
+    let c = json["team_comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["team"] == "c" && c["policy"] == "default")
+        .unwrap();
+    assert_eq!(c["reference"], "static");
+    assert_eq!(c["started_only_policy"], 1);
+    assert_eq!(c["started_only_reference"], 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }

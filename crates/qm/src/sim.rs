@@ -159,6 +159,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         trace_skipped: trace.skipped.len(),
         seed: args.seed,
         policies: results.iter().map(report::summarize).collect(),
+        team_comparisons: report::team_comparisons(&results),
     };
     report::write(&args.out, &report, &results)?;
     println!("{}", report::table(&report));
