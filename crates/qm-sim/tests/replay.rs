@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use qm_core::PolicyKind;
 use qm_sim::cluster::ClusterSpec;
 use qm_sim::report::{self, Report};
-use qm_sim::sim::{simulate, SimOptions, SimResult};
+use qm_sim::sim::{perturb_seeds, simulate, SimOptions, SimResult};
 use qm_sim::teamspec;
 use qm_sim::trace::{self, Format};
 
@@ -14,17 +14,16 @@ fn fixture() -> PathBuf {
 }
 
 fn run(policy: PolicyKind) -> SimResult {
+    run_perturbed(policy, None)
+}
+
+fn run_perturbed(policy: PolicyKind, perturb_seed: Option<u64>) -> SimResult {
     let trace = trace::load(&fixture(), Format::Csv).unwrap();
     let cluster = ClusterSpec::shorthand("4x8").unwrap();
     let teams = teamspec::auto(&trace.jobs, cluster.gpus());
-    simulate(
-        &trace.jobs,
-        &cluster,
-        &teams,
-        &SimOptions::new(policy),
-        &mut |_, _| {},
-    )
-    .unwrap()
+    let mut options = SimOptions::new(policy);
+    options.perturb_seed = perturb_seed;
+    simulate(&trace.jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()
 }
 
 #[test]
@@ -158,4 +157,48 @@ fn reports_are_written_with_every_field_and_chart() {
     assert_eq!(c["started_only_policy"], 1);
     assert_eq!(c["started_only_reference"], 0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn perturbed_replays_deal_other_ids_and_keep_the_traces_for_comparisons() {
+    for policy in PolicyKind::ALL {
+        let plain = run(policy);
+        assert!(plain.jobs.iter().all(|j| j.core_id == j.id), "{policy}");
+        let mut dealt = Vec::new();
+        for seed in perturb_seeds(42, 3) {
+            let p = run_perturbed(policy, Some(seed));
+            let ids = |r: &SimResult| r.jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+            assert_eq!(
+                ids(&p),
+                ids(&plain),
+                "{policy}: the trace's ids, in its order"
+            );
+            let mut core: Vec<_> = p.jobs.iter().map(|j| j.core_id).collect();
+            dealt.push(core.clone());
+            core.sort();
+            let mut trace_ids = ids(&plain);
+            trace_ids.sort();
+            assert_eq!(
+                core, trace_ids,
+                "{policy}: a permutation of the trace's ids"
+            );
+            let r = report::summarize(&p);
+            assert_eq!(r.rejected, 1, "{policy}: the same job is refused");
+            assert_eq!(r.jobs + r.unfinished + r.rejected, 42, "{policy}");
+            // Job by job against the replay in the trace's order, by trace id: every job that
+            // started there starts here too (the fixture runs everything but c's gang under
+            // static).
+            for c in report::compare(&plain, &p) {
+                assert_eq!(
+                    (c.started_only_reference, c.started_only_policy),
+                    (0, 0),
+                    "{policy}: {c:?}"
+                );
+            }
+        }
+        assert!(
+            dealt.windows(2).all(|w| w[0] != w[1]),
+            "{policy}: each seed deals its own ids"
+        );
+    }
 }

@@ -24,6 +24,7 @@ impl Replay {
     fn record(id: u64, team: &str, submit_s: Secs) -> JobRecord {
         JobRecord {
             id: JobId(id),
+            core_id: JobId(id),
             team: team.to_string(),
             submit_s,
             duration_s: 3600,
@@ -64,6 +65,7 @@ impl Replay {
     fn result(self) -> SimResult {
         SimResult {
             policy: self.policy,
+            perturb_seed: None,
             jobs: self.jobs,
             total_gpus: 8,
             allocated: vec![(0, 0)],
