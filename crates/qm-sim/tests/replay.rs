@@ -98,6 +98,7 @@ fn reports_are_written_with_every_field_and_chart() {
         seed: 42,
         policies: results.iter().map(report::summarize).collect(),
         team_comparisons: report::team_comparisons(&results),
+        perturbed: None,
     };
     let dir = std::env::temp_dir().join(format!("qm-sim-report-{}", std::process::id()));
     report::write(&dir, &report, &results).unwrap();

@@ -17,6 +17,10 @@
 //! - `team_comparisons` ([`compare`]): per team, each policy against the reference (`static`
 //!   when it ran, else the first policy), like with like: the mean wait of the same jobs,
 //!   those that started under both, and apart, how many started under one only.
+//! - `perturbed` (only with `qm sim run --perturb K`; [`perturbed`]): the K perturbed replays
+//!   of each policy, whose ties the core breaks another way, and each figure of the main
+//!   table over them as mean, sample SD and coefficient of variation. Everything else in the
+//!   report is the replay in the trace's order, as without the flag.
 //! - `gpu_allocation`: allocated GPU-time / (cluster GPUs x span), span from the first
 //!   submission to the last completion (`makespan_s`).
 //! - `gpu_hours_lost`: GPU-hours of runs cut short by preemption (a preempted job restarts).
@@ -24,6 +28,7 @@
 //! - `fairness_jain`: Jain's index over teams of 1 / (mean slowdown); 1 is perfectly even.
 
 mod compare;
+mod perturbed;
 mod tables;
 
 use std::collections::BTreeMap;
@@ -36,7 +41,10 @@ use crate::sim::SimResult;
 use crate::svg::{self, BarSeries, Scale, Series};
 
 pub use compare::{compare, team_comparisons, TeamComparison};
-pub use tables::{table, team_tables};
+pub use perturbed::{
+    perturbed, Figures, Perturbed, PerturbedPolicy, Stat, TeamComparisonMean, TeamWaitsMean,
+};
+pub use tables::{perturbed_table, perturbed_team_tables, table, team_tables};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TeamReport {
@@ -126,6 +134,10 @@ pub struct Report {
     pub policies: Vec<PolicyReport>,
     /// Per team, each policy against the reference, like with like ([`team_comparisons`]).
     pub team_comparisons: Vec<TeamComparison>,
+    /// With `qm sim run --perturb K`: the K perturbed replays of each policy ([`perturbed`]).
+    /// The figures above are the replay in the trace's order, as without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perturbed: Option<Perturbed>,
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -289,8 +301,38 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
         report.gpus,
         report.teams
     );
+    if report.perturbed.is_some() {
+        let _ = writeln!(md, "The replay in the trace's order:\n");
+    }
     let _ = writeln!(md, "{}", table(report));
+    if let Some(p) = &report.perturbed {
+        let _ = writeln!(
+            md,
+            "## Perturbed replays\n\n{} replays of each policy with ties broken another way \
+             (job ids dealt by a seeded permutation, equivalent racks renumbered; seeds {}): \
+             mean ± sample standard deviation over them, and the coefficient of variation \
+             (SD / mean) of the mean wait.\n\n{}",
+            p.replays,
+            p.seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            perturbed_table(p)
+        );
+    }
     let _ = writeln!(md, "## Teams\n\n{}", team_tables(report));
+    if let Some(p) = &report.perturbed {
+        let _ = writeln!(
+            md,
+            "## Teams, mean of the {} perturbed replays\n\nPolicy p's replay k is compared \
+             with the reference's replay k (the same seed); the comparisons' figures are \
+             means over k, the ratio that of the mean waits, ± the SD of the replays' own \
+             ratios.\n\n{}",
+            p.replays,
+            perturbed_team_tables(p)
+        );
+    }
     let _ = writeln!(
         md,
         "## Charts\n\n![allocated GPUs](allocation.svg)\n\n![queueing delay](wait_cdf.svg)\n\n![mean wait per team](team_wait.svg)\n"

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{PolicyReport, Report, TeamComparison};
+use super::{Perturbed, PolicyReport, Report, TeamComparison};
 
 pub(super) fn hours(s: f64) -> String {
     if s < 60.0 {
@@ -47,8 +47,10 @@ impl Unit {
     }
 }
 
-/// A column of the main table: its heading, how it is shown, and where it comes from.
+/// A column of the main table: its name in `report.json`'s spreads, its heading, how it is
+/// shown, and where it comes from.
 pub(super) struct Figure {
+    pub key: &'static str,
     pub header: &'static str,
     pub unit: Unit,
     pub get: fn(&PolicyReport) -> f64,
@@ -57,66 +59,79 @@ pub(super) struct Figure {
 /// The main table's columns, in order.
 pub(super) const FIGURES: [Figure; 13] = [
     Figure {
+        key: "jobs",
         header: "jobs",
         unit: Unit::Count,
         get: |p| p.jobs as f64,
     },
     Figure {
+        key: "rejected",
         header: "rejected",
         unit: Unit::Count,
         get: |p| p.rejected as f64,
     },
     Figure {
+        key: "unfinished",
         header: "unfinished",
         unit: Unit::Count,
         get: |p| p.unfinished as f64,
     },
     Figure {
+        key: "wait_all_mean_s",
         header: "wait mean",
         unit: Unit::Time,
         get: |p| p.wait_all.mean_s,
     },
     Figure {
+        key: "wait_all_p99_s",
         header: "wait p99",
         unit: Unit::Time,
         get: |p| p.wait_all.p99_s,
     },
     Figure {
+        key: "wait_all_censored",
         header: "censored",
         unit: Unit::Count,
         get: |p| p.wait_all.censored as f64,
     },
     Figure {
+        key: "jct_mean_s",
         header: "JCT mean",
         unit: Unit::Time,
         get: |p| p.jct_mean_s,
     },
     Figure {
+        key: "jct_p99_s",
         header: "JCT p99",
         unit: Unit::Time,
         get: |p| p.jct_p99_s,
     },
     Figure {
+        key: "slowdown_mean",
         header: "slowdown",
         unit: Unit::Slowdown,
         get: |p| p.slowdown_mean,
     },
     Figure {
+        key: "gpu_allocation",
         header: "GPU alloc",
         unit: Unit::Share,
         get: |p| p.gpu_allocation,
     },
     Figure {
+        key: "preemptions",
         header: "preemptions",
         unit: Unit::Count,
         get: |p| p.preemptions as f64,
     },
     Figure {
+        key: "gpu_hours_lost",
         header: "GPU-h lost",
         unit: Unit::GpuHours,
         get: |p| p.gpu_hours_lost,
     },
     Figure {
+        key: "fairness_jain",
         header: "Jain",
         unit: Unit::Index,
         get: |p| p.fairness_jain,
@@ -145,6 +160,30 @@ pub fn table(report: &Report) -> String {
             let _ = write!(out, " {} |", f.unit.show((f.get)(p)));
         }
         let _ = writeln!(out);
+    }
+    out
+}
+
+/// Over perturbed replays, per policy: each figure of the main table as mean ± sample SD, and
+/// the coefficient of variation of the mean wait.
+pub fn perturbed_table(perturbed: &Perturbed) -> String {
+    let mut out = String::new();
+    header(&mut out, "policy", &["wait mean CV"]);
+    for p in &perturbed.policies {
+        let _ = write!(out, "| {} |", p.policy);
+        for f in &FIGURES {
+            let stat = p.figures.get(f.key).expect("every figure");
+            let _ = match stat.sd {
+                Some(sd) => write!(out, " {} ± {} |", f.unit.show(stat.mean), f.unit.show(sd)),
+                None => write!(out, " {} |", f.unit.show(stat.mean)),
+            };
+        }
+        let cv = p.figures.get("wait_all_mean_s").and_then(|s| s.cv);
+        let _ = writeln!(
+            out,
+            " {} |",
+            cv.map_or("-".to_string(), |cv| format!("{:.1} %", 100.0 * cv))
+        );
     }
     out
 }
@@ -254,6 +293,38 @@ pub(super) fn comparison_tables(rows: &[(TeamComparison<f64>, Option<f64>)]) -> 
         );
     }
     out
+}
+
+/// The per-team tables of the means over perturbed replays: waits, then the comparisons.
+pub fn perturbed_team_tables(perturbed: &Perturbed) -> String {
+    let names: Vec<&str> = perturbed
+        .policies
+        .iter()
+        .map(|p| p.policy.as_str())
+        .collect();
+    let cells: Vec<Vec<(String, TeamWaitCell)>> = perturbed
+        .policies
+        .iter()
+        .map(|p| {
+            p.team_waits
+                .iter()
+                .map(|t| {
+                    let cell = TeamWaitCell {
+                        jobs: t.jobs,
+                        censored: t.censored,
+                        mean_s: t.mean_s,
+                    };
+                    (t.team.clone(), cell)
+                })
+                .collect()
+        })
+        .collect();
+    let rows: Vec<(TeamComparison<f64>, Option<f64>)> = perturbed
+        .team_comparisons
+        .iter()
+        .map(|c| (c.mean.clone(), c.wait_ratio_sd))
+        .collect();
+    team_wait_table(&names, &cells) + &comparison_tables(&rows)
 }
 
 /// The per-team tables of one replay per policy: waits, then the comparisons.

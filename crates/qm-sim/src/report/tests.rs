@@ -194,6 +194,7 @@ fn report_md_shows_waits_censored_and_the_comparison() {
         seed: 42,
         policies: results.iter().map(summarize).collect(),
         team_comparisons: team_comparisons(&results),
+        perturbed: None,
     };
     let main = table(&report);
     assert!(
@@ -215,4 +216,101 @@ fn report_md_shows_waits_censored_and_the_comparison() {
     assert_eq!(json["policies"][1]["team_waits"][0]["team"], "big");
     assert_eq!(json["policies"][1]["team_waits"][0]["censored"], 1);
     assert_eq!(json["team_comparisons"][0]["started_only_policy"], 1);
+}
+
+#[test]
+fn stat_is_the_mean_the_sample_sd_and_their_ratio() {
+    let s = Stat::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+    assert_eq!(s.mean, 5.0);
+    let sd = (32.0_f64 / 7.0).sqrt();
+    assert!((s.sd.unwrap() - sd).abs() < 1e-12, "{s:?}");
+    assert!((s.cv.unwrap() - sd / 5.0).abs() < 1e-12);
+    assert_eq!(
+        Stat::of(&[3.0]),
+        Stat {
+            mean: 3.0,
+            sd: None,
+            cv: None
+        },
+        "no spread from one replay"
+    );
+    assert_eq!(Stat::of(&[0.0, 0.0]).cv, None, "no CV of a mean of 0");
+    assert_eq!(Stat::of(&[0.0, 0.0]).sd, Some(0.0));
+}
+
+#[test]
+fn perturbed_replays_give_the_spread_of_each_figure_and_mean_team_comparisons() {
+    let (stat_1, shared_1) = static_and_default();
+    // Replay 2: static as in replay 1; the shared pool starts jobs 1 and 2 later, and job 3
+    // never.
+    let stat_2 = stat_1.clone();
+    let shared_2 = Replay::new(PolicyKind::Default)
+        .ran(1, "big", 0, 150)
+        .ran(2, "big", 0, 150)
+        .waiting(3, "big", 1000)
+        .rejected(4, "big", 0)
+        .ran(5, "small", 0, 0)
+        .result();
+    let replays = [
+        vec![shared_1.clone(), stat_1.clone()],
+        vec![shared_2.clone(), stat_2],
+    ];
+    let p = perturbed(&[11, 12], &replays);
+    assert_eq!((p.replays, p.seeds.clone()), (2, vec![11, 12]));
+    assert_eq!(p.policies[0].policy, "default");
+    assert_eq!(p.policies[0].replays.len(), 2);
+    let waits = [
+        summarize(&shared_1).wait_all.mean_s,
+        summarize(&shared_2).wait_all.mean_s,
+    ];
+    let wait = p.policies[0].figures.get("wait_all_mean_s").unwrap();
+    assert_eq!(wait, Stat::of(&waits));
+    assert!(wait.sd.unwrap() > 0.0);
+    let stat_wait = p.policies[1].figures.get("wait_all_mean_s").unwrap();
+    assert_eq!(
+        (stat_wait.sd, stat_wait.cv),
+        (Some(0.0), Some(0.0)),
+        "static alike twice"
+    );
+    let censored = p.policies[0].figures.get("wait_all_censored").unwrap();
+    assert_eq!(censored.mean, 0.5);
+    let keys: Vec<&str> = p.policies[0].figures.0.iter().map(|f| f.0).collect();
+    assert_eq!(keys.len(), 13, "every column of the main table: {keys:?}");
+    // Team big, replay 1: 100 s under static, 50 s shared, ratio 0.5; replay 2: 100 s and
+    // 150 s, ratio 1.5; job 3 started under default only in replay 1.
+    let big = &p.team_comparisons[0];
+    assert_eq!(
+        big.mean,
+        TeamComparison {
+            team: "big".into(),
+            policy: "default".into(),
+            reference: "static".into(),
+            started_both: 2.0,
+            reference_wait_mean_s: 100.0,
+            policy_wait_mean_s: 100.0,
+            wait_ratio: Some(1.0),
+            started_only_reference: 0.0,
+            started_only_policy: 0.5,
+        }
+    );
+    assert!((big.wait_ratio_sd.unwrap() - 0.5_f64.sqrt()).abs() < 1e-12);
+    let team = &p.policies[0].team_waits[0];
+    assert_eq!((team.team.as_str(), team.censored), ("big", 0.5));
+    let md = perturbed_table(&p);
+    assert!(md.contains("| default |") && md.contains(" ± "), "{md}");
+    let teams = perturbed_team_tables(&p);
+    assert!(
+        teams.contains("| big | 2 | 1.7 min | 1.7 min | 1.00 ± 0.71 (1.0x shorter) | 0 | 0.5 |"),
+        "{teams}"
+    );
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(
+        json["policies"][0]["figures"]["wait_all_mean_s"]["mean"],
+        wait.mean
+    );
+    assert_eq!(
+        json["team_comparisons"][0]["wait_ratio_sd"],
+        big.wait_ratio_sd.unwrap()
+    );
+    assert_eq!(json["team_comparisons"][0]["started_only_policy"], 0.5);
 }
