@@ -7,16 +7,25 @@
 //! `Start` for each start (the job ends after its recorded duration). A preempted job is
 //! requeued by the core and restarts from the beginning when it starts again: the work since
 //! its start is lost, and counted.
+//!
+//! The core breaks every tie by id: between jobs equal in every key (submitted in the same
+//! second, say) the lower job id goes first, between equally good nodes the lower node id.
+//! A perturbed replay ([`SimOptions::perturb_seed`]) breaks those ties another way, so that
+//! the spread of a figure over a few perturbed replays shows how much of it is the
+//! particular order of ties: the trace's job ids are dealt to its jobs through a seeded
+//! permutation, and equivalent racks trade their blocks of node ids ([`renumber_racks`]).
+//! Each [`JobRecord`] keeps the trace's id beside the id the core knew the job by.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use qm_core::{
-    apply, decide, ClusterState, Event, GpuAsk, JobId, JobSpec, JobState, PolicyKind,
-    SchedulerConfig, Secs, StopCause, TeamSpec,
+    apply, decide, ClusterState, Event, GpuAsk, JobId, JobSpec, JobState, NodeId, NodeSpec,
+    PolicyKind, SchedulerConfig, Secs, StopCause, TeamSpec,
 };
 
 use crate::cluster::{ClusterSpec, SpecError};
+use crate::rng::Rng;
 use crate::trace::{default_time_limit, TraceJob};
 
 /// Knobs of a run that the trace does not give.
@@ -33,6 +42,11 @@ pub struct SimOptions {
     pub split_to_nodes: bool,
     /// Blocked jobs that get a reservation in each plan ([`SchedulerConfig::max_reservations`]).
     pub max_reservations: usize,
+    /// None: the replay in the trace's order (job ids are the trace's, nodes numbered in
+    /// topology order). Some: a perturbed replay, its ties broken as this seed deals them:
+    /// `Rng::new(seed)` shuffles the job ids ([`core_ids`]), then renumbers equivalent racks
+    /// ([`renumber_racks`]).
+    pub perturb_seed: Option<u64>,
 }
 
 impl SimOptions {
@@ -43,6 +57,7 @@ impl SimOptions {
             min_run_s: 300,
             split_to_nodes: false,
             max_reservations: SchedulerConfig::default().max_reservations,
+            perturb_seed: None,
         }
     }
 }
@@ -50,7 +65,11 @@ impl SimOptions {
 /// What happened to one trace job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRecord {
+    /// The trace's id for the job: the same in every replay of the trace.
     pub id: JobId,
+    /// The id the core knew the job by in this replay: [`JobRecord::id`] unless the replay is
+    /// perturbed.
+    pub core_id: JobId,
     pub team: String,
     pub submit_s: Secs,
     pub duration_s: Secs,
@@ -69,6 +88,8 @@ pub struct JobRecord {
 #[derive(Clone, Debug)]
 pub struct SimResult {
     pub policy: PolicyKind,
+    /// [`SimOptions::perturb_seed`] of the replay.
+    pub perturb_seed: Option<u64>,
     pub jobs: Vec<JobRecord>,
     pub total_gpus: u64,
     /// (time, allocated milli-GPUs), one point per change.
@@ -117,9 +138,85 @@ pub fn job_spec(job: &TraceJob, options: &SimOptions, node_gpus: u32) -> JobSpec
     }
 }
 
-/// Builds the starting state: nodes, then teams parents first.
+/// The seeds of perturbed replays 1 to `replays`: the first outputs of the stream of `seed`,
+/// so replay p is the same whatever the number of replays.
+pub fn perturb_seeds(seed: u64, replays: usize) -> Vec<u64> {
+    let mut rng = Rng::new(seed);
+    (0..replays).map(|_| rng.next_u64()).collect()
+}
+
+/// The ids the core knows `jobs` by: the trace's, or with `rng` the trace's ids shuffled
+/// among the jobs. Jobs equal in every other key (submitted in the same second, of the same
+/// priority) are then taken in another order.
+pub fn core_ids(jobs: &[TraceJob], rng: Option<&mut Rng>) -> Vec<JobId> {
+    let mut ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+    if let Some(rng) = rng {
+        rng.shuffle(&mut ids);
+    }
+    ids.into_iter().map(JobId).collect()
+}
+
+/// `nodes` with equivalent racks' node ids (and names) traded, sorted by id. Two racks are
+/// equivalent when they are in the same domain one level up (the same pod) and their nodes
+/// are alike, position by position, in all but id, name and rack: nothing but the ids tells
+/// them apart, and the core breaks ties between them by node id (single tasks go to the
+/// lowest id that fits, so racks fill in id order, while a gang goes to the fullest domain
+/// that holds it). Each rack keeps a block of ids that another rack had, so a rack's nodes
+/// stay numbered together. Nodes within a rack are not renumbered: alike in all but id, any
+/// renumbering of them gives the very same cluster.
+pub fn renumber_racks(mut nodes: Vec<NodeSpec>, rng: &mut Rng) -> Vec<NodeSpec> {
+    // Racks in order of first appearance, each its nodes' positions in `nodes`.
+    let mut racks: Vec<Vec<usize>> = Vec::new();
+    let mut rack_of: BTreeMap<&[String], usize> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if n.topology.is_empty() {
+            continue;
+        }
+        let r = *rack_of.entry(n.topology.as_slice()).or_insert_with(|| {
+            racks.push(Vec::new());
+            racks.len() - 1
+        });
+        racks[r].push(i);
+    }
+    // What a rack is but for its ids: its domain one level up and its nodes.
+    let shape = |rack: &[usize]| -> Vec<NodeSpec> {
+        rack.iter()
+            .map(|&i| {
+                let n = &nodes[i];
+                NodeSpec {
+                    id: NodeId(0),
+                    name: String::new(),
+                    topology: n.topology[..n.topology.len() - 1].to_vec(),
+                    ..n.clone()
+                }
+            })
+            .collect()
+    };
+    let mut classes: Vec<(Vec<NodeSpec>, Vec<usize>)> = Vec::new();
+    for (r, rack) in racks.iter().enumerate() {
+        let s = shape(rack);
+        match classes.iter_mut().find(|c| c.0 == s) {
+            Some(c) => c.1.push(r),
+            None => classes.push((s, vec![r])),
+        }
+    }
+    let labels: Vec<(NodeId, String)> = nodes.iter().map(|n| (n.id, n.name.clone())).collect();
+    for (_, class) in classes.iter().filter(|c| c.1.len() > 1) {
+        let mut blocks = class.clone();
+        rng.shuffle(&mut blocks);
+        for (&rack, &block) in class.iter().zip(&blocks) {
+            for (&i, &j) in racks[rack].iter().zip(&racks[block]) {
+                (nodes[i].id, nodes[i].name) = labels[j].clone();
+            }
+        }
+    }
+    nodes.sort_by_key(|n| n.id);
+    nodes
+}
+
+/// Builds the starting state: `nodes`, then teams parents first.
 pub fn initial_state(
-    cluster: &ClusterSpec,
+    nodes: Vec<NodeSpec>,
     teams: &[TeamSpec],
     options: &SimOptions,
 ) -> Result<ClusterState, SpecError> {
@@ -128,7 +225,7 @@ pub fn initial_state(
         max_reservations: options.max_reservations,
         ..SchedulerConfig::default()
     });
-    for node in cluster.nodes() {
+    for node in nodes {
         apply(&mut state, Event::NodeUp(node)).map_err(|e| SpecError(e.to_string()))?;
     }
     let mut left: Vec<&TeamSpec> = teams.iter().collect();
@@ -173,11 +270,19 @@ pub fn simulate(
     options: &SimOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SimResult, SpecError> {
-    let mut state = initial_state(cluster, teams, options)?;
+    let mut rng = options.perturb_seed.map(Rng::new);
+    let ids = core_ids(jobs, rng.as_mut());
+    let nodes = match rng.as_mut() {
+        Some(rng) => renumber_racks(cluster.nodes(), rng),
+        None => cluster.nodes(),
+    };
+    let mut state = initial_state(nodes, teams, options)?;
     let mut records: Vec<JobRecord> = jobs
         .iter()
-        .map(|j| JobRecord {
+        .zip(&ids)
+        .map(|(j, &core_id)| JobRecord {
             id: JobId(j.id),
+            core_id,
             team: j.team.clone(),
             submit_s: j.submit_s,
             duration_s: j.duration_s,
@@ -190,10 +295,9 @@ pub fn simulate(
             lost_milli_s: 0,
         })
         .collect();
-    let index: BTreeMap<JobId, usize> =
-        records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+    let index: BTreeMap<JobId, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| (jobs[i].submit_s, jobs[i].id));
+    order.sort_by_key(|&i| (jobs[i].submit_s, ids[i]));
     let mut heap: BinaryHeap<Reverse<(Secs, Kind, JobId, u32)>> = BinaryHeap::new();
     let mut next = 0;
     let mut allocated: Vec<(Secs, u64)> = vec![(0, 0)];
@@ -217,7 +321,10 @@ pub fn simulate(
                 break;
             }
             next += 1;
-            let spec = job_spec(&jobs[i], options, node_gpus);
+            let spec = JobSpec {
+                id: ids[i],
+                ..job_spec(&jobs[i], options, node_gpus)
+            };
             if let Err(e) = apply(&mut state, Event::Submit(spec)) {
                 records[i].rejected = Some(e.to_string());
                 done += 1;
@@ -322,6 +429,7 @@ pub fn simulate(
     progress(done, jobs.len());
     Ok(SimResult {
         policy: options.policy,
+        perturb_seed: options.perturb_seed,
         jobs: records,
         total_gpus: cluster.gpus(),
         allocated,
@@ -374,5 +482,122 @@ mod tests {
             "6 does not divide by 4"
         );
         assert_eq!(spec.time_limit_s, Some(3600), "the documented limit rule");
+    }
+
+    /// Racks of two nodes: `a_racks` of 8-GPU nodes, then 2 racks of 4-GPU nodes, 8 racks
+    /// to a pod.
+    fn racks(a_racks: u32) -> Vec<NodeSpec> {
+        let toml = format!(
+            "[[group]]\ncount = {}\ngpus = 8\nnodes_per_rack = 2\n\n[[group]]\ncount = 4\ngpus = 4\nnodes_per_rack = 2\n",
+            2 * a_racks
+        );
+        ClusterSpec::from_toml("c.toml", &toml).unwrap().nodes()
+    }
+
+    #[test]
+    fn perturbed_job_ids_are_the_traces_ids_dealt_by_the_seed() {
+        let jobs: Vec<TraceJob> = (1..=50)
+            .map(|id| TraceJob {
+                id: id * 10,
+                ..job(1)
+            })
+            .collect();
+        let trace: Vec<JobId> = jobs.iter().map(|j| JobId(j.id)).collect();
+        assert_eq!(core_ids(&jobs, None), trace, "no seed: the trace's ids");
+        let dealt = |seed: u64| core_ids(&jobs, Some(&mut Rng::new(seed)));
+        let (a, b) = (dealt(7), dealt(8));
+        assert_eq!(a, dealt(7), "the same seed deals the same ids");
+        assert_ne!(a, trace);
+        assert_ne!(a, b);
+        for ids in [a, b] {
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(sorted, trace, "a permutation of the trace's ids");
+        }
+        let seeds = perturb_seeds(42, 3);
+        assert_eq!(seeds.len(), 3);
+        assert_eq!(perturb_seeds(42, 5)[..3], seeds[..], "replay p whatever K");
+    }
+
+    #[test]
+    fn equivalent_racks_trade_blocks_of_node_ids_and_nothing_else_moves() {
+        // Nine racks of 8-GPU nodes: eight in pod 0, the ninth alone in pod 1; then two racks
+        // of 4-GPU nodes in pod 1.
+        let plain = racks(9);
+        let spec = |n: &NodeSpec| (n.gpus, n.topology.clone());
+        let mut moved = false;
+        for seed in 0..4 {
+            let renumbered = renumber_racks(plain.clone(), &mut Rng::new(seed));
+            let ids: Vec<NodeId> = renumbered.iter().map(|n| n.id).collect();
+            let plain_ids: Vec<NodeId> = plain.iter().map(|n| n.id).collect();
+            assert_eq!(ids, plain_ids, "the same ids, sorted");
+            for n in &renumbered {
+                assert_eq!(n.name, format!("node-{:05}", n.id.0), "names follow ids");
+            }
+            // Rack by rack: two consecutive ids, the block of a rack of the same kind.
+            let mut by_rack: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
+            for n in &renumbered {
+                by_rack.entry(n.topology.clone()).or_default().push(n.id.0);
+            }
+            for (rack, ids) in &by_rack {
+                assert!(ids.len() == 2 && ids[0] % 2 == 0 && ids[1] == ids[0] + 1);
+                let was = &plain[ids[0] as usize];
+                assert_eq!(spec(was).0, renumbered[ids[0] as usize].gpus);
+                assert_eq!(was.topology[0], rack[0], "no rack leaves its pod");
+                moved |= &was.topology != rack;
+            }
+            // The rack alone of its kind in its pod keeps its ids.
+            for id in 16..18 {
+                assert_eq!(spec(&renumbered[id]), spec(&plain[id]), "node {id}");
+            }
+        }
+        assert!(moved, "some seed renumbers some rack");
+    }
+
+    #[test]
+    fn a_perturbed_replay_records_the_traces_ids_and_the_cores() {
+        let jobs: Vec<TraceJob> = (1..=6)
+            .map(|id| TraceJob {
+                id,
+                submit_s: 0,
+                duration_s: 100 * id,
+                ..job(8)
+            })
+            .collect();
+        let cluster = ClusterSpec::shorthand("2x8").unwrap();
+        let teams = crate::teamspec::auto(&jobs, cluster.gpus());
+        let run = |seed: Option<u64>| {
+            let mut options = SimOptions::new(PolicyKind::Default);
+            options.perturb_seed = seed;
+            simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()
+        };
+        let plain = run(None);
+        assert!(plain.jobs.iter().all(|j| j.core_id == j.id));
+        assert_eq!(plain.perturb_seed, None);
+        // Six whole-node jobs submitted together on two nodes: the two lowest core ids start
+        // first.
+        let first = |r: &SimResult| -> Vec<JobId> {
+            let mut started: Vec<&JobRecord> = r.jobs.iter().collect();
+            started.sort_by_key(|j| (j.first_start_s, j.core_id));
+            started.iter().take(2).map(|j| j.id).collect()
+        };
+        assert_eq!(first(&plain), [JobId(1), JobId(2)]);
+        let mut differs = false;
+        for seed in perturb_seeds(42, 4) {
+            let p = run(Some(seed));
+            assert_eq!(p.perturb_seed, Some(seed));
+            let trace: Vec<JobId> = p.jobs.iter().map(|j| j.id).collect();
+            assert_eq!(trace, (1..=6).map(JobId).collect::<Vec<_>>(), "trace order");
+            let mut lowest: Vec<&JobRecord> = p.jobs.iter().collect();
+            lowest.sort_by_key(|j| j.core_id);
+            let expected: Vec<JobId> = lowest.iter().take(2).map(|j| j.id).collect();
+            let mut got = first(&p);
+            got.sort();
+            let mut expected = expected;
+            expected.sort();
+            assert_eq!(got, expected, "the ties go to the lowest core ids");
+            differs |= got != [JobId(1), JobId(2)];
+        }
+        assert!(differs, "some seed starts other jobs first");
     }
 }

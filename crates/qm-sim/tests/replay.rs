@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use qm_core::PolicyKind;
 use qm_sim::cluster::ClusterSpec;
 use qm_sim::report::{self, Report};
-use qm_sim::sim::{simulate, SimOptions, SimResult};
+use qm_sim::sim::{perturb_seeds, simulate, SimOptions, SimResult};
 use qm_sim::teamspec;
 use qm_sim::trace::{self, Format};
 
@@ -14,17 +14,16 @@ fn fixture() -> PathBuf {
 }
 
 fn run(policy: PolicyKind) -> SimResult {
+    run_perturbed(policy, None)
+}
+
+fn run_perturbed(policy: PolicyKind, perturb_seed: Option<u64>) -> SimResult {
     let trace = trace::load(&fixture(), Format::Csv).unwrap();
     let cluster = ClusterSpec::shorthand("4x8").unwrap();
     let teams = teamspec::auto(&trace.jobs, cluster.gpus());
-    simulate(
-        &trace.jobs,
-        &cluster,
-        &teams,
-        &SimOptions::new(policy),
-        &mut |_, _| {},
-    )
-    .unwrap()
+    let mut options = SimOptions::new(policy);
+    options.perturb_seed = perturb_seed;
+    simulate(&trace.jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()
 }
 
 #[test]
@@ -98,6 +97,8 @@ fn reports_are_written_with_every_field_and_chart() {
         trace_skipped: 0,
         seed: 42,
         policies: results.iter().map(report::summarize).collect(),
+        team_comparisons: report::team_comparisons(&results),
+        perturbed: None,
     };
     let dir = std::env::temp_dir().join(format!("qm-sim-report-{}", std::process::id()));
     report::write(&dir, &report, &results).unwrap();
@@ -123,6 +124,9 @@ fn reports_are_written_with_every_field_and_chart() {
         "idle_gpu_hours_reclaimed",
         "fairness_jain",
         "teams",
+        "replay_end_s",
+        "wait_all",
+        "team_waits",
     ] {
         assert!(policies[0].get(key).is_some(), "report.json lacks {key}");
     }
@@ -138,6 +142,64 @@ fn reports_are_written_with_every_field_and_chart() {
         );
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("| default |") && md.contains("default vs static"));
+    assert!(md.contains("| default |") && md.contains("`default` against `static`"));
+    // Team c's 16-GPU gang never starts under static: censored there, started only under
+    // the shared pool in the like-with-like comparison.
+    let stat = &policies[2];
+    assert_eq!(stat["policy"], "static");
+    assert_eq!(stat["wait_all"]["censored"], 1);
+    let c = json["team_comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["team"] == "c" && c["policy"] == "default")
+        .unwrap();
+    assert_eq!(c["reference"], "static");
+    assert_eq!(c["started_only_policy"], 1);
+    assert_eq!(c["started_only_reference"], 0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn perturbed_replays_deal_other_ids_and_keep_the_traces_for_comparisons() {
+    for policy in PolicyKind::ALL {
+        let plain = run(policy);
+        assert!(plain.jobs.iter().all(|j| j.core_id == j.id), "{policy}");
+        let mut dealt = Vec::new();
+        for seed in perturb_seeds(42, 3) {
+            let p = run_perturbed(policy, Some(seed));
+            let ids = |r: &SimResult| r.jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+            assert_eq!(
+                ids(&p),
+                ids(&plain),
+                "{policy}: the trace's ids, in its order"
+            );
+            let mut core: Vec<_> = p.jobs.iter().map(|j| j.core_id).collect();
+            dealt.push(core.clone());
+            core.sort();
+            let mut trace_ids = ids(&plain);
+            trace_ids.sort();
+            assert_eq!(
+                core, trace_ids,
+                "{policy}: a permutation of the trace's ids"
+            );
+            let r = report::summarize(&p);
+            assert_eq!(r.rejected, 1, "{policy}: the same job is refused");
+            assert_eq!(r.jobs + r.unfinished + r.rejected, 42, "{policy}");
+            // Job by job against the replay in the trace's order, by trace id: every job that
+            // started there starts here too (the fixture runs everything but c's gang under
+            // static).
+            for c in report::compare(&plain, &p) {
+                assert_eq!(
+                    (c.started_only_reference, c.started_only_policy),
+                    (0, 0),
+                    "{policy}: {c:?}"
+                );
+            }
+        }
+        assert!(
+            dealt.windows(2).all(|w| w[0] != w[1]),
+            "{policy}: each seed deals its own ids"
+        );
+    }
 }

@@ -3,6 +3,8 @@
 use std::error::Error;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
@@ -10,9 +12,9 @@ use qm_core::PolicyKind;
 use qm_sim::cluster::ClusterSpec;
 use qm_sim::pack::{self, PackInput, PackMeta, PackPolicy};
 use qm_sim::report::{self, Report};
-use qm_sim::sim::{simulate, SimOptions};
+use qm_sim::sim::{perturb_seeds, simulate, SimOptions, SimResult};
 use qm_sim::teamspec;
-use qm_sim::trace::{self, Format};
+use qm_sim::trace::{self, Format, TraceJob};
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
@@ -67,9 +69,18 @@ pub struct RunArgs {
     /// Directory for report.json, report.md and the SVG charts.
     #[arg(long)]
     out: PathBuf,
-    /// Recorded in the report; replays are deterministic and draw no random numbers.
+    /// Seeds the perturbed replays' permutations (`--perturb`); recorded in the report. The
+    /// replay in the trace's order draws no random numbers.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Also replay each policy K times with ties broken another way (the trace's job ids dealt
+    /// by a seeded permutation, equivalent racks renumbered), and report each figure's mean
+    /// and standard deviation over those K replays. 0: none.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    perturb: usize,
+    /// Replays run at once [default: the machine's cores].
+    #[arg(long)]
+    threads: Option<usize>,
     /// Grace period between SIGTERM and SIGKILL for preempted jobs, seconds.
     #[arg(long, default_value_t = 30)]
     grace_s: u64,
@@ -112,42 +123,37 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         cluster.gpus(),
         teams.len()
     );
-    let tty = std::io::stderr().is_terminal();
-    let mut results = Vec::new();
-    for policy in policies {
-        let mut options = SimOptions::new(policy);
-        options.grace_s = args.grace_s;
-        options.min_run_s = args.min_run_s;
-        if let Some(n) = args.max_reservations {
-            options.max_reservations = n;
-        }
-        options.split_to_nodes = matches!(format, Format::Philly | Format::Tiresias);
-        let started = Instant::now();
-        let mut progress = |done: usize, total: usize| {
-            if tty {
-                let width = 40;
-                let filled = done * width / total.max(1);
-                eprint!(
-                    "\r  {:<8} [{}{}] {:>3} % ({done}/{total} jobs)",
-                    policy.name(),
-                    "#".repeat(filled),
-                    " ".repeat(width - filled),
-                    done * 100 / total.max(1)
-                );
-                let _ = std::io::stderr().flush();
+    let mut runs = Vec::new();
+    let seeds = perturb_seeds(args.seed, args.perturb);
+    // Replay 0 (the trace's order) of every policy, then replay 1 of every policy, and so on.
+    for (k, seed) in std::iter::once(None)
+        .chain(seeds.iter().copied().map(Some))
+        .enumerate()
+    {
+        for &policy in &policies {
+            let mut o = SimOptions::new(policy);
+            o.grace_s = args.grace_s;
+            o.min_run_s = args.min_run_s;
+            if let Some(n) = args.max_reservations {
+                o.max_reservations = n;
             }
-        };
-        let result = simulate(&trace.jobs, &cluster, &teams, &options, &mut progress)?;
-        if tty {
-            eprintln!();
+            o.split_to_nodes = matches!(format, Format::Philly | Format::Tiresias);
+            o.perturb_seed = seed;
+            let label = match k {
+                0 => policy.name().to_string(),
+                k => format!("{} #{k}", policy.name()),
+            };
+            runs.push((label, o));
         }
-        eprintln!(
-            "  {:<8} simulated in {:.1} s ({} plans)",
-            policy.name(),
-            started.elapsed().as_secs_f64(),
-            result.plans
-        );
-        results.push(result);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut results = replay_all(&trace.jobs, &cluster, &teams, &runs, threads)?.into_iter();
+    let plain: Vec<SimResult> = results.by_ref().take(policies.len()).collect();
+    let mut replays: Vec<Vec<SimResult>> = Vec::new();
+    while results.len() > 0 {
+        replays.push(results.by_ref().take(policies.len()).collect());
     }
     let report = Report {
         trace: args.trace.display().to_string(),
@@ -158,15 +164,94 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         trace_jobs: trace.jobs.len(),
         trace_skipped: trace.skipped.len(),
         seed: args.seed,
-        policies: results.iter().map(report::summarize).collect(),
+        policies: plain.iter().map(report::summarize).collect(),
+        team_comparisons: report::team_comparisons(&plain),
+        perturbed: (!replays.is_empty()).then(|| report::perturbed(&seeds, &replays)),
     };
-    report::write(&args.out, &report, &results)?;
+    report::write(&args.out, &report, &plain)?;
     println!("{}", report::table(&report));
+    if let Some(p) = &report.perturbed {
+        println!(
+            "Over {} perturbed replays (mean ± SD):\n\n{}",
+            p.replays,
+            report::perturbed_table(p)
+        );
+    }
     eprintln!(
         "qm sim: report written to {}",
         args.out.join("report.md").display()
     );
     Ok(())
+}
+
+/// Runs one replay per (label, options) of `runs` on up to `threads` threads; the results in
+/// the order of `runs`. The first error, in that order, is the answer.
+fn replay_all(
+    jobs: &[TraceJob],
+    cluster: &ClusterSpec,
+    teams: &[qm_core::TeamSpec],
+    runs: &[(String, SimOptions)],
+    threads: usize,
+) -> Result<Vec<SimResult>, Box<dyn Error>> {
+    let tty = std::io::stderr().is_terminal();
+    let threads = threads.clamp(1, runs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::new());
+    // Jobs done in each replay, for the progress bar.
+    let done = Mutex::new(vec![0usize; runs.len()]);
+    let total = jobs.len() * runs.len();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((label, o)) = runs.get(i) else {
+                    break;
+                };
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                let mut progress = |d: usize, _: usize| {
+                    if tty {
+                        let mut done = done.lock().expect("no panics");
+                        done[i] = d;
+                        let sum: usize = done.iter().sum();
+                        let width = 40;
+                        let filled = sum * width / total.max(1);
+                        eprint!(
+                            "\r  [{}{}] {:>3} % ({sum}/{total} jobs in {} replays)",
+                            "#".repeat(filled),
+                            " ".repeat(width - filled),
+                            sum * 100 / total.max(1),
+                            runs.len()
+                        );
+                        let _ = std::io::stderr().flush();
+                    }
+                };
+                let result = simulate(jobs, cluster, teams, o, &mut progress);
+                match &result {
+                    Ok(r) => eprintln!(
+                        "{}  {:<8} simulated in {:.1} s ({} plans)",
+                        if tty { "\r\x1b[2K" } else { "" },
+                        label,
+                        started.elapsed().as_secs_f64(),
+                        r.plans
+                    ),
+                    Err(_) => failed.store(true, Ordering::Relaxed),
+                }
+                results.lock().expect("no panics").push((i, result));
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("no panics");
+    results.sort_by_key(|r| r.0);
+    let mut out = Vec::with_capacity(runs.len());
+    for (_, r) in results {
+        out.push(r?);
+    }
+    debug_assert_eq!(out.len(), runs.len());
+    Ok(out)
 }
 
 fn run_pack(args: &PackArgs) -> Result<(), Box<dyn Error>> {

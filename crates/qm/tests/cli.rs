@@ -68,6 +68,65 @@ fn sim_run_writes_a_report_for_each_policy() {
 }
 
 #[test]
+fn sim_run_perturb_adds_the_spread_of_perturbed_replays_and_keeps_the_rest() {
+    let dir = tmp("perturb");
+    let run = |name: &str, extra: &[&str]| {
+        let out_dir = dir.join(name);
+        let mut args = vec![
+            "sim",
+            "run",
+            "--trace",
+            &fixture(),
+            "--cluster",
+            "4x8",
+            "--policy",
+            "default,static",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = qm(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = std::fs::read_to_string(out_dir.join("report.json")).unwrap();
+        let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+        (json, md, String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (plain, _, _) = run("plain", &["--threads", "1"]);
+    let (zero, _, _) = run("zero", &["--perturb", "0"]);
+    assert_eq!(zero, plain, "--perturb 0 is the plain run, byte for byte");
+    let (json, md, stdout) = run("three", &["--perturb", "3", "--threads", "2"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let plain: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert_eq!(
+        json["policies"], plain["policies"],
+        "the replay in the trace's order is unchanged"
+    );
+    assert_eq!(json["team_comparisons"], plain["team_comparisons"]);
+    let p = &json["perturbed"];
+    assert_eq!(p["replays"], 3);
+    assert_eq!(p["seeds"].as_array().unwrap().len(), 3);
+    for policy in p["policies"].as_array().unwrap() {
+        assert_eq!(policy["replays"].as_array().unwrap().len(), 3);
+        let wait = &policy["figures"]["wait_all_mean_s"];
+        assert!(wait["mean"].as_f64().unwrap() > 0.0 && wait["sd"].is_number());
+        assert_eq!(policy["figures"]["rejected"]["mean"], 1.0);
+        assert_eq!(policy["figures"]["rejected"]["sd"], 0.0);
+    }
+    assert!(!p["team_comparisons"].as_array().unwrap().is_empty());
+    assert!(md.contains("## Perturbed replays") && md.contains("wait mean CV"));
+    assert!(stdout.contains("Over 3 perturbed replays"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_input_says_what_is_valid_and_fails() {
     let dir = tmp("bad");
     let out_dir = dir.join("out");

@@ -2,16 +2,36 @@
 //!
 //! Definitions (all times in seconds):
 //! - `jobs`: trace jobs that completed; `rejected`: refused at submission (they could never
-//!   run on this cluster); `unfinished`: accepted but never completed (for example a job
-//!   larger than its team's partition under `static`).
+//!   run on this cluster: a gang no node set holds, or above a team's `max`; the same under
+//!   every policy); `unfinished`: accepted but never completed (for example a job larger than
+//!   its team's partition under `static`, which never starts).
 //! - JCT = completion - submission; wait = first start - submission (queueing delay);
-//!   slowdown = JCT / duration, over completed jobs.
+//!   slowdown = JCT / duration. `jct_*`, `wait_mean_s` to `wait_max_s`, `slowdown_mean` and
+//!   `teams` are over completed jobs.
+//! - `wait_all` and `team_waits` are over every accepted job: a job that started has its
+//!   wait; a job still waiting when the replay ended (never started, not rejected) counts
+//!   with its wait so far, `replay_end_s` - submission, a *censored* wait (its real wait is
+//!   longer), and `censored` counts these. The tables' waits are these: over started or
+//!   completed jobs alone, a policy that never runs a team's large jobs would look better for
+//!   it.
+//! - `team_comparisons` ([`compare`]): per team, each policy against the reference (`static`
+//!   when it ran, else the first policy), like with like: the mean wait of the same jobs,
+//!   those that started under both, and apart, how many started under one only.
+//! - `perturbed` (only with `qm sim run --perturb K`; [`perturbed`]): the K perturbed replays
+//!   of each policy, whose ties the core breaks another way, and each figure of the main
+//!   table over them as mean, sample SD and coefficient of variation. Everything else in the
+//!   report is the replay in the trace's order, as without the flag.
 //! - `gpu_allocation`: allocated GPU-time / (cluster GPUs x span), span from the first
 //!   submission to the last completion (`makespan_s`).
 //! - `gpu_hours_lost`: GPU-hours of runs cut short by preemption (a preempted job restarts).
 //! - `idle_gpu_hours_reclaimed`: traces carry no utilisation samples, so this is 0 here.
 //! - `fairness_jain`: Jain's index over teams of 1 / (mean slowdown); 1 is perfectly even.
 
+mod compare;
+mod perturbed;
+mod tables;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -20,6 +40,12 @@ use serde::Serialize;
 use crate::sim::SimResult;
 use crate::svg::{self, BarSeries, Scale, Series};
 
+pub use compare::{compare, team_comparisons, TeamComparison};
+pub use perturbed::{
+    perturbed, Figures, Perturbed, PerturbedPolicy, Stat, TeamComparisonMean, TeamWaitsMean,
+};
+pub use tables::{perturbed_table, perturbed_team_tables, table, team_tables};
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TeamReport {
     pub team: String,
@@ -27,6 +53,41 @@ pub struct TeamReport {
     pub wait_mean_s: f64,
     pub slowdown_mean: f64,
     pub jct_mean_s: f64,
+}
+
+/// Waits of every accepted job, censored at the replay's end for those that never started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Waits {
+    /// Accepted jobs: those that started and those still waiting at the end.
+    pub jobs: usize,
+    /// Jobs still waiting at the end, counted with their wait so far.
+    pub censored: usize,
+    pub mean_s: f64,
+    pub p50_s: f64,
+    pub p99_s: f64,
+    pub max_s: f64,
+}
+
+impl Waits {
+    fn of(mut waits: Vec<f64>, censored: usize) -> Waits {
+        waits.sort_by(f64::total_cmp);
+        Waits {
+            jobs: waits.len(),
+            censored,
+            mean_s: mean(&waits),
+            p50_s: pct(&waits, 0.5),
+            p99_s: pct(&waits, 0.99),
+            max_s: waits.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// One team's [`Waits`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TeamWaits {
+    pub team: String,
+    #[serde(flatten)]
+    pub waits: Waits,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,7 +111,14 @@ pub struct PolicyReport {
     pub idle_gpu_hours_reclaimed: f64,
     pub fairness_jain: f64,
     pub plans: u64,
+    /// Teams with completed jobs, over those.
     pub teams: Vec<TeamReport>,
+    /// When the replay ended: the last event. Censored waits run to it.
+    pub replay_end_s: u64,
+    /// Every accepted job's wait, censored waits included.
+    pub wait_all: Waits,
+    /// [`PolicyReport::wait_all`] per team, every team with an accepted job.
+    pub team_waits: Vec<TeamWaits>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,6 +132,12 @@ pub struct Report {
     pub trace_skipped: usize,
     pub seed: u64,
     pub policies: Vec<PolicyReport>,
+    /// Per team, each policy against the reference, like with like ([`team_comparisons`]).
+    pub team_comparisons: Vec<TeamComparison>,
+    /// With `qm sim run --perturb K`: the K perturbed replays of each policy ([`perturbed`]).
+    /// The figures above are the replay in the trace's order, as without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perturbed: Option<Perturbed>,
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -89,7 +163,11 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
     let mut slow = Vec::new();
     // Per team: waits, slowdowns, JCTs.
     type Samples = (Vec<f64>, Vec<f64>, Vec<f64>);
-    let mut teams: std::collections::BTreeMap<&str, Samples> = Default::default();
+    let mut teams: BTreeMap<&str, Samples> = Default::default();
+    // Every accepted job's wait, censored at the end for those that never started; per team
+    // the waits and the censored count.
+    let (mut waits_all, mut censored_all) = (Vec::new(), 0);
+    let mut team_waits: BTreeMap<&str, (Vec<f64>, usize)> = Default::default();
     let (mut rejected, mut unfinished, mut preemptions, mut lost) = (0, 0, 0u64, 0u64);
     let first_submit = r.jobs.iter().map(|j| j.submit_s).min().unwrap_or(0);
     let mut last_end = first_submit;
@@ -100,6 +178,16 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
             rejected += 1;
             continue;
         }
+        let waited = match j.first_start_s {
+            Some(start) => start - j.submit_s,
+            None => r.end_s.saturating_sub(j.submit_s),
+        } as f64;
+        let censored = usize::from(j.first_start_s.is_none());
+        waits_all.push(waited);
+        censored_all += censored;
+        let t = team_waits.entry(&j.team).or_default();
+        t.0.push(waited);
+        t.1 += censored;
         let (Some(start), Some(end)) = (j.first_start_s, j.end_s) else {
             unfinished += 1;
             continue;
@@ -183,122 +271,16 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
         fairness_jain,
         plans: r.plans,
         teams: team_reports,
+        replay_end_s: r.end_s,
+        wait_all: Waits::of(waits_all, censored_all),
+        team_waits: team_waits
+            .into_iter()
+            .map(|(team, (w, c))| TeamWaits {
+                team: team.to_string(),
+                waits: Waits::of(w, c),
+            })
+            .collect(),
     }
-}
-
-fn hours(s: f64) -> String {
-    if s < 60.0 {
-        format!("{s:.0} s")
-    } else if s < 3600.0 {
-        format!("{:.1} min", s / 60.0)
-    } else {
-        format!("{:.2} h", s / 3600.0)
-    }
-}
-
-/// The comparison table printed on stdout and in report.md.
-pub fn table(report: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| policy | jobs | rejected | unfinished | wait mean | wait p99 | JCT mean | JCT p99 | slowdown | GPU alloc | preemptions | GPU-h lost | Jain |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for p in &report.policies {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} % | {} | {:.1} | {:.3} |",
-            p.policy,
-            p.jobs,
-            p.rejected,
-            p.unfinished,
-            hours(p.wait_mean_s),
-            hours(p.wait_p99_s),
-            hours(p.jct_mean_s),
-            hours(p.jct_p99_s),
-            p.slowdown_mean,
-            100.0 * p.gpu_allocation,
-            p.preemptions,
-            p.gpu_hours_lost,
-            p.fairness_jain
-        );
-    }
-    out
-}
-
-/// Per team: mean wait under each policy, and the change against `static` where both ran.
-pub fn team_table(report: &Report) -> String {
-    let mut out = String::new();
-    let names: Vec<&str> = report.policies.iter().map(|p| p.policy.as_str()).collect();
-    let _ = write!(out, "| team | jobs |");
-    for n in &names {
-        let _ = write!(out, " wait mean ({n}) |");
-    }
-    let stat = report.policies.iter().position(|p| p.policy == "static");
-    let def = report.policies.iter().position(|p| p.policy == "default");
-    let compare = stat.zip(def);
-    if compare.is_some() {
-        let _ = write!(out, " default vs static |");
-    }
-    let _ = writeln!(out);
-    let _ = write!(out, "|---|---|");
-    for _ in &names {
-        let _ = write!(out, "---|");
-    }
-    if compare.is_some() {
-        let _ = write!(out, "---|");
-    }
-    let _ = writeln!(out);
-    let mut teams: Vec<&str> = report
-        .policies
-        .iter()
-        .flat_map(|p| p.teams.iter().map(|t| t.team.as_str()))
-        .collect();
-    teams.sort_unstable();
-    teams.dedup();
-    for team in teams {
-        let find = |i: usize| report.policies[i].teams.iter().find(|t| t.team == team);
-        let jobs = (0..names.len())
-            .filter_map(find)
-            .map(|t| t.jobs)
-            .max()
-            .unwrap_or(0);
-        let _ = write!(out, "| {team} | {jobs} |");
-        for i in 0..names.len() {
-            match find(i) {
-                Some(t) => {
-                    let _ = write!(out, " {} |", hours(t.wait_mean_s));
-                }
-                None => {
-                    let _ = write!(out, " - |");
-                }
-            }
-        }
-        if let Some((s, d)) = compare {
-            match (find(s), find(d)) {
-                (Some(s), Some(d)) if s.wait_mean_s > 0.0 => {
-                    let ratio = d.wait_mean_s / s.wait_mean_s;
-                    let verdict = if ratio <= 1.0 {
-                        format!("gains: {:.1}x shorter", 1.0 / ratio.max(1e-9))
-                    } else {
-                        format!("loses: {ratio:.1}x longer")
-                    };
-                    let _ = write!(out, " {verdict} |");
-                }
-                (Some(_), Some(d)) => {
-                    let _ = write!(out, " static 0 s, default {} |", hours(d.wait_mean_s));
-                }
-                (None, Some(_)) => {
-                    let _ = write!(out, " gains: runs at all (no partition under static) |");
-                }
-                _ => {
-                    let _ = write!(out, " - |");
-                }
-            }
-        }
-        let _ = writeln!(out);
-    }
-    out
 }
 
 /// Writes report.json, report.md and the charts into `dir`.
@@ -319,8 +301,38 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
         report.gpus,
         report.teams
     );
+    if report.perturbed.is_some() {
+        let _ = writeln!(md, "The replay in the trace's order:\n");
+    }
     let _ = writeln!(md, "{}", table(report));
-    let _ = writeln!(md, "## Teams\n\n{}", team_table(report));
+    if let Some(p) = &report.perturbed {
+        let _ = writeln!(
+            md,
+            "## Perturbed replays\n\n{} replays of each policy with ties broken another way \
+             (job ids dealt by a seeded permutation, equivalent racks renumbered; seeds {}): \
+             mean ± sample standard deviation over them, and the coefficient of variation \
+             (SD / mean) of the mean wait.\n\n{}",
+            p.replays,
+            p.seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            perturbed_table(p)
+        );
+    }
+    let _ = writeln!(md, "## Teams\n\n{}", team_tables(report));
+    if let Some(p) = &report.perturbed {
+        let _ = writeln!(
+            md,
+            "## Teams, mean of the {} perturbed replays\n\nPolicy p's replay k is compared \
+             with the reference's replay k (the same seed); the comparisons' figures are \
+             means over k, the ratio that of the mean waits, ± the SD of the replays' own \
+             ratios.\n\n{}",
+            p.replays,
+            perturbed_team_tables(p)
+        );
+    }
     let _ = writeln!(
         md,
         "## Charts\n\n![allocated GPUs](allocation.svg)\n\n![queueing delay](wait_cdf.svg)\n\n![mean wait per team](team_wait.svg)\n"
@@ -333,7 +345,7 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
     Ok(())
 }
 
-const DEFINITIONS: &str = "JCT = completion - submission; wait = first start - submission; slowdown = JCT / duration, over completed jobs. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning; GPU-h lost counts the runs cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown.";
+const DEFINITIONS: &str = "JCT = completion - submission and slowdown = JCT / duration, over completed jobs. Wait = first start - submission, over every accepted job: a job still waiting when the replay ended (it never started) counts with its wait so far, up to the replay's end, and is counted as censored (its real wait is longer). Rejected jobs (refused at submission: no part of this cluster could ever hold them, under any policy) are left out and counted apart. Like with like: a team's mean wait under a policy and under the reference over the same jobs, those that started under both; the jobs that started under one of them only are counted apart. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning; GPU-h lost counts the runs cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown.";
 
 fn allocation_chart(results: &[SimResult]) -> String {
     let series: Vec<Series> = results
@@ -360,7 +372,8 @@ fn allocation_chart(results: &[SimResult]) -> String {
 /// log axis of the wait CDF.
 const WAIT_FLOOR_H: f64 = 0.01;
 
-/// The CDF of queueing delay, on a log axis: waits span seconds to weeks.
+/// The CDF of queueing delay, on a log axis: waits span seconds to weeks. The fraction is of
+/// every accepted job, so jobs that never started keep a curve below 1.
 fn wait_cdf_chart(results: &[SimResult]) -> String {
     let series: Vec<Series> = results
         .iter()
@@ -371,7 +384,9 @@ fn wait_cdf_chart(results: &[SimResult]) -> String {
                 .filter_map(|j| j.first_start_s.map(|s| (s - j.submit_s) as f64 / 3600.0))
                 .collect();
             waits.sort_by(f64::total_cmp);
-            let n = waits.len().max(1) as f64;
+            // Out of every accepted job: where some never started, the curve stays below 1.
+            let accepted = r.jobs.iter().filter(|j| j.rejected.is_none()).count();
+            let n = accepted.max(1) as f64;
             Series {
                 name: r.policy.name().to_string(),
                 points: waits
@@ -385,7 +400,7 @@ fn wait_cdf_chart(results: &[SimResult]) -> String {
     svg::step_chart(
         "Queueing delay (CDF)",
         "wait (hours, log scale; waits under 0.01 h drawn at 0.01)",
-        "fraction of jobs",
+        "fraction of accepted jobs started",
         Scale::Log {
             floor: WAIT_FLOOR_H,
         },
@@ -397,7 +412,7 @@ fn team_chart(report: &Report) -> String {
     let mut teams: Vec<String> = report
         .policies
         .iter()
-        .flat_map(|p| p.teams.iter().map(|t| t.team.clone()))
+        .flat_map(|p| p.team_waits.iter().map(|t| t.team.clone()))
         .collect();
     teams.sort();
     teams.dedup();
@@ -409,13 +424,21 @@ fn team_chart(report: &Report) -> String {
             values: teams
                 .iter()
                 .map(|t| {
-                    p.teams
+                    p.team_waits
                         .iter()
                         .find(|x| &x.team == t)
-                        .map_or(0.0, |x| x.wait_mean_s / 3600.0)
+                        .map_or(0.0, |x| x.waits.mean_s / 3600.0)
                 })
                 .collect(),
         })
         .collect();
-    svg::bar_chart("Mean wait per team", "hours", &teams, &series)
+    svg::bar_chart(
+        "Mean wait per team (censored waits included)",
+        "hours",
+        &teams,
+        &series,
+    )
 }
+
+#[cfg(test)]
+mod tests;
