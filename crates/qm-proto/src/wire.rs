@@ -345,6 +345,7 @@ mod tests {
                 "no_placement",
                 "blocked_by_head",
                 "no_partition",
+                "not_preemptible",
             ],
         );
     }

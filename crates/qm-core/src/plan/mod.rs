@@ -117,8 +117,8 @@ pub enum Reason {
     /// `static`: the team has no partition (no guarantee for this GPU model).
     NoPartition { team: String },
     /// It cannot be preempted, so it runs only where no other team's guarantee lives (its
-    /// team's home, nodes no team is guaranteed), and none of those has room; it would fit
-    /// elsewhere.
+    /// team's home, nodes no team is guaranteed), and those have no room for it now (it would
+    /// fit elsewhere) or ever (it is bigger than that).
     NotPreemptible { team: String },
 }
 
@@ -183,7 +183,7 @@ impl std::fmt::Display for Reason {
             }
             Reason::NotPreemptible { team } => write!(
                 f,
-                "cannot be preempted, so it runs only inside team {team}'s guarantee (its home nodes) or on nodes no team is guaranteed, and none has room; it would fit on other teams' lent GPUs if it were preemptible"
+                "cannot be preempted, so it runs only inside team {team}'s guarantee (its home nodes) or on nodes no team is guaranteed, which have no room for it now or ever; as a preemptible job it could borrow other teams' idle GPUs"
             ),
         }
     }

@@ -7,9 +7,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
-use crate::model::{JobId, PolicyKind, Secs};
+use crate::model::{GpuAsk, JobId, JobSpec, PolicyKind, Secs, MILLI_PER_GPU};
 use crate::state::{Admission, Job, JobState, TaskPlacement};
 
+use super::homes::bit;
 use super::order::{Ordered, RankKey};
 use super::place::{self, Ask};
 use super::planner::{shape_of, Phase, Planner};
@@ -292,13 +293,15 @@ impl<'a> Planner<'a> {
     }
 
     /// Whether `next`, of the same team and right after `failed` in its queue, is certain to
-    /// be decided as `failed` was when nothing changed in between: the same demands, no node
-    /// selector, and an end no earlier (capacity only shrinks and guards only tighten during
+    /// be decided as `failed` was when nothing changed in between: the same demands, both
+    /// preemptible or neither (which decides where it may run), no node selector, and an end
+    /// no earlier (capacity only shrinks and guards only tighten during
     /// a plan, and every memo is keyed by these).
     pub(super) fn same_fate(&self, failed: &Job, next: &Job) -> bool {
         let (a, b) = (&failed.spec, &next.spec);
         a.tasks == b.tasks
             && a.gpu == b.gpu
+            && a.preemptible == b.preemptible
             && a.cpu_milli == b.cpu_milli
             && a.mem_mib == b.mem_mib
             && a.gpu_model == b.gpu_model
@@ -480,7 +483,9 @@ impl<'a> Planner<'a> {
                 ignore_guards: true,
                 ..Ask::new(spec, admissible[0].1, end_s)
             };
-            if place::find(&self.view, &ask).is_some() {
+            let safe = self.safe.clone();
+            let never = !self.fits_empty(spec, admissible[0].1, keep_to(&safe, t, spec, false));
+            if never || place::find(&self.view, &ask).is_some() {
                 let team = spec.team.clone();
                 self.pend(spec.id, Reason::NotPreemptible { team }, None);
                 return true;
@@ -488,6 +493,28 @@ impl<'a> Planner<'a> {
         }
         self.no_placement(job, admissible[0].1);
         true
+    }
+
+    /// Whether the job would fit group `g`'s nodes (within `within`) were they empty.
+    fn fits_empty(&self, spec: &JobSpec, g: usize, within: Option<(usize, &[u64])>) -> bool {
+        let mut cap = 0u64;
+        for &n in &self.view.group_nodes[g] {
+            if within.is_some_and(|(_, w)| !bit(w, n)) {
+                continue;
+            }
+            let node = &self.view.nodes[n as usize].spec;
+            let by_gpu = match spec.gpu {
+                GpuAsk::Whole(k) => u64::from(node.gpus / k.max(1)),
+                GpuAsk::Milli(m) => u64::from(node.gpus) * u64::from(MILLI_PER_GPU / m.max(1)),
+            };
+            let by_cpu = node
+                .cpu_milli
+                .checked_div(spec.cpu_milli)
+                .unwrap_or(u64::MAX);
+            let by_mem = node.mem_mib.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
+            cap += by_gpu.min(by_cpu).min(by_mem);
+        }
+        cap >= u64::from(spec.tasks)
     }
 }
 

@@ -124,7 +124,7 @@ pub(super) struct Memos {
     /// Shapes that did not fit (ignoring guards or not), with the earliest end that failed.
     pub(super) no_fit: BTreeMap<(Shape, bool, usize), Secs>,
     /// (team, shape) whose reclaim failed, with the earliest end that failed.
-    pub(super) no_reclaim: BTreeMap<(usize, Shape), Secs>,
+    pub(super) no_reclaim: BTreeMap<(usize, bool, Shape), Secs>,
     /// Shapes for which no reservation could be found, and how many releases there were
     /// then (a later start, with its own end, may make one possible).
     pub(super) no_reserve: BTreeMap<Shape, usize>,

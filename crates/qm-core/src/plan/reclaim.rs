@@ -77,7 +77,7 @@ impl<'a> Planner<'a> {
             return false;
         };
         let (end_s, _) = self.end_of(spec, self.now);
-        let memo = shape_of(spec, g).map(|s| (team, s));
+        let memo = shape_of(spec, g).map(|s| (team, spec.preemptible, s));
         if let Some(k) = &memo {
             if self.memo.no_reclaim.get(k).is_some_and(|&end| end_s >= end) {
                 return false;

@@ -132,3 +132,30 @@ fn a_team_that_outgrows_its_home_borrows_elsewhere() {
     let node = plan.start_of(extra).unwrap().placement[0].node;
     assert!(!home.contains(&node));
 }
+
+#[test]
+fn work_that_cannot_be_preempted_and_outgrows_its_home_is_told_so() {
+    // A and B are guaranteed a node each; A's gang that cannot be preempted needs both.
+    let mut h = Harness::new(
+        ClusterBuilder::new()
+            .racks(1, 2, 8)
+            .team("a", 8)
+            .team("b", 8)
+            .build(),
+    );
+    let gang = h.submit(
+        JobBuilder::new("a")
+            .tasks(2)
+            .gpus(8)
+            .not_preemptible()
+            .limit(100),
+    );
+    let plan = h.step();
+    assert_eq!(
+        plan.pending_job(gang).unwrap().reason,
+        Reason::NotPreemptible { team: "a".into() }
+    );
+    // As preemptible work it borrows B's idle node.
+    let borrower = h.submit(JobBuilder::new("a").tasks(2).gpus(8).limit(100));
+    assert!(h.step().start_of(borrower).is_some());
+}
