@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use qm_core::PolicyKind;
 use qm_sim::cluster::ClusterSpec;
 use qm_sim::gen::big_gang::BigGang;
+use qm_sim::gen::resample::Resample;
 use qm_sim::gen::shapes::Shapes;
 use qm_sim::gen::Workload;
 use qm_sim::pack::{self, PackInput, PackMeta, PackPolicy};
@@ -42,6 +43,9 @@ pub enum GenScenario {
     /// Teams of different job shapes on a 384-GPU cluster: half-node and whole-node jobs on a
     /// two-node guarantee, multi-node gangs, and 1-GPU teams in bursts and sweeps.
     Shapes(ShapesArgs),
+    /// A trace's own jobs (any format `qm sim run` reads), resampled with replacement onto
+    /// another cluster at another load, with arrivals in the trace's weekly pattern.
+    PhillyResample(ResampleArgs),
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +131,31 @@ pub struct ShapesArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ResampleArgs {
+    #[command(flatten)]
+    common: GenCommon,
+    /// The trace whose jobs are resampled, such as the Philly job table.
+    #[arg(long)]
+    from: PathBuf,
+    /// Its format: csv, philly, openb or tiresias; guessed from the header (then the file
+    /// name) when absent.
+    #[arg(long)]
+    format: Option<String>,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = Resample::DEFAULT.nodes)]
+    nodes: u32,
+    /// GPUs per node.
+    #[arg(long, default_value_t = Resample::DEFAULT.gpus_per_node)]
+    gpus_per_node: u32,
+    /// Days of submissions.
+    #[arg(long, default_value_t = Resample::DEFAULT.days)]
+    days: u32,
+    /// Offered load over the whole trace, as a fraction of the cluster.
+    #[arg(long, default_value_t = Resample::DEFAULT.load)]
+    load: f64,
+}
+
+#[derive(Args, Debug)]
 pub struct RunArgs {
     /// The trace file.
     #[arg(long)]
@@ -195,6 +224,21 @@ fn run_gen(scenario: &GenScenario) -> Result<(), Box<dyn Error>> {
             }
             .generate(a.common.seed)?,
         ),
+        GenScenario::PhillyResample(a) => {
+            let format = match &a.format {
+                Some(f) => f.parse::<Format>()?,
+                None => trace::sniff(&a.from),
+            };
+            let source = trace::load(&a.from, format)?;
+            let params = Resample {
+                nodes: a.nodes,
+                gpus_per_node: a.gpus_per_node,
+                days: a.days,
+                load: a.load,
+            };
+            let name = a.from.display().to_string();
+            (&a.common, params.generate(&source, &name, a.common.seed)?)
+        }
     };
     workload.write(&common.out)?;
     eprintln!(

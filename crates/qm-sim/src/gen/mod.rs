@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `big-gang` | [`big_gang`] | a team guaranteed 2,048 GPUs gets them back, as whole nodes, when its one big run arrives into a pool full of borrowers |
 //! | `shapes` | [`shapes`] | teams of different job shapes: a guarantee of whole nodes comes back as whole nodes |
+//! | `philly-resample` | [`resample`] | a real trace's jobs (any format `qm sim run` reads) at another load, on another cluster |
 //!
 //! [`Workload::write`] puts three files in a directory: `trace.csv` in our CSV format
 //! ([`crate::trace::csv`]), `teams.toml` ([`crate::teamspec`]) and `README.md` (the parameters,
@@ -22,6 +23,7 @@
 
 pub mod big_gang;
 pub mod dist;
+pub mod resample;
 pub mod shapes;
 
 use std::fmt::Write as _;
@@ -61,27 +63,30 @@ pub struct GenTeam {
 }
 
 impl Workload {
-    /// `trace.csv`: our CSV with the columns the generators set. CPU and memory are left
-    /// out, so the loader gives each task its defaults (1 CPU and 4 GiB per GPU).
+    /// `trace.csv`: our CSV with every column the generators set, so the loader reads back
+    /// exactly [`Workload::jobs`].
     pub fn trace_csv(&self) -> String {
         let mut out = String::from(
-            "submit_s,duration_s,tasks,gpus_per_task,team,id,user,preemptible,time_limit_s,priority\n",
+            "submit_s,duration_s,tasks,gpus_per_task,gpu_milli,cpu_milli,mem_mib,team,id,user,preemptible,time_limit_s,priority\n",
         );
         for j in &self.jobs {
-            let gpus = match j.gpu {
-                GpuAsk::Whole(n) => n,
-                GpuAsk::Milli(_) => unreachable!("the generators ask for whole GPUs"),
+            let (gpus, milli) = match j.gpu {
+                GpuAsk::Whole(n) => (n, String::new()),
+                GpuAsk::Milli(m) => (0, m.to_string()),
             };
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 j.submit_s,
                 j.duration_s,
                 j.tasks,
                 gpus,
-                j.team,
+                milli,
+                j.cpu_milli,
+                j.mem_mib,
+                field(&j.team),
                 j.id,
-                j.user,
+                field(&j.user),
                 j.preemptible,
                 j.time_limit_s.expect("the generators set every time limit"),
                 j.priority
@@ -126,6 +131,16 @@ impl Workload {
         std::fs::write(dir.join("teams.toml"), self.teams_toml())?;
         std::fs::write(dir.join("README.md"), &self.readme)?;
         Ok(())
+    }
+}
+
+/// A CSV field: quoted (with quotes doubled) when it holds a comma, a quote or surrounding
+/// space.
+fn field(text: &str) -> String {
+    if text.contains([',', '"']) || text.trim() != text {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
     }
 }
 

@@ -308,3 +308,89 @@ fn split_is_proportional_and_exact() {
         vec![512, 384, 256, 192, 160, 128, 96, 64]
     );
 }
+
+/// A small source trace: two teams, a 16-GPU gang, a share of a GPU, a job too big for a
+/// 4-GPU node, a job naming a GPU model.
+fn source() -> crate::trace::Trace {
+    let text = "\
+submit_s,duration_s,tasks,gpus_per_task,gpu_milli,team,gpu_model,user
+0,600,1,1,,a,,alice
+30,7200,2,8,,b,,\"bob, jr\"
+3700,60,1,0,250,a,,
+4000,86400,1,8,,b,,
+90000,3600,1,2,,a,V100,
+";
+    trace::parse("source.csv", text, Format::Csv).unwrap()
+}
+
+#[test]
+fn a_resampled_trace_keeps_the_sources_jobs_at_the_asked_load() {
+    use super::resample::Resample;
+    let params = Resample {
+        nodes: 8,
+        gpus_per_node: 8,
+        days: 3,
+        load: 0.5,
+    };
+    let w = params.generate(&source(), "source.csv", 11).unwrap();
+    assert_eq!(
+        files(&w),
+        files(&params.generate(&source(), "source.csv", 11).unwrap())
+    );
+    assert_ne!(
+        w.trace_csv(),
+        params
+            .generate(&source(), "source.csv", 12)
+            .unwrap()
+            .trace_csv()
+    );
+    reads_back(&w);
+    let all = mean_over_hours(&offered_by_hour(&w.jobs, 64, 72), |_| true);
+    assert!((all / 0.5 - 1.0).abs() < 0.1, "{all}");
+    let src = source();
+    for j in &w.jobs {
+        assert!(j.gpu_model.is_none(), "the V100 job is left out");
+        let copy = src.jobs.iter().any(|s| {
+            (
+                s.tasks,
+                s.gpu,
+                s.team.as_str(),
+                s.user.as_str(),
+                s.cpu_milli,
+            ) == (
+                j.tasks,
+                j.gpu,
+                j.team.as_str(),
+                j.user.as_str(),
+                j.cpu_milli,
+            ) && (s.duration_s == j.duration_s || j.user == WARM_USER)
+        });
+        assert!(copy || j.user == WARM_USER, "{j:?}");
+    }
+    assert!(w.jobs.iter().any(|j| j.gpu == GpuAsk::Milli(250)));
+    assert!(w.jobs.iter().any(|j| j.user == "bob, jr"), "quoted back");
+    // Arrivals keep the source's hours of the week: hours 0, 1 and 25 only.
+    for j in w.jobs.iter().filter(|j| j.user != WARM_USER) {
+        let hour = (j.submit_s / 3600) % (7 * 24);
+        assert!([0, 1, 25].contains(&hour), "{j:?}");
+    }
+    let names: Vec<&str> = w.teams.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+
+    let err = Resample {
+        gpus_per_node: 1,
+        ..params
+    }
+    .generate(
+        &trace::parse(
+            "big.csv",
+            "submit_s,duration_s,tasks,gpus_per_task,team\n0,60,1,2,a\n",
+            Format::Csv,
+        )
+        .unwrap(),
+        "big.csv",
+        1,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no job whose tasks fit"), "{err}");
+}
