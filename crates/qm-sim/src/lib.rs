@@ -3,6 +3,7 @@
 //! simulator drive the same `plan`.
 
 pub mod cluster;
+pub mod gen;
 pub mod pack;
 pub mod report;
 pub mod rng;

@@ -10,6 +10,10 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use qm_core::PolicyKind;
 use qm_sim::cluster::ClusterSpec;
+use qm_sim::gen::big_gang::BigGang;
+use qm_sim::gen::resample::Resample;
+use qm_sim::gen::shapes::Shapes;
+use qm_sim::gen::Workload;
 use qm_sim::pack::{self, PackInput, PackMeta, PackPolicy};
 use qm_sim::report::{self, Report};
 use qm_sim::sim::{perturb_seeds, simulate, SimOptions, SimResult};
@@ -23,6 +27,65 @@ pub enum SimCommand {
     /// Reproduce the FGD packing protocol on a node list and a pod list (such as Alibaba's
     /// openb): GPU allocation against arrived demand, per placement policy, mean over seeds.
     Pack(PackArgs),
+    /// Write a seeded synthetic workload for `qm sim run`: trace.csv, teams.toml and a
+    /// README.md with the parameters, the distributions and the command that replays it.
+    Gen {
+        #[command(subcommand)]
+        scenario: GenScenario,
+    },
+}
+
+/// The workloads `qm sim gen` writes.
+#[derive(Subcommand, Debug)]
+pub enum GenScenario {
+    /// One team guaranteed 2,048 GPUs submits a 2,048-GPU gang every 12 hours; eight teams
+    /// keep the rest of a 16,384-GPU cluster (and the gang's share between gangs) busy with
+    /// small jobs at a daily rhythm.
+    BigGang(BigGangArgs),
+    /// Teams of different job shapes on a 384-GPU cluster: half-node and whole-node jobs on a
+    /// two-node guarantee, multi-node gangs, and 1-GPU teams in bursts and sweeps.
+    Shapes(ShapesArgs),
+    /// A trace's own jobs (any format `qm sim run` reads), resampled with replacement onto
+    /// another cluster at another load, with arrivals in the trace's weekly pattern.
+    PhillyResample(ResampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenCommon {
+    /// Directory for trace.csv, teams.toml and README.md (created if absent).
+    #[arg(long)]
+    out: PathBuf,
+    /// The seed: the same seed and parameters write the same bytes.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct BigGangArgs {
+    #[command(flatten)]
+    common: GenCommon,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = BigGang::DEFAULT.nodes)]
+    nodes: u32,
+    /// GPUs per node.
+    #[arg(long, default_value_t = BigGang::DEFAULT.gpus_per_node)]
+    gpus_per_node: u32,
+    /// Days of submissions.
+    #[arg(long, default_value_t = BigGang::DEFAULT.days)]
+    days: u32,
+    /// Hours between two gangs (the first at this hour).
+    #[arg(long, default_value_t = BigGang::DEFAULT.gang_every_h)]
+    gang_every_h: u32,
+    /// GPUs of the gang, a multiple of --gpus-per-node; also its team's guarantee.
+    #[arg(long, default_value_t = BigGang::DEFAULT.gang_gpus)]
+    gang_gpus: u32,
+    /// Offered load by day (09:00-21:00), gangs included, as a fraction of the cluster.
+    #[arg(long, default_value_t = BigGang::DEFAULT.load)]
+    load: f64,
+    /// Multiplies the small jobs' durations: below 1, more and shorter jobs, and a replay that
+    /// costs about 1 / scale times more.
+    #[arg(long, default_value_t = BigGang::DEFAULT.duration_scale)]
+    duration_scale: f64,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +109,52 @@ pub struct PackArgs {
     /// Directory for report.json, report.md and alloc.svg.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ShapesArgs {
+    #[command(flatten)]
+    common: GenCommon,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = Shapes::DEFAULT.nodes)]
+    nodes: u32,
+    /// GPUs per node (even).
+    #[arg(long, default_value_t = Shapes::DEFAULT.gpus_per_node)]
+    gpus_per_node: u32,
+    /// Days of submissions.
+    #[arg(long, default_value_t = Shapes::DEFAULT.days)]
+    days: u32,
+    /// Offered load over the whole trace, as a fraction of the cluster.
+    #[arg(long, default_value_t = Shapes::DEFAULT.load)]
+    load: f64,
+    /// The guarantee of the team of half-node and whole-node jobs, in whole nodes.
+    #[arg(long, default_value_t = Shapes::DEFAULT.dense_nodes)]
+    dense_nodes: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct ResampleArgs {
+    #[command(flatten)]
+    common: GenCommon,
+    /// The trace whose jobs are resampled, such as the Philly job table.
+    #[arg(long)]
+    from: PathBuf,
+    /// Its format: csv, philly, openb or tiresias; guessed from the header (then the file
+    /// name) when absent.
+    #[arg(long)]
+    format: Option<String>,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = Resample::DEFAULT.nodes)]
+    nodes: u32,
+    /// GPUs per node.
+    #[arg(long, default_value_t = Resample::DEFAULT.gpus_per_node)]
+    gpus_per_node: u32,
+    /// Days of submissions.
+    #[arg(long, default_value_t = Resample::DEFAULT.days)]
+    days: u32,
+    /// Offered load over the whole trace, as a fraction of the cluster.
+    #[arg(long, default_value_t = Resample::DEFAULT.load)]
+    load: f64,
 }
 
 #[derive(Args, Debug)]
@@ -96,7 +205,64 @@ pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
     match cmd {
         SimCommand::Run(args) => run_trace(&args),
         SimCommand::Pack(args) => run_pack(&args),
+        SimCommand::Gen { scenario } => run_gen(&scenario),
     }
+}
+
+fn run_gen(scenario: &GenScenario) -> Result<(), Box<dyn Error>> {
+    let (common, workload): (&GenCommon, Workload) = match scenario {
+        GenScenario::BigGang(a) => (
+            &a.common,
+            BigGang {
+                nodes: a.nodes,
+                gpus_per_node: a.gpus_per_node,
+                days: a.days,
+                gang_every_h: a.gang_every_h,
+                gang_gpus: a.gang_gpus,
+                load: a.load,
+                duration_scale: a.duration_scale,
+            }
+            .generate(a.common.seed)?,
+        ),
+        GenScenario::Shapes(a) => (
+            &a.common,
+            Shapes {
+                nodes: a.nodes,
+                gpus_per_node: a.gpus_per_node,
+                days: a.days,
+                load: a.load,
+                dense_nodes: a.dense_nodes,
+            }
+            .generate(a.common.seed)?,
+        ),
+        GenScenario::PhillyResample(a) => {
+            let format = match &a.format {
+                Some(f) => f.parse::<Format>()?,
+                None => trace::sniff(&a.from),
+            };
+            let source = trace::load(&a.from, format)?;
+            let params = Resample {
+                nodes: a.nodes,
+                gpus_per_node: a.gpus_per_node,
+                days: a.days,
+                load: a.load,
+            };
+            let name = a.from.display().to_string();
+            (&a.common, params.generate(&source, &name, a.common.seed)?)
+        }
+    };
+    workload.write(&common.out)?;
+    eprintln!(
+        "qm sim gen: {} with seed {}: {} jobs of {} teams on {}, written to {} (see README.md there); replay with:",
+        workload.scenario,
+        common.seed,
+        workload.jobs.len(),
+        workload.teams.len(),
+        workload.cluster,
+        common.out.display()
+    );
+    println!("{}", workload.replay_command(&common.out));
+    Ok(())
 }
 
 fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {

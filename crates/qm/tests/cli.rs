@@ -355,3 +355,101 @@ fn sim_pack_compares_policies_over_seeds() {
     assert!(err.contains("valid policies: random, dotprod"), "{err}");
     assert!(!dir.join("bad").exists(), "nothing written when refused");
 }
+
+#[test]
+fn sim_gen_writes_a_workload_that_sim_run_replays() {
+    let dir = tmp("gen");
+    let out_dir = dir.join("shapes");
+    let gen = |out: &std::path::Path| {
+        qm(&[
+            "sim",
+            "gen",
+            "shapes",
+            "--nodes",
+            "12",
+            "--days",
+            "1",
+            "--seed",
+            "7",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let out = gen(&out_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // stdout is the replay command, with the paths as given.
+    let command = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let trace = out_dir.join("trace.csv");
+    let teams = out_dir.join("teams.toml");
+    let report = out_dir.join("report");
+    assert_eq!(
+        command,
+        format!(
+            "qm sim run --trace {} --cluster 12x8 --teams {} --policy default,static --out {}",
+            trace.display(),
+            teams.display(),
+            report.display()
+        )
+    );
+    let readme = std::fs::read_to_string(out_dir.join("README.md")).unwrap();
+    assert!(
+        readme.contains("qm sim run --trace trace.csv --cluster 12x8 --teams teams.toml")
+            && readme.contains("qm sim gen shapes --seed 7 --nodes 12"),
+        "{readme}"
+    );
+    // The same seed writes the same bytes.
+    let again = dir.join("again");
+    assert!(gen(&again).status.success());
+    for file in ["trace.csv", "teams.toml", "README.md"] {
+        assert_eq!(
+            std::fs::read(out_dir.join(file)).unwrap(),
+            std::fs::read(again.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    // The printed command replays it.
+    let args: Vec<&str> = command.split(' ').skip(1).collect();
+    let out = qm(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let policies = json["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2);
+    for p in policies {
+        assert_eq!(p["rejected"], 0, "{p}");
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    for team in [
+        "| dense |",
+        "| gangs |",
+        "| research |",
+        "| tuning |",
+        "| eval |",
+    ] {
+        assert!(md.contains(team), "{md}");
+    }
+
+    let bad = qm(&[
+        "sim",
+        "gen",
+        "big-gang",
+        "--gang-gpus",
+        "100",
+        "--out",
+        dir.join("bad").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("multiple of --gpus-per-node 8"), "{err}");
+    assert!(!dir.join("bad").exists(), "nothing written when refused");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
