@@ -298,8 +298,7 @@ impl World {
     }
 
     /// A guaranteed job is never left pending while borrowed capacity that could be reclaimed
-    /// would let it run (where it may run: work that cannot be preempted only in its team's
-    /// home or on common ground).
+    /// would let it run.
     fn check_guarantees(
         &self,
         plan: &Plan,
@@ -343,7 +342,6 @@ impl World {
                 by_team.entry(job.spec.team.clone()).or_default().push(job);
             }
         }
-        let homes = qm_core::homes(&self.state);
         for (team, mut jobs) in by_team {
             // Jobs this plan started come after the ones already running: when the plan was
             // made they were pending, and took what was left of the guarantee.
@@ -416,10 +414,7 @@ impl World {
                 }
                 let mut cap = 0u64;
                 for node in self.state.nodes() {
-                    if node.state != NodeState::Ready
-                        || node.spec.gpu_model != model
-                        || !(job.spec.preemptible || homes.safe_for(&job.spec.team, node.spec.id))
-                    {
+                    if node.state != NodeState::Ready || node.spec.gpu_model != model {
                         continue;
                     }
                     let (u, cpu, mem) = &free[&node.spec.id];

@@ -10,11 +10,12 @@
 //! guarantees add up to less than the cluster) is common ground.
 //!
 //! What homes are for (ARCHITECTURE.md, "Sharing safety"): work that cannot be preempted
-//! runs only at its team's home or on common ground, so it never sits in another team's
-//! guarantee where its owner could not take it back; and such a job, where borrowed work alone
-//! cannot make room for it, takes its home back whole: other teams' runs there that are away
-//! from their own homes are preempted too (`reclaim.rs`). Preemptible work still goes
-//! anywhere and is reclaimed, cheapest first, wherever it is.
+//! borrows only at its team's home or on common ground, so it never sits beyond its team's
+//! guarantee where another team's guarantee lives; and a job that cannot be preempted,
+//! inside its team's guarantee, where borrowed work alone cannot make room for it, takes its
+//! home back whole: other teams' runs there that are away from their own homes are preempted
+//! too (`reclaim.rs`). Preemptible work goes anywhere and is reclaimed, cheapest first,
+//! wherever it is.
 //!
 //! Homes are laid over every node, down or drained ones included, so that a node going down
 //! does not move every other team's home (and with it which runs count as guaranteed). A

@@ -296,7 +296,8 @@ pub struct HomeMap {
 }
 
 impl HomeMap {
-    /// Whether a job of `team` that cannot be preempted may run on `node`.
+    /// Whether a job of `team` that cannot be preempted may borrow `node` (run there beyond
+    /// its team's guarantee).
     pub fn safe_for(&self, team: &str, node: NodeId) -> bool {
         self.teams.is_empty()
             || self.common.contains(&node)

@@ -379,7 +379,7 @@ impl<'a> Planner<'a> {
             .collect();
         // Work that cannot be preempted goes only where it never blocks another team's
         // guarantee.
-        let within = |m: usize| keep_to(&safe, t, spec, homeless[m]);
+        let within = |m: usize, class: Admission| keep_to(&safe, t, spec, class, homeless[m]);
         // A single task that several models of its best class can take goes where it grows
         // the fragmentation least.
         if spec.tasks == 1 && admissible.len() > 1 {
@@ -390,7 +390,7 @@ impl<'a> Planner<'a> {
                     if class != best_class {
                         break;
                     }
-                    let ask = Ask::new(spec, g, end_s).within(within(m));
+                    let ask = Ask::new(spec, g, end_s).within(within(m, class));
                     if let Some((p, d)) = self.find_memo_scored(&ask, shape_of(spec, g)) {
                         if best.as_ref().is_none_or(|b| d < b.0 - 1e-9) {
                             best = Some((d, m, g, p));
@@ -407,7 +407,7 @@ impl<'a> Planner<'a> {
             if phase == Phase::Guaranteed && class == Admission::Borrowed {
                 continue;
             }
-            let ask = Ask::new(spec, g, end_s).within(within(m));
+            let ask = Ask::new(spec, g, end_s).within(within(m, class));
             let shape = shape_of(spec, g);
             if let Some(p) = self.find_memo(&ask, shape) {
                 self.start(job, t, m, p, class);
@@ -470,7 +470,9 @@ impl<'a> Planner<'a> {
         }
         // A job that cannot be preempted is promised GPUs only where it may run.
         self.keep_to = match admissible.first() {
-            Some(&(m, _, _)) if !spec.preemptible && !homeless[m] => self.safe[t].clone(),
+            Some(&(m, _, Admission::Borrowed)) if !spec.preemptible && !homeless[m] => {
+                self.safe[t].clone()
+            }
             _ => None,
         };
         let reserved = self.reserve(job, &admissible);
@@ -478,13 +480,15 @@ impl<'a> Planner<'a> {
         if reserved {
             return true;
         }
-        if self.explain && self.safe[t].is_some() && !spec.preemptible {
+        let borrowing = admissible.iter().all(|a| a.2 == Admission::Borrowed);
+        if self.explain && self.safe[t].is_some() && !spec.preemptible && borrowing {
             let ask = Ask {
                 ignore_guards: true,
                 ..Ask::new(spec, admissible[0].1, end_s)
             };
             let safe = self.safe.clone();
-            let never = !self.fits_empty(spec, admissible[0].1, keep_to(&safe, t, spec, false));
+            let within = keep_to(&safe, t, spec, Admission::Borrowed, false);
+            let never = !self.fits_empty(spec, admissible[0].1, within);
             if never || place::find(&self.view, &ask).is_some() {
                 let team = spec.team.clone();
                 self.pend(spec.id, Reason::NotPreemptible { team }, None);
@@ -518,15 +522,17 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// The nodes a job may use at all: for one that cannot be preempted, its team's home and
-/// nobody's; otherwise (or where that is everywhere) any.
+/// The nodes a job may use at all: for one that cannot be preempted and would borrow, its
+/// team's home and nobody's; otherwise (or where that is everywhere) any. Inside its team's
+/// guarantee such a job may go anywhere it fits or borrowed work can be taken back for it.
 pub(super) fn keep_to<'h>(
     safe: &'h [Option<Vec<u64>>],
     t: usize,
     spec: &crate::model::JobSpec,
+    class: Admission,
     homeless: bool,
 ) -> Option<(usize, &'h [u64])> {
-    if spec.preemptible || homeless {
+    if spec.preemptible || homeless || class == Admission::Guaranteed {
         None
     } else {
         safe[t].as_deref().map(|b| (2 * t + 1, b))

@@ -10,7 +10,6 @@ use crate::model::{GpuAsk, PolicyKind, MILLI_PER_GPU};
 use crate::state::{Admission, Job, StopCause};
 
 use super::homes::bit;
-use super::passes::keep_to;
 use super::place::{self, Ask};
 use super::planner::{shape_of, Planner, MAX_FAILED_ATTEMPTS, MAX_PRUNE_STEPS};
 use super::view::View;
@@ -89,22 +88,17 @@ impl<'a> Planner<'a> {
             .copied()
             .filter(|&i| !self.runs[i].stopped && self.runs[i].team != Some(team))
             .collect();
-        // Work that cannot be preempted is placed only where it may run.
-        let safe = self.safe.clone();
         let homes = self.homes.clone();
-        let homeless = self.teams.guaranteed(team, m) > 0 && homes.of(team, m).is_none();
-        let within = keep_to(&safe, team, spec, homeless);
-        let restricted = within.is_some();
-        let ask = Ask::new(spec, g, end_s).within(within);
+        let ask = Ask::new(spec, g, end_s);
         // First the borrowed work that loses least, wherever it is. A job that cannot be
-        // preempted runs only at its team's home: where borrowed work alone cannot make room
-        // for it there, it takes its home back whole, preempting every run there that is away
-        // from its own team's home too.
+        // preempted cannot borrow instead: where borrowed work alone cannot make room for it,
+        // it takes its team's home back whole, preempting every run there that is away from
+        // its own team's home too.
         let mut found = None;
         if !victims.is_empty() {
             found = self.victims_and_place(&ask, &victims);
         }
-        if found.is_none() && restricted && homes.of(team, m).is_some() {
+        if found.is_none() && !spec.preemptible && homes.of(team, m).is_some() {
             let home = homes.own_bits(team);
             let wide = self.home_victims(team, m, &home, &victims);
             if wide.len() > victims.len() {
