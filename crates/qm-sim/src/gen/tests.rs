@@ -84,7 +84,12 @@ fn reads_back(w: &Workload) {
         cluster.gpus(),
         "the guarantees share the whole cluster"
     );
-    initial_state(cluster.nodes(), &teams, &SimOptions::new(PolicyKind::Default)).unwrap();
+    initial_state(
+        cluster.nodes(),
+        &teams,
+        &SimOptions::new(PolicyKind::Default),
+    )
+    .unwrap();
     for j in &w.jobs {
         assert!(w.teams.iter().any(|t| t.name == j.team), "{j:?}");
         assert!(j.time_limit_s.unwrap() >= j.duration_s, "{j:?}");
