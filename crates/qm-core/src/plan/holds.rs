@@ -169,6 +169,7 @@ impl<'a> Planner<'a> {
                     Reason::WaitingForReclaim {
                         victims: stopping.iter().map(|v| v.spec.id).collect(),
                         ready_by_s,
+                        lower_priority: false,
                     },
                     Some(ready_by_s.max(self.now)),
                 );

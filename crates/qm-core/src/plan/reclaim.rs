@@ -159,6 +159,7 @@ impl<'a> Planner<'a> {
             Reason::WaitingForReclaim {
                 victims: ids,
                 ready_by_s,
+                lower_priority: false,
             },
             Some(ready_by_s),
         );
