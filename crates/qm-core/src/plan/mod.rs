@@ -13,6 +13,7 @@ mod partition;
 mod passes;
 mod place;
 mod planner;
+mod priority;
 mod reclaim;
 mod reserve;
 mod running;

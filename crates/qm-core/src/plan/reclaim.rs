@@ -114,41 +114,54 @@ impl<'a> Planner<'a> {
             }
             return false;
         };
-        // Keep the free part of the future placement for this job, in this plan.
-        for task in &placement {
-            Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
-        }
-        let mut ready_by_s = self.now;
-        let mut ids = Vec::new();
         for &i in &chosen {
-            let r = &mut self.runs[i];
-            r.stopped = true;
+            let r = &self.runs[i];
             let freed: u64 = r
                 .placement
                 .iter()
                 .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
                 .sum();
             self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
+        }
+        self.attempts.reclaims += 1;
+        let stop = (StopCause::Reclaim, Admission::Guaranteed);
+        self.preempt(job, team, (m, g), &chosen, placement, stop);
+        true
+    }
+
+    /// Stops the `chosen` runs for `job` with `cause`, keeps the free part of the job's
+    /// future `placement` for it in this plan, counts it against its team as `class`, and
+    /// explains it as waiting for its victims.
+    pub(super) fn preempt(
+        &mut self,
+        job: &Job,
+        team: usize,
+        (m, g): (usize, usize),
+        chosen: &[usize],
+        placement: Vec<crate::state::TaskPlacement>,
+        (cause, class): (StopCause, Admission),
+    ) {
+        let spec = &job.spec;
+        // Keep the free part of the future placement for this job, in this plan.
+        for task in &placement {
+            Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
+        }
+        let mut ready_by_s = self.now;
+        let mut ids = Vec::new();
+        for &i in chosen {
+            let r = &mut self.runs[i];
+            r.stopped = true;
             ready_by_s = ready_by_s.max(self.now.saturating_add(r.job.spec.grace_s));
             ids.push(r.job.spec.id);
             self.out.stops.push(StopOrder {
                 job: r.job.spec.id,
-                cause: StopCause::Reclaim,
+                cause,
                 beneficiary: Some(spec.id),
                 lost_gpu_s: r.lost_gpu_s,
             });
         }
         ids.sort();
-        self.attempts.reclaims += 1;
-        self.claim(
-            job,
-            team,
-            m,
-            g,
-            &placement,
-            ready_by_s,
-            Admission::Guaranteed,
-        );
+        self.claim(job, team, m, g, &placement, ready_by_s, class);
         self.out.reclaims.push(Reservation {
             job: spec.id,
             start_s: ready_by_s,
@@ -159,15 +172,14 @@ impl<'a> Planner<'a> {
             Reason::WaitingForReclaim {
                 victims: ids,
                 ready_by_s,
-                lower_priority: false,
+                lower_priority: cause == StopCause::Priority,
             },
             Some(ready_by_s),
         );
-        true
     }
 
     /// Victims among `victims` (cheapest first) that make room for the ask, and where it goes.
-    fn victims_and_place(
+    pub(super) fn victims_and_place(
         &self,
         ask: &Ask,
         victims: &[usize],
