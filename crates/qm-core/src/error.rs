@@ -47,6 +47,12 @@ pub enum ApplyError {
         victim: JobId,
         beneficiary: JobId,
     },
+    /// A stop for priority whose beneficiary is not a job of the victim's own team with a
+    /// higher priority.
+    NotOutranked {
+        victim: JobId,
+        beneficiary: Option<JobId>,
+    },
     /// A report about a run that is no longer the job's current run.
     StaleRun {
         job: JobId,
@@ -101,6 +107,19 @@ impl fmt::Display for ApplyError {
                 f,
                 "cannot stop {victim} for {beneficiary}: the beneficiary must be a pending job"
             ),
+            ApplyError::NotOutranked {
+                victim,
+                beneficiary,
+            } => match beneficiary {
+                Some(b) => write!(
+                    f,
+                    "cannot stop {victim} for {b} by priority: {b} must belong to {victim}'s team and have a higher priority"
+                ),
+                None => write!(
+                    f,
+                    "cannot stop {victim} by priority without a beneficiary: name the higher-priority job of its team it makes room for"
+                ),
+            },
             ApplyError::StaleRun {
                 job,
                 attempt,

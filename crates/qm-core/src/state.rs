@@ -42,6 +42,8 @@ pub enum Admission {
 pub enum StopCause {
     /// Its GPUs go back to the team that is guaranteed them; the job is requeued.
     Reclaim,
+    /// Its GPUs go to a job of its own team with a higher priority; the job is requeued.
+    Priority,
     /// Its GPUs sat idle; the job is requeued.
     Idle,
     /// It ran past its time limit; it ends as failed.
@@ -52,7 +54,10 @@ pub enum StopCause {
 
 impl StopCause {
     fn requeues(self) -> bool {
-        matches!(self, StopCause::Reclaim | StopCause::Idle)
+        matches!(
+            self,
+            StopCause::Reclaim | StopCause::Priority | StopCause::Idle
+        )
     }
 }
 

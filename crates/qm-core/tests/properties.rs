@@ -153,6 +153,14 @@ fn build(c: &Cluster) -> (ClusterState, Vec<String>) {
     (state, names)
 }
 
+/// Guaranteed usage of jobs waiting on holds, by team: a reclaim's beneficiaries keep their
+/// place in the guarantee first; a priority preemption's take their victims' place.
+#[derive(Default)]
+struct Seeds {
+    first: BTreeMap<String, u64>,
+    in_place: BTreeMap<String, Vec<u64>>,
+}
+
 /// A tiny shell with a virtual clock that checks invariants after every plan.
 struct World {
     state: ClusterState,
@@ -201,23 +209,41 @@ impl World {
             let spec = &self.state.job(s.job).unwrap().spec;
             prop_assert_eq!(s.placement.len(), spec.tasks as usize);
         }
-        // Jobs waiting on a hold keep their place in their team's guarantee.
-        let waiting: Vec<JobId> = self
+        self.check_priority_stops(&plan)?;
+        // Jobs waiting on a hold keep their place in their team's guarantee: a reclaim's
+        // first, a priority preemption's after the jobs that started guaranteed.
+        let waiting: Vec<(JobId, bool)> = self
             .state
             .holds()
             .iter()
             .filter(|(b, h)| {
                 self.now <= h.until_s && self.state.job(**b).unwrap().state == JobState::Pending
             })
-            .map(|(b, _)| *b)
+            .map(|(b, h)| {
+                let team = &self.state.job(*b).unwrap().spec.team;
+                let own = h
+                    .victims
+                    .iter()
+                    .all(|v| self.state.job(*v).is_some_and(|v| v.spec.team == *team));
+                (*b, own)
+            })
             .collect();
         self.execute(&plan)?;
         self.check_state()?;
-        let mut seeds: BTreeMap<String, u64> = BTreeMap::new();
-        for b in waiting {
+        let mut seeds = Seeds::default();
+        for (b, own) in waiting {
             let j = self.state.job(b).unwrap();
             if j.state == JobState::Pending {
-                *seeds.entry(j.spec.team.clone()).or_default() += j.spec.milli_total();
+                let team = j.spec.team.clone();
+                if own {
+                    seeds
+                        .in_place
+                        .entry(team)
+                        .or_default()
+                        .push(j.spec.milli_total());
+                } else {
+                    *seeds.first.entry(team).or_default() += j.spec.milli_total();
+                }
             }
         }
         self.check_guarantees(&plan, &seeds)?;
@@ -297,13 +323,40 @@ impl World {
         Ok(())
     }
 
+    /// A stop for priority only ever stops a preemptible job past its minimum run time, for
+    /// a pending job of the very same team with a strictly higher priority, which the plan
+    /// does not start but explains as waiting for its victims.
+    fn check_priority_stops(&self, plan: &Plan) -> Result<(), TestCaseError> {
+        for stop in plan.stops.iter().filter(|s| s.cause == StopCause::Priority) {
+            let victim = self.state.job(stop.job).unwrap();
+            let run = victim.state.run().unwrap();
+            let b = stop
+                .beneficiary
+                .expect("a priority stop names its beneficiary");
+            let beneficiary = self.state.job(b).unwrap();
+            prop_assert_eq!(&victim.spec.team, &beneficiary.spec.team);
+            prop_assert!(victim.spec.priority < beneficiary.spec.priority);
+            prop_assert!(victim.spec.preemptible);
+            prop_assert!(self.now - run.started_s >= victim.spec.min_run_s);
+            prop_assert_eq!(plan.policy, PolicyKind::Default);
+            prop_assert!(plan.start_of(b).is_none());
+            prop_assert!(plan.reclaims.iter().any(|r| r.job == b));
+            let why = &plan.pending_job(b).unwrap().reason;
+            prop_assert!(
+                matches!(why, Reason::WaitingForReclaim { victims, lower_priority: true, .. }
+                    if victims.contains(&stop.job)),
+                "{} stopped for {}, which waits because {}",
+                stop.job,
+                b,
+                why
+            );
+        }
+        Ok(())
+    }
+
     /// A guaranteed job is never left pending while borrowed capacity that could be reclaimed
     /// would let it run.
-    fn check_guarantees(
-        &self,
-        plan: &Plan,
-        seeds: &BTreeMap<String, u64>,
-    ) -> Result<(), TestCaseError> {
+    fn check_guarantees(&self, plan: &Plan, seeds: &Seeds) -> Result<(), TestCaseError> {
         if plan.policy != PolicyKind::Default {
             return Ok(()); // The baselines make no promise about guarantees.
         }
@@ -342,18 +395,39 @@ impl World {
                 by_team.entry(job.spec.team.clone()).or_default().push(job);
             }
         }
-        for (team, mut jobs) in by_team {
+        for team in seeds.in_place.keys() {
+            by_team.entry(team.clone()).or_default();
+        }
+        for (team, jobs) in by_team {
             // Jobs this plan started come after the ones already running: when the plan was
-            // made they were pending, and took what was left of the guarantee.
-            jobs.sort_by_key(|j| {
-                let run = j.state.run().unwrap();
-                let new = plan.start_of(j.spec.id).is_some();
-                (new, run.admission, run.started_s, j.spec.id)
-            });
+            // made they were pending, and took what was left of the guarantee. Jobs waiting
+            // on a priority preemption come after those that started guaranteed, and its
+            // victims, leaving, last.
+            let mut keyed: Vec<_> = jobs
+                .into_iter()
+                .map(|j| {
+                    let run = j.state.run().unwrap();
+                    let new = plan.start_of(j.spec.id).is_some();
+                    let leaving = matches!(&j.state,
+                        JobState::Stopping(_, s) if s.cause == StopCause::Priority);
+                    let key = (new, leaving, run.admission, run.started_s, j.spec.id.0);
+                    (key, Some(j), 0)
+                })
+                .collect();
+            for &m in seeds.in_place.get(&team).into_iter().flatten() {
+                keyed.push(((false, false, Admission::Guaranteed, u64::MAX, 0), None, m));
+            }
+            keyed.sort_by_key(|k| k.0);
             let g =
                 u64::from(self.state.team(&team).unwrap().spec.quotas[ANY_MODEL].guaranteed) * 1000;
-            let mut inside = seeds.get(&team).copied().unwrap_or(0);
-            for j in jobs {
+            let mut inside = seeds.first.get(&team).copied().unwrap_or(0);
+            for (_, j, waiting) in keyed {
+                let Some(j) = j else {
+                    if inside + waiting <= g {
+                        inside += waiting;
+                    }
+                    continue;
+                };
                 let m = j.spec.milli_total();
                 if inside + m <= g {
                     inside += m;

@@ -176,6 +176,8 @@ wire_enum! {
     PreemptionCause ("cause") {
         /// Its GPUs went back to the team that is guaranteed them.
         Reclaim = "reclaim",
+        /// Its GPUs went to a job of its own team with a higher priority.
+        Priority = "priority",
         /// Its GPUs sat idle.
         Idle = "idle",
     }
@@ -227,9 +229,16 @@ pub enum Reason {
         ask_milli: u64,
         max_milli: u64,
     },
-    /// Borrowed jobs are being preempted to free its guaranteed GPUs.
+    /// Running jobs are being preempted for it: borrowed jobs of other teams, to give its
+    /// team's guarantee back, or (`lower_priority`) its own team's jobs of lower priority.
     #[serde(rename = "waiting_for_reclaim")]
-    WaitingForReclaim { victims: Vec<u64>, ready_by_s: u64 },
+    WaitingForReclaim {
+        victims: Vec<u64>,
+        ready_by_s: u64,
+        /// The victims are jobs of its own team with a lower priority (absent when false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lower_priority: bool,
+    },
     /// The GPUs it needs are promised at `start_s`.
     #[serde(rename = "reserved")]
     Reserved { start_s: u64 },
@@ -317,7 +326,7 @@ mod tests {
         pinned(Admission::ALL, &["guaranteed", "borrowed"]);
         pinned(Role::ALL, &["admin", "member", "join"]);
         pinned(IdlePolicy::ALL, &["warn", "reclaim", "requeue"]);
-        pinned(PreemptionCause::ALL, &["reclaim", "idle"]);
+        pinned(PreemptionCause::ALL, &["reclaim", "priority", "idle"]);
         pinned(
             JobEventKind::ALL,
             &[
@@ -389,8 +398,18 @@ mod tests {
                 Reason::WaitingForReclaim {
                     victims: vec![3, 4],
                     ready_by_s: 10,
+                    lower_priority: false,
                 },
                 serde_json::json!({"kind": "waiting_for_reclaim", "victims": [3, 4], "ready_by_s": 10}),
+            ),
+            (
+                Reason::WaitingForReclaim {
+                    victims: vec![3],
+                    ready_by_s: 10,
+                    lower_priority: true,
+                },
+                serde_json::json!({"kind": "waiting_for_reclaim", "victims": [3], "ready_by_s": 10,
+                    "lower_priority": true}),
             ),
             (
                 Reason::Reserved { start_s: 5 },
@@ -427,7 +446,8 @@ mod tests {
                 serde_json::json!({"kind": "not_preemptible", "team": "b"}),
             ),
         ];
-        assert_eq!(cases.len(), ReasonKind::ALL.len());
+        // Every kind, and both kinds of reclaim.
+        assert_eq!(cases.len(), ReasonKind::ALL.len() + 1);
         for (reason, json) in cases {
             assert_eq!(serde_json::to_value(&reason).unwrap(), json);
             assert_eq!(json["kind"], reason.kind().as_str());

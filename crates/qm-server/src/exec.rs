@@ -161,6 +161,7 @@ impl Inner {
         for stop in &plan.stops {
             let cause = match stop.cause {
                 StopCause::Reclaim => qm_proto::PreemptionCause::Reclaim,
+                StopCause::Priority => qm_proto::PreemptionCause::Priority,
                 StopCause::Idle => qm_proto::PreemptionCause::Idle,
                 _ => continue,
             };

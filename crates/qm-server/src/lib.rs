@@ -501,6 +501,10 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
                 (qm_core::StopCause::Reclaim, Some(b)) => {
                     format!("preempted: GPUs reclaimed for job {}", b.0)
                 }
+                (qm_core::StopCause::Priority, Some(b)) => format!(
+                    "preempted: GPUs given to job {}, of the same team and a higher priority",
+                    b.0
+                ),
                 (c, _) => format!("stopping: {}", views::stop_cause_text(*c)),
             };
             push(*job, *at_s, JobEventKind::Stopping, why);
@@ -510,7 +514,10 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
         } => {
             let what = match state.job(*job).map(|j| &j.state) {
                 Some(qm_core::JobState::Stopping(_, s))
-                    if s.cause == qm_core::StopCause::Reclaim =>
+                    if matches!(
+                        s.cause,
+                        qm_core::StopCause::Reclaim | qm_core::StopCause::Priority
+                    ) =>
                 {
                     JobEventKind::Requeued
                 }

@@ -293,7 +293,7 @@ pub fn render(inner: &Inner) -> String {
     let m = &inner.metrics;
     r.register(
         "qm_preemptions",
-        "Running jobs stopped to give their GPUs back (reclaim) or because they sat idle.",
+        "Running jobs stopped to give their GPUs back (reclaim), to make room for a higher-priority job of their team (priority) or because they sat idle.",
         m.preemptions.clone(),
     );
     r.register(

@@ -140,6 +140,7 @@ pub fn core_idle_policy(p: proto::IdlePolicy) -> qm_core::IdlePolicy {
 pub fn stop_cause_text(c: qm_core::StopCause) -> &'static str {
     match c {
         qm_core::StopCause::Reclaim => "reclaim",
+        qm_core::StopCause::Priority => "priority",
         qm_core::StopCause::Idle => "idle",
         qm_core::StopCause::TimeLimit => "timelimit",
         qm_core::StopCause::Cancel => "cancel",
@@ -174,9 +175,11 @@ pub fn reason(r: &qm_core::Reason) -> proto::Reason {
         R::WaitingForReclaim {
             victims,
             ready_by_s,
+            lower_priority,
         } => proto::Reason::WaitingForReclaim {
             victims: victims.iter().map(|v| v.0).collect(),
             ready_by_s: *ready_by_s,
+            lower_priority: *lower_priority,
         },
         R::Reserved { start_s } => proto::Reason::Reserved { start_s: *start_s },
         R::BehindReservation { reserved, start_s } => proto::Reason::BehindReservation {
@@ -368,6 +371,12 @@ mod tests {
             R::WaitingForReclaim {
                 victims: vec![JobId(3)],
                 ready_by_s: 4,
+                lower_priority: false,
+            },
+            R::WaitingForReclaim {
+                victims: vec![JobId(3)],
+                ready_by_s: 4,
+                lower_priority: true,
             },
             R::Reserved { start_s: 5 },
             R::BehindReservation {
@@ -385,7 +394,8 @@ mod tests {
             R::NoPartition { team: "b".into() },
             R::NotPreemptible { team: "b".into() },
         ];
-        assert_eq!(reasons.len(), proto::ReasonKind::ALL.len());
+        // Every kind, and both kinds of reclaim.
+        assert_eq!(reasons.len(), proto::ReasonKind::ALL.len() + 1);
         for r in &reasons {
             assert_eq!(
                 serde_json::to_value(reason(r)).unwrap(),
@@ -424,6 +434,7 @@ mod tests {
         }
         for c in [
             StopCause::Reclaim,
+            StopCause::Priority,
             StopCause::Idle,
             StopCause::TimeLimit,
             StopCause::Cancel,

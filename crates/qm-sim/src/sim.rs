@@ -390,7 +390,10 @@ pub fn simulate(
                     let grace = j.spec.grace_s;
                     apply(&mut state, event)
                         .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
-                    if matches!(cause, StopCause::Reclaim | StopCause::Idle) {
+                    if matches!(
+                        cause,
+                        StopCause::Reclaim | StopCause::Priority | StopCause::Idle
+                    ) {
                         let r = &mut records[index[&id]];
                         r.preemptions += 1;
                         // The run is lost up to its SIGKILL.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{JobId, JobSpec, PolicyKind, Secs, MILLI_PER_GPU};
-use crate::state::{Admission, Job, JobState, TaskPlacement};
+use crate::state::{Admission, Hold, Job, JobState, TaskPlacement};
 
 use super::place::{self, Ask};
 use super::planner::Planner;
@@ -123,7 +123,7 @@ impl<'a> Planner<'a> {
                 self.acct.guaranteed_used[st][pool] -= milli;
             }
             let (end_s, _) = self.end_of(spec, self.now);
-            if let Some((m, _, p)) = self.first_fit(&self.view, spec, t, end_s) {
+            if let Some((m, _, p)) = self.first_fit(&self.view, spec, t, end_s, &[]) {
                 let class = self.class_of(t, m, spec.milli_total());
                 self.start(job, t, m, p, class);
                 handled.insert(b);
@@ -140,11 +140,19 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let mut future = self.view.clone();
+            // Victims of its own team (a priority preemption) still count against the team's
+            // `max`; once they have exited they no longer do.
+            let mut freed = vec![0u64; self.models.len()];
             for v in &stopping {
                 let run = v.state.run().expect("stopping");
                 future.give(&run.placement, v.spec.cpu_milli, v.spec.mem_mib);
+                if v.team_id == job.team_id {
+                    if let Some(m) = self.model_of(&run.placement) {
+                        freed[m] += v.spec.milli_total();
+                    }
+                }
             }
-            if let Some((m, g, p)) = self.first_fit(&future, spec, t, end_s) {
+            if let Some((m, g, p)) = self.first_fit(&future, spec, t, end_s, &freed) {
                 for task in &p {
                     Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
                 }
@@ -169,6 +177,7 @@ impl<'a> Planner<'a> {
                     Reason::WaitingForReclaim {
                         victims: stopping.iter().map(|v| v.spec.id).collect(),
                         ready_by_s,
+                        lower_priority: self.priority_hold(job, hold),
                     },
                     Some(ready_by_s.max(self.now)),
                 );
@@ -178,17 +187,31 @@ impl<'a> Planner<'a> {
         handled
     }
 
+    /// Whether a hold was left by a priority preemption: every victim is of the job's own
+    /// team (a reclaim's are all of other teams).
+    pub(super) fn priority_hold(&self, job: &Job, hold: &Hold) -> bool {
+        hold.victims
+            .iter()
+            .all(|v| self.state.job(*v).is_some_and(|v| v.team_id == job.team_id))
+    }
+
     /// The first GPU model, in the job's order of candidates, on which its team may grow by
-    /// the job and `view` has a placement: (model, group, placement).
+    /// the job (once runs of the team holding `freed[model]` milli-GPUs have exited) and
+    /// `view` has a placement: (model, group, placement).
     fn first_fit(
         &self,
         view: &View,
         spec: &JobSpec,
         team: usize,
         end_s: Secs,
+        freed: &[u64],
     ) -> Option<(usize, usize, Vec<TaskPlacement>)> {
         for m in self.candidate_models(spec) {
-            if self.over_max(team, m, spec.milli_total()).is_some() {
+            let freed = freed.get(m).copied().unwrap_or(0);
+            if self
+                .over_max_after(team, m, spec.milli_total(), freed)
+                .is_some()
+            {
                 continue;
             }
             let Some(g) = self.group(team, m) else {

@@ -13,6 +13,7 @@ mod partition;
 mod passes;
 mod place;
 mod planner;
+mod priority;
 mod reclaim;
 mod reserve;
 mod running;
@@ -95,10 +96,14 @@ pub enum Reason {
         ask_milli: u64,
         max_milli: u64,
     },
-    /// Borrowed jobs are being preempted to free its guaranteed GPUs.
+    /// Running jobs are being preempted for it: borrowed jobs of other teams, to give its
+    /// team's guarantee back, or (`lower_priority`) its own team's jobs of lower priority.
     WaitingForReclaim {
         victims: Vec<JobId>,
         ready_by_s: Secs,
+        /// The victims are jobs of its own team with a lower priority (absent when false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lower_priority: bool,
     },
     /// It holds a reservation: the GPUs it needs are promised at `start_s`.
     Reserved { start_s: Secs },
@@ -143,11 +148,20 @@ impl std::fmt::Display for Reason {
                 gpus(*ask_milli),
                 gpus(*max_milli)
             ),
-            Reason::WaitingForReclaim { victims, ready_by_s } => {
+            Reason::WaitingForReclaim {
+                victims,
+                ready_by_s,
+                lower_priority,
+            } => {
                 let list: Vec<String> = victims.iter().map(ToString::to_string).collect();
+                let whom = if *lower_priority {
+                    "lower-priority jobs of its own team: "
+                } else {
+                    "borrowed "
+                };
                 write!(
                     f,
-                    "waiting for reclaim: preempting borrowed {} (done by t={ready_by_s}s)",
+                    "waiting for reclaim: preempting {whom}{} (done by t={ready_by_s}s)",
                     list.join(", ")
                 )
             }

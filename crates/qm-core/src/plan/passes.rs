@@ -1,7 +1,8 @@
 //! The passes over pending jobs. `ordered_pass` (default and static): each team's queue in
 //! plan order, a heap of every team's head so that the team with the lowest standing is
 //! served next; first only work inside guarantees (reclaiming for it), then everything left,
-//! borrowing. `consider` decides one job: start, reclaim, reserve, or why not. `fifo_pass`:
+//! borrowing. `consider` decides one job: start, reclaim, preempt its team's lower-priority
+//! work, reserve, or why not. `fifo_pass`:
 //! one queue by submission time, blocked by its head.
 
 use std::cmp::Reverse;
@@ -150,9 +151,9 @@ impl<'a> Planner<'a> {
                 heap.push(Reverse((key, i)));
             }
         }
-        // In `decide`, the pass ends once nothing left can start or reclaim: no job left (in
-        // the lists or set aside for phase 2) fits the free capacity of any group, and no
-        // reclaim can happen.
+        // In `decide`, the pass ends once nothing left can start, reclaim or preempt: no job
+        // left (in the lists or set aside for phase 2) fits the free capacity of any group,
+        // and no reclaim or priority preemption can happen.
         let lists_least: Vec<Vec<u64>> = if self.explain {
             Vec::new()
         } else {
@@ -179,7 +180,7 @@ impl<'a> Planner<'a> {
                     .min()
                     .unwrap_or(u64::MAX)
                     .min(skipped_least);
-                if self.reclaim_exhausted() && self.cannot_fit(least) {
+                if self.reclaim_exhausted() && self.priority_exhausted() && self.cannot_fit(least) {
                     return;
                 }
             }
@@ -234,8 +235,9 @@ impl<'a> Planner<'a> {
                 heap.push(Reverse((self.rank(job, lists[i].0), i)));
             }
         }
-        // Borrowing stops nothing and reclaims nothing: once no job left can fit the free
-        // capacity of any group, nothing left can start (reservations only tighten).
+        // Borrowing reclaims nothing: once no job left can fit the free capacity of any
+        // group and no priority preemption can happen, nothing left can start (reservations
+        // only tighten).
         let least_left: Vec<Vec<u64>> = if self.explain {
             Vec::new()
         } else {
@@ -257,7 +259,7 @@ impl<'a> Planner<'a> {
                     .map(|j| least_left[j][cursor[j]])
                     .min()
                     .unwrap_or(u64::MAX);
-                if self.cannot_fit(least) {
+                if self.priority_exhausted() && self.cannot_fit(least) {
                     return;
                 }
             }
@@ -295,8 +297,10 @@ impl<'a> Planner<'a> {
     /// Whether `next`, of the same team and right after `failed` in its queue, is certain to
     /// be decided as `failed` was when nothing changed in between: the same demands, both
     /// preemptible or neither (which decides where it may run), no node selector, and an end
-    /// no earlier (capacity only shrinks and guards only tighten during
-    /// a plan, and every memo is keyed by these).
+    /// no earlier (capacity only shrinks and guards only tighten during a plan, and every
+    /// memo is keyed by these). `next` has no higher priority (the queue's order), so it
+    /// outranks no more of its team's runs; `failed` must not have been kept from preempting
+    /// by a hold of its own.
     pub(super) fn same_fate(&self, failed: &Job, next: &Job) -> bool {
         let (a, b) = (&failed.spec, &next.spec);
         a.tasks == b.tasks
@@ -308,6 +312,7 @@ impl<'a> Planner<'a> {
             && a.node_selector.is_empty()
             && b.node_selector.is_empty()
             && self.end_of(b, self.now).0 >= self.end_of(a, self.now).0
+            && (self.state.holds.is_empty() || !self.state.holds.contains_key(&a.id))
     }
 
     /// Moves team `i`'s cursor to its next job inside the guarantee, setting aside the ones
@@ -341,19 +346,26 @@ impl<'a> Planner<'a> {
             .any(|m| self.class_of(team, m, milli) == Admission::Guaranteed)
     }
 
-    /// Starts the job, or reclaims for it, or reserves for it, or explains why not. In the
-    /// guaranteed phase it only starts where it is guaranteed, and returns `false` (deciding
-    /// nothing) when it could still borrow elsewhere.
+    /// Starts the job, or reclaims for it, or preempts its team's lower-priority work for it,
+    /// or reserves for it, or explains why not. In the guaranteed phase it only starts where
+    /// it is guaranteed, and returns `false` (deciding nothing) when it could still borrow
+    /// elsewhere.
     pub(super) fn consider(&mut self, job: &'a Job, t: usize, phase: Phase) -> bool {
         let spec = &job.spec;
         let milli = spec.milli_total();
         let (end_s, _) = self.end_of(spec, self.now);
         let mut blocked: Option<Reason> = None;
         let mut admissible: Vec<(usize, usize, Admission)> = Vec::new();
+        // Models where only a `max` stands in the way: a priority preemption may make room
+        // under it.
+        let mut capped: Vec<(usize, usize)> = Vec::new();
         let mut behind: Option<(JobId, Secs)> = None;
         for m in self.candidate_models(spec) {
             if let Some(r) = self.over_max(t, m, milli) {
                 blocked = Some(r);
+                if let Some(g) = self.group(t, m) {
+                    capped.push((m, g));
+                }
                 continue;
             }
             let Some(g) = self.group(t, m) else {
@@ -429,7 +441,13 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        // A job that cannot start now may preempt its own team's lower-priority work, after
+        // any reclaim from other teams (in the guaranteed phase, only once it is decided
+        // there): where it is admissible, then where only a `max` stands in the way.
         if admissible.is_empty() {
+            if self.preempt_for_priority(job, t, &admissible, &capped) {
+                return true;
+            }
             let reason = blocked.unwrap_or(Reason::NoPartition {
                 team: spec.team.clone(),
             });
@@ -458,6 +476,9 @@ impl<'a> Planner<'a> {
             if admissible.iter().any(|a| a.2 == Admission::Borrowed) {
                 return false;
             }
+        }
+        if self.preempt_for_priority(job, t, &admissible, &capped) {
+            return true;
         }
         if let Some((reserved, start_s)) = behind {
             self.eta.group_of.insert(spec.id, admissible[0].1);

@@ -15,6 +15,7 @@ use super::estimate::EstimateInputs;
 use super::homes::Homes;
 use super::partition::static_partition;
 use super::place::{self, Ask};
+use super::priority::Outranked;
 use super::reclaim::Victims;
 use super::reserve::{Release, Timeline};
 use super::running::{Accounting, RunInfo};
@@ -100,6 +101,8 @@ pub(crate) struct Planner<'a> {
     pub(super) runs: Vec<RunInfo<'a>>,
     pub(super) acct: Accounting,
     pub(super) victims: Victims,
+    /// Runs that a pending job of their own team outranks (`priority.rs`).
+    pub(super) outranked: Outranked,
     pub(super) timeline: Timeline,
     pub(super) attempts: Attempts,
     pub(super) memo: Memos,
@@ -108,12 +111,14 @@ pub(crate) struct Planner<'a> {
     pub(super) out: Plan,
 }
 
-/// How many reclaims the plan has made, and how many reclaim and reservation attempts
-/// failed: each is bounded per plan.
+/// How many reclaims and priority preemptions the plan has made, and how many reclaim,
+/// priority and reservation attempts failed: each is bounded per plan.
 #[derive(Default)]
 pub(super) struct Attempts {
     pub(super) reclaims: usize,
     pub(super) failed_reclaims: usize,
+    pub(super) priority: usize,
+    pub(super) failed_priority: usize,
     pub(super) failed_reservations: usize,
 }
 
@@ -123,8 +128,12 @@ pub(super) struct Attempts {
 pub(super) struct Memos {
     /// Shapes that did not fit (ignoring guards or not), with the earliest end that failed.
     pub(super) no_fit: BTreeMap<(Shape, bool, usize), Secs>,
-    /// (team, shape) whose reclaim failed, with the earliest end that failed.
+    /// (team, preemptible, shape) whose reclaim failed, with the earliest end that failed.
     pub(super) no_reclaim: BTreeMap<(usize, bool, Shape), Secs>,
+    /// (team, preemptible, shape) whose priority preemption failed, with the priority and
+    /// end of each failure (a lower priority outranks fewer runs, a later end fits no
+    /// better: either fails too).
+    pub(super) no_priority: BTreeMap<(usize, bool, Shape), Vec<(i32, Secs)>>,
     /// Shapes for which no reservation could be found, and how many releases there were
     /// then (a later start, with its own end, may make one possible).
     pub(super) no_reserve: BTreeMap<Shape, usize>,
@@ -205,6 +214,7 @@ impl<'a> Planner<'a> {
             now,
             policy,
             victims: Victims::new(models.len()),
+            outranked: Outranked::default(),
             models,
             teams,
             leaf_rank,
@@ -239,6 +249,9 @@ impl<'a> Planner<'a> {
     /// The steps of a plan, in order.
     pub(super) fn run(mut self) -> Plan {
         self.scan_running();
+        if self.policy == PolicyKind::Default {
+            self.find_outranked();
+        }
         let held = self.occupy_holds();
         let handled = self.serve_holds(held);
         match self.policy {
@@ -322,13 +335,25 @@ impl<'a> Planner<'a> {
 
     /// The team (this one or an ancestor) whose max the job would break, if any.
     pub(super) fn over_max(&self, team: usize, model: usize, milli: u64) -> Option<Reason> {
+        self.over_max_after(team, model, milli, 0)
+    }
+
+    /// As [`Self::over_max`], once the team's runs holding `freed` milli-GPUs of `model` have
+    /// given them back.
+    pub(super) fn over_max_after(
+        &self,
+        team: usize,
+        model: usize,
+        milli: u64,
+        freed: u64,
+    ) -> Option<Reason> {
         if self.policy != PolicyKind::Default {
             return None;
         }
         for &a in &self.teams.lineage[team] {
             let pool = self.teams.pool_of_model[a][model];
             if let Some(max) = self.teams.pools[a][pool].max {
-                let used = self.acct.alloc[a][pool];
+                let used = self.acct.alloc[a][pool].saturating_sub(freed);
                 if used + milli > max {
                     return Some(Reason::OverMax {
                         team: self.teams.names[a].clone(),

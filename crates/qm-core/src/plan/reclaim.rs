@@ -7,13 +7,17 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{GpuAsk, PolicyKind, MILLI_PER_GPU};
-use crate::state::{Admission, Job, StopCause};
+use crate::state::{Admission, Job, StopCause, TaskPlacement};
 
 use super::homes::bit;
 use super::place::{self, Ask};
 use super::planner::{shape_of, Planner, MAX_FAILED_ATTEMPTS, MAX_PRUNE_STEPS};
 use super::view::View;
 use super::{Reason, Reservation, StopOrder};
+
+/// Up to this many task placements, `find_without` gives runs back on the view itself rather
+/// than on a copy of it.
+const IN_PLACE_TASKS: usize = 64;
 
 /// Borrowed, preemptible runs past their minimum run time: what reclaim may stop.
 pub(super) struct Victims {
@@ -114,41 +118,54 @@ impl<'a> Planner<'a> {
             }
             return false;
         };
-        // Keep the free part of the future placement for this job, in this plan.
-        for task in &placement {
-            Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
-        }
-        let mut ready_by_s = self.now;
-        let mut ids = Vec::new();
         for &i in &chosen {
-            let r = &mut self.runs[i];
-            r.stopped = true;
+            let r = &self.runs[i];
             let freed: u64 = r
                 .placement
                 .iter()
                 .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
                 .sum();
             self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
+        }
+        self.attempts.reclaims += 1;
+        let stop = (StopCause::Reclaim, Admission::Guaranteed);
+        self.preempt(job, team, (m, g), &chosen, placement, stop);
+        true
+    }
+
+    /// Stops the `chosen` runs for `job` with `cause`, keeps the free part of the job's
+    /// future `placement` for it in this plan, counts it against its team as `class`, and
+    /// explains it as waiting for its victims.
+    pub(super) fn preempt(
+        &mut self,
+        job: &Job,
+        team: usize,
+        (m, g): (usize, usize),
+        chosen: &[usize],
+        placement: Vec<TaskPlacement>,
+        (cause, class): (StopCause, Admission),
+    ) {
+        let spec = &job.spec;
+        // Keep the free part of the future placement for this job, in this plan.
+        for task in &placement {
+            Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
+        }
+        let mut ready_by_s = self.now;
+        let mut ids = Vec::new();
+        for &i in chosen {
+            let r = &mut self.runs[i];
+            r.stopped = true;
             ready_by_s = ready_by_s.max(self.now.saturating_add(r.job.spec.grace_s));
             ids.push(r.job.spec.id);
             self.out.stops.push(StopOrder {
                 job: r.job.spec.id,
-                cause: StopCause::Reclaim,
+                cause,
                 beneficiary: Some(spec.id),
                 lost_gpu_s: r.lost_gpu_s,
             });
         }
         ids.sort();
-        self.attempts.reclaims += 1;
-        self.claim(
-            job,
-            team,
-            m,
-            g,
-            &placement,
-            ready_by_s,
-            Admission::Guaranteed,
-        );
+        self.claim(job, team, m, g, &placement, ready_by_s, class);
         self.out.reclaims.push(Reservation {
             job: spec.id,
             start_s: ready_by_s,
@@ -159,24 +176,24 @@ impl<'a> Planner<'a> {
             Reason::WaitingForReclaim {
                 victims: ids,
                 ready_by_s,
+                lower_priority: cause == StopCause::Priority,
             },
             Some(ready_by_s),
         );
-        true
     }
 
     /// Victims among `victims` (cheapest first) that make room for the ask, and where it goes.
-    fn victims_and_place(
-        &self,
+    pub(super) fn victims_and_place(
+        &mut self,
         ask: &Ask,
         victims: &[usize],
-    ) -> Option<(Vec<usize>, Vec<crate::state::TaskPlacement>)> {
+    ) -> Option<(Vec<usize>, Vec<TaskPlacement>)> {
         let chosen = if ask.spec.tasks == 1 {
             self.victims_for_task(ask, victims)
         } else {
             self.victims_for_gang(ask, victims)
         }?;
-        let placement = place::find(&self.view_without(&chosen), ask)?;
+        let placement = self.find_without(&chosen, ask)?;
         Some((chosen, placement))
     }
 
@@ -213,8 +230,31 @@ impl<'a> Planner<'a> {
         out
     }
 
+    /// Where the ask goes once the given running jobs have given their resources back. A few
+    /// runs are given back on the view itself and taken again (the view is left as it was:
+    /// its indices are ordered sets, so their contents alone decide every later query);
+    /// many, on a copy, which then costs less.
+    pub(super) fn find_without(&mut self, runs: &[usize], ask: &Ask) -> Option<Vec<TaskPlacement>> {
+        let tasks: usize = runs.iter().map(|&i| self.runs[i].placement.len()).sum();
+        if tasks > IN_PLACE_TASKS {
+            return place::find(&self.view_without(runs), ask);
+        }
+        for &i in runs {
+            let r = &self.runs[i];
+            self.view
+                .give(r.placement, r.job.spec.cpu_milli, r.job.spec.mem_mib);
+        }
+        let found = place::find(&self.view, ask);
+        for &i in runs.iter().rev() {
+            let r = &self.runs[i];
+            self.view
+                .take(r.placement, r.job.spec.cpu_milli, r.job.spec.mem_mib);
+        }
+        found
+    }
+
     /// A copy of the view with the given running jobs' resources given back.
-    pub(super) fn view_without(&self, runs: &[usize]) -> View<'a> {
+    fn view_without(&self, runs: &[usize]) -> View<'a> {
         let mut v = self.view.clone();
         for &i in runs {
             let r = &self.runs[i];
@@ -286,9 +326,8 @@ impl<'a> Planner<'a> {
 
     /// For a gang: free every candidate, place, keep the victims under the placement, then
     /// spare the most expensive ones that turn out not to be needed.
-    pub(super) fn victims_for_gang(&self, ask: &Ask, victims: &[usize]) -> Option<Vec<usize>> {
-        let all = self.view_without(victims);
-        let p = place::find(&all, ask)?;
+    pub(super) fn victims_for_gang(&mut self, ask: &Ask, victims: &[usize]) -> Option<Vec<usize>> {
+        let p = self.find_without(victims, ask)?;
         let used: BTreeSet<(crate::model::NodeId, u32)> = p
             .iter()
             .flat_map(|t| t.gpus.iter().map(move |&g| (t.node, g)))
@@ -310,7 +349,7 @@ impl<'a> Planner<'a> {
             steps += 1;
             let mut trial = chosen.clone();
             trial.remove(k);
-            if place::find(&self.view_without(&trial), ask).is_some() {
+            if self.find_without(&trial, ask).is_some() {
                 chosen = trial;
             } else {
                 k += 1;

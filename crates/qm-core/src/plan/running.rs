@@ -196,14 +196,29 @@ impl<'a> Planner<'a> {
     /// first, are guaranteed while they fit in its guarantee; the rest are borrowed. A lowered
     /// guarantee thereby turns the excess into reclaimable borrowed capacity.
     ///
-    /// Jobs waiting on a hold were admitted as guaranteed when their reclaim was planned: they
-    /// keep their place in the guarantee first. Then jobs that started guaranteed, then the
-    /// others, oldest first.
+    /// Jobs waiting on a reclaim's hold were admitted as guaranteed when their reclaim was
+    /// planned: they keep their place in the guarantee first. Then jobs that started
+    /// guaranteed; then jobs waiting on a priority preemption's hold, which take their
+    /// victims' place (where it fits: as if they had started guaranteed last); then the jobs
+    /// that started borrowed, oldest first; last the victims of priority preemptions, which
+    /// are leaving.
     pub(super) fn classify(&mut self) {
-        let mut by_team: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        /// A running job, or a job waiting on a priority preemption's hold.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        enum Entry {
+            Run(usize),
+            Waiting(JobId, usize, u64),
+        }
+        /// Leaving (a priority preemption's victim), admitted at start as, started, id.
+        type Key = (bool, Admission, Secs, JobId);
+        let mut by_team: BTreeMap<usize, Vec<(Key, Entry)>> = BTreeMap::new();
         for (i, r) in self.runs.iter_mut().enumerate() {
             if let Some(t) = r.team {
-                by_team.entry(t).or_default().push(i);
+                let run = r.job.state.run().expect("holding");
+                let leaving = matches!(&r.job.state,
+                    JobState::Stopping(_, s) if s.cause == StopCause::Priority);
+                let key = (leaving, run.admission, run.started_s, r.job.spec.id);
+                by_team.entry(t).or_default().push((key, Entry::Run(i)));
             } else {
                 r.mode = Admission::Borrowed;
             }
@@ -224,35 +239,43 @@ impl<'a> Planner<'a> {
                     .first()
                     .and_then(|s| self.model_of(std::slice::from_ref(&s.task)));
                 let Some(model) = model else { continue };
+                let milli = job.spec.milli_total();
+                if self.priority_hold(job, hold) {
+                    let key = (false, Admission::Guaranteed, Secs::MAX, *b);
+                    let entry = Entry::Waiting(*b, model, milli);
+                    by_team.entry(t).or_default().push((key, entry));
+                    continue;
+                }
                 let pool = self.teams.pool_of_model[t][model];
-                self.acct.guaranteed_used[t][pool] += job.spec.milli_total();
-                self.acct
-                    .guarantee_set_aside
-                    .insert(*b, (t, pool, job.spec.milli_total()));
+                self.acct.guaranteed_used[t][pool] += milli;
+                self.acct.guarantee_set_aside.insert(*b, (t, pool, milli));
             }
         }
-        for (t, list) in by_team {
-            let mut keyed: Vec<_> = list
-                .iter()
-                .map(|&i| {
-                    let r = &self.runs[i];
-                    let run = r.job.state.run().expect("holding");
-                    ((run.admission, run.started_s, r.job.spec.id), i)
-                })
-                .collect();
+        for (t, mut keyed) in by_team {
             keyed.sort_unstable();
             let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
-            for (_, i) in keyed {
-                let r = &mut self.runs[i];
-                let pool = self.teams.pool_of_model[t][r.model];
-                let milli = r.job.spec.milli_total();
-                if self.policy != PolicyKind::Default
-                    || used[pool] + milli <= self.teams.pools[t][pool].guaranteed
-                {
-                    used[pool] += milli;
-                    r.mode = Admission::Guaranteed;
-                } else {
-                    r.mode = Admission::Borrowed;
+            for (_, entry) in keyed {
+                match entry {
+                    Entry::Run(i) => {
+                        let r = &mut self.runs[i];
+                        let pool = self.teams.pool_of_model[t][r.model];
+                        let milli = r.job.spec.milli_total();
+                        if self.policy != PolicyKind::Default
+                            || used[pool] + milli <= self.teams.pools[t][pool].guaranteed
+                        {
+                            used[pool] += milli;
+                            r.mode = Admission::Guaranteed;
+                        } else {
+                            r.mode = Admission::Borrowed;
+                        }
+                    }
+                    Entry::Waiting(b, model, milli) => {
+                        let pool = self.teams.pool_of_model[t][model];
+                        if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {
+                            used[pool] += milli;
+                            self.acct.guarantee_set_aside.insert(b, (t, pool, milli));
+                        }
+                    }
                 }
             }
             self.acct.guaranteed_used[t] = used;

@@ -293,6 +293,16 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Takes back what [`View::give`] gave: the exact inverse where the placement was held
+    /// when given (no GPU share went below zero).
+    pub fn take(&mut self, placement: &[TaskPlacement], cpu: u64, mem: u64) {
+        for t in placement.iter().rev() {
+            if let Some(n) = self.dense(t.node) {
+                self.adjust(n, &t.gpus, i64::from(t.gpu_milli), cpu as i64, mem as i64);
+            }
+        }
+    }
+
     /// The largest number of whole free GPUs on one node of the group.
     pub fn largest_free_block(&self, g: usize) -> u32 {
         self.buckets[g]

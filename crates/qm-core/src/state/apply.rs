@@ -445,7 +445,7 @@ impl ClusterState {
         let JobState::Running(run) = &job.state else {
             return Err(self.wrong_state(id, "running"));
         };
-        if cause == StopCause::Reclaim && !job.spec.preemptible {
+        if matches!(cause, StopCause::Reclaim | StopCause::Priority) && !job.spec.preemptible {
             return Err(ApplyError::NotPreemptible(id));
         }
         if let Some(b) = beneficiary {
@@ -457,6 +457,18 @@ impl ClusterState {
                 return Err(ApplyError::BadBeneficiary {
                     victim: id,
                     beneficiary: b,
+                });
+            }
+        }
+        if cause == StopCause::Priority {
+            // Priority orders a team's own jobs: it never reaches into another team.
+            let outranked = beneficiary
+                .and_then(|b| self.jobs.get(&b))
+                .is_some_and(|b| b.team_id == job.team_id && b.spec.priority > job.spec.priority);
+            if !outranked {
+                return Err(ApplyError::NotOutranked {
+                    victim: id,
+                    beneficiary,
                 });
             }
         }

@@ -2,6 +2,7 @@
 
 mod lifecycle;
 mod placement;
+mod priority;
 mod reclaim;
 mod reservations;
 mod sharing;

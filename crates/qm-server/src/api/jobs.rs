@@ -166,9 +166,14 @@ pub async fn why(
                 r.started_s,
                 views::admission(r.admission)
             ),
-            JobState::Stopping(_, st) => {
-                format!("stopping ({})", views::stop_cause_text(st.cause))
-            }
+            JobState::Stopping(_, st) => match st.beneficiary {
+                Some(b) => format!(
+                    "stopping ({}): its GPUs go to job {}, and it goes back to the queue",
+                    views::stop_cause_text(st.cause),
+                    b.0
+                ),
+                None => format!("stopping ({})", views::stop_cause_text(st.cause)),
+            },
             _ => format!("{state} (it has ended)"),
         };
         return Ok(Json(WhyView {
