@@ -120,12 +120,19 @@ impl<'a> Planner<'a> {
         };
         for &i in &chosen {
             let r = &self.runs[i];
-            let freed: u64 = r
-                .placement
-                .iter()
-                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                .sum();
-            self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
+            // Borrowed victims count against what reclaim may still free; runs taken only
+            // to give a home back whole, against what that may still take.
+            if r.mode == Admission::Borrowed {
+                let freed: u64 = r
+                    .placement
+                    .iter()
+                    .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                    .sum();
+                self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
+            } else {
+                let milli = r.job.spec.milli_total();
+                self.victims.away_milli[m] = self.victims.away_milli[m].saturating_sub(milli);
+            }
         }
         self.attempts.reclaims += 1;
         let stop = (StopCause::Reclaim, Admission::Guaranteed);
