@@ -366,20 +366,7 @@ impl BigGang {
             self.load,
             gang_share
         );
-        let _ = writeln!(
-            md,
-            "| hour | {} |",
-            (0..24)
-                .map(|h| format!("{h:02}"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        let _ = writeln!(md, "|---|{}", "---|".repeat(24));
-        let _ = writeln!(
-            md,
-            "| weight | {} |\n",
-            DIURNAL.map(|w| w.to_string()).join(" | ")
-        );
+        let _ = writeln!(md, "{}", readme::diurnal_table());
         let _ = writeln!(
             md,
             "Realised offered load of the small jobs: {:.3} of the cluster by day (09:00-21:00), {:.3} by night; with the gangs, {:.3} over the whole trace.\n",

@@ -386,6 +386,18 @@ pub(crate) mod readme {
         }
     }
 
+    /// The working day's hourly weights as a Markdown table.
+    pub fn diurnal_table() -> String {
+        let hours: Vec<String> = (0..24).map(|h| format!("{h:02}")).collect();
+        let weights: Vec<String> = super::dist::DIURNAL.map(|w| w.to_string()).to_vec();
+        format!(
+            "| hour | {} |\n|---|{}\n| weight | {} |\n",
+            hours.join(" | "),
+            "---|".repeat(24),
+            weights.join(" | ")
+        )
+    }
+
     /// The bins of a histogram as a Markdown table.
     pub fn hist_table(hist: &Hist) -> String {
         let mut out = String::from("| duration | share of jobs |\n|---|---|\n");

@@ -358,20 +358,7 @@ impl Shapes {
             "Each team submits as a Poisson process whose rate changes every hour: the working day below (percent of the daytime plateau), weekends at {:.0} %, and the team's own bursts and quiet periods, a Markov chain over hours:\n",
             100.0 * WEEKEND
         );
-        let _ = writeln!(
-            md,
-            "| hour | {} |",
-            (0..24)
-                .map(|h| format!("{h:02}"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        let _ = writeln!(md, "|---|{}", "---|".repeat(24));
-        let _ = writeln!(
-            md,
-            "| weight | {} |\n",
-            DIURNAL.map(|w| w.to_string()).join(" | ")
-        );
+        let _ = writeln!(md, "{}", readme::diurnal_table());
         let _ = writeln!(
             md,
             "| state | rate x | next hour: quiet | normal | burst |\n|---|---|---|---|---|"
