@@ -165,6 +165,11 @@ pub struct TeamView {
     pub borrowed_milli: u64,
     pub idle_milli: u64,
     pub idle_gpu_hours: f64,
+    /// The nodes where the team's guarantee lives (its home, sub-teams' included), by name:
+    /// work of the team that cannot be preempted borrows only there and on nodes nobody is
+    /// guaranteed. Empty for a team without a guarantee.
+    #[serde(default)]
+    pub home: Vec<String>,
 }
 
 /// `POST /api/v1/admin/teams`: create or change a team.

@@ -320,9 +320,19 @@ pub fn teams_with_usage<'s>(
 
 /// Every team, with the GPUs it holds now.
 pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
+    let homes = qm_core::homes(state);
+    let home = |team: &str| -> Vec<String> {
+        homes.teams.get(team).map_or_else(Vec::new, |nodes| {
+            nodes
+                .iter()
+                .filter_map(|&n| state.node(n).map(|n| n.spec.name.clone()))
+                .collect()
+        })
+    };
     teams_with_usage(state, &usage(state, now))
         .into_iter()
         .map(|(t, u)| TeamView {
+            home: home(&t.spec.name),
             name: t.spec.name.clone(),
             parent: t.spec.parent.clone(),
             guaranteed: t

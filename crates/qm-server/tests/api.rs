@@ -221,6 +221,11 @@ async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
             )
             .await;
     }
+    // The owner's guarantee lives on the one node; the borrower has none.
+    let teams: Vec<TeamView> = api.ok("GET", "/api/v1/teams", None).await;
+    let home = |name: &str| teams.iter().find(|t| t.name == name).unwrap().home.clone();
+    assert_eq!(home("owner"), vec!["n0".to_string()]);
+    assert!(home("borrower").is_empty());
     let owned = api.submit("owner", 1).await;
     let borrowed: Vec<u64> = vec![
         api.submit("borrower", 1).await,

@@ -538,8 +538,8 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
         return Ok(());
     }
     println!(
-        "{:<20} {:>10} {:>6} {:>7} {:>9} {:>6} {:>9}",
-        "TEAM", "GUARANTEED", "MAX", "USED", "BORROWED", "IDLE", "IDLE GPU-H"
+        "{:<20} {:>10} {:>6} {:>7} {:>9} {:>6} {:>9} {:>10}",
+        "TEAM", "GUARANTEED", "MAX", "USED", "BORROWED", "IDLE", "IDLE GPU-H", "HOME NODES"
     );
     fn walk(teams: &[TeamView], parent: Option<&str>, depth: usize) {
         for t in teams.iter().filter(|t| t.parent.as_deref() == parent) {
@@ -551,14 +551,15 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
                 .max()
                 .map_or("-".into(), |m| m.to_string());
             println!(
-                "{:<20} {:>10} {:>6} {:>7.1} {:>9.1} {:>6.1} {:>9.2}",
+                "{:<20} {:>10} {:>6} {:>7.1} {:>9.1} {:>6.1} {:>9.2} {:>10}",
                 format!("{}{}", "  ".repeat(depth), t.name),
                 g,
                 max,
                 t.used_milli as f64 / 1000.0,
                 t.borrowed_milli as f64 / 1000.0,
                 t.idle_milli as f64 / 1000.0,
-                t.idle_gpu_hours
+                t.idle_gpu_hours,
+                t.home.len()
             );
             walk(teams, Some(&t.name), depth + 1);
         }
