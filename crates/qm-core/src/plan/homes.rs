@@ -22,7 +22,6 @@
 //! team whose home has a down node gets less of its guarantee back in shape until the node
 //! returns; its guarantee as an amount is unchanged.
 
-use crate::state::ClusterState;
 use crate::teams::TeamIndex;
 
 use super::view::View;
@@ -50,7 +49,6 @@ impl Homes {
     }
 
     pub(super) fn build(
-        state: &ClusterState,
         view: &View,
         models: &[String],
         node_model: &[usize],
@@ -70,6 +68,12 @@ impl Homes {
                 children[p].push(t);
             }
         }
+        // Capacity of each model, for guarantees that cover several models.
+        let mut caps = vec![0u64; models.len()];
+        for n in 0..view.ids.len() {
+            caps[node_model[n]] +=
+                u64::from(view.nodes[n].spec.gpus) * u64::from(crate::model::MILLI_PER_GPU);
+        }
         for m in 0..models.len() {
             let mut nodes: Vec<u32> = (0..view.ids.len() as u32)
                 .filter(|&n| node_model[n as usize] == m)
@@ -78,16 +82,7 @@ impl Homes {
                 let (a, b) = (&view.nodes[a as usize].spec, &view.nodes[b as usize].spec);
                 a.topology.cmp(&b.topology).then(a.id.cmp(&b.id))
             });
-            // Capacity of each model, for guarantees that cover several models.
-            let capacity = |model: usize| -> u64 {
-                state
-                    .nodes
-                    .values()
-                    .filter(|n| models.get(model) == Some(&n.spec.gpu_model))
-                    .map(|n| u64::from(n.spec.gpus) * u64::from(crate::model::MILLI_PER_GPU))
-                    .sum()
-            };
-            let cap_m = capacity(m);
+            let cap_m = caps[m];
             if cap_m == 0 {
                 continue;
             }
@@ -101,7 +96,7 @@ impl Homes {
                 }
                 let pool_cap: u64 = (0..models.len())
                     .filter(|&k| teams.pool_of_model[t][k] == pool)
-                    .map(capacity)
+                    .map(|k| caps[k])
                     .sum();
                 (u128::from(g) * u128::from(cap_m) / u128::from(pool_cap.max(1))) as u64
             };

@@ -309,16 +309,6 @@ pub struct HomeMap {
     pub common: std::collections::BTreeSet<NodeId>,
 }
 
-impl HomeMap {
-    /// Whether a job of `team` that cannot be preempted may borrow `node` (run there beyond
-    /// its team's guarantee).
-    pub fn safe_for(&self, team: &str, node: NodeId) -> bool {
-        self.teams.is_empty()
-            || self.common.contains(&node)
-            || self.teams.get(team).is_some_and(|h| h.contains(&node))
-    }
-}
-
 /// Each team's home (see [`HomeMap`]); empty under `fifo` and `static`.
 pub fn homes(state: &ClusterState) -> HomeMap {
     let planner = planner::Planner::new(state, state.clock_s, false);

@@ -202,7 +202,7 @@ impl<'a> Planner<'a> {
         let node_count = view.ids.len();
         let acct = Accounting::new(state, &teams, now);
         let homes = if policy == PolicyKind::Default {
-            Homes::build(state, &view, &models, &node_model, &teams)
+            Homes::build(&view, &models, &node_model, &teams)
         } else {
             Homes::none(teams.names.len(), models.len())
         };

@@ -21,7 +21,6 @@
 //! `default` only, like reclaim: `fifo` preempts nothing, and `static` partitions run their
 //! queue in priority order and preempt nothing either.
 
-use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use crate::model::{PolicyKind, MILLI_PER_GPU};
@@ -75,12 +74,7 @@ impl<'a> Planner<'a> {
             }
         }
         for list in out.by_team_model.values_mut() {
-            let runs = &self.runs;
-            list.sort_by_key(|&i| {
-                let r = &runs[i];
-                let started = r.job.state.run().map_or(0, |run| run.started_s);
-                (r.lost_gpu_s, Reverse(started), r.job.spec.id)
-            });
+            list.sort_by_key(|&i| self.victim_key(i));
         }
         self.outranked = out;
     }

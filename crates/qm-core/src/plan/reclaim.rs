@@ -229,11 +229,7 @@ impl<'a> Planner<'a> {
                 out.push(i);
             }
         }
-        out.sort_by_key(|&i| {
-            let r = &self.runs[i];
-            let started = r.job.state.run().map_or(0, |run| run.started_s);
-            (r.lost_gpu_s, Reverse(started), r.job.spec.id)
-        });
+        out.sort_by_key(|&i| self.victim_key(i));
         out
     }
 

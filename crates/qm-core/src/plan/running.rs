@@ -156,7 +156,13 @@ impl<'a> Planner<'a> {
             .live
             .iter()
             .any(|j| j.state == JobState::Pending && !j.spec.preemptible);
-        for i in 0..self.runs.len() {
+        // Runs away from home matter only to a waiting job that cannot be preempted.
+        let away_runs = if self.victims.pinned_pending {
+            self.runs.len()
+        } else {
+            0
+        };
+        for i in 0..away_runs {
             let r = &self.runs[i];
             let run = r.job.state.run().expect("holding");
             let away = !r.stopped
@@ -175,21 +181,15 @@ impl<'a> Planner<'a> {
                 .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
                 .sum();
         }
-        for list in &mut self.victims.by_model {
-            let runs = &self.runs;
+        let mut by_model = std::mem::take(&mut self.victims.by_model);
+        for list in &mut by_model {
             // Keys inline, so that sorting does not chase pointers per comparison.
-            let mut keyed: Vec<_> = list
-                .iter()
-                .map(|&i| {
-                    let r = &runs[i];
-                    let started = r.job.state.run().map_or(0, |run| run.started_s);
-                    ((r.lost_gpu_s, Reverse(started), r.job.spec.id), i)
-                })
-                .collect();
+            let mut keyed: Vec<_> = list.iter().map(|&i| (self.victim_key(i), i)).collect();
             keyed.sort_unstable();
             list.clear();
             list.extend(keyed.into_iter().map(|k| k.1));
         }
+        self.victims.by_model = by_model;
     }
 
     /// Recomputes each running job's admission from the current quotas: a team's jobs, oldest
@@ -280,6 +280,13 @@ impl<'a> Planner<'a> {
             }
             self.acct.guaranteed_used[t] = used;
         }
+    }
+
+    /// The order victims are taken in: least work lost, then the youngest, then by id.
+    pub(super) fn victim_key(&self, i: usize) -> (u64, Reverse<Secs>, JobId) {
+        let r = &self.runs[i];
+        let started = r.job.state.run().map_or(0, |run| run.started_s);
+        (r.lost_gpu_s, Reverse(started), r.job.spec.id)
     }
 
     /// Whether every task of run `i` sits on a node that is home to its team.
