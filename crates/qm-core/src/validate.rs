@@ -30,7 +30,8 @@ pub(crate) fn node_matches(spec: &JobSpec, node: &Node) -> bool {
 /// How many tasks of this job an empty node could hold.
 pub(crate) fn tasks_per_empty_node(spec: &JobSpec, node: &Node) -> u64 {
     let by_gpu = match spec.gpu {
-        GpuAsk::Whole(n) => u64::from(node.spec.gpus / n.max(1)),
+        GpuAsk::Whole(0) => u64::MAX,
+        GpuAsk::Whole(n) => u64::from(node.spec.gpus / n),
         GpuAsk::Milli(m) => u64::from(node.spec.gpus) * u64::from(MILLI_PER_GPU / m.max(1)),
     };
     let by_cpu = node
@@ -60,9 +61,14 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
         )));
     }
     match spec.gpu {
-        GpuAsk::Whole(0) => {
+        GpuAsk::Whole(0) if spec.cpu_milli == 0 => {
             return Err(invalid(
-                "asks for 0 GPUs per task; ask for at least one whole GPU or a share of one (gpu_milli 1..=1000)".into(),
+                "asks for no GPU and no CPU; a task without GPUs must ask for CPU (cpu_milli > 0), else ask for at least one whole GPU or a share of one (gpu_milli 1..=1000)".into(),
+            ))
+        }
+        GpuAsk::Whole(0) if spec.gpu_model.is_some() => {
+            return Err(invalid(
+                "asks for no GPU but names a GPU model; drop the model (use a node selector to choose nodes), or ask for GPUs".into(),
             ))
         }
         GpuAsk::Milli(m) if m == 0 || m > MILLI_PER_GPU => {

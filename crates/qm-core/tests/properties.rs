@@ -74,7 +74,8 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (
             0usize..4,
             prop::sample::select(vec![1u32, 1, 1, 2, 3]),
-            prop::option::of(prop::sample::select(vec![1u32, 1, 2, 4, 8])),
+            // Some(0): a task without GPUs (CPU only).
+            prop::option::of(prop::sample::select(vec![0u32, 1, 1, 2, 4, 8])),
             prop::sample::select(vec![100u32, 250, 500, 700, 1000]),
             prop::sample::select(vec![100u64, 300, 1000, 5000]),
             10u64..=100,
@@ -493,9 +494,9 @@ impl World {
                     }
                     let (u, cpu, mem) = &free[&node.spec.id];
                     let by_gpu = match job.spec.gpu {
-                        GpuAsk::Whole(k) => {
-                            u.iter().filter(|&&x| x == 0).count() as u64 / u64::from(k)
-                        }
+                        GpuAsk::Whole(k) => (u.iter().filter(|&&x| x == 0).count() as u64)
+                            .checked_div(u64::from(k))
+                            .unwrap_or(u64::MAX),
                         GpuAsk::Milli(m) => u.iter().map(|&x| u64::from((1000 - x) / m)).sum(),
                     };
                     let by_cpu = (node.spec.cpu_milli - cpu) / job.spec.cpu_milli.max(1);

@@ -96,9 +96,15 @@ pub struct JobView {
     pub user: String,
     pub state: JobState,
     pub tasks: u32,
-    /// Whole GPUs per task, or 0 for a share.
+    /// Whole GPUs per task, or 0 for a share or for a task without GPUs.
     pub gpus: u32,
+    /// 1000 for whole GPUs, the share for a share, 0 for a task without GPUs.
     pub gpu_milli: u32,
+    /// CPU milli-cores and memory (MiB) reserved per task; 0 where none was asked for.
+    #[serde(default)]
+    pub cpu_milli: u64,
+    #[serde(default)]
+    pub mem_mib: u64,
     pub gpu_model: Option<String>,
     pub priority: i32,
     pub time_limit_s: Option<u64>,

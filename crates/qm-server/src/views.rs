@@ -251,6 +251,7 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         _ => None,
     };
     let (gpus, gpu_milli) = match j.spec.gpu {
+        GpuAsk::Whole(0) => (0, 0),
         GpuAsk::Whole(k) => (k, 1000),
         GpuAsk::Milli(m) => (0, m),
     };
@@ -263,6 +264,8 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         tasks: j.spec.tasks,
         gpus,
         gpu_milli,
+        cpu_milli: j.spec.cpu_milli,
+        mem_mib: j.spec.mem_mib,
         gpu_model: j.spec.gpu_model.clone(),
         priority: j.spec.priority,
         time_limit_s: j.spec.time_limit_s,

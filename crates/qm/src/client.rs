@@ -171,15 +171,54 @@ fn duration_s(text: &str) -> Result<i64, String> {
         .map_err(|_| format!("bad duration {text:?}; expected seconds or 30m, 2h, 90s"))
 }
 
+/// CPU per task: cores (`4`, `0.5`) or milli-cores (`500m`), as milli-cores.
+fn cpu_milli(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let bad = || format!("bad --cpu {text:?}; expected cores (4, 0.5) or milli-cores (500m)");
+    let milli = match t.strip_suffix('m') {
+        Some(m) => m.parse::<u64>().map_err(|_| bad())?,
+        None => {
+            let cores: f64 = t.parse().map_err(|_| bad())?;
+            if !(0.0..=1e9).contains(&cores) {
+                return Err(bad());
+            }
+            (cores * 1000.0).round() as u64
+        }
+    };
+    Ok(milli)
+}
+
+/// Memory per task: `16G`, `512M` or MiB, as MiB.
+fn mem_mib(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let bad = || format!("bad --mem {text:?}; expected MiB or 512M, 16G, 1T");
+    let (num, mult) = match t.chars().last() {
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
+}
+
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     #[arg(long, default_value = "default")]
     team: String,
     #[arg(long, default_value = "")]
     name: String,
-    /// Whole GPUs per task.
+    /// Whole GPUs per task; 0 for a task that needs only CPU (then give --cpu).
     #[arg(long)]
     gpus: Option<u32>,
+    /// CPU per task, reserved on its node: cores (4, 0.5) or milli-cores (500m).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory per task, reserved on its node: 16G, 512M or MiB.
+    #[arg(long)]
+    mem: Option<String>,
     /// A share of one GPU per task, in milli-GPUs (1..=1000), instead of whole GPUs.
     #[arg(long)]
     gpu_milli: Option<u32>,
@@ -285,8 +324,18 @@ pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
         gpus: a.gpus,
         gpu_milli: a.gpu_milli,
         gpu_model: a.gpu_model,
-        cpu_milli: None,
-        mem_mib: None,
+        cpu_milli: a
+            .cpu
+            .as_deref()
+            .map(cpu_milli)
+            .transpose()
+            .map_err(|e| fail(1, e))?,
+        mem_mib: a
+            .mem
+            .as_deref()
+            .map(mem_mib)
+            .transpose()
+            .map_err(|e| fail(1, e))?,
         priority: a.priority,
         time_limit_s: a
             .time_limit
@@ -342,6 +391,8 @@ fn age(s: u64) -> String {
 fn gpus_text(j: &JobView) -> String {
     if j.gpus > 0 {
         format!("{}x{}", j.tasks, j.gpus)
+    } else if j.gpu_milli == 0 {
+        format!("{}xcpu", j.tasks)
     } else {
         format!("{}x{}m", j.tasks, j.gpu_milli)
     }
@@ -406,6 +457,8 @@ pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
         j.tasks,
         if j.gpus > 0 {
             format!("{} GPUs", j.gpus)
+        } else if j.gpu_milli == 0 {
+            "no GPU".to_string()
         } else {
             format!("{} milli-GPUs", j.gpu_milli)
         },

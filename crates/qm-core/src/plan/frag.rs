@@ -13,7 +13,7 @@ use crate::model::{GpuAsk, MILLI_PER_GPU};
 use crate::state::Job;
 
 /// The most shapes the mix keeps.
-pub(crate) const MIX_SHAPES: usize = 16;
+pub(crate) const MIX_SHAPES: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ShapeKey {
@@ -48,6 +48,8 @@ impl Mix {
         for job in jobs {
             let spec = &job.spec;
             let (need, count) = match spec.gpu {
+                // Work without GPUs leaves no GPU unusable by its shape.
+                GpuAsk::Whole(0) => continue,
                 GpuAsk::Whole(k) => (MILLI_PER_GPU, k),
                 GpuAsk::Milli(m) => (m, 1),
             };
@@ -104,28 +106,64 @@ impl Mix {
 
     /// The expected free GPU milli of node `n` that the mix cannot use, were the node's GPU
     /// usage `used` and its free CPU and memory `cpu` and `mem`.
+    ///
+    /// For each shape: how many of its tasks the node could still take, counting GPUs, CPU
+    /// and memory alike; none, and all the node's free GPU milli is unusable to it; else the
+    /// free milli of the GPUs those tasks would not take (the fullest GPUs that fit the shape
+    /// are left over first). A node whose CPU or memory runs out before its GPUs thereby
+    /// counts the GPUs it strands, which FGD's measure (can one task still fit?) does not.
     pub fn frag(&self, n: u32, used: &[u32], cpu: u64, mem: u64) -> f64 {
         let model = self.node_model.get(n as usize).copied().unwrap_or(u32::MAX);
-        let total: u32 = used.iter().map(|&u| MILLI_PER_GPU - u).sum();
+        // Largest free first: the GPUs a shape's tasks take first.
+        let mut buf = [0u32; 16];
+        let mut heap = Vec::new();
+        let free: &mut [u32] = if used.len() <= buf.len() {
+            &mut buf[..used.len()]
+        } else {
+            heap.resize(used.len(), 0);
+            &mut heap
+        };
+        for (f, &u) in free.iter_mut().zip(used) {
+            *f = MILLI_PER_GPU - u;
+        }
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        let free: &[u32] = free;
+        let total: u32 = free.iter().sum();
         let mut sum = 0.0;
         for &(s, p) in &self.shapes {
-            let hosts = (s.model == u32::MAX || s.model == model)
-                && cpu >= s.cpu
-                && mem >= s.mem
-                && used
-                    .iter()
-                    .filter(|&&u| MILLI_PER_GPU - u >= s.need)
-                    .count()
-                    >= s.count as usize;
-            let unusable = if hosts {
-                used.iter()
-                    .map(|&u| MILLI_PER_GPU - u)
-                    .filter(|&f| f < s.need)
-                    .sum()
+            let tasks = if s.model == u32::MAX || s.model == model {
+                let by_gpu: u64 = if s.count == 1 {
+                    free.iter().map(|&f| u64::from(f / s.need)).sum()
+                } else {
+                    free.iter().filter(|&&f| f >= s.need).count() as u64 / u64::from(s.count)
+                };
+                let by_cpu = cpu.checked_div(s.cpu).unwrap_or(u64::MAX);
+                let by_mem = mem.checked_div(s.mem).unwrap_or(u64::MAX);
+                by_gpu.min(by_cpu).min(by_mem)
             } else {
-                total
+                0
             };
-            sum += p * f64::from(unusable);
+            let usable: u32 = if tasks == 0 {
+                0
+            } else if s.count == 1 {
+                // Largest GPUs first, each holding as many tasks as fit, until `tasks` are
+                // placed.
+                let mut left = tasks;
+                let mut taken = 0;
+                for &f in free.iter().take_while(|&&f| f >= s.need) {
+                    if left == 0 {
+                        break;
+                    }
+                    taken += f;
+                    left = left.saturating_sub(u64::from(f / s.need));
+                }
+                taken
+            } else {
+                free.iter()
+                    .take((tasks * u64::from(s.count)) as usize)
+                    .sum()
+            };
+            sum += p * f64::from(total - usable);
         }
         sum
     }

@@ -529,7 +529,8 @@ impl<'a> Planner<'a> {
             }
             let node = &self.view.nodes[n as usize].spec;
             let by_gpu = match spec.gpu {
-                GpuAsk::Whole(k) => u64::from(node.gpus / k.max(1)),
+                GpuAsk::Whole(0) => u64::MAX,
+                GpuAsk::Whole(k) => u64::from(node.gpus / k),
                 GpuAsk::Milli(m) => u64::from(node.gpus) * u64::from(MILLI_PER_GPU / m.max(1)),
             };
             let by_cpu = node

@@ -373,6 +373,10 @@ impl<'a> Planner<'a> {
         if self.policy != PolicyKind::Default {
             return Admission::Guaranteed;
         }
+        // Guarantees are GPUs: work without GPUs holds none, and always borrows.
+        if milli == 0 {
+            return Admission::Borrowed;
+        }
         let pool = self.teams.pool_of_model[team][model];
         if self.acct.guaranteed_used[team][pool] + milli <= self.teams.pools[team][pool].guaranteed
         {

@@ -450,7 +450,9 @@ impl<'a> Planner<'a> {
         let (buf, cpu, mem) = out;
         let used = &buf[..self.view.gpus[n as usize] as usize];
         let by_gpu = match spec.gpu {
-            GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() as u64 / u64::from(k),
+            GpuAsk::Whole(k) => (used.iter().filter(|&&u| u == 0).count() as u64)
+                .checked_div(u64::from(k))
+                .unwrap_or(u64::MAX),
             GpuAsk::Milli(m) => used
                 .iter()
                 .map(|&u| u64::from((MILLI_PER_GPU - u) / m))

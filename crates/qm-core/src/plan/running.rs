@@ -261,7 +261,8 @@ impl<'a> Planner<'a> {
                         let pool = self.teams.pool_of_model[t][r.model];
                         let milli = r.job.spec.milli_total();
                         if self.policy != PolicyKind::Default
-                            || used[pool] + milli <= self.teams.pools[t][pool].guaranteed
+                            || (milli > 0
+                                && used[pool] + milli <= self.teams.pools[t][pool].guaranteed)
                         {
                             used[pool] += milli;
                             r.mode = Admission::Guaranteed;

@@ -578,6 +578,10 @@ impl ClusterState {
         }
         let job = self.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))?;
         let milli = job.spec.milli_total();
+        if milli == 0 {
+            // A job without GPUs holds none idle: its samples change nothing.
+            return Ok(());
+        }
         let team = job.spec.team.clone();
         let run = match &mut job.state {
             JobState::Running(run) | JobState::Stopping(run, _) => run,

@@ -24,7 +24,14 @@ fn jobs_that_can_never_run_are_refused_and_change_nothing() {
         (JobBuilder::new("nobody"), "unknown team"),
         (JobBuilder::new("org"), "has sub-teams"),
         (JobBuilder::new("a").tasks(0), "tasks is 0"),
-        (JobBuilder::new("a").gpus(0), "0 GPUs"),
+        (
+            JobBuilder::new("a").gpus(0).cpu_milli(0),
+            "no GPU and no CPU",
+        ),
+        (
+            JobBuilder::new("a").gpus(0).cpu_milli(1000).model("H100"),
+            "names a GPU model",
+        ),
         (JobBuilder::new("a").milli(0), "gpu_milli is 0"),
         (JobBuilder::new("a").milli(1001), "gpu_milli is 1001"),
         (JobBuilder::new("a").gpus(9), "at most 8 GPUs"),

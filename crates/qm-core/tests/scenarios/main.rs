@@ -1,5 +1,6 @@
 //! Scenario tests: small clusters built with the testkit, one behaviour each, by subject.
 
+mod cpu;
 mod lifecycle;
 mod placement;
 mod priority;

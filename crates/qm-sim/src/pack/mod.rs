@@ -79,11 +79,11 @@ pub enum PackPolicy {
     Fgd,
     /// The `qm-core` planner: each pod is submitted and started or dropped by `decide`.
     ///
-    /// - One team owns the cluster; pods are jobs of one task, never preempted.
-    /// - `qm-core` schedules GPU jobs only and refuses CPU-only ones, so CPU-only pods are
-    ///   placed beside it by a fixed rule: the feasible node with the least free GPU milli, then
-    ///   the least free CPU, then the lowest rank (they take the CPU of nodes with the least GPU
-    ///   left to strand).
+    /// - One team owns the cluster; pods are jobs of one task, never preempted. CPU-only pods
+    ///   are jobs without GPUs, placed by the core like the rest (where they strand the fewest
+    ///   GPUs).
+    /// - The core knows nothing of the protocol's random node ranks: its fixed order is the
+    ///   node list's.
     /// - A job names one GPU model, so a pod that accepts several takes the first listed.
     Quartermaster,
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::baselines::choose;
 use super::curve::{PolicyRun, Records};
 use super::fgd::Frag;
-use super::quartermaster::{beside_core, Core};
+use super::quartermaster::Core;
 use super::room::{kind, Room};
 use super::{PackInput, PackPolicy, Pod, Rng};
 
@@ -78,8 +78,7 @@ pub fn run_seed(input: &PackInput, policy: PackPolicy, seed: u64) -> SeedRun {
         let pod = &input.pods[i];
         let models = input.masks[i];
         let choice = match qm.as_mut() {
-            Some(core) if pod.num_gpu > 0 => core.place(pod, step as u64),
-            Some(_) => beside_core(&room, pod),
+            Some(core) => core.place(pod, step as u64),
             None => choose(policy, &room, pod, models, &mut rng, &mut frag),
         };
         arrived += pod.milli_total();

@@ -1,21 +1,11 @@
-//! The `quartermaster` policy: each pod is submitted to a real `qm-core` [`ClusterState`] and
-//! started only if `decide` starts it; CPU-only pods, which the core refuses, go beside it.
+//! The `quartermaster` policy: each pod, CPU-only ones included, is submitted to a real
+//! `qm-core` [`ClusterState`] and started only if `decide` starts it.
 
 use qm_core::{
     apply, decide, ClusterState, Event, JobId, JobSpec, NodeId, NodeSpec, SchedulerConfig, TeamSpec,
 };
 
-use super::room::Room;
 use super::{PackInput, Pod};
-
-/// Where CPU-only pods go in a Quartermaster run (`qm-core` refuses zero-GPU jobs): the feasible
-/// node with the least free GPU milli, then the least free CPU, then the lowest rank.
-pub(super) fn beside_core(room: &Room, pod: &Pod) -> Option<(usize, Vec<usize>)> {
-    (0..room.cpu.len())
-        .filter(|&n| room.feasible(n, pod, u32::MAX))
-        .min_by_key(|&n| (room.total_free(n), room.cpu[n], room.rank[n]))
-        .map(|n| (n, Vec::new()))
-}
 
 /// The `qm-core` planner, fed one pod at a time.
 pub(super) struct Core {
@@ -25,7 +15,7 @@ pub(super) struct Core {
 impl Core {
     pub(super) fn new(input: &PackInput) -> Core {
         let mut state = ClusterState::new(SchedulerConfig::default());
-        // Nodes without GPUs take no jobs of the core (CPU-only pods go beside it).
+        // The core has no nodes without GPUs (the protocol's cluster has none either).
         for (i, n) in input.nodes.iter().enumerate().filter(|(_, n)| n.gpus > 0) {
             let spec = NodeSpec {
                 id: NodeId(i as u32),
@@ -55,7 +45,7 @@ impl Core {
             user: String::new(),
             priority: 0,
             tasks: 1,
-            gpu: pod.gpu_ask().expect("a pod with GPUs"),
+            gpu: pod.gpu_ask().unwrap_or(qm_core::GpuAsk::Whole(0)),
             cpu_milli: pod.cpu_milli,
             mem_mib: pod.mem_mib,
             gpu_model: pod.first_model(),

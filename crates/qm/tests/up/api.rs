@@ -38,7 +38,15 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
             Some(&admin),
             r#"{"team":"a","gpus":0,"command":["true"]}"#.into(),
             400,
-            "0 GPUs",
+            "no GPU and no CPU",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(&admin),
+            r#"{"team":"a","gpus":0,"cpu_milli":1000,"gpu_model":"SIM","command":["true"]}"#.into(),
+            400,
+            "names a GPU model",
         ),
         (
             "POST",

@@ -284,3 +284,45 @@ fn a_sleeping_task_is_reported_idle() {
     );
     up.ok(&["cancel", &busy.to_string()]);
 }
+
+#[test]
+fn a_cpu_only_job_runs_without_gpus_while_every_gpu_is_taken() {
+    let up = Up::start("cpu-only", &[]);
+    up.ok(&["admin", "team", "create", "ml", "--guaranteed", "4"]);
+    let gpu = up.submit(&["--team", "ml", "--gpus", "4", "--", "sleep", "300"]);
+    up.wait_state(gpu, "running");
+    let cpu = up.submit(&[
+        "--team",
+        "ml",
+        "--gpus",
+        "0",
+        "--cpu",
+        "500m",
+        "--mem",
+        "64M",
+        "--",
+        "sh",
+        "-c",
+        "echo gpus=[$CUDA_VISIBLE_DEVICES]",
+    ]);
+    let job = up.wait_state(cpu, "succeeded");
+    assert_eq!(job["gpus"], 0);
+    assert_eq!(job["gpu_milli"], 0);
+    assert_eq!(job["cpu_milli"], 500);
+    assert_eq!(job["mem_mib"], 64);
+    assert_eq!(job["admission"], Value::Null);
+    let out = logs(&up, cpu, 0);
+    assert!(out.contains("gpus=[]"), "no GPU visible to the task: {out}");
+    let shown = up.ok(&["show", &cpu.to_string()]);
+    assert!(shown.contains("1 tasks x no GPU"), "{shown}");
+    // The GPU job was left alone.
+    assert_eq!(up.job(gpu)["state"], "running");
+    assert_eq!(up.job(gpu)["preemptions"], 0);
+    // Bad CPU and memory flags are refused before anything is sent.
+    let bad = up.qm(&[
+        "submit", "--team", "ml", "--gpus", "0", "--cpu", "lots", "--", "true",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("bad --cpu \"lots\""), "{err}");
+}
