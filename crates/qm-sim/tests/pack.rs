@@ -189,6 +189,14 @@ fn openb_baselines_match_the_published_means() {
             run.alloc_pct_at_end
         );
     }
+    // The planner packs more than FGD's published mean (95.39 %; seed 42 alone varies by
+    // about 0.1 to 0.2 points, the planner's margin is about 0.2).
+    let run = pack::run_seed(&input, PackPolicy::Quartermaster, 42);
+    assert!(
+        run.alloc_pct_at_end > 95.39,
+        "quartermaster: {} against FGD's published 95.39",
+        run.alloc_pct_at_end
+    );
 }
 
 #[test]
@@ -229,7 +237,7 @@ const PINNED_SEED_42: [(PackPolicy, usize, usize, u64); 7] = [
     (PackPolicy::BestFit, 71, 9, 79_150),
     (PackPolicy::Fgd, 71, 3, 72_400),
     // CPU-only pods through the core, capacity-aware fragmentation (was 68,400).
-    (PackPolicy::Quartermaster, 71, 4, 78_900),
+    (PackPolicy::Quartermaster, 71, 3, 72_400),
 ];
 
 #[test]

@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
-use crate::model::{GpuAsk, JobId, JobSpec, PolicyKind, Secs, MILLI_PER_GPU};
+use crate::model::{JobId, JobSpec, PolicyKind, Secs};
 use crate::state::{Admission, Job, JobState, TaskPlacement};
 
 use super::homes::bit;
@@ -527,18 +527,10 @@ impl<'a> Planner<'a> {
             if within.is_some_and(|(_, w)| !bit(w, n)) {
                 continue;
             }
-            let node = &self.view.nodes[n as usize].spec;
-            let by_gpu = match spec.gpu {
-                GpuAsk::Whole(0) => u64::MAX,
-                GpuAsk::Whole(k) => u64::from(node.gpus / k),
-                GpuAsk::Milli(m) => u64::from(node.gpus) * u64::from(MILLI_PER_GPU / m.max(1)),
-            };
-            let by_cpu = node
-                .cpu_milli
-                .checked_div(spec.cpu_milli)
-                .unwrap_or(u64::MAX);
-            let by_mem = node.mem_mib.checked_div(spec.mem_mib).unwrap_or(u64::MAX);
-            cap += by_gpu.min(by_cpu).min(by_mem);
+            cap = cap.saturating_add(crate::validate::tasks_per_empty_node(
+                spec,
+                self.view.nodes[n as usize],
+            ));
         }
         cap >= u64::from(spec.tasks)
     }

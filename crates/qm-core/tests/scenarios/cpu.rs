@@ -97,3 +97,22 @@ fn cpu_only_work_holds_no_guarantee_and_stays_off_other_teams_homes_if_it_cannot
     h.step();
     assert!(h.is_running(big));
 }
+
+#[test]
+fn an_owner_takes_back_the_cpu_that_preemptible_cpu_only_work_borrowed() {
+    // One node of 8 GPUs and 128 cores, all of it team a's guarantee.
+    let state = ClusterBuilder::new()
+        .racks(1, 1, 8)
+        .team("a", 8)
+        .team("b", 0)
+        .build();
+    let mut h = Harness::new(state);
+    let cpu = h.submit(JobBuilder::new("b").gpus(0).cpu_milli(120_000).grace(0));
+    h.step();
+    assert!(h.is_running(cpu));
+    // Every GPU is free, but 8 cores are not enough for a's 16-core task.
+    let owner = h.submit(JobBuilder::new("a").gpus(1).cpu_milli(16_000));
+    h.settle();
+    assert!(h.is_running(owner), "{:?}", h.state_of(owner));
+    assert_eq!(h.state.job(cpu).map(|j| j.preemptions), Some(1));
+}
