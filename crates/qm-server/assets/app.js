@@ -174,7 +174,7 @@ async function renderJob(id) {
     try { log = (await api(`/api/v1/jobs/${id}/logs?task=0&tail=4096`)).data; } catch (e) { log = ""; }
     if (seq !== jobSeq) return;
     $("#view").innerHTML = `<h1>Job ${j.id} <span class="state-${j.state}" id="job-state">${j.state}</span></h1>
-      <p>team ${esc(j.team)} · ${j.tasks} × ${j.gpus ? j.gpus + " GPU" : j.gpu_milli + " mGPU"} · attempt ${j.attempt} · preemptions ${j.preemptions}
+      <p>team ${esc(j.team)} · ${j.tasks} × ${j.gpus ? j.gpus + " GPU" : j.gpu_milli ? j.gpu_milli + " mGPU" : "CPU only"} · attempt ${j.attempt} · preemptions ${j.preemptions}
       ${j.admission ? " · " + esc(j.admission) : ""}${j.util_pct != null ? " · utilisation " + j.util_pct + " %" : ""}</p>
       <p><code>${esc(j.command.join(" "))}</code></p>
       <h1>Tasks</h1><table><tr><th>task</th><th>node</th><th>GPUs</th><th>exit</th></tr>${tasks.join("") || "<tr><td colspan=4>not placed</td></tr>"}</table>
