@@ -31,13 +31,62 @@ pub struct Task {
     cpu: Option<(Instant, u64)>,
 }
 
-/// uid and gid of a Unix user, from /etc/passwd.
-fn user_ids(name: &str) -> Option<(u32, u32)> {
+/// A Unix user, from /etc/passwd.
+struct User {
+    uid: u32,
+    gid: u32,
+    home: String,
+    shell: String,
+}
+
+fn user(name: &str) -> Option<User> {
     let text = std::fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        if f.len() < 7 || f[0] != name {
+            return None;
+        }
+        Some(User {
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5].to_string(),
+            shell: f[6].to_string(),
+        })
     })
+}
+
+/// What a task inherits from the agent's environment: the search path, locale, time zone and
+/// temporary directory (and `LC_*`). Nothing else of the agent's reaches a task: not its join
+/// token, not its credentials.
+const INHERITED: &[&str] = &["PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+
+/// The environment a task starts with, before the job's own variables and the scheduler's
+/// (`CUDA_VISIBLE_DEVICES`, the torchrun variables, `QM_*`), which the launch carries: the
+/// [`INHERITED`] variables, then `HOME`, `USER`, `LOGNAME` and `SHELL` of the user it runs as
+/// (the agent's own when it runs as the agent's user).
+fn base_env(
+    agent: impl Iterator<Item = (String, String)>,
+    run_as: Option<(&str, &User)>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut own: Vec<(String, String)> = Vec::new();
+    for (k, v) in agent {
+        if INHERITED.contains(&k.as_str()) || k.starts_with("LC_") {
+            env.push((k, v));
+        } else if ["HOME", "USER", "LOGNAME", "SHELL"].contains(&k.as_str()) {
+            own.push((k, v));
+        }
+    }
+    match run_as {
+        Some((name, u)) => {
+            env.push(("HOME".into(), u.home.clone()));
+            env.push(("USER".into(), name.to_string()));
+            env.push(("LOGNAME".into(), name.to_string()));
+            env.push(("SHELL".into(), u.shell.clone()));
+        }
+        None => env.extend(own),
+    }
+    env
 }
 
 impl Task {
@@ -45,8 +94,15 @@ impl Task {
         let out = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let (prog, args) = l.command.split_first().ok_or("an empty command")?;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let name = l.user.as_deref().unwrap_or_default();
+        let run_as = if root { user(name) } else { None };
+        let base = base_env(std::env::vars(), run_as.as_ref().map(|u| (name, u)));
         let mut cmd = std::process::Command::new(prog);
         cmd.args(args)
+            .env_clear()
+            .envs(base)
             .envs(&l.env)
             .stdin(Stdio::null())
             .stdout(out)
@@ -63,12 +119,8 @@ impl Task {
                 Ok(())
             });
         }
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        if root {
-            if let Some((uid, gid)) = l.user.as_deref().and_then(user_ids) {
-                cmd.uid(uid).gid(gid);
-            }
+        if let Some(u) = &run_as {
+            cmd.uid(u.uid).gid(u.gid);
         }
         let child = cmd
             .spawn()
@@ -210,4 +262,54 @@ fn group_ticks(pgid: i32) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn a_task_inherits_only_the_allowlist_and_its_users_identity() {
+        let agent = [
+            ("PATH", "/usr/bin:/bin"),
+            ("LANG", "C.UTF-8"),
+            ("LC_TIME", "en_GB.UTF-8"),
+            ("HOME", "/root"),
+            ("USER", "root"),
+            ("QM_JOIN_TOKEN", "qmj_secret"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+        ];
+        let alice = User {
+            uid: 1000,
+            gid: 1000,
+            home: "/home/alice".into(),
+            shell: "/bin/bash".into(),
+        };
+        let env: std::collections::BTreeMap<String, String> =
+            base_env(vars(&agent), Some(("alice", &alice)))
+                .into_iter()
+                .collect();
+        let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["HOME", "LANG", "LC_TIME", "LOGNAME", "PATH", "SHELL", "USER"]
+        );
+        assert_eq!(env["HOME"], "/home/alice");
+        assert_eq!(env["USER"], "alice");
+        assert_eq!(env["LOGNAME"], "alice");
+        // Running as the agent's own user: the agent's identity.
+        let env: std::collections::BTreeMap<String, String> =
+            base_env(vars(&agent), None).into_iter().collect();
+        assert_eq!(env["HOME"], "/root");
+        assert!(!env.contains_key("QM_JOIN_TOKEN"));
+        assert!(!env.contains_key("LD_PRELOAD"));
+    }
 }

@@ -326,3 +326,38 @@ fn a_cpu_only_job_runs_without_gpus_while_every_gpu_is_taken() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("bad --cpu \"lots\""), "{err}");
 }
+
+#[test]
+fn a_task_sees_its_own_environment_and_none_of_the_agents() {
+    let up = Up::start("task-env", &[]);
+    up.ok(&["admin", "team", "create", "ml", "--guaranteed", "4"]);
+    let id = up.submit(&[
+        "--team",
+        "ml",
+        "--gpus",
+        "1",
+        "--env",
+        "STEPS=100",
+        "--",
+        "sh",
+        "-c",
+        "env",
+    ]);
+    up.wait_state(id, "succeeded");
+    let out = logs(&up, id, 0);
+    let keys: Vec<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
+    for want in [
+        "STEPS",
+        "PATH",
+        "HOME",
+        "CUDA_VISIBLE_DEVICES",
+        "QM_JOB_ID",
+        "RANK",
+    ] {
+        assert!(keys.contains(&want), "{want} missing: {out}");
+    }
+    // The agent under `qm up` holds the join token in its environment: no task may see it.
+    assert!(!out.contains("QM_JOIN_TOKEN"), "{out}");
+    let join = std::fs::read_to_string(up.data().join("join-token")).unwrap();
+    assert!(!out.contains(join.trim()), "{out}");
+}
