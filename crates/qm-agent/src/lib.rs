@@ -106,8 +106,15 @@ pub fn run(
     probe: Box<dyn GpuProbe>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(cfg.data_dir.join("logs"))
+    let logs = cfg.data_dir.join("logs");
+    std::fs::create_dir_all(&logs)
         .map_err(|e| AgentError(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    // Task logs are for their owners and the agent alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| AgentError(format!("cannot restrict {}: {e}", logs.display())))?;
+    }
     let client = Client {
         base: cfg.server.trim_end_matches('/').to_string(),
         agent: ureq::AgentBuilder::new()

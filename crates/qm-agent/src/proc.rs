@@ -91,13 +91,27 @@ fn base_env(
 
 impl Task {
     pub fn spawn(l: &Launch, log: &Path, gpus: Vec<u32>) -> Result<Task, String> {
-        let out = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let (prog, args) = l.command.split_first().ok_or("an empty command")?;
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let name = l.user.as_deref().unwrap_or_default();
         let run_as = if root { user(name) } else { None };
+        // The log is its owner's alone: mode 0600, owned by the user the task runs as.
+        let out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(log)
+                .map_err(|e| format!("cannot create {}: {e}", log.display()))?
+        };
+        if let Some(u) = &run_as {
+            std::os::unix::fs::chown(log, Some(u.uid), Some(u.gid))
+                .map_err(|e| format!("cannot give {} to {name}: {e}", log.display()))?;
+        }
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let (prog, args) = l.command.split_first().ok_or("an empty command")?;
         let base = base_env(std::env::vars(), run_as.as_ref().map(|u| (name, u)));
         let mut cmd = std::process::Command::new(prog);
         cmd.args(args)

@@ -360,4 +360,17 @@ fn a_task_sees_its_own_environment_and_none_of_the_agents() {
     assert!(!out.contains("QM_JOIN_TOKEN"), "{out}");
     let join = std::fs::read_to_string(up.data().join("join-token")).unwrap();
     assert!(!out.contains(join.trim()), "{out}");
+    // Logs are not for every local user: the directory 0700, each log 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let logs = up.data().join("agent").join("logs");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&logs), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty());
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
 }
