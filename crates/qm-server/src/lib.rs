@@ -284,6 +284,9 @@ impl Server {
                 "a member token needs at least one team".into(),
             ));
         }
+        if role == Role::Member {
+            member_name_ok(name).map_err(Refusal::BadRequest)?;
+        }
         let mut inner = self.lock();
         for t in teams {
             if inner.state.team(t).is_none() {
@@ -535,6 +538,28 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
         Event::Cancel { job, at_s } => push(*job, *at_s, JobEventKind::Cancelled, String::new()),
         _ => {}
     }
+}
+
+/// A member's token name is the Unix user its tasks run as: a portable user name (a lower-case
+/// letter or `_`, then lower-case letters, digits, `_` or `-`, at most 32), and never `root`.
+fn member_name_ok(name: &str) -> Result<(), String> {
+    let portable = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !portable {
+        return Err(format!(
+            "member name {name:?} is not a Unix user name; its tasks run as that user, so give one such as \"alice\" (a lower-case letter or _, then lower-case letters, digits, _ or -, at most 32)"
+        ));
+    }
+    if name == "root" {
+        return Err(
+            "a member may not be named \"root\": its tasks would run as root; give the member's own Unix user name".into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -445,3 +445,43 @@ async fn the_snapshot_has_every_field_the_dashboard_reads() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_member_is_named_as_a_unix_user_and_never_root() {
+    let api = Api::new();
+    let _: TeamView = api
+        .ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "ml", "guaranteed": 1})),
+        )
+        .await;
+    for (name, says) in [
+        ("root", "may not be named \"root\""),
+        ("Alice", "not a Unix user name"),
+        ("bob smith", "not a Unix user name"),
+        ("../etc", "not a Unix user name"),
+        ("", "not a Unix user name"),
+    ] {
+        let (status, text) = api
+            .call(
+                "POST",
+                "/api/v1/admin/tokens",
+                &api.admin,
+                Some(json!({"name": name, "role": "member", "teams": ["ml"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name:?}: {text}");
+        let err: qm_proto::ApiError = serde_json::from_str(&text).unwrap();
+        assert!(err.message.contains(says), "{name:?}: {}", err.message);
+    }
+    let (status, text) = api
+        .call(
+            "POST",
+            "/api/v1/admin/tokens",
+            &api.admin,
+            Some(json!({"name": "alice", "role": "member", "teams": ["ml"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
