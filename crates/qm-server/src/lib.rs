@@ -34,14 +34,20 @@ pub struct ServerConfig {
     pub node_timeout_s: u64,
     /// A snapshot of the state every this many events, so a restart replays only the rest.
     pub snapshot_every: u64,
+    /// Most output stored per task; the rest is dropped with a marker in the log.
+    pub max_log_bytes: u64,
     pub scheduler: SchedulerConfig,
 }
+
+/// The largest log chunk a node may send at once (agents send at most 256 KiB).
+pub const MAX_LOG_CHUNK: usize = 1 << 20;
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             node_timeout_s: 30,
             snapshot_every: 10_000,
+            max_log_bytes: 64 << 20,
             scheduler: SchedulerConfig::default(),
         }
     }

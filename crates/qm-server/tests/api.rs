@@ -22,11 +22,11 @@ struct Api {
 
 impl Api {
     fn new() -> Api {
-        let server = Server::open(
-            Box::new(SqliteStore::memory().unwrap()),
-            ServerConfig::default(),
-        )
-        .unwrap();
+        Api::with(ServerConfig::default())
+    }
+
+    fn with(config: ServerConfig) -> Api {
+        let server = Server::open(Box::new(SqliteStore::memory().unwrap()), config).unwrap();
         let admin = server.create_token("admin", "admin", &[]).unwrap();
         Api { server, admin }
     }
@@ -484,4 +484,59 @@ async fn a_member_is_named_as_a_unix_user_and_never_root() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{text}");
+}
+
+#[tokio::test]
+async fn a_tasks_log_stops_at_the_limit_with_a_marker_and_big_chunks_are_refused() {
+    let api = Api::with(ServerConfig {
+        max_log_bytes: 100,
+        ..ServerConfig::default()
+    });
+    let (_, credential) = api.node().await;
+    let _: TeamView = api
+        .ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "ml", "guaranteed": 1})),
+        )
+        .await;
+    let job = api.submit("ml", 1).await;
+    let key = json!({"job": job, "task": 0, "attempt": 1});
+    let mut send = |offset: u64, data: String| {
+        let body = json!({"key": key.clone(), "offset": offset, "data": data});
+        let api = &api;
+        let credential = credential.clone();
+        async move {
+            api.call("POST", "/agent/v1/logs", &credential, Some(body))
+                .await
+        }
+    };
+    let ack = |text: &str| serde_json::from_str::<Value>(text).unwrap()["length"].as_u64();
+    let (status, text) = send(0, "a".repeat(60)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(ack(&text), Some(60));
+    // Crossing the limit: 40 bytes kept, the rest dropped, the agent told to move on.
+    let (status, text) = send(60, "b".repeat(60)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(ack(&text), Some(120));
+    let (_, text) = send(120, "c".repeat(10)).await;
+    assert_eq!(ack(&text), Some(130));
+    // One chunk bigger than a node may send at once: refused, nothing stored.
+    let (status, text) = send(130, "d".repeat(qm_server::MAX_LOG_CHUNK + 1)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("send at most"), "{text}");
+    let log: Value = api
+        .ok("GET", &format!("/api/v1/jobs/{job}/logs?attempt=1"), None)
+        .await;
+    let data = log["data"].as_str().unwrap();
+    assert!(
+        data.starts_with(&format!("{}{}", "a".repeat(60), "b".repeat(40))),
+        "{data}"
+    );
+    assert!(data.contains("the limit per task"), "{data}");
+    assert!(
+        data.ends_with("dropped]\n"),
+        "nothing after the marker: {data}"
+    );
+    assert!(!data.contains("cc") && !data.contains("dd"), "{data}");
 }

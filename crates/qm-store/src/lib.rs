@@ -111,6 +111,8 @@ pub trait Store: Send {
         offset: u64,
         data: &[u8],
     ) -> Result<u64, StoreError>;
+    /// Bytes stored for a task's log.
+    fn log_len(&mut self, key: (u64, u32, u32)) -> Result<u64, StoreError>;
     /// Up to `max` bytes of a task's log from `offset`.
     fn read_log(
         &mut self,
@@ -361,6 +363,10 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(end)
+    }
+
+    fn log_len(&mut self, key: (u64, u32, u32)) -> Result<u64, StoreError> {
+        log_len(&self.db, key)
     }
 
     fn read_log(

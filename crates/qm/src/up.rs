@@ -49,6 +49,10 @@ pub struct SchedArgs {
     /// last one).
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Most output kept per task, in MiB; what a task writes beyond it is dropped, with a
+    /// line in its log that says so.
+    #[arg(long, default_value_t = 64)]
+    max_log_mib: u64,
 }
 
 impl SchedArgs {
@@ -108,6 +112,7 @@ fn open_server(
     let config = ServerConfig {
         node_timeout_s,
         snapshot_every: sched.snapshot_every.max(1),
+        max_log_bytes: sched.max_log_mib.max(1) << 20,
         scheduler: sched.config(),
     };
     Server::open(Box::new(store), config)

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{Api, Body, Joiner, Node, Params};
 use crate::auth::{hash_token, new_token};
-use crate::{Agent, Inner, Server};
+use crate::{Agent, Inner, Refusal, Server};
 
 impl Inner {
     /// The node's live session, created on first contact, marked seen now.
@@ -134,12 +134,37 @@ pub async fn logs(
     _: Node,
     Body(chunk): Body<LogChunk>,
 ) -> Api<LogAck> {
+    let data = chunk.data.as_bytes();
+    if data.len() > crate::MAX_LOG_CHUNK {
+        return Err(Refusal::BadRequest(format!(
+            "a log chunk of {} bytes; send at most {} at once",
+            data.len(),
+            crate::MAX_LOG_CHUNK
+        )));
+    }
     let mut inner = s.lock();
     let k = &chunk.key;
-    let length = inner.store.append_log(
-        (k.job, k.task, k.attempt),
-        chunk.offset,
-        chunk.data.as_bytes(),
-    )?;
-    Ok(Json(LogAck { length }))
+    let key = (k.job, k.task, k.attempt);
+    let max = inner.config.max_log_bytes;
+    // What the agent has sent, as far as it knows, once this chunk is taken.
+    let sent = chunk.offset + data.len() as u64;
+    let len = inner.store.log_len(key)?;
+    if len >= max {
+        // The log is full (its marker written): the rest is dropped, and acknowledged so that
+        // the agent moves on.
+        return Ok(Json(LogAck { length: sent }));
+    }
+    if sent <= max {
+        let length = inner.store.append_log(key, chunk.offset, data)?;
+        return Ok(Json(LogAck { length }));
+    }
+    // This chunk crosses the limit: keep what fits, then say what was dropped.
+    let keep = (max.saturating_sub(chunk.offset) as usize).min(data.len());
+    inner.store.append_log(key, chunk.offset, &data[..keep])?;
+    let stored = inner.store.log_len(key)?;
+    let marker = format!(
+        "\n[qm: this task's output passed {max} bytes, the limit per task (qm server --max-log-mib); the rest is dropped]\n"
+    );
+    inner.store.append_log(key, stored, marker.as_bytes())?;
+    Ok(Json(LogAck { length: sent }))
 }
