@@ -502,7 +502,7 @@ async fn a_tasks_log_stops_at_the_limit_with_a_marker_and_big_chunks_are_refused
         .await;
     let job = api.submit("ml", 1).await;
     let key = json!({"job": job, "task": 0, "attempt": 1});
-    let mut send = |offset: u64, data: String| {
+    let send = |offset: u64, data: String| {
         let body = json!({"key": key.clone(), "offset": offset, "data": data});
         let api = &api;
         let credential = credential.clone();
