@@ -107,6 +107,16 @@ impl Api {
         (0, r.credential)
     }
 
+    /// Creates or updates a team with one guarantee for every model.
+    async fn team(&self, name: &str, guaranteed: u32) -> TeamView {
+        self.ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": name, "guaranteed": guaranteed})),
+        )
+        .await
+    }
+
     async fn submit(&self, team: &str, gpus: u32) -> u64 {
         let r: Value = self
             .ok(
@@ -213,13 +223,7 @@ async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
     let api = Api::new();
     let (node, credential) = api.node().await;
     for (team, guaranteed) in [("owner", 2), ("borrower", 0)] {
-        let _: TeamView = api
-            .ok(
-                "POST",
-                "/api/v1/admin/teams",
-                Some(json!({"name": team, "guaranteed": guaranteed})),
-            )
-            .await;
+        api.team(team, guaranteed).await;
     }
     // The owner's guarantee lives on the one node; the borrower has none.
     let teams: Vec<TeamView> = api.ok("GET", "/api/v1/teams", None).await;
@@ -271,13 +275,7 @@ async fn teams_dashboard_and_metrics_agree_on_borrowed_and_idle_gpus() {
 
     // A guarantee raised at run time turns the borrower's oldest job into guaranteed capacity
     // at once, everywhere: it can no longer be reclaimed, so it is no longer borrowed.
-    let _: TeamView = api
-        .ok(
-            "POST",
-            "/api/v1/admin/teams",
-            Some(json!({"name": "borrower", "guaranteed": 1})),
-        )
-        .await;
+    api.team("borrower", 1).await;
     check_totals(
         &api,
         &[("owner", (1000, 0, 1000)), ("borrower", (2000, 1000, 1000))],
@@ -364,13 +362,7 @@ async fn check_totals(api: &Api, expect: &[(&str, (u64, u64, u64))], overview: (
 async fn the_snapshot_has_every_field_the_dashboard_reads() {
     let api = Api::new();
     let _ = api.node().await;
-    let _: TeamView = api
-        .ok(
-            "POST",
-            "/api/v1/admin/teams",
-            Some(json!({"name": "a", "guaranteed": 1})),
-        )
-        .await;
+    api.team("a", 1).await;
     // A 1-GPU job with a time limit runs; the 4-GPU job after it gets a reservation at the
     // limit's end, so the snapshot has one to show.
     let _: Value = api
@@ -449,13 +441,7 @@ async fn the_snapshot_has_every_field_the_dashboard_reads() {
 #[tokio::test]
 async fn a_member_is_named_as_a_unix_user_and_never_root() {
     let api = Api::new();
-    let _: TeamView = api
-        .ok(
-            "POST",
-            "/api/v1/admin/teams",
-            Some(json!({"name": "ml", "guaranteed": 1})),
-        )
-        .await;
+    api.team("ml", 1).await;
     for (name, says) in [
         ("root", "may not be named \"root\""),
         ("Alice", "not a Unix user name"),
@@ -493,13 +479,7 @@ async fn a_tasks_log_stops_at_the_limit_with_a_marker_and_big_chunks_are_refused
         ..ServerConfig::default()
     });
     let (_, credential) = api.node().await;
-    let _: TeamView = api
-        .ok(
-            "POST",
-            "/api/v1/admin/teams",
-            Some(json!({"name": "ml", "guaranteed": 1})),
-        )
-        .await;
+    api.team("ml", 1).await;
     let job = api.submit("ml", 1).await;
     let key = json!({"job": job, "task": 0, "attempt": 1});
     let send = |offset: u64, data: String| {

@@ -3,11 +3,12 @@
 //! The planner learns the workload's *mix* from the live jobs (pending and running): the most
 //! common task shapes (GPU ask, CPU, memory, GPU model) and their frequencies. A node's
 //! *fragmentation* is the free GPU milli the mix cannot use there, in expectation: for each
-//! shape, all of the node's free GPU milli if the shape cannot run there at all (wrong model,
-//! too little CPU or memory, too few GPUs with room), else the free milli of the GPUs too full
-//! for it. A single task goes where its placement grows the fragmentation least (the idea of
-//! fragmentation gradient descent, Weng et al., ATC '23), which keeps room for the tasks that
-//! are likely to come instead of stranding it.
+//! shape, the free GPU milli its tasks would not take were only it to come, counting how many
+//! of them the node's GPUs, CPU and memory still hold (all of it where none fits: wrong
+//! model, too little CPU or memory, too few GPUs with room). A single task goes where its
+//! placement grows the fragmentation least (the idea of fragmentation gradient descent, Weng
+//! et al., ATC '23), which keeps room for the tasks that are likely to come instead of
+//! stranding it.
 
 use crate::model::{GpuAsk, MILLI_PER_GPU};
 use crate::state::Job;

@@ -288,9 +288,9 @@ fn least_growth(
             best = Some((d, t));
         }
     };
-    // Nodes in the same state (free CPU and memory, GPUs the task must avoid, GPU usage in
-    // any order) score the same, and a later one never wins a tie: only the first is scored.
-    let mut seen: HashSet<(u64, u64, u64, [u32; 16])> = HashSet::new();
+    // Nodes in the same state (free CPU and memory, GPU usage in any order, no GPU the task
+    // must avoid) score the same, and a later one never wins a tie: only the first is scored.
+    let mut seen: HashSet<(u64, u64, [u32; 16])> = HashSet::new();
     for &n in &view.group_nodes[ask.group] {
         if !fits(n) {
             continue;
@@ -303,7 +303,7 @@ fn least_growth(
             key[..used.len()].sort_unstable();
             let (cpu, mem) = (view.cpu_free[n as usize], view.mem_free[n as usize]);
             // Sorting the usage loses which GPU is masked: only unmasked nodes are merged.
-            if mask == 0 && !seen.insert((cpu, mem, mask, key)) {
+            if mask == 0 && !seen.insert((cpu, mem, key)) {
                 continue;
             }
         }
