@@ -1,7 +1,7 @@
 //! Property tests: random clusters, team trees and event sequences, with the core's
 //! invariants checked after every plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
@@ -159,6 +159,8 @@ fn build(c: &Cluster) -> (ClusterState, Vec<String>) {
 #[derive(Default)]
 struct Seeds {
     first: BTreeMap<String, u64>,
+    /// Jobs this plan started off a reclaim's hold.
+    reclaimed: BTreeSet<JobId>,
     in_place: BTreeMap<String, Vec<u64>>,
 }
 
@@ -234,6 +236,11 @@ impl World {
         let mut seeds = Seeds::default();
         for (b, own) in waiting {
             let j = self.state.job(b).unwrap();
+            if !own && plan.start_of(b).is_some() {
+                // Started off its reclaim's hold: admitted when the reclaim was planned, it
+                // keeps its place first in its team's guarantee.
+                seeds.reclaimed.insert(b);
+            }
             if j.state == JobState::Pending {
                 let team = j.spec.team.clone();
                 if own {
@@ -408,15 +415,27 @@ impl World {
                 .into_iter()
                 .map(|j| {
                     let run = j.state.run().unwrap();
+                    let held = seeds.reclaimed.contains(&j.spec.id);
                     let new = plan.start_of(j.spec.id).is_some();
                     let leaving = matches!(&j.state,
                         JobState::Stopping(_, s) if s.cause == StopCause::Priority);
-                    let key = (new, leaving, run.admission, run.started_s, j.spec.id.0);
+                    let key = (
+                        !held,
+                        new,
+                        leaving,
+                        run.admission,
+                        run.started_s,
+                        j.spec.id.0,
+                    );
                     (key, Some(j), 0)
                 })
                 .collect();
             for &m in seeds.in_place.get(&team).into_iter().flatten() {
-                keyed.push(((false, false, Admission::Guaranteed, u64::MAX, 0), None, m));
+                keyed.push((
+                    (true, false, false, Admission::Guaranteed, u64::MAX, 0),
+                    None,
+                    m,
+                ));
             }
             keyed.sort_by_key(|k| k.0);
             let g =
