@@ -30,7 +30,9 @@ const FINISHED_KEPT: usize = 100_000;
 pub struct AgentConfig {
     /// `http://host:port` of the server.
     pub server: String,
-    pub join_token: String,
+    /// A join token, needed to register a new node (or one an admin reset); the node's own
+    /// credential, kept in `data_dir/credential`, registers it again after a restart.
+    pub join_token: Option<String>,
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub topology: Vec<String>,
@@ -40,6 +42,8 @@ pub struct AgentConfig {
     pub address: String,
     pub cpu_milli: u64,
     pub mem_mib: u64,
+    /// Run tasks as root where their job names no existing non-root user.
+    pub allow_root_tasks: bool,
 }
 
 /// An error that stops the agent.
@@ -90,6 +94,76 @@ impl Client {
     }
 }
 
+/// Says at start whom tasks will run as: an agent that is not root cannot run a task as the
+/// user its job names.
+fn say_who_tasks_run_as(allow_root: bool) {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        let name = std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"));
+        eprintln!(
+            "qm agent: running as {name} (uid {uid}), not root: every task runs as {name}, whatever user its job names"
+        );
+    } else if allow_root {
+        eprintln!("qm agent: running as root with --allow-root-tasks: a task whose job names no existing non-root user runs as root");
+    } else {
+        eprintln!("qm agent: running as root: each task runs as the existing non-root user its job names, and fails otherwise");
+    }
+}
+
+/// Registers the node: with its saved credential where it has one (the same node coming
+/// back), else, or when the server no longer knows that credential, with the join token.
+/// The new credential is saved, readable by the agent's user alone.
+fn register_node(
+    client: &Client,
+    cfg: &AgentConfig,
+    req: &RegisterRequest,
+    cred_file: &std::path::Path,
+) -> Result<String, String> {
+    let saved = std::fs::read_to_string(cred_file)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let mut answer = None;
+    if let Some(saved) = &saved {
+        match client.post::<_, RegisterResponse>("/agent/v1/register", saved, req) {
+            Err(e) if e.starts_with("HTTP 401") => {}
+            other => answer = Some(other),
+        }
+    }
+    let r = match answer {
+        Some(r) => r?,
+        None => {
+            let join = cfg.join_token.as_deref().ok_or_else(|| {
+                format!(
+                    "qm agent: node {} has no credential the server knows and no join token; pass --join-token-file",
+                    cfg.name
+                )
+            })?;
+            client.post::<_, RegisterResponse>("/agent/v1/register", join, req)?
+        }
+    };
+    write_private(cred_file, &r.credential)
+        .map_err(|e| format!("qm agent: cannot save {}: {e}", cred_file.display()))?;
+    Ok(r.credential)
+}
+
+/// Writes a secret to a file only its owner may read or write (0600 from its creation).
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 fn describe(e: ureq::Error) -> String {
     match e {
         ureq::Error::Status(code, r) => {
@@ -115,6 +189,7 @@ pub fn run(
         std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| AgentError(format!("cannot restrict {}: {e}", logs.display())))?;
     }
+    say_who_tasks_run_as(cfg.allow_root_tasks);
     let client = Client {
         base: cfg.server.trim_end_matches('/').to_string(),
         agent: ureq::AgentBuilder::new()
@@ -138,13 +213,14 @@ pub fn run(
         address: cfg.address.clone(),
     };
     // Register, retrying until the server answers (it may still be starting).
+    let cred_file = cfg.data_dir.join("credential");
     let credential = loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        match client.post::<_, RegisterResponse>("/agent/v1/register", &cfg.join_token, &register) {
-            Ok(r) => break r.credential,
-            Err(e) if e.starts_with("HTTP 4") => {
+        match register_node(&client, &cfg, &register, &cred_file) {
+            Ok(c) => break c,
+            Err(e) if e.starts_with("HTTP 4") || e.starts_with("qm agent") => {
                 return Err(AgentError(format!(
                     "the server refused to register this node: {e}"
                 )))
@@ -221,10 +297,12 @@ pub fn run(
             return Ok(());
         }
         if reregister.swap(false, Ordering::SeqCst) {
-            if let Ok(r) =
-                client.post::<_, RegisterResponse>("/agent/v1/register", &cfg.join_token, &register)
-            {
-                *credential.lock().expect("credential") = r.credential;
+            match register_node(&client, &cfg, &register, &cred_file) {
+                Ok(c) => *credential.lock().expect("credential") = c,
+                Err(e) if e.starts_with("HTTP 4") || e.starts_with("qm agent") => {
+                    eprintln!("qm agent: cannot register again: {e}");
+                }
+                Err(_) => {}
             }
         }
         let mut urgent = false;
@@ -246,7 +324,7 @@ pub fn run(
                                 &log,
                                 format!("qm agent: cannot start the task: {e}\n"),
                             );
-                            tasks.insert(l.key.clone(), Task::failed(log));
+                            tasks.insert(l.key.clone(), Task::failed(log, e));
                         }
                     }
                     save_ledger(&tasks);
@@ -273,7 +351,7 @@ pub fn run(
             }
         }
         for (key, code) in done {
-            tasks.remove(&key);
+            let message = tasks.remove(&key).and_then(|t| t.why());
             finished.insert(key.clone());
             if finished.len() > FINISHED_KEPT {
                 let oldest = finished.iter().next().cloned();
@@ -281,7 +359,7 @@ pub fn run(
                     finished.remove(&k);
                 }
             }
-            exited.push(TaskExit { key, code });
+            exited.push(TaskExit { key, code, message });
             urgent = true;
             save_ledger(&tasks);
         }
@@ -323,7 +401,16 @@ fn launch(cfg: &AgentConfig, l: &Launch) -> Result<Task, String> {
         .get("CUDA_VISIBLE_DEVICES")
         .map(|v| v.split(',').filter_map(|g| g.parse().ok()).collect())
         .unwrap_or_default();
-    Task::spawn(l, &log, gpus)
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let who = proc::identity(
+        root,
+        l.user.as_deref(),
+        proc::user,
+        cfg.allow_root_tasks,
+        &cfg.name,
+    )?;
+    Task::spawn(l, &log, gpus, &who)
 }
 
 fn upload(client: &Client, token: &str, key: &TaskKey, t: &mut Task) {

@@ -29,17 +29,20 @@ pub struct Task {
     kill_at: Option<Instant>,
     pub gpus: Vec<u32>,
     cpu: Option<(Instant, u64)>,
+    /// Why it never started.
+    why: Option<String>,
 }
 
 /// A Unix user, from /etc/passwd.
-struct User {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
     uid: u32,
     gid: u32,
     home: String,
     shell: String,
 }
 
-fn user(name: &str) -> Option<User> {
+pub fn user(name: &str) -> Option<User> {
     let text = std::fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -89,12 +92,56 @@ fn base_env(
     env
 }
 
+/// Who a task runs as.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The agent's own user: an agent that is not root cannot become anyone else.
+    Agent,
+    /// An existing user other than root, named by the job.
+    User(String, User),
+    /// Root, where the admin allowed it (`--allow-root-tasks`).
+    Root,
+}
+
+/// Whom a task may run as. An agent that is not root runs every task as itself. A root
+/// agent runs a task only as the existing, non-root user its job names; a job that names
+/// none, a user the node does not have, or one whose uid is 0 fails closed, unless the admin
+/// started the agent with `--allow-root-tasks`, when such a task runs as root.
+pub fn identity(
+    agent_is_root: bool,
+    name: Option<&str>,
+    lookup: impl Fn(&str) -> Option<User>,
+    allow_root: bool,
+    node: &str,
+) -> Result<Identity, String> {
+    if !agent_is_root {
+        return Ok(Identity::Agent);
+    }
+    let refuse = |why: String| {
+        if allow_root {
+            Ok(Identity::Root)
+        } else {
+            Err(format!(
+                "{why}; node {node} runs tasks as root only when its agent was started with --allow-root-tasks"
+            ))
+        }
+    };
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return refuse("the job names no user to run as".into());
+    };
+    match lookup(name) {
+        Some(u) if u.uid != 0 => Ok(Identity::User(name.to_string(), u)),
+        Some(_) => refuse(format!("user `{name}` is root (uid 0)")),
+        None => refuse(format!("user `{name}` does not exist on node {node}")),
+    }
+}
+
 impl Task {
-    pub fn spawn(l: &Launch, log: &Path, gpus: Vec<u32>) -> Result<Task, String> {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let name = l.user.as_deref().unwrap_or_default();
-        let run_as = if root { user(name) } else { None };
+    pub fn spawn(l: &Launch, log: &Path, gpus: Vec<u32>, who: &Identity) -> Result<Task, String> {
+        let (name, run_as) = match who {
+            Identity::User(name, u) => (name.as_str(), Some(u.clone())),
+            Identity::Agent | Identity::Root => ("", None),
+        };
         // The log is its owner's alone: mode 0600, owned by the user the task runs as.
         let out = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -149,21 +196,28 @@ impl Task {
             kill_at: None,
             gpus,
             cpu: None,
+            why: None,
         })
     }
 
-    /// A task that could not start: it has exited with 127.
-    pub fn failed(log: PathBuf) -> Task {
+    /// A task that could not start: it has exited with 127, for this reason.
+    pub fn failed(log: PathBuf, why: String) -> Task {
         Task {
             child: None,
             pgid: 0,
             log,
             uploaded: 0,
             code: Some(127),
+            why: Some(why),
             kill_at: None,
             gpus: Vec::new(),
             cpu: None,
         }
+    }
+
+    /// Why the task never started, if it did not.
+    pub fn why(&self) -> Option<String> {
+        self.why.clone()
     }
 
     /// The task's process group (0 for a task that never started).
@@ -287,6 +341,50 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn a_root_agent_runs_tasks_only_as_existing_users_other_than_root() {
+        let lookup = |name: &str| match name {
+            "alice" => Some(User {
+                uid: 1000,
+                gid: 1000,
+                home: "/home/alice".into(),
+                shell: "/bin/sh".into(),
+            }),
+            "root" | "toor" => Some(User {
+                uid: 0,
+                gid: 0,
+                home: "/root".into(),
+                shell: "/bin/sh".into(),
+            }),
+            _ => None,
+        };
+        let alice = Identity::User("alice".into(), lookup("alice").unwrap());
+        assert_eq!(
+            identity(true, Some("alice"), lookup, false, "n7"),
+            Ok(alice)
+        );
+        for (name, why) in [
+            (Some("mallory"), "user `mallory` does not exist on node n7"),
+            (Some("toor"), "user `toor` is root (uid 0)"),
+            (Some("root"), "user `root` is root (uid 0)"),
+            (None, "the job names no user to run as"),
+            (Some(""), "the job names no user to run as"),
+        ] {
+            let err = identity(true, name, lookup, false, "n7").unwrap_err();
+            assert!(err.starts_with(why), "{name:?}: {err}");
+            assert!(err.contains("--allow-root-tasks"), "{err}");
+            // Allowed by the admin: root.
+            assert_eq!(identity(true, name, lookup, true, "n7"), Ok(Identity::Root));
+        }
+        // An agent that is not root runs everything as itself, whoever is named.
+        for name in [Some("alice"), Some("root"), Some("mallory"), None] {
+            assert_eq!(
+                identity(false, name, lookup, false, "n7"),
+                Ok(Identity::Agent)
+            );
+        }
     }
 
     #[test]

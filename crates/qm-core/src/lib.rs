@@ -27,8 +27,8 @@ pub use plan::{
     Reservation, Start, StopOrder, TeamStanding,
 };
 pub use state::{
-    apply, Admission, ClusterState, Event, Hold, Job, JobState, Node, StopCause, TaskPlacement,
-    Team,
+    apply, Admission, ClusterState, Event, Hold, Job, JobState, Node, Run, StopCause,
+    TaskPlacement, Team,
 };
 pub use validate::MAX_TASKS;
 

@@ -246,6 +246,10 @@ pub struct TaskKey {
 pub struct TaskExit {
     pub key: TaskKey,
     pub code: i32,
+    /// Why the task never started (for example, its user does not exist on the node), for
+    /// the job's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

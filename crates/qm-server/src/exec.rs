@@ -258,8 +258,67 @@ impl Inner {
 
     /// What an agent reports: exits end runs, utilisation feeds idle detection, tasks it
     /// runs that the server does not want are killed, tasks it lost count as failed.
+    /// The node the server placed a task on: by the job's current run, else by an earlier
+    /// run's record; `None` for a task it never placed.
+    pub fn task_node(&self, key: &TaskKey) -> Option<u32> {
+        let current = self
+            .state
+            .job(JobId(key.job))
+            .and_then(|j| j.state.run())
+            .filter(|r| r.attempt == key.attempt);
+        match current {
+            Some(r) => r.placement.get(key.task as usize).map(|t| t.node.0),
+            None => self
+                .placed
+                .get(&(key.job, key.attempt))
+                .and_then(|n| n.get(key.task as usize))
+                .copied(),
+        }
+    }
+
+    /// Refuses (403, logged, counted) a node's word about a task the server placed on another
+    /// node, and, unless `unknown_ok`, about one it never placed anywhere.
+    pub fn speaks_for(
+        &self,
+        node: u32,
+        key: &TaskKey,
+        what: &'static str,
+        unknown_ok: bool,
+    ) -> Result<(), Refusal> {
+        let owner = self.task_node(key);
+        if owner == Some(node) || (owner.is_none() && unknown_ok) {
+            return Ok(());
+        }
+        let name = self.node_name(node);
+        let task = format!(
+            "job {} task {} (attempt {})",
+            key.job, key.task, key.attempt
+        );
+        let message = match owner {
+            Some(other) => format!(
+                "node {name} sent a {what} about {task}, which runs on node {}: a node speaks only for its own tasks",
+                self.node_name(other)
+            ),
+            None => format!(
+                "node {name} sent a {what} about {task}, which was never placed on it: a node speaks only for its own tasks"
+            ),
+        };
+        eprintln!("qm server: refused: {message}");
+        self.metrics.agent_refused(name, what);
+        Err(Refusal::Forbidden(message))
+    }
+
     pub fn heartbeat(&mut self, node: u32, hb: Heartbeat) -> Result<(), Refusal> {
         let now = now_s();
+        // Nothing of a heartbeat counts if any of it speaks for another node's task.
+        let keys = hb
+            .running
+            .iter()
+            .chain(hb.exited.iter().map(|e| &e.key))
+            .chain(hb.util.iter().map(|u| &u.key));
+        for key in keys {
+            self.speaks_for(node, key, "heartbeat", true)?;
+        }
         if let Some(a) = self.agents.get_mut(&node) {
             a.last_seen = Instant::now();
         }
@@ -354,6 +413,18 @@ impl Inner {
                 continue;
             }
             let job = JobId(exit.key.job);
+            if let Some(why) = &exit.message {
+                let node = self.node_name(node);
+                self.note(
+                    job.0,
+                    now,
+                    JobEventKind::Failed,
+                    format!(
+                        "task {} could not start on node {node}: {why}",
+                        exit.key.task
+                    ),
+                );
+            }
             // Durable before it counts: a restart must not forget that a task of a gang
             // still running has already exited.
             self.store

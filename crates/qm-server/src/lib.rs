@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod dash;
 mod exec;
+mod limits;
 mod metrics;
 mod views;
 
@@ -87,6 +88,8 @@ pub(crate) struct Inner {
     /// Launches handed to agents and not yet seen exited.
     pub sent: BTreeMap<TaskKey, Sent>,
     pub history: BTreeMap<u64, Vec<JobEvent>>,
+    /// The node of each task of every run, by (job, attempt): what a node may speak for.
+    pub placed: BTreeMap<(u64, u32), Vec<u32>>,
     /// Utilisation reports of running jobs, by (job, attempt).
     pub util: BTreeMap<(u64, u32), UtilSeen>,
     /// Jobs whose idle warning was recorded, by (job, attempt).
@@ -160,19 +163,25 @@ impl Server {
         let mut state = loaded
             .state
             .unwrap_or_else(|| ClusterState::new(config.scheduler.clone()));
-        let mut history: BTreeMap<u64, Vec<JobEvent>> = match &loaded.extra {
-            Some(text) => serde_json::from_str(text).map_err(|e| {
-                Refusal::Internal(format!("the snapshot's history does not read: {e}"))
-            })?,
-            None => BTreeMap::new(),
+        let extra = match &loaded.extra {
+            Some(text) => Extra::read(text)?,
+            None => Extra::default(),
         };
+        let mut history = extra.history;
+        let mut placed: BTreeMap<(u64, u32), Vec<u32>> = extra
+            .placed
+            .into_iter()
+            .map(|(job, attempt, nodes)| ((job, attempt), nodes))
+            .collect();
         let mut since_snapshot = 0;
         for (seq, event) in loaded.events {
             since_snapshot += 1;
             record(&mut history, &state, &event);
+            let start = start_of(&event);
             apply(&mut state, event).map_err(|e| {
                 Refusal::Internal(format!("event {seq} of the store does not apply: {e}"))
             })?;
+            note_placed(&mut placed, &state, start);
         }
         // A state that breaks an invariant (a bad snapshot) stops the server here, naming the
         // invariant, rather than at whichever later event first touches the broken part.
@@ -208,6 +217,7 @@ impl Server {
             },
             sent: BTreeMap::new(),
             history,
+            placed,
             util: BTreeMap::new(),
             idle_noted: BTreeSet::new(),
             next_job,
@@ -396,6 +406,7 @@ impl Inner {
     ) -> Result<(), Refusal> {
         let backup = (events.len() > 1).then(|| self.state.clone());
         let mut hist = BTreeMap::new();
+        let mut started = Vec::new();
         for e in &events {
             record(&mut hist, &self.state, e);
             if let Err(err) = apply(&mut self.state, e.clone()) {
@@ -403,6 +414,10 @@ impl Inner {
                     self.state = b;
                 }
                 return Err(err.into());
+            }
+            if let Some(job) = start_of(e) {
+                let run = self.state.job(job).and_then(|j| j.state.run());
+                started.extend(run.map(|r| (job, r.attempt, nodes_of(r))));
             }
         }
         match self.store.append(Batch {
@@ -418,9 +433,12 @@ impl Inner {
         for (job, mut list) in hist {
             self.history.entry(job).or_default().append(&mut list);
         }
+        for (job, attempt, nodes) in started {
+            self.placed.insert((job.0, attempt), nodes);
+        }
         self.since_snapshot += events.len() as u64;
         if self.since_snapshot >= self.config.snapshot_every {
-            let extra = serde_json::to_string(&self.history).unwrap_or_else(|_| "{}".into());
+            let extra = Extra::write(&self.history, &self.placed);
             // A failed snapshot loses nothing: the events are stored; the next one retries.
             if let Err(e) = self.store.snapshot(self.seq, &self.state, &extra) {
                 eprintln!("qm server: snapshot at event {} failed: {e}", self.seq);
@@ -469,6 +487,69 @@ impl Inner {
 }
 
 /// What an event means for a job's history.
+/// What a snapshot keeps beside the core's state: each job's history for people, and the node
+/// of every task of every run (what a node may speak for, logs of ended runs included).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Extra {
+    history: BTreeMap<u64, Vec<JobEvent>>,
+    /// (job, attempt, node of each task).
+    #[serde(default)]
+    placed: Vec<(u64, u32, Vec<u32>)>,
+}
+
+impl Extra {
+    /// Reads a snapshot's extra, also in the older form that was the history alone.
+    fn read(text: &str) -> Result<Extra, Refusal> {
+        serde_json::from_str::<Extra>(text)
+            .or_else(|_| {
+                serde_json::from_str(text).map(|history| Extra {
+                    history,
+                    placed: Vec::new(),
+                })
+            })
+            .map_err(|e| Refusal::Internal(format!("the snapshot's history does not read: {e}")))
+    }
+
+    fn write(
+        history: &BTreeMap<u64, Vec<JobEvent>>,
+        placed: &BTreeMap<(u64, u32), Vec<u32>>,
+    ) -> String {
+        #[derive(serde::Serialize)]
+        struct View<'a> {
+            history: &'a BTreeMap<u64, Vec<JobEvent>>,
+            placed: Vec<(u64, u32, &'a Vec<u32>)>,
+        }
+        let placed = placed.iter().map(|(&(j, a), n)| (j, a, n)).collect();
+        serde_json::to_string(&View { history, placed }).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// The job an event starts, if it starts one.
+fn start_of(e: &Event) -> Option<JobId> {
+    match e {
+        Event::Start { job, .. } => Some(*job),
+        _ => None,
+    }
+}
+
+/// The node of each task of a run.
+fn nodes_of(run: &qm_core::Run) -> Vec<u32> {
+    run.placement.iter().map(|t| t.node.0).collect()
+}
+
+/// Records where the run that `start` began (already applied to `state`) placed its tasks.
+fn note_placed(
+    placed: &mut BTreeMap<(u64, u32), Vec<u32>>,
+    state: &ClusterState,
+    start: Option<JobId>,
+) {
+    if let Some(job) = start {
+        if let Some(run) = state.job(job).and_then(|j| j.state.run()) {
+            placed.insert((job.0, run.attempt), nodes_of(run));
+        }
+    }
+}
+
 fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &Event) {
     let mut push = |job: JobId, at_s: Secs, what: JobEventKind, detail: String| {
         history

@@ -87,6 +87,14 @@ pub struct Metrics {
     preemptions: Family<PreemptionLabels, Counter>,
     /// Heartbeats by node name.
     heartbeats: Family<NodeLabels, Counter>,
+    /// Agent requests refused because they spoke for another node's task, by node and what.
+    agent_refusals: Family<RefusalLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub node: String,
+    pub what: &'static str,
 }
 
 impl Default for Metrics {
@@ -96,6 +104,7 @@ impl Default for Metrics {
             plan_duration: Histogram::new(PLAN_BUCKETS),
             preemptions: Family::default(),
             heartbeats: Family::default(),
+            agent_refusals: Family::default(),
         }
     }
 }
@@ -122,6 +131,13 @@ impl Metrics {
 
     pub fn heartbeat(&self, node: String) {
         self.heartbeats.get_or_create(&NodeLabels { node }).inc();
+    }
+
+    /// A node's request refused for speaking about a task that is not its own.
+    pub fn agent_refused(&self, node: String, what: &'static str) {
+        self.agent_refusals
+            .get_or_create(&RefusalLabels { node, what })
+            .inc();
     }
 }
 
@@ -310,6 +326,11 @@ pub fn render(inner: &Inner) -> String {
         "qm_agent_heartbeats",
         "Heartbeats received from each node's agent.",
         m.heartbeats.clone(),
+    );
+    r.register(
+        "qm_agent_refused",
+        "Agent requests refused (403) because they spoke for a task not placed on the calling node (heartbeat, log) or took over another node's name (register).",
+        m.agent_refusals.clone(),
     );
     r.register(
         "qm_agent_last_heartbeat_age_seconds",

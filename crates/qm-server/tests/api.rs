@@ -83,8 +83,16 @@ impl Api {
     /// A 4-GPU node, registered as its agent would; its credential.
     async fn node(&self) -> (u32, String) {
         let join = self.server.create_token("agent", "join", &[]).unwrap();
+        let (status, text) = self.register("n0", &join).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let r: RegisterResponse = serde_json::from_str(&text).unwrap();
+        (0, r.credential)
+    }
+
+    /// Registers a 4-GPU node named `name` with `token`.
+    async fn register(&self, name: &str, token: &str) -> (StatusCode, String) {
         let req = RegisterRequest {
-            name: "n0".into(),
+            name: name.into(),
             gpus: 4,
             gpu_model: "SIM".into(),
             gpu_mem_mib: 0,
@@ -94,17 +102,13 @@ impl Api {
             topology: Vec::new(),
             address: "127.0.0.1".into(),
         };
-        let (status, text) = self
-            .call(
-                "POST",
-                "/agent/v1/register",
-                &join,
-                Some(serde_json::to_value(req).unwrap()),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{text}");
-        let r: RegisterResponse = serde_json::from_str(&text).unwrap();
-        (0, r.credential)
+        self.call(
+            "POST",
+            "/agent/v1/register",
+            token,
+            Some(serde_json::to_value(req).unwrap()),
+        )
+        .await
     }
 
     /// Creates or updates a team with one guarantee for every model.
@@ -126,6 +130,16 @@ impl Api {
             )
             .await;
         r["job"].as_u64().unwrap()
+    }
+
+    /// The node each task of a job runs on.
+    async fn nodes_of(&self, job: u64) -> Vec<String> {
+        let j: JobView = self.ok("GET", &format!("/api/v1/jobs/{job}"), None).await;
+        j.placement.into_iter().map(|t| t.node).collect()
+    }
+
+    async fn metrics(&self) -> String {
+        self.call("GET", "/metrics", &self.admin, None).await.1
     }
 
     /// The first snapshot of the dashboard's stream.
@@ -481,6 +495,7 @@ async fn a_tasks_log_stops_at_the_limit_with_a_marker_and_big_chunks_are_refused
     let (_, credential) = api.node().await;
     api.team("ml", 1).await;
     let job = api.submit("ml", 1).await;
+    api.server.tick().unwrap();
     let key = json!({"job": job, "task": 0, "attempt": 1});
     let send = |offset: u64, data: String| {
         let body = json!({"key": key.clone(), "offset": offset, "data": data});
@@ -519,4 +534,188 @@ async fn a_tasks_log_stops_at_the_limit_with_a_marker_and_big_chunks_are_refused
         "nothing after the marker: {data}"
     );
     assert!(!data.contains("cc") && !data.contains("dd"), "{data}");
+}
+
+/// A node's credential speaks for the tasks placed on that node and no others: a heartbeat
+/// that reports another node's task as exited, idle or running, and a log chunk for another
+/// node's task (or one never placed), are refused whole with 403, logged and counted, and the
+/// victim job is untouched.
+#[tokio::test]
+async fn a_node_speaks_only_for_its_own_tasks() {
+    let api = Api::new();
+    let join = api.server.create_token("agents", "join", &[]).unwrap();
+    let mut creds = BTreeMap::new();
+    for name in ["n0", "n1"] {
+        let (status, text) = api.register(name, &join).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let r: RegisterResponse = serde_json::from_str(&text).unwrap();
+        creds.insert(name.to_string(), r.credential);
+    }
+    api.team("ml", 8).await;
+    let victim = api.submit("ml", 4).await;
+    api.server.tick().unwrap();
+    let home = api.nodes_of(victim).await[0].clone();
+    let other = if home == "n0" { "n1" } else { "n0" };
+    let (own, attacker) = (&creds[&home], &creds[other]);
+    let key = TaskKey {
+        job: victim,
+        task: 0,
+        attempt: 1,
+    };
+    let attacks = [
+        Heartbeat {
+            exited: vec![qm_proto::TaskExit {
+                key: key.clone(),
+                code: 1,
+                message: None,
+            }],
+            ..Heartbeat::default()
+        },
+        Heartbeat {
+            util: vec![TaskUtil {
+                key: key.clone(),
+                pct: 0,
+            }],
+            ..Heartbeat::default()
+        },
+        Heartbeat {
+            running: vec![key.clone()],
+            ..Heartbeat::default()
+        },
+    ];
+    for hb in attacks {
+        let body = serde_json::to_value(&hb).unwrap();
+        let (status, text) = api
+            .call("POST", "/agent/v1/heartbeat", attacker, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{hb:?}: {text}");
+        assert!(
+            text.contains(&format!("which runs on node {home}"))
+                && text.contains("a node speaks only for its own tasks"),
+            "{text}"
+        );
+    }
+    let chunk = |key: &TaskKey| json!({"key": key, "offset": 0, "data": "forged\n"});
+    let (status, text) = api
+        .call("POST", "/agent/v1/logs", attacker, Some(chunk(&key)))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    // A run that never was: no node speaks for it.
+    let never = TaskKey {
+        job: victim,
+        task: 0,
+        attempt: 2,
+    };
+    let (status, text) = api
+        .call("POST", "/agent/v1/logs", own, Some(chunk(&never)))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("never placed on it"), "{text}");
+    // The victim is untouched: running, no exit, its log empty, not idle.
+    let j: JobView = api.ok("GET", &format!("/api/v1/jobs/{victim}"), None).await;
+    assert_eq!(j.state, qm_proto::JobState::Running, "{j:?}");
+    assert!(j.placement.iter().all(|t| t.exit_code.is_none()), "{j:?}");
+    let log: Value = api
+        .ok(
+            "GET",
+            &format!("/api/v1/jobs/{victim}/logs?attempt=1"),
+            None,
+        )
+        .await;
+    assert_eq!(log["data"].as_str(), Some(""), "{log}");
+    // Its own node still speaks for it.
+    let hb = Heartbeat {
+        running: vec![key.clone()],
+        ..Heartbeat::default()
+    };
+    let (status, text) = api
+        .call(
+            "POST",
+            "/agent/v1/heartbeat",
+            own,
+            Some(serde_json::to_value(hb).unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, text) = api
+        .call("POST", "/agent/v1/logs", own, Some(chunk(&key)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let metrics = api.metrics().await;
+    for line in [
+        format!("qm_agent_refused_total{{node=\"{other}\",what=\"heartbeat\"}} 3"),
+        format!("qm_agent_refused_total{{node=\"{other}\",what=\"log chunk\"}} 1"),
+        format!("qm_agent_refused_total{{node=\"{home}\",what=\"log chunk\"}} 1"),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+}
+
+/// Registering a name that is taken needs that node's credential or an admin's reset: a join
+/// token cannot take a node over (and with it the launches of other teams' tasks), nor can
+/// one node's credential register another.
+#[tokio::test]
+async fn a_node_name_is_taken_over_only_with_its_credential_or_after_a_reset() {
+    let api = Api::new();
+    let join = api.server.create_token("agents", "join", &[]).unwrap();
+    api.team("ml", 0).await;
+    let member = api
+        .server
+        .create_token("alice", "member", &["ml".to_string()])
+        .unwrap();
+    let credential = |text: &str| {
+        serde_json::from_str::<RegisterResponse>(text)
+            .unwrap()
+            .credential
+    };
+    let (status, text) = api.register("n0", &join).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let first = credential(&text);
+    let (status, text) = api.register("n0", &join).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("qm nodes reset n0"), "{text}");
+    let (status, text) = api.register("n0", &member).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    let (status, text) = api.register("bad name", &join).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("1 to 63 letters"), "{text}");
+    // The node itself, coming back with its credential, gets a new one; the old one is void.
+    let (status, text) = api.register("n0", &first).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let second = credential(&text);
+    assert_eq!(beat(&api, &first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(beat(&api, &second).await, StatusCode::OK);
+    // One node's credential does not register another name.
+    let (status, text) = api.register("n1", &second).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("registers only that node"), "{text}");
+    // Only an admin resets; after that the credential is void and a join token may register
+    // the name again (the replaced machine).
+    let (status, _) = api
+        .call("POST", "/api/v1/nodes/n0/reset", &member, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call("POST", "/api/v1/nodes/n0/reset", &second, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, text) = api
+        .call("POST", "/api/v1/nodes/n0/reset", &api.admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(beat(&api, &second).await, StatusCode::UNAUTHORIZED);
+    let (status, text) = api.register("n0", &join).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let nodes: Vec<Value> = api.ok("GET", "/api/v1/nodes", None).await;
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert!(api
+        .metrics()
+        .await
+        .contains("qm_agent_refused_total{node=\"(join token)\",what=\"register\"} 1"));
+}
+
+/// The status of an empty heartbeat sent with `token`.
+async fn beat(api: &Api, token: &str) -> StatusCode {
+    let body = Some(serde_json::to_value(Heartbeat::default()).unwrap());
+    api.call("POST", "/agent/v1/heartbeat", token, body).await.0
 }

@@ -35,18 +35,8 @@ impl ClientFile {
     }
 }
 
-/// Writes a file only its owner can read (tokens).
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
-}
+/// Writes a secret readable by its owner alone (0600 from creation, replaced atomically).
+pub use qm_agent::write_private;
 
 /// A failure with its exit code.
 #[derive(Debug)]
@@ -255,6 +245,9 @@ pub enum NodesCmd {
     Drain { node: String },
     /// Take new tasks again.
     Resume { node: String },
+    /// Forget the node's credential (a replaced machine, a lost credential file): its agent
+    /// is refused from now on, and a join token may register the name again.
+    Reset { node: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -550,6 +543,17 @@ pub fn nodes(conn: &Conn, cmd: Option<NodesCmd>, json: bool) -> Result<(), Box<d
                 &serde_json::json!({}),
             )?;
             println!("node {} is {}", n.name, n.state);
+            Ok(())
+        }
+        Some(NodesCmd::Reset { node }) => {
+            let n: NodeView = c.post(
+                &format!("/api/v1/nodes/{node}/reset"),
+                &serde_json::json!({}),
+            )?;
+            println!(
+                "node {}: credential forgotten; register it again with a join token (qm agent --join-token-file)",
+                n.name
+            );
             Ok(())
         }
         Some(NodesCmd::Resume { node }) => {

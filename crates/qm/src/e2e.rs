@@ -158,12 +158,16 @@ pub fn run(a: E2eArgs) -> Result<(), Box<dyn Error>> {
     let mut agents = Vec::new();
     for i in 0..a.agents {
         let dir = r._dir.0.join(format!("agent-{i}"));
+        let join_file = r._dir.0.join("join-token");
+        crate::client::write_private(&join_file, &r.join)?;
         agents.push(
             std::process::Command::new(&exe)
                 .args(["agent", "--server", &r.url, "--gpus", &a.gpus.to_string()])
                 .args(["--name", &format!("node-{i:02}"), "--data-dir"])
                 .arg(&dir)
-                .env("QM_JOIN_TOKEN", &r.join)
+                .arg("--join-token-file")
+                .arg(&join_file)
+                .arg("--allow-root-tasks")
                 .stdout(std::process::Stdio::null())
                 .spawn()?,
         );

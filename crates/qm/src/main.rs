@@ -68,7 +68,7 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Nodes, or drain and resume one.
+    /// Nodes, or drain, resume or reset one.
     Nodes {
         #[command(subcommand)]
         what: Option<client::NodesCmd>,

@@ -83,9 +83,16 @@ pub struct AgentArgs {
     /// The server, e.g. http://10.0.0.1:8420.
     #[arg(long)]
     server: String,
-    /// A join token (see `qm admin token create --role join`).
-    #[arg(long, env = "QM_JOIN_TOKEN")]
-    join_token: String,
+    /// A file holding a join token (see `qm admin token create --role join`), readable by
+    /// its owner alone (mode 0600), or `-` to read it from standard input. Needed to register
+    /// a new node; a node registered before comes back with its own credential, kept in
+    /// DATA_DIR/credential. Never an argument or a variable: tasks must not see it.
+    #[arg(long, value_name = "PATH")]
+    join_token_file: Option<PathBuf>,
+    /// Run tasks as root where a job names no existing non-root user (an agent running as
+    /// root refuses such tasks otherwise). For single-user machines such as `qm up`'s.
+    #[arg(long)]
+    allow_root_tasks: bool,
     /// Simulated GPUs (default: this machine's NVIDIA GPUs, else 8 simulated ones).
     #[arg(long)]
     gpus: Option<u32>,
@@ -117,6 +124,37 @@ fn open_server(
     };
     Server::open(Box::new(store), config)
         .map_err(|e| format!("cannot open the server: {e:?}").into())
+}
+
+/// Reads a join token from a file only its owner may read, or from standard input (`-`).
+fn read_join_token(path: &Path) -> Result<String, Box<dyn Error>> {
+    let text = if path == Path::new("-") {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the join token from standard input: {e}"))?;
+        line
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read the join token file {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the join token file {} may be read by others (mode {mode:o}); `chmod 600 {}` first",
+                path.display(),
+                path.display()
+            )
+            .into());
+        }
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the join token file {}: {e}", path.display()))?
+    };
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("the join token file {} is empty", path.display()).into());
+    }
+    Ok(token)
 }
 
 fn hostname() -> String {
@@ -223,8 +261,6 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
     match running {
         Some(pid) => println!("qm up: the local agent (pid {pid}) is still running; it reconnects"),
         None => {
-            let join = std::fs::read_to_string(&join_file)
-                .map_err(|e| format!("cannot read {}: {e}", join_file.display()))?;
             let mut cmd = std::process::Command::new(std::env::current_exe()?);
             cmd.arg("agent")
                 .arg("--server")
@@ -233,7 +269,10 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
                 .arg(dir.join("agent"))
                 .arg("--name")
                 .arg(hostname())
-                .env("QM_JOIN_TOKEN", join.trim());
+                .arg("--join-token-file")
+                .arg(&join_file)
+                // One person's machine: its jobs run as whoever started `qm up`, root too.
+                .arg("--allow-root-tasks");
             if let Some(g) = args.gpus {
                 cmd.arg("--gpus").arg(g.to_string());
             }
@@ -336,7 +375,12 @@ pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
     });
     let cfg = qm_agent::AgentConfig {
         server: args.server,
-        join_token: args.join_token,
+        join_token: args
+            .join_token_file
+            .as_deref()
+            .map(read_join_token)
+            .transpose()?,
+        allow_root_tasks: args.allow_root_tasks,
         name: args.name.unwrap_or_else(hostname),
         labels,
         topology,

@@ -1,5 +1,5 @@
-//! What only an admin may do: create and change teams, create tokens, drain and resume
-//! nodes.
+//! What only an admin may do: create and change teams, create tokens, drain, resume and
+//! reset nodes.
 
 use std::sync::Arc;
 
@@ -53,6 +53,35 @@ pub async fn resume(
     Path(name): Path<String>,
 ) -> Api<NodeView> {
     set_node_state(&s, &name, NodeState::Ready)
+}
+
+/// Forgets a node's credential: its agent is refused from now on, and the name may be
+/// registered again with a join token (a replaced machine, a lost credential file). Its
+/// running tasks are untouched; the node times out unless an agent registers in time.
+pub async fn reset(
+    State(s): State<Arc<Server>>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Api<NodeView> {
+    let mut inner = s.lock();
+    let mut rec = inner
+        .nodes
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
+    rec.credential_hash = String::new();
+    inner.store.put_node(&rec)?;
+    let id = rec.id;
+    inner.nodes.insert(name.clone(), rec);
+    // Its long poll ends; a new agent starts a new session.
+    if let Some(a) = inner.agents.get(&id) {
+        a.wake.notify_waiters();
+    }
+    let n = inner
+        .state
+        .node(NodeId(id))
+        .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
+    Ok(Json(node_view(&inner, n)))
 }
 
 pub async fn set_team(

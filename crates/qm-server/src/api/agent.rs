@@ -13,7 +13,8 @@ use qm_proto::{
 use qm_store::NodeRecord;
 use serde::Deserialize;
 
-use super::{Api, Body, Joiner, Node, Params};
+use super::{Api, Body, Caller, Node, Params};
+use crate::auth::Principal;
 use crate::auth::{hash_token, new_token};
 use crate::{Agent, Inner, Refusal, Server};
 
@@ -30,19 +31,57 @@ impl Inner {
     }
 }
 
+/// Registers a node. A new name needs a join token (or an admin); a name already registered
+/// needs that node's current credential, or an admin, or a join token after an admin's
+/// `qm nodes reset NAME`: a join token alone never takes over a node and the launches that
+/// follow.
 pub async fn register(
     State(s): State<Arc<Server>>,
-    _: Joiner,
+    Caller(who): Caller,
     Body(req): Body<RegisterRequest>,
 ) -> Api<RegisterResponse> {
-    if req.name.is_empty() {
-        return Err(crate::Refusal::BadRequest("a node needs a name".into()));
+    if !matches!(who, Principal::Admin | Principal::Join | Principal::Node(_)) {
+        return Err(Refusal::Forbidden(
+            "registering a node needs a join token or the node's own credential".into(),
+        ));
     }
+    crate::limits::node_name(&req.name).map_err(Refusal::BadRequest)?;
     let credential = {
         let mut inner = s.lock();
         let id = match inner.nodes.get(&req.name) {
-            Some(n) => n.id,
-            None => inner.nodes.values().map(|n| n.id + 1).max().unwrap_or(0),
+            Some(n) => {
+                let allowed = match who {
+                    Principal::Admin => true,
+                    Principal::Node(caller) => caller == n.id,
+                    // Reset by an admin: the name is free for a join token again.
+                    Principal::Join => n.credential_hash.is_empty(),
+                    _ => false,
+                };
+                if !allowed {
+                    let name = &req.name;
+                    let message = format!(
+                        "node {name} is registered already; registering it again needs its current credential (its agent keeps it in DATA_DIR/credential) or an admin (`qm nodes reset {name}`, then register with a join token)"
+                    );
+                    eprintln!("qm server: refused: {message}");
+                    let caller = match who {
+                        Principal::Node(c) => inner.node_name(c),
+                        _ => "(join token)".to_string(),
+                    };
+                    inner.metrics.agent_refused(caller, "register");
+                    return Err(Refusal::Forbidden(message));
+                }
+                n.id
+            }
+            None => {
+                if let Principal::Node(caller) = who {
+                    return Err(Refusal::Forbidden(format!(
+                        "the credential of node {} registers only that node, not {:?}; a new node needs a join token",
+                        inner.node_name(caller),
+                        req.name
+                    )));
+                }
+                inner.nodes.values().map(|n| n.id + 1).max().unwrap_or(0)
+            }
         };
         let spec = NodeSpec {
             id: NodeId(id),
@@ -131,7 +170,7 @@ pub async fn commands(
 
 pub async fn logs(
     State(s): State<Arc<Server>>,
-    _: Node,
+    Node(node): Node,
     Body(chunk): Body<LogChunk>,
 ) -> Api<LogAck> {
     let data = chunk.data.as_bytes();
@@ -143,6 +182,7 @@ pub async fn logs(
         )));
     }
     let mut inner = s.lock();
+    inner.speaks_for(node, &chunk.key, "log chunk", false)?;
     let k = &chunk.key;
     let key = (k.job, k.task, k.attempt);
     let max = inner.config.max_log_bytes;

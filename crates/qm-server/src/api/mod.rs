@@ -2,7 +2,7 @@
 //! Client calls under `/api/v1`, agent calls under `/agent/v1`, the OpenAPI document at
 //! `/api/openapi.json`. Every call needs a bearer token, resolved once per request by the
 //! [`Caller`] extractor; a handler's arguments say who may call it ([`Admin`], [`Client`],
-//! [`Node`], [`Joiner`]). Every refusal is an `ApiError` body with a 4xx status and changes
+//! [`Node`]; registering takes any [`Caller`] and decides itself). Every refusal is an `ApiError` body with a 4xx status and changes
 //! nothing.
 //!
 //! - `jobs.rs`: submit, list, show, why, cancel, logs.
@@ -166,22 +166,6 @@ impl FromRequestParts<Arc<Server>> for Node {
     }
 }
 
-/// Who may register a node: a join token (or an admin).
-pub struct Joiner;
-
-impl FromRequestParts<Arc<Server>> for Joiner {
-    type Rejection = Refusal;
-
-    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Refusal> {
-        match Caller::from_request_parts(parts, s).await?.0 {
-            Principal::Join | Principal::Admin => Ok(Joiner),
-            _ => Err(Refusal::Forbidden(
-                "registering a node needs a join token".into(),
-            )),
-        }
-    }
-}
-
 /// The router of the whole API.
 pub fn app(server: Arc<Server>) -> Router {
     Router::new()
@@ -199,6 +183,7 @@ pub fn app(server: Arc<Server>) -> Router {
         .route("/api/v1/nodes", get(cluster::nodes))
         .route("/api/v1/nodes/{name}/drain", post(admin::drain))
         .route("/api/v1/nodes/{name}/resume", post(admin::resume))
+        .route("/api/v1/nodes/{name}/reset", post(admin::reset))
         .route("/api/v1/teams", get(cluster::teams))
         .route("/api/v1/admin/teams", post(admin::set_team))
         .route("/api/v1/admin/tokens", post(admin::create_token))

@@ -121,7 +121,6 @@ fn a_restarted_agent_ends_the_tasks_it_lost_and_their_jobs_run_again() {
     let old = up.agent_pid().unwrap();
     unsafe { libc_kill(old, 9) };
     // The task of the dead agent still runs, orphaned; a new agent on the node ends it.
-    let join = std::fs::read_to_string(up.data().join("join-token")).unwrap();
     let mut agent = Command::new(QM)
         .args([
             "agent",
@@ -134,7 +133,9 @@ fn a_restarted_agent_ends_the_tasks_it_lost_and_their_jobs_run_again() {
             "--data-dir",
         ])
         .arg(up.data().join("agent"))
-        .env("QM_JOIN_TOKEN", join.trim())
+        .arg("--join-token-file")
+        .arg(up.data().join("join-token"))
+        .arg("--allow-root-tasks")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

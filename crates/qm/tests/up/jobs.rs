@@ -356,10 +356,20 @@ fn a_task_sees_its_own_environment_and_none_of_the_agents() {
     ] {
         assert!(keys.contains(&want), "{want} missing: {out}");
     }
-    // The agent under `qm up` holds the join token in its environment: no task may see it.
+    // No task may see the join token; the agent reads it from a 0600 file, so it is not in
+    // the agent's command line or environment (which other local users may read) either.
     assert!(!out.contains("QM_JOIN_TOKEN"), "{out}");
     let join = std::fs::read_to_string(up.data().join("join-token")).unwrap();
     assert!(!out.contains(join.trim()), "{out}");
+    let pid = up.agent_pid().unwrap();
+    for what in ["cmdline", "environ"] {
+        let text = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            !text.contains(join.trim()),
+            "the join token is in the agent's {what}"
+        );
+    }
     // Logs are not for every local user: the directory 0700, each log 0600.
     use std::os::unix::fs::PermissionsExt;
     let logs = up.data().join("agent").join("logs");

@@ -6,3 +6,4 @@ mod crash;
 mod dashboard;
 mod harness;
 mod jobs;
+mod security;

@@ -1,0 +1,157 @@
+//! Attacks from inside a job, with real processes: a task that tries to run as root, to read
+//! the join token or a node's credential, or to read other tasks' logs.
+
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::harness::{http, logs, Up, QM};
+
+/// A second agent that the test stops when it ends.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        .unwrap()
+}
+
+fn uid_of(user: &str) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f[0] == user)
+        .unwrap_or_else(|| panic!("this test needs the user {user} in /etc/passwd"))[2]
+        .to_string()
+}
+
+/// Submits as the admin, naming `user` (or none), and waits for the job to end.
+fn run(up: &Up, user: Option<&str>, script: &str) -> (u64, Value) {
+    let mut body = json!({"team": "t", "gpus": 1, "command": ["sh", "-c", script], "workdir": "/"});
+    if let Some(u) = user {
+        body["user"] = json!(u);
+    }
+    let (status, r) = http(
+        up,
+        "POST",
+        "/api/v1/jobs",
+        Some(&up.token()),
+        &body.to_string(),
+    );
+    assert_eq!(status, 200, "{r}");
+    let id = r["job"].as_u64().unwrap();
+    let mut job = Value::Null;
+    up.wait_for(|u| {
+        job = u.job(id);
+        ["succeeded", "failed"].contains(&job["state"].as_str().unwrap_or(""))
+    });
+    (id, job)
+}
+
+/// A root agent started without `--allow-root-tasks` runs a task only as the existing,
+/// non-root user its job names: a job naming no user (an admin's), a user the node lacks,
+/// or root fails with the reason in its history. A task run as its user cannot read the
+/// join token, the node's credential or other tasks' logs. An agent that is not root runs
+/// every task as itself.
+#[test]
+fn tasks_run_as_their_users_never_as_root_and_cannot_reach_the_nodes_secrets() {
+    let up = Up::start("identity", &[]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "8"]);
+    let data = up.data();
+    let _strict = Agent(
+        Command::new(QM)
+            .args([
+                "agent",
+                "--server",
+                &up.url(),
+                "--gpus",
+                "4",
+                "--name",
+                "strict",
+            ])
+            .arg("--data-dir")
+            .arg(data.join("strict"))
+            .arg("--join-token-file")
+            .arg(data.join("join-token"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    up.wait_for(|u| u.json(&["nodes", "--json"]).as_array().unwrap().len() == 2);
+    let nodes = up.json(&["nodes", "--json"]);
+    let local = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .find(|n| n != "strict")
+        .unwrap();
+    // Every job goes to the strict agent.
+    up.ok(&["nodes", "drain", &local]);
+    if !is_root() {
+        let (id, job) = run(&up, None, "id -u");
+        assert_eq!(job["state"], "succeeded", "{job:#}");
+        let me = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = me
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .to_string();
+        assert_eq!(logs(&up, id, 0).trim(), uid);
+        return;
+    }
+    let history = |job: &Value| job["events"].to_string();
+    for (user, why) in [
+        (None, "the job names no user to run as; node strict"),
+        (
+            Some("no-such-user"),
+            "user `no-such-user` does not exist on node strict",
+        ),
+        (Some("root"), "user `root` is root (uid 0)"),
+    ] {
+        let (_, job) = run(&up, user, "id -u");
+        assert_eq!(job["state"], "failed", "{user:?}: {job:#}");
+        assert!(history(&job).contains(why), "{user:?}: {job:#}");
+        assert!(history(&job).contains("--allow-root-tasks"), "{job:#}");
+    }
+    let secrets = [
+        data.join("join-token"),
+        data.join("strict").join("credential"),
+        data.join("agent").join("credential"),
+        data.join("client.json"),
+    ];
+    let mut script = String::from("id -u; ");
+    for s in &secrets {
+        let s = s.display();
+        script.push_str(&format!(
+            "cat {s} >/dev/null 2>&1 && echo READ {s} || echo DENIED {s}; "
+        ));
+    }
+    for dir in ["strict", "agent"] {
+        let d = data.join(dir).join("logs");
+        let d = d.display();
+        script.push_str(&format!(
+            "ls {d} >/dev/null 2>&1 && echo LISTED {d} || echo DENIED {d}; "
+        ));
+    }
+    let (id, job) = run(&up, Some("nobody"), &script);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let out = logs(&up, id, 0);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(uid_of("nobody").as_str()), "{out}");
+    assert!(!out.contains("READ") && !out.contains("LISTED"), "{out}");
+    assert_eq!(out.matches("DENIED").count(), secrets.len() + 2, "{out}");
+}
