@@ -196,6 +196,11 @@ pub struct TeamSpec {
     pub weight: u32,
     #[serde(default)]
     pub idle_policy: IdlePolicy,
+    /// The priorities its members may give their jobs, `[lowest, highest]` (default `[0, 0]`:
+    /// members cannot rank their work above other teams' fair share). Set by an admin; an
+    /// admin's own submissions are not bounded.
+    #[serde(default)]
+    pub priorities: [i32; 2],
 }
 
 fn default_weight() -> u32 {
@@ -219,6 +224,7 @@ impl TeamSpec {
             quotas,
             weight: 1,
             idle_policy: IdlePolicy::Warn,
+            priorities: [0, 0],
         }
     }
 }

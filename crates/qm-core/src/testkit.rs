@@ -116,6 +116,7 @@ impl TeamBuilder {
                 quotas: BTreeMap::new(),
                 weight: 1,
                 idle_policy: IdlePolicy::Warn,
+                priorities: [0, 0],
             },
         }
     }

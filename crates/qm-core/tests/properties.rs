@@ -207,10 +207,20 @@ impl World {
             .collect();
         let explained: Vec<JobId> = plan.pending.iter().map(|p| p.job).collect();
         prop_assert_eq!(pending, explained);
-        // Gangs whole in every start.
+        // Gangs whole in every start; work that can neither be preempted nor ends by a time
+        // limit never borrows (`default`).
         for s in &plan.starts {
             let spec = &self.state.job(s.job).unwrap().spec;
             prop_assert_eq!(s.placement.len(), spec.tasks as usize);
+            prop_assert!(
+                plan.policy != PolicyKind::Default
+                    || s.admission == Admission::Guaranteed
+                    || spec.preemptible
+                    || spec.time_limit_s.is_some()
+                    || spec.milli_total() == 0,
+                "{} borrows without a time limit or preemption",
+                s.job
+            );
         }
         self.check_priority_stops(&plan)?;
         // Jobs waiting on a hold keep their place in their team's guarantee: a reclaim's
@@ -617,6 +627,10 @@ impl World {
                 };
                 if !preemptible {
                     b = b.not_preemptible();
+                    // Some such work has no time limit (it runs `limit * run_pct` all the same).
+                    if limit == 5000 {
+                        b = b.no_limit();
+                    }
                 }
                 b = match model {
                     0 => b.model("H100"),

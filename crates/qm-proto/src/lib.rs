@@ -176,6 +176,9 @@ pub struct TeamView {
     /// guaranteed. Empty for a team without a guarantee.
     #[serde(default)]
     pub home: Vec<String>,
+    /// The priorities its members may give their jobs, `[lowest, highest]`.
+    #[serde(default)]
+    pub priorities: [i32; 2],
 }
 
 /// `POST /api/v1/admin/teams`: create or change a team.
@@ -194,6 +197,9 @@ pub struct TeamRequest {
     pub weight: Option<u32>,
     #[serde(default)]
     pub idle_policy: Option<IdlePolicy>,
+    /// The priorities its members may give their jobs, `[lowest, highest]`.
+    #[serde(default)]
+    pub priorities: Option<[i32; 2]>,
 }
 
 /// `POST /api/v1/admin/tokens`.

@@ -196,6 +196,7 @@ wire_enum! {
         BlockedByHead = "blocked_by_head",
         NoPartition = "no_partition",
         NotPreemptible = "not_preemptible",
+        NeedsTimeLimit = "needs_time_limit",
     }
 }
 
@@ -264,6 +265,10 @@ pub enum Reason {
     /// team is guaranteed), and none of that has room.
     #[serde(rename = "not_preemptible")]
     NotPreemptible { team: String },
+    /// It cannot be preempted and has no time limit, so it never borrows: it runs only within
+    /// its team's guarantee, which is in use.
+    #[serde(rename = "needs_time_limit")]
+    NeedsTimeLimit { team: String },
 }
 
 impl Reason {
@@ -279,6 +284,7 @@ impl Reason {
             Reason::BlockedByHead { .. } => ReasonKind::BlockedByHead,
             Reason::NoPartition { .. } => ReasonKind::NoPartition,
             Reason::NotPreemptible { .. } => ReasonKind::NotPreemptible,
+            Reason::NeedsTimeLimit { .. } => ReasonKind::NeedsTimeLimit,
         }
     }
 }
@@ -355,6 +361,7 @@ mod tests {
                 "blocked_by_head",
                 "no_partition",
                 "not_preemptible",
+                "needs_time_limit",
             ],
         );
     }
@@ -444,6 +451,10 @@ mod tests {
             (
                 Reason::NotPreemptible { team: "b".into() },
                 serde_json::json!({"kind": "not_preemptible", "team": "b"}),
+            ),
+            (
+                Reason::NeedsTimeLimit { team: "b".into() },
+                serde_json::json!({"kind": "needs_time_limit", "team": "b"}),
             ),
         ];
         // Every kind, and both kinds of reclaim.

@@ -18,6 +18,7 @@ use qm_proto::{
 };
 
 use crate::api::Client;
+use crate::auth::Principal;
 use crate::views::{self, usage, usage_total};
 use crate::{now_s, Inner, Refusal, Server};
 
@@ -67,6 +68,23 @@ pub fn sample(inner: &Inner, history: &mut VecDeque<Sample>) {
 /// Everything the dashboard shows, as of now.
 pub fn snapshot(inner: &Inner, history: &VecDeque<Sample>) -> DashSnapshot {
     snapshot_of(&inner.state, history, now_s())
+}
+
+/// Where jobs are private (`--private-jobs`), a member's snapshot keeps only its own teams'
+/// jobs, queue entries and reservations; teams' totals and nodes' use stay (they name no
+/// job).
+fn private_to(snap: &mut DashSnapshot, state: &qm_core::ClusterState, p: &Principal) {
+    let team_of = |id: u64| {
+        state
+            .job(qm_core::JobId(id))
+            .map(|j| j.spec.team.clone())
+            .unwrap_or_default()
+    };
+    snap.jobs.retain(|j| p.may_use_team(&j.team));
+    snap.queue.jobs.retain(|j| p.may_use_team(&j.team));
+    snap.queue
+        .reservations
+        .retain(|r| p.may_use_team(&team_of(r.id)));
 }
 
 /// The dashboard's snapshot of a state at `now` (for benchmarks too).
@@ -214,21 +232,28 @@ pub fn snapshot_of(
 }
 
 /// `GET /api/v1/stream`: snapshots as server-sent events.
-pub async fn stream(State(s): State<Arc<Server>>, _: Client) -> Result<Response, Refusal> {
+pub async fn stream(State(s): State<Arc<Server>>, Client(p): Client) -> Result<Response, Refusal> {
     let rx = s.changes.subscribe();
-    let body = futures_util::stream::unfold((s, rx, true), |(s, mut rx, first)| async move {
-        if !first {
-            // Wait for a change (or 10 s), then let a burst settle.
-            let _ = tokio::time::timeout(Duration::from_secs(10), rx.changed()).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = futures_util::stream::unfold((s, rx, true), move |(s, mut rx, first)| {
+        let p = p.clone();
+        async move {
+            if !first {
+                // Wait for a change (or 10 s), then let a burst settle.
+                let _ = tokio::time::timeout(Duration::from_secs(10), rx.changed()).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let text = {
+                let inner = s.lock();
+                let history = s.history();
+                let mut snap = snapshot(&inner, &history);
+                if inner.config.private_jobs {
+                    private_to(&mut snap, &inner.state, &p);
+                }
+                snap.to_string()
+            };
+            let chunk = format!("event: snapshot\ndata: {text}\n\n");
+            Some((Ok::<_, Infallible>(chunk), (s, rx, false)))
         }
-        let text = {
-            let inner = s.lock();
-            let history = s.history();
-            snapshot(&inner, &history).to_string()
-        };
-        let chunk = format!("event: snapshot\ndata: {text}\n\n");
-        Some((Ok::<_, Infallible>(chunk), (s, rx, false)))
     });
     Ok((
         [

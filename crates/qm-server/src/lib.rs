@@ -22,7 +22,7 @@ use qm_proto::{Command, JobEvent, JobEventKind, Role, TaskKey};
 use qm_store::{Batch, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
 use tokio::sync::Notify;
 
-pub use api::app;
+pub use api::{app, openapi_doc};
 pub use auth::{hash_token, new_token};
 pub use dash::snapshot_of as dashboard_snapshot;
 pub use metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
@@ -37,6 +37,11 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
     /// Most output stored per task; the rest is dropped with a marker in the log.
     pub max_log_bytes: u64,
+    /// Most jobs one user, and one team, may have pending.
+    pub max_pending_per_user: usize,
+    pub max_pending_per_team: usize,
+    /// Members see only their own teams' jobs.
+    pub private_jobs: bool,
     pub scheduler: SchedulerConfig,
 }
 
@@ -49,6 +54,9 @@ impl Default for ServerConfig {
             node_timeout_s: 30,
             snapshot_every: 10_000,
             max_log_bytes: 64 << 20,
+            max_pending_per_user: 10_000,
+            max_pending_per_team: 50_000,
+            private_jobs: false,
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -122,6 +130,8 @@ pub enum Refusal {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    /// Over a limit on how much one user or team may have waiting (429).
+    TooMany(String),
     Internal(String),
 }
 
@@ -301,7 +311,7 @@ impl Server {
             ));
         }
         if role == Role::Member {
-            member_name_ok(name).map_err(Refusal::BadRequest)?;
+            limits::member_name(name).map_err(Refusal::BadRequest)?;
         }
         let mut inner = self.lock();
         for t in teams {
@@ -625,28 +635,6 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
         Event::Cancel { job, at_s } => push(*job, *at_s, JobEventKind::Cancelled, String::new()),
         _ => {}
     }
-}
-
-/// A member's token name is the Unix user its tasks run as: a portable user name (a lower-case
-/// letter or `_`, then lower-case letters, digits, `_` or `-`, at most 32), and never `root`.
-fn member_name_ok(name: &str) -> Result<(), String> {
-    let portable = !name.is_empty()
-        && name.len() <= 32
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !portable {
-        return Err(format!(
-            "member name {name:?} is not a Unix user name; its tasks run as that user, so give one such as \"alice\" (a lower-case letter or _, then lower-case letters, digits, _ or -, at most 32)"
-        ));
-    }
-    if name == "root" {
-        return Err(
-            "a member may not be named \"root\": its tasks would run as root; give the member's own Unix user name".into(),
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

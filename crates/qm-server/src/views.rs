@@ -202,6 +202,7 @@ pub fn reason(r: &qm_core::Reason) -> proto::Reason {
         R::BlockedByHead { head } => proto::Reason::BlockedByHead { head: head.0 },
         R::NoPartition { team } => proto::Reason::NoPartition { team: team.clone() },
         R::NotPreemptible { team } => proto::Reason::NotPreemptible { team: team.clone() },
+        R::NeedsTimeLimit { team } => proto::Reason::NeedsTimeLimit { team: team.clone() },
     }
 }
 
@@ -336,6 +337,7 @@ pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
         .into_iter()
         .map(|(t, u)| TeamView {
             home: home(&t.spec.name),
+            priorities: t.spec.priorities,
             name: t.spec.name.clone(),
             parent: t.spec.parent.clone(),
             guaranteed: t
@@ -406,6 +408,7 @@ mod tests {
             R::BlockedByHead { head: JobId(8) },
             R::NoPartition { team: "b".into() },
             R::NotPreemptible { team: "b".into() },
+            R::NeedsTimeLimit { team: "b".into() },
         ];
         // Every kind, and both kinds of reclaim.
         assert_eq!(reasons.len(), proto::ReasonKind::ALL.len() + 1);

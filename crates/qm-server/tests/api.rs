@@ -719,3 +719,419 @@ async fn beat(api: &Api, token: &str) -> StatusCode {
     let body = Some(serde_json::to_value(Heartbeat::default()).unwrap());
     api.call("POST", "/agent/v1/heartbeat", token, body).await.0
 }
+
+/// Who calls, in the authorisation matrix.
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    NoToken,
+    WrongToken,
+    /// A member of team `a`, which owns job 1.
+    Member,
+    /// A member of team `b` only.
+    OtherMember,
+    /// Node n0's credential (job 1 runs there).
+    Node,
+    Join,
+    Admin,
+}
+
+/// A fresh cluster for one cell of the matrix: node n0, teams a and b, job 1 of team a
+/// running on n0; the token of `who`.
+async fn matrix_fixture(who: Who) -> (Api, Option<String>) {
+    let api = Api::new();
+    let (_, node) = api.node().await;
+    api.team("a", 4).await;
+    api.team("b", 0).await;
+    api.submit("a", 1).await;
+    api.server.tick().unwrap();
+    let member = |team: &str, name: &str| {
+        api.server
+            .create_token(name, "member", &[team.to_string()])
+            .unwrap()
+    };
+    let token = match who {
+        Who::NoToken => None,
+        Who::WrongToken => Some("qm_0000000000000000000000000000000000000000".to_string()),
+        Who::Member => Some(member("a", "alice")),
+        Who::OtherMember => Some(member("b", "bob")),
+        Who::Node => Some(node),
+        Who::Join => Some(api.server.create_token("agents", "join", &[]).unwrap()),
+        Who::Admin => Some(api.admin.clone()),
+    };
+    (api, token)
+}
+
+/// Every route against every kind of caller, each on a fresh cluster, with the status
+/// expected. Every route of the router must be in the OpenAPI document, and every path and
+/// method of the document must have a row: a new route without one fails here.
+#[tokio::test]
+async fn every_route_answers_each_caller_as_its_role_allows() {
+    use Who::*;
+    const WHO: [Who; 7] = [NoToken, WrongToken, Member, OtherMember, Node, Join, Admin];
+    let register = serde_json::to_value(RegisterRequest {
+        name: "n0".into(),
+        gpus: 4,
+        gpu_model: "SIM".into(),
+        gpu_mem_mib: 0,
+        cpu_milli: 8000,
+        mem_mib: 8192,
+        labels: BTreeMap::new(),
+        topology: Vec::new(),
+        address: "127.0.0.1".into(),
+    })
+    .unwrap();
+    let key = json!({"job": 1, "task": 0, "attempt": 1});
+    // (method, path, body, [no token, wrong token, member, other member, node, join, admin])
+    let rows: Vec<(&str, &str, Option<Value>, [u16; 7])> = vec![
+        ("GET", "/", None, [200; 7]),
+        ("GET", "/assets/app.js", None, [200; 7]),
+        ("GET", "/assets/app.css", None, [200; 7]),
+        (
+            "GET",
+            "/api/openapi.json",
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        ("GET", "/metrics", None, [401, 401, 200, 200, 403, 403, 200]),
+        (
+            "GET",
+            "/api/v1/stream",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(json!({"team": "a", "command": ["true"]})),
+            [401, 401, 200, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/jobs",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/jobs/{id}",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/jobs/{id}/why",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/jobs/{id}/cancel",
+            None,
+            [401, 401, 200, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/jobs/{id}/logs",
+            None,
+            [401, 401, 200, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/nodes",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/nodes/{name}/drain",
+            None,
+            [401, 401, 403, 403, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/nodes/{name}/resume",
+            None,
+            [401, 401, 403, 403, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/nodes/{name}/reset",
+            None,
+            [401, 401, 403, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/teams",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "c", "guaranteed": 1})),
+            [401, 401, 403, 403, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/admin/tokens",
+            Some(json!({"name": "carol", "role": "member", "teams": ["a"]})),
+            [401, 401, 403, 403, 403, 403, 200],
+        ),
+        // A join token may not take over the registered n0; its own credential may.
+        (
+            "POST",
+            "/agent/v1/register",
+            Some(register),
+            [401, 401, 403, 403, 200, 403, 200],
+        ),
+        (
+            "POST",
+            "/agent/v1/heartbeat",
+            Some(json!({"running": [key], "exited": [], "util": []})),
+            [401, 401, 403, 403, 200, 403, 403],
+        ),
+        (
+            "GET",
+            "/agent/v1/commands?wait_s=0",
+            None,
+            [401, 401, 403, 403, 200, 403, 403],
+        ),
+        (
+            "POST",
+            "/agent/v1/logs",
+            Some(json!({"key": key, "offset": 0, "data": "x"})),
+            [401, 401, 403, 403, 200, 403, 403],
+        ),
+    ];
+    // The document's routes and the table's are the same.
+    let doc = qm_server::openapi_doc();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let mut tabled: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.0.to_string(), r.1.split('?').next().unwrap().to_string()))
+        .collect();
+    documented.sort();
+    tabled.sort();
+    assert_eq!(
+        documented, tabled,
+        "the OpenAPI document and the matrix differ"
+    );
+    // Every route the router has is documented.
+    let source = include_str!("../src/api/mod.rs");
+    for line in source
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\""))
+    {
+        let path = line.split('"').nth(1).unwrap();
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "route {path} is not in the OpenAPI document (nor in this matrix)"
+        );
+    }
+    for (method, path, body, expect) in rows {
+        let path = path.replace("{id}", "1").replace("{name}", "n0");
+        for (who, want) in WHO.iter().zip(expect) {
+            let (api, token) = matrix_fixture(*who).await;
+            let mut req = Request::builder().method(method).uri(&path);
+            if let Some(t) = &token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let req = req
+                .header("content-type", "application/json")
+                .body(
+                    body.clone()
+                        .map_or_else(Body::empty, |b| Body::from(b.to_string())),
+                )
+                .unwrap();
+            let resp = qm_server::app(api.server.clone())
+                .oneshot(req)
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = if path == "/api/v1/stream" {
+                String::new()
+            } else {
+                let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            assert_eq!(status, want, "{method} {path} as {who:?}: {text}");
+        }
+    }
+}
+
+/// Members see other teams' jobs without their commands, and neither their logs nor a way
+/// to cancel them; with `private_jobs`, not at all (lists, by id, the dashboard stream).
+#[tokio::test]
+async fn members_see_other_teams_jobs_without_commands_or_not_at_all() {
+    for private in [false, true] {
+        let api = Api::with(ServerConfig {
+            private_jobs: private,
+            ..ServerConfig::default()
+        });
+        api.node().await;
+        api.team("a", 2).await;
+        api.team("b", 2).await;
+        let theirs = api.submit("a", 1).await;
+        api.server.tick().unwrap();
+        let bob = api
+            .server
+            .create_token("bob", "member", &["b".to_string()])
+            .unwrap();
+        let (status, text) = api
+            .call(
+                "POST",
+                "/api/v1/jobs",
+                &bob,
+                Some(json!({"team": "b", "command": ["echo", "mine"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let (_, text) = api.call("GET", "/api/v1/jobs", &bob, None).await;
+        let list: Vec<JobView> = serde_json::from_str(&text).unwrap();
+        let mine = list.iter().find(|j| j.team == "b").unwrap();
+        assert_eq!(mine.command, vec!["echo".to_string(), "mine".into()]);
+        let other = list.iter().find(|j| j.id == theirs);
+        let (show, _) = api
+            .call("GET", &format!("/api/v1/jobs/{theirs}"), &bob, None)
+            .await;
+        let (logs, _) = api
+            .call("GET", &format!("/api/v1/jobs/{theirs}/logs"), &bob, None)
+            .await;
+        let (cancel, _) = api
+            .call("POST", &format!("/api/v1/jobs/{theirs}/cancel"), &bob, None)
+            .await;
+        let (_, body, _) = api.raw("GET", "/api/v1/stream", &bob, None).await;
+        let mut stream = body.into_data_stream();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = stream.next().await.expect("a snapshot").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        let json = text.split("data: ").nth(1).unwrap().trim();
+        let snap: DashSnapshot = serde_json::from_str(json).unwrap();
+        let in_stream = snap.jobs.iter().any(|j| j.id == theirs);
+        if private {
+            assert!(other.is_none(), "{other:?}");
+            assert_eq!(show, StatusCode::NOT_FOUND);
+            assert_eq!(logs, StatusCode::NOT_FOUND);
+            assert_eq!(cancel, StatusCode::NOT_FOUND);
+            assert!(!in_stream);
+        } else {
+            let other = other.unwrap();
+            assert!(other.command.is_empty(), "{other:?}");
+            assert_eq!(other.state, qm_proto::JobState::Running);
+            assert_eq!(show, StatusCode::OK);
+            assert_eq!(logs, StatusCode::FORBIDDEN);
+            assert_eq!(cancel, StatusCode::FORBIDDEN);
+            assert!(in_stream);
+        }
+        // The owner's job is untouched either way.
+        let j: JobView = api.ok("GET", &format!("/api/v1/jobs/{theirs}"), None).await;
+        assert_eq!(j.state, qm_proto::JobState::Running);
+        assert_eq!(j.command, vec!["sleep".to_string(), "300".into()]);
+    }
+}
+
+/// A member's priorities stay in the range its team's admin set (default 0..0); every field
+/// of a submission has a limit; a user and a team have a limit on pending jobs. Each refusal
+/// names the limit and changes nothing.
+#[tokio::test]
+async fn submissions_stay_within_their_limits() {
+    let api = Api::with(ServerConfig {
+        max_pending_per_user: 3,
+        max_pending_per_team: 5,
+        ..ServerConfig::default()
+    });
+    // One node, drained: jobs are accepted and stay pending.
+    api.node().await;
+    let _: Value = api.ok("POST", "/api/v1/nodes/n0/drain", None).await;
+    api.team("a", 0).await;
+    let alice = api
+        .server
+        .create_token("alice", "member", &["a".to_string()])
+        .unwrap();
+    let carol = api
+        .server
+        .create_token("carol", "member", &["a".to_string()])
+        .unwrap();
+    let submit = |token: String, extra: Value| {
+        let api = &api;
+        async move {
+            let mut body = json!({"team": "a", "command": ["true"]});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            api.call("POST", "/api/v1/jobs", &token, Some(body)).await
+        }
+    };
+    let (status, text) = submit(alice.clone(), json!({"priority": 1})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("outside team a's range 0..0"), "{text}");
+    // An admin is not bounded, and may widen a team's range.
+    let (status, text) = submit(api.admin.clone(), json!({"priority": 50})).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let t: TeamView = api
+        .ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "a", "priorities": [-5, 5]})),
+        )
+        .await;
+    assert_eq!(t.priorities, [-5, 5]);
+    let (status, text) = submit(alice.clone(), json!({"priority": 5})).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, _) = submit(alice.clone(), json!({"priority": 6})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"command": vec!["x"; 5000]}),
+            "at most 4096 are allowed",
+        ),
+        (
+            json!({"command": ["echo", "a".repeat(300 << 10)]}),
+            "bytes; at most 262144",
+        ),
+        (
+            json!({"env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}}),
+            "set by the scheduler",
+        ),
+        (json!({"env": {"QM_JOB_ID": "7"}}), "set by the scheduler"),
+        (json!({"env": {"A B": "1"}}), "is not allowed"),
+        (
+            json!({"env": {"BIG": "x".repeat(300 << 10)}}),
+            "at most 262144",
+        ),
+        (json!({"name": "n".repeat(300)}), "name is 300 bytes"),
+        (json!({"name": "a\u{1b}[31m"}), "control character"),
+        (json!({"workdir": "relative/dir"}), "is relative"),
+        (json!({"user": "Robert'); DROP"}), "is not a Unix user name"),
+    ];
+    for (extra, why) in bad {
+        let (status, text) = submit(api.admin.clone(), extra.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {text}");
+        assert!(text.contains(why), "{why}: {text}");
+    }
+    // Pending limits: alice has one pending; two more reach her limit of 3.
+    for _ in 0..2 {
+        let (status, text) = submit(alice.clone(), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+    let (status, text) = submit(alice.clone(), json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    assert!(text.contains("--max-pending-per-user"), "{text}");
+    // The team has 4 pending (alice's 3, the admin's); carol adds the fifth, then the team is full.
+    let (status, text) = submit(carol.clone(), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, text) = submit(carol.clone(), json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    assert!(text.contains("--max-pending-per-team"), "{text}");
+    let list: Vec<JobView> = api.ok("GET", "/api/v1/jobs", None).await;
+    assert_eq!(list.len(), 5, "refusals changed nothing");
+}

@@ -78,6 +78,7 @@ pub fn from_toml(name: &str, text: &str) -> Result<Vec<TeamSpec>, SpecError> {
             quotas,
             weight: t.weight,
             idle_policy: t.idle_policy,
+            priorities: [0, 0],
         });
     }
     Ok(out)

@@ -285,6 +285,21 @@ pub struct TeamArgs {
     /// warn, reclaim or requeue.
     #[arg(long)]
     idle_policy: Option<IdlePolicy>,
+    /// The priorities members may give their jobs, LOW..HIGH (e.g. `-10..10`; default 0..0).
+    #[arg(long, value_name = "LOW..HIGH", allow_hyphen_values = true, value_parser = parse_range)]
+    priorities: Option<[i32; 2]>,
+}
+
+/// `LOW..HIGH`, both integers, LOW at most HIGH.
+fn parse_range(s: &str) -> Result<[i32; 2], String> {
+    let bad = || format!("bad range {s:?}; expected LOW..HIGH, e.g. 0..10 or -5..5");
+    let (lo, hi) = s.split_once("..").ok_or_else(bad)?;
+    let lo: i32 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: i32 = hi.trim().parse().map_err(|_| bad())?;
+    if lo > hi {
+        return Err(format!("bad range {s:?}: {lo} is above {hi}"));
+    }
+    Ok([lo, hi])
 }
 
 #[derive(Subcommand, Debug)]
@@ -654,6 +669,7 @@ pub fn admin(conn: &Conn, cmd: AdminCmd) -> Result<(), Box<dyn Error>> {
                     max: a.max,
                     weight: a.weight,
                     idle_policy: a.idle_policy,
+                    priorities: a.priorities,
                 },
             )?;
             println!("team {}: guaranteed {:?}", t.name, t.guaranteed);

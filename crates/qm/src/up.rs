@@ -53,6 +53,16 @@ pub struct SchedArgs {
     /// line in its log that says so.
     #[arg(long, default_value_t = 64)]
     max_log_mib: u64,
+    /// Most jobs one user may have pending; a submission beyond it is refused (429).
+    #[arg(long, default_value_t = 10_000)]
+    max_pending_per_user: usize,
+    /// Most jobs one team may have pending; a submission beyond it is refused (429).
+    #[arg(long, default_value_t = 50_000)]
+    max_pending_per_team: usize,
+    /// Members see only their own teams' jobs (in lists, the dashboard and by id); without
+    /// it they see other teams' jobs without command, environment, directory or logs.
+    #[arg(long)]
+    private_jobs: bool,
 }
 
 impl SchedArgs {
@@ -120,6 +130,9 @@ fn open_server(
         node_timeout_s,
         snapshot_every: sched.snapshot_every.max(1),
         max_log_bytes: sched.max_log_mib.max(1) << 20,
+        max_pending_per_user: sched.max_pending_per_user,
+        max_pending_per_team: sched.max_pending_per_team,
+        private_jobs: sched.private_jobs,
         scheduler: sched.config(),
     };
     Server::open(Box::new(store), config)

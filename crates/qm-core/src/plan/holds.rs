@@ -125,6 +125,13 @@ impl<'a> Planner<'a> {
             let (end_s, _) = self.end_of(spec, self.now);
             if let Some((m, _, p)) = self.first_fit(&self.view, spec, t, end_s, &[]) {
                 let class = self.class_of(t, m, spec.milli_total());
+                if !self.may_borrow(spec, class) {
+                    // No longer inside its guarantee (lowered meanwhile): it may not borrow.
+                    let team = spec.team.clone();
+                    self.pend(b, Reason::NeedsTimeLimit { team }, None);
+                    handled.insert(b);
+                    continue;
+                }
                 self.start(job, t, m, p, class);
                 handled.insert(b);
                 continue;
@@ -153,6 +160,13 @@ impl<'a> Planner<'a> {
                 }
             }
             if let Some((m, g, p)) = self.first_fit(&future, spec, t, end_s, &freed) {
+                let class = self.class_of(t, m, spec.milli_total());
+                if !self.may_borrow(spec, class) {
+                    let team = spec.team.clone();
+                    self.pend(b, Reason::NeedsTimeLimit { team }, None);
+                    handled.insert(b);
+                    continue;
+                }
                 for task in &p {
                     Self::occupy(&mut self.view, task, spec.cpu_milli, spec.mem_mib);
                 }
@@ -165,7 +179,6 @@ impl<'a> Planner<'a> {
                     })
                     .max()
                     .unwrap_or(self.now);
-                let class = self.class_of(t, m, spec.milli_total());
                 self.claim(job, t, m, g, &claim, ready_by_s.max(self.now), class);
                 self.out.reclaims.push(Reservation {
                     job: b,

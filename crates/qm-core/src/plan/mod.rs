@@ -125,6 +125,9 @@ pub enum Reason {
     /// team's home, nodes no team is guaranteed), and those have no room for it now (it would
     /// fit elsewhere) or ever (it is bigger than that).
     NotPreemptible { team: String },
+    /// It cannot be preempted and has no time limit, so it runs only within its team's
+    /// guarantee, and that is in use: it may not borrow.
+    NeedsTimeLimit { team: String },
 }
 
 impl std::fmt::Display for Reason {
@@ -198,6 +201,10 @@ impl std::fmt::Display for Reason {
             Reason::NotPreemptible { team } => write!(
                 f,
                 "cannot be preempted, so it runs only inside team {team}'s guarantee (its home nodes) or on nodes no team is guaranteed, which have no room for it now or ever; as a preemptible job it could borrow other teams' idle GPUs"
+            ),
+            Reason::NeedsTimeLimit { team } => write!(
+                f,
+                "cannot be preempted and has no time limit, so it runs only within team {team}'s guarantee, which is in use; with a time limit (--time-limit) it could borrow idle GPUs, or as a preemptible job"
             ),
         }
     }

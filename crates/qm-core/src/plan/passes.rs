@@ -383,6 +383,18 @@ impl<'a> Planner<'a> {
             let class = self.class_of(t, m, milli);
             admissible.push((m, g, class));
         }
+        // Work that can neither be preempted nor ends by a time limit never borrows: the GPUs
+        // it took could be another team's guarantee (now, or once an admin raises one), and
+        // the owner would never get them back. It runs within its team's guarantee only.
+        if !self.may_borrow(spec, Admission::Borrowed) {
+            let any = !admissible.is_empty();
+            admissible.retain(|a| a.2 == Admission::Guaranteed);
+            if any && admissible.is_empty() {
+                let team = spec.team.clone();
+                self.pend(spec.id, Reason::NeedsTimeLimit { team }, None);
+                return true;
+            }
+        }
         // Models where the job is guaranteed first.
         admissible.sort_by_key(|a| a.2);
         let (homes, safe) = (self.homes.clone(), self.safe.clone());

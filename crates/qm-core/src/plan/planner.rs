@@ -368,6 +368,18 @@ impl<'a> Planner<'a> {
         None
     }
 
+    /// Whether the job may start in this class: work on GPUs that can neither be preempted
+    /// nor ends by a time limit runs only inside its team's guarantee (`default`; the
+    /// baselines have no borrowing). Work without GPUs holds no guarantee's GPUs, and is
+    /// always borrowed: it is exempt.
+    pub(super) fn may_borrow(&self, spec: &JobSpec, class: Admission) -> bool {
+        self.policy != PolicyKind::Default
+            || class == Admission::Guaranteed
+            || spec.preemptible
+            || spec.time_limit_s.is_some()
+            || spec.milli_total() == 0
+    }
+
     /// Guaranteed if the job fits what is left of its team's guarantee for the model's pool.
     pub(super) fn class_of(&self, team: usize, model: usize, milli: u64) -> Admission {
         if self.policy != PolicyKind::Default {

@@ -139,10 +139,36 @@ fn non_preemptible_borrowers_are_never_reclaimed() {
 }
 
 #[test]
+fn work_that_cannot_be_preempted_needs_a_time_limit_to_borrow() {
+    // A is guaranteed node 0; node 1 is nobody's. B has no guarantee.
+    let mut h = Harness::new(two_teams(2, 8, 0));
+    let b_unbounded = h.submit(JobBuilder::new("b").gpus(8).not_preemptible().no_limit());
+    let a_inside = h.submit(JobBuilder::new("a").gpus(8).not_preemptible().no_limit());
+    let a_beyond = h.submit(JobBuilder::new("a").gpus(8).not_preemptible().no_limit());
+    let plan = h.step();
+    // Within its guarantee it needs no limit.
+    assert!(plan.start_of(a_inside).is_some());
+    // Beyond it, even on nobody's idle node, it would never give the GPUs back: it waits.
+    for (job, team) in [(b_unbounded, "b"), (a_beyond, "a")] {
+        let p = plan.pending_job(job).unwrap();
+        assert_eq!(p.reason, Reason::NeedsTimeLimit { team: team.into() });
+        assert!(
+            p.reason.to_string().contains("--time-limit"),
+            "{}",
+            p.reason
+        );
+    }
+    // With a time limit it borrows the idle node.
+    let bounded = h.submit(JobBuilder::new("b").gpus(8).not_preemptible().limit(500));
+    let plan = h.step();
+    assert_eq!(plan.start_of(bounded).unwrap().placement[0].node.0, 1);
+}
+
+#[test]
 fn work_that_cannot_be_preempted_never_borrows_another_teams_guarantee() {
     // A is guaranteed node 0; node 1 is nobody's. B has no guarantee.
     let mut h = Harness::new(two_teams(2, 8, 0));
-    let first = h.submit(JobBuilder::new("b").gpus(8).not_preemptible().no_limit());
+    let first = h.submit(JobBuilder::new("b").gpus(8).not_preemptible().limit(5000));
     let second = h.submit(JobBuilder::new("b").gpus(8).not_preemptible().limit(500));
     let plan = h.step();
     assert!(
@@ -151,11 +177,14 @@ fn work_that_cannot_be_preempted_never_borrows_another_teams_guarantee() {
     );
     let node = &plan.start_of(first).unwrap().placement[0].node;
     assert_eq!(node.0, 1, "not in A's home");
+    // A's idle node is lent only to work that can be taken back: the second waits for the
+    // first's node, not A's.
     assert_eq!(
         plan.pending_job(second).unwrap().reason,
-        Reason::NotPreemptible { team: "b".into() },
-        "A's idle node is lent only to work that can be taken back"
+        Reason::Reserved { start_s: 5000 }
     );
+    let r = plan.reservations.iter().find(|r| r.job == second).unwrap();
+    assert_eq!(r.placement[0].node.0, 1, "not in A's home");
     // Preemptible work borrows A's node, and A takes it back.
     let lent = h.submit(JobBuilder::new("b").gpus(8).limit(500));
     apply(

@@ -92,6 +92,19 @@ pub async fn set_team(
     if req.weight == Some(0) {
         return Err(Refusal::BadRequest("weight must be at least 1".into()));
     }
+    if let Some([lo, hi]) = req.priorities {
+        if lo > hi {
+            return Err(Refusal::BadRequest(format!(
+                "priorities [{lo}, {hi}]: the lowest is above the highest; give [LOW, HIGH]"
+            )));
+        }
+    }
+    crate::limits::node_name(&req.name).map_err(|_| {
+        Refusal::BadRequest(format!(
+            "team name {:?} is not allowed; use 1 to 63 letters, digits, '.', '-' or '_'",
+            req.name
+        ))
+    })?;
     let view = {
         let mut inner = s.lock();
         let old = inner.state.team(&req.name).map(|t| t.spec.clone());
@@ -114,6 +127,9 @@ pub async fn set_team(
         }
         if let Some(policy) = req.idle_policy {
             spec.idle_policy = views::core_idle_policy(policy);
+        }
+        if let Some(range) = req.priorities {
+            spec.priorities = range;
         }
         inner.commit(vec![Event::SetTeam(spec)], &[])?;
         team_views(&inner.state, crate::now_s())

@@ -39,6 +39,7 @@ pub async fn submit(
             "command is empty; give the program and its arguments".into(),
         ));
     }
+    crate::limits::submission(&req).map_err(Refusal::BadRequest)?;
     let gpu = match (req.gpus, req.gpu_milli) {
         (Some(_), Some(_)) => {
             return Err(Refusal::BadRequest(
@@ -63,15 +64,29 @@ pub async fn submit(
         Principal::Member { name, .. } => Some(name.clone()),
         _ => req.user.clone(),
     };
+    let priority = req.priority.unwrap_or(0);
+    let user = run_as.clone().unwrap_or_else(|| submitter(&p));
     let id = {
         let mut inner = s.lock();
+        if let Principal::Member { .. } = p {
+            if let Some(team) = inner.state.team(&req.team) {
+                let [lo, hi] = team.spec.priorities;
+                if priority < lo || priority > hi {
+                    return Err(Refusal::Forbidden(format!(
+                        "priority {priority} is outside team {}'s range {lo}..{hi}, which an admin sets (qm admin team set {} --priorities LOW..HIGH)",
+                        req.team, req.team
+                    )));
+                }
+            }
+        }
+        inner.pending_room(&req.team, &user)?;
         let id = JobId(inner.next_job);
         let spec = JobSpec {
             id,
             name: req.name.clone(),
             team: req.team.clone(),
-            user: run_as.clone().unwrap_or_else(|| submitter(&p)),
-            priority: req.priority.unwrap_or(0),
+            user,
+            priority,
             tasks: req.tasks.unwrap_or(1),
             gpu,
             // CPU and memory are reserved only when asked for: GPUs are what is scheduled.
@@ -111,32 +126,91 @@ pub struct JobFilter {
 
 pub async fn list(
     State(s): State<Arc<Server>>,
-    Client(_): Client,
+    Client(p): Client,
     Params(f): Params<JobFilter>,
 ) -> Api<Vec<JobView>> {
     let inner = s.lock();
+    let private = inner.config.private_jobs;
     let mut out: Vec<JobView> = inner
         .state
         .jobs()
         .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
         .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
-        .map(|j| job_view(&inner, j))
+        .filter(|j| !private || p.may_use_team(&j.spec.team))
+        .map(|j| seen_by(&inner, j, &p))
         .collect();
     out.sort_by_key(|j| std::cmp::Reverse(j.id));
     out.truncate(f.limit.unwrap_or(1000));
     Ok(Json(out))
 }
 
-fn find_job<'a>(inner: &'a Inner, id: u64, p: &Principal) -> Result<&'a qm_core::Job, Refusal> {
+impl Inner {
+    /// Refuses a submission that would take a user or a team past its limit of pending jobs.
+    fn pending_room(&self, team: &str, user: &str) -> Result<(), Refusal> {
+        let (mut by_user, mut by_team) = (0, 0);
+        for j in self.state.live_jobs() {
+            if j.state == JobState::Pending {
+                by_user += usize::from(j.spec.user == user);
+                by_team += usize::from(j.spec.team == team);
+            }
+        }
+        let (max_user, max_team) = (
+            self.config.max_pending_per_user,
+            self.config.max_pending_per_team,
+        );
+        if by_user >= max_user {
+            return Err(Refusal::TooMany(format!(
+                "user {user} has {by_user} jobs pending, the most one user may have (qm server --max-pending-per-user); submit more as these start"
+            )));
+        }
+        if by_team >= max_team {
+            return Err(Refusal::TooMany(format!(
+                "team {team} has {by_team} jobs pending, the most one team may have (qm server --max-pending-per-team); submit more as these start"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A job as `p` may see it: in full if `p` may use its team; otherwise without its command
+/// (members see what other teams run, not how).
+fn seen_by(inner: &Inner, j: &qm_core::Job, p: &Principal) -> JobView {
+    let mut view = job_view(inner, j);
+    if !p.may_use_team(&j.spec.team) {
+        view.command.clear();
+    }
+    view
+}
+
+/// What a caller wants of a job: to look at it (every member, unless jobs are private), or
+/// to act on it or read its output (its own teams' only).
+#[derive(PartialEq)]
+enum Access {
+    Look,
+    Own,
+}
+
+fn find_job<'a>(
+    inner: &'a Inner,
+    id: u64,
+    p: &Principal,
+    access: Access,
+) -> Result<&'a qm_core::Job, Refusal> {
     let job = inner
         .state
         .job(JobId(id))
         .ok_or_else(|| Refusal::NotFound(format!("no job {id}")))?;
     if !p.may_use_team(&job.spec.team) {
-        return Err(Refusal::Forbidden(format!(
-            "job {id} belongs to team {:?}, which your token does not cover",
-            job.spec.team
-        )));
+        // Where jobs are private, another team's job is not there at all.
+        if inner.config.private_jobs {
+            return Err(Refusal::NotFound(format!("no job {id}")));
+        }
+        if access == Access::Own {
+            return Err(Refusal::Forbidden(format!(
+                "job {id} belongs to team {:?}, which your token does not cover",
+                job.spec.team
+            )));
+        }
     }
     Ok(job)
 }
@@ -147,8 +221,8 @@ pub async fn show(
     Path(id): Path<u64>,
 ) -> Api<JobView> {
     let inner = s.lock();
-    let job = find_job(&inner, id, &p)?;
-    Ok(Json(job_view(&inner, job)))
+    let job = find_job(&inner, id, &p, Access::Look)?;
+    Ok(Json(seen_by(&inner, job, &p)))
 }
 
 pub async fn why(
@@ -157,7 +231,7 @@ pub async fn why(
     Path(id): Path<u64>,
 ) -> Api<WhyView> {
     let inner = s.lock();
-    let job = find_job(&inner, id, &p)?;
+    let job = find_job(&inner, id, &p, Access::Look)?;
     let state = views::job_state(&job.state);
     if job.state != JobState::Pending {
         let message = match &job.state {
@@ -210,7 +284,7 @@ pub async fn cancel(
 ) -> Api<JobView> {
     let view = {
         let mut inner = s.lock();
-        let job = find_job(&inner, id, &p)?;
+        let job = find_job(&inner, id, &p, Access::Own)?;
         if job.state.is_terminal() {
             return Err(Refusal::Conflict(format!(
                 "job {id} has already ended ({})",
@@ -271,7 +345,7 @@ pub async fn logs(
     Params(q): Params<LogQuery>,
 ) -> Api<LogView> {
     let mut inner = s.lock();
-    let job = find_job(&inner, id, &p)?;
+    let job = find_job(&inner, id, &p, Access::Own)?;
     let task = q.task.unwrap_or(0);
     if task >= job.spec.tasks {
         return Err(Refusal::BadRequest(format!(

@@ -17,6 +17,8 @@ mod cluster;
 mod jobs;
 mod openapi;
 
+pub use openapi::openapi_doc;
+
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Query};
@@ -38,6 +40,7 @@ impl IntoResponse for Refusal {
             Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             Refusal::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             Refusal::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            Refusal::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, "too_many", m),
             Refusal::Internal(m) => {
                 eprintln!("qm server: internal error: {m}");
                 (
