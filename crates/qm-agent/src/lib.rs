@@ -44,6 +44,44 @@ pub struct AgentConfig {
     pub mem_mib: u64,
     /// Run tasks as root where their job names no existing non-root user.
     pub allow_root_tasks: bool,
+    /// The private CA that signed the server's certificate (PEM), for an `https://` server.
+    pub ca: Option<PathBuf>,
+}
+
+/// An HTTP client for the server. `https://` servers are verified against `ca` (a PEM file
+/// of the private CA that signed the server's certificate) where given, else against the
+/// public web roots; the server's name must match its certificate either way.
+pub fn http_agent(
+    ca: Option<&std::path::Path>,
+    connect: Duration,
+    read: Duration,
+) -> Result<ureq::Agent, String> {
+    let builder = ureq::AgentBuilder::new()
+        .timeout_connect(connect)
+        .timeout_read(read);
+    let Some(ca) = ca else {
+        return Ok(builder.build());
+    };
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |e: String| format!("cannot use the CA file {}: {e}", ca.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(
+            "it holds no certificate (expected PEM, -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(builder.tls_config(Arc::new(config)).build())
 }
 
 /// An error that stops the agent.
@@ -190,12 +228,15 @@ pub fn run(
             .map_err(|e| AgentError(format!("cannot restrict {}: {e}", logs.display())))?;
     }
     say_who_tasks_run_as(cfg.allow_root_tasks);
+    let http = http_agent(
+        cfg.ca.as_deref(),
+        Duration::from_secs(2),
+        Duration::from_secs(70),
+    )
+    .map_err(AgentError)?;
     let client = Client {
         base: cfg.server.trim_end_matches('/').to_string(),
-        agent: ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout_read(Duration::from_secs(70))
-            .build(),
+        agent: http.clone(),
     };
     let gpus = probe.gpus();
     let model = gpus
@@ -235,10 +276,7 @@ pub fn run(
     let reregister = Arc::new(AtomicBool::new(false));
     let poll_rereg = reregister.clone();
     std::thread::spawn(move || {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout_read(Duration::from_secs(70))
-            .build();
+        let agent = http;
         while !poll_stop.load(Ordering::SeqCst) {
             let token = poll_cred.lock().expect("credential").clone();
             let r = agent

@@ -68,6 +68,10 @@ pub struct Conn {
     /// An API token (default: $QM_TOKEN, else the client.json of `qm up`).
     #[arg(long, global = true)]
     token: Option<String>,
+    /// The private CA (PEM) that signed an `https://` server's certificate (default: $QM_CA,
+    /// else the public web roots).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 pub struct Client {
@@ -92,14 +96,20 @@ impl Client {
             .clone()
             .or_else(|| std::env::var("QM_TOKEN").ok())
             .or_else(|| file().map(|f| f.token));
+        let ca = conn
+            .ca
+            .clone()
+            .or_else(|| std::env::var_os("QM_CA").map(PathBuf::from));
         match (server, token) {
             (Some(base), Some(token)) => Ok(Client {
                 base: base.trim_end_matches('/').to_string(),
                 token,
-                http: ureq::AgentBuilder::new()
-                    .timeout_connect(Duration::from_secs(3))
-                    .timeout_read(Duration::from_secs(60))
-                    .build(),
+                http: qm_agent::http_agent(
+                    ca.as_deref(),
+                    Duration::from_secs(3),
+                    Duration::from_secs(60),
+                )
+                .map_err(|e| fail(3, e))?,
             }),
             _ => Err(fail(
                 3,

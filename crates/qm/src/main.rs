@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod e2e;
 mod sim;
+mod tls;
 mod up;
 
 use std::process::ExitCode;

@@ -84,6 +84,12 @@ pub struct ServerArgs {
     listen: String,
     #[arg(long, default_value_t = 30)]
     node_timeout_s: u64,
+    /// Serve HTTPS with this certificate chain (PEM, the server's first); with --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); with --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     sched: SchedArgs,
 }
@@ -118,6 +124,10 @@ pub struct AgentArgs {
     /// How other nodes reach this one (MASTER_ADDR); default 127.0.0.1.
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
+    /// The private CA (PEM) that signed an `https://` server's certificate (default: the
+    /// public web roots).
+    #[arg(long = "server-ca", value_name = "FILE")]
+    server_ca: Option<PathBuf>,
 }
 
 fn open_server(
@@ -194,11 +204,15 @@ fn alive(pid: i32) -> bool {
     !zombie && is_agent
 }
 
-async fn serve(
+async fn serve<L>(
     server: Arc<Server>,
-    listener: tokio::net::TcpListener,
+    listener: L,
     on_stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn Error>> {
+) -> Result<(), Box<dyn Error>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let mut looped = tokio::spawn(server.clone().run());
     let served = axum::serve(listener, qm_server::app(server)).with_graceful_shutdown(on_stop);
     tokio::select! {
@@ -337,10 +351,23 @@ pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&args.listen))
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    println!("qm server: API at http://{}", listener.local_addr()?);
-    rt.block_on(serve(server, listener, async {
+    let stop = async {
         let _ = tokio::signal::ctrl_c().await;
-    }))
+    };
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = crate::tls::server_config(cert, key)?;
+            let addr = listener.local_addr()?;
+            let _guard = rt.enter();
+            let tls = crate::tls::TlsListener::new(listener, config)?;
+            println!("qm server: API at https://{addr}");
+            rt.block_on(serve(server, tls, stop))
+        }
+        _ => {
+            println!("qm server: API at http://{}", listener.local_addr()?);
+            rt.block_on(serve(server, listener, stop))
+        }
+    }
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
@@ -394,6 +421,7 @@ pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
             .map(read_join_token)
             .transpose()?,
         allow_root_tasks: args.allow_root_tasks,
+        ca: args.server_ca,
         name: args.name.unwrap_or_else(hostname),
         labels,
         topology,

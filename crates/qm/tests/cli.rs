@@ -453,3 +453,39 @@ fn sim_gen_writes_a_workload_that_sim_run_replays() {
     assert!(!dir.join("bad").exists(), "nothing written when refused");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The agent takes its join token only from a file its owner alone may read (or stdin), and
+/// says how to fix one that others may read; nothing on the command line or in a variable.
+#[test]
+fn the_agent_refuses_a_join_token_file_others_may_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp("join-file");
+    let file = dir.join("join-token");
+    std::fs::write(&file, "qm_secret\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data = dir.join("agent");
+    let args = [
+        "agent",
+        "--server",
+        "http://127.0.0.1:9",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--join-token-file",
+        file.to_str().unwrap(),
+    ];
+    let out = qm(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may be read by others (mode 644)"), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    // The old ways are gone: no --join-token argument, no QM_JOIN_TOKEN variable.
+    let out = qm(&[
+        "agent",
+        "--server",
+        "http://127.0.0.1:9",
+        "--join-token",
+        "qm_x",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--join-token-file"));
+}

@@ -7,3 +7,4 @@ mod dashboard;
 mod harness;
 mod jobs;
 mod security;
+mod tls;
