@@ -286,7 +286,14 @@ impl Inner {
         unknown_ok: bool,
     ) -> Result<(), Refusal> {
         let owner = self.task_node(key);
-        if owner == Some(node) || (owner.is_none() && unknown_ok) {
+        // A run the server knows (current, or recorded) but without this task: never placed.
+        let known_run = self.placed.contains_key(&(key.job, key.attempt))
+            || self
+                .state
+                .job(JobId(key.job))
+                .and_then(|j| j.state.run())
+                .is_some_and(|r| r.attempt == key.attempt);
+        if owner == Some(node) || (owner.is_none() && unknown_ok && !known_run) {
             return Ok(());
         }
         let name = self.node_name(node);
@@ -337,12 +344,15 @@ impl Inner {
                 at_s: now,
             });
         }
+        // A task of the job's current run (its attempt, and an index within the gang).
         let current = |inner: &Inner, key: &TaskKey| {
             inner
                 .state
                 .job(JobId(key.job))
                 .and_then(|j| j.state.run())
-                .is_some_and(|r| r.attempt == key.attempt)
+                .is_some_and(|r| {
+                    r.attempt == key.attempt && (key.task as usize) < r.placement.len()
+                })
         };
         for key in &hb.running {
             if !current(self, key) {

@@ -600,6 +600,27 @@ async fn a_node_speaks_only_for_its_own_tasks() {
         .call("POST", "/agent/v1/logs", attacker, Some(chunk(&key)))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    // A task the gang does not have: not even the job's own node may report it (a forged
+    // exit of "task 1" would otherwise complete this one-task job).
+    let beyond = TaskKey {
+        job: victim,
+        task: 1,
+        attempt: 1,
+    };
+    for token in [own, attacker] {
+        let hb = Heartbeat {
+            exited: vec![qm_proto::TaskExit {
+                key: beyond.clone(),
+                code: 0,
+                message: None,
+            }],
+            ..Heartbeat::default()
+        };
+        let body = Some(serde_json::to_value(&hb).unwrap());
+        let (status, text) = api.call("POST", "/agent/v1/heartbeat", token, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+        assert!(text.contains("never placed on it"), "{text}");
+    }
     // A run that never was: no node speaks for it.
     let never = TaskKey {
         job: victim,
@@ -643,8 +664,9 @@ async fn a_node_speaks_only_for_its_own_tasks() {
     assert_eq!(status, StatusCode::OK, "{text}");
     let metrics = api.metrics().await;
     for line in [
-        format!("qm_agent_refused_total{{node=\"{other}\",what=\"heartbeat\"}} 3"),
+        format!("qm_agent_refused_total{{node=\"{other}\",what=\"heartbeat\"}} 4"),
         format!("qm_agent_refused_total{{node=\"{other}\",what=\"log chunk\"}} 1"),
+        format!("qm_agent_refused_total{{node=\"{home}\",what=\"heartbeat\"}} 1"),
         format!("qm_agent_refused_total{{node=\"{home}\",what=\"log chunk\"}} 1"),
     ] {
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");

@@ -194,6 +194,12 @@ pub async fn logs(
         // the agent moves on.
         return Ok(Json(LogAck { length: sent }));
     }
+    if chunk.offset > len {
+        return Err(Refusal::Conflict(format!(
+            "the log of job {} task {} (attempt {}) has {len} bytes; a chunk at offset {} would leave a gap: send from offset {len}",
+            k.job, k.task, k.attempt, chunk.offset
+        )));
+    }
     if sent <= max {
         let length = inner.store.append_log(key, chunk.offset, data)?;
         return Ok(Json(LogAck { length }));

@@ -147,6 +147,12 @@ fn tasks_run_as_their_users_never_as_root_and_cannot_reach_the_nodes_secrets() {
             "ls {d} >/dev/null 2>&1 && echo LISTED {d} || echo DENIED {d}; "
         ));
     }
+    // Registering a node of its own, with the join token it cannot read.
+    script.push_str(&format!(
+        "{QM} agent --server {} --name evil --data-dir /tmp/qm-evil-$$ --join-token-file {} 2>&1 | head -1; ",
+        up.url(),
+        data.join("join-token").display()
+    ));
     let (id, job) = run(&up, Some("nobody"), &script);
     assert_eq!(job["state"], "succeeded", "{job:#}");
     let out = logs(&up, id, 0);
@@ -154,4 +160,17 @@ fn tasks_run_as_their_users_never_as_root_and_cannot_reach_the_nodes_secrets() {
     assert_eq!(lines.next(), Some(uid_of("nobody").as_str()), "{out}");
     assert!(!out.contains("READ") && !out.contains("LISTED"), "{out}");
     assert_eq!(out.matches("DENIED").count(), secrets.len() + 2, "{out}");
+    assert!(
+        out.contains("cannot read the join token file") && out.contains("Permission denied"),
+        "{out}"
+    );
+    let nodes = up.json(&["nodes", "--json"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["name"] != "evil"),
+        "{nodes:#}"
+    );
 }
