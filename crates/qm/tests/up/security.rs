@@ -174,3 +174,112 @@ fn tasks_run_as_their_users_never_as_root_and_cannot_reach_the_nodes_secrets() {
         "{nodes:#}"
     );
 }
+
+/// With real processes: a second node's agent credential cannot report the first node's task
+/// as exited or idle, nor write into its log; a new agent cannot take the first node's name
+/// with the join token. The victim job keeps running, its log untouched.
+#[test]
+fn a_node_cannot_speak_for_another_nor_take_its_name() {
+    let up = Up::start("node-attacks", &[]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "8"]);
+    let data = up.data();
+    let victim = up.submit(&["--team", "t", "--", "sh", "-c", "echo victim; sleep 300"]);
+    let job = up.wait_state(victim, "running");
+    let home = job["placement"][0]["node"].as_str().unwrap().to_string();
+    let _other = Agent(
+        Command::new(QM)
+            .args([
+                "agent",
+                "--server",
+                &up.url(),
+                "--gpus",
+                "4",
+                "--name",
+                "intruder",
+            ])
+            .arg("--data-dir")
+            .arg(data.join("intruder"))
+            .arg("--join-token-file")
+            .arg(data.join("join-token"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    up.wait_for(|u| u.json(&["nodes", "--json"]).as_array().unwrap().len() == 2);
+    let credential = std::fs::read_to_string(data.join("intruder").join("credential")).unwrap();
+    let key = json!({"job": victim, "task": 0, "attempt": 1});
+    let forged = [
+        (
+            "/agent/v1/heartbeat",
+            json!({"running": [], "exited": [{"key": key, "code": 1}], "util": []}),
+        ),
+        (
+            "/agent/v1/heartbeat",
+            json!({"running": [], "exited": [], "util": [{"key": key, "pct": 0}]}),
+        ),
+        (
+            "/agent/v1/logs",
+            json!({"key": key, "offset": 0, "data": "forged\n"}),
+        ),
+    ];
+    for (path, body) in forged {
+        let (status, r) = http(
+            &up,
+            "POST",
+            path,
+            Some(credential.trim()),
+            &body.to_string(),
+        );
+        assert_eq!(status, 403, "{path}: {r}");
+        assert!(
+            r["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("which runs on node {home}")),
+            "{r}"
+        );
+    }
+    // Taking the node's name with the join token: refused, and the agent says why.
+    let out = Command::new(QM)
+        .args([
+            "agent",
+            "--server",
+            &up.url(),
+            "--gpus",
+            "4",
+            "--name",
+            &home,
+        ])
+        .arg("--data-dir")
+        .arg(data.join("thief"))
+        .arg("--join-token-file")
+        .arg(data.join("join-token"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("node {home} is registered already")),
+        "{err}"
+    );
+    // The victim is untouched.
+    let job = up.job(victim);
+    assert_eq!(job["state"], "running", "{job:#}");
+    assert_eq!(job["placement"][0]["node"], home.as_str());
+    assert_eq!(job["util_pct"], Value::Null);
+    let log = logs(&up, victim, 0);
+    assert!(log.contains("victim") && !log.contains("forged"), "{log}");
+    // /metrics is OpenMetrics text, not JSON.
+    let text = ureq::get(&format!("{}/metrics", up.url()))
+        .set("Authorization", &format!("Bearer {}", up.token()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        text.contains("qm_agent_refused_total{node=\"intruder\",what=\"heartbeat\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("what=\"register\"} 1"), "{text}");
+}
