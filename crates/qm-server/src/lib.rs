@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
     /// Most output stored per task; the rest is dropped with a marker in the log.
     pub max_log_bytes: u64,
+    /// The largest log chunk a node may send at once (at most [`MAX_LOG_CHUNK`]).
+    pub max_log_chunk: usize,
     /// Most jobs one user, and one team, may have pending.
     pub max_pending_per_user: usize,
     pub max_pending_per_team: usize,
@@ -45,7 +47,8 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
 }
 
-/// The largest log chunk a node may send at once (agents send at most 256 KiB).
+/// The most a log chunk may ever be (agents send at most 256 KiB): a request body is read
+/// whole, and axum reads at most 2 MiB of one, JSON escapes included.
 pub const MAX_LOG_CHUNK: usize = 1 << 20;
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             node_timeout_s: 30,
             snapshot_every: 10_000,
             max_log_bytes: 64 << 20,
+            max_log_chunk: MAX_LOG_CHUNK,
             max_pending_per_user: 10_000,
             max_pending_per_team: 50_000,
             private_jobs: false,

@@ -53,6 +53,10 @@ pub struct SchedArgs {
     /// line in its log that says so.
     #[arg(long, default_value_t = 64)]
     max_log_mib: u64,
+    /// The largest log chunk an agent may send at once, in KiB (1 to 1024); agents send at
+    /// most 256 KiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_log_chunk_kib: u64,
     /// Most jobs one user may have pending; a submission beyond it is refused (429).
     #[arg(long, default_value_t = 10_000)]
     max_pending_per_user: usize,
@@ -140,6 +144,7 @@ fn open_server(
         node_timeout_s,
         snapshot_every: sched.snapshot_every.max(1),
         max_log_bytes: sched.max_log_mib.max(1) << 20,
+        max_log_chunk: (sched.max_log_chunk_kib as usize) << 10,
         max_pending_per_user: sched.max_pending_per_user,
         max_pending_per_team: sched.max_pending_per_team,
         private_jobs: sched.private_jobs,

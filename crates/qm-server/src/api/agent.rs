@@ -174,14 +174,14 @@ pub async fn logs(
     Body(chunk): Body<LogChunk>,
 ) -> Api<LogAck> {
     let data = chunk.data.as_bytes();
-    if data.len() > crate::MAX_LOG_CHUNK {
+    let mut inner = s.lock();
+    let most = inner.config.max_log_chunk.min(crate::MAX_LOG_CHUNK);
+    if data.len() > most {
         return Err(Refusal::BadRequest(format!(
-            "a log chunk of {} bytes; send at most {} at once",
+            "a log chunk of {} bytes; send at most {most} at once (qm server --max-log-chunk-kib)",
             data.len(),
-            crate::MAX_LOG_CHUNK
         )));
     }
-    let mut inner = s.lock();
     inner.speaks_for(node, &chunk.key, "log chunk", false)?;
     let k = &chunk.key;
     let key = (k.job, k.task, k.attempt);
