@@ -20,7 +20,7 @@ use qm_proto::{
 use crate::api::Client;
 use crate::auth::Principal;
 use crate::views::{self, usage, usage_total};
-use crate::{now_s, Inner, Refusal, Server};
+use crate::{Inner, Refusal, Server};
 
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
 pub const APP_JS: &str = include_str!("../assets/app.js");
@@ -57,7 +57,7 @@ pub async fn app_css() -> Response {
 
 /// Records an overview sample (called by the scheduling loop).
 pub fn sample(inner: &Inner, history: &mut VecDeque<Sample>) {
-    let now = now_s();
+    let now = inner.now_s();
     let u = usage_total(&usage(&inner.state, now));
     history.push_back((now, u.allocated_milli, u.borrowed_milli, u.idle_milli));
     while history.len() > HISTORY {
@@ -67,7 +67,7 @@ pub fn sample(inner: &Inner, history: &mut VecDeque<Sample>) {
 
 /// Everything the dashboard shows, as of now.
 pub fn snapshot(inner: &Inner, history: &VecDeque<Sample>) -> DashSnapshot {
-    snapshot_of(&inner.state, history, now_s())
+    snapshot_of(&inner.state, history, inner.now_s())
 }
 
 /// Where jobs are private (`--private-jobs`), a member's snapshot keeps only its own teams'

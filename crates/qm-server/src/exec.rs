@@ -2,16 +2,16 @@
 //! it makes of what they report.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use qm_core::{decide, Event, IdleAction, JobId, JobState, NodeId, NodeState, StopCause};
 use qm_proto::{Command, Heartbeat, JobEventKind, Launch, TaskKey};
 
-use crate::{now_s, Inner, Refusal, Sent};
+use crate::{Inner, Refusal, Sent};
 
 /// How long a launched task may be missing from its agent's heartbeats before it counts as
 /// lost (the agent restarted without it).
-const LOST_AFTER: Duration = Duration::from_secs(10);
+const LOST_AFTER_MS: u64 = 10_000;
 
 /// Utilisation of a running job becomes an event at least this often (seconds).
 const UTIL_EVERY_S: u64 = 30;
@@ -31,8 +31,9 @@ fn idle_action_text(a: IdleAction) -> String {
 impl Inner {
     /// Marks down the nodes whose agents stopped reporting; the core requeues their jobs.
     pub fn check_timeouts(&mut self) -> Result<(), Refusal> {
-        let timeout = Duration::from_secs(self.config.node_timeout_s);
-        let now = now_s();
+        let timeout_ms = self.config.node_timeout_s.saturating_mul(1000);
+        let now = self.now_s();
+        let mono = self.mono_ms();
         let mut events = Vec::new();
         for rec in self.nodes.values() {
             let node = NodeId(rec.id);
@@ -46,7 +47,7 @@ impl Inner {
                 .agents
                 .get(&rec.id)
                 .map_or(self.started, |a| a.last_seen);
-            if seen.elapsed() > timeout {
+            if mono.saturating_sub(seen) > timeout_ms {
                 events.push(Event::NodeState {
                     node,
                     state: NodeState::Down,
@@ -108,7 +109,7 @@ impl Inner {
     /// Plans and executes: stops first (SIGTERM now, SIGKILL after the grace period), then
     /// starts (one launch per task). Events are durable before any agent hears of them.
     pub fn schedule(&mut self) -> Result<(), Refusal> {
-        let now = now_s();
+        let now = self.now_s();
         let t0 = Instant::now();
         let plan = decide(&self.state, now);
         self.metrics.planned(t0.elapsed().as_secs_f64());
@@ -249,7 +250,7 @@ impl Inner {
                 launch.key.clone(),
                 Sent {
                     node,
-                    at: Instant::now(),
+                    at: self.clock.mono_ms(),
                 },
             );
             self.push(node, Command::Launch(launch));
@@ -316,7 +317,8 @@ impl Inner {
     }
 
     pub fn heartbeat(&mut self, node: u32, hb: Heartbeat) -> Result<(), Refusal> {
-        let now = now_s();
+        let now = self.now_s();
+        let mono = self.mono_ms();
         // Nothing of a heartbeat counts if any of it speaks for another node's task.
         let keys = hb
             .running
@@ -327,7 +329,7 @@ impl Inner {
             self.speaks_for(node, key, "heartbeat", true)?;
         }
         if let Some(a) = self.agents.get_mut(&node) {
-            a.last_seen = Instant::now();
+            a.last_seen = mono;
         }
         let name = self.node_name(node);
         self.metrics.heartbeat(name);
@@ -371,7 +373,9 @@ impl Inner {
             .sent
             .iter()
             .filter(|(k, s)| {
-                s.node == node && s.at.elapsed() > LOST_AFTER && !hb.running.contains(k)
+                s.node == node
+                    && mono.saturating_sub(s.at) > LOST_AFTER_MS
+                    && !hb.running.contains(k)
             })
             .map(|(k, _)| k.clone())
             .filter(|k| !exits.iter().any(|e| &e.key == k))
@@ -586,7 +590,7 @@ mod tests {
             .cpu_milli(0)
             .mem_mib(0)
             .no_limit()
-            .submit_at(now_s())
+            .submit_at(crate::now_s())
             .spec();
         inner
             .commit(

@@ -66,16 +66,49 @@ impl Default for ServerConfig {
     }
 }
 
-/// Wall-clock Unix seconds: the only clock the server reads.
+/// Wall-clock Unix seconds, as the system says.
 pub fn now_s() -> Secs {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
+/// Where the server reads time: wall-clock Unix seconds for the scheduling core and the
+/// records, monotonic milliseconds for timeouts (a silent node, a launch never seen). The
+/// system's in `qm server` and `qm up`; a simulation drives its own, so that everything the
+/// server decides follows from what it was told and when.
+pub trait Clock: Send + Sync {
+    fn now_s(&self) -> Secs;
+    fn mono_ms(&self) -> u64;
+}
+
+/// The system's clock.
+pub struct SystemClock {
+    start: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_s(&self) -> Secs {
+        now_s()
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
 /// One agent's live session.
 pub(crate) struct Agent {
-    pub last_seen: Instant,
+    /// [`Clock::mono_ms`] of its last request.
+    pub last_seen: u64,
     pub outbox: Vec<Command>,
     pub wake: Arc<Notify>,
 }
@@ -84,7 +117,8 @@ pub(crate) struct Agent {
 /// task was lost.
 pub(crate) struct Sent {
     pub node: u32,
-    pub at: Instant,
+    /// [`Clock::mono_ms`] when the agent took it.
+    pub at: u64,
 }
 
 pub(crate) struct Inner {
@@ -107,7 +141,9 @@ pub(crate) struct Inner {
     /// Jobs whose idle warning was recorded, by (job, attempt).
     pub idle_noted: BTreeSet<(u64, u32)>,
     pub next_job: u64,
-    pub started: Instant,
+    /// [`Clock::mono_ms`] at start.
+    pub started: u64,
+    pub clock: Arc<dyn Clock>,
     /// How this start began: (snapshot taken at event, events replayed after it).
     pub resumed: (u64, u64),
     pub metrics: metrics::Metrics,
@@ -171,8 +207,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the server on a store, replaying its events.
-    pub fn open(mut store: Box<dyn Store>, config: ServerConfig) -> Result<Arc<Server>, Refusal> {
+    /// Opens the server on a store, replaying its events, with the system's clock.
+    pub fn open(store: Box<dyn Store>, config: ServerConfig) -> Result<Arc<Server>, Refusal> {
+        let inner = Inner::open(store, config, Arc::new(SystemClock::default()))?;
+        let changes = inner.changes.clone();
+        Ok(Arc::new(Server {
+            inner: Mutex::new(inner),
+            wake: Notify::new(),
+            changes,
+            history: Mutex::new(std::collections::VecDeque::new()),
+        }))
+    }
+}
+
+impl Inner {
+    /// The control plane's state, loaded from a store: its snapshot, then the events after
+    /// it. Launches of running jobs are queued again for their agents.
+    pub(crate) fn open(
+        mut store: Box<dyn Store>,
+        config: ServerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Inner, Refusal> {
         let loaded = store.load()?;
         let mut state = loaded
             .state
@@ -201,7 +256,7 @@ impl Server {
         // invariant, rather than at whichever later event first touches the broken part.
         state.check_invariants();
         let next_job = state.jobs().map(|j| j.spec.id.0).max().unwrap_or(0) + 1;
-        let started = Instant::now();
+        let started = clock.mono_ms();
         let changes = Arc::new(tokio::sync::watch::channel(0u64).0);
         let inner = Inner {
             config,
@@ -236,6 +291,7 @@ impl Server {
             idle_noted: BTreeSet::new(),
             next_job,
             started,
+            clock,
             metrics: metrics::Metrics::default(),
             changes: changes.clone(),
             seq: loaded.last_seq,
@@ -254,14 +310,21 @@ impl Server {
         for job in running {
             inner.launch(job);
         }
-        Ok(Arc::new(Server {
-            inner: Mutex::new(inner),
-            wake: Notify::new(),
-            changes,
-            history: Mutex::new(std::collections::VecDeque::new()),
-        }))
+        Ok(inner)
     }
 
+    /// Wall-clock seconds, from the server's clock.
+    pub fn now_s(&self) -> Secs {
+        self.clock.now_s()
+    }
+
+    /// Monotonic milliseconds, from the server's clock.
+    pub fn mono_ms(&self) -> u64 {
+        self.clock.mono_ms()
+    }
+}
+
+impl Server {
     /// The state, under its one lock. A poisoned lock means a panic happened while the state
     /// was being changed: nothing can trust it any more, so this panics too (and the
     /// scheduling loop's panic stops the process) rather than recover it.
@@ -339,7 +402,7 @@ impl Server {
     /// agent then ends their tasks); they start again when capacity returns.
     pub fn requeue_all(&self, why: &str) -> Result<(), Refusal> {
         let mut inner = self.lock();
-        let now = now_s();
+        let now = inner.now_s();
         let runs: Vec<(JobId, u32)> = inner
             .state
             .live_jobs()

@@ -25,7 +25,7 @@ use qm_core::{plan, NodeState};
 use qm_proto as proto;
 use qm_proto::PreemptionCause;
 
-use crate::{now_s, views, Inner};
+use crate::{views, Inner};
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -206,7 +206,7 @@ pub fn render(inner: &Inner) -> String {
     );
 
     // Allocation by team and model.
-    let usage = views::usage(state, now_s());
+    let usage = views::usage(state, inner.now_s());
     type Pick = fn(&views::Usage) -> u64;
     let picks: [(&str, &str, Pick); 3] = [
         (
@@ -256,7 +256,7 @@ pub fn render(inner: &Inner) -> String {
     );
 
     // Pending jobs by reason, from a full plan.
-    let p = plan(state, now_s());
+    let p = plan(state, inner.now_s());
     // Every reason, 0 included (as for states), so the family is always described: the
     // encoder leaves out a family without series.
     let mut reasons: BTreeMap<proto::ReasonKind, u64> =
@@ -340,7 +340,7 @@ pub fn render(inner: &Inner) -> String {
                 NodeLabels {
                     node: inner.node_name(*id),
                 },
-                a.last_seen.elapsed().as_secs_f64(),
+                inner.mono_ms().saturating_sub(a.last_seen) as f64 / 1000.0,
             )
         })),
     );

@@ -8,7 +8,7 @@ use qm_core::{ClusterState, GpuAsk, Job, JobState, Node, Team};
 use qm_proto as proto;
 use qm_proto::{JobView, NodeView, TaskView, TeamView};
 
-use crate::{now_s, Inner};
+use crate::Inner;
 
 /// Milli-GPUs held by running (or stopping) jobs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -290,7 +290,8 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
 }
 
 pub fn node_view(inner: &Inner, n: &Node) -> NodeView {
-    let now = now_s();
+    let now = inner.now_s();
+    let mono = inner.mono_ms();
     NodeView {
         name: n.spec.name.clone(),
         state: node_state(n.state),
@@ -303,7 +304,7 @@ pub fn node_view(inner: &Inner, n: &Node) -> NodeView {
         last_seen_s: inner
             .agents
             .get(&n.spec.id.0)
-            .map(|a| now.saturating_sub(a.last_seen.elapsed().as_secs())),
+            .map(|a| now.saturating_sub(mono.saturating_sub(a.last_seen) / 1000)),
     }
 }
 

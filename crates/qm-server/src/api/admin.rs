@@ -10,7 +10,7 @@ use qm_proto::{NodeView, TeamRequest, TeamView, TokenRequest, TokenResponse};
 
 use super::{Admin, Api, Body};
 use crate::views::{self, node_view, team_views};
-use crate::{now_s, Refusal, Server};
+use crate::{Refusal, Server};
 
 fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
     {
@@ -20,11 +20,12 @@ fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
             .get(name)
             .map(|n| n.id)
             .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
+        let at_s = inner.now_s();
         inner.commit(
             vec![Event::NodeState {
                 node: NodeId(id),
                 state: to,
-                at_s: now_s(),
+                at_s,
             }],
             &[],
         )?;
@@ -132,7 +133,7 @@ pub async fn set_team(
             spec.priorities = range;
         }
         inner.commit(vec![Event::SetTeam(spec)], &[])?;
-        team_views(&inner.state, crate::now_s())
+        team_views(&inner.state, inner.now_s())
             .into_iter()
             .find(|t| t.name == req.name)
             .ok_or_else(|| Refusal::Internal("team vanished".into()))?

@@ -2,7 +2,7 @@
 //! (`GET /agent/v1/commands?wait_s=`) and log uploads with the node's own credential.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
@@ -20,14 +20,34 @@ use crate::{Agent, Inner, Refusal, Server};
 
 impl Inner {
     /// The node's live session, created on first contact, marked seen now.
-    fn agent_seen(&mut self, node: u32) -> &mut Agent {
+    pub(crate) fn agent_seen(&mut self, node: u32) -> &mut Agent {
+        let now = self.mono_ms();
         let agent = self.agents.entry(node).or_insert_with(|| Agent {
-            last_seen: Instant::now(),
+            last_seen: now,
             outbox: Vec::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
         });
-        agent.last_seen = Instant::now();
+        agent.last_seen = now;
         agent
+    }
+
+    /// What the server has for a node's agent: its outbox, emptied. Launches count as
+    /// received from now (a task missing from the node's heartbeats after that is lost).
+    pub(crate) fn take_commands(&mut self, node: u32) -> Vec<qm_proto::Command> {
+        let out = self
+            .agents
+            .get_mut(&node)
+            .map(|a| std::mem::take(&mut a.outbox))
+            .unwrap_or_default();
+        let now = self.mono_ms();
+        for c in &out {
+            if let qm_proto::Command::Launch(l) = c {
+                if let Some(sent) = self.sent.get_mut(&l.key) {
+                    sent.at = now;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -40,82 +60,97 @@ pub async fn register(
     Caller(who): Caller,
     Body(req): Body<RegisterRequest>,
 ) -> Api<RegisterResponse> {
-    if !matches!(who, Principal::Admin | Principal::Join | Principal::Node(_)) {
-        return Err(Refusal::Forbidden(
-            "registering a node needs a join token or the node's own credential".into(),
-        ));
-    }
-    crate::limits::node_name(&req.name).map_err(Refusal::BadRequest)?;
-    let credential = {
-        let mut inner = s.lock();
-        let id = match inner.nodes.get(&req.name) {
-            Some(n) => {
-                let allowed = match who {
-                    Principal::Admin => true,
-                    Principal::Node(caller) => caller == n.id,
-                    // Reset by an admin: the name is free for a join token again.
-                    Principal::Join => n.credential_hash.is_empty(),
-                    _ => false,
-                };
-                if !allowed {
-                    let name = &req.name;
-                    let message = format!(
-                        "node {name} is registered already; registering it again needs its current credential (its agent keeps it in DATA_DIR/credential) or an admin (`qm nodes reset {name}`, then register with a join token)"
-                    );
-                    eprintln!("qm server: refused: {message}");
-                    let caller = match who {
-                        Principal::Node(c) => inner.node_name(c),
-                        _ => "(join token)".to_string(),
-                    };
-                    inner.metrics.agent_refused(caller, "register");
-                    return Err(Refusal::Forbidden(message));
-                }
-                n.id
-            }
-            None => {
-                if let Principal::Node(caller) = who {
-                    return Err(Refusal::Forbidden(format!(
-                        "the credential of node {} registers only that node, not {:?}; a new node needs a join token",
-                        inner.node_name(caller),
-                        req.name
-                    )));
-                }
-                inner.nodes.values().map(|n| n.id + 1).max().unwrap_or(0)
-            }
-        };
-        let spec = NodeSpec {
-            id: NodeId(id),
-            name: req.name.clone(),
-            gpus: req.gpus,
-            gpu_model: req.gpu_model.clone(),
-            gpu_mem_mib: req.gpu_mem_mib,
-            cpu_milli: req.cpu_milli,
-            mem_mib: req.mem_mib,
-            labels: req.labels.clone(),
-            topology: req.topology.clone(),
-        };
-        let credential = new_token();
-        let rec = NodeRecord {
-            name: req.name.clone(),
-            id,
-            credential_hash: hash_token(&credential),
-            address: req.address.clone(),
-        };
-        // A node already running jobs keeps them: re-registering only renews its credential.
-        let known = inner
-            .state
-            .node(NodeId(id))
-            .is_some_and(|n| n.spec.gpus == spec.gpus && n.spec.gpu_model == spec.gpu_model);
-        if !known {
-            inner.commit(vec![Event::NodeUp(spec)], &[])?;
-        }
-        inner.store.put_node(&rec)?;
-        inner.nodes.insert(rec.name.clone(), rec);
-        inner.agent_seen(id);
-        credential
-    };
+    let credential = s.lock().register(&who, &req)?;
     s.wake.notify_one();
     Ok(Json(RegisterResponse { credential }))
+}
+
+impl Inner {
+    /// Registers a node for `who` (see [`register`]) and returns its new credential.
+    pub(crate) fn register(
+        &mut self,
+        who: &Principal,
+        req: &RegisterRequest,
+    ) -> Result<String, Refusal> {
+        if !matches!(
+            *who,
+            Principal::Admin | Principal::Join | Principal::Node(_)
+        ) {
+            return Err(Refusal::Forbidden(
+                "registering a node needs a join token or the node's own credential".into(),
+            ));
+        }
+        crate::limits::node_name(&req.name).map_err(Refusal::BadRequest)?;
+        let credential = {
+            let inner = self;
+            let id = match inner.nodes.get(&req.name) {
+                Some(n) => {
+                    let allowed = match *who {
+                        Principal::Admin => true,
+                        Principal::Node(caller) => caller == n.id,
+                        // Reset by an admin: the name is free for a join token again.
+                        Principal::Join => n.credential_hash.is_empty(),
+                        _ => false,
+                    };
+                    if !allowed {
+                        let name = &req.name;
+                        let message = format!(
+                            "node {name} is registered already; registering it again needs its current credential (its agent keeps it in DATA_DIR/credential) or an admin (`qm nodes reset {name}`, then register with a join token)"
+                        );
+                        eprintln!("qm server: refused: {message}");
+                        let caller = match *who {
+                            Principal::Node(c) => inner.node_name(c),
+                            _ => "(join token)".to_string(),
+                        };
+                        inner.metrics.agent_refused(caller, "register");
+                        return Err(Refusal::Forbidden(message));
+                    }
+                    n.id
+                }
+                None => {
+                    if let Principal::Node(caller) = *who {
+                        return Err(Refusal::Forbidden(format!(
+                            "the credential of node {} registers only that node, not {:?}; a new node needs a join token",
+                            inner.node_name(caller),
+                            req.name
+                        )));
+                    }
+                    inner.nodes.values().map(|n| n.id + 1).max().unwrap_or(0)
+                }
+            };
+            let spec = NodeSpec {
+                id: NodeId(id),
+                name: req.name.clone(),
+                gpus: req.gpus,
+                gpu_model: req.gpu_model.clone(),
+                gpu_mem_mib: req.gpu_mem_mib,
+                cpu_milli: req.cpu_milli,
+                mem_mib: req.mem_mib,
+                labels: req.labels.clone(),
+                topology: req.topology.clone(),
+            };
+            let credential = new_token();
+            let rec = NodeRecord {
+                name: req.name.clone(),
+                id,
+                credential_hash: hash_token(&credential),
+                address: req.address.clone(),
+            };
+            // A node already running jobs keeps them: re-registering only renews its credential.
+            let known = inner
+                .state
+                .node(NodeId(id))
+                .is_some_and(|n| n.spec.gpus == spec.gpus && n.spec.gpu_model == spec.gpu_model);
+            if !known {
+                inner.commit(vec![Event::NodeUp(spec)], &[])?;
+            }
+            inner.store.put_node(&rec)?;
+            inner.nodes.insert(rec.name.clone(), rec);
+            inner.agent_seen(id);
+            credential
+        };
+        Ok(credential)
+    }
 }
 
 pub async fn heartbeat(
@@ -144,22 +179,7 @@ pub async fn commands(
 ) -> Api<Commands> {
     let wake = s.lock().agent_seen(node).wake.clone();
     let deadline = Duration::from_secs(w.wait_s.unwrap_or(25).min(60));
-    let take = |s: &Server| {
-        let mut inner = s.lock();
-        let out = inner
-            .agents
-            .get_mut(&node)
-            .map(|a| std::mem::take(&mut a.outbox))
-            .unwrap_or_default();
-        for c in &out {
-            if let qm_proto::Command::Launch(l) = c {
-                if let Some(sent) = inner.sent.get_mut(&l.key) {
-                    sent.at = Instant::now();
-                }
-            }
-        }
-        out
-    };
+    let take = |s: &Server| s.lock().take_commands(node);
     let mut out = take(&s);
     if out.is_empty() {
         let _ = tokio::time::timeout(deadline, wake.notified()).await;

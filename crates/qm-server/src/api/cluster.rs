@@ -19,7 +19,7 @@ pub async fn nodes(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<N
 
 pub async fn teams(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<TeamView>> {
     let inner = s.lock();
-    Ok(Json(team_views(&inner.state, crate::now_s())))
+    Ok(Json(team_views(&inner.state, inner.now_s())))
 }
 
 pub async fn metrics(State(s): State<Arc<Server>>, Client(_): Client) -> Result<Response, Refusal> {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::{Api, Body, Client, Params};
 use crate::auth::Principal;
 use crate::views::{self, job_view};
-use crate::{now_s, Inner, Refusal, Server};
+use crate::{Inner, Refusal, Server};
 
 fn submitter(p: &Principal) -> String {
     match p {
@@ -28,93 +28,103 @@ pub async fn submit(
     Client(p): Client,
     Body(req): Body<SubmitRequest>,
 ) -> Api<SubmitResponse> {
-    if !p.may_use_team(&req.team) {
-        return Err(Refusal::Forbidden(format!(
-            "your token may not submit to team {:?}",
-            req.team
-        )));
-    }
-    if req.command.is_empty() || req.command[0].is_empty() {
-        return Err(Refusal::BadRequest(
-            "command is empty; give the program and its arguments".into(),
-        ));
-    }
-    crate::limits::submission(&req).map_err(Refusal::BadRequest)?;
-    let gpu = match (req.gpus, req.gpu_milli) {
-        (Some(_), Some(_)) => {
-            return Err(Refusal::BadRequest(
-                "give gpus (whole GPUs per task) or gpu_milli (a share of one), not both".into(),
-            ))
-        }
-        (None, Some(m)) => GpuAsk::Milli(m),
-        (Some(g), None) => GpuAsk::Whole(g),
-        (None, None) => GpuAsk::Whole(1),
-    };
-    let time_limit_s = match req.time_limit_s {
-        Some(t) if t <= 0 => {
-            return Err(Refusal::BadRequest(format!(
-            "time_limit_s is {t}; give a positive number of seconds or leave it out for no limit"
-        )))
-        }
-        Some(t) => Some(t as u64),
-        None => None,
-    };
-    // Tasks run as the submitter: a member's token name; only an admin may name a user.
-    let run_as = match &p {
-        Principal::Member { name, .. } => Some(name.clone()),
-        _ => req.user.clone(),
-    };
-    let priority = req.priority.unwrap_or(0);
-    let user = run_as.clone().unwrap_or_else(|| submitter(&p));
-    let id = {
-        let mut inner = s.lock();
-        if let Principal::Member { .. } = p {
-            if let Some(team) = inner.state.team(&req.team) {
-                let [lo, hi] = team.spec.priorities;
-                if priority < lo || priority > hi {
-                    return Err(Refusal::Forbidden(format!(
-                        "priority {priority} is outside team {}'s range {lo}..{hi}, which an admin sets (qm admin team set {} --priorities LOW..HIGH)",
-                        req.team, req.team
-                    )));
-                }
-            }
-        }
-        inner.pending_room(&req.team, &user)?;
-        let id = JobId(inner.next_job);
-        let spec = JobSpec {
-            id,
-            name: req.name.clone(),
-            team: req.team.clone(),
-            user,
-            priority,
-            tasks: req.tasks.unwrap_or(1),
-            gpu,
-            // CPU and memory are reserved only when asked for: GPUs are what is scheduled.
-            cpu_milli: req.cpu_milli.unwrap_or(0),
-            mem_mib: req.mem_mib.unwrap_or(0),
-            gpu_model: req.gpu_model.clone(),
-            node_selector: Default::default(),
-            time_limit_s,
-            runtime_estimate_s: None,
-            preemptible: req.preemptible.unwrap_or(true),
-            grace_s: 10,
-            min_run_s: 0,
-            checkpoint_every_s: None,
-            depends_on: Vec::new(),
-            submit_s: now_s(),
-        };
-        let payload = JobPayload {
-            command: req.command.clone(),
-            env: req.env.clone(),
-            workdir: req.workdir.clone(),
-            user: run_as,
-        };
-        inner.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
-        inner.next_job += 1;
-        id
-    };
+    let id = s.lock().submit(&p, &req)?;
     s.wake.notify_one();
     Ok(Json(SubmitResponse { job: id.0 }))
+}
+
+impl Inner {
+    /// Accepts a submission from `p`: every check first (team, fields and their limits,
+    /// priority range, pending limits), then durable before it returns the job's id.
+    pub(crate) fn submit(&mut self, p: &Principal, req: &SubmitRequest) -> Result<JobId, Refusal> {
+        if !p.may_use_team(&req.team) {
+            return Err(Refusal::Forbidden(format!(
+                "your token may not submit to team {:?}",
+                req.team
+            )));
+        }
+        if req.command.is_empty() || req.command[0].is_empty() {
+            return Err(Refusal::BadRequest(
+                "command is empty; give the program and its arguments".into(),
+            ));
+        }
+        crate::limits::submission(req).map_err(Refusal::BadRequest)?;
+        let gpu = match (req.gpus, req.gpu_milli) {
+            (Some(_), Some(_)) => {
+                return Err(Refusal::BadRequest(
+                    "give gpus (whole GPUs per task) or gpu_milli (a share of one), not both"
+                        .into(),
+                ))
+            }
+            (None, Some(m)) => GpuAsk::Milli(m),
+            (Some(g), None) => GpuAsk::Whole(g),
+            (None, None) => GpuAsk::Whole(1),
+        };
+        let time_limit_s = match req.time_limit_s {
+            Some(t) if t <= 0 => {
+                return Err(Refusal::BadRequest(format!(
+                "time_limit_s is {t}; give a positive number of seconds or leave it out for no limit"
+            )))
+            }
+            Some(t) => Some(t as u64),
+            None => None,
+        };
+        // Tasks run as the submitter: a member's token name; only an admin may name a user.
+        let run_as = match p {
+            Principal::Member { name, .. } => Some(name.clone()),
+            _ => req.user.clone(),
+        };
+        let priority = req.priority.unwrap_or(0);
+        let user = run_as.clone().unwrap_or_else(|| submitter(p));
+        let id = {
+            let inner = self;
+            if let Principal::Member { .. } = p {
+                if let Some(team) = inner.state.team(&req.team) {
+                    let [lo, hi] = team.spec.priorities;
+                    if priority < lo || priority > hi {
+                        return Err(Refusal::Forbidden(format!(
+                            "priority {priority} is outside team {}'s range {lo}..{hi}, which an admin sets (qm admin team set {} --priorities LOW..HIGH)",
+                            req.team, req.team
+                        )));
+                    }
+                }
+            }
+            inner.pending_room(&req.team, &user)?;
+            let id = JobId(inner.next_job);
+            let spec = JobSpec {
+                id,
+                name: req.name.clone(),
+                team: req.team.clone(),
+                user,
+                priority,
+                tasks: req.tasks.unwrap_or(1),
+                gpu,
+                // CPU and memory are reserved only when asked for: GPUs are what is scheduled.
+                cpu_milli: req.cpu_milli.unwrap_or(0),
+                mem_mib: req.mem_mib.unwrap_or(0),
+                gpu_model: req.gpu_model.clone(),
+                node_selector: Default::default(),
+                time_limit_s,
+                runtime_estimate_s: None,
+                preemptible: req.preemptible.unwrap_or(true),
+                grace_s: 10,
+                min_run_s: 0,
+                checkpoint_every_s: None,
+                depends_on: Vec::new(),
+                submit_s: inner.now_s(),
+            };
+            let payload = JobPayload {
+                command: req.command.clone(),
+                env: req.env.clone(),
+                workdir: req.workdir.clone(),
+                user: run_as,
+            };
+            inner.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
+            inner.next_job += 1;
+            id
+        };
+        Ok(id)
+    }
 }
 
 #[derive(Deserialize)]
@@ -258,7 +268,7 @@ pub async fn why(
             eta_s: None,
         }));
     }
-    let p = plan(&inner.state, now_s());
+    let p = plan(&inner.state, inner.now_s());
     match p.pending_job(JobId(id)) {
         Some(pj) => Ok(Json(WhyView {
             job: id,
@@ -272,7 +282,7 @@ pub async fn why(
             state,
             reason: None,
             message: "starting now".into(),
-            eta_s: Some(now_s()),
+            eta_s: Some(inner.now_s()),
         })),
     }
 }
@@ -291,10 +301,11 @@ pub async fn cancel(
                 job.state.name()
             )));
         }
+        let at_s = inner.now_s();
         inner.commit(
             vec![Event::Cancel {
                 job: JobId(id),
-                at_s: now_s(),
+                at_s,
             }],
             &[],
         )?;
