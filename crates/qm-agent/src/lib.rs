@@ -149,9 +149,11 @@ fn say_who_tasks_run_as(allow_root: bool) {
     }
 }
 
-/// Registers the node: with its saved credential where it has one (the same node coming
-/// back), else, or when the server no longer knows that credential, with the join token.
-/// The new credential is saved, readable by the agent's user alone.
+/// Registers the node with the credential the agent chose for it: the one in its credential
+/// file, or a new random one, saved (readable by the agent's user alone) before it is first
+/// sent. It goes as the bearer token (the same node coming back) and, where the server does
+/// not know it yet, as the proposal beside the join token. Registering again with the same
+/// credential changes nothing, so an answer lost on the way never locks the node out.
 fn register_node(
     client: &Client,
     cfg: &AgentConfig,
@@ -162,28 +164,46 @@ fn register_node(
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
-    let mut answer = None;
-    if let Some(saved) = &saved {
-        match client.post::<_, RegisterResponse>("/agent/v1/register", saved, req) {
-            Err(e) if e.starts_with("HTTP 401") => {}
-            other => answer = Some(other),
-        }
-    }
-    let r = match answer {
-        Some(r) => r?,
+    let mine = match saved {
+        Some(c) => c,
         None => {
+            let c =
+                new_credential().map_err(|e| format!("qm agent: cannot make a credential: {e}"))?;
+            write_private(cred_file, &c)
+                .map_err(|e| format!("qm agent: cannot save {}: {e}", cred_file.display()))?;
+            c
+        }
+    };
+    let req = RegisterRequest {
+        credential: Some(mine.clone()),
+        ..req.clone()
+    };
+    let r = match client.post::<_, RegisterResponse>("/agent/v1/register", &mine, &req) {
+        Err(e) if e.starts_with("HTTP 401") => {
             let join = cfg.join_token.as_deref().ok_or_else(|| {
                 format!(
                     "qm agent: node {} has no credential the server knows and no join token; pass --join-token-file",
                     cfg.name
                 )
             })?;
-            client.post::<_, RegisterResponse>("/agent/v1/register", join, req)?
+            client.post::<_, RegisterResponse>("/agent/v1/register", join, &req)?
         }
+        other => other?,
     };
-    write_private(cred_file, &r.credential)
-        .map_err(|e| format!("qm agent: cannot save {}: {e}", cred_file.display()))?;
+    if r.credential != mine {
+        write_private(cred_file, &r.credential)
+            .map_err(|e| format!("qm agent: cannot save {}: {e}", cred_file.display()))?;
+    }
     Ok(r.credential)
+}
+
+/// A new credential: `qmn_` and 40 hex digits (160 random bits from the kernel).
+fn new_credential() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 20];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("qmn_{hex}"))
 }
 
 /// Writes a secret to a file only its owner may read or write (0600 from its creation).
@@ -252,6 +272,7 @@ pub fn run(
         labels: cfg.labels.clone(),
         topology: cfg.topology.clone(),
         address: cfg.address.clone(),
+        credential: None,
     };
     // Register, retrying until the server answers (it may still be starting).
     let cred_file = cfg.data_dir.join("credential");

@@ -50,13 +50,16 @@ pub enum StopCause {
     TimeLimit,
     /// Its owner cancelled it.
     Cancel,
+    /// A task of its run was lost (its node restarted without it): the others are stopped,
+    /// their GPUs held until they exit, and the job is requeued.
+    Lost,
 }
 
 impl StopCause {
     fn requeues(self) -> bool {
         matches!(
             self,
-            StopCause::Reclaim | StopCause::Priority | StopCause::Idle
+            StopCause::Reclaim | StopCause::Priority | StopCause::Idle | StopCause::Lost
         )
     }
 }

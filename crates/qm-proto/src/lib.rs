@@ -232,6 +232,11 @@ pub struct RegisterRequest {
     pub topology: Vec<String>,
     /// Where tasks on this node can reach each other (MASTER_ADDR).
     pub address: String,
+    /// The credential the agent chose for its node (random, kept in its credential file
+    /// before it first registers): registering again with it, even with the join token
+    /// after an answer was lost, is the same node coming back, not a takeover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,9 @@ use crate::{Inner, Refusal, Sent};
 /// lost (the agent restarted without it).
 const LOST_AFTER_MS: u64 = 10_000;
 
+/// The exit code recorded for a task that vanished from its node.
+pub const LOST_CODE: i32 = -1;
+
 /// Utilisation of a running job becomes an event at least this often (seconds).
 const UTIL_EVERY_S: u64 = 30;
 
@@ -104,6 +107,34 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Tells the agents of a job's run to stop its tasks, each within the job's grace.
+    pub(crate) fn kill_run(&mut self, id: JobId) {
+        let Some(job) = self.state.job(id) else {
+            return;
+        };
+        let Some(run) = job.state.run() else { return };
+        let grace_s = job.spec.grace_s;
+        let tasks: Vec<(u32, u32, u32)> = run
+            .placement
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u32, t.node.0, run.attempt))
+            .collect();
+        for (task, node, attempt) in tasks {
+            self.push(
+                node,
+                Command::Kill {
+                    key: TaskKey {
+                        job: id.0,
+                        task,
+                        attempt,
+                    },
+                    grace_s,
+                },
+            );
+        }
     }
 
     /// Plans and executes: stops first (SIGTERM now, SIGKILL after the grace period), then
@@ -311,7 +342,7 @@ impl Inner {
                 "node {name} sent a {what} about {task}, which was never placed on it: a node speaks only for its own tasks"
             ),
         };
-        eprintln!("qm server: refused: {message}");
+        self.refused(&message);
         self.metrics.agent_refused(name, what);
         Err(Refusal::Forbidden(message))
     }
@@ -334,11 +365,20 @@ impl Inner {
         let name = self.node_name(node);
         self.metrics.heartbeat(name);
         let mut events = Vec::new();
-        // A node that was marked down comes back.
-        if self
-            .state
-            .node(NodeId(node))
-            .is_some_and(|n| n.state == NodeState::Down)
+        // A node that was marked down comes back, once it runs nothing the server does not
+        // expect there: tasks of runs that ended while it was away still hold their GPUs
+        // (they are killed below), and nothing new may land on those GPUs before they exit.
+        let stale = hb.running.iter().any(|k| {
+            self.state
+                .job(JobId(k.job))
+                .and_then(|j| j.state.run())
+                .is_none_or(|r| r.attempt != k.attempt)
+        });
+        if !stale
+            && self
+                .state
+                .node(NodeId(node))
+                .is_some_and(|n| n.state == NodeState::Down)
         {
             events.push(Event::NodeState {
                 node: NodeId(node),
@@ -357,7 +397,12 @@ impl Inner {
                 })
         };
         for key in &hb.running {
-            if !current(self, key) {
+            // A task of a run that ended, or of one stopping past its deadline (a kill lost
+            // on the way): killed, again if need be.
+            let overdue = self.state.job(JobId(key.job)).is_some_and(
+                |j| matches!(&j.state, JobState::Stopping(_, st) if now > st.deadline_s),
+            );
+            if !current(self, key) || overdue {
                 self.push(
                     node,
                     Command::Kill {
@@ -380,45 +425,72 @@ impl Inner {
             .map(|(k, _)| k.clone())
             .filter(|k| !exits.iter().any(|e| &e.key == k))
             .collect();
-        // A lost task (its agent restarted without it) loses the whole run: the job goes back
-        // to the queue whole and its other tasks are killed.
+        // A lost task (its agent restarted without it) loses the whole run. It counts as
+        // exited (`LOST_CODE`, stored like a reported exit). The gang's other tasks are
+        // killed, and their GPUs stay held (the job is stopping) until they have exited too:
+        // nothing new may land on a GPU a killed task still uses. Then the job goes back to
+        // the queue whole (at once when nothing else of the run is left).
         for key in lost {
             self.sent.remove(&key);
-            if !current(self, &key)
-                || events
-                    .iter()
-                    .any(|e| matches!(e, Event::Requeue { job, .. } if job.0 == key.job))
-            {
+            if !current(self, &key) {
                 continue;
             }
-            let run = self
-                .state
-                .job(JobId(key.job))
-                .and_then(|j| j.state.run())
-                .cloned();
-            if let Some(run) = run {
+            let Some((run, stopping)) = self.state.job(JobId(key.job)).and_then(|j| {
+                let run = j.state.run()?.clone();
+                Some((run, matches!(j.state, JobState::Stopping(..))))
+            }) else {
+                continue;
+            };
+            self.note(
+                key.job,
+                now,
+                JobEventKind::Lost,
+                format!("task {} vanished from its node", key.task),
+            );
+            self.store
+                .put_exit((key.job, key.task, key.attempt), LOST_CODE)?;
+            let codes = self.exits.entry((key.job, key.attempt)).or_default();
+            codes.insert(key.task, LOST_CODE);
+            let codes = codes.clone();
+            let job = JobId(key.job);
+            let ends = events.iter().any(|e| {
+                matches!(e, Event::Requeue { job: j, .. } | Event::Exited { job: j, .. } if *j == job)
+            });
+            if ends {
+                continue;
+            }
+            if codes.len() == run.placement.len() {
+                events.push(if stopping {
+                    Event::Exited {
+                        job,
+                        success: false,
+                        attempt: Some(run.attempt),
+                        at_s: now,
+                    }
+                } else {
+                    Event::Requeue {
+                        job,
+                        attempt: Some(run.attempt),
+                        at_s: now,
+                    }
+                });
+            } else if !stopping {
+                events.push(Event::Stop {
+                    job,
+                    cause: StopCause::Lost,
+                    beneficiary: None,
+                    at_s: now,
+                });
                 for (i, t) in run.placement.iter().enumerate() {
-                    let k = TaskKey {
-                        job: key.job,
-                        task: i as u32,
-                        attempt: run.attempt,
-                    };
-                    self.sent.remove(&k);
-                    if k != key {
+                    if !codes.contains_key(&(i as u32)) {
+                        let k = TaskKey {
+                            job: key.job,
+                            task: i as u32,
+                            attempt: run.attempt,
+                        };
                         self.push(t.node.0, Command::Kill { key: k, grace_s: 0 });
                     }
                 }
-                self.note(
-                    key.job,
-                    now,
-                    JobEventKind::Lost,
-                    format!("task {} vanished from its node", key.task),
-                );
-                events.push(Event::Requeue {
-                    job: JobId(key.job),
-                    attempt: Some(key.attempt),
-                    at_s: now,
-                });
             }
         }
         for exit in &exits {
@@ -528,10 +600,20 @@ impl Inner {
                 .and_then(|j| j.state.run())
                 .is_some_and(|r| r.attempt == attempt)
         });
-        // Exits of one job in one batch must not repeat: keep the first of each.
+        // One end per job in one batch: a run whose every task has exited ends (`Exited`),
+        // even if an earlier exit of this batch would only have stopped it (two tasks of a
+        // gang failing together); otherwise the first of each.
+        let ended: std::collections::BTreeSet<JobId> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Exited { job, .. } => Some(*job),
+                _ => None,
+            })
+            .collect();
         let mut seen = std::collections::BTreeSet::new();
         events.retain(|e| match e {
-            Event::Exited { job, .. } | Event::Stop { job, .. } => seen.insert((job.0, 0u8)),
+            Event::Stop { job, .. } if ended.contains(job) => false,
+            Event::Exited { job, .. } | Event::Stop { job, .. } => seen.insert(job.0),
             _ => true,
         });
         if !events.is_empty() {

@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod dash;
 mod exec;
+pub mod faults;
 mod limits;
 mod metrics;
 mod views;
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub max_pending_per_team: usize,
     /// Members see only their own teams' jobs.
     pub private_jobs: bool,
+    /// Print each refused agent request on standard error (a simulation turns it off).
+    pub log_refusals: bool,
     pub scheduler: SchedulerConfig,
 }
 
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             max_pending_per_user: 10_000,
             max_pending_per_team: 50_000,
             private_jobs: false,
+            log_refusals: true,
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -310,7 +314,52 @@ impl Inner {
         for job in running {
             inner.launch(job);
         }
+        // Jobs that were stopping: their agents are told again (a kill may have been lost
+        // with the last life), and a task no agent reports any more counts as gone, so that
+        // the stop completes even where the task never ran or its agent lost it.
+        let stopping: Vec<JobId> = inner
+            .state
+            .live_jobs()
+            .filter(|j| matches!(j.state, qm_core::JobState::Stopping(..)))
+            .map(|j| j.spec.id)
+            .collect();
+        for job in stopping {
+            inner.kill_run(job);
+            inner.watch_run(job);
+        }
         Ok(inner)
+    }
+
+    /// Expects every task of the job's run on its node from now on: one its agent does not
+    /// report within the lost window counts as gone.
+    pub(crate) fn watch_run(&mut self, id: JobId) {
+        let Some(run) = self.state.job(id).and_then(|j| j.state.run()) else {
+            return;
+        };
+        let at = self.clock.mono_ms();
+        let keys: Vec<(TaskKey, u32)> = run
+            .placement
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let key = TaskKey {
+                    job: id.0,
+                    task: i as u32,
+                    attempt: run.attempt,
+                };
+                (key, t.node.0)
+            })
+            .collect();
+        for (key, node) in keys {
+            self.sent.entry(key).or_insert(Sent { node, at });
+        }
+    }
+
+    /// Logs a refused agent request.
+    pub(crate) fn refused(&self, message: &str) {
+        if self.config.log_refusals {
+            eprintln!("qm server: refused: {message}");
+        }
     }
 
     /// Wall-clock seconds, from the server's clock.
@@ -683,7 +732,10 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
                 Some(qm_core::JobState::Stopping(_, s))
                     if matches!(
                         s.cause,
-                        qm_core::StopCause::Reclaim | qm_core::StopCause::Priority
+                        qm_core::StopCause::Reclaim
+                            | qm_core::StopCause::Priority
+                            | qm_core::StopCause::Idle
+                            | qm_core::StopCause::Lost
                     ) =>
                 {
                     JobEventKind::Requeued

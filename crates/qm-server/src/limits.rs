@@ -50,6 +50,18 @@ pub fn node_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A credential an agent chose for its node: long and random enough to be a secret.
+pub fn credential(c: &str) -> Result<(), String> {
+    let ok = (32..=128).contains(&c.len())
+        && c.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err("a node's credential must be 32 to 128 letters, digits, '_' or '-' (agents make one from 160 random bits)".into())
+    }
+}
+
 /// A portable Unix user name: a lower-case letter or `_`, then lower-case letters, digits,
 /// `_` or `-`, at most 32.
 fn portable_user(name: &str) -> bool {

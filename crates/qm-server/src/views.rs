@@ -144,6 +144,7 @@ pub fn stop_cause_text(c: qm_core::StopCause) -> &'static str {
         qm_core::StopCause::Idle => "idle",
         qm_core::StopCause::TimeLimit => "timelimit",
         qm_core::StopCause::Cancel => "cancel",
+        qm_core::StopCause::Lost => "lost",
     }
 }
 
@@ -455,6 +456,7 @@ mod tests {
             StopCause::Idle,
             StopCause::TimeLimit,
             StopCause::Cancel,
+            StopCause::Lost,
         ] {
             assert_eq!(
                 stop_cause_text(c),

@@ -96,6 +96,7 @@ async fn cluster() -> (Arc<Server>, u64, String, u64) {
             labels: BTreeMap::new(),
             topology: Vec::new(),
             address: "127.0.0.1".into(),
+            credential: None,
         };
         let (status, text) = call(
             &server,

@@ -91,6 +91,16 @@ impl Api {
 
     /// Registers a 4-GPU node named `name` with `token`.
     async fn register(&self, name: &str, token: &str) -> (StatusCode, String) {
+        self.register_with(name, token, None).await
+    }
+
+    /// Registers a 4-GPU node named `name` with `token`, proposing `credential`.
+    async fn register_with(
+        &self,
+        name: &str,
+        token: &str,
+        credential: Option<&str>,
+    ) -> (StatusCode, String) {
         let req = RegisterRequest {
             name: name.into(),
             gpus: 4,
@@ -101,6 +111,7 @@ impl Api {
             labels: BTreeMap::new(),
             topology: Vec::new(),
             address: "127.0.0.1".into(),
+            credential: credential.map(str::to_string),
         };
         self.call(
             "POST",
@@ -701,12 +712,30 @@ async fn a_node_name_is_taken_over_only_with_its_credential_or_after_a_reset() {
     let (status, text) = api.register("bad name", &join).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert!(text.contains("1 to 63 letters"), "{text}");
-    // The node itself, coming back with its credential, gets a new one; the old one is void.
+    // The node itself, coming back with its credential, keeps it: registering again is
+    // idempotent (an answer lost on the way never locks a node out).
     let (status, text) = api.register("n0", &first).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let second = credential(&text);
-    assert_eq!(beat(&api, &first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(second, first);
     assert_eq!(beat(&api, &second).await, StatusCode::OK);
+    // An agent that chose its credential proves it beside the join token (its first answer
+    // lost): the same node; a wrong one is a takeover, refused.
+    let mine = "qmn_0123456789abcdef0123456789abcdef01234567";
+    let (status, text) = api.register_with("n2", &join, Some(mine)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(credential(&text), mine);
+    let (status, text) = api.register_with("n2", &join, Some(mine)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let wrong = "qmn_ffffffffffffffffffffffffffffffffffffffff";
+    let (status, text) = api.register_with("n2", &join, Some(wrong)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    // A credential names one node: n3 may not take n2's, nor an API token's form.
+    let (status, text) = api.register_with("n3", &join, Some(mine)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("in use"), "{text}");
+    let (status, text) = api.register_with("n3", &join, Some("short")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     // One node's credential does not register another name.
     let (status, text) = api.register("n1", &second).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
@@ -729,11 +758,11 @@ async fn a_node_name_is_taken_over_only_with_its_credential_or_after_a_reset() {
     let (status, text) = api.register("n0", &join).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let nodes: Vec<Value> = api.ok("GET", "/api/v1/nodes", None).await;
-    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
     assert!(api
         .metrics()
         .await
-        .contains("qm_agent_refused_total{node=\"(join token)\",what=\"register\"} 1"));
+        .contains("qm_agent_refused_total{node=\"(join token)\",what=\"register\"} 2"));
 }
 
 /// The status of an empty heartbeat sent with `token`.
@@ -800,6 +829,7 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
         labels: BTreeMap::new(),
         topology: Vec::new(),
         address: "127.0.0.1".into(),
+        credential: None,
     })
     .unwrap();
     let key = json!({"job": 1, "task": 0, "attempt": 1});

@@ -148,6 +148,7 @@ fn open_server(
         max_pending_per_user: sched.max_pending_per_user,
         max_pending_per_team: sched.max_pending_per_team,
         private_jobs: sched.private_jobs,
+        log_refusals: true,
         scheduler: sched.config(),
     };
     Server::open(Box::new(store), config)

@@ -34,11 +34,27 @@ impl Inner {
     /// What the server has for a node's agent: its outbox, emptied. Launches count as
     /// received from now (a task missing from the node's heartbeats after that is lost).
     pub(crate) fn take_commands(&mut self, node: u32) -> Vec<qm_proto::Command> {
-        let out = self
+        let mut out = self
             .agents
             .get_mut(&node)
             .map(|a| std::mem::take(&mut a.outbox))
             .unwrap_or_default();
+        // A launch of a run that has since ended (requeued while the node was away,
+        // cancelled before its agent asked) must not start: only the current run's go out.
+        out.retain(|c| match c {
+            qm_proto::Command::Launch(l) => self
+                .state
+                .job(qm_core::JobId(l.key.job))
+                .and_then(|j| j.state.run())
+                .is_some_and(|r| {
+                    r.attempt == l.key.attempt
+                        && matches!(
+                            self.state.job(qm_core::JobId(l.key.job)).map(|j| &j.state),
+                            Some(qm_core::JobState::Running(_))
+                        )
+                }),
+            qm_proto::Command::Kill { .. } => true,
+        });
         let now = self.mono_ms();
         for c in &out {
             if let qm_proto::Command::Launch(l) = c {
@@ -52,24 +68,28 @@ impl Inner {
 }
 
 /// Registers a node. A new name needs a join token (or an admin); a name already registered
-/// needs that node's current credential, or an admin, or a join token after an admin's
-/// `qm nodes reset NAME`: a join token alone never takes over a node and the launches that
-/// follow.
+/// needs that node's current credential (as the bearer token, or proposed in the request
+/// beside a join token), or an admin, or a join token after an admin's `qm nodes reset
+/// NAME`: a join token alone never takes over a node and the launches that follow.
 pub async fn register(
     State(s): State<Arc<Server>>,
-    Caller(who): Caller,
+    Caller(who, token): Caller,
     Body(req): Body<RegisterRequest>,
 ) -> Api<RegisterResponse> {
-    let credential = s.lock().register(&who, &req)?;
+    let credential = s.lock().register(&who, &token, &req)?;
     s.wake.notify_one();
     Ok(Json(RegisterResponse { credential }))
 }
 
 impl Inner {
-    /// Registers a node for `who` (see [`register`]) and returns its new credential.
+    /// Registers a node for `who` (see [`register`]) and returns its credential: the one the
+    /// agent chose (`req.credential`), else the bearer `token` of a node registering again,
+    /// else a new one. Registering again with the same credential changes nothing, so an
+    /// answer lost or overtaken on the way never locks a node out.
     pub(crate) fn register(
         &mut self,
         who: &Principal,
+        token: &str,
         req: &RegisterRequest,
     ) -> Result<String, Refusal> {
         if !matches!(
@@ -81,6 +101,10 @@ impl Inner {
             ));
         }
         crate::limits::node_name(&req.name).map_err(Refusal::BadRequest)?;
+        if let Some(c) = &req.credential {
+            crate::limits::credential(c).map_err(Refusal::BadRequest)?;
+        }
+        let proposed = req.credential.as_deref().map(hash_token);
         let credential = {
             let inner = self;
             let id = match inner.nodes.get(&req.name) {
@@ -88,8 +112,12 @@ impl Inner {
                     let allowed = match *who {
                         Principal::Admin => true,
                         Principal::Node(caller) => caller == n.id,
-                        // Reset by an admin: the name is free for a join token again.
-                        Principal::Join => n.credential_hash.is_empty(),
+                        // Reset by an admin: the name is free for a join token again. Or the
+                        // same agent again, proving it holds the node's credential.
+                        Principal::Join => {
+                            n.credential_hash.is_empty()
+                                || proposed.as_deref() == Some(n.credential_hash.as_str())
+                        }
                         _ => false,
                     };
                     if !allowed {
@@ -97,7 +125,7 @@ impl Inner {
                         let message = format!(
                             "node {name} is registered already; registering it again needs its current credential (its agent keeps it in DATA_DIR/credential) or an admin (`qm nodes reset {name}`, then register with a join token)"
                         );
-                        eprintln!("qm server: refused: {message}");
+                        inner.refused(&message);
                         let caller = match *who {
                             Principal::Node(c) => inner.node_name(c),
                             _ => "(join token)".to_string(),
@@ -129,7 +157,23 @@ impl Inner {
                 labels: req.labels.clone(),
                 topology: req.topology.clone(),
             };
-            let credential = new_token();
+            let credential = match (&req.credential, who) {
+                (Some(c), _) => c.clone(),
+                (None, Principal::Node(_)) => token.to_string(),
+                (None, _) => new_token(),
+            };
+            // A credential names one node, and is nobody's token.
+            let hash = hash_token(&credential);
+            let taken = inner.tokens.contains_key(&hash)
+                || inner
+                    .nodes
+                    .values()
+                    .any(|n| n.id != id && n.credential_hash == hash);
+            if taken {
+                return Err(Refusal::BadRequest(
+                    "that credential is in use; let the agent choose a new one (remove its credential file)".into(),
+                ));
+            }
             let rec = NodeRecord {
                 name: req.name.clone(),
                 id,

@@ -310,29 +310,7 @@ pub async fn cancel(
             &[],
         )?;
         // A running job is now stopping: its agents are told.
-        let job = inner.state.job(JobId(id)).expect("known");
-        if let Some(run) = job.state.run() {
-            let grace_s = job.spec.grace_s;
-            let tasks: Vec<(u32, u32, u32)> = run
-                .placement
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (i as u32, t.node.0, run.attempt))
-                .collect();
-            for (task, node, attempt) in tasks {
-                inner.push(
-                    node,
-                    qm_proto::Command::Kill {
-                        key: qm_proto::TaskKey {
-                            job: id,
-                            task,
-                            attempt,
-                        },
-                        grace_s,
-                    },
-                );
-            }
-        }
+        inner.kill_run(JobId(id));
         let job = inner.state.job(JobId(id)).expect("known");
         job_view(&inner, job)
     };

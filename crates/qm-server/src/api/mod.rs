@@ -102,8 +102,9 @@ where
     }
 }
 
-/// Whoever sent the request's bearer token: an admin, a member, a join token or a node.
-pub struct Caller(pub Principal);
+/// Whoever sent the request's bearer token (an admin, a member, a join token or a node), and
+/// the token.
+pub struct Caller(pub Principal, pub String);
 
 impl FromRequestParts<Arc<Server>> for Caller {
     type Rejection = Refusal;
@@ -119,9 +120,9 @@ impl FromRequestParts<Arc<Server>> for Caller {
         let token = header.strip_prefix("Bearer ").ok_or_else(|| {
             Refusal::Unauthorized("malformed Authorization header; expected `Bearer TOKEN`".into())
         })?;
-        let hash = hash_token(token.trim());
-        let principal = s.lock().principal(&hash)?;
-        Ok(Caller(principal))
+        let token = token.trim();
+        let principal = s.lock().principal(&hash_token(token))?;
+        Ok(Caller(principal, token.to_string()))
     }
 }
 

@@ -1,0 +1,610 @@
+//! A deterministic simulation of the control plane under faults: one server (its real
+//! reconciliation code, `Inner`, on a real SQLite store held in memory) and a few simulated
+//! agents that behave like `qm agent`, over a simulated network that loses, delays (and so
+//! reorders) and duplicates messages and cuts nodes off; the server and the agents crash and
+//! restart. Everything comes from one seed, and the server reads time only from the
+//! simulation's clock, so a failing seed replays exactly, with a readable trace.
+//!
+//! After every step the invariants are checked:
+//! - no GPU share is given twice as the agents see it: on every node, the tasks still alive
+//!   (reported or not, on a node cut off or whose agent crashed and left them running) never
+//!   take more than a whole GPU;
+//! - every accepted submission exists, and once ended stays ended the same way;
+//! - a job that succeeded ran every task of its final attempt to exit 0 (on the agents);
+//! - the core's own invariants hold on the server's state;
+//! - an agent is never refused for speaking about a task (a legitimate agent only speaks
+//!   for its own).
+//!
+//! Once the faults stop and everything is reachable again, every job ends and no task is
+//! left running anywhere.
+//!
+//! `qm sim faults --seed N` replays one seed and prints its trace; the tests run thousands.
+
+mod agent;
+mod net;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use qm_core::{JobId, JobState, Secs};
+use qm_proto::{RegisterRequest, SubmitRequest, TaskKey};
+use qm_store::{SqliteStore, Store};
+
+use crate::auth::{hash_token, Principal};
+use crate::{Clock, Inner, Refusal, ServerConfig};
+
+use agent::SimAgent;
+pub use net::Rng;
+use net::{Down, Msg, Network, Up};
+
+/// The simulation's clock: milliseconds since its start; wall seconds from a fixed epoch.
+struct SimClock {
+    ms: AtomicU64,
+}
+
+/// Wall-clock seconds at the start of every simulation.
+const EPOCH_S: Secs = 1_800_000_000;
+
+impl Clock for SimClock {
+    fn now_s(&self) -> Secs {
+        EPOCH_S + self.ms.load(Ordering::Relaxed) / 1000
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The shape of one simulation.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub agents: u32,
+    pub gpus_per_node: u32,
+    pub jobs: u32,
+    /// Milliseconds of faults (submissions arrive during them).
+    pub fault_ms: u64,
+    /// Milliseconds after the faults stop by which every job must have ended.
+    pub heal_ms: u64,
+    /// Keep a readable trace.
+    pub trace: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            agents: 3,
+            gpus_per_node: 4,
+            jobs: 12,
+            fault_ms: 120_000,
+            heal_ms: 600_000,
+            trace: false,
+        }
+    }
+}
+
+/// What a seed's run found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    /// The first invariant broken, if any.
+    pub failure: Option<String>,
+    /// Jobs accepted, and how many succeeded.
+    pub accepted: usize,
+    pub succeeded: usize,
+    /// Faults injected: server crashes, agent crashes, partitions.
+    pub server_crashes: u32,
+    pub agent_crashes: u32,
+    pub partitions: u32,
+    pub trace: Vec<String>,
+}
+
+/// The step of simulated time.
+const STEP_MS: u64 = 100;
+
+struct World {
+    opts: Options,
+    rng: Rng,
+    clock: Arc<SimClock>,
+    /// `None` while crashed; its store survives in `store`.
+    server: Option<Inner>,
+    store: Option<Box<dyn Store>>,
+    server_back_at: u64,
+    next_tick: u64,
+    agents: Vec<SimAgent>,
+    net: Network,
+    /// Accepted jobs: (duration ms, exit code, tasks) as submitted.
+    accepted: BTreeMap<u64, (u64, i32, u32)>,
+    /// How each ended job ended, as first seen.
+    ended: BTreeMap<u64, &'static str>,
+    /// Real exits on the agents: (job, attempt, task) -> code.
+    ledger: BTreeMap<(u64, u32, u32), i32>,
+    submitted: u32,
+    out: Outcome,
+}
+
+impl World {
+    fn now(&self) -> u64 {
+        self.clock.ms.load(Ordering::Relaxed)
+    }
+
+    fn log(&mut self, what: impl FnOnce() -> String) {
+        if self.opts.trace {
+            let line = format!("{:>8.1}s {}", self.now() as f64 / 1000.0, what());
+            self.out.trace.push(line);
+        }
+    }
+
+    fn fail(&mut self, what: String) {
+        if self.out.failure.is_none() {
+            let at = format!("at {:.1}s: {what}", self.now() as f64 / 1000.0);
+            self.log(|| format!("INVARIANT BROKEN: {what}"));
+            self.out.failure = Some(at);
+        }
+    }
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            node_timeout_s: 30,
+            // Snapshots often, so restarts load them.
+            snapshot_every: 50,
+            log_refusals: false,
+            ..ServerConfig::default()
+        }
+    }
+
+    fn open_server(&mut self) {
+        let store = self.store.take().expect("the store outlives the server");
+        match Inner::open(store, Self::config(), self.clock.clone()) {
+            Ok(inner) => self.server = Some(inner),
+            Err(e) => self.fail(format!("the server cannot restart: {e:?}")),
+        }
+    }
+
+    fn crash_server(&mut self) {
+        if let Some(inner) = self.server.take() {
+            self.store = Some(inner.store);
+            self.out.server_crashes += 1;
+        }
+    }
+
+    /// Handles one message from an agent, as the HTTP handlers would.
+    fn serve(&mut self, node: usize, token: &str, msg: Up) -> Option<Down> {
+        let inner = self.server.as_mut()?;
+        let who = inner.principal(&hash_token(token)).ok();
+        let down = match msg {
+            Up::Register(req) => match who {
+                Some(who) => match inner.register(&who, token, &req) {
+                    Ok(c) => Down::Registered(c),
+                    Err(e) => Down::Refused(format!("{e:?}")),
+                },
+                None => Down::Unauthorized,
+            },
+            Up::Heartbeat(hb) => match who {
+                Some(Principal::Node(id)) => {
+                    let exits: Vec<TaskKey> = hb.exited.iter().map(|e| e.key.clone()).collect();
+                    inner.agent_seen(id);
+                    match inner.heartbeat(id, hb) {
+                        Ok(()) => Down::HeartbeatAck(exits),
+                        Err(Refusal::Forbidden(m)) => Down::Refused(m),
+                        Err(e) => Down::Refused(format!("{e:?}")),
+                    }
+                }
+                _ => Down::Unauthorized,
+            },
+            Up::Poll => match who {
+                Some(Principal::Node(id)) => {
+                    inner.agent_seen(id);
+                    Down::Commands(inner.take_commands(id))
+                }
+                _ => Down::Unauthorized,
+            },
+        };
+        if let Down::Refused(m) = &down {
+            if !m.contains("registered already") {
+                let name = self.agents[node].name.clone();
+                self.fail(format!("agent {name} was refused: {m}"));
+            }
+        }
+        Some(down)
+    }
+
+    fn submit_one(&mut self) {
+        let Some(inner) = self.server.as_mut() else {
+            return;
+        };
+        // Clients submit once the cluster has its nodes (before, a job that fits no node is
+        // rightly refused).
+        if inner.state.nodes().count() < self.agents.len() {
+            return;
+        }
+        let tasks = if self.rng.chance(0.3) { 2 } else { 1 };
+        let gpus = 1 + self.rng.below(2) as u32;
+        let duration = 2_000 + self.rng.below(40_000);
+        let code = if self.rng.chance(0.1) { 1 } else { 0 };
+        let req = SubmitRequest {
+            team: "t".into(),
+            name: String::new(),
+            tasks: Some(tasks),
+            gpus: Some(gpus),
+            gpu_milli: None,
+            gpu_model: None,
+            cpu_milli: None,
+            mem_mib: None,
+            priority: None,
+            time_limit_s: None,
+            preemptible: Some(true),
+            env: Default::default(),
+            workdir: None,
+            command: vec!["sim".into(), duration.to_string(), code.to_string()],
+            user: None,
+        };
+        match inner.submit(&Principal::Admin, &req) {
+            Ok(id) => {
+                self.accepted.insert(id.0, (duration, code, tasks));
+                self.submitted += 1;
+                self.log(|| {
+                    format!(
+                        "submit: job {} ({tasks}x{gpus} GPU, {duration} ms, exit {code})",
+                        id.0
+                    )
+                });
+            }
+            Err(e) => self.fail(format!("a valid submission was refused: {e:?}")),
+        }
+    }
+
+    fn cancel_one(&mut self) {
+        let Some(inner) = self.server.as_mut() else {
+            return;
+        };
+        let live: Vec<u64> = inner.state.live_jobs().map(|j| j.spec.id.0).collect();
+        if live.is_empty() {
+            return;
+        }
+        let job = live[self.rng.below(live.len() as u64) as usize];
+        let at_s = inner.now_s();
+        let r = inner.commit(
+            vec![qm_core::Event::Cancel {
+                job: JobId(job),
+                at_s,
+            }],
+            &[],
+        );
+        if r.is_ok() {
+            inner.kill_run(JobId(job));
+            self.log(|| format!("cancel: job {job}"));
+        }
+    }
+
+    /// One step of `STEP_MS`: faults, deliveries, agents, the server's loop, the checks.
+    fn step(&mut self, faults: bool) {
+        let now = self.now();
+        if faults {
+            self.inject();
+        }
+        // The server comes back.
+        if self.server.is_none() && now >= self.server_back_at {
+            self.open_server();
+            self.log(|| "server: restarted from its store".into());
+        }
+        // Deliveries due now.
+        for msg in self.net.due(now) {
+            match msg {
+                Msg::ToServer { node, token, up } => {
+                    if let Some(down) = self.serve(node, &token, up) {
+                        let delay = self.net.delay(&mut self.rng, faults);
+                        let msg = Msg::ToAgent { node, down };
+                        self.net.send(msg, now + delay, &mut self.rng, faults);
+                    }
+                }
+                Msg::ToAgent { node, down } => self.agents[node].receive(down, now),
+            }
+        }
+        // Agents act.
+        for i in 0..self.agents.len() {
+            let (ups, ended) = self.agents[i].act(now);
+            for (job, attempt, task, code) in ended {
+                self.ledger.insert((job, attempt, task), code);
+            }
+            for (token, up) in ups {
+                let delay = self.net.delay(&mut self.rng, faults);
+                let msg = Msg::ToServer { node: i, token, up };
+                self.net.send(msg, now + delay, &mut self.rng, faults);
+            }
+            if self.opts.trace {
+                let name = self.agents[i].name.clone();
+                for line in std::mem::take(&mut self.agents[i].log) {
+                    self.log(|| format!("agent {name}: {line}"));
+                }
+            } else {
+                self.agents[i].log.clear();
+            }
+        }
+        // The server's loop: node timeouts, then a plan, executed.
+        if now >= self.next_tick {
+            self.next_tick = now + 500;
+            if let Some(inner) = self.server.as_mut() {
+                let r = inner.check_timeouts().and_then(|()| inner.schedule());
+                if let Err(e) = r {
+                    self.fail(format!("the scheduling round failed: {e:?}"));
+                }
+            }
+        }
+        self.check();
+    }
+
+    fn inject(&mut self) {
+        let now = self.now();
+        // Submissions and cancels.
+        if self.submitted < self.opts.jobs && self.rng.chance(0.02) {
+            self.submit_one();
+        }
+        if self.rng.chance(0.001) {
+            self.cancel_one();
+        }
+        // The server crashes now and then, for 1-20 s.
+        if self.server.is_some() && self.rng.chance(0.002) {
+            self.crash_server();
+            self.server_back_at = now + 1_000 + self.rng.below(19_000);
+            self.log(|| "server: CRASH".into());
+        }
+        for i in 0..self.agents.len() {
+            // An agent crashes (its tasks are orphaned until it restarts) for 1-40 s.
+            if self.agents[i].up && self.rng.chance(0.0005) {
+                let back = now + 1_000 + self.rng.below(39_000);
+                self.agents[i].crash(back);
+                self.out.agent_crashes += 1;
+                let name = self.agents[i].name.clone();
+                self.log(|| format!("agent {name}: CRASH until {:.1}s", back as f64 / 1000.0));
+            }
+            // A node is cut off from the server for 1-60 s.
+            if !self.net.cut(i, now) && self.rng.chance(0.0005) {
+                let until = now + 1_000 + self.rng.below(59_000);
+                self.net.partition(i, until);
+                self.out.partitions += 1;
+                let name = self.agents[i].name.clone();
+                self.log(|| format!("node {name}: cut off until {:.1}s", until as f64 / 1000.0));
+            }
+        }
+    }
+
+    fn check(&mut self) {
+        // No GPU share given twice, as the agents see it.
+        for ag in &self.agents {
+            if let Some(why) = ag.overcommitted() {
+                let what = format!("node {}: {why}", ag.name);
+                self.fail(what);
+                return;
+            }
+        }
+        let Some(inner) = self.server.as_ref() else {
+            return;
+        };
+        inner.state.check_invariants();
+        let mut problems = Vec::new();
+        let mut newly = Vec::new();
+        for (&id, &(_, _, tasks)) in &self.accepted {
+            let Some(job) = inner.state.job(JobId(id)) else {
+                problems.push(format!("accepted job {id} is gone"));
+                continue;
+            };
+            let end = match job.state {
+                JobState::Succeeded { .. } => "succeeded",
+                JobState::Failed { .. } => "failed",
+                JobState::Cancelled { .. } => "cancelled",
+                _ => {
+                    if let Some(was) = self.ended.get(&id) {
+                        problems.push(format!(
+                            "job {id} ended ({was}) and is {} again",
+                            job.state.name()
+                        ));
+                    }
+                    continue;
+                }
+            };
+            match self.ended.get(&id) {
+                Some(was) if *was != end => {
+                    problems.push(format!("job {id} ended {was}, then {end}"));
+                }
+                Some(_) => {}
+                None => {
+                    if end == "succeeded" {
+                        let attempt = job.runs;
+                        for t in 0..tasks {
+                            let code = self.ledger.get(&(id, attempt, t));
+                            if code != Some(&0) {
+                                problems.push(format!(
+                                    "job {id} succeeded, but task {t} of its attempt {attempt} exited {code:?} on the agents"
+                                ));
+                            }
+                        }
+                    }
+                    newly.push((id, end));
+                }
+            }
+        }
+        for (id, end) in newly {
+            self.ended.insert(id, end);
+            self.log(|| format!("job {id}: {end}"));
+        }
+        if let Some(p) = problems.into_iter().next() {
+            self.fail(p);
+        }
+    }
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, opts: &Options) -> Outcome {
+    let clock = Arc::new(SimClock {
+        ms: AtomicU64::new(0),
+    });
+    let store: Box<dyn Store> = Box::new(SqliteStore::memory().expect("an in-memory store"));
+    let mut inner = Inner::open(store, World::config(), clock.clone()).expect("a fresh server");
+    let admin = crate::new_token();
+    let join = crate::new_token();
+    for (token, name, role) in [
+        (&admin, "admin", qm_proto::Role::Admin),
+        (&join, "agents", qm_proto::Role::Join),
+    ] {
+        let rec = qm_store::TokenRecord {
+            hash: hash_token(token),
+            name: name.into(),
+            role,
+            teams: Vec::new(),
+        };
+        inner.store.put_token(&rec).expect("a token");
+        inner.tokens.insert(rec.hash.clone(), rec);
+    }
+    inner
+        .commit(
+            vec![qm_core::Event::SetTeam(qm_core::TeamSpec::new(
+                "t",
+                opts.agents * opts.gpus_per_node,
+            ))],
+            &[],
+        )
+        .expect("a team");
+    let agents = (0..opts.agents)
+        .map(|i| {
+            let req = RegisterRequest {
+                name: format!("n{i}"),
+                gpus: opts.gpus_per_node,
+                gpu_model: "SIM".into(),
+                gpu_mem_mib: 0,
+                cpu_milli: 64_000,
+                mem_mib: 256 << 10,
+                labels: BTreeMap::new(),
+                topology: Vec::new(),
+                address: format!("10.0.0.{i}"),
+                credential: None,
+            };
+            let credential = format!("qmn_sim{seed:016x}{i:04}{:020}", 0);
+            SimAgent::new(req, join.clone(), 900 + 50 * u64::from(i), credential)
+        })
+        .collect();
+    let mut w = World {
+        opts: opts.clone(),
+        rng: Rng::new(seed),
+        clock,
+        server: Some(inner),
+        store: None,
+        server_back_at: 0,
+        next_tick: 0,
+        agents,
+        net: Network::default(),
+        accepted: BTreeMap::new(),
+        ended: BTreeMap::new(),
+        ledger: BTreeMap::new(),
+        submitted: 0,
+        out: Outcome {
+            seed,
+            failure: None,
+            accepted: 0,
+            succeeded: 0,
+            server_crashes: 0,
+            agent_crashes: 0,
+            partitions: 0,
+            trace: Vec::new(),
+        },
+    };
+    let end_faults = opts.fault_ms;
+    let end = opts.fault_ms + opts.heal_ms;
+    while w.now() < end && w.out.failure.is_none() {
+        let faults = w.now() < end_faults;
+        if !faults && w.now() < end_faults + STEP_MS {
+            // Heal: the server is back, every agent up, the network whole.
+            if w.server.is_none() {
+                w.server_back_at = w.now();
+            }
+            for a in &mut w.agents {
+                a.heal(w.clock.ms.load(Ordering::Relaxed));
+            }
+            w.net.heal();
+            w.log(|| "faults end: everything reachable".into());
+        }
+        // Every job submitted before the faults end.
+        if !faults && w.submitted < w.opts.jobs && w.server.is_some() {
+            w.submit_one();
+        }
+        w.step(faults);
+        w.clock.ms.fetch_add(STEP_MS, Ordering::Relaxed);
+    }
+    if w.out.failure.is_none() {
+        w.liveness();
+    }
+    w.out.accepted = w.accepted.len();
+    w.out.succeeded = w.ended.values().filter(|e| **e == "succeeded").count();
+    w.out
+}
+
+impl World {
+    /// After the heal: every accepted job ended, no task left running on any agent.
+    fn liveness(&mut self) {
+        let Some(inner) = self.server.as_ref() else {
+            self.fail("the server is down at the end".into());
+            return;
+        };
+        let open: Vec<String> = self
+            .accepted
+            .keys()
+            .filter_map(|&id| {
+                let j = inner.state.job(JobId(id))?;
+                (!j.state.is_terminal()).then(|| format!("job {id} {}", j.state.name()))
+            })
+            .collect();
+        if !open.is_empty() {
+            self.fail(format!(
+                "{} s after the faults stopped, jobs have not ended: {}",
+                self.opts.heal_ms / 1000,
+                open.join(", ")
+            ));
+            return;
+        }
+        let running: Vec<String> = self
+            .agents
+            .iter()
+            .flat_map(|a| {
+                a.alive()
+                    .into_iter()
+                    .map(move |k| format!("{} on {}", k, a.name))
+            })
+            .collect();
+        if !running.is_empty() {
+            self.fail(format!(
+                "tasks still alive at the end: {}",
+                running.join(", ")
+            ));
+        }
+    }
+}
+
+/// Runs seeds `from..to` and returns the failures (at most `keep`).
+pub fn sweep(from: u64, to: u64, opts: &Options, keep: usize) -> (usize, Vec<Outcome>) {
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for seed in from..to {
+        let o = std::panic::catch_unwind(|| run(seed, opts)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Outcome {
+                seed,
+                failure: Some(format!("panic: {what}")),
+                accepted: 0,
+                succeeded: 0,
+                server_crashes: 0,
+                agent_crashes: 0,
+                partitions: 0,
+                trace: Vec::new(),
+            }
+        });
+        ran += 1;
+        if o.failure.is_some() && failures.len() < keep {
+            failures.push(o);
+        }
+    }
+    (ran, failures)
+}

@@ -1,0 +1,140 @@
+//! The simulated network and the seeded random numbers everything draws from.
+
+use std::collections::BTreeMap;
+
+use qm_proto::{Command, Heartbeat, RegisterRequest, TaskKey};
+
+/// SplitMix64: small, fast, and the same sequence for the same seed everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x51_7c_c1_b7_27_22_0a_95)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// What an agent asks of the server.
+#[derive(Clone, Debug)]
+pub enum Up {
+    Register(RegisterRequest),
+    Heartbeat(Heartbeat),
+    Poll,
+}
+
+/// What the server answers.
+#[derive(Clone, Debug)]
+pub enum Down {
+    Registered(String),
+    Refused(String),
+    /// The token is unknown (401).
+    Unauthorized,
+    /// The heartbeat was taken; these exits are reported.
+    HeartbeatAck(Vec<TaskKey>),
+    Commands(Vec<Command>),
+}
+
+#[derive(Clone, Debug)]
+pub enum Msg {
+    ToServer { node: usize, token: String, up: Up },
+    ToAgent { node: usize, down: Down },
+}
+
+impl Msg {
+    fn node(&self) -> usize {
+        match self {
+            Msg::ToServer { node, .. } | Msg::ToAgent { node, .. } => *node,
+        }
+    }
+}
+
+/// Messages in flight, by delivery time; nodes cut off from the server.
+#[derive(Default)]
+pub struct Network {
+    queue: BTreeMap<(u64, u64), Msg>,
+    seq: u64,
+    cut_until: BTreeMap<usize, u64>,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
+impl Network {
+    /// How long a message takes: a few milliseconds, and under faults now and then seconds
+    /// (which reorders it behind later ones).
+    pub fn delay(&mut self, rng: &mut Rng, faults: bool) -> u64 {
+        if faults && rng.chance(0.05) {
+            100 + rng.below(3_000)
+        } else {
+            1 + rng.below(20)
+        }
+    }
+
+    /// Sends a message to arrive at `at`; under faults it may be lost or arrive twice.
+    pub fn send(&mut self, msg: Msg, at: u64, rng: &mut Rng, faults: bool) {
+        if faults && rng.chance(0.02) {
+            self.lost += 1;
+            return;
+        }
+        if faults && rng.chance(0.01) {
+            self.duplicated += 1;
+            let again = at + rng.below(2_000);
+            self.push(msg.clone(), again);
+        }
+        self.push(msg, at);
+    }
+
+    fn push(&mut self, msg: Msg, at: u64) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), msg);
+    }
+
+    /// The messages due by `now`, in order; those to or from a node cut off are lost.
+    pub fn due(&mut self, now: u64) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let msg = entry.remove();
+            if self.cut(msg.node(), now) {
+                self.lost += 1;
+                continue;
+            }
+            out.push(msg);
+        }
+        out
+    }
+
+    pub fn cut(&self, node: usize, now: u64) -> bool {
+        self.cut_until.get(&node).is_some_and(|&u| now < u)
+    }
+
+    pub fn partition(&mut self, node: usize, until: u64) {
+        self.cut_until.insert(node, until);
+    }
+
+    /// No more cuts.
+    pub fn heal(&mut self) {
+        self.cut_until.clear();
+    }
+}
