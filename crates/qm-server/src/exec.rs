@@ -91,20 +91,52 @@ impl Inner {
             })
             .collect();
         self.commit(events, &[])?;
+        // Runs with tasks on live nodes are now stopping: the tasks on the down nodes count
+        // as lost (exited, `LOST_CODE`); the others are killed, and the job is requeued once
+        // they have exited. Runs wholly on down nodes were requeued by the core.
+        let mut ended = Vec::new();
         for (job, attempt, tasks) in hit {
-            self.note(
-                job,
-                now,
-                JobEventKind::Requeued,
-                "a node of the job went down".into(),
-            );
-            for (task, node) in tasks {
+            let stopping = self
+                .state
+                .job(JobId(job))
+                .and_then(|j| j.state.run())
+                .is_some_and(|r| r.attempt == attempt);
+            let what = if stopping {
+                "a node of the job went down; its other tasks are stopped, then it goes back to the queue"
+            } else {
+                "a node of the job went down"
+            };
+            self.note(job, now, JobEventKind::Requeued, what.into());
+            for &(task, node) in &tasks {
                 let key = TaskKey { job, task, attempt };
-                self.sent.remove(&key);
-                if !down.contains(&node) {
+                if down.contains(&node) {
+                    self.sent.remove(&key);
+                    if stopping {
+                        self.store.put_exit((job, task, attempt), LOST_CODE)?;
+                        self.exits
+                            .entry((job, attempt))
+                            .or_default()
+                            .insert(task, LOST_CODE);
+                    }
+                } else {
                     self.push(node.0, Command::Kill { key, grace_s: 0 });
                 }
             }
+            let complete = self
+                .exits
+                .get(&(job, attempt))
+                .is_some_and(|c| c.len() == tasks.len());
+            if stopping && complete {
+                ended.push(Event::Exited {
+                    job: JobId(job),
+                    success: false,
+                    attempt: Some(attempt),
+                    at_s: now,
+                });
+            }
+        }
+        for e in ended {
+            self.commit(vec![e], &[])?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The control plane under seeded faults (`qm_server::faults`): server and agent crashes,
 //! lost, delayed, reordered and duplicated messages, nodes cut off. Each seed checks the
 //! invariants after every step and that everything ends once the faults stop. `QM_FAULT_SEEDS`
-//! sets how many seeds (default 300); a failure prints its seed and its trace, which
+//! sets how many seeds (default 10,000); a failure prints its seed and its trace, which
 //! `qm sim faults --seed N` replays.
 
 use qm_server::faults::{run, sweep, Options};
@@ -10,7 +10,7 @@ fn seeds() -> u64 {
     std::env::var("QM_FAULT_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300)
+        .unwrap_or(10_000)
 }
 
 #[test]

@@ -33,6 +33,30 @@ pub enum SimCommand {
         #[command(subcommand)]
         scenario: GenScenario,
     },
+    /// The control plane under seeded faults (server and agent crashes; lost, delayed,
+    /// reordered and duplicated messages; nodes cut off), invariants checked after every
+    /// step: one seed with its trace, or a range of seeds.
+    Faults(FaultsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FaultsArgs {
+    /// One seed, replayed with its whole trace.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Seeds FROM-TO (inclusive) to sweep on every core, e.g. 0-9999.
+    #[arg(long, default_value = "0-999")]
+    seeds: String,
+    #[arg(long, default_value_t = 3)]
+    agents: u32,
+    #[arg(long, default_value_t = 4)]
+    gpus_per_node: u32,
+    /// Jobs submitted during the faults.
+    #[arg(long, default_value_t = 12)]
+    jobs: u32,
+    /// Seconds of faults; every job must end in the 600 s after them.
+    #[arg(long, default_value_t = 120)]
+    fault_s: u64,
 }
 
 /// The workloads `qm sim gen` writes.
@@ -206,6 +230,68 @@ pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
         SimCommand::Run(args) => run_trace(&args),
         SimCommand::Pack(args) => run_pack(&args),
         SimCommand::Gen { scenario } => run_gen(&scenario),
+        SimCommand::Faults(args) => run_faults(&args),
+    }
+}
+
+fn run_faults(a: &FaultsArgs) -> Result<(), Box<dyn Error>> {
+    use qm_server::faults;
+    let opts = faults::Options {
+        agents: a.agents.max(1),
+        gpus_per_node: a.gpus_per_node.max(1),
+        jobs: a.jobs,
+        fault_ms: a.fault_s * 1000,
+        ..faults::Options::default()
+    };
+    if let Some(seed) = a.seed {
+        let o = faults::run(
+            seed,
+            &faults::Options {
+                trace: true,
+                ..opts
+            },
+        );
+        for line in &o.trace {
+            println!("{line}");
+        }
+        println!(
+            "seed {seed}: {} jobs accepted, {} succeeded; {} server crashes, {} agent crashes, {} nodes cut off",
+            o.accepted, o.succeeded, o.server_crashes, o.agent_crashes, o.partitions
+        );
+        return match o.failure {
+            None => {
+                println!("every invariant held");
+                Ok(())
+            }
+            Some(f) => Err(format!("seed {seed}: invariant broken {f}").into()),
+        };
+    }
+    let (from, to) = a
+        .seeds
+        .split_once('-')
+        .and_then(|(f, t)| Some((f.trim().parse::<u64>().ok()?, t.trim().parse::<u64>().ok()?)))
+        .filter(|(f, t)| f <= t)
+        .ok_or_else(|| format!("bad --seeds {:?}; expected FROM-TO, e.g. 0-9999", a.seeds))?;
+    let t0 = Instant::now();
+    let (ran, failures) = faults::sweep(from, to + 1, &opts, 20);
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{ran} seeds in {secs:.1} s ({:.0} seeds/s): {} failed",
+        ran as f64 / secs.max(1e-9),
+        failures.len()
+    );
+    for f in &failures {
+        println!(
+            "  seed {}: {} (replay: qm sim faults --seed {})",
+            f.seed,
+            f.failure.as_deref().unwrap_or(""),
+            f.seed
+        );
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} seeds broke an invariant", failures.len()).into())
     }
 }
 

@@ -220,14 +220,28 @@ impl ClusterState {
         };
         n.state = state;
         if state == NodeState::Down {
-            // The jobs holding resources there, in id order.
+            // The jobs holding resources there, in id order. A run with every task on nodes
+            // that are down goes back to the queue whole at once. One with tasks still on a
+            // live node is stopped (`Lost`): those tasks are being killed, and their GPUs stay
+            // held until the shell reports them gone, then the job is requeued.
             let victims: Vec<JobId> = self
                 .jobs
                 .holding_by_node
                 .get(&node)
                 .map_or_else(Vec::new, |ids| ids.iter().copied().collect());
             for job in victims {
-                self.requeue(job, at_s)?;
+                let j = &self.jobs[&job];
+                let run = j.state.run().expect("holding");
+                let elsewhere = run.placement.iter().any(|t| {
+                    self.nodes
+                        .get(&t.node)
+                        .is_some_and(|n| n.state != NodeState::Down)
+                });
+                match (&j.state, elsewhere) {
+                    (JobState::Running(_), true) => self.stop(job, StopCause::Lost, None, at_s)?,
+                    (JobState::Stopping(..), true) => {}
+                    _ => self.requeue(job, at_s)?,
+                }
             }
         }
         Ok(())

@@ -16,7 +16,7 @@
 //! one pass over the holding jobs (not the pending queue) for events that move resources, and
 //! nothing for the others.
 
-use super::{task_shape, ClusterState, Event, Job};
+use super::{task_shape, ClusterState, Event, Job, JobState};
 use crate::model::{JobId, NodeId, NodeState, MILLI_PER_GPU};
 
 /// What one event may change: the nodes, teams (by [`super::Team::id`]) and jobs to check
@@ -132,9 +132,10 @@ impl ClusterState {
                     "invariant: the index of holding jobs by node is exact: {id} is listed on {n}"
                 );
                 let node = self.nodes.get(n);
+                let stopping = matches!(job.state, JobState::Stopping(..));
                 assert!(
-                    node.is_some_and(|node| node.state != NodeState::Down),
-                    "invariant: a holding job runs on live nodes: {id} holds {n}, which is {}",
+                    node.is_some_and(|node| stopping || node.state != NodeState::Down),
+                    "invariant: a running job runs on live nodes: {id} holds {n}, which is {}",
                     node.map_or("unknown", |_| "down")
                 );
                 for task in here {
@@ -256,10 +257,13 @@ impl ClusterState {
                 "invariant: a task holds the job's GPU shape: {id} on {}",
                 task.node
             );
+            // A running job runs on live nodes; a stopping one may still hold a node that
+            // went down (its tasks there are lost; its others are being stopped).
             let node = self.nodes.get(&task.node);
+            let stopping = matches!(job.state, JobState::Stopping(..));
             assert!(
-                node.is_some_and(|n| n.state != NodeState::Down),
-                "invariant: a holding job runs on live nodes: {id} holds {}, which is {}",
+                node.is_some_and(|n| stopping || n.state != NodeState::Down),
+                "invariant: a running job runs on live nodes: {id} holds {}, which is {}",
                 task.node,
                 node.map_or("unknown", |_| "down")
             );

@@ -194,13 +194,57 @@ fn a_node_going_down_requeues_its_gangs_whole() {
         },
     )
     .unwrap();
+    // Its task on the surviving node is being stopped, and keeps its GPUs until it has
+    // exited: nothing new may land on a GPU a killed task still uses.
+    assert!(matches!(
+        h.state_of(gang),
+        JobState::Stopping(_, s) if s.cause == StopCause::Lost
+    ));
+    let other = h.state_of(gang).run().unwrap().placement[1].node;
+    assert!(h
+        .state
+        .node(other)
+        .unwrap()
+        .gpu_used_milli
+        .iter()
+        .all(|&m| m == 1000));
+    h.now = 6;
+    assert!(h.step().starts.is_empty());
+    // The surviving task has exited: the gang goes back to the queue whole, everything free.
+    apply(
+        &mut h.state,
+        Event::Exited {
+            job: gang,
+            success: false,
+            attempt: Some(1),
+            at_s: 7,
+        },
+    )
+    .unwrap();
     assert!(h.is_pending(gang));
-    // Whole: the task on the surviving node gave its GPUs, CPU and memory back too.
     assert!(h.state.nodes().all(|n| n.cpu_used_milli == 0
         && n.mem_used_mib == 0
         && n.gpu_used_milli.iter().all(|&m| m == 0)));
     let plan = h.step();
     assert!(plan.starts.is_empty(), "one node left cannot hold the gang");
+}
+
+#[test]
+fn a_run_wholly_on_nodes_that_went_down_is_requeued_at_once() {
+    let mut h = Harness::new(two_teams(2, 16, 0));
+    let job = h.submit(JobBuilder::new("a").gpus(8));
+    h.step();
+    let node = h.state_of(job).run().unwrap().placement[0].node;
+    apply(
+        &mut h.state,
+        Event::NodeState {
+            node,
+            state: NodeState::Down,
+            at_s: 5,
+        },
+    )
+    .unwrap();
+    assert!(h.is_pending(job));
 }
 
 #[test]

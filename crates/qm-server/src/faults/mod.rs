@@ -579,11 +579,41 @@ impl World {
     }
 }
 
-/// Runs seeds `from..to` and returns the failures (at most `keep`).
+/// Runs seeds `from..to` on every core and returns how many ran and the failures (at most
+/// `keep`, lowest seeds first).
 pub fn sweep(from: u64, to: u64, opts: &Options, keep: usize) -> (usize, Vec<Outcome>) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16) as u64;
+    let results: Vec<(usize, Vec<Outcome>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let seeds = (from..to).filter(|seed| seed % threads == t);
+                    sweep_seeds(seeds, opts, keep)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a sweep thread"))
+            .collect()
+    });
+    let ran = results.iter().map(|r| r.0).sum();
+    let mut failures: Vec<Outcome> = results.into_iter().flat_map(|r| r.1).collect();
+    failures.sort_by_key(|o| o.seed);
+    failures.truncate(keep);
+    (ran, failures)
+}
+
+fn sweep_seeds(
+    seeds: impl Iterator<Item = u64>,
+    opts: &Options,
+    keep: usize,
+) -> (usize, Vec<Outcome>) {
     let mut failures = Vec::new();
     let mut ran = 0;
-    for seed in from..to {
+    for seed in seeds {
         let o = std::panic::catch_unwind(|| run(seed, opts)).unwrap_or_else(|p| {
             let what = p
                 .downcast_ref::<String>()

@@ -3,34 +3,30 @@
 use std::collections::BTreeMap;
 
 use qm_proto::{Command, Heartbeat, RegisterRequest, TaskKey};
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
-/// SplitMix64: small, fast, and the same sequence for the same seed everywhere.
-pub struct Rng(u64);
+/// The simulation's seeded random stream: SplitMix64 from `rand_xoshiro`, as the simulator's
+/// (`qm_sim::rng`), which this crate does not depend on.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x51_7c_c1_b7_27_22_0a_95)
+        Rng(SplitMix64::from_seed(seed.to_le_bytes()))
     }
 
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
+    /// Uniform enough in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next_u64() % n
+            self.0.next_u64() % n
         }
     }
 
+    /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
 

@@ -186,6 +186,7 @@ fn a_node_cannot_speak_for_another_nor_take_its_name() {
     let victim = up.submit(&["--team", "t", "--", "sh", "-c", "echo victim; sleep 300"]);
     let job = up.wait_state(victim, "running");
     let home = job["placement"][0]["node"].as_str().unwrap().to_string();
+    up.wait_for(|u| logs(u, victim, 0).contains("victim"));
     let _other = Agent(
         Command::new(QM)
             .args([
