@@ -176,6 +176,8 @@ pub enum Refusal {
     Conflict(String),
     /// Over a limit on how much one user or team may have waiting (429).
     TooMany(String),
+    /// The path exists, not with this method (405).
+    MethodNotAllowed(String),
     Internal(String),
 }
 

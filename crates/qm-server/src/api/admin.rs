@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use qm_core::{Event, NodeId, NodeState, Quota, TeamSpec, ANY_MODEL};
 use qm_proto::{NodeView, TeamRequest, TeamView, TokenRequest, TokenResponse};
 
-use super::{Admin, Api, Body};
+use super::{Admin, Api, Body, Seg};
 use crate::views::{self, node_view, team_views};
 use crate::{Refusal, Server};
 
@@ -43,7 +43,7 @@ fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
 pub async fn drain(
     State(s): State<Arc<Server>>,
     _: Admin,
-    Path(name): Path<String>,
+    Seg(name): Seg<String>,
 ) -> Api<NodeView> {
     set_node_state(&s, &name, NodeState::Draining)
 }
@@ -51,7 +51,7 @@ pub async fn drain(
 pub async fn resume(
     State(s): State<Arc<Server>>,
     _: Admin,
-    Path(name): Path<String>,
+    Seg(name): Seg<String>,
 ) -> Api<NodeView> {
     set_node_state(&s, &name, NodeState::Ready)
 }
@@ -62,7 +62,7 @@ pub async fn resume(
 pub async fn reset(
     State(s): State<Arc<Server>>,
     _: Admin,
-    Path(name): Path<String>,
+    Seg(name): Seg<String>,
 ) -> Api<NodeView> {
     let mut inner = s.lock();
     let mut rec = inner

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use qm_core::{plan, Event, GpuAsk, JobId, JobSpec, JobState};
 use qm_proto as proto;
@@ -10,7 +10,7 @@ use qm_proto::{JobView, LogView, SubmitRequest, SubmitResponse, WhyView};
 use qm_store::JobPayload;
 use serde::Deserialize;
 
-use super::{Api, Body, Client, Params};
+use super::{Api, Body, Client, Params, Seg};
 use crate::auth::Principal;
 use crate::views::{self, job_view};
 use crate::{Inner, Refusal, Server};
@@ -228,7 +228,7 @@ fn find_job<'a>(
 pub async fn show(
     State(s): State<Arc<Server>>,
     Client(p): Client,
-    Path(id): Path<u64>,
+    Seg(id): Seg<u64>,
 ) -> Api<JobView> {
     let inner = s.lock();
     let job = find_job(&inner, id, &p, Access::Look)?;
@@ -238,7 +238,7 @@ pub async fn show(
 pub async fn why(
     State(s): State<Arc<Server>>,
     Client(p): Client,
-    Path(id): Path<u64>,
+    Seg(id): Seg<u64>,
 ) -> Api<WhyView> {
     let inner = s.lock();
     let job = find_job(&inner, id, &p, Access::Look)?;
@@ -290,7 +290,7 @@ pub async fn why(
 pub async fn cancel(
     State(s): State<Arc<Server>>,
     Client(p): Client,
-    Path(id): Path<u64>,
+    Seg(id): Seg<u64>,
 ) -> Api<JobView> {
     let view = {
         let mut inner = s.lock();
@@ -330,7 +330,7 @@ pub struct LogQuery {
 pub async fn logs(
     State(s): State<Arc<Server>>,
     Client(p): Client,
-    Path(id): Path<u64>,
+    Seg(id): Seg<u64>,
     Params(q): Params<LogQuery>,
 ) -> Api<LogView> {
     let mut inner = s.lock();

@@ -41,6 +41,9 @@ impl IntoResponse for Refusal {
             Refusal::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             Refusal::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
             Refusal::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, "too_many", m),
+            Refusal::MethodNotAllowed(m) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m)
+            }
             Refusal::Internal(m) => {
                 eprintln!("qm server: internal error: {m}");
                 (
@@ -99,6 +102,25 @@ where
             .await
             .map(|Query(q)| Params(q))
             .map_err(|e| Refusal::BadRequest(e.body_text()))
+    }
+}
+
+/// A path parameter (a job's id, a node's name), refused as an `ApiError` when it does not
+/// parse.
+pub struct Seg<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Seg<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Seg(v))
+            .map_err(|e| Refusal::BadRequest(format!("bad path: {}", e.body_text())))
     }
 }
 
@@ -196,5 +218,10 @@ pub fn app(server: Arc<Server>) -> Router {
         .route("/agent/v1/commands", get(agent::commands))
         .route("/agent/v1/logs", post(agent::logs))
         .fallback(|| async { Refusal::NotFound("no such endpoint; see /api/openapi.json".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            Refusal::MethodNotAllowed(format!(
+                "this endpoint does not take {method}; see /api/openapi.json for its methods"
+            ))
+        })
         .with_state(server)
 }
