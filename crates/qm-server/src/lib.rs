@@ -86,6 +86,36 @@ pub trait Clock: Send + Sync {
     fn mono_ms(&self) -> u64;
 }
 
+/// A clock that moves only when told (simulations and tests): milliseconds since its start,
+/// wall seconds from `epoch_s`.
+pub struct ManualClock {
+    ms: std::sync::atomic::AtomicU64,
+    epoch_s: Secs,
+}
+
+impl ManualClock {
+    pub fn new(epoch_s: Secs) -> ManualClock {
+        ManualClock {
+            ms: std::sync::atomic::AtomicU64::new(0),
+            epoch_s,
+        }
+    }
+
+    pub fn advance_ms(&self, ms: u64) {
+        self.ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_s(&self) -> Secs {
+        self.epoch_s + self.mono_ms() / 1000
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The system's clock.
 pub struct SystemClock {
     start: Instant,
@@ -215,7 +245,16 @@ pub struct Server {
 impl Server {
     /// Opens the server on a store, replaying its events, with the system's clock.
     pub fn open(store: Box<dyn Store>, config: ServerConfig) -> Result<Arc<Server>, Refusal> {
-        let inner = Inner::open(store, config, Arc::new(SystemClock::default()))?;
+        Server::open_with_clock(store, config, Arc::new(SystemClock::default()))
+    }
+
+    /// [`Server::open`] with a clock of the caller's (a test's [`ManualClock`]).
+    pub fn open_with_clock(
+        store: Box<dyn Store>,
+        config: ServerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Server>, Refusal> {
+        let inner = Inner::open(store, config, clock)?;
         let changes = inner.changes.clone();
         Ok(Arc::new(Server {
             inner: Mutex::new(inner),

@@ -24,7 +24,6 @@ mod agent;
 mod net;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use qm_core::{JobId, JobState, Secs};
@@ -32,29 +31,14 @@ use qm_proto::{RegisterRequest, SubmitRequest, TaskKey};
 use qm_store::{SqliteStore, Store};
 
 use crate::auth::{hash_token, Principal};
-use crate::{Clock, Inner, Refusal, ServerConfig};
+use crate::{Clock, Inner, ManualClock, Refusal, ServerConfig};
 
 use agent::SimAgent;
 pub use net::Rng;
 use net::{Down, Msg, Network, Up};
 
-/// The simulation's clock: milliseconds since its start; wall seconds from a fixed epoch.
-struct SimClock {
-    ms: AtomicU64,
-}
-
 /// Wall-clock seconds at the start of every simulation.
 const EPOCH_S: Secs = 1_800_000_000;
-
-impl Clock for SimClock {
-    fn now_s(&self) -> Secs {
-        EPOCH_S + self.ms.load(Ordering::Relaxed) / 1000
-    }
-
-    fn mono_ms(&self) -> u64 {
-        self.ms.load(Ordering::Relaxed)
-    }
-}
 
 /// The shape of one simulation.
 #[derive(Clone, Debug)]
@@ -105,7 +89,7 @@ const STEP_MS: u64 = 100;
 struct World {
     opts: Options,
     rng: Rng,
-    clock: Arc<SimClock>,
+    clock: Arc<ManualClock>,
     /// `None` while crashed; its store survives in `store`.
     server: Option<Inner>,
     store: Option<Box<dyn Store>>,
@@ -125,7 +109,7 @@ struct World {
 
 impl World {
     fn now(&self) -> u64 {
-        self.clock.ms.load(Ordering::Relaxed)
+        self.clock.mono_ms()
     }
 
     fn log(&mut self, what: impl FnOnce() -> String) {
@@ -436,9 +420,7 @@ impl World {
 
 /// Runs one seed.
 pub fn run(seed: u64, opts: &Options) -> Outcome {
-    let clock = Arc::new(SimClock {
-        ms: AtomicU64::new(0),
-    });
+    let clock = Arc::new(ManualClock::new(EPOCH_S));
     let store: Box<dyn Store> = Box::new(SqliteStore::memory().expect("an in-memory store"));
     let mut inner = Inner::open(store, World::config(), clock.clone()).expect("a fresh server");
     let admin = crate::new_token();
@@ -517,8 +499,9 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
             if w.server.is_none() {
                 w.server_back_at = w.now();
             }
+            let now = w.now();
             for a in &mut w.agents {
-                a.heal(w.clock.ms.load(Ordering::Relaxed));
+                a.heal(now);
             }
             w.net.heal();
             w.log(|| "faults end: everything reachable".into());
@@ -528,7 +511,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
             w.submit_one();
         }
         w.step(faults);
-        w.clock.ms.fetch_add(STEP_MS, Ordering::Relaxed);
+        w.clock.advance_ms(STEP_MS);
     }
     if w.out.failure.is_none() {
         w.liveness();
