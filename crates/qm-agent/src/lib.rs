@@ -9,6 +9,8 @@ pub mod gpus;
 mod proc;
 
 use std::collections::BTreeMap;
+
+use base64::Engine as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -324,18 +326,28 @@ pub fn run(
         }
     });
     // Tasks of an earlier life of this agent cannot be supervised (they are not its
-    // children): end them; the server requeues their jobs.
+    // children): end them; the server requeues their jobs. Only groups whose leader is still
+    // the very process it started (same boot, same start time): after a reboot or a reused
+    // process id, a stranger is left alone.
     let ledger = cfg.data_dir.join("tasks.json");
     if let Ok(text) = std::fs::read_to_string(&ledger) {
-        let old: Vec<i32> = serde_json::from_str(&text).unwrap_or_default();
-        for pgid in old.into_iter().filter(|&p| p > 0) {
-            // SAFETY: signalling a process group this agent created in an earlier life.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let old: Vec<proc::ProcId> = serde_json::from_str(&text).unwrap_or_default();
+        for left in old.into_iter().filter(|p| p.pid > 0) {
+            if proc::proc_id(left.pid).as_ref() == Some(&left) {
+                // SAFETY: signalling a process group this agent created in an earlier
+                // life, its leader checked to be that very process.
+                unsafe { libc::kill(-left.pid, libc::SIGKILL) };
+            } else {
+                eprintln!(
+                    "qm agent: process {} of an earlier life is gone or is another process now; left alone",
+                    left.pid
+                );
+            }
         }
     }
     let save_ledger = |tasks: &BTreeMap<TaskKey, Task>| {
-        let pgids: Vec<i32> = tasks.values().map(Task::pgid).collect();
-        let _ = std::fs::write(&ledger, serde_json::to_string(&pgids).unwrap_or_default());
+        let ids: Vec<proc::ProcId> = tasks.values().filter_map(Task::ident).collect();
+        let _ = std::fs::write(&ledger, serde_json::to_string(&ids).unwrap_or_default());
     };
     let mut tasks: BTreeMap<TaskKey, Task> = BTreeMap::new();
     // Tasks that ended in this life (the lowest keys are dropped past FINISHED_KEPT).
@@ -473,15 +485,17 @@ fn launch(cfg: &AgentConfig, l: &Launch) -> Result<Task, String> {
 }
 
 fn upload(client: &Client, token: &str, key: &TaskKey, t: &mut Task) {
-    let Some((offset, data)) = t.unsent() else {
+    let Some((offset, bytes)) = t.unsent() else {
         return;
     };
+    // The bytes as they are: the offset moves by exactly what was read.
+    let n = bytes.len() as u64;
     let chunk = LogChunk {
         key: key.clone(),
         offset,
-        data,
+        data: String::new(),
+        data_b64: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
     };
-    let n = chunk.data.len() as u64;
     if client
         .post::<_, qm_proto::LogAck>("/agent/v1/logs", token, &chunk)
         .is_ok()

@@ -20,9 +20,35 @@ pub fn clock_ticks() -> u64 {
     }
 }
 
+/// Who a process is, beyond its id (which the kernel reuses): the boot it runs in and its
+/// start time, in clock ticks since that boot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcId {
+    pub pid: i32,
+    pub boot: String,
+    pub start: u64,
+}
+
+/// The identity of live process `pid`, from `/proc`.
+pub fn proc_id(pid: i32) -> Option<ProcId> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: the name may hold spaces and parentheses; the fields
+    // after the last `)` start at the third, and the start time is the 22nd.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let start = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some(ProcId {
+        pid,
+        boot: boot.trim().to_string(),
+        start,
+    })
+}
+
 pub struct Task {
     child: Option<Child>,
     pgid: i32,
+    /// The group leader's identity when it started, for a later life of the agent.
+    ident: Option<ProcId>,
     log: PathBuf,
     uploaded: u64,
     code: Option<i32>,
@@ -190,6 +216,7 @@ impl Task {
         Ok(Task {
             child: Some(child),
             pgid,
+            ident: proc_id(pgid),
             log: log.to_path_buf(),
             uploaded: 0,
             code: None,
@@ -205,6 +232,7 @@ impl Task {
         Task {
             child: None,
             pgid: 0,
+            ident: None,
             log,
             uploaded: 0,
             code: Some(127),
@@ -220,9 +248,9 @@ impl Task {
         self.why.clone()
     }
 
-    /// The task's process group (0 for a task that never started).
-    pub fn pgid(&self) -> i32 {
-        self.pgid
+    /// The identity of the task's group leader, as it started.
+    pub fn ident(&self) -> Option<ProcId> {
+        self.ident.clone()
     }
 
     /// The exit code once the task has exited (128 + signal if killed).
@@ -266,7 +294,7 @@ impl Task {
     }
 
     /// Output not yet uploaded: (offset, text), at most 256 KiB.
-    pub fn unsent(&mut self) -> Option<(u64, String)> {
+    pub fn unsent(&mut self) -> Option<(u64, Vec<u8>)> {
         let mut f = File::open(&self.log).ok()?;
         let len = f.metadata().ok()?.len();
         if len <= self.uploaded {
@@ -275,7 +303,7 @@ impl Task {
         f.seek(SeekFrom::Start(self.uploaded)).ok()?;
         let mut buf = vec![0u8; ((len - self.uploaded) as usize).min(256 << 10)];
         f.read_exact(&mut buf).ok()?;
-        Some((self.uploaded, String::from_utf8_lossy(&buf).into_owned()))
+        Some((self.uploaded, buf))
     }
 
     pub fn sent(&mut self, upto: u64) {
@@ -341,6 +369,38 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn a_process_is_known_by_its_boot_and_start_time_not_its_id_alone() {
+        let me = proc_id(std::process::id() as i32).expect("this process in /proc");
+        assert_eq!(
+            proc_id(me.pid).as_ref(),
+            Some(&me),
+            "the same process, asked again"
+        );
+        // The same id with another start time (a reused id) or from another boot is not it.
+        let reused = ProcId {
+            start: me.start + 1,
+            ..me.clone()
+        };
+        assert_ne!(proc_id(me.pid).as_ref(), Some(&reused));
+        let rebooted = ProcId {
+            boot: "another-boot".into(),
+            ..me.clone()
+        };
+        assert_ne!(proc_id(me.pid).as_ref(), Some(&rebooted));
+        // A child started later has a later or equal start time and its own id.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let c = proc_id(child.id() as i32).unwrap();
+        assert!(c.start >= me.start && c.pid != me.pid && c.boot == me.boot);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Once gone, it is nobody.
+        assert_eq!(proc_id(c.pid), None);
     }
 
     #[test]

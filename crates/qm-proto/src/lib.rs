@@ -312,9 +312,16 @@ pub struct Commands {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     pub key: TaskKey,
-    /// Byte offset of `data` in the task's log.
+    /// Byte offset of the chunk in the task's log.
     pub offset: u64,
+    /// The chunk as text (an older agent's way; lossy for output that is not UTF-8).
+    #[serde(default)]
     pub data: String,
+    /// The chunk's bytes exactly, base64 (standard alphabet, padded); taken over `data`.
+    /// Logs are bytes: binary output, or a character split at a chunk's edge, must neither
+    /// skip nor repeat a byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
 }
 
 /// The answer to a log upload.
@@ -333,7 +340,11 @@ pub struct LogView {
     /// Offset of `data` in the log, and the next offset to ask for.
     pub offset: u64,
     pub next: u64,
+    /// The bytes as text, for people (invalid UTF-8 replaced).
     pub data: String,
+    /// The bytes exactly, base64 (standard alphabet, padded).
+    #[serde(default)]
+    pub data_b64: String,
     /// No more output will come (the task has exited).
     pub done: bool,
 }

@@ -166,7 +166,7 @@ proptest! {
                         exited: exited.into_iter().map(|(key, code)| TaskExit { key, code, message: None }).collect(),
                         util: util.into_iter().map(|(key, pct)| TaskUtil { key, pct }).collect(),
                     }).unwrap()),
-                    Msg::Log(key, offset, data) => ("/agent/v1/logs", serde_json::to_value(LogChunk { key, offset, data }).unwrap()),
+                    Msg::Log(key, offset, data) => ("/agent/v1/logs", serde_json::to_value(LogChunk { key, offset, data, data_b64: None }).unwrap()),
                 };
                 let (status, text) = call(&server, "POST", path, &cred, body).await;
                 // Accepted, or refused as speaking for another node's task.

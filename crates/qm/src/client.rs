@@ -547,13 +547,16 @@ pub fn logs(conn: &Conn, job: u64, task: u32, follow: bool) -> Result<(), Box<dy
         let l: LogView = c.get(&format!(
             "/api/v1/jobs/{job}/logs?task={task}&offset={offset}"
         ))?;
-        print!("{}", l.data);
+        // The bytes the task wrote, exactly (text or not).
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &l.data_b64)
+            .map_err(|e| fail(1, format!("the server sent a log that is not base64: {e}")))?;
+        std::io::stdout().write_all(&bytes)?;
         std::io::stdout().flush()?;
         offset = l.next;
-        if !follow || (l.done && l.data.is_empty()) {
+        if !follow || (l.done && bytes.is_empty()) {
             return Ok(());
         }
-        if l.data.is_empty() {
+        if bytes.is_empty() {
             std::thread::sleep(Duration::from_millis(300));
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
+use base64::Engine as _;
 use qm_core::{Event, NodeId, NodeSpec};
 use qm_proto::{
     Commands, Heartbeat, HeartbeatAck, LogAck, LogChunk, RegisterRequest, RegisterResponse,
@@ -237,7 +238,15 @@ pub async fn logs(
     Node(node): Node,
     Body(chunk): Body<LogChunk>,
 ) -> Api<LogAck> {
-    let data = chunk.data.as_bytes();
+    let decoded = match &chunk.data_b64 {
+        Some(b) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| Refusal::BadRequest(format!("data_b64 is not base64: {e}")))?,
+        ),
+        None => None,
+    };
+    let data: &[u8] = decoded.as_deref().unwrap_or(chunk.data.as_bytes());
     let mut inner = s.lock();
     let most = inner.config.max_log_chunk.min(crate::MAX_LOG_CHUNK);
     if data.len() > most {

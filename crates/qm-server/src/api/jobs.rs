@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
+use base64::Engine as _;
 use qm_core::{plan, Event, GpuAsk, JobId, JobSpec, JobState};
 use qm_proto as proto;
 use qm_proto::{JobView, LogView, SubmitRequest, SubmitResponse, WhyView};
@@ -362,6 +363,7 @@ pub async fn logs(
         offset,
         next,
         data: String::from_utf8_lossy(&data).into_owned(),
+        data_b64: base64::engine::general_purpose::STANDARD.encode(&data),
         done,
     }))
 }

@@ -384,3 +384,31 @@ fn a_task_sees_its_own_environment_and_none_of_the_agents() {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
 }
+
+/// Logs are bytes end to end: output that is not UTF-8, and a character split across the
+/// agent's 256 KiB upload chunks, come back from `qm logs` exactly as the task wrote them
+/// (the agent used to advance its offset by the length of the cleaned text).
+#[test]
+fn a_tasks_output_comes_back_byte_for_byte() {
+    let up = Up::start("log-bytes", &[]);
+    up.ok(&["admin", "team", "create", "t", "--guaranteed", "4"]);
+    let id = up.submit(&[
+        "--team",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "head -c 262143 /dev/zero | tr '\\0' a; printf '\\303\\251\\377\\376\\n'",
+    ]);
+    up.wait_state(id, "succeeded");
+    let out = up.qm(&["logs", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want = vec![b'a'; 262_143];
+    want.extend_from_slice(&[0xc3, 0xa9, 0xff, 0xfe, b'\n']);
+    assert_eq!(out.stdout.len(), want.len());
+    assert!(out.stdout == want, "the bytes differ");
+}
