@@ -350,8 +350,13 @@ pub fn run(
         let _ = std::fs::write(&ledger, serde_json::to_string(&ids).unwrap_or_default());
     };
     let mut tasks: BTreeMap<TaskKey, Task> = BTreeMap::new();
-    // Tasks that ended in this life (the lowest keys are dropped past FINISHED_KEPT).
-    let mut finished: std::collections::BTreeSet<TaskKey> = std::collections::BTreeSet::new();
+    // Tasks this node has launched, in this life and the earlier ones (the file `launched`,
+    // one `job task attempt` per line, appended at each launch): a launch sent again (after a
+    // server restart) of a task already run, or killed with an earlier life, is not run a
+    // second time; the server counts a task that vanished as lost, and says so. The lowest
+    // keys are dropped past FINISHED_KEPT.
+    let launched_file = cfg.data_dir.join("launched");
+    let mut finished = launched_before(&launched_file);
     save_ledger(&tasks);
     let mut exited: Vec<TaskExit> = Vec::new();
     let mut last_beat = Instant::now() - Duration::from_secs(10);
@@ -385,6 +390,7 @@ pub fn run(
                     if tasks.contains_key(&l.key) || finished.contains(&l.key) {
                         continue;
                     }
+                    note_launched(&launched_file, &l.key);
                     match launch(&cfg, &l) {
                         Ok(t) => {
                             tasks.insert(l.key.clone(), t);
@@ -458,6 +464,44 @@ pub fn run(
             last_beat = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The tasks launched in earlier lives (the last FINISHED_KEPT), the file rewritten with just
+/// those.
+fn launched_before(path: &std::path::Path) -> std::collections::BTreeSet<TaskKey> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut keys: Vec<TaskKey> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some(TaskKey {
+                job: f.next()??,
+                task: u32::try_from(f.next()??).ok()?,
+                attempt: u32::try_from(f.next()??).ok()?,
+            })
+        })
+        .collect();
+    if keys.len() > FINISHED_KEPT {
+        keys.drain(..keys.len() - FINISHED_KEPT);
+        let kept: String = keys
+            .iter()
+            .map(|k| format!("{} {} {}\n", k.job, k.task, k.attempt))
+            .collect();
+        let _ = std::fs::write(path, kept);
+    }
+    keys.into_iter().collect()
+}
+
+/// Appends a launched task to the file of launched tasks.
+fn note_launched(path: &std::path::Path, key: &TaskKey) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{} {} {}", key.job, key.task, key.attempt);
     }
 }
 

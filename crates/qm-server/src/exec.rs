@@ -279,6 +279,7 @@ impl Inner {
             env.insert("LOCAL_RANK".into(), local_rank.to_string());
             env.insert("LOCAL_WORLD_SIZE".into(), per_node[&t.node].to_string());
             env.insert("QM_JOB_ID".into(), id.0.to_string());
+            env.insert("QM_NODE".into(), self.node_name(t.node.0));
             env.insert("QM_TASK_INDEX".into(), i.to_string());
             env.insert("QM_ATTEMPT".into(), run.attempt.to_string());
             if t.gpu_milli < 1000 {

@@ -44,6 +44,8 @@ pub struct SimAgent {
     next_poll: u64,
     urgent: bool,
     pub log: Vec<String>,
+    /// Every task this node started, in order (for the world's check that none runs twice).
+    pub started: Vec<TaskKey>,
 }
 
 /// A task that ended on the node: (job, attempt, task, exit code).
@@ -70,6 +72,7 @@ impl SimAgent {
             next_poll: 0,
             urgent: false,
             log: Vec::new(),
+            started: Vec::new(),
         }
     }
 
@@ -199,6 +202,7 @@ impl SimAgent {
         if self.tasks.contains_key(&l.key) || self.finished.contains(&l.key) {
             return;
         }
+        self.started.push(l.key.clone());
         let duration: u64 = l
             .command
             .get(1)
@@ -230,13 +234,16 @@ impl SimAgent {
     }
 
     /// Crashes until `back`: its tasks run on, orphaned; what it had not reported is lost.
+    /// What it launched is in a file (`qm agent`'s `launched`): a launch sent again is not run
+    /// a second time.
     pub fn crash(&mut self, back: u64) {
         self.up = false;
         self.back_at = back;
         self.registered = false;
-        self.orphans
-            .extend(std::mem::take(&mut self.tasks).into_values());
-        self.finished.clear();
+        for (key, t) in std::mem::take(&mut self.tasks) {
+            self.finished.insert(key);
+            self.orphans.push(t);
+        }
         self.exited.clear();
     }
 

@@ -11,6 +11,7 @@
 //!   take more than a whole GPU;
 //! - every accepted submission exists, and once ended stays ended the same way;
 //! - a job that succeeded ran every task of its final attempt to exit 0 (on the agents);
+//! - a task runs at most once per attempt (an agent's later life does not run it again);
 //! - the core's own invariants hold on the server's state;
 //! - an agent is never refused for speaking about a task (a legitimate agent only speaks
 //!   for its own).
@@ -103,6 +104,8 @@ struct World {
     ended: BTreeMap<u64, &'static str>,
     /// Real exits on the agents: (job, attempt, task) -> code.
     ledger: BTreeMap<(u64, u32, u32), i32>,
+    /// Every (job, task, attempt) some agent started.
+    runs: std::collections::BTreeSet<(u64, u32, u32)>,
     submitted: u32,
     out: Outcome,
 }
@@ -354,6 +357,19 @@ impl World {
     }
 
     fn check(&mut self) {
+        // A task runs once per attempt, on one node.
+        for i in 0..self.agents.len() {
+            for key in std::mem::take(&mut self.agents[i].started) {
+                if !self.runs.insert((key.job, key.task, key.attempt)) {
+                    let what = format!(
+                        "job {} task {} attempt {} started a second time (on {})",
+                        key.job, key.task, key.attempt, self.agents[i].name
+                    );
+                    self.fail(what);
+                    return;
+                }
+            }
+        }
         // No GPU share given twice, as the agents see it.
         for ag in &self.agents {
             if let Some(why) = ag.overcommitted() {
@@ -478,6 +494,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
         accepted: BTreeMap::new(),
         ended: BTreeMap::new(),
         ledger: BTreeMap::new(),
+        runs: Default::default(),
         submitted: 0,
         out: Outcome {
             seed,

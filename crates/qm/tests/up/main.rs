@@ -7,4 +7,5 @@ mod dashboard;
 mod harness;
 mod jobs;
 mod security;
+mod soak;
 mod tls;
