@@ -273,7 +273,24 @@ fn run_faults(a: &FaultsArgs) -> Result<(), Box<dyn Error>> {
         .filter(|(f, t)| f <= t)
         .ok_or_else(|| format!("bad --seeds {:?}; expected FROM-TO, e.g. 0-9999", a.seeds))?;
     let t0 = Instant::now();
-    let (ran, failures) = faults::sweep(from, to + 1, &opts, 20);
+    // In chunks, saying how far it got: a long run takes minutes.
+    let (mut ran, mut failures) = (0, Vec::new());
+    let mut at = from;
+    while at <= to {
+        let end = (at + 1_000).min(to + 1);
+        let (n, mut f) = faults::sweep(at, end, &opts, 20);
+        ran += n;
+        failures.append(&mut f);
+        at = end;
+        if at <= to {
+            eprintln!(
+                "qm sim faults: {ran} seeds in {:.0} s, {} failed so far",
+                t0.elapsed().as_secs_f64(),
+                failures.len()
+            );
+        }
+    }
+    failures.truncate(20);
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "{ran} seeds in {secs:.1} s ({:.0} seeds/s): {} failed",
