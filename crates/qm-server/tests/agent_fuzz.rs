@@ -3,15 +3,15 @@
 //! whichever tasks, the other node's job keeps running, with no exit, no utilisation sample
 //! and an empty log.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
 use proptest::prelude::*;
-use qm_proto::{
-    Heartbeat, JobView, LogChunk, RegisterRequest, RegisterResponse, TaskExit, TaskKey, TaskUtil,
-};
+use qm_proto::{Heartbeat, JobView, LogChunk, RegisterResponse, TaskExit, TaskKey, TaskUtil};
 use qm_server::{Server, ServerConfig};
 use qm_store::SqliteStore;
 use serde_json::{json, Value};
@@ -86,18 +86,7 @@ async fn cluster() -> (Arc<Server>, u64, String, u64) {
     let join = server.create_token("agents", "join", &[]).unwrap();
     let mut creds = BTreeMap::new();
     for name in ["n0", "n1"] {
-        let req = RegisterRequest {
-            name: name.into(),
-            gpus: 4,
-            gpu_model: "SIM".into(),
-            gpu_mem_mib: 0,
-            cpu_milli: 8000,
-            mem_mib: 8192,
-            labels: BTreeMap::new(),
-            topology: Vec::new(),
-            address: "127.0.0.1".into(),
-            credential: None,
-        };
+        let req = common::node_request(name);
         let (status, text) = call(
             &server,
             "POST",

@@ -1,5 +1,7 @@
 //! The API through `app(server)` with `oneshot`: no socket, no agent process.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -102,16 +104,8 @@ impl Api {
         credential: Option<&str>,
     ) -> (StatusCode, String) {
         let req = RegisterRequest {
-            name: name.into(),
-            gpus: 4,
-            gpu_model: "SIM".into(),
-            gpu_mem_mib: 0,
-            cpu_milli: 8000,
-            mem_mib: 8192,
-            labels: BTreeMap::new(),
-            topology: Vec::new(),
-            address: "127.0.0.1".into(),
             credential: credential.map(str::to_string),
+            ..common::node_request(name)
         };
         self.call(
             "POST",
@@ -819,19 +813,7 @@ async fn matrix_fixture(who: Who) -> (Api, Option<String>) {
 async fn every_route_answers_each_caller_as_its_role_allows() {
     use Who::*;
     const WHO: [Who; 7] = [NoToken, WrongToken, Member, OtherMember, Node, Join, Admin];
-    let register = serde_json::to_value(RegisterRequest {
-        name: "n0".into(),
-        gpus: 4,
-        gpu_model: "SIM".into(),
-        gpu_mem_mib: 0,
-        cpu_milli: 8000,
-        mem_mib: 8192,
-        labels: BTreeMap::new(),
-        topology: Vec::new(),
-        address: "127.0.0.1".into(),
-        credential: None,
-    })
-    .unwrap();
+    let register = serde_json::to_value(common::node_request("n0")).unwrap();
     let key = json!({"job": 1, "task": 0, "attempt": 1});
     // (method, path, body, [no token, wrong token, member, other member, node, join, admin])
     let rows: Vec<(&str, &str, Option<Value>, [u16; 7])> = vec![

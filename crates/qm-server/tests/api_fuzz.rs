@@ -6,13 +6,14 @@
 //! server fail (5xx) or panic; every refusal is an `ApiError` with a message; and after the
 //! sequence the server still plans and serves.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
 use proptest::prelude::*;
-use qm_proto::{ApiError, RegisterRequest, RegisterResponse};
+use qm_proto::{ApiError, RegisterResponse};
 use qm_server::{Server, ServerConfig};
 use qm_store::SqliteStore;
 use serde_json::{json, Value};
@@ -234,18 +235,7 @@ async fn cluster() -> (Arc<Server>, Vec<Option<String>>) {
     .unwrap();
     let admin = server.create_token("admin", "admin", &[]).unwrap();
     let join = server.create_token("agents", "join", &[]).unwrap();
-    let req = RegisterRequest {
-        name: "n0".into(),
-        gpus: 4,
-        gpu_model: "SIM".into(),
-        gpu_mem_mib: 0,
-        cpu_milli: 8000,
-        mem_mib: 8192,
-        labels: BTreeMap::new(),
-        topology: Vec::new(),
-        address: "127.0.0.1".into(),
-        credential: None,
-    };
+    let req = common::node_request("n0");
     let body = serde_json::to_vec(&req).unwrap();
     let (status, text) = send(
         &server,

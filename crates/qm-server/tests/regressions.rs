@@ -2,12 +2,14 @@
 //! scenario that failed before its fix: the server through its API, agents played by hand,
 //! time moved by a `ManualClock`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use qm_proto::{Command, JobView, NodeView, RegisterRequest, RegisterResponse, TaskKey};
+use qm_proto::{Command, JobView, NodeView, RegisterResponse, TaskKey};
 use qm_server::{ManualClock, Server, ServerConfig};
 use qm_store::{SqliteStore, Store};
 use serde_json::{json, Value};
@@ -41,18 +43,7 @@ impl Cluster {
         };
         let join = c.server.create_token("agents", "join", &[]).unwrap();
         for name in nodes {
-            let req = RegisterRequest {
-                name: name.to_string(),
-                gpus: 4,
-                gpu_model: "SIM".into(),
-                gpu_mem_mib: 0,
-                cpu_milli: 8000,
-                mem_mib: 8192,
-                labels: BTreeMap::new(),
-                topology: Vec::new(),
-                address: "127.0.0.1".into(),
-                credential: None,
-            };
+            let req = common::node_request(name);
             let (status, r) = c
                 .call(
                     "POST",

@@ -106,94 +106,90 @@ impl Inner {
             crate::limits::credential(c).map_err(Refusal::BadRequest)?;
         }
         let proposed = req.credential.as_deref().map(hash_token);
-        let credential = {
-            let inner = self;
-            let id = match inner.nodes.get(&req.name) {
-                Some(n) => {
-                    let allowed = match *who {
-                        Principal::Admin => true,
-                        Principal::Node(caller) => caller == n.id,
-                        // Reset by an admin: the name is free for a join token again. Or the
-                        // same agent again, proving it holds the node's credential.
-                        Principal::Join => {
-                            n.credential_hash.is_empty()
-                                || proposed.as_deref() == Some(n.credential_hash.as_str())
-                        }
-                        _ => false,
+        let id = match self.nodes.get(&req.name) {
+            Some(n) => {
+                let allowed = match *who {
+                    Principal::Admin => true,
+                    Principal::Node(caller) => caller == n.id,
+                    // Reset by an admin: the name is free for a join token again. Or the
+                    // same agent again, proving it holds the node's credential.
+                    Principal::Join => {
+                        n.credential_hash.is_empty()
+                            || proposed.as_deref() == Some(n.credential_hash.as_str())
+                    }
+                    _ => false,
+                };
+                if !allowed {
+                    let name = &req.name;
+                    let message = format!(
+                        "node {name} is registered already; registering it again needs its current credential (its agent keeps it in DATA_DIR/credential) or an admin (`qm nodes reset {name}`, then register with a join token)"
+                    );
+                    self.refused(&message);
+                    let caller = match *who {
+                        Principal::Node(c) => self.node_name(c),
+                        _ => "(join token)".to_string(),
                     };
-                    if !allowed {
-                        let name = &req.name;
-                        let message = format!(
-                            "node {name} is registered already; registering it again needs its current credential (its agent keeps it in DATA_DIR/credential) or an admin (`qm nodes reset {name}`, then register with a join token)"
-                        );
-                        inner.refused(&message);
-                        let caller = match *who {
-                            Principal::Node(c) => inner.node_name(c),
-                            _ => "(join token)".to_string(),
-                        };
-                        inner.metrics.agent_refused(caller, "register");
-                        return Err(Refusal::Forbidden(message));
-                    }
-                    n.id
+                    self.metrics.agent_refused(caller, "register");
+                    return Err(Refusal::Forbidden(message));
                 }
-                None => {
-                    if let Principal::Node(caller) = *who {
-                        return Err(Refusal::Forbidden(format!(
-                            "the credential of node {} registers only that node, not {:?}; a new node needs a join token",
-                            inner.node_name(caller),
-                            req.name
-                        )));
-                    }
-                    inner.nodes.values().map(|n| n.id + 1).max().unwrap_or(0)
+                n.id
+            }
+            None => {
+                if let Principal::Node(caller) = *who {
+                    return Err(Refusal::Forbidden(format!(
+                        "the credential of node {} registers only that node, not {:?}; a new node needs a join token",
+                        self.node_name(caller),
+                        req.name
+                    )));
                 }
-            };
-            let spec = NodeSpec {
-                id: NodeId(id),
-                name: req.name.clone(),
-                gpus: req.gpus,
-                gpu_model: req.gpu_model.clone(),
-                gpu_mem_mib: req.gpu_mem_mib,
-                cpu_milli: req.cpu_milli,
-                mem_mib: req.mem_mib,
-                labels: req.labels.clone(),
-                topology: req.topology.clone(),
-            };
-            let credential = match (&req.credential, who) {
-                (Some(c), _) => c.clone(),
-                (None, Principal::Node(_)) => token.to_string(),
-                (None, _) => new_token(),
-            };
-            // A credential names one node, and is nobody's token.
-            let hash = hash_token(&credential);
-            let taken = inner.tokens.contains_key(&hash)
-                || inner
-                    .nodes
-                    .values()
-                    .any(|n| n.id != id && n.credential_hash == hash);
-            if taken {
-                return Err(Refusal::BadRequest(
-                    "that credential is in use; let the agent choose a new one (remove its credential file)".into(),
-                ));
+                self.nodes.values().map(|n| n.id + 1).max().unwrap_or(0)
             }
-            let rec = NodeRecord {
-                name: req.name.clone(),
-                id,
-                credential_hash: hash_token(&credential),
-                address: req.address.clone(),
-            };
-            // A node already running jobs keeps them: re-registering only renews its credential.
-            let known = inner
-                .state
-                .node(NodeId(id))
-                .is_some_and(|n| n.spec.gpus == spec.gpus && n.spec.gpu_model == spec.gpu_model);
-            if !known {
-                inner.commit(vec![Event::NodeUp(spec)], &[])?;
-            }
-            inner.store.put_node(&rec)?;
-            inner.nodes.insert(rec.name.clone(), rec);
-            inner.agent_seen(id);
-            credential
         };
+        let spec = NodeSpec {
+            id: NodeId(id),
+            name: req.name.clone(),
+            gpus: req.gpus,
+            gpu_model: req.gpu_model.clone(),
+            gpu_mem_mib: req.gpu_mem_mib,
+            cpu_milli: req.cpu_milli,
+            mem_mib: req.mem_mib,
+            labels: req.labels.clone(),
+            topology: req.topology.clone(),
+        };
+        let credential = match (&req.credential, who) {
+            (Some(c), _) => c.clone(),
+            (None, Principal::Node(_)) => token.to_string(),
+            (None, _) => new_token(),
+        };
+        // A credential names one node, and is nobody's token.
+        let hash = hash_token(&credential);
+        let taken = self.tokens.contains_key(&hash)
+            || self
+                .nodes
+                .values()
+                .any(|n| n.id != id && n.credential_hash == hash);
+        if taken {
+            return Err(Refusal::BadRequest(
+                "that credential is in use; let the agent choose a new one (remove its credential file)".into(),
+            ));
+        }
+        let rec = NodeRecord {
+            name: req.name.clone(),
+            id,
+            credential_hash: hash_token(&credential),
+            address: req.address.clone(),
+        };
+        // A node already running jobs keeps them: re-registering only renews its credential.
+        let known = self
+            .state
+            .node(NodeId(id))
+            .is_some_and(|n| n.spec.gpus == spec.gpus && n.spec.gpu_model == spec.gpu_model);
+        if !known {
+            self.commit(vec![Event::NodeUp(spec)], &[])?;
+        }
+        self.store.put_node(&rec)?;
+        self.nodes.insert(rec.name.clone(), rec);
+        self.agent_seen(id);
         Ok(credential)
     }
 }

@@ -77,53 +77,49 @@ impl Inner {
         };
         let priority = req.priority.unwrap_or(0);
         let user = run_as.clone().unwrap_or_else(|| submitter(p));
-        let id = {
-            let inner = self;
-            if let Principal::Member { .. } = p {
-                if let Some(team) = inner.state.team(&req.team) {
-                    let [lo, hi] = team.spec.priorities;
-                    if priority < lo || priority > hi {
-                        return Err(Refusal::Forbidden(format!(
-                            "priority {priority} is outside team {}'s range {lo}..{hi}, which an admin sets (qm admin team set {} --priorities LOW..HIGH)",
-                            req.team, req.team
-                        )));
-                    }
+        if let Principal::Member { .. } = p {
+            if let Some(team) = self.state.team(&req.team) {
+                let [lo, hi] = team.spec.priorities;
+                if priority < lo || priority > hi {
+                    return Err(Refusal::Forbidden(format!(
+                        "priority {priority} is outside team {}'s range {lo}..{hi}, which an admin sets (qm admin team set {} --priorities LOW..HIGH)",
+                        req.team, req.team
+                    )));
                 }
             }
-            inner.pending_room(&req.team, &user)?;
-            let id = JobId(inner.next_job);
-            let spec = JobSpec {
-                id,
-                name: req.name.clone(),
-                team: req.team.clone(),
-                user,
-                priority,
-                tasks: req.tasks.unwrap_or(1),
-                gpu,
-                // CPU and memory are reserved only when asked for: GPUs are what is scheduled.
-                cpu_milli: req.cpu_milli.unwrap_or(0),
-                mem_mib: req.mem_mib.unwrap_or(0),
-                gpu_model: req.gpu_model.clone(),
-                node_selector: Default::default(),
-                time_limit_s,
-                runtime_estimate_s: None,
-                preemptible: req.preemptible.unwrap_or(true),
-                grace_s: 10,
-                min_run_s: 0,
-                checkpoint_every_s: None,
-                depends_on: Vec::new(),
-                submit_s: inner.now_s(),
-            };
-            let payload = JobPayload {
-                command: req.command.clone(),
-                env: req.env.clone(),
-                workdir: req.workdir.clone(),
-                user: run_as,
-            };
-            inner.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
-            inner.next_job += 1;
-            id
+        }
+        self.pending_room(&req.team, &user)?;
+        let id = JobId(self.next_job);
+        let spec = JobSpec {
+            id,
+            name: req.name.clone(),
+            team: req.team.clone(),
+            user,
+            priority,
+            tasks: req.tasks.unwrap_or(1),
+            gpu,
+            // CPU and memory are reserved only when asked for: GPUs are what is scheduled.
+            cpu_milli: req.cpu_milli.unwrap_or(0),
+            mem_mib: req.mem_mib.unwrap_or(0),
+            gpu_model: req.gpu_model.clone(),
+            node_selector: Default::default(),
+            time_limit_s,
+            runtime_estimate_s: None,
+            preemptible: req.preemptible.unwrap_or(true),
+            grace_s: 10,
+            min_run_s: 0,
+            checkpoint_every_s: None,
+            depends_on: Vec::new(),
+            submit_s: self.now_s(),
         };
+        let payload = JobPayload {
+            command: req.command.clone(),
+            env: req.env.clone(),
+            workdir: req.workdir.clone(),
+            user: run_as,
+        };
+        self.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
+        self.next_job += 1;
         Ok(id)
     }
 }

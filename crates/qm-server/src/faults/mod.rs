@@ -84,6 +84,22 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
+impl Outcome {
+    /// A seed's outcome before it has run.
+    fn new(seed: u64) -> Outcome {
+        Outcome {
+            seed,
+            failure: None,
+            accepted: 0,
+            succeeded: 0,
+            server_crashes: 0,
+            agent_crashes: 0,
+            partitions: 0,
+            trace: Vec::new(),
+        }
+    }
+}
+
 /// The step of simulated time.
 const STEP_MS: u64 = 100;
 
@@ -496,16 +512,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
         ledger: BTreeMap::new(),
         runs: Default::default(),
         submitted: 0,
-        out: Outcome {
-            seed,
-            failure: None,
-            accepted: 0,
-            succeeded: 0,
-            server_crashes: 0,
-            agent_crashes: 0,
-            partitions: 0,
-            trace: Vec::new(),
-        },
+        out: Outcome::new(seed),
     };
     let end_faults = opts.fault_ms;
     let end = opts.fault_ms + opts.heal_ms;
@@ -621,14 +628,8 @@ fn sweep_seeds(
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
             Outcome {
-                seed,
                 failure: Some(format!("panic: {what}")),
-                accepted: 0,
-                succeeded: 0,
-                server_crashes: 0,
-                agent_crashes: 0,
-                partitions: 0,
-                trace: Vec::new(),
+                ..Outcome::new(seed)
             }
         });
         ran += 1;

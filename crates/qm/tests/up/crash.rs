@@ -1,7 +1,7 @@
 //! What survives a crash: `kill -9` of the server (tasks re-attached, history kept, a gang
 //! half-exited, a launch not yet delivered), a silent node, a restarted agent.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::harness::*;
 
@@ -121,22 +121,9 @@ fn a_restarted_agent_ends_the_tasks_it_lost_and_their_jobs_run_again() {
     let old = up.agent_pid().unwrap();
     unsafe { libc_kill(old, 9) };
     // The task of the dead agent still runs, orphaned; a new agent on the node ends it.
-    let mut agent = Command::new(QM)
-        .args([
-            "agent",
-            "--server",
-            &up.url(),
-            "--gpus",
-            "4",
-            "--name",
-            &node,
-            "--data-dir",
-        ])
-        .arg(up.data().join("agent"))
-        .arg("--join-token-file")
-        .arg(up.data().join("join-token"))
+    let mut agent = up
+        .agent_command(&node, "agent")
         .arg("--allow-root-tasks")
-        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     up.wait_for(|u| u.job(id)["attempt"] == 2 && u.job(id)["state"] == "running");

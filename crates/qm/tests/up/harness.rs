@@ -144,6 +144,28 @@ impl Up {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `qm agent` for this server: 4 simulated GPUs, node `name`, its data in `dir` under
+    /// the data directory, the join token from `qm up`'s file; quiet.
+    pub fn agent_command(&self, name: &str, dir: &str) -> Command {
+        let mut cmd = Command::new(QM);
+        cmd.args([
+            "agent",
+            "--server",
+            &self.url(),
+            "--gpus",
+            "4",
+            "--name",
+            name,
+        ])
+        .arg("--data-dir")
+        .arg(self.data().join(dir))
+        .arg("--join-token-file")
+        .arg(self.data().join("join-token"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        cmd
+    }
+
     pub fn agent_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.data().join("agent.pid"))
             .ok()
@@ -168,6 +190,16 @@ impl Drop for Up {
         if let Some(agent) = self.agent_pid() {
             unsafe { libc_kill(agent, 9) };
         }
+    }
+}
+
+/// A process the test started, killed (and reaped) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -1,21 +1,11 @@
 //! Attacks from inside a job, with real processes: a task that tries to run as root, to read
 //! the join token or a node's credential, or to read other tasks' logs.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{json, Value};
 
-use crate::harness::{http, logs, Up, QM};
-
-/// A second agent that the test stops when it ends.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{http, logs, Proc, Up, QM};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -69,26 +59,7 @@ fn tasks_run_as_their_users_never_as_root_and_cannot_reach_the_nodes_secrets() {
     let up = Up::start("identity", &[]);
     up.ok(&["admin", "team", "create", "t", "--guaranteed", "8"]);
     let data = up.data();
-    let _strict = Agent(
-        Command::new(QM)
-            .args([
-                "agent",
-                "--server",
-                &up.url(),
-                "--gpus",
-                "4",
-                "--name",
-                "strict",
-            ])
-            .arg("--data-dir")
-            .arg(data.join("strict"))
-            .arg("--join-token-file")
-            .arg(data.join("join-token"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _strict = Proc(up.agent_command("strict", "strict").spawn().unwrap());
     up.wait_for(|u| u.json(&["nodes", "--json"]).as_array().unwrap().len() == 2);
     let nodes = up.json(&["nodes", "--json"]);
     let local = nodes
@@ -187,26 +158,7 @@ fn a_node_cannot_speak_for_another_nor_take_its_name() {
     let job = up.wait_state(victim, "running");
     let home = job["placement"][0]["node"].as_str().unwrap().to_string();
     up.wait_for(|u| logs(u, victim, 0).contains("victim"));
-    let _other = Agent(
-        Command::new(QM)
-            .args([
-                "agent",
-                "--server",
-                &up.url(),
-                "--gpus",
-                "4",
-                "--name",
-                "intruder",
-            ])
-            .arg("--data-dir")
-            .arg(data.join("intruder"))
-            .arg("--join-token-file")
-            .arg(data.join("join-token"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _other = Proc(up.agent_command("intruder", "intruder").spawn().unwrap());
     up.wait_for(|u| u.json(&["nodes", "--json"]).as_array().unwrap().len() == 2);
     let credential = std::fs::read_to_string(data.join("intruder").join("credential")).unwrap();
     let key = json!({"job": victim, "task": 0, "attempt": 1});
@@ -242,20 +194,9 @@ fn a_node_cannot_speak_for_another_nor_take_its_name() {
         );
     }
     // Taking the node's name with the join token: refused, and the agent says why.
-    let out = Command::new(QM)
-        .args([
-            "agent",
-            "--server",
-            &up.url(),
-            "--gpus",
-            "4",
-            "--name",
-            &home,
-        ])
-        .arg("--data-dir")
-        .arg(data.join("thief"))
-        .arg("--join-token-file")
-        .arg(data.join("join-token"))
+    let out = up
+        .agent_command(&home, "thief")
+        .stderr(Stdio::piped())
         .output()
         .unwrap();
     assert!(!out.status.success());

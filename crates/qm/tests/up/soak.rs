@@ -8,23 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{free_port, QM};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{free_port, Proc, QM};
 
 fn start_server(dir: &Path, port: u16) -> (Proc, Option<String>) {
     let mut child = Command::new(QM)
@@ -141,7 +132,7 @@ fn the_control_plane_survives_kills_with_real_processes() {
     )
     .unwrap();
     assert_eq!(s, 200, "{r}");
-    qm_write_private(&dir.join("join-token"), r["token"].as_str().unwrap());
+    qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
     let mut agents: Vec<Proc> = (0..4).map(|i| start_agent(&dir, &url, i)).collect();
     // Each task: a start line, a short sleep, an end line (also when told to stop).
     let script = format!(
@@ -329,16 +320,4 @@ fn now_ns() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-fn qm_write_private(path: &PathBuf, token: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    std::io::Write::write_all(&mut f, token.as_bytes()).unwrap();
 }

@@ -3,20 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{free_port, QM};
-
-/// Kills its process when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{free_port, Proc, QM};
 
 /// A private CA and a certificate it signed for 127.0.0.1 and localhost: (CA, cert, key) PEM.
 fn certificates() -> (String, String, String) {
@@ -121,7 +111,7 @@ fn the_api_is_served_over_tls_and_verified_by_the_cli_and_the_agents() {
     let join = ok(&[
         "admin", "token", "create", "--name", "agents", "--role", "join",
     ]);
-    qm_agent_write(&dir.join("join-token"), join.trim());
+    qm_agent::write_private(&dir.join("join-token"), join.trim()).unwrap();
     let _agent = Proc(
         Command::new(QM)
             .args(["agent", "--server", &url, "--server-ca", ca_arg])
@@ -159,17 +149,4 @@ fn the_api_is_served_over_tls_and_verified_by_the_cli_and_the_agents() {
     }
     assert_eq!(ok(&["logs", &id]).trim(), "over tls");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Writes the join token as an operator would: readable by its owner alone.
-fn qm_agent_write(path: &Path, token: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    std::io::Write::write_all(&mut f, token.as_bytes()).unwrap();
 }
