@@ -112,6 +112,47 @@ pub fn machine_resources() -> (u64, u64) {
     (cpus * 1000, mem_kib / 1024)
 }
 
+/// The longest an agent's POST (register, heartbeat, log upload) may take, answer included.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fencing of the tasks of fenced jobs (`Launch::fence_after_ms`), kept by a watchdog thread
+/// of its own so that no network call of the main loop can hold a kill back.
+#[derive(Default)]
+struct Fence {
+    /// When the last heartbeat the server answered was sent (or the registration).
+    last_ok: Option<Instant>,
+    /// Fenced tasks not yet reaped: their process group and how long they may go without
+    /// word from the server. The main loop reaps under this lock, so a group here is still
+    /// the task's own (its leader, not yet waited for, keeps its id).
+    tasks: BTreeMap<TaskKey, (i32, Duration)>,
+    /// Tasks the watchdog killed, to report as fenced.
+    killed: std::collections::BTreeSet<TaskKey>,
+}
+
+impl Fence {
+    /// Kills every fenced task whose time without word has run out.
+    fn check(&mut self) {
+        let Some(ok) = self.last_ok else {
+            return;
+        };
+        let silent = ok.elapsed();
+        for (key, &(pgid, after)) in &self.tasks {
+            if silent > after && pgid > 0 && self.killed.insert(key.clone()) {
+                // SAFETY: signalling the process group of a task this agent started and has
+                // not reaped yet.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                eprintln!(
+                    "qm agent: fenced task {} of job {} (attempt {}): no word from the server for {:.1} s",
+                    key.task,
+                    key.job,
+                    key.attempt,
+                    silent.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
 struct Client {
     base: String,
     agent: ureq::Agent,
@@ -124,8 +165,11 @@ impl Client {
         token: &str,
         body: &B,
     ) -> Result<R, String> {
+        // A whole call, answer included, within POST_TIMEOUT: a heartbeat stuck on a cut
+        // link must not hold up reaping, kills and the next beat for the long poll's 70 s.
         self.agent
             .post(&format!("{}{path}", self.base))
+            .timeout(POST_TIMEOUT)
             .set("Authorization", &format!("Bearer {token}"))
             .send_json(body)
             .map_err(describe)?
@@ -278,12 +322,17 @@ pub fn run(
     };
     // Register, retrying until the server answers (it may still be starting).
     let cred_file = cfg.data_dir.join("credential");
+    let fence: Arc<std::sync::Mutex<Fence>> = Arc::default();
     let credential = loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
+        let sent = Instant::now();
         match register_node(&client, &cfg, &register, &cred_file) {
-            Ok(c) => break c,
+            Ok(c) => {
+                fence.lock().expect("fence").last_ok = Some(sent);
+                break c;
+            }
             Err(e) if e.starts_with("HTTP 4") || e.starts_with("qm agent") => {
                 return Err(AgentError(format!(
                     "the server refused to register this node: {e}"
@@ -293,6 +342,15 @@ pub fn run(
         }
     };
     let credential = Arc::new(std::sync::Mutex::new(credential));
+    {
+        let (fence, stop) = (fence.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                fence.lock().expect("fence").check();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
     // Commands arrive on a long-polling thread.
     let (tx, rx) = mpsc::channel::<Command>();
     let (poll_base, poll_cred, poll_stop) = (client.base.clone(), credential.clone(), stop.clone());
@@ -363,6 +421,7 @@ pub fn run(
     let clk = proc::clock_ticks();
     loop {
         if stop.load(Ordering::SeqCst) {
+            fence.lock().expect("fence").tasks.clear();
             for t in tasks.values_mut() {
                 t.terminate(Duration::from_secs(5));
             }
@@ -393,6 +452,13 @@ pub fn run(
                     note_launched(&launched_file, &l.key);
                     match launch(&cfg, &l) {
                         Ok(t) => {
+                            if let Some(ms) = l.fence_after_ms {
+                                fence
+                                    .lock()
+                                    .expect("fence")
+                                    .tasks
+                                    .insert(l.key.clone(), (t.pgid(), Duration::from_millis(ms)));
+                            }
                             tasks.insert(l.key.clone(), t);
                         }
                         Err(e) => {
@@ -415,19 +481,30 @@ pub fn run(
             }
         }
         let token = credential.lock().expect("credential").clone();
-        // Reap, escalate kills, upload output.
+        // Escalate kills and reap, under the fence's lock (a fenced group is signalled only
+        // before its leader is reaped); then upload output, without it.
+        let mut codes = BTreeMap::new();
+        {
+            let mut fence = fence.lock().expect("fence");
+            for (key, t) in tasks.iter_mut() {
+                t.escalate();
+                if let Some(code) = t.poll() {
+                    fence.tasks.remove(key);
+                    codes.insert(key.clone(), code);
+                }
+            }
+        }
         let mut done = Vec::new();
         for (key, t) in tasks.iter_mut() {
-            t.escalate();
-            let code = t.poll();
             upload(&client, &token, key, t);
-            if let Some(code) = code {
+            if let Some(&code) = codes.get(key) {
                 if t.fully_uploaded() {
                     done.push((key.clone(), code));
                 }
             }
         }
         for (key, code) in done {
+            let fenced = fence.lock().expect("fence").killed.remove(&key);
             let message = tasks.remove(&key).and_then(|t| t.why());
             finished.insert(key.clone());
             if finished.len() > FINISHED_KEPT {
@@ -436,7 +513,12 @@ pub fn run(
                     finished.remove(&k);
                 }
             }
-            exited.push(TaskExit { key, code, message });
+            exited.push(TaskExit {
+                key,
+                code,
+                message,
+                fenced,
+            });
             urgent = true;
             save_ledger(&tasks);
         }
@@ -456,8 +538,12 @@ pub fn run(
                 exited: exited.clone(),
                 util,
             };
+            let sent = Instant::now();
             match client.post::<_, qm_proto::HeartbeatAck>("/agent/v1/heartbeat", &token, &hb) {
-                Ok(_) => exited.clear(),
+                Ok(_) => {
+                    exited.clear();
+                    fence.lock().expect("fence").last_ok = Some(sent);
+                }
                 Err(e) if e.starts_with("HTTP 401") => reregister.store(true, Ordering::SeqCst),
                 Err(_) => {} // The server is away: keep the exits for the next beat.
             }

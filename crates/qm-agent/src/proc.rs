@@ -248,6 +248,11 @@ impl Task {
         self.why.clone()
     }
 
+    /// The task's process group (0 for a task that never started).
+    pub fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
     /// The identity of the task's group leader, as it started.
     pub fn ident(&self) -> Option<ProcId> {
         self.ident.clone()

@@ -69,6 +69,12 @@ pub struct SubmitRequest {
     /// The Unix user to run as, when the agent runs as root (default: the submitter's).
     #[serde(default)]
     pub user: Option<String>,
+    /// Fenced: each task is killed by its own agent when the agent has had no word from the
+    /// server for two thirds of the node timeout, before the server gives the node up and
+    /// runs the job elsewhere, so that two attempts never run at once (for jobs that write
+    /// shared storage). The price: a server away that long stops the job too.
+    #[serde(default)]
+    pub fence: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +267,10 @@ pub struct TaskExit {
     /// the job's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Killed by its agent's fence (no word from the server for the launch's
+    /// `fence_after_ms`): lost, not failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +310,10 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// A fenced job's task: the agent kills it once no heartbeat it sent this long ago, or
+    /// later, has been answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_after_ms: Option<u64>,
 }
 
 /// `GET /agent/v1/commands?wait_s=N`: long poll.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use qm_core::{decide, Event, IdleAction, JobId, JobState, NodeId, NodeState, StopCause};
-use qm_proto::{Command, Heartbeat, JobEventKind, Launch, TaskKey};
+use qm_proto::{Command, Heartbeat, JobEventKind, Launch, TaskExit, TaskKey};
 
 use crate::{Inner, Refusal, Sent};
 
@@ -15,6 +15,14 @@ const LOST_AFTER_MS: u64 = 10_000;
 
 /// The exit code recorded for a task that vanished from its node.
 pub const LOST_CODE: i32 = -1;
+
+/// How long an agent lets a fenced job's task run without word from the server: two thirds
+/// of the node timeout. The agent counts from when it sent its last answered heartbeat,
+/// which is before the server last heard from it, so its kill comes at least a third of the
+/// timeout before the server may give the node up and start the job elsewhere.
+pub fn fence_after_ms(node_timeout_s: u64) -> u64 {
+    node_timeout_s.saturating_mul(1000) * 2 / 3
+}
 
 /// Utilisation of a running job becomes an event at least this often (seconds).
 const UTIL_EVERY_S: u64 = 30;
@@ -299,6 +307,9 @@ impl Inner {
                     env,
                     workdir: payload.workdir.clone(),
                     user: payload.user.clone(),
+                    fence_after_ms: payload
+                        .fence
+                        .then(|| fence_after_ms(self.config.node_timeout_s)),
                 },
             ));
         }
@@ -445,9 +456,12 @@ impl Inner {
                 );
             }
         }
-        let exits = hb.exited.clone();
+        // A task its agent's fence killed is lost, not failed: the job runs again.
+        let (fenced, exits): (Vec<TaskExit>, Vec<TaskExit>) =
+            hb.exited.iter().cloned().partition(|e| e.fenced);
+        let fence_s = fence_after_ms(self.config.node_timeout_s) as f64 / 1000.0;
         // Launched here, received, and neither running nor exited: lost.
-        let lost: Vec<TaskKey> = self
+        let lost: Vec<(TaskKey, String)> = self
             .sent
             .iter()
             .filter(|(k, s)| {
@@ -456,14 +470,25 @@ impl Inner {
                     && !hb.running.contains(k)
             })
             .map(|(k, _)| k.clone())
-            .filter(|k| !exits.iter().any(|e| &e.key == k))
+            .filter(|k| !hb.exited.iter().any(|e| &e.key == k))
+            .map(|k| {
+                let why = format!("task {} vanished from its node", k.task);
+                (k, why)
+            })
+            .chain(fenced.into_iter().map(|e| {
+                let why = format!(
+                    "task {} was fenced: its node heard nothing from the server for {fence_s:.1} s and killed it",
+                    e.key.task
+                );
+                (e.key, why)
+            }))
             .collect();
         // A lost task (its agent restarted without it) loses the whole run. It counts as
         // exited (`LOST_CODE`, stored like a reported exit). The gang's other tasks are
         // killed, and their GPUs stay held (the job is stopping) until they have exited too:
         // nothing new may land on a GPU a killed task still uses. Then the job goes back to
         // the queue whole (at once when nothing else of the run is left).
-        for key in lost {
+        for (key, why) in lost {
             self.sent.remove(&key);
             if !current(self, &key) {
                 continue;
@@ -474,12 +499,7 @@ impl Inner {
             }) else {
                 continue;
             };
-            self.note(
-                key.job,
-                now,
-                JobEventKind::Lost,
-                format!("task {} vanished from its node", key.task),
-            );
+            self.note(key.job, now, JobEventKind::Lost, why);
             self.store
                 .put_exit((key.job, key.task, key.attempt), LOST_CODE)?;
             let codes = self.exits.entry((key.job, key.attempt)).or_default();

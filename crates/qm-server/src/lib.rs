@@ -91,6 +91,8 @@ pub trait Clock: Send + Sync {
 pub struct ManualClock {
     ms: std::sync::atomic::AtomicU64,
     epoch_s: Secs,
+    /// Steps of the wall clock (seconds, either way), as NTP makes after a reboot.
+    wall_step_s: std::sync::atomic::AtomicI64,
 }
 
 impl ManualClock {
@@ -98,7 +100,14 @@ impl ManualClock {
         ManualClock {
             ms: std::sync::atomic::AtomicU64::new(0),
             epoch_s,
+            wall_step_s: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Steps the wall clock by `s` seconds (back when negative); monotonic time is unmoved.
+    pub fn step_wall_s(&self, s: i64) {
+        self.wall_step_s
+            .fetch_add(s, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn advance_ms(&self, ms: u64) {
@@ -108,7 +117,8 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now_s(&self) -> Secs {
-        self.epoch_s + self.mono_ms() / 1000
+        let step = self.wall_step_s.load(std::sync::atomic::Ordering::Relaxed);
+        (self.epoch_s + self.mono_ms() / 1000).saturating_add_signed(step)
     }
 
     fn mono_ms(&self) -> u64 {

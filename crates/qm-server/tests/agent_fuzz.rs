@@ -152,7 +152,7 @@ proptest! {
                 let (path, body) = match m {
                     Msg::Heartbeat { running, exited, util } => ("/agent/v1/heartbeat", serde_json::to_value(Heartbeat {
                         running,
-                        exited: exited.into_iter().map(|(key, code)| TaskExit { key, code, message: None }).collect(),
+                        exited: exited.into_iter().map(|(key, code)| TaskExit { key, code, message: None, fenced: false }).collect(),
                         util: util.into_iter().map(|(key, pct)| TaskUtil { key, pct }).collect(),
                     }).unwrap()),
                     Msg::Log(key, offset, data) => ("/agent/v1/logs", serde_json::to_value(LogChunk { key, offset, data, data_b64: None }).unwrap()),

@@ -573,6 +573,7 @@ async fn a_node_speaks_only_for_its_own_tasks() {
                 key: key.clone(),
                 code: 1,
                 message: None,
+                fenced: false,
             }],
             ..Heartbeat::default()
         },
@@ -618,6 +619,7 @@ async fn a_node_speaks_only_for_its_own_tasks() {
                 key: beyond.clone(),
                 code: 0,
                 message: None,
+                fenced: false,
             }],
             ..Heartbeat::default()
         };

@@ -368,3 +368,53 @@ async fn every_refusal_carries_an_api_error() {
         assert!(!e.message.is_empty());
     }
 }
+
+/// A fenced job: its launches carry the fence (two thirds of the node timeout), and a task
+/// its agent fenced (the server still thought the node reachable: a one-way cut) is lost,
+/// not failed: the gang stops whole and goes back to the queue.
+#[tokio::test]
+async fn a_fenced_task_is_lost_not_failed() {
+    let c = Cluster::new(&["n0", "n1"], memory()).await;
+    let body =
+        json!({"team": "t", "tasks": 2, "gpus": 4, "fence": true, "command": ["sleep", "600"]});
+    let (status, r) = c.call("POST", "/api/v1/jobs", &c.admin, body).await;
+    assert_eq!(status, 200, "{r}");
+    let gang = r["job"].as_u64().unwrap();
+    c.tick(0);
+    let j = c.job(gang).await;
+    let (alive, fenced) = (j.placement[0].node.clone(), j.placement[1].node.clone());
+    let timeout_ms = config().node_timeout_s * 1000;
+    for node in [&alive, &fenced] {
+        let cmds = c.poll(node).await;
+        assert!(
+            cmds.iter().all(
+                |c| matches!(c, Command::Launch(l) if l.fence_after_ms == Some(timeout_ms * 2 / 3))
+            ),
+            "{cmds:?}"
+        );
+    }
+    let body = json!({"running": [], "exited": [{"key": key(gang, 1, 1), "code": 137, "fenced": true}], "util": []});
+    let (status, r) = c
+        .call("POST", "/agent/v1/heartbeat", &c.creds[&fenced], body)
+        .await;
+    assert_eq!(status, 200, "{r}");
+    c.tick(0);
+    let j = c.job(gang).await;
+    assert_eq!(j.state, qm_proto::JobState::Stopping, "{j:?}");
+    assert!(
+        serde_json::to_string(&j.events).unwrap().contains("fenced"),
+        "{:?}",
+        j.events
+    );
+    assert_eq!(kills(&c.poll(&alive).await), vec![key(gang, 0, 1)]);
+    c.beat(&alive, &[], &[(key(gang, 0, 1), 143)]).await;
+    c.tick(0);
+    let j = c.job(gang).await;
+    assert!(
+        matches!(
+            j.state,
+            qm_proto::JobState::Pending | qm_proto::JobState::Running
+        ),
+        "{j:?}"
+    );
+}

@@ -44,6 +44,9 @@ pub struct JobPayload {
     pub env: std::collections::BTreeMap<String, String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// Fenced by its agents (see `SubmitRequest::fence`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fence: bool,
 }
 
 /// An API token: only its SHA-256 is kept.

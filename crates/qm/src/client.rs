@@ -234,6 +234,11 @@ pub struct SubmitArgs {
     /// The job must not be preempted.
     #[arg(long)]
     no_preempt: bool,
+    /// Fence the job: a node that loses the server kills its tasks before the job may run
+    /// elsewhere, so two attempts never run at once (for jobs that write shared storage).
+    /// A server away for two thirds of the node timeout stops the job too.
+    #[arg(long)]
+    fence: bool,
     /// KEY=VALUE, repeatable.
     #[arg(long)]
     env: Vec<String>,
@@ -370,6 +375,7 @@ pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
         }),
         command: a.command,
         user: None,
+        fence: a.fence,
     };
     let r: SubmitResponse = c.post("/api/v1/jobs", &req)?;
     if a.json {

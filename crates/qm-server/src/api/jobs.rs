@@ -117,6 +117,7 @@ impl Inner {
             env: req.env.clone(),
             workdir: req.workdir.clone(),
             user: run_as,
+            fence: req.fence,
         };
         self.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
         self.next_job += 1;

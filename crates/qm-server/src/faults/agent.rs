@@ -4,7 +4,9 @@
 //! acknowledges them), ignores a launch of a task it runs or has run, and stops a task on a
 //! kill. When it crashes its tasks keep running, unsupervised, until it starts again and ends
 //! them (as `qm agent` does with its ledger of process groups); its credential, a file,
-//! survives.
+//! survives. A fenced job's task is killed by its agent once no heartbeat sent within the
+//! launch's `fence_after_ms` has been answered, and reported as fenced. Each agent keeps time
+//! by its own clock: offset from the others' and running a little fast or slow.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +22,10 @@ pub struct Task {
     pub milli: u32,
     pub ends_at: u64,
     pub code: i32,
+    /// A fenced job's task: how long it may go without an answered heartbeat.
+    pub fence_after: Option<u64>,
+    /// Killed by the fence.
+    pub fenced: bool,
 }
 
 pub struct SimAgent {
@@ -46,6 +52,11 @@ pub struct SimAgent {
     pub log: Vec<String>,
     /// Every task this node started, in order (for the world's check that none runs twice).
     pub started: Vec<TaskKey>,
+    /// When the last answered heartbeat (or registration) was sent, by this agent's clock.
+    last_ok: Option<u64>,
+    /// This agent's clock: milliseconds ahead of the world's, and its rate (1.0 exact).
+    offset_ms: u64,
+    rate: f64,
 }
 
 /// A task that ended on the node: (job, attempt, task, exit code).
@@ -73,7 +84,22 @@ impl SimAgent {
             urgent: false,
             log: Vec::new(),
             started: Vec::new(),
+            last_ok: None,
+            offset_ms: 0,
+            rate: 1.0,
         }
+    }
+
+    /// Sets this agent's clock: `offset_ms` ahead of the world's, running at `rate`.
+    pub fn skew(&mut self, offset_ms: u64, rate: f64) {
+        self.offset_ms = offset_ms;
+        self.rate = rate;
+    }
+
+    /// The world's time `now` on this agent's clock: everything the agent times (beats,
+    /// polls, task run times, the fence) is by this clock.
+    pub fn local(&self, now: u64) -> u64 {
+        self.offset_ms + (now as f64 * self.rate) as u64
     }
 
     fn token(&self) -> String {
@@ -108,7 +134,27 @@ impl SimAgent {
             self.up = true;
             self.registered = false;
             self.last_register = None;
+            self.last_ok = None;
             self.log.push("starts again".into());
+        }
+        // The fence: a fenced job's task without an answered heartbeat for its time is
+        // killed now (SIGKILL), whether or not the agent is registered.
+        if let Some(ok) = self.last_ok {
+            for t in self.tasks.values_mut() {
+                if !t.fenced
+                    && t.fence_after
+                        .is_some_and(|after| now.saturating_sub(ok) > after)
+                {
+                    t.fenced = true;
+                    t.ends_at = now;
+                    t.code = 137;
+                    self.log.push(format!(
+                        "fences {}: no answered heartbeat for {} ms",
+                        key_text(&t.key),
+                        now - ok
+                    ));
+                }
+            }
         }
         let mut out = Vec::new();
         if !self.registered {
@@ -136,6 +182,7 @@ impl SimAgent {
                 key,
                 code: t.code,
                 message: None,
+                fenced: t.fenced,
             });
             self.urgent = true;
         }
@@ -147,7 +194,7 @@ impl SimAgent {
                 exited: self.exited.clone(),
                 util: Vec::new(),
             };
-            out.push((self.token(), Up::Heartbeat(hb)));
+            out.push((self.token(), Up::Heartbeat(hb, now)));
         }
         if now >= self.next_poll {
             self.next_poll = now + 500;
@@ -164,6 +211,7 @@ impl SimAgent {
         match down {
             Down::Registered(c) => {
                 self.credential = c;
+                self.last_ok = self.last_ok.max(self.last_register);
                 self.registered = true;
                 self.with_join = false;
                 self.log.push("registered".into());
@@ -176,7 +224,10 @@ impl SimAgent {
                 self.with_join = true;
                 self.last_register = None;
             }
-            Down::HeartbeatAck(keys) => self.exited.retain(|e| !keys.contains(&e.key)),
+            Down::HeartbeatAck(keys, sent) => {
+                self.exited.retain(|e| !keys.contains(&e.key));
+                self.last_ok = self.last_ok.max(Some(sent));
+            }
             Down::Commands(cmds) => {
                 for c in cmds {
                     match c {
@@ -229,6 +280,8 @@ impl SimAgent {
                 milli,
                 ends_at: now + duration,
                 code,
+                fence_after: l.fence_after_ms,
+                fenced: false,
             },
         );
     }
@@ -238,7 +291,7 @@ impl SimAgent {
     /// a second time.
     pub fn crash(&mut self, back: u64) {
         self.up = false;
-        self.back_at = back;
+        self.back_at = self.local(back);
         self.registered = false;
         for (key, t) in std::mem::take(&mut self.tasks) {
             self.finished.insert(key);
@@ -250,8 +303,16 @@ impl SimAgent {
     /// Faults are over: a crashed agent starts again now.
     pub fn heal(&mut self, now: u64) {
         if !self.up {
-            self.back_at = now;
+            self.back_at = self.local(now);
         }
+    }
+
+    /// The attempts of `job` this agent supervises (orphans of a crashed life are not).
+    pub fn attempts_of(&self, job: u64) -> impl Iterator<Item = u32> + '_ {
+        self.tasks
+            .values()
+            .filter(move |t| t.key.job == job)
+            .map(|t| t.key.attempt)
     }
 
     /// Some GPU of the node given to more than one whole GPU's worth of live tasks.

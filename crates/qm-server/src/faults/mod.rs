@@ -2,8 +2,11 @@
 //! reconciliation code, `Inner`, on a real SQLite store held in memory) and a few simulated
 //! agents that behave like `qm agent`, over a simulated network that loses, delays (and so
 //! reorders) and duplicates messages and cuts nodes off; the server and the agents crash and
-//! restart. Everything comes from one seed, and the server reads time only from the
-//! simulation's clock, so a failing seed replays exactly, with a readable trace.
+//! restart. Each agent keeps time by its own clock (offset by up to an hour, 2 % fast or
+//! slow), and the server's wall clock may step by up to a minute either way when it restarts
+//! (as NTP does after a reboot). Everything comes from one seed, and the server reads time
+//! only from the simulation's clock, so a failing seed replays exactly, with a readable
+//! trace.
 //!
 //! After every step the invariants are checked:
 //! - no GPU share is given twice as the agents see it: on every node, the tasks still alive
@@ -12,6 +15,8 @@
 //! - every accepted submission exists, and once ended stays ended the same way;
 //! - a job that succeeded ran every task of its final attempt to exit 0 (on the agents);
 //! - a task runs at most once per attempt (an agent's later life does not run it again);
+//! - a fenced job never runs two attempts at once on agents that are alive (a crashed
+//!   agent's tasks run on unsupervised, out of any fence's reach);
 //! - the core's own invariants hold on the server's state;
 //! - an agent is never refused for speaking about a task (a legitimate agent only speaks
 //!   for its own).
@@ -122,6 +127,8 @@ struct World {
     ledger: BTreeMap<(u64, u32, u32), i32>,
     /// Every (job, task, attempt) some agent started.
     runs: std::collections::BTreeSet<(u64, u32, u32)>,
+    /// Accepted jobs submitted fenced.
+    fenced: std::collections::BTreeSet<u64>,
     submitted: u32,
     out: Outcome,
 }
@@ -156,7 +163,13 @@ impl World {
         }
     }
 
-    fn open_server(&mut self) {
+    fn open_server(&mut self, faults: bool) {
+        // A reboot: NTP may step the wall clock by up to a minute either way.
+        if faults && self.rng.chance(0.3) {
+            let step = self.rng.below(121) as i64 - 60;
+            self.clock.step_wall_s(step);
+            self.log(|| format!("server: wall clock stepped {step:+} s"));
+        }
         let store = self.store.take().expect("the store outlives the server");
         match Inner::open(store, Self::config(), self.clock.clone()) {
             Ok(inner) => self.server = Some(inner),
@@ -183,12 +196,12 @@ impl World {
                 },
                 None => Down::Unauthorized,
             },
-            Up::Heartbeat(hb) => match who {
+            Up::Heartbeat(hb, sent) => match who {
                 Some(Principal::Node(id)) => {
                     let exits: Vec<TaskKey> = hb.exited.iter().map(|e| e.key.clone()).collect();
                     inner.agent_seen(id);
                     match inner.heartbeat(id, hb) {
-                        Ok(()) => Down::HeartbeatAck(exits),
+                        Ok(()) => Down::HeartbeatAck(exits, sent),
                         Err(Refusal::Forbidden(m)) => Down::Refused(m),
                         Err(e) => Down::Refused(format!("{e:?}")),
                     }
@@ -225,6 +238,7 @@ impl World {
         let gpus = 1 + self.rng.below(2) as u32;
         let duration = 2_000 + self.rng.below(40_000);
         let code = if self.rng.chance(0.1) { 1 } else { 0 };
+        let fence = self.rng.chance(0.3);
         let req = SubmitRequest {
             team: "t".into(),
             name: String::new(),
@@ -241,15 +255,20 @@ impl World {
             workdir: None,
             command: vec!["sim".into(), duration.to_string(), code.to_string()],
             user: None,
+            fence,
         };
         match inner.submit(&Principal::Admin, &req) {
             Ok(id) => {
                 self.accepted.insert(id.0, (duration, code, tasks));
+                if fence {
+                    self.fenced.insert(id.0);
+                }
                 self.submitted += 1;
                 self.log(|| {
                     format!(
-                        "submit: job {} ({tasks}x{gpus} GPU, {duration} ms, exit {code})",
-                        id.0
+                        "submit: job {} ({tasks}x{gpus} GPU, {duration} ms, exit {code}{})",
+                        id.0,
+                        if fence { ", fenced" } else { "" }
                     )
                 });
             }
@@ -288,7 +307,7 @@ impl World {
         }
         // The server comes back.
         if self.server.is_none() && now >= self.server_back_at {
-            self.open_server();
+            self.open_server(faults);
             self.log(|| "server: restarted from its store".into());
         }
         // Deliveries due now.
@@ -301,12 +320,16 @@ impl World {
                         self.net.send(msg, now + delay, &mut self.rng, faults);
                     }
                 }
-                Msg::ToAgent { node, down } => self.agents[node].receive(down, now),
+                Msg::ToAgent { node, down } => {
+                    let local = self.agents[node].local(now);
+                    self.agents[node].receive(down, local);
+                }
             }
         }
         // Agents act.
         for i in 0..self.agents.len() {
-            let (ups, ended) = self.agents[i].act(now);
+            let local = self.agents[i].local(now);
+            let (ups, ended) = self.agents[i].act(local);
             for (job, attempt, task, code) in ended {
                 self.ledger.insert((job, attempt, task), code);
             }
@@ -384,6 +407,20 @@ impl World {
                     self.fail(what);
                     return;
                 }
+            }
+        }
+        // A fenced job runs one attempt at a time.
+        for &job in &self.fenced {
+            let attempts: std::collections::BTreeSet<u32> = self
+                .agents
+                .iter()
+                .flat_map(|a| a.attempts_of(job))
+                .collect();
+            if attempts.len() > 1 {
+                self.fail(format!(
+                    "fenced job {job} runs attempts {attempts:?} at once"
+                ));
+                return;
             }
         }
         // No GPU share given twice, as the agents see it.
@@ -479,6 +516,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
             &[],
         )
         .expect("a team");
+    let mut skew = Rng::new(seed ^ 0x5eed_c10c);
     let agents = (0..opts.agents)
         .map(|i| {
             let req = RegisterRequest {
@@ -494,7 +532,11 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
                 credential: None,
             };
             let credential = format!("qmn_sim{seed:016x}{i:04}{:020}", 0);
-            SimAgent::new(req, join.clone(), 900 + 50 * u64::from(i), credential)
+            let mut a = SimAgent::new(req, join.clone(), 900 + 50 * u64::from(i), credential);
+            // Up to an hour apart, up to 2 % fast or slow.
+            let rate = 0.98 + skew.below(4_001) as f64 / 100_000.0;
+            a.skew(skew.below(3_600_000), rate);
+            a
         })
         .collect();
     let mut w = World {
@@ -511,6 +553,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
         ended: BTreeMap::new(),
         ledger: BTreeMap::new(),
         runs: Default::default(),
+        fenced: Default::default(),
         submitted: 0,
         out: Outcome::new(seed),
     };

@@ -34,7 +34,8 @@ impl Rng {
 #[derive(Clone, Debug)]
 pub enum Up {
     Register(RegisterRequest),
-    Heartbeat(Heartbeat),
+    /// A heartbeat, and when the agent sent it (its own clock).
+    Heartbeat(Heartbeat, u64),
     Poll,
 }
 
@@ -45,8 +46,9 @@ pub enum Down {
     Refused(String),
     /// The token is unknown (401).
     Unauthorized,
-    /// The heartbeat was taken; these exits are reported.
-    HeartbeatAck(Vec<TaskKey>),
+    /// The heartbeat sent at this time (the agent's clock) was taken; these exits are
+    /// reported.
+    HeartbeatAck(Vec<TaskKey>, u64),
     Commands(Vec<Command>),
 }
 

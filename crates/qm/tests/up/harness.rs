@@ -2,7 +2,7 @@
 //! waits on job states, and raw HTTP for the API's own checks.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -230,5 +230,89 @@ pub fn http(up: &Up, method: &str, path: &str, token: Option<&str>, body: &str) 
         Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
         Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// `qm server` on a SQLite file in `dir`, listening on `listen`; its admin token on first
+/// start.
+pub fn start_server(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, Option<String>) {
+    let mut child = Command::new(QM)
+        .arg("server")
+        .arg("--db")
+        .arg(format!("sqlite:{}", dir.join("qm.db").display()))
+        .args(["--listen", listen])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    loop {
+        let line = lines.next().expect("the server starts").unwrap();
+        if let Some(t) = line.strip_prefix("admin token (shown once): ") {
+            admin = Some(t.trim().to_string());
+        }
+        if line.contains("API at") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), admin)
+}
+
+/// `qm agent` with 4 simulated GPUs, node `name`, its data in `dir/agent-NAME`, the join
+/// token from `dir/join-token`; in the network namespace `netns` where given.
+pub fn start_agent(dir: &Path, url: &str, name: &str, netns: Option<&str>) -> Proc {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, QM]);
+            c
+        }
+        None => Command::new(QM),
+    };
+    cmd.args([
+        "agent",
+        "--server",
+        url,
+        "--gpus",
+        "4",
+        "--allow-root-tasks",
+    ])
+    .args(["--name", name])
+    .arg("--data-dir")
+    .arg(dir.join(format!("agent-{name}")))
+    .arg("--join-token-file")
+    .arg(dir.join("join-token"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    Proc(cmd.spawn().unwrap())
+}
+
+/// One API call with a 5 s timeout: the status and the JSON answer, or None when the
+/// server could not be reached.
+pub fn call(
+    url: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Option<(u16, Value)> {
+    let req = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .request(method, &format!("{url}{path}"))
+        .set("Authorization", &format!("Bearer {token}"));
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(resp) => Some((resp.status(), resp.into_json().unwrap_or(Value::Null))),
+        Err(ureq::Error::Status(code, resp)) => {
+            Some((code, resp.into_json().unwrap_or(Value::Null)))
+        }
+        Err(_) => None,
     }
 }

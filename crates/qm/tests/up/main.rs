@@ -6,6 +6,7 @@ mod crash;
 mod dashboard;
 mod harness;
 mod jobs;
+mod partition;
 mod security;
 mod soak;
 mod tls;

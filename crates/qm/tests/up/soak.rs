@@ -7,89 +7,11 @@
 //! once says why in its events.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::harness::{free_port, Proc, QM};
-
-fn start_server(dir: &Path, port: u16) -> (Proc, Option<String>) {
-    let mut child = Command::new(QM)
-        .arg("server")
-        .arg("--db")
-        .arg(format!("sqlite:{}", dir.join("qm.db").display()))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--snapshot-every", "40"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = lines.next().expect("the server starts").unwrap();
-        if let Some(t) = line.strip_prefix("admin token (shown once): ") {
-            admin = Some(t.trim().to_string());
-        }
-        if line.contains("API at") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), admin)
-}
-
-fn start_agent(dir: &Path, url: &str, i: usize) -> Proc {
-    Proc(
-        Command::new(QM)
-            .args([
-                "agent",
-                "--server",
-                url,
-                "--gpus",
-                "4",
-                "--allow-root-tasks",
-            ])
-            .args(["--name", &format!("a{i}")])
-            .arg("--data-dir")
-            .arg(dir.join(format!("agent-{i}")))
-            .arg("--join-token-file")
-            .arg(dir.join("join-token"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn http(
-    url: &str,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Option<(u16, Value)> {
-    let req = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .request(method, &format!("{url}{path}"))
-        .set("Authorization", &format!("Bearer {token}"));
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match r {
-        Ok(resp) => Some((resp.status(), resp.into_json().unwrap_or(Value::Null))),
-        Err(ureq::Error::Status(code, resp)) => {
-            Some((code, resp.into_json().unwrap_or(Value::Null)))
-        }
-        Err(_) => None,
-    }
-}
+use crate::harness::{call as http, free_port, start_agent, start_server, Proc};
 
 /// A ledger line: node, GPUs, job, attempt, task, start and end in nanoseconds (end absent
 /// for a task killed without its trap running).
@@ -112,7 +34,11 @@ fn the_control_plane_survives_kills_with_real_processes() {
     std::fs::write(&ledger, "").unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let (mut server, admin) = start_server(&dir, port);
+    let (mut server, admin) = start_server(
+        &dir,
+        &format!("127.0.0.1:{port}"),
+        &["--snapshot-every", "40"],
+    );
     let admin = admin.expect("an admin token on first start");
     let (s, r) = http(
         &url,
@@ -133,7 +59,9 @@ fn the_control_plane_survives_kills_with_real_processes() {
     .unwrap();
     assert_eq!(s, 200, "{r}");
     qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
-    let mut agents: Vec<Proc> = (0..4).map(|i| start_agent(&dir, &url, i)).collect();
+    let mut agents: Vec<Proc> = (0..4)
+        .map(|i| start_agent(&dir, &url, &format!("a{i}"), None))
+        .collect();
     // Each task: a start line, a short sleep, an end line (also when told to stop).
     let script = format!(
         "L={}; S=$(date +%s%N); trap 'echo \"$QM_NODE $CUDA_VISIBLE_DEVICES $QM_JOB_ID $QM_ATTEMPT $QM_TASK_INDEX $S $(date +%s%N)\" >> $L; exit 143' TERM; \
@@ -177,12 +105,17 @@ fn the_control_plane_survives_kills_with_real_processes() {
             drop(agents.remove(1)); // SIGKILL
             std::thread::sleep(Duration::from_millis(500));
             agent_restarts.push(("a1".into(), now_ns()));
-            agents.insert(1, start_agent(&dir, &url, 1));
+            agents.insert(1, start_agent(&dir, &url, "a1", None));
         } else {
             drop(server);
             kills += 1;
             std::thread::sleep(Duration::from_millis(300));
-            server = start_server(&dir, port).0;
+            server = start_server(
+                &dir,
+                &format!("127.0.0.1:{port}"),
+                &["--snapshot-every", "40"],
+            )
+            .0;
         }
     }
     std::thread::sleep(Duration::from_secs(2));
