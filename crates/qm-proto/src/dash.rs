@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Admission, JobState, NodeState};
 
 /// Everything the dashboard shows, as of `now`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashSnapshot {
     pub now: u64,
     pub overview: DashOverview,
@@ -30,7 +30,7 @@ impl fmt::Display for DashSnapshot {
 }
 
 /// The cluster's totals.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashOverview {
     /// GPUs on nodes that are not down.
     pub gpus_milli: u64,
@@ -44,7 +44,7 @@ pub struct DashOverview {
     pub running: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashTeam {
     pub name: String,
     pub parent: Option<String>,
@@ -59,7 +59,7 @@ pub struct DashTeam {
 }
 
 /// A team's standing, as the scheduling core reports it in a plan.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Standing {
     pub team: String,
     /// Guaranteed GPUs over all pools.
@@ -75,7 +75,7 @@ pub struct Standing {
     pub idle_gpu_hours: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashQueue {
     /// Pending jobs in all (`jobs` holds the first of them).
     pub total: u64,
@@ -84,7 +84,7 @@ pub struct DashQueue {
 }
 
 /// A pending job, in plan order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashPending {
     pub id: u64,
     pub team: String,
@@ -96,7 +96,7 @@ pub struct DashPending {
     pub wait_s: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashReservation {
     pub id: u64,
     pub start_s: u64,
@@ -104,7 +104,7 @@ pub struct DashReservation {
     pub nodes: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashNode {
     pub name: String,
     /// The `rack` label, else the innermost topology domain.
@@ -115,7 +115,7 @@ pub struct DashNode {
     pub gpus: Vec<[u32; 2]>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashJob {
     pub id: u64,
     pub team: String,

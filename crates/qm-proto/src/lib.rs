@@ -21,7 +21,7 @@ pub use wire::{
 };
 
 /// The error body of every failed call.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
     /// `internal`.
@@ -30,23 +30,46 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The schema of a command: a program (not empty), then its arguments.
+fn command_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .prefix_items([ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .build()])
+        .items(ObjectBuilder::new().schema_type(Type::String))
+        .min_items(Some(1))
+        .max_items(Some(4096))
+        .build()
+}
+
 /// `POST /api/v1/jobs`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub team: String,
     #[serde(default)]
+    #[schema(max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub name: String,
     /// Tasks of the gang (default 1).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub tasks: Option<u32>,
     /// Whole GPUs per task (default 1 unless `gpu_milli` is given).
     #[serde(default)]
     pub gpus: Option<u32>,
     /// A share of one GPU per task, 1..=1000 milli-GPUs, instead of whole GPUs.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub gpu_milli: Option<u32>,
     #[serde(default)]
+    #[schema(max_length = 64, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub gpu_model: Option<String>,
     #[serde(default)]
     pub cpu_milli: Option<u64>,
@@ -56,6 +79,7 @@ pub struct SubmitRequest {
     pub priority: Option<i32>,
     /// Seconds; none for no limit.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub time_limit_s: Option<i64>,
     /// Default true.
     #[serde(default)]
@@ -63,11 +87,14 @@ pub struct SubmitRequest {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
+    #[schema(pattern = "^/[^\\u0000-\\u001F\\u007F-\\u009F]*$", max_length = 4096)]
     pub workdir: Option<String>,
     /// The program and its arguments.
+    #[schema(schema_with = command_schema)]
     pub command: Vec<String>,
     /// The Unix user to run as, when the agent runs as root (default: the submitter's).
     #[serde(default)]
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
     /// Fenced: each task is killed by its own agent when the agent has had no word from the
     /// server for two thirds of the node timeout, before the server gives the node up and
@@ -77,13 +104,13 @@ pub struct SubmitRequest {
     pub fence: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubmitResponse {
     pub job: u64,
 }
 
 /// One task's place.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskView {
     pub index: u32,
     pub node: String,
@@ -94,7 +121,7 @@ pub struct TaskView {
 }
 
 /// A job as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: u64,
     pub name: String,
@@ -132,7 +159,7 @@ pub struct JobView {
     pub events: Vec<JobEvent>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     pub at_s: u64,
     pub what: JobEventKind,
@@ -140,7 +167,7 @@ pub struct JobEvent {
 }
 
 /// `GET /api/v1/jobs/{id}/why`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhyView {
     pub job: u64,
     pub state: JobState,
@@ -151,7 +178,7 @@ pub struct WhyView {
     pub eta_s: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub name: String,
     pub state: NodeState,
@@ -164,7 +191,7 @@ pub struct NodeView {
     pub last_seen_s: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TeamView {
     pub name: String,
     pub parent: Option<String>,
@@ -188,9 +215,10 @@ pub struct TeamView {
 }
 
 /// `POST /api/v1/admin/teams`: create or change a team.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeamRequest {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub name: String,
     #[serde(default)]
     pub parent: Option<String>,
@@ -200,16 +228,18 @@ pub struct TeamRequest {
     #[serde(default)]
     pub max: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub weight: Option<u32>,
     #[serde(default)]
     pub idle_policy: Option<IdlePolicy>,
     /// The priorities its members may give their jobs, `[lowest, highest]`.
     #[serde(default)]
+    #[schema(min_items = 2, max_items = 2)]
     pub priorities: Option<[i32; 2]>,
 }
 
 /// `POST /api/v1/admin/tokens`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
@@ -218,15 +248,16 @@ pub struct TokenRequest {
     pub teams: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     /// Shown once; the server keeps only its hash.
     pub token: String,
 }
 
 /// `POST /agent/v1/register` (with a join token).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub name: String,
     pub gpus: u32,
     pub gpu_model: String,
@@ -242,24 +273,27 @@ pub struct RegisterRequest {
     /// before it first registers): registering again with it, even with the join token
     /// after an answer was lost, is the same node coming back, not a takeover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{32,128}$")]
     pub credential: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterResponse {
     /// The node's own credential for every later agent call.
     pub credential: String,
 }
 
 /// A task the agent runs, as reported in heartbeats.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct TaskKey {
     pub job: u64,
     pub task: u32,
     pub attempt: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskExit {
     pub key: TaskKey,
     pub code: i32,
@@ -273,14 +307,14 @@ pub struct TaskExit {
     pub fenced: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskUtil {
     pub key: TaskKey,
     pub pct: u8,
 }
 
 /// `POST /agent/v1/heartbeat`: what the node observes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Heartbeat {
     pub running: Vec<TaskKey>,
     pub exited: Vec<TaskExit>,
@@ -288,11 +322,11 @@ pub struct Heartbeat {
 }
 
 /// The answer to a heartbeat (what the server wants comes by the commands long poll).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct HeartbeatAck {}
 
 /// What the server wants of an agent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Command {
     Launch(Launch),
@@ -303,7 +337,7 @@ pub enum Command {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Launch {
     pub key: TaskKey,
     pub command: Vec<String>,
@@ -317,13 +351,13 @@ pub struct Launch {
 }
 
 /// `GET /agent/v1/commands?wait_s=N`: long poll.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Commands {
     pub commands: Vec<Command>,
 }
 
 /// `POST /agent/v1/logs`: new bytes of a task's output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogChunk {
     pub key: TaskKey,
     /// Byte offset of the chunk in the task's log.
@@ -339,14 +373,14 @@ pub struct LogChunk {
 }
 
 /// The answer to a log upload.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogAck {
     /// The log's length after the upload.
     pub length: u64,
 }
 
 /// `GET /api/v1/jobs/{id}/logs`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogView {
     pub job: u64,
     pub task: u32,

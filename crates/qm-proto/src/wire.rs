@@ -45,6 +45,19 @@ macro_rules! wire_enum {
             $( $(#[$vmeta])* #[serde(rename = $wire)] $variant, )+
         }
 
+        // Written out rather than derived: the derive does not read a serde name that comes
+        // through this macro.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some(Self::NAMES.iter().copied()))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl $name {
             /// Every variant, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -201,7 +214,7 @@ wire_enum! {
 }
 
 /// What one task asks of GPUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum GpuAsk {
     /// Whole GPUs, exclusively.
     #[serde(rename = "whole")]
@@ -212,7 +225,7 @@ pub enum GpuAsk {
 }
 
 /// Why a job is not starting now: the scheduling core's reason, field for field.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind")]
 pub enum Reason {
     /// A job it depends on has not succeeded yet.

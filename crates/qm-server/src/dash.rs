@@ -35,6 +35,7 @@ pub const HISTORY: usize = 720;
 /// One overview sample: (time, allocated, borrowed, idle) in milli-GPUs.
 pub type Sample = (u64, u64, u64, u64);
 
+#[utoipa::path(get, path = "/", tag = "dashboard", security(()), responses((status = 200, description = "The dashboard's page (no data: it reads /api/v1/stream with a token)", body = String, content_type = "text/html; charset=utf-8")))]
 pub async fn index() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -43,6 +44,7 @@ pub async fn index() -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/assets/app.js", tag = "dashboard", security(()), responses((status = 200, description = "The dashboard's script", body = String, content_type = "text/javascript; charset=utf-8")))]
 pub async fn app_js() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -51,6 +53,7 @@ pub async fn app_js() -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/assets/app.css", tag = "dashboard", security(()), responses((status = 200, description = "The dashboard's style sheet", body = String, content_type = "text/css; charset=utf-8")))]
 pub async fn app_css() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
 }
@@ -232,6 +235,7 @@ pub fn snapshot_of(
 }
 
 /// `GET /api/v1/stream`: snapshots as server-sent events.
+#[utoipa::path(get, path = "/api/v1/stream", tag = "dashboard", responses((status = 200, description = "Server-sent events: a DashSnapshot (JSON) per event, pushed on change", body = String, content_type = "text/event-stream")))]
 pub async fn stream(State(s): State<Arc<Server>>, Client(p): Client) -> Result<Response, Refusal> {
     let rx = s.changes.subscribe();
     let body = futures_util::stream::unfold((s, rx, true), move |(s, mut rx, first)| {

@@ -40,6 +40,7 @@ fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
     Ok(Json(node_view(&inner, n)))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "admin", params(("name" = String, Path, description = "The node's name")), responses((status = 200, description = "The node, draining: it takes no new work", body = NodeView)))]
 pub async fn drain(
     State(s): State<Arc<Server>>,
     _: Admin,
@@ -48,6 +49,7 @@ pub async fn drain(
     set_node_state(&s, &name, NodeState::Draining)
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/resume", tag = "admin", params(("name" = String, Path, description = "The node's name")), responses((status = 200, description = "The node, ready again", body = NodeView)))]
 pub async fn resume(
     State(s): State<Arc<Server>>,
     _: Admin,
@@ -59,6 +61,7 @@ pub async fn resume(
 /// Forgets a node's credential: its agent is refused from now on, and the name may be
 /// registered again with a join token (a replaced machine, a lost credential file). Its
 /// running tasks are untouched; the node times out unless an agent registers in time.
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/reset", tag = "admin", params(("name" = String, Path, description = "The node's name")), responses((status = 200, description = "The node, its credential forgotten: a join token may register its name again", body = NodeView)))]
 pub async fn reset(
     State(s): State<Arc<Server>>,
     _: Admin,
@@ -85,6 +88,7 @@ pub async fn reset(
     Ok(Json(node_view(&inner, n)))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/teams", tag = "admin", request_body = TeamRequest, responses((status = 200, description = "The team as set", body = TeamView)))]
 pub async fn set_team(
     State(s): State<Arc<Server>>,
     _: Admin,
@@ -142,6 +146,7 @@ pub async fn set_team(
     Ok(Json(view))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/tokens", tag = "admin", request_body = TokenRequest, responses((status = 200, description = "The new token (shown once; only its hash is kept)", body = TokenResponse)))]
 pub async fn create_token(
     State(s): State<Arc<Server>>,
     _: Admin,

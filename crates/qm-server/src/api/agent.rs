@@ -72,6 +72,7 @@ impl Inner {
 /// needs that node's current credential (as the bearer token, or proposed in the request
 /// beside a join token), or an admin, or a join token after an admin's `qm nodes reset
 /// NAME`: a join token alone never takes over a node and the launches that follow.
+#[utoipa::path(post, path = "/agent/v1/register", tag = "agent", request_body = RegisterRequest, responses((status = 200, description = "The node's credential for every later agent call", body = RegisterResponse)))]
 pub async fn register(
     State(s): State<Arc<Server>>,
     Caller(who, token): Caller,
@@ -194,6 +195,7 @@ impl Inner {
     }
 }
 
+#[utoipa::path(post, path = "/agent/v1/heartbeat", tag = "agent", request_body = Heartbeat, responses((status = 200, description = "Taken: the exits it reports are recorded", body = HeartbeatAck)))]
 pub async fn heartbeat(
     State(s): State<Arc<Server>>,
     Node(node): Node,
@@ -208,11 +210,14 @@ pub async fn heartbeat(
     Ok(Json(HeartbeatAck {}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Wait {
+    /// Seconds to wait for a command when there is none (default 25, at most 60).
     wait_s: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/agent/v1/commands", tag = "agent", params(Wait), responses((status = 200, description = "Launches and kills for this node, as soon as there are any or when the wait is over", body = Commands)))]
 pub async fn commands(
     State(s): State<Arc<Server>>,
     Node(node): Node,
@@ -229,6 +234,7 @@ pub async fn commands(
     Ok(Json(Commands { commands: out }))
 }
 
+#[utoipa::path(post, path = "/agent/v1/logs", tag = "agent", operation_id = "upload_logs", request_body = LogChunk, responses((status = 200, description = "Stored; the next offset to send from", body = LogAck)))]
 pub async fn logs(
     State(s): State<Arc<Server>>,
     Node(node): Node,

@@ -24,6 +24,12 @@ fn submitter(p: &Principal) -> String {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = SubmitRequest, responses((status = 200, description = "Accepted: durable in the store before this answer", body = SubmitResponse, links(
+    ("show" = (operation_id = "show", parameters(("id" = "$response.body#/job")))),
+    ("why" = (operation_id = "why", parameters(("id" = "$response.body#/job")))),
+    ("cancel" = (operation_id = "cancel", parameters(("id" = "$response.body#/job")))),
+    ("logs" = (operation_id = "job_logs", parameters(("id" = "$response.body#/job"))))
+))))]
 pub async fn submit(
     State(s): State<Arc<Server>>,
     Client(p): Client,
@@ -125,13 +131,18 @@ impl Inner {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobFilter {
+    /// Only this team's jobs.
     team: Option<String>,
+    /// Only jobs in this state.
     state: Option<proto::JobState>,
+    /// At most this many (the oldest first).
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobFilter), responses((status = 200, description = "Live jobs, oldest first, those the caller may see", body = Vec<JobView>)))]
 pub async fn list(
     State(s): State<Arc<Server>>,
     Client(p): Client,
@@ -223,6 +234,7 @@ fn find_job<'a>(
     Ok(job)
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path, description = "The job's id")), responses((status = 200, description = "The job: state, placement, events", body = JobView)))]
 pub async fn show(
     State(s): State<Arc<Server>>,
     Client(p): Client,
@@ -233,6 +245,7 @@ pub async fn show(
     Ok(Json(seen_by(&inner, job, &p)))
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/why", tag = "jobs", params(("id" = u64, Path, description = "The job's id")), responses((status = 200, description = "Why it waits (a structured reason) and its estimated start", body = WhyView)))]
 pub async fn why(
     State(s): State<Arc<Server>>,
     Client(p): Client,
@@ -285,6 +298,7 @@ pub async fn why(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = u64, Path, description = "The job's id")), responses((status = 200, description = "The job, cancelled (stopping while its tasks exit)", body = JobView)))]
 pub async fn cancel(
     State(s): State<Arc<Server>>,
     Client(p): Client,
@@ -316,15 +330,20 @@ pub async fn cancel(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// The task's index in the gang (default 0).
     task: Option<u32>,
+    /// The attempt (default the latest).
     attempt: Option<u32>,
+    /// The byte offset to read from (default 0).
     offset: Option<u64>,
     /// Only the last this many bytes (instead of `offset`).
     tail: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", tag = "jobs", operation_id = "job_logs", params(("id" = u64, Path, description = "The job's id"), LogQuery), responses((status = 200, description = "A task's output from an offset", body = LogView)))]
 pub async fn logs(
     State(s): State<Arc<Server>>,
     Client(p): Client,

@@ -25,9 +25,11 @@ use axum::extract::{FromRequest, FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use qm_proto::ApiError;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{hash_token, Principal};
 use crate::{Refusal, Server};
@@ -192,31 +194,37 @@ impl FromRequestParts<Arc<Server>> for Node {
     }
 }
 
+/// Every route with its OpenAPI description: a route exists only with its description.
+pub(crate) fn routes() -> OpenApiRouter<Arc<Server>> {
+    OpenApiRouter::with_openapi(openapi::Doc::openapi())
+        .routes(routes!(openapi::openapi))
+        .routes(routes!(cluster::metrics))
+        .routes(routes!(crate::dash::index))
+        .routes(routes!(crate::dash::app_js))
+        .routes(routes!(crate::dash::app_css))
+        .routes(routes!(crate::dash::stream))
+        .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::show))
+        .routes(routes!(jobs::why))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::logs))
+        .routes(routes!(cluster::nodes))
+        .routes(routes!(admin::drain))
+        .routes(routes!(admin::resume))
+        .routes(routes!(admin::reset))
+        .routes(routes!(cluster::teams))
+        .routes(routes!(admin::set_team))
+        .routes(routes!(admin::create_token))
+        .routes(routes!(agent::register))
+        .routes(routes!(agent::heartbeat))
+        .routes(routes!(agent::commands))
+        .routes(routes!(agent::logs))
+}
+
 /// The router of the whole API.
 pub fn app(server: Arc<Server>) -> Router {
-    Router::new()
-        .route("/api/openapi.json", get(openapi::openapi))
-        .route("/metrics", get(cluster::metrics))
-        .route("/", get(crate::dash::index))
-        .route("/assets/app.js", get(crate::dash::app_js))
-        .route("/assets/app.css", get(crate::dash::app_css))
-        .route("/api/v1/stream", get(crate::dash::stream))
-        .route("/api/v1/jobs", post(jobs::submit).get(jobs::list))
-        .route("/api/v1/jobs/{id}", get(jobs::show))
-        .route("/api/v1/jobs/{id}/why", get(jobs::why))
-        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/api/v1/jobs/{id}/logs", get(jobs::logs))
-        .route("/api/v1/nodes", get(cluster::nodes))
-        .route("/api/v1/nodes/{name}/drain", post(admin::drain))
-        .route("/api/v1/nodes/{name}/resume", post(admin::resume))
-        .route("/api/v1/nodes/{name}/reset", post(admin::reset))
-        .route("/api/v1/teams", get(cluster::teams))
-        .route("/api/v1/admin/teams", post(admin::set_team))
-        .route("/api/v1/admin/tokens", post(admin::create_token))
-        .route("/agent/v1/register", post(agent::register))
-        .route("/agent/v1/heartbeat", post(agent::heartbeat))
-        .route("/agent/v1/commands", get(agent::commands))
-        .route("/agent/v1/logs", post(agent::logs))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { Refusal::NotFound("no such endpoint; see /api/openapi.json".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             Refusal::MethodNotAllowed(format!(

@@ -1,43 +1,106 @@
-//! The OpenAPI document of the API (`GET /api/openapi.json`, any token).
+//! The OpenAPI document of the API (`GET /api/openapi.json`, any token), generated from the
+//! router itself: every route is registered through [`super::routes`] together with its
+//! `#[utoipa::path]` description, and every schema comes from the wire types' derives, so
+//! the document cannot leave a route out or drift from the types.
+
+use std::sync::OnceLock;
 
 use axum::Json;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::OpenApi;
 
 use super::{Api, Caller};
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Quartermaster",
+        description = "A scheduler for shared GPU clusters. Client calls under /api/v1, agent calls under /agent/v1. Every call but the dashboard's page and assets carries `Authorization: Bearer TOKEN` (an admin's, a member's, a join token, or a node's credential); a refusal is an ApiError body with a 4xx status and changes nothing."
+    ),
+    components(schemas(qm_proto::ApiError))
+)]
+pub struct Doc;
+
+/// The refusals every call that takes a token may answer with, each an `ApiError`.
+const REFUSALS: &[(&str, &str)] = &[
+    (
+        "400",
+        "Bad input: the message says what was wrong and what would be right",
+    ),
+    ("401", "No token, or one the server does not know"),
+    ("403", "The token may not do this"),
+    ("404", "No such job, node or team"),
+    (
+        "409",
+        "The request conflicts with the state (for example a log offset past its end)",
+    ),
+    ("429", "Over a limit of pending jobs per user or team"),
+];
+
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = serde_json::Value))
+)]
 pub async fn openapi(_: Caller) -> Api<serde_json::Value> {
     Ok(Json(openapi_doc()))
 }
 
 /// The OpenAPI 3.1 document of the API.
 pub fn openapi_doc() -> serde_json::Value {
-    let op = |summary: &str| serde_json::json!({ "summary": summary, "security": [{"bearer": []}], "responses": {"200": {"description": "OK"}, "4XX": {"description": "An ApiError: {error, message}"}} });
-    serde_json::json!({
-        "openapi": "3.1.0",
-        "info": { "title": "Quartermaster", "version": env!("CARGO_PKG_VERSION") },
-        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
-        "paths": {
-            "/api/v1/jobs": { "post": op("Submit a job (SubmitRequest); durable before the answer"), "get": op("List jobs; filters team, state, limit") },
-            "/api/v1/jobs/{id}": { "get": op("Show a job: state, placement, events") },
-            "/api/v1/jobs/{id}/why": { "get": op("Why a job waits (structured reason) and its estimated start") },
-            "/api/v1/jobs/{id}/cancel": { "post": op("Cancel a job") },
-            "/api/v1/jobs/{id}/logs": { "get": op("A task's output from an offset; query task, attempt, offset") },
-            "/api/v1/nodes": { "get": op("List nodes") },
-            "/api/v1/nodes/{name}/drain": { "post": op("Drain a node (admin)") },
-            "/api/v1/nodes/{name}/resume": { "post": op("Resume a drained node (admin)") },
-            "/api/v1/nodes/{name}/reset": { "post": op("Forget a node's credential, so that a join token may register its name again (admin)") },
-            "/": { "get": op("The dashboard's page (no data; it reads /api/v1/stream with a token)") },
-            "/assets/app.js": { "get": op("The dashboard's script") },
-            "/assets/app.css": { "get": op("The dashboard's style sheet") },
-            "/api/openapi.json": { "get": op("This document") },
-            "/api/v1/teams": { "get": op("Teams with guaranteed, max, used, borrowed, idle") },
-            "/api/v1/admin/teams": { "post": op("Create or change a team (admin)") },
-            "/api/v1/admin/tokens": { "post": op("Create a token: admin, member of teams, or join (admin)") },
-            "/agent/v1/register": { "post": op("An agent registers its node: a new name with a join token, a known one with the node's own credential (or after an admin's reset); returns its new credential") },
-            "/agent/v1/heartbeat": { "post": op("An agent reports running tasks, exits and utilisation, of tasks placed on its node only (403 otherwise)") },
-            "/agent/v1/commands": { "get": op("Long poll for launches and kills; query wait_s") },
-            "/agent/v1/logs": { "post": op("An agent uploads output of a task placed on its node (403 otherwise); at most 1 MiB a chunk") },
-            "/api/v1/stream": { "get": op("Server-sent events: dashboard snapshots, pushed on change") },
-            "/metrics": { "get": op("OpenMetrics text format: GPUs, jobs, plan and wait histograms, preemptions, heartbeats") }
-        }
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut api) = super::routes().split_for_parts();
+        finish(&mut api);
+        serde_json::to_value(&api).expect("the OpenAPI document serialises")
     })
+    .clone()
+}
+
+/// The bearer scheme as every call's default, and the refusals on every operation that
+/// takes a token.
+fn finish(api: &mut utoipa::openapi::OpenApi) {
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    api.security = Some(vec![SecurityRequirement::new(
+        "bearer",
+        Vec::<String>::new(),
+    )]);
+    for item in api.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            add_refusals(op);
+        }
+    }
+}
+
+fn add_refusals(op: &mut Operation) {
+    // An operation with its own empty security requirement takes no token and refuses none.
+    let open = op
+        .security
+        .as_ref()
+        .is_some_and(|s| s.iter().all(|r| *r == SecurityRequirement::default()));
+    if open {
+        return;
+    }
+    for (status, description) in REFUSALS {
+        let response = ResponseBuilder::new()
+            .description(*description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build();
+        op.responses
+            .responses
+            .entry((*status).to_string())
+            .or_insert(RefOr::T(response));
+    }
 }

@@ -2,6 +2,7 @@
 //! with simulated GPUs, real task processes, and the `qm` CLI against them.
 
 mod api;
+mod contract;
 mod crash;
 mod dashboard;
 mod harness;
