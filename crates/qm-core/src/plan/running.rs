@@ -115,7 +115,7 @@ impl<'a> Planner<'a> {
                 model,
                 mode: Admission::Guaranteed,
                 stopping: stopping.is_some(),
-                lost_gpu_s: milli * lost / u64::from(MILLI_PER_GPU),
+                lost_gpu_s: milli.saturating_mul(lost) / u64::from(MILLI_PER_GPU),
                 stopped: stopping.is_some(),
             });
         }

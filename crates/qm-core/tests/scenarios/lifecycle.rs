@@ -332,3 +332,23 @@ fn a_node_that_registers_again_stays_drained() {
         .to_string();
     assert!(err.contains("already registered as node#0"), "{err}");
 }
+
+/// Found by fuzzing the event log's replay (`scripts/fuzz`, `event_replay`): a plan far in
+/// the future of a big running job overflowed while it weighed the work a preemption would
+/// lose (GPU-milli times seconds). It saturates now.
+#[test]
+fn a_plan_far_in_the_future_of_a_big_job_does_not_overflow() {
+    let state = ClusterBuilder::new()
+        .racks(1, 2, 8)
+        .team_spec(TeamBuilder::new("a").guaranteed(16).build())
+        .build();
+    let mut h = Harness::new(state);
+    let big = h.submit(JobBuilder::new("a").gpus(8).tasks(2));
+    h.step();
+    assert!(h.is_running(big));
+    h.now = u64::MAX / 2;
+    let waiting = h.submit(JobBuilder::new("a").gpus(1));
+    let plan = h.step();
+    assert!(plan.starts.is_empty(), "{plan:?}");
+    assert!(!h.is_running(waiting));
+}

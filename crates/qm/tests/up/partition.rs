@@ -173,7 +173,7 @@ fn partition(fence: bool) -> Partition {
     // Clients and the host's agents use loopback; the namespace's agent the veth address.
     let url = format!("http://127.0.0.1:{port}");
     let (_server, admin) =
-        start_server(&dir, &format!("0.0.0.0:{port}"), &["--node-timeout-s", "3"]);
+        start_server(&dir, &format!("0.0.0.0:{port}"), &["--node-timeout-s", "5"]);
     let admin = admin.expect("an admin token on first start");
     let api = |method: &str, path: &str, body: Option<Value>| {
         call(&url, &admin, method, path, body).expect("the server answers")
@@ -307,7 +307,7 @@ fn partition(fence: bool) -> Partition {
 fn a_cut_off_node_is_replaced_and_its_task_killed_when_the_link_heals() {
     let p = partition(false);
     eprintln!(
-        "partition (node timeout 3 s, cut 3 s past the restart): restarted elsewhere {} ms after the cut; the old task ran {} ms after the cut and ended {} ms after the heal; old and new attempts overlapped {} ms",
+        "partition (node timeout 5 s, cut 3 s past the restart): restarted elsewhere {} ms after the cut; the old task ran {} ms after the cut and ended {} ms after the heal; old and new attempts overlapped {} ms",
         p.cut_to_restart_ms, p.cut_to_old_end_ms, p.heal_to_kill_ms, p.overlap_ms
     );
     // Without fencing the old task runs on through the partition: it ends only after the
@@ -320,7 +320,7 @@ fn a_cut_off_node_is_replaced_and_its_task_killed_when_the_link_heals() {
 fn a_fenced_job_never_runs_two_attempts_at_once() {
     let p = partition(true);
     eprintln!(
-        "partition, fenced (node timeout 3 s, fence 2 s): restarted elsewhere {} ms after the cut; the old task ran {} ms after the cut and ended {} ms after the heal; old and new attempts overlapped {} ms",
+        "partition, fenced (node timeout 5 s, fence 3.3 s): restarted elsewhere {} ms after the cut; the old task ran {} ms after the cut and ended {} ms after the heal; old and new attempts overlapped {} ms",
         p.cut_to_restart_ms, p.cut_to_old_end_ms, p.heal_to_kill_ms, p.overlap_ms
     );
     // The cut-off agent killed its task while still cut off, before the new attempt began.
