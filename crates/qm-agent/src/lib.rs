@@ -8,6 +8,8 @@
 pub mod gpus;
 mod proc;
 
+pub use proc::{fence_guard, FENCE_GUARD};
+
 use std::collections::BTreeMap;
 
 use base64::Engine as _;

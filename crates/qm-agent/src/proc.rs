@@ -162,6 +162,54 @@ pub fn identity(
     }
 }
 
+/// The first argument that makes `qm` a fenced task's guard instead of its CLI:
+/// `qm __qm_fence_guard AGENT_PID PROGRAM ARGS...`.
+pub const FENCE_GUARD: &str = "__qm_fence_guard";
+
+/// A fenced task's group leader, between the agent and the task's program: the agent starts
+/// it with a parent-death signal (SIGUSR2), on which it SIGKILLs its whole process group, so
+/// a fenced task dies with its agent instead of running on unsupervised, out of the fence's
+/// reach. SIGTERM and SIGINT (the agent's stop, to the whole group) are the program's to
+/// handle; the guard waits for the program and exits as it did.
+pub fn fence_guard(args: &[std::ffi::OsString]) -> ! {
+    extern "C" fn kill_group(_: libc::c_int) {
+        // SAFETY: kill is async-signal-safe; 0 is this process's own group.
+        unsafe { libc::kill(0, libc::SIGKILL) };
+    }
+    extern "C" fn leave_to_the_program(_: libc::c_int) {}
+    // SAFETY: installing handlers that only make async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGUSR2, kill_group as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, leave_to_the_program as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, leave_to_the_program as *const () as libc::sighandler_t);
+    }
+    let (Some(parent), Some(prog)) = (args.first(), args.get(1)) else {
+        eprintln!("qm: {FENCE_GUARD} AGENT_PID PROGRAM ARGS...");
+        std::process::exit(127);
+    };
+    // The agent may have died before the parent-death signal was set.
+    let parent: i32 = parent.to_string_lossy().parse().unwrap_or(-1);
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        kill_group(0);
+    }
+    // The program gets default handlers (exec resets caught signals) and an empty mask.
+    match std::process::Command::new(prog).args(&args[2..]).status() {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            std::process::exit(
+                status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(9)),
+            )
+        }
+        Err(e) => {
+            eprintln!("qm agent: cannot run {}: {e}", prog.to_string_lossy());
+            std::process::exit(127);
+        }
+    }
+}
+
 impl Task {
     pub fn spawn(l: &Launch, log: &Path, gpus: Vec<u32>, who: &Identity) -> Result<Task, String> {
         let (name, run_as) = match who {
@@ -186,7 +234,20 @@ impl Task {
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let (prog, args) = l.command.split_first().ok_or("an empty command")?;
         let base = base_env(std::env::vars(), run_as.as_ref().map(|u| (name, u)));
-        let mut cmd = std::process::Command::new(prog);
+        // A fenced task runs under its guard (this very binary), which dies with the agent
+        // and takes the task with it.
+        let fenced = l.fence_after_ms.is_some();
+        let mut cmd = if fenced {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot find the agent's own binary for the fence: {e}"))?;
+            let mut c = std::process::Command::new(exe);
+            c.arg(FENCE_GUARD)
+                .arg(std::process::id().to_string())
+                .arg(prog);
+            c
+        } else {
+            std::process::Command::new(prog)
+        };
         cmd.args(args)
             .env_clear()
             .envs(base)
@@ -198,11 +259,15 @@ impl Task {
         if let Some(dir) = &l.workdir {
             cmd.current_dir(dir);
         }
-        // SAFETY: only an async-signal-safe call between fork and exec: the task gets the
-        // default SIGHUP the agent itself ignores.
+        // SAFETY: only async-signal-safe calls between fork and exec: the task gets the
+        // default SIGHUP the agent itself ignores; a fenced task's guard gets SIGUSR2 when
+        // the agent dies (set here, after the user changed, which would clear it).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                if fenced {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2);
+                }
                 Ok(())
             });
         }

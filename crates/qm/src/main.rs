@@ -99,6 +99,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A fenced task's guard, started by `qm agent` (not a command for people).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == qm_agent::FENCE_GUARD) {
+        qm_agent::fence_guard(&args[2..]);
+    }
     let cli = Cli::parse();
     let conn = cli.conn;
     let result = match cli.command {

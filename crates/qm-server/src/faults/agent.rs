@@ -286,18 +286,26 @@ impl SimAgent {
         );
     }
 
-    /// Crashes until `back`: its tasks run on, orphaned; what it had not reported is lost.
-    /// What it launched is in a file (`qm agent`'s `launched`): a launch sent again is not run
-    /// a second time.
-    pub fn crash(&mut self, back: u64) {
+    /// Crashes at `now` until `back`: its tasks run on, orphaned, but a fenced job's die with
+    /// it (their guard's parent-death signal); what it had not reported is lost. What it
+    /// launched is in a file (`qm agent`'s `launched`): a launch sent again is not run a
+    /// second time. Returns the tasks that died.
+    pub fn crash(&mut self, now: u64, back: u64) -> Vec<Ended> {
         self.up = false;
         self.back_at = self.local(back);
         self.registered = false;
+        let mut died = Vec::new();
         for (key, t) in std::mem::take(&mut self.tasks) {
-            self.finished.insert(key);
-            self.orphans.push(t);
+            self.finished.insert(key.clone());
+            if t.fence_after.is_some() && t.ends_at > self.local(now) {
+                self.log.push(format!("its guard kills {}", key_text(&key)));
+                died.push((key.job, key.attempt, key.task, 137));
+            } else {
+                self.orphans.push(t);
+            }
         }
         self.exited.clear();
+        died
     }
 
     /// Faults are over: a crashed agent starts again now.
@@ -307,10 +315,11 @@ impl SimAgent {
         }
     }
 
-    /// The attempts of `job` this agent supervises (orphans of a crashed life are not).
+    /// The attempts of `job` alive on this node, orphans of a crashed life included.
     pub fn attempts_of(&self, job: u64) -> impl Iterator<Item = u32> + '_ {
         self.tasks
             .values()
+            .chain(&self.orphans)
             .filter(move |t| t.key.job == job)
             .map(|t| t.key.attempt)
     }

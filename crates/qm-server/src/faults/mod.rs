@@ -15,8 +15,8 @@
 //! - every accepted submission exists, and once ended stays ended the same way;
 //! - a job that succeeded ran every task of its final attempt to exit 0 (on the agents);
 //! - a task runs at most once per attempt (an agent's later life does not run it again);
-//! - a fenced job never runs two attempts at once on agents that are alive (a crashed
-//!   agent's tasks run on unsupervised, out of any fence's reach);
+//! - a fenced job never runs two attempts at once (its tasks die with a crashed agent, as
+//!   `qm agent`'s fence guards make them);
 //! - the core's own invariants hold on the server's state;
 //! - an agent is never refused for speaking about a task (a legitimate agent only speaks
 //!   for its own).
@@ -379,7 +379,9 @@ impl World {
             // An agent crashes (its tasks are orphaned until it restarts) for 1-40 s.
             if self.agents[i].up && self.rng.chance(0.0005) {
                 let back = now + 1_000 + self.rng.below(39_000);
-                self.agents[i].crash(back);
+                for (job, attempt, task, code) in self.agents[i].crash(now, back) {
+                    self.ledger.insert((job, attempt, task), code);
+                }
                 self.out.agent_crashes += 1;
                 let name = self.agents[i].name.clone();
                 self.log(|| format!("agent {name}: CRASH until {:.1}s", back as f64 / 1000.0));

@@ -331,3 +331,85 @@ fn a_fenced_job_never_runs_two_attempts_at_once() {
         p.overlap_ms
     );
 }
+
+/// An agent that dies leaves its tasks running (its next life ends them), but a fenced
+/// job's task dies with it: its guard gets the agent's death as a signal and kills its
+/// process group, so no attempt runs on where no fence can reach it.
+#[test]
+fn a_fenced_task_dies_with_its_agent_and_a_plain_one_runs_on() {
+    let dir = std::env::temp_dir().join(format!("qm-part-{}-death", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (_server, admin) = start_server(&dir, &format!("127.0.0.1:{port}"), &[]);
+    let admin = admin.expect("an admin token on first start");
+    let api = |method: &str, path: &str, body: Option<Value>| {
+        call(&url, &admin, method, path, body).expect("the server answers")
+    };
+    let (s, r) = api(
+        "POST",
+        "/api/v1/admin/teams",
+        Some(json!({"name": "t", "guaranteed": 4})),
+    );
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = api(
+        "POST",
+        "/api/v1/admin/tokens",
+        Some(json!({"name": "agents", "role": "join"})),
+    );
+    assert_eq!(s, 200, "{r}");
+    qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
+    let agent = start_agent(&dir, &url, "a", None);
+    wait_until("node a", 30, || {
+        let (_, nodes) = api("GET", "/api/v1/nodes", None);
+        nodes
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["name"] == "a" && x["state"] == "ready"))
+            .then_some(())
+    });
+    let ledger_file = dir.join("ledger");
+    let script = format!(
+        "while :; do echo \"$QM_NODE $QM_JOB_ID $QM_ATTEMPT $QM_TASK_INDEX $(date +%s%N)\" >> {}; sleep 0.05; done",
+        ledger_file.display()
+    );
+    let mut jobs = Vec::new();
+    for fence in [true, false] {
+        let body = json!({"team": "t", "gpus": 1, "fence": fence, "command": ["sh", "-c", script]});
+        let (s, r) = api("POST", "/api/v1/jobs", Some(body));
+        assert_eq!(s, 200, "{r}");
+        jobs.push(r["job"].as_u64().unwrap());
+    }
+    let (fenced, plain) = (jobs[0], jobs[1]);
+    let last = |job: u64| {
+        ledger(&ledger_file)
+            .iter()
+            .filter(|(k, _)| k.1 == job)
+            .map(|(_, s)| s.1)
+            .max()
+    };
+    wait_until("both jobs ticking", 30, || {
+        (last(fenced).is_some() && last(plain).is_some()).then_some(())
+    });
+    drop(agent); // SIGKILL
+    let died = now_ns();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (f, p) = (last(fenced).unwrap(), last(plain).unwrap());
+    assert!(
+        f < died + 200_000_000,
+        "the fenced task ticked {} ms after its agent died",
+        (f - died) / 1_000_000
+    );
+    assert!(
+        p > died + 1_000_000_000,
+        "the plain task stopped with its agent; it should run on until the agent's next life"
+    );
+    // The agent's next life ends the plain task (its ledger), and the server requeues both.
+    let _again = start_agent(&dir, &url, "a", None);
+    wait_until("the plain task ended by the agent's next life", 30, || {
+        let p = last(plain).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        (last(plain).unwrap() == p).then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
