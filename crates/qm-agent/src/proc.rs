@@ -180,8 +180,14 @@ pub fn fence_guard(args: &[std::ffi::OsString]) -> ! {
     // SAFETY: installing handlers that only make async-signal-safe calls.
     unsafe {
         libc::signal(libc::SIGUSR2, kill_group as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, leave_to_the_program as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, leave_to_the_program as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGTERM,
+            leave_to_the_program as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            leave_to_the_program as *const () as libc::sighandler_t,
+        );
     }
     let (Some(parent), Some(prog)) = (args.first(), args.get(1)) else {
         eprintln!("qm: {FENCE_GUARD} AGENT_PID PROGRAM ARGS...");
