@@ -293,6 +293,11 @@ fn partition(fence: bool) -> Partition {
     );
     let (s, r) = api("POST", &format!("/api/v1/jobs/{job}/cancel"), None);
     assert_eq!(s, 200, "{r}");
+    // Its tasks are gone before the agents are: a task outlives a killed agent.
+    wait_until("the job cancelled, its tasks gone", 60, || {
+        let (_, j) = api("GET", &format!("/api/v1/jobs/{job}"), None);
+        (j["state"] == "cancelled").then_some(())
+    });
     let _ = std::fs::remove_dir_all(&dir);
     let ms = |a: u128, b: u128| (a as i128 - b as i128) as i64 / 1_000_000;
     Partition {
@@ -410,6 +415,18 @@ fn a_fenced_task_dies_with_its_agent_and_a_plain_one_runs_on() {
         let p = last(plain).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         (last(plain).unwrap() == p).then_some(())
+    });
+    // Both jobs may have started again on the agent's next life: cancelled, and their tasks
+    // gone, before the agent is (a task outlives a killed agent).
+    for job in [fenced, plain] {
+        let (s, r) = api("POST", &format!("/api/v1/jobs/{job}/cancel"), None);
+        assert_eq!(s, 200, "{r}");
+    }
+    wait_until("both jobs cancelled, their tasks gone", 60, || {
+        [fenced, plain]
+            .iter()
+            .all(|job| api("GET", &format!("/api/v1/jobs/{job}"), None).1["state"] == "cancelled")
+            .then_some(())
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
