@@ -150,6 +150,24 @@ fn ledger(path: &Path) -> BTreeMap<(String, u64, u32, u32), (u128, u128)> {
     spans
 }
 
+/// Team `t` guaranteed `gpus`, and a join token for the agents in `dir/join-token`.
+fn team_and_join_token(url: &str, admin: &str, dir: &Path, gpus: u32) {
+    let api = |path: &str, body: Value| {
+        let (s, r) = call(url, admin, "POST", path, Some(body)).expect("the server answers");
+        assert_eq!(s, 200, "{r}");
+        r
+    };
+    api(
+        "/api/v1/admin/teams",
+        json!({"name": "t", "guaranteed": gpus}),
+    );
+    let r = api(
+        "/api/v1/admin/tokens",
+        json!({"name": "agents", "role": "join"}),
+    );
+    qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
+}
+
 struct Partition {
     /// Last tick of the cut-off task minus the first tick of the new attempt (ms; negative:
     /// no overlap).
@@ -178,19 +196,7 @@ fn partition(fence: bool) -> Partition {
     let api = |method: &str, path: &str, body: Option<Value>| {
         call(&url, &admin, method, path, body).expect("the server answers")
     };
-    let (s, r) = api(
-        "POST",
-        "/api/v1/admin/teams",
-        Some(json!({"name": "t", "guaranteed": 12})),
-    );
-    assert_eq!(s, 200, "{r}");
-    let (s, r) = api(
-        "POST",
-        "/api/v1/admin/tokens",
-        Some(json!({"name": "agents", "role": "join"})),
-    );
-    assert_eq!(s, 200, "{r}");
-    qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
+    team_and_join_token(&url, &admin, &dir, 12);
     let ready = |names: &[&str]| {
         let (_, nodes) = api("GET", "/api/v1/nodes", None);
         names.iter().all(|n| {
@@ -352,19 +358,7 @@ fn a_fenced_task_dies_with_its_agent_and_a_plain_one_runs_on() {
     let api = |method: &str, path: &str, body: Option<Value>| {
         call(&url, &admin, method, path, body).expect("the server answers")
     };
-    let (s, r) = api(
-        "POST",
-        "/api/v1/admin/teams",
-        Some(json!({"name": "t", "guaranteed": 4})),
-    );
-    assert_eq!(s, 200, "{r}");
-    let (s, r) = api(
-        "POST",
-        "/api/v1/admin/tokens",
-        Some(json!({"name": "agents", "role": "join"})),
-    );
-    assert_eq!(s, 200, "{r}");
-    qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
+    team_and_join_token(&url, &admin, &dir, 4);
     let agent = start_agent(&dir, &url, "a", None);
     wait_until("node a", 30, || {
         let (_, nodes) = api("GET", "/api/v1/nodes", None);
