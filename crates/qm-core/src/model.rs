@@ -201,6 +201,11 @@ pub struct TeamSpec {
     /// admin's own submissions are not bounded.
     #[serde(default)]
     pub priorities: [i32; 2],
+    /// The most CPU (milli-CPUs) the team's running jobs may hold at once, its sub-teams'
+    /// included, jobs with GPUs and without alike; `None`: no cap. GPUs are guaranteed,
+    /// CPU is only capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_milli: Option<u64>,
 }
 
 fn default_weight() -> u32 {
@@ -225,6 +230,7 @@ impl TeamSpec {
             weight: 1,
             idle_policy: IdlePolicy::Warn,
             priorities: [0, 0],
+            max_cpu_milli: None,
         }
     }
 }

@@ -131,6 +131,8 @@ pub(crate) struct TeamIndex {
     pub pools: Vec<Vec<Pool>>,
     /// `[team][model]`: the pool that GPUs of that model count against.
     pub pool_of_model: Vec<Vec<usize>>,
+    /// `[team]`: the most milli-CPUs its running jobs may hold, sub-teams' included.
+    pub max_cpu: Vec<Option<u64>>,
 }
 
 impl TeamIndex {
@@ -199,6 +201,7 @@ impl TeamIndex {
             lineage,
             pools,
             pool_of_model,
+            max_cpu: specs.iter().map(|s| s.max_cpu_milli).collect(),
         }
     }
 

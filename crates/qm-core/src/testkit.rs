@@ -117,6 +117,7 @@ impl TeamBuilder {
                 weight: 1,
                 idle_policy: IdlePolicy::Warn,
                 priorities: [0, 0],
+                max_cpu_milli: None,
             },
         }
     }
@@ -143,6 +144,12 @@ impl TeamBuilder {
         self.spec
             .quotas
             .insert(model.to_string(), Quota { guaranteed, max });
+        self
+    }
+
+    /// Caps the CPU the team's running jobs may hold, in whole CPUs.
+    pub fn max_cpu(mut self, cpus: u64) -> Self {
+        self.spec.max_cpu_milli = Some(cpus * 1000);
         self
     }
 

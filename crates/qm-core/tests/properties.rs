@@ -18,6 +18,8 @@ struct Cluster {
     teams: Vec<(u32, Option<u32>, u32, u8)>, // guaranteed, extra max, weight, idle policy
     nested: bool,
     policy: PolicyKind,
+    /// Teams of weight 2 cap their CPU at their guarantee plus 2 CPUs.
+    cpu_caps: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
             teams,
             nested,
             policy,
+            cpu_caps: true,
         })
 }
 
@@ -134,6 +137,11 @@ fn build(c: &Cluster) -> (ClusterState, Vec<String>) {
         let mut t = TeamBuilder::new(&names[i]).guaranteed(g).weight(w);
         if let Some(extra) = extra {
             t = t.max(g + extra);
+        }
+        // Teams of weight 2 also cap their CPU (derived, so that the stored regressions keep
+        // generating the clusters they were found on): jobs ask 1 CPU a task, so it binds.
+        if w == 2 && c.cpu_caps {
+            t = t.max_cpu(u64::from(g) + 2);
         }
         if c.nested {
             t = t.parent("org");
@@ -286,8 +294,11 @@ impl World {
         self.state.check_invariants();
         let mut used: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
         let mut team_alloc: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut team_cpu: BTreeMap<String, u64> = BTreeMap::new();
         for job in self.state.live_jobs() {
             let Some(run) = job.state.run() else { continue };
+            *team_cpu.entry(job.spec.team.clone()).or_default() +=
+                job.spec.cpu_milli * u64::from(job.spec.tasks);
             prop_assert_eq!(run.placement.len(), job.spec.tasks as usize, "gang split");
             let mut model = None;
             for t in &run.placement {
@@ -337,6 +348,15 @@ impl World {
                 "{} above max",
                 team.spec.name
             );
+        }
+        // CPU caps (leaf teams only in these trees), under `default`.
+        if self.state.config.policy == PolicyKind::Default {
+            for team in self.state.teams() {
+                if let Some(cap) = team.spec.max_cpu_milli {
+                    let cpu = team_cpu.get(&team.spec.name).copied().unwrap_or(0);
+                    prop_assert!(cpu <= cap, "{} above its CPU cap", team.spec.name);
+                }
+            }
         }
         Ok(())
     }
@@ -734,6 +754,8 @@ proptest! {
         let mut c = c;
         c.policy = PolicyKind::Default;
         for t in &mut c.teams { t.0 = 0; t.1 = None; }
+        // Every job here must be able to start: no CPU caps.
+        c.cpu_caps = false;
         let (mut state, names) = build(&c);
         state.config.starvation_wait_s = 0;
         let mut w = World { state, now: 0, names, ids: Vec::new(), durations: BTreeMap::new(), history: Some(Vec::new()) };

@@ -212,6 +212,9 @@ pub struct TeamView {
     /// The priorities its members may give their jobs, `[lowest, highest]`.
     #[serde(default)]
     pub priorities: [i32; 2],
+    /// The most milli-CPUs its running jobs may hold at once (sub-teams' included), if capped.
+    #[serde(default)]
+    pub max_cpu_milli: Option<u64>,
 }
 
 /// `POST /api/v1/admin/teams`: create or change a team.
@@ -236,6 +239,10 @@ pub struct TeamRequest {
     #[serde(default)]
     #[schema(min_items = 2, max_items = 2)]
     pub priorities: Option<[i32; 2]>,
+    /// The most CPUs its running jobs may hold at once, jobs with GPUs and without alike
+    /// (sub-teams' included); `0` removes the cap.
+    #[serde(default)]
+    pub max_cpu: Option<u32>,
 }
 
 /// `POST /api/v1/admin/tokens`.

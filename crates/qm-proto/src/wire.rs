@@ -202,6 +202,7 @@ wire_enum! {
         Dependency = "dependency",
         DependencyFailed = "dependency_failed",
         OverMax = "over_max",
+        OverCpuMax = "over_cpu_max",
         WaitingForReclaim = "waiting_for_reclaim",
         Reserved = "reserved",
         BehindReservation = "behind_reservation",
@@ -239,6 +240,14 @@ pub enum Reason {
     OverMax {
         team: String,
         model: String,
+        used_milli: u64,
+        ask_milli: u64,
+        max_milli: u64,
+    },
+    /// Starting it would put `team` (itself or an ancestor) above its CPU cap.
+    #[serde(rename = "over_cpu_max")]
+    OverCpuMax {
+        team: String,
         used_milli: u64,
         ask_milli: u64,
         max_milli: u64,
@@ -290,6 +299,7 @@ impl Reason {
             Reason::Dependency { .. } => ReasonKind::Dependency,
             Reason::DependencyFailed { .. } => ReasonKind::DependencyFailed,
             Reason::OverMax { .. } => ReasonKind::OverMax,
+            Reason::OverCpuMax { .. } => ReasonKind::OverCpuMax,
             Reason::WaitingForReclaim { .. } => ReasonKind::WaitingForReclaim,
             Reason::Reserved { .. } => ReasonKind::Reserved,
             Reason::BehindReservation { .. } => ReasonKind::BehindReservation,
@@ -413,6 +423,16 @@ mod tests {
                 },
                 serde_json::json!({"kind": "over_max", "team": "a", "model": "*",
                     "used_milli": 1000, "ask_milli": 2000, "max_milli": 2000}),
+            ),
+            (
+                Reason::OverCpuMax {
+                    team: "a".into(),
+                    used_milli: 3000,
+                    ask_milli: 2000,
+                    max_milli: 4000,
+                },
+                serde_json::json!({"kind": "over_cpu_max", "team": "a",
+                    "used_milli": 3000, "ask_milli": 2000, "max_milli": 4000}),
             ),
             (
                 Reason::WaitingForReclaim {

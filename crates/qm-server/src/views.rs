@@ -173,6 +173,17 @@ pub fn reason(r: &qm_core::Reason) -> proto::Reason {
             ask_milli: *ask_milli,
             max_milli: *max_milli,
         },
+        R::OverCpuMax {
+            team,
+            used_milli,
+            ask_milli,
+            max_milli,
+        } => proto::Reason::OverCpuMax {
+            team: team.clone(),
+            used_milli: *used_milli,
+            ask_milli: *ask_milli,
+            max_milli: *max_milli,
+        },
         R::WaitingForReclaim {
             victims,
             ready_by_s,
@@ -340,6 +351,7 @@ pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
         .map(|(t, u)| TeamView {
             home: home(&t.spec.name),
             priorities: t.spec.priorities,
+            max_cpu_milli: t.spec.max_cpu_milli,
             name: t.spec.name.clone(),
             parent: t.spec.parent.clone(),
             guaranteed: t
@@ -381,6 +393,12 @@ mod tests {
             R::OverMax {
                 team: "a".into(),
                 model: "*".into(),
+                used_milli: 1,
+                ask_milli: 2,
+                max_milli: 3,
+            },
+            R::OverCpuMax {
+                team: "a".into(),
                 used_milli: 1,
                 ask_milli: 2,
                 max_milli: 3,

@@ -1171,3 +1171,56 @@ async fn submissions_stay_within_their_limits() {
     let list: Vec<JobView> = api.ok("GET", "/api/v1/jobs", None).await;
     assert_eq!(list.len(), 5, "refusals changed nothing");
 }
+
+/// An admin caps a team's CPU; the team's view shows the cap, a job that would pass it waits
+/// and `why` says which team's cap and by how much; 0 removes the cap.
+#[tokio::test]
+async fn a_teams_cpu_cap_is_set_shown_and_explained() {
+    let api = Api::new();
+    api.node().await;
+    api.team("a", 1).await;
+    let t: TeamView = api
+        .ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "a", "max_cpu": 3})),
+        )
+        .await;
+    assert_eq!(t.max_cpu_milli, Some(3000));
+    let submit = |cpu: u32| {
+        let api = &api;
+        async move {
+            let r: Value = api
+                .ok(
+                    "POST",
+                    "/api/v1/jobs",
+                    Some(json!({"team": "a", "gpus": 0, "cpu_milli": cpu * 1000, "command": ["true"]})),
+                )
+                .await;
+            r["job"].as_u64().unwrap()
+        }
+    };
+    let first = submit(2).await;
+    let second = submit(2).await;
+    api.server.tick().unwrap();
+    let j: JobView = api.ok("GET", &format!("/api/v1/jobs/{first}"), None).await;
+    assert_eq!(j.state, qm_proto::JobState::Running, "{j:?}");
+    let why: Value = api
+        .ok("GET", &format!("/api/v1/jobs/{second}/why"), None)
+        .await;
+    assert_eq!(why["reason"]["kind"], "over_cpu_max", "{why}");
+    assert_eq!(why["reason"]["team"], "a", "{why}");
+    assert_eq!(why["reason"]["used_milli"], 2000, "{why}");
+    assert_eq!(why["reason"]["max_milli"], 3000, "{why}");
+    let t: TeamView = api
+        .ok(
+            "POST",
+            "/api/v1/admin/teams",
+            Some(json!({"name": "a", "max_cpu": 0})),
+        )
+        .await;
+    assert_eq!(t.max_cpu_milli, None);
+    api.server.tick().unwrap();
+    let j: JobView = api.ok("GET", &format!("/api/v1/jobs/{second}"), None).await;
+    assert_eq!(j.state, qm_proto::JobState::Running, "{j:?}");
+}

@@ -170,6 +170,12 @@ impl ClusterSpec {
         Ok(())
     }
 
+    /// The GPUs of every node, where all nodes have the same number.
+    pub fn node_gpus(&self) -> Option<u32> {
+        let first = self.group.first()?.gpus;
+        self.group.iter().all(|g| g.gpus == first).then_some(first)
+    }
+
     pub fn gpus(&self) -> u64 {
         self.group
             .iter()

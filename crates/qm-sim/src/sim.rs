@@ -568,7 +568,7 @@ mod tests {
             })
             .collect();
         let cluster = ClusterSpec::shorthand("2x8").unwrap();
-        let teams = crate::teamspec::auto(&jobs, cluster.gpus());
+        let teams = crate::teamspec::auto(&jobs, cluster.gpus(), 1);
         let run = |seed: Option<u64>| {
             let mut options = SimOptions::new(PolicyKind::Default);
             options.perturb_seed = seed;

@@ -17,6 +17,7 @@
 //! guaranteed = 32
 //! max = 96                # optional borrowing limit
 //! weight = 2              # optional, default 1
+//! max_cpu = 512           # optional: the most CPUs its running jobs may hold
 //! quotas = { A100 = { guaranteed = 8, max = 16 } }   # optional, per GPU model
 //! ```
 
@@ -50,6 +51,9 @@ struct TeamEntry {
     quotas: BTreeMap<String, Quota>,
     #[serde(default)]
     idle_policy: IdlePolicy,
+    /// The most CPUs the team's running jobs may hold at once.
+    #[serde(default)]
+    max_cpu: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -79,15 +83,22 @@ pub fn from_toml(name: &str, text: &str) -> Result<Vec<TeamSpec>, SpecError> {
             weight: t.weight,
             idle_policy: t.idle_policy,
             priorities: [0, 0],
+            max_cpu_milli: t.max_cpu.map(|c| c.saturating_mul(1000)),
         });
     }
     Ok(out)
 }
 
-/// Reads `arg`: `auto` or a TOML file.
-pub fn from_arg(arg: &str, jobs: &[TraceJob], gpus: u64) -> Result<Vec<TeamSpec>, SpecError> {
+/// Reads `arg`: `auto` (see [`auto`]; in whole nodes where the cluster's nodes are alike) or
+/// a TOML file.
+pub fn from_arg(
+    arg: &str,
+    jobs: &[TraceJob],
+    cluster: &crate::cluster::ClusterSpec,
+) -> Result<Vec<TeamSpec>, SpecError> {
     if arg == "auto" {
-        return Ok(auto(jobs, gpus));
+        let unit = cluster.node_gpus().map_or(1, u64::from);
+        return Ok(auto(jobs, cluster.gpus(), unit));
     }
     let text = std::fs::read_to_string(arg).map_err(|e| {
         SpecError(format!(
@@ -97,8 +108,17 @@ pub fn from_arg(arg: &str, jobs: &[TraceJob], gpus: u64) -> Result<Vec<TeamSpec>
     from_toml(arg, &text)
 }
 
-/// Guarantees proportional to each team's GPU-time demand, summing to `gpus`.
-pub fn auto(jobs: &[TraceJob], gpus: u64) -> Vec<TeamSpec> {
+/// Guarantees proportional to each team's GPU-time demand, summing to `gpus`, in multiples
+/// of `unit` GPUs (largest remainder in units; `gpus` a multiple of `unit`).
+///
+/// `qm sim run --teams auto` gives guarantees in whole nodes where the cluster's nodes are
+/// alike: `static` partitions are whole nodes, so a guarantee that is not would be compared
+/// with a partition larger or smaller than itself. On Philly on 48 x 8, a team guaranteed
+/// 5 GPUs was partitioned a whole node under `static` (60 % more than its guarantee) and
+/// seemed to lose in the pool; like with like needs the partition to be the guarantee.
+pub fn auto(jobs: &[TraceJob], gpus: u64, unit: u64) -> Vec<TeamSpec> {
+    let unit = unit.max(1);
+    let units = gpus / unit;
     let mut demand: BTreeMap<&str, u128> = BTreeMap::new();
     for j in jobs {
         *demand.entry(j.team.as_str()).or_default() +=
@@ -112,7 +132,7 @@ pub fn auto(jobs: &[TraceJob], gpus: u64) -> Vec<TeamSpec> {
     let mut shares: Vec<(&str, u64, u128)> = demand
         .iter()
         .map(|(t, d)| {
-            let exact = d * u128::from(gpus);
+            let exact = d * u128::from(units);
             (*t, (exact / total) as u64, exact % total)
         })
         .collect();
@@ -124,12 +144,12 @@ pub fn auto(jobs: &[TraceJob], gpus: u64) -> Vec<TeamSpec> {
             .cmp(&shares[a].2)
             .then(shares[a].0.cmp(shares[b].0))
     });
-    for &i in order.iter().take((gpus - given) as usize) {
+    for &i in order.iter().take((units - given) as usize) {
         shares[i].1 += 1;
     }
     shares
         .into_iter()
-        .map(|(t, g, _)| TeamSpec::new(t, g as u32))
+        .map(|(t, g, _)| TeamSpec::new(t, (g * unit) as u32))
         .collect()
 }
 
@@ -159,22 +179,31 @@ mod tests {
     #[test]
     fn auto_guarantees_follow_demand_and_sum_to_the_cluster() {
         let jobs = vec![job("a", 1, 300), job("b", 2, 100), job("c", 1, 100)];
-        let teams = auto(&jobs, 10);
+        let teams = auto(&jobs, 10, 1);
         let g: Vec<u32> = teams
             .iter()
             .map(|t| t.quotas[ANY_MODEL].guaranteed)
             .collect();
         assert_eq!(g.iter().sum::<u32>(), 10);
         assert_eq!(g, vec![5, 3, 2]);
+        // In whole 4-GPU nodes: 2, 1.33 and 0.67 nodes of demand become 2, 1 and 1 nodes
+        // (the last node to the largest remainder), 16 GPUs.
+        let nodes: Vec<u32> = auto(&jobs, 16, 4)
+            .iter()
+            .map(|t| t.quotas[ANY_MODEL].guaranteed)
+            .collect();
+        assert_eq!(nodes, vec![8, 4, 4]);
     }
 
     #[test]
     fn toml_trees_parse_and_bad_keys_are_named() {
         let teams = from_toml(
             "t.toml",
-            "[[team]]\nname = \"org\"\nguaranteed = 8\n[[team]]\nname = \"a\"\nparent = \"org\"\nguaranteed = 4\nmax = 6\nweight = 2\n",
+            "[[team]]\nname = \"org\"\nguaranteed = 8\n[[team]]\nname = \"a\"\nparent = \"org\"\nguaranteed = 4\nmax = 6\nweight = 2\nmax_cpu = 12\n",
         )
         .unwrap();
+        assert_eq!(teams[1].max_cpu_milli, Some(12_000));
+        assert_eq!(teams[0].max_cpu_milli, None);
         assert_eq!(teams[1].parent.as_deref(), Some("org"));
         assert_eq!(teams[1].quotas[ANY_MODEL].max, Some(6));
         assert_eq!(teams[1].weight, 2);

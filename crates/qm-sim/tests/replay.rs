@@ -20,7 +20,7 @@ fn run(policy: PolicyKind) -> SimResult {
 fn run_perturbed(policy: PolicyKind, perturb_seed: Option<u64>) -> SimResult {
     let trace = trace::load(&fixture(), Format::Csv).unwrap();
     let cluster = ClusterSpec::shorthand("4x8").unwrap();
-    let teams = teamspec::auto(&trace.jobs, cluster.gpus());
+    let teams = teamspec::from_arg("auto", &trace.jobs, &cluster).unwrap();
     let mut options = SimOptions::new(policy);
     options.perturb_seed = perturb_seed;
     simulate(&trace.jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()

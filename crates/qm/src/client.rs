@@ -303,6 +303,10 @@ pub struct TeamArgs {
     /// The priorities members may give their jobs, LOW..HIGH (e.g. `-10..10`; default 0..0).
     #[arg(long, value_name = "LOW..HIGH", allow_hyphen_values = true, value_parser = parse_range)]
     priorities: Option<[i32; 2]>,
+    /// The most CPUs the team's running jobs may hold at once, with GPUs or without
+    /// (sub-teams' included); 0 removes the cap.
+    #[arg(long, value_name = "CPUS")]
+    max_cpu: Option<u32>,
 }
 
 /// `LOW..HIGH`, both integers, LOW at most HIGH.
@@ -629,8 +633,16 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
         return Ok(());
     }
     println!(
-        "{:<20} {:>10} {:>6} {:>7} {:>9} {:>6} {:>9} {:>10}",
-        "TEAM", "GUARANTEED", "MAX", "USED", "BORROWED", "IDLE", "IDLE GPU-H", "HOME NODES"
+        "{:<20} {:>10} {:>6} {:>7} {:>9} {:>6} {:>9} {:>10} {:>7}",
+        "TEAM",
+        "GUARANTEED",
+        "MAX",
+        "USED",
+        "BORROWED",
+        "IDLE",
+        "IDLE GPU-H",
+        "HOME NODES",
+        "MAX CPU"
     );
     fn walk(teams: &[TeamView], parent: Option<&str>, depth: usize) {
         for t in teams.iter().filter(|t| t.parent.as_deref() == parent) {
@@ -641,8 +653,11 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
                 .flatten()
                 .max()
                 .map_or("-".into(), |m| m.to_string());
+            let max_cpu = t
+                .max_cpu_milli
+                .map_or("-".into(), |m| format!("{}", m as f64 / 1000.0));
             println!(
-                "{:<20} {:>10} {:>6} {:>7.1} {:>9.1} {:>6.1} {:>9.2} {:>10}",
+                "{:<20} {:>10} {:>6} {:>7.1} {:>9.1} {:>6.1} {:>9.2} {:>10} {:>7}",
                 format!("{}{}", "  ".repeat(depth), t.name),
                 g,
                 max,
@@ -650,7 +665,8 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
                 t.borrowed_milli as f64 / 1000.0,
                 t.idle_milli as f64 / 1000.0,
                 t.idle_gpu_hours,
-                t.home.len()
+                t.home.len(),
+                max_cpu
             );
             walk(teams, Some(&t.name), depth + 1);
         }
@@ -689,6 +705,7 @@ pub fn admin(conn: &Conn, cmd: AdminCmd) -> Result<(), Box<dyn Error>> {
                     weight: a.weight,
                     idle_policy: a.idle_policy,
                     priorities: a.priorities,
+                    max_cpu: a.max_cpu,
                 },
             )?;
             println!("team {}: guaranteed {:?}", t.name, t.guaranteed);

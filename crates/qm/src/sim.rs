@@ -381,7 +381,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
     let cluster = ClusterSpec::from_arg(&args.cluster)?;
     let t0 = Instant::now();
     let trace = trace::load(&args.trace, format)?;
-    let teams = teamspec::from_arg(&args.teams, &trace.jobs, cluster.gpus())?;
+    let teams = teamspec::from_arg(&args.teams, &trace.jobs, &cluster)?;
     eprintln!(
         "qm sim: {} jobs from {} ({} rows skipped) in {:.1} s; cluster {} ({} GPUs); {} teams",
         trace.jobs.len(),

@@ -224,6 +224,7 @@ impl<'a> Planner<'a> {
             if self
                 .over_max_after(team, m, spec.milli_total(), freed)
                 .is_some()
+                || self.over_cpu_max(team, spec).is_some()
             {
                 continue;
             }
@@ -252,7 +253,7 @@ impl<'a> Planner<'a> {
         class: Admission,
     ) {
         let spec = &job.spec;
-        self.account(team, model, spec.milli_total(), class);
+        self.account(team, spec, model, class);
         let (end_s, _) = self.end_of(spec, from_s);
         self.push_reservation(Promise {
             group,

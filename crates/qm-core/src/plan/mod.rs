@@ -96,6 +96,13 @@ pub enum Reason {
         ask_milli: u64,
         max_milli: u64,
     },
+    /// Starting it would put `team` (itself or an ancestor) above its CPU cap.
+    OverCpuMax {
+        team: String,
+        used_milli: u64,
+        ask_milli: u64,
+        max_milli: u64,
+    },
     /// Running jobs are being preempted for it: borrowed jobs of other teams, to give its
     /// team's guarantee back, or (`lower_priority`) its own team's jobs of lower priority.
     WaitingForReclaim {
@@ -147,6 +154,18 @@ impl std::fmt::Display for Reason {
             } => write!(
                 f,
                 "over quota: team {team} holds {} {model} GPUs, this job needs {} more and the team's max is {}",
+                gpus(*used_milli),
+                gpus(*ask_milli),
+                gpus(*max_milli)
+            ),
+            Reason::OverCpuMax {
+                team,
+                used_milli,
+                ask_milli,
+                max_milli,
+            } => write!(
+                f,
+                "over CPU cap: team {team} holds {} CPUs, this job needs {} more and the team's CPU max is {}",
                 gpus(*used_milli),
                 gpus(*ask_milli),
                 gpus(*max_milli)

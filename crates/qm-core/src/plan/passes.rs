@@ -360,6 +360,12 @@ impl<'a> Planner<'a> {
         // under it.
         let mut capped: Vec<(usize, usize)> = Vec::new();
         let mut behind: Option<(JobId, Secs)> = None;
+        // A CPU cap holds on every model alike: the job waits until its team's runs give
+        // CPU back.
+        if let Some(reason) = self.over_cpu_max(t, spec) {
+            self.pend(spec.id, reason, None);
+            return true;
+        }
         for m in self.candidate_models(spec) {
             if let Some(r) = self.over_max(t, m, milli) {
                 blocked = Some(r);

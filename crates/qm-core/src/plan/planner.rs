@@ -368,6 +368,28 @@ impl<'a> Planner<'a> {
         None
     }
 
+    /// The team (this one or an ancestor) whose CPU cap the job would break, if any.
+    pub(super) fn over_cpu_max(&self, team: usize, spec: &JobSpec) -> Option<Reason> {
+        if self.policy != PolicyKind::Default {
+            return None;
+        }
+        let ask = spec.cpu_milli * u64::from(spec.tasks);
+        for &a in &self.teams.lineage[team] {
+            if let Some(max) = self.teams.max_cpu[a] {
+                let used = self.acct.cpu[a];
+                if used + ask > max {
+                    return Some(Reason::OverCpuMax {
+                        team: self.teams.names[a].clone(),
+                        used_milli: used,
+                        ask_milli: ask,
+                        max_milli: max,
+                    });
+                }
+            }
+        }
+        None
+    }
+
     /// Whether the job may start in this class: work on GPUs that can neither be preempted
     /// nor ends by a time limit runs only inside its team's guarantee (`default`; the
     /// baselines have no borrowing). Work without GPUs holds no guarantee's GPUs, and is
@@ -411,7 +433,7 @@ impl<'a> Planner<'a> {
         let spec = &job.spec;
         let (end_s, est_s) = self.end_of(spec, self.now);
         place::commit(&mut self.view, spec, &p, end_s);
-        self.account(team, model, spec.milli_total(), class);
+        self.account(team, spec, model, class);
         self.eta
             .job_ends
             .push((est_s, team, model, spec.milli_total()));

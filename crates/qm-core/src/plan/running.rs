@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use crate::model::{IdlePolicy, JobId, PolicyKind, Secs, MILLI_PER_GPU};
+use crate::model::{IdlePolicy, JobId, JobSpec, PolicyKind, Secs, MILLI_PER_GPU};
 use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacement};
 use crate::teams::TeamIndex;
 
@@ -38,6 +38,8 @@ pub(super) struct Accounting {
     pub(super) alloc: Vec<Vec<u64>>,
     /// `[team]` milli-GPUs over all pools, sub-teams included.
     pub(super) alloc_total: Vec<u64>,
+    /// `[team]` milli-CPUs held, sub-teams included.
+    pub(super) cpu: Vec<u64>,
     /// `[team]` the history part of fair-share usage.
     pub(super) history: Vec<f64>,
     /// `[team][pool]` milli-GPUs held or claimed inside the guarantee.
@@ -51,6 +53,7 @@ impl Accounting {
         Accounting {
             alloc: teams.pools.iter().map(|p| vec![0; p.len()]).collect(),
             alloc_total: vec![0; teams.names.len()],
+            cpu: vec![0; teams.names.len()],
             history: Planner::histories(state, teams, now),
             guaranteed_used: teams.pools.iter().map(|p| vec![0; p.len()]).collect(),
             guarantee_set_aside: BTreeMap::new(),
@@ -74,6 +77,7 @@ impl<'a> Planner<'a> {
             let milli = job.spec.milli_total();
             if let Some(t) = team {
                 self.add_alloc(t, model, milli);
+                self.add_cpu(t, &job.spec);
             }
             let expected_end = match &job.state {
                 JobState::Stopping(_, stop) => stop.deadline_s,
@@ -362,9 +366,18 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Counts a job's CPU against its team and the team's ancestors.
+    pub(super) fn add_cpu(&mut self, team: usize, spec: &JobSpec) {
+        for &a in &self.teams.lineage[team] {
+            self.acct.cpu[a] += spec.cpu_milli * u64::from(spec.tasks);
+        }
+    }
+
     /// Counts a start or a claim against the team's allocation (and guarantee).
-    pub(super) fn account(&mut self, team: usize, model: usize, milli: u64, class: Admission) {
+    pub(super) fn account(&mut self, team: usize, spec: &JobSpec, model: usize, class: Admission) {
+        let milli = spec.milli_total();
         self.add_alloc(team, model, milli);
+        self.add_cpu(team, spec);
         if class == Admission::Guaranteed {
             let pool = self.teams.pool_of_model[team][model];
             self.acct.guaranteed_used[team][pool] += milli;

@@ -1,8 +1,10 @@
 //! Work without GPUs: accepted, placed where it strands the fewest GPUs, never holding a
 //! guarantee.
 
-use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder};
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder, TeamBuilder};
 use qm_core::*;
+
+use super::reason;
 
 fn node_of(h: &Harness, job: JobId) -> Vec<NodeId> {
     h.state_of(job)
@@ -115,4 +117,56 @@ fn an_owner_takes_back_the_cpu_that_preemptible_cpu_only_work_borrowed() {
     h.settle();
     assert!(h.is_running(owner), "{:?}", h.state_of(owner));
     assert_eq!(h.state.job(cpu).map(|j| j.preemptions), Some(1));
+}
+
+#[test]
+fn a_teams_cpu_cap_holds_for_jobs_with_and_without_gpus_and_for_its_sub_teams() {
+    let state = ClusterBuilder::new()
+        .racks(1, 2, 8)
+        .team_spec(TeamBuilder::new("a").guaranteed(8).max_cpu(10).build())
+        .team_spec(TeamBuilder::new("org").guaranteed(4).max_cpu(4).build())
+        .team_spec(TeamBuilder::new("x").parent("org").guaranteed(4).build())
+        .team("b", 4)
+        .build();
+    let mut h = Harness::new(state);
+    let gpu: Vec<JobId> = (0..3)
+        .map(|_| h.submit(JobBuilder::new("a").cpu_milli(4_000)))
+        .collect();
+    h.step();
+    // Two 4-CPU jobs hold 8 of a's 10 CPUs; the third would hold 12.
+    assert!(h.is_running(gpu[0]) && h.is_running(gpu[1]));
+    match reason(&h, gpu[2]) {
+        Reason::OverCpuMax {
+            team,
+            used_milli,
+            ask_milli,
+            max_milli,
+        } => {
+            assert_eq!(team, "a");
+            assert_eq!((used_milli, ask_milli, max_milli), (8_000, 4_000, 10_000));
+        }
+        r => panic!("{r:?}"),
+    }
+    assert!(reason(&h, gpu[2]).to_string().contains("CPU"));
+    // Work without GPUs counts against the same cap: 2 CPUs fit, 3 more do not.
+    let small = h.submit(JobBuilder::new("a").gpus(0).cpu_milli(2_000));
+    let big = h.submit(JobBuilder::new("a").gpus(0).cpu_milli(3_000));
+    h.step();
+    assert!(h.is_running(small));
+    assert!(matches!(reason(&h, big), Reason::OverCpuMax { .. }));
+    // Another team is not held back by a's cap.
+    let other = h.submit(JobBuilder::new("b").cpu_milli(64_000));
+    // A sub-team is capped by its parent's cap.
+    let child = h.submit(JobBuilder::new("x").cpu_milli(6_000));
+    h.step();
+    assert!(h.is_running(other));
+    match reason(&h, child) {
+        Reason::OverCpuMax { team, .. } => assert_eq!(team, "org"),
+        r => panic!("{r:?}"),
+    }
+    // Once a's runs give CPU back, the capped job starts.
+    h.exit(gpu[0], true);
+    h.step();
+    assert!(h.is_running(gpu[2]));
+    h.state.check_invariants();
 }

@@ -136,6 +136,9 @@ pub async fn set_team(
         if let Some(range) = req.priorities {
             spec.priorities = range;
         }
+        if let Some(cpus) = req.max_cpu {
+            spec.max_cpu_milli = (cpus > 0).then(|| u64::from(cpus) * 1000);
+        }
         inner.commit(vec![Event::SetTeam(spec)], &[])?;
         team_views(&inner.state, inner.now_s())
             .into_iter()

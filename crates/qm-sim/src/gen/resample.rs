@@ -8,8 +8,8 @@
 //! kept if that comes closer), and get submission times from the source's own arrival pattern:
 //! its submissions counted by hour of the week (from its first submission), which become the
 //! rates of a Poisson process given its number of arrivals. Teams are the source's teams, each
-//! guaranteed GPUs in proportion to its GPU-time in the resampled trace (`teamspec`'s `auto`
-//! rule). Source jobs whose tasks do not fit a node of the cluster, or whose gang does not
+//! guaranteed whole nodes in proportion to its GPU-time in the resampled trace (`teamspec`'s
+//! `auto` rule). Source jobs whose tasks do not fit a node of the cluster, or whose gang does not
 //! fit the cluster, are left out of the pool, and counted.
 
 use std::fmt::Write as _;
@@ -160,13 +160,14 @@ impl Resample {
         for (i, j) in jobs.iter_mut().enumerate() {
             j.id = i as u64 + 1;
         }
-        let teams: Vec<GenTeam> = teamspec::auto(&jobs, self.cluster_gpus())
-            .into_iter()
-            .map(|t| GenTeam {
-                guaranteed: t.quotas[ANY_MODEL].guaranteed,
-                name: t.name,
-            })
-            .collect();
+        let teams: Vec<GenTeam> =
+            teamspec::auto(&jobs, self.cluster_gpus(), u64::from(self.gpus_per_node))
+                .into_iter()
+                .map(|t| GenTeam {
+                    guaranteed: t.quotas[ANY_MODEL].guaranteed,
+                    name: t.name,
+                })
+                .collect();
         let mut workload = Workload {
             scenario: "philly-resample",
             cluster: format!("{}x{}", self.nodes, self.gpus_per_node),
@@ -263,7 +264,7 @@ impl Resample {
         );
         let _ = writeln!(
             md,
-            "- **Teams.** The source's teams, each guaranteed GPUs in proportion to its GPU-time in this trace, summing to the cluster (largest remainder), as `qm sim run --teams auto` would give them.\n"
+            "- **Teams.** The source's teams, each guaranteed whole nodes in proportion to its GPU-time in this trace, summing to the cluster (largest remainder), as `qm sim run --teams auto` would give them.\n"
         );
         let _ = writeln!(md, "## Realised\n\n{}", readme::realised_teams(w));
         let longest = w.jobs.iter().map(|j| j.duration_s).max().unwrap_or(0);
