@@ -9,6 +9,9 @@
 
 use std::path::Path;
 
+pub mod pg;
+pub use pg::{PgStore, PgTarget};
+
 use qm_core::{ClusterState, Event};
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
@@ -91,6 +94,24 @@ pub struct Loaded {
 pub struct Batch<'a> {
     pub events: &'a [Event],
     pub payloads: &'a [(u64, JobPayload)],
+}
+
+/// Opens the store a `--db` value names: `sqlite:PATH` or `postgres://USER@HOST[:PORT]/DB`
+/// (`postgresql://` too), with `password` for a PostgreSQL URL that carries none.
+pub fn open(db: &str, password: Option<String>) -> Result<Box<dyn Store>, StoreError> {
+    if let Some(path) = db.strip_prefix("sqlite:") {
+        return Ok(Box::new(SqliteStore::open(Path::new(path))?));
+    }
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        let target = PgTarget {
+            url: db.to_string(),
+            password,
+        };
+        return Ok(Box::new(PgStore::connect(&target)?));
+    }
+    Err(StoreError(format!(
+        "unsupported database {db:?}; expected sqlite:PATH (e.g. sqlite:/var/lib/qm/qm.db) or postgres://USER@HOST[:PORT]/DATABASE"
+    )))
 }
 
 /// The server's persistence.
@@ -409,15 +430,19 @@ mod tests {
     use super::*;
     use qm_core::{apply, SchedulerConfig, TeamSpec};
 
-    #[test]
-    fn events_snapshots_and_logs_survive_reopening() {
-        let dir = std::env::temp_dir().join(format!("qm-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("qm.db");
+    /// The PostgreSQL server the tests use (`scripts/test` starts one and sets it).
+    pub(crate) fn test_pg() -> String {
+        let base = std::env::var("QM_TEST_PG").expect(
+            "QM_TEST_PG is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL and sets it",
+        );
+        pg::throwaway_database(&base).expect("a throwaway database")
+    }
+
+    /// The same checks on every backend: `reopen` opens the same database again.
+    fn survives_reopening(reopen: &dyn Fn() -> Box<dyn Store>) {
         let team = Event::SetTeam(TeamSpec::new("a", 8));
         {
-            let mut s = SqliteStore::open(&path).unwrap();
+            let mut s = reopen();
             let seq = s
                 .append(Batch {
                     events: std::slice::from_ref(&team),
@@ -439,14 +464,44 @@ mod tests {
                 s.append_log((1, 0, 1), 20, b"x").is_err(),
                 "a gap is refused"
             );
+            s.put_token(&TokenRecord {
+                hash: "h".into(),
+                name: "alice".into(),
+                role: qm_proto::Role::Member,
+                teams: vec!["a".into()],
+            })
+            .unwrap();
+            s.put_node(&NodeRecord {
+                name: "n0".into(),
+                id: 0,
+                credential_hash: "c0".into(),
+                address: "10.0.0.1".into(),
+            })
+            .unwrap();
+            // The same name again: its record is replaced, not doubled.
+            s.put_node(&NodeRecord {
+                name: "n0".into(),
+                id: 0,
+                credential_hash: "c1".into(),
+                address: "10.0.0.1".into(),
+            })
+            .unwrap();
+            s.put_exit((1, 0, 1), 3).unwrap();
+            s.put_exit((1, 0, 1), 4).unwrap();
         }
-        let mut s = SqliteStore::open(&path).unwrap();
+        let mut s = reopen();
         let loaded = s.load().unwrap();
         assert!(loaded.state.unwrap().team("a").is_some());
         assert_eq!(loaded.events.len(), 1, "only what follows the snapshot");
+        assert_eq!(loaded.snapshot_seq, 1);
         assert_eq!(loaded.extra.as_deref(), Some("{}"));
         assert_eq!(loaded.last_seq, 2);
         assert_eq!(loaded.payloads.len(), 1);
+        assert_eq!(loaded.tokens.len(), 1);
+        assert_eq!(loaded.tokens[0].role, qm_proto::Role::Member);
+        assert_eq!(loaded.nodes.len(), 1);
+        assert_eq!(loaded.nodes[0].credential_hash, "c1");
+        assert_eq!(loaded.exits, vec![((1, 0, 1), 4)]);
         let (bytes, next) = s.read_log((1, 0, 1), 2, 5).unwrap();
         assert_eq!(
             (bytes.as_slice(), next),
@@ -457,5 +512,82 @@ mod tests {
         assert_eq!((bytes.len(), next), (0, 11), "the length, for a tail");
         let (bytes, next) = s.read_log((1, 0, 1), 6, 100).unwrap();
         assert_eq!((bytes.as_slice(), next), (&b"world"[..], 11));
+        assert_eq!(s.log_len((1, 0, 1)).unwrap(), 11);
+        assert_eq!(s.log_len((1, 0, 2)).unwrap(), 0);
+        // Appends go on after the last event loaded.
+        let seq = s
+            .append(Batch {
+                events: &[Event::SetTeam(TeamSpec::new("c", 8))],
+                payloads: &[],
+            })
+            .unwrap();
+        assert_eq!(seq, 3);
+    }
+
+    #[test]
+    fn sqlite_events_snapshots_and_logs_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("qm-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qm.db");
+        let url = format!("sqlite:{}", path.display());
+        survives_reopening(&|| open(&url, None).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn postgres_events_snapshots_and_logs_survive_reopening() {
+        let url = test_pg();
+        survives_reopening(&|| open(&url, None).unwrap());
+    }
+
+    #[test]
+    fn postgres_refuses_a_schema_newer_than_this_build_and_a_second_writer() {
+        let url = test_pg();
+        let mut first = open(&url, None).unwrap();
+        first.load().unwrap();
+        // Another server that believes it leads writes the same sequence number: refused.
+        let mut second = open(&url, None).unwrap();
+        second.load().unwrap();
+        let batch = || Batch {
+            events: &[],
+            payloads: &[],
+        };
+        first.append(batch()).unwrap();
+        let team = [Event::SetTeam(TeamSpec::new("a", 1))];
+        first
+            .append(Batch {
+                events: &team,
+                payloads: &[],
+            })
+            .unwrap();
+        let err = second
+            .append(Batch {
+                events: &team,
+                payloads: &[],
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already written by another server"), "{err}");
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .execute("INSERT INTO qm_schema (version) VALUES (99)", &[])
+            .unwrap();
+        let err = open(&url, None).err().unwrap().to_string();
+        assert!(
+            err.contains("schema is version 99, newer than this binary's (1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unreachable_and_unknown_databases_are_named() {
+        let err = open("postgres://nobody@127.0.0.1:1/none", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+        let err = open("mysql://x", None).err().unwrap().to_string();
+        assert!(err.contains("expected sqlite:PATH"), "{err}");
     }
 }

@@ -81,9 +81,13 @@ impl SchedArgs {
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// `sqlite:PATH`.
+    /// Where the cluster's state lives: `sqlite:PATH`, or `postgres://USER@HOST[:PORT]/DB`
+    /// (the password from --db-password-file or PGPASSWORD, never the command line).
     #[arg(long)]
     db: String,
+    /// A file holding the PostgreSQL password (its first line), readable by its owner alone.
+    #[arg(long, value_name = "PATH")]
+    db_password_file: Option<PathBuf>,
     #[arg(long, default_value = "0.0.0.0:8420")]
     listen: String,
     #[arg(long, default_value_t = 30)]
@@ -135,11 +139,10 @@ pub struct AgentArgs {
 }
 
 fn open_server(
-    db: &Path,
+    store: Box<dyn qm_store::Store>,
     node_timeout_s: u64,
     sched: &SchedArgs,
 ) -> Result<Arc<Server>, Box<dyn Error>> {
-    let store = SqliteStore::open(db)?;
     let config = ServerConfig {
         node_timeout_s,
         snapshot_every: sched.snapshot_every.max(1),
@@ -151,8 +154,7 @@ fn open_server(
         log_refusals: true,
         scheduler: sched.config(),
     };
-    Server::open(Box::new(store), config)
-        .map_err(|e| format!("cannot open the server: {e:?}").into())
+    Server::open(store, config).map_err(|e| format!("cannot open the server: {e:?}").into())
 }
 
 /// Reads a join token from a file only its owner may read, or from standard input (`-`).
@@ -164,26 +166,36 @@ fn read_join_token(path: &Path) -> Result<String, Box<dyn Error>> {
             .map_err(|e| format!("cannot read the join token from standard input: {e}"))?;
         line
     } else {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("cannot read the join token file {}: {e}", path.display()))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "the join token file {} may be read by others (mode {mode:o}); `chmod 600 {}` first",
-                path.display(),
-                path.display()
-            )
-            .into());
-        }
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the join token file {}: {e}", path.display()))?
+        return read_secret_file(path, "the join token file");
     };
     let token = text.trim().to_string();
     if token.is_empty() {
-        return Err(format!("the join token file {} is empty", path.display()).into());
+        return Err("the join token read from standard input is empty".into());
     }
     Ok(token)
+}
+
+/// The first line of a file that holds a secret and may be read by its owner alone.
+fn read_secret_file(path: &Path, what: &str) -> Result<String, Box<dyn Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{what} {} may be read by others (mode {mode:o}); `chmod 600 {}` first",
+            path.display(),
+            path.display()
+        )
+        .into());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.is_empty() {
+        return Err(format!("{what} {} is empty", path.display()).into());
+    }
+    Ok(secret)
 }
 
 fn hostname() -> String {
@@ -246,7 +258,8 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let server = open_server(&dir.join("qm.db"), args.node_timeout_s, &args.sched)?;
+    let store = Box::new(SqliteStore::open(&dir.join("qm.db"))?);
+    let server = open_server(store, args.node_timeout_s, &args.sched)?;
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&args.listen))
@@ -340,13 +353,12 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
 }
 
 pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
-    let path = args.db.strip_prefix("sqlite:").ok_or_else(|| {
-        format!(
-            "unsupported database {:?}; expected sqlite:PATH, e.g. sqlite:/var/lib/qm/qm.db",
-            args.db
-        )
-    })?;
-    let server = open_server(Path::new(path), args.node_timeout_s, &args.sched)?;
+    let password = match &args.db_password_file {
+        Some(path) => Some(read_secret_file(path, "the database password file")?),
+        None => std::env::var("PGPASSWORD").ok(),
+    };
+    let store = qm_store::open(&args.db, password).map_err(|e| format!("--db {}: {e}", args.db))?;
+    let server = open_server(store, args.node_timeout_s, &args.sched)?;
     if !server.has_admin() {
         let admin = server
             .create_token("admin", "admin", &[])

@@ -236,10 +236,19 @@ pub fn http(up: &Up, method: &str, path: &str, token: Option<&str>, body: &str) 
 /// `qm server` on a SQLite file in `dir`, listening on `listen`; its admin token on first
 /// start.
 pub fn start_server(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, Option<String>) {
+    start_server_on(
+        &format!("sqlite:{}", dir.join("qm.db").display()),
+        listen,
+        extra,
+    )
+}
+
+/// `qm server` on the database `db` (a `--db` value), listening on `listen`; its admin token
+/// on first start.
+pub fn start_server_on(db: &str, listen: &str, extra: &[&str]) -> (Proc, Option<String>) {
     let mut child = Command::new(QM)
         .arg("server")
-        .arg("--db")
-        .arg(format!("sqlite:{}", dir.join("qm.db").display()))
+        .args(["--db", db])
         .args(["--listen", listen])
         .args(extra)
         .stdout(Stdio::piped())
@@ -288,6 +297,36 @@ pub fn start_agent(dir: &Path, url: &str, name: &str, netns: Option<&str>) -> Pr
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     Proc(cmd.spawn().unwrap())
+}
+
+/// Team `t` guaranteed `gpus`, and a join token for the agents in `dir/join-token`.
+pub fn team_and_join_token(url: &str, admin: &str, dir: &Path, gpus: u32) {
+    let api = |path: &str, body: Value| {
+        let (s, r) = call(url, admin, "POST", path, Some(body)).expect("the server answers");
+        assert_eq!(s, 200, "{r}");
+        r
+    };
+    api(
+        "/api/v1/admin/teams",
+        serde_json::json!({"name": "t", "guaranteed": gpus}),
+    );
+    let r = api(
+        "/api/v1/admin/tokens",
+        serde_json::json!({"name": "agents", "role": "join"}),
+    );
+    qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
+}
+
+/// Polls `f` every 50 ms until it gives a value; fails after `secs` seconds.
+pub fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// One API call with a 5 s timeout: the status and the JSON answer, or None when the

@@ -8,6 +8,7 @@ mod dashboard;
 mod harness;
 mod jobs;
 mod partition;
+mod postgres;
 mod security;
 mod soak;
 mod tls;

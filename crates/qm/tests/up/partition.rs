@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{call, free_port, start_agent, start_server};
+use crate::harness::{call, free_port, start_agent, start_server, team_and_join_token, wait_until};
 
 /// A network namespace joined to the host by a veth pair: host side `10.213.N.1/30`, the
 /// namespace's side `10.213.N.2/30`. Removed when dropped.
@@ -117,17 +117,6 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
-fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// First and last ledger time (ns) of each (node, job, attempt, task).
 fn ledger(path: &Path) -> BTreeMap<(String, u64, u32, u32), (u128, u128)> {
     let mut spans: BTreeMap<(String, u64, u32, u32), (u128, u128)> = BTreeMap::new();
@@ -148,24 +137,6 @@ fn ledger(path: &Path) -> BTreeMap<(String, u64, u32, u32), (u128, u128)> {
         span.1 = span.1.max(at);
     }
     spans
-}
-
-/// Team `t` guaranteed `gpus`, and a join token for the agents in `dir/join-token`.
-fn team_and_join_token(url: &str, admin: &str, dir: &Path, gpus: u32) {
-    let api = |path: &str, body: Value| {
-        let (s, r) = call(url, admin, "POST", path, Some(body)).expect("the server answers");
-        assert_eq!(s, 200, "{r}");
-        r
-    };
-    api(
-        "/api/v1/admin/teams",
-        json!({"name": "t", "guaranteed": gpus}),
-    );
-    let r = api(
-        "/api/v1/admin/tokens",
-        json!({"name": "agents", "role": "join"}),
-    );
-    qm_agent::write_private(&dir.join("join-token"), r["token"].as_str().unwrap()).unwrap();
 }
 
 struct Partition {

@@ -1,0 +1,457 @@
+//! The PostgreSQL backend, [`PgStore`]: the same tables as SQLite's, for a cluster that
+//! outgrows one machine.
+//!
+//! The client is the synchronous `postgres` crate (rustls for TLS, no C library), which runs
+//! its own small runtime per connection. The server calls its store from async handlers, where
+//! blocking on another runtime is not allowed, so the connection lives on a thread of its own
+//! and each call is sent there and waited for: the caller blocks exactly as it does on
+//! SQLite's fsync, and the store is still one writer in order.
+//!
+//! Event sequence numbers are the store's, not the database's: each batch inserts the numbers
+//! after the last one this store knows, so a second writer that believes it leads collides
+//! on the primary key and its batch is refused whole.
+
+use std::sync::mpsc;
+use std::thread;
+
+use postgres::{Client, NoTls};
+use qm_core::ClusterState;
+
+use crate::{Batch, JobPayload, Loaded, NodeRecord, Store, StoreError, TokenRecord};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS qm_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (seq BIGINT PRIMARY KEY, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (seq BIGINT PRIMARY KEY, state TEXT NOT NULL, extra TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payloads (job BIGINT PRIMARY KEY, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, teams TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id BIGINT NOT NULL UNIQUE, credential_hash TEXT NOT NULL, address TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS task_exits (job BIGINT NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, code INTEGER NOT NULL, PRIMARY KEY (job, task, attempt));
+CREATE TABLE IF NOT EXISTS log_chunks (job BIGINT NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, at BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (job, task, attempt, at));
+";
+
+/// An advisory lock key (`qm` in ASCII), held while the schema is created or migrated, so
+/// that servers starting together do not race.
+const MIGRATION_LOCK: i64 = 0x716d;
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        // The server's own message (`db error: ERROR: ...`) says more than the summary.
+        match e.as_db_error() {
+            Some(db) => StoreError(format!(
+                "PostgreSQL: {}: {}",
+                db.code().code(),
+                db.message()
+            )),
+            None => StoreError(format!("PostgreSQL: {e}")),
+        }
+    }
+}
+
+/// Work sent to the connection's thread.
+type Call = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// The connection and what this store knows of the log.
+struct Conn {
+    client: Client,
+    /// The sequence number of the last event written or loaded.
+    last_seq: u64,
+}
+
+/// A store in a PostgreSQL database.
+pub struct PgStore {
+    calls: mpsc::Sender<Call>,
+}
+
+/// Where to connect and as whom: a `postgres://` URL, and a password when the URL has none.
+#[derive(Clone, Debug)]
+pub struct PgTarget {
+    pub url: String,
+    pub password: Option<String>,
+}
+
+impl PgStore {
+    /// Connects, creates or checks the schema, and starts the connection's thread. Refuses a
+    /// database whose schema is newer than this build's.
+    pub fn connect(target: &PgTarget) -> Result<PgStore, StoreError> {
+        let mut config: postgres::Config = target.url.parse().map_err(|e| {
+            StoreError(format!(
+                "bad PostgreSQL URL: {e}; expected postgres://USER@HOST[:PORT]/DATABASE"
+            ))
+        })?;
+        if config.get_password().is_none() {
+            if let Some(p) = &target.password {
+                config.password(p);
+            }
+        }
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {}", describe(&e))))?;
+        migrate(&mut client)?;
+        let last_seq = client
+            .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
+            .get::<_, i64>(0) as u64;
+        let (tx, rx) = mpsc::channel::<Call>();
+        thread::Builder::new()
+            .name("qm-store-pg".into())
+            .spawn(move || {
+                let mut conn = Conn { client, last_seq };
+                while let Ok(call) = rx.recv() {
+                    call(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError(format!("cannot start the store's thread: {e}")))?;
+        Ok(PgStore { calls: tx })
+    }
+
+    /// Runs `f` on the connection's thread and waits for its result.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.calls
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| StoreError("the store's connection thread has stopped".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError("the store's connection thread has stopped".into()))?
+    }
+}
+
+/// A connection error with its cause (the summary alone says only "error connecting").
+fn describe(e: &postgres::Error) -> String {
+    use std::error::Error as _;
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+/// Creates the schema where there is none; refuses one newer than this build's.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(SCHEMA)?;
+    let found: Option<i32> = tx
+        .query_opt("SELECT MAX(version) FROM qm_schema", &[])?
+        .and_then(|r| r.get(0));
+    match found {
+        None => {
+            tx.execute(
+                "INSERT INTO qm_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )?;
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(StoreError(format!(
+                "the database's schema is version {v}, newer than this binary's ({SCHEMA_VERSION}): run a newer qm, or point it at another database"
+            )));
+        }
+        Some(_) => {}
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn key_params(key: (u64, u32, u32)) -> (i64, i32, i32) {
+    (key.0 as i64, key.1 as i32, key.2 as i32)
+}
+
+fn log_len(
+    client: &mut impl postgres::GenericClient,
+    key: (u64, u32, u32),
+) -> Result<u64, StoreError> {
+    let (job, task, attempt) = key_params(key);
+    Ok(client
+        .query_one(
+            "SELECT COALESCE(MAX(at + octet_length(data)), 0)::BIGINT FROM log_chunks WHERE job = $1 AND task = $2 AND attempt = $3",
+            &[&job, &task, &attempt],
+        )?
+        .get::<_, i64>(0) as u64)
+}
+
+impl Store for PgStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        self.call(|conn| {
+            let c = &mut conn.client;
+            let mut out = Loaded::default();
+            let snap = c.query_opt(
+                "SELECT seq, state, extra FROM snapshots ORDER BY seq DESC LIMIT 1",
+                &[],
+            )?;
+            let from = match snap {
+                Some(row) => {
+                    let seq = row.get::<_, i64>(0) as u64;
+                    out.state = Some(serde_json::from_str(row.get::<_, &str>(1))?);
+                    out.extra = Some(row.get::<_, String>(2));
+                    seq
+                }
+                None => 0,
+            };
+            out.snapshot_seq = from;
+            for row in c.query(
+                "SELECT seq, event FROM events WHERE seq > $1 ORDER BY seq",
+                &[&(from as i64)],
+            )? {
+                let seq = row.get::<_, i64>(0) as u64;
+                out.events
+                    .push((seq, serde_json::from_str(row.get::<_, &str>(1))?));
+            }
+            out.last_seq = c
+                .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
+                .get::<_, i64>(0) as u64;
+            conn.last_seq = out.last_seq;
+            for row in c.query("SELECT job, payload FROM payloads", &[])? {
+                let job = row.get::<_, i64>(0) as u64;
+                let payload: JobPayload = serde_json::from_str(row.get::<_, &str>(1))?;
+                out.payloads.push((job, payload));
+            }
+            for row in c.query("SELECT hash, name, role, teams FROM tokens", &[])? {
+                let name: String = row.get(1);
+                let role = row
+                    .get::<_, &str>(2)
+                    .parse()
+                    .map_err(|e| StoreError(format!("token {name:?}: {e}")))?;
+                out.tokens.push(TokenRecord {
+                    hash: row.get(0),
+                    name,
+                    role,
+                    teams: serde_json::from_str(row.get::<_, &str>(3))?,
+                });
+            }
+            for row in c.query("SELECT job, task, attempt, code FROM task_exits", &[])? {
+                out.exits.push((
+                    (
+                        row.get::<_, i64>(0) as u64,
+                        row.get::<_, i32>(1) as u32,
+                        row.get::<_, i32>(2) as u32,
+                    ),
+                    row.get::<_, i32>(3),
+                ));
+            }
+            for row in c.query(
+                "SELECT name, id, credential_hash, address FROM nodes ORDER BY id",
+                &[],
+            )? {
+                out.nodes.push(NodeRecord {
+                    name: row.get(0),
+                    id: row.get::<_, i64>(1) as u32,
+                    credential_hash: row.get(2),
+                    address: row.get(3),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn append(&mut self, batch: Batch<'_>) -> Result<u64, StoreError> {
+        let events: Vec<String> = batch
+            .events
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()?;
+        let payloads: Vec<(i64, String)> = batch
+            .payloads
+            .iter()
+            .map(|(job, p)| Ok((*job as i64, serde_json::to_string(p)?)))
+            .collect::<Result<_, StoreError>>()?;
+        self.call(move |conn| {
+            let mut tx = conn.client.transaction()?;
+            let mut seq = conn.last_seq;
+            if !events.is_empty() {
+                let ins = tx.prepare("INSERT INTO events (seq, event) VALUES ($1, $2)")?;
+                for e in &events {
+                    seq += 1;
+                    tx.execute(&ins, &[&(seq as i64), e]).map_err(|e| {
+                        if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+                            StoreError(format!(
+                                "event {seq} was already written by another server: this one no longer writes to the database"
+                            ))
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                }
+            }
+            if !payloads.is_empty() {
+                let pay = tx.prepare(
+                    "INSERT INTO payloads (job, payload) VALUES ($1, $2) \
+                     ON CONFLICT (job) DO UPDATE SET payload = EXCLUDED.payload",
+                )?;
+                for (job, p) in &payloads {
+                    tx.execute(&pay, &[job, p])?;
+                }
+            }
+            tx.commit()?;
+            conn.last_seq = seq;
+            Ok(if events.is_empty() { 0 } else { seq })
+        })
+    }
+
+    fn snapshot(&mut self, seq: u64, state: &ClusterState, extra: &str) -> Result<(), StoreError> {
+        let state = serde_json::to_string(state)?;
+        let extra = extra.to_string();
+        self.call(move |conn| {
+            let seq = seq as i64;
+            let mut tx = conn.client.transaction()?;
+            tx.execute(
+                "INSERT INTO snapshots (seq, state, extra) VALUES ($1, $2, $3) \
+                 ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state, extra = EXCLUDED.extra",
+                &[&seq, &state, &extra],
+            )?;
+            tx.execute("DELETE FROM snapshots WHERE seq < $1", &[&seq])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        let teams = serde_json::to_string(&t.teams)?;
+        let (hash, name, role) = (t.hash.clone(), t.name.clone(), t.role.as_str().to_string());
+        self.call(move |conn| {
+            conn.client.execute(
+                "INSERT INTO tokens (hash, name, role, teams) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (hash) DO UPDATE SET name = EXCLUDED.name, role = EXCLUDED.role, teams = EXCLUDED.teams",
+                &[&hash, &name, &role, &teams],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn put_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
+        let n = n.clone();
+        self.call(move |conn| {
+            let mut tx = conn.client.transaction()?;
+            // A name keeps its id; an id moves with its name (as SQLite's INSERT OR REPLACE
+            // does on either key).
+            tx.execute(
+                "DELETE FROM nodes WHERE id = $1 AND name <> $2",
+                &[&i64::from(n.id), &n.name],
+            )?;
+            tx.execute(
+                "INSERT INTO nodes (name, id, credential_hash, address) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE SET id = EXCLUDED.id, credential_hash = EXCLUDED.credential_hash, address = EXCLUDED.address",
+                &[&n.name, &i64::from(n.id), &n.credential_hash, &n.address],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let (job, task, attempt) = key_params(key);
+            conn.client.execute(
+                "INSERT INTO task_exits (job, task, attempt, code) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (job, task, attempt) DO UPDATE SET code = EXCLUDED.code",
+                &[&job, &task, &attempt, &code],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn append_log(
+        &mut self,
+        key: (u64, u32, u32),
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, StoreError> {
+        let data = data.to_vec();
+        self.call(move |conn| {
+            let mut tx = conn.client.transaction()?;
+            let len = log_len(&mut tx, key)?;
+            if offset > len {
+                return Err(StoreError(format!(
+                    "log chunk at offset {offset} leaves a gap after {len} bytes"
+                )));
+            }
+            let skip = (len - offset) as usize;
+            let mut end = len;
+            if skip < data.len() {
+                let (job, task, attempt) = key_params(key);
+                tx.execute(
+                    "INSERT INTO log_chunks (job, task, attempt, at, data) VALUES ($1, $2, $3, $4, $5)",
+                    &[&job, &task, &attempt, &(len as i64), &&data[skip..]],
+                )?;
+                end = len + (data.len() - skip) as u64;
+            }
+            tx.commit()?;
+            Ok(end)
+        })
+    }
+
+    fn log_len(&mut self, key: (u64, u32, u32)) -> Result<u64, StoreError> {
+        self.call(move |conn| log_len(&mut conn.client, key))
+    }
+
+    fn read_log(
+        &mut self,
+        key: (u64, u32, u32),
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
+        self.call(move |conn| {
+            let len = log_len(&mut conn.client, key)?;
+            let start = offset.min(len);
+            let mut out = Vec::new();
+            let (job, task, attempt) = key_params(key);
+            let rows = conn.client.query(
+                "SELECT at, data FROM log_chunks WHERE job = $1 AND task = $2 AND attempt = $3 \
+                 AND at + octet_length(data) > $4 ORDER BY at",
+                &[&job, &task, &attempt, &(start as i64)],
+            )?;
+            for row in rows {
+                let at = row.get::<_, i64>(0) as u64;
+                let data: &[u8] = row.get(1);
+                let from = start.saturating_sub(at) as usize;
+                let room = max - out.len();
+                let take = (data.len() - from).min(room);
+                out.extend_from_slice(&data[from..from + take]);
+                if out.len() >= max {
+                    break;
+                }
+            }
+            let next = start + out.len() as u64;
+            Ok((out, next))
+        })
+    }
+}
+
+/// For tests: a new, empty database on the server `base` (a `postgres://` URL whose user may
+/// create databases), named uniquely; returns its URL.
+pub fn throwaway_database(base: &str) -> Result<String, StoreError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "qm_test_{}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut client = Client::connect(base, NoTls).map_err(|e| {
+        StoreError(format!(
+            "cannot connect to PostgreSQL at {base}: {}",
+            describe(&e)
+        ))
+    })?;
+    client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    let (head, _) = base.rsplit_once('/').ok_or_else(|| {
+        StoreError(format!(
+            "{base}: expected postgres://USER@HOST:PORT/DATABASE"
+        ))
+    })?;
+    let (_, query) = base.split_once('?').unwrap_or((base, ""));
+    Ok(if query.is_empty() {
+        format!("{head}/{name}")
+    } else {
+        format!("{head}/{name}?{query}")
+    })
+}
