@@ -96,6 +96,85 @@ pub struct Batch<'a> {
     pub payloads: &'a [(u64, JobPayload)],
 }
 
+/// A task's log as (job, task, attempt).
+pub type LogKey = (u64, u32, u32);
+
+/// One stored chunk of a task's log: its key, its offset in the log, its bytes.
+pub type LogChunk = (LogKey, u64, Vec<u8>);
+
+/// Every row a store holds, as stored (events, snapshots and payloads as their JSON text),
+/// so that `qm admin migrate` copies a cluster's whole history from one backend to another
+/// and can check the copy row for row.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dump {
+    /// (seq, event JSON), every event from the first, in order.
+    pub events: Vec<(u64, String)>,
+    /// (seq, state JSON, the server's extra JSON) of the latest snapshot, if any.
+    pub snapshot: Option<(u64, String, String)>,
+    pub payloads: Vec<(u64, String)>,
+    pub tokens: Vec<TokenRecord>,
+    pub nodes: Vec<NodeRecord>,
+    pub exits: Vec<((u64, u32, u32), i32)>,
+    /// (job, task, attempt), offset, bytes: one chunk per row, in key and offset order.
+    pub logs: Vec<LogChunk>,
+}
+
+impl Dump {
+    pub fn is_empty(&self) -> bool {
+        *self == Dump::default()
+    }
+
+    /// Rows by kind, for people.
+    pub fn summary(&self) -> String {
+        let bytes: usize = self.logs.iter().map(|l| l.2.len()).sum();
+        format!(
+            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({bytes} bytes)",
+            self.events.len(),
+            usize::from(self.snapshot.is_some()),
+            self.payloads.len(),
+            self.tokens.len(),
+            self.nodes.len(),
+            self.exits.len(),
+            self.logs.len()
+        )
+    }
+
+    /// Sorted where a backend's order is not the table's key, so that two dumps of the same
+    /// rows compare equal.
+    fn normalise(&mut self) {
+        self.payloads.sort();
+        self.tokens.sort_by(|a, b| a.hash.cmp(&b.hash));
+        self.nodes.sort_by_key(|n| n.id);
+        self.exits.sort();
+        self.logs.sort_by_key(|l| (l.0, l.1));
+    }
+}
+
+/// Copies every row of `from` into `to`, which must be empty, then reads both back and
+/// checks that they hold the same rows. Returns what was copied.
+pub fn migrate(from: &mut dyn Store, to: &mut dyn Store) -> Result<Dump, StoreError> {
+    let mut dump = from.export()?;
+    dump.normalise();
+    let there = to.export()?;
+    if !there.is_empty() {
+        return Err(StoreError(format!(
+            "the target database is not empty ({}); migrate into a new, empty database",
+            there.summary()
+        )));
+    }
+    to.import(&dump)?;
+    let mut copy = to.export()?;
+    copy.normalise();
+    if copy != dump {
+        return Err(StoreError(format!(
+            "the copy differs from the source: source {}, copy {}",
+            dump.summary(),
+            copy.summary()
+        )));
+    }
+    Ok(dump)
+}
+
 /// Opens the store a `--db` value names: `sqlite:PATH` or `postgres://USER@HOST[:PORT]/DB`
 /// (`postgresql://` too), with `password` for a PostgreSQL URL that carries none.
 pub fn open(db: &str, password: Option<String>) -> Result<Box<dyn Store>, StoreError> {
@@ -144,6 +223,10 @@ pub trait Store: Send {
         offset: u64,
         max: usize,
     ) -> Result<(Vec<u8>, u64), StoreError>;
+    /// Every row, as stored.
+    fn export(&mut self) -> Result<Dump, StoreError>;
+    /// Writes every row of `dump` in one transaction (into an empty store).
+    fn import(&mut self, dump: &Dump) -> Result<(), StoreError>;
 }
 
 /// Bytes stored for a task's log.
@@ -423,6 +506,113 @@ impl Store for SqliteStore {
         let next = start + out.len() as u64;
         Ok((out, next))
     }
+
+    fn export(&mut self) -> Result<Dump, StoreError> {
+        let mut out = Dump::default();
+        let loaded = self.load()?;
+        out.tokens = loaded.tokens;
+        out.nodes = loaded.nodes;
+        out.exits = loaded.exits;
+        let mut stmt = self
+            .db
+            .prepare("SELECT seq, event FROM events ORDER BY seq")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))? {
+            out.events.push(row?);
+        }
+        out.snapshot = self
+            .db
+            .query_row(
+                "SELECT s.seq, s.state, COALESCE(x.data, '') FROM snapshots s \
+                 LEFT JOIN snapshot_extra x ON x.seq = s.seq ORDER BY s.seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let mut stmt = self
+            .db
+            .prepare("SELECT job, payload FROM payloads ORDER BY job")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))? {
+            out.payloads.push(row?);
+        }
+        let mut stmt = self.db.prepare(
+            "SELECT job, task, attempt, offset, data FROM log_chunks ORDER BY job, task, attempt, offset",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok((
+                (r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?),
+                r.get::<_, i64>(3)? as u64,
+                r.get(4)?,
+            ))
+        })? {
+            out.logs.push(row?);
+        }
+        Ok(out)
+    }
+
+    fn import(&mut self, dump: &Dump) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        {
+            let mut ins = tx.prepare("INSERT INTO events (seq, event) VALUES (?1, ?2)")?;
+            for (seq, e) in &dump.events {
+                ins.execute(rusqlite::params![*seq as i64, e])?;
+            }
+            if let Some((seq, state, extra)) = &dump.snapshot {
+                tx.execute(
+                    "INSERT INTO snapshots (seq, state) VALUES (?1, ?2)",
+                    rusqlite::params![*seq as i64, state],
+                )?;
+                tx.execute(
+                    "INSERT INTO snapshot_extra (seq, data) VALUES (?1, ?2)",
+                    rusqlite::params![*seq as i64, extra],
+                )?;
+            }
+            let mut ins = tx.prepare("INSERT INTO payloads (job, payload) VALUES (?1, ?2)")?;
+            for (job, p) in &dump.payloads {
+                ins.execute(rusqlite::params![*job as i64, p])?;
+            }
+            let mut ins =
+                tx.prepare("INSERT INTO tokens (hash, name, role, teams) VALUES (?1, ?2, ?3, ?4)")?;
+            for t in &dump.tokens {
+                ins.execute(rusqlite::params![
+                    t.hash,
+                    t.name,
+                    t.role.as_str(),
+                    serde_json::to_string(&t.teams)?
+                ])?;
+            }
+            let mut ins = tx.prepare(
+                "INSERT INTO nodes (name, id, credential_hash, address) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for n in &dump.nodes {
+                ins.execute(rusqlite::params![
+                    n.name,
+                    i64::from(n.id),
+                    n.credential_hash,
+                    n.address
+                ])?;
+            }
+            let mut ins = tx.prepare(
+                "INSERT INTO task_exits (job, task, attempt, code) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for ((job, task, attempt), code) in &dump.exits {
+                ins.execute(rusqlite::params![*job as i64, task, attempt, code])?;
+            }
+            let mut ins = tx.prepare(
+                "INSERT INTO log_chunks (job, task, attempt, offset, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for ((job, task, attempt), at, data) in &dump.logs {
+                ins.execute(rusqlite::params![
+                    *job as i64,
+                    task,
+                    attempt,
+                    *at as i64,
+                    data
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -578,6 +768,90 @@ mod tests {
             err.contains("schema is version 99, newer than this binary's (1)"),
             "{err}"
         );
+    }
+
+    /// A store with a row of every kind: two events, a snapshot after the first, a payload,
+    /// a token, a node, an exit and a log of two chunks.
+    fn fill(s: &mut dyn Store) {
+        let team = Event::SetTeam(TeamSpec::new("a", 8));
+        let seq = s
+            .append(Batch {
+                events: std::slice::from_ref(&team),
+                payloads: &[(1, JobPayload::default())],
+            })
+            .unwrap();
+        let mut state = ClusterState::new(SchedulerConfig::default());
+        apply(&mut state, team).unwrap();
+        s.snapshot(seq, &state, "{\"histories\":{}}").unwrap();
+        s.append(Batch {
+            events: &[Event::SetTeam(TeamSpec::new("b", 4))],
+            payloads: &[],
+        })
+        .unwrap();
+        s.put_token(&TokenRecord {
+            hash: "h".into(),
+            name: "alice".into(),
+            role: qm_proto::Role::Admin,
+            teams: vec![],
+        })
+        .unwrap();
+        s.put_node(&NodeRecord {
+            name: "n0".into(),
+            id: 0,
+            credential_hash: "c".into(),
+            address: "10.0.0.1".into(),
+        })
+        .unwrap();
+        s.put_exit((1, 0, 1), 0).unwrap();
+        s.append_log((1, 0, 1), 0, b"hello \xff").unwrap();
+        s.append_log((1, 0, 1), 7, b"world").unwrap();
+    }
+
+    #[test]
+    fn migrate_copies_every_row_both_ways_and_only_into_an_empty_store() {
+        let dir = std::env::temp_dir().join(format!("qm-store-mig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sqlite = format!("sqlite:{}", dir.join("from.db").display());
+        let mut from = open(&sqlite, None).unwrap();
+        fill(from.as_mut());
+        let pg = test_pg();
+        let mut to = open(&pg, None).unwrap();
+        let copied = migrate(from.as_mut(), to.as_mut()).unwrap();
+        assert_eq!(copied.events.len(), 2);
+        assert_eq!(copied.logs.len(), 2);
+        assert!(
+            copied.summary().contains("2 events, 1 snapshot"),
+            "{}",
+            copied.summary()
+        );
+        // What a restart loads is the same on both.
+        let (a, b) = (from.load().unwrap(), to.load().unwrap());
+        assert_eq!(a.state, b.state);
+        assert_eq!(a.events, b.events);
+        assert_eq!((a.last_seq, a.snapshot_seq), (b.last_seq, b.snapshot_seq));
+        assert_eq!(a.extra, b.extra);
+        assert_eq!(
+            to.read_log((1, 0, 1), 0, 100).unwrap().0,
+            b"hello \xffworld".to_vec()
+        );
+        // The copy goes on where the source stopped.
+        let seq = to
+            .append(Batch {
+                events: &[Event::SetTeam(TeamSpec::new("c", 1))],
+                payloads: &[],
+            })
+            .unwrap();
+        assert_eq!(seq, 3);
+        // Into a store that holds anything: refused, nothing written.
+        let err = migrate(from.as_mut(), to.as_mut()).unwrap_err().to_string();
+        assert!(err.contains("not empty"), "{err}");
+        // And back, from PostgreSQL into a new SQLite file.
+        let back = format!("sqlite:{}", dir.join("back.db").display());
+        let mut back = open(&back, None).unwrap();
+        let copied = migrate(to.as_mut(), back.as_mut()).unwrap();
+        assert_eq!(copied.events.len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

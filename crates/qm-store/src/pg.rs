@@ -17,7 +17,7 @@ use std::thread;
 use postgres::{Client, NoTls};
 use qm_core::ClusterState;
 
-use crate::{Batch, JobPayload, Loaded, NodeRecord, Store, StoreError, TokenRecord};
+use crate::{Batch, Dump, JobPayload, Loaded, NodeRecord, Store, StoreError, TokenRecord};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -419,6 +419,105 @@ impl Store for PgStore {
             }
             let next = start + out.len() as u64;
             Ok((out, next))
+        })
+    }
+
+    fn export(&mut self) -> Result<Dump, StoreError> {
+        let loaded = self.load()?;
+        self.call(move |conn| {
+            let c = &mut conn.client;
+            let mut out = Dump {
+                tokens: loaded.tokens,
+                nodes: loaded.nodes,
+                exits: loaded.exits,
+                ..Dump::default()
+            };
+            for row in c.query("SELECT seq, event FROM events ORDER BY seq", &[])? {
+                out.events.push((row.get::<_, i64>(0) as u64, row.get(1)));
+            }
+            out.snapshot = c
+                .query_opt(
+                    "SELECT seq, state, extra FROM snapshots ORDER BY seq DESC LIMIT 1",
+                    &[],
+                )?
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get(1), r.get(2)));
+            for row in c.query("SELECT job, payload FROM payloads ORDER BY job", &[])? {
+                out.payloads.push((row.get::<_, i64>(0) as u64, row.get(1)));
+            }
+            for row in c.query(
+                "SELECT job, task, attempt, at, data FROM log_chunks ORDER BY job, task, attempt, at",
+                &[],
+            )? {
+                out.logs.push((
+                    (
+                        row.get::<_, i64>(0) as u64,
+                        row.get::<_, i32>(1) as u32,
+                        row.get::<_, i32>(2) as u32,
+                    ),
+                    row.get::<_, i64>(3) as u64,
+                    row.get(4),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    fn import(&mut self, dump: &Dump) -> Result<(), StoreError> {
+        let events = dump.events.clone();
+        let snapshot = dump.snapshot.clone();
+        let payloads = dump.payloads.clone();
+        let tokens = dump.tokens.clone();
+        let nodes = dump.nodes.clone();
+        let exits = dump.exits.clone();
+        let logs = dump.logs.clone();
+        self.call(move |conn| {
+            let mut tx = conn.client.transaction()?;
+            let ins = tx.prepare("INSERT INTO events (seq, event) VALUES ($1, $2)")?;
+            for (seq, e) in &events {
+                tx.execute(&ins, &[&(*seq as i64), e])?;
+            }
+            if let Some((seq, state, extra)) = &snapshot {
+                tx.execute(
+                    "INSERT INTO snapshots (seq, state, extra) VALUES ($1, $2, $3)",
+                    &[&(*seq as i64), state, extra],
+                )?;
+            }
+            let ins = tx.prepare("INSERT INTO payloads (job, payload) VALUES ($1, $2)")?;
+            for (job, p) in &payloads {
+                tx.execute(&ins, &[&(*job as i64), p])?;
+            }
+            let ins =
+                tx.prepare("INSERT INTO tokens (hash, name, role, teams) VALUES ($1, $2, $3, $4)")?;
+            for t in &tokens {
+                let teams = serde_json::to_string(&t.teams)?;
+                tx.execute(&ins, &[&t.hash, &t.name, &t.role.as_str(), &teams])?;
+            }
+            let ins = tx.prepare(
+                "INSERT INTO nodes (name, id, credential_hash, address) VALUES ($1, $2, $3, $4)",
+            )?;
+            for n in &nodes {
+                tx.execute(
+                    &ins,
+                    &[&n.name, &i64::from(n.id), &n.credential_hash, &n.address],
+                )?;
+            }
+            let ins = tx.prepare(
+                "INSERT INTO task_exits (job, task, attempt, code) VALUES ($1, $2, $3, $4)",
+            )?;
+            for (key, code) in &exits {
+                let (job, task, attempt) = key_params(*key);
+                tx.execute(&ins, &[&job, &task, &attempt, code])?;
+            }
+            let ins = tx.prepare(
+                "INSERT INTO log_chunks (job, task, attempt, at, data) VALUES ($1, $2, $3, $4, $5)",
+            )?;
+            for (key, at, data) in &logs {
+                let (job, task, attempt) = key_params(*key);
+                tx.execute(&ins, &[&job, &task, &attempt, &(*at as i64), data])?;
+            }
+            tx.commit()?;
+            conn.last_seq = events.last().map_or(conn.last_seq, |e| e.0);
+            Ok(())
         })
     }
 }

@@ -277,6 +277,20 @@ pub enum AdminCmd {
         #[command(subcommand)]
         what: TokenCmd,
     },
+    /// Copies a cluster's whole history (events, snapshot, job payloads, tokens, nodes, exit
+    /// codes, task logs) into a new, empty database and checks the copy row for row, e.g.
+    /// from `qm up`'s SQLite file to PostgreSQL. Run it with the servers stopped.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The database to copy: sqlite:PATH or postgres://USER@HOST[:PORT]/DB.
+    #[arg(long)]
+    from: String,
+    /// The new, empty database to copy into (the same forms).
+    #[arg(long)]
+    to: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -675,7 +689,24 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// `qm admin migrate`: works on the databases, not through a server.
+pub fn migrate(m: MigrateArgs) -> Result<(), Box<dyn Error>> {
+    // A PostgreSQL password comes from PGPASSWORD, never the command line.
+    let password = std::env::var("PGPASSWORD").ok();
+    let mut from =
+        qm_store::open(&m.from, password.clone()).map_err(|e| format!("--from {}: {e}", m.from))?;
+    let mut to = qm_store::open(&m.to, password).map_err(|e| format!("--to {}: {e}", m.to))?;
+    let copied =
+        qm_store::migrate(from.as_mut(), to.as_mut()).map_err(|e| format!("--to {}: {e}", m.to))?;
+    println!("copied and checked: {}", copied.summary());
+    Ok(())
+}
+
 pub fn admin(conn: &Conn, cmd: AdminCmd) -> Result<(), Box<dyn Error>> {
+    let cmd = match cmd {
+        AdminCmd::Migrate(m) => return migrate(m),
+        cmd => cmd,
+    };
     let c = Client::new(conn)?;
     match cmd {
         AdminCmd::Team { what } => {
@@ -710,6 +741,7 @@ pub fn admin(conn: &Conn, cmd: AdminCmd) -> Result<(), Box<dyn Error>> {
             )?;
             println!("team {}: guaranteed {:?}", t.name, t.guaranteed);
         }
+        AdminCmd::Migrate(_) => unreachable!("migrate needs no server: handled above"),
         AdminCmd::Token {
             what: TokenCmd::Create { name, role, team },
         } => {

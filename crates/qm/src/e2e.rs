@@ -1,7 +1,7 @@
 //! `qm bench e2e`: Quartermaster end to end, as users drive it, with real processes.
 //!
-//! 1. Submissions per second through the HTTP API: a server with its SQLite file and no
-//!    agents; `--clients` threads submit `--submissions` jobs, each durable before its answer.
+//! 1. Submissions per second through the HTTP API: a server with its store (a SQLite file,
+//!    or with `--db postgres://...` a new database on that PostgreSQL server) and no agents; `--clients` threads submit `--submissions` jobs, each durable before its answer.
 //! 2. `--jobs` jobs of `true` on `--agents` agents (real `qm agent` processes) with `--gpus`
 //!    simulated GPUs each, submitted one after another by one client (as a script calling
 //!    `sbatch` would): from the first submission to the last completion.
@@ -36,6 +36,11 @@ pub struct E2eArgs {
     slurm: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// `sqlite` (a file in a temporary directory), or a PostgreSQL server's URL
+    /// (`postgres://USER@HOST:PORT/DB`, a user that may create databases): each run uses a
+    /// new database there.
+    #[arg(long, default_value = "sqlite")]
+    db: String,
 }
 
 #[derive(Serialize)]
@@ -43,6 +48,8 @@ struct Figures {
     submissions: usize,
     clients: usize,
     submissions_per_s: f64,
+    /// `sqlite` or `postgres`.
+    store: String,
     jobs: usize,
     agents: usize,
     gpus_per_agent: u32,
@@ -68,13 +75,17 @@ impl Drop for TempDir {
     }
 }
 
-fn start(name: &str, gpus_total: u32) -> Result<Running, Box<dyn Error>> {
+fn start(name: &str, gpus_total: u32, db: &str) -> Result<Running, Box<dyn Error>> {
     let dir = std::env::temp_dir().join(format!("qm-bench-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let store = SqliteStore::open(&dir.join("qm.db"))?;
-    let server =
-        Server::open(Box::new(store), ServerConfig::default()).map_err(|e| format!("{e:?}"))?;
+    let store: Box<dyn qm_store::Store> = if db == "sqlite" {
+        Box::new(SqliteStore::open(&dir.join("qm.db"))?)
+    } else {
+        let fresh = qm_store::pg::throwaway_database(db)?;
+        qm_store::open(&fresh, std::env::var("PGPASSWORD").ok())?
+    };
+    let server = Server::open(store, ServerConfig::default()).map_err(|e| format!("{e:?}"))?;
     let admin = server
         .create_token("bench", "admin", &[])
         .map_err(|e| format!("{e:?}"))?;
@@ -115,7 +126,7 @@ fn job_request() -> SubmitRequest {
 pub fn run(a: E2eArgs) -> Result<(), Box<dyn Error>> {
     // 1. Submission rate. Nodes are registered (so jobs can run) but no agent runs: the
     //    scheduler places jobs while submissions come in, the launches wait in outboxes.
-    let r = start("rate", a.gpus * a.agents as u32)?;
+    let r = start("rate", a.gpus * a.agents as u32, &a.db)?;
     for i in 0..a.agents {
         ureq::post(&format!("{}/agent/v1/register", r.url))
             .set("Authorization", &format!("Bearer {}", r.join))
@@ -153,7 +164,7 @@ pub fn run(a: E2eArgs) -> Result<(), Box<dyn Error>> {
     drop(r);
 
     // 2. Jobs of `true` on real agents.
-    let r = start("jobs", a.gpus * a.agents as u32)?;
+    let r = start("jobs", a.gpus * a.agents as u32, &a.db)?;
     let exe = std::env::current_exe()?;
     let mut agents = Vec::new();
     for i in 0..a.agents {
@@ -260,6 +271,12 @@ pub fn run(a: E2eArgs) -> Result<(), Box<dyn Error>> {
         submissions: submitted,
         clients: a.clients.max(1),
         submissions_per_s: rate,
+        store: if a.db == "sqlite" {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+        .into(),
         jobs: a.jobs,
         agents: a.agents,
         gpus_per_agent: a.gpus,
@@ -272,8 +289,8 @@ pub fn run(a: E2eArgs) -> Result<(), Box<dyn Error>> {
         println!("{}", serde_json::to_string(&f)?);
     } else {
         println!(
-            "submissions: {} over HTTP from {} clients, {:.0} per second (each durable before its answer)",
-            f.submissions, f.clients, f.submissions_per_s
+            "submissions: {} over HTTP from {} clients, {:.0} per second (each durable in {} before its answer)",
+            f.submissions, f.clients, f.submissions_per_s, f.store
         );
         println!(
             "{} jobs of `true` on {} agents x {} simulated GPUs, submitted one by one:",

@@ -18,6 +18,17 @@ fn database() -> String {
     qm_store::pg::throwaway_database(&base).expect("a throwaway database")
 }
 
+/// Waits until node `name` is ready.
+fn ready(url: &str, admin: &str, name: &str) {
+    wait_until("the node ready", 30, || {
+        let (_, nodes) = call(url, admin, "GET", "/api/v1/nodes", None)?;
+        nodes
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["name"] == name && x["state"] == "ready"))
+            .then_some(())
+    });
+}
+
 #[test]
 fn on_postgres_kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks() {
     let dir = std::env::temp_dir().join(format!("qm-pg-{}", std::process::id()));
@@ -34,13 +45,7 @@ fn on_postgres_kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks()
     };
     team_and_join_token(&url, &admin, &dir, 4);
     let agent = start_agent(&dir, &url, "a", None);
-    wait_until("node a ready", 30, || {
-        let (_, nodes) = api("GET", "/api/v1/nodes", None);
-        nodes
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["name"] == "a" && x["state"] == "ready"))
-            .then_some(())
-    });
+    ready(&url, &admin, "a");
     let submit = |gpus: u32, command: &[&str]| {
         let (s, r) = api(
             "POST",
@@ -91,6 +96,78 @@ fn on_postgres_kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks()
         });
     }
     drop(agent);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cluster that began on SQLite moves to PostgreSQL with `qm admin migrate`, and the
+/// server on PostgreSQL has all of it: tokens, teams, nodes, jobs, their histories and logs.
+#[test]
+fn qm_admin_migrate_moves_a_sqlite_cluster_to_postgres_whole() {
+    let dir = std::env::temp_dir().join(format!("qm-pg-mig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sqlite = format!("sqlite:{}", dir.join("qm.db").display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let (server, admin) = start_server_on(&sqlite, &listen, &[]);
+    let admin = admin.expect("an admin token on first start");
+    let api = |method: &str, path: &str, body: Option<Value>| {
+        call(&url, &admin, method, path, body).expect("the server answers")
+    };
+    team_and_join_token(&url, &admin, &dir, 4);
+    let agent = start_agent(&dir, &url, "a", None);
+    ready(&url, &admin, "a");
+    let (s, r) = api(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({"team": "t", "gpus": 1, "command": ["sh", "-c", "echo moved"]})),
+    );
+    assert_eq!(s, 200, "{r}");
+    let id = r["job"].as_u64().unwrap();
+    let before = wait_until("the job to succeed with its output", 60, || {
+        let (_, j) = api("GET", &format!("/api/v1/jobs/{id}"), None);
+        let (_, log) = api("GET", &format!("/api/v1/jobs/{id}/logs?task=0"), None);
+        (j["state"] == "succeeded" && log["data"].as_str().unwrap_or("").contains("moved"))
+            .then_some(j)
+    });
+    drop(agent);
+    drop(server);
+    let pg = database();
+    let out = std::process::Command::new(crate::harness::QM)
+        .args(["admin", "migrate", "--from", &sqlite, "--to", &pg])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("copied and checked"), "{text}");
+    // Again into the same database: refused, named.
+    let out = std::process::Command::new(crate::harness::QM)
+        .args(["admin", "migrate", "--from", &sqlite, "--to", &pg])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (server, again) = start_server_on(&pg, &listen, &[]);
+    assert!(again.is_none(), "the admin token came along");
+    let (s, after) = api("GET", &format!("/api/v1/jobs/{id}"), None);
+    assert_eq!(s, 200, "{after}");
+    assert_eq!(
+        after["events"], before["events"],
+        "the job's history came along"
+    );
+    let (_, log) = api("GET", &format!("/api/v1/jobs/{id}/logs?task=0"), None);
+    assert!(log["data"].as_str().unwrap().contains("moved"), "{log}");
+    let (_, teams) = api("GET", "/api/v1/teams", None);
+    assert!(teams.as_array().unwrap().iter().any(|t| t["name"] == "t"));
+    let (_, nodes) = api("GET", "/api/v1/nodes", None);
+    assert!(nodes.as_array().unwrap().iter().any(|n| n["name"] == "a"));
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
