@@ -1,7 +1,7 @@
 //! The PostgreSQL backend, [`PgStore`]: the same tables as SQLite's, for a cluster that
 //! outgrows one machine.
 //!
-//! The client is the synchronous `postgres` crate (rustls for TLS, no C library), which runs
+//! The client is the synchronous `postgres` crate (rustls for TLS, `pg_tls.rs`; no C library), which runs
 //! its own small runtime per connection. The server calls its store from async handlers, where
 //! blocking on another runtime is not allowed, so the connection lives on a thread of its own
 //! and each call is sent there and waited for: the caller blocks exactly as it does on
@@ -66,11 +66,13 @@ pub struct PgStore {
     calls: mpsc::Sender<Call>,
 }
 
-/// Where to connect and as whom: a `postgres://` URL, and a password when the URL has none.
-#[derive(Clone, Debug)]
+/// Where to connect and as whom: a `postgres://` URL, a password when the URL has none, and
+/// the private CA that signed the database's certificate, for `sslmode=require`.
+#[derive(Clone, Debug, Default)]
 pub struct PgTarget {
     pub url: String,
     pub password: Option<String>,
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl PgStore {
@@ -87,8 +89,23 @@ impl PgStore {
                 config.password(p);
             }
         }
-        let mut client = config
-            .connect(NoTls)
+        // TLS where the URL asks for it (`sslmode=require`), verified; plain text otherwise
+        // (`prefer`, the URL's default, is not used: a TLS connection that verifies nothing
+        // would only look safe).
+        let tls = config.get_ssl_mode() == postgres::config::SslMode::Require;
+        if target.ca.is_some() && !tls {
+            return Err(StoreError(
+                "a database CA was given, but the URL does not ask for TLS: add ?sslmode=require"
+                    .into(),
+            ));
+        }
+        let connected = if tls {
+            config.connect(crate::pg_tls::Rustls::new(target.ca.as_deref())?)
+        } else {
+            config.ssl_mode(postgres::config::SslMode::Disable);
+            config.connect(NoTls)
+        };
+        let mut client = connected
             .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {}", describe(&e))))?;
         migrate(&mut client)?;
         let last_seq = client

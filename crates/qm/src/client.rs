@@ -291,6 +291,10 @@ pub struct MigrateArgs {
     /// The new, empty database to copy into (the same forms).
     #[arg(long)]
     to: String,
+    /// The private CA (PEM) that signed a PostgreSQL server's certificate, for a URL with
+    /// `?sslmode=require`.
+    #[arg(long, value_name = "FILE")]
+    db_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -692,10 +696,13 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
 /// `qm admin migrate`: works on the databases, not through a server.
 pub fn migrate(m: MigrateArgs) -> Result<(), Box<dyn Error>> {
     // A PostgreSQL password comes from PGPASSWORD, never the command line.
-    let password = std::env::var("PGPASSWORD").ok();
+    let access = qm_store::DbAccess {
+        password: std::env::var("PGPASSWORD").ok(),
+        ca: m.db_ca.clone(),
+    };
     let mut from =
-        qm_store::open(&m.from, password.clone()).map_err(|e| format!("--from {}: {e}", m.from))?;
-    let mut to = qm_store::open(&m.to, password).map_err(|e| format!("--to {}: {e}", m.to))?;
+        qm_store::open(&m.from, &access).map_err(|e| format!("--from {}: {e}", m.from))?;
+    let mut to = qm_store::open(&m.to, &access).map_err(|e| format!("--to {}: {e}", m.to))?;
     let copied =
         qm_store::migrate(from.as_mut(), to.as_mut()).map_err(|e| format!("--to {}: {e}", m.to))?;
     println!("copied and checked: {}", copied.summary());

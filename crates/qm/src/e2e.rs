@@ -83,7 +83,11 @@ fn start(name: &str, gpus_total: u32, db: &str) -> Result<Running, Box<dyn Error
         Box::new(SqliteStore::open(&dir.join("qm.db"))?)
     } else {
         let fresh = qm_store::pg::throwaway_database(db)?;
-        qm_store::open(&fresh, std::env::var("PGPASSWORD").ok())?
+        let access = qm_store::DbAccess {
+            password: std::env::var("PGPASSWORD").ok(),
+            ca: None,
+        };
+        qm_store::open(&fresh, &access)?
     };
     let server = Server::open(store, ServerConfig::default()).map_err(|e| format!("{e:?}"))?;
     let admin = server

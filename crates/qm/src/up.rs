@@ -88,6 +88,10 @@ pub struct ServerArgs {
     /// A file holding the PostgreSQL password (its first line), readable by its owner alone.
     #[arg(long, value_name = "PATH")]
     db_password_file: Option<PathBuf>,
+    /// The private CA (PEM) that signed the database's certificate, for a URL with
+    /// `?sslmode=require` (default: the public web roots).
+    #[arg(long, value_name = "FILE")]
+    db_ca: Option<PathBuf>,
     #[arg(long, default_value = "0.0.0.0:8420")]
     listen: String,
     #[arg(long, default_value_t = 30)]
@@ -357,7 +361,11 @@ pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
         Some(path) => Some(read_secret_file(path, "the database password file")?),
         None => std::env::var("PGPASSWORD").ok(),
     };
-    let store = qm_store::open(&args.db, password).map_err(|e| format!("--db {}: {e}", args.db))?;
+    let access = qm_store::DbAccess {
+        password,
+        ca: args.db_ca.clone(),
+    };
+    let store = qm_store::open(&args.db, &access).map_err(|e| format!("--db {}: {e}", args.db))?;
     let server = open_server(store, args.node_timeout_s, &args.sched)?;
     if !server.has_admin() {
         let admin = server
