@@ -866,6 +866,55 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// One server leads at a time: the lease gives terms, a standby waits for it to lapse,
+    /// and a leader whose lease lapsed or was taken cannot write one more row.
+    #[test]
+    fn postgres_leases_fence_every_write_of_a_former_leader() {
+        let url = test_pg();
+        let target = PgTarget {
+            url: url.clone(),
+            ..PgTarget::default()
+        };
+        let mut a = PgStore::connect(&target).unwrap();
+        let mut b = PgStore::connect(&target).unwrap();
+        assert_eq!(a.leader().unwrap(), None);
+        assert_eq!(a.lead("a", 1.5).unwrap(), Ok(1));
+        let standby = b.lead("b", 1.5).unwrap().unwrap_err();
+        assert_eq!((standby.term, standby.holder.as_str()), (1, "a"));
+        assert!(!standby.lapsed);
+        let team = [Event::SetTeam(TeamSpec::new("a", 1))];
+        let batch = |events| Batch {
+            events,
+            payloads: &[],
+        };
+        assert_eq!(a.append(batch(&team)).unwrap(), 1);
+        a.renew(1.5).unwrap();
+        // a stops renewing; once its lease lapses, b takes the next term.
+        let term = loop {
+            if let Ok(term) = b.lead("b", 30.0).unwrap() {
+                break term;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert_eq!(term, 2);
+        let refused = |r: Result<(), StoreError>| {
+            let err = r.unwrap_err().to_string();
+            assert!(err.contains("term 1"), "{err}");
+        };
+        refused(a.append(batch(&team)).map(|_| ()));
+        refused(a.put_exit((1, 0, 1), 0));
+        refused(a.append_log((1, 0, 1), 0, b"x").map(|_| ()));
+        refused(a.snapshot(1, &ClusterState::new(SchedulerConfig::default()), "{}"));
+        assert!(a.renew(1.5).is_err());
+        // b writes on after what a wrote.
+        assert_eq!(b.append(batch(&team)).unwrap(), 2);
+        let now = b.leader().unwrap().unwrap();
+        assert_eq!((now.term, now.holder.as_str(), now.lapsed), (2, "b", false));
+        assert!(now.expires_s > now.since_s);
+        // a may lead again only once b's lease lapses: not now.
+        assert_eq!(a.lead("a", 1.5).unwrap().unwrap_err().term, 2);
+    }
+
     /// TLS where the URL asks for it, verified against the given CA (`scripts/test` gives
     /// its throwaway server a certificate for localhost and 127.0.0.1, and its path in
     /// QM_TEST_PG_CA); the web roots do not know that CA, and a CA without TLS is a mistake.

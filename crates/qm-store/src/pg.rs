@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, ro
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id BIGINT NOT NULL UNIQUE, credential_hash TEXT NOT NULL, address TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS task_exits (job BIGINT NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, code INTEGER NOT NULL, PRIMARY KEY (job, task, attempt));
 CREATE TABLE IF NOT EXISTS log_chunks (job BIGINT NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, at BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (job, task, attempt, at));
+CREATE TABLE IF NOT EXISTS qm_leader (id INTEGER PRIMARY KEY CHECK (id = 1), term BIGINT NOT NULL, holder TEXT NOT NULL, since TIMESTAMPTZ NOT NULL, expires TIMESTAMPTZ NOT NULL);
 ";
 
 /// An advisory lock key (`qm` in ASCII), held while the schema is created or migrated, so
@@ -59,6 +60,42 @@ struct Conn {
     client: Client,
     /// The sequence number of the last event written or loaded.
     last_seq: u64,
+    /// The lease this store writes under, once it leads ([`PgStore::lead`]): every write
+    /// checks it in its own transaction.
+    term: Option<i64>,
+}
+
+/// Refuses the write unless this store's lease is still the current one and unexpired (by
+/// the database's clock). The row stays share-locked until the transaction ends, so a
+/// standby's takeover waits for this write and comes after it.
+fn fence(tx: &mut postgres::Transaction<'_>, term: Option<i64>) -> Result<(), StoreError> {
+    let Some(term) = term else { return Ok(()) };
+    let ok = tx
+        .query_opt(
+            "SELECT 1 FROM qm_leader WHERE id = 1 AND term = $1 AND expires > clock_timestamp() FOR SHARE",
+            &[&term],
+        )?
+        .is_some();
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError(format!(
+            "this server's lease (term {term}) has lapsed or been taken over: it no longer writes to the database"
+        )))
+    }
+}
+
+/// Who leads a database, as its lease row says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Leader {
+    pub term: i64,
+    pub holder: String,
+    /// When the term began and when the lease lapses unless renewed (Unix seconds, the
+    /// database's clock).
+    pub since_s: f64,
+    pub expires_s: f64,
+    /// Whether the lease has lapsed (by the database's clock).
+    pub lapsed: bool,
 }
 
 /// A store in a PostgreSQL database.
@@ -115,13 +152,82 @@ impl PgStore {
         thread::Builder::new()
             .name("qm-store-pg".into())
             .spawn(move || {
-                let mut conn = Conn { client, last_seq };
+                let mut conn = Conn {
+                    client,
+                    last_seq,
+                    term: None,
+                };
                 while let Ok(call) = rx.recv() {
                     call(&mut conn);
                 }
             })
             .map_err(|e| StoreError(format!("cannot start the store's thread: {e}")))?;
         Ok(PgStore { calls: tx })
+    }
+
+    /// Takes the lease if it is free or lapsed (a new term) and returns the term; else
+    /// returns `None` and who leads. From then on every write of this store is fenced by
+    /// the term.
+    pub fn lead(&self, holder: &str, ttl_s: f64) -> Result<Result<i64, Leader>, StoreError> {
+        let holder = holder.to_string();
+        self.call(move |conn| {
+            let row = conn.client.query_opt(
+                "INSERT INTO qm_leader (id, term, holder, since, expires) \
+                 VALUES (1, 1, $1, clock_timestamp(), clock_timestamp() + make_interval(secs => $2)) \
+                 ON CONFLICT (id) DO UPDATE SET term = qm_leader.term + 1, holder = EXCLUDED.holder, \
+                 since = EXCLUDED.since, expires = EXCLUDED.expires \
+                 WHERE qm_leader.expires <= clock_timestamp() RETURNING term",
+                &[&holder, &ttl_s],
+            )?;
+            match row {
+                Some(r) => {
+                    let term: i64 = r.get(0);
+                    conn.term = Some(term);
+                    // Whatever a former leader wrote is now the log's end.
+                    conn.last_seq = conn
+                        .client
+                        .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
+                        .get::<_, i64>(0) as u64;
+                    Ok(Ok(term))
+                }
+                None => Ok(Err(leader(&mut conn.client)?.ok_or_else(|| {
+                    StoreError("no lease row after a refused takeover".into())
+                })?)),
+            }
+        })
+    }
+
+    /// Extends this store's lease by `ttl_s`; an error once it has lapsed or been taken.
+    pub fn renew(&self, ttl_s: f64) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let Some(term) = conn.term else {
+                return Err(StoreError("renew without a lease".into()));
+            };
+            let n = conn.client.execute(
+                "UPDATE qm_leader SET expires = clock_timestamp() + make_interval(secs => $2) \
+                 WHERE id = 1 AND term = $1 AND expires > clock_timestamp()",
+                &[&term, &ttl_s],
+            )?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(StoreError(format!(
+                    "the lease of term {term} has lapsed or been taken over"
+                )))
+            }
+        })
+    }
+
+    /// Who leads, if anyone ever has.
+    pub fn leader(&self) -> Result<Option<Leader>, StoreError> {
+        self.call(|conn| leader(&mut conn.client))
+    }
+
+    /// A second handle on the same connection (for renewing the lease beside the server).
+    pub fn handle(&self) -> PgStore {
+        PgStore {
+            calls: self.calls.clone(),
+        }
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
@@ -138,6 +244,22 @@ impl PgStore {
         rx.recv()
             .map_err(|_| StoreError("the store's connection thread has stopped".into()))?
     }
+}
+
+fn leader(client: &mut Client) -> Result<Option<Leader>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT term, holder, EXTRACT(EPOCH FROM since)::FLOAT8, EXTRACT(EPOCH FROM expires)::FLOAT8, \
+             expires <= clock_timestamp() FROM qm_leader WHERE id = 1",
+            &[],
+        )?
+        .map(|r| Leader {
+            term: r.get(0),
+            holder: r.get(1),
+            since_s: r.get(2),
+            expires_s: r.get(3),
+            lapsed: r.get(4),
+        }))
 }
 
 /// A connection error with its cause (the summary alone says only "error connecting").
@@ -280,6 +402,7 @@ impl Store for PgStore {
             .collect::<Result<_, StoreError>>()?;
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
             let mut seq = conn.last_seq;
             if !events.is_empty() {
                 let ins = tx.prepare("INSERT INTO events (seq, event) VALUES ($1, $2)")?;
@@ -317,6 +440,7 @@ impl Store for PgStore {
         self.call(move |conn| {
             let seq = seq as i64;
             let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
             tx.execute(
                 "INSERT INTO snapshots (seq, state, extra) VALUES ($1, $2, $3) \
                  ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state, extra = EXCLUDED.extra",
@@ -332,11 +456,14 @@ impl Store for PgStore {
         let teams = serde_json::to_string(&t.teams)?;
         let (hash, name, role) = (t.hash.clone(), t.name.clone(), t.role.as_str().to_string());
         self.call(move |conn| {
-            conn.client.execute(
+            let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
+            tx.execute(
                 "INSERT INTO tokens (hash, name, role, teams) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (hash) DO UPDATE SET name = EXCLUDED.name, role = EXCLUDED.role, teams = EXCLUDED.teams",
                 &[&hash, &name, &role, &teams],
             )?;
+            tx.commit()?;
             Ok(())
         })
     }
@@ -345,6 +472,7 @@ impl Store for PgStore {
         let n = n.clone();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
             // A name keeps its id; an id moves with its name (as SQLite's INSERT OR REPLACE
             // does on either key).
             tx.execute(
@@ -364,11 +492,14 @@ impl Store for PgStore {
     fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError> {
         self.call(move |conn| {
             let (job, task, attempt) = key_params(key);
-            conn.client.execute(
+            let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
+            tx.execute(
                 "INSERT INTO task_exits (job, task, attempt, code) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (job, task, attempt) DO UPDATE SET code = EXCLUDED.code",
                 &[&job, &task, &attempt, &code],
             )?;
+            tx.commit()?;
             Ok(())
         })
     }
@@ -382,6 +513,7 @@ impl Store for PgStore {
         let data = data.to_vec();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
             let len = log_len(&mut tx, key)?;
             if offset > len {
                 return Err(StoreError(format!(
@@ -489,6 +621,7 @@ impl Store for PgStore {
         let logs = dump.logs.clone();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
             let ins = tx.prepare("INSERT INTO events (seq, event) VALUES ($1, $2)")?;
             for (seq, e) in &events {
                 tx.execute(&ins, &[&(*seq as i64), e])?;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use qm_server::{Server, ServerConfig};
@@ -92,6 +93,10 @@ pub struct ServerArgs {
     /// `?sslmode=require` (default: the public web roots).
     #[arg(long, value_name = "FILE")]
     db_ca: Option<PathBuf>,
+    /// On PostgreSQL, servers share the database and one leads: its lease lasts this long
+    /// unless renewed (every quarter of it). A standby takes over once it lapses.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    lease_s: f64,
     #[arg(long, default_value = "0.0.0.0:8420")]
     listen: String,
     #[arg(long, default_value_t = 30)]
@@ -159,6 +164,61 @@ fn open_server(
         scheduler: sched.config(),
     };
     Server::open(store, config).map_err(|e| format!("cannot open the server: {e:?}").into())
+}
+
+/// Connects to PostgreSQL and waits, as a standby, until this server holds the database's
+/// lease; then keeps renewing it beside the server, and exits the moment it cannot (a
+/// standby has taken over, or the database has been out of reach for the whole lease).
+/// Every write of the returned store is fenced by the lease's term.
+fn lead(
+    args: &ServerArgs,
+    access: &qm_store::DbAccess,
+) -> Result<Box<dyn qm_store::Store>, Box<dyn Error>> {
+    if !(args.lease_s >= 1.0 && args.lease_s <= 3600.0) {
+        return Err(format!("--lease-s {}: give 1 to 3600 seconds", args.lease_s).into());
+    }
+    let target = qm_store::PgTarget {
+        url: args.db.clone(),
+        password: access.password.clone(),
+        ca: access.ca.clone(),
+    };
+    let store =
+        qm_store::PgStore::connect(&target).map_err(|e| format!("--db {}: {e}", args.db))?;
+    let holder = format!(
+        "{} on {} (pid {})",
+        args.listen,
+        hostname(),
+        std::process::id()
+    );
+    let ttl = args.lease_s;
+    let mut said: Option<i64> = None;
+    let term = loop {
+        match store.lead(&holder, ttl)? {
+            Ok(term) => break term,
+            Err(leader) => {
+                if said != Some(leader.term) {
+                    println!(
+                        "qm server: standby: {} leads (term {}); taking over once its lease lapses",
+                        leader.holder, leader.term
+                    );
+                    said = Some(leader.term);
+                }
+                std::thread::sleep(Duration::from_secs_f64((ttl / 5.0).min(1.0)));
+            }
+        }
+    };
+    println!("qm server: leading (term {term}), lease {ttl} s");
+    let renewer = store.handle();
+    std::thread::Builder::new()
+        .name("qm-lease".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs_f64(ttl / 4.0));
+            if let Err(e) = renewer.renew(ttl) {
+                eprintln!("qm server: fatal: {e}; exiting, since another server may lead now");
+                std::process::exit(75);
+            }
+        })?;
+    Ok(Box::new(store))
 }
 
 /// Reads a join token from a file only its owner may read, or from standard input (`-`).
@@ -365,7 +425,11 @@ pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
         password,
         ca: args.db_ca.clone(),
     };
-    let store = qm_store::open(&args.db, &access).map_err(|e| format!("--db {}: {e}", args.db))?;
+    let store = if args.db.starts_with("postgres://") || args.db.starts_with("postgresql://") {
+        lead(&args, &access)?
+    } else {
+        qm_store::open(&args.db, &access).map_err(|e| format!("--db {}: {e}", args.db))?
+    };
     let server = open_server(store, args.node_timeout_s, &args.sched)?;
     if !server.has_admin() {
         let admin = server

@@ -2,12 +2,16 @@
 //! `scripts/test` starts (`QM_TEST_PG`); the test fails, never skips, without it.
 //!
 //! `kill -9` of the server loses nothing it answered 2xx for, and the restarted server
-//! re-attaches the tasks that ran on through the crash.
+//! re-attaches the tasks that ran on through the crash; a cluster moves from SQLite with
+//! `qm admin migrate`; a standby takes over from a killed leader, and a paused leader is
+//! fenced when it resumes.
+
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::harness::{
-    call, free_port, start_agent, start_server_on, team_and_join_token, wait_until,
+    call, free_port, start_agent, start_server_on, team_and_join_token, wait_until, Proc,
 };
 
 /// A new, empty database on the tests' PostgreSQL.
@@ -170,4 +174,188 @@ fn qm_admin_migrate_moves_a_sqlite_cluster_to_postgres_whole() {
     assert!(nodes.as_array().unwrap().iter().any(|n| n["name"] == "a"));
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `qm server` on `db` with a 2 s lease, its standard output's lines as they come.
+fn spawn_server(db: &str, listen: &str) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(crate::harness::QM)
+        .args(["server", "--db", db, "--listen", listen, "--lease-s", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Proc(child), rx)
+}
+
+/// Waits up to `secs` for a line holding `what`.
+fn line_with(rx: &std::sync::mpsc::Receiver<String>, what: &str, secs: u64) -> String {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {what:?} within {secs} s"),
+        }
+    }
+}
+
+/// Two servers on one database: the standby waits, takes over within the lease once the
+/// leader is killed, on the same address, and the agents' running tasks go on: none is
+/// restarted, nothing answered 2xx is lost.
+#[test]
+fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
+    let dir = std::env::temp_dir().join(format!("qm-pg-fail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = database();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}");
+    let (leader, lines) = spawn_server(&db, &listen);
+    let admin = line_with(&lines, "admin token (shown once): ", 30)
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    line_with(&lines, "API at", 30);
+    let api =
+        |method: &str, path: &str, body: Option<Value>| call(&url, &admin, method, path, body);
+    team_and_join_token(&url, &admin, &dir, 4);
+    let agent = start_agent(&dir, &url, "a", None);
+    ready(&url, &admin, "a");
+    let (standby, standby_lines) = spawn_server(&db, &listen);
+    let said = line_with(&standby_lines, "standby:", 30);
+    assert!(said.contains("term 1"), "{said}");
+    let submit = |command: &[&str]| {
+        let (s, r) = api(
+            "POST",
+            "/api/v1/jobs",
+            Some(json!({"team": "t", "gpus": 1, "command": command})),
+        )
+        .expect("the server answers");
+        assert_eq!(s, 200, "{r}");
+        r["job"].as_u64().unwrap()
+    };
+    let long = submit(&["sh", "-c", "sleep 6; echo finished"]);
+    let quick: Vec<u64> = (0..10).map(|_| submit(&["true"])).collect();
+    wait_until("the long job running", 30, || {
+        let (_, j) = api("GET", &format!("/api/v1/jobs/{long}"), None)?;
+        (j["state"] == "running").then_some(())
+    });
+    drop(leader); // SIGKILL
+    let killed = Instant::now();
+    line_with(&standby_lines, "leading (term 2)", 15);
+    let accepted = wait_until("a submission accepted by the new leader", 30, || {
+        let (s, r) = api(
+            "POST",
+            "/api/v1/jobs",
+            Some(json!({"team": "t", "gpus": 1, "command": ["true"]})),
+        )?;
+        (s == 200).then(|| r["job"].as_u64().unwrap())
+    });
+    let took = killed.elapsed();
+    println!("failover: the new leader accepted a submission {took:?} after the kill");
+    assert!(took < Duration::from_secs(10), "failover took {took:?}");
+    let job = |id: u64| {
+        let (s, j) = api("GET", &format!("/api/v1/jobs/{id}"), None).expect("answers");
+        assert_eq!(
+            s, 200,
+            "job {id}, answered 2xx by the old leader, is gone: {j}"
+        );
+        j
+    };
+    let done = wait_until("the long job to succeed", 60, || {
+        let j = job(long);
+        (j["state"] == "succeeded").then_some(j)
+    });
+    assert_eq!(done["attempt"], 1, "re-attached, not restarted: {done}");
+    for &id in quick.iter().chain([&accepted]) {
+        wait_until("every accepted job to succeed", 60, || {
+            (job(id)["state"] == "succeeded").then_some(())
+        });
+    }
+    drop(agent);
+    drop(standby);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A leader paused past its lease (SIGSTOP) is taken over; resumed, it cannot write one
+/// more row and steps down (exits), while the new leader serves on.
+#[test]
+fn a_paused_leader_is_fenced_when_it_resumes_and_steps_down() {
+    let db = database();
+    let (a_listen, b_listen) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (mut a, a_lines) = spawn_server(&db, &a_listen);
+    let admin = line_with(&a_lines, "admin token (shown once): ", 30)
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    line_with(&a_lines, "API at", 30);
+    let a_url = format!("http://{a_listen}");
+    let (s, r) = call(
+        &a_url,
+        &admin,
+        "POST",
+        "/api/v1/admin/teams",
+        Some(json!({"name": "t", "guaranteed": 0})),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{r}");
+    let (_b, b_lines) = spawn_server(&db, &b_listen);
+    line_with(&b_lines, "standby:", 30);
+    let pid = a.0.id() as i32;
+    // SAFETY: signalling the server process this test started.
+    unsafe { crate::harness::libc_kill(pid, 19) }; // SIGSTOP
+    line_with(&b_lines, "leading (term 2)", 15);
+    line_with(&b_lines, "API at", 15);
+    let b_url = format!("http://{b_listen}");
+    let (s, r) = call(
+        &b_url,
+        &admin,
+        "POST",
+        "/api/v1/admin/teams",
+        Some(json!({"name": "u", "guaranteed": 0})),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "the new leader serves: {r}");
+    // SAFETY: as above.
+    unsafe { crate::harness::libc_kill(pid, 18) }; // SIGCONT
+                                                   // Resumed, the old leader tries to write: refused, and it exits.
+    let _ = call(
+        &a_url,
+        &admin,
+        "POST",
+        "/api/v1/admin/teams",
+        Some(json!({"name": "stale", "guaranteed": 0})),
+    );
+    let status = wait_until("the old leader to step down", 15, || {
+        a.0.try_wait().unwrap()
+    });
+    assert!(!status.success(), "{status}");
+    let (_, teams) = call(&b_url, &admin, "GET", "/api/v1/teams", None).unwrap();
+    let names: Vec<&str> = teams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"u") && !names.contains(&"stale"),
+        "{names:?}"
+    );
 }
