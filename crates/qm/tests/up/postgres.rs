@@ -265,7 +265,6 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
         (s == 200).then(|| r["job"].as_u64().unwrap())
     });
     let took = killed.elapsed();
-    println!("failover: the new leader accepted a submission {took:?} after the kill");
     assert!(took < Duration::from_secs(10), "failover took {took:?}");
     let job = |id: u64| {
         let (s, j) = api("GET", &format!("/api/v1/jobs/{id}"), None).expect("answers");
@@ -275,6 +274,13 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
         );
         j
     };
+    wait_until("the new leader to start a job", 30, || {
+        (job(accepted)["state"] != "pending").then_some(())
+    });
+    println!(
+        "failover: the new leader accepted a submission {took:?} and started it {:?} after the kill",
+        killed.elapsed()
+    );
     let done = wait_until("the long job to succeed", 60, || {
         let j = job(long);
         (j["state"] == "succeeded").then_some(j)
