@@ -83,11 +83,18 @@ fn start(name: &str, gpus_total: u32, db: &str) -> Result<Running, Box<dyn Error
         Box::new(SqliteStore::open(&dir.join("qm.db"))?)
     } else {
         let fresh = qm_store::pg::throwaway_database(db)?;
-        let access = qm_store::DbAccess {
+        let target = qm_store::PgTarget {
+            url: fresh,
             password: std::env::var("PGPASSWORD").ok(),
             ca: None,
         };
-        qm_store::open(&fresh, &access)?
+        // As `qm server` writes: under a lease, every write fenced by its term (the lease
+        // outlasts the run, so it needs no renewing here).
+        let store = qm_store::PgStore::connect(&target)?;
+        store
+            .lead("qm bench e2e", 3600.0)?
+            .map_err(|l| format!("{} leads this new database?", l.holder))?;
+        Box::new(store)
     };
     let server = Server::open(store, ServerConfig::default()).map_err(|e| format!("{e:?}"))?;
     let admin = server
