@@ -33,6 +33,8 @@ const FINISHED_KEPT: usize = 100_000;
 /// What an agent needs to know.
 pub struct AgentConfig {
     /// `http://host:port` of the server.
+    /// The server's URL; several, comma-separated, where servers share a database (the
+    /// agent follows the one that answers).
     pub server: String,
     /// A join token, needed to register a new node (or one an admin reset); the node's own
     /// credential, kept in `data_dir/credential`, registers it again after a restart.
@@ -155,8 +157,53 @@ impl Fence {
     }
 }
 
+/// The server's addresses (several where servers share a PostgreSQL database and one
+/// leads), and the one in use: on a failure to connect, or an answer that it is not the
+/// leader, the next one is tried at the next call. A standby does not listen, so the one
+/// that answers is the leader.
+pub struct Servers {
+    urls: Vec<String>,
+    at: std::sync::atomic::AtomicUsize,
+}
+
+impl Servers {
+    /// From a comma-separated list of URLs.
+    pub fn new(list: &str) -> Servers {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        Servers {
+            urls,
+            at: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The address in use, and its index for [`Self::failed`].
+    fn base(&self) -> (usize, &str) {
+        let i = self.at.load(Ordering::SeqCst) % self.urls.len().max(1);
+        (i, self.urls.get(i).map_or("", String::as_str))
+    }
+
+    /// The address at `i` failed: move on to the next, unless another call already did.
+    fn failed(&self, i: usize) {
+        if self.urls.len() > 1 {
+            let next = (i + 1) % self.urls.len();
+            let _ = self
+                .at
+                .compare_exchange(i, next, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether an answer means that this address is not the one to talk to now.
+    fn move_on(e: &ureq::Error) -> bool {
+        matches!(e, ureq::Error::Transport(_) | ureq::Error::Status(503, _))
+    }
+}
+
 struct Client {
-    base: String,
+    servers: Arc<Servers>,
     agent: ureq::Agent,
 }
 
@@ -169,12 +216,18 @@ impl Client {
     ) -> Result<R, String> {
         // A whole call, answer included, within POST_TIMEOUT: a heartbeat stuck on a cut
         // link must not hold up reaping, kills and the next beat for the long poll's 70 s.
+        let (i, base) = self.servers.base();
         self.agent
-            .post(&format!("{}{path}", self.base))
+            .post(&format!("{base}{path}"))
             .timeout(POST_TIMEOUT)
             .set("Authorization", &format!("Bearer {token}"))
             .send_json(body)
-            .map_err(describe)?
+            .map_err(|e| {
+                if Servers::move_on(&e) {
+                    self.servers.failed(i);
+                }
+                describe(e)
+            })?
             .into_json()
             .map_err(|e| e.to_string())
     }
@@ -302,8 +355,14 @@ pub fn run(
         Duration::from_secs(70),
     )
     .map_err(AgentError)?;
+    let servers = Arc::new(Servers::new(&cfg.server));
+    if servers.urls.is_empty() {
+        return Err(AgentError(
+            "no server address: give --server URL (several, comma-separated, for servers that share a database)".into(),
+        ));
+    }
     let client = Client {
-        base: cfg.server.trim_end_matches('/').to_string(),
+        servers: servers.clone(),
         agent: http.clone(),
     };
     let gpus = probe.gpus();
@@ -355,17 +414,23 @@ pub fn run(
     }
     // Commands arrive on a long-polling thread.
     let (tx, rx) = mpsc::channel::<Command>();
-    let (poll_base, poll_cred, poll_stop) = (client.base.clone(), credential.clone(), stop.clone());
+    let (poll_servers, poll_cred, poll_stop) = (servers.clone(), credential.clone(), stop.clone());
     let reregister = Arc::new(AtomicBool::new(false));
     let poll_rereg = reregister.clone();
     std::thread::spawn(move || {
         let agent = http;
         while !poll_stop.load(Ordering::SeqCst) {
             let token = poll_cred.lock().expect("credential").clone();
+            let (i, base) = poll_servers.base();
             let r = agent
-                .get(&format!("{poll_base}/agent/v1/commands?wait_s=20"))
+                .get(&format!("{base}/agent/v1/commands?wait_s=20"))
                 .set("Authorization", &format!("Bearer {token}"))
                 .call();
+            if let Err(e) = &r {
+                if Servers::move_on(e) {
+                    poll_servers.failed(i);
+                }
+            }
             match r {
                 Ok(resp) => match resp.into_json::<Commands>() {
                     Ok(c) => {

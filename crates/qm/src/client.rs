@@ -62,7 +62,8 @@ fn fail(code: u8, message: impl Into<String>) -> Box<dyn Error> {
 
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
-    /// The server's URL (default: $QM_SERVER, else the client.json of `qm up`).
+    /// The server's URL (default: $QM_SERVER, else the client.json of `qm up`); several,
+    /// comma-separated, where servers share a database: the first that answers is asked.
     #[arg(long, global = true)]
     server: Option<String>,
     /// An API token (default: $QM_TOKEN, else the client.json of `qm up`).
@@ -75,7 +76,9 @@ pub struct Conn {
 }
 
 pub struct Client {
-    base: String,
+    /// The servers to try, in order: a standby does not listen, so the first that accepts
+    /// the connection leads.
+    bases: Vec<String>,
     token: String,
     http: ureq::Agent,
 }
@@ -100,9 +103,14 @@ impl Client {
             .ca
             .clone()
             .or_else(|| std::env::var_os("QM_CA").map(PathBuf::from));
+        let server = server.filter(|s| s.split(',').any(|b| !b.trim().is_empty()));
         match (server, token) {
-            (Some(base), Some(token)) => Ok(Client {
-                base: base.trim_end_matches('/').to_string(),
+            (Some(list), Some(token)) => Ok(Client {
+                bases: list
+                    .split(',')
+                    .map(|b| b.trim().trim_end_matches('/').to_string())
+                    .filter(|b| !b.is_empty())
+                    .collect(),
                 token,
                 http: qm_agent::http_agent(
                     ca.as_deref(),
@@ -134,13 +142,31 @@ impl Client {
         }
     }
 
+    /// Sends to each server in turn until one accepts the connection: a request that never
+    /// connected was never received, so trying the next is safe even for a submission.
+    fn each(
+        &self,
+        send: impl Fn(&str) -> Result<ureq::Response, ureq::Error>,
+    ) -> Result<ureq::Response, ureq::Error> {
+        let mut last = None;
+        for base in &self.bases {
+            match send(base) {
+                Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::ConnectionFailed => {
+                    last = Some(ureq::Error::Transport(t));
+                }
+                r => return r,
+            }
+        }
+        Err(last.expect("at least one server"))
+    }
+
     pub fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> Result<R, Box<dyn Error>> {
-        Self::answer(
+        Self::answer(self.each(|base| {
             self.http
-                .get(&format!("{}{path}", self.base))
+                .get(&format!("{base}{path}"))
                 .set("Authorization", &format!("Bearer {}", self.token))
-                .call(),
-        )
+                .call()
+        }))
     }
 
     pub fn post<B: Serialize, R: serde::de::DeserializeOwned>(
@@ -148,12 +174,12 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<R, Box<dyn Error>> {
-        Self::answer(
+        Self::answer(self.each(|base| {
             self.http
-                .post(&format!("{}{path}", self.base))
+                .post(&format!("{base}{path}"))
                 .set("Authorization", &format!("Bearer {}", self.token))
-                .send_json(body),
-        )
+                .send_json(body)
+        }))
     }
 }
 

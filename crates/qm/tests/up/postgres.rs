@@ -211,53 +211,75 @@ fn line_with(rx: &std::sync::mpsc::Receiver<String>, what: &str, secs: u64) -> S
     }
 }
 
-/// Two servers on one database: the standby waits, takes over within the lease once the
-/// leader is killed, on the same address, and the agents' running tasks go on: none is
-/// restarted, nothing answered 2xx is lost.
+/// Two servers on one database, each on its own address: the standby waits (not listening),
+/// takes over within the lease once the leader is killed, and the agent and the CLI, given
+/// both addresses, follow it; the agent's running task goes on (re-attached, not
+/// restarted), nothing answered 2xx is lost.
 #[test]
 fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
     let dir = std::env::temp_dir().join(format!("qm-pg-fail-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let db = database();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{listen}");
-    let (leader, lines) = spawn_server(&db, &listen);
+    let (one, two) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (url1, url2) = (format!("http://{one}"), format!("http://{two}"));
+    let both = format!("{url1},{url2}");
+    let (leader, lines) = spawn_server(&db, &one);
     let admin = line_with(&lines, "admin token (shown once): ", 30)
         .rsplit(' ')
         .next()
         .unwrap()
         .to_string();
     line_with(&lines, "API at", 30);
-    let api =
-        |method: &str, path: &str, body: Option<Value>| call(&url, &admin, method, path, body);
-    team_and_join_token(&url, &admin, &dir, 4);
-    let agent = start_agent(&dir, &url, "a", None);
-    ready(&url, &admin, "a");
-    let (standby, standby_lines) = spawn_server(&db, &listen);
+    team_and_join_token(&url1, &admin, &dir, 4);
+    let agent = start_agent(&dir, &both, "a", None);
+    ready(&url1, &admin, "a");
+    let (standby, standby_lines) = spawn_server(&db, &two);
     let said = line_with(&standby_lines, "standby:", 30);
     assert!(said.contains("term 1"), "{said}");
-    let submit = |command: &[&str]| {
-        let (s, r) = api(
-            "POST",
-            "/api/v1/jobs",
-            Some(json!({"team": "t", "gpus": 1, "command": command})),
+    // The CLI, given both addresses, as a user would set QM_SERVER.
+    let qm = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::QM)
+            .args(args)
+            .env("QM_SERVER", &both)
+            .env("QM_TOKEN", &admin)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
         )
-        .expect("the server answers");
-        assert_eq!(s, 200, "{r}");
-        r["job"].as_u64().unwrap()
+    };
+    let submit = |command: &[&str]| {
+        let mut args = vec!["submit", "--team", "t", "--gpus", "1", "--"];
+        args.extend_from_slice(command);
+        let (ok, out) = qm(&args);
+        assert!(ok, "{out}");
+        out.split_whitespace()
+            .find_map(|w| w.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no job id in {out:?}"))
     };
     let long = submit(&["sh", "-c", "sleep 6; echo finished"]);
     let quick: Vec<u64> = (0..10).map(|_| submit(&["true"])).collect();
+    let job = |id: u64| {
+        let (ok, out) = qm(&["show", &id.to_string(), "--json"]);
+        assert!(ok, "job {id}, answered 2xx, is gone: {out}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
     wait_until("the long job running", 30, || {
-        let (_, j) = api("GET", &format!("/api/v1/jobs/{long}"), None)?;
-        (j["state"] == "running").then_some(())
+        (job(long)["state"] == "running").then_some(())
     });
     drop(leader); // SIGKILL
     let killed = Instant::now();
     line_with(&standby_lines, "leading (term 2)", 15);
     let accepted = wait_until("a submission accepted by the new leader", 30, || {
-        let (s, r) = api(
+        let (s, r) = call(
+            &url2,
+            &admin,
             "POST",
             "/api/v1/jobs",
             Some(json!({"team": "t", "gpus": 1, "command": ["true"]})),
@@ -266,14 +288,6 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
     });
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(10), "failover took {took:?}");
-    let job = |id: u64| {
-        let (s, j) = api("GET", &format!("/api/v1/jobs/{id}"), None).expect("answers");
-        assert_eq!(
-            s, 200,
-            "job {id}, answered 2xx by the old leader, is gone: {j}"
-        );
-        j
-    };
     wait_until("the new leader to start a job", 30, || {
         (job(accepted)["state"] != "pending").then_some(())
     });
