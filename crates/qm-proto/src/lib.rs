@@ -386,6 +386,38 @@ pub struct LogAck {
     pub length: u64,
 }
 
+/// `GET /api/v1/cluster`: the servers behind the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// `sqlite` (one server) or `postgres` (servers sharing a database, one leading).
+    pub store: String,
+    /// The lease's holder (absent on SQLite).
+    pub leader: Option<LeaderView>,
+    /// The other servers seen on the database in the last minute: standbys, waiting for the
+    /// lease.
+    pub standbys: Vec<ServerSeen>,
+}
+
+/// Who leads, by the database's lease.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LeaderView {
+    /// `ADDRESS on HOST (pid N)`.
+    pub holder: String,
+    /// Grows by one at every takeover; every write of the leader is fenced by it.
+    pub term: i64,
+    /// When the term began and when the lease lapses unless renewed (Unix seconds, the
+    /// database's clock).
+    pub since_s: f64,
+    pub expires_s: f64,
+}
+
+/// A server seen on the database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerSeen {
+    pub holder: String,
+    pub seen_s_ago: f64,
+}
+
 /// `GET /api/v1/jobs/{id}/logs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogView {

@@ -236,6 +236,11 @@ pub trait Store: Send {
     ) -> Result<(Vec<u8>, u64), StoreError>;
     /// Every row, as stored.
     fn export(&mut self) -> Result<Dump, StoreError>;
+    /// The servers sharing this store: who leads and who stands by (`None`: a store only
+    /// one server uses, such as a SQLite file).
+    fn servers(&mut self) -> Result<Option<pg::Servers>, StoreError> {
+        Ok(None)
+    }
     /// Writes every row of `dump` in one transaction (into an empty store).
     fn import(&mut self, dump: &Dump) -> Result<(), StoreError>;
 }

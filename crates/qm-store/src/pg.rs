@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id BIGINT NOT NULL UNIQ
 CREATE TABLE IF NOT EXISTS task_exits (job BIGINT NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, code INTEGER NOT NULL, PRIMARY KEY (job, task, attempt));
 CREATE TABLE IF NOT EXISTS log_chunks (job BIGINT NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, at BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (job, task, attempt, at));
 CREATE TABLE IF NOT EXISTS qm_leader (id INTEGER PRIMARY KEY CHECK (id = 1), term BIGINT NOT NULL, holder TEXT NOT NULL, since TIMESTAMPTZ NOT NULL, expires TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS qm_servers (holder TEXT PRIMARY KEY, seen TIMESTAMPTZ NOT NULL);
 ";
 
 /// An advisory lock key (`qm` in ASCII), held while the schema is created or migrated, so
@@ -63,6 +64,8 @@ struct Conn {
     /// The lease this store writes under, once it leads ([`PgStore::lead`]): every write
     /// checks it in its own transaction.
     term: Option<i64>,
+    /// Who this server is, once it has tried for the lease.
+    holder: Option<String>,
 }
 
 /// Refuses the write unless this store's lease is still the current one and unexpired (by
@@ -83,6 +86,28 @@ fn fence(tx: &mut postgres::Transaction<'_>, term: Option<i64>) -> Result<(), St
             "this server's lease (term {term}) has lapsed or been taken over: it no longer writes to the database"
         )))
     }
+}
+
+/// The servers sharing a database: the lease, and every server seen lately (each says it
+/// is there whenever it tries for the lease or renews it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Servers {
+    pub leader: Option<Leader>,
+    /// (holder, seconds since it was last seen), most recent first.
+    pub seen: Vec<(String, f64)>,
+}
+
+/// A server not seen for this long is left out of [`Servers::seen`].
+const SEEN_FOR_S: f64 = 60.0;
+
+/// Records that `holder` is there.
+fn seen(client: &mut Client, holder: &str) -> Result<(), StoreError> {
+    client.execute(
+        "INSERT INTO qm_servers (holder, seen) VALUES ($1, clock_timestamp()) \
+         ON CONFLICT (holder) DO UPDATE SET seen = EXCLUDED.seen",
+        &[&holder],
+    )?;
+    Ok(())
 }
 
 /// Who leads a database, as its lease row says.
@@ -156,6 +181,7 @@ impl PgStore {
                     client,
                     last_seq,
                     term: None,
+                    holder: None,
                 };
                 while let Ok(call) = rx.recv() {
                     call(&mut conn);
@@ -171,6 +197,8 @@ impl PgStore {
     pub fn lead(&self, holder: &str, ttl_s: f64) -> Result<Result<i64, Leader>, StoreError> {
         let holder = holder.to_string();
         self.call(move |conn| {
+            seen(&mut conn.client, &holder)?;
+            conn.holder = Some(holder.clone());
             let row = conn.client.query_opt(
                 "INSERT INTO qm_leader (id, term, holder, since, expires) \
                  VALUES (1, 1, $1, clock_timestamp(), clock_timestamp() + make_interval(secs => $2)) \
@@ -203,6 +231,9 @@ impl PgStore {
             let Some(term) = conn.term else {
                 return Err(StoreError("renew without a lease".into()));
             };
+            if let Some(holder) = conn.holder.clone() {
+                seen(&mut conn.client, &holder)?;
+            }
             let n = conn.client.execute(
                 "UPDATE qm_leader SET expires = clock_timestamp() + make_interval(secs => $2) \
                  WHERE id = 1 AND term = $1 AND expires > clock_timestamp()",
@@ -568,6 +599,21 @@ impl Store for PgStore {
             }
             let next = start + out.len() as u64;
             Ok((out, next))
+        })
+    }
+
+    fn servers(&mut self) -> Result<Option<Servers>, StoreError> {
+        self.call(|conn| {
+            let leader = leader(&mut conn.client)?;
+            let mut seen = Vec::new();
+            for row in conn.client.query(
+                "SELECT holder, EXTRACT(EPOCH FROM clock_timestamp() - seen)::FLOAT8 AS ago \
+                 FROM qm_servers WHERE seen > clock_timestamp() - make_interval(secs => $1) ORDER BY ago",
+                &[&SEEN_FOR_S],
+            )? {
+                seen.push((row.get(0), row.get(1)));
+            }
+            Ok(Some(Servers { leader, seen }))
         })
     }
 

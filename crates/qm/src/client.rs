@@ -127,9 +127,9 @@ impl Client {
     }
 
     fn answer<R: serde::de::DeserializeOwned>(
-        r: Result<ureq::Response, ureq::Error>,
+        r: Result<ureq::Response, Box<ureq::Error>>,
     ) -> Result<R, Box<dyn Error>> {
-        match r {
+        match r.map_err(|e| *e) {
             Ok(resp) => Ok(resp.into_json()?),
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
@@ -146,13 +146,14 @@ impl Client {
     /// connected was never received, so trying the next is safe even for a submission.
     fn each(
         &self,
-        send: impl Fn(&str) -> Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response, ureq::Error> {
+        send: impl Fn(&str) -> Result<ureq::Response, Box<ureq::Error>>,
+    ) -> Result<ureq::Response, Box<ureq::Error>> {
         let mut last = None;
         for base in &self.bases {
             match send(base) {
-                Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::ConnectionFailed => {
-                    last = Some(ureq::Error::Transport(t));
+                Err(e) if matches!(&*e, ureq::Error::Transport(t) if t.kind() == ureq::ErrorKind::ConnectionFailed) =>
+                {
+                    last = Some(e);
                 }
                 r => return r,
             }
@@ -166,6 +167,7 @@ impl Client {
                 .get(&format!("{base}{path}"))
                 .set("Authorization", &format!("Bearer {}", self.token))
                 .call()
+                .map_err(Box::new)
         }))
     }
 
@@ -179,6 +181,7 @@ impl Client {
                 .post(&format!("{base}{path}"))
                 .set("Authorization", &format!("Bearer {}", self.token))
                 .send_json(body)
+                .map_err(Box::new)
         }))
     }
 }
@@ -732,6 +735,35 @@ pub fn migrate(m: MigrateArgs) -> Result<(), Box<dyn Error>> {
     let copied =
         qm_store::migrate(from.as_mut(), to.as_mut()).map_err(|e| format!("--to {}: {e}", m.to))?;
     println!("copied and checked: {}", copied.summary());
+    Ok(())
+}
+
+pub fn cluster(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let v: qm_proto::ClusterView = c.get("/api/v1/cluster")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("store: {}", v.store);
+    match &v.leader {
+        None => println!("one server (no lease: SQLite)"),
+        Some(l) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            println!(
+                "leader: {} (term {}), leading for {:.0} s, lease renewed to {:.1} s from now",
+                l.holder,
+                l.term,
+                (now - l.since_s).max(0.0),
+                l.expires_s - now
+            );
+        }
+    }
+    for s in &v.standbys {
+        println!("standby: {} (seen {:.1} s ago)", s.holder, s.seen_s_ago);
+    }
     Ok(())
 }
 

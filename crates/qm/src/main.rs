@@ -81,6 +81,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The servers: the store, which one leads (since when, its term) and the standbys.
+    Cluster {
+        #[arg(long)]
+        json: bool,
+    },
     /// Teams and tokens (admin token).
     Admin {
         #[command(subcommand)]
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         Command::Logs { job, task, follow } => client::logs(&conn, job, task, follow),
         Command::Nodes { what, json } => client::nodes(&conn, what, json),
         Command::Teams { json } => client::teams(&conn, json),
+        Command::Cluster { json } => client::cluster(&conn, json),
         Command::Admin { what } => client::admin(&conn, what),
         Command::Bench { what } => bench::run(what),
         Command::Sim { what } => sim::run(what),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use qm_proto::{NodeView, TeamView};
+use qm_proto::{ClusterView, LeaderView, NodeView, ServerSeen, TeamView};
 
 use super::{Api, Client};
 use crate::views::{node_view, team_views};
@@ -22,6 +22,38 @@ pub async fn nodes(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<N
 pub async fn teams(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<TeamView>> {
     let inner = s.lock();
     Ok(Json(team_views(&inner.state, inner.now_s())))
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster", responses((status = 200, description = "The servers: the store, who leads (its term and lease) and the standbys", body = ClusterView)))]
+pub async fn cluster(State(s): State<Arc<Server>>, Client(_): Client) -> Api<ClusterView> {
+    let mut inner = s.lock();
+    let view = match inner.store.servers()? {
+        None => ClusterView {
+            store: "sqlite".into(),
+            leader: None,
+            standbys: Vec::new(),
+        },
+        Some(servers) => {
+            let leader = servers.leader.map(|l| LeaderView {
+                holder: l.holder,
+                term: l.term,
+                since_s: l.since_s,
+                expires_s: l.expires_s,
+            });
+            let lead = leader.as_ref().map(|l| l.holder.clone());
+            ClusterView {
+                store: "postgres".into(),
+                leader,
+                standbys: servers
+                    .seen
+                    .into_iter()
+                    .filter(|(h, _)| Some(h) != lead.as_ref())
+                    .map(|(holder, seen_s_ago)| ServerSeen { holder, seen_s_ago })
+                    .collect(),
+            }
+        }
+    };
+    Ok(Json(view))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "OpenMetrics text: GPUs, jobs, plan and wait histograms, preemptions, heartbeats", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]

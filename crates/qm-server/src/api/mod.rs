@@ -209,6 +209,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<Server>> {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::logs))
         .routes(routes!(cluster::nodes))
+        .routes(routes!(cluster::cluster))
         .routes(routes!(admin::drain))
         .routes(routes!(admin::resume))
         .routes(routes!(admin::reset))

@@ -263,6 +263,29 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
             .find_map(|w| w.parse::<u64>().ok())
             .unwrap_or_else(|| panic!("no job id in {out:?}"))
     };
+    // Who leads, and who stands by.
+    let cluster = wait_until("the standby listed", 30, || {
+        let (ok, out) = qm(&["cluster", "--json"]);
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        (!v["standbys"].as_array().unwrap().is_empty()).then_some(v)
+    });
+    assert_eq!(cluster["store"], "postgres", "{cluster}");
+    assert_eq!(cluster["leader"]["term"], 1, "{cluster}");
+    assert!(
+        cluster["leader"]["holder"]
+            .as_str()
+            .unwrap()
+            .starts_with(&one),
+        "{cluster}"
+    );
+    assert!(
+        cluster["standbys"][0]["holder"]
+            .as_str()
+            .unwrap()
+            .starts_with(&two),
+        "{cluster}"
+    );
     let long = submit(&["sh", "-c", "sleep 6; echo finished"]);
     let quick: Vec<u64> = (0..10).map(|_| submit(&["true"])).collect();
     let job = |id: u64| {
@@ -294,6 +317,11 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
     println!(
         "failover: the new leader accepted a submission {took:?} and started it {:?} after the kill",
         killed.elapsed()
+    );
+    let (ok, out) = qm(&["cluster"]);
+    assert!(
+        ok && out.contains("(term 2)") && out.contains(&two),
+        "{out}"
     );
     let done = wait_until("the long job to succeed", 60, || {
         let j = job(long);
