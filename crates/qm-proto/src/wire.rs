@@ -377,6 +377,7 @@ mod tests {
                 "dependency",
                 "dependency_failed",
                 "over_max",
+                "over_cpu_max",
                 "waiting_for_reclaim",
                 "reserved",
                 "behind_reservation",
