@@ -161,33 +161,56 @@ impl PgStore {
                     .into(),
             ));
         }
-        let connected = if tls {
-            config.connect(crate::pg_tls::Rustls::new(target.ca.as_deref())?)
+        let tls = if tls {
+            Some(crate::pg_tls::Rustls::new(target.ca.as_deref())?)
         } else {
             config.ssl_mode(postgres::config::SslMode::Disable);
-            config.connect(NoTls)
+            None
         };
-        let mut client = connected
-            .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {}", describe(&e))))?;
-        migrate(&mut client)?;
-        let last_seq = client
-            .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
-            .get::<_, i64>(0) as u64;
+        // The client runs a runtime of its own, which may not start inside another (the
+        // server's, a test's): it is made, and lives, on the connection's thread.
         let (tx, rx) = mpsc::channel::<Call>();
+        let (ready_tx, ready) = mpsc::sync_channel::<Result<(), StoreError>>(1);
         thread::Builder::new()
             .name("qm-store-pg".into())
             .spawn(move || {
-                let mut conn = Conn {
-                    client,
-                    last_seq,
-                    term: None,
-                    holder: None,
+                let opened = (|| {
+                    let connected = match tls {
+                        Some(tls) => config.connect(tls),
+                        None => config.connect(NoTls),
+                    };
+                    let mut client = connected.map_err(|e| {
+                        StoreError(format!("cannot connect to PostgreSQL: {}", describe(&e)))
+                    })?;
+                    migrate(&mut client)?;
+                    let last_seq = client
+                        .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
+                        .get::<_, i64>(0) as u64;
+                    Ok(Conn {
+                        client,
+                        last_seq,
+                        term: None,
+                        holder: None,
+                    })
+                })();
+                let mut conn = match opened {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
                 };
                 while let Ok(call) = rx.recv() {
                     call(&mut conn);
                 }
             })
             .map_err(|e| StoreError(format!("cannot start the store's thread: {e}")))?;
+        ready
+            .recv()
+            .map_err(|_| StoreError("the store's connection thread stopped".into()))??;
         Ok(PgStore { calls: tx })
     }
 
@@ -721,6 +744,14 @@ impl Store for PgStore {
 /// For tests: a new, empty database on the server `base` (a `postgres://` URL whose user may
 /// create databases), named uniquely; returns its URL.
 pub fn throwaway_database(base: &str) -> Result<String, StoreError> {
+    // On a thread of its own: the client may not start its runtime inside another.
+    let base = base.to_string();
+    thread::spawn(move || make_database(&base))
+        .join()
+        .map_err(|_| StoreError("making a throwaway database panicked".into()))?
+}
+
+fn make_database(base: &str) -> Result<String, StoreError> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = format!(
