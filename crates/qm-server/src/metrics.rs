@@ -167,8 +167,13 @@ where
     family
 }
 
-/// The whole exposition.
-pub fn render(inner: &Inner) -> String {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabels {
+    holder: String,
+}
+
+/// The whole exposition; `servers`: the servers sharing the store, where it is shared.
+pub fn render(inner: &Inner, servers: Option<&qm_store::pg::Servers>) -> String {
     let state = &inner.state;
     let gpus = |milli: u64| milli as f64 / 1000.0;
     let mut r = Registry::default();
@@ -344,6 +349,35 @@ pub fn render(inner: &Inner) -> String {
             )
         })),
     );
+
+    // Servers sharing a PostgreSQL database: who leads, by which term, and the standbys.
+    if let Some(s) = servers {
+        let lead = s.leader.as_ref().map(|l| l.holder.clone());
+        r.register(
+            "qm_leader_term",
+            "The term of the database's lease: one more at every takeover.",
+            gauges(s.leader.iter().map(|l| {
+                (
+                    HolderLabels {
+                        holder: l.holder.clone(),
+                    },
+                    l.term,
+                )
+            })),
+        );
+        let standbys: Gauge = Gauge::default();
+        standbys.set(
+            s.seen
+                .iter()
+                .filter(|(h, _)| Some(h) != lead.as_ref())
+                .count() as i64,
+        );
+        r.register(
+            "qm_standbys",
+            "Servers seen on the database in the last minute that do not lead.",
+            standbys,
+        );
+    }
 
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)

@@ -58,7 +58,11 @@ pub async fn cluster(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Clu
 
 #[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "OpenMetrics text: GPUs, jobs, plan and wait histograms, preemptions, heartbeats", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(s): State<Arc<Server>>, Client(_): Client) -> Result<Response, Refusal> {
-    let body = crate::metrics::render(&s.lock());
+    let body = {
+        let mut inner = s.lock();
+        let servers = inner.store.servers()?;
+        crate::metrics::render(&inner, servers.as_ref())
+    };
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

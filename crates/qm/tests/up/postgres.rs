@@ -286,6 +286,19 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
             .starts_with(&two),
         "{cluster}"
     );
+    // And /metrics says the same.
+    let metrics = ureq::get(&format!("{url1}/metrics"))
+        .set("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let term = metrics
+        .lines()
+        .find(|l| l.starts_with("qm_leader_term{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(term.contains(&one) && term.ends_with(" 1"), "{term}");
+    assert!(metrics.lines().any(|l| l == "qm_standbys 1"), "{metrics}");
     let long = submit(&["sh", "-c", "sleep 6; echo finished"]);
     let quick: Vec<u64> = (0..10).map(|_| submit(&["true"])).collect();
     let job = |id: u64| {
