@@ -138,11 +138,11 @@ pub struct JobFilter {
     team: Option<String>,
     /// Only jobs in this state.
     state: Option<proto::JobState>,
-    /// At most this many (the oldest first).
+    /// At most this many, the newest (default 1000).
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobFilter), responses((status = 200, description = "Live jobs, oldest first, those the caller may see", body = Vec<JobView>)))]
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobFilter), responses((status = 200, description = "The jobs the server holds (live and ended) that the caller may see, newest first", body = Vec<JobView>)))]
 pub async fn list(
     State(s): State<Arc<Server>>,
     Client(p): Client,
@@ -150,16 +150,25 @@ pub async fn list(
 ) -> Api<Vec<JobView>> {
     let inner = s.lock();
     let private = inner.config.private_jobs;
-    let mut out: Vec<JobView> = inner
+    // The newest `limit` that match, and only they are turned into views (a view clones
+    // the job's history and command).
+    let mut matching: Vec<&qm_core::Job> = inner
         .state
         .jobs()
         .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
         .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
         .filter(|j| !private || p.may_use_team(&j.spec.team))
+        .collect();
+    let limit = f.limit.unwrap_or(1000);
+    if matching.len() > limit {
+        matching.select_nth_unstable_by_key(limit, |j| std::cmp::Reverse(j.spec.id));
+        matching.truncate(limit);
+    }
+    matching.sort_by_key(|j| std::cmp::Reverse(j.spec.id));
+    let out = matching
+        .into_iter()
         .map(|j| seen_by(&inner, j, &p))
         .collect();
-    out.sort_by_key(|j| std::cmp::Reverse(j.id));
-    out.truncate(f.limit.unwrap_or(1000));
     Ok(Json(out))
 }
 

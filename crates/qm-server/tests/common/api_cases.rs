@@ -1228,3 +1228,26 @@ async fn a_teams_cpu_cap_is_set_shown_and_explained() {
     let j: JobView = api.ok("GET", &format!("/api/v1/jobs/{second}"), None).await;
     assert_eq!(j.state, qm_proto::JobState::Running, "{j:?}");
 }
+
+/// A list with a limit is the newest jobs that match, newest first.
+#[tokio::test]
+async fn a_job_list_with_a_limit_is_the_newest_first() {
+    let api = Api::new();
+    api.node().await;
+    let _: Value = api.ok("POST", "/api/v1/nodes/n0/drain", None).await;
+    api.team("a", 0).await;
+    api.team("b", 0).await;
+    let mut ids = Vec::new();
+    for team in ["a", "b", "a", "a", "b", "a"] {
+        ids.push((team, api.submit(team, 1).await));
+    }
+    let list: Vec<JobView> = api.ok("GET", "/api/v1/jobs?limit=3", None).await;
+    let got: Vec<u64> = list.iter().map(|j| j.id).collect();
+    assert_eq!(got, vec![ids[5].1, ids[4].1, ids[3].1]);
+    let list: Vec<JobView> = api.ok("GET", "/api/v1/jobs?team=a&limit=2", None).await;
+    let got: Vec<u64> = list.iter().map(|j| j.id).collect();
+    assert_eq!(got, vec![ids[5].1, ids[3].1]);
+    let list: Vec<JobView> = api.ok("GET", "/api/v1/jobs", None).await;
+    assert_eq!(list.len(), 6);
+    assert!(list.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+}
