@@ -9,9 +9,6 @@ mod cases;
 
 /// The store each case's server opens: a new, empty database.
 fn store() -> Box<dyn qm_store::Store> {
-    let base = std::env::var("QM_TEST_PG").expect(
-        "QM_TEST_PG is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL and sets it",
-    );
-    let url = qm_store::pg::throwaway_database(&base).expect("a throwaway database");
+    let url = qm_store::pg::test_database();
     qm_store::open(&url, &qm_store::DbAccess::default()).expect("the PostgreSQL store")
 }

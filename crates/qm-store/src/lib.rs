@@ -637,13 +637,7 @@ mod tests {
     use qm_core::{apply, SchedulerConfig, TeamSpec};
     use std::str::FromStr;
 
-    /// The PostgreSQL server the tests use (`scripts/test` starts one and sets it).
-    pub(crate) fn test_pg() -> String {
-        let base = std::env::var("QM_TEST_PG").expect(
-            "QM_TEST_PG is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL and sets it",
-        );
-        pg::throwaway_database(&base).expect("a throwaway database")
-    }
+    use pg::test_database as test_pg;
 
     /// The same checks on every backend: `reopen` opens the same database again.
     fn survives_reopening(reopen: &dyn Fn() -> Box<dyn Store>) {

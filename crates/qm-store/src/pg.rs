@@ -741,6 +741,16 @@ impl Store for PgStore {
     }
 }
 
+/// For tests: a new, empty database on the PostgreSQL server that `scripts/test` starts and
+/// names in `QM_TEST_PG`; panics, naming the variable, where it is not set (a test that
+/// needs PostgreSQL fails, never skips).
+pub fn test_database() -> String {
+    let base = std::env::var("QM_TEST_PG").expect(
+        "QM_TEST_PG is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL and sets it",
+    );
+    throwaway_database(&base).expect("a throwaway database")
+}
+
 /// For tests: a new, empty database on the server `base` (a `postgres://` URL whose user may
 /// create databases), named uniquely; returns its URL.
 pub fn throwaway_database(base: &str) -> Result<String, StoreError> {

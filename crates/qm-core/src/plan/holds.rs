@@ -219,12 +219,15 @@ impl<'a> Planner<'a> {
         end_s: Secs,
         freed: &[u64],
     ) -> Option<(usize, usize, Vec<TaskPlacement>)> {
+        // A CPU cap holds on every model alike.
+        if self.over_cpu_max(team, spec).is_some() {
+            return None;
+        }
         for m in self.candidate_models(spec) {
             let freed = freed.get(m).copied().unwrap_or(0);
             if self
                 .over_max_after(team, m, spec.milli_total(), freed)
                 .is_some()
-                || self.over_cpu_max(team, spec).is_some()
             {
                 continue;
             }

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -246,6 +247,23 @@ pub fn start_server(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, Option<S
 /// `qm server` on the database `db` (a `--db` value), listening on `listen`; its admin token
 /// on first start.
 pub fn start_server_on(db: &str, listen: &str, extra: &[&str]) -> (Proc, Option<String>) {
+    let (p, lines) = spawn_server_on(db, listen, extra);
+    let mut admin = None;
+    loop {
+        let line = lines.recv().expect("the server starts");
+        if let Some(t) = line.strip_prefix("admin token (shown once): ") {
+            admin = Some(t.trim().to_string());
+        }
+        if line.contains("API at") {
+            break;
+        }
+    }
+    (p, admin)
+}
+
+/// `qm server` on the database `db`, listening on `listen` (a standby waits before it
+/// does): the process, and its standard output's lines as they come.
+pub fn spawn_server_on(db: &str, listen: &str, extra: &[&str]) -> (Proc, Receiver<String>) {
     let mut child = Command::new(QM)
         .arg("server")
         .args(["--db", db])
@@ -255,19 +273,41 @@ pub fn start_server_on(db: &str, listen: &str, extra: &[&str]) -> (Proc, Option<
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = lines.next().expect("the server starts").unwrap();
-        if let Some(t) = line.strip_prefix("admin token (shown once): ") {
-            admin = Some(t.trim().to_string());
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            // Read to the end, so the server never blocks on a full pipe, whether or not
+            // anyone still listens.
+            let _ = tx.send(line);
         }
-        if line.contains("API at") {
-            break;
+    });
+    (Proc(child), rx)
+}
+
+/// Waits up to `secs` for a line holding `what`.
+pub fn line_with(rx: &Receiver<String>, what: &str, secs: u64) -> String {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {what:?} within {secs} s"),
         }
     }
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), admin)
+}
+
+/// Waits until node `name` is ready, as the API at `url` says.
+pub fn node_ready(url: &str, admin: &str, name: &str) {
+    wait_until("the node ready", 30, || {
+        let (_, nodes) = call(url, admin, "GET", "/api/v1/nodes", None)?;
+        nodes
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["name"] == name && x["state"] == "ready"))
+            .then_some(())
+    });
 }
 
 /// `qm agent` with 4 simulated GPUs, node `name`, its data in `dir/agent-NAME`, the join

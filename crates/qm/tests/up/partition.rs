@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{call, free_port, start_agent, start_server, team_and_join_token, wait_until};
+use crate::harness::{
+    call, free_port, node_ready, start_agent, start_server, team_and_join_token, wait_until,
+};
 
 /// A network namespace joined to the host by a veth pair: host side `10.213.N.1/30`, the
 /// namespace's side `10.213.N.2/30`. Removed when dropped.
@@ -331,13 +333,7 @@ fn a_fenced_task_dies_with_its_agent_and_a_plain_one_runs_on() {
     };
     team_and_join_token(&url, &admin, &dir, 4);
     let agent = start_agent(&dir, &url, "a", None);
-    wait_until("node a", 30, || {
-        let (_, nodes) = api("GET", "/api/v1/nodes", None);
-        nodes
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["name"] == "a" && x["state"] == "ready"))
-            .then_some(())
-    });
+    node_ready(&url, &admin, "a");
     let ledger_file = dir.join("ledger");
     let script = format!(
         "while :; do echo \"$QM_NODE $QM_JOB_ID $QM_ATTEMPT $QM_TASK_INDEX $(date +%s%N)\" >> {}; sleep 0.05; done",

@@ -10,28 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use std::sync::mpsc::Receiver;
+
 use crate::harness::{
-    call, free_port, start_agent, start_server_on, team_and_join_token, wait_until, Proc,
+    call, free_port, line_with, node_ready, spawn_server_on, start_agent, start_server_on,
+    team_and_join_token, wait_until, Proc,
 };
 
-/// A new, empty database on the tests' PostgreSQL.
-fn database() -> String {
-    let base = std::env::var("QM_TEST_PG").expect(
-        "QM_TEST_PG is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL and sets it",
-    );
-    qm_store::pg::throwaway_database(&base).expect("a throwaway database")
-}
-
-/// Waits until node `name` is ready.
-fn ready(url: &str, admin: &str, name: &str) {
-    wait_until("the node ready", 30, || {
-        let (_, nodes) = call(url, admin, "GET", "/api/v1/nodes", None)?;
-        nodes
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["name"] == name && x["state"] == "ready"))
-            .then_some(())
-    });
-}
+use qm_store::pg::test_database as database;
 
 #[test]
 fn on_postgres_kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks() {
@@ -49,7 +35,7 @@ fn on_postgres_kill_9_of_the_server_loses_nothing_and_reattaches_running_tasks()
     };
     team_and_join_token(&url, &admin, &dir, 4);
     let agent = start_agent(&dir, &url, "a", None);
-    ready(&url, &admin, "a");
+    node_ready(&url, &admin, "a");
     let submit = |gpus: u32, command: &[&str]| {
         let (s, r) = api(
             "POST",
@@ -122,7 +108,7 @@ fn qm_admin_migrate_moves_a_sqlite_cluster_to_postgres_whole() {
     };
     team_and_join_token(&url, &admin, &dir, 4);
     let agent = start_agent(&dir, &url, "a", None);
-    ready(&url, &admin, "a");
+    node_ready(&url, &admin, "a");
     let (s, r) = api(
         "POST",
         "/api/v1/jobs",
@@ -177,38 +163,20 @@ fn qm_admin_migrate_moves_a_sqlite_cluster_to_postgres_whole() {
 }
 
 /// `qm server` on `db` with a 2 s lease, its standard output's lines as they come.
-fn spawn_server(db: &str, listen: &str) -> (Proc, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(crate::harness::QM)
-        .args(["server", "--db", db, "--listen", listen, "--lease-s", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Proc(child), rx)
+fn spawn_server(db: &str, listen: &str) -> (Proc, Receiver<String>) {
+    spawn_server_on(db, listen, &["--lease-s", "2"])
 }
 
-/// Waits up to `secs` for a line holding `what`.
-fn line_with(rx: &std::sync::mpsc::Receiver<String>, what: &str, secs: u64) -> String {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(what) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no line with {what:?} within {secs} s"),
-        }
-    }
+/// The first server on a new database: it leads; its admin token, once it serves.
+fn first_server(db: &str, listen: &str) -> (Proc, Receiver<String>, String) {
+    let (p, lines) = spawn_server(db, listen);
+    let admin = line_with(&lines, "admin token (shown once): ", 30)
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    line_with(&lines, "API at", 30);
+    (p, lines, admin)
 }
 
 /// Two servers on one database, each on its own address: the standby waits (not listening),
@@ -227,16 +195,10 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
     );
     let (url1, url2) = (format!("http://{one}"), format!("http://{two}"));
     let both = format!("{url1},{url2}");
-    let (leader, lines) = spawn_server(&db, &one);
-    let admin = line_with(&lines, "admin token (shown once): ", 30)
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    line_with(&lines, "API at", 30);
+    let (leader, _lines, admin) = first_server(&db, &one);
     team_and_join_token(&url1, &admin, &dir, 4);
     let agent = start_agent(&dir, &both, "a", None);
-    ready(&url1, &admin, "a");
+    node_ready(&url1, &admin, "a");
     let (standby, standby_lines) = spawn_server(&db, &two);
     let said = line_with(&standby_lines, "standby:", 30);
     assert!(said.contains("term 1"), "{said}");
@@ -360,13 +322,7 @@ fn a_paused_leader_is_fenced_when_it_resumes_and_steps_down() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let (mut a, a_lines) = spawn_server(&db, &a_listen);
-    let admin = line_with(&a_lines, "admin token (shown once): ", 30)
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    line_with(&a_lines, "API at", 30);
+    let (mut a, _a_lines, admin) = first_server(&db, &a_listen);
     let a_url = format!("http://{a_listen}");
     let (s, r) = call(
         &a_url,
@@ -436,13 +392,7 @@ fn three_servers_four_agents_a_stream_of_submissions_and_the_leader_killed() {
         .collect();
     let urls: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
     let all = urls.join(",");
-    let (first, lines) = spawn_server(&db, &listens[0]);
-    let admin = line_with(&lines, "admin token (shown once): ", 30)
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    line_with(&lines, "API at", 30);
+    let (first, _lines, admin) = first_server(&db, &listens[0]);
     let mut standbys = Vec::new();
     for l in &listens[1..] {
         let (p, rx) = spawn_server(&db, l);
@@ -455,7 +405,7 @@ fn three_servers_four_agents_a_stream_of_submissions_and_the_leader_killed() {
         .map(|n| start_agent(&dir, &all, n, None))
         .collect();
     for n in ["a", "b", "c", "d"] {
-        ready(&urls[0], &admin, n);
+        node_ready(&urls[0], &admin, n);
     }
     // Any server that answers: the leader (a standby does not listen).
     let api = |method: &str, path: &str, body: Option<Value>| {
