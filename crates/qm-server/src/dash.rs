@@ -255,6 +255,8 @@ pub async fn stream(State(s): State<Arc<Server>>, Client(p): Client) -> Result<R
                 }
                 snap.to_string()
             };
+            // Shown only once everything it shows is durable.
+            s.settled().await;
             let chunk = format!("event: snapshot\ndata: {text}\n\n");
             Some((Ok::<_, Infallible>(chunk), (s, rx, false)))
         }

@@ -120,7 +120,7 @@ impl Inner {
                 if down.contains(&node) {
                     self.sent.remove(&key);
                     if stopping {
-                        self.store.put_exit((job, task, attempt), LOST_CODE)?;
+                        self.journal.exit((job, task, attempt), LOST_CODE);
                         self.exits
                             .entry((job, attempt))
                             .or_default()
@@ -500,8 +500,8 @@ impl Inner {
                 continue;
             };
             self.note(key.job, now, JobEventKind::Lost, why);
-            self.store
-                .put_exit((key.job, key.task, key.attempt), LOST_CODE)?;
+            self.journal
+                .exit((key.job, key.task, key.attempt), LOST_CODE);
             let codes = self.exits.entry((key.job, key.attempt)).or_default();
             codes.insert(key.task, LOST_CODE);
             let codes = codes.clone();
@@ -566,8 +566,8 @@ impl Inner {
             }
             // Durable before it counts: a restart must not forget that a task of a gang
             // still running has already exited.
-            self.store
-                .put_exit((exit.key.job, exit.key.task, exit.key.attempt), exit.code)?;
+            self.journal
+                .exit((exit.key.job, exit.key.task, exit.key.attempt), exit.code);
             let codes = self
                 .exits
                 .entry((exit.key.job, exit.key.attempt))

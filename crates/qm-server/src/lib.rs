@@ -10,6 +10,7 @@ mod auth;
 mod dash;
 mod exec;
 pub mod faults;
+mod journal;
 mod limits;
 mod metrics;
 mod views;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use qm_core::{apply, ApplyError, ClusterState, Event, JobId, SchedulerConfig, Secs};
 use qm_proto::{Command, JobEvent, JobEventKind, Role, TaskKey};
-use qm_store::{Batch, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
+use qm_store::{JobPayload, NodeRecord, Store, StoreError, TokenRecord};
 use tokio::sync::Notify;
 
 pub use api::{app, openapi_doc};
@@ -153,7 +154,9 @@ impl Clock for SystemClock {
 pub(crate) struct Agent {
     /// [`Clock::mono_ms`] of its last request.
     pub last_seen: u64,
-    pub outbox: Vec<Command>,
+    /// Commands for the agent, each with the journal ticket it waits for: it goes out only
+    /// once the change that caused it is durable.
+    pub outbox: Vec<(u64, Command)>,
     pub wake: Arc<Notify>,
 }
 
@@ -168,7 +171,8 @@ pub(crate) struct Sent {
 pub(crate) struct Inner {
     pub config: ServerConfig,
     pub state: ClusterState,
-    pub store: Box<dyn Store>,
+    /// The store, behind group commit.
+    pub journal: Arc<journal::Journal>,
     pub payloads: BTreeMap<u64, JobPayload>,
     pub tokens: BTreeMap<String, TokenRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
@@ -193,7 +197,8 @@ pub(crate) struct Inner {
     pub metrics: metrics::Metrics,
     /// Bumped by every change, for the dashboard's stream.
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Sequence number of the last stored event, and events stored since the last snapshot.
+    /// Sequence number of the last event (queued for the store), and events since the last
+    /// snapshot.
     pub seq: u64,
     pub since_snapshot: u64,
 }
@@ -244,6 +249,9 @@ impl From<ApplyError> for Refusal {
 /// The control plane, shared by the HTTP handlers and the scheduling loop.
 pub struct Server {
     inner: Mutex<Inner>,
+    /// The store behind group commit (the same as the state's), and its flusher thread.
+    pub(crate) journal: Arc<journal::Journal>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Something changed: plan again.
     pub(crate) wake: Notify,
     /// Bumped by every change (the dashboard's stream waits on it).
@@ -266,12 +274,37 @@ impl Server {
     ) -> Result<Arc<Server>, Refusal> {
         let inner = Inner::open(store, config, clock)?;
         let changes = inner.changes.clone();
+        let journal = inner.journal.clone();
+        let flusher = {
+            let journal = journal.clone();
+            std::thread::Builder::new()
+                .name("qm-journal".into())
+                .spawn(move || journal.run())
+                .map_err(|e| Refusal::Internal(format!("cannot start the store's writer: {e}")))?
+        };
         Ok(Arc::new(Server {
             inner: Mutex::new(inner),
+            journal,
+            flusher: Mutex::new(Some(flusher)),
             wake: Notify::new(),
             changes,
             history: Mutex::new(std::collections::VecDeque::new()),
         }))
+    }
+}
+
+impl Drop for Server {
+    /// Writes what is queued and ends the flusher, so that the store is closed (a lease
+    /// released, a file unlocked) when the server is gone.
+    fn drop(&mut self) {
+        self.journal.close();
+        let handle = self
+            .flusher
+            .get_mut()
+            .map_or_else(|p| p.into_inner().take(), Option::take);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 }
 
@@ -311,12 +344,13 @@ impl Inner {
         // invariant, rather than at whichever later event first touches the broken part.
         state.check_invariants();
         let next_job = state.jobs().map(|j| j.spec.id.0).max().unwrap_or(0) + 1;
+        let journal = Arc::new(journal::Journal::new(store, loaded.last_seq));
         let started = clock.mono_ms();
         let changes = Arc::new(tokio::sync::watch::channel(0u64).0);
         let inner = Inner {
             config,
             state,
-            store,
+            journal,
             payloads: loaded.payloads.into_iter().collect(),
             tokens: loaded
                 .tokens
@@ -465,62 +499,89 @@ impl Server {
         self.create_token_for(name, role, teams)
     }
 
-    /// [`Server::create_token`] for a typed role.
+    /// [`Server::create_token`] for a typed role; durable when it returns.
     pub fn create_token_for(
         &self,
         name: &str,
         role: Role,
         teams: &[String],
     ) -> Result<String, Refusal> {
-        if role == Role::Member && teams.is_empty() {
-            return Err(Refusal::BadRequest(
-                "a member token needs at least one team".into(),
-            ));
-        }
-        if role == Role::Member {
-            limits::member_name(name).map_err(Refusal::BadRequest)?;
-        }
-        let mut inner = self.lock();
-        for t in teams {
-            if inner.state.team(t).is_none() {
-                return Err(Refusal::BadRequest(format!("unknown team {t:?}")));
-            }
-        }
-        let token = new_token();
-        let rec = TokenRecord {
-            hash: hash_token(&token),
-            name: name.to_string(),
-            role,
-            teams: teams.to_vec(),
+        self.write_sync(|inner| inner.create_token(name, role, teams))
+    }
+
+    /// Runs a change under the lock and returns once it is durable, writing it in this thread
+    /// if the flusher has not (for callers outside the runtime: `qm up`, tests).
+    pub(crate) fn write_sync<T>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let (out, ticket) = {
+            let mut inner = self.lock();
+            let out = f(&mut inner);
+            (out, inner.journal.queued())
         };
-        inner.store.put_token(&rec)?;
-        inner.tokens.insert(rec.hash.clone(), rec);
-        Ok(token)
+        self.journal.flush_to(ticket);
+        out
+    }
+
+    /// Reads under the lock, then waits, without the lock, until every change the answer may
+    /// show is durable: no client is shown what a crash could take back.
+    pub(crate) async fn read<T>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let out = f(&self.lock());
+        self.settled().await;
+        out
+    }
+
+    /// Waits until everything queued so far is durable.
+    pub(crate) async fn settled(&self) {
+        let ticket = self.journal.queued();
+        self.journal.wait(ticket).await;
+    }
+
+    /// Runs a change under the lock, then waits, without the lock, until it is durable: the
+    /// store's sync is shared with every request that arrives meanwhile (group commit).
+    /// A refused change waits too, for whatever it did queue before it was refused.
+    pub(crate) async fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let (out, ticket) = {
+            let mut inner = self.lock();
+            let out = f(&mut inner);
+            (out, inner.journal.queued())
+        };
+        self.journal.wait(ticket).await;
+        self.wake.notify_one();
+        out
     }
 
     /// Sends every running job back to the queue whole (for a clean stop of `qm up`, whose
     /// agent then ends their tasks); they start again when capacity returns.
     pub fn requeue_all(&self, why: &str) -> Result<(), Refusal> {
-        let mut inner = self.lock();
-        let now = inner.now_s();
-        let runs: Vec<(JobId, u32)> = inner
-            .state
-            .live_jobs()
-            .filter_map(|j| j.state.run().map(|r| (j.spec.id, r.attempt)))
-            .collect();
-        for (job, attempt) in runs {
-            let e = Event::Requeue {
-                job,
-                attempt: Some(attempt),
-                at_s: now,
-            };
-            if inner.commit(vec![e], &[]).is_ok() {
-                if let Some(last) = inner.history.get_mut(&job.0).and_then(|h| h.last_mut()) {
-                    last.detail = why.to_string();
+        self.write_sync(|inner| {
+            let now = inner.now_s();
+            let runs: Vec<(JobId, u32)> = inner
+                .state
+                .live_jobs()
+                .filter_map(|j| j.state.run().map(|r| (j.spec.id, r.attempt)))
+                .collect();
+            for (job, attempt) in runs {
+                let e = Event::Requeue {
+                    job,
+                    attempt: Some(attempt),
+                    at_s: now,
+                };
+                if inner.commit(vec![e], &[]).is_ok() {
+                    if let Some(last) = inner.history.get_mut(&job.0).and_then(|h| h.last_mut()) {
+                        last.detail = why.to_string();
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The scheduling loop: plans whenever woken, and at least every second (node timeouts,
@@ -553,6 +614,38 @@ impl Server {
 }
 
 impl Inner {
+    /// Creates a token (see [`Server::create_token`]); its hash is queued for the store.
+    pub(crate) fn create_token(
+        &mut self,
+        name: &str,
+        role: Role,
+        teams: &[String],
+    ) -> Result<String, Refusal> {
+        if role == Role::Member && teams.is_empty() {
+            return Err(Refusal::BadRequest(
+                "a member token needs at least one team".into(),
+            ));
+        }
+        if role == Role::Member {
+            limits::member_name(name).map_err(Refusal::BadRequest)?;
+        }
+        for t in teams {
+            if self.state.team(t).is_none() {
+                return Err(Refusal::BadRequest(format!("unknown team {t:?}")));
+            }
+        }
+        let token = new_token();
+        let rec = TokenRecord {
+            hash: hash_token(&token),
+            name: name.to_string(),
+            role,
+            teams: teams.to_vec(),
+        };
+        self.journal.token(rec.clone());
+        self.tokens.insert(rec.hash.clone(), rec);
+        Ok(token)
+    }
+
     /// Who holds the token of this hash.
     pub(crate) fn principal(&self, hash: &str) -> Result<auth::Principal, Refusal> {
         if let Some(t) = self.tokens.get(hash) {
@@ -571,11 +664,10 @@ impl Inner {
         Err(Refusal::Unauthorized("unknown token".into()))
     }
 
-    /// Applies events and makes them durable, all or nothing. A refused event changes
+    /// Applies events and queues them for the store, all or nothing: a refused event changes
     /// nothing (the core checks an event before it mutates; a batch of several is rolled
-    /// back from a copy). If the store cannot take an applied batch, the process exits: the
-    /// state must never run ahead of what a restart would see, and nothing unstored has been
-    /// acknowledged.
+    /// back from a copy). The events are durable once the journal's ticket at return is
+    /// ([`Server::write`]); until then nothing that follows from them leaves the process.
     pub fn commit(
         &mut self,
         events: Vec<Event>,
@@ -597,16 +689,7 @@ impl Inner {
                 started.extend(run.map(|r| (job, r.attempt, nodes_of(r))));
             }
         }
-        match self.store.append(Batch {
-            events: &events,
-            payloads,
-        }) {
-            Ok(seq) => self.seq = seq,
-            Err(err) => {
-                eprintln!("qm server: fatal: the store refused a write ({err}); exiting so that a restart reloads what is stored");
-                std::process::exit(70);
-            }
-        }
+        self.seq = self.journal.events(&events, payloads);
         for (job, mut list) in hist {
             self.history.entry(job).or_default().append(&mut list);
         }
@@ -616,12 +699,8 @@ impl Inner {
         self.since_snapshot += events.len() as u64;
         if self.since_snapshot >= self.config.snapshot_every {
             let extra = Extra::write(&self.history, &self.placed);
-            // A failed snapshot loses nothing: the events are stored; the next one retries.
-            if let Err(e) = self.store.snapshot(self.seq, &self.state, &extra) {
-                eprintln!("qm server: snapshot at event {} failed: {e}", self.seq);
-            } else {
-                self.since_snapshot = 0;
-            }
+            self.journal.snapshot(self.seq, self.state.clone(), extra);
+            self.since_snapshot = 0;
         }
         for (job, p) in payloads {
             self.payloads.insert(*job, p.clone());
@@ -638,8 +717,9 @@ impl Inner {
     }
 
     pub fn push(&mut self, node: u32, command: Command) {
+        let ticket = self.journal.queued();
         if let Some(a) = self.agents.get_mut(&node) {
-            a.outbox.push(command);
+            a.outbox.push((ticket, command));
             a.wake.notify_one();
         } else {
             // Not connected now: the command waits for its next poll.
@@ -648,7 +728,7 @@ impl Inner {
                 node,
                 Agent {
                     last_seen: self.started,
-                    outbox: vec![command],
+                    outbox: vec![(ticket, command)],
                     wake,
                 },
             );

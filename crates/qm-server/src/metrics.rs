@@ -350,6 +350,31 @@ pub fn render(inner: &Inner, servers: Option<&qm_store::pg::Servers>) -> String 
         })),
     );
 
+    // Group commit: how many store writes carried how many changes.
+    let f = inner.journal.flushes();
+    let counter = |v: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        c
+    };
+    r.register(
+        "qm_store_writes",
+        "Transactions written to the store (each one sync, carrying every change queued while the previous one was written).",
+        counter(f.writes),
+    );
+    r.register(
+        "qm_store_changes",
+        "Changes (submissions, events, exits, records) written to the store; divided by qm_store_writes_total, the mean group-commit batch.",
+        counter(f.tickets),
+    );
+    let most: Gauge = Gauge::default();
+    most.set(f.most as i64);
+    r.register(
+        "qm_store_write_changes_max",
+        "The most changes one store write has carried since the server started.",
+        most,
+    );
+
     // Servers sharing a PostgreSQL database: who leads, by which term, and the standbys.
     if let Some(s) = servers {
         let lead = s.leader.as_ref().map(|l| l.holder.clone());

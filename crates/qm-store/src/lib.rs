@@ -90,11 +90,18 @@ pub struct Loaded {
     pub extra: Option<String>,
 }
 
-/// One atomic write: events and the payloads of the jobs they submit.
+/// One atomic write: events, the payloads of the jobs they submit, and the records beside
+/// them (task exits, tokens, nodes). The server's group commit gathers everything queued
+/// while the previous write was being synced into one of these.
 #[derive(Debug, Default)]
 pub struct Batch<'a> {
     pub events: &'a [Event],
     pub payloads: &'a [(u64, JobPayload)],
+    /// Task exits by (job, task, attempt): a later one for the same key replaces it.
+    pub exits: &'a [((u64, u32, u32), i32)],
+    pub tokens: &'a [TokenRecord],
+    /// Nodes by name (a name keeps its id; an id moves with its name).
+    pub nodes: &'a [NodeRecord],
 }
 
 /// A task's log as (job, task, attempt).
@@ -208,15 +215,34 @@ pub fn open(db: &str, access: &DbAccess) -> Result<Box<dyn Store>, StoreError> {
 pub trait Store: Send {
     /// Everything needed to rebuild the server's state.
     fn load(&mut self) -> Result<Loaded, StoreError>;
-    /// Appends a batch durably; returns the sequence number of its last event.
+    /// Appends a batch durably, all of it or nothing; returns the sequence number of its
+    /// last event (0 when it has none).
     fn append(&mut self, batch: Batch<'_>) -> Result<u64, StoreError>;
     /// Saves the state as of event `seq`, with the server's own derived data (`extra`, JSON);
     /// later loads replay only what follows.
     fn snapshot(&mut self, seq: u64, state: &ClusterState, extra: &str) -> Result<(), StoreError>;
-    fn put_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
-    fn put_node(&mut self, node: &NodeRecord) -> Result<(), StoreError>;
+    fn put_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.append(Batch {
+            tokens: std::slice::from_ref(token),
+            ..Batch::default()
+        })
+        .map(drop)
+    }
+    fn put_node(&mut self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.append(Batch {
+            nodes: std::slice::from_ref(node),
+            ..Batch::default()
+        })
+        .map(drop)
+    }
     /// Records that one task of a run exited (a gang's run ends when all its tasks have).
-    fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError>;
+    fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError> {
+        self.append(Batch {
+            exits: &[(key, code)],
+            ..Batch::default()
+        })
+        .map(drop)
+    }
     /// Appends task output at `offset` (ignoring bytes already stored); returns the log's
     /// length.
     fn append_log(
@@ -411,6 +437,34 @@ impl Store for SqliteStore {
             for (job, p) in batch.payloads {
                 pay.execute(rusqlite::params![*job as i64, serde_json::to_string(p)?])?;
             }
+            let mut exit = tx.prepare_cached(
+                "INSERT OR REPLACE INTO task_exits (job, task, attempt, code) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for ((job, task, attempt), code) in batch.exits {
+                exit.execute(rusqlite::params![*job as i64, task, attempt, code])?;
+            }
+            let mut token = tx.prepare_cached(
+                "INSERT OR REPLACE INTO tokens (hash, name, role, teams) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for t in batch.tokens {
+                token.execute(rusqlite::params![
+                    t.hash,
+                    t.name,
+                    t.role.as_str(),
+                    serde_json::to_string(&t.teams)?
+                ])?;
+            }
+            let mut node = tx.prepare_cached(
+                "INSERT OR REPLACE INTO nodes (name, id, credential_hash, address) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for n in batch.nodes {
+                node.execute(rusqlite::params![
+                    n.name,
+                    i64::from(n.id),
+                    n.credential_hash,
+                    n.address
+                ])?;
+            }
         }
         tx.commit()?;
         Ok(last)
@@ -429,35 +483,6 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM snapshots WHERE seq < ?1", [seq as i64])?;
         tx.execute("DELETE FROM snapshot_extra WHERE seq < ?1", [seq as i64])?;
         tx.commit()?;
-        Ok(())
-    }
-
-    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.db.execute(
-            "INSERT OR REPLACE INTO tokens (hash, name, role, teams) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![
-                t.hash,
-                t.name,
-                t.role.as_str(),
-                serde_json::to_string(&t.teams)?
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError> {
-        self.db.execute(
-            "INSERT OR REPLACE INTO task_exits (job, task, attempt, code) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![key.0 as i64, key.1, key.2, code],
-        )?;
-        Ok(())
-    }
-
-    fn put_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
-        self.db.execute(
-            "INSERT OR REPLACE INTO nodes (name, id, credential_hash, address) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![n.name, i64::from(n.id), n.credential_hash, n.address],
-        )?;
         Ok(())
     }
 

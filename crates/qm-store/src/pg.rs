@@ -449,38 +449,96 @@ impl Store for PgStore {
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<_, _>>()?;
-        let payloads: Vec<(i64, String)> = batch
+        let (pay_jobs, pay_json): (Vec<i64>, Vec<String>) = batch
             .payloads
             .iter()
             .map(|(job, p)| Ok((*job as i64, serde_json::to_string(p)?)))
-            .collect::<Result<_, StoreError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?
+            .into_iter()
+            .unzip();
+        // The last exit of a key wins, as on SQLite (one statement may not touch a row twice).
+        let exits: std::collections::BTreeMap<(u64, u32, u32), i32> =
+            batch.exits.iter().copied().collect();
+        let tokens = batch
+            .tokens
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.hash.clone(),
+                    t.name.clone(),
+                    t.role.as_str().to_string(),
+                    serde_json::to_string(&t.teams)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let nodes = batch.nodes.to_vec();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
             fence(&mut tx, conn.term)?;
-            let mut seq = conn.last_seq;
+            let first = conn.last_seq + 1;
+            let seq = conn.last_seq + events.len() as u64;
+            // One statement per table, however many rows: a group commit of hundreds of
+            // submissions is a handful of round trips.
             if !events.is_empty() {
-                let ins = tx.prepare("INSERT INTO events (seq, event) VALUES ($1, $2)")?;
-                for e in &events {
-                    seq += 1;
-                    tx.execute(&ins, &[&(seq as i64), e]).map_err(|e| {
-                        if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
-                            StoreError(format!(
-                                "event {seq} was already written by another server: this one no longer writes to the database"
-                            ))
-                        } else {
-                            e.into()
-                        }
-                    })?;
-                }
+                let seqs: Vec<i64> = (first..=seq).map(|s| s as i64).collect();
+                tx.execute(
+                    "INSERT INTO events (seq, event) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[])",
+                    &[&seqs, &events],
+                )
+                .map_err(|e| {
+                    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        StoreError(format!(
+                            "events {first}..{seq} collide with events another server wrote: this one no longer writes to the database"
+                        ))
+                    } else {
+                        e.into()
+                    }
+                })?;
             }
-            if !payloads.is_empty() {
-                let pay = tx.prepare(
-                    "INSERT INTO payloads (job, payload) VALUES ($1, $2) \
+            if !pay_jobs.is_empty() {
+                // The last payload of a job wins.
+                tx.execute(
+                    "INSERT INTO payloads (job, payload) \
+                     SELECT DISTINCT ON (job) job, payload FROM UNNEST($1::BIGINT[], $2::TEXT[]) WITH ORDINALITY AS p(job, payload, n) ORDER BY job, n DESC \
                      ON CONFLICT (job) DO UPDATE SET payload = EXCLUDED.payload",
+                    &[&pay_jobs, &pay_json],
                 )?;
-                for (job, p) in &payloads {
-                    tx.execute(&pay, &[job, p])?;
+            }
+            if !exits.is_empty() {
+                let mut cols: (Vec<i64>, Vec<i32>, Vec<i32>, Vec<i32>) = Default::default();
+                for (key, code) in &exits {
+                    let (job, task, attempt) = key_params(*key);
+                    cols.0.push(job);
+                    cols.1.push(task);
+                    cols.2.push(attempt);
+                    cols.3.push(*code);
                 }
+                tx.execute(
+                    "INSERT INTO task_exits (job, task, attempt, code) \
+                     SELECT * FROM UNNEST($1::BIGINT[], $2::INTEGER[], $3::INTEGER[], $4::INTEGER[]) \
+                     ON CONFLICT (job, task, attempt) DO UPDATE SET code = EXCLUDED.code",
+                    &[&cols.0, &cols.1, &cols.2, &cols.3],
+                )?;
+            }
+            for (hash, name, role, teams) in &tokens {
+                tx.execute(
+                    "INSERT INTO tokens (hash, name, role, teams) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (hash) DO UPDATE SET name = EXCLUDED.name, role = EXCLUDED.role, teams = EXCLUDED.teams",
+                    &[hash, name, role, teams],
+                )?;
+            }
+            for n in &nodes {
+                // A name keeps its id; an id moves with its name (as SQLite's INSERT OR
+                // REPLACE does on either key).
+                tx.execute(
+                    "DELETE FROM nodes WHERE id = $1 AND name <> $2",
+                    &[&i64::from(n.id), &n.name],
+                )?;
+                tx.execute(
+                    "INSERT INTO nodes (name, id, credential_hash, address) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (name) DO UPDATE SET id = EXCLUDED.id, credential_hash = EXCLUDED.credential_hash, address = EXCLUDED.address",
+                    &[&n.name, &i64::from(n.id), &n.credential_hash, &n.address],
+                )?;
             }
             tx.commit()?;
             conn.last_seq = seq;
@@ -501,58 +559,6 @@ impl Store for PgStore {
                 &[&seq, &state, &extra],
             )?;
             tx.execute("DELETE FROM snapshots WHERE seq < $1", &[&seq])?;
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
-    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
-        let teams = serde_json::to_string(&t.teams)?;
-        let (hash, name, role) = (t.hash.clone(), t.name.clone(), t.role.as_str().to_string());
-        self.call(move |conn| {
-            let mut tx = conn.client.transaction()?;
-            fence(&mut tx, conn.term)?;
-            tx.execute(
-                "INSERT INTO tokens (hash, name, role, teams) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (hash) DO UPDATE SET name = EXCLUDED.name, role = EXCLUDED.role, teams = EXCLUDED.teams",
-                &[&hash, &name, &role, &teams],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
-    fn put_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
-        let n = n.clone();
-        self.call(move |conn| {
-            let mut tx = conn.client.transaction()?;
-            fence(&mut tx, conn.term)?;
-            // A name keeps its id; an id moves with its name (as SQLite's INSERT OR REPLACE
-            // does on either key).
-            tx.execute(
-                "DELETE FROM nodes WHERE id = $1 AND name <> $2",
-                &[&i64::from(n.id), &n.name],
-            )?;
-            tx.execute(
-                "INSERT INTO nodes (name, id, credential_hash, address) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (name) DO UPDATE SET id = EXCLUDED.id, credential_hash = EXCLUDED.credential_hash, address = EXCLUDED.address",
-                &[&n.name, &i64::from(n.id), &n.credential_hash, &n.address],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
-    fn put_exit(&mut self, key: (u64, u32, u32), code: i32) -> Result<(), StoreError> {
-        self.call(move |conn| {
-            let (job, task, attempt) = key_params(key);
-            let mut tx = conn.client.transaction()?;
-            fence(&mut tx, conn.term)?;
-            tx.execute(
-                "INSERT INTO task_exits (job, task, attempt, code) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (job, task, attempt) DO UPDATE SET code = EXCLUDED.code",
-                &[&job, &task, &attempt, &code],
-            )?;
             tx.commit()?;
             Ok(())
         })

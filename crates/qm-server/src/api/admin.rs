@@ -12,9 +12,8 @@ use super::{Admin, Api, Body, Seg};
 use crate::views::{self, node_view, team_views};
 use crate::{Refusal, Server};
 
-fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
-    {
-        let mut inner = s.lock();
+async fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
+    s.write(|inner| {
         let id = inner
             .nodes
             .get(name)
@@ -28,16 +27,18 @@ fn set_node_state(s: &Server, name: &str, to: NodeState) -> Api<NodeView> {
                 at_s,
             }],
             &[],
-        )?;
-    }
-    s.wake.notify_one();
-    let inner = s.lock();
-    let n = inner
-        .state
-        .nodes()
-        .find(|n| n.spec.name == name)
-        .expect("just set");
-    Ok(Json(node_view(&inner, n)))
+        )
+    })
+    .await?;
+    s.read(|inner| {
+        let n = inner
+            .state
+            .nodes()
+            .find(|n| n.spec.name == name)
+            .expect("just set");
+        Ok(Json(node_view(inner, n)))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "admin", params(("name" = String, Path, description = "The node's name")), responses((status = 200, description = "The node, draining: it takes no new work", body = NodeView)))]
@@ -46,7 +47,7 @@ pub async fn drain(
     _: Admin,
     Seg(name): Seg<String>,
 ) -> Api<NodeView> {
-    set_node_state(&s, &name, NodeState::Draining)
+    set_node_state(&s, &name, NodeState::Draining).await
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{name}/resume", tag = "admin", params(("name" = String, Path, description = "The node's name")), responses((status = 200, description = "The node, ready again", body = NodeView)))]
@@ -55,7 +56,7 @@ pub async fn resume(
     _: Admin,
     Seg(name): Seg<String>,
 ) -> Api<NodeView> {
-    set_node_state(&s, &name, NodeState::Ready)
+    set_node_state(&s, &name, NodeState::Ready).await
 }
 
 /// Forgets a node's credential: its agent is refused from now on, and the name may be
@@ -67,25 +68,32 @@ pub async fn reset(
     _: Admin,
     Seg(name): Seg<String>,
 ) -> Api<NodeView> {
-    let mut inner = s.lock();
-    let mut rec = inner
-        .nodes
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
-    rec.credential_hash = String::new();
-    inner.store.put_node(&rec)?;
-    let id = rec.id;
-    inner.nodes.insert(name.clone(), rec);
-    // Its long poll ends; a new agent starts a new session.
-    if let Some(a) = inner.agents.get(&id) {
-        a.wake.notify_waiters();
-    }
-    let n = inner
-        .state
-        .node(NodeId(id))
-        .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
-    Ok(Json(node_view(&inner, n)))
+    let id = s
+        .write(|inner| {
+            let mut rec = inner
+                .nodes
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
+            rec.credential_hash = String::new();
+            inner.journal.node(rec.clone());
+            let id = rec.id;
+            inner.nodes.insert(name.clone(), rec);
+            // Its long poll ends; a new agent starts a new session.
+            if let Some(a) = inner.agents.get(&id) {
+                a.wake.notify_waiters();
+            }
+            Ok(id)
+        })
+        .await?;
+    s.read(|inner| {
+        let n = inner
+            .state
+            .node(NodeId(id))
+            .ok_or_else(|| Refusal::NotFound(format!("no node {name:?}")))?;
+        Ok(Json(node_view(inner, n)))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/teams", tag = "admin", request_body = TeamRequest, responses((status = 200, description = "The team as set", body = TeamView)))]
@@ -110,42 +118,42 @@ pub async fn set_team(
             req.name
         ))
     })?;
-    let view = {
-        let mut inner = s.lock();
-        let old = inner.state.team(&req.name).map(|t| t.spec.clone());
-        let mut spec = old.unwrap_or_else(|| TeamSpec::new(&req.name, 0));
-        if req.parent.is_some() {
-            spec.parent = req.parent.clone();
-        }
-        let q = spec.quotas.entry(ANY_MODEL.to_string()).or_insert(Quota {
-            guaranteed: 0,
-            max: None,
-        });
-        if let Some(g) = req.guaranteed {
-            q.guaranteed = g;
-        }
-        if req.max.is_some() {
-            q.max = req.max;
-        }
-        if let Some(w) = req.weight {
-            spec.weight = w;
-        }
-        if let Some(policy) = req.idle_policy {
-            spec.idle_policy = views::core_idle_policy(policy);
-        }
-        if let Some(range) = req.priorities {
-            spec.priorities = range;
-        }
-        if let Some(cpus) = req.max_cpu {
-            spec.max_cpu_milli = (cpus > 0).then(|| u64::from(cpus) * 1000);
-        }
-        inner.commit(vec![Event::SetTeam(spec)], &[])?;
-        team_views(&inner.state, inner.now_s())
-            .into_iter()
-            .find(|t| t.name == req.name)
-            .ok_or_else(|| Refusal::Internal("team vanished".into()))?
-    };
-    s.wake.notify_one();
+    let view = s
+        .write(|inner| {
+            let old = inner.state.team(&req.name).map(|t| t.spec.clone());
+            let mut spec = old.unwrap_or_else(|| TeamSpec::new(&req.name, 0));
+            if req.parent.is_some() {
+                spec.parent = req.parent.clone();
+            }
+            let q = spec.quotas.entry(ANY_MODEL.to_string()).or_insert(Quota {
+                guaranteed: 0,
+                max: None,
+            });
+            if let Some(g) = req.guaranteed {
+                q.guaranteed = g;
+            }
+            if req.max.is_some() {
+                q.max = req.max;
+            }
+            if let Some(w) = req.weight {
+                spec.weight = w;
+            }
+            if let Some(policy) = req.idle_policy {
+                spec.idle_policy = views::core_idle_policy(policy);
+            }
+            if let Some(range) = req.priorities {
+                spec.priorities = range;
+            }
+            if let Some(cpus) = req.max_cpu {
+                spec.max_cpu_milli = (cpus > 0).then(|| u64::from(cpus) * 1000);
+            }
+            inner.commit(vec![Event::SetTeam(spec)], &[])?;
+            team_views(&inner.state, inner.now_s())
+                .into_iter()
+                .find(|t| t.name == req.name)
+                .ok_or_else(|| Refusal::Internal("team vanished".into()))
+        })
+        .await?;
     Ok(Json(view))
 }
 
@@ -155,6 +163,8 @@ pub async fn create_token(
     _: Admin,
     Body(req): Body<TokenRequest>,
 ) -> Api<TokenResponse> {
-    let token = s.create_token_for(&req.name, req.role, &req.teams)?;
+    let token = s
+        .write(|inner| inner.create_token(&req.name, req.role, &req.teams))
+        .await?;
     Ok(Json(TokenResponse { token }))
 }

@@ -32,14 +32,21 @@ impl Inner {
         agent
     }
 
-    /// What the server has for a node's agent: its outbox, emptied. Launches count as
-    /// received from now (a task missing from the node's heartbeats after that is lost).
+    /// What the server has for a node's agent: the commands in its outbox whose cause is
+    /// durable, taken out. Launches count as received from now (a task missing from the
+    /// node's heartbeats after that is lost).
     pub(crate) fn take_commands(&mut self, node: u32) -> Vec<qm_proto::Command> {
-        let mut out = self
-            .agents
-            .get_mut(&node)
-            .map(|a| std::mem::take(&mut a.outbox))
-            .unwrap_or_default();
+        let durable = self.journal.durable();
+        let mut out: Vec<qm_proto::Command> = match self.agents.get_mut(&node) {
+            Some(a) => {
+                let (ready, held) = std::mem::take(&mut a.outbox)
+                    .into_iter()
+                    .partition(|(ticket, _)| *ticket <= durable);
+                a.outbox = held;
+                ready.into_iter().map(|(_, c)| c).collect()
+            }
+            None => Vec::new(),
+        };
         // A launch of a run that has since ended (requeued while the node was away,
         // cancelled before its agent asked) must not start: only the current run's go out.
         out.retain(|c| match c {
@@ -78,8 +85,7 @@ pub async fn register(
     Caller(who, token): Caller,
     Body(req): Body<RegisterRequest>,
 ) -> Api<RegisterResponse> {
-    let credential = s.lock().register(&who, &token, &req)?;
-    s.wake.notify_one();
+    let credential = s.write(|inner| inner.register(&who, &token, &req)).await?;
     Ok(Json(RegisterResponse { credential }))
 }
 
@@ -188,7 +194,7 @@ impl Inner {
         if !known {
             self.commit(vec![Event::NodeUp(spec)], &[])?;
         }
-        self.store.put_node(&rec)?;
+        self.journal.node(rec.clone());
         self.nodes.insert(rec.name.clone(), rec);
         self.agent_seen(id);
         Ok(credential)
@@ -201,12 +207,11 @@ pub async fn heartbeat(
     Node(node): Node,
     Body(hb): Body<Heartbeat>,
 ) -> Api<HeartbeatAck> {
-    {
-        let mut inner = s.lock();
+    s.write(|inner| {
         inner.agent_seen(node);
-        inner.heartbeat(node, hb)?;
-    }
-    s.wake.notify_one();
+        inner.heartbeat(node, hb)
+    })
+    .await?;
     Ok(Json(HeartbeatAck {}))
 }
 
@@ -224,14 +229,32 @@ pub async fn commands(
     Params(w): Params<Wait>,
 ) -> Api<Commands> {
     let wake = s.lock().agent_seen(node).wake.clone();
-    let deadline = Duration::from_secs(w.wait_s.unwrap_or(25).min(60));
-    let take = |s: &Server| s.lock().take_commands(node);
-    let mut out = take(&s);
-    if out.is_empty() {
-        let _ = tokio::time::timeout(deadline, wake.notified()).await;
-        out = take(&s);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(w.wait_s.unwrap_or(25).min(60));
+    loop {
+        let (out, held) = {
+            let mut inner = s.lock();
+            let out = inner.take_commands(node);
+            let held = inner
+                .agents
+                .get(&node)
+                .and_then(|a| a.outbox.iter().map(|(t, _)| *t).max());
+            (out, held)
+        };
+        if !out.is_empty() {
+            return Ok(Json(Commands { commands: out }));
+        }
+        let waited = match held {
+            // Commands whose cause is being written: they go out once it is durable.
+            Some(ticket) => tokio::time::timeout_at(deadline, s.journal.wait(ticket)).await,
+            None => tokio::time::timeout_at(deadline, wake.notified()).await,
+        };
+        if waited.is_err() {
+            return Ok(Json(Commands {
+                commands: s.lock().take_commands(node),
+            }));
+        }
     }
-    Ok(Json(Commands { commands: out }))
 }
 
 #[utoipa::path(post, path = "/agent/v1/logs", tag = "agent", operation_id = "upload_logs", request_body = LogChunk, responses((status = 200, description = "Stored; the next offset to send from", body = LogAck)))]
@@ -249,21 +272,26 @@ pub async fn logs(
         None => None,
     };
     let data: &[u8] = decoded.as_deref().unwrap_or(chunk.data.as_bytes());
-    let mut inner = s.lock();
-    let most = inner.config.max_log_chunk.min(crate::MAX_LOG_CHUNK);
-    if data.len() > most {
-        return Err(Refusal::BadRequest(format!(
-            "a log chunk of {} bytes; send at most {most} at once (qm server --max-log-chunk-kib)",
-            data.len(),
-        )));
-    }
-    inner.speaks_for(node, &chunk.key, "log chunk", false)?;
+    let max = {
+        let inner = s.lock();
+        let most = inner.config.max_log_chunk.min(crate::MAX_LOG_CHUNK);
+        if data.len() > most {
+            return Err(Refusal::BadRequest(format!(
+                "a log chunk of {} bytes; send at most {most} at once (qm server --max-log-chunk-kib)",
+                data.len(),
+            )));
+        }
+        inner.speaks_for(node, &chunk.key, "log chunk", false)?;
+        inner.config.max_log_bytes
+    };
+    // Logs go to the store directly, not through the journal: they are not events, and this
+    // answer says how much is stored. The server's lock is not held meanwhile.
+    let mut store = s.journal.store();
     let k = &chunk.key;
     let key = (k.job, k.task, k.attempt);
-    let max = inner.config.max_log_bytes;
     // What the agent has sent, as far as it knows, once this chunk is taken.
     let sent = chunk.offset + data.len() as u64;
-    let len = inner.store.log_len(key)?;
+    let len = store.log_len(key)?;
     if len >= max {
         // The log is full (its marker written): the rest is dropped, and acknowledged so that
         // the agent moves on.
@@ -276,16 +304,16 @@ pub async fn logs(
         )));
     }
     if sent <= max {
-        let length = inner.store.append_log(key, chunk.offset, data)?;
+        let length = store.append_log(key, chunk.offset, data)?;
         return Ok(Json(LogAck { length }));
     }
     // This chunk crosses the limit: keep what fits, then say what was dropped.
     let keep = (max.saturating_sub(chunk.offset) as usize).min(data.len());
-    inner.store.append_log(key, chunk.offset, &data[..keep])?;
-    let stored = inner.store.log_len(key)?;
+    store.append_log(key, chunk.offset, &data[..keep])?;
+    let stored = store.log_len(key)?;
     let marker = format!(
         "\n[qm: this task's output passed {max} bytes, the limit per task (qm server --max-log-mib); the rest is dropped]\n"
     );
-    inner.store.append_log(key, stored, marker.as_bytes())?;
+    store.append_log(key, stored, marker.as_bytes())?;
     Ok(Json(LogAck { length: sent }))
 }

@@ -13,21 +13,24 @@ use crate::{Refusal, Server};
 
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "cluster", responses((status = 200, description = "Every node", body = Vec<NodeView>)))]
 pub async fn nodes(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<NodeView>> {
-    let inner = s.lock();
-    let out = inner.state.nodes().map(|n| node_view(&inner, n)).collect();
-    Ok(Json(out))
+    s.read(|inner| {
+        Ok(Json(
+            inner.state.nodes().map(|n| node_view(inner, n)).collect(),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/teams", tag = "cluster", responses((status = 200, description = "Every team: guaranteed, max, used, borrowed, idle", body = Vec<TeamView>)))]
 pub async fn teams(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<TeamView>> {
-    let inner = s.lock();
-    Ok(Json(team_views(&inner.state, inner.now_s())))
+    s.read(|inner| Ok(Json(team_views(&inner.state, inner.now_s()))))
+        .await
 }
 
 #[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster", responses((status = 200, description = "The servers: the store, who leads (its term and lease) and the standbys", body = ClusterView)))]
 pub async fn cluster(State(s): State<Arc<Server>>, Client(_): Client) -> Api<ClusterView> {
-    let mut inner = s.lock();
-    let view = match inner.store.servers()? {
+    let servers = s.journal.store().servers()?;
+    let view = match servers {
         None => ClusterView {
             store: "sqlite".into(),
             leader: None,
@@ -58,11 +61,10 @@ pub async fn cluster(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Clu
 
 #[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "OpenMetrics text: GPUs, jobs, plan and wait histograms, preemptions, heartbeats", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(s): State<Arc<Server>>, Client(_): Client) -> Result<Response, Refusal> {
-    let body = {
-        let mut inner = s.lock();
-        let servers = inner.store.servers()?;
-        crate::metrics::render(&inner, servers.as_ref())
-    };
+    let servers = s.journal.store().servers()?;
+    let body = s
+        .read(|inner| Ok(crate::metrics::render(inner, servers.as_ref())))
+        .await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

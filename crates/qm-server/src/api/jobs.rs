@@ -35,8 +35,7 @@ pub async fn submit(
     Client(p): Client,
     Body(req): Body<SubmitRequest>,
 ) -> Api<SubmitResponse> {
-    let id = s.lock().submit(&p, &req)?;
-    s.wake.notify_one();
+    let id = s.write(|inner| inner.submit(&p, &req)).await?;
     Ok(Json(SubmitResponse { job: id.0 }))
 }
 
@@ -148,28 +147,30 @@ pub async fn list(
     Client(p): Client,
     Params(f): Params<JobFilter>,
 ) -> Api<Vec<JobView>> {
-    let inner = s.lock();
-    let private = inner.config.private_jobs;
-    // The newest `limit` that match, and only they are turned into views (a view clones
-    // the job's history and command).
-    let mut matching: Vec<&qm_core::Job> = inner
-        .state
-        .jobs()
-        .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
-        .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
-        .filter(|j| !private || p.may_use_team(&j.spec.team))
-        .collect();
-    let limit = f.limit.unwrap_or(1000);
-    if matching.len() > limit {
-        matching.select_nth_unstable_by_key(limit, |j| std::cmp::Reverse(j.spec.id));
-        matching.truncate(limit);
-    }
-    matching.sort_by_key(|j| std::cmp::Reverse(j.spec.id));
-    let out = matching
-        .into_iter()
-        .map(|j| seen_by(&inner, j, &p))
-        .collect();
-    Ok(Json(out))
+    s.read(|inner| {
+        let private = inner.config.private_jobs;
+        // The newest `limit` that match, and only they are turned into views (a view clones
+        // the job's history and command).
+        let mut matching: Vec<&qm_core::Job> = inner
+            .state
+            .jobs()
+            .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
+            .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
+            .filter(|j| !private || p.may_use_team(&j.spec.team))
+            .collect();
+        let limit = f.limit.unwrap_or(1000);
+        if matching.len() > limit {
+            matching.select_nth_unstable_by_key(limit, |j| std::cmp::Reverse(j.spec.id));
+            matching.truncate(limit);
+        }
+        matching.sort_by_key(|j| std::cmp::Reverse(j.spec.id));
+        let out = matching
+            .into_iter()
+            .map(|j| seen_by(inner, j, &p))
+            .collect();
+        Ok(Json(out))
+    })
+    .await
 }
 
 impl Inner {
@@ -249,9 +250,11 @@ pub async fn show(
     Client(p): Client,
     Seg(id): Seg<u64>,
 ) -> Api<JobView> {
-    let inner = s.lock();
-    let job = find_job(&inner, id, &p, Access::Look)?;
-    Ok(Json(seen_by(&inner, job, &p)))
+    s.read(|inner| {
+        let job = find_job(inner, id, &p, Access::Look)?;
+        Ok(Json(seen_by(inner, job, &p)))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/why", tag = "jobs", params(("id" = u64, Path, description = "The job's id")), responses((status = 200, description = "Why it waits (a structured reason) and its estimated start", body = WhyView)))]
@@ -260,8 +263,12 @@ pub async fn why(
     Client(p): Client,
     Seg(id): Seg<u64>,
 ) -> Api<WhyView> {
-    let inner = s.lock();
-    let job = find_job(&inner, id, &p, Access::Look)?;
+    s.read(|inner| why_of(inner, id, &p)).await
+}
+
+/// Why job `id` waits, as `p` may see it.
+fn why_of(inner: &Inner, id: u64, p: &Principal) -> Api<WhyView> {
+    let job = find_job(inner, id, p, Access::Look)?;
     let state = views::job_state(&job.state);
     if job.state != JobState::Pending {
         let message = match &job.state {
@@ -313,29 +320,29 @@ pub async fn cancel(
     Client(p): Client,
     Seg(id): Seg<u64>,
 ) -> Api<JobView> {
-    let view = {
-        let mut inner = s.lock();
-        let job = find_job(&inner, id, &p, Access::Own)?;
-        if job.state.is_terminal() {
-            return Err(Refusal::Conflict(format!(
-                "job {id} has already ended ({})",
-                job.state.name()
-            )));
-        }
-        let at_s = inner.now_s();
-        inner.commit(
-            vec![Event::Cancel {
-                job: JobId(id),
-                at_s,
-            }],
-            &[],
-        )?;
-        // A running job is now stopping: its agents are told.
-        inner.kill_run(JobId(id));
-        let job = inner.state.job(JobId(id)).expect("known");
-        job_view(&inner, job)
-    };
-    s.wake.notify_one();
+    let view = s
+        .write(|inner| {
+            let job = find_job(inner, id, &p, Access::Own)?;
+            if job.state.is_terminal() {
+                return Err(Refusal::Conflict(format!(
+                    "job {id} has already ended ({})",
+                    job.state.name()
+                )));
+            }
+            let at_s = inner.now_s();
+            inner.commit(
+                vec![Event::Cancel {
+                    job: JobId(id),
+                    at_s,
+                }],
+                &[],
+            )?;
+            // A running job is now stopping: its agents are told.
+            inner.kill_run(JobId(id));
+            let job = inner.state.job(JobId(id)).expect("known");
+            Ok(job_view(inner, job))
+        })
+        .await?;
     Ok(Json(view))
 }
 
@@ -359,28 +366,32 @@ pub async fn logs(
     Seg(id): Seg<u64>,
     Params(q): Params<LogQuery>,
 ) -> Api<LogView> {
-    let mut inner = s.lock();
-    let job = find_job(&inner, id, &p, Access::Own)?;
-    let task = q.task.unwrap_or(0);
-    if task >= job.spec.tasks {
-        return Err(Refusal::BadRequest(format!(
-            "job {id} has {} tasks; task must be 0..{}",
-            job.spec.tasks, job.spec.tasks
-        )));
-    }
-    let current = job.state.run().map(|r| r.attempt);
-    let attempt = q.attempt.or(current).unwrap_or(job.runs.max(1));
-    let exited = inner
-        .exits
-        .get(&(id, attempt))
-        .is_some_and(|c| c.contains_key(&task));
-    let done = current != Some(attempt) || exited;
+    let (task, attempt, done) = {
+        let inner = s.lock();
+        let job = find_job(&inner, id, &p, Access::Own)?;
+        let task = q.task.unwrap_or(0);
+        if task >= job.spec.tasks {
+            return Err(Refusal::BadRequest(format!(
+                "job {id} has {} tasks; task must be 0..{}",
+                job.spec.tasks, job.spec.tasks
+            )));
+        }
+        let current = job.state.run().map(|r| r.attempt);
+        let attempt = q.attempt.or(current).unwrap_or(job.runs.max(1));
+        let exited = inner
+            .exits
+            .get(&(id, attempt))
+            .is_some_and(|c| c.contains_key(&task));
+        (task, attempt, current != Some(attempt) || exited)
+    };
+    // The store is read without the server's lock.
+    let mut store = s.journal.store();
     let mut offset = q.offset.unwrap_or(0);
     if let Some(tail) = q.tail {
-        let (_, len) = inner.store.read_log((id, task, attempt), u64::MAX, 0)?;
+        let (_, len) = store.read_log((id, task, attempt), u64::MAX, 0)?;
         offset = len.saturating_sub(tail);
     }
-    let (data, next) = inner.store.read_log((id, task, attempt), offset, 1 << 20)?;
+    let (data, next) = store.read_log((id, task, attempt), offset, 1 << 20)?;
     Ok(Json(LogView {
         job: id,
         task,

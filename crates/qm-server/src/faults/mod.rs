@@ -179,8 +179,14 @@ impl World {
 
     fn crash_server(&mut self) {
         if let Some(inner) = self.server.take() {
-            self.store = Some(inner.store);
+            // What was queued and not yet written is lost with the process: no answer or
+            // command that depends on it has gone out.
+            let lost = inner.journal.queued() - inner.journal.durable();
+            let journal = std::sync::Arc::try_unwrap(inner.journal)
+                .unwrap_or_else(|_| panic!("the simulated server alone holds its journal"));
+            self.store = Some(journal.into_store());
             self.out.server_crashes += 1;
+            self.log(|| format!("server: crashed with {lost} changes not yet written"));
         }
     }
 
@@ -188,6 +194,10 @@ impl World {
     fn serve(&mut self, node: usize, token: &str, msg: Up) -> Option<Down> {
         let inner = self.server.as_mut()?;
         let who = inner.principal(&hash_token(token)).ok();
+        if matches!(msg, Up::Poll) {
+            // The long poll waits until the commands' causes are durable.
+            inner.journal.flush_to(inner.journal.queued());
+        }
         let down = match msg {
             Up::Register(req) => match who {
                 Some(who) => match inner.register(&who, token, &req) {
@@ -216,6 +226,8 @@ impl World {
                 _ => Down::Unauthorized,
             },
         };
+        // Every answer waits until what its request changed is durable.
+        inner.journal.flush_to(inner.journal.queued());
         if let Down::Refused(m) = &down {
             if !m.contains("registered already") {
                 let name = self.agents[node].name.clone();
@@ -257,7 +269,9 @@ impl World {
             user: None,
             fence,
         };
-        match inner.submit(&Principal::Admin, &req) {
+        let r = inner.submit(&Principal::Admin, &req);
+        inner.journal.flush_to(inner.journal.queued());
+        match r {
             Ok(id) => {
                 self.accepted.insert(id.0, (duration, code, tasks));
                 if fence {
@@ -295,6 +309,7 @@ impl World {
         );
         if r.is_ok() {
             inner.kill_run(JobId(job));
+            inner.journal.flush_to(inner.journal.queued());
             self.log(|| format!("cancel: job {job}"));
         }
     }
@@ -352,6 +367,11 @@ impl World {
             self.next_tick = now + 500;
             if let Some(inner) = self.server.as_mut() {
                 let r = inner.check_timeouts().and_then(|()| inner.schedule());
+                // The round's writes reach the store with the next answer, or now; a crash
+                // before then loses them, and the commands they hold back, together.
+                if self.rng.chance(0.5) {
+                    inner.journal.flush_to(inner.journal.queued());
+                }
                 if let Err(e) = r {
                     self.fail(format!("the scheduling round failed: {e:?}"));
                 }
@@ -437,6 +457,9 @@ impl World {
             return;
         };
         inner.state.check_invariants();
+        // An ending counts as seen only once it is durable: until then a crash may take it
+        // back, and no client can have been told (reads wait for what they show).
+        let settled = inner.journal.queued() == inner.journal.durable();
         let mut problems = Vec::new();
         let mut newly = Vec::new();
         for (&id, &(_, _, tasks)) in &self.accepted {
@@ -463,6 +486,7 @@ impl World {
                     problems.push(format!("job {id} ended {was}, then {end}"));
                 }
                 Some(_) => {}
+                None if !settled => {}
                 None => {
                     if end == "succeeded" {
                         let attempt = job.runs;
@@ -506,7 +530,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
             role,
             teams: Vec::new(),
         };
-        inner.store.put_token(&rec).expect("a token");
+        inner.journal.token(rec.clone());
         inner.tokens.insert(rec.hash.clone(), rec);
     }
     inner
@@ -518,6 +542,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
             &[],
         )
         .expect("a team");
+    inner.journal.flush_to(inner.journal.queued());
     let mut skew = Rng::new(seed ^ 0x5eed_c10c);
     let agents = (0..opts.agents)
         .map(|i| {
