@@ -673,6 +673,7 @@ mod tests {
                 .append(Batch {
                     events: std::slice::from_ref(&team),
                     payloads: &[(1, JobPayload::default())],
+                    ..Batch::default()
                 })
                 .unwrap();
             assert_eq!(seq, 1);
@@ -682,6 +683,7 @@ mod tests {
             s.append(Batch {
                 events: &[Event::SetTeam(TeamSpec::new("b", 8))],
                 payloads: &[],
+                ..Batch::default()
             })
             .unwrap();
             assert_eq!(s.append_log((1, 0, 1), 0, b"hello ").unwrap(), 6);
@@ -745,6 +747,7 @@ mod tests {
             .append(Batch {
                 events: &[Event::SetTeam(TeamSpec::new("c", 8))],
                 payloads: &[],
+                ..Batch::default()
             })
             .unwrap();
         assert_eq!(seq, 3);
@@ -778,6 +781,7 @@ mod tests {
         let batch = || Batch {
             events: &[],
             payloads: &[],
+            ..Batch::default()
         };
         first.append(batch()).unwrap();
         let team = [Event::SetTeam(TeamSpec::new("a", 1))];
@@ -785,12 +789,14 @@ mod tests {
             .append(Batch {
                 events: &team,
                 payloads: &[],
+                ..Batch::default()
             })
             .unwrap();
         let err = second
             .append(Batch {
                 events: &team,
                 payloads: &[],
+                ..Batch::default()
             })
             .unwrap_err()
             .to_string();
@@ -814,6 +820,7 @@ mod tests {
             .append(Batch {
                 events: std::slice::from_ref(&team),
                 payloads: &[(1, JobPayload::default())],
+                ..Batch::default()
             })
             .unwrap();
         let mut state = ClusterState::new(SchedulerConfig::default());
@@ -822,6 +829,7 @@ mod tests {
         s.append(Batch {
             events: &[Event::SetTeam(TeamSpec::new("b", 4))],
             payloads: &[],
+            ..Batch::default()
         })
         .unwrap();
         s.put_token(&TokenRecord {
@@ -876,6 +884,7 @@ mod tests {
             .append(Batch {
                 events: &[Event::SetTeam(TeamSpec::new("c", 1))],
                 payloads: &[],
+                ..Batch::default()
             })
             .unwrap();
         assert_eq!(seq, 3);
@@ -910,6 +919,7 @@ mod tests {
         let batch = |events| Batch {
             events,
             payloads: &[],
+            ..Batch::default()
         };
         assert_eq!(a.append(batch(&team)).unwrap(), 1);
         a.renew(1.5).unwrap();
@@ -957,6 +967,7 @@ mod tests {
         s.append(Batch {
             events: &[Event::SetTeam(TeamSpec::new("a", 1))],
             payloads: &[],
+            ..Batch::default()
         })
         .unwrap();
         // The connection really is TLS: the server says so for this session.
