@@ -488,7 +488,7 @@ impl Store for PgStore {
                 .map_err(|e| {
                     if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
                         StoreError(format!(
-                            "events {first}..{seq} collide with events another server wrote: this one no longer writes to the database"
+                            "events {first} to {seq} were already written by another server: this one no longer writes to the database"
                         ))
                     } else {
                         e.into()
