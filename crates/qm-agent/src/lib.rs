@@ -159,8 +159,7 @@ impl Fence {
 
 /// The server's addresses (several where servers share a PostgreSQL database and one
 /// leads), and the one in use: on a failure to connect, or an answer that it is not the
-/// leader, the next one is tried at the next call. A standby does not listen, so the one
-/// that answers is the leader.
+/// leader (a standby's 503), the next one is tried at the next call.
 pub struct Servers {
     urls: Vec<String>,
     at: std::sync::atomic::AtomicUsize,

@@ -28,6 +28,9 @@ pub struct ApiError {
     pub error: String,
     /// What was wrong and what would be right, for people.
     pub message: String,
+    /// With `standby` (503): the URL of the server that leads, where it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// The schema of a command: a program (not empty), then its arguments.

@@ -13,6 +13,7 @@ pub mod faults;
 mod journal;
 mod limits;
 mod metrics;
+pub mod standby;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};

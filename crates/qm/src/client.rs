@@ -142,8 +142,9 @@ impl Client {
         }
     }
 
-    /// Sends to each server in turn until one accepts the connection: a request that never
-    /// connected was never received, so trying the next is safe even for a submission.
+    /// Sends to each server in turn until one that leads answers: a request that never
+    /// connected was never received, and a standby does nothing with one, so trying the next
+    /// is safe even for a submission.
     fn each(
         &self,
         send: impl Fn(&str) -> Result<ureq::Response, Box<ureq::Error>>,
@@ -152,6 +153,10 @@ impl Client {
         for base in &self.bases {
             match send(base) {
                 Err(e) if matches!(&*e, ureq::Error::Transport(t) if t.kind() == ureq::ErrorKind::ConnectionFailed) =>
+                {
+                    last = Some(e);
+                }
+                Err(e) if matches!(&*e, ureq::Error::Status(503, r) if r.header(qm_server::standby::STANDBY_HEADER).is_some()) =>
                 {
                     last = Some(e);
                 }

@@ -99,6 +99,11 @@ pub struct ServerArgs {
     lease_s: f64,
     #[arg(long, default_value = "0.0.0.0:8420")]
     listen: String,
+    /// How clients and agents reach this server, e.g. http://qm-1.example:8420: a standby
+    /// names the leader by it (default: this host's name and the --listen port, https with
+    /// --tls-cert).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     #[arg(long, default_value_t = 30)]
     node_timeout_s: u64,
     /// Serve HTTPS with this certificate chain (PEM, the server's first); with --tls-key.
@@ -173,6 +178,7 @@ fn open_server(
 fn lead(
     args: &ServerArgs,
     access: &qm_store::DbAccess,
+    gate: &qm_server::standby::Gate,
 ) -> Result<Box<dyn qm_store::Store>, Box<dyn Error>> {
     if !(args.lease_s >= 1.0 && args.lease_s <= 3600.0) {
         return Err(format!("--lease-s {}: give 1 to 3600 seconds", args.lease_s).into());
@@ -185,7 +191,8 @@ fn lead(
     let store =
         qm_store::PgStore::connect(&target).map_err(|e| format!("--db {}: {e}", args.db))?;
     let holder = format!(
-        "{} on {} (pid {})",
+        "{} ({} on {}, pid {})",
+        advertised(args),
         args.listen,
         hostname(),
         std::process::id()
@@ -196,6 +203,10 @@ fn lead(
         match store.lead(&holder, ttl)? {
             Ok(term) => break term,
             Err(leader) => {
+                gate.leader_is(Some(qm_server::standby::LeaderSeen {
+                    holder: leader.holder.clone(),
+                    term: leader.term,
+                }));
                 if said != Some(leader.term) {
                     println!(
                         "qm server: standby: {} leads (term {}); taking over once its lease lapses",
@@ -286,21 +297,36 @@ fn alive(pid: i32) -> bool {
     !zombie && is_agent
 }
 
+/// Serves `app` on `listener` until `on_stop`, beside `server`'s scheduling loop once there
+/// is a server (a standby has none until it leads; `server` says when it does).
 async fn serve<L>(
-    server: Arc<Server>,
+    app: axum::Router,
+    server: impl std::future::Future<Output = Arc<Server>>,
     listener: L,
     on_stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn Error>>
+) -> Result<(), Box<dyn Error + Send + Sync>>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    let mut looped = tokio::spawn(server.clone().run());
-    let served = axum::serve(listener, qm_server::app(server)).with_graceful_shutdown(on_stop);
+    use std::future::IntoFuture as _;
+    let mut served = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(on_stop)
+            .into_future(),
+    );
+    let server = tokio::select! {
+        s = server => s,
+        r = &mut served => {
+            r??;
+            return Ok(());
+        }
+    };
+    let mut looped = tokio::spawn(server.run());
     tokio::select! {
-        r = served => {
+        r = &mut served => {
             looped.abort();
-            r?;
+            r??;
         }
         // The loop never returns: it ended in a panic, i.e. a broken invariant, and the
         // state may be half changed (its lock is poisoned). Stop rather than serve it.
@@ -315,6 +341,27 @@ where
         }
     }
     Ok(())
+}
+
+/// The URL this server is reached at (see `--advertise`).
+fn advertised(args: &ServerArgs) -> String {
+    if let Some(a) = &args.advertise {
+        return a.trim_end_matches('/').to_string();
+    }
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let (host, port) = args
+        .listen
+        .rsplit_once(':')
+        .unwrap_or((args.listen.as_str(), "8420"));
+    let host = match host {
+        "0.0.0.0" | "[::]" | "" => hostname(),
+        h => h.to_string(),
+    };
+    format!("{scheme}://{host}:{port}")
 }
 
 pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
@@ -398,17 +445,24 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
     }
     let stopper = server.clone();
     let agent_pid = child.as_ref().map(|c| c.id() as i32).or(running);
-    rt.block_on(serve(server, listener, async move {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("qm up: stopping");
-        // Running jobs go back to the queue whole; they start again on the next `qm up`.
-        let _ = stopper.requeue_all("qm up stopped");
-        // The agent ends its tasks and closes its long poll, so the server can stop.
-        if let Some(pid) = agent_pid {
-            // SAFETY: signalling the agent we started (or found by its pid file).
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-    }))?;
+    let app = qm_server::app(server.clone());
+    rt.block_on(serve(
+        app,
+        std::future::ready(server),
+        listener,
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("qm up: stopping");
+            // Running jobs go back to the queue whole; they start again on the next `qm up`.
+            let _ = stopper.requeue_all("qm up stopped");
+            // The agent ends its tasks and closes its long poll, so the server can stop.
+            if let Some(pid) = agent_pid {
+                // SAFETY: signalling the agent we started (or found by its pid file).
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        },
+    ))
+    .map_err(|e| -> Box<dyn Error> { e })?;
     if let Some(mut c) = child {
         let _ = c.wait();
     }
@@ -425,8 +479,43 @@ pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
         password,
         ca: args.db_ca.clone(),
     };
-    let store = if args.db.starts_with("postgres://") || args.db.starts_with("postgresql://") {
-        lead(&args, &access)?
+    let shared = args.db.starts_with("postgres://") || args.db.starts_with("postgresql://");
+    let rt = tokio::runtime::Runtime::new()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // The port is open from the start: while this server stands by, it answers that it does
+    // and who leads (the gate); once it leads, the gate opens onto the API.
+    let gate = qm_server::standby::Gate::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Arc<Server>>();
+    let ready = async move {
+        match ready_rx.await {
+            Ok(s) => s,
+            // Never ready (the start failed): serve the gate until stopped.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let scheme = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = crate::tls::server_config(cert, key)?;
+            let _guard = rt.enter();
+            let tls = crate::tls::TlsListener::new(listener, config)?;
+            let serving = rt.spawn(serve(gate.router(), ready, tls, stop));
+            ("https", serving)
+        }
+        _ => {
+            let serving = rt.spawn(serve(gate.router(), ready, listener, stop));
+            ("http", serving)
+        }
+    };
+    let (scheme, serving) = scheme;
+    let store = if shared {
+        println!("qm server: listening at {scheme}://{addr} (advertised as {}), standing by until it leads", advertised(&args));
+        lead(&args, &access, &gate)?
     } else {
         qm_store::open(&args.db, &access).map_err(|e| format!("--db {}: {e}", args.db))?
     };
@@ -437,27 +526,10 @@ pub fn server(args: ServerArgs) -> Result<(), Box<dyn Error>> {
             .map_err(|e| format!("{e:?}"))?;
         println!("admin token (shown once): {admin}");
     }
-    let rt = tokio::runtime::Runtime::new()?;
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(&args.listen))
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let config = crate::tls::server_config(cert, key)?;
-            let addr = listener.local_addr()?;
-            let _guard = rt.enter();
-            let tls = crate::tls::TlsListener::new(listener, config)?;
-            println!("qm server: API at https://{addr}");
-            rt.block_on(serve(server, tls, stop))
-        }
-        _ => {
-            println!("qm server: API at http://{}", listener.local_addr()?);
-            rt.block_on(serve(server, listener, stop))
-        }
-    }
+    gate.open(qm_server::app(server.clone()));
+    let _ = ready_tx.send(server);
+    println!("qm server: API at {scheme}://{addr}");
+    rt.block_on(serving)?.map_err(|e| -> Box<dyn Error> { e })
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {

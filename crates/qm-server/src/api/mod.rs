@@ -60,6 +60,7 @@ impl IntoResponse for Refusal {
             Json(ApiError {
                 error: code.into(),
                 message,
+                leader: None,
             }),
         )
             .into_response()

@@ -179,7 +179,8 @@ fn first_server(db: &str, listen: &str) -> (Proc, Receiver<String>, String) {
     (p, lines, admin)
 }
 
-/// Two servers on one database, each on its own address: the standby waits (not listening),
+/// Two servers on one database, each on its own address: the standby waits (answering 503
+/// with where the leader is),
 /// takes over within the lease once the leader is killed, and the agent and the CLI, given
 /// both addresses, follow it; the agent's running task goes on (re-attached, not
 /// restarted), nothing answered 2xx is lost.
@@ -202,6 +203,11 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
     let (standby, standby_lines) = spawn_server(&db, &two);
     let said = line_with(&standby_lines, "standby:", 30);
     assert!(said.contains("term 1"), "{said}");
+    // The standby listens, holds no state, and says where the leader is.
+    let (status, body) = call(&url2, &admin, "GET", "/api/v1/jobs", None).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "standby", "{body}");
+    assert_eq!(body["leader"], url1.as_str(), "{body}");
     // The CLI, given both addresses, as a user would set QM_SERVER.
     let qm = |args: &[&str]| {
         let out = std::process::Command::new(crate::harness::QM)
@@ -238,14 +244,14 @@ fn a_standby_takes_over_from_a_killed_leader_and_its_tasks_run_on() {
         cluster["leader"]["holder"]
             .as_str()
             .unwrap()
-            .starts_with(&one),
+            .starts_with(&url1),
         "{cluster}"
     );
     assert!(
         cluster["standbys"][0]["holder"]
             .as_str()
             .unwrap()
-            .starts_with(&two),
+            .starts_with(&url2),
         "{cluster}"
     );
     // And /metrics says the same.
@@ -407,10 +413,12 @@ fn three_servers_four_agents_a_stream_of_submissions_and_the_leader_killed() {
     for n in ["a", "b", "c", "d"] {
         node_ready(&urls[0], &admin, n);
     }
-    // Any server that answers: the leader (a standby does not listen).
+    // The server that leads: the first that answers other than as a standby.
     let api = |method: &str, path: &str, body: Option<Value>| {
-        urls.iter()
-            .find_map(|u| call(u, &admin, method, path, body.clone()))
+        urls.iter().find_map(|u| {
+            call(u, &admin, method, path, body.clone())
+                .filter(|(s, b)| !(*s == 503 && b["error"] == "standby"))
+        })
     };
     let ledger = dir.join("ledger");
     let script = format!(
