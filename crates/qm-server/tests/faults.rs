@@ -38,6 +38,32 @@ fn the_control_plane_keeps_its_invariants_under_seeded_faults() {
     }
 }
 
+/// The same faults with PostgreSQL as the store (each seed on a new database): crashes with
+/// unwritten changes, restarts from its snapshots and events. `QM_FAULT_PG_SEEDS` sets how
+/// many seeds (default 100; each write is a round trip, so fewer than on SQLite).
+#[test]
+fn on_postgres_the_control_plane_keeps_its_invariants_under_seeded_faults() {
+    let seeds: u64 = std::env::var("QM_FAULT_PG_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let opts = Options::default();
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let url = qm_store::pg::test_database();
+        let store = qm_store::open(&url, &qm_store::DbAccess::default()).unwrap();
+        let out = qm_server::faults::run_on(seed, &opts, store);
+        assert!(out.accepted > 0, "seed {seed} did something");
+        if let Some(f) = out.failure {
+            failures.push((seed, f));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "seeds failed on PostgreSQL: {failures:?}"
+    );
+}
+
 /// The same seed gives the same run, trace for trace.
 #[test]
 fn a_seed_replays_exactly() {

@@ -515,8 +515,14 @@ impl World {
 
 /// Runs one seed.
 pub fn run(seed: u64, opts: &Options) -> Outcome {
-    let clock = Arc::new(ManualClock::new(EPOCH_S));
     let store: Box<dyn Store> = Box::new(SqliteStore::memory().expect("an in-memory store"));
+    run_on(seed, opts, store)
+}
+
+/// Runs one seed on a store of the caller's (empty): a PostgreSQL database, for the same
+/// faults on the other backend.
+pub fn run_on(seed: u64, opts: &Options, store: Box<dyn Store>) -> Outcome {
+    let clock = Arc::new(ManualClock::new(EPOCH_S));
     let mut inner = Inner::open(store, World::config(), clock.clone()).expect("a fresh server");
     let admin = crate::new_token();
     let join = crate::new_token();
