@@ -215,18 +215,77 @@ pub struct ClusterState {
 
 /// The live jobs by id, with an index of those holding resources (running or stopping), by
 /// node and by team, so the invariants sum a node's or a team's holders without
-/// walking the pending queue. `apply` keeps the index where resources are taken (a start) and
-/// given back (a release); it is not stored, but rebuilt from the jobs when a state is loaded.
+/// walking the pending queue, and the number of pending jobs by team and by user, so a
+/// submission's limits are checked without a scan. `apply` keeps the index where resources
+/// are taken (a start) and given back (a release), and the counts where a job enters (a
+/// submission) and leaves (it ends); none of it is stored, but rebuilt from the jobs when a
+/// state is loaded.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct LiveJobs {
     map: BTreeMap<JobId, Job>,
     pub(crate) holding_by_node: BTreeMap<NodeId, BTreeSet<JobId>>,
     pub(crate) holding_by_team: BTreeMap<u32, BTreeSet<JobId>>,
+    /// Live jobs that hold nothing (pending), by team id and by user.
+    pub(crate) pending_by_team: BTreeMap<u32, usize>,
+    pub(crate) pending_by_user: BTreeMap<String, usize>,
+}
+
+/// Counts one more (`up`) or one less under `key`, dropping the key at zero.
+fn bump<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K, up: bool) {
+    if up {
+        *counts.entry(key).or_default() += 1;
+        return;
+    }
+    let c = counts
+        .get_mut(&key)
+        .expect("a pending count never goes below zero");
+    *c -= 1;
+    if *c == 0 {
+        counts.remove(&key);
+    }
 }
 
 impl LiveJobs {
+    /// Counts a job as pending, or no longer.
+    fn pending(&mut self, id: JobId, up: bool) {
+        let job = &self.map[&id];
+        let (team, user) = (job.team_id, job.spec.user.clone());
+        bump(&mut self.pending_by_team, team, up);
+        bump(&mut self.pending_by_user, user, up);
+    }
+
+    /// A new job enters, pending.
+    pub(crate) fn enter(&mut self, job: Job) {
+        let id = job.spec.id;
+        debug_assert!(job.state.run().is_none(), "a job enters pending");
+        self.map.insert(id, job);
+        self.pending(id, true);
+    }
+
+    /// A job that holds nothing (any more) leaves.
+    pub(crate) fn leave(&mut self, id: JobId) -> Option<Job> {
+        if !self.map.contains_key(&id) {
+            return None;
+        }
+        assert!(!self.holds(id), "a job leaves holding nothing");
+        self.pending(id, false);
+        self.map.remove(&id)
+    }
+
+    /// Whether the index lists `id` as holding.
+    fn holds(&self, id: JobId) -> bool {
+        let job = &self.map[&id];
+        self.holding_by_team
+            .get(&job.team_id)
+            .is_some_and(|s| s.contains(&id))
+    }
+
     /// Enters a job that now holds resources (its run is set) into the index.
     pub(crate) fn hold(&mut self, id: JobId) {
+        if self.holds(id) {
+            return;
+        }
+        self.pending(id, false);
         let job = &self.map[&id];
         let run = job.state.run().expect("a job that holds has a run");
         self.holding_by_team
@@ -245,6 +304,10 @@ impl LiveJobs {
     pub(crate) fn unhold(&mut self, id: JobId) {
         let job = &self.map[&id];
         let Some(run) = job.state.run() else { return };
+        if !self.holds(id) {
+            return;
+        }
+        let job = &self.map[&id];
         if let Some(set) = self.holding_by_team.get_mut(&job.team_id) {
             set.remove(&id);
             if set.is_empty() {
@@ -259,6 +322,7 @@ impl LiveJobs {
                 }
             }
         }
+        self.pending(id, true);
     }
 }
 
@@ -290,10 +354,14 @@ impl<'de> Deserialize<'de> for LiveJobs {
             .filter(|job| job.state.run().is_some())
             .map(|job| job.spec.id)
             .collect();
+        let ids: Vec<JobId> = map.keys().copied().collect();
         let mut jobs = LiveJobs {
             map,
             ..LiveJobs::default()
         };
+        for id in ids {
+            jobs.pending(id, true);
+        }
         for id in holders {
             jobs.hold(id);
         }
@@ -427,6 +495,18 @@ impl ClusterState {
         self.jobs.get(&id).or_else(|| self.done.get(&id))
     }
 
+    /// How many jobs `user` has pending (in every team), and how many team `team` has.
+    pub fn pending_counts(&self, team: &str, user: &str) -> (usize, usize) {
+        let by_team = self
+            .teams
+            .get(team)
+            .and_then(|t| self.jobs.pending_by_team.get(&t.id))
+            .copied()
+            .unwrap_or(0);
+        let by_user = self.jobs.pending_by_user.get(user).copied().unwrap_or(0);
+        (by_user, by_team)
+    }
+
     /// Jobs that are pending, running or stopping, in id order.
     pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()
@@ -434,7 +514,7 @@ impl ClusterState {
 
     /// A job that has just ended moves out of the live map.
     fn retire(&mut self, id: JobId) {
-        if let Some(job) = self.jobs.remove(&id) {
+        if let Some(job) = self.jobs.leave(id) {
             self.done.insert(id, job);
         }
         self.holds.remove(&id);

@@ -597,10 +597,19 @@ impl Server {
                 dash::sample(&inner, &mut h);
                 last_sample = Some(Instant::now());
             }
+            let t0 = Instant::now();
             if let Err(e) = self.tick() {
                 // The state ran ahead of the store: stop rather than act on what may be lost.
                 eprintln!("qm server: fatal: {e:?}");
                 std::process::exit(70);
+            }
+            // A round holds the state's lock. Under a stream of changes, each waking the
+            // loop, rounds would follow each other and starve the requests: the lock is left
+            // free for at least as long as the last round held it (half the time at most goes
+            // to planning), and the wakes that come meanwhile are served by one round.
+            let spent = t0.elapsed();
+            if spent >= Duration::from_millis(1) {
+                tokio::time::sleep(spent.min(Duration::from_secs(1))).await;
             }
         }
     }

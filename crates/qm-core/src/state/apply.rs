@@ -317,17 +317,14 @@ impl ClusterState {
     fn submit(&mut self, spec: JobSpec) -> Result<(), ApplyError> {
         crate::validate::job(self, &spec)?;
         let team_id = self.teams[&spec.team].id;
-        self.jobs.insert(
-            spec.id,
-            Job {
-                team_id,
-                spec,
-                state: JobState::Pending,
-                preemptions: 0,
-                runs: 0,
-                idle_milli_s: 0,
-            },
-        );
+        self.jobs.enter(Job {
+            team_id,
+            spec,
+            state: JobState::Pending,
+            preemptions: 0,
+            runs: 0,
+            idle_milli_s: 0,
+        });
         Ok(())
     }
 

@@ -301,6 +301,17 @@ impl ClusterState {
             listed, holders,
             "invariant: the index of holding jobs by team lists each holder once"
         );
+        let mut by_team: std::collections::BTreeMap<u32, usize> = Default::default();
+        let mut by_user: std::collections::BTreeMap<String, usize> = Default::default();
+        for j in self.jobs.values().filter(|j| j.state.run().is_none()) {
+            *by_team.entry(j.team_id).or_default() += 1;
+            *by_user.entry(j.spec.user.clone()).or_default() += 1;
+        }
+        assert_eq!(
+            (&by_team, &by_user),
+            (&self.jobs.pending_by_team, &self.jobs.pending_by_user),
+            "invariant: the pending counts by team and user are the pending jobs'"
+        );
         let mut teams_with_holders: Vec<u32> = self.jobs.holding_by_team.keys().copied().collect();
         teams.append(&mut teams_with_holders);
         teams.sort_unstable();

@@ -176,13 +176,8 @@ pub async fn list(
 impl Inner {
     /// Refuses a submission that would take a user or a team past its limit of pending jobs.
     fn pending_room(&self, team: &str, user: &str) -> Result<(), Refusal> {
-        let (mut by_user, mut by_team) = (0, 0);
-        for j in self.state.live_jobs() {
-            if j.state == JobState::Pending {
-                by_user += usize::from(j.spec.user == user);
-                by_team += usize::from(j.spec.team == team);
-            }
-        }
+        // Counts the core keeps as jobs enter, start, stop and end: no scan per submission.
+        let (by_user, by_team) = self.state.pending_counts(team, user);
         let (max_user, max_team) = (
             self.config.max_pending_per_user,
             self.config.max_pending_per_team,
