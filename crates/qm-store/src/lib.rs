@@ -158,29 +158,145 @@ impl Dump {
     }
 }
 
-/// Copies every row of `from` into `to`, which must be empty, then reads both back and
-/// checks that they hold the same rows. Returns what was copied.
-pub fn migrate(from: &mut dyn Store, to: &mut dyn Store) -> Result<Dump, StoreError> {
-    let mut dump = from.export()?;
-    dump.normalise();
-    let there = to.export()?;
-    if !there.is_empty() {
-        return Err(StoreError(format!(
-            "the target database is not empty ({}); migrate into a new, empty database",
-            there.summary()
-        )));
+/// A part of a store's rows, read and written one at a time so that a migration holds one
+/// page in memory, not a cluster's whole history. Pages are cut by row counts, so both
+/// backends cut the same rows into the same pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// The latest snapshot, tokens, nodes and task exits (small rows, all at once).
+    Records,
+    /// Up to [`EVENTS_PER_PAGE`] events after this sequence number.
+    Events { after: u64 },
+    /// Up to [`PAYLOADS_PER_PAGE`] payloads of jobs after this one (`None`: from the first).
+    Payloads { after: Option<u64> },
+    /// Up to [`LOG_CHUNKS_PER_PAGE`] log chunks after this (task, offset).
+    Logs { after: Option<(LogKey, u64)> },
+}
+
+pub const EVENTS_PER_PAGE: usize = 5_000;
+/// A payload may be half a MiB (command and environment): at most about 128 MiB a page.
+pub const PAYLOADS_PER_PAGE: usize = 256;
+/// A chunk is at most 1 MiB.
+pub const LOG_CHUNKS_PER_PAGE: usize = 16;
+
+impl Page {
+    /// The page after this one, which held `rows`; `None` after the last.
+    pub fn next(&self, rows: &Dump) -> Option<Page> {
+        match self {
+            Page::Records => Some(Page::Events { after: 0 }),
+            Page::Events { .. } => Some(match rows.events.last() {
+                Some(&(seq, _)) if rows.events.len() == EVENTS_PER_PAGE => {
+                    Page::Events { after: seq }
+                }
+                _ => Page::Payloads { after: None },
+            }),
+            Page::Payloads { .. } => Some(match rows.payloads.last() {
+                Some(&(job, _)) if rows.payloads.len() == PAYLOADS_PER_PAGE => {
+                    Page::Payloads { after: Some(job) }
+                }
+                _ => Page::Logs { after: None },
+            }),
+            Page::Logs { .. } => match rows.logs.last() {
+                Some(&(key, at, _)) if rows.logs.len() == LOG_CHUNKS_PER_PAGE => Some(Page::Logs {
+                    after: Some((key, at)),
+                }),
+                _ => None,
+            },
+        }
     }
-    to.import(&dump)?;
-    let mut copy = to.export()?;
-    copy.normalise();
-    if copy != dump {
-        return Err(StoreError(format!(
-            "the copy differs from the source: source {}, copy {}",
-            dump.summary(),
-            copy.summary()
-        )));
+
+    /// The log-chunk cursor as SQL parameters (before the first: all -1).
+    fn log_after(after: &Option<(LogKey, u64)>) -> (i64, i64, i64, i64) {
+        match after {
+            Some(((job, task, attempt), at)) => (
+                *job as i64,
+                i64::from(*task),
+                i64::from(*attempt),
+                *at as i64,
+            ),
+            None => (-1, -1, -1, -1),
+        }
     }
-    Ok(dump)
+}
+
+/// What a migration copied: rows by kind, and the bytes of task output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub events: usize,
+    pub snapshots: usize,
+    pub payloads: usize,
+    pub tokens: usize,
+    pub nodes: usize,
+    pub exits: usize,
+    pub log_chunks: usize,
+    pub log_bytes: usize,
+    /// Pages written (each one transaction, checked on its own).
+    pub pages: usize,
+}
+
+impl Copied {
+    fn tally(&mut self, page: &Dump) {
+        self.events += page.events.len();
+        self.snapshots += usize::from(page.snapshot.is_some());
+        self.payloads += page.payloads.len();
+        self.tokens += page.tokens.len();
+        self.nodes += page.nodes.len();
+        self.exits += page.exits.len();
+        self.log_chunks += page.logs.len();
+        self.log_bytes += page.logs.iter().map(|l| l.2.len()).sum::<usize>();
+        self.pages += 1;
+    }
+
+    /// Rows by kind, for people.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({} bytes), in {} pages",
+            self.events,
+            self.snapshots,
+            self.payloads,
+            self.tokens,
+            self.nodes,
+            self.exits,
+            self.log_chunks,
+            self.log_bytes,
+            self.pages
+        )
+    }
+}
+
+/// Copies every row of `from` into `to`, which must be empty, a page at a time: each page is
+/// written in one transaction, read back from `to` and compared with the source's, so at most
+/// one page is held in memory. Returns how many rows of each kind were copied. A migration
+/// that fails part way leaves `to` part filled: make a new, empty database and run it again.
+pub fn migrate(from: &mut dyn Store, to: &mut dyn Store) -> Result<Copied, StoreError> {
+    let mut page = Some(Page::Records);
+    while let Some(p) = page {
+        if !to.export_page(&p)?.is_empty() {
+            return Err(StoreError(
+                "the target database is not empty; migrate into a new, empty database".into(),
+            ));
+        }
+        page = p.next(&Dump::default());
+    }
+    let mut copied = Copied::default();
+    let mut page = Some(Page::Records);
+    while let Some(p) = page {
+        let mut rows = from.export_page(&p)?;
+        rows.normalise();
+        to.import(&rows)?;
+        let mut copy = to.export_page(&p)?;
+        copy.normalise();
+        if copy != rows {
+            return Err(StoreError(format!(
+                "the copy differs from the source at {p:?}: source {}, copy {}",
+                rows.summary(),
+                copy.summary()
+            )));
+        }
+        page = p.next(&rows);
+        copied.tally(&rows);
+    }
+    Ok(copied)
 }
 
 /// How to reach a PostgreSQL database beyond its URL.
@@ -261,7 +377,24 @@ pub trait Store: Send {
         max: usize,
     ) -> Result<(Vec<u8>, u64), StoreError>;
     /// Every row, as stored.
-    fn export(&mut self) -> Result<Dump, StoreError>;
+    fn export(&mut self) -> Result<Dump, StoreError> {
+        let mut all = Dump::default();
+        let mut page = Some(Page::Records);
+        while let Some(p) = page {
+            let rows = self.export_page(&p)?;
+            page = p.next(&rows);
+            all.events.extend(rows.events);
+            all.snapshot = all.snapshot.take().or(rows.snapshot);
+            all.payloads.extend(rows.payloads);
+            all.tokens.extend(rows.tokens);
+            all.nodes.extend(rows.nodes);
+            all.exits.extend(rows.exits);
+            all.logs.extend(rows.logs);
+        }
+        Ok(all)
+    }
+    /// One page of rows, as stored (see [`Page`]), in key order.
+    fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError>;
     /// The servers sharing this store: who leads and who stands by (`None`: a store only
     /// one server uses, such as a SQLite file).
     fn servers(&mut self) -> Result<Option<pg::Servers>, StoreError> {
@@ -548,44 +681,70 @@ impl Store for SqliteStore {
         Ok((out, next))
     }
 
-    fn export(&mut self) -> Result<Dump, StoreError> {
+    fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError> {
         let mut out = Dump::default();
-        let loaded = self.load()?;
-        out.tokens = loaded.tokens;
-        out.nodes = loaded.nodes;
-        out.exits = loaded.exits;
-        let mut stmt = self
-            .db
-            .prepare("SELECT seq, event FROM events ORDER BY seq")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))? {
-            out.events.push(row?);
-        }
-        out.snapshot = self
-            .db
-            .query_row(
-                "SELECT s.seq, s.state, COALESCE(x.data, '') FROM snapshots s \
-                 LEFT JOIN snapshot_extra x ON x.seq = s.seq ORDER BY s.seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let mut stmt = self
-            .db
-            .prepare("SELECT job, payload FROM payloads ORDER BY job")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))? {
-            out.payloads.push(row?);
-        }
-        let mut stmt = self.db.prepare(
-            "SELECT job, task, attempt, offset, data FROM log_chunks ORDER BY job, task, attempt, offset",
-        )?;
-        for row in stmt.query_map([], |r| {
-            Ok((
-                (r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?),
-                r.get::<_, i64>(3)? as u64,
-                r.get(4)?,
-            ))
-        })? {
-            out.logs.push(row?);
+        match page {
+            Page::Records => {
+                let loaded = self.load()?;
+                out.tokens = loaded.tokens;
+                out.nodes = loaded.nodes;
+                out.exits = loaded.exits;
+                out.snapshot = self
+                    .db
+                    .query_row(
+                        "SELECT s.seq, s.state, COALESCE(x.data, '') FROM snapshots s \
+                         LEFT JOIN snapshot_extra x ON x.seq = s.seq ORDER BY s.seq DESC LIMIT 1",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+            }
+            Page::Events { after } => {
+                let mut stmt = self.db.prepare(
+                    "SELECT seq, event FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(
+                    rusqlite::params![*after as i64, EVENTS_PER_PAGE as i64],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                )?;
+                for row in rows {
+                    out.events.push(row?);
+                }
+            }
+            Page::Payloads { after } => {
+                let mut stmt = self.db.prepare(
+                    "SELECT job, payload FROM payloads WHERE job > ?1 ORDER BY job LIMIT ?2",
+                )?;
+                let after = after.map_or(-1, |j| j as i64);
+                let rows = stmt
+                    .query_map(rusqlite::params![after, PAYLOADS_PER_PAGE as i64], |r| {
+                        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                    })?;
+                for row in rows {
+                    out.payloads.push(row?);
+                }
+            }
+            Page::Logs { after } => {
+                let (job, task, attempt, at) = Page::log_after(after);
+                let mut stmt = self.db.prepare(
+                    "SELECT job, task, attempt, offset, data FROM log_chunks \
+                     WHERE (job, task, attempt, offset) > (?1, ?2, ?3, ?4) \
+                     ORDER BY job, task, attempt, offset LIMIT ?5",
+                )?;
+                let rows = stmt.query_map(
+                    rusqlite::params![job, task, attempt, at, LOG_CHUNKS_PER_PAGE as i64],
+                    |r| {
+                        Ok((
+                            (r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?),
+                            r.get::<_, i64>(3)? as u64,
+                            r.get(4)?,
+                        ))
+                    },
+                )?;
+                for row in rows {
+                    out.logs.push(row?);
+                }
+            }
         }
         Ok(out)
     }
@@ -862,8 +1021,8 @@ mod tests {
         let pg = test_pg();
         let mut to = open(&pg, &DbAccess::default()).unwrap();
         let copied = migrate(from.as_mut(), to.as_mut()).unwrap();
-        assert_eq!(copied.events.len(), 2);
-        assert_eq!(copied.logs.len(), 2);
+        assert_eq!(copied.events, 2);
+        assert_eq!(copied.log_chunks, 2);
         assert!(
             copied.summary().contains("2 events, 1 snapshot"),
             "{}",
@@ -895,8 +1054,55 @@ mod tests {
         let back = format!("sqlite:{}", dir.join("back.db").display());
         let mut back = open(&back, &DbAccess::default()).unwrap();
         let copied = migrate(to.as_mut(), back.as_mut()).unwrap();
-        assert_eq!(copied.events.len(), 3);
+        assert_eq!(copied.events, 3);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A history of several pages of every kind is copied whole, page by page, both ways.
+    #[test]
+    fn migrate_pages_through_a_history_larger_than_a_page() {
+        let mut from = SqliteStore::memory().unwrap();
+        let events: Vec<Event> = (0..EVENTS_PER_PAGE * 2 + 7)
+            .map(|i| Event::SetTeam(TeamSpec::new(&format!("t{i}"), 1)))
+            .collect();
+        let payloads: Vec<(u64, JobPayload)> = (1..=(PAYLOADS_PER_PAGE as u64 * 3 + 1))
+            .map(|j| {
+                (
+                    j,
+                    JobPayload {
+                        command: vec!["echo".into(), j.to_string()],
+                        ..JobPayload::default()
+                    },
+                )
+            })
+            .collect();
+        from.append(Batch {
+            events: &events,
+            payloads: &payloads,
+            ..Batch::default()
+        })
+        .unwrap();
+        for job in 1..=3u64 {
+            for i in 0..LOG_CHUNKS_PER_PAGE as u64 {
+                from.append_log((job, 0, 1), i * 3, format!("{i:03}").as_bytes())
+                    .unwrap();
+            }
+        }
+        let pg = test_pg();
+        let mut to = open(&pg, &DbAccess::default()).unwrap();
+        let copied = migrate(&mut from, to.as_mut()).unwrap();
+        assert_eq!(copied.events, events.len());
+        assert_eq!(copied.payloads, payloads.len());
+        assert_eq!(copied.log_chunks, 3 * LOG_CHUNKS_PER_PAGE);
+        assert!(copied.pages > 8, "{}", copied.summary());
+        let mut back = SqliteStore::memory().unwrap();
+        let again = migrate(to.as_mut(), &mut back).unwrap();
+        assert_eq!(again, copied);
+        let (mut a, mut b) = (from.export().unwrap(), back.export().unwrap());
+        a.normalise();
+        b.normalise();
+        assert!(a == b, "the round trip changed rows");
+        assert_eq!(back.read_log((2, 0, 1), 0, 9).unwrap().0, b"000001002");
     }
 
     /// One server leads at a time: the lease gives terms, a standby waits for it to lapse,

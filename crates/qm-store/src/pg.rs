@@ -17,7 +17,10 @@ use std::thread;
 use postgres::{Client, NoTls};
 use qm_core::ClusterState;
 
-use crate::{Batch, Dump, JobPayload, Loaded, NodeRecord, Store, StoreError, TokenRecord};
+use crate::{
+    Batch, Dump, JobPayload, Loaded, NodeRecord, Page, Store, StoreError, TokenRecord,
+    EVENTS_PER_PAGE, LOG_CHUNKS_PER_PAGE, PAYLOADS_PER_PAGE,
+};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -646,41 +649,65 @@ impl Store for PgStore {
         })
     }
 
-    fn export(&mut self) -> Result<Dump, StoreError> {
-        let loaded = self.load()?;
+    fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError> {
+        let loaded = match page {
+            Page::Records => Some(self.load()?),
+            _ => None,
+        };
+        let page = page.clone();
         self.call(move |conn| {
             let c = &mut conn.client;
-            let mut out = Dump {
-                tokens: loaded.tokens,
-                nodes: loaded.nodes,
-                exits: loaded.exits,
-                ..Dump::default()
-            };
-            for row in c.query("SELECT seq, event FROM events ORDER BY seq", &[])? {
-                out.events.push((row.get::<_, i64>(0) as u64, row.get(1)));
-            }
-            out.snapshot = c
-                .query_opt(
-                    "SELECT seq, state, extra FROM snapshots ORDER BY seq DESC LIMIT 1",
-                    &[],
-                )?
-                .map(|r| (r.get::<_, i64>(0) as u64, r.get(1), r.get(2)));
-            for row in c.query("SELECT job, payload FROM payloads ORDER BY job", &[])? {
-                out.payloads.push((row.get::<_, i64>(0) as u64, row.get(1)));
-            }
-            for row in c.query(
-                "SELECT job, task, attempt, at, data FROM log_chunks ORDER BY job, task, attempt, at",
-                &[],
-            )? {
-                out.logs.push((
-                    (
-                        row.get::<_, i64>(0) as u64,
-                        row.get::<_, i32>(1) as u32,
-                        row.get::<_, i32>(2) as u32,
-                    ),
-                    row.get::<_, i64>(3) as u64,
-                    row.get(4),
-                ));
+            let mut out = Dump::default();
+            match page {
+                Page::Records => {
+                    let loaded = loaded.expect("loaded above");
+                    out.tokens = loaded.tokens;
+                    out.nodes = loaded.nodes;
+                    out.exits = loaded.exits;
+                    out.snapshot = c
+                        .query_opt(
+                            "SELECT seq, state, extra FROM snapshots ORDER BY seq DESC LIMIT 1",
+                            &[],
+                        )?
+                        .map(|r| (r.get::<_, i64>(0) as u64, r.get(1), r.get(2)));
+                }
+                Page::Events { after } => {
+                    for row in c.query(
+                        "SELECT seq, event FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        &[&(after as i64), &(EVENTS_PER_PAGE as i64)],
+                    )? {
+                        out.events.push((row.get::<_, i64>(0) as u64, row.get(1)));
+                    }
+                }
+                Page::Payloads { after } => {
+                    let after = after.map_or(-1, |j| j as i64);
+                    for row in c.query(
+                        "SELECT job, payload FROM payloads WHERE job > $1 ORDER BY job LIMIT $2",
+                        &[&after, &(PAYLOADS_PER_PAGE as i64)],
+                    )? {
+                        out.payloads.push((row.get::<_, i64>(0) as u64, row.get(1)));
+                    }
+                }
+                Page::Logs { after } => {
+                    let (job, task, attempt, at) = Page::log_after(&after);
+                    let (task, attempt) = (task as i32, attempt as i32);
+                    for row in c.query(
+                        "SELECT job, task, attempt, at, data FROM log_chunks \
+                         WHERE (job, task, attempt, at) > ($1, $2, $3, $4) \
+                         ORDER BY job, task, attempt, at LIMIT $5",
+                        &[&job, &task, &attempt, &at, &(LOG_CHUNKS_PER_PAGE as i64)],
+                    )? {
+                        out.logs.push((
+                            (
+                                row.get::<_, i64>(0) as u64,
+                                row.get::<_, i32>(1) as u32,
+                                row.get::<_, i32>(2) as u32,
+                            ),
+                            row.get::<_, i64>(3) as u64,
+                            row.get(4),
+                        ));
+                    }
+                }
             }
             Ok(out)
         })
