@@ -73,6 +73,70 @@ pub fn snapshot(inner: &Inner, history: &VecDeque<Sample>) -> DashSnapshot {
     snapshot_of(&inner.state, history, inner.now_s())
 }
 
+/// The most dashboard streams open at once; one more is refused (429).
+pub const MAX_STREAMS: usize = 256;
+
+/// A snapshot shared by every stream that asks within this long of the same change.
+const SHARED_FOR: Duration = Duration::from_millis(500);
+
+/// The latest snapshot: the change count it was taken at, when, and it with its text.
+pub(crate) type SharedSnapshot = Option<(u64, std::time::Instant, Arc<(DashSnapshot, String)>)>;
+
+/// One open stream, counted while it lives.
+struct OpenStream(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenStream {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Result<OpenStream, Refusal> {
+        use std::sync::atomic::Ordering;
+        let was = count.fetch_add(1, Ordering::SeqCst);
+        let open = OpenStream(count.clone());
+        if was >= MAX_STREAMS {
+            return Err(Refusal::TooMany(format!(
+                "{MAX_STREAMS} dashboard streams are open, the most this server serves; close one (or read GET /api/v1/jobs, /nodes and /teams instead)"
+            )));
+        }
+        Ok(open)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The snapshot as `p` may see it, as text. However many streams are open, one snapshot
+/// (with its plan) is computed per change and half second, and the others reuse it; where
+/// jobs are private each member's copy is filtered from it.
+fn shared_snapshot(s: &Server, p: &Principal) -> String {
+    let changed = *s.changes.borrow();
+    let cached = s
+        .dash_cache
+        .lock()
+        .expect("the dashboard cache lock is poisoned")
+        .clone()
+        .filter(|(at, when, _)| *at == changed && when.elapsed() < SHARED_FOR)
+        .map(|(_, _, snap)| snap);
+    let inner = s.lock();
+    let snap = cached.unwrap_or_else(|| {
+        let snap = snapshot(&inner, &s.history());
+        let text = snap.to_string();
+        let shared = Arc::new((snap, text));
+        *s.dash_cache
+            .lock()
+            .expect("the dashboard cache lock is poisoned") =
+            Some((changed, std::time::Instant::now(), shared.clone()));
+        shared
+    });
+    if inner.config.private_jobs {
+        let mut own = snap.0.clone();
+        private_to(&mut own, &inner.state, p);
+        own.to_string()
+    } else {
+        snap.1.clone()
+    }
+}
+
 /// Where jobs are private (`--private-jobs`), a member's snapshot keeps only its own teams'
 /// jobs, queue entries and reservations; teams' totals and nodes' use stay (they name no
 /// job).
@@ -237,30 +301,24 @@ pub fn snapshot_of(
 /// `GET /api/v1/stream`: snapshots as server-sent events.
 #[utoipa::path(get, path = "/api/v1/stream", tag = "dashboard", responses((status = 200, description = "Server-sent events: a DashSnapshot (JSON) per event, pushed on change", body = String, content_type = "text/event-stream")))]
 pub async fn stream(State(s): State<Arc<Server>>, Client(p): Client) -> Result<Response, Refusal> {
+    let open = OpenStream::new(&s.streams)?;
     let rx = s.changes.subscribe();
-    let body = futures_util::stream::unfold((s, rx, true), move |(s, mut rx, first)| {
-        let p = p.clone();
-        async move {
-            if !first {
-                // Wait for a change (or 10 s), then let a burst settle.
-                let _ = tokio::time::timeout(Duration::from_secs(10), rx.changed()).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let text = {
-                let inner = s.lock();
-                let history = s.history();
-                let mut snap = snapshot(&inner, &history);
-                if inner.config.private_jobs {
-                    private_to(&mut snap, &inner.state, &p);
+    let body =
+        futures_util::stream::unfold((s, rx, true, open), move |(s, mut rx, first, open)| {
+            let p = p.clone();
+            async move {
+                if !first {
+                    // Wait for a change (or 10 s), then let a burst settle.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), rx.changed()).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                snap.to_string()
-            };
-            // Shown only once everything it shows is durable.
-            s.settled().await;
-            let chunk = format!("event: snapshot\ndata: {text}\n\n");
-            Some((Ok::<_, Infallible>(chunk), (s, rx, false)))
-        }
-    });
+                let text = shared_snapshot(&s, &p);
+                // Shown only once everything it shows is durable.
+                s.settled().await;
+                let chunk = format!("event: snapshot\ndata: {text}\n\n");
+                Some((Ok::<_, Infallible>(chunk), (s, rx, false, open)))
+            }
+        });
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),

@@ -264,8 +264,7 @@ impl Inner {
             .first()
             .map(|t| {
                 self.nodes
-                    .values()
-                    .find(|n| n.id == t.node.0)
+                    .record(t.node.0)
                     .map_or_else(|| "127.0.0.1".to_string(), |n| n.address.clone())
             })
             .unwrap_or_default();

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 pub use api::{app, openapi_doc};
 pub use auth::{hash_token, new_token};
 pub use dash::snapshot_of as dashboard_snapshot;
+pub use dash::MAX_STREAMS as MAX_DASHBOARD_STREAMS;
 pub use metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 
 /// Knobs of a server.
@@ -176,7 +177,7 @@ pub(crate) struct Inner {
     pub journal: Arc<journal::Journal>,
     pub payloads: BTreeMap<u64, JobPayload>,
     pub tokens: BTreeMap<String, TokenRecord>,
-    pub nodes: BTreeMap<String, NodeRecord>,
+    pub nodes: Nodes,
     pub agents: BTreeMap<u32, Agent>,
     /// Exit codes of the current run's tasks, by (job, attempt).
     pub exits: BTreeMap<(u64, u32), BTreeMap<u32, i32>>,
@@ -202,6 +203,55 @@ pub(crate) struct Inner {
     /// snapshot.
     pub seq: u64,
     pub since_snapshot: u64,
+}
+
+/// The registered nodes by name, indexed by id and by credential hash, so that an agent's
+/// request (2,048 of them a second on a large cluster) is resolved without a scan.
+#[derive(Default)]
+pub(crate) struct Nodes {
+    by_name: BTreeMap<String, NodeRecord>,
+    names: BTreeMap<u32, String>,
+    by_credential: std::collections::HashMap<String, u32>,
+}
+
+impl Nodes {
+    pub fn get(&self, name: &str) -> Option<&NodeRecord> {
+        self.by_name.get(name)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.by_name.values()
+    }
+
+    /// The record of node `id`.
+    pub fn record(&self, id: u32) -> Option<&NodeRecord> {
+        self.names.get(&id).and_then(|n| self.by_name.get(n))
+    }
+
+    /// The node whose credential hashes to `hash` (a reset node's empty hash names none).
+    pub fn by_credential(&self, hash: &str) -> Option<u32> {
+        self.by_credential.get(hash).copied()
+    }
+
+    /// The next id for a new node.
+    pub fn next_id(&self) -> u32 {
+        self.names.keys().next_back().map_or(0, |id| id + 1)
+    }
+
+    /// Adds or replaces a node's record (by name; its id stays with its name).
+    pub fn insert(&mut self, rec: NodeRecord) {
+        if let Some(old) = self.by_name.get(&rec.name) {
+            if self.by_credential.get(&old.credential_hash) == Some(&old.id) {
+                self.by_credential.remove(&old.credential_hash);
+            }
+        }
+        if !rec.credential_hash.is_empty() {
+            self.by_credential
+                .insert(rec.credential_hash.clone(), rec.id);
+        }
+        self.names.insert(rec.id, rec.name.clone());
+        self.by_name.insert(rec.name.clone(), rec);
+    }
 }
 
 /// The latest utilisation of each task of a run, and the last value sent to the core.
@@ -259,6 +309,9 @@ pub struct Server {
     pub(crate) changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Overview samples for the dashboard, one per 5 s.
     pub(crate) history: Mutex<std::collections::VecDeque<dash::Sample>>,
+    /// The dashboard's latest snapshot, shared by its streams, and how many are open.
+    pub(crate) dash_cache: Mutex<dash::SharedSnapshot>,
+    pub(crate) streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Server {
@@ -290,6 +343,8 @@ impl Server {
             wake: Notify::new(),
             changes,
             history: Mutex::new(std::collections::VecDeque::new()),
+            dash_cache: Mutex::new(None),
+            streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }))
     }
 }
@@ -358,11 +413,13 @@ impl Inner {
                 .into_iter()
                 .map(|t| (t.hash.clone(), t))
                 .collect(),
-            nodes: loaded
-                .nodes
-                .into_iter()
-                .map(|n| (n.name.clone(), n))
-                .collect(),
+            nodes: {
+                let mut nodes = Nodes::default();
+                for n in loaded.nodes {
+                    nodes.insert(n);
+                }
+                nodes
+            },
             agents: BTreeMap::new(),
             exits: {
                 let mut exits: BTreeMap<(u64, u32), BTreeMap<u32, i32>> = BTreeMap::new();
@@ -668,8 +725,8 @@ impl Inner {
                 },
             });
         }
-        if let Some(n) = self.nodes.values().find(|n| n.credential_hash == hash) {
-            return Ok(auth::Principal::Node(n.id));
+        if let Some(id) = self.nodes.by_credential(hash) {
+            return Ok(auth::Principal::Node(id));
         }
         Err(Refusal::Unauthorized("unknown token".into()))
     }
@@ -721,8 +778,7 @@ impl Inner {
 
     pub fn node_name(&self, id: u32) -> String {
         self.nodes
-            .values()
-            .find(|n| n.id == id)
+            .record(id)
             .map_or_else(|| format!("node-{id}"), |n| n.name.clone())
     }
 

@@ -78,7 +78,7 @@ pub async fn reset(
             rec.credential_hash = String::new();
             inner.journal.node(rec.clone());
             let id = rec.id;
-            inner.nodes.insert(name.clone(), rec);
+            inner.nodes.insert(rec);
             // Its long poll ends; a new agent starts a new session.
             if let Some(a) = inner.agents.get(&id) {
                 a.wake.notify_waiters();

@@ -149,7 +149,7 @@ impl Inner {
                         req.name
                     )));
                 }
-                self.nodes.values().map(|n| n.id + 1).max().unwrap_or(0)
+                self.nodes.next_id()
             }
         };
         let spec = NodeSpec {
@@ -171,10 +171,7 @@ impl Inner {
         // A credential names one node, and is nobody's token.
         let hash = hash_token(&credential);
         let taken = self.tokens.contains_key(&hash)
-            || self
-                .nodes
-                .values()
-                .any(|n| n.id != id && n.credential_hash == hash);
+            || self.nodes.by_credential(&hash).is_some_and(|n| n != id);
         if taken {
             return Err(Refusal::BadRequest(
                 "that credential is in use; let the agent choose a new one (remove its credential file)".into(),
@@ -195,7 +192,7 @@ impl Inner {
             self.commit(vec![Event::NodeUp(spec)], &[])?;
         }
         self.journal.node(rec.clone());
-        self.nodes.insert(rec.name.clone(), rec);
+        self.nodes.insert(rec);
         self.agent_seen(id);
         Ok(credential)
     }

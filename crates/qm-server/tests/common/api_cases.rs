@@ -1251,3 +1251,48 @@ async fn a_job_list_with_a_limit_is_the_newest_first() {
     assert_eq!(list.len(), 6);
     assert!(list.windows(2).all(|w| w[0].id > w[1].id), "newest first");
 }
+
+/// Dashboard streams are capped: one past the cap is refused with 429 and a reason, and a
+/// closed stream makes room (streams being read count); two streams opened together show the
+/// same snapshot.
+#[tokio::test]
+async fn dashboard_streams_are_capped_and_a_closed_one_makes_room() {
+    let api = Api::new();
+    api.node().await;
+    let mut open = Vec::new();
+    for _ in 0..qm_server::MAX_DASHBOARD_STREAMS {
+        let (status, body, _) = api.raw("GET", "/api/v1/stream", &api.admin, None).await;
+        assert_eq!(status, StatusCode::OK);
+        open.push(body);
+    }
+    let (status, body, _) = api.raw("GET", "/api/v1/stream", &api.admin, None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let err: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("dashboard streams are open"),
+        "{err}"
+    );
+    // Two open streams' first snapshots: the same text, computed once.
+    let mut reading = Vec::new();
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        let mut stream = open.pop().unwrap().into_data_stream();
+        let chunk = stream.next().await.expect("a snapshot").unwrap();
+        texts.push(String::from_utf8(chunk.to_vec()).unwrap());
+        reading.push(stream);
+    }
+    assert_eq!(texts[0], texts[1]);
+    let (status, _, _) = api.raw("GET", "/api/v1/stream", &api.admin, None).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "streams being read count"
+    );
+    open.pop();
+    let (status, _, _) = api.raw("GET", "/api/v1/stream", &api.admin, None).await;
+    assert_eq!(status, StatusCode::OK, "a closed stream makes room");
+}
