@@ -28,6 +28,16 @@ use qm_store::{Batch, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
 struct Queue {
     /// The last ticket handed out.
     ticket: u64,
+    /// The sequence number the store gives the last queued event.
+    seq: u64,
+    writes: Writes,
+    /// The server is closing: the flusher writes what is queued and ends.
+    closing: bool,
+}
+
+/// The rows of one store write.
+#[derive(Default)]
+struct Writes {
     events: Vec<Event>,
     payloads: Vec<(u64, JobPayload)>,
     exits: Vec<((u64, u32, u32), i32)>,
@@ -35,23 +45,6 @@ struct Queue {
     nodes: Vec<NodeRecord>,
     /// The state as of event `seq`, with the server's derived data, to be saved once the
     /// events up to it are.
-    snapshot: Option<(u64, Box<ClusterState>, String)>,
-    /// The sequence number the store gives the last queued event.
-    seq: u64,
-    /// The server is closing: the flusher writes what is queued and ends.
-    closing: bool,
-}
-
-/// What one write took from the queue.
-#[derive(Default)]
-struct Taken {
-    ticket: u64,
-    seq: u64,
-    events: Vec<Event>,
-    payloads: Vec<(u64, JobPayload)>,
-    exits: Vec<((u64, u32, u32), i32)>,
-    tokens: Vec<TokenRecord>,
-    nodes: Vec<NodeRecord>,
     snapshot: Option<(u64, Box<ClusterState>, String)>,
 }
 
@@ -126,8 +119,8 @@ impl Journal {
     pub fn events(&self, events: &[Event], payloads: &[(u64, JobPayload)]) -> u64 {
         let mut seq = 0;
         self.push(|q| {
-            q.events.extend_from_slice(events);
-            q.payloads.extend_from_slice(payloads);
+            q.writes.events.extend_from_slice(events);
+            q.writes.payloads.extend_from_slice(payloads);
             q.seq += events.len() as u64;
             seq = q.seq;
         });
@@ -135,20 +128,20 @@ impl Journal {
     }
 
     pub fn exit(&self, key: (u64, u32, u32), code: i32) {
-        self.push(|q| q.exits.push((key, code)));
+        self.push(|q| q.writes.exits.push((key, code)));
     }
 
     pub fn token(&self, t: TokenRecord) {
-        self.push(|q| q.tokens.push(t));
+        self.push(|q| q.writes.tokens.push(t));
     }
 
     pub fn node(&self, n: NodeRecord) {
-        self.push(|q| q.nodes.push(n));
+        self.push(|q| q.writes.nodes.push(n));
     }
 
     /// Queues a snapshot of `state` as of event `seq`, saved after the events up to it.
     pub fn snapshot(&self, seq: u64, state: ClusterState, extra: String) {
-        self.push(|q| q.snapshot = Some((seq, Box::new(state), extra)));
+        self.push(|q| q.writes.snapshot = Some((seq, Box::new(state), extra)));
     }
 
     /// The last ticket handed out: once it is durable, so is every change queued so far.
@@ -173,21 +166,12 @@ impl Journal {
     /// means the store refused events already applied in memory: the caller must stop.
     pub fn flush(&self) -> Result<(), StoreError> {
         let mut store = self.store();
-        let taken = {
+        let (ticket, seq, taken) = {
             let mut q = self.queue();
-            Taken {
-                ticket: q.ticket,
-                seq: q.seq,
-                events: std::mem::take(&mut q.events),
-                payloads: std::mem::take(&mut q.payloads),
-                exits: std::mem::take(&mut q.exits),
-                tokens: std::mem::take(&mut q.tokens),
-                nodes: std::mem::take(&mut q.nodes),
-                snapshot: q.snapshot.take(),
-            }
+            (q.ticket, q.seq, std::mem::take(&mut q.writes))
         };
         let from = self.durable();
-        if taken.ticket == from {
+        if ticket == from {
             return Ok(());
         }
         let last = store.append(Batch {
@@ -197,21 +181,20 @@ impl Journal {
             tokens: &taken.tokens,
             nodes: &taken.nodes,
         })?;
-        if !taken.events.is_empty() && last != taken.seq {
+        if !taken.events.is_empty() && last != seq {
             return Err(StoreError(format!(
-                "the store numbered the last event of a write {last}, not {}: another writer?",
-                taken.seq
+                "the store numbered the last event of a write {last}, not {seq}: another writer?"
             )));
         }
-        self.durable.send_replace(taken.ticket);
+        self.durable.send_replace(ticket);
         {
             let mut f = self
                 .flushes
                 .lock()
                 .expect("the journal's counts are poisoned");
             f.writes += 1;
-            f.tickets += taken.ticket - from;
-            f.most = f.most.max(taken.ticket - from);
+            f.tickets += ticket - from;
+            f.most = f.most.max(ticket - from);
         }
         if let Some((seq, state, extra)) = taken.snapshot {
             if let Err(e) = store.snapshot(seq, &state, &extra) {

@@ -573,13 +573,20 @@ impl Server {
         &self,
         f: impl FnOnce(&mut Inner) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
-        let (out, ticket) = {
-            let mut inner = self.lock();
-            let out = f(&mut inner);
-            (out, inner.journal.queued())
-        };
+        let (out, ticket) = self.change(f);
         self.journal.flush_to(ticket);
         out
+    }
+
+    /// Runs a change under the lock; returns its result and the journal ticket that makes
+    /// it durable.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, Refusal>,
+    ) -> (Result<T, Refusal>, u64) {
+        let mut inner = self.lock();
+        let out = f(&mut inner);
+        (out, inner.journal.queued())
     }
 
     /// Reads under the lock, then waits, without the lock, until every change the answer may
@@ -606,11 +613,7 @@ impl Server {
         &self,
         f: impl FnOnce(&mut Inner) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
-        let (out, ticket) = {
-            let mut inner = self.lock();
-            let out = f(&mut inner);
-            (out, inner.journal.queued())
-        };
+        let (out, ticket) = self.change(f);
         self.journal.wait(ticket).await;
         self.wake.notify_one();
         out
