@@ -431,10 +431,12 @@ pub enum Event {
         attempt: Option<u32>,
         at_s: Secs,
     },
-    /// Drops jobs that ended before `before_s` (and that no live job depends on), to bound
-    /// memory in long-running servers and simulations.
+    /// Drops jobs that ended before `before_s`, and the ended jobs of `jobs` (unless a live
+    /// job depends on them), to bound memory in long-running servers and simulations.
     Forget {
         before_s: Secs,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        jobs: Vec<JobId>,
     },
 }
 
@@ -489,6 +491,21 @@ impl ClusterState {
     /// Every job known: the live ones, then the ended ones, each in id order.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values().chain(self.done.values())
+    }
+
+    /// The highest id of a forgotten job: ids up to it are never given again.
+    pub fn forgotten_up_to(&self) -> Option<JobId> {
+        self.forgotten_up_to
+    }
+
+    /// How many ended jobs are still held.
+    pub fn ended_count(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Ended jobs still held, by id.
+    pub fn ended_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.done.values()
     }
 
     pub fn job(&self, id: JobId) -> Option<&Job> {

@@ -21,7 +21,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use qm_core::{ClusterState, Event};
-use qm_store::{Batch, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
+use qm_store::{Batch, EndedJob, JobPayload, NodeRecord, Store, StoreError, TokenRecord};
 
 /// Everything queued since the last write, in order.
 #[derive(Default)]
@@ -43,6 +43,7 @@ struct Writes {
     exits: Vec<((u64, u32, u32), i32)>,
     tokens: Vec<TokenRecord>,
     nodes: Vec<NodeRecord>,
+    ended: Vec<EndedJob>,
     /// The state as of event `seq`, with the server's derived data, to be saved once the
     /// events up to it are.
     snapshot: Option<(u64, Box<ClusterState>, String)>,
@@ -114,13 +115,20 @@ impl Journal {
         t
     }
 
-    /// Queues events and the payloads of the jobs they submit; returns the sequence number
-    /// the store will give the last event.
-    pub fn events(&self, events: &[Event], payloads: &[(u64, JobPayload)]) -> u64 {
+    /// Queues events, the payloads of the jobs they submit and the records of those they
+    /// forget, to be written together; returns the sequence number the store will give the
+    /// last event.
+    pub fn events(
+        &self,
+        events: &[Event],
+        payloads: &[(u64, JobPayload)],
+        ended: Vec<EndedJob>,
+    ) -> u64 {
         let mut seq = 0;
         self.push(|q| {
             q.writes.events.extend_from_slice(events);
             q.writes.payloads.extend_from_slice(payloads);
+            q.writes.ended.extend(ended);
             q.seq += events.len() as u64;
             seq = q.seq;
         });
@@ -180,6 +188,7 @@ impl Journal {
             exits: &taken.exits,
             tokens: &taken.tokens,
             nodes: &taken.nodes,
+            ended: &taken.ended,
         })?;
         if !taken.events.is_empty() && last != seq {
             return Err(StoreError(format!(

@@ -13,6 +13,7 @@ pub mod faults;
 mod journal;
 mod limits;
 mod metrics;
+mod retain;
 pub mod standby;
 mod views;
 
@@ -46,6 +47,11 @@ pub struct ServerConfig {
     /// Most jobs one user, and one team, may have pending.
     pub max_pending_per_user: usize,
     pub max_pending_per_team: usize,
+    /// Ended jobs stay in memory this long after they end; then only their record in the
+    /// store remains (`qm show` and `qm jobs --all` read it there).
+    pub retain_ended_s: u64,
+    /// At most this many ended jobs stay in memory (the most recently ended).
+    pub retain_ended_max: usize,
     /// Members see only their own teams' jobs.
     pub private_jobs: bool,
     /// Print each refused agent request on standard error (a simulation turns it off).
@@ -66,6 +72,8 @@ impl Default for ServerConfig {
             max_log_chunk: MAX_LOG_CHUNK,
             max_pending_per_user: 10_000,
             max_pending_per_team: 50_000,
+            retain_ended_s: 24 * 3600,
+            retain_ended_max: 10_000,
             private_jobs: false,
             log_refusals: true,
             scheduler: SchedulerConfig::default(),
@@ -203,6 +211,8 @@ pub(crate) struct Inner {
     /// snapshot.
     pub seq: u64,
     pub since_snapshot: u64,
+    /// [`Clock::mono_ms`] after which retention looks for ended jobs to forget.
+    pub next_retain_ms: u64,
 }
 
 /// The registered nodes by name, indexed by id and by credential hash, so that an agent's
@@ -391,15 +401,31 @@ impl Inner {
             since_snapshot += 1;
             record(&mut history, &state, &event);
             let start = start_of(&event);
+            // What the server derived about jobs this event forgets goes with them (their
+            // payloads and exits were deleted from the store in the same transaction).
+            let forgotten = match &event {
+                Event::Forget { before_s, jobs } => state.forgettable(*before_s, jobs),
+                _ => Vec::new(),
+            };
             apply(&mut state, event).map_err(|e| {
                 Refusal::Internal(format!("event {seq} of the store does not apply: {e}"))
             })?;
             note_placed(&mut placed, &state, start);
+            for id in forgotten {
+                history.remove(&id.0);
+                retain::remove_runs(&mut placed, id.0);
+            }
         }
         // A state that breaks an invariant (a bad snapshot) stops the server here, naming the
         // invariant, rather than at whichever later event first touches the broken part.
         state.check_invariants();
-        let next_job = state.jobs().map(|j| j.spec.id.0).max().unwrap_or(0) + 1;
+        let next_job = state
+            .jobs()
+            .map(|j| j.spec.id)
+            .chain(state.forgotten_up_to())
+            .max()
+            .map_or(0, |id| id.0)
+            + 1;
         let journal = Arc::new(journal::Journal::new(store, loaded.last_seq));
         let started = clock.mono_ms();
         let changes = Arc::new(tokio::sync::watch::channel(0u64).0);
@@ -444,6 +470,7 @@ impl Inner {
             seq: loaded.last_seq,
             since_snapshot,
             resumed: (loaded.snapshot_seq, since_snapshot),
+            next_retain_ms: started + retain::RETAIN_EVERY_MS,
         };
         // Launches of running jobs may not have reached their agents before the last stop:
         // send them again (an agent ignores a launch of a task it runs or has run).
@@ -679,6 +706,7 @@ impl Server {
         let mut inner = self.lock();
         inner.check_timeouts()?;
         inner.schedule()?;
+        inner.retain()?;
         Ok(())
     }
 }
@@ -743,6 +771,16 @@ impl Inner {
         events: Vec<Event>,
         payloads: &[(u64, JobPayload)],
     ) -> Result<(), Refusal> {
+        self.commit_with(events, payloads, Vec::new())
+    }
+
+    /// [`Inner::commit`] with the records of the jobs the events forget, in one write.
+    pub(crate) fn commit_with(
+        &mut self,
+        events: Vec<Event>,
+        payloads: &[(u64, JobPayload)],
+        ended: Vec<qm_store::EndedJob>,
+    ) -> Result<(), Refusal> {
         let backup = (events.len() > 1).then(|| self.state.clone());
         let mut hist = BTreeMap::new();
         let mut started = Vec::new();
@@ -759,7 +797,7 @@ impl Inner {
                 started.extend(run.map(|r| (job, r.attempt, nodes_of(r))));
             }
         }
-        self.seq = self.journal.events(&events, payloads);
+        self.seq = self.journal.events(&events, payloads, ended);
         for (job, mut list) in hist {
             self.history.entry(job).or_default().append(&mut list);
         }

@@ -89,6 +89,8 @@ pub struct Metrics {
     heartbeats: Family<NodeLabels, Counter>,
     /// Agent requests refused because they spoke for another node's task, by node and what.
     agent_refusals: Family<RefusalLabels, Counter>,
+    /// Ended jobs forgotten by retention (their records stay in the store).
+    pub forgotten: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,6 +107,7 @@ impl Default for Metrics {
             preemptions: Family::default(),
             heartbeats: Family::default(),
             agent_refusals: Family::default(),
+            forgotten: 0,
         }
     }
 }
@@ -373,6 +376,26 @@ pub fn render(inner: &Inner, servers: Option<&qm_store::pg::Servers>) -> String 
         "qm_store_write_changes_max",
         "The most changes one store write has carried since the server started.",
         most,
+    );
+
+    let last: Gauge = Gauge::default();
+    last.set(inner.seq as i64);
+    r.register(
+        "qm_store_last_event",
+        "The sequence number of the last event (queued for the store): its rate is events written per second.",
+        last,
+    );
+    r.register(
+        "qm_jobs_forgotten",
+        "Ended jobs that left the server's memory by retention (qm server --retain-ended, --retain-ended-max); their records stay in the store.",
+        counter(inner.metrics.forgotten),
+    );
+    let held: Gauge = Gauge::default();
+    held.set(inner.state.ended_count() as i64);
+    r.register(
+        "qm_jobs_ended_held",
+        "Ended jobs still held in memory.",
+        held,
     );
 
     // Servers sharing a PostgreSQL database: who leads, by which term, and the standbys.

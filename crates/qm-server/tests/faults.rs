@@ -71,7 +71,7 @@ fn a_seed_replays_exactly() {
         trace: true,
         ..Options::default()
     };
-    let mut faults = 0;
+    let (mut faults, mut forgotten) = (0, 0);
     for seed in [1, 7, 42] {
         let a = run(seed, &opts);
         let b = run(seed, &opts);
@@ -82,8 +82,10 @@ fn a_seed_replays_exactly() {
             "seed {seed} did something"
         );
         faults += a.server_crashes + a.agent_crashes + a.partitions;
+        forgotten += a.forgotten;
     }
     assert!(faults > 0, "the seeds injected faults");
+    assert!(forgotten > 0, "the seeds forgot ended jobs");
 }
 
 #[test]

@@ -71,6 +71,35 @@ pub struct NodeRecord {
     pub address: String,
 }
 
+/// An ended job the server no longer holds in memory (see `qm server --retain-ended`): its
+/// accounting record, written in the same transaction as the event that forgets it, so that
+/// `qm show` and `qm jobs --all` still find it. The columns are what lists filter on; `view`
+/// is the whole record as the API shows it (a `qm_proto::JobView`, JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedJob {
+    pub id: u64,
+    pub team: String,
+    pub user: String,
+    /// The job's last state (`succeeded`, `failed`, `cancelled`).
+    pub state: String,
+    pub submit_s: u64,
+    pub end_s: u64,
+    pub view: String,
+}
+
+/// Which ended jobs to list, newest (highest id) first.
+#[derive(Clone, Debug, Default)]
+pub struct EndedQuery {
+    /// Only these teams' (the teams a caller may see; `None`: every team).
+    pub teams: Option<Vec<String>>,
+    pub team: Option<String>,
+    pub user: Option<String>,
+    pub state: Option<String>,
+    /// Only ids below this (the cursor of the previous page).
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
 /// What a restart starts from.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -102,6 +131,9 @@ pub struct Batch<'a> {
     pub tokens: &'a [TokenRecord],
     /// Nodes by name (a name keeps its id; an id moves with its name).
     pub nodes: &'a [NodeRecord],
+    /// Records of jobs the batch's events forget; their payloads and task exits are deleted,
+    /// so that a restart loads only what the state still holds.
+    pub ended: &'a [EndedJob],
 }
 
 /// A task's log as (job, task, attempt).
@@ -125,6 +157,7 @@ pub struct Dump {
     pub exits: Vec<((u64, u32, u32), i32)>,
     /// (job, task, attempt), offset, bytes: one chunk per row, in key and offset order.
     pub logs: Vec<LogChunk>,
+    pub ended: Vec<EndedJob>,
 }
 
 impl Dump {
@@ -136,14 +169,15 @@ impl Dump {
     pub fn summary(&self) -> String {
         let bytes: usize = self.logs.iter().map(|l| l.2.len()).sum();
         format!(
-            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({bytes} bytes)",
+            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({bytes} bytes), {} ended job records",
             self.events.len(),
             usize::from(self.snapshot.is_some()),
             self.payloads.len(),
             self.tokens.len(),
             self.nodes.len(),
             self.exits.len(),
-            self.logs.len()
+            self.logs.len(),
+            self.ended.len()
         )
     }
 
@@ -155,6 +189,7 @@ impl Dump {
         self.nodes.sort_by_key(|n| n.id);
         self.exits.sort();
         self.logs.sort_by_key(|l| (l.0, l.1));
+        self.ended.sort_by_key(|e| e.id);
     }
 }
 
@@ -169,6 +204,8 @@ pub enum Page {
     Events { after: u64 },
     /// Up to [`PAYLOADS_PER_PAGE`] payloads of jobs after this one (`None`: from the first).
     Payloads { after: Option<u64> },
+    /// Up to [`ENDED_PER_PAGE`] ended jobs' records after this job.
+    Ended { after: Option<u64> },
     /// Up to [`LOG_CHUNKS_PER_PAGE`] log chunks after this (task, offset).
     Logs { after: Option<(LogKey, u64)> },
 }
@@ -178,6 +215,8 @@ pub const EVENTS_PER_PAGE: usize = 5_000;
 pub const PAYLOADS_PER_PAGE: usize = 256;
 /// A chunk is at most 1 MiB.
 pub const LOG_CHUNKS_PER_PAGE: usize = 16;
+/// A record is a few KiB (its command and events).
+pub const ENDED_PER_PAGE: usize = 1_000;
 
 impl Page {
     /// The page after this one, which held `rows`; `None` after the last.
@@ -194,6 +233,10 @@ impl Page {
                 Some(&(job, _)) if rows.payloads.len() == PAYLOADS_PER_PAGE => {
                     Page::Payloads { after: Some(job) }
                 }
+                _ => Page::Ended { after: None },
+            }),
+            Page::Ended { .. } => Some(match rows.ended.last() {
+                Some(e) if rows.ended.len() == ENDED_PER_PAGE => Page::Ended { after: Some(e.id) },
                 _ => Page::Logs { after: None },
             }),
             Page::Logs { .. } => match rows.logs.last() {
@@ -230,6 +273,7 @@ pub struct Copied {
     pub exits: usize,
     pub log_chunks: usize,
     pub log_bytes: usize,
+    pub ended: usize,
     /// Pages written (each one transaction, checked on its own).
     pub pages: usize,
 }
@@ -244,13 +288,14 @@ impl Copied {
         self.exits += page.exits.len();
         self.log_chunks += page.logs.len();
         self.log_bytes += page.logs.iter().map(|l| l.2.len()).sum::<usize>();
+        self.ended += page.ended.len();
         self.pages += 1;
     }
 
     /// Rows by kind, for people.
     pub fn summary(&self) -> String {
         format!(
-            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({} bytes), in {} pages",
+            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({} bytes), {} ended job records, in {} pages",
             self.events,
             self.snapshots,
             self.payloads,
@@ -259,6 +304,7 @@ impl Copied {
             self.exits,
             self.log_chunks,
             self.log_bytes,
+            self.ended,
             self.pages
         )
     }
@@ -390,9 +436,14 @@ pub trait Store: Send {
             all.nodes.extend(rows.nodes);
             all.exits.extend(rows.exits);
             all.logs.extend(rows.logs);
+            all.ended.extend(rows.ended);
         }
         Ok(all)
     }
+    /// The record of an ended job the server forgot.
+    fn ended_job(&mut self, id: u64) -> Result<Option<EndedJob>, StoreError>;
+    /// Records of ended jobs the server forgot, newest first.
+    fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError>;
     /// One page of rows, as stored (see [`Page`]), in key order.
     fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError>;
     /// The servers sharing this store: who leads and who stands by (`None`: a store only
@@ -413,6 +464,62 @@ fn log_len(db: &rusqlite::Connection, key: (u64, u32, u32)) -> Result<u64, Store
     )? as u64)
 }
 
+/// An `ended_jobs` row (id, team, username, state, submit_s, end_s, view).
+fn ended_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndedJob> {
+    Ok(EndedJob {
+        id: r.get::<_, i64>(0)? as u64,
+        team: r.get(1)?,
+        user: r.get(2)?,
+        state: r.get(3)?,
+        submit_s: r.get::<_, i64>(4)? as u64,
+        end_s: r.get::<_, i64>(5)? as u64,
+        view: r.get(6)?,
+    })
+}
+
+/// A parameter of a query both backends build the same way.
+pub(crate) enum SqlParam {
+    Int(i64),
+    Text(String),
+}
+
+/// The query for [`Store::ended_jobs`], with placeholders as `mark` writes them (`?1`, `$1`)
+/// and the caller's teams as one JSON array parameter, which `each` turns into a table of
+/// `value`s (SQLite's `json_each`, PostgreSQL's `json_array_elements_text`).
+pub(crate) fn ended_sql(
+    q: &EndedQuery,
+    mark: impl Fn(usize) -> String,
+    each: impl Fn(&str) -> String,
+) -> (String, Vec<SqlParam>) {
+    let mut sql = String::from(
+        "SELECT id, team, username, state, submit_s, end_s, view FROM ended_jobs WHERE id < ",
+    );
+    let mut params = vec![SqlParam::Int(q.before.map_or(i64::MAX, |b| b as i64))];
+    sql += &mark(1);
+    for (column, value) in [
+        ("team", &q.team),
+        ("username", &q.user),
+        ("state", &q.state),
+    ] {
+        if let Some(v) = value {
+            params.push(SqlParam::Text(v.clone()));
+            sql += &format!(" AND {column} = {}", mark(params.len()));
+        }
+    }
+    if let Some(teams) = &q.teams {
+        params.push(SqlParam::Text(
+            serde_json::to_string(teams).unwrap_or_else(|_| "[]".into()),
+        ));
+        sql += &format!(
+            " AND team IN (SELECT value FROM {})",
+            each(&mark(params.len()))
+        );
+    }
+    params.push(SqlParam::Int(q.limit as i64));
+    sql += &format!(" ORDER BY id DESC LIMIT {}", mark(params.len()));
+    (sql, params)
+}
+
 /// The embedded store: one SQLite file in WAL mode with full sync.
 pub struct SqliteStore {
     db: rusqlite::Connection,
@@ -427,6 +534,9 @@ CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, ro
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, credential_hash TEXT NOT NULL, address TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS task_exits (job INTEGER NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, code INTEGER NOT NULL, PRIMARY KEY (job, task, attempt));
 CREATE TABLE IF NOT EXISTS log_chunks (job INTEGER NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, task, attempt, offset));
+CREATE TABLE IF NOT EXISTS ended_jobs (id INTEGER PRIMARY KEY, team TEXT NOT NULL, username TEXT NOT NULL, state TEXT NOT NULL, submit_s INTEGER NOT NULL, end_s INTEGER NOT NULL, view TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ended_jobs_team ON ended_jobs (team, id);
+CREATE INDEX IF NOT EXISTS ended_jobs_user ON ended_jobs (username, id);
 ";
 
 impl SqliteStore {
@@ -598,6 +708,24 @@ impl Store for SqliteStore {
                     n.address
                 ])?;
             }
+            let mut ended = tx.prepare_cached(
+                "INSERT OR REPLACE INTO ended_jobs (id, team, username, state, submit_s, end_s, view) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut unpay = tx.prepare_cached("DELETE FROM payloads WHERE job = ?1")?;
+            let mut unexit = tx.prepare_cached("DELETE FROM task_exits WHERE job = ?1")?;
+            for e in batch.ended {
+                ended.execute(rusqlite::params![
+                    e.id as i64,
+                    e.team,
+                    e.user,
+                    e.state,
+                    e.submit_s as i64,
+                    e.end_s as i64,
+                    e.view
+                ])?;
+                unpay.execute([e.id as i64])?;
+                unexit.execute([e.id as i64])?;
+            }
         }
         tx.commit()?;
         Ok(last)
@@ -681,6 +809,31 @@ impl Store for SqliteStore {
         Ok((out, next))
     }
 
+    fn ended_job(&mut self, id: u64) -> Result<Option<EndedJob>, StoreError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT id, team, username, state, submit_s, end_s, view FROM ended_jobs WHERE id = ?1",
+                [id as i64],
+                ended_row,
+            )
+            .optional()?)
+    }
+
+    fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError> {
+        let (sql, params) = ended_sql(q, |i| format!("?{i}"), |p| format!("json_each({p})"));
+        let mut stmt = self.db.prepare(&sql)?;
+        let params: Vec<&dyn rusqlite::ToSql> = params
+            .iter()
+            .map(|p| match p {
+                SqlParam::Int(i) => i as &dyn rusqlite::ToSql,
+                SqlParam::Text(t) => t as &dyn rusqlite::ToSql,
+            })
+            .collect();
+        let rows = stmt.query_map(params.as_slice(), ended_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError> {
         let mut out = Dump::default();
         match page {
@@ -722,6 +875,17 @@ impl Store for SqliteStore {
                     })?;
                 for row in rows {
                     out.payloads.push(row?);
+                }
+            }
+            Page::Ended { after } => {
+                let mut stmt = self.db.prepare(
+                    "SELECT id, team, username, state, submit_s, end_s, view FROM ended_jobs WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )?;
+                let after = after.map_or(-1, |j| j as i64);
+                let rows =
+                    stmt.query_map(rusqlite::params![after, ENDED_PER_PAGE as i64], ended_row)?;
+                for row in rows {
+                    out.ended.push(row?);
                 }
             }
             Page::Logs { after } => {
@@ -807,6 +971,20 @@ impl Store for SqliteStore {
                     attempt,
                     *at as i64,
                     data
+                ])?;
+            }
+            let mut ins = tx.prepare(
+                "INSERT INTO ended_jobs (id, team, username, state, submit_s, end_s, view) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for e in &dump.ended {
+                ins.execute(rusqlite::params![
+                    e.id as i64,
+                    e.team,
+                    e.user,
+                    e.state,
+                    e.submit_s as i64,
+                    e.end_s as i64,
+                    e.view
                 ])?;
             }
         }
@@ -910,6 +1088,68 @@ mod tests {
             })
             .unwrap();
         assert_eq!(seq, 3);
+        // Forgetting job 1 stores its record and deletes its payload and exits, together.
+        let rec = |id: u64, team: &str, user: &str, state: &str| EndedJob {
+            id,
+            team: team.into(),
+            user: user.into(),
+            state: state.into(),
+            submit_s: 100 + id,
+            end_s: 200 + id,
+            view: format!("{{\"id\":{id}}}"),
+        };
+        let ended = vec![
+            rec(1, "a", "alice", "succeeded"),
+            rec(2, "b", "bob", "failed"),
+            rec(3, "a", "bob", "cancelled"),
+            rec(4, "a", "alice", "failed"),
+        ];
+        s.append(Batch {
+            ended: &ended,
+            ..Batch::default()
+        })
+        .unwrap();
+        drop(s);
+        let mut s = reopen();
+        let loaded = s.load().unwrap();
+        assert!(loaded.payloads.is_empty() && loaded.exits.is_empty());
+        assert_eq!(s.ended_job(3).unwrap(), Some(ended[2].clone()));
+        assert_eq!(s.ended_job(5).unwrap(), None);
+        let ids = |s: &mut Box<dyn Store>, q: EndedQuery| -> Vec<u64> {
+            s.ended_jobs(&q).unwrap().iter().map(|e| e.id).collect()
+        };
+        let all = EndedQuery {
+            limit: 10,
+            ..EndedQuery::default()
+        };
+        assert_eq!(ids(&mut s, all.clone()), vec![4, 3, 2, 1]);
+        let q = EndedQuery {
+            before: Some(4),
+            limit: 2,
+            ..all.clone()
+        };
+        assert_eq!(ids(&mut s, q), vec![3, 2]);
+        let q = EndedQuery {
+            team: Some("a".into()),
+            user: Some("alice".into()),
+            ..all.clone()
+        };
+        assert_eq!(ids(&mut s, q), vec![4, 1]);
+        let q = EndedQuery {
+            state: Some("failed".into()),
+            ..all.clone()
+        };
+        assert_eq!(ids(&mut s, q), vec![4, 2]);
+        let q = EndedQuery {
+            teams: Some(vec!["b".into(), "c".into()]),
+            ..all.clone()
+        };
+        assert_eq!(ids(&mut s, q), vec![2]);
+        let q = EndedQuery {
+            teams: Some(Vec::new()),
+            ..all
+        };
+        assert_eq!(ids(&mut s, q), Vec::<u64>::new());
     }
 
     #[test]
@@ -961,12 +1201,25 @@ mod tests {
             .to_string();
         assert!(err.contains("already written by another server"), "{err}");
         let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        // A database of version 1 (before ended jobs' records) is brought up to date.
+        client
+            .batch_execute("DROP TABLE ended_jobs; UPDATE qm_schema SET version = 1")
+            .unwrap();
+        drop((first, second));
+        let mut s = open(&url, &DbAccess::default()).unwrap();
+        assert_eq!(s.ended_job(1).unwrap(), None);
+        let version: i32 = client
+            .query_one("SELECT MAX(version) FROM qm_schema", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(version, pg::SCHEMA_VERSION);
+        drop(s);
         client
             .execute("INSERT INTO qm_schema (version) VALUES (99)", &[])
             .unwrap();
         let err = open(&url, &DbAccess::default()).err().unwrap().to_string();
         assert!(
-            err.contains("schema is version 99, newer than this binary's (1)"),
+            err.contains("schema is version 99, newer than this binary's (2)"),
             "{err}"
         );
     }
@@ -1082,6 +1335,22 @@ mod tests {
             ..Batch::default()
         })
         .unwrap();
+        let ended: Vec<EndedJob> = (10_000..10_000 + ENDED_PER_PAGE as u64 + 3)
+            .map(|id| EndedJob {
+                id,
+                team: "a".into(),
+                user: "alice".into(),
+                state: "succeeded".into(),
+                submit_s: id,
+                end_s: id + 1,
+                view: "{}".into(),
+            })
+            .collect();
+        from.append(Batch {
+            ended: &ended,
+            ..Batch::default()
+        })
+        .unwrap();
         for job in 1..=3u64 {
             for i in 0..LOG_CHUNKS_PER_PAGE as u64 {
                 from.append_log((job, 0, 1), i * 3, format!("{i:03}").as_bytes())
@@ -1094,6 +1363,7 @@ mod tests {
         assert_eq!(copied.events, events.len());
         assert_eq!(copied.payloads, payloads.len());
         assert_eq!(copied.log_chunks, 3 * LOG_CHUNKS_PER_PAGE);
+        assert_eq!(copied.ended, ended.len());
         assert!(copied.pages > 8, "{}", copied.summary());
         let mut back = SqliteStore::memory().unwrap();
         let again = migrate(to.as_mut(), &mut back).unwrap();

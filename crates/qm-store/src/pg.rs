@@ -18,12 +18,13 @@ use postgres::{Client, NoTls};
 use qm_core::ClusterState;
 
 use crate::{
-    Batch, Dump, JobPayload, Loaded, NodeRecord, Page, Store, StoreError, TokenRecord,
-    EVENTS_PER_PAGE, LOG_CHUNKS_PER_PAGE, PAYLOADS_PER_PAGE,
+    ended_sql, Batch, Dump, EndedJob, EndedQuery, JobPayload, Loaded, NodeRecord, Page, SqlParam,
+    Store, StoreError, TokenRecord, ENDED_PER_PAGE, EVENTS_PER_PAGE, LOG_CHUNKS_PER_PAGE,
+    PAYLOADS_PER_PAGE,
 };
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS qm_schema (version INTEGER NOT NULL);
@@ -36,6 +37,9 @@ CREATE TABLE IF NOT EXISTS task_exits (job BIGINT NOT NULL, task INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS log_chunks (job BIGINT NOT NULL, task INTEGER NOT NULL, attempt INTEGER NOT NULL, at BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (job, task, attempt, at));
 CREATE TABLE IF NOT EXISTS qm_leader (id INTEGER PRIMARY KEY CHECK (id = 1), term BIGINT NOT NULL, holder TEXT NOT NULL, since TIMESTAMPTZ NOT NULL, expires TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS qm_servers (holder TEXT PRIMARY KEY, seen TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS ended_jobs (id BIGINT PRIMARY KEY, team TEXT NOT NULL, username TEXT NOT NULL, state TEXT NOT NULL, submit_s BIGINT NOT NULL, end_s BIGINT NOT NULL, view TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ended_jobs_team ON ended_jobs (team, id);
+CREATE INDEX IF NOT EXISTS ended_jobs_user ON ended_jobs (username, id);
 ";
 
 /// An advisory lock key (`qm` in ASCII), held while the schema is created or migrated, so
@@ -349,10 +353,51 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
                 "the database's schema is version {v}, newer than this binary's ({SCHEMA_VERSION}): run a newer qm, or point it at another database"
             )));
         }
+        // Version 2 added the ended jobs' records (created above).
+        Some(v) if v < SCHEMA_VERSION => {
+            tx.execute("UPDATE qm_schema SET version = $1", &[&SCHEMA_VERSION])?;
+        }
         Some(_) => {}
     }
     tx.commit()?;
     Ok(())
+}
+
+/// An `ended_jobs` row (id, team, username, state, submit_s, end_s, view).
+fn ended_row(r: &postgres::Row) -> EndedJob {
+    EndedJob {
+        id: r.get::<_, i64>(0) as u64,
+        team: r.get(1),
+        user: r.get(2),
+        state: r.get(3),
+        submit_s: r.get::<_, i64>(4) as u64,
+        end_s: r.get::<_, i64>(5) as u64,
+        view: r.get(6),
+    }
+}
+
+/// The columns of `ended_jobs` rows, as arrays for one `UNNEST` insert.
+#[derive(Default)]
+struct EndedColumns(
+    Vec<i64>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<String>,
+);
+
+impl EndedColumns {
+    fn push(&mut self, e: &EndedJob) {
+        self.0.push(e.id as i64);
+        self.1.push(e.team.clone());
+        self.2.push(e.user.clone());
+        self.3.push(e.state.clone());
+        self.4.push(e.submit_s as i64);
+        self.5.push(e.end_s as i64);
+        self.6.push(e.view.clone());
+    }
 }
 
 fn key_params(key: (u64, u32, u32)) -> (i64, i32, i32) {
@@ -475,6 +520,7 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let nodes = batch.nodes.to_vec();
+        let ended = batch.ended.to_vec();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
             fence(&mut tx, conn.term)?;
@@ -542,6 +588,21 @@ impl Store for PgStore {
                      ON CONFLICT (name) DO UPDATE SET id = EXCLUDED.id, credential_hash = EXCLUDED.credential_hash, address = EXCLUDED.address",
                     &[&n.name, &i64::from(n.id), &n.credential_hash, &n.address],
                 )?;
+            }
+            if !ended.is_empty() {
+                let mut cols: EndedColumns = Default::default();
+                for e in &ended {
+                    cols.push(e);
+                }
+                tx.execute(
+                    "INSERT INTO ended_jobs (id, team, username, state, submit_s, end_s, view) \
+                     SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[]) \
+                     ON CONFLICT (id) DO UPDATE SET team = EXCLUDED.team, username = EXCLUDED.username, state = EXCLUDED.state, \
+                     submit_s = EXCLUDED.submit_s, end_s = EXCLUDED.end_s, view = EXCLUDED.view",
+                    &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+                )?;
+                tx.execute("DELETE FROM payloads WHERE job = ANY($1)", &[&cols.0])?;
+                tx.execute("DELETE FROM task_exits WHERE job = ANY($1)", &[&cols.0])?;
             }
             tx.commit()?;
             conn.last_seq = seq;
@@ -649,6 +710,41 @@ impl Store for PgStore {
         })
     }
 
+    fn ended_job(&mut self, id: u64) -> Result<Option<EndedJob>, StoreError> {
+        self.call(move |conn| {
+            Ok(conn
+                .client
+                .query_opt(
+                    "SELECT id, team, username, state, submit_s, end_s, view FROM ended_jobs WHERE id = $1",
+                    &[&(id as i64)],
+                )?
+                .map(|r| ended_row(&r)))
+        })
+    }
+
+    fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError> {
+        let (sql, params) = ended_sql(
+            q,
+            |i| format!("${i}"),
+            |p| format!("json_array_elements_text({p}::TEXT::JSON)"),
+        );
+        self.call(move |conn| {
+            let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| match p {
+                    SqlParam::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
+                    SqlParam::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
+                })
+                .collect();
+            Ok(conn
+                .client
+                .query(&sql, &params)?
+                .iter()
+                .map(ended_row)
+                .collect())
+        })
+    }
+
     fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError> {
         let loaded = match page {
             Page::Records => Some(self.load()?),
@@ -688,6 +784,15 @@ impl Store for PgStore {
                         out.payloads.push((row.get::<_, i64>(0) as u64, row.get(1)));
                     }
                 }
+                Page::Ended { after } => {
+                    let after = after.map_or(-1, |j| j as i64);
+                    for row in c.query(
+                        "SELECT id, team, username, state, submit_s, end_s, view FROM ended_jobs WHERE id > $1 ORDER BY id LIMIT $2",
+                        &[&after, &(ENDED_PER_PAGE as i64)],
+                    )? {
+                        out.ended.push(ended_row(&row));
+                    }
+                }
                 Page::Logs { after } => {
                     let (job, task, attempt, at) = Page::log_after(&after);
                     let (task, attempt) = (task as i32, attempt as i32);
@@ -721,6 +826,7 @@ impl Store for PgStore {
         let nodes = dump.nodes.clone();
         let exits = dump.exits.clone();
         let logs = dump.logs.clone();
+        let ended = dump.ended.clone();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
             fence(&mut tx, conn.term)?;
@@ -766,6 +872,23 @@ impl Store for PgStore {
             for (key, at, data) in &logs {
                 let (job, task, attempt) = key_params(*key);
                 tx.execute(&ins, &[&job, &task, &attempt, &(*at as i64), data])?;
+            }
+            let ins = tx.prepare(
+                "INSERT INTO ended_jobs (id, team, username, state, submit_s, end_s, view) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )?;
+            for e in &ended {
+                tx.execute(
+                    &ins,
+                    &[
+                        &(e.id as i64),
+                        &e.team,
+                        &e.user,
+                        &e.state,
+                        &(e.submit_s as i64),
+                        &(e.end_s as i64),
+                        &e.view,
+                    ],
+                )?;
             }
             tx.commit()?;
             conn.last_seq = events.last().map_or(conn.last_seq, |e| e.0);

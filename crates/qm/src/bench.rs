@@ -21,6 +21,10 @@ pub enum BenchCommand {
     /// Build the dashboard's live snapshot of the `bench plan` cluster (2,048 nodes, 12,000
     /// jobs): time and size.
     Dashboard(DashArgs),
+    /// A real server under a whole cluster of simulated agents over HTTP (2,048 nodes by
+    /// default), with submissions, queries and dashboard streams: latencies, the server's
+    /// CPU and memory, plans and store writes.
+    Fleet(crate::fleet::FleetArgs),
 }
 
 #[derive(Args, Debug)]
@@ -67,6 +71,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
         BenchCommand::Plan(args) => bench_plan(&args),
         BenchCommand::E2e(args) => crate::e2e::run(args),
         BenchCommand::Dashboard(args) => bench_dashboard(&args),
+        BenchCommand::Fleet(args) => crate::fleet::run(args),
     }
 }
 

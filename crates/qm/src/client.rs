@@ -191,10 +191,11 @@ impl Client {
     }
 }
 
-/// `1h`, `30m`, `90s` or plain seconds.
-fn duration_s(text: &str) -> Result<i64, String> {
+/// `2d`, `1h`, `30m`, `90s` or plain seconds.
+pub(crate) fn duration_s(text: &str) -> Result<i64, String> {
     let t = text.trim();
     let (num, mult) = match t.chars().last() {
+        Some('d') => (&t[..t.len() - 1], 86_400),
         Some('h') => (&t[..t.len() - 1], 3600),
         Some('m') => (&t[..t.len() - 1], 60),
         Some('s') => (&t[..t.len() - 1], 1),
@@ -202,7 +203,7 @@ fn duration_s(text: &str) -> Result<i64, String> {
     };
     num.parse::<i64>()
         .map(|n| n * mult)
-        .map_err(|_| format!("bad duration {text:?}; expected seconds or 30m, 2h, 90s"))
+        .map_err(|_| format!("bad duration {text:?}; expected seconds or 90s, 30m, 2h, 7d"))
 }
 
 /// CPU per task: cores (`4`, `0.5`) or milli-cores (`500m`), as milli-cores.
@@ -478,19 +479,33 @@ fn gpus_text(j: &JobView) -> String {
     }
 }
 
-pub fn jobs(
-    conn: &Conn,
-    team: Option<String>,
-    state: Option<JobState>,
-    json: bool,
-) -> Result<(), Box<dyn Error>> {
+/// Which jobs `qm jobs` lists.
+pub struct JobQuery {
+    pub team: Option<String>,
+    pub user: Option<String>,
+    pub state: Option<JobState>,
+    pub all: bool,
+    pub limit: usize,
+    pub before: Option<u64>,
+}
+
+pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>> {
     let c = Client::new(conn)?;
-    let mut q = Vec::new();
-    if let Some(t) = team {
+    let mut q = vec![format!("limit={}", f.limit)];
+    if let Some(t) = &f.team {
         q.push(format!("team={t}"));
     }
-    if let Some(s) = state {
+    if let Some(u) = &f.user {
+        q.push(format!("user={u}"));
+    }
+    if let Some(s) = f.state {
         q.push(format!("state={s}"));
+    }
+    if let Some(b) = f.before {
+        q.push(format!("before={b}"));
+    }
+    if f.all {
+        q.push("all=true".into());
     }
     let jobs: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
     if json {

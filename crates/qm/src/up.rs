@@ -68,6 +68,20 @@ pub struct SchedArgs {
     /// it they see other teams' jobs without command, environment, directory or logs.
     #[arg(long)]
     private_jobs: bool,
+    /// How long an ended job stays in memory (90m, 24h, 7d); after it, `qm show` and
+    /// `qm jobs --all` read its record from the store.
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = retention)]
+    retain_ended: u64,
+    /// At most this many ended jobs stay in memory (the most recently ended), however
+    /// recent: what bounds the server's memory however many jobs pass through.
+    #[arg(long, default_value_t = 10_000)]
+    retain_ended_max: usize,
+}
+
+/// A non-negative duration in seconds.
+fn retention(text: &str) -> Result<u64, String> {
+    let s = crate::client::duration_s(text)?;
+    u64::try_from(s).map_err(|_| format!("{text:?} is negative; give a duration such as 24h"))
 }
 
 impl SchedArgs {
@@ -164,6 +178,8 @@ fn open_server(
         max_log_chunk: (sched.max_log_chunk_kib as usize) << 10,
         max_pending_per_user: sched.max_pending_per_user,
         max_pending_per_team: sched.max_pending_per_team,
+        retain_ended_s: sched.retain_ended,
+        retain_ended_max: sched.retain_ended_max,
         private_jobs: sched.private_jobs,
         log_refusals: true,
         scheduler: sched.config(),

@@ -13,27 +13,40 @@ use crate::model::{JobId, JobSpec, NodeId, NodeSpec, NodeState, Secs, TeamSpec};
 use crate::teams;
 
 impl ClusterState {
-    fn forget_finished(&mut self, before_s: Secs) {
+    /// The ended jobs `Forget { before_s, jobs }` drops: those that ended before `before_s`
+    /// and those of `jobs` that have ended, except any a live job depends on; in id order.
+    pub fn forgettable(&self, before_s: Secs, jobs: &[JobId]) -> Vec<JobId> {
         let needed: BTreeSet<JobId> = self
             .jobs
             .values()
             .flat_map(|j| j.spec.depends_on.iter().copied())
             .collect();
-        let mut forgotten = None;
-        self.done.retain(|id, job| {
-            let ended = match job.state {
-                JobState::Succeeded { at_s }
-                | JobState::Failed { at_s, .. }
-                | JobState::Cancelled { at_s } => Some(at_s),
-                _ => None,
-            };
-            let keep = !matches!(ended, Some(at) if at < before_s) || needed.contains(id);
-            if !keep {
-                forgotten = forgotten.max(Some(*id));
-            }
-            keep
-        });
-        self.forgotten_up_to = self.forgotten_up_to.max(forgotten);
+        let ended_at = |job: &Job| match job.state {
+            JobState::Succeeded { at_s }
+            | JobState::Failed { at_s, .. }
+            | JobState::Cancelled { at_s } => Some(at_s),
+            _ => None,
+        };
+        let mut out: BTreeSet<JobId> = self
+            .done
+            .iter()
+            .filter(|(_, j)| matches!(ended_at(j), Some(at) if at < before_s))
+            .map(|(id, _)| *id)
+            .collect();
+        out.extend(
+            jobs.iter()
+                .filter(|id| self.done.get(id).is_some_and(|j| ended_at(j).is_some())),
+        );
+        out.retain(|id| !needed.contains(id));
+        out.into_iter().collect()
+    }
+
+    fn forget_finished(&mut self, before_s: Secs, jobs: &[JobId]) {
+        let gone = self.forgettable(before_s, jobs);
+        for id in &gone {
+            self.done.remove(id);
+        }
+        self.forgotten_up_to = self.forgotten_up_to.max(gone.last().copied());
     }
 
     pub(super) fn apply(&mut self, event: Event) -> Result<(), ApplyError> {
@@ -104,8 +117,8 @@ impl ClusterState {
                 self.check_attempt(job, attempt)?;
                 self.utilisation(job, pct, at_s)
             }
-            Event::Forget { before_s } => {
-                self.forget_finished(before_s);
+            Event::Forget { before_s, jobs } => {
+                self.forget_finished(before_s, &jobs);
                 Ok(())
             }
         }

@@ -137,40 +137,121 @@ pub struct JobFilter {
     team: Option<String>,
     /// Only jobs in this state.
     state: Option<proto::JobState>,
-    /// At most this many, the newest (default 1000).
+    /// Only this user's jobs.
+    user: Option<String>,
+    /// At most this many, the newest (default 1000, at most 10000).
     limit: Option<usize>,
+    /// Only jobs with a lower id: the last id of the previous page, to page back in time.
+    before: Option<u64>,
+    /// Also the ended jobs the server no longer holds in memory (read from the store's
+    /// records; see `qm server --retain-ended`).
+    #[serde(default)]
+    all: bool,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobFilter), responses((status = 200, description = "The jobs the server holds (live and ended) that the caller may see, newest first", body = Vec<JobView>)))]
+/// The most jobs one list answers with.
+const MAX_LIST: usize = 10_000;
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobFilter), responses((status = 200, description = "The jobs that match and that the caller may see, newest first: those the server holds (live, and recently ended), and with `all` the older ended ones from the store. Page with `before` set to the last id of a page.", body = Vec<JobView>)))]
 pub async fn list(
     State(s): State<Arc<Server>>,
     Client(p): Client,
     Params(f): Params<JobFilter>,
 ) -> Api<Vec<JobView>> {
-    s.read(|inner| {
-        let private = inner.config.private_jobs;
-        // The newest `limit` that match, and only they are turned into views (a view clones
-        // the job's history and command).
-        let mut matching: Vec<&qm_core::Job> = inner
-            .state
-            .jobs()
-            .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
-            .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
-            .filter(|j| !private || p.may_use_team(&j.spec.team))
-            .collect();
-        let limit = f.limit.unwrap_or(1000);
-        if matching.len() > limit {
-            matching.select_nth_unstable_by_key(limit, |j| std::cmp::Reverse(j.spec.id));
-            matching.truncate(limit);
+    let limit = f.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(Refusal::BadRequest(format!(
+            "limit is {limit}; give 1 to {MAX_LIST}, and page with before=ID for more"
+        )));
+    }
+    let before = f.before.unwrap_or(u64::MAX);
+    let (mut out, private) = s
+        .read(|inner| {
+            let private = inner.config.private_jobs;
+            // The newest `limit` that match, and only they are turned into views (a view
+            // clones the job's history and command).
+            let mut matching: Vec<&qm_core::Job> = inner
+                .state
+                .jobs()
+                .filter(|j| j.spec.id.0 < before)
+                .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
+                .filter(|j| f.user.as_ref().is_none_or(|u| &j.spec.user == u))
+                .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
+                .filter(|j| !private || p.may_use_team(&j.spec.team))
+                .collect();
+            if matching.len() > limit {
+                matching.select_nth_unstable_by_key(limit, |j| std::cmp::Reverse(j.spec.id));
+                matching.truncate(limit);
+            }
+            let out: Vec<JobView> = matching
+                .into_iter()
+                .map(|j| seen_by(inner, j, &p))
+                .collect();
+            Ok((out, private))
+        })
+        .await?;
+    if f.all {
+        // Every change the memory part saw is durable now, the records of jobs it no longer
+        // held among them; a job forgotten since may be in both, and is shown once.
+        let teams = match (&p, private) {
+            (Principal::Member { teams, .. }, true) => Some(teams.clone()),
+            _ => None,
+        };
+        let query = qm_store::EndedQuery {
+            teams,
+            team: f.team.clone(),
+            user: f.user.clone(),
+            state: f.state.map(|st| st.as_str().to_string()),
+            before: f.before,
+            limit,
+        };
+        let records = s.journal.store().ended_jobs(&query)?;
+        let held: std::collections::BTreeSet<u64> = out.iter().map(|j| j.id).collect();
+        for rec in records {
+            if !held.contains(&rec.id) {
+                out.push(record_view(&rec, &p)?);
+            }
         }
-        matching.sort_by_key(|j| std::cmp::Reverse(j.spec.id));
-        let out = matching
-            .into_iter()
-            .map(|j| seen_by(inner, j, &p))
-            .collect();
-        Ok(Json(out))
-    })
-    .await
+    }
+    out.sort_by_key(|j| std::cmp::Reverse(j.id));
+    out.truncate(limit);
+    Ok(Json(out))
+}
+
+/// An ended job's record as `p` may see it (without its command outside `p`'s teams).
+fn record_view(rec: &qm_store::EndedJob, p: &Principal) -> Result<JobView, Refusal> {
+    let mut view: JobView = serde_json::from_str(&rec.view).map_err(|e| {
+        Refusal::Internal(format!(
+            "the store's record of job {} does not read: {e}",
+            rec.id
+        ))
+    })?;
+    if !p.may_use_team(&rec.team) {
+        view.command.clear();
+    }
+    Ok(view)
+}
+
+/// A job the server no longer holds, from its record in the store, if `p` may have `access`
+/// to it; `NotFound` where there is no such job (or, with private jobs, not one `p` may see).
+fn ended_job(s: &Server, id: u64, p: &Principal, access: Access) -> Result<JobView, Refusal> {
+    let rec = s
+        .journal
+        .store()
+        .ended_job(id)?
+        .ok_or_else(|| Refusal::NotFound(format!("no job {id}")))?;
+    if !p.may_use_team(&rec.team) {
+        if s.lock().config.private_jobs {
+            return Err(Refusal::NotFound(format!("no job {id}")));
+        }
+        if access == Access::Own {
+            return Err(Refusal::Forbidden(format!(
+                "job {id} belongs to team {:?}, which your token does not cover",
+                rec.team
+            )));
+        }
+    }
+    record_view(&rec, p)
 }
 
 impl Inner {
@@ -245,11 +326,16 @@ pub async fn show(
     Client(p): Client,
     Seg(id): Seg<u64>,
 ) -> Api<JobView> {
-    s.read(|inner| {
-        let job = find_job(inner, id, &p, Access::Look)?;
-        Ok(Json(seen_by(inner, job, &p)))
-    })
-    .await
+    let held = s
+        .read(|inner| match inner.state.job(JobId(id)) {
+            Some(_) => find_job(inner, id, &p, Access::Look).map(|j| Some(seen_by(inner, j, &p))),
+            None => Ok(None),
+        })
+        .await?;
+    match held {
+        Some(view) => Ok(Json(view)),
+        None => Ok(Json(ended_job(&s, id, &p, Access::Look)?)),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/why", tag = "jobs", params(("id" = u64, Path, description = "The job's id")), responses((status = 200, description = "Why it waits (a structured reason) and its estimated start", body = WhyView)))]
@@ -258,7 +344,25 @@ pub async fn why(
     Client(p): Client,
     Seg(id): Seg<u64>,
 ) -> Api<WhyView> {
-    s.read(|inner| why_of(inner, id, &p)).await
+    let held = s
+        .read(|inner| match inner.state.job(JobId(id)) {
+            Some(_) => why_of(inner, id, &p).map(Some),
+            None => Ok(None),
+        })
+        .await?;
+    match held {
+        Some(why) => Ok(why),
+        None => {
+            let view = ended_job(&s, id, &p, Access::Look)?;
+            Ok(Json(WhyView {
+                job: id,
+                state: view.state,
+                reason: None,
+                message: format!("{} (it has ended)", view.state),
+                eta_s: None,
+            }))
+        }
+    }
 }
 
 /// Why job `id` waits, as `p` may see it.
@@ -317,6 +421,10 @@ pub async fn cancel(
 ) -> Api<JobView> {
     let view = s
         .write(|inner| {
+            if inner.state.job(JobId(id)).is_none() && id < inner.next_job {
+                // Not held: ended long ago (if the store has it; the check is outside the lock).
+                return Ok(None);
+            }
             let job = find_job(inner, id, &p, Access::Own)?;
             if job.state.is_terminal() {
                 return Err(Refusal::Conflict(format!(
@@ -335,10 +443,19 @@ pub async fn cancel(
             // A running job is now stopping: its agents are told.
             inner.kill_run(JobId(id));
             let job = inner.state.job(JobId(id)).expect("known");
-            Ok(job_view(inner, job))
+            Ok(Some(job_view(inner, job)))
         })
         .await?;
-    Ok(Json(view))
+    match view {
+        Some(view) => Ok(Json(view)),
+        None => {
+            let view = ended_job(&s, id, &p, Access::Own)?;
+            Err(Refusal::Conflict(format!(
+                "job {id} has already ended ({})",
+                view.state
+            )))
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -361,24 +478,44 @@ pub async fn logs(
     Seg(id): Seg<u64>,
     Params(q): Params<LogQuery>,
 ) -> Api<LogView> {
-    let (task, attempt, done) = {
+    let held = {
         let inner = s.lock();
-        let job = find_job(&inner, id, &p, Access::Own)?;
-        let task = q.task.unwrap_or(0);
-        if task >= job.spec.tasks {
-            return Err(Refusal::BadRequest(format!(
-                "job {id} has {} tasks; task must be 0..{}",
-                job.spec.tasks, job.spec.tasks
-            )));
+        match inner.state.job(JobId(id)) {
+            None => None,
+            Some(_) => {
+                let job = find_job(&inner, id, &p, Access::Own)?;
+                let current = job.state.run().map(|r| r.attempt);
+                let attempt = q.attempt.or(current).unwrap_or(job.runs.max(1));
+                let exited = |task| {
+                    inner
+                        .exits
+                        .get(&(id, attempt))
+                        .is_some_and(|c| c.contains_key(&task))
+                };
+                let task = q.task.unwrap_or(0);
+                Some((
+                    job.spec.tasks,
+                    attempt,
+                    current != Some(attempt) || exited(task),
+                ))
+            }
         }
-        let current = job.state.run().map(|r| r.attempt);
-        let attempt = q.attempt.or(current).unwrap_or(job.runs.max(1));
-        let exited = inner
-            .exits
-            .get(&(id, attempt))
-            .is_some_and(|c| c.contains_key(&task));
-        (task, attempt, current != Some(attempt) || exited)
     };
+    // A job no longer held has ended: its record says how many tasks and runs it had.
+    let (tasks, attempt, done) = match held {
+        Some(h) => h,
+        None => {
+            s.settled().await;
+            let view = ended_job(&s, id, &p, Access::Own)?;
+            (view.tasks, q.attempt.unwrap_or(view.attempt.max(1)), true)
+        }
+    };
+    let task = q.task.unwrap_or(0);
+    if task >= tasks {
+        return Err(Refusal::BadRequest(format!(
+            "job {id} has {tasks} tasks; task must be 0..{tasks}"
+        )));
+    }
     // The store is read without the server's lock.
     let mut store = s.journal.store();
     let mut offset = q.offset.unwrap_or(0);

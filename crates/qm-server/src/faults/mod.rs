@@ -82,6 +82,8 @@ pub struct Outcome {
     /// Jobs accepted, and how many succeeded.
     pub accepted: usize,
     pub succeeded: usize,
+    /// Accepted jobs the server had forgotten by the end (their records in the store).
+    pub forgotten: usize,
     /// Faults injected: server crashes, agent crashes, partitions.
     pub server_crashes: u32,
     pub agent_crashes: u32,
@@ -97,6 +99,7 @@ impl Outcome {
             failure: None,
             accepted: 0,
             succeeded: 0,
+            forgotten: 0,
             server_crashes: 0,
             agent_crashes: 0,
             partitions: 0,
@@ -123,6 +126,9 @@ struct World {
     accepted: BTreeMap<u64, (u64, i32, u32)>,
     /// How each ended job ended, as first seen.
     ended: BTreeMap<u64, &'static str>,
+    /// Forgotten jobs whose durable record was read and checked: a durable record stays, so
+    /// it is not read again while the job is not in memory.
+    recorded: std::collections::BTreeSet<u64>,
     /// Real exits on the agents: (job, attempt, task) -> code.
     ledger: BTreeMap<(u64, u32, u32), i32>,
     /// Every (job, task, attempt) some agent started.
@@ -158,6 +164,10 @@ impl World {
             node_timeout_s: 30,
             // Snapshots often, so restarts load them.
             snapshot_every: 50,
+            // Ended jobs forgotten early and often, so that crashes fall between a job's
+            // end, its forgetting and its record being written.
+            retain_ended_s: 60,
+            retain_ended_max: 3,
             log_refusals: false,
             ..ServerConfig::default()
         }
@@ -366,7 +376,10 @@ impl World {
         if now >= self.next_tick {
             self.next_tick = now + 500;
             if let Some(inner) = self.server.as_mut() {
-                let r = inner.check_timeouts().and_then(|()| inner.schedule());
+                let r = inner
+                    .check_timeouts()
+                    .and_then(|()| inner.schedule())
+                    .and_then(|()| inner.retain());
                 // The round's writes reach the store with the next answer, or now; a crash
                 // before then loses them, and the commands they hold back, together.
                 if self.rng.chance(0.5) {
@@ -462,24 +475,50 @@ impl World {
         let settled = inner.journal.queued() == inner.journal.durable();
         let mut problems = Vec::new();
         let mut newly = Vec::new();
+        let mut newly_recorded = Vec::new();
         for (&id, &(_, _, tasks)) in &self.accepted {
-            let Some(job) = inner.state.job(JobId(id)) else {
-                problems.push(format!("accepted job {id} is gone"));
-                continue;
-            };
-            let end = match job.state {
-                JobState::Succeeded { .. } => "succeeded",
-                JobState::Failed { .. } => "failed",
-                JobState::Cancelled { .. } => "cancelled",
-                _ => {
-                    if let Some(was) = self.ended.get(&id) {
-                        problems.push(format!(
-                            "job {id} ended ({was}) and is {} again",
-                            job.state.name()
-                        ));
+            let (end, attempt) = match inner.state.job(JobId(id)) {
+                Some(job) => match job.state {
+                    JobState::Succeeded { .. } => ("succeeded", job.runs),
+                    JobState::Failed { .. } => ("failed", job.runs),
+                    JobState::Cancelled { .. } => ("cancelled", job.runs),
+                    _ => {
+                        if let Some(was) = self.ended.get(&id) {
+                            problems.push(format!(
+                                "job {id} ended ({was}) and is {} again",
+                                job.state.name()
+                            ));
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
+                // Forgotten: its record is in the store once the forgetting is durable.
+                None if !settled || self.recorded.contains(&id) => continue,
+                None => match inner.journal.store().ended_job(id) {
+                    Ok(Some(rec)) => {
+                        let view: qm_proto::JobView =
+                            serde_json::from_str(&rec.view).expect("a record reads");
+                        let end = match view.state {
+                            qm_proto::JobState::Succeeded => "succeeded",
+                            qm_proto::JobState::Failed => "failed",
+                            qm_proto::JobState::Cancelled => "cancelled",
+                            other => {
+                                problems.push(format!("job {id} was forgotten {other}"));
+                                continue;
+                            }
+                        };
+                        newly_recorded.push(id);
+                        (end, view.attempt)
+                    }
+                    Ok(None) => {
+                        problems.push(format!("accepted job {id} is gone, with no record"));
+                        continue;
+                    }
+                    Err(e) => {
+                        problems.push(format!("job {id}'s record does not read: {e}"));
+                        continue;
+                    }
+                },
             };
             match self.ended.get(&id) {
                 Some(was) if *was != end => {
@@ -489,7 +528,6 @@ impl World {
                 None if !settled => {}
                 None => {
                     if end == "succeeded" {
-                        let attempt = job.runs;
                         for t in 0..tasks {
                             let code = self.ledger.get(&(id, attempt, t));
                             if code != Some(&0) {
@@ -503,6 +541,7 @@ impl World {
                 }
             }
         }
+        self.recorded.extend(newly_recorded);
         for (id, end) in newly {
             self.ended.insert(id, end);
             self.log(|| format!("job {id}: {end}"));
@@ -584,6 +623,7 @@ pub fn run_on(seed: u64, opts: &Options, store: Box<dyn Store>) -> Outcome {
         net: Network::default(),
         accepted: BTreeMap::new(),
         ended: BTreeMap::new(),
+        recorded: std::collections::BTreeSet::new(),
         ledger: BTreeMap::new(),
         runs: Default::default(),
         fenced: Default::default(),
@@ -618,6 +658,13 @@ pub fn run_on(seed: u64, opts: &Options, store: Box<dyn Store>) -> Outcome {
     }
     w.out.accepted = w.accepted.len();
     w.out.succeeded = w.ended.values().filter(|e| **e == "succeeded").count();
+    if let Some(inner) = &w.server {
+        w.out.forgotten = w
+            .accepted
+            .keys()
+            .filter(|&&id| inner.state.job(JobId(id)).is_none())
+            .count();
+    }
     w.out
 }
 

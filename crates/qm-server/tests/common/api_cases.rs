@@ -1296,3 +1296,119 @@ async fn dashboard_streams_are_capped_and_a_closed_one_makes_room() {
     let (status, _, _) = api.raw("GET", "/api/v1/stream", &api.admin, None).await;
     assert_eq!(status, StatusCode::OK, "a closed stream makes room");
 }
+
+/// Ended jobs past the most to keep leave memory and stay readable from the store's
+/// records: by id (show, why, logs; cancel refused as ended), in `all` lists paged with
+/// `before`, as other teams' members may see them; ids are never given again.
+#[tokio::test]
+async fn forgotten_jobs_are_read_from_the_store() {
+    let api = Api::with(ServerConfig {
+        retain_ended_max: 2,
+        ..ServerConfig::default()
+    });
+    let (_, credential) = api.node().await;
+    api.team("ml", 4).await;
+    api.team("other", 0).await;
+    // A job that runs, writes output and succeeds.
+    let ran = api.submit("ml", 1).await;
+    api.server.tick().unwrap();
+    let key = json!({"job": ran, "task": 0, "attempt": 1});
+    let (status, text) = api
+        .call(
+            "POST",
+            "/agent/v1/logs",
+            &credential,
+            Some(json!({"key": key, "offset": 0, "data": "epoch 1 done\n"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let hb = json!({"running": [], "exited": [{"key": key, "code": 0}], "util": []});
+    let (status, text) = api
+        .call("POST", "/agent/v1/heartbeat", &credential, Some(hb))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    // Four that never start, cancelled.
+    let _: Value = api.ok("POST", "/api/v1/nodes/n0/drain", None).await;
+    let mut cancelled = Vec::new();
+    for _ in 0..4 {
+        let id = api.submit("ml", 1).await;
+        let _: JobView = api
+            .ok("POST", &format!("/api/v1/jobs/{id}/cancel"), None)
+            .await;
+        cancelled.push(id);
+    }
+    api.server.tick().unwrap();
+    let ids = |list: &[JobView]| list.iter().map(|j| j.id).collect::<Vec<_>>();
+    // Memory holds the two most recently ended; the store has the rest.
+    let held: Vec<JobView> = api.ok("GET", "/api/v1/jobs", None).await;
+    assert_eq!(ids(&held), vec![cancelled[3], cancelled[2]]);
+    let all: Vec<JobView> = api.ok("GET", "/api/v1/jobs?all=true", None).await;
+    let mut every = vec![ran];
+    every.extend(&cancelled);
+    every.reverse();
+    assert_eq!(ids(&all), every);
+    let page: Vec<JobView> = api
+        .ok(
+            "GET",
+            &format!("/api/v1/jobs?all=true&limit=2&before={}", cancelled[2]),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page), vec![cancelled[1], cancelled[0]]);
+    let done: Vec<JobView> = api
+        .ok("GET", "/api/v1/jobs?all=true&state=succeeded", None)
+        .await;
+    assert_eq!(ids(&done), vec![ran]);
+    assert!(api.metrics().await.contains("qm_jobs_forgotten_total 3"));
+    // The forgotten job in full: state, command, events, output.
+    let job: JobView = api.ok("GET", &format!("/api/v1/jobs/{ran}"), None).await;
+    assert_eq!(job.state, qm_proto::JobState::Succeeded);
+    assert_eq!(job.command, vec!["sleep".to_string(), "300".into()]);
+    assert!(job.started_s.is_none() && job.ended_s.is_some());
+    assert!(job.events.len() >= 3, "{:?}", job.events);
+    let log: Value = api
+        .ok("GET", &format!("/api/v1/jobs/{ran}/logs"), None)
+        .await;
+    assert_eq!(log["data"], "epoch 1 done\n");
+    assert_eq!(log["done"], true);
+    let why: Value = api
+        .ok("GET", &format!("/api/v1/jobs/{ran}/why"), None)
+        .await;
+    assert!(why["message"].as_str().unwrap().contains("ended"), "{why}");
+    let (status, text) = api
+        .call(
+            "POST",
+            &format!("/api/v1/jobs/{ran}/cancel"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("already ended (succeeded)"), "{text}");
+    // Another team's member sees it without its command, and not its output.
+    let bob = api
+        .server
+        .create_token("bob", "member", &["other".to_string()])
+        .unwrap();
+    let (status, text) = api
+        .call("GET", &format!("/api/v1/jobs/{ran}"), &bob, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let seen: JobView = serde_json::from_str(&text).unwrap();
+    assert!(seen.command.is_empty());
+    let (status, _) = api
+        .call("GET", &format!("/api/v1/jobs/{ran}/logs"), &bob, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api.call("GET", "/api/v1/jobs/999", &bob, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A bad page size is refused, saying what would do.
+    let (status, text) = api
+        .call("GET", "/api/v1/jobs?limit=0", &api.admin, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("give 1 to 10000"), "{text}");
+    // New jobs get new ids.
+    let next = api.submit("ml", 1).await;
+    assert!(next > cancelled[3]);
+}

@@ -81,8 +81,14 @@ impl Core {
                     },
                 )
                 .expect("a pending job cancels");
-                apply(&mut self.state, Event::Forget { before_s: step + 1 })
-                    .expect("forgetting ended jobs");
+                apply(
+                    &mut self.state,
+                    Event::Forget {
+                        before_s: step + 1,
+                        jobs: Vec::new(),
+                    },
+                )
+                .expect("forgetting ended jobs");
                 None
             }
         }
