@@ -52,12 +52,17 @@ pub struct ServerConfig {
     pub retain_ended_s: u64,
     /// At most this many ended jobs stay in memory (the most recently ended).
     pub retain_ended_max: usize,
+    /// Task output is deleted once its job ended this long ago and left memory.
+    pub retain_logs_s: u64,
     /// Members see only their own teams' jobs.
     pub private_jobs: bool,
     /// Print each refused agent request on standard error (a simulation turns it off).
     pub log_refusals: bool,
     pub scheduler: SchedulerConfig,
 }
+
+/// How often the scheduling loop deletes task output past `retain_logs_s`.
+const LOG_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The most a log chunk may ever be (agents send at most 256 KiB): a request body is read
 /// whole, and axum reads at most 2 MiB of one, JSON escapes included.
@@ -74,6 +79,7 @@ impl Default for ServerConfig {
             max_pending_per_team: 50_000,
             retain_ended_s: 24 * 3600,
             retain_ended_max: 10_000,
+            retain_logs_s: 30 * 86_400,
             private_jobs: false,
             log_refusals: true,
             scheduler: SchedulerConfig::default(),
@@ -676,7 +682,20 @@ impl Server {
     /// time limits, idle windows). Runs until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut last_sample: Option<Instant> = None;
+        let mut last_prune: Option<Instant> = None;
         loop {
+            if last_prune.is_none_or(|t| t.elapsed() >= LOG_PRUNE_EVERY) {
+                last_prune = Some(Instant::now());
+                let s = self.clone();
+                // Off the async threads: the store's lock may wait for a write in flight.
+                let pruned = tokio::task::spawn_blocking(move || s.prune_logs()).await;
+                match pruned {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => eprintln!("qm server: deleted {n} log chunks past --retain-logs"),
+                    Ok(Err(e)) => eprintln!("qm server: pruning old task logs failed: {e:?}"),
+                    Err(e) => eprintln!("qm server: pruning old task logs failed: {e}"),
+                }
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
             if last_sample.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                 let inner = self.lock();
@@ -699,6 +718,16 @@ impl Server {
                 tokio::time::sleep(spent.min(Duration::from_secs(1))).await;
             }
         }
+    }
+
+    /// Deletes the output of tasks whose jobs ended more than `retain_logs_s` ago and have
+    /// left memory (their records are in the store); returns how many chunks went.
+    pub fn prune_logs(&self) -> Result<u64, Refusal> {
+        let before = {
+            let inner = self.lock();
+            inner.now_s().saturating_sub(inner.config.retain_logs_s)
+        };
+        Ok(self.journal.store().prune_logs(before)?)
     }
 
     /// One round: node timeouts, then a plan, executed.

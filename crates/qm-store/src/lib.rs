@@ -444,6 +444,9 @@ pub trait Store: Send {
     fn ended_job(&mut self, id: u64) -> Result<Option<EndedJob>, StoreError>;
     /// Records of ended jobs the server forgot, newest first.
     fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError>;
+    /// Deletes the task output of forgotten jobs that ended before `before_s`; returns how
+    /// many chunks went.
+    fn prune_logs(&mut self, before_s: u64) -> Result<u64, StoreError>;
     /// One page of rows, as stored (see [`Page`]), in key order.
     fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError>;
     /// The servers sharing this store: who leads and who stands by (`None`: a store only
@@ -820,6 +823,13 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn prune_logs(&mut self, before_s: u64) -> Result<u64, StoreError> {
+        Ok(self.db.execute(
+            "DELETE FROM log_chunks WHERE job IN (SELECT id FROM ended_jobs WHERE end_s < ?1)",
+            [before_s as i64],
+        )? as u64)
+    }
+
     fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError> {
         let (sql, params) = ended_sql(q, |i| format!("?{i}"), |p| format!("json_each({p})"));
         let mut stmt = self.db.prepare(&sql)?;
@@ -1150,6 +1160,11 @@ mod tests {
             ..all
         };
         assert_eq!(ids(&mut s, q), Vec::<u64>::new());
+        // Job 1 ended at 201: its output goes with logs of jobs that ended before 202.
+        assert_eq!(s.prune_logs(201).unwrap(), 0);
+        assert_eq!(s.log_len((1, 0, 1)).unwrap(), 11);
+        assert_eq!(s.prune_logs(202).unwrap(), 2);
+        assert_eq!(s.log_len((1, 0, 1)).unwrap(), 0);
     }
 
     #[test]

@@ -722,6 +722,19 @@ impl Store for PgStore {
         })
     }
 
+    fn prune_logs(&mut self, before_s: u64) -> Result<u64, StoreError> {
+        self.call(move |conn| {
+            let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
+            let n = tx.execute(
+                "DELETE FROM log_chunks WHERE job IN (SELECT id FROM ended_jobs WHERE end_s < $1)",
+                &[&(before_s as i64)],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError> {
         let (sql, params) = ended_sql(
             q,

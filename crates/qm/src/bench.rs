@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// default), with submissions, queries and dashboard streams: latencies, the server's
     /// CPU and memory, plans and store writes.
     Fleet(crate::fleet::FleetArgs),
+    /// A million jobs through a real server (on a few simulated agents whose tasks end at
+    /// once): its memory as history grows, then its restart after SIGKILL.
+    History(crate::fleet::HistoryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +75,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
         BenchCommand::E2e(args) => crate::e2e::run(args),
         BenchCommand::Dashboard(args) => bench_dashboard(&args),
         BenchCommand::Fleet(args) => crate::fleet::run(args),
+        BenchCommand::History(args) => crate::fleet::run_history(args),
     }
 }
 

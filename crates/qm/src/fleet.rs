@@ -237,11 +237,30 @@ struct Shared {
     answers: Mutex<Vec<f64>>,
     queries: Mutex<Vec<f64>>,
     errors: AtomicU64,
+    /// Task exits the server acknowledged.
+    exits: AtomicU64,
     snapshots: AtomicU64,
     newest: AtomicU64,
 }
 
 impl Shared {
+    fn new(addr: &str) -> Arc<Shared> {
+        Arc::new(Shared {
+            addr: addr.to_string(),
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            submitted: Mutex::new(HashMap::new()),
+            launched: Mutex::new(HashMap::new()),
+            heartbeats: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
+            queries: Mutex::new(Vec::new()),
+            errors: AtomicU64::new(0),
+            exits: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            newest: AtomicU64::new(0),
+        })
+    }
+
     fn sample(&self, into: &Mutex<Vec<f64>>, since: Instant) {
         if self.measuring.load(Ordering::Relaxed) {
             into.lock()
@@ -257,7 +276,15 @@ impl Shared {
     }
 }
 
-/// A simulated node: the tasks it runs (until when) and the exits not yet reported.
+/// A simulated node: what it runs, and a wake for its heartbeat (a task that ends at once
+/// is reported at once).
+#[derive(Default)]
+struct Node {
+    sim: Mutex<NodeSim>,
+    wake: tokio::sync::Notify,
+}
+
+/// The tasks a node runs (until when, on how many GPUs) and the exits not yet reported.
 #[derive(Default)]
 struct NodeSim {
     running: BTreeMap<TaskKey, (Instant, u32)>,
@@ -266,10 +293,12 @@ struct NodeSim {
     seen: std::collections::BTreeSet<TaskKey>,
 }
 
-/// The server process, killed when dropped.
+/// The server process, killed when dropped, with its directory.
 struct ServerProc {
     child: std::process::Child,
     dir: PathBuf,
+    db: String,
+    addr: String,
 }
 
 impl Drop for ServerProc {
@@ -280,27 +309,63 @@ impl Drop for ServerProc {
     }
 }
 
-/// Starts `qm server` on a free port; its address and admin token.
-fn start_server(a: &FleetArgs) -> Result<(ServerProc, String, String), Box<dyn Error>> {
-    let dir = std::env::temp_dir().join(format!("qm-fleet-{}-{}", std::process::id(), a.nodes));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let db = if a.db == "sqlite" {
-        format!("sqlite:{}", dir.join("qm.db").display())
-    } else {
-        qm_store::pg::throwaway_database(&a.db)?
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+impl ServerProc {
+    /// A new store (`sqlite`: a file in a new temporary directory; else a PostgreSQL server's
+    /// URL, where a new database is made) and `qm server` on it with `extra` arguments; its
+    /// admin token.
+    fn start(
+        db: &str,
+        name: &str,
+        extra: &[String],
+    ) -> Result<(ServerProc, String), Box<dyn Error>> {
+        let dir = std::env::temp_dir().join(format!("qm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let db = if db == "sqlite" {
+            format!("sqlite:{}", dir.join("qm.db").display())
+        } else {
+            qm_store::pg::throwaway_database(db)?
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let (child, admin) = spawn_server(&db, &format!("127.0.0.1:{port}"), extra)?;
+        let proc = ServerProc {
+            child,
+            dir,
+            db,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        let admin = admin.ok_or("qm server printed no admin token")?;
+        Ok((proc, admin))
+    }
+
+    /// Kills the server (SIGKILL, as a crash) and starts it again on its store; how long it
+    /// took from the start of the process to serving the API.
+    fn restart(&mut self, extra: &[String]) -> Result<Duration, Box<dyn Error>> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let t = Instant::now();
+        let (child, _) = spawn_server(&self.db, &self.addr, extra)?;
+        self.child = child;
+        Ok(t.elapsed())
+    }
+}
+
+/// Starts `qm server` on `db` at `addr` and waits until it serves the API; the admin token it
+/// printed, if it made one.
+fn spawn_server(
+    db: &str,
+    addr: &str,
+    extra: &[String],
+) -> Result<(std::process::Child, Option<String>), Box<dyn Error>> {
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["server", "--db", &db, "--listen", &addr])
+        .args(["server", "--db", db, "--listen", addr])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()?;
     let stdout = child.stdout.take().expect("piped");
-    let proc = ServerProc { child, dir };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -309,21 +374,20 @@ fn start_server(a: &FleetArgs) -> Result<(ServerProc, String, String), Box<dyn E
         }
     });
     let mut admin = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .map_err(|_| "qm server did not start within 60 s")?;
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            return Err("qm server did not start within 120 s".into());
+        };
         if let Some(t) = line.strip_prefix("admin token (shown once): ") {
             admin = Some(t.trim().to_string());
         }
         if line.contains("API at") {
-            break;
+            return Ok((child, admin));
         }
     }
-    let admin = admin.ok_or("qm server printed no admin token")?;
-    Ok((proc, addr, admin))
 }
 
 /// CPU seconds (user + system) and resident and peak resident MiB of a process.
@@ -395,8 +459,8 @@ pub fn run(a: FleetArgs) -> Result<(), Box<dyn Error>> {
     if a.rate.is_nan() || a.rate <= 0.0 || !(0.0..=1.0).contains(&a.load) || a.nodes == 0 {
         return Err("--rate must be positive, --load within 0..1 and --nodes at least 1".into());
     }
-    let (server, addr, admin) = start_server(&a)?;
-    let pid = server.child.id();
+    let (server, admin) = ServerProc::start(&a.db, &format!("fleet-{}", a.nodes), &[])?;
+    let (pid, addr) = (server.child.id(), server.addr.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -503,78 +567,15 @@ async fn drive(
             ),
         )
         .await?;
-    let shared = Arc::new(Shared {
-        addr: addr.to_string(),
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        submitted: Mutex::new(HashMap::new()),
-        launched: Mutex::new(HashMap::new()),
-        heartbeats: Mutex::new(Vec::new()),
-        answers: Mutex::new(Vec::new()),
-        queries: Mutex::new(Vec::new()),
-        errors: AtomicU64::new(0),
-        snapshots: AtomicU64::new(0),
-        newest: AtomicU64::new(0),
-    });
-    // Register every node (a few at a time), then start its agent.
+    let shared = Shared::new(addr);
     let t0 = Instant::now();
-    let mut credentials = Vec::new();
-    let names: Vec<String> = (0..a.nodes).map(|i| format!("node-{i:04}")).collect();
-    for chunk in names.chunks(32) {
-        let calls = chunk.iter().map(|name| {
-            let (addr, join, gpus) = (addr.to_string(), join.token.clone(), a.gpus_per_node);
-            let name = name.clone();
-            async move {
-                let req = RegisterRequest {
-                    name: name.clone(),
-                    gpus,
-                    gpu_model: "SIM".into(),
-                    gpu_mem_mib: 81920,
-                    cpu_milli: 64_000,
-                    mem_mib: 262_144,
-                    labels: BTreeMap::new(),
-                    topology: Vec::new(),
-                    address: "127.0.0.1".into(),
-                    credential: None,
-                };
-                let r: RegisterResponse = Http::new(&addr, &join)
-                    .json(
-                        Method::POST,
-                        "/agent/v1/register",
-                        Some(serde_json::to_vec(&req).expect("a request")),
-                    )
-                    .await?;
-                Ok::<_, String>(r.credential)
-            }
-        });
-        let handles: Vec<_> = calls.map(tokio::spawn).collect();
-        for h in handles {
-            credentials.push(h.await??);
-        }
-    }
+    let credentials = register(addr, &join.token, a.nodes, a.gpus_per_node).await?;
     eprintln!(
         "fleet: {} nodes registered in {:.1} s",
         a.nodes,
         t0.elapsed().as_secs_f64()
     );
-    let nodes: Vec<Arc<Mutex<NodeSim>>> = (0..a.nodes)
-        .map(|_| Arc::new(Mutex::new(NodeSim::default())))
-        .collect();
-    let mut tasks = Vec::new();
-    for (i, credential) in credentials.iter().enumerate() {
-        let phase = Duration::from_millis((i as u64 * 1000) / u64::from(a.nodes));
-        tasks.push(tokio::spawn(heartbeats(
-            shared.clone(),
-            nodes[i].clone(),
-            credential.clone(),
-            phase,
-        )));
-        tasks.push(tokio::spawn(commands(
-            shared.clone(),
-            nodes[i].clone(),
-            credential.clone(),
-        )));
-    }
+    let (nodes, mut tasks) = agents(&shared, &credentials);
     for _ in 0..a.streams {
         tasks.push(tokio::spawn(stream(shared.clone(), admin.to_string())));
     }
@@ -634,7 +635,7 @@ async fn drive(
         (all, gangs, missing)
     };
     let (tasks_running, gpus_busy) = nodes.iter().fold((0, 0u64), |(t, g), n| {
-        let n = n.lock().expect("node");
+        let n = n.sim.lock().expect("node");
         (
             t + n.running.len(),
             g + n.running.values().map(|v| u64::from(v.1)).sum::<u64>(),
@@ -684,22 +685,91 @@ async fn drive(
     })
 }
 
+/// Registers `count` nodes of `gpus` GPUs (32 at a time) with a join token; their
+/// credentials.
+async fn register(
+    addr: &str,
+    join: &str,
+    count: u32,
+    gpus: u32,
+) -> Result<Vec<String>, Box<dyn Error>> {
+    let mut credentials = Vec::new();
+    let names: Vec<String> = (0..count).map(|i| format!("node-{i:04}")).collect();
+    for chunk in names.chunks(32) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .map(|name| {
+                let (addr, join, name) = (addr.to_string(), join.to_string(), name.clone());
+                tokio::spawn(async move {
+                    let req = RegisterRequest {
+                        name,
+                        gpus,
+                        gpu_model: "SIM".into(),
+                        gpu_mem_mib: 81920,
+                        cpu_milli: 64_000,
+                        mem_mib: 262_144,
+                        labels: BTreeMap::new(),
+                        topology: Vec::new(),
+                        address: "127.0.0.1".into(),
+                        credential: None,
+                    };
+                    let r: RegisterResponse = Http::new(&addr, &join)
+                        .json(
+                            Method::POST,
+                            "/agent/v1/register",
+                            Some(serde_json::to_vec(&req).expect("a request")),
+                        )
+                        .await?;
+                    Ok::<_, String>(r.credential)
+                })
+            })
+            .collect();
+        for h in handles {
+            credentials.push(h.await??);
+        }
+    }
+    Ok(credentials)
+}
+
+/// Starts an agent (heartbeats and command poll) for each credential, heartbeats spread
+/// over the second.
+fn agents(
+    shared: &Arc<Shared>,
+    credentials: &[String],
+) -> (Vec<Arc<Node>>, Vec<tokio::task::JoinHandle<()>>) {
+    let nodes: Vec<Arc<Node>> = credentials.iter().map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for (i, credential) in credentials.iter().enumerate() {
+        let phase = Duration::from_millis((i as u64 * 1000) / credentials.len() as u64);
+        tasks.push(tokio::spawn(heartbeats(
+            shared.clone(),
+            nodes[i].clone(),
+            credential.clone(),
+            phase,
+        )));
+        tasks.push(tokio::spawn(commands(
+            shared.clone(),
+            nodes[i].clone(),
+            credential.clone(),
+        )));
+    }
+    (nodes, tasks)
+}
+
 /// An agent's heartbeats: every second, its running tasks (those whose time is up exit 0),
 /// their utilisation and the exits not yet acknowledged.
-async fn heartbeats(
-    shared: Arc<Shared>,
-    node: Arc<Mutex<NodeSim>>,
-    credential: String,
-    phase: Duration,
-) {
+async fn heartbeats(shared: Arc<Shared>, node: Arc<Node>, credential: String, phase: Duration) {
     let mut http = Http::new(&shared.addr, &credential);
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shared.stop.load(Ordering::Relaxed) {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.wake.notified() => {}
+        }
         let hb = {
-            let mut n = node.lock().expect("node");
+            let mut n = node.sim.lock().expect("node");
             let now = Instant::now();
             let done: Vec<TaskKey> = n
                 .running
@@ -738,7 +808,8 @@ async fn heartbeats(
         {
             Ok((200, _)) => {
                 shared.sample(&shared.heartbeats, t);
-                node.lock().expect("node").exited.drain(..sent);
+                node.sim.lock().expect("node").exited.drain(..sent);
+                shared.exits.fetch_add(sent as u64, Ordering::Relaxed);
             }
             _ => shared.error(),
         }
@@ -747,7 +818,7 @@ async fn heartbeats(
 
 /// An agent's command long poll: launches run for the seconds of their `sleep N`; kills end
 /// a task with 143.
-async fn commands(shared: Arc<Shared>, node: Arc<Mutex<NodeSim>>, credential: String) {
+async fn commands(shared: Arc<Shared>, node: Arc<Node>, credential: String) {
     let mut http = Http::new(&shared.addr, &credential);
     while !shared.stop.load(Ordering::Relaxed) {
         let got: Result<Commands, String> = http
@@ -759,7 +830,7 @@ async fn commands(shared: Arc<Shared>, node: Arc<Mutex<NodeSim>>, credential: St
             continue;
         };
         let now = Instant::now();
-        let mut n = node.lock().expect("node");
+        let mut n = node.sim.lock().expect("node");
         for c in got.commands {
             match c {
                 Command::Launch(l) => {
@@ -785,6 +856,9 @@ async fn commands(shared: Arc<Shared>, node: Arc<Mutex<NodeSim>>, credential: St
                         .map_or(1, |v| v.split(',').count() as u32);
                     n.running
                         .insert(l.key, (now + Duration::from_secs_f64(secs), gpus));
+                    if secs <= 0.0 {
+                        node.wake.notify_one();
+                    }
                 }
                 Command::Kill { key, .. } => {
                     if n.running.remove(&key).is_some() {
@@ -888,4 +962,239 @@ async fn submit(shared: Arc<Shared>, token: String, rate: f64, mean_s: f64, seed
             Err(_) => shared.error(),
         }
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HistoryArgs {
+    /// Jobs run through the server, start to end.
+    #[arg(long, default_value_t = 1_000_000)]
+    jobs: u64,
+    /// Simulated agents (their tasks end as soon as they start).
+    #[arg(long, default_value_t = 32)]
+    nodes: u32,
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: u32,
+    /// The server's RSS is sampled every this many jobs.
+    #[arg(long, default_value_t = 50_000)]
+    every: u64,
+    /// At most this many jobs submitted and not yet ended (the submitters wait above it).
+    #[arg(long, default_value_t = 2_000)]
+    backlog: u64,
+    /// `sqlite` or a PostgreSQL server's URL, as for `qm bench fleet`.
+    #[arg(long, default_value = "sqlite")]
+    db: String,
+    /// Arguments for the server (e.g. --retain-ended-max=50000).
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Debug)]
+struct RssSample {
+    jobs: u64,
+    seconds: f64,
+    rss_mib: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct HistoryFigures {
+    jobs: u64,
+    seconds: f64,
+    jobs_per_s: f64,
+    store: String,
+    samples: Vec<RssSample>,
+    peak_rss_mib: f64,
+    events: f64,
+    forgotten: f64,
+    ended_held: f64,
+    store_mib: f64,
+    /// From starting the process to serving the API, after a SIGKILL.
+    restart_s: f64,
+    rss_after_restart_mib: f64,
+}
+
+/// `qm bench history`: a million jobs through a real server, its memory as history grows,
+/// then a restart.
+pub fn run_history(a: HistoryArgs) -> Result<(), Box<dyn Error>> {
+    let (mut server, admin) = ServerProc::start(&a.db, "history", &a.server_args)?;
+    let (pid, addr) = (server.child.id(), server.addr.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (mut figures, shared) = rt.block_on(push_history(&a, &addr, &admin, pid))?;
+    let m = rt.block_on(metrics(&mut Http::new(&addr, &admin)));
+    figures.events = m.get("qm_store_last_event").copied().unwrap_or(0.0);
+    figures.forgotten = m.get("qm_jobs_forgotten_total").copied().unwrap_or(0.0);
+    figures.ended_held = m.get("qm_jobs_ended_held").copied().unwrap_or(0.0);
+    figures.peak_rss_mib = proc_usage(pid).2;
+    shared.stop.store(true, Ordering::Relaxed);
+    drop(rt);
+    figures.store_mib = store_mib(&a.db, &server.dir);
+    let restart = server.restart(&a.server_args)?;
+    figures.restart_s = restart.as_secs_f64();
+    figures.rss_after_restart_mib = proc_usage(server.child.id()).1;
+    // The oldest job, long forgotten, still reads from the store.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let first: JobView =
+        rt.block_on(Http::new(&addr, &admin).json(Method::GET, "/api/v1/jobs/1", None))?;
+    if first.state != qm_proto::JobState::Succeeded {
+        return Err(format!("job 1 reads back {}, not succeeded", first.state).into());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        println!(
+            "history: {} jobs in {:.0} s ({:.0}/s), {} store",
+            figures.jobs, figures.seconds, figures.jobs_per_s, figures.store
+        );
+        for s in &figures.samples {
+            println!(
+                "  after {:>9} jobs ({:>5.0} s): RSS {:.0} MiB",
+                s.jobs, s.seconds, s.rss_mib
+            );
+        }
+        println!(
+            "  peak RSS {:.0} MiB; {} events, {} jobs forgotten, {} ended held; store {:.0} MiB",
+            figures.peak_rss_mib,
+            figures.events,
+            figures.forgotten,
+            figures.ended_held,
+            figures.store_mib
+        );
+        println!(
+            "  restart after SIGKILL: API served in {:.2} s, RSS {:.0} MiB; job 1 read back from the store",
+            figures.restart_s, figures.rss_after_restart_mib
+        );
+    }
+    Ok(())
+}
+
+/// The size of a SQLite store's files (0 for PostgreSQL).
+fn store_mib(db: &str, dir: &std::path::Path) -> f64 {
+    if db != "sqlite" {
+        return 0.0;
+    }
+    ["qm.db", "qm.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len() as f64)
+        .sum::<f64>()
+        / (1 << 20) as f64
+}
+
+async fn push_history(
+    a: &HistoryArgs,
+    addr: &str,
+    admin: &str,
+    pid: u32,
+) -> Result<(HistoryFigures, Arc<Shared>), Box<dyn Error>> {
+    let mut http = Http::new(addr, admin);
+    let gpus = a.nodes * a.gpus_per_node;
+    let teams = 8u32;
+    for t in 0..teams {
+        let body = serde_json::json!({"name": format!("team-{t}"), "guaranteed": gpus / teams});
+        http.json::<serde_json::Value>(
+            Method::POST,
+            "/api/v1/admin/teams",
+            Some(body.to_string().into_bytes()),
+        )
+        .await?;
+    }
+    let join: TokenResponse = http
+        .json(
+            Method::POST,
+            "/api/v1/admin/tokens",
+            Some(
+                serde_json::json!({"name": "history", "role": "join"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await?;
+    let shared = Shared::new(addr);
+    let credentials = register(addr, &join.token, a.nodes, a.gpus_per_node).await?;
+    let (_nodes, _agents) = agents(&shared, &credentials);
+    let submitted = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..4u64 {
+        let (shared, submitted, token) = (shared.clone(), submitted.clone(), admin.to_string());
+        let (jobs, backlog) = (a.jobs, a.backlog);
+        clients.push(tokio::spawn(async move {
+            let mut http = Http::new(&shared.addr, &token);
+            loop {
+                let done = shared.exits.load(Ordering::Relaxed);
+                let sent = submitted.load(Ordering::Relaxed);
+                if sent >= jobs {
+                    return;
+                }
+                if sent.saturating_sub(done) >= backlog {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                submitted.fetch_add(1, Ordering::Relaxed);
+                let req = SubmitRequest {
+                    team: format!("team-{}", (sent + c) % u64::from(teams)),
+                    gpus: Some(1),
+                    command: vec!["sleep".into(), "0".into()],
+                    ..SubmitRequest::default()
+                };
+                let body = serde_json::to_vec(&req).expect("a request");
+                if http
+                    .call(Method::POST, "/api/v1/jobs", Some(body))
+                    .await
+                    .is_err()
+                {
+                    shared.error();
+                }
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut next = a.every.min(a.jobs);
+    while shared.exits.load(Ordering::Relaxed) < a.jobs {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let done = shared.exits.load(Ordering::Relaxed);
+        if done >= next {
+            let s = RssSample {
+                jobs: done,
+                seconds: t0.elapsed().as_secs_f64(),
+                rss_mib: proc_usage(pid).1,
+            };
+            eprintln!(
+                "history: {} jobs ended after {:.0} s, server RSS {:.0} MiB",
+                s.jobs, s.seconds, s.rss_mib
+            );
+            samples.push(s);
+            next += a.every;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    for c in clients {
+        c.abort();
+    }
+    Ok((
+        HistoryFigures {
+            jobs: a.jobs,
+            seconds,
+            jobs_per_s: a.jobs as f64 / seconds,
+            store: if a.db == "sqlite" {
+                "sqlite".into()
+            } else {
+                "postgres".into()
+            },
+            samples,
+            peak_rss_mib: 0.0,
+            events: 0.0,
+            forgotten: 0.0,
+            ended_held: 0.0,
+            store_mib: 0.0,
+            restart_s: 0.0,
+            rss_after_restart_mib: 0.0,
+        },
+        shared,
+    ))
 }

@@ -76,6 +76,9 @@ pub struct SchedArgs {
     /// recent: what bounds the server's memory however many jobs pass through.
     #[arg(long, default_value_t = 10_000)]
     retain_ended_max: usize,
+    /// How long task output is kept after its job ended (and left memory); checked hourly.
+    #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = retention)]
+    retain_logs: u64,
 }
 
 /// A non-negative duration in seconds.
@@ -180,6 +183,7 @@ fn open_server(
         max_pending_per_team: sched.max_pending_per_team,
         retain_ended_s: sched.retain_ended,
         retain_ended_max: sched.retain_ended_max,
+        retain_logs_s: sched.retain_logs,
         private_jobs: sched.private_jobs,
         log_refusals: true,
         scheduler: sched.config(),

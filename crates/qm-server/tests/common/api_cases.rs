@@ -1412,3 +1412,44 @@ async fn forgotten_jobs_are_read_from_the_store() {
     let next = api.submit("ml", 1).await;
     assert!(next > cancelled[3]);
 }
+
+/// Task output outlives its job in memory by `retain_logs_s`, then goes.
+#[tokio::test]
+async fn old_task_logs_are_pruned_after_their_jobs_leave_memory() {
+    let api = Api::with(ServerConfig {
+        retain_ended_max: 0,
+        retain_logs_s: 0,
+        ..ServerConfig::default()
+    });
+    let (_, credential) = api.node().await;
+    api.team("ml", 4).await;
+    let job = api.submit("ml", 1).await;
+    api.server.tick().unwrap();
+    let key = json!({"job": job, "task": 0, "attempt": 1});
+    let (status, _) = api
+        .call(
+            "POST",
+            "/agent/v1/logs",
+            &credential,
+            Some(json!({"key": key, "offset": 0, "data": "done\n"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Kept while the job is in memory, however old.
+    assert_eq!(api.server.prune_logs().unwrap(), 0);
+    let hb = json!({"running": [], "exited": [{"key": key, "code": 0}], "util": []});
+    let (status, _) = api
+        .call("POST", "/agent/v1/heartbeat", &credential, Some(hb))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    api.server.tick().unwrap();
+    // Ended and forgotten: the next prune takes it (it ended before the next second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(api.server.prune_logs().unwrap(), 1);
+    let log: Value = api
+        .ok("GET", &format!("/api/v1/jobs/{job}/logs"), None)
+        .await;
+    assert_eq!(log["data"], "");
+    let shown: JobView = api.ok("GET", &format!("/api/v1/jobs/{job}"), None).await;
+    assert_eq!(shown.state, qm_proto::JobState::Succeeded);
+}
