@@ -711,11 +711,12 @@ impl Server {
             }
             // A round holds the state's lock. Under a stream of changes, each waking the
             // loop, rounds would follow each other and starve the requests: the lock is left
-            // free for at least as long as the last round held it (half the time at most goes
-            // to planning), and the wakes that come meanwhile are served by one round.
+            // free for four times as long as the last round held it, if it held it 1 ms or
+            // more (a fifth of the time at most goes to planning; a launch waits at most four
+            // plans' time more), and the wakes that come meanwhile are served by one round.
             let spent = t0.elapsed();
             if spent >= Duration::from_millis(1) {
-                tokio::time::sleep(spent.min(Duration::from_secs(1))).await;
+                tokio::time::sleep((spent * 4).min(Duration::from_secs(1))).await;
             }
         }
     }
