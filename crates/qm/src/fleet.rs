@@ -196,11 +196,17 @@ impl Http {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| e.to_string())?;
         let sender = self.sender.as_mut().expect("connected above");
+        // A request goes only on a connection ready for one (a new connection's task may not
+        // have run yet).
+        if let Err(e) = sender.ready().await {
+            self.sender = None;
+            return Err(format!("{path}: {e}"));
+        }
         match sender.send_request(req).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.sender = None;
-                Err(e.to_string())
+                Err(format!("{path}: {e}"))
             }
         }
     }
@@ -326,41 +332,39 @@ impl ServerProc {
         } else {
             qm_store::pg::throwaway_database(db)?
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let (child, admin) = spawn_server(&db, &format!("127.0.0.1:{port}"), extra)?;
+        let (child, addr, admin) = spawn_server(&db, extra)?;
         let proc = ServerProc {
             child,
             dir,
             db,
-            addr: format!("127.0.0.1:{port}"),
+            addr,
         };
         let admin = admin.ok_or("qm server printed no admin token")?;
         Ok((proc, admin))
     }
 
-    /// Kills the server (SIGKILL, as a crash) and starts it again on its store; how long it
-    /// took from the start of the process to serving the API.
+    /// Kills the server (SIGKILL, as a crash) and starts it again on its store (on a new
+    /// port); how long it took from the start of the process to serving the API.
     fn restart(&mut self, extra: &[String]) -> Result<Duration, Box<dyn Error>> {
         self.child.kill()?;
         self.child.wait()?;
         let t = Instant::now();
-        let (child, _) = spawn_server(&self.db, &self.addr, extra)?;
+        let (child, addr, _) = spawn_server(&self.db, extra)?;
         self.child = child;
+        self.addr = addr;
         Ok(t.elapsed())
     }
 }
 
-/// Starts `qm server` on `db` at `addr` and waits until it serves the API; the admin token it
-/// printed, if it made one.
+/// Starts `qm server` on `db` on a port of its choosing (so that no other process can take
+/// it in between) and waits until it serves the API; the address it serves at and the admin
+/// token it printed, if it made one.
 fn spawn_server(
     db: &str,
-    addr: &str,
     extra: &[String],
-) -> Result<(std::process::Child, Option<String>), Box<dyn Error>> {
+) -> Result<(std::process::Child, String, Option<String>), Box<dyn Error>> {
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["server", "--db", db, "--listen", addr])
+        .args(["server", "--db", db, "--listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -384,8 +388,8 @@ fn spawn_server(
         if let Some(t) = line.strip_prefix("admin token (shown once): ") {
             admin = Some(t.trim().to_string());
         }
-        if line.contains("API at") {
-            return Ok((child, admin));
+        if let Some((_, url)) = line.split_once("API at http://") {
+            return Ok((child, url.trim().to_string(), admin));
         }
     }
 }
@@ -465,18 +469,8 @@ pub fn run(a: FleetArgs) -> Result<(), Box<dyn Error>> {
         .enable_all()
         .build()?;
     let figures = rt.block_on(drive(&a, &addr, &admin, pid))?;
-    let store_mib = if a.db == "sqlite" {
-        ["qm.db", "qm.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(server.dir.join(f)).ok())
-            .map(|m| m.len() as f64)
-            .sum::<f64>()
-            / (1 << 20) as f64
-    } else {
-        0.0
-    };
     let figures = FleetFigures {
-        store_mib,
+        store_mib: store_mib(&a.db, &server.dir),
         ..figures
     };
     drop(server);
@@ -1039,7 +1033,7 @@ pub fn run_history(a: HistoryArgs) -> Result<(), Box<dyn Error>> {
         .enable_all()
         .build()?;
     let first: JobView =
-        rt.block_on(Http::new(&addr, &admin).json(Method::GET, "/api/v1/jobs/1", None))?;
+        rt.block_on(Http::new(&server.addr, &admin).json(Method::GET, "/api/v1/jobs/1", None))?;
     if first.state != qm_proto::JobState::Succeeded {
         return Err(format!("job 1 reads back {}, not succeeded", first.state).into());
     }
@@ -1158,7 +1152,9 @@ async fn push_history(
     while shared.exits.load(Ordering::Relaxed) < a.jobs {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let done = shared.exits.load(Ordering::Relaxed);
-        if done >= next {
+        // One sample per check that crossed a multiple of `every` (a fast run may cross
+        // two between checks), and one at the end.
+        if done >= next || done >= a.jobs {
             let s = RssSample {
                 jobs: done,
                 seconds: t0.elapsed().as_secs_f64(),
@@ -1169,7 +1165,7 @@ async fn push_history(
                 s.jobs, s.seconds, s.rss_mib
             );
             samples.push(s);
-            next += a.every;
+            next = (done / a.every.max(1) + 1) * a.every.max(1);
         }
     }
     let seconds = t0.elapsed().as_secs_f64();

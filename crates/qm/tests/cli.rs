@@ -253,6 +253,79 @@ fn bench_plan_prints_its_json_figures() {
     );
 }
 
+/// `qm bench fleet` starts a real server, drives it with simulated agents over HTTP and
+/// reports what it measured.
+#[test]
+fn bench_fleet_measures_a_real_server_under_simulated_agents() {
+    let out = qm(&[
+        "bench",
+        "fleet",
+        "--nodes",
+        "64",
+        "--rate",
+        "20",
+        "--seconds",
+        "3",
+        "--warmup",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["gpus"], 512, "{f}");
+    assert_eq!(f["errors"], 0, "{f}");
+    for key in [
+        "submissions_per_s",
+        "heartbeats_per_s",
+        "server_cpu_cores",
+        "server_peak_rss_mib",
+        "plans_per_s",
+        "events_per_s",
+        "store_mib",
+    ] {
+        assert!(f[key].as_f64().unwrap() > 0.0, "{key}: {f}");
+    }
+    for spread in ["submit_answer", "submit_to_launch", "heartbeat", "query"] {
+        assert!(f[spread]["n"].as_u64().unwrap() > 0, "{spread}: {f}");
+        assert!(f[spread]["p99_ms"].as_f64().unwrap() >= f[spread]["p50_ms"].as_f64().unwrap());
+    }
+}
+
+/// `qm bench history` runs jobs through a real server past its retention, restarts it after
+/// SIGKILL and reads the first job back from its record.
+#[test]
+fn bench_history_forgets_restarts_and_reads_back() {
+    let out = qm(&[
+        "bench",
+        "history",
+        "--jobs",
+        "300",
+        "--every",
+        "100",
+        "--nodes",
+        "4",
+        "--server-arg=--retain-ended-max=50",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = f["samples"].as_array().unwrap();
+    assert!(!samples.is_empty(), "{f}");
+    assert_eq!(samples.last().unwrap()["jobs"], 300, "{f}");
+    assert!(f["forgotten"].as_f64().unwrap() >= 200.0, "{f}");
+    assert!(f["ended_held"].as_f64().unwrap() <= 55.0, "{f}");
+    assert!(f["events"].as_f64().unwrap() >= 900.0, "{f}");
+    assert!(f["restart_s"].as_f64().unwrap() > 0.0, "{f}");
+}
+
 #[test]
 fn the_format_is_sniffed_from_the_header() {
     let dir = tmp("sniff");
