@@ -516,6 +516,8 @@ pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>>
         "{:<6} {:<12} {:<10} {:<8} {:<10} {:<6} NAME",
         "ID", "TEAM", "STATE", "GPUS", "ADMIT", "AGE"
     );
+    let full = jobs.len() == f.limit;
+    let last = jobs.last().map(|j| j.id);
     for j in jobs {
         println!(
             "{:<6} {:<12} {:<10} {:<8} {:<10} {:<6} {}",
@@ -529,6 +531,19 @@ pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>>
                 j.command.join(" ")
             } else {
                 j.name.clone()
+            }
+        );
+    }
+    // A full page may have more behind it: say how to get the next one (on standard error,
+    // so the table stays a table for scripts).
+    if let (true, Some(last)) = (full, last) {
+        eprintln!(
+            "({} shown; older ones: the same command with --before {last}{})",
+            f.limit,
+            if f.all {
+                ""
+            } else {
+                ", and --all for jobs no longer held in memory"
             }
         );
     }
