@@ -412,3 +412,48 @@ fn a_tasks_output_comes_back_byte_for_byte() {
     assert_eq!(out.stdout.len(), want.len());
     assert!(out.stdout == want, "the bytes differ");
 }
+
+/// Past `--retain-ended-max`, ended jobs leave the server's memory and stay readable from
+/// the store: `qm jobs` lists what the server holds, `qm jobs --all` every job newest first
+/// (paged with `--before`), `qm show` and `qm logs` read a forgotten job back.
+#[test]
+fn ended_jobs_leave_memory_and_read_back_from_the_store() {
+    let up = Up::start("retain", &["--retain-ended-max", "1"]);
+    up.ok(&["admin", "team", "create", "ml", "--guaranteed", "4"]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = up.submit(&["--team", "ml", "--", "sh", "-c", &format!("echo out-{i}")]);
+        up.wait_state(id, "succeeded");
+        ids.push(id);
+    }
+    // Retention runs with the scheduling loop: two of the three leave memory.
+    up.wait_for(|up| {
+        up.json(&["jobs", "--json"])
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    });
+    let held = up.json(&["jobs", "--json"]);
+    assert_eq!(held[0]["id"], ids[2]);
+    let all = up.json(&["jobs", "--all", "--json"]);
+    let got: Vec<u64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[2], ids[1], ids[0]]);
+    let page = up.json(&[
+        "jobs",
+        "--all",
+        "--limit",
+        "1",
+        "--before",
+        &ids[2].to_string(),
+        "--json",
+    ]);
+    assert_eq!(page[0]["id"], ids[1]);
+    let first = up.job(ids[0]);
+    assert_eq!(first["state"], "succeeded");
+    assert_eq!(first["command"][0], "sh");
+    assert!(logs(&up, ids[0], 0).contains("out-0"));
+}
