@@ -113,6 +113,16 @@ impl JobState {
         }
     }
 
+    /// When the job ended (`None` while it is pending, running or stopping).
+    pub fn ended_s(&self) -> Option<Secs> {
+        match *self {
+            JobState::Succeeded { at_s }
+            | JobState::Failed { at_s, .. }
+            | JobState::Cancelled { at_s } => Some(at_s),
+            _ => None,
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,

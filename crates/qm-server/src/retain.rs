@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use qm_core::{Event, Job, JobId, JobState, Secs};
+use qm_core::{Event, Job, JobId, Secs};
 use qm_store::EndedJob;
 
 use crate::{views, Inner, Refusal};
@@ -18,16 +18,6 @@ use crate::{views, Inner, Refusal};
 /// How often retention looks for jobs to forget, unless the count of ended jobs runs over its
 /// limit by a tenth first.
 pub(crate) const RETAIN_EVERY_MS: u64 = 10_000;
-
-/// When a job ended (`None` while it is live).
-pub(crate) fn ended_s(job: &Job) -> Option<Secs> {
-    match job.state {
-        JobState::Succeeded { at_s }
-        | JobState::Failed { at_s, .. }
-        | JobState::Cancelled { at_s } => Some(at_s),
-        _ => None,
-    }
-}
 
 impl Inner {
     /// Forgets ended jobs past the retention window or beyond the most to keep. Cheap when
@@ -45,7 +35,7 @@ impl Inner {
         let mut ended: Vec<(Secs, JobId)> = self
             .state
             .ended_jobs()
-            .filter_map(|j| ended_s(j).map(|at| (at, j.spec.id)))
+            .filter_map(|j| j.state.ended_s().map(|at| (at, j.spec.id)))
             .collect();
         let mut gone: Vec<JobId> = ended
             .iter()
@@ -102,7 +92,7 @@ impl Inner {
             user: job.spec.user.clone(),
             state: view.state.to_string(),
             submit_s: job.spec.submit_s,
-            end_s: ended_s(job).unwrap_or(job.spec.submit_s),
+            end_s: job.state.ended_s().unwrap_or(job.spec.submit_s),
             view: serde_json::to_string(&view)
                 .map_err(|e| Refusal::Internal(format!("job {}: {e}", job.spec.id.0)))?,
         })

@@ -257,12 +257,7 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
                 .collect()
         })
         .unwrap_or_default();
-    let ended_s = match j.state {
-        JobState::Succeeded { at_s }
-        | JobState::Failed { at_s, .. }
-        | JobState::Cancelled { at_s } => Some(at_s),
-        _ => None,
-    };
+    let ended_s = j.state.ended_s();
     let (gpus, gpu_milli) = match j.spec.gpu {
         GpuAsk::Whole(0) => (0, 0),
         GpuAsk::Whole(k) => (k, 1000),

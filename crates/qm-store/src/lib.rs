@@ -467,6 +467,19 @@ fn log_len(db: &rusqlite::Connection, key: (u64, u32, u32)) -> Result<u64, Store
     )? as u64)
 }
 
+/// Inserts an `ended_jobs` row with a statement that takes its seven columns in order.
+fn put_ended(stmt: &mut rusqlite::Statement<'_>, e: &EndedJob) -> rusqlite::Result<usize> {
+    stmt.execute(rusqlite::params![
+        e.id as i64,
+        e.team,
+        e.user,
+        e.state,
+        e.submit_s as i64,
+        e.end_s as i64,
+        e.view
+    ])
+}
+
 /// An `ended_jobs` row (id, team, username, state, submit_s, end_s, view).
 fn ended_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndedJob> {
     Ok(EndedJob {
@@ -717,15 +730,7 @@ impl Store for SqliteStore {
             let mut unpay = tx.prepare_cached("DELETE FROM payloads WHERE job = ?1")?;
             let mut unexit = tx.prepare_cached("DELETE FROM task_exits WHERE job = ?1")?;
             for e in batch.ended {
-                ended.execute(rusqlite::params![
-                    e.id as i64,
-                    e.team,
-                    e.user,
-                    e.state,
-                    e.submit_s as i64,
-                    e.end_s as i64,
-                    e.view
-                ])?;
+                put_ended(&mut ended, e)?;
                 unpay.execute([e.id as i64])?;
                 unexit.execute([e.id as i64])?;
             }
@@ -987,15 +992,7 @@ impl Store for SqliteStore {
                 "INSERT INTO ended_jobs (id, team, username, state, submit_s, end_s, view) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for e in &dump.ended {
-                ins.execute(rusqlite::params![
-                    e.id as i64,
-                    e.team,
-                    e.user,
-                    e.state,
-                    e.submit_s as i64,
-                    e.end_s as i64,
-                    e.view
-                ])?;
+                put_ended(&mut ins, e)?;
             }
         }
         tx.commit()?;

@@ -376,28 +376,32 @@ fn ended_row(r: &postgres::Row) -> EndedJob {
     }
 }
 
-/// The columns of `ended_jobs` rows, as arrays for one `UNNEST` insert.
-#[derive(Default)]
-struct EndedColumns(
-    Vec<i64>,
-    Vec<String>,
-    Vec<String>,
-    Vec<String>,
-    Vec<i64>,
-    Vec<i64>,
-    Vec<String>,
-);
-
-impl EndedColumns {
-    fn push(&mut self, e: &EndedJob) {
-        self.0.push(e.id as i64);
-        self.1.push(e.team.clone());
-        self.2.push(e.user.clone());
-        self.3.push(e.state.clone());
-        self.4.push(e.submit_s as i64);
-        self.5.push(e.end_s as i64);
-        self.6.push(e.view.clone());
-    }
+/// Inserts `ended_jobs` rows in one statement (`UNNEST` of their columns), `conflict` what to
+/// do with an id already there (empty: refuse); returns their ids.
+fn insert_ended(
+    tx: &mut postgres::Transaction<'_>,
+    ended: &[EndedJob],
+    conflict: &str,
+) -> Result<Vec<i64>, StoreError> {
+    let ids: Vec<i64> = ended.iter().map(|e| e.id as i64).collect();
+    let text = |f: fn(&EndedJob) -> &String| ended.iter().map(f).collect::<Vec<&String>>();
+    let int = |f: fn(&EndedJob) -> u64| ended.iter().map(|e| f(e) as i64).collect::<Vec<_>>();
+    tx.execute(
+        &format!(
+            "INSERT INTO ended_jobs (id, team, username, state, submit_s, end_s, view) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[]) {conflict}"
+        ),
+        &[
+            &ids,
+            &text(|e| &e.team),
+            &text(|e| &e.user),
+            &text(|e| &e.state),
+            &int(|e| e.submit_s),
+            &int(|e| e.end_s),
+            &text(|e| &e.view),
+        ],
+    )?;
+    Ok(ids)
 }
 
 fn key_params(key: (u64, u32, u32)) -> (i64, i32, i32) {
@@ -590,19 +594,14 @@ impl Store for PgStore {
                 )?;
             }
             if !ended.is_empty() {
-                let mut cols: EndedColumns = Default::default();
-                for e in &ended {
-                    cols.push(e);
-                }
-                tx.execute(
-                    "INSERT INTO ended_jobs (id, team, username, state, submit_s, end_s, view) \
-                     SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[]) \
-                     ON CONFLICT (id) DO UPDATE SET team = EXCLUDED.team, username = EXCLUDED.username, state = EXCLUDED.state, \
-                     submit_s = EXCLUDED.submit_s, end_s = EXCLUDED.end_s, view = EXCLUDED.view",
-                    &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+                let ids = insert_ended(
+                    &mut tx,
+                    &ended,
+                    "ON CONFLICT (id) DO UPDATE SET team = EXCLUDED.team, username = EXCLUDED.username, \
+                     state = EXCLUDED.state, submit_s = EXCLUDED.submit_s, end_s = EXCLUDED.end_s, view = EXCLUDED.view",
                 )?;
-                tx.execute("DELETE FROM payloads WHERE job = ANY($1)", &[&cols.0])?;
-                tx.execute("DELETE FROM task_exits WHERE job = ANY($1)", &[&cols.0])?;
+                tx.execute("DELETE FROM payloads WHERE job = ANY($1)", &[&ids])?;
+                tx.execute("DELETE FROM task_exits WHERE job = ANY($1)", &[&ids])?;
             }
             tx.commit()?;
             conn.last_seq = seq;
@@ -886,22 +885,8 @@ impl Store for PgStore {
                 let (job, task, attempt) = key_params(*key);
                 tx.execute(&ins, &[&job, &task, &attempt, &(*at as i64), data])?;
             }
-            let ins = tx.prepare(
-                "INSERT INTO ended_jobs (id, team, username, state, submit_s, end_s, view) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )?;
-            for e in &ended {
-                tx.execute(
-                    &ins,
-                    &[
-                        &(e.id as i64),
-                        &e.team,
-                        &e.user,
-                        &e.state,
-                        &(e.submit_s as i64),
-                        &(e.end_s as i64),
-                        &e.view,
-                    ],
-                )?;
+            if !ended.is_empty() {
+                insert_ended(&mut tx, &ended, "")?;
             }
             tx.commit()?;
             conn.last_seq = events.last().map_or(conn.last_seq, |e| e.0);

@@ -480,12 +480,23 @@ fn gpus_text(j: &JobView) -> String {
 }
 
 /// Which jobs `qm jobs` lists.
+#[derive(clap::Args, Debug)]
 pub struct JobQuery {
+    #[arg(long)]
     pub team: Option<String>,
+    #[arg(long)]
     pub user: Option<String>,
+    /// pending, running, stopping, succeeded, failed or cancelled.
+    #[arg(long)]
     pub state: Option<JobState>,
+    /// Also ended jobs the server no longer holds in memory (read from the store).
+    #[arg(long)]
     pub all: bool,
+    /// At most this many, the newest.
+    #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    /// Only jobs with a lower id (the last id of the previous page).
+    #[arg(long, value_name = "ID")]
     pub before: Option<u64>,
 }
 

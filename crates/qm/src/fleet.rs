@@ -541,29 +541,10 @@ async fn drive(
     let mut http = Http::new(addr, admin);
     let gpus = a.nodes * a.gpus_per_node;
     let teams = 8u32;
-    for t in 0..teams {
-        let body = serde_json::json!({"name": format!("team-{t}"), "guaranteed": gpus / teams});
-        http.json::<serde_json::Value>(
-            Method::POST,
-            "/api/v1/admin/teams",
-            Some(body.to_string().into_bytes()),
-        )
-        .await?;
-    }
-    let join: TokenResponse = http
-        .json(
-            Method::POST,
-            "/api/v1/admin/tokens",
-            Some(
-                serde_json::json!({"name": "fleet", "role": "join"})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await?;
+    let join = setup(&mut http, gpus, teams, "fleet").await?;
     let shared = Shared::new(addr);
     let t0 = Instant::now();
-    let credentials = register(addr, &join.token, a.nodes, a.gpus_per_node).await?;
+    let credentials = register(addr, &join, a.nodes, a.gpus_per_node).await?;
     eprintln!(
         "fleet: {} nodes registered in {:.1} s",
         a.nodes,
@@ -645,11 +626,7 @@ async fn drive(
     Ok(FleetFigures {
         nodes: a.nodes,
         gpus,
-        store: if a.db == "sqlite" {
-            "sqlite".into()
-        } else {
-            "postgres".into()
-        },
+        store: store_kind(&a.db),
         rate_asked: a.rate,
         seconds: a.seconds,
         submissions_per_s: answers.len() as f64 / window,
@@ -677,6 +654,29 @@ async fn drive(
         store_mib: 0.0,
         dashboard_snapshots: shared.snapshots.load(Ordering::Relaxed),
     })
+}
+
+/// Creates `teams` teams (`team-0`...) sharing `gpus` equally and a join token named `name`;
+/// the token.
+async fn setup(http: &mut Http, gpus: u32, teams: u32, name: &str) -> Result<String, String> {
+    for t in 0..teams {
+        let body = serde_json::json!({"name": format!("team-{t}"), "guaranteed": gpus / teams});
+        http.json::<serde_json::Value>(
+            Method::POST,
+            "/api/v1/admin/teams",
+            Some(body.to_string().into_bytes()),
+        )
+        .await?;
+    }
+    let body = serde_json::json!({"name": name, "role": "join"});
+    let join: TokenResponse = http
+        .json(
+            Method::POST,
+            "/api/v1/admin/tokens",
+            Some(body.to_string().into_bytes()),
+        )
+        .await?;
+    Ok(join.token)
 }
 
 /// Registers `count` nodes of `gpus` GPUs (32 at a time) with a join token; their
@@ -1066,6 +1066,11 @@ pub fn run_history(a: HistoryArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// `sqlite` or `postgres`, for the figures.
+fn store_kind(db: &str) -> String {
+    if db == "sqlite" { "sqlite" } else { "postgres" }.into()
+}
+
 /// The size of a SQLite store's files (0 for PostgreSQL).
 fn store_mib(db: &str, dir: &std::path::Path) -> f64 {
     if db != "sqlite" {
@@ -1088,28 +1093,9 @@ async fn push_history(
     let mut http = Http::new(addr, admin);
     let gpus = a.nodes * a.gpus_per_node;
     let teams = 8u32;
-    for t in 0..teams {
-        let body = serde_json::json!({"name": format!("team-{t}"), "guaranteed": gpus / teams});
-        http.json::<serde_json::Value>(
-            Method::POST,
-            "/api/v1/admin/teams",
-            Some(body.to_string().into_bytes()),
-        )
-        .await?;
-    }
-    let join: TokenResponse = http
-        .json(
-            Method::POST,
-            "/api/v1/admin/tokens",
-            Some(
-                serde_json::json!({"name": "history", "role": "join"})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await?;
+    let join = setup(&mut http, gpus, teams, "history").await?;
     let shared = Shared::new(addr);
-    let credentials = register(addr, &join.token, a.nodes, a.gpus_per_node).await?;
+    let credentials = register(addr, &join, a.nodes, a.gpus_per_node).await?;
     let (_nodes, _agents) = agents(&shared, &credentials);
     let submitted = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
@@ -1177,11 +1163,7 @@ async fn push_history(
             jobs: a.jobs,
             seconds,
             jobs_per_s: a.jobs as f64 / seconds,
-            store: if a.db == "sqlite" {
-                "sqlite".into()
-            } else {
-                "postgres".into()
-            },
+            store: store_kind(&a.db),
             samples,
             peak_rss_mib: 0.0,
             events: 0.0,

@@ -39,22 +39,8 @@ enum Command {
     Submit(client::SubmitArgs),
     /// List jobs.
     Jobs {
-        #[arg(long)]
-        team: Option<String>,
-        #[arg(long)]
-        user: Option<String>,
-        /// pending, running, stopping, succeeded, failed or cancelled.
-        #[arg(long)]
-        state: Option<qm_proto::JobState>,
-        /// Also ended jobs the server no longer holds in memory (read from the store).
-        #[arg(long)]
-        all: bool,
-        /// At most this many, the newest.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        /// Only jobs with a lower id (the last id of the previous page).
-        #[arg(long, value_name = "ID")]
-        before: Option<u64>,
+        #[command(flatten)]
+        query: client::JobQuery,
         #[arg(long)]
         json: bool,
     },
@@ -128,26 +114,7 @@ fn main() -> ExitCode {
         Command::Server(a) => up::server(a),
         Command::Agent(a) => up::agent(a),
         Command::Submit(a) => client::submit(&conn, a),
-        Command::Jobs {
-            team,
-            user,
-            state,
-            all,
-            limit,
-            before,
-            json,
-        } => client::jobs(
-            &conn,
-            &client::JobQuery {
-                team,
-                user,
-                state,
-                all,
-                limit,
-                before,
-            },
-            json,
-        ),
+        Command::Jobs { query, json } => client::jobs(&conn, &query, json),
         Command::Show { job, json } => client::show(&conn, job, json),
         Command::Why { job, json } => client::why(&conn, job, json),
         Command::Cancel { job } => client::cancel(&conn, job),

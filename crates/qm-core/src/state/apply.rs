@@ -21,21 +21,15 @@ impl ClusterState {
             .values()
             .flat_map(|j| j.spec.depends_on.iter().copied())
             .collect();
-        let ended_at = |job: &Job| match job.state {
-            JobState::Succeeded { at_s }
-            | JobState::Failed { at_s, .. }
-            | JobState::Cancelled { at_s } => Some(at_s),
-            _ => None,
-        };
         let mut out: BTreeSet<JobId> = self
             .done
             .iter()
-            .filter(|(_, j)| matches!(ended_at(j), Some(at) if at < before_s))
+            .filter(|(_, j)| matches!(j.state.ended_s(), Some(at) if at < before_s))
             .map(|(id, _)| *id)
             .collect();
         out.extend(
             jobs.iter()
-                .filter(|id| self.done.get(id).is_some_and(|j| ended_at(j).is_some())),
+                .filter(|id| self.done.get(id).is_some_and(|j| j.state.is_terminal())),
         );
         out.retain(|id| !needed.contains(id));
         out.into_iter().collect()
