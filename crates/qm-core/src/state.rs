@@ -238,6 +238,54 @@ pub(crate) struct LiveJobs {
     /// Live jobs that hold nothing (pending), by team id and by user.
     pub(crate) pending_by_team: BTreeMap<u32, usize>,
     pub(crate) pending_by_user: BTreeMap<String, usize>,
+    /// Every job that holds resources, in id order.
+    pub(crate) holding: BTreeSet<JobId>,
+    /// Each team's pending jobs in plan order, and how many of them ask for each number of
+    /// milli-GPUs: the planner walks a queue from its head as far as a plan needs, instead
+    /// of gathering and sorting every pending job at every plan.
+    pub(crate) queues: BTreeMap<u32, TeamQueue>,
+    /// Tasks of the live jobs by shape, GPU-less work left out: the workload's mix, from
+    /// which the planner learns which shapes to keep room for (`plan/frag.rs`).
+    pub(crate) shapes: BTreeMap<MixKey, u64>,
+}
+
+/// A task's shape as the mix counts it: milli-GPUs each GPU must have free, how many such
+/// GPUs, CPU, memory and GPU model (`None` for any).
+pub(crate) type MixKey = (u32, u32, u64, u64, Option<String>);
+
+/// A job's task shape and task count, or `None` for work without GPUs.
+pub(crate) fn mix_key(spec: &JobSpec) -> Option<(MixKey, u64)> {
+    let (need, count) = match spec.gpu {
+        GpuAsk::Whole(0) => return None,
+        GpuAsk::Whole(k) => (MILLI_PER_GPU, k),
+        GpuAsk::Milli(m) => (m, 1),
+    };
+    let key = (
+        need,
+        count,
+        spec.cpu_milli,
+        spec.mem_mib,
+        spec.gpu_model.clone(),
+    );
+    Some((key, u64::from(spec.tasks)))
+}
+
+/// A job's place in its team's queue: higher priority first, then earlier submission, then
+/// lower id.
+pub(crate) type QueueKey = (std::cmp::Reverse<i32>, Secs, JobId);
+
+pub(crate) fn queue_key(spec: &JobSpec) -> QueueKey {
+    (std::cmp::Reverse(spec.priority), spec.submit_s, spec.id)
+}
+
+/// One team's pending jobs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TeamQueue {
+    pub(crate) order: BTreeSet<QueueKey>,
+    /// Milli-GPUs asked (the whole job's) to how many pending jobs ask for them.
+    pub(crate) asks: BTreeMap<u64, usize>,
+    /// How many of them cannot be preempted.
+    pub(crate) pinned: usize,
 }
 
 /// Counts one more (`up`) or one less under `key`, dropping the key at zero.
@@ -256,20 +304,55 @@ fn bump<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K, up: bool) {
 }
 
 impl LiveJobs {
-    /// Counts a job as pending, or no longer.
+    /// Counts a job as pending, or no longer, and enters it into its team's queue or takes
+    /// it out.
     fn pending(&mut self, id: JobId, up: bool) {
         let job = &self.map[&id];
         let (team, user) = (job.team_id, job.spec.user.clone());
+        let (key, milli) = (queue_key(&job.spec), job.spec.milli_total());
+        let pinned = usize::from(!job.spec.preemptible);
         bump(&mut self.pending_by_team, team, up);
         bump(&mut self.pending_by_user, user, up);
+        let queue = self.queues.entry(team).or_default();
+        bump(&mut queue.asks, milli, up);
+        if up {
+            queue.order.insert(key);
+            queue.pinned += pinned;
+        } else {
+            queue.order.remove(&key);
+            queue.pinned -= pinned;
+            if queue.order.is_empty() {
+                self.queues.remove(&team);
+            }
+        }
     }
 
     /// A new job enters, pending.
     pub(crate) fn enter(&mut self, job: Job) {
         let id = job.spec.id;
         debug_assert!(job.state.run().is_none(), "a job enters pending");
+        self.count_shape(&job.spec, true);
         self.map.insert(id, job);
         self.pending(id, true);
+    }
+
+    /// Counts a live job's tasks in the mix, or no longer.
+    fn count_shape(&mut self, spec: &JobSpec, up: bool) {
+        let Some((key, tasks)) = mix_key(spec) else {
+            return;
+        };
+        if up {
+            *self.shapes.entry(key).or_default() += tasks;
+            return;
+        }
+        let count = self
+            .shapes
+            .get_mut(&key)
+            .expect("a live job's shape is counted");
+        *count -= tasks;
+        if *count == 0 {
+            self.shapes.remove(&key);
+        }
     }
 
     /// A job that holds nothing (any more) leaves.
@@ -279,7 +362,9 @@ impl LiveJobs {
         }
         assert!(!self.holds(id), "a job leaves holding nothing");
         self.pending(id, false);
-        self.map.remove(&id)
+        let job = self.map.remove(&id)?;
+        self.count_shape(&job.spec, false);
+        Some(job)
     }
 
     /// Whether the index lists `id` as holding.
@@ -296,6 +381,7 @@ impl LiveJobs {
             return;
         }
         self.pending(id, false);
+        self.holding.insert(id);
         let job = &self.map[&id];
         let run = job.state.run().expect("a job that holds has a run");
         self.holding_by_team
@@ -317,6 +403,7 @@ impl LiveJobs {
         if !self.holds(id) {
             return;
         }
+        self.holding.remove(&id);
         let job = &self.map[&id];
         if let Some(set) = self.holding_by_team.get_mut(&job.team_id) {
             set.remove(&id);
@@ -371,6 +458,8 @@ impl<'de> Deserialize<'de> for LiveJobs {
         };
         for id in ids {
             jobs.pending(id, true);
+            let spec = jobs.map[&id].spec.clone();
+            jobs.count_shape(&spec, true);
         }
         for id in holders {
             jobs.hold(id);

@@ -1,6 +1,7 @@
 //! Fragmentation-aware placement: which free GPU capacity the coming work cannot use.
 //!
-//! The planner learns the workload's *mix* from the live jobs (pending and running): the most
+//! The planner learns the workload's *mix* from the live jobs (pending and running; the state
+//! counts their tasks by shape as they come and go): the most
 //! common task shapes (GPU ask, CPU, memory, GPU model) and their frequencies. A node's
 //! *fragmentation* is the free GPU milli the mix cannot use there, in expectation: for each
 //! shape, the free GPU milli its tasks would not take were only it to come, counting how many
@@ -10,8 +11,8 @@
 //! et al., ATC '23), which keeps room for the tasks that are likely to come instead of
 //! stranding it.
 
-use crate::model::{GpuAsk, MILLI_PER_GPU};
-use crate::state::Job;
+use crate::model::MILLI_PER_GPU;
+use crate::state::MixKey;
 
 /// The most shapes the mix keeps.
 pub(crate) const MIX_SHAPES: usize = 64;
@@ -36,25 +37,17 @@ pub(crate) struct Mix {
 }
 
 impl Mix {
-    /// The mix of `jobs`, each counted once per task. `model_index` maps a model name to the
-    /// planner's index.
+    /// The mix of the live jobs, from the state's task counts by shape (`MixKey`).
+    /// `model_index` maps a model name to the planner's index; shapes of other models are
+    /// left out.
     pub fn of<'j>(
-        jobs: impl Iterator<Item = &'j Job>,
+        counted: impl Iterator<Item = (&'j MixKey, &'j u64)>,
         model_index: impl Fn(&str) -> Option<usize>,
         node_model: Vec<u32>,
     ) -> Mix {
-        // Few distinct shapes in practice: a vector searched from the last hit.
         let mut counts: Vec<(ShapeKey, u64)> = Vec::new();
-        let mut last = 0;
-        for job in jobs {
-            let spec = &job.spec;
-            let (need, count) = match spec.gpu {
-                // Work without GPUs leaves no GPU unusable by its shape.
-                GpuAsk::Whole(0) => continue,
-                GpuAsk::Whole(k) => (MILLI_PER_GPU, k),
-                GpuAsk::Milli(m) => (m, 1),
-            };
-            let model = match &spec.gpu_model {
+        for ((need, count, cpu, mem, model), &tasks) in counted {
+            let model = match model {
                 Some(m) => match model_index(m) {
                     Some(i) => i as u32,
                     None => continue,
@@ -62,22 +55,13 @@ impl Mix {
                 None => u32::MAX,
             };
             let key = ShapeKey {
-                need,
-                count,
-                cpu: spec.cpu_milli,
-                mem: spec.mem_mib,
+                need: *need,
+                count: *count,
+                cpu: *cpu,
+                mem: *mem,
                 model,
             };
-            let tasks = u64::from(spec.tasks);
-            if counts.get(last).is_some_and(|c| c.0 == key) {
-                counts[last].1 += tasks;
-            } else if let Some(i) = counts.iter().position(|c| c.0 == key) {
-                counts[i].1 += tasks;
-                last = i;
-            } else {
-                last = counts.len();
-                counts.push((key, tasks));
-            }
+            counts.push((key, tasks));
         }
         let mut shapes = counts;
         shapes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -1,11 +1,9 @@
 //! The order of pending jobs. `rank` is a job's key in the heap of team heads (admission
-//! class, priority, starving first, fair-share standing, submission, id); `Ordered` is one
-//! team's queue (priority, submission, id), packed for fast sorting.
-
-use std::cmp::Reverse;
+//! class, priority, starving first, fair-share standing, submission, id); a `Lane` is one
+//! team's queue (priority, submission, id) as a pass walks it.
 
 use crate::model::{JobId, PolicyKind, Secs};
-use crate::state::Job;
+use crate::state::{Job, QueueKey, TeamQueue};
 
 use super::planner::Planner;
 
@@ -43,56 +41,66 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// A team's pending jobs in plan order: priority, then submission, then id. The key is packed
-/// into one `u128` kept inline (priority 32 bits, submission and id 48 bits each; the rare
-/// job beyond that sorts by the full tuple), so that sorting neither chases a pointer nor
-/// compares a tuple per step: this sort is a seventh of a trace replay's time.
-pub(super) struct Ordered<'a> {
-    pub(super) keyed: Vec<(u128, &'a Job)>,
+/// One team's queue as a pass walks it: the state keeps the queue in plan order (priority,
+/// submission, id; `state::TeamQueue`), and the pass takes jobs from its head only as far as
+/// it gets, so a plan that ends early never touches the jobs behind.
+pub(super) struct Lane<'a> {
+    pub(super) team: usize,
+    queue: &'a TeamQueue,
+    rest: std::collections::btree_set::Iter<'a, QueueKey>,
+    /// The next job not yet taken (dependency-blocked and hold-served jobs passed over).
+    pub(super) head: Option<&'a Job>,
+    /// Jobs the guaranteed phase set aside for the borrowing phase, in order.
+    pub(super) skipped: Vec<&'a Job>,
+    /// The guaranteed phase stopped walking: every job from `head` on is set aside too.
+    pub(super) tail_skipped: bool,
+    /// How many of `skipped` the borrowing phase has taken.
+    pub(super) taken: usize,
+    /// Milli-GPU asks of the jobs that have left the pass (decided, or passed over), by
+    /// size, so that the least ask still left is known without a walk.
+    gone: Vec<(u64, usize)>,
 }
 
-pub(super) const KEY_48: u64 = (1 << 48) - 1;
-
-pub(super) fn order_key(j: &Job) -> Option<u128> {
-    let s = &j.spec;
-    let p = (i64::from(i32::MAX) - i64::from(s.priority)) as u128;
-    (s.submit_s <= KEY_48 && s.id.0 <= KEY_48)
-        .then(|| (p << 96) | (u128::from(s.submit_s) << 48) | u128::from(s.id.0))
-}
-
-impl<'a> Ordered<'a> {
-    pub(super) fn new(jobs: Vec<&'a Job>) -> Ordered<'a> {
-        Ordered {
-            keyed: jobs
-                .into_iter()
-                .map(|j| (order_key(j).unwrap_or(u128::MAX), j))
-                .collect(),
+impl<'a> Lane<'a> {
+    pub(super) fn new(team: usize, queue: &'a TeamQueue) -> Lane<'a> {
+        Lane {
+            team,
+            queue,
+            rest: queue.order.iter(),
+            head: None,
+            skipped: Vec::new(),
+            tail_skipped: false,
+            taken: 0,
+            gone: Vec::new(),
         }
     }
 
-    pub(super) fn sort(&mut self) {
-        if self.keyed.iter().any(|k| k.0 == u128::MAX) {
-            self.keyed.sort_by_key(|k| {
-                let s = &k.1.spec;
-                (Reverse(s.priority), s.submit_s, s.id)
-            });
-        } else if !self.keyed.is_sorted_by_key(|k| k.0) {
-            self.keyed.sort_unstable_by_key(|k| k.0);
+    /// The next key of the queue, for the caller to look up and filter.
+    pub(super) fn next_key(&mut self) -> Option<JobId> {
+        self.rest.next().map(|k| k.2)
+    }
+
+    /// A job has left the pass.
+    pub(super) fn gone(&mut self, job: &Job) {
+        let milli = job.spec.milli_total();
+        match self.gone.iter_mut().find(|g| g.0 == milli) {
+            Some(g) => g.1 += 1,
+            None => self.gone.push((milli, 1)),
         }
     }
 
-    /// `out[k]`: the fewest milli-GPUs any job from the `k`-th on asks for (`u64::MAX` past
-    /// the end).
-    pub(super) fn least_suffix(&self) -> Vec<u64> {
-        let mut least = vec![u64::MAX; self.keyed.len() + 1];
-        for k in (0..self.keyed.len()).rev() {
-            least[k] = least[k + 1].min(self.keyed[k].1.spec.milli_total());
+    /// A lower bound of the asks still left in the pass (`u64::MAX` for none); with
+    /// `nonzero`, of those asking for GPUs.
+    pub(super) fn least_left(&self, nonzero: bool) -> u64 {
+        for (&milli, &count) in &self.queue.asks {
+            if nonzero && milli == 0 {
+                continue;
+            }
+            let gone = self.gone.iter().find(|g| g.0 == milli).map_or(0, |g| g.1);
+            if count > gone {
+                return milli;
+            }
         }
-        least
-    }
-
-    /// The `i`-th job in order.
-    pub(super) fn get(&self, i: usize) -> Option<&'a Job> {
-        self.keyed.get(i).map(|k| k.1)
+        u64::MAX
     }
 }

@@ -12,7 +12,7 @@ use crate::model::{JobId, JobSpec, PolicyKind, Secs};
 use crate::state::{Admission, Job, JobState, TaskPlacement};
 
 use super::homes::bit;
-use super::order::{Ordered, RankKey};
+use super::order::{Lane, RankKey};
 use super::place::{self, Ask};
 use super::planner::{shape_of, Phase, Planner};
 use super::Reason;
@@ -25,8 +25,8 @@ impl<'a> Planner<'a> {
     /// Pending jobs that a pass considers, with the dependency-blocked ones explained.
     pub(super) fn queue(&mut self, handled: &BTreeSet<JobId>) -> Vec<&'a Job> {
         let mut queue = Vec::new();
-        let live = std::mem::take(&mut self.live);
-        for &job in &live {
+        let state = self.state;
+        for job in state.live_jobs() {
             if job.state != JobState::Pending || handled.contains(&job.spec.id) {
                 continue;
             }
@@ -36,7 +36,6 @@ impl<'a> Planner<'a> {
             }
             queue.push(job);
         }
-        self.live = live;
         queue
     }
 
@@ -119,74 +118,62 @@ impl<'a> Planner<'a> {
     }
 
     pub(super) fn ordered_pass(&mut self, handled: &BTreeSet<JobId>) {
-        let queue = self.queue(handled);
-        let mut per_team: Vec<Vec<&'a Job>> = vec![Vec::new(); self.teams.names.len()];
-        for job in queue {
-            match self.team_of(job) {
-                Some(t) => per_team[t].push(job),
-                None => {
-                    let team = job.spec.team.clone();
-                    self.pend(job.spec.id, Reason::NoPartition { team }, None);
-                }
-            }
+        if self.explain {
+            self.explain_unqueued(handled);
         }
-        let mut lists: Vec<(usize, Ordered<'a>)> = per_team
-            .into_iter()
-            .enumerate()
-            .filter(|(_, jobs)| !jobs.is_empty())
-            .map(|(t, jobs)| (t, Ordered::new(jobs)))
+        let state = self.state;
+        let mut lanes: Vec<Lane<'a>> = state
+            .jobs
+            .queues
+            .iter()
+            .filter_map(|(&id, q)| {
+                let t = self.team_by_id.get(id as usize).copied().flatten()?;
+                Some(Lane::new(t, q))
+            })
             .collect();
-        for (_, list) in &mut lists {
-            list.sort();
+        lanes.sort_by_key(|l| l.team);
+        for lane in &mut lanes {
+            self.advance(lane, handled);
         }
         // Phase 1, guaranteed work: each team offers its first job that fits its guarantee;
         // the jobs it skips (too big for what is left of the guarantee, which only shrinks
         // during a plan) wait for phase 2 in their order. Phase 2, borrowing: every team
         // offers its skipped jobs in order.
-        let mut skipped: Vec<Vec<&'a Job>> = vec![Vec::new(); lists.len()];
-        let mut cursor = vec![0usize; lists.len()];
         let mut heap: BinaryHeap<Reverse<(RankKey, usize)>> = BinaryHeap::new();
-        for i in 0..lists.len() {
-            if let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            if let Some(key) = self.next_guaranteed(lane, handled) {
                 heap.push(Reverse((key, i)));
             }
         }
         // In `decide`, the pass ends once nothing left can start, reclaim or preempt: no job
-        // left (in the lists or set aside for phase 2) fits the free capacity of any group,
-        // and no reclaim or priority preemption can happen.
-        let lists_least: Vec<Vec<u64>> = if self.explain {
-            Vec::new()
-        } else {
-            lists.iter().map(|(_, l)| l.least_suffix()).collect()
+        // left (in the queues or set aside for phase 2) fits the free capacity of any group,
+        // and no reclaim or priority preemption can happen. What is left is bounded from
+        // below by each queue's asks less those of the jobs that have left the pass.
+        let least_left = |lanes: &[Lane<'a>]| {
+            lanes
+                .iter()
+                .map(|l| l.least_left(false))
+                .min()
+                .unwrap_or(u64::MAX)
         };
-        let mut skipped_least = u64::MAX;
         let mut pops = 0usize;
-        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lists.len()];
-        let mut folded = vec![0usize; lists.len()];
+        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lanes.len()];
         // Each pop consumes one job; every job is pushed at most once per phase.
         while let Some(Reverse((_, i))) = heap.pop() {
             // The check only matters once it can succeed; every 8th pop is enough (it stays
             // true once true: free capacity only shrinks, what is left only grows).
             pops += 1;
-            if !self.explain && pops % 8 == 1 {
-                for (j, list) in skipped.iter().enumerate() {
-                    for job in &list[folded[j]..] {
-                        skipped_least = skipped_least.min(job.spec.milli_total());
-                    }
-                    folded[j] = list.len();
-                }
-                let least = (0..lists.len())
-                    .map(|j| lists_least[j][cursor[j]])
-                    .min()
-                    .unwrap_or(u64::MAX)
-                    .min(skipped_least);
-                if self.reclaim_exhausted() && self.priority_exhausted() && self.cannot_fit(least) {
-                    return;
-                }
+            if !self.explain
+                && pops % 8 == 1
+                && self.reclaim_exhausted()
+                && self.priority_exhausted()
+                && self.cannot_fit(least_left(&lanes))
+            {
+                return;
             }
-            let t = lists[i].0;
-            let job = lists[i].1.get(cursor[i]).expect("a job at the cursor");
-            cursor[i] += 1;
+            let t = lanes[i].team;
+            let job = lanes[i].head.expect("a job at the head");
+            self.advance(&mut lanes[i], handled);
             // A job like the team's last one that changed nothing, with nothing changed since
             // (by any team), fares as that one did.
             let fate = last_fail[i]
@@ -202,23 +189,27 @@ impl<'a> Planner<'a> {
                     decided
                 }
             };
-            if !decided {
+            if decided {
+                lanes[i].gone(job);
+            } else {
                 // It may still borrow elsewhere: phase 2 decides.
-                skipped[i].push(job);
+                lanes[i].skipped.push(job);
             }
             // As in phase 2: the team's next jobs that would be popped right now anyway and
             // share the fate of its last job that changed nothing are passed over here.
-            while let Some(key) = self.next_guaranteed(&mut lists, &mut cursor, &mut skipped, i) {
-                let next = lists[i].1.get(cursor[i]).expect("a job at the cursor");
+            while let Some(key) = self.next_guaranteed(&mut lanes[i], handled) {
+                let next = lanes[i].head.expect("a job at the head");
                 let fate = last_fail[i]
                     .filter(|&(f, at, _)| at == self.decisions() && self.same_fate(f, next))
                     .map(|(_, _, decided)| decided);
                 let first = heap.peek().is_none_or(|Reverse(top)| (key, i) < *top);
                 match fate {
                     Some(decided) if first => {
-                        cursor[i] += 1;
-                        if !decided {
-                            skipped[i].push(next);
+                        self.advance(&mut lanes[i], handled);
+                        if decided {
+                            lanes[i].gone(next);
+                        } else {
+                            lanes[i].skipped.push(next);
                         }
                     }
                     _ => {
@@ -228,43 +219,26 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        let mut cursor = vec![0usize; lists.len()];
-        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lists.len()];
-        for (i, list) in skipped.iter().enumerate() {
-            if let Some(job) = list.first() {
-                heap.push(Reverse((self.rank(job, lists[i].0), i)));
+        let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lanes.len()];
+        for (i, lane) in lanes.iter().enumerate() {
+            if let Some(job) = self.borrow_head(lane) {
+                heap.push(Reverse((self.rank(job, lane.team), i)));
             }
         }
         // Borrowing reclaims nothing: once no job left can fit the free capacity of any
         // group and no priority preemption can happen, nothing left can start (reservations
         // only tighten).
-        let least_left: Vec<Vec<u64>> = if self.explain {
-            Vec::new()
-        } else {
-            skipped
-                .iter()
-                .map(|list| {
-                    let mut least = vec![u64::MAX; list.len() + 1];
-                    for k in (0..list.len()).rev() {
-                        least[k] = least[k + 1].min(list[k].spec.milli_total());
-                    }
-                    least
-                })
-                .collect()
-        };
         while let Some(Reverse((_, i))) = heap.pop() {
             pops += 1;
-            if !self.explain && pops % 8 == 1 {
-                let least = (0..skipped.len())
-                    .map(|j| least_left[j][cursor[j]])
-                    .min()
-                    .unwrap_or(u64::MAX);
-                if self.priority_exhausted() && self.cannot_fit(least) {
-                    return;
-                }
+            if !self.explain
+                && pops % 8 == 1
+                && self.priority_exhausted()
+                && self.cannot_fit(least_left(&lanes))
+            {
+                return;
             }
-            let (t, job) = (lists[i].0, skipped[i][cursor[i]]);
-            cursor[i] += 1;
+            let t = lanes[i].team;
+            let job = self.borrow_take(&mut lanes[i], handled);
             let same = last_fail[i]
                 .is_some_and(|(f, at, _)| at == self.decisions() && self.same_fate(f, job));
             if !same {
@@ -277,7 +251,7 @@ impl<'a> Planner<'a> {
             // team's) and share the fate of its last job that changed nothing are passed over
             // here, without a trip through the heap.
             let mut next_key = None;
-            while let Some(&next) = skipped[i].get(cursor[i]) {
+            while let Some(next) = self.borrow_head(&lanes[i]) {
                 let key = self.rank(next, t);
                 let fails = last_fail[i]
                     .is_some_and(|(f, at, _)| at == self.decisions() && self.same_fate(f, next));
@@ -286,12 +260,70 @@ impl<'a> Planner<'a> {
                     next_key = Some(key);
                     break;
                 }
-                cursor[i] += 1;
+                self.borrow_take(&mut lanes[i], handled);
             }
             if let Some(key) = next_key {
                 heap.push(Reverse((key, i)));
             }
         }
+    }
+
+    /// Explains the pending jobs no lane offers: those waiting on a dependency, and those of
+    /// a team the plan does not know (`plan` only).
+    fn explain_unqueued(&mut self, handled: &BTreeSet<JobId>) {
+        let state = self.state;
+        let pending = || {
+            state
+                .live_jobs()
+                .filter(|j| j.state == JobState::Pending && !handled.contains(&j.spec.id))
+        };
+        for job in pending() {
+            if let Some(reason) = self.dep_block(job) {
+                self.pend(job.spec.id, reason, None);
+            }
+        }
+        for job in pending() {
+            if self.team_of(job).is_none() && self.deps_ready(job) {
+                let team = job.spec.team.clone();
+                self.pend(job.spec.id, Reason::NoPartition { team }, None);
+            }
+        }
+    }
+
+    /// Moves a lane's head to its next job that a pass considers: not served by a hold, not
+    /// waiting on a dependency.
+    fn advance(&self, lane: &mut Lane<'a>, handled: &BTreeSet<JobId>) {
+        lane.head = None;
+        while let Some(id) = lane.next_key() {
+            let job = self.state.jobs.get(&id).expect("a queued job is live");
+            if handled.contains(&id) || !self.deps_ready(job) {
+                lane.gone(job);
+                continue;
+            }
+            lane.head = Some(job);
+            return;
+        }
+    }
+
+    /// The next job of a lane's borrowing phase: its skipped jobs, then its tail.
+    fn borrow_head(&self, lane: &Lane<'a>) -> Option<&'a Job> {
+        match lane.skipped.get(lane.taken) {
+            Some(&job) => Some(job),
+            None if lane.tail_skipped => lane.head,
+            None => None,
+        }
+    }
+
+    /// Takes that job.
+    fn borrow_take(&self, lane: &mut Lane<'a>, handled: &BTreeSet<JobId>) -> &'a Job {
+        let job = self.borrow_head(lane).expect("a job to borrow for");
+        if lane.taken < lane.skipped.len() {
+            lane.taken += 1;
+        } else {
+            self.advance(lane, handled);
+        }
+        lane.gone(job);
+        job
     }
 
     /// Whether `next`, of the same team and right after `failed` in its queue, is certain to
@@ -315,24 +347,44 @@ impl<'a> Planner<'a> {
             && (self.state.holds.is_empty() || !self.state.holds.contains_key(&a.id))
     }
 
-    /// Moves team `i`'s cursor to its next job inside the guarantee, setting aside the ones
-    /// it passes; returns that job's rank.
+    /// Moves a lane's head to its next job inside the guarantee, setting aside the ones it
+    /// passes; returns that job's rank. Once no job left in the lane can fit what is left of
+    /// the team's guarantee on any model, the rest of the lane is set aside whole, unwalked.
     pub(super) fn next_guaranteed(
         &self,
-        lists: &mut [(usize, Ordered<'a>)],
-        cursor: &mut [usize],
-        skipped: &mut [Vec<&'a Job>],
-        i: usize,
+        lane: &mut Lane<'a>,
+        handled: &BTreeSet<JobId>,
     ) -> Option<RankKey> {
-        let (t, list) = (lists[i].0, &lists[i].1);
-        while let Some(job) = list.get(cursor[i]) {
+        let t = lane.team;
+        if lane.tail_skipped {
+            return None;
+        }
+        while let Some(job) = lane.head {
+            if self.policy == PolicyKind::Default && self.guarantee_left(t) < lane.least_left(true)
+            {
+                lane.tail_skipped = true;
+                return None;
+            }
             if self.guaranteed_somewhere(job, t) {
                 return Some(self.rank(job, t));
             }
-            skipped[i].push(job);
-            cursor[i] += 1;
+            lane.skipped.push(job);
+            self.advance(lane, handled);
         }
         None
+    }
+
+    /// The most milli-GPUs left of the team's guarantee on any model.
+    fn guarantee_left(&self, team: usize) -> u64 {
+        (0..self.models.len())
+            .map(|m| {
+                let pool = self.teams.pool_of_model[team][m];
+                self.teams.pools[team][pool]
+                    .guaranteed
+                    .saturating_sub(self.acct.guaranteed_used[team][pool])
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether the job fits its team's guarantee for some model it can run on (class 0 of

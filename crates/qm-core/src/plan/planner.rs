@@ -95,8 +95,6 @@ pub(crate) struct Planner<'a> {
     pub(super) safe: std::rc::Rc<Vec<Option<Vec<u64>>>>,
     /// While a job that cannot be preempted is being reserved for: the nodes it may use.
     pub(super) keep_to: Option<Vec<u64>>,
-    /// Every pending, running or stopping job, read once per plan.
-    pub(super) live: Vec<&'a Job>,
     /// Every running or stopping job, as the plan sees it.
     pub(super) runs: Vec<RunInfo<'a>>,
     pub(super) acct: Accounting,
@@ -225,7 +223,6 @@ impl<'a> Planner<'a> {
             homes: std::rc::Rc::new(homes),
             safe: std::rc::Rc::new(safe),
             keep_to: None,
-            live: Vec::new(),
             runs: Vec::new(),
             acct,
             timeline: Timeline::new(node_count),

@@ -47,12 +47,11 @@ impl<'a> Planner<'a> {
     pub(super) fn find_outranked(&mut self) {
         let n = self.teams.names.len();
         let mut top: Vec<Option<i32>> = vec![None; n];
-        for job in &self.live {
-            if job.state != JobState::Pending {
-                continue;
-            }
-            if let Some(t) = self.team_of(job) {
-                top[t] = top[t].max(Some(job.spec.priority));
+        // A queue's head has its team's highest priority.
+        for (&id, queue) in &self.state.jobs.queues {
+            let t = self.team_by_id.get(id as usize).copied().flatten();
+            if let (Some(t), Some(head)) = (t, queue.order.first()) {
+                top[t] = top[t].max(Some(head.0 .0));
             }
         }
         let mut out = Outranked {

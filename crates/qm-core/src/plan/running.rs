@@ -65,10 +65,8 @@ impl<'a> Planner<'a> {
     /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs.
     pub(super) fn scan_running(&mut self) {
         let state = self.state;
-        self.live = state.live_jobs().collect();
-        self.view.mix_jobs = self.live.clone();
-        let live = self.live.clone();
-        for job in live {
+        for id in &state.jobs.holding {
+            let job = state.jobs.get(id).expect("a holder is live");
             let Some(run) = job.state.run() else { continue };
             let Some(model) = self.model_of(&run.placement) else {
                 continue;
@@ -156,10 +154,7 @@ impl<'a> Planner<'a> {
                 self.victims.by_model[r.model].push(i);
             }
         }
-        self.victims.pinned_pending = self
-            .live
-            .iter()
-            .any(|j| j.state == JobState::Pending && !j.spec.preemptible);
+        self.victims.pinned_pending = self.state.jobs.queues.values().any(|q| q.pinned > 0);
         // Runs away from home matter only to a waiting job that cannot be preempted.
         let away_runs = if self.victims.pinned_pending {
             self.runs.len()

@@ -71,8 +71,6 @@ pub(crate) struct View<'a> {
     /// first use from `mix_src` (the state and its sorted GPU models).
     mix: OnceCell<Mix>,
     pub mix_src: Option<(&'a ClusterState, Vec<String>)>,
-    /// The live jobs the mix is made of (set by the planner once it has read them).
-    pub mix_jobs: Vec<&'a crate::state::Job>,
 }
 
 impl<'a> View<'a> {
@@ -104,7 +102,6 @@ impl<'a> View<'a> {
             group_max_gpus: vec![0; groups],
             mix: OnceCell::new(),
             mix_src: None,
-            mix_jobs: Vec::new(),
         };
         let depth = state
             .nodes
@@ -158,14 +155,14 @@ impl<'a> View<'a> {
     /// The workload's mix (empty without a source).
     pub fn mix(&self) -> &Mix {
         self.mix.get_or_init(|| match &self.mix_src {
-            Some((_, models)) => {
+            Some((state, models)) => {
                 let index = |m: &str| models.binary_search_by(|x| x.as_str().cmp(m)).ok();
                 let node_model = self
                     .nodes
                     .iter()
                     .map(|n| index(&n.spec.gpu_model).map_or(u32::MAX, |i| i as u32))
                     .collect();
-                Mix::of(self.mix_jobs.iter().copied(), index, node_model)
+                Mix::of(state.jobs.shapes.iter(), index, node_model)
             }
             None => Mix::default(),
         })

@@ -312,6 +312,35 @@ impl ClusterState {
             (&self.jobs.pending_by_team, &self.jobs.pending_by_user),
             "invariant: the pending counts by team and user are the pending jobs'"
         );
+        let mut queues: std::collections::BTreeMap<u32, super::TeamQueue> = Default::default();
+        for j in self.jobs.values().filter(|j| j.state.run().is_none()) {
+            let q = queues.entry(j.team_id).or_default();
+            q.order.insert(super::queue_key(&j.spec));
+            *q.asks.entry(j.spec.milli_total()).or_default() += 1;
+            q.pinned += usize::from(!j.spec.preemptible);
+        }
+        assert_eq!(
+            queues, self.jobs.queues,
+            "invariant: each team's queue holds exactly its pending jobs, in plan order"
+        );
+        let mut shapes: std::collections::BTreeMap<super::MixKey, u64> = Default::default();
+        for (key, tasks) in self.jobs.values().filter_map(|j| super::mix_key(&j.spec)) {
+            *shapes.entry(key).or_default() += tasks;
+        }
+        assert_eq!(
+            shapes, self.jobs.shapes,
+            "invariant: the mix counts the tasks of exactly the live jobs, by shape"
+        );
+        let holding: std::collections::BTreeSet<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.state.run().is_some())
+            .map(|j| j.spec.id)
+            .collect();
+        assert_eq!(
+            holding, self.jobs.holding,
+            "invariant: the set of holding jobs is exactly the jobs that hold"
+        );
         let mut teams_with_holders: Vec<u32> = self.jobs.holding_by_team.keys().copied().collect();
         teams.append(&mut teams_with_holders);
         teams.sort_unstable();
