@@ -597,6 +597,18 @@ impl ClusterState {
         self.forgotten_up_to
     }
 
+    /// The GPU models of the registered nodes, sorted, each once.
+    pub fn gpu_models(&self) -> Vec<String> {
+        let mut names: Vec<&str> = self
+            .nodes
+            .values()
+            .map(|n| n.spec.gpu_model.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().map(String::from).collect()
+    }
+
     /// How many ended jobs are still held.
     pub fn ended_count(&self) -> usize {
         self.done.len()

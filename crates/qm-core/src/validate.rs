@@ -155,16 +155,7 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
             children.join(", ")
         )));
     }
-    let models: Vec<String> = {
-        let mut m: Vec<String> = state
-            .nodes
-            .values()
-            .map(|n| n.spec.gpu_model.clone())
-            .collect();
-        m.sort();
-        m.dedup();
-        m
-    };
+    let models = state.gpu_models();
     if let Some(model) = &spec.gpu_model {
         if !models.contains(model) {
             return Err(never(format!(

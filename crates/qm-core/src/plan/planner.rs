@@ -146,13 +146,7 @@ impl<'a> Planner<'a> {
     pub(super) fn new(state: &'a ClusterState, now: Secs, explain: bool) -> Planner<'a> {
         let cfg = &state.config;
         let policy = cfg.policy;
-        let mut models: Vec<String> = state
-            .nodes
-            .values()
-            .map(|n| n.spec.gpu_model.clone())
-            .collect();
-        models.sort();
-        models.dedup();
+        let models = state.gpu_models();
         let teams = TeamIndex::build(state.teams.values().map(|t| &t.spec), &models);
         let mut leaf_rank = vec![None; teams.names.len()];
         let mut leaf_count = 0;

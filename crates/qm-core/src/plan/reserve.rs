@@ -260,7 +260,7 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|r| r.end_s != Secs::MAX && self.view.group[r.node as usize] == Some(g))
             .collect();
-        rel.sort_by_key(|r| r.end_s);
+        rel.sort_unstable_by_key(|r| r.end_s);
         let mut times: Vec<Secs> = rel.iter().map(|r| r.end_s.max(self.now)).collect();
         times.extend(
             self.timeline
@@ -307,38 +307,73 @@ impl<'a> Planner<'a> {
             }
         }
         let first = first?;
-        // Feasibility only grows with time: gallop, then bisect, counting per-node capacity
-        // (cheap); build the view and the placement once, at the time found.
-        let fits = |t: Secs| self.gang_fits_at(spec, g, t);
-        if fits(times[first]) {
-            return self
-                .gang_at(spec, g, times[first])
-                .map(|(p, slack)| (times[first], p, slack));
-        }
-        let (mut lo, mut step) = (first, 1);
-        let last = times.len() - 1;
-        let mut hi;
-        loop {
-            if lo == last {
-                return None;
+        // Often the gang fits at the first time the aggregate allows; else the first time it
+        // fits is found in one sweep of every node's capacity changes. Build the view and the
+        // placement once, at the time found.
+        let at = if self.gang_fits_at(spec, g, times[first]) {
+            first
+        } else {
+            self.gang_first_fit(spec, g, &times[first..])? + first
+        };
+        self.gang_at(spec, g, times[at])
+            .map(|(p, slack)| (times[at], p, slack))
+    }
+
+    /// The first of `times` (ascending) at which the gang fits group `g`, as
+    /// [`Self::gang_fits_at`] would say. A node's capacity for the job changes only when one
+    /// of its releases or promises of the group ends (and only grows then), so it is
+    /// computed at the first time and at each of those ends, and the group's total is swept
+    /// through the times once, instead of probing the whole group at each time tried.
+    pub(super) fn gang_first_fit(&self, spec: &JobSpec, g: usize, times: &[Secs]) -> Option<usize> {
+        let start = *times.first()?;
+        let need = i128::from(spec.tasks);
+        let mut total: i128 = 0;
+        let mut deltas: Vec<(Secs, i128)> = Vec::new();
+        let mut changes: Vec<Secs> = Vec::new();
+        let mut node = ([0u32; 64], 0, 0);
+        for &n in &self.view.group_nodes[g] {
+            let Some(cap) = self.cap_at(spec, g, n, start, &mut node) else {
+                continue;
+            };
+            total += i128::from(cap);
+            let ni = n as usize;
+            changes.clear();
+            changes.extend(
+                self.timeline.releases_by_node[ni]
+                    .iter()
+                    .map(|&i| self.timeline.releases[i].end_s),
+            );
+            changes.extend(
+                self.timeline.promises_by_node[ni]
+                    .iter()
+                    .map(|&i| &self.timeline.promises[i])
+                    .filter(|r| r.group == g)
+                    .map(|r| r.end_s),
+            );
+            changes.retain(|&c| c > start && c != Secs::MAX);
+            changes.sort_unstable();
+            changes.dedup();
+            let mut last = cap;
+            for &c in &changes {
+                let cap = self.cap_at(spec, g, n, c, &mut node).unwrap_or(last);
+                if cap != last {
+                    deltas.push((c, i128::from(cap) - i128::from(last)));
+                    last = cap;
+                }
             }
-            hi = (lo + step).min(last);
-            if fits(times[hi]) {
-                break;
-            }
-            lo = hi;
-            step *= 2;
         }
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if fits(times[mid]) {
-                hi = mid;
-            } else {
-                lo = mid;
+        deltas.sort_unstable();
+        let mut d = 0;
+        for (i, &t) in times.iter().enumerate() {
+            while d < deltas.len() && deltas[d].0 <= t {
+                total += deltas[d].1;
+                d += 1;
+            }
+            if total >= need {
+                return Some(i);
             }
         }
-        self.gang_at(spec, g, times[hi])
-            .map(|(p, slack)| (times[hi], p, slack))
+        None
     }
 
     /// Where the gang goes at time `t` (packed as `place::find` packs), and the CPU and
