@@ -599,13 +599,15 @@ impl ClusterState {
 
     /// The GPU models of the registered nodes, sorted, each once.
     pub fn gpu_models(&self) -> Vec<String> {
-        let mut names: Vec<&str> = self
-            .nodes
-            .values()
-            .map(|n| n.spec.gpu_model.as_str())
-            .collect();
+        // Few models, many nodes: collected without sorting a name per node.
+        let mut names: Vec<&str> = Vec::new();
+        for n in self.nodes.values() {
+            let m = n.spec.gpu_model.as_str();
+            if names.last() != Some(&m) && !names.contains(&m) {
+                names.push(m);
+            }
+        }
         names.sort_unstable();
-        names.dedup();
         names.into_iter().map(String::from).collect()
     }
 

@@ -65,8 +65,21 @@ impl<'a> Planner<'a> {
     /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs.
     pub(super) fn scan_running(&mut self) {
         let state = self.state;
-        for id in &state.jobs.holding {
-            let job = state.jobs.get(id).expect("a holder is live");
+        let holders = state.jobs.holding.len();
+        self.runs.reserve(holders);
+        self.eta.job_ends.reserve(holders);
+        self.timeline.releases.reserve(holders);
+        // The holders in id order: looked up one by one where the queue is long, read in
+        // one walk of the live jobs where most of them hold.
+        let by_lookup = holders * 4 < state.jobs.len();
+        let mut looked_up = state.jobs.holding.iter().map(|id| &state.jobs[id]);
+        let mut walked = state.jobs.values().filter(|j| j.state.run().is_some());
+        let holding: &mut dyn Iterator<Item = &'a Job> = if by_lookup {
+            &mut looked_up
+        } else {
+            &mut walked
+        };
+        for job in holding {
             let Some(run) = job.state.run() else { continue };
             let Some(model) = self.model_of(&run.placement) else {
                 continue;
