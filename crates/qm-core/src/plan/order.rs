@@ -56,6 +56,8 @@ pub(super) struct Lane<'a> {
     pub(super) tail_skipped: bool,
     /// How many of `skipped` the borrowing phase has taken.
     pub(super) taken: usize,
+    /// Nothing left in the lane can start, reserve or preempt in this plan (`decide`).
+    pub(super) spent: bool,
     /// Milli-GPU asks of the jobs that have left the pass (decided, or passed over), by
     /// size, so that the least ask still left is known without a walk.
     gone: Vec<(u64, usize)>,
@@ -71,6 +73,7 @@ impl<'a> Lane<'a> {
             skipped: Vec::new(),
             tail_skipped: false,
             taken: 0,
+            spent: false,
             gone: Vec::new(),
         }
     }

@@ -152,6 +152,7 @@ impl<'a> Planner<'a> {
         let least_left = |lanes: &[Lane<'a>]| {
             lanes
                 .iter()
+                .filter(|l| !l.spent)
                 .map(|l| l.least_left(false))
                 .min()
                 .unwrap_or(u64::MAX)
@@ -170,6 +171,10 @@ impl<'a> Planner<'a> {
                 && self.cannot_fit(least_left(&lanes))
             {
                 return;
+            }
+            if self.lane_spent(&lanes[i]) {
+                lanes[i].spent = true;
+                continue;
             }
             let t = lanes[i].team;
             let job = lanes[i].head.expect("a job at the head");
@@ -220,7 +225,7 @@ impl<'a> Planner<'a> {
             }
         }
         let mut last_fail: Vec<Option<Fate<'a>>> = vec![None; lanes.len()];
-        for (i, lane) in lanes.iter().enumerate() {
+        for (i, lane) in lanes.iter().enumerate().filter(|(_, l)| !l.spent) {
             if let Some(job) = self.borrow_head(lane) {
                 heap.push(Reverse((self.rank(job, lane.team), i)));
             }
@@ -236,6 +241,9 @@ impl<'a> Planner<'a> {
                 && self.cannot_fit(least_left(&lanes))
             {
                 return;
+            }
+            if self.lane_spent(&lanes[i]) {
+                continue;
             }
             let t = lanes[i].team;
             let job = self.borrow_take(&mut lanes[i], handled);
@@ -266,6 +274,31 @@ impl<'a> Planner<'a> {
                 heap.push(Reverse((key, i)));
             }
         }
+    }
+
+    /// In `decide`, whether nothing left in a lane can change the plan: no reclaim or
+    /// priority preemption can happen any more, and on every group the team may use, its
+    /// least ask left exceeds the free capacity (which only shrinks) and the group's
+    /// reservations are used up (so its jobs neither start nor reserve, and count no failed
+    /// attempt). The lane is then dropped unwalked. Where teams share groups (`default`)
+    /// this is rare before the whole pass can end; under `static`, where each team has its
+    /// own, a full partition no longer costs a walk of its queue at every plan.
+    fn lane_spent(&self, lane: &Lane<'a>) -> bool {
+        if self.explain || !self.reclaim_exhausted() || !self.priority_exhausted() {
+            return false;
+        }
+        let least = lane.least_left(false);
+        (0..self.models.len()).all(|m| match self.group(lane.team, m) {
+            None => true,
+            Some(g) => {
+                self.view.group_free_milli.get(g).is_none_or(|&f| f < least)
+                    && self
+                        .timeline
+                        .reservations_by_group
+                        .get(&g)
+                        .is_some_and(|&r| r >= self.cfg.max_reservations)
+            }
+        })
     }
 
     /// Explains the pending jobs no lane offers: those waiting on a dependency, and those of
