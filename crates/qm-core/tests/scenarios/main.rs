@@ -4,6 +4,7 @@ mod cpu;
 mod lifecycle;
 mod placement;
 mod priority;
+mod queues;
 mod reclaim;
 mod reservations;
 mod sharing;
