@@ -331,27 +331,24 @@ impl LiveJobs {
     pub(crate) fn enter(&mut self, job: Job) {
         let id = job.spec.id;
         debug_assert!(job.state.run().is_none(), "a job enters pending");
-        self.count_shape(&job.spec, true);
+        Self::count_shape(&mut self.shapes, &job.spec, true);
         self.map.insert(id, job);
         self.pending(id, true);
     }
 
     /// Counts a live job's tasks in the mix, or no longer.
-    fn count_shape(&mut self, spec: &JobSpec, up: bool) {
+    fn count_shape(shapes: &mut BTreeMap<MixKey, u64>, spec: &JobSpec, up: bool) {
         let Some((key, tasks)) = mix_key(spec) else {
             return;
         };
         if up {
-            *self.shapes.entry(key).or_default() += tasks;
+            *shapes.entry(key).or_default() += tasks;
             return;
         }
-        let count = self
-            .shapes
-            .get_mut(&key)
-            .expect("a live job's shape is counted");
+        let count = shapes.get_mut(&key).expect("a live job's shape is counted");
         *count -= tasks;
         if *count == 0 {
-            self.shapes.remove(&key);
+            shapes.remove(&key);
         }
     }
 
@@ -363,7 +360,7 @@ impl LiveJobs {
         assert!(!self.holds(id), "a job leaves holding nothing");
         self.pending(id, false);
         let job = self.map.remove(&id)?;
-        self.count_shape(&job.spec, false);
+        Self::count_shape(&mut self.shapes, &job.spec, false);
         Some(job)
     }
 
@@ -458,8 +455,7 @@ impl<'de> Deserialize<'de> for LiveJobs {
         };
         for id in ids {
             jobs.pending(id, true);
-            let spec = jobs.map[&id].spec.clone();
-            jobs.count_shape(&spec, true);
+            LiveJobs::count_shape(&mut jobs.shapes, &jobs.map[&id].spec, true);
         }
         for id in holders {
             jobs.hold(id);

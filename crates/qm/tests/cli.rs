@@ -10,6 +10,17 @@ fn qm(args: &[&str]) -> Output {
         .expect("qm runs")
 }
 
+/// Runs `qm` with `args`, which must succeed, and parses what it prints as JSON.
+fn qm_json(args: &[&str]) -> serde_json::Value {
+    let out = qm(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn fixture() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../qm-sim/tests/fixtures/small.csv")
@@ -216,7 +227,7 @@ fn bad_input_says_what_is_valid_and_fails() {
 
 #[test]
 fn bench_plan_prints_its_json_figures() {
-    let out = qm(&[
+    let json = qm_json(&[
         "bench",
         "plan",
         "--nodes",
@@ -229,12 +240,6 @@ fn bench_plan_prints_its_json_figures() {
         "3",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
         "nodes",
         "gpus",
@@ -257,7 +262,7 @@ fn bench_plan_prints_its_json_figures() {
 /// reports what it measured.
 #[test]
 fn bench_fleet_measures_a_real_server_under_simulated_agents() {
-    let out = qm(&[
+    let f = qm_json(&[
         "bench",
         "fleet",
         "--nodes",
@@ -270,12 +275,6 @@ fn bench_fleet_measures_a_real_server_under_simulated_agents() {
         "2",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(f["gpus"], 512, "{f}");
     assert_eq!(f["errors"], 0, "{f}");
     for key in [
@@ -299,7 +298,7 @@ fn bench_fleet_measures_a_real_server_under_simulated_agents() {
 /// SIGKILL and reads the first job back from its record.
 #[test]
 fn bench_history_forgets_restarts_and_reads_back() {
-    let out = qm(&[
+    let f = qm_json(&[
         "bench",
         "history",
         "--jobs",
@@ -311,12 +310,6 @@ fn bench_history_forgets_restarts_and_reads_back() {
         "--server-arg=--retain-ended-max=50",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let samples = f["samples"].as_array().unwrap();
     assert!(!samples.is_empty(), "{f}");
     assert_eq!(samples.last().unwrap()["jobs"], 300, "{f}");

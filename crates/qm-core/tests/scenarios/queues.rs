@@ -13,9 +13,11 @@ fn same_decisions(h: &Harness) -> Plan {
     full
 }
 
-#[test]
-fn a_small_job_behind_hundreds_of_whole_node_jobs_still_backfills() {
+/// Two nodes of 8 GPUs, teams `a` and `b` guaranteed one each: a's node full, one GPU free
+/// on the other.
+fn nearly_full(policy: PolicyKind) -> Harness {
     let state = ClusterBuilder::new()
+        .policy(policy)
         .racks(1, 2, 8)
         .team("a", 8)
         .team("b", 8)
@@ -24,6 +26,12 @@ fn a_small_job_behind_hundreds_of_whole_node_jobs_still_backfills() {
     h.submit(JobBuilder::new("a").gpus(8).limit(1_000));
     h.submit(JobBuilder::new("b").gpus(7).limit(5_000));
     h.step();
+    h
+}
+
+#[test]
+fn a_small_job_behind_hundreds_of_whole_node_jobs_still_backfills() {
+    let mut h = nearly_full(PolicyKind::Default);
     // Team a is at its guarantee: its whole-node jobs are all borrowing, and none fits.
     let big: Vec<JobId> = (0..300)
         .map(|_| h.submit(JobBuilder::new("a").gpus(8).limit(3_600)))
@@ -47,16 +55,7 @@ fn a_small_job_behind_hundreds_of_whole_node_jobs_still_backfills() {
 
 #[test]
 fn under_static_a_full_partition_does_not_stop_another_teams_jobs() {
-    let state = ClusterBuilder::new()
-        .policy(PolicyKind::Static)
-        .racks(1, 2, 8)
-        .team("a", 8)
-        .team("b", 8)
-        .build();
-    let mut h = Harness::new(state);
-    h.submit(JobBuilder::new("a").gpus(8).limit(1_000));
-    h.submit(JobBuilder::new("b").gpus(7).limit(5_000));
-    h.step();
+    let mut h = nearly_full(PolicyKind::Static);
     for _ in 0..200 {
         h.submit(JobBuilder::new("a").limit(3_600));
     }

@@ -135,6 +135,30 @@ impl Api {
         r["job"].as_u64().unwrap()
     }
 
+    /// The node (by its credential) uploads `data` as the output of a one-task job's first run.
+    async fn upload_log(&self, credential: &str, job: u64, data: &str) {
+        let key = json!({"job": job, "task": 0, "attempt": 1});
+        let (status, text) = self
+            .call(
+                "POST",
+                "/agent/v1/logs",
+                credential,
+                Some(json!({"key": key, "offset": 0, "data": data})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+
+    /// The node reports that a one-task job's first run exited with code 0.
+    async fn exit_ok(&self, credential: &str, job: u64) {
+        let key = json!({"job": job, "task": 0, "attempt": 1});
+        let hb = json!({"running": [], "exited": [{"key": key, "code": 0}], "util": []});
+        let (status, text) = self
+            .call("POST", "/agent/v1/heartbeat", credential, Some(hb))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+
     /// The node each task of a job runs on.
     async fn nodes_of(&self, job: u64) -> Vec<String> {
         let j: JobView = self.ok("GET", &format!("/api/v1/jobs/{job}"), None).await;
@@ -1312,21 +1336,8 @@ async fn forgotten_jobs_are_read_from_the_store() {
     // A job that runs, writes output and succeeds.
     let ran = api.submit("ml", 1).await;
     api.server.tick().unwrap();
-    let key = json!({"job": ran, "task": 0, "attempt": 1});
-    let (status, text) = api
-        .call(
-            "POST",
-            "/agent/v1/logs",
-            &credential,
-            Some(json!({"key": key, "offset": 0, "data": "epoch 1 done\n"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{text}");
-    let hb = json!({"running": [], "exited": [{"key": key, "code": 0}], "util": []});
-    let (status, text) = api
-        .call("POST", "/agent/v1/heartbeat", &credential, Some(hb))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{text}");
+    api.upload_log(&credential, ran, "epoch 1 done\n").await;
+    api.exit_ok(&credential, ran).await;
     // Four that never start, cancelled.
     let _: Value = api.ok("POST", "/api/v1/nodes/n0/drain", None).await;
     let mut cancelled = Vec::new();
@@ -1425,23 +1436,10 @@ async fn old_task_logs_are_pruned_after_their_jobs_leave_memory() {
     api.team("ml", 4).await;
     let job = api.submit("ml", 1).await;
     api.server.tick().unwrap();
-    let key = json!({"job": job, "task": 0, "attempt": 1});
-    let (status, _) = api
-        .call(
-            "POST",
-            "/agent/v1/logs",
-            &credential,
-            Some(json!({"key": key, "offset": 0, "data": "done\n"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    api.upload_log(&credential, job, "done\n").await;
     // Kept while the job is in memory, however old.
     assert_eq!(api.server.prune_logs().unwrap(), 0);
-    let hb = json!({"running": [], "exited": [{"key": key, "code": 0}], "util": []});
-    let (status, _) = api
-        .call("POST", "/agent/v1/heartbeat", &credential, Some(hb))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    api.exit_ok(&credential, job).await;
     api.server.tick().unwrap();
     // Ended and forgotten: the next prune takes it (it ended before the next second).
     std::thread::sleep(std::time::Duration::from_millis(1100));
