@@ -621,6 +621,14 @@ impl ClusterState {
         self.jobs.get(&id).or_else(|| self.done.get(&id))
     }
 
+    /// The least GPU ask (milli-GPUs, the whole job's) among team `team`'s pending jobs
+    /// that ask for GPUs; none when it has no such job.
+    pub fn least_pending_gpu_ask(&self, team: &str) -> Option<u64> {
+        let id = self.teams.get(team)?.id;
+        let queue = self.jobs.queues.get(&id)?;
+        queue.asks.range(1..).next().map(|(&milli, _)| milli)
+    }
+
     /// How many jobs `user` has pending (in every team), and how many team `team` has.
     pub fn pending_counts(&self, team: &str, user: &str) -> (usize, usize) {
         let by_team = self

@@ -17,11 +17,11 @@
 //! Each [`JobRecord`] keeps the trace's id beside the id the core knew the job by.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use qm_core::{
     apply, decide, ClusterState, Event, GpuAsk, JobId, JobSpec, JobState, NodeId, NodeSpec,
-    PolicyKind, SchedulerConfig, Secs, StopCause, TeamSpec,
+    PolicyKind, SchedulerConfig, Secs, StopCause, TeamSpec, MILLI_PER_GPU,
 };
 
 use crate::cluster::{ClusterSpec, SpecError};
@@ -96,6 +96,76 @@ pub struct SimResult {
     pub allocated: Vec<(Secs, u64)>,
     pub plans: u64,
     pub end_s: Secs,
+    /// Per team with a guarantee and no sub-teams: milli-GPU-seconds of its guarantee it did
+    /// not hold while it had a pending job that would have fitted in what was left of it
+    /// ([`Denied`]).
+    pub guarantee_denied: BTreeMap<String, u128>,
+}
+
+/// Sharing safety measured directly: how much of each team's guarantee sat out of its reach
+/// while it had work that fitted in it. At every plan, a team that holds less than its
+/// guarantee and has a pending job asking for no more than the difference is *denied* that
+/// difference until the next plan. Under `static` that is what packing inside the partition
+/// leaves (a 4-GPU job running, an 8-GPU job waiting); in the shared pool, also what the
+/// guarantee failed to bring back in the shape the team needed.
+struct Denied {
+    /// Leaf teams with a guarantee (name, milli-GPUs), and what each is denied now.
+    teams: Vec<(String, u64, u64)>,
+    since: Secs,
+    total: BTreeMap<String, u128>,
+}
+
+impl Denied {
+    fn new(state: &ClusterState) -> Denied {
+        let parents: BTreeSet<&str> = state
+            .teams()
+            .filter_map(|t| t.spec.parent.as_deref())
+            .collect();
+        let teams: Vec<(String, u64, u64)> = state
+            .teams()
+            .filter(|t| !parents.contains(t.spec.name.as_str()))
+            .map(|t| {
+                let g: u64 = t
+                    .spec
+                    .quotas
+                    .values()
+                    .map(|q| u64::from(q.guaranteed))
+                    .sum();
+                (t.spec.name.clone(), g * u64::from(MILLI_PER_GPU), 0)
+            })
+            .filter(|t| t.1 > 0)
+            .collect();
+        let total = teams.iter().map(|t| (t.0.clone(), 0)).collect();
+        Denied {
+            teams,
+            since: 0,
+            total,
+        }
+    }
+
+    /// Adds what was denied from the last plan up to `now`.
+    fn until(&mut self, now: Secs) {
+        let dt = u128::from(now.saturating_sub(self.since));
+        for (name, _, denied) in &self.teams {
+            if *denied > 0 {
+                *self.total.entry(name.clone()).or_default() += u128::from(*denied) * dt;
+            }
+        }
+        self.since = now;
+    }
+
+    /// What each team is denied after a plan at `now`.
+    fn after_plan(&mut self, state: &ClusterState, now: Secs) {
+        self.since = now;
+        for (name, guaranteed, denied) in &mut self.teams {
+            let held = state.team(name).map_or(0, |t| t.alloc_milli);
+            let left = guaranteed.saturating_sub(held);
+            *denied = match state.least_pending_gpu_ask(name) {
+                Some(ask) if ask <= left => left,
+                _ => 0,
+            };
+        }
+    }
 }
 
 /// One trace job as the core sees it, on a cluster whose largest node has `node_gpus`.
@@ -307,6 +377,7 @@ pub fn simulate(
     let mut now: Secs = 0;
     let report_every = (jobs.len() / 200).max(1);
     let node_gpus = cluster.group.iter().map(|g| g.gpus).max().unwrap_or(0);
+    let mut denied = Denied::new(&state);
     loop {
         let t_arrival = order.get(next).map(|&i| jobs[i].submit_s);
         let t_event = heap.peek().map(|Reverse(e)| e.0);
@@ -316,6 +387,7 @@ pub fn simulate(
             (None, Some(e)) => e,
             (None, None) => break,
         };
+        denied.until(now);
         while let Some(&i) = order.get(next) {
             if jobs[i].submit_s != now {
                 break;
@@ -419,6 +491,7 @@ pub fn simulate(
                 _ => unreachable!("a plan's events are stops and starts"),
             }
         }
+        denied.after_plan(&state, now);
         if allocated.last().map(|a| a.1) != Some(alloc_now) {
             if allocated.last().map(|a| a.0) == Some(now) {
                 allocated.pop();
@@ -438,6 +511,7 @@ pub fn simulate(
         allocated,
         plans,
         end_s: now,
+        guarantee_denied: denied.total,
     })
 }
 
@@ -602,5 +676,43 @@ mod tests {
             differs |= got != [JobId(1), JobId(2)];
         }
         assert!(differs, "some seed starts other jobs first");
+    }
+
+    #[test]
+    fn a_guarantee_lent_out_is_denied_until_its_owner_has_it_back() {
+        // Team b (no guarantee) borrows a GPU of a's node; a's whole-node job arrives at
+        // 1,000 s and waits for b's job's grace period: a is denied its 8 GPUs for 30 s.
+        // Under `static` a's partition is its own: denied nothing.
+        let jobs = vec![
+            TraceJob {
+                id: 1,
+                duration_s: 10_000,
+                team: "b".into(),
+                ..job(1)
+            },
+            TraceJob {
+                id: 2,
+                submit_s: 1_000,
+                duration_s: 100,
+                ..job(8)
+            },
+        ];
+        let cluster = ClusterSpec::shorthand("1x8").unwrap();
+        let teams = vec![TeamSpec::new("a", 8), TeamSpec::new("b", 0)];
+        let run = |policy| {
+            let options = SimOptions::new(policy);
+            simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()
+        };
+        let pool = run(PolicyKind::Default);
+        assert_eq!(pool.jobs[1].first_start_s, Some(1_030), "after b's grace");
+        let denied: Vec<(&str, u128)> = pool
+            .guarantee_denied
+            .iter()
+            .map(|(t, &d)| (t.as_str(), d))
+            .collect();
+        assert_eq!(denied, [("a", 8_000 * 30)], "b has no guarantee to deny");
+        let partition = run(PolicyKind::Static);
+        assert_eq!(partition.jobs[1].first_start_s, Some(1_000));
+        assert_eq!(partition.guarantee_denied.get("a"), Some(&0));
     }
 }

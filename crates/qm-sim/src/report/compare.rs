@@ -37,6 +37,20 @@ pub struct TeamComparison<N = usize> {
     pub started_only_reference: N,
     /// Started under the policy, still waiting at the end under the reference.
     pub started_only_policy: N,
+    /// GPU-hours of the team's guarantee it did not hold while it had a pending job that
+    /// would have fitted in them ([`crate::sim::SimResult::guarantee_denied`]), under the
+    /// reference and under the policy; none for a team without a guarantee.
+    pub reference_denied_gpu_h: Option<f64>,
+    pub policy_denied_gpu_h: Option<f64>,
+}
+
+/// [`SimResult::guarantee_denied`] of `team` in GPU-hours; none for a team without a
+/// guarantee (or with sub-teams).
+pub(super) fn denied_gpu_h(result: &SimResult, team: &str) -> Option<f64> {
+    result
+        .guarantee_denied
+        .get(team)
+        .map(|&milli_s| milli_s as f64 / 1000.0 / 3600.0)
 }
 
 /// The reference among policies named `names`: `static` when present, else the first; none
@@ -108,6 +122,8 @@ pub fn compare(reference: &SimResult, policy: &SimResult) -> Vec<TeamComparison>
                 wait_ratio: ratio(reference_wait_mean_s, policy_wait_mean_s),
                 started_only_reference: t.only_reference,
                 started_only_policy: t.only_policy,
+                reference_denied_gpu_h: denied_gpu_h(reference, team),
+                policy_denied_gpu_h: denied_gpu_h(policy, team),
             }
         })
         .collect()
@@ -132,6 +148,8 @@ impl TeamComparison {
             wait_ratio: self.wait_ratio,
             started_only_reference: self.started_only_reference as f64,
             started_only_policy: self.started_only_policy as f64,
+            reference_denied_gpu_h: self.reference_denied_gpu_h,
+            policy_denied_gpu_h: self.policy_denied_gpu_h,
         }
     }
 }

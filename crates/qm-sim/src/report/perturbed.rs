@@ -191,6 +191,10 @@ fn comparisons_mean(replays: &[Vec<SimResult>]) -> Vec<TeamComparisonMean> {
             let reference_wait_mean_s = wait(|c| c.reference_wait_mean_s);
             let policy_wait_mean_s = wait(|c| c.policy_wait_mean_s);
             let ratios: Vec<f64> = cs.iter().filter_map(|c| c.wait_ratio).collect();
+            let denied = |f: fn(&TeamComparison) -> Option<f64>| {
+                let xs: Vec<f64> = cs.iter().filter_map(f).collect();
+                (!xs.is_empty()).then(|| Stat::of(&xs).mean)
+            };
             TeamComparisonMean {
                 mean: TeamComparison {
                     team: key.1,
@@ -202,6 +206,8 @@ fn comparisons_mean(replays: &[Vec<SimResult>]) -> Vec<TeamComparisonMean> {
                     wait_ratio: compare::ratio(reference_wait_mean_s, policy_wait_mean_s),
                     started_only_reference: mean(|c| c.started_only_reference as f64),
                     started_only_policy: mean(|c| c.started_only_policy as f64),
+                    reference_denied_gpu_h: denied(|c| c.reference_denied_gpu_h),
+                    policy_denied_gpu_h: denied(|c| c.policy_denied_gpu_h),
                 },
                 wait_ratio_sd: Stat::of(&ratios).sd,
             }

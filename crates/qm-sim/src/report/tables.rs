@@ -264,13 +264,15 @@ pub(super) fn comparison_tables(rows: &[(TeamComparison<f64>, Option<f64>)]) -> 
                 out,
                 "\n### `{p}` against `{r}`, like with like\n\n\
                  Mean waits over the team's jobs that started under both; the jobs that \
-                 started under one only are counted apart.\n"
+                 started under one only are counted apart. Guarantee denied: GPU-hours of the \
+                 team's guarantee it did not hold while it had a pending job that would have \
+                 fitted in them.\n"
             );
             let _ = writeln!(
                 out,
-                "| team | started under both | wait mean ({r}) | wait mean ({p}) | {p} / {r} | started only under {r} | started only under {p} |"
+                "| team | started under both | wait mean ({r}) | wait mean ({p}) | {p} / {r} | started only under {r} | started only under {p} | guarantee denied ({r}) | guarantee denied ({p}) |"
             );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
         }
         // No job started under both: no wait to show.
         let wait = |s: f64| {
@@ -280,16 +282,19 @@ pub(super) fn comparison_tables(rows: &[(TeamComparison<f64>, Option<f64>)]) -> 
                 "-".to_string()
             }
         };
+        let denied = |h: Option<f64>| h.map_or("-".to_string(), |h| format!("{h:.0} GPU-h"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.team,
             count(c.started_both),
             wait(c.reference_wait_mean_s),
             wait(c.policy_wait_mean_s),
             verdict(c, *sd),
             count(c.started_only_reference),
-            count(c.started_only_policy)
+            count(c.started_only_policy),
+            denied(c.reference_denied_gpu_h),
+            denied(c.policy_denied_gpu_h)
         );
     }
     out

@@ -1,5 +1,7 @@
 //! The report's figures on hand-made replays.
 
+use std::collections::BTreeMap;
+
 use qm_core::{JobId, PolicyKind, Secs};
 
 use super::*;
@@ -10,6 +12,7 @@ struct Replay {
     policy: PolicyKind,
     jobs: Vec<JobRecord>,
     end_s: Secs,
+    denied: BTreeMap<String, u128>,
 }
 
 impl Replay {
@@ -18,6 +21,7 @@ impl Replay {
             policy,
             jobs: Vec::new(),
             end_s: 0,
+            denied: BTreeMap::new(),
         }
     }
 
@@ -48,6 +52,12 @@ impl Replay {
         self
     }
 
+    /// Team `team` was denied `gpu_h` GPU-hours of its guarantee.
+    fn denied(mut self, team: &str, gpu_h: u128) -> Replay {
+        self.denied.insert(team.to_string(), gpu_h * 1000 * 3600);
+        self
+    }
+
     /// Never started: still waiting when the replay ended.
     fn waiting(mut self, id: u64, team: &str, submit_s: Secs) -> Replay {
         self.jobs.push(Replay::record(id, team, submit_s));
@@ -71,6 +81,7 @@ impl Replay {
             allocated: vec![(0, 0)],
             plans: 1,
             end_s: self.end_s,
+            guarantee_denied: self.denied,
         }
     }
 }
@@ -84,6 +95,7 @@ fn static_and_default() -> (SimResult, SimResult) {
         .waiting(3, "big", 1000)
         .rejected(4, "big", 0)
         .ran(5, "small", 0, 600)
+        .denied("big", 1)
         .result();
     let shared = Replay::new(PolicyKind::Default)
         .ran(1, "big", 0, 50)
@@ -91,6 +103,7 @@ fn static_and_default() -> (SimResult, SimResult) {
         .ran(3, "big", 1000, 6000)
         .rejected(4, "big", 0)
         .ran(5, "small", 0, 0)
+        .denied("big", 2)
         .result();
     (stat, shared)
 }
@@ -155,9 +168,16 @@ fn teams_are_compared_over_the_jobs_that_started_under_both_policies() {
             wait_ratio: Some(0.5),
             started_only_reference: 0,
             started_only_policy: 1,
+            reference_denied_gpu_h: Some(1.0),
+            policy_denied_gpu_h: Some(2.0),
         }
     );
     assert_eq!((c[1].team.as_str(), c[1].started_both), ("small", 1));
+    assert_eq!(
+        (c[1].reference_denied_gpu_h, c[1].policy_denied_gpu_h),
+        (None, None),
+        "small has no guarantee"
+    );
     assert_eq!(c[1].wait_ratio, Some(0.0), "no wait in the pool");
     // The other way round: the big job started under `default` only.
     let back = compare(&shared, &stat);
@@ -250,6 +270,7 @@ fn perturbed_replays_give_the_spread_of_each_figure_and_mean_team_comparisons() 
         .waiting(3, "big", 1000)
         .rejected(4, "big", 0)
         .ran(5, "small", 0, 0)
+        .denied("big", 4)
         .result();
     let replays = [
         vec![shared_1.clone(), stat_1.clone()],
@@ -291,6 +312,8 @@ fn perturbed_replays_give_the_spread_of_each_figure_and_mean_team_comparisons() 
             wait_ratio: Some(1.0),
             started_only_reference: 0.0,
             started_only_policy: 0.5,
+            reference_denied_gpu_h: Some(1.0),
+            policy_denied_gpu_h: Some(3.0),
         }
     );
     assert!((big.wait_ratio_sd.unwrap() - 0.5_f64.sqrt()).abs() < 1e-12);
