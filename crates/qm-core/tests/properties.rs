@@ -33,7 +33,8 @@ enum Op {
         run_pct: u64,
         preemptible: bool,
         min_run: u64,
-        grace: u64,
+        /// Grace period, and how often the job checkpoints (none: it does not).
+        grace: (u64, Option<u64>),
         priority: i32,
         model: u8,
         dep: Option<usize>,
@@ -84,7 +85,10 @@ fn op() -> impl Strategy<Value = Op> {
             10u64..=100,
             prop::bool::weighted(0.8),
             prop::sample::select(vec![0u64, 0, 200]),
-            prop::sample::select(vec![0u64, 30]),
+            (
+                prop::sample::select(vec![0u64, 30]),
+                prop::option::weighted(0.3, prop::sample::select(vec![50u64, 400])),
+            ),
             -1i32..=1,
             0u8..4,
             prop::option::weighted(0.1, 0usize..64),
@@ -638,9 +642,12 @@ impl World {
                     .tasks(tasks)
                     .limit(limit)
                     .min_run(min_run)
-                    .grace(grace)
+                    .grace(grace.0)
                     .priority(priority)
                     .submit_at(self.now);
+                if let Some(every) = grace.1 {
+                    b = b.checkpoint_every(every);
+                }
                 b = match whole {
                     Some(k) => b.gpus(k),
                     None => b.milli(milli),

@@ -87,6 +87,14 @@ pub struct SubmitRequest {
     /// Default true.
     #[serde(default)]
     pub preemptible: Option<bool>,
+    /// How often the job writes a checkpoint it resumes from, in seconds of its run (the
+    /// submitter's word). A preempted job then loses only the work since its last
+    /// checkpoint: reclaim counts that as what stopping it costs, and may stop a job that
+    /// checkpoints to give another team its guarantee back whole. Absent: the job restarts
+    /// from the beginning.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub checkpoint_every_s: Option<i64>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
@@ -145,6 +153,9 @@ pub struct JobView {
     pub priority: i32,
     pub time_limit_s: Option<u64>,
     pub preemptible: bool,
+    /// How often the job checkpoints, seconds (as submitted).
+    #[serde(default)]
+    pub checkpoint_every_s: Option<u64>,
     pub submit_s: u64,
     pub started_s: Option<u64>,
     pub ended_s: Option<u64>,

@@ -277,6 +277,7 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         gpu_model: j.spec.gpu_model.clone(),
         priority: j.spec.priority,
         time_limit_s: j.spec.time_limit_s,
+        checkpoint_every_s: j.spec.checkpoint_every_s,
         preemptible: j.spec.preemptible,
         submit_s: j.spec.submit_s,
         started_s: run.map(|r| r.started_s),

@@ -47,6 +47,11 @@ pub struct SimOptions {
     /// `Rng::new(seed)` shuffles the job ids ([`core_ids`]), then renumbers equivalent racks
     /// ([`renumber_racks`]).
     pub perturb_seed: Option<u64>,
+    /// What if every job wrote a checkpoint this often (seconds of its run)? A preempted job
+    /// then resumes from its last checkpoint instead of from the beginning, and the core
+    /// knows it (`JobSpec::checkpoint_every_s`: reclaim counts only the work since the last
+    /// checkpoint as lost). None: trace jobs do not checkpoint.
+    pub checkpoint_every_s: Option<Secs>,
 }
 
 impl SimOptions {
@@ -58,6 +63,7 @@ impl SimOptions {
             split_to_nodes: false,
             max_reservations: SchedulerConfig::default().max_reservations,
             perturb_seed: None,
+            checkpoint_every_s: None,
         }
     }
 }
@@ -202,7 +208,7 @@ pub fn job_spec(job: &TraceJob, options: &SimOptions, node_gpus: u32) -> JobSpec
         preemptible: job.preemptible,
         grace_s: options.grace_s,
         min_run_s: options.min_run_s,
-        checkpoint_every_s: None,
+        checkpoint_every_s: options.checkpoint_every_s.filter(|&every| every > 0),
         depends_on: Vec::new(),
         submit_s: job.submit_s,
     }
@@ -370,6 +376,9 @@ pub fn simulate(
     order.sort_by_key(|&i| (jobs[i].submit_s, ids[i]));
     let mut heap: BinaryHeap<Reverse<(Secs, Kind, JobId, u32)>> = BinaryHeap::new();
     let mut next = 0;
+    // Per job (trace order): seconds of its work saved by checkpoints of earlier runs.
+    let mut saved: Vec<Secs> = vec![0; jobs.len()];
+    let every = options.checkpoint_every_s.filter(|&every| every > 0);
     let mut allocated: Vec<(Secs, u64)> = vec![(0, 0)];
     let mut alloc_now: u64 = 0;
     let mut plans = 0u64;
@@ -466,10 +475,15 @@ pub fn simulate(
                         cause,
                         StopCause::Reclaim | StopCause::Priority | StopCause::Idle
                     ) {
-                        let r = &mut records[index[&id]];
+                        let i = index[&id];
+                        let r = &mut records[i];
                         r.preemptions += 1;
-                        // The run is lost up to its SIGKILL.
-                        r.lost_milli_s += milli * (now + grace - started);
+                        // The run is lost up to its SIGKILL, but for what its checkpoints
+                        // (those written before the stop) saved.
+                        let ran = now - started;
+                        let kept = every.map_or(0, |e| ran - ran % e);
+                        saved[i] = (saved[i] + kept).min(jobs[i].duration_s);
+                        r.lost_milli_s += milli * (now + grace - started - kept);
                     }
                     heap.push(Reverse((now + grace, Kind::Kill, id, attempt)));
                 }
@@ -482,7 +496,7 @@ pub fn simulate(
                     alloc_now += job.spec.milli_total();
                     records[i].first_start_s.get_or_insert(now);
                     heap.push(Reverse((
-                        now + jobs[i].duration_s,
+                        now + (jobs[i].duration_s - saved[i]),
                         Kind::Finish,
                         id,
                         attempt,
@@ -714,5 +728,45 @@ mod tests {
         let partition = run(PolicyKind::Static);
         assert_eq!(partition.jobs[1].first_start_s, Some(1_000));
         assert_eq!(partition.guarantee_denied.get("a"), Some(&0));
+    }
+
+    #[test]
+    fn a_preempted_job_that_checkpoints_resumes_from_its_last_checkpoint() {
+        // b borrows the node; a takes it back at 1,000 s; b is killed at 1,030 s and starts
+        // again when a's job ends at 1,130 s.
+        let jobs = vec![
+            TraceJob {
+                id: 1,
+                duration_s: 10_000,
+                team: "b".into(),
+                ..job(8)
+            },
+            TraceJob {
+                id: 2,
+                submit_s: 1_000,
+                duration_s: 100,
+                ..job(8)
+            },
+        ];
+        let cluster = ClusterSpec::shorthand("1x8").unwrap();
+        let teams = vec![TeamSpec::new("a", 8), TeamSpec::new("b", 0)];
+        let run = |every| {
+            let mut options = SimOptions::new(PolicyKind::Default);
+            options.checkpoint_every_s = every;
+            simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()
+        };
+        let scratch = run(None);
+        assert_eq!(scratch.jobs[0].preemptions, 1);
+        assert_eq!(
+            scratch.jobs[0].end_s,
+            Some(1_130 + 10_000),
+            "from the beginning"
+        );
+        assert_eq!(scratch.jobs[0].lost_milli_s, 8_000 * 1_030);
+        // Checkpoints every 600 s: the one at 600 s is kept, the 430 s after it are lost.
+        let resumed = run(Some(600));
+        assert_eq!(resumed.jobs[0].end_s, Some(1_130 + 10_000 - 600));
+        assert_eq!(resumed.jobs[0].lost_milli_s, 8_000 * 430);
+        assert_eq!(resumed.jobs[1].first_start_s, Some(1_030));
     }
 }

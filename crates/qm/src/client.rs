@@ -269,6 +269,10 @@ pub struct SubmitArgs {
     /// The job must not be preempted.
     #[arg(long)]
     no_preempt: bool,
+    /// The job writes a checkpoint it resumes from this often (30m, 2h, 90s or seconds): if
+    /// preempted it loses only the work since the last one, and the scheduler counts it so.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    checkpoint_every: Option<String>,
     /// Fence the job: a node that loses the server kills its tasks before the job may run
     /// elsewhere, so two attempts never run at once (for jobs that write shared storage).
     /// A server away for two thirds of the node timeout stops the job too.
@@ -424,6 +428,12 @@ pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
             .transpose()
             .map_err(|e| fail(1, e))?,
         preemptible: Some(!a.no_preempt),
+        checkpoint_every_s: a
+            .checkpoint_every
+            .as_deref()
+            .map(duration_s)
+            .transpose()
+            .map_err(|e| fail(1, e))?,
         env,
         workdir: a.workdir.or_else(|| {
             std::env::current_dir()
@@ -587,6 +597,9 @@ pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
         j.preemptible,
         j.time_limit_s.map_or("none".into(), |t| format!("{t} s"))
     );
+    if let Some(every) = j.checkpoint_every_s {
+        println!("  checkpoints every {every} s");
+    }
     if let Some(a) = &j.admission {
         println!(
             "  running ({a}), attempt {}, utilisation {}",

@@ -223,6 +223,12 @@ pub struct RunArgs {
     /// Blocked jobs that get a reservation in each plan [default: the scheduler's, 4].
     #[arg(long)]
     max_reservations: Option<usize>,
+    /// What if every job wrote a checkpoint every N seconds of its run: a preempted job then
+    /// resumes from its last checkpoint rather than from the beginning, and the scheduler
+    /// knows it (it counts only the work since the last checkpoint as lost). Recorded in the
+    /// report. [default: none; trace jobs restart from the beginning]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every_s: Option<u64>,
 }
 
 pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
@@ -408,6 +414,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
             }
             o.split_to_nodes = matches!(format, Format::Philly | Format::Tiresias);
             o.perturb_seed = seed;
+            o.checkpoint_every_s = args.checkpoint_every_s;
             let label = match k {
                 0 => policy.name().to_string(),
                 k => format!("{} #{k}", policy.name()),
@@ -433,6 +440,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         trace_jobs: trace.jobs.len(),
         trace_skipped: trace.skipped.len(),
         seed: args.seed,
+        checkpoint_every_s: args.checkpoint_every_s,
         policies: plain.iter().map(report::summarize).collect(),
         team_comparisons: report::team_comparisons(&plain),
         perturbed: (!replays.is_empty()).then(|| report::perturbed(&seeds, &replays)),

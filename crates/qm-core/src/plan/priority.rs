@@ -159,7 +159,7 @@ impl<'a> Planner<'a> {
             // Where it fits already, only its team's `max` stands in the way.
             let found = match self.find_memo(&ask, shape_of(spec, g)) {
                 Some(p) => Some((Vec::new(), p)),
-                None => self.victims_and_place(&ask, &candidates),
+                None => self.victims_and_place(&ask, &candidates, None),
             };
             let Some((mut chosen, placement)) = found else {
                 self.attempts.failed_priority += 1;

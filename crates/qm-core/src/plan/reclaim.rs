@@ -30,6 +30,15 @@ pub(super) struct Victims {
     pub(super) away_milli: Vec<u64>,
     /// Some pending job cannot be preempted (and so may take a home back whole).
     pub(super) pinned_pending: bool,
+    /// `[model]` runs counted inside the guarantee of a team that holds more than its
+    /// guarantee, preemptible and past their minimum run time, cheapest first: which of such
+    /// a team's runs count as borrowed is a convention, so reclaim may take any of them as
+    /// long as the team keeps its guarantee (`surplus_fits`).
+    pub(super) surplus: Vec<Vec<usize>>,
+    pub(super) surplus_milli: Vec<u64>,
+    /// `(team, pool)`: milli-GPUs of the team's runs (sub-teams' included) that this plan's
+    /// reclaims have stopped.
+    pub(super) taken: BTreeMap<(usize, usize), u64>,
 }
 
 impl Victims {
@@ -39,6 +48,9 @@ impl Victims {
             milli_left: vec![0; models],
             away_milli: vec![0; models],
             pinned_pending: false,
+            surplus: vec![Vec::new(); models],
+            surplus_milli: vec![0; models],
+            taken: BTreeMap::new(),
         }
     }
 }
@@ -54,7 +66,8 @@ impl<'a> Planner<'a> {
                 .milli_left
                 .iter()
                 .zip(&self.victims.away_milli)
-                .all(|(&m, &a)| m == 0 && (a == 0 || !self.victims.pinned_pending))
+                .zip(&self.victims.surplus_milli)
+                .all(|((&m, &a), &s)| m == 0 && s == 0 && (a == 0 || !self.victims.pinned_pending))
     }
 
     /// Frees the job's GPUs by preempting borrowed jobs that lose the least work.
@@ -68,6 +81,7 @@ impl<'a> Planner<'a> {
         // Cheap bound first: free GPUs plus every GPU a victim touches (a victim's share of a
         // GPU may free the whole GPU).
         let takable = self.victims.milli_left[m]
+            + self.victims.surplus_milli[m]
             + if spec.preemptible {
                 0
             } else {
@@ -100,14 +114,29 @@ impl<'a> Planner<'a> {
         // its own team's home too.
         let mut found = None;
         if !victims.is_empty() {
-            found = self.victims_and_place(&ask, &victims);
+            found = self.victims_and_place(&ask, &victims, None);
+        }
+        // Then runs of teams above their guarantee that count inside it, as long as each
+        // such team keeps its guarantee: the guarantee comes back in the shape the job needs
+        // where borrowed work is spread too thin to make it.
+        if found.is_none() && !self.victims.surplus[m].is_empty() {
+            let mut wide: Vec<usize> = self.victims.surplus[m]
+                .iter()
+                .copied()
+                .filter(|&i| !self.runs[i].stopped && self.runs[i].team != Some(team))
+                .chain(victims.iter().copied())
+                .collect();
+            wide.sort_by_key(|&i| self.victim_key(i));
+            if wide.len() > victims.len() {
+                found = self.victims_and_place(&ask, &wide, Some(m));
+            }
         }
         if found.is_none() && !spec.preemptible && homes.of(team, m).is_some() {
             let home = homes.own_bits(team);
             let wide = self.home_victims(team, m, &home, &victims);
             if wide.len() > victims.len() {
                 let ask = Ask::new(spec, g, end_s).within(Some((2 * team, &home)));
-                found = self.victims_and_place(&ask, &wide);
+                found = self.victims_and_place(&ask, &wide, None);
             }
         }
         let Some((chosen, placement)) = found else {
@@ -120,6 +149,17 @@ impl<'a> Planner<'a> {
         };
         for &i in &chosen {
             let r = &self.runs[i];
+            if let Some(t) = r.team {
+                let pool = self.teams.pool_of_model[t][m];
+                for &a in &self.teams.lineage[t] {
+                    *self.victims.taken.entry((a, pool)).or_default() += r.job.spec.milli_total();
+                }
+            }
+            if r.mode == Admission::Guaranteed && self.victims.surplus[m].contains(&i) {
+                let milli = r.job.spec.milli_total();
+                self.victims.surplus_milli[m] = self.victims.surplus_milli[m].saturating_sub(milli);
+                continue;
+            }
             // Borrowed victims count against what reclaim may still free; runs taken only
             // to give a home back whole, against what that may still take.
             if r.mode == Admission::Borrowed {
@@ -138,6 +178,25 @@ impl<'a> Planner<'a> {
         let stop = (StopCause::Reclaim, Admission::Guaranteed);
         self.preempt(job, team, (m, g), &chosen, placement, stop);
         true
+    }
+
+    /// Whether every team (and ancestor) `chosen` would take runs from keeps at least its
+    /// guarantee of model `m`'s pool, counting what earlier reclaims of this plan took.
+    fn surplus_fits(&self, m: usize, chosen: &[usize]) -> bool {
+        let mut take: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        for &i in chosen {
+            let r = &self.runs[i];
+            let Some(t) = r.team else { continue };
+            let pool = self.teams.pool_of_model[t][m];
+            for &a in &self.teams.lineage[t] {
+                *take.entry((a, pool)).or_default() += r.job.spec.milli_total();
+            }
+        }
+        take.iter().all(|(&(a, pool), &milli)| {
+            let before = self.victims.taken.get(&(a, pool)).copied().unwrap_or(0);
+            let held = self.acct.alloc[a][pool].saturating_sub(before);
+            held.saturating_sub(milli) >= self.teams.pools[a][pool].guaranteed
+        })
     }
 
     /// Stops the `chosen` runs for `job` with `cause`, keeps the free part of the job's
@@ -190,15 +249,21 @@ impl<'a> Planner<'a> {
     }
 
     /// Victims among `victims` (cheapest first) that make room for the ask, and where it goes.
+    /// With `surplus` (the model), runs counted inside the guarantee of a team above it are
+    /// among the `victims`: every team must keep its guarantee of that model's pool
+    /// (`surplus_fits`), which for one task is checked node by node, so that another node
+    /// can serve where the cheapest would take too much from a team.
     pub(super) fn victims_and_place(
         &mut self,
         ask: &Ask,
         victims: &[usize],
+        surplus: Option<usize>,
     ) -> Option<(Vec<usize>, Vec<TaskPlacement>)> {
         let chosen = if ask.spec.tasks == 1 {
-            self.victims_for_task(ask, victims)
+            self.victims_for_task(ask, victims, surplus)
         } else {
             self.victims_for_gang(ask, victims)
+                .filter(|chosen| surplus.is_none_or(|m| self.surplus_fits(m, chosen)))
         }?;
         let placement = self.find_without(&chosen, ask)?;
         Some((chosen, placement))
@@ -268,7 +333,12 @@ impl<'a> Planner<'a> {
 
     /// For one task: on each node, the cheapest victims there that make room; the cheapest
     /// node wins.
-    pub(super) fn victims_for_task(&self, ask: &Ask, victims: &[usize]) -> Option<Vec<usize>> {
+    pub(super) fn victims_for_task(
+        &self,
+        ask: &Ask,
+        victims: &[usize],
+        surplus: Option<usize>,
+    ) -> Option<Vec<usize>> {
         let (spec, g) = (ask.spec, ask.group);
         let mut on_node: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for &i in victims {
@@ -317,7 +387,8 @@ impl<'a> Planner<'a> {
                     GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
                 };
                 if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
-                    if best.as_ref().is_none_or(|b| (cost, n) < (b.0, b.1)) {
+                    let fits = surplus.is_none_or(|m| self.surplus_fits(m, &chosen));
+                    if fits && best.as_ref().is_none_or(|b| (cost, n) < (b.0, b.1)) {
                         best = Some((cost, n, chosen.clone()));
                     }
                     break;

@@ -14,6 +14,11 @@ use super::planner::{gpu_mask, Planner};
 use super::reserve::Release;
 use super::{IdleAction, IdleNotice, StopOrder};
 
+/// Reclaim takes a run counted inside its team's guarantee (from a team above its guarantee,
+/// for a job that needs the guarantee in another shape) only if it checkpoints and would lose
+/// at most this much of its run (`reclaim.rs`, `Victims::surplus`).
+pub(super) const SURPLUS_MAX_LOSS_S: Secs = 3_600;
+
 /// A running or stopping job, as this plan sees it.
 pub(super) struct RunInfo<'a> {
     pub(super) job: &'a Job,
@@ -167,6 +172,34 @@ impl<'a> Planner<'a> {
                 self.victims.by_model[r.model].push(i);
             }
         }
+        // Runs counted inside the guarantee of a team above its guarantee, where stopping
+        // them costs little: they checkpoint, and lose at most `SURPLUS_MAX_LOSS_S` of work.
+        for (i, r) in self.runs.iter().enumerate() {
+            let spec = &r.job.spec;
+            let run = r.job.state.run().expect("holding");
+            let Some(t) = r.team else { continue };
+            let pool = self.teams.pool_of_model[t][r.model];
+            let elapsed = self.now.saturating_sub(run.started_s);
+            let cheap = match spec.checkpoint_every_s {
+                Some(every) if every > 0 => elapsed % every <= SURPLUS_MAX_LOSS_S,
+                _ => false,
+            };
+            let eligible = cheap
+                && !r.stopped
+                && r.mode == Admission::Guaranteed
+                && spec.preemptible
+                && elapsed >= spec.min_run_s
+                && self.acct.alloc[t][pool] > self.teams.pools[t][pool].guaranteed;
+            if eligible {
+                self.victims.surplus[r.model].push(i);
+                self.victims.surplus_milli[r.model] += spec.milli_total();
+            }
+        }
+        let mut surplus = std::mem::take(&mut self.victims.surplus);
+        for list in &mut surplus {
+            list.sort_by_key(|&i| self.victim_key(i));
+        }
+        self.victims.surplus = surplus;
         self.victims.pinned_pending = self.state.jobs.queues.values().any(|q| q.pinned > 0);
         // Runs away from home matter only to a waiting job that cannot be preempted.
         let away_runs = if self.victims.pinned_pending {

@@ -159,3 +159,72 @@ fn work_that_cannot_be_preempted_and_outgrows_its_home_is_told_so() {
     let borrower = h.submit(JobBuilder::new("a").tasks(2).gpus(8).limit(100));
     assert!(h.step().start_of(borrower).is_some());
 }
+
+/// Two nodes of 8 GPUs; `dense` and `small` are guaranteed one node's worth each. `small`
+/// fills one node inside its guarantee, borrows the other, and then four of its first jobs
+/// end: its remaining guarantee is counted on both nodes (four old runs on the first, the
+/// four oldest borrowed runs on the second), so no node holds only borrowed work. Returns
+/// the harness at 1,100 s, `small`'s first node's four remaining jobs, and `dense`'s job.
+fn guarantee_counted_on_both_nodes(checkpoint: Option<Secs>) -> (Harness, Vec<JobId>, JobId) {
+    let state = ClusterBuilder::new()
+        .racks(1, 2, 8)
+        .team("dense", 8)
+        .team("small", 8)
+        .build();
+    let mut h = Harness::new(state);
+    let small = |h: &mut Harness| {
+        let mut b = JobBuilder::new("small").limit(100_000);
+        if let Some(every) = checkpoint {
+            b = b.checkpoint_every(every);
+        }
+        h.submit(b)
+    };
+    let first: Vec<JobId> = (0..8).map(|_| small(&mut h)).collect();
+    h.step();
+    h.now = 100;
+    let second: Vec<JobId> = (0..8).map(|_| small(&mut h)).collect();
+    h.step();
+    let node = |h: &Harness, j: JobId| h.state_of(j).run().unwrap().placement[0].node;
+    assert!(first.iter().all(|&j| node(&h, j) == node(&h, first[0])));
+    assert!(second.iter().all(|&j| node(&h, j) != node(&h, first[0])));
+    h.now = 1_000;
+    for &j in &first[..4] {
+        h.exit(j, true);
+    }
+    h.now = 1_100;
+    let job = h.submit(JobBuilder::new("dense").gpus(8).limit(100_000));
+    (h, first[4..].to_vec(), job)
+}
+
+#[test]
+fn a_guarantee_comes_back_whole_from_checkpointing_runs_of_a_team_above_its_guarantee() {
+    let (mut h, on_first, job) = guarantee_counted_on_both_nodes(Some(600));
+    let plan = h.step();
+    // Borrowed work alone (four runs on the second node) cannot free a node. `small` holds
+    // 12 GPUs against a guarantee of 8: its four runs on the first node may go, each losing
+    // 500 s since its last checkpoint; taking the second node's eight would leave it 4.
+    let mut victims: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
+    victims.sort();
+    assert_eq!(victims, on_first);
+    assert!(plan
+        .stops
+        .iter()
+        .all(|s| s.cause == StopCause::Reclaim && s.beneficiary == Some(job)));
+    assert_eq!(held(&h)["small"], 8, "small keeps its guarantee");
+    h.reap();
+    let plan = h.step();
+    let start = plan.start_of(job).expect("dense starts on the freed node");
+    assert_eq!(start.admission, Admission::Guaranteed);
+    assert_eq!(held(&h)["dense"], 8);
+}
+
+#[test]
+fn runs_that_do_not_checkpoint_keep_their_place_inside_their_teams_guarantee() {
+    // The same cluster, but `small`'s runs restart from the beginning when stopped: only its
+    // borrowed runs may be taken, and they alone cannot free a node.
+    let (mut h, _, job) = guarantee_counted_on_both_nodes(None);
+    let plan = h.step();
+    assert!(plan.stops.is_empty(), "{:?}", plan.stops);
+    assert!(plan.start_of(job).is_none());
+    assert_eq!(held(&h)["small"], 12);
+}

@@ -75,6 +75,15 @@ impl Inner {
             Some(t) => Some(t as u64),
             None => None,
         };
+        let checkpoint_every_s = match req.checkpoint_every_s {
+            Some(t) if t <= 0 => {
+                return Err(Refusal::BadRequest(format!(
+                "checkpoint_every_s is {t}; give a positive number of seconds or leave it out for a job that does not checkpoint"
+            )))
+            }
+            Some(t) => Some(t as u64),
+            None => None,
+        };
         // Tasks run as the submitter: a member's token name; only an admin may name a user.
         let run_as = match p {
             Principal::Member { name, .. } => Some(name.clone()),
@@ -113,7 +122,7 @@ impl Inner {
             preemptible: req.preemptible.unwrap_or(true),
             grace_s: 10,
             min_run_s: 0,
-            checkpoint_every_s: None,
+            checkpoint_every_s,
             depends_on: Vec::new(),
             submit_s: self.now_s(),
         };

@@ -273,6 +273,7 @@ impl World {
             priority: None,
             time_limit_s: None,
             preemptible: Some(true),
+            checkpoint_every_s: None,
             env: Default::default(),
             workdir: None,
             command: vec!["sim".into(), duration.to_string(), code.to_string()],

@@ -131,6 +131,10 @@ pub struct Report {
     pub trace_jobs: usize,
     pub trace_skipped: usize,
     pub seed: u64,
+    /// `qm sim run --checkpoint-every-s`: every job checkpointed this often; none: preempted
+    /// jobs restarted from the beginning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every_s: Option<u64>,
     pub policies: Vec<PolicyReport>,
     /// Per team, each policy against the reference, like with like ([`team_comparisons`]).
     pub team_comparisons: Vec<TeamComparison>,
@@ -301,6 +305,12 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
         report.gpus,
         report.teams
     );
+    if let Some(every) = report.checkpoint_every_s {
+        let _ = writeln!(
+            md,
+            "Every job checkpoints every {every} s: a preempted job resumes from its last checkpoint.\n"
+        );
+    }
     if report.perturbed.is_some() {
         let _ = writeln!(md, "The replay in the trace's order:\n");
     }
@@ -345,7 +355,7 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
     Ok(())
 }
 
-const DEFINITIONS: &str = "JCT = completion - submission and slowdown = JCT / duration, over completed jobs. Wait = first start - submission, over every accepted job: a job still waiting when the replay ended (it never started) counts with its wait so far, up to the replay's end, and is counted as censored (its real wait is longer). Rejected jobs (refused at submission: no part of this cluster could ever hold them, under any policy) are left out and counted apart. Like with like: a team's mean wait under a policy and under the reference over the same jobs, those that started under both; the jobs that started under one of them only are counted apart. Guarantee denied = the GPU-hours of a team's guarantee it did not hold while it had a pending job that would have fitted in them (at each plan, the guarantee less what the team holds, where its smallest pending GPU ask fits in that; teams with a guarantee and no sub-teams): under static what packing inside the partition leaves, in the shared pool also what did not come back in the shape the team needed. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning; GPU-h lost counts the runs cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown.";
+const DEFINITIONS: &str = "JCT = completion - submission and slowdown = JCT / duration, over completed jobs. Wait = first start - submission, over every accepted job: a job still waiting when the replay ended (it never started) counts with its wait so far, up to the replay's end, and is counted as censored (its real wait is longer). Rejected jobs (refused at submission: no part of this cluster could ever hold them, under any policy) are left out and counted apart. Like with like: a team's mean wait under a policy and under the reference over the same jobs, those that started under both; the jobs that started under one of them only are counted apart. Guarantee denied = the GPU-hours of a team's guarantee it did not hold while it had a pending job that would have fitted in them (at each plan, the guarantee less what the team holds, where its smallest pending GPU ask fits in that; teams with a guarantee and no sub-teams): under static what packing inside the partition leaves, in the shared pool also what did not come back in the shape the team needed. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning (from its last checkpoint where the run says every job checkpoints); GPU-h lost counts the work cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown.";
 
 fn allocation_chart(results: &[SimResult]) -> String {
     let series: Vec<Series> = results

@@ -59,6 +59,14 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
         (
             "POST",
             "/api/v1/jobs",
+            Some(&admin),
+            r#"{"team":"a","checkpoint_every_s":0,"command":["true"]}"#.into(),
+            400,
+            "checkpoint_every_s is 0",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
             None,
             r#"{"team":"a","command":["true"]}"#.into(),
             401,

@@ -300,12 +300,16 @@ fn a_cpu_only_job_runs_without_gpus_while_every_gpu_is_taken() {
         "500m",
         "--mem",
         "64M",
+        // Said by the submitter, kept with the job and shown.
+        "--checkpoint-every",
+        "10m",
         "--",
         "sh",
         "-c",
         "echo gpus=[$CUDA_VISIBLE_DEVICES]",
     ]);
     let job = up.wait_state(cpu, "succeeded");
+    assert_eq!(job["checkpoint_every_s"], 600);
     assert_eq!(job["gpus"], 0);
     assert_eq!(job["gpu_milli"], 0);
     assert_eq!(job["cpu_milli"], 500);
@@ -315,6 +319,7 @@ fn a_cpu_only_job_runs_without_gpus_while_every_gpu_is_taken() {
     assert!(out.contains("gpus=[]"), "no GPU visible to the task: {out}");
     let shown = up.ok(&["show", &cpu.to_string()]);
     assert!(shown.contains("1 tasks x no GPU"), "{shown}");
+    assert!(shown.contains("checkpoints every 600 s"), "{shown}");
     // The GPU job was left alone.
     assert_eq!(up.job(gpu)["state"], "running");
     assert_eq!(up.job(gpu)["preemptions"], 0);
