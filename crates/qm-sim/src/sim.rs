@@ -115,10 +115,10 @@ pub struct SimResult {
 /// leaves (a 4-GPU job running, an 8-GPU job waiting); in the shared pool, also what the
 /// guarantee failed to bring back in the shape the team needed.
 struct Denied {
-    /// Leaf teams with a guarantee (name, milli-GPUs), and what each is denied now.
-    teams: Vec<(String, u64, u64)>,
+    /// Leaf teams with a guarantee: (name, guarantee in milli-GPUs, denied now, denied so far
+    /// in milli-GPU-seconds).
+    teams: Vec<(String, u64, u64, u128)>,
     since: Secs,
-    total: BTreeMap<String, u128>,
 }
 
 impl Denied {
@@ -127,7 +127,7 @@ impl Denied {
             .teams()
             .filter_map(|t| t.spec.parent.as_deref())
             .collect();
-        let teams: Vec<(String, u64, u64)> = state
+        let teams = state
             .teams()
             .filter(|t| !parents.contains(t.spec.name.as_str()))
             .map(|t| {
@@ -137,25 +137,18 @@ impl Denied {
                     .values()
                     .map(|q| u64::from(q.guaranteed))
                     .sum();
-                (t.spec.name.clone(), g * u64::from(MILLI_PER_GPU), 0)
+                (t.spec.name.clone(), g * u64::from(MILLI_PER_GPU), 0, 0)
             })
             .filter(|t| t.1 > 0)
             .collect();
-        let total = teams.iter().map(|t| (t.0.clone(), 0)).collect();
-        Denied {
-            teams,
-            since: 0,
-            total,
-        }
+        Denied { teams, since: 0 }
     }
 
     /// Adds what was denied from the last plan up to `now`.
     fn until(&mut self, now: Secs) {
         let dt = u128::from(now.saturating_sub(self.since));
-        for (name, _, denied) in &self.teams {
-            if *denied > 0 {
-                *self.total.entry(name.clone()).or_default() += u128::from(*denied) * dt;
-            }
+        for (_, _, denied, total) in &mut self.teams {
+            *total += u128::from(*denied) * dt;
         }
         self.since = now;
     }
@@ -163,7 +156,7 @@ impl Denied {
     /// What each team is denied after a plan at `now`.
     fn after_plan(&mut self, state: &ClusterState, now: Secs) {
         self.since = now;
-        for (name, guaranteed, denied) in &mut self.teams {
+        for (name, guaranteed, denied, _) in &mut self.teams {
             let held = state.team(name).map_or(0, |t| t.alloc_milli);
             let left = guaranteed.saturating_sub(held);
             *denied = match state.least_pending_gpu_ask(name) {
@@ -171,6 +164,13 @@ impl Denied {
                 _ => 0,
             };
         }
+    }
+
+    fn totals(self) -> BTreeMap<String, u128> {
+        self.teams
+            .into_iter()
+            .map(|(name, _, _, total)| (name, total))
+            .collect()
     }
 }
 
@@ -525,7 +525,7 @@ pub fn simulate(
         allocated,
         plans,
         end_s: now,
-        guarantee_denied: denied.total,
+        guarantee_denied: denied.totals(),
     })
 }
 
@@ -692,17 +692,15 @@ mod tests {
         assert!(differs, "some seed starts other jobs first");
     }
 
-    #[test]
-    fn a_guarantee_lent_out_is_denied_until_its_owner_has_it_back() {
-        // Team b (no guarantee) borrows a GPU of a's node; a's whole-node job arrives at
-        // 1,000 s and waits for b's job's grace period: a is denied its 8 GPUs for 30 s.
-        // Under `static` a's partition is its own: denied nothing.
+    /// One node of 8 GPUs guaranteed to team a; team b (no guarantee) borrows `b_gpus` of it
+    /// from 0 s for 10,000 s; a's whole-node job of 100 s arrives at 1,000 s.
+    fn lent_node(b_gpus: u32) -> (Vec<TraceJob>, ClusterSpec, Vec<TeamSpec>) {
         let jobs = vec![
             TraceJob {
                 id: 1,
                 duration_s: 10_000,
                 team: "b".into(),
-                ..job(1)
+                ..job(b_gpus)
             },
             TraceJob {
                 id: 2,
@@ -712,7 +710,19 @@ mod tests {
             },
         ];
         let cluster = ClusterSpec::shorthand("1x8").unwrap();
-        let teams = vec![TeamSpec::new("a", 8), TeamSpec::new("b", 0)];
+        (
+            jobs,
+            cluster,
+            vec![TeamSpec::new("a", 8), TeamSpec::new("b", 0)],
+        )
+    }
+
+    #[test]
+    fn a_guarantee_lent_out_is_denied_until_its_owner_has_it_back() {
+        // Team b (no guarantee) borrows a GPU of a's node; a's whole-node job arrives at
+        // 1,000 s and waits for b's job's grace period: a is denied its 8 GPUs for 30 s.
+        // Under `static` a's partition is its own: denied nothing.
+        let (jobs, cluster, teams) = lent_node(1);
         let run = |policy| {
             let options = SimOptions::new(policy);
             simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()
@@ -734,22 +744,7 @@ mod tests {
     fn a_preempted_job_that_checkpoints_resumes_from_its_last_checkpoint() {
         // b borrows the node; a takes it back at 1,000 s; b is killed at 1,030 s and starts
         // again when a's job ends at 1,130 s.
-        let jobs = vec![
-            TraceJob {
-                id: 1,
-                duration_s: 10_000,
-                team: "b".into(),
-                ..job(8)
-            },
-            TraceJob {
-                id: 2,
-                submit_s: 1_000,
-                duration_s: 100,
-                ..job(8)
-            },
-        ];
-        let cluster = ClusterSpec::shorthand("1x8").unwrap();
-        let teams = vec![TeamSpec::new("a", 8), TeamSpec::new("b", 0)];
+        let (jobs, cluster, teams) = lent_node(8);
         let run = |every| {
             let mut options = SimOptions::new(PolicyKind::Default);
             options.checkpoint_every_s = every;

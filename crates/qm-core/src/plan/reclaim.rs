@@ -147,14 +147,11 @@ impl<'a> Planner<'a> {
             }
             return false;
         };
+        for (key, milli) in self.takes(m, &chosen) {
+            *self.victims.taken.entry(key).or_default() += milli;
+        }
         for &i in &chosen {
             let r = &self.runs[i];
-            if let Some(t) = r.team {
-                let pool = self.teams.pool_of_model[t][m];
-                for &a in &self.teams.lineage[t] {
-                    *self.victims.taken.entry((a, pool)).or_default() += r.job.spec.milli_total();
-                }
-            }
             if r.mode == Admission::Guaranteed && self.victims.surplus[m].contains(&i) {
                 let milli = r.job.spec.milli_total();
                 self.victims.surplus_milli[m] = self.victims.surplus_milli[m].saturating_sub(milli);
@@ -180,11 +177,11 @@ impl<'a> Planner<'a> {
         true
     }
 
-    /// Whether every team (and ancestor) `chosen` would take runs from keeps at least its
-    /// guarantee of model `m`'s pool, counting what earlier reclaims of this plan took.
-    fn surplus_fits(&self, m: usize, chosen: &[usize]) -> bool {
-        let mut take: BTreeMap<(usize, usize), u64> = BTreeMap::new();
-        for &i in chosen {
+    /// Milli-GPUs that stopping `runs` takes from each team and its ancestors, by
+    /// `(team, pool of model m)`.
+    fn takes(&self, m: usize, runs: &[usize]) -> BTreeMap<(usize, usize), u64> {
+        let mut take = BTreeMap::new();
+        for &i in runs {
             let r = &self.runs[i];
             let Some(t) = r.team else { continue };
             let pool = self.teams.pool_of_model[t][m];
@@ -192,6 +189,13 @@ impl<'a> Planner<'a> {
                 *take.entry((a, pool)).or_default() += r.job.spec.milli_total();
             }
         }
+        take
+    }
+
+    /// Whether every team (and ancestor) `chosen` would take runs from keeps at least its
+    /// guarantee of model `m`'s pool, counting what earlier reclaims of this plan took.
+    fn surplus_fits(&self, m: usize, chosen: &[usize]) -> bool {
+        let take = self.takes(m, chosen);
         take.iter().all(|(&(a, pool), &milli)| {
             let before = self.victims.taken.get(&(a, pool)).copied().unwrap_or(0);
             let held = self.acct.alloc[a][pool].saturating_sub(before);

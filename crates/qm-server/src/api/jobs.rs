@@ -66,24 +66,12 @@ impl Inner {
             (Some(g), None) => GpuAsk::Whole(g),
             (None, None) => GpuAsk::Whole(1),
         };
-        let time_limit_s = match req.time_limit_s {
-            Some(t) if t <= 0 => {
-                return Err(Refusal::BadRequest(format!(
-                "time_limit_s is {t}; give a positive number of seconds or leave it out for no limit"
-            )))
-            }
-            Some(t) => Some(t as u64),
-            None => None,
-        };
-        let checkpoint_every_s = match req.checkpoint_every_s {
-            Some(t) if t <= 0 => {
-                return Err(Refusal::BadRequest(format!(
-                "checkpoint_every_s is {t}; give a positive number of seconds or leave it out for a job that does not checkpoint"
-            )))
-            }
-            Some(t) => Some(t as u64),
-            None => None,
-        };
+        let time_limit_s = positive_s("time_limit_s", req.time_limit_s, "for no limit")?;
+        let checkpoint_every_s = positive_s(
+            "checkpoint_every_s",
+            req.checkpoint_every_s,
+            "for a job that does not checkpoint",
+        )?;
         // Tasks run as the submitter: a member's token name; only an admin may name a user.
         let run_as = match p {
             Principal::Member { name, .. } => Some(name.clone()),
@@ -136,6 +124,18 @@ impl Inner {
         self.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
         self.next_job += 1;
         Ok(id)
+    }
+}
+
+/// A request's optional number of seconds, which must be positive when given; `absent` says
+/// what leaving it out means.
+fn positive_s(field: &str, value: Option<i64>, absent: &str) -> Result<Option<u64>, Refusal> {
+    match value {
+        Some(t) if t <= 0 => Err(Refusal::BadRequest(format!(
+            "{field} is {t}; give a positive number of seconds or leave it out {absent}"
+        ))),
+        Some(t) => Ok(Some(t as u64)),
+        None => Ok(None),
     }
 }
 
