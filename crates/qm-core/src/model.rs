@@ -156,17 +156,51 @@ impl JobSpec {
     }
 }
 
-/// What happens to an allocation whose GPUs stay idle.
+/// What happens to a job whose GPUs stay idle: a ladder, each step after its own window.
+/// Every policy flags the job once its GPUs have stayed below the idle threshold for the
+/// idle window ([`SchedulerConfig::idle_window_s`]); what follows is the team's choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum IdlePolicy {
-    /// Tell the owner; nothing else.
-    #[default]
+    /// Flag it (job history, dashboard, metrics); nothing else.
     Warn,
-    /// Preempt (and requeue) idle jobs that run on borrowed capacity; warn for the others.
-    ReclaimBorrowed,
-    /// Requeue any idle job once it has been idle for the window plus `grace_s`.
-    Requeue { grace_s: Secs },
+    /// Flag it, and from then on, while it stays idle, it loses its protection: it counts as
+    /// borrowed work outside its team's guarantee, and any pending job that needs its GPUs,
+    /// of its own team or another, may preempt it (with the usual grace period), whether or
+    /// not it was submitted preemptible. Nothing happens to it while nobody needs the GPUs.
+    /// (`reclaim_borrowed`, an older name, reads as this.)
+    #[default]
+    #[serde(alias = "reclaim_borrowed")]
+    Yield,
+    /// Yield, and once it has stayed idle `after_s` beyond the idle window, stop and requeue
+    /// it whatever the demand. (`requeue` with `grace_s`, an older form, reads as this.)
+    #[serde(alias = "requeue")]
+    Release {
+        #[serde(alias = "grace_s")]
+        after_s: Secs,
+    },
+}
+
+impl IdlePolicy {
+    /// How long a job may stay idle beyond the idle window under `release` where the team
+    /// does not say.
+    pub const RELEASE_AFTER_S: Secs = 3_600;
+
+    /// Whether a job idle since `since` has lost its protection at `now` (`window`: the idle
+    /// window).
+    pub fn yields(self, since: Secs, now: Secs, window: Secs) -> bool {
+        self != IdlePolicy::Warn && now.saturating_sub(since) >= window
+    }
+
+    /// When a job idle since `since` is stopped (`window`: the idle window), if ever.
+    pub fn release_at(self, since: Secs, window: Secs) -> Option<Secs> {
+        match self {
+            IdlePolicy::Release { after_s } => {
+                Some(since.saturating_add(window).saturating_add(after_s))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Quota of one team for one GPU pool.
@@ -228,7 +262,7 @@ impl TeamSpec {
             parent: None,
             quotas,
             weight: 1,
-            idle_policy: IdlePolicy::Warn,
+            idle_policy: IdlePolicy::default(),
             priorities: [0, 0],
             max_cpu_milli: None,
         }

@@ -151,6 +151,11 @@ pub struct Job {
     pub runs: u32,
     /// GPU milli-seconds this job spent allocated but idle.
     pub idle_milli_s: u64,
+    /// Its last run was stopped because it sat idle: until it starts again it takes only
+    /// free GPUs (its team's guarantee included, where free), and preempts nobody for them,
+    /// so that work that was idle does not take back at once what it just gave up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_idle: bool,
 }
 
 /// A node with what is given out on it.

@@ -115,7 +115,7 @@ impl TeamBuilder {
                 parent: None,
                 quotas: BTreeMap::new(),
                 weight: 1,
-                idle_policy: IdlePolicy::Warn,
+                idle_policy: IdlePolicy::default(),
                 priorities: [0, 0],
                 max_cpu_milli: None,
             },
@@ -428,6 +428,20 @@ impl Harness {
                 self.started.insert(job, self.now);
             }
         }
+    }
+
+    /// A utilisation sample of the job's GPUs (percent) now.
+    pub fn sample(&mut self, job: JobId, pct: u8) {
+        apply(
+            &mut self.state,
+            Event::Utilisation {
+                job,
+                pct,
+                attempt: None,
+                at_s: self.now,
+            },
+        )
+        .expect("sample refused");
     }
 
     /// Every stopping job whose grace period has passed exits now.

@@ -152,8 +152,8 @@ fn build(c: &Cluster) -> (ClusterState, Vec<String>) {
         }
         t = t.idle_policy(match idle {
             0 => IdlePolicy::Warn,
-            1 => IdlePolicy::ReclaimBorrowed,
-            _ => IdlePolicy::Requeue { grace_s: 120 },
+            1 => IdlePolicy::Yield,
+            _ => IdlePolicy::Release { after_s: 120 },
         });
         b = b.team_spec(t.build());
     }
@@ -235,6 +235,7 @@ impl World {
             );
         }
         self.check_priority_stops(&plan)?;
+        self.check_idle_stops(&plan)?;
         // Jobs waiting on a hold keep their place in their team's guarantee: a reclaim's
         // first, a priority preemption's after the jobs that started guaranteed.
         let waiting: Vec<(JobId, bool)> = self
@@ -392,6 +393,36 @@ impl World {
                 b,
                 why
             );
+        }
+        Ok(())
+    }
+
+    /// A stop for idleness only ever stops a job idle for at least the idle window (its last
+    /// sample below the threshold) of a team whose policy is not `warn`: for a pending job
+    /// that waits for it (`yield`) or, with none, past the `release` window. Busy work is
+    /// never stopped as idle.
+    fn check_idle_stops(&self, plan: &Plan) -> Result<(), TestCaseError> {
+        let window = self.state.config.idle_window_s;
+        for stop in plan.stops.iter().filter(|s| s.cause == StopCause::Idle) {
+            let victim = self.state.job(stop.job).unwrap();
+            let run = victim.state.run().unwrap();
+            let since = run.idle_since_s.expect("stopped as idle, so idle");
+            prop_assert!(self.now - since >= window, "idle for less than the window");
+            prop_assert!(run
+                .last_util_pct
+                .is_some_and(|p| p < self.state.config.idle_threshold_pct));
+            let policy = self.state.team(&victim.spec.team).unwrap().spec.idle_policy;
+            match stop.beneficiary {
+                Some(b) => {
+                    prop_assert_ne!(policy, IdlePolicy::Warn);
+                    prop_assert!(plan.start_of(b).is_none());
+                    prop_assert!(plan.reclaims.iter().any(|r| r.job == b));
+                }
+                None => {
+                    let due = policy.release_at(since, window);
+                    prop_assert!(due.is_some_and(|d| self.now >= d), "released early");
+                }
+            }
         }
         Ok(())
     }

@@ -214,6 +214,10 @@ pub struct TeamView {
     pub max: BTreeMap<String, Option<u32>>,
     pub weight: u32,
     pub idle_policy: IdlePolicy,
+    /// With `release`: seconds a job may stay idle beyond the idle window before it is
+    /// stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_release_after_s: Option<u64>,
     pub used_milli: u64,
     pub borrowed_milli: u64,
     pub idle_milli: u64,
@@ -249,6 +253,11 @@ pub struct TeamRequest {
     pub weight: Option<u32>,
     #[serde(default)]
     pub idle_policy: Option<IdlePolicy>,
+    /// With `release`: seconds a job may stay idle beyond the idle window before it is
+    /// stopped (default 3600).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub idle_release_after_s: Option<u64>,
     /// The priorities its members may give their jobs, `[lowest, highest]`.
     #[serde(default)]
     #[schema(min_items = 2, max_items = 2)]

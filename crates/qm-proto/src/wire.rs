@@ -149,11 +149,17 @@ wire_enum! {
 wire_enum! {
     /// What happens to a team's allocation whose GPUs stay idle.
     IdlePolicy ("idle policy") {
-        /// Tell the owner; nothing else.
+        /// Flag the idle job (history, dashboard, metrics); nothing else.
         Warn = "warn",
-        /// Preempt idle jobs that run on borrowed capacity.
+        /// Flag it, and let any pending job that needs its GPUs preempt it while it stays
+        /// idle (the default).
+        Yield = "yield",
+        /// Yield, then stop and requeue it once it has stayed idle `idle_release_after_s`
+        /// beyond the idle window, whatever the demand.
+        Release = "release",
+        /// An older name, read as `yield`.
         Reclaim = "reclaim",
-        /// Requeue any idle job after a grace period.
+        /// An older name, read as `release`.
         Requeue = "requeue",
     }
 }
@@ -354,7 +360,10 @@ mod tests {
         pinned(NodeState::ALL, &["ready", "draining", "down"]);
         pinned(Admission::ALL, &["guaranteed", "borrowed"]);
         pinned(Role::ALL, &["admin", "member", "join"]);
-        pinned(IdlePolicy::ALL, &["warn", "reclaim", "requeue"]);
+        pinned(
+            IdlePolicy::ALL,
+            &["warn", "yield", "release", "reclaim", "requeue"],
+        );
         pinned(PreemptionCause::ALL, &["reclaim", "priority", "idle"]);
         pinned(
             JobEventKind::ALL,

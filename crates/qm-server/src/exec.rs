@@ -33,9 +33,16 @@ type RunTasks = (u64, u32, Vec<(u32, NodeId)>);
 /// An idle notice's action in a job's history.
 fn idle_action_text(a: IdleAction) -> String {
     match a {
-        IdleAction::Warn => "warn".into(),
-        IdleAction::Reclaimed => "reclaimed".into(),
-        IdleAction::RequeueAt(t) => format!("requeueat({t})"),
+        IdleAction::Warn => "flagged (policy warn: nothing more will happen)".into(),
+        IdleAction::Yield { release_at_s: None } => {
+            "flagged and yielding: any job that needs these GPUs may preempt it".into()
+        }
+        IdleAction::Yield {
+            release_at_s: Some(t),
+        } => format!(
+            "flagged and yielding: any job that needs these GPUs may preempt it; released at {t} unless busy again"
+        ),
+        IdleAction::Released => "released: stopped and requeued".into(),
     }
 }
 

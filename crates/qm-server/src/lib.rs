@@ -989,6 +989,13 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
                     "preempted: GPUs given to job {}, of the same team and a higher priority",
                     b.0
                 ),
+                (qm_core::StopCause::Idle, Some(b)) => format!(
+                    "preempted: its GPUs sat idle past the idle window, and job {} needed them (the team's idle policy yields)",
+                    b.0
+                ),
+                (qm_core::StopCause::Idle, None) => {
+                    "released: its GPUs sat idle past the team's release window; requeued".into()
+                }
                 (c, _) => format!("stopping: {}", views::stop_cause_text(*c)),
             };
             push(*job, *at_s, JobEventKind::Stopping, why);

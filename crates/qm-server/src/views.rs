@@ -118,21 +118,28 @@ pub fn admission(a: qm_core::Admission) -> proto::Admission {
 pub fn idle_policy(p: qm_core::IdlePolicy) -> proto::IdlePolicy {
     match p {
         qm_core::IdlePolicy::Warn => proto::IdlePolicy::Warn,
-        qm_core::IdlePolicy::ReclaimBorrowed => proto::IdlePolicy::Reclaim,
-        qm_core::IdlePolicy::Requeue { .. } => proto::IdlePolicy::Requeue,
+        qm_core::IdlePolicy::Yield => proto::IdlePolicy::Yield,
+        qm_core::IdlePolicy::Release { .. } => proto::IdlePolicy::Release,
     }
 }
 
-/// The grace period of an idle policy set through the API.
-pub const REQUEUE_GRACE_S: u64 = 300;
-
-pub fn core_idle_policy(p: proto::IdlePolicy) -> qm_core::IdlePolicy {
+/// The core's policy for an API policy; `release_after_s` (with `release`), else what the
+/// team had, else [`qm_core::IdlePolicy::RELEASE_AFTER_S`].
+pub fn core_idle_policy(
+    p: proto::IdlePolicy,
+    release_after_s: Option<u64>,
+    had: qm_core::IdlePolicy,
+) -> qm_core::IdlePolicy {
     match p {
         proto::IdlePolicy::Warn => qm_core::IdlePolicy::Warn,
-        proto::IdlePolicy::Reclaim => qm_core::IdlePolicy::ReclaimBorrowed,
-        proto::IdlePolicy::Requeue => qm_core::IdlePolicy::Requeue {
-            grace_s: REQUEUE_GRACE_S,
-        },
+        proto::IdlePolicy::Yield | proto::IdlePolicy::Reclaim => qm_core::IdlePolicy::Yield,
+        proto::IdlePolicy::Release | proto::IdlePolicy::Requeue => {
+            let after_s = release_after_s.unwrap_or(match had {
+                qm_core::IdlePolicy::Release { after_s } => after_s,
+                _ => qm_core::IdlePolicy::RELEASE_AFTER_S,
+            });
+            qm_core::IdlePolicy::Release { after_s }
+        }
     }
 }
 
@@ -364,6 +371,10 @@ pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
                 .collect(),
             weight: t.spec.weight,
             idle_policy: idle_policy(t.spec.idle_policy),
+            idle_release_after_s: match t.spec.idle_policy {
+                qm_core::IdlePolicy::Release { after_s } => Some(after_s),
+                _ => None,
+            },
             used_milli: u.allocated_milli,
             borrowed_milli: u.borrowed_milli,
             idle_milli: u.idle_milli,
@@ -462,7 +473,13 @@ mod tests {
             assert_eq!(job_state(&s).as_str(), s.name());
         }
         for p in proto::IdlePolicy::ALL {
-            assert_eq!(idle_policy(core_idle_policy(*p)), *p);
+            let back = idle_policy(core_idle_policy(*p, None, qm_core::IdlePolicy::Warn));
+            let expected = match p {
+                proto::IdlePolicy::Reclaim => proto::IdlePolicy::Yield,
+                proto::IdlePolicy::Requeue => proto::IdlePolicy::Release,
+                other => *other,
+            };
+            assert_eq!(back, expected, "the older names read as the ladder's steps");
         }
         for c in [
             StopCause::Reclaim,

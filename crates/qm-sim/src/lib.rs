@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod gen;
+pub mod idle;
 pub mod pack;
 pub mod report;
 pub mod rng;

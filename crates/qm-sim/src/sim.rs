@@ -20,11 +20,12 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use qm_core::{
-    apply, decide, ClusterState, Event, GpuAsk, JobId, JobSpec, JobState, NodeId, NodeSpec,
-    PolicyKind, SchedulerConfig, Secs, StopCause, TeamSpec, MILLI_PER_GPU,
+    apply, decide, ClusterState, Event, GpuAsk, IdlePolicy, JobId, JobSpec, JobState, NodeId,
+    NodeSpec, PolicyKind, SchedulerConfig, Secs, StopCause, TeamSpec, MILLI_PER_GPU,
 };
 
 use crate::cluster::{ClusterSpec, SpecError};
+use crate::idle::{IdleMeter, IdleTotals, RunIdle};
 use crate::rng::Rng;
 use crate::trace::{default_time_limit, TraceJob};
 
@@ -52,6 +53,8 @@ pub struct SimOptions {
     /// knows it (`JobSpec::checkpoint_every_s`: reclaim counts only the work since the last
     /// checkpoint as lost). None: trace jobs do not checkpoint.
     pub checkpoint_every_s: Option<Secs>,
+    /// Every team's idle policy, whatever the teams file says (`qm sim run --idle-policy`).
+    pub idle_policy: Option<IdlePolicy>,
 }
 
 impl SimOptions {
@@ -64,6 +67,7 @@ impl SimOptions {
             max_reservations: SchedulerConfig::default().max_reservations,
             perturb_seed: None,
             checkpoint_every_s: None,
+            idle_policy: None,
         }
     }
 }
@@ -88,12 +92,19 @@ pub struct JobRecord {
     pub preemptions: u32,
     /// Milli-GPU-seconds of work thrown away by preemptions.
     pub lost_milli_s: u64,
+    /// Submitted while its team held less than its guarantee, by at least the job's ask, and
+    /// the free GPUs were too few for it: the team's guarantee was lent out.
+    pub reclaim_wait: bool,
+    /// Ended by a stop while it held its GPUs idle after its work was done ([`crate::idle`]).
+    pub ended_idle: bool,
 }
 
 /// Everything a run produced, for the report.
 #[derive(Clone, Debug)]
 pub struct SimResult {
     pub policy: PolicyKind,
+    /// [`SimOptions::idle_policy`] of the replay.
+    pub idle_policy: Option<IdlePolicy>,
     /// [`SimOptions::perturb_seed`] of the replay.
     pub perturb_seed: Option<u64>,
     pub jobs: Vec<JobRecord>,
@@ -106,6 +117,52 @@ pub struct SimResult {
     /// not hold while it had a pending job that would have fitted in what was left of it
     /// ([`Denied`]).
     pub guarantee_denied: BTreeMap<String, u128>,
+    /// GPU time held idle, and what the idle policies gave back ([`crate::idle`]).
+    pub idle: IdleTotals,
+}
+
+impl SimResult {
+    /// The replay's name in reports: its policy, and the idle policy where the run set one
+    /// for every team (`default/yield`).
+    pub fn label(&self) -> String {
+        match self.idle_policy {
+            Some(p) => format!("{}/{}", self.policy.name(), idle_policy_name(p)),
+            None => self.policy.name().to_string(),
+        }
+    }
+}
+
+/// `warn`, `yield` or `release:SECONDS` (what [`parse_idle_policy`] reads).
+pub fn idle_policy_name(p: IdlePolicy) -> String {
+    match p {
+        IdlePolicy::Warn => "warn".into(),
+        IdlePolicy::Yield => "yield".into(),
+        IdlePolicy::Release { after_s } => format!("release:{after_s}"),
+    }
+}
+
+/// `warn`, `yield`, `release` (after [`IdlePolicy::RELEASE_AFTER_S`]) or `release:SECONDS`.
+pub fn parse_idle_policy(text: &str) -> Result<IdlePolicy, String> {
+    let bad = || {
+        format!(
+            "unknown idle policy {text:?}; expected warn, yield, release or release:SECONDS (seconds idle beyond the idle window before it is stopped, at least 1)"
+        )
+    };
+    match text.trim() {
+        "warn" => Ok(IdlePolicy::Warn),
+        "yield" => Ok(IdlePolicy::Yield),
+        "release" => Ok(IdlePolicy::Release {
+            after_s: IdlePolicy::RELEASE_AFTER_S,
+        }),
+        t => {
+            let after_s: Secs = t
+                .strip_prefix("release:")
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(bad)?;
+            Ok(IdlePolicy::Release { after_s })
+        }
+    }
 }
 
 /// Sharing safety measured directly: how much of each team's guarantee sat out of its reach
@@ -311,8 +368,11 @@ pub fn initial_state(
         for t in left {
             let ready = t.parent.as_ref().is_none_or(|p| state.team(p).is_some());
             if ready {
-                apply(&mut state, Event::SetTeam(t.clone()))
-                    .map_err(|e| SpecError(e.to_string()))?;
+                let mut t = t.clone();
+                if let Some(policy) = options.idle_policy {
+                    t.idle_policy = policy;
+                }
+                apply(&mut state, Event::SetTeam(t)).map_err(|e| SpecError(e.to_string()))?;
             } else {
                 rest.push(t);
             }
@@ -335,6 +395,10 @@ enum Kind {
     Finish,
     /// A stopped job's grace period is over.
     Kill,
+    /// The run's work is done: from now on it holds its GPUs idle.
+    Idle,
+    /// An idle window of the run's team ends: a sample, and a plan.
+    Wake,
 }
 
 /// Replays `jobs` (sorted by submission) through the planner. `progress` is called with
@@ -369,6 +433,8 @@ pub fn simulate(
             timed_out: false,
             preemptions: 0,
             lost_milli_s: 0,
+            reclaim_wait: false,
+            ended_idle: false,
         })
         .collect();
     let index: BTreeMap<JobId, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
@@ -387,6 +453,22 @@ pub fn simulate(
     let report_every = (jobs.len() / 200).max(1);
     let node_gpus = cluster.group.iter().map(|g| g.gpus).max().unwrap_or(0);
     let mut denied = Denied::new(&state);
+    let guarantees: BTreeMap<String, u64> = state
+        .teams()
+        .map(|t| {
+            let g: u64 = t
+                .spec
+                .quotas
+                .values()
+                .map(|q| u64::from(q.guaranteed))
+                .sum();
+            (t.spec.name.clone(), g * u64::from(MILLI_PER_GPU))
+        })
+        .collect();
+    let total_milli = cluster.gpus() * u64::from(MILLI_PER_GPU);
+    let (threshold, window) = (state.config.idle_threshold_pct, state.config.idle_window_s);
+    let mut meter = IdleMeter::default();
+    let mut runs: Vec<RunIdle> = vec![RunIdle::default(); jobs.len()];
     loop {
         let t_arrival = order.get(next).map(|&i| jobs[i].submit_s);
         let t_event = heap.peek().map(|Reverse(e)| e.0);
@@ -397,6 +479,7 @@ pub fn simulate(
             (None, None) => break,
         };
         denied.until(now);
+        meter.until(now);
         while let Some(&i) = order.get(next) {
             if jobs[i].submit_s != now {
                 break;
@@ -406,6 +489,11 @@ pub fn simulate(
                 id: ids[i],
                 ..job_spec(&jobs[i], options, node_gpus)
             };
+            let ask = spec.milli_total();
+            let held = state.team(&spec.team).map_or(0, |t| t.alloc_milli);
+            let guaranteed = guarantees.get(&spec.team).copied().unwrap_or(0);
+            records[i].reclaim_wait =
+                held + ask <= guaranteed && total_milli.saturating_sub(alloc_now) < ask;
             if let Err(e) = apply(&mut state, Event::Submit(spec)) {
                 records[i].rejected = Some(e.to_string());
                 done += 1;
@@ -426,6 +514,28 @@ pub fn simulate(
             let j = state.job(job).expect("known");
             let milli = j.spec.milli_total();
             let stopping = matches!(j.state, JobState::Stopping(..));
+            let i = index[&job];
+            match kind {
+                Kind::Idle => {
+                    let sample = go_idle(&mut runs[i], &mut meter, &jobs[i], milli, now, true);
+                    idle_sample(&mut state, job, attempt, sample, now)?;
+                    wake_ups(&state, &jobs[i], now, window, attempt, job, &mut heap);
+                    continue;
+                }
+                Kind::Wake => {
+                    if runs[i].since.is_some() {
+                        idle_sample(
+                            &mut state,
+                            job,
+                            attempt,
+                            sample_pct(&runs[i], &jobs[i]),
+                            now,
+                        )?;
+                    }
+                    continue;
+                }
+                Kind::Finish | Kind::Kill => {}
+            }
             let event = match kind {
                 // Its run was cut short: the SIGKILL timer decides what becomes of it.
                 Kind::Finish if stopping => continue,
@@ -441,8 +551,19 @@ pub fn simulate(
                     attempt: Some(attempt),
                     at_s: now,
                 },
-                Kind::Kill => continue,
+                Kind::Kill | Kind::Idle | Kind::Wake => continue,
             };
+            if runs[i].since.take().is_some() {
+                // The last sample charges the idle time up to the end.
+                idle_sample(
+                    &mut state,
+                    job,
+                    attempt,
+                    sample_pct(&runs[i], &jobs[i]),
+                    now,
+                )?;
+                meter.change(&jobs[i].team, milli, false);
+            }
             apply(&mut state, event).map_err(|e| SpecError(format!("simulator bug: {e}")))?;
             alloc_now -= milli;
             let r = &mut records[index[&job]];
@@ -451,6 +572,12 @@ pub fn simulate(
                 JobState::Failed { timed_out, .. } => {
                     r.end_s = Some(now);
                     r.timed_out = *timed_out;
+                    done += 1;
+                }
+                JobState::Cancelled { .. } => {
+                    r.end_s = Some(now);
+                    r.ended_idle = true;
+                    meter.ended_idle += 1;
                     done += 1;
                 }
                 _ => {
@@ -469,21 +596,41 @@ pub fn simulate(
                     let (attempt, started) = (run.attempt, run.started_s);
                     let milli = j.spec.milli_total();
                     let grace = j.spec.grace_s;
+                    let i = index[&id];
+                    let idle = runs[i];
+                    if cause == StopCause::Idle
+                        && (idle.since.is_none()
+                            || (!idle.done_working
+                                && jobs[i].util_pct.is_some_and(|u| u >= threshold)))
+                    {
+                        meter.busy_stopped += 1;
+                    }
                     apply(&mut state, event)
                         .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
+                    if idle.since.is_some() {
+                        let back = idle.ends_s.saturating_sub(now + grace);
+                        meter.reclaimed_milli_s += u128::from(milli) * u128::from(back);
+                    }
+                    if idle.done_working {
+                        // Its work is done: it ends when it has stopped, not requeued.
+                        apply(&mut state, Event::Cancel { job: id, at_s: now })
+                            .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
+                    }
                     if matches!(
                         cause,
                         StopCause::Reclaim | StopCause::Priority | StopCause::Idle
                     ) {
-                        let i = index[&id];
                         let r = &mut records[i];
                         r.preemptions += 1;
                         // The run is lost up to its SIGKILL, but for what its checkpoints
-                        // (those written before the stop) saved.
+                        // (those written before the stop) saved; nothing where its work
+                        // was done.
                         let ran = now - started;
                         let kept = every.map_or(0, |e| ran - ran % e);
                         saved[i] = (saved[i] + kept).min(jobs[i].duration_s);
-                        r.lost_milli_s += milli * (now + grace - started - kept);
+                        if !idle.done_working {
+                            r.lost_milli_s += milli * (now + grace - started - kept);
+                        }
                     }
                     heap.push(Reverse((now + grace, Kind::Kill, id, attempt)));
                 }
@@ -493,19 +640,40 @@ pub fn simulate(
                     let i = index[&id];
                     let job = state.job(id).expect("started");
                     let attempt = job.state.run().expect("running").attempt;
-                    alloc_now += job.spec.milli_total();
+                    let milli = job.spec.milli_total();
+                    alloc_now += milli;
                     records[i].first_start_s.get_or_insert(now);
-                    heap.push(Reverse((
-                        now + (jobs[i].duration_s - saved[i]),
-                        Kind::Finish,
-                        id,
-                        attempt,
-                    )));
+                    let ends_s = now + (jobs[i].duration_s - saved[i]);
+                    heap.push(Reverse((ends_s, Kind::Finish, id, attempt)));
+                    runs[i] = RunIdle {
+                        since: None,
+                        done_working: false,
+                        ends_s,
+                    };
+                    if let Some(util) = jobs[i].util_pct {
+                        let work_left = jobs[i].idle_after_s.map(|a| a.saturating_sub(saved[i]));
+                        if work_left == Some(0) || util < threshold {
+                            let done_working = work_left == Some(0);
+                            let sample = go_idle(
+                                &mut runs[i],
+                                &mut meter,
+                                &jobs[i],
+                                milli,
+                                now,
+                                done_working,
+                            );
+                            idle_sample(&mut state, id, attempt, sample, now)?;
+                            wake_ups(&state, &jobs[i], now, window, attempt, id, &mut heap);
+                        } else if let Some(w) = work_left.filter(|&w| now + w < ends_s) {
+                            heap.push(Reverse((now + w, Kind::Idle, id, attempt)));
+                        }
+                    }
                 }
                 _ => unreachable!("a plan's events are stops and starts"),
             }
         }
         denied.after_plan(&state, now);
+        meter.after_plan(&state);
         if allocated.last().map(|a| a.1) != Some(alloc_now) {
             if allocated.last().map(|a| a.0) == Some(now) {
                 allocated.pop();
@@ -519,6 +687,7 @@ pub fn simulate(
     progress(done, jobs.len());
     Ok(SimResult {
         policy: options.policy,
+        idle_policy: options.idle_policy,
         perturb_seed: options.perturb_seed,
         jobs: records,
         total_gpus: cluster.gpus(),
@@ -526,7 +695,68 @@ pub fn simulate(
         plans,
         end_s: now,
         guarantee_denied: denied.totals(),
+        idle: meter.totals(),
     })
+}
+
+/// The run's GPUs go idle now: counted by the meter; returns the sample to send.
+fn go_idle(
+    run: &mut RunIdle,
+    meter: &mut IdleMeter,
+    job: &TraceJob,
+    milli: u64,
+    now: Secs,
+    done_working: bool,
+) -> u8 {
+    run.since = Some(now);
+    run.done_working = done_working;
+    meter.change(&job.team, milli, true);
+    sample_pct(run, job)
+}
+
+/// What an idle run's GPUs read: 0 once its work is done, else its utilisation.
+fn sample_pct(run: &RunIdle, job: &TraceJob) -> u8 {
+    if run.done_working {
+        0
+    } else {
+        job.util_pct.unwrap_or(0)
+    }
+}
+
+fn idle_sample(
+    state: &mut ClusterState,
+    job: JobId,
+    attempt: u32,
+    pct: u8,
+    now: Secs,
+) -> Result<(), SpecError> {
+    let event = Event::Utilisation {
+        job,
+        pct,
+        attempt: Some(attempt),
+        at_s: now,
+    };
+    apply(state, event).map_err(|e| SpecError(format!("simulator bug: {e}")))
+}
+
+/// Plans at the ends of the idle windows of a run idle from `now`: when its team's policy
+/// flags it (and yields), and when it releases it.
+fn wake_ups(
+    state: &ClusterState,
+    job: &TraceJob,
+    now: Secs,
+    window: Secs,
+    attempt: u32,
+    id: JobId,
+    heap: &mut BinaryHeap<Reverse<(Secs, Kind, JobId, u32)>>,
+) {
+    heap.push(Reverse((now + window, Kind::Wake, id, attempt)));
+    let policy = state
+        .team(&job.team)
+        .map_or(IdlePolicy::default(), |t| t.spec.idle_policy);
+    if let Some(at) = policy.release_at(now, window) {
+        heap.push(Reverse((at, Kind::Wake, id, attempt)));
+    }
 }
 
 #[cfg(test)]
@@ -548,6 +778,8 @@ mod tests {
             gpu_model: None,
             time_limit_s: None,
             preemptible: true,
+            util_pct: None,
+            idle_after_s: None,
         }
     }
 
@@ -763,5 +995,112 @@ mod tests {
         assert_eq!(resumed.jobs[0].end_s, Some(1_130 + 10_000 - 600));
         assert_eq!(resumed.jobs[0].lost_milli_s, 8_000 * 430);
         assert_eq!(resumed.jobs[1].first_start_s, Some(1_030));
+    }
+
+    /// One node of 8 GPUs guaranteed to team a. a's whole-node job works 600 s, then holds
+    /// the node idle until 20,000 s; b's whole-node job (no guarantee) arrives at 1,000 s.
+    fn hoarded_node(policy: IdlePolicy) -> SimResult {
+        let jobs = vec![
+            TraceJob {
+                id: 1,
+                duration_s: 20_000,
+                util_pct: Some(90),
+                idle_after_s: Some(600),
+                ..job(8)
+            },
+            TraceJob {
+                id: 2,
+                submit_s: 1_000,
+                duration_s: 100,
+                team: "b".into(),
+                ..job(8)
+            },
+        ];
+        let cluster = ClusterSpec::shorthand("1x8").unwrap();
+        let teams = vec![TeamSpec::new("a", 8), TeamSpec::new("b", 0)];
+        let mut options = SimOptions::new(PolicyKind::Default);
+        options.idle_policy = Some(policy);
+        simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap()
+    }
+
+    #[test]
+    fn an_idle_job_that_yields_gives_its_node_to_the_waiting_job_and_ends() {
+        let window = SchedulerConfig::default().idle_window_s;
+        let r = hoarded_node(IdlePolicy::Yield);
+        // Idle from 600 s; yields at 600 + window, when b's job waits: stopped, its GPUs back
+        // after the 30 s grace period, and it ends there (its work was done).
+        let stop = 600 + window;
+        assert_eq!(r.jobs[1].first_start_s, Some(stop + 30));
+        assert_eq!(r.jobs[0].end_s, Some(stop + 30));
+        assert!(r.jobs[0].ended_idle);
+        assert_eq!(r.jobs[0].lost_milli_s, 0, "it lost no work");
+        let idle = &r.idle;
+        assert_eq!(idle.milli_s, 8_000 * u128::from(window + 30));
+        assert_eq!(
+            idle.while_waiting_milli_s,
+            8_000 * u128::from(window + 30 - 400)
+        );
+        assert_eq!(
+            idle.reclaimed_milli_s,
+            8_000 * u128::from(20_000 - stop - 30)
+        );
+        assert_eq!(idle.busy_stopped, 0);
+        assert_eq!(idle.ended_idle, 1);
+        assert_eq!(idle.team_milli_s.get("a"), Some(&idle.milli_s));
+        // b's job was submitted while its team had no guarantee: no reclaim wait.
+        assert!(!r.jobs[1].reclaim_wait);
+    }
+
+    #[test]
+    fn under_warn_an_idle_job_keeps_its_node_to_the_end() {
+        let r = hoarded_node(IdlePolicy::Warn);
+        assert_eq!(r.jobs[0].end_s, Some(20_000));
+        assert_eq!(r.jobs[1].first_start_s, Some(20_000));
+        let idle = &r.idle;
+        assert_eq!(idle.milli_s, 8_000 * 19_400);
+        assert_eq!(idle.while_waiting_milli_s, 8_000 * 19_000);
+        assert_eq!(idle.reclaimed_milli_s, 0);
+        assert_eq!(idle.ended_idle, 0);
+    }
+
+    #[test]
+    fn release_stops_an_idle_job_whatever_the_demand() {
+        let window = SchedulerConfig::default().idle_window_s;
+        let r = hoarded_node(IdlePolicy::Release { after_s: 5_000 });
+        // b's job came at 1,000 s and took it at the window (release yields first).
+        let stop = 600 + window;
+        assert_eq!(r.jobs[1].first_start_s, Some(stop + 30));
+        // Alone, the idle job is released 5,000 s after the window.
+        let jobs = vec![TraceJob {
+            id: 1,
+            duration_s: 20_000,
+            util_pct: Some(90),
+            idle_after_s: Some(600),
+            ..job(8)
+        }];
+        let cluster = ClusterSpec::shorthand("1x8").unwrap();
+        let mut options = SimOptions::new(PolicyKind::Default);
+        options.idle_policy = Some(IdlePolicy::Release { after_s: 5_000 });
+        let teams = vec![TeamSpec::new("a", 8)];
+        let alone = simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap();
+        assert_eq!(alone.jobs[0].end_s, Some(600 + window + 5_000 + 30));
+        assert!(alone.jobs[0].ended_idle);
+        assert_eq!(alone.idle.while_waiting_milli_s, 0, "nothing waited");
+    }
+
+    #[test]
+    fn a_job_below_the_threshold_from_its_start_is_idle_all_along() {
+        let jobs = vec![TraceJob {
+            id: 1,
+            duration_s: 1_000,
+            util_pct: Some(2),
+            ..job(4)
+        }];
+        let cluster = ClusterSpec::shorthand("1x8").unwrap();
+        let options = SimOptions::new(PolicyKind::Default);
+        let teams = vec![TeamSpec::new("a", 8)];
+        let r = simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap();
+        assert_eq!(r.idle.milli_s, 4_000 * 1_000);
+        assert_eq!(r.jobs[0].end_s, Some(1_000));
     }
 }

@@ -173,6 +173,8 @@ mod tests {
             gpu_model: None,
             time_limit_s: None,
             preemptible: true,
+            util_pct: None,
+            idle_after_s: None,
         }
     }
 

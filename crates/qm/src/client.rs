@@ -354,9 +354,15 @@ pub struct TeamArgs {
     max: Option<u32>,
     #[arg(long)]
     weight: Option<u32>,
-    /// warn, reclaim or requeue.
+    /// What happens to a job whose GPUs stay idle past the idle window: warn (flag it),
+    /// yield (flag it; any job that needs its GPUs may preempt it; the default) or release
+    /// (yield, and stop and requeue it after --idle-release-after more).
     #[arg(long)]
     idle_policy: Option<IdlePolicy>,
+    /// With release: how long a job may stay idle beyond the idle window before it is
+    /// stopped (e.g. 90m; default 1h).
+    #[arg(long, value_name = "DURATION")]
+    idle_release_after: Option<String>,
     /// The priorities members may give their jobs, LOW..HIGH (e.g. `-10..10`; default 0..0).
     #[arg(long, value_name = "LOW..HIGH", allow_hyphen_values = true, value_parser = parse_range)]
     priorities: Option<[i32; 2]>,
@@ -859,6 +865,18 @@ pub fn admin(conn: &Conn, cmd: AdminCmd) -> Result<(), Box<dyn Error>> {
                     max: a.max,
                     weight: a.weight,
                     idle_policy: a.idle_policy,
+                    idle_release_after_s: a
+                        .idle_release_after
+                        .as_deref()
+                        .map(|d| {
+                            duration_s(d).and_then(|v| {
+                                u64::try_from(v).map_err(|_| {
+                                    format!("--idle-release-after {d}: give a positive duration such as 90m")
+                                })
+                            })
+                        })
+                        .transpose()
+                        .map_err(|e| fail(1, e))?,
                     priorities: a.priorities,
                     max_cpu: a.max_cpu,
                 },

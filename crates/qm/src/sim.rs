@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use qm_core::PolicyKind;
 use qm_sim::cluster::ClusterSpec;
 use qm_sim::gen::big_gang::BigGang;
+use qm_sim::gen::hoarding::Hoarding;
 use qm_sim::gen::resample::Resample;
 use qm_sim::gen::shapes::Shapes;
 use qm_sim::gen::Workload;
@@ -72,6 +73,34 @@ pub enum GenScenario {
     /// A trace's own jobs (any format `qm sim run` reads), resampled with replacement onto
     /// another cluster at another load, with arrivals in the trace's weekly pattern.
     PhillyResample(ResampleArgs),
+    /// Jobs that hold GPUs idle after their work and a team that keeps placeholders, on a
+    /// 512-GPU cluster where work waits: what each idle policy gives back.
+    Hoarding(HoardingArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HoardingArgs {
+    #[command(flatten)]
+    common: GenCommon,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = Hoarding::DEFAULT.nodes)]
+    nodes: u32,
+    /// GPUs per node.
+    #[arg(long, default_value_t = Hoarding::DEFAULT.gpus_per_node)]
+    gpus_per_node: u32,
+    /// Days of submissions.
+    #[arg(long, default_value_t = Hoarding::DEFAULT.days)]
+    days: u32,
+    /// Working GPU-time offered over the whole trace, as a fraction of the cluster (idle
+    /// holds and placeholders come on top).
+    #[arg(long, default_value_t = Hoarding::DEFAULT.load)]
+    load: f64,
+    /// The share of jobs that keep their GPUs idle for hours after their work is done.
+    #[arg(long, default_value_t = Hoarding::DEFAULT.idle_share)]
+    idle_share: f64,
+    /// Whole nodes of do-nothing placeholder jobs the `hoard` team keeps, renewed daily.
+    #[arg(long, default_value_t = Hoarding::DEFAULT.placeholder_nodes)]
+    placeholder_nodes: u32,
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +258,11 @@ pub struct RunArgs {
     /// report. [default: none; trace jobs restart from the beginning]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every_s: Option<u64>,
+    /// Replay each policy once per idle policy given (comma-separated: warn, yield, release
+    /// or release:SECONDS), each set for every team whatever the teams file says; the report
+    /// names each replay POLICY/IDLE. [default: the teams' own]
+    #[arg(long, value_name = "LIST")]
+    idle_policy: Option<String>,
 }
 
 pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
@@ -344,6 +378,18 @@ fn run_gen(scenario: &GenScenario) -> Result<(), Box<dyn Error>> {
             }
             .generate(a.common.seed)?,
         ),
+        GenScenario::Hoarding(a) => (
+            &a.common,
+            Hoarding {
+                nodes: a.nodes,
+                gpus_per_node: a.gpus_per_node,
+                days: a.days,
+                load: a.load,
+                idle_share: a.idle_share,
+                placeholder_nodes: a.placeholder_nodes,
+            }
+            .generate(a.common.seed)?,
+        ),
         GenScenario::PhillyResample(a) => {
             let format = match &a.format {
                 Some(f) => f.parse::<Format>()?,
@@ -398,6 +444,14 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         cluster.gpus(),
         teams.len()
     );
+    let idle: Vec<Option<qm_core::IdlePolicy>> = match &args.idle_policy {
+        None => vec![None],
+        Some(list) => list
+            .split(',')
+            .map(|p| qm_sim::sim::parse_idle_policy(p).map(Some))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--idle-policy: {e}"))?,
+    };
     let mut runs = Vec::new();
     let seeds = perturb_seeds(args.seed, args.perturb);
     // Replay 0 (the trace's order) of every policy, then replay 1 of every policy, and so on.
@@ -406,30 +460,38 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         .enumerate()
     {
         for &policy in &policies {
-            let mut o = SimOptions::new(policy);
-            o.grace_s = args.grace_s;
-            o.min_run_s = args.min_run_s;
-            if let Some(n) = args.max_reservations {
-                o.max_reservations = n;
+            for &idle_policy in &idle {
+                let mut o = SimOptions::new(policy);
+                o.grace_s = args.grace_s;
+                o.min_run_s = args.min_run_s;
+                if let Some(n) = args.max_reservations {
+                    o.max_reservations = n;
+                }
+                o.split_to_nodes = matches!(format, Format::Philly | Format::Tiresias);
+                o.perturb_seed = seed;
+                o.checkpoint_every_s = args.checkpoint_every_s;
+                o.idle_policy = idle_policy;
+                let name = match idle_policy {
+                    Some(p) => format!("{}/{}", policy.name(), qm_sim::sim::idle_policy_name(p)),
+                    None => policy.name().to_string(),
+                };
+                let label = match k {
+                    0 => name,
+                    k => format!("{name} #{k}"),
+                };
+                runs.push((label, o));
             }
-            o.split_to_nodes = matches!(format, Format::Philly | Format::Tiresias);
-            o.perturb_seed = seed;
-            o.checkpoint_every_s = args.checkpoint_every_s;
-            let label = match k {
-                0 => policy.name().to_string(),
-                k => format!("{} #{k}", policy.name()),
-            };
-            runs.push((label, o));
         }
     }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut results = replay_all(&trace.jobs, &cluster, &teams, &runs, threads)?.into_iter();
-    let plain: Vec<SimResult> = results.by_ref().take(policies.len()).collect();
+    let per_replay = policies.len() * idle.len();
+    let plain: Vec<SimResult> = results.by_ref().take(per_replay).collect();
     let mut replays: Vec<Vec<SimResult>> = Vec::new();
     while results.len() > 0 {
-        replays.push(results.by_ref().take(policies.len()).collect());
+        replays.push(results.by_ref().take(per_replay).collect());
     }
     let report = Report {
         trace: args.trace.display().to_string(),

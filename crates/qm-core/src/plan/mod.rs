@@ -233,11 +233,13 @@ impl std::fmt::Display for Reason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdleAction {
+    /// Flagged; nothing else will happen (`warn`).
     Warn,
-    /// Stopped in this plan (listed in `stops`).
-    Reclaimed,
-    /// Will be requeued at this time unless it gets busy.
-    RequeueAt(Secs),
+    /// Flagged and unprotected: any pending job that needs its GPUs may preempt it (`yield`);
+    /// with `release`, it is stopped at `release_at_s` unless it gets busy first.
+    Yield { release_at_s: Option<Secs> },
+    /// Stopped and requeued by this plan (listed in `stops`): `release`, past its window.
+    Released,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

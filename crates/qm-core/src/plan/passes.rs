@@ -230,14 +230,15 @@ impl<'a> Planner<'a> {
                 heap.push(Reverse((self.rank(job, lane.team), i)));
             }
         }
-        // Borrowing reclaims nothing: once no job left can fit the free capacity of any
-        // group and no priority preemption can happen, nothing left can start (reservations
-        // only tighten).
+        // Borrowing reclaims nothing (it takes only idle runs that yielded): once no job
+        // left can fit the free capacity of any group and no priority preemption or taking
+        // of idle runs can happen, nothing left can start (reservations only tighten).
         while let Some(Reverse((_, i))) = heap.pop() {
             pops += 1;
             if !self.explain
                 && pops % 8 == 1
                 && self.priority_exhausted()
+                && self.yield_exhausted()
                 && self.cannot_fit(least_left(&lanes))
             {
                 return;
@@ -579,6 +580,9 @@ impl<'a> Planner<'a> {
             if admissible.iter().any(|a| a.2 == Admission::Borrowed) {
                 return false;
             }
+        }
+        if self.take_yielded(job, t, &admissible, &within) {
+            return true;
         }
         if self.preempt_for_priority(job, t, &admissible, &capped) {
             return true;

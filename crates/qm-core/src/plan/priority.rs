@@ -99,6 +99,7 @@ impl<'a> Planner<'a> {
     ) -> bool {
         let spec = &job.spec;
         if self.priority_exhausted()
+            || job.stopped_idle
             || self.outranked.floor[t].is_none_or(|f| spec.priority <= f)
             || self.waits_on_victims(job)
         {
@@ -249,7 +250,7 @@ impl<'a> Planner<'a> {
 
     /// Whether the job holds GPUs freed for it by jobs that are still stopping: it waits for
     /// them, and preempts no more.
-    fn waits_on_victims(&self, job: &Job) -> bool {
+    pub(super) fn waits_on_victims(&self, job: &Job) -> bool {
         self.state.holds.get(&job.spec.id).is_some_and(|hold| {
             self.now <= hold.until_s
                 && hold.victims.iter().any(|v| {

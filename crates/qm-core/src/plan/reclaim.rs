@@ -39,6 +39,9 @@ pub(super) struct Victims {
     /// `(team, pool)`: milli-GPUs of the team's runs (sub-teams' included) that this plan's
     /// reclaims have stopped.
     pub(super) taken: BTreeMap<(usize, usize), u64>,
+    /// `[model]` how many of `by_model` are idle runs that yielded (an upper bound of those
+    /// not stopped yet): any pending job may take those (`take_yielded`).
+    pub(super) yielded: Vec<usize>,
 }
 
 impl Victims {
@@ -51,6 +54,7 @@ impl Victims {
             surplus: vec![Vec::new(); models],
             surplus_milli: vec![0; models],
             taken: BTreeMap::new(),
+            yielded: vec![0; models],
         }
     }
 }
@@ -70,10 +74,19 @@ impl<'a> Planner<'a> {
                 .all(|((&m, &a), &s)| m == 0 && s == 0 && (a == 0 || !self.victims.pinned_pending))
     }
 
+    /// No idle run that yielded can be taken in the rest of this plan.
+    pub(super) fn yield_exhausted(&self) -> bool {
+        self.policy != PolicyKind::Default
+            || self.attempts.reclaims >= self.cfg.max_reclaims
+            || self.attempts.failed_reclaims >= MAX_FAILED_ATTEMPTS
+            || self.victims.yielded.iter().all(|&n| n == 0)
+    }
+
     /// Frees the job's GPUs by preempting borrowed jobs that lose the least work.
     pub(super) fn reclaim(&mut self, job: &Job, m: usize, g: usize) -> bool {
         if self.attempts.reclaims >= self.cfg.max_reclaims
             || self.attempts.failed_reclaims >= MAX_FAILED_ATTEMPTS
+            || job.stopped_idle
         {
             return false;
         }
@@ -100,11 +113,15 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
-        // A team's guarantee protects it from other teams; it does not preempt itself.
+        // A team's guarantee protects it from other teams; it does not preempt itself, but
+        // for its own idle runs that yielded.
         let victims: Vec<usize> = self.victims.by_model[m]
             .iter()
             .copied()
-            .filter(|&i| !self.runs[i].stopped && self.runs[i].team != Some(team))
+            .filter(|&i| {
+                let r = &self.runs[i];
+                !r.stopped && (r.team != Some(team) || r.yielded)
+            })
             .collect();
         let homes = self.homes.clone();
         let ask = Ask::new(spec, g, end_s);
@@ -177,6 +194,69 @@ impl<'a> Planner<'a> {
         true
     }
 
+    /// For a job that cannot start now and would borrow: preempts idle runs that
+    /// yielded (`IdlePolicy::Yield`), of any team, its own included, where they make room for
+    /// it, on the first model of `admissible` (with the class it has there) where they do.
+    /// The same victim choice, holds and grace periods as reclaim; the victims are stopped
+    /// as idle.
+    pub(super) fn take_yielded<'w>(
+        &mut self,
+        job: &Job,
+        team: usize,
+        admissible: &[(usize, usize, Admission)],
+        within: &dyn Fn(usize, Admission) -> Option<(usize, &'w [u64])>,
+    ) -> bool {
+        if self.yield_exhausted() || self.waits_on_victims(job) || job.stopped_idle {
+            return false;
+        }
+        let spec = &job.spec;
+        let (end_s, _) = self.end_of(spec, self.now);
+        for &(m, g, class) in admissible {
+            // Inside its guarantee, reclaim has taken idle runs with the borrowed ones.
+            if class == Admission::Guaranteed || self.victims.yielded[m] == 0 {
+                continue;
+            }
+            let idle: Vec<usize> = self.victims.by_model[m]
+                .iter()
+                .copied()
+                .filter(|&i| self.runs[i].yielded && !self.runs[i].stopped)
+                .collect();
+            let touched: u64 = idle
+                .iter()
+                .flat_map(|&i| self.runs[i].placement.iter())
+                .map(|task| task.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                .sum();
+            if idle.is_empty() || self.view.group_free_milli[g] + touched < spec.milli_total() {
+                continue;
+            }
+            let ask = Ask::new(spec, g, end_s).within(within(m, class));
+            let Some((chosen, placement)) = self.victims_and_place(&ask, &idle, None) else {
+                self.attempts.failed_reclaims += 1;
+                continue;
+            };
+            for &i in &chosen {
+                let freed: u64 = self.runs[i]
+                    .placement
+                    .iter()
+                    .map(|task| task.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                    .sum();
+                self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
+            }
+            self.victims.yielded[m] = self.victims.yielded[m].saturating_sub(chosen.len());
+            self.attempts.reclaims += 1;
+            self.preempt(
+                job,
+                team,
+                (m, g),
+                &chosen,
+                placement,
+                (StopCause::Idle, class),
+            );
+            return true;
+        }
+        false
+    }
+
     /// Milli-GPUs that stopping `runs` takes from each team and its ancestors, by
     /// `(team, pool of model m)`.
     fn takes(&self, m: usize, runs: &[usize]) -> BTreeMap<(usize, usize), u64> {
@@ -227,6 +307,8 @@ impl<'a> Planner<'a> {
             r.stopped = true;
             ready_by_s = ready_by_s.max(self.now.saturating_add(r.job.spec.grace_s));
             ids.push(r.job.spec.id);
+            // An idle run that yielded is stopped as idle, whatever made room for whom.
+            let cause = if r.yielded { StopCause::Idle } else { cause };
             self.out.stops.push(StopOrder {
                 job: r.job.spec.id,
                 cause,

@@ -35,6 +35,10 @@ pub(super) struct RunInfo<'a> {
     pub(super) lost_gpu_s: u64,
     /// Stopping, or stopped by this plan: no longer a victim for reclaim.
     pub(super) stopped: bool,
+    /// Idle past the window under a team policy that yields (`IdlePolicy::yields`): it
+    /// counts as borrowed, outside its team's guarantee, and any pending job that needs its
+    /// GPUs may preempt it, its own team's included, preemptible or not.
+    pub(super) yielded: bool,
 }
 
 /// What each team holds and has used, updated as the plan starts and claims.
@@ -128,6 +132,11 @@ impl<'a> Planner<'a> {
                 Some(every) if every > 0 => elapsed % every,
                 _ => elapsed,
             };
+            let yielded = self.policy == PolicyKind::Default
+                && run.idle_since_s.is_some_and(|since| {
+                    self.idle_policy_of(job)
+                        .yields(since, self.now, state.config.idle_window_s)
+                });
             self.runs.push(RunInfo {
                 job,
                 placement: &run.placement,
@@ -137,6 +146,7 @@ impl<'a> Planner<'a> {
                 stopping: stopping.is_some(),
                 lost_gpu_s: milli.saturating_mul(lost) / u64::from(MILLI_PER_GPU),
                 stopped: stopping.is_some(),
+                yielded,
             });
         }
         self.classify();
@@ -165,11 +175,13 @@ impl<'a> Planner<'a> {
             let spec = &r.job.spec;
             let run = r.job.state.run().expect("holding");
             let eligible = !r.stopped
-                && r.mode == Admission::Borrowed
-                && spec.preemptible
-                && self.now.saturating_sub(run.started_s) >= spec.min_run_s;
+                && (r.yielded
+                    || (r.mode == Admission::Borrowed
+                        && spec.preemptible
+                        && self.now.saturating_sub(run.started_s) >= spec.min_run_s));
             if eligible {
                 self.victims.by_model[r.model].push(i);
+                self.victims.yielded[r.model] += usize::from(r.yielded);
             }
         }
         // Runs counted inside the guarantee of a team above its guarantee, where stopping
@@ -254,15 +266,22 @@ impl<'a> Planner<'a> {
             Run(usize),
             Waiting(JobId, usize, u64),
         }
-        /// Leaving (a priority preemption's victim), admitted at start as, started, id.
-        type Key = (bool, Admission, Secs, JobId);
+        /// Leaving (a priority preemption's victim), yielded (idle), admitted at start as,
+        /// started, id.
+        type Key = (bool, bool, Admission, Secs, JobId);
         let mut by_team: BTreeMap<usize, Vec<(Key, Entry)>> = BTreeMap::new();
         for (i, r) in self.runs.iter_mut().enumerate() {
             if let Some(t) = r.team {
                 let run = r.job.state.run().expect("holding");
                 let leaving = matches!(&r.job.state,
                     JobState::Stopping(_, s) if s.cause == StopCause::Priority);
-                let key = (leaving, run.admission, run.started_s, r.job.spec.id);
+                let key = (
+                    leaving,
+                    r.yielded,
+                    run.admission,
+                    run.started_s,
+                    r.job.spec.id,
+                );
                 by_team.entry(t).or_default().push((key, Entry::Run(i)));
             } else {
                 r.mode = Admission::Borrowed;
@@ -286,12 +305,18 @@ impl<'a> Planner<'a> {
                 let Some(model) = model else { continue };
                 let milli = job.spec.milli_total();
                 if self.priority_hold(job, hold) {
-                    let key = (false, Admission::Guaranteed, Secs::MAX, *b);
+                    let key = (false, false, Admission::Guaranteed, Secs::MAX, *b);
                     let entry = Entry::Waiting(*b, model, milli);
                     by_team.entry(t).or_default().push((key, entry));
                     continue;
                 }
+                // A reclaim's hold is inside the guarantee; one that took idle runs for a
+                // borrowing job (`take_yielded`) is only where it fits.
                 let pool = self.teams.pool_of_model[t][model];
+                if self.acct.guaranteed_used[t][pool] + milli > self.teams.pools[t][pool].guaranteed
+                {
+                    continue;
+                }
                 self.acct.guaranteed_used[t][pool] += milli;
                 self.acct.guarantee_set_aside.insert(*b, (t, pool, milli));
             }
@@ -307,6 +332,7 @@ impl<'a> Planner<'a> {
                         let milli = r.job.spec.milli_total();
                         if self.policy != PolicyKind::Default
                             || (milli > 0
+                                && !r.yielded
                                 && used[pool] + milli <= self.teams.pools[t][pool].guaranteed)
                         {
                             used[pool] += milli;
@@ -328,11 +354,20 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The order victims are taken in: least work lost, then the youngest, then by id.
-    pub(super) fn victim_key(&self, i: usize) -> (u64, Reverse<Secs>, JobId) {
+    /// The order victims are taken in: idle runs that yielded first, then least work lost,
+    /// then the youngest, then by id.
+    pub(super) fn victim_key(&self, i: usize) -> (bool, u64, Reverse<Secs>, JobId) {
         let r = &self.runs[i];
         let started = r.job.state.run().map_or(0, |run| run.started_s);
-        (r.lost_gpu_s, Reverse(started), r.job.spec.id)
+        (!r.yielded, r.lost_gpu_s, Reverse(started), r.job.spec.id)
+    }
+
+    /// The idle policy of the job's team (the default where the team is gone).
+    pub(super) fn idle_policy_of(&self, job: &Job) -> IdlePolicy {
+        self.state
+            .teams
+            .get(&job.spec.team)
+            .map_or(IdlePolicy::default(), |t| t.spec.idle_policy)
     }
 
     /// Whether every task of run `i` sits on a node that is home to its team.
@@ -346,9 +381,12 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// Idle runs past the window: flagged, and stopped where their team's policy releases
+    /// them and their time has come (yielding is decided in `scan_running`).
     pub(super) fn idle_reclaim(&mut self) {
         let window = self.cfg.idle_window_s;
-        for r in &mut self.runs {
+        for i in 0..self.runs.len() {
+            let r = &self.runs[i];
             if r.stopped {
                 continue;
             }
@@ -359,35 +397,22 @@ impl<'a> Planner<'a> {
             if self.now.saturating_sub(since) < window {
                 continue;
             }
-            let policy = self
-                .state
-                .teams
-                .get(&r.job.spec.team)
-                .map_or(IdlePolicy::Warn, |t| t.spec.idle_policy);
-            let preemptible = r.job.spec.preemptible;
+            let policy = self.idle_policy_of(r.job);
             let action = match policy {
                 IdlePolicy::Warn => IdleAction::Warn,
-                IdlePolicy::ReclaimBorrowed if r.mode == Admission::Borrowed && preemptible => {
-                    IdleAction::Reclaimed
-                }
-                IdlePolicy::ReclaimBorrowed => IdleAction::Warn,
-                IdlePolicy::Requeue { grace_s } => {
-                    let due = since.saturating_add(window).saturating_add(grace_s);
-                    if self.now >= due && preemptible {
-                        IdleAction::Reclaimed
-                    } else {
-                        IdleAction::RequeueAt(due)
-                    }
-                }
+                _ => match policy.release_at(since, window) {
+                    Some(due) if self.now >= due => IdleAction::Released,
+                    release_at_s => IdleAction::Yield { release_at_s },
+                },
             };
-            if action == IdleAction::Reclaimed {
+            let r = &mut self.runs[i];
+            if action == IdleAction::Released {
                 r.stopped = true;
-                let lost = r.lost_gpu_s;
                 self.out.stops.push(StopOrder {
                     job: r.job.spec.id,
                     cause: StopCause::Idle,
                     beneficiary: None,
-                    lost_gpu_s: lost,
+                    lost_gpu_s: r.lost_gpu_s,
                 });
             }
             self.out.idle.push(IdleNotice {

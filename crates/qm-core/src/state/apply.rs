@@ -331,6 +331,7 @@ impl ClusterState {
             preemptions: 0,
             runs: 0,
             idle_milli_s: 0,
+            stopped_idle: false,
         });
         Ok(())
     }
@@ -398,6 +399,7 @@ impl ClusterState {
         self.holds.remove(&id);
         let job = self.jobs.get_mut(&id).expect("checked above");
         job.runs += 1;
+        job.stopped_idle = false;
         job.state = JobState::Running(Run {
             attempt: job.runs,
             placement,
@@ -465,6 +467,11 @@ impl ClusterState {
         };
         if matches!(cause, StopCause::Reclaim | StopCause::Priority) && !job.spec.preemptible {
             return Err(ApplyError::NotPreemptible(id));
+        }
+        if cause == StopCause::Idle && run.idle_since_s.is_none() {
+            return Err(ApplyError::Invalid(format!(
+                "{id} cannot be stopped as idle: its last utilisation sample is at or above the idle threshold"
+            )));
         }
         if let Some(b) = beneficiary {
             let ok = self
@@ -575,9 +582,11 @@ impl ClusterState {
         let requeued = next == JobState::Pending;
         self.release(id);
         let job = self.jobs.get_mut(&id).expect("a live job");
+        let idle = matches!(&job.state, JobState::Stopping(_, s) if s.cause == StopCause::Idle);
         job.state = next;
         if requeued {
             job.preemptions += 1;
+            job.stopped_idle = idle;
         } else {
             self.retire(id);
         }

@@ -85,32 +85,37 @@ fn submitting_after_a_failed_job_is_refused() {
 }
 
 #[test]
-fn idle_allocations_are_warned_reclaimed_or_requeued_by_team_policy() {
+fn idle_allocations_are_flagged_then_yield_or_are_released_by_team_policy() {
     let state = ClusterBuilder::new()
         .racks(1, 1, 8)
-        .team_spec(TeamBuilder::new("warn").guaranteed(2).build())
         .team_spec(
-            TeamBuilder::new("reclaim")
-                .guaranteed(1)
-                .idle_policy(IdlePolicy::ReclaimBorrowed)
+            TeamBuilder::new("warn")
+                .guaranteed(2)
+                .idle_policy(IdlePolicy::Warn)
                 .build(),
         )
         .team_spec(
-            TeamBuilder::new("requeue")
+            TeamBuilder::new("yield")
+                .guaranteed(1)
+                .idle_policy(IdlePolicy::Yield)
+                .build(),
+        )
+        .team_spec(
+            TeamBuilder::new("release")
                 .guaranteed(2)
-                .idle_policy(IdlePolicy::Requeue { grace_s: 600 })
+                .idle_policy(IdlePolicy::Release { after_s: 600 })
                 .build(),
         )
         .build();
     let mut h = Harness::new(state);
     let w = h.submit(JobBuilder::new("warn").limit(100_000));
-    let r_guaranteed = h.submit(JobBuilder::new("reclaim").limit(100_000));
-    let r_borrowed = h.submit(JobBuilder::new("reclaim").limit(100_000));
-    let q = h.submit(JobBuilder::new("requeue").limit(100_000));
+    let y_guaranteed = h.submit(JobBuilder::new("yield").limit(100_000));
+    let y_borrowed = h.submit(JobBuilder::new("yield").limit(100_000));
+    let q = h.submit(JobBuilder::new("release").limit(100_000));
     h.step();
     for t in (0..=1800).step_by(300) {
         h.now = t;
-        for j in [w, r_guaranteed, r_borrowed, q] {
+        for j in [w, y_guaranteed, y_borrowed, q] {
             apply(
                 &mut h.state,
                 Event::Utilisation {
@@ -123,21 +128,31 @@ fn idle_allocations_are_warned_reclaimed_or_requeued_by_team_policy() {
             .unwrap();
         }
     }
+    // Not yet idle for the whole window: nothing to say.
+    assert!(qm_core::plan(&h.state, 1799).idle.is_empty());
     let plan = qm_core::plan(&h.state, 1800);
     let action = |j| plan.idle.iter().find(|n| n.job == j).map(|n| n.action);
     assert_eq!(action(w), Some(IdleAction::Warn));
-    assert_eq!(action(r_guaranteed), Some(IdleAction::Warn));
-    assert_eq!(action(r_borrowed), Some(IdleAction::Reclaimed));
-    assert_eq!(action(q), Some(IdleAction::RequeueAt(2400)));
-    let stopped: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
-    assert_eq!(stopped, vec![r_borrowed]);
+    let yielding = IdleAction::Yield { release_at_s: None };
+    assert_eq!(action(y_guaranteed), Some(yielding));
+    assert_eq!(action(y_borrowed), Some(yielding));
+    assert_eq!(
+        action(q),
+        Some(IdleAction::Yield {
+            release_at_s: Some(2400)
+        })
+    );
+    // Yielding stops nothing while no one needs the GPUs.
+    assert!(plan.stops.is_empty(), "{:?}", plan.stops);
     let plan = qm_core::plan(&h.state, 2400);
-    assert!(plan
-        .stops
-        .iter()
-        .any(|s| s.job == q && s.cause == StopCause::Idle));
+    let stopped: Vec<(JobId, StopCause)> = plan.stops.iter().map(|s| (s.job, s.cause)).collect();
+    assert_eq!(stopped, vec![(q, StopCause::Idle)]);
+    assert_eq!(
+        plan.idle.iter().find(|n| n.job == q).map(|n| n.action),
+        Some(IdleAction::Released)
+    );
     // Idle time is charged: 1800 s x 1 GPU for each of the four jobs.
-    for (team, jobs) in [("warn", 1.0), ("reclaim", 2.0), ("requeue", 1.0)] {
+    for (team, jobs) in [("warn", 1.0), ("yield", 2.0), ("release", 1.0)] {
         let standing = plan.teams.iter().find(|t| t.team == team).unwrap();
         assert!(
             (standing.idle_gpu_hours - 0.5 * jobs).abs() < 1e-9,

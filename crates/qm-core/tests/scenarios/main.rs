@@ -1,6 +1,7 @@
 //! Scenario tests: small clusters built with the testkit, one behaviour each, by subject.
 
 mod cpu;
+mod idle;
 mod lifecycle;
 mod placement;
 mod priority;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::Json;
 use qm_core::{Event, NodeId, NodeState, Quota, TeamSpec, ANY_MODEL};
-use qm_proto::{NodeView, TeamRequest, TeamView, TokenRequest, TokenResponse};
+use qm_proto::{IdlePolicy, NodeView, TeamRequest, TeamView, TokenRequest, TokenResponse};
 
 use super::{Admin, Api, Body, Seg};
 use crate::views::{self, node_view, team_views};
@@ -105,6 +105,21 @@ pub async fn set_team(
     if req.weight == Some(0) {
         return Err(Refusal::BadRequest("weight must be at least 1".into()));
     }
+    if req.idle_release_after_s == Some(0) {
+        return Err(Refusal::BadRequest(
+            "idle_release_after_s is 0; give the seconds a job may stay idle beyond the idle window before it is released, at least 1".into(),
+        ));
+    }
+    if req.idle_release_after_s.is_some()
+        && req
+            .idle_policy
+            .is_some_and(|p| !matches!(p, IdlePolicy::Release | IdlePolicy::Requeue))
+    {
+        return Err(Refusal::BadRequest(format!(
+            "idle_release_after_s goes with idle_policy \"release\", not {:?}",
+            req.idle_policy.map(|p| p.as_str()).unwrap_or_default()
+        )));
+    }
     if let Some([lo, hi]) = req.priorities {
         if lo > hi {
             return Err(Refusal::BadRequest(format!(
@@ -138,8 +153,20 @@ pub async fn set_team(
             if let Some(w) = req.weight {
                 spec.weight = w;
             }
-            if let Some(policy) = req.idle_policy {
-                spec.idle_policy = views::core_idle_policy(policy);
+            match (req.idle_policy, req.idle_release_after_s) {
+                (Some(policy), after) => {
+                    spec.idle_policy = views::core_idle_policy(policy, after, spec.idle_policy);
+                }
+                (None, Some(after_s)) => match &mut spec.idle_policy {
+                    qm_core::IdlePolicy::Release { after_s: a } => *a = after_s,
+                    _ => {
+                        return Err(Refusal::BadRequest(format!(
+                            "idle_release_after_s is {after_s}, but team {} does not release idle jobs; give idle_policy \"release\" with it",
+                            req.name
+                        )))
+                    }
+                },
+                (None, None) => {}
             }
             if let Some(range) = req.priorities {
                 spec.priorities = range;

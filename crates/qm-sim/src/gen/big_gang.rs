@@ -237,12 +237,15 @@ impl BigGang {
                 team: "frontier".into(),
                 user: "",
                 preemptible: false,
+                util_pct: None,
+                idle_after_s: None,
             });
         }
         let mut workload = Workload {
             scenario: "big-gang",
             cluster: format!("{}x{}", self.nodes, self.gpus_per_node),
             policies: "default,fifo",
+            idle_policies: None,
             jobs: finish(drafts),
             teams,
             readme: String::new(),

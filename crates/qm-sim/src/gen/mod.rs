@@ -9,6 +9,7 @@
 //! | `big-gang` | [`big_gang`] | a team guaranteed 2,048 GPUs gets them back, as whole nodes, when its one big run arrives into a pool full of borrowers |
 //! | `shapes` | [`shapes`] | teams of different job shapes: a guarantee of whole nodes comes back as whole nodes |
 //! | `philly-resample` | [`resample`] | a real trace's jobs (any format `qm sim run` reads) at another load, on another cluster |
+//! | `hoarding` | [`hoarding`] | jobs that hold GPUs idle and a team that keeps placeholders: what each idle policy gives back while work waits |
 //!
 //! [`Workload::write`] puts three files in a directory: `trace.csv` in our CSV format
 //! ([`crate::trace::csv`]), `teams.toml` ([`crate::teamspec`]) and `README.md` (the parameters,
@@ -23,6 +24,7 @@
 
 pub mod big_gang;
 pub mod dist;
+pub mod hoarding;
 pub mod resample;
 pub mod shapes;
 
@@ -47,6 +49,8 @@ pub struct Workload {
     pub cluster: String,
     /// The policies the replay command compares.
     pub policies: &'static str,
+    /// The idle policies it compares (`qm sim run --idle-policy`), if any.
+    pub idle_policies: Option<&'static str>,
     /// Sorted by `(submit_s, id)`, ids from 1 in that order, the first submission at 0 s:
     /// exactly what the CSV loader reads back from `trace.csv`.
     pub jobs: Vec<TraceJob>,
@@ -66,15 +70,21 @@ impl Workload {
     /// `trace.csv`: our CSV with every column the generators set, so the loader reads back
     /// exactly [`Workload::jobs`].
     pub fn trace_csv(&self) -> String {
+        let util = self.jobs.iter().any(|j| j.util_pct.is_some());
         let mut out = String::from(
-            "submit_s,duration_s,tasks,gpus_per_task,gpu_milli,cpu_milli,mem_mib,team,id,user,preemptible,time_limit_s,priority\n",
+            "submit_s,duration_s,tasks,gpus_per_task,gpu_milli,cpu_milli,mem_mib,team,id,user,preemptible,time_limit_s,priority",
         );
+        out.push_str(if util {
+            ",util_pct,idle_after_s\n"
+        } else {
+            "\n"
+        });
         for j in &self.jobs {
             let (gpus, milli) = match j.gpu {
                 GpuAsk::Whole(n) => (n, String::new()),
                 GpuAsk::Milli(m) => (0, m.to_string()),
             };
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 j.submit_s,
@@ -91,6 +101,16 @@ impl Workload {
                 j.time_limit_s.expect("the generators set every time limit"),
                 j.priority
             );
+            if util {
+                let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+                let _ = write!(
+                    out,
+                    ",{},{}",
+                    opt(j.util_pct.map(u64::from)),
+                    opt(j.idle_after_s)
+                );
+            }
+            out.push('\n');
         }
         out
     }
@@ -114,8 +134,11 @@ impl Workload {
     /// The command that replays the workload written to `dir`, reporting into `dir/report`.
     pub fn replay_command(&self, dir: &Path) -> String {
         let path = |file: &str| dir.join(file).display().to_string();
+        let idle = self
+            .idle_policies
+            .map_or(String::new(), |p| format!(" --idle-policy {p}"));
         format!(
-            "qm sim run --trace {} --cluster {} --teams {} --policy {} --out {}",
+            "qm sim run --trace {} --cluster {} --teams {} --policy {}{idle} --out {}",
             path("trace.csv"),
             self.cluster,
             path("teams.toml"),
@@ -169,6 +192,10 @@ pub(crate) struct Draft {
     pub team: String,
     pub user: &'static str,
     pub preemptible: bool,
+    /// [`TraceJob::util_pct`].
+    pub util_pct: Option<u8>,
+    /// [`TraceJob::idle_after_s`].
+    pub idle_after_s: Option<u64>,
 }
 
 impl Stream {
@@ -211,6 +238,8 @@ impl Stream {
                 team: self.team.clone(),
                 user: "",
                 preemptible: true,
+                util_pct: None,
+                idle_after_s: None,
             });
         }
     }
@@ -251,6 +280,8 @@ impl Stream {
             team: self.team.clone(),
             user: WARM_USER,
             preemptible: true,
+            util_pct: None,
+            idle_after_s: None,
         }
     }
 }
@@ -317,6 +348,8 @@ pub(crate) fn finish(mut drafts: Vec<Draft>) -> Vec<TraceJob> {
                 gpu_model: None,
                 time_limit_s: Some(d.time_limit_s),
                 preemptible: d.preemptible,
+                util_pct: d.util_pct,
+                idle_after_s: d.idle_after_s,
             }
         })
         .collect()

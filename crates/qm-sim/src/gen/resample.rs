@@ -172,6 +172,7 @@ impl Resample {
             scenario: "philly-resample",
             cluster: format!("{}x{}", self.nodes, self.gpus_per_node),
             policies: "default,fifo,static",
+            idle_policies: None,
             jobs,
             teams,
             readme: String::new(),

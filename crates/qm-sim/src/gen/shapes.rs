@@ -250,6 +250,7 @@ impl Shapes {
             scenario: "shapes",
             cluster: format!("{}x{}", self.nodes, self.gpus_per_node),
             policies: "default,static",
+            idle_policies: None,
             jobs: finish(drafts),
             teams,
             readme: String::new(),

@@ -399,3 +399,58 @@ fn a_resampled_trace_keeps_the_sources_jobs_at_the_asked_load() {
     .unwrap_err();
     assert!(err.to_string().contains("no job whose tasks fit"), "{err}");
 }
+
+fn small_hoarding() -> super::hoarding::Hoarding {
+    super::hoarding::Hoarding {
+        nodes: 16,
+        days: 2,
+        placeholder_nodes: 2,
+        ..super::hoarding::Hoarding::DEFAULT
+    }
+}
+
+#[test]
+fn hoarding_holds_idle_gpus_as_documented_and_reads_back() {
+    use super::hoarding::PLACEHOLDER_USER;
+    let w = small_hoarding().generate(3).unwrap();
+    assert_eq!(
+        files(&w),
+        files(&small_hoarding().generate(3).unwrap()),
+        "the same seed, the same bytes"
+    );
+    reads_back(&w);
+    assert!(w
+        .replay_command(std::path::Path::new(""))
+        .contains("--idle-policy warn,yield,release"));
+    // Every job has a utilisation; working jobs are above the idle threshold.
+    assert!(w.jobs.iter().all(|j| j.util_pct.is_some()));
+    let (placeholders, work): (Vec<&TraceJob>, Vec<&TraceJob>) =
+        w.jobs.iter().partition(|j| j.user == PLACEHOLDER_USER);
+    // Two whole-node placeholders a day, doing nothing, not preemptible, for a day.
+    assert_eq!(placeholders.len(), 2 * 2);
+    for p in &placeholders {
+        assert_eq!((p.util_pct, p.idle_after_s), (Some(0), Some(0)));
+        assert!(!p.preemptible && p.team == "hoard" && gpus(p) == 8 && p.duration_s == 86_400);
+    }
+    assert!(work.iter().all(|j| j.util_pct.is_some_and(|u| u >= 10)));
+    // About a fifth of the others hold their GPUs idle after their work, for 30 min to 2 days.
+    let idle: Vec<&&TraceJob> = work.iter().filter(|j| j.idle_after_s.is_some()).collect();
+    let share = idle.len() as f64 / work.len() as f64;
+    assert!((0.15..0.25).contains(&share), "{share}");
+    for j in idle {
+        let hold = j.duration_s - j.idle_after_s.unwrap();
+        assert!((1_800..172_800).contains(&hold), "{j:?}");
+        assert!(j.time_limit_s.unwrap() >= j.duration_s);
+    }
+    let e = super::hoarding::Hoarding {
+        placeholder_nodes: 40,
+        ..small_hoarding()
+    }
+    .generate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--placeholder-nodes of at most hoard's guarantee"),
+        "{e}"
+    );
+}

@@ -62,7 +62,8 @@ pub fn reference(names: &[&str]) -> Option<usize> {
 /// Every policy but the reference against it, policy by policy (in the order they ran), team
 /// by team (by name). Empty for fewer than two policies.
 pub fn team_comparisons(results: &[SimResult]) -> Vec<TeamComparison> {
-    let names: Vec<&str> = results.iter().map(|r| r.policy.name()).collect();
+    let labels: Vec<String> = results.iter().map(SimResult::label).collect();
+    let names: Vec<&str> = labels.iter().map(String::as_str).collect();
     let Some(r) = reference(&names) else {
         return Vec::new();
     };
@@ -114,8 +115,8 @@ pub fn compare(reference: &SimResult, policy: &SimResult) -> Vec<TeamComparison>
                 (t.reference_s as f64 / n, t.policy_s as f64 / n);
             TeamComparison {
                 team: team.to_string(),
-                policy: policy.policy.name().to_string(),
-                reference: reference.policy.name().to_string(),
+                policy: policy.label(),
+                reference: reference.label(),
                 started_both: t.both,
                 reference_wait_mean_s,
                 policy_wait_mean_s,

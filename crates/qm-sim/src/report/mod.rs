@@ -44,7 +44,7 @@ pub use compare::{compare, team_comparisons, TeamComparison};
 pub use perturbed::{
     perturbed, Figures, Perturbed, PerturbedPolicy, Stat, TeamComparisonMean, TeamWaitsMean,
 };
-pub use tables::{perturbed_table, perturbed_team_tables, table, team_tables};
+pub use tables::{idle_tables, perturbed_table, perturbed_team_tables, table, team_tables};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TeamReport {
@@ -90,6 +90,20 @@ pub struct TeamWaits {
     pub waits: Waits,
 }
 
+/// One team's idle GPU time and how fast its guarantee came back when it was lent out.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TeamIdle {
+    pub team: String,
+    /// GPU-hours the team's jobs held idle.
+    pub idle_gpu_hours: f64,
+    /// Jobs submitted while the team's guarantee was lent out (it held less than its
+    /// guarantee by at least the job's ask, and the free GPUs were too few for the job).
+    pub reclaim_waits: usize,
+    /// Over those jobs (censored waits included): the mean and p99 of submission to start.
+    pub reclaim_wait_mean_s: f64,
+    pub reclaim_wait_p99_s: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PolicyReport {
     pub policy: String,
@@ -108,7 +122,19 @@ pub struct PolicyReport {
     pub makespan_s: u64,
     pub preemptions: u64,
     pub gpu_hours_lost: f64,
+    /// GPU-hours allocated to jobs while their GPUs were idle.
+    pub idle_gpu_hours: f64,
+    /// The part of `idle_gpu_hours` held while some job that asks for GPUs was pending.
+    pub idle_gpu_hours_while_waiting: f64,
+    /// GPU-hours idle jobs would still have held when a stop (an idle policy, or a preemption
+    /// they yielded to) gave their GPUs back.
     pub idle_gpu_hours_reclaimed: f64,
+    /// Jobs stopped as idle while they worked above the idle threshold: must be 0.
+    pub busy_stopped_as_idle: u64,
+    /// Jobs ended by a stop while they held their GPUs idle after their work was done.
+    pub ended_idle: u64,
+    /// Per team with idle time or jobs that waited for its guarantee to come back.
+    pub team_idle: Vec<TeamIdle>,
     pub fairness_jain: f64,
     pub plans: u64,
     /// Teams with completed jobs, over those.
@@ -172,6 +198,8 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
     // the waits and the censored count.
     let (mut waits_all, mut censored_all) = (Vec::new(), 0);
     let mut team_waits: BTreeMap<&str, (Vec<f64>, usize)> = Default::default();
+    // Per team: waits of the jobs submitted while its guarantee was lent out.
+    let mut reclaim_waits: BTreeMap<&str, Vec<f64>> = Default::default();
     let (mut rejected, mut unfinished, mut preemptions, mut lost) = (0, 0, 0u64, 0u64);
     let first_submit = r.jobs.iter().map(|j| j.submit_s).min().unwrap_or(0);
     let mut last_end = first_submit;
@@ -192,6 +220,9 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
         let t = team_waits.entry(&j.team).or_default();
         t.0.push(waited);
         t.1 += censored;
+        if j.reclaim_wait {
+            reclaim_waits.entry(&j.team).or_default().push(waited);
+        }
         let (Some(start), Some(end)) = (j.first_start_s, j.end_s) else {
             unfinished += 1;
             continue;
@@ -255,7 +286,7 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
     let mut sorted_wait = wait.clone();
     sorted_wait.sort_by(f64::total_cmp);
     PolicyReport {
-        policy: r.policy.name().to_string(),
+        policy: r.label(),
         jobs: jct.len(),
         rejected,
         unfinished,
@@ -271,7 +302,12 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
         makespan_s: span,
         preemptions,
         gpu_hours_lost: lost as f64 / 1000.0 / 3600.0,
-        idle_gpu_hours_reclaimed: 0.0,
+        idle_gpu_hours: gpu_hours(r.idle.milli_s),
+        idle_gpu_hours_while_waiting: gpu_hours(r.idle.while_waiting_milli_s),
+        idle_gpu_hours_reclaimed: gpu_hours(r.idle.reclaimed_milli_s),
+        busy_stopped_as_idle: r.idle.busy_stopped,
+        ended_idle: r.idle.ended_idle,
+        team_idle: team_idle(r, reclaim_waits),
         fairness_jain,
         plans: r.plans,
         teams: team_reports,
@@ -285,6 +321,31 @@ pub fn summarize(r: &SimResult) -> PolicyReport {
             })
             .collect(),
     }
+}
+
+fn gpu_hours(milli_s: u128) -> f64 {
+    milli_s as f64 / 1000.0 / 3600.0
+}
+
+fn team_idle(r: &SimResult, mut reclaim_waits: BTreeMap<&str, Vec<f64>>) -> Vec<TeamIdle> {
+    let mut teams: Vec<&str> = r.idle.team_milli_s.keys().map(String::as_str).collect();
+    teams.extend(reclaim_waits.keys());
+    teams.sort();
+    teams.dedup();
+    teams
+        .into_iter()
+        .map(|team| {
+            let mut waits = reclaim_waits.remove(team).unwrap_or_default();
+            waits.sort_by(f64::total_cmp);
+            TeamIdle {
+                team: team.to_string(),
+                idle_gpu_hours: gpu_hours(r.idle.team_milli_s.get(team).copied().unwrap_or(0)),
+                reclaim_waits: waits.len(),
+                reclaim_wait_mean_s: mean(&waits),
+                reclaim_wait_p99_s: pct(&waits, 0.99),
+            }
+        })
+        .collect()
 }
 
 /// Writes report.json, report.md and the charts into `dir`.
@@ -332,6 +393,10 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
         );
     }
     let _ = writeln!(md, "## Teams\n\n{}", team_tables(report));
+    let idle = idle_tables(report);
+    if !idle.is_empty() {
+        let _ = writeln!(md, "{idle}");
+    }
     if let Some(p) = &report.perturbed {
         let _ = writeln!(
             md,
@@ -355,13 +420,13 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
     Ok(())
 }
 
-const DEFINITIONS: &str = "JCT = completion - submission and slowdown = JCT / duration, over completed jobs. Wait = first start - submission, over every accepted job: a job still waiting when the replay ended (it never started) counts with its wait so far, up to the replay's end, and is counted as censored (its real wait is longer). Rejected jobs (refused at submission: no part of this cluster could ever hold them, under any policy) are left out and counted apart. Like with like: a team's mean wait under a policy and under the reference over the same jobs, those that started under both; the jobs that started under one of them only are counted apart. Guarantee denied = the GPU-hours of a team's guarantee it did not hold while it had a pending job that would have fitted in them (at each plan, the guarantee less what the team holds, where its smallest pending GPU ask fits in that; teams with a guarantee and no sub-teams): under static what packing inside the partition leaves, in the shared pool also what did not come back in the shape the team needed. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning (from its last checkpoint where the run says every job checkpoints); GPU-h lost counts the work cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown.";
+const DEFINITIONS: &str = "JCT = completion - submission and slowdown = JCT / duration, over completed jobs. Wait = first start - submission, over every accepted job: a job still waiting when the replay ended (it never started) counts with its wait so far, up to the replay's end, and is counted as censored (its real wait is longer). Rejected jobs (refused at submission: no part of this cluster could ever hold them, under any policy) are left out and counted apart. Like with like: a team's mean wait under a policy and under the reference over the same jobs, those that started under both; the jobs that started under one of them only are counted apart. Guarantee denied = the GPU-hours of a team's guarantee it did not hold while it had a pending job that would have fitted in them (at each plan, the guarantee less what the team holds, where its smallest pending GPU ask fits in that; teams with a guarantee and no sub-teams): under static what packing inside the partition leaves, in the shared pool also what did not come back in the shape the team needed. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning (from its last checkpoint where the run says every job checkpoints); GPU-h lost counts the work cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown. Idle GPU-h = GPU time allocated to jobs while their GPUs were idle (traces with util_pct / idle_after_s); idle while jobs waited = the part of it while some job asking for GPUs was pending; reclaimed = what idle jobs would still have held when a stop (their team's idle policy, or a preemption they yielded to) gave their GPUs back, from the end of the grace period to the end they would have reached; busy stopped as idle = jobs stopped as idle while they worked above the idle threshold (must be 0); ended while idle = jobs stopped while idle after their work was done, which the replay ends there. Jobs waiting for the guarantee = jobs submitted while their team held less than its guarantee by at least the job's ask and the free GPUs were too few for it: the guarantee was lent out; their wait is submission to start.";
 
 fn allocation_chart(results: &[SimResult]) -> String {
     let series: Vec<Series> = results
         .iter()
         .map(|r| Series {
-            name: r.policy.name().to_string(),
+            name: r.label(),
             points: r
                 .allocated
                 .iter()
@@ -398,7 +463,7 @@ fn wait_cdf_chart(results: &[SimResult]) -> String {
             let accepted = r.jobs.iter().filter(|j| j.rejected.is_none()).count();
             let n = accepted.max(1) as f64;
             Series {
-                name: r.policy.name().to_string(),
+                name: r.label(),
                 points: waits
                     .iter()
                     .enumerate()

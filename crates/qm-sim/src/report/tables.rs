@@ -359,3 +359,49 @@ pub fn team_tables(report: &Report) -> String {
         .collect();
     team_wait_table(&names, &cells) + &comparison_tables(&rows)
 }
+
+/// Idle GPUs per policy, and per team what was held idle and how fast a guarantee lent out
+/// came back; empty where no job of the trace was ever idle.
+pub fn idle_tables(report: &Report) -> String {
+    let mut out = String::new();
+    if report.policies.iter().all(|p| p.idle_gpu_hours == 0.0) {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "## Idle GPUs\n\n| policy | idle GPU-h | idle while jobs waited | reclaimed | busy stopped as idle | ended while idle | preemptions | GPU-h lost |\n|---|---|---|---|---|---|---|---|"
+    );
+    for p in &report.policies {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.1} |",
+            p.policy,
+            p.idle_gpu_hours,
+            p.idle_gpu_hours_while_waiting,
+            p.idle_gpu_hours_reclaimed,
+            p.busy_stopped_as_idle,
+            p.ended_idle,
+            p.preemptions,
+            p.gpu_hours_lost
+        );
+    }
+    for p in &report.policies {
+        let _ = writeln!(
+            out,
+            "\n`{}` per team: idle GPU-hours, and the jobs submitted while the team's guarantee was lent out, with their wait to start.\n\n| team | idle GPU-h | jobs waiting for the guarantee | mean wait | p99 wait |\n|---|---|---|---|---|",
+            p.policy
+        );
+        for t in &p.team_idle {
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {} | {} | {} |",
+                t.team,
+                t.idle_gpu_hours,
+                t.reclaim_waits,
+                Unit::Time.show(t.reclaim_wait_mean_s),
+                Unit::Time.show(t.reclaim_wait_p99_s)
+            );
+        }
+    }
+    out
+}

@@ -39,6 +39,8 @@ impl Replay {
             timed_out: false,
             preemptions: 0,
             lost_milli_s: 0,
+            reclaim_wait: false,
+            ended_idle: false,
         }
     }
 
@@ -82,6 +84,8 @@ impl Replay {
             plans: 1,
             end_s: self.end_s,
             guarantee_denied: self.denied,
+            idle: Default::default(),
+            idle_policy: None,
         }
     }
 }

@@ -18,6 +18,8 @@
 //! | `gpu_model` | the only GPU model the job may run on | any model |
 //! | `time_limit_s` | wall-clock limit in seconds, at least 1 | none |
 //! | `preemptible` | `true`/`false` (also `yes`/`no`, `1`/`0`) | `true` |
+//! | `util_pct` | mean GPU utilisation while the job works, 0..=100 | not recorded: no samples |
+//! | `idle_after_s` | the job stops using its GPUs after this many seconds of work, but keeps them until `duration_s` is over (a notebook left open, a finished run that sleeps; 0: a placeholder that never works) | works to the end |
 //!
 //! The GPU ask: `gpus_per_task` n ≥ 1 with `gpu_milli` empty or 1000 is n whole GPUs. With
 //! `gpus_per_task` 0 or 1, a `gpu_milli` m in 1..=999 is a share of m/1000 of one GPU, and
@@ -49,6 +51,8 @@ pub(crate) fn parse(file: &str, table: &Table, out: &mut Builder) -> Result<(), 
     let model = table.column("gpu_model");
     let limit = table.column("time_limit_s");
     let preemptible = table.column("preemptible");
+    let util = table.column("util_pct");
+    let idle_after = table.column("idle_after_s");
     let mut ids: HashMap<u64, usize> = HashMap::new();
     for rec in table.records(file) {
         let line = rec.row.line;
@@ -99,6 +103,23 @@ pub(crate) fn parse(file: &str, table: &Table, out: &mut Builder) -> Result<(), 
             .map(|cell| cell.flag())
             .transpose()?
             .unwrap_or(true);
+        let util_pct = rec
+            .optional(util)
+            .map(|cell| {
+                cell.number::<u8>("a utilisation in percent, 0 to 100")
+                    .and_then(|p| {
+                        if p <= 100 {
+                            Ok(p)
+                        } else {
+                            Err(cell.error("a utilisation in percent, 0 to 100"))
+                        }
+                    })
+            })
+            .transpose()?;
+        let idle_after_s = rec
+            .optional(idle_after)
+            .map(|cell| cell.seconds(false))
+            .transpose()?;
         let Some(gpu) = gpu else {
             out.skip(line, "CPU-only job: asks for no GPU");
             continue;
@@ -123,6 +144,8 @@ pub(crate) fn parse(file: &str, table: &Table, out: &mut Builder) -> Result<(), 
                 gpu_model: rec.optional(model).map(|cell| cell.text.to_string()),
                 time_limit_s,
                 preemptible,
+                util_pct,
+                idle_after_s,
             },
         );
     }
@@ -186,6 +209,8 @@ prod,40,10,1,1,500,bob,x
                 gpu_model: None,
                 time_limit_s: None,
                 preemptible: true,
+                util_pct: None,
+                idle_after_s: None,
             }
         );
         let share = &trace.jobs[0];

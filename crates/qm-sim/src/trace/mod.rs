@@ -146,6 +146,12 @@ pub struct TraceJob {
     /// `None` where the trace has none; see [`default_time_limit`].
     pub time_limit_s: Option<u64>,
     pub preemptible: bool,
+    /// Mean GPU utilisation while the job works, percent (`None`: not recorded; the replay
+    /// then sends no samples for it).
+    pub util_pct: Option<u8>,
+    /// The job stops using its GPUs after this many seconds of work but keeps them until
+    /// its `duration_s` is over (`None`: it works to the end).
+    pub idle_after_s: Option<u64>,
 }
 
 /// A row that is valid but not a job the simulator can run.

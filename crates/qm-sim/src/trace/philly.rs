@@ -83,6 +83,8 @@ pub(crate) fn parse(file: &str, table: &Table, out: &mut Builder) -> Result<(), 
                 gpu_model: None,
                 time_limit_s: None,
                 preemptible: true,
+                util_pct: None,
+                idle_after_s: None,
             },
         );
     }

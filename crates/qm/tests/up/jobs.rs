@@ -286,6 +286,82 @@ fn a_sleeping_task_is_reported_idle() {
 }
 
 #[test]
+fn an_idle_job_yields_its_gpus_to_another_teams_job_and_a_busy_one_keeps_them() {
+    let up = Up::start("yield", &["--idle-window-s", "2"]);
+    up.ok(&[
+        "admin",
+        "team",
+        "create",
+        "lab",
+        "--guaranteed",
+        "4",
+        "--idle-policy",
+        "yield",
+    ]);
+    up.ok(&["admin", "team", "create", "other", "--guaranteed", "0"]);
+    let idle = up.submit(&["--team", "lab", "--gpus", "2", "--", "sleep", "300"]);
+    let busy = up.submit(&[
+        "--team",
+        "lab",
+        "--gpus",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    up.wait_state(idle, "running");
+    up.wait_state(busy, "running");
+    up.wait_for(|u| u.job(busy)["util_pct"].as_u64().is_some_and(|p| p > 5));
+    // Flagged once idle for the window, yielding: nothing happens while nobody needs GPUs.
+    up.wait_for(|u| {
+        u.job(idle)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["what"] == "idle" && e["detail"].as_str().unwrap_or("").contains("yielding"))
+    });
+    assert_eq!(up.job(idle)["state"], "running");
+    // Another team's job that needs two GPUs takes the idle job's, not the busy one's.
+    let first = up.submit(&[
+        "--team",
+        "other",
+        "--gpus",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    up.wait_state(first, "running");
+    let stopped = up.job(idle);
+    assert_eq!(stopped["preemptions"], 1, "{stopped}");
+    let cause = stopped["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["what"] == "stopping")
+        .expect("the idle job was stopped");
+    assert!(
+        cause["detail"].as_str().unwrap().contains("idle"),
+        "{cause}"
+    );
+    // A second one finds only busy jobs in its way (both teams yield when idle), and waits:
+    // busy work keeps its GPUs, and the idle job, back in the queue, takes back nothing.
+    let second = up.submit(&["--team", "other", "--gpus", "2", "--", "sleep", "120"]);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let b = up.job(busy);
+    assert_eq!(b["state"], "running", "{b}");
+    assert_eq!(b["preemptions"], 0, "{b}");
+    assert_eq!(up.job(second)["state"], "pending");
+    assert_eq!(up.job(first)["state"], "running");
+    assert_eq!(up.job(first)["preemptions"], 0);
+    assert_eq!(up.job(idle)["state"], "pending");
+    up.ok(&["cancel", &busy.to_string()]);
+    up.ok(&["cancel", &first.to_string()]);
+}
+
+#[test]
 fn a_cpu_only_job_runs_without_gpus_while_every_gpu_is_taken() {
     let up = Up::start("cpu-only", &[]);
     up.ok(&["admin", "team", "create", "ml", "--guaranteed", "4"]);
