@@ -159,7 +159,7 @@ impl JobSpec {
 /// What happens to a job whose GPUs stay idle: a ladder, each step after its own window.
 /// Every policy flags the job once its GPUs have stayed below the idle threshold for the
 /// idle window ([`SchedulerConfig::idle_window_s`]); what follows is the team's choice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdlePolicy {
     /// Flag it (job history, dashboard, metrics); nothing else.
@@ -169,16 +169,27 @@ pub enum IdlePolicy {
     /// of its own team or another, may preempt it (with the usual grace period), whether or
     /// not it was submitted preemptible. Nothing happens to it while nobody needs the GPUs.
     /// (`reclaim_borrowed`, an older name, reads as this.)
-    #[default]
     #[serde(alias = "reclaim_borrowed")]
     Yield,
     /// Yield, and once it has stayed idle `after_s` beyond the idle window, stop and requeue
-    /// it whatever the demand. (`requeue` with `grace_s`, an older form, reads as this.)
+    /// it whatever the demand. (`requeue` with `grace_s`, an older form, reads as this.) The
+    /// default, with `after_s` [`IdlePolicy::RELEASE_AFTER_S`]: measured on the `hoarding`
+    /// scenario, `yield` alone leaves idle the GPUs no waiting job can use without preempting
+    /// busy work (small idle jobs on nodes that whole-node jobs wait for); releasing them
+    /// after an hour more gives those nodes back too (BENCHMARKS.md).
     #[serde(alias = "requeue")]
     Release {
         #[serde(alias = "grace_s")]
         after_s: Secs,
     },
+}
+
+impl Default for IdlePolicy {
+    fn default() -> IdlePolicy {
+        IdlePolicy::Release {
+            after_s: IdlePolicy::RELEASE_AFTER_S,
+        }
+    }
 }
 
 impl IdlePolicy {

@@ -131,6 +131,23 @@ pub struct TaskView {
     pub exit_code: Option<i32>,
 }
 
+/// A running job whose GPUs are idle, and what its team's idle policy does about it: it is
+/// flagged at `flagged_at_s` (the idle window after `since_s`); under `yield` and `release`
+/// it then yields (any job that needs its GPUs may preempt it); under `release` it is
+/// stopped and requeued at `release_at_s`, unless it gets busy first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IdleView {
+    pub job: u64,
+    pub since_s: u64,
+    pub policy: IdlePolicy,
+    pub flagged_at_s: u64,
+    /// Flagged (past the window) now.
+    pub flagged: bool,
+    /// Unprotected now: any job that needs its GPUs may preempt it.
+    pub yielding: bool,
+    pub release_at_s: Option<u64>,
+}
+
 /// A job as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
@@ -168,6 +185,10 @@ pub struct JobView {
     pub util_pct: Option<u8>,
     /// Since when the running job's GPUs have been idle.
     pub idle_since_s: Option<u64>,
+    /// Where the running job's GPUs are idle: what its team's idle policy does about it,
+    /// and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleView>,
     pub command: Vec<String>,
     /// What happened to the job, oldest first.
     pub events: Vec<JobEvent>,
@@ -233,6 +254,9 @@ pub struct TeamView {
     /// The most milli-CPUs its running jobs may hold at once (sub-teams' included), if capped.
     #[serde(default)]
     pub max_cpu_milli: Option<u64>,
+    /// Its own running jobs whose GPUs are idle now, and what the idle policy does next.
+    #[serde(default)]
+    pub idle_jobs: Vec<IdleView>,
 }
 
 /// `POST /api/v1/admin/teams`: create or change a team.

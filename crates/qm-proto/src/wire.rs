@@ -152,10 +152,10 @@ wire_enum! {
         /// Flag the idle job (history, dashboard, metrics); nothing else.
         Warn = "warn",
         /// Flag it, and let any pending job that needs its GPUs preempt it while it stays
-        /// idle (the default).
+        /// idle.
         Yield = "yield",
         /// Yield, then stop and requeue it once it has stayed idle `idle_release_after_s`
-        /// beyond the idle window, whatever the demand.
+        /// beyond the idle window, whatever the demand (the default, after an hour).
         Release = "release",
         /// An older name, read as `yield`.
         Reclaim = "reclaim",

@@ -65,6 +65,12 @@ struct TeamModelLabels {
     model: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct IdleStepLabels {
+    team: String,
+    step: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -307,6 +313,30 @@ pub fn render(inner: &Inner, servers: Option<&qm_store::pg::Servers>) -> String 
             })
             .inc_by(views::idle_gpu_hours(t));
     }
+    // Idle jobs by team and by where they are on the team's idle ladder.
+    let now = inner.now_s();
+    let mut steps: BTreeMap<IdleStepLabels, u64> = BTreeMap::new();
+    for j in state.live_jobs() {
+        if let Some(i) = views::idle_view(state, j, now) {
+            let step = if i.yielding {
+                "yielding"
+            } else if i.flagged {
+                "flagged"
+            } else {
+                "idle"
+            };
+            let labels = IdleStepLabels {
+                team: j.spec.team.clone(),
+                step,
+            };
+            *steps.entry(labels).or_default() += 1;
+        }
+    }
+    r.register(
+        "qm_jobs_idle",
+        "Running jobs whose GPUs are idle now, by team and step of its idle policy: idle (not yet for the idle window), flagged (warn), yielding (any job that needs the GPUs may preempt it; released later under release).",
+        gauges(steps),
+    );
     // Counters are named without `_total`: the encoder appends it to the samples.
     r.register(
         "qm_idle_gpu_hours",

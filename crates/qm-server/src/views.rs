@@ -245,6 +245,28 @@ pub fn ask(spec: &qm_core::JobSpec) -> String {
     }
 }
 
+/// What the job's team's idle policy does about its idle GPUs, and when; none while it is
+/// busy or not running.
+pub fn idle_view(state: &ClusterState, j: &Job, now: qm_core::Secs) -> Option<proto::IdleView> {
+    let since = j.state.run()?.idle_since_s?;
+    let policy = state
+        .team(&j.spec.team)
+        .map_or_else(qm_core::IdlePolicy::default, |t| t.spec.idle_policy);
+    let window = state.config.idle_window_s;
+    let flagged_at_s = since.saturating_add(window);
+    // Only the default scheduling policy acts on idle jobs (the baselines do not).
+    let acts = state.config.policy == qm_core::PolicyKind::Default;
+    Some(proto::IdleView {
+        job: j.spec.id.0,
+        since_s: since,
+        policy: idle_policy(policy),
+        flagged_at_s,
+        flagged: acts && now >= flagged_at_s,
+        yielding: acts && policy.yields(since, now, window),
+        release_at_s: policy.release_at(since, window).filter(|_| acts),
+    })
+}
+
 pub fn job_view(inner: &Inner, j: &Job) -> JobView {
     let run = j.state.run();
     let attempt = run.map_or(j.runs, |r| r.attempt);
@@ -295,6 +317,7 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         placement,
         util_pct: run.and_then(|r| r.last_util_pct),
         idle_since_s: run.and_then(|r| r.idle_since_s),
+        idle: idle_view(&inner.state, j, inner.now_s()),
         command: inner
             .payloads
             .get(&j.spec.id.0)
@@ -379,6 +402,11 @@ pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
             borrowed_milli: u.borrowed_milli,
             idle_milli: u.idle_milli,
             idle_gpu_hours: idle_gpu_hours(t),
+            idle_jobs: state
+                .live_jobs()
+                .filter(|j| j.spec.team == t.spec.name)
+                .filter_map(|j| idle_view(state, j, now))
+                .collect(),
         })
         .collect()
 }

@@ -55,6 +55,9 @@ pub struct SimOptions {
     pub checkpoint_every_s: Option<Secs>,
     /// Every team's idle policy, whatever the teams file says (`qm sim run --idle-policy`).
     pub idle_policy: Option<IdlePolicy>,
+    /// How long GPUs stay below the idle threshold before a job counts as idle
+    /// ([`SchedulerConfig::idle_window_s`]).
+    pub idle_window_s: Secs,
 }
 
 impl SimOptions {
@@ -68,6 +71,7 @@ impl SimOptions {
             perturb_seed: None,
             checkpoint_every_s: None,
             idle_policy: None,
+            idle_window_s: SchedulerConfig::default().idle_window_s,
         }
     }
 }
@@ -356,6 +360,7 @@ pub fn initial_state(
     let mut state = ClusterState::new(SchedulerConfig {
         policy: options.policy,
         max_reservations: options.max_reservations,
+        idle_window_s: options.idle_window_s,
         ..SchedulerConfig::default()
     });
     for node in nodes {

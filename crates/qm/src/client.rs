@@ -355,8 +355,8 @@ pub struct TeamArgs {
     #[arg(long)]
     weight: Option<u32>,
     /// What happens to a job whose GPUs stay idle past the idle window: warn (flag it),
-    /// yield (flag it; any job that needs its GPUs may preempt it; the default) or release
-    /// (yield, and stop and requeue it after --idle-release-after more).
+    /// yield (flag it; any job that needs its GPUs may preempt it) or release (yield, and
+    /// stop and requeue it after --idle-release-after more; the default).
     #[arg(long)]
     idle_policy: Option<IdlePolicy>,
     /// With release: how long a job may stay idle beyond the idle window before it is
@@ -613,6 +613,9 @@ pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
             j.util_pct.map_or("-".into(), |u| format!("{u} %"))
         );
     }
+    if let Some(idle) = &j.idle {
+        println!("  {}", idle_text(idle, unix_now()));
+    }
     for t in &j.placement {
         println!(
             "  task {}: {} GPUs {:?}{}",
@@ -628,6 +631,56 @@ pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
         println!("    {}  {:<10} {}", e.at_s, e.what, e.detail);
     }
     Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `s` seconds from now, or ago, in minutes (seconds under a minute).
+fn from_now(at: u64, now: u64) -> String {
+    let d = at.abs_diff(now);
+    let span = if d < 60 {
+        format!("{d} s")
+    } else {
+        format!("{} min", d.div_ceil(60))
+    };
+    if at >= now {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// One line on an idle job: since when, and what its team's idle policy does next.
+fn idle_text(i: &qm_proto::IdleView, now: u64) -> String {
+    let mut out = format!(
+        "GPUs idle since {} (policy {})",
+        from_now(i.since_s, now),
+        i.policy
+    );
+    if !i.flagged {
+        out += &format!(
+            "; flagged {} unless busy again",
+            from_now(i.flagged_at_s, now)
+        );
+        if i.policy != IdlePolicy::Warn {
+            out += ", and from then any job that needs its GPUs may preempt it";
+        }
+    } else if i.yielding {
+        out += "; flagged, yielding: any job that needs its GPUs may preempt it";
+    } else {
+        out += "; flagged";
+    }
+    if let Some(at) = i.release_at_s {
+        out += &format!(
+            "; released (stopped and requeued) {} unless busy again",
+            from_now(at, now)
+        );
+    }
+    out
 }
 
 pub fn why(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
@@ -784,6 +837,12 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
         }
     }
     walk(&teams, None, 0);
+    let now = unix_now();
+    for t in &teams {
+        for i in &t.idle_jobs {
+            println!("{}: job {}: {}", t.name, i.job, idle_text(i, now));
+        }
+    }
     Ok(())
 }
 

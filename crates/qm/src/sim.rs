@@ -263,6 +263,10 @@ pub struct RunArgs {
     /// names each replay POLICY/IDLE. [default: the teams' own]
     #[arg(long, value_name = "LIST")]
     idle_policy: Option<String>,
+    /// Seconds a job's GPUs stay below the idle threshold before it counts as idle (the
+    /// server's --idle-window-s).
+    #[arg(long, default_value_t = qm_core::SchedulerConfig::default().idle_window_s)]
+    idle_window_s: u64,
 }
 
 pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
@@ -471,6 +475,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
                 o.perturb_seed = seed;
                 o.checkpoint_every_s = args.checkpoint_every_s;
                 o.idle_policy = idle_policy;
+                o.idle_window_s = args.idle_window_s;
                 let name = match idle_policy {
                     Some(p) => format!("{}/{}", policy.name(), qm_sim::sim::idle_policy_name(p)),
                     None => policy.name().to_string(),

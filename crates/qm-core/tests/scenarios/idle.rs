@@ -143,7 +143,7 @@ fn an_idle_job_no_longer_counts_inside_its_teams_guarantee() {
     assert_eq!(
         admissions(&h.state, h.now).get(&held),
         Some(&Admission::Borrowed),
-        "the default policy is yield"
+        "the default policy yields"
     );
     let next = h.submit(JobBuilder::new("hoard").gpus(8).limit(3600));
     let plan = h.step();

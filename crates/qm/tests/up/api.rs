@@ -14,6 +14,18 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     ]);
     let member_b = member_b.trim();
     let before = up.json(&["jobs", "--json"]);
+    let policy_of_a = |up: &Up| {
+        let teams = up.json(&["teams", "--json"]);
+        let a = teams
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "a")
+            .cloned();
+        let a = a.unwrap();
+        (a["idle_policy"].clone(), a["idle_release_after_s"].clone())
+    };
+    let policy_before = policy_of_a(&up);
     let cancel_a = format!("/api/v1/jobs/{a_job}/cancel");
     let cases: Vec<Case> = vec![
         (
@@ -63,6 +75,30 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
             r#"{"team":"a","checkpoint_every_s":0,"command":["true"]}"#.into(),
             400,
             "checkpoint_every_s is 0",
+        ),
+        (
+            "POST",
+            "/api/v1/admin/teams",
+            Some(&admin),
+            r#"{"name":"a","idle_policy":"yield","idle_release_after_s":600}"#.into(),
+            400,
+            "idle_release_after_s goes with idle_policy \"release\"",
+        ),
+        (
+            "POST",
+            "/api/v1/admin/teams",
+            Some(&admin),
+            r#"{"name":"a","idle_policy":"release","idle_release_after_s":0}"#.into(),
+            400,
+            "idle_release_after_s is 0",
+        ),
+        (
+            "POST",
+            "/api/v1/admin/teams",
+            Some(&admin),
+            r#"{"name":"a","idle_policy":"sometimes"}"#.into(),
+            400,
+            "unknown variant `sometimes`, expected one of `warn`, `yield`, `release`",
         ),
         (
             "POST",
@@ -118,6 +154,7 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
         "nothing submitted"
     );
     assert_eq!(up.job(a_job)["state"], "running", "nothing cancelled");
+    assert_eq!(policy_of_a(&up), policy_before, "no team changed");
     // The CLI exits 1 with the server's message.
     let out = up.qm(&["submit", "--team", "nobody", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));

@@ -321,7 +321,32 @@ fn an_idle_job_yields_its_gpus_to_another_teams_job_and_a_busy_one_keeps_them() 
             .iter()
             .any(|e| e["what"] == "idle" && e["detail"].as_str().unwrap_or("").contains("yielding"))
     });
-    assert_eq!(up.job(idle)["state"], "running");
+    let j = up.job(idle);
+    assert_eq!(j["state"], "running");
+    assert_eq!(j["idle"]["yielding"], true, "{j}");
+    assert_eq!(j["idle"]["policy"], "yield");
+    assert!(up.job(busy)["idle"].is_null());
+    // `qm show`, `qm teams` and /metrics say so.
+    let shown = up.ok(&["show", &idle.to_string()]);
+    assert!(
+        shown.contains("yielding: any job that needs its GPUs may preempt it"),
+        "{shown}"
+    );
+    let teams = up.ok(&["teams"]);
+    assert!(
+        teams.contains(&format!("lab: job {idle}: GPUs idle since")),
+        "{teams}"
+    );
+    let metrics = ureq::get(&format!("{}/metrics", up.url()))
+        .set("Authorization", &format!("Bearer {}", up.token()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("qm_jobs_idle{team=\"lab\",step=\"yielding\"} 1"),
+        "{metrics}"
+    );
     // Another team's job that needs two GPUs takes the idle job's, not the busy one's.
     let first = up.submit(&[
         "--team",
