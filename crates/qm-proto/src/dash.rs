@@ -56,6 +56,9 @@ pub struct DashTeam {
     pub idle_gpu_hours: f64,
     /// The team's fair-share standing in the latest plan.
     pub standing: Option<Standing>,
+    /// Its running jobs whose GPUs are idle now, and what its idle policy does next.
+    #[serde(default)]
+    pub idle_jobs: Vec<crate::IdleView>,
 }
 
 /// A team's standing, as the scheduling core reports it in a plan.

@@ -116,9 +116,22 @@ function teams() {
       <td>${gpus(t.idle_milli)}</td><td>${t.idle_gpu_hours.toFixed(2)}</td>
       <td><div class="bar"><span style="left:0;width:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;background:#2f6fdf"></span>
       <span style="left:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;width:${(100 * t.borrowed_milli) / g}%;background:#e08a1e"></span></div></td>
-      <td>${esc(share)}</td></tr>`;
+      <td>${esc(share)}</td><td>${idleJobs(t.idle_jobs || [])}</td></tr>`;
   });
-  return `<h1>Teams</h1><table id="teams"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>idle now</th><th>idle GPU-h charged</th><th>use of guarantee</th><th>fair-share standing (lower goes first)</th></tr>${rows.join("")}</table>`;
+  return `<h1>Teams</h1><table id="teams"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>idle now</th><th>idle GPU-h charged</th><th>use of guarantee</th><th>fair-share standing (lower goes first)</th><th>idle jobs: what the team's idle policy does next</th></tr>${rows.join("")}</table>`;
+}
+
+// One line per idle job: flagged when, yielding (any job that needs its GPUs may preempt it),
+// released when.
+function idleJobs(list) {
+  return list.map((i) => {
+    let what;
+    if (!i.flagged) what = `flagged in ${when(i.flagged_at_s)}`;
+    else if (i.yielding) what = "yielding";
+    else what = "flagged";
+    if (i.release_at_s != null) what += `, released in ${when(i.release_at_s)}`;
+    return `<div><a href="#/jobs/${i.job}">job ${i.job}</a>: ${esc(what)} (${esc(i.policy)})</div>`;
+  }).join("");
 }
 
 function when(s) { if (s == null) return "—"; const d = s - snap.now; return d <= 0 ? "now" : d < 120 ? d + " s" : d < 7200 ? Math.round(d / 60) + " min" : Math.round(d / 3600) + " h"; }

@@ -231,6 +231,11 @@ pub fn snapshot_of(
             standing: standings
                 .get(t.spec.name.as_str())
                 .map(|s| views::standing(s)),
+            idle_jobs: state
+                .live_jobs()
+                .filter(|j| j.spec.team == t.spec.name)
+                .filter_map(|j| views::idle_view(state, j, now))
+                .collect(),
         })
         .collect();
     let queue = p

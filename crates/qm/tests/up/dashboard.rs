@@ -95,3 +95,31 @@ fn the_dashboard_shows_jobs_live_and_a_preemption_behind_a_sign_in() {
     );
     eprintln!("dashboard screenshots: {}", shots.display());
 }
+
+#[test]
+fn the_teams_page_says_what_each_teams_idle_policy_does_next() {
+    let up = Up::start("dash-idle", &["--idle-window-s", "2"]);
+    up.ok(&["admin", "team", "create", "lab", "--guaranteed", "4"]);
+    let idle = up.submit(&["--team", "lab", "--gpus", "1", "--", "sleep", "300"]);
+    up.wait_state(idle, "running");
+    up.wait_for(|u| u.job(idle)["idle"]["yielding"] == true);
+    let mut b = cdp::Browser::launch();
+    b.goto(&format!("{}/", up.url()));
+    b.wait_for(
+        "!document.querySelector('#signin').hidden",
+        "the sign-in form",
+    );
+    let token = up.token();
+    b.eval(&format!("document.querySelector('#token').value = '{token}'; document.querySelector('#signin-button').click(); true"));
+    b.wait_for(
+        "document.querySelector('#live').textContent === 'live'",
+        "the live stream",
+    );
+    b.goto(&format!("{}/#/teams", up.url()));
+    // The default policy: yielding now, released an hour after the window.
+    b.wait_for(
+        &format!("document.querySelector('#teams') && document.querySelector('#teams').innerText.includes('job {idle}: yielding, released in') && document.querySelector('#teams').innerText.includes('(release)')"),
+        "the idle job on the teams page",
+    );
+    up.ok(&["cancel", &idle.to_string()]);
+}
