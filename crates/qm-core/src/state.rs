@@ -634,6 +634,18 @@ impl ClusterState {
         queue.asks.range(1..).next().map(|(&milli, _)| milli)
     }
 
+    /// The GPU asks (milli-GPUs, whole jobs') of team `team`'s pending jobs, summed.
+    pub fn pending_gpu_milli(&self, team: &str) -> u64 {
+        let Some(queue) = self
+            .teams
+            .get(team)
+            .and_then(|t| self.jobs.queues.get(&t.id))
+        else {
+            return 0;
+        };
+        queue.asks.iter().map(|(&milli, &n)| milli * n as u64).sum()
+    }
+
     /// How many jobs `user` has pending (in every team), and how many team `team` has.
     pub fn pending_counts(&self, team: &str, user: &str) -> (usize, usize) {
         let by_team = self

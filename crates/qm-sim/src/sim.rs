@@ -96,8 +96,8 @@ pub struct JobRecord {
     pub preemptions: u32,
     /// Milli-GPU-seconds of work thrown away by preemptions.
     pub lost_milli_s: u64,
-    /// Submitted while its team held less than its guarantee, by at least the job's ask, and
-    /// the free GPUs were too few for it: the team's guarantee was lent out.
+    /// Submitted while what its team held and had pending left room in its guarantee for the
+    /// job, and the free GPUs were too few for it: the team's guarantee was lent out.
     pub reclaim_wait: bool,
     /// Ended by a stop while it held its GPUs idle after its work was done ([`crate::idle`]).
     pub ended_idle: bool,
@@ -494,8 +494,12 @@ pub fn simulate(
                 id: ids[i],
                 ..job_spec(&jobs[i], options, node_gpus)
             };
+            // With the team's jobs already waiting ahead of it, the job fits in what is left
+            // of the guarantee, and the free GPUs are too few: it waits for its guarantee to
+            // come back, not behind its own team's work.
             let ask = spec.milli_total();
-            let held = state.team(&spec.team).map_or(0, |t| t.alloc_milli);
+            let held = state.team(&spec.team).map_or(0, |t| t.alloc_milli)
+                + state.pending_gpu_milli(&spec.team);
             let guaranteed = guarantees.get(&spec.team).copied().unwrap_or(0);
             records[i].reclaim_wait =
                 held + ask <= guaranteed && total_milli.saturating_sub(alloc_now) < ask;

@@ -97,6 +97,7 @@ fn reports_are_written_with_every_field_and_chart() {
         trace_skipped: 0,
         seed: 42,
         checkpoint_every_s: None,
+        idle_added: None,
         policies: results.iter().map(report::summarize).collect(),
         team_comparisons: report::team_comparisons(&results),
         perturbed: None,

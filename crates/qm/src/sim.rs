@@ -263,6 +263,11 @@ pub struct RunArgs {
     /// names each replay POLICY/IDLE. [default: the teams' own]
     #[arg(long, value_name = "LIST")]
     idle_policy: Option<String>,
+    /// Give every job without a utilisation one (as `qm sim gen hoarding` draws them), and
+    /// this share of them an idle hold of half an hour to two days after their work, seeded
+    /// by --seed: any trace, as if its jobs held GPUs idle. Recorded in the report.
+    #[arg(long, value_name = "SHARE")]
+    add_idle: Option<f64>,
     /// Seconds a job's GPUs stay below the idle threshold before it counts as idle (the
     /// server's --idle-window-s).
     #[arg(long, default_value_t = qm_core::SchedulerConfig::default().idle_window_s)]
@@ -436,8 +441,18 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         .collect::<Result<_, _>>()?;
     let cluster = ClusterSpec::from_arg(&args.cluster)?;
     let t0 = Instant::now();
-    let trace = trace::load(&args.trace, format)?;
+    let mut trace = trace::load(&args.trace, format)?;
     let teams = teamspec::from_arg(&args.teams, &trace.jobs, &cluster)?;
+    if let Some(share) = args.add_idle {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!(
+                "--add-idle {share}: give the share of jobs that hold their GPUs idle after their work, from 0 to 1"
+            )
+            .into());
+        }
+        // After the teams: `--teams auto` sizes guarantees by the work, not by idle holds.
+        qm_sim::gen::hoarding::add_idle(&mut trace.jobs, share, args.seed);
+    }
     eprintln!(
         "qm sim: {} jobs from {} ({} rows skipped) in {:.1} s; cluster {} ({} GPUs); {} teams",
         trace.jobs.len(),
@@ -508,6 +523,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         trace_skipped: trace.skipped.len(),
         seed: args.seed,
         checkpoint_every_s: args.checkpoint_every_s,
+        idle_added: args.add_idle,
         policies: plain.iter().map(report::summarize).collect(),
         team_comparisons: report::team_comparisons(&plain),
         perturbed: (!replays.is_empty()).then(|| report::perturbed(&seeds, &replays)),

@@ -407,6 +407,30 @@ impl Hoarding {
     }
 }
 
+/// Gives every job of a trace without utilisation a working utilisation drawn from [`UTIL`],
+/// and a share `share` of them an idle hold after their work drawn from [`HOLD`] (their
+/// duration grows by it; a time limit grows to the power-of-two limit of the new duration
+/// where it was shorter): any trace, as if its jobs held GPUs idle like this scenario's
+/// (`qm sim run --add-idle SHARE`). Seeded; the same seed gives the same jobs.
+pub fn add_idle(jobs: &mut [crate::trace::TraceJob], share: f64, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let util = Weighted::new(&UTIL);
+    let hold = Hist::new(&HOLD);
+    let per_million = (share.clamp(0.0, 1.0) * 1e6).round() as usize;
+    for j in jobs.iter_mut().filter(|j| j.util_pct.is_none()) {
+        let (lo, hi) = util.pick(&mut rng);
+        j.util_pct = Some(lo + rng.below(usize::from(hi - lo) + 1) as u8);
+        if rng.below(1_000_000) < per_million {
+            let work = j.duration_s;
+            j.idle_after_s = Some(work);
+            j.duration_s = work + hold.sample(&mut rng);
+            if let Some(limit) = &mut j.time_limit_s {
+                *limit = (*limit).max(default_time_limit(j.duration_s));
+            }
+        }
+    }
+}
+
 /// Each team's share of the offered working load: its guarantee times its demand factor,
 /// normalised.
 fn shares(teams: &[GenTeam]) -> Vec<f64> {

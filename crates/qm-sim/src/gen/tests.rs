@@ -454,3 +454,32 @@ fn hoarding_holds_idle_gpus_as_documented_and_reads_back() {
         "{e}"
     );
 }
+
+#[test]
+fn idle_holds_can_be_added_to_any_trace() {
+    let plain = small_shapes().generate(2).unwrap().jobs;
+    let mut a = plain.clone();
+    super::hoarding::add_idle(&mut a, 0.2, 9);
+    let mut b = plain.clone();
+    super::hoarding::add_idle(&mut b, 0.2, 9);
+    assert_eq!(a, b, "the same seed, the same jobs");
+    let mut held = 0;
+    for (was, now) in plain.iter().zip(&a) {
+        assert!(now.util_pct.is_some_and(|u| (10..=100).contains(&u)));
+        match now.idle_after_s {
+            None => assert_eq!(now.duration_s, was.duration_s),
+            Some(work) => {
+                held += 1;
+                assert_eq!(work, was.duration_s, "the work is the job's own");
+                assert!((1_800..172_800).contains(&(now.duration_s - work)));
+                assert!(now.time_limit_s.unwrap() >= now.duration_s);
+            }
+        }
+    }
+    let share = f64::from(held) / plain.len() as f64;
+    assert!((0.15..0.25).contains(&share), "{share}");
+    // Jobs that already say how busy they are keep it.
+    let mut again = a.clone();
+    super::hoarding::add_idle(&mut again, 1.0, 1);
+    assert_eq!(again, a);
+}

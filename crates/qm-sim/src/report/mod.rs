@@ -96,8 +96,8 @@ pub struct TeamIdle {
     pub team: String,
     /// GPU-hours the team's jobs held idle.
     pub idle_gpu_hours: f64,
-    /// Jobs submitted while the team's guarantee was lent out (it held less than its
-    /// guarantee by at least the job's ask, and the free GPUs were too few for the job).
+    /// Jobs submitted while the team's guarantee was lent out (what it held and had pending
+    /// left room in its guarantee for the job, and the free GPUs were too few for it).
     pub reclaim_waits: usize,
     /// Over those jobs (censored waits included): the mean and p99 of submission to start.
     pub reclaim_wait_mean_s: f64,
@@ -161,6 +161,10 @@ pub struct Report {
     /// jobs restarted from the beginning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every_s: Option<u64>,
+    /// `qm sim run --add-idle`: this share of the trace's jobs was given an idle hold after
+    /// its work (and every job a utilisation), seeded by `seed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_added: Option<f64>,
     pub policies: Vec<PolicyReport>,
     /// Per team, each policy against the reference, like with like ([`team_comparisons`]).
     pub team_comparisons: Vec<TeamComparison>,
@@ -366,6 +370,14 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
         report.gpus,
         report.teams
     );
+    if let Some(share) = report.idle_added {
+        let _ = writeln!(
+            md,
+            "Every job given a utilisation while it works, and {:.0} % of them an idle hold of half an hour to two days after their work (`--add-idle {share}`, seed {}).\n",
+            100.0 * share,
+            report.seed
+        );
+    }
     if let Some(every) = report.checkpoint_every_s {
         let _ = writeln!(
             md,
@@ -420,7 +432,7 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
     Ok(())
 }
 
-const DEFINITIONS: &str = "JCT = completion - submission and slowdown = JCT / duration, over completed jobs. Wait = first start - submission, over every accepted job: a job still waiting when the replay ended (it never started) counts with its wait so far, up to the replay's end, and is counted as censored (its real wait is longer). Rejected jobs (refused at submission: no part of this cluster could ever hold them, under any policy) are left out and counted apart. Like with like: a team's mean wait under a policy and under the reference over the same jobs, those that started under both; the jobs that started under one of them only are counted apart. Guarantee denied = the GPU-hours of a team's guarantee it did not hold while it had a pending job that would have fitted in them (at each plan, the guarantee less what the team holds, where its smallest pending GPU ask fits in that; teams with a guarantee and no sub-teams): under static what packing inside the partition leaves, in the shared pool also what did not come back in the shape the team needed. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning (from its last checkpoint where the run says every job checkpoints); GPU-h lost counts the work cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown. Idle GPU-h = GPU time allocated to jobs while their GPUs were idle (traces with util_pct / idle_after_s); idle while jobs waited = the part of it while some job asking for GPUs was pending; reclaimed = what idle jobs would still have held when a stop (their team's idle policy, or a preemption they yielded to) gave their GPUs back, from the end of the grace period to the end they would have reached; busy stopped as idle = jobs stopped as idle while they worked above the idle threshold (must be 0); ended while idle = jobs stopped while idle after their work was done, which the replay ends there. Jobs waiting for the guarantee = jobs submitted while their team held less than its guarantee by at least the job's ask and the free GPUs were too few for it: the guarantee was lent out; their wait is submission to start.";
+const DEFINITIONS: &str = "JCT = completion - submission and slowdown = JCT / duration, over completed jobs. Wait = first start - submission, over every accepted job: a job still waiting when the replay ended (it never started) counts with its wait so far, up to the replay's end, and is counted as censored (its real wait is longer). Rejected jobs (refused at submission: no part of this cluster could ever hold them, under any policy) are left out and counted apart. Like with like: a team's mean wait under a policy and under the reference over the same jobs, those that started under both; the jobs that started under one of them only are counted apart. Guarantee denied = the GPU-hours of a team's guarantee it did not hold while it had a pending job that would have fitted in them (at each plan, the guarantee less what the team holds, where its smallest pending GPU ask fits in that; teams with a guarantee and no sub-teams): under static what packing inside the partition leaves, in the shared pool also what did not come back in the shape the team needed. GPU allocation = allocated GPU-time / (cluster GPUs x span from first submission to last completion). A preempted job restarts from the beginning (from its last checkpoint where the run says every job checkpoints); GPU-h lost counts the work cut short. Jain = Jain's fairness index over teams of 1 / mean slowdown. Idle GPU-h = GPU time allocated to jobs while their GPUs were idle (traces with util_pct / idle_after_s); idle while jobs waited = the part of it while some job asking for GPUs was pending; reclaimed = what idle jobs would still have held when a stop (their team's idle policy, or a preemption they yielded to) gave their GPUs back, from the end of the grace period to the end they would have reached; busy stopped as idle = jobs stopped as idle while they worked above the idle threshold (must be 0); ended while idle = jobs stopped while idle after their work was done, which the replay ends there. Jobs waiting for the guarantee = jobs submitted while what their team held and had pending left room in its guarantee for the job and the free GPUs were too few for it: the guarantee was lent out; their wait is submission to start.";
 
 fn allocation_chart(results: &[SimResult]) -> String {
     let series: Vec<Series> = results

@@ -217,6 +217,7 @@ fn report_md_shows_waits_censored_and_the_comparison() {
         trace_skipped: 0,
         seed: 42,
         checkpoint_every_s: None,
+        idle_added: None,
         policies: results.iter().map(summarize).collect(),
         team_comparisons: team_comparisons(&results),
         perturbed: None,
