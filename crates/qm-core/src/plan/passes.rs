@@ -366,10 +366,11 @@ impl<'a> Planner<'a> {
     /// no earlier (capacity only shrinks and guards only tighten during a plan, and every
     /// memo is keyed by these). `next` has no higher priority (the queue's order), so it
     /// outranks no more of its team's runs; `failed` must not have been kept from preempting
-    /// by a hold of its own.
+    /// by a hold of its own, nor by an idle stop (`Job::stopped_idle`) that `next` lacks.
     pub(super) fn same_fate(&self, failed: &Job, next: &Job) -> bool {
         let (a, b) = (&failed.spec, &next.spec);
-        a.tasks == b.tasks
+        (!failed.stopped_idle || next.stopped_idle)
+            && a.tasks == b.tasks
             && a.gpu == b.gpu
             && a.preemptible == b.preemptible
             && a.cpu_milli == b.cpu_milli

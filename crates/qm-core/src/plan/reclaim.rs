@@ -164,7 +164,7 @@ impl<'a> Planner<'a> {
             }
             return false;
         };
-        for (key, milli) in self.takes(m, &chosen) {
+        for (key, milli) in self.takes(&chosen, true) {
             *self.victims.taken.entry(key).or_default() += milli;
         }
         for &i in &chosen {
@@ -258,13 +258,22 @@ impl<'a> Planner<'a> {
     }
 
     /// Milli-GPUs that stopping `runs` takes from each team and its ancestors, by
-    /// `(team, pool of model m)`.
-    fn takes(&self, m: usize, runs: &[usize]) -> BTreeMap<(usize, usize), u64> {
+    /// `(team, pool of the run's model)`. With `yielded_gone`, idle runs that yielded are
+    /// left out: they left their team when they yielded (`scan_running` counted them in
+    /// `Victims::taken`).
+    pub(super) fn takes(
+        &self,
+        runs: &[usize],
+        yielded_gone: bool,
+    ) -> BTreeMap<(usize, usize), u64> {
         let mut take = BTreeMap::new();
         for &i in runs {
             let r = &self.runs[i];
             let Some(t) = r.team else { continue };
-            let pool = self.teams.pool_of_model[t][m];
+            if yielded_gone && r.yielded {
+                continue;
+            }
+            let pool = self.teams.pool_of_model[t][r.model];
             for &a in &self.teams.lineage[t] {
                 *take.entry((a, pool)).or_default() += r.job.spec.milli_total();
             }
@@ -274,8 +283,8 @@ impl<'a> Planner<'a> {
 
     /// Whether every team (and ancestor) `chosen` would take runs from keeps at least its
     /// guarantee of model `m`'s pool, counting what earlier reclaims of this plan took.
-    fn surplus_fits(&self, m: usize, chosen: &[usize]) -> bool {
-        let take = self.takes(m, chosen);
+    fn surplus_fits(&self, chosen: &[usize]) -> bool {
+        let take = self.takes(chosen, true);
         take.iter().all(|(&(a, pool), &milli)| {
             let before = self.victims.taken.get(&(a, pool)).copied().unwrap_or(0);
             let held = self.acct.alloc[a][pool].saturating_sub(before);
@@ -349,7 +358,7 @@ impl<'a> Planner<'a> {
             self.victims_for_task(ask, victims, surplus)
         } else {
             self.victims_for_gang(ask, victims)
-                .filter(|chosen| surplus.is_none_or(|m| self.surplus_fits(m, chosen)))
+                .filter(|chosen| surplus.is_none_or(|_| self.surplus_fits(chosen)))
         }?;
         let placement = self.find_without(&chosen, ask)?;
         Some((chosen, placement))
@@ -473,7 +482,7 @@ impl<'a> Planner<'a> {
                     GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
                 };
                 if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
-                    let fits = surplus.is_none_or(|m| self.surplus_fits(m, &chosen));
+                    let fits = surplus.is_none_or(|_| self.surplus_fits(&chosen));
                     if fits && best.as_ref().is_none_or(|b| (cost, n) < (b.0, b.1)) {
                         best = Some((cost, n, chosen.clone()));
                     }

@@ -33,6 +33,8 @@ pub(super) struct RunInfo<'a> {
     pub(super) stopping: bool,
     /// GPU-seconds lost if preempted now.
     pub(super) lost_gpu_s: u64,
+    /// Stopped by this plan because it sat idle past its team's release window.
+    pub(super) released: bool,
     /// Stopping, or stopped by this plan: no longer a victim for reclaim.
     pub(super) stopped: bool,
     /// Idle past the window under a team policy that yields (`IdlePolicy::yields`): it
@@ -147,6 +149,7 @@ impl<'a> Planner<'a> {
                 lost_gpu_s: milli.saturating_mul(lost) / u64::from(MILLI_PER_GPU),
                 stopped: stopping.is_some(),
                 yielded,
+                released: false,
             });
         }
         self.classify();
@@ -171,6 +174,15 @@ impl<'a> Planner<'a> {
             return;
         }
         self.idle_reclaim();
+        // Idle runs that yielded, and those released by this plan, are no longer the team's
+        // to keep: what reclaim may take from a team above its guarantee counts without
+        // them (`surplus_fits`).
+        let gone: Vec<usize> = (0..self.runs.len())
+            .filter(|&i| self.runs[i].yielded || self.runs[i].released)
+            .collect();
+        for (key, milli) in self.takes(&gone, false) {
+            *self.victims.taken.entry(key).or_default() += milli;
+        }
         for (i, r) in self.runs.iter().enumerate() {
             let spec = &r.job.spec;
             let run = r.job.state.run().expect("holding");
@@ -196,12 +208,14 @@ impl<'a> Planner<'a> {
                 Some(every) if every > 0 => elapsed % every <= SURPLUS_MAX_LOSS_S,
                 _ => false,
             };
+            let gone = self.victims.taken.get(&(t, pool)).copied().unwrap_or(0);
             let eligible = cheap
                 && !r.stopped
                 && r.mode == Admission::Guaranteed
                 && spec.preemptible
                 && elapsed >= spec.min_run_s
-                && self.acct.alloc[t][pool] > self.teams.pools[t][pool].guaranteed;
+                && self.acct.alloc[t][pool].saturating_sub(gone)
+                    > self.teams.pools[t][pool].guaranteed;
             if eligible {
                 self.victims.surplus[r.model].push(i);
                 self.victims.surplus_milli[r.model] += spec.milli_total();
@@ -311,7 +325,9 @@ impl<'a> Planner<'a> {
                     continue;
                 }
                 // A reclaim's hold is inside the guarantee; one that took idle runs for a
-                // borrowing job (`take_yielded`) is only where it fits.
+                // borrowing job (`take_yielded`) is only where it fits. (Known gap: such a
+                // hold is counted before the team's running jobs, so it can push one of them
+                // out of the guarantee until the hold is served; ARCHITECTURE.md.)
                 let pool = self.teams.pool_of_model[t][model];
                 if self.acct.guaranteed_used[t][pool] + milli > self.teams.pools[t][pool].guaranteed
                 {
@@ -408,6 +424,7 @@ impl<'a> Planner<'a> {
             let r = &mut self.runs[i];
             if action == IdleAction::Released {
                 r.stopped = true;
+                r.released = true;
                 self.out.stops.push(StopOrder {
                     job: r.job.spec.id,
                     cause: StopCause::Idle,
