@@ -191,15 +191,7 @@ impl Denied {
         let teams = state
             .teams()
             .filter(|t| !parents.contains(t.spec.name.as_str()))
-            .map(|t| {
-                let g: u64 = t
-                    .spec
-                    .quotas
-                    .values()
-                    .map(|q| u64::from(q.guaranteed))
-                    .sum();
-                (t.spec.name.clone(), g * u64::from(MILLI_PER_GPU), 0, 0)
-            })
+            .map(|t| (t.spec.name.clone(), guaranteed_milli(t), 0, 0))
             .filter(|t| t.1 > 0)
             .collect();
         Denied { teams, since: 0 }
@@ -233,6 +225,17 @@ impl Denied {
             .map(|(name, _, _, total)| (name, total))
             .collect()
     }
+}
+
+/// A team's guarantee over all GPU models, in milli-GPUs.
+fn guaranteed_milli(t: &qm_core::Team) -> u64 {
+    let gpus: u64 = t
+        .spec
+        .quotas
+        .values()
+        .map(|q| u64::from(q.guaranteed))
+        .sum();
+    gpus * u64::from(MILLI_PER_GPU)
 }
 
 /// One trace job as the core sees it, on a cluster whose largest node has `node_gpus`.
@@ -460,15 +463,7 @@ pub fn simulate(
     let mut denied = Denied::new(&state);
     let guarantees: BTreeMap<String, u64> = state
         .teams()
-        .map(|t| {
-            let g: u64 = t
-                .spec
-                .quotas
-                .values()
-                .map(|q| u64::from(q.guaranteed))
-                .sum();
-            (t.spec.name.clone(), g * u64::from(MILLI_PER_GPU))
-        })
+        .map(|t| (t.spec.name.clone(), guaranteed_milli(t)))
         .collect();
     let total_milli = cluster.gpus() * u64::from(MILLI_PER_GPU);
     let (threshold, window) = (state.config.idle_threshold_pct, state.config.idle_window_s);
