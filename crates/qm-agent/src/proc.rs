@@ -57,6 +57,54 @@ pub struct Task {
     cpu: Option<(Instant, u64)>,
     /// Why it never started.
     why: Option<String>,
+    /// Its batch script's file, removed once it has exited.
+    script: Option<PathBuf>,
+}
+
+/// Writes a batch script to a new private file (mode 0700, created exclusively, so no file
+/// or link planted there is followed), owned by the user the task runs as.
+fn write_script(l: &Launch, text: &str, run_as: Option<&User>) -> Result<PathBuf, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = std::env::temp_dir().join(format!(
+        "qm-script-{}-{}-{}-{}-{nanos}",
+        l.key.job,
+        l.key.task,
+        l.key.attempt,
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(&path)
+        .map_err(|e| format!("cannot write the job's script to {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write the job's script to {}: {e}", path.display()))?;
+    if let Some(u) = run_as {
+        std::os::unix::fs::chown(&path, Some(u.uid), Some(u.gid))
+            .map_err(|e| format!("cannot give {} to uid {}: {e}", path.display(), u.uid))?;
+    }
+    Ok(path)
+}
+
+/// The program that runs a script and its first arguments: the interpreter of its `#!` line
+/// (with that line's one argument, as the kernel reads it), else `/bin/sh`. Running the
+/// interpreter on the file, rather than the file itself, works where temporary files may
+/// not be executed.
+pub fn script_runner(text: &str) -> Vec<String> {
+    let Some(line) = text.strip_prefix("#!").and_then(|t| t.lines().next()) else {
+        return vec!["/bin/sh".into()];
+    };
+    let line = line.trim();
+    match line.split_once([' ', '\t']) {
+        None if line.is_empty() => vec!["/bin/sh".into()],
+        None => vec![line.to_string()],
+        Some((prog, arg)) => vec![prog.to_string(), arg.trim().to_string()],
+    }
 }
 
 /// A Unix user, from /etc/passwd.
@@ -238,7 +286,24 @@ impl Task {
                 .map_err(|e| format!("cannot give {} to {name}: {e}", log.display()))?;
         }
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let (prog, args) = l.command.split_first().ok_or("an empty command")?;
+        // A batch script runs as `interpreter [arg] FILE ARGS...` (`command[0]` only names
+        // the script as submitted).
+        let script = match &l.script {
+            Some(text) => Some(write_script(l, text, run_as.as_ref())?),
+            None => None,
+        };
+        let scripted: Vec<String>;
+        let command: &[String] = match (&script, &l.script) {
+            (Some(path), Some(text)) => {
+                let mut c = script_runner(text);
+                c.push(path.display().to_string());
+                c.extend(l.command.iter().skip(1).cloned());
+                scripted = c;
+                &scripted
+            }
+            _ => &l.command,
+        };
+        let (prog, args) = command.split_first().ok_or("an empty command")?;
         let base = base_env(std::env::vars(), run_as.as_ref().map(|u| (name, u)));
         // A fenced task runs under its guard (this very binary), which dies with the agent
         // and takes the task with it.
@@ -280,9 +345,12 @@ impl Task {
         if let Some(u) = &run_as {
             cmd.uid(u.uid).gid(u.gid);
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {prog:?}: {e}"))?;
+        let child = cmd.spawn().map_err(|e| {
+            if let Some(path) = &script {
+                let _ = std::fs::remove_file(path);
+            }
+            format!("cannot run {prog:?}: {e}")
+        })?;
         let pgid = child.id() as i32;
         Ok(Task {
             child: Some(child),
@@ -295,6 +363,7 @@ impl Task {
             gpus,
             cpu: None,
             why: None,
+            script,
         })
     }
 
@@ -311,6 +380,7 @@ impl Task {
             kill_at: None,
             gpus: Vec::new(),
             cpu: None,
+            script: None,
         }
     }
 
@@ -343,6 +413,9 @@ impl Task {
                     // Whatever the group left behind goes too.
                     // SAFETY: signalling a process group we created.
                     unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+                    if let Some(path) = self.script.take() {
+                        let _ = std::fs::remove_file(path);
+                    }
                 }
             }
         }

@@ -23,8 +23,8 @@ mod validate;
 pub use error::ApplyError;
 pub use model::*;
 pub use plan::{
-    admissions, decide, homes, plan, HomeMap, IdleAction, IdleNotice, PendingJob, Plan, Reason,
-    Reservation, Start, StopOrder, TeamStanding,
+    admissions, decide, dependency_block, homes, plan, HomeMap, IdleAction, IdleNotice, PendingJob,
+    Plan, Reason, Reservation, Start, StopOrder, TeamStanding,
 };
 pub use state::{
     apply, Admission, ClusterState, Event, Hold, Job, JobState, Node, Run, StopCause,

@@ -135,10 +135,116 @@ pub struct JobSpec {
     /// The job checkpoints this often, so a preemption loses at most this much work.
     #[serde(default)]
     pub checkpoint_every_s: Option<Secs>,
-    /// Starts only after each of these jobs succeeded.
+    /// Starts only once each of these jobs has ended as its condition asks.
     #[serde(default)]
-    pub depends_on: Vec<JobId>,
+    pub depends_on: Vec<Dependency>,
+    /// The job is one element of an array (one submission, many jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayMember>,
     pub submit_s: Secs,
+}
+
+/// How a dependency must end for its dependent to start.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum After {
+    /// Succeeded (`afterok`).
+    #[default]
+    Ok,
+    /// Ended, however (`afterany`).
+    Any,
+    /// Failed or was cancelled (`afternotok`).
+    Failed,
+}
+
+impl After {
+    pub const ALL: [After; 3] = [After::Ok, After::Any, After::Failed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            After::Ok => "ok",
+            After::Any => "any",
+            After::Failed => "failed",
+        }
+    }
+
+    /// Whether a job that ended `succeeded` (or not) meets the condition.
+    pub fn met_by(self, succeeded: bool) -> bool {
+        match self {
+            After::Ok => succeeded,
+            After::Any => true,
+            After::Failed => !succeeded,
+        }
+    }
+}
+
+impl std::str::FromStr for After {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        After::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                UnknownName::new(("condition", "conditions"), s, &After::ALL, After::name)
+            })
+    }
+}
+
+/// A job another job waits for, and how it must end. Stored as the bare id when the
+/// condition is `ok` (the only form older stores hold).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "DependencyRepr", into = "DependencyRepr")]
+pub struct Dependency {
+    pub job: JobId,
+    pub when: After,
+}
+
+impl Dependency {
+    /// Waits for `job` to succeed.
+    pub fn ok(job: JobId) -> Dependency {
+        Dependency {
+            job,
+            when: After::Ok,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(untagged)]
+enum DependencyRepr {
+    Ok(JobId),
+    With { job: JobId, when: After },
+}
+
+impl From<DependencyRepr> for Dependency {
+    fn from(r: DependencyRepr) -> Dependency {
+        match r {
+            DependencyRepr::Ok(job) => Dependency::ok(job),
+            DependencyRepr::With { job, when } => Dependency { job, when },
+        }
+    }
+}
+
+impl From<Dependency> for DependencyRepr {
+    fn from(d: Dependency) -> DependencyRepr {
+        match d.when {
+            After::Ok => DependencyRepr::Ok(d.job),
+            when => DependencyRepr::With { job: d.job, when },
+        }
+    }
+}
+
+/// Which array a job belongs to and where. The array's id is its first element's job id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ArrayMember {
+    pub array: JobId,
+    pub index: u32,
+    /// At most this many of the array's jobs run at once (`--array 0-99%8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -251,6 +357,10 @@ pub struct TeamSpec {
     /// CPU is only capped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cpu_milli: Option<u64>,
+    /// Slurm partition names that mean this team in a batch script's `#SBATCH -p` (set by
+    /// an admin; each names at most one team). The core does not read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<String>,
 }
 
 fn default_weight() -> u32 {
@@ -276,6 +386,7 @@ impl TeamSpec {
             idle_policy: IdlePolicy::default(),
             priorities: [0, 0],
             max_cpu_milli: None,
+            partitions: Vec::new(),
         }
     }
 }

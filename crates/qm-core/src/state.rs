@@ -252,6 +252,8 @@ pub(crate) struct LiveJobs {
     /// Tasks of the live jobs by shape, GPU-less work left out: the workload's mix, from
     /// which the planner learns which shapes to keep room for (`plan/frag.rs`).
     pub(crate) shapes: BTreeMap<MixKey, u64>,
+    /// Jobs holding resources of each array that limits how many of its jobs run at once.
+    pub(crate) holding_by_array: BTreeMap<JobId, usize>,
 }
 
 /// A task's shape as the mix counts it: milli-GPUs each GPU must have free, how many such
@@ -385,6 +387,9 @@ impl LiveJobs {
         self.pending(id, false);
         self.holding.insert(id);
         let job = &self.map[&id];
+        if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
+            bump(&mut self.holding_by_array, a.array, true);
+        }
         let run = job.state.run().expect("a job that holds has a run");
         self.holding_by_team
             .entry(job.team_id)
@@ -407,6 +412,9 @@ impl LiveJobs {
         }
         self.holding.remove(&id);
         let job = &self.map[&id];
+        if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
+            bump(&mut self.holding_by_array, a.array, false);
+        }
         if let Some(set) = self.holding_by_team.get_mut(&job.team_id) {
             set.remove(&id);
             if set.is_empty() {
@@ -492,6 +500,10 @@ pub enum Event {
     Cancel {
         job: JobId,
         at_s: Secs,
+        /// Set when the job is ended because this job, which it depends on, ended so that
+        /// the job can never start (`apply` checks that it did).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unmet: Option<JobId>,
     },
     /// The shell executed a start of the plan.
     Start {
@@ -656,6 +668,24 @@ impl ClusterState {
             .unwrap_or(0);
         let by_user = self.jobs.pending_by_user.get(user).copied().unwrap_or(0);
         (by_user, by_team)
+    }
+
+    /// Pending jobs that can never start, because a job they depend on ended otherwise than
+    /// they wait for (or is unknown), with that dependency: the server ends them.
+    pub fn unmet_dependencies(&self) -> Vec<(JobId, JobId)> {
+        self.jobs
+            .values()
+            .filter(|j| j.state == JobState::Pending && !j.spec.depends_on.is_empty())
+            .filter_map(|j| match crate::plan::dependency_block(self, &j.spec) {
+                Some(crate::plan::Reason::DependencyFailed { on, .. }) => Some((j.spec.id, on)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many jobs of `array` hold resources now (counted only for arrays with a limit).
+    pub fn array_holding(&self, array: JobId) -> usize {
+        self.jobs.holding_by_array.get(&array).copied().unwrap_or(0)
     }
 
     /// Jobs that are pending, running or stopping, in id order.

@@ -118,6 +118,7 @@ impl TeamBuilder {
                 idle_policy: IdlePolicy::default(),
                 priorities: [0, 0],
                 max_cpu_milli: None,
+                partitions: Vec::new(),
             },
         }
     }
@@ -247,6 +248,7 @@ impl JobBuilder {
                 min_run_s: 0,
                 checkpoint_every_s: None,
                 depends_on: Vec::new(),
+                array: None,
                 submit_s: 0,
             },
             duration_s: None,
@@ -338,7 +340,25 @@ impl JobBuilder {
     }
 
     pub fn after(mut self, job: JobId) -> Self {
-        self.spec.depends_on.push(job);
+        self.spec.depends_on.push(crate::model::Dependency::ok(job));
+        self
+    }
+
+    /// Starts only once `job` has ended as `when` asks.
+    pub fn after_if(mut self, job: JobId, when: crate::model::After) -> Self {
+        self.spec
+            .depends_on
+            .push(crate::model::Dependency { job, when });
+        self
+    }
+
+    /// Element `index` of array `array`, which runs at most `max_running` at once.
+    pub fn array(mut self, array: JobId, index: u32, max_running: Option<u32>) -> Self {
+        self.spec.array = Some(crate::model::ArrayMember {
+            array,
+            index,
+            max_running,
+        });
         self
     }
 

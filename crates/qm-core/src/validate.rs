@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::ApplyError;
-use crate::model::{GpuAsk, JobSpec, NodeId, NodeState, MILLI_PER_GPU};
+use crate::model::{After, GpuAsk, JobId, JobSpec, NodeId, NodeState, MILLI_PER_GPU};
 use crate::state::{placement_milli, task_shape, ClusterState, JobState, Node, TaskPlacement};
 use crate::teams::TeamIndex;
 
@@ -100,30 +100,52 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
             state.forgotten_up_to.unwrap_or_default()
         )));
     }
-    let mut deps = spec.depends_on.clone();
+    let mut deps: Vec<JobId> = spec.depends_on.iter().map(|d| d.job).collect();
     deps.sort();
     deps.dedup();
     if deps.len() != spec.depends_on.len() {
         return Err(invalid("lists a dependency twice".into()));
     }
-    if spec.depends_on.contains(&id) {
+    if deps.contains(&id) {
         return Err(invalid("depends on itself".into()));
     }
     for dep in &spec.depends_on {
-        match state.job(*dep) {
-            None => return Err(invalid(format!("depends on {dep}, which does not exist"))),
-            Some(j)
-                if matches!(
-                    j.state,
-                    JobState::Failed { .. } | JobState::Cancelled { .. }
-                ) =>
-            {
-                return Err(never(format!(
-                    "it depends on {dep}, which ended {}",
-                    j.state.name()
+        match state.job(dep.job) {
+            None => {
+                return Err(invalid(format!(
+                    "depends on {}, which does not exist",
+                    dep.job
                 )))
             }
+            Some(j) if j.state.is_terminal() => {
+                let succeeded = matches!(j.state, JobState::Succeeded { .. });
+                if !dep.when.met_by(succeeded) {
+                    return Err(never(format!(
+                        "it depends on {} ending {}, and it ended {}",
+                        dep.job,
+                        match dep.when {
+                            After::Ok => "successfully",
+                            After::Any => "at all",
+                            After::Failed => "unsuccessfully",
+                        },
+                        j.state.name()
+                    )));
+                }
+            }
             Some(_) => {}
+        }
+    }
+    if let Some(a) = spec.array {
+        if a.array > id {
+            return Err(invalid(format!(
+                "belongs to array {}, whose id must be its first job's, at most its own",
+                a.array.0
+            )));
+        }
+        if a.max_running == Some(0) {
+            return Err(invalid(
+                "its array allows 0 jobs to run at once; give at least 1, or no limit".into(),
+            ));
         }
     }
     let Some(team) = state.teams.get(&spec.team) else {

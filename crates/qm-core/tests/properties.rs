@@ -219,6 +219,26 @@ impl World {
             .collect();
         let explained: Vec<JobId> = plan.pending.iter().map(|p| p.job).collect();
         prop_assert_eq!(pending, explained);
+        // An array never runs more of its jobs at once than it allows, this plan's starts
+        // included.
+        let mut by_array: std::collections::BTreeMap<JobId, (usize, u32)> = Default::default();
+        for j in self.state.live_jobs() {
+            let started = plan.start_of(j.spec.id).is_some();
+            if let Some(a) = j.spec.array.filter(|_| started || j.state.run().is_some()) {
+                let e = by_array.entry(a.array).or_default();
+                e.0 += 1;
+                e.1 = a.max_running.unwrap_or(u32::MAX);
+            }
+        }
+        for (array, (running, max)) in by_array {
+            prop_assert!(
+                running <= max as usize,
+                "array {} runs {} jobs, more than its {}",
+                array,
+                running,
+                max
+            );
+        }
         // Gangs whole in every start; work that can neither be preempted nor ends by a time
         // limit never borrows (`default`).
         for s in &plan.starts {
@@ -695,8 +715,17 @@ impl World {
                     1 => b.model("A100"),
                     _ => b,
                 };
-                if let Some(d) = dep.filter(|d| *d < self.ids.len()) {
-                    b = b.after(self.ids[d]);
+                match dep {
+                    // One in four: an element of array 1 (one at a time) or 2 (two at once).
+                    Some(d) if d % 4 == 3 => {
+                        let array = 1 + (d as u64 % 2);
+                        b = b.array(JobId(array), d as u32, Some(array as u32));
+                    }
+                    Some(d) if d < self.ids.len() => {
+                        let when = [After::Ok, After::Any, After::Failed][d % 3];
+                        b = b.after_if(self.ids[d], when);
+                    }
+                    _ => {}
                 }
                 let r = apply(&mut self.state, Event::Submit(b.spec()));
                 if r.is_ok() {
@@ -712,6 +741,7 @@ impl World {
                     Event::Cancel {
                         job,
                         at_s: self.now,
+                        unmet: None,
                     },
                 ),
                 None => Ok(()),

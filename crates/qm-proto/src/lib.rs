@@ -16,9 +16,41 @@ pub use dash::{
     DashTeam, Standing,
 };
 pub use wire::{
-    Admission, GpuAsk, IdlePolicy, JobEventKind, JobState, NodeState, PreemptionCause, Reason,
-    ReasonKind, Role, UnknownValue,
+    Admission, After, GpuAsk, IdlePolicy, JobEventKind, JobState, NodeState, PreemptionCause,
+    Reason, ReasonKind, Role, UnknownValue,
 };
+
+/// Seconds since the Unix epoch as RFC 3339 in UTC (`2026-11-30T19:51:49Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_796_068_309), "2026-11-30T19:51:49Z");
+    }
+}
 
 /// The error body of every failed call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -113,11 +145,64 @@ pub struct SubmitRequest {
     /// shared storage). The price: a server away that long stops the job too.
     #[serde(default)]
     pub fence: bool,
+    /// Start only once each of these jobs has ended as its condition says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 64)]
+    pub after: Vec<DependencyView>,
+    /// Submit an array: one job per index, each with `QM_ARRAY_JOB_ID` (the first job's id)
+    /// and `QM_ARRAY_INDEX` in its environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayRequest>,
+    /// A batch script to run: the agent writes it to a private file and runs it with the
+    /// interpreter of its `#!` line (`/bin/sh` without one); `command[0]` names the script
+    /// as submitted, the rest are its arguments. Stored with the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1048576)]
+    pub script: Option<String>,
+}
+
+/// A job another waits for, and how it must end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DependencyView {
+    pub job: u64,
+    /// Default `ok`.
+    #[serde(default = "after_ok")]
+    pub when: After,
+}
+
+fn after_ok() -> After {
+    After::Ok
+}
+
+/// The indices of an array and how many of its jobs may run at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArrayRequest {
+    /// Distinct, each at most 1,000,000.
+    #[schema(min_items = 1, max_items = 10000)]
+    pub indices: Vec<u32>,
+    /// At most this many of its jobs run at once (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_running: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubmitResponse {
+    /// The job's id; an array's id (its first job's).
     pub job: u64,
+    /// An array's jobs, by index order (absent for a single job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<u64>,
+}
+
+/// Where a job sits in its array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArrayView {
+    /// The array's id: its first job's.
+    pub array: u64,
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
 }
 
 /// One task's place.
@@ -176,6 +261,13 @@ pub struct JobView {
     pub submit_s: u64,
     pub started_s: Option<u64>,
     pub ended_s: Option<u64>,
+    /// `submit_s`, `started_s` and `ended_s` in RFC 3339 (UTC).
+    #[serde(default)]
+    pub submitted_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
     pub attempt: u32,
     pub preemptions: u32,
     /// While running.
@@ -190,6 +282,16 @@ pub struct JobView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleView>,
     pub command: Vec<String>,
+    /// The batch script it runs, if it was submitted with one (shown to those who may see
+    /// its command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Its array and index, if it is one job of an array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayView>,
+    /// The jobs it waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<DependencyView>,
     /// What happened to the job, oldest first.
     pub events: Vec<JobEvent>,
 }
@@ -197,6 +299,9 @@ pub struct JobView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     pub at_s: u64,
+    /// `at_s` in RFC 3339 (UTC), in views.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub at: String,
     pub what: JobEventKind,
     pub detail: String,
 }
@@ -257,6 +362,9 @@ pub struct TeamView {
     /// Its own running jobs whose GPUs are idle now, and what the idle policy does next.
     #[serde(default)]
     pub idle_jobs: Vec<IdleView>,
+    /// Slurm partition names that mean this team in `#SBATCH -p`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<String>,
 }
 
 /// `POST /api/v1/admin/teams`: create or change a team.
@@ -290,6 +398,11 @@ pub struct TeamRequest {
     /// (sub-teams' included); `0` removes the cap.
     #[serde(default)]
     pub max_cpu: Option<u32>,
+    /// Slurm partition names that mean this team in a batch script's `#SBATCH -p`,
+    /// replacing the team's list (`[]` clears it); each may name one team only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 64)]
+    pub partitions: Option<Vec<String>>,
 }
 
 /// `POST /api/v1/admin/tokens`.
@@ -402,6 +515,11 @@ pub struct Launch {
     /// later, has been answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_after_ms: Option<u64>,
+    /// A batch script: the agent writes it to a private file and runs it with the
+    /// interpreter of its `#!` line (`/bin/sh` without one), with `command[1..]` as its
+    /// arguments (`command[0]` names the script as submitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
 }
 
 /// `GET /agent/v1/commands?wait_s=N`: long poll.

@@ -203,10 +203,23 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// How a dependency must end for its dependent to start.
+    After ("condition") {
+        /// Succeeded (Slurm's `afterok`).
+        Ok = "ok",
+        /// Ended, however (`afterany`).
+        Any = "any",
+        /// Failed or was cancelled (`afternotok`).
+        Failed = "failed",
+    }
+}
+
+wire_enum! {
     /// The kind of a [`Reason`] (its `kind` field).
     ReasonKind ("reason") {
         Dependency = "dependency",
         DependencyFailed = "dependency_failed",
+        ArrayLimit = "array_limit",
         OverMax = "over_max",
         OverCpuMax = "over_cpu_max",
         WaitingForReclaim = "waiting_for_reclaim",
@@ -235,12 +248,16 @@ pub enum GpuAsk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind")]
 pub enum Reason {
-    /// A job it depends on has not succeeded yet.
+    /// A job it depends on has not ended yet (`when`: how it must end).
     #[serde(rename = "dependency")]
-    Dependency { on: u64 },
-    /// A job it depends on failed, was cancelled or is unknown: it will never start.
+    Dependency { on: u64, when: After },
+    /// A job it depends on ended otherwise than `when` asks (or is unknown): it will never
+    /// start, and the server ends it.
     #[serde(rename = "dependency_failed")]
-    DependencyFailed { on: u64 },
+    DependencyFailed { on: u64, when: After },
+    /// As many jobs of its array as the array allows (`max_running`) are running.
+    #[serde(rename = "array_limit")]
+    ArrayLimit { array: u64, max_running: u32 },
     /// Starting it would put `team` (itself or an ancestor) above its `max`.
     #[serde(rename = "over_max")]
     OverMax {
@@ -304,6 +321,7 @@ impl Reason {
         match self {
             Reason::Dependency { .. } => ReasonKind::Dependency,
             Reason::DependencyFailed { .. } => ReasonKind::DependencyFailed,
+            Reason::ArrayLimit { .. } => ReasonKind::ArrayLimit,
             Reason::OverMax { .. } => ReasonKind::OverMax,
             Reason::OverCpuMax { .. } => ReasonKind::OverCpuMax,
             Reason::WaitingForReclaim { .. } => ReasonKind::WaitingForReclaim,
@@ -385,6 +403,7 @@ mod tests {
             &[
                 "dependency",
                 "dependency_failed",
+                "array_limit",
                 "over_max",
                 "over_cpu_max",
                 "waiting_for_reclaim",
@@ -416,12 +435,25 @@ mod tests {
     fn reasons_are_pinned_with_their_kind() {
         let cases = [
             (
-                Reason::Dependency { on: 1 },
-                serde_json::json!({"kind": "dependency", "on": 1}),
+                Reason::Dependency {
+                    on: 1,
+                    when: After::Ok,
+                },
+                serde_json::json!({"kind": "dependency", "on": 1, "when": "ok"}),
             ),
             (
-                Reason::DependencyFailed { on: 2 },
-                serde_json::json!({"kind": "dependency_failed", "on": 2}),
+                Reason::DependencyFailed {
+                    on: 2,
+                    when: After::Failed,
+                },
+                serde_json::json!({"kind": "dependency_failed", "on": 2, "when": "failed"}),
+            ),
+            (
+                Reason::ArrayLimit {
+                    array: 5,
+                    max_running: 8,
+                },
+                serde_json::json!({"kind": "array_limit", "array": 5, "max_running": 8}),
             ),
             (
                 Reason::OverMax {

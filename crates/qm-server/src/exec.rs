@@ -299,6 +299,10 @@ impl Inner {
             if t.gpu_milli < 1000 {
                 env.insert("QM_GPU_MILLI".into(), t.gpu_milli.to_string());
             }
+            if let Some(a) = job.spec.array {
+                env.insert("QM_ARRAY_JOB_ID".into(), a.array.0.to_string());
+                env.insert("QM_ARRAY_INDEX".into(), a.index.to_string());
+            }
             *local_rank += 1;
             let key = TaskKey {
                 job: id.0,
@@ -316,6 +320,7 @@ impl Inner {
                     fence_after_ms: payload
                         .fence
                         .then(|| fence_after_ms(self.config.node_timeout_s)),
+                    script: payload.script.clone(),
                 },
             ));
         }

@@ -735,6 +735,7 @@ impl Server {
     pub fn tick(&self) -> Result<(), Refusal> {
         let mut inner = self.lock();
         inner.check_timeouts()?;
+        inner.end_unmet()?;
         inner.schedule()?;
         inner.retain()?;
         Ok(())
@@ -790,6 +791,26 @@ impl Inner {
             return Ok(auth::Principal::Node(id));
         }
         Err(Refusal::Unauthorized("unknown token".into()))
+    }
+
+    /// Ends the pending jobs that can never start because a job they depend on ended
+    /// otherwise than they wait for (each with that cause in its history), so that nothing
+    /// waits for ever.
+    pub(crate) fn end_unmet(&mut self) -> Result<(), Refusal> {
+        let unmet = self.state.unmet_dependencies();
+        if unmet.is_empty() {
+            return Ok(());
+        }
+        let at_s = self.now_s();
+        let events = unmet
+            .into_iter()
+            .map(|(job, dep)| Event::Cancel {
+                job,
+                at_s,
+                unmet: Some(dep),
+            })
+            .collect();
+        self.commit(events, &[])
     }
 
     /// Applies events and queues them for the store, all or nothing: a refused event changes
@@ -873,10 +894,12 @@ impl Inner {
     }
 
     pub fn note(&mut self, job: u64, at_s: Secs, what: JobEventKind, detail: String) {
-        self.history
-            .entry(job)
-            .or_default()
-            .push(JobEvent { at_s, what, detail });
+        self.history.entry(job).or_default().push(JobEvent {
+            at_s,
+            at: String::new(),
+            what,
+            detail,
+        });
     }
 }
 
@@ -946,10 +969,12 @@ fn note_placed(
 
 fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &Event) {
     let mut push = |job: JobId, at_s: Secs, what: JobEventKind, detail: String| {
-        history
-            .entry(job.0)
-            .or_default()
-            .push(JobEvent { at_s, what, detail });
+        history.entry(job.0).or_default().push(JobEvent {
+            at_s,
+            at: String::new(),
+            what,
+            detail,
+        });
     };
     match e {
         Event::Submit(spec) => push(spec.id, spec.submit_s, JobEventKind::Queued, String::new()),
@@ -1026,7 +1051,30 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
             JobEventKind::Requeued,
             "its run lost its resources; back to the queue whole".into(),
         ),
-        Event::Cancel { job, at_s } => push(*job, *at_s, JobEventKind::Cancelled, String::new()),
+        Event::Cancel {
+            job,
+            at_s,
+            unmet: None,
+        } => push(*job, *at_s, JobEventKind::Cancelled, String::new()),
+        Event::Cancel {
+            job,
+            at_s,
+            unmet: Some(dep),
+        } => {
+            let detail = state
+                .job(*job)
+                .and_then(|j| qm_core::dependency_block(state, &j.spec))
+                .map_or_else(
+                    || {
+                        format!(
+                            "job {} it depends on ended so that it can never start",
+                            dep.0
+                        )
+                    },
+                    |r| r.to_string(),
+                );
+            push(*job, *at_s, JobEventKind::Cancelled, detail)
+        }
         _ => {}
     }
 }

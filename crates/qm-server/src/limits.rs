@@ -20,6 +20,43 @@ pub const MAX_ENV_NAME: usize = 256;
 pub const MAX_JOB_NAME: usize = 256;
 /// Bytes of a working directory.
 pub const MAX_PATH: usize = 4096;
+/// Jobs of one array.
+pub const MAX_ARRAY: usize = 10_000;
+/// The highest index of an array's job.
+pub const MAX_ARRAY_INDEX: u32 = 1_000_000;
+/// Jobs one job may depend on.
+pub const MAX_DEPENDENCIES: usize = 64;
+/// Bytes of a batch script.
+pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+
+/// An array's indices, checked: 1 to [`MAX_ARRAY`] of them, distinct, each at most
+/// [`MAX_ARRAY_INDEX`], with a running limit of at least 1. Returned in ascending order.
+pub fn array(a: &qm_proto::ArrayRequest) -> Result<Vec<u32>, String> {
+    if a.indices.is_empty() || a.indices.len() > MAX_ARRAY {
+        return Err(format!(
+            "array has {} indices; give 1 to {MAX_ARRAY}",
+            a.indices.len()
+        ));
+    }
+    let mut sorted = a.indices.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "array index {} is given twice; give each once",
+            w[0]
+        ));
+    }
+    if let Some(&big) = sorted.last().filter(|&&i| i > MAX_ARRAY_INDEX) {
+        return Err(format!(
+            "array index {big} is too high; indices go from 0 to {MAX_ARRAY_INDEX}"
+        ));
+    }
+    if a.max_running == Some(0) {
+        return Err("array max_running is 0; give at least 1, or leave it out for no limit".into());
+    }
+    Ok(sorted)
+}
+
 /// Bytes of a team's or a GPU model's name.
 pub const MAX_NAME: usize = 64;
 
@@ -127,6 +164,23 @@ pub fn submission(req: &SubmitRequest) -> Result<(), String> {
             return Err(format!(
                 "user {user:?} is not a Unix user name (a lower-case letter or _, then lower-case letters, digits, _ or -, at most 32)"
             ));
+        }
+    }
+    if req.after.len() > MAX_DEPENDENCIES {
+        return Err(format!(
+            "the job depends on {} jobs; at most {MAX_DEPENDENCIES} are allowed",
+            req.after.len()
+        ));
+    }
+    if let Some(script) = &req.script {
+        if script.len() > MAX_SCRIPT_BYTES {
+            return Err(format!(
+                "the script is {} bytes; at most {MAX_SCRIPT_BYTES} are allowed",
+                script.len()
+            ));
+        }
+        if script.contains('\0') {
+            return Err("the script holds a NUL byte; give a text script".into());
         }
     }
     Ok(())

@@ -162,11 +162,37 @@ fn gpu_ask(g: GpuAsk) -> proto::GpuAsk {
     }
 }
 
+pub fn after(a: qm_core::After) -> proto::After {
+    match a {
+        qm_core::After::Ok => proto::After::Ok,
+        qm_core::After::Any => proto::After::Any,
+        qm_core::After::Failed => proto::After::Failed,
+    }
+}
+
+pub fn after_core(a: proto::After) -> qm_core::After {
+    match a {
+        proto::After::Ok => qm_core::After::Ok,
+        proto::After::Any => qm_core::After::Any,
+        proto::After::Failed => qm_core::After::Failed,
+    }
+}
+
 pub fn reason(r: &qm_core::Reason) -> proto::Reason {
     use qm_core::Reason as R;
     match r {
-        R::Dependency { on } => proto::Reason::Dependency { on: on.0 },
-        R::DependencyFailed { on } => proto::Reason::DependencyFailed { on: on.0 },
+        R::Dependency { on, when } => proto::Reason::Dependency {
+            on: on.0,
+            when: after(*when),
+        },
+        R::DependencyFailed { on, when } => proto::Reason::DependencyFailed {
+            on: on.0,
+            when: after(*when),
+        },
+        R::ArrayLimit { array, max_running } => proto::Reason::ArrayLimit {
+            array: array.0,
+            max_running: *max_running,
+        },
         R::OverMax {
             team,
             model,
@@ -311,6 +337,9 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         submit_s: j.spec.submit_s,
         started_s: run.map(|r| r.started_s),
         ended_s,
+        submitted_at: proto::rfc3339(j.spec.submit_s),
+        started_at: run.map(|r| proto::rfc3339(r.started_s)),
+        ended_at: ended_s.map(proto::rfc3339),
         attempt,
         preemptions: j.preemptions,
         admission: run.map(|r| admission(r.admission)),
@@ -323,7 +352,35 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
             .get(&j.spec.id.0)
             .map(|p| p.command.clone())
             .unwrap_or_default(),
-        events: inner.history.get(&j.spec.id.0).cloned().unwrap_or_default(),
+        script: inner
+            .payloads
+            .get(&j.spec.id.0)
+            .and_then(|p| p.script.clone()),
+        array: j.spec.array.map(|a| proto::ArrayView {
+            array: a.array.0,
+            index: a.index,
+            max_running: a.max_running,
+        }),
+        after: j
+            .spec
+            .depends_on
+            .iter()
+            .map(|d| proto::DependencyView {
+                job: d.job.0,
+                when: after(d.when),
+            })
+            .collect(),
+        events: inner
+            .history
+            .get(&j.spec.id.0)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| proto::JobEvent {
+                at: proto::rfc3339(e.at_s),
+                ..e
+            })
+            .collect(),
     }
 }
 
@@ -378,6 +435,7 @@ pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
             home: home(&t.spec.name),
             priorities: t.spec.priorities,
             max_cpu_milli: t.spec.max_cpu_milli,
+            partitions: t.spec.partitions.clone(),
             name: t.spec.name.clone(),
             parent: t.spec.parent.clone(),
             guaranteed: t
@@ -423,8 +481,18 @@ mod tests {
     fn wire_values_match_the_cores_serialization() {
         use qm_core::Reason as R;
         let reasons = [
-            R::Dependency { on: JobId(1) },
-            R::DependencyFailed { on: JobId(2) },
+            R::Dependency {
+                on: JobId(1),
+                when: qm_core::After::Any,
+            },
+            R::DependencyFailed {
+                on: JobId(2),
+                when: qm_core::After::Ok,
+            },
+            R::ArrayLimit {
+                array: JobId(3),
+                max_running: 4,
+            },
             R::OverMax {
                 team: "a".into(),
                 model: "*".into(),

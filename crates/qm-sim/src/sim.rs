@@ -274,6 +274,7 @@ pub fn job_spec(job: &TraceJob, options: &SimOptions, node_gpus: u32) -> JobSpec
         min_run_s: options.min_run_s,
         checkpoint_every_s: options.checkpoint_every_s.filter(|&every| every > 0),
         depends_on: Vec::new(),
+        array: None,
         submit_s: job.submit_s,
     }
 }
@@ -617,8 +618,15 @@ pub fn simulate(
                     }
                     if idle.done_working {
                         // Its work is done: it ends when it has stopped, not requeued.
-                        apply(&mut state, Event::Cancel { job: id, at_s: now })
-                            .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
+                        apply(
+                            &mut state,
+                            Event::Cancel {
+                                job: id,
+                                at_s: now,
+                                unmet: None,
+                            },
+                        )
+                        .map_err(|e| SpecError(format!("simulator bug: {e}")))?;
                     }
                     if matches!(
                         cause,

@@ -84,6 +84,7 @@ pub fn from_toml(name: &str, text: &str) -> Result<Vec<TeamSpec>, SpecError> {
             idle_policy: t.idle_policy,
             priorities: [0, 0],
             max_cpu_milli: t.max_cpu.map(|c| c.saturating_mul(1000)),
+            partitions: Vec::new(),
         });
     }
     Ok(out)

@@ -51,6 +51,9 @@ pub struct JobPayload {
     /// Fenced by its agents (see `SubmitRequest::fence`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fence: bool,
+    /// The batch script it runs, if any (`SubmitRequest::script`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
 }
 
 /// An API token: only its SHA-256 is kept.

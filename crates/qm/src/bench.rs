@@ -109,6 +109,7 @@ fn job(rng: &mut Rng, id: u64, team: String, tasks: u32, gpus: u32, submit_s: u6
             None
         },
         depends_on: Vec::new(),
+        array: None,
         submit_s,
     }
 }

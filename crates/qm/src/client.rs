@@ -239,12 +239,20 @@ fn mem_mib(text: &str) -> Result<u64, String> {
         .ok_or_else(bad)
 }
 
-#[derive(Args, Debug)]
-pub struct SubmitArgs {
-    #[arg(long, default_value = "default")]
-    team: String,
-    #[arg(long, default_value = "")]
-    name: String,
+/// What a job asks for: `qm submit`'s flags, which a batch script's `#QM` lines may give
+/// too (the command line wins). No defaults here: a flag not given anywhere takes its
+/// default when the request is built.
+#[derive(Args, Debug, Default, Clone)]
+pub struct JobFlags {
+    /// The team to run as (default: default).
+    #[arg(long)]
+    team: Option<String>,
+    /// A Slurm partition: the team an admin mapped it to (`qm admin team set TEAM
+    /// --partition NAME`), else the team of that name.
+    #[arg(long, short = 'p')]
+    partition: Option<String>,
+    #[arg(long)]
+    name: Option<String>,
     /// Whole GPUs per task; 0 for a task that needs only CPU (then give --cpu).
     #[arg(long)]
     gpus: Option<u32>,
@@ -257,11 +265,12 @@ pub struct SubmitArgs {
     /// A share of one GPU per task, in milli-GPUs (1..=1000), instead of whole GPUs.
     #[arg(long)]
     gpu_milli: Option<u32>,
-    #[arg(long, default_value_t = 1)]
-    tasks: u32,
+    /// Tasks of the gang, started together or not at all (default 1).
+    #[arg(long)]
+    tasks: Option<u32>,
     #[arg(long)]
     gpu_model: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     priority: Option<i32>,
     /// 30m, 2h, 90s or seconds.
     #[arg(long, allow_hyphen_values = true)]
@@ -283,13 +292,77 @@ pub struct SubmitArgs {
     env: Vec<String>,
     #[arg(long)]
     workdir: Option<String>,
-    /// Wait until the job ends; the exit code says how it ended.
+    /// Submit an array: one job per index, e.g. 0-99, 0-99:2, 1,5,9; %N runs at most N at
+    /// once (0-99%8). Each job gets QM_ARRAY_JOB_ID and QM_ARRAY_INDEX.
+    #[arg(long, value_name = "INDICES")]
+    array: Option<String>,
+    /// Start only after JOB ended: JOB or JOB:ok (succeeded), JOB:any (ended), JOB:failed
+    /// (failed or cancelled); repeatable. A dependency that can no longer be met ends the job.
+    #[arg(long, value_name = "JOB[:ok|any|failed]")]
+    after: Vec<String>,
+}
+
+impl JobFlags {
+    /// These flags, with `script`'s where these give none.
+    fn or(self, script: JobFlags) -> JobFlags {
+        let mut env = script.env;
+        env.extend(self.env);
+        let mut after = script.after;
+        after.extend(self.after);
+        JobFlags {
+            team: self.team.or(script.team),
+            partition: self.partition.or(script.partition),
+            name: self.name.or(script.name),
+            gpus: self.gpus.or(script.gpus),
+            cpu: self.cpu.or(script.cpu),
+            mem: self.mem.or(script.mem),
+            gpu_milli: self.gpu_milli.or(script.gpu_milli),
+            tasks: self.tasks.or(script.tasks),
+            gpu_model: self.gpu_model.or(script.gpu_model),
+            priority: self.priority.or(script.priority),
+            time_limit: self.time_limit.or(script.time_limit),
+            no_preempt: self.no_preempt || script.no_preempt,
+            checkpoint_every: self.checkpoint_every.or(script.checkpoint_every),
+            fence: self.fence || script.fence,
+            env,
+            workdir: self.workdir.or(script.workdir),
+            array: self.array.or(script.array),
+            after,
+        }
+    }
+}
+
+/// A script's directives parsed as `qm submit` flags.
+#[derive(clap::Parser, Debug)]
+#[command(name = "#QM", no_binary_name = true, disable_help_flag = true)]
+struct ScriptFlags {
+    #[command(flatten)]
+    job: JobFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    job: JobFlags,
+    /// Wait until the job ends, showing its progress on a terminal; the exit code says how
+    /// it ended (4: failed or cancelled).
     #[arg(long)]
     wait: bool,
     #[arg(long)]
     json: bool,
-    /// The program and its arguments, after `--`.
-    #[arg(last = true, required = true)]
+    /// A batch script to run (its `#QM` and `#SBATCH` lines give flags; the command line
+    /// wins), then its arguments.
+    #[arg(value_name = "SCRIPT", conflicts_with = "command")]
+    script: Option<PathBuf>,
+    #[arg(
+        value_name = "ARGS",
+        requires = "script",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    script_args: Vec<String>,
+    /// Or a program and its arguments, after `--`.
+    #[arg(last = true)]
     command: Vec<String>,
 }
 
@@ -370,6 +443,10 @@ pub struct TeamArgs {
     /// (sub-teams' included); 0 removes the cap.
     #[arg(long, value_name = "CPUS")]
     max_cpu: Option<u32>,
+    /// A Slurm partition name that means this team in `#SBATCH -p` (repeatable; replaces
+    /// the team's list; `--partition ''` clears it).
+    #[arg(long, value_name = "NAME")]
+    partition: Vec<String>,
 }
 
 /// `LOW..HIGH`, both integers, LOW at most HIGH.
@@ -398,90 +475,275 @@ pub enum TokenCmd {
     },
 }
 
-pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
-    let c = Client::new(conn)?;
+/// A batch script's text and flags: its directives parsed, what was ignored said once on
+/// standard error.
+fn read_script(path: &Path) -> Result<(String, JobFlags), Box<dyn Error>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(1, format!("cannot read the script {}: {e}", path.display())))?;
+    let d = crate::script::directives(&text)
+        .map_err(|e| fail(1, format!("{}: {e}", path.display())))?;
+    for line in &d.ignored {
+        eprintln!("qm: {}: {line}", path.display());
+    }
+    let flags = <ScriptFlags as clap::Parser>::try_parse_from(&d.flags).map_err(|e| {
+        fail(
+            1,
+            format!(
+                "{}: a #QM or #SBATCH line gives {:?}, which qm submit does not take: {}",
+                path.display(),
+                d.flags.join(" "),
+                e.render().to_string().lines().next().unwrap_or_default()
+            ),
+        )
+    })?;
+    Ok((text, flags.job))
+}
+
+/// Builds the request from the flags (and a script's).
+fn submit_request(
+    c: &Client,
+    a: &SubmitArgs,
+) -> Result<(SubmitRequest, Option<String>), Box<dyn Error>> {
+    let (script, flags, command) = match (&a.script, a.command.is_empty()) {
+        (Some(path), _) => {
+            let (text, from_script) = read_script(path)?;
+            let name = path
+                .file_name()
+                .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+            let mut command = vec![name];
+            command.extend(a.script_args.iter().cloned());
+            (Some(text), a.job.clone().or(from_script), command)
+        }
+        (None, false) => (None, a.job.clone(), a.command.clone()),
+        (None, true) => {
+            return Err(fail(
+                1,
+                "nothing to run: give a batch script (qm submit train.sh) or a program after -- (qm submit --gpus 1 -- python train.py)",
+            ))
+        }
+    };
     let mut env = BTreeMap::new();
-    for kv in &a.env {
+    for kv in &flags.env {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| fail(1, format!("bad --env {kv:?}; expected KEY=VALUE")))?;
         env.insert(k.to_string(), v.to_string());
     }
+    let team = match (&flags.team, &flags.partition) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => partition_team(c, p)?,
+        (None, None) => "default".to_string(),
+    };
+    let array = flags
+        .array
+        .as_deref()
+        .map(crate::script::array_spec)
+        .transpose()
+        .map_err(|e| fail(1, e))?
+        .map(|(indices, max_running)| qm_proto::ArrayRequest {
+            indices,
+            max_running,
+        });
+    let after = flags
+        .after
+        .iter()
+        .map(|v| crate::script::after_spec(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(1, e))?;
     let req = SubmitRequest {
-        team: a.team,
-        name: a.name,
-        tasks: Some(a.tasks),
-        gpus: a.gpus,
-        gpu_milli: a.gpu_milli,
-        gpu_model: a.gpu_model,
-        cpu_milli: a
+        team,
+        name: flags.name.clone().unwrap_or_default(),
+        tasks: Some(flags.tasks.unwrap_or(1)),
+        gpus: flags.gpus,
+        gpu_milli: flags.gpu_milli,
+        gpu_model: flags.gpu_model.clone(),
+        cpu_milli: flags
             .cpu
             .as_deref()
             .map(cpu_milli)
             .transpose()
             .map_err(|e| fail(1, e))?,
-        mem_mib: a
+        mem_mib: flags
             .mem
             .as_deref()
             .map(mem_mib)
             .transpose()
             .map_err(|e| fail(1, e))?,
-        priority: a.priority,
-        time_limit_s: a
+        priority: flags.priority,
+        time_limit_s: flags
             .time_limit
             .as_deref()
             .map(duration_s)
             .transpose()
             .map_err(|e| fail(1, e))?,
-        preemptible: Some(!a.no_preempt),
-        checkpoint_every_s: a
+        preemptible: Some(!flags.no_preempt),
+        checkpoint_every_s: flags
             .checkpoint_every
             .as_deref()
             .map(duration_s)
             .transpose()
             .map_err(|e| fail(1, e))?,
         env,
-        workdir: a.workdir.or_else(|| {
+        workdir: flags.workdir.clone().or_else(|| {
             std::env::current_dir()
                 .ok()
                 .map(|d| d.display().to_string())
         }),
-        command: a.command,
+        command,
         user: None,
-        fence: a.fence,
+        fence: flags.fence,
+        after,
+        array,
+        script: script.clone(),
     };
+    Ok((req, script))
+}
+
+/// The team a Slurm partition names: the one an admin mapped it to, else the team of that
+/// name.
+fn partition_team(c: &Client, partition: &str) -> Result<String, Box<dyn Error>> {
+    let teams: Vec<TeamView> = c.get("/api/v1/teams")?;
+    if let Some(t) = teams
+        .iter()
+        .find(|t| t.partitions.iter().any(|p| p == partition))
+    {
+        return Ok(t.name.clone());
+    }
+    if teams.iter().any(|t| t.name == partition) {
+        return Ok(partition.to_string());
+    }
+    Err(fail(
+        1,
+        format!(
+            "partition {partition:?} is not mapped to a team; give --team, or ask an admin to map it (qm admin team set TEAM --partition {partition})"
+        ),
+    ))
+}
+
+pub fn submit(conn: &Conn, a: SubmitArgs) -> Result<(), Box<dyn Error>> {
+    let c = Client::new(conn)?;
+    let (req, _) = submit_request(&c, &a)?;
     let r: SubmitResponse = c.post("/api/v1/jobs", &req)?;
     if a.json {
-        println!("{}", serde_json::json!({ "job": r.job }));
-    } else {
+        if r.jobs.is_empty() {
+            println!("{}", serde_json::json!({ "job": r.job }));
+        } else {
+            println!("{}", serde_json::json!({ "job": r.job, "jobs": r.jobs }));
+        }
+    } else if r.jobs.is_empty() {
         println!("submitted job {}", r.job);
+    } else {
+        println!(
+            "submitted array {} ({} jobs: {} to {})",
+            r.job,
+            r.jobs.len(),
+            r.jobs[0],
+            r.jobs[r.jobs.len() - 1]
+        );
     }
     if a.wait {
-        loop {
-            let j: JobView = c.get(&format!("/api/v1/jobs/{}", r.job))?;
-            match j.state {
-                JobState::Succeeded => return Ok(()),
-                JobState::Failed | JobState::Cancelled => {
-                    return Err(fail(4, format!("job {} ended {}", r.job, j.state)))
-                }
-                JobState::Pending | JobState::Running | JobState::Stopping => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-            }
-        }
+        let ids = if r.jobs.is_empty() {
+            vec![r.job]
+        } else {
+            r.jobs
+        };
+        return wait_for(&c, &ids);
     }
     Ok(())
 }
 
-fn age(s: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+/// Waits until every job of `ids` has ended. On a terminal it says what happens as it
+/// happens (queued and why, started where, ended how); piped, it stays quiet. The exit code
+/// is 4 if any ended unsuccessfully.
+fn wait_for(c: &Client, ids: &[u64]) -> Result<(), Box<dyn Error>> {
+    use std::io::IsTerminal;
+    let tell = std::io::stderr().is_terminal();
+    let mut said: BTreeMap<u64, String> = BTreeMap::new();
+    let mut bad = Vec::new();
+    let mut left: Vec<u64> = ids.to_vec();
+    while !left.is_empty() {
+        let mut still = Vec::new();
+        for &id in &left {
+            let j: JobView = c.get(&format!("/api/v1/jobs/{id}"))?;
+            let line = match j.state {
+                JobState::Pending => {
+                    let w: WhyView = c.get(&format!("/api/v1/jobs/{id}/why"))?;
+                    format!("queued: {}", w.message)
+                }
+                JobState::Running => format!(
+                    "running on {}",
+                    j.placement
+                        .iter()
+                        .map(|t| format!("{} GPUs {:?}", t.node, t.gpus))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                JobState::Stopping => "stopping".to_string(),
+                s => {
+                    let codes: Vec<String> = j
+                        .placement
+                        .iter()
+                        .filter_map(|t| t.exit_code.map(|c| c.to_string()))
+                        .collect();
+                    let detail = j
+                        .events
+                        .last()
+                        .map(|e| e.detail.clone())
+                        .unwrap_or_default();
+                    let mut l = format!("{s}");
+                    if !codes.is_empty() {
+                        l += &format!(" (exit {})", codes.join(", "));
+                    }
+                    if !detail.is_empty() {
+                        l += &format!(": {detail}");
+                    }
+                    l
+                }
+            };
+            if tell && said.get(&id) != Some(&line) {
+                eprintln!("job {id}: {line}");
+                said.insert(id, line);
+            }
+            match j.state {
+                JobState::Succeeded => {}
+                JobState::Failed | JobState::Cancelled => {
+                    bad.push(format!("job {id} ended {}", j.state))
+                }
+                _ => still.push(id),
+            }
+        }
+        left = still;
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(if tell { 500 } else { 200 }));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(4, bad.join("; ")))
+    }
+}
+
+/// A query-string value, percent-encoded.
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How long ago, short, for a table column: `45s`, `12m`, `5h`, `3d`.
+fn age(s: u64, now: u64) -> String {
     let d = now.saturating_sub(s);
     match d {
         0..=119 => format!("{d}s"),
         120..=7199 => format!("{}m", d / 60),
-        _ => format!("{}h", d / 3600),
+        7200..=172_799 => format!("{}h", d / 3600),
+        _ => format!("{}d", d / 86_400),
     }
 }
 
@@ -514,16 +776,25 @@ pub struct JobQuery {
     /// Only jobs with a lower id (the last id of the previous page).
     #[arg(long, value_name = "ID")]
     pub before: Option<u64>,
+    /// Only the jobs of this array.
+    #[arg(long, value_name = "ID")]
+    pub array: Option<u64>,
+    /// Only jobs of this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// One row per job of an array, instead of one row per array.
+    #[arg(long)]
+    pub expand: bool,
 }
 
 pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>> {
     let c = Client::new(conn)?;
     let mut q = vec![format!("limit={}", f.limit)];
     if let Some(t) = &f.team {
-        q.push(format!("team={t}"));
+        q.push(format!("team={}", enc(t)));
     }
     if let Some(u) = &f.user {
-        q.push(format!("user={u}"));
+        q.push(format!("user={}", enc(u)));
     }
     if let Some(s) = f.state {
         q.push(format!("state={s}"));
@@ -534,31 +805,92 @@ pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>>
     if f.all {
         q.push("all=true".into());
     }
+    if let Some(a) = f.array {
+        q.push(format!("array={a}"));
+    }
+    if let Some(n) = &f.name {
+        q.push(format!("name={}", enc(n)));
+    }
     let jobs: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(());
     }
     println!(
-        "{:<6} {:<12} {:<10} {:<8} {:<10} {:<6} NAME",
+        "{:<12} {:<12} {:<10} {:<8} {:<10} {:<8} NAME",
         "ID", "TEAM", "STATE", "GPUS", "ADMIT", "AGE"
     );
     let full = jobs.len() == f.limit;
     let last = jobs.last().map(|j| j.id);
-    for j in jobs {
+    let now = unix_now();
+    let mut arrays: BTreeMap<u64, Vec<&JobView>> = BTreeMap::new();
+    if !f.expand && f.array.is_none() {
+        for j in &jobs {
+            if let Some(a) = j.array {
+                arrays.entry(a.array).or_default().push(j);
+            }
+        }
+    }
+    let name_of = |j: &JobView| {
+        if j.name.is_empty() {
+            j.command.join(" ")
+        } else {
+            j.name.clone()
+        }
+    };
+    for j in &jobs {
+        if let Some(members) = j.array.and_then(|a| arrays.get(&a.array)) {
+            // One row per array, where its newest job would be, with counts by state.
+            if members[0].id != j.id {
+                continue;
+            }
+            let lo = members
+                .iter()
+                .filter_map(|m| m.array)
+                .map(|a| a.index)
+                .min();
+            let hi = members
+                .iter()
+                .filter_map(|m| m.array)
+                .map(|a| a.index)
+                .max();
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for m in members {
+                *counts.entry(m.state.to_string()).or_default() += 1;
+            }
+            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            let oldest = members
+                .iter()
+                .map(|m| m.submit_s)
+                .min()
+                .unwrap_or(j.submit_s);
+            println!(
+                "{:<12} {:<12} {:<10} {:<8} {:<10} {:<8} {} ({})",
+                format!(
+                    "{}_[{}-{}]",
+                    j.array.map_or(j.id, |a| a.array),
+                    lo.unwrap_or(0),
+                    hi.unwrap_or(0)
+                ),
+                j.team,
+                "array",
+                gpus_text(j),
+                "",
+                age(oldest, now),
+                name_of(j),
+                counts.join(", ")
+            );
+            continue;
+        }
         println!(
-            "{:<6} {:<12} {:<10} {:<8} {:<10} {:<6} {}",
-            j.id,
+            "{:<12} {:<12} {:<10} {:<8} {:<10} {:<8} {}",
+            job_name(j),
             j.team,
             j.state,
-            gpus_text(&j),
+            gpus_text(j),
             j.admission.map_or("", |a| a.as_str()),
-            age(j.submit_s),
-            if j.name.is_empty() {
-                j.command.join(" ")
-            } else {
-                j.name.clone()
-            }
+            age(j.submit_s, now),
+            name_of(j)
         );
     }
     // A full page may have more behind it: say how to get the next one (on standard error,
@@ -577,18 +909,69 @@ pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>>
     Ok(())
 }
 
-pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
+/// A job's id as people write it: `12`, or `12_7` for index 7 of array 12.
+pub fn resolve(c: &Client, text: &str) -> Result<u64, Box<dyn Error>> {
+    let bad = || {
+        fail(
+            1,
+            format!("bad job id {text:?}; expected a number (12) or an array's job (12_7)"),
+        )
+    };
+    match text.split_once('_') {
+        None => text.trim().parse().map_err(|_| bad()),
+        Some((array, index)) => {
+            let array: u64 = array.parse().map_err(|_| bad())?;
+            let index: u32 = index.parse().map_err(|_| bad())?;
+            array_jobs(c, array)?
+                .into_iter()
+                .find(|j| j.array.is_some_and(|a| a.index == index))
+                .map(|j| j.id)
+                .ok_or_else(|| fail(1, format!("array {array} has no job of index {index}")))
+        }
+    }
+}
+
+/// The jobs of an array, those ended long ago included.
+fn array_jobs(c: &Client, array: u64) -> Result<Vec<JobView>, Box<dyn Error>> {
+    c.get(&format!("/api/v1/jobs?array={array}&all=true&limit=10000"))
+}
+
+/// A job as people name it: `12`, or `12_7` for an array's job.
+fn job_name(j: &JobView) -> String {
+    match j.array {
+        Some(a) => format!("{}_{}", a.array, a.index),
+        None => j.id.to_string(),
+    }
+}
+
+pub fn show(conn: &Conn, job: &str, json: bool) -> Result<(), Box<dyn Error>> {
     let c = Client::new(conn)?;
+    let job = resolve(&c, job)?;
     let j: JobView = c.get(&format!("/api/v1/jobs/{job}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
+    let now = unix_now();
     println!(
-        "job {}  {}  team {}  user {}",
-        j.id, j.state, j.team, j.user
+        "job {}  {}  team {}  user {}{}",
+        job_name(&j),
+        j.state,
+        j.team,
+        j.user,
+        if j.array.is_some() {
+            format!("  (job id {})", j.id)
+        } else {
+            String::new()
+        }
     );
-    println!("  command: {}", j.command.join(" "));
+    if !j.name.is_empty() {
+        println!("  name: {}", j.name);
+    }
+    match &j.script {
+        Some(_) => println!("  script: {}", j.command.join(" ")),
+        None => println!("  command: {}", j.command.join(" ")),
+    }
     println!(
         "  asks: {} tasks x {}  priority {}  preemptible {}  time limit {}",
         j.tasks,
@@ -601,10 +984,30 @@ pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
         },
         j.priority,
         j.preemptible,
-        j.time_limit_s.map_or("none".into(), |t| format!("{t} s"))
+        j.time_limit_s.map_or("none".into(), span)
     );
+    if let Some(a) = j.array {
+        println!(
+            "  array {}, index {}{}",
+            a.array,
+            a.index,
+            a.max_running.map_or(String::new(), |m| format!(
+                ", at most {m} of its jobs at once"
+            ))
+        );
+    }
+    for d in &j.after {
+        println!("  after job {} {}", d.job, after_text(d.when));
+    }
     if let Some(every) = j.checkpoint_every_s {
-        println!("  checkpoints every {every} s");
+        println!("  checkpoints every {}", span(every));
+    }
+    println!("  submitted {}", when(j.submit_s, now));
+    if let Some(s) = j.started_s {
+        println!("  started {}", when(s, now));
+    }
+    if let Some(e) = j.ended_s {
+        println!("  ended {}", when(e, now));
     }
     if let Some(a) = &j.admission {
         println!(
@@ -614,7 +1017,7 @@ pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
         );
     }
     if let Some(idle) = &j.idle {
-        println!("  {}", idle_text(idle, unix_now()));
+        println!("  {}", idle_text(idle, now));
     }
     for t in &j.placement {
         println!(
@@ -628,9 +1031,62 @@ pub fn show(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
     }
     println!("  events:");
     for e in &j.events {
-        println!("    {}  {:<10} {}", e.at_s, e.what, e.detail);
+        println!("    {:<16} {:<10} {}", when(e.at_s, now), e.what, e.detail);
+    }
+    if let Some(script) = &j.script {
+        println!("  the script:");
+        for line in script.lines() {
+            println!("    | {line}");
+        }
     }
     Ok(())
+}
+
+fn after_text(w: qm_proto::After) -> &'static str {
+    match w {
+        qm_proto::After::Ok => "succeeded",
+        qm_proto::After::Any => "ended",
+        qm_proto::After::Failed => "failed",
+    }
+}
+
+/// A duration for people: `90 s`, `45 min`, `12 h`, `2 d 3 h`.
+pub(crate) fn span(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => {
+            let (h, m) = (s / 3600, s % 3600 / 60);
+            if m == 0 {
+                format!("{h} h")
+            } else {
+                format!("{h} h {m} min")
+            }
+        }
+        _ => {
+            let (d, h) = (s / 86_400, s % 86_400 / 3600);
+            if h == 0 {
+                format!("{d} d")
+            } else {
+                format!("{d} d {h} h")
+            }
+        }
+    }
+}
+
+/// A moment for people: within the hour, how long ago (or from now); older, the local date
+/// and time.
+pub(crate) fn when(at: u64, now: u64) -> String {
+    if at.abs_diff(now) < 3600 {
+        return from_now(at, now);
+    }
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_opt(at as i64, 0) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
+            t.format("%Y-%m-%d %H:%M").to_string()
+        }
+        chrono::LocalResult::None => qm_proto::rfc3339(at),
+    }
 }
 
 fn unix_now() -> u64 {
@@ -683,8 +1139,9 @@ fn idle_text(i: &qm_proto::IdleView, now: u64) -> String {
     out
 }
 
-pub fn why(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
+pub fn why(conn: &Conn, job: &str, json: bool) -> Result<(), Box<dyn Error>> {
     let c = Client::new(conn)?;
+    let job = resolve(&c, job)?;
     let w: WhyView = c.get(&format!("/api/v1/jobs/{job}/why"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&w)?);
@@ -692,31 +1149,135 @@ pub fn why(conn: &Conn, job: u64, json: bool) -> Result<(), Box<dyn Error>> {
     }
     println!("job {} is {}: {}", w.job, w.state, w.message);
     if let Some(eta) = w.eta_s {
-        println!(
-            "estimated start: in {} s",
-            eta.saturating_sub(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            )
-        );
+        let now = unix_now();
+        println!("estimated start: {}", when(eta.max(now), now));
     }
     Ok(())
 }
 
-pub fn cancel(conn: &Conn, job: u64) -> Result<(), Box<dyn Error>> {
-    let c = Client::new(conn)?;
-    let j: JobView = c.post(
-        &format!("/api/v1/jobs/{job}/cancel"),
-        &serde_json::json!({}),
-    )?;
-    println!("job {} is {}", j.id, j.state);
-    Ok(())
+/// Which jobs `qm cancel` cancels: the ids given, and those its filters match.
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// Job ids: 12, an array's id (all its jobs) or one job of an array (12_7).
+    #[arg(value_name = "JOB")]
+    jobs: Vec<String>,
+    /// Every job of this team that matches the other filters.
+    #[arg(long)]
+    team: Option<String>,
+    /// Every job of this user that matches the other filters.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only jobs in this state: pending, running or stopping (default: any of them).
+    #[arg(long)]
+    state: Option<JobState>,
+    /// Every job of this name that matches the other filters.
+    #[arg(long)]
+    name: Option<String>,
 }
 
-pub fn logs(conn: &Conn, job: u64, task: u32, follow: bool) -> Result<(), Box<dyn Error>> {
+pub fn cancel(conn: &Conn, a: CancelArgs) -> Result<(), Box<dyn Error>> {
+    let filtered = a.team.is_some() || a.user.is_some() || a.state.is_some() || a.name.is_some();
+    if a.jobs.is_empty() && !filtered {
+        return Err(fail(
+            1,
+            "nothing to cancel: give job ids (12, 12_7), or filters (--team, --user, --state, --name)",
+        ));
+    }
+    if let Some(s) = a.state.filter(|s| {
+        matches!(
+            s,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }) {
+        return Err(fail(
+            1,
+            format!("--state {s}: a job that has ended cannot be cancelled; give pending, running or stopping"),
+        ));
+    }
+    let c = Client::new(conn)?;
+    let mut ids: Vec<u64> = Vec::new();
+    for text in &a.jobs {
+        let id = resolve(&c, text)?;
+        if !text.contains('_') {
+            // An array's id stands for the whole array.
+            let j: JobView = c.get(&format!("/api/v1/jobs/{id}"))?;
+            if j.array.is_some_and(|m| m.array == id) {
+                ids.extend(array_jobs(&c, id)?.into_iter().map(|j| j.id));
+                continue;
+            }
+        }
+        ids.push(id);
+    }
+    if filtered {
+        let mut q = vec!["limit=10000".to_string()];
+        if let Some(t) = &a.team {
+            q.push(format!("team={}", enc(t)));
+        }
+        if let Some(u) = &a.user {
+            q.push(format!("user={}", enc(u)));
+        }
+        if let Some(n) = &a.name {
+            q.push(format!("name={}", enc(n)));
+        }
+        if let Some(s) = a.state {
+            q.push(format!("state={s}"));
+        }
+        let listed: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
+        let live = listed.into_iter().filter(|j| {
+            matches!(
+                j.state,
+                JobState::Pending | JobState::Running | JobState::Stopping
+            )
+        });
+        if a.jobs.is_empty() {
+            ids.extend(live.map(|j| j.id));
+        } else {
+            // Ids and filters together: the ids that the filters match.
+            let keep: std::collections::BTreeSet<u64> = live.map(|j| j.id).collect();
+            ids.retain(|id| keep.contains(id));
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut done, mut already, mut refused) = (0, 0, Vec::new());
+    for id in ids {
+        let r: Result<JobView, _> =
+            c.post(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({}));
+        match r {
+            Ok(j) if j.state == JobState::Cancelled || j.state == JobState::Stopping => {
+                println!("job {} cancelled ({})", job_name(&j), j.state);
+                done += 1;
+            }
+            Ok(j) => {
+                println!("job {}: already {}", job_name(&j), j.state);
+                already += 1;
+            }
+            Err(e) if e.to_string().contains("has already ended") => {
+                println!("job {id}: already ended");
+                already += 1;
+            }
+            Err(e) => refused.push(format!("job {id}: {e}")),
+        }
+    }
+    println!(
+        "{done} cancelled{}",
+        if already > 0 {
+            format!(", {already} had already ended")
+        } else {
+            String::new()
+        }
+    );
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(1, refused.join("; ")))
+    }
+}
+
+pub fn logs(conn: &Conn, job: &str, task: u32, follow: bool) -> Result<(), Box<dyn Error>> {
     use std::io::Write;
     let c = Client::new(conn)?;
+    let job = resolve(&c, job)?;
     let mut offset = 0;
     loop {
         let l: LogView = c.get(&format!(
@@ -938,6 +1499,13 @@ pub fn admin(conn: &Conn, cmd: AdminCmd) -> Result<(), Box<dyn Error>> {
                         .map_err(|e| fail(1, e))?,
                     priorities: a.priorities,
                     max_cpu: a.max_cpu,
+                    partitions: (!a.partition.is_empty()).then(|| {
+                        a.partition
+                            .iter()
+                            .filter(|p| !p.is_empty())
+                            .cloned()
+                            .collect()
+                    }),
                 },
             )?;
             println!("team {}: guaranteed {:?}", t.name, t.guaranteed);

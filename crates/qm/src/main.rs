@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod e2e;
 mod fleet;
+mod script;
 mod sim;
 mod tls;
 mod up;
@@ -44,23 +45,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// A job's details: tasks, placement, events.
+    /// A job's details: tasks, placement, events (JOB: 12, or 12_7 for an array's job).
     Show {
-        job: u64,
+        job: String,
         #[arg(long)]
         json: bool,
     },
     /// Why a job waits, and when it should start.
     Why {
-        job: u64,
+        job: String,
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a job.
-    Cancel { job: u64 },
+    /// Cancel jobs: by id (12, an array's id, 12_7), or every one a filter matches.
+    Cancel(client::CancelArgs),
     /// A task's output.
     Logs {
-        job: u64,
+        job: String,
         #[arg(long, default_value_t = 0)]
         task: u32,
         /// Keep printing until the task ends.
@@ -115,10 +116,10 @@ fn main() -> ExitCode {
         Command::Agent(a) => up::agent(a),
         Command::Submit(a) => client::submit(&conn, a),
         Command::Jobs { query, json } => client::jobs(&conn, &query, json),
-        Command::Show { job, json } => client::show(&conn, job, json),
-        Command::Why { job, json } => client::why(&conn, job, json),
-        Command::Cancel { job } => client::cancel(&conn, job),
-        Command::Logs { job, task, follow } => client::logs(&conn, job, task, follow),
+        Command::Show { job, json } => client::show(&conn, &job, json),
+        Command::Why { job, json } => client::why(&conn, &job, json),
+        Command::Cancel(a) => client::cancel(&conn, a),
+        Command::Logs { job, task, follow } => client::logs(&conn, &job, task, follow),
         Command::Nodes { what, json } => client::nodes(&conn, what, json),
         Command::Teams { json } => client::teams(&conn, json),
         Command::Cluster { json } => client::cluster(&conn, json),

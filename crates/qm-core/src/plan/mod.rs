@@ -19,11 +19,13 @@ mod reserve;
 mod running;
 mod view;
 
+pub use planner::dependency_block;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{GpuAsk, JobId, NodeId, PolicyKind, Secs};
+use crate::model::{After, GpuAsk, JobId, NodeId, PolicyKind, Secs};
 use crate::state::{Admission, ClusterState, Event, StopCause, TaskPlacement};
 
 /// What the scheduler decided at one instant.
@@ -84,10 +86,21 @@ pub struct PendingJob {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Reason {
-    /// A job it depends on has not succeeded yet.
-    Dependency { on: JobId },
-    /// A job it depends on failed, was cancelled or is unknown: it will never start.
-    DependencyFailed { on: JobId },
+    /// A job it depends on has not ended yet (`when`: how it must end).
+    Dependency {
+        on: JobId,
+        #[serde(default)]
+        when: After,
+    },
+    /// A job it depends on ended otherwise than `when` asks (or is unknown): it will never
+    /// start, and the server ends it.
+    DependencyFailed {
+        on: JobId,
+        #[serde(default)]
+        when: After,
+    },
+    /// As many jobs of its array as the array allows are running.
+    ArrayLimit { array: JobId, max_running: u32 },
     /// Starting it would put `team` (itself or an ancestor) above its `max`.
     OverMax {
         team: String,
@@ -141,10 +154,33 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gpus = |m: u64| m as f64 / 1000.0;
         match self {
-            Reason::Dependency { on } => write!(f, "waiting for {on} to succeed"),
-            Reason::DependencyFailed { on } => {
-                write!(f, "{on} did not succeed, so this job will never start; cancel it")
-            }
+            Reason::Dependency { on, when } => write!(
+                f,
+                "waiting for {on} to {}",
+                match when {
+                    After::Ok => "succeed",
+                    After::Any => "end",
+                    After::Failed => "fail",
+                }
+            ),
+            Reason::DependencyFailed { on, when } => write!(
+                f,
+                "{on} {}, so this job, which was to start only after it {}, never will",
+                match when {
+                    After::Failed => "succeeded",
+                    _ => "failed, was cancelled or is unknown",
+                },
+                match when {
+                    After::Ok => "succeeded",
+                    After::Any => "ended",
+                    After::Failed => "failed",
+                }
+            ),
+            Reason::ArrayLimit { array, max_running } => write!(
+                f,
+                "{max_running} jobs of array {} are running, the most it allows at once",
+                array.0
+            ),
             Reason::OverMax {
                 team,
                 model,

@@ -52,6 +52,10 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let spec = &job.spec;
+            if let Some(reason) = self.array_full(spec) {
+                self.pend(spec.id, reason, None);
+                continue;
+            }
             let t = self.team_of(job);
             let (end_s, _) = self.end_of(spec, self.now);
             let mut started = false;
@@ -362,7 +366,8 @@ impl<'a> Planner<'a> {
 
     /// Whether `next`, of the same team and right after `failed` in its queue, is certain to
     /// be decided as `failed` was when nothing changed in between: the same demands, both
-    /// preemptible or neither (which decides where it may run), no node selector, and an end
+    /// preemptible or neither (which decides where it may run), of the same array or none
+    /// (an array's running limit holds back its own jobs only), no node selector, and an end
     /// no earlier (capacity only shrinks and guards only tighten during a plan, and every
     /// memo is keyed by these). `next` has no higher priority (the queue's order), so it
     /// outranks no more of its team's runs; `failed` must not have been kept from preempting
@@ -376,6 +381,7 @@ impl<'a> Planner<'a> {
             && a.cpu_milli == b.cpu_milli
             && a.mem_mib == b.mem_mib
             && a.gpu_model == b.gpu_model
+            && a.array.map(|x| x.array) == b.array.map(|x| x.array)
             && a.node_selector.is_empty()
             && b.node_selector.is_empty()
             && self.end_of(b, self.now).0 >= self.end_of(a, self.now).0
@@ -449,7 +455,7 @@ impl<'a> Planner<'a> {
         let mut behind: Option<(JobId, Secs)> = None;
         // A CPU cap holds on every model alike: the job waits until its team's runs give
         // CPU back.
-        if let Some(reason) = self.over_cpu_max(t, spec) {
+        if let Some(reason) = self.over_cpu_max(t, spec).or_else(|| self.array_full(spec)) {
             self.pend(spec.id, reason, None);
             return true;
         }

@@ -58,6 +58,34 @@ pub(super) fn mask_bits(mut mask: u64) -> impl Iterator<Item = u32> {
     })
 }
 
+/// Why `spec`'s dependencies keep it from starting, if they do: one not met yet, or one
+/// that ended so that it never will be (a job the state no longer knows never will either).
+pub fn dependency_block(state: &ClusterState, spec: &JobSpec) -> Option<Reason> {
+    for d in &spec.depends_on {
+        let ended = match state.job(d.job).map(|j| &j.state) {
+            Some(JobState::Succeeded { .. }) => Some(true),
+            Some(JobState::Failed { .. } | JobState::Cancelled { .. }) | None => Some(false),
+            Some(_) => None,
+        };
+        match ended {
+            Some(succeeded) if d.when.met_by(succeeded) => {}
+            Some(_) => {
+                return Some(Reason::DependencyFailed {
+                    on: d.job,
+                    when: d.when,
+                })
+            }
+            None => {
+                return Some(Reason::Dependency {
+                    on: d.job,
+                    when: d.when,
+                })
+            }
+        }
+    }
+    None
+}
+
 /// The two passes of the ordered planner.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -105,6 +133,8 @@ pub(crate) struct Planner<'a> {
     pub(super) attempts: Attempts,
     pub(super) memo: Memos,
     pub(super) eta: EstimateInputs,
+    /// Jobs of each array with a running limit that this plan starts.
+    pub(super) array_started: BTreeMap<JobId, usize>,
     /// The plan being built.
     pub(super) out: Plan,
 }
@@ -223,6 +253,7 @@ impl<'a> Planner<'a> {
             attempts: Attempts::default(),
             memo: Memos::default(),
             eta: EstimateInputs::default(),
+            array_started: BTreeMap::new(),
             out: Plan {
                 policy,
                 now_s: now,
@@ -300,17 +331,27 @@ impl<'a> Planner<'a> {
         self.dep_block(job).is_none()
     }
 
+    /// Why a pending job may not be considered at all: a dependency not met (yet or ever),
+    /// or its array's running limit reached.
     pub(super) fn dep_block(&self, job: &Job) -> Option<Reason> {
-        for on in &job.spec.depends_on {
-            match self.state.job(*on).map(|j| &j.state) {
-                Some(JobState::Succeeded { .. }) => {}
-                Some(JobState::Failed { .. } | JobState::Cancelled { .. }) | None => {
-                    return Some(Reason::DependencyFailed { on: *on })
-                }
-                Some(_) => return Some(Reason::Dependency { on: *on }),
-            }
+        if let Some(reason) = dependency_block(self.state, &job.spec) {
+            return Some(reason);
         }
-        None
+        self.array_full(&job.spec)
+    }
+
+    /// Whether the job's array already runs as many jobs as it allows, counting this plan's
+    /// starts (a job is checked again when it is considered: its lane may have offered it
+    /// before another job of its array started).
+    pub(super) fn array_full(&self, spec: &JobSpec) -> Option<Reason> {
+        let a = spec.array?;
+        let max = a.max_running?;
+        let running = self.state.array_holding(a.array)
+            + self.array_started.get(&a.array).copied().unwrap_or(0);
+        (running >= max as usize).then_some(Reason::ArrayLimit {
+            array: a.array,
+            max_running: max,
+        })
     }
 
     /// The GPU models a job may run on, as a range of model indices.
@@ -440,6 +481,9 @@ impl<'a> Planner<'a> {
                     mem: spec.mem_mib,
                 });
             }
+        }
+        if let Some(a) = spec.array.filter(|a| a.max_running.is_some()) {
+            *self.array_started.entry(a.array).or_default() += 1;
         }
         self.out.starts.push(Start {
             job: spec.id,

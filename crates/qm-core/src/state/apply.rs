@@ -19,7 +19,7 @@ impl ClusterState {
         let needed: BTreeSet<JobId> = self
             .jobs
             .values()
-            .flat_map(|j| j.spec.depends_on.iter().copied())
+            .flat_map(|j| j.spec.depends_on.iter().map(|d| d.job))
             .collect();
         let mut out: BTreeSet<JobId> = self
             .done
@@ -76,7 +76,12 @@ impl ClusterState {
             Event::SetTeam(spec) => self.set_team(spec),
             Event::RemoveTeam { name } => self.remove_team(&name),
             Event::Submit(spec) => self.submit(spec),
-            Event::Cancel { job, at_s } => self.cancel(job, at_s),
+            Event::Cancel { job, at_s, unmet } => {
+                if let Some(dep) = unmet {
+                    self.check_unmet(job, dep)?;
+                }
+                self.cancel(job, at_s)
+            }
             Event::Start {
                 job,
                 placement,
@@ -354,6 +359,21 @@ impl ClusterState {
         }
     }
 
+    /// A cancel for an unmet dependency must name a dependency of a pending job that ended
+    /// so that the job can never start.
+    fn check_unmet(&self, id: JobId, dep: JobId) -> Result<(), ApplyError> {
+        let job = self.live_job(id)?;
+        if job.state != JobState::Pending {
+            return Err(self.wrong_state(id, "pending"));
+        }
+        match crate::plan::dependency_block(self, &job.spec) {
+            Some(crate::plan::Reason::DependencyFailed { on, .. }) if on == dep => Ok(()),
+            _ => Err(ApplyError::Invalid(format!(
+                "{id} is cancelled for its dependency on {dep}, but that dependency can still be met"
+            ))),
+        }
+    }
+
     fn cancel(&mut self, id: JobId, at_s: Secs) -> Result<(), ApplyError> {
         let job = self.job_mut(id)?;
         match &job.state {
@@ -389,6 +409,20 @@ impl ClusterState {
             return Err(self.wrong_state(id, "pending"));
         }
         crate::validate::placement(self, &job.spec, &placement)?;
+        if let Some(reason) = crate::plan::dependency_block(self, &job.spec) {
+            return Err(ApplyError::Invalid(format!("{id} may not start: {reason}")));
+        }
+        if let Some(a) = job.spec.array {
+            if let Some(max) = a
+                .max_running
+                .filter(|&m| self.array_holding(a.array) >= m as usize)
+            {
+                return Err(ApplyError::Invalid(format!(
+                    "{id} may not start: {max} jobs of array {} run already, the most it allows",
+                    a.array.0
+                )));
+            }
+        }
         let milli = job.spec.milli_total();
         let (cpu, mem) = (job.spec.cpu_milli, job.spec.mem_mib);
         let team = job.spec.team.clone();

@@ -323,6 +323,16 @@ impl ClusterState {
             queues, self.jobs.queues,
             "invariant: each team's queue holds exactly its pending jobs, in plan order"
         );
+        let mut arrays: std::collections::BTreeMap<JobId, usize> = Default::default();
+        for j in self.jobs.values().filter(|j| j.state.run().is_some()) {
+            if let Some(a) = j.spec.array.filter(|a| a.max_running.is_some()) {
+                *arrays.entry(a.array).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            arrays, self.jobs.holding_by_array,
+            "invariant: the count of holding jobs by array is theirs"
+        );
         let mut shapes: std::collections::BTreeMap<super::MixKey, u64> = Default::default();
         for (key, tasks) in self.jobs.values().filter_map(|j| super::mix_key(&j.spec)) {
             *shapes.entry(key).or_default() += tasks;

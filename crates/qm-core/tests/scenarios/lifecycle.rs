@@ -65,13 +65,145 @@ fn dependencies_wait_for_success_and_give_up_after_failure() {
     let first = h.submit(JobBuilder::new("a"));
     let second = h.submit(JobBuilder::new("a").after(first));
     h.step();
-    assert_eq!(reason(&h, second), Reason::Dependency { on: first });
+    assert_eq!(
+        reason(&h, second),
+        Reason::Dependency {
+            on: first,
+            when: After::Ok
+        }
+    );
     h.exit(first, true);
     h.step();
     assert!(h.is_running(second));
     let third = h.submit(JobBuilder::new("a").after(second));
     h.exit(second, false);
-    assert_eq!(reason(&h, third), Reason::DependencyFailed { on: second });
+    assert_eq!(
+        reason(&h, third),
+        Reason::DependencyFailed {
+            on: second,
+            when: After::Ok
+        }
+    );
+}
+
+#[test]
+fn dependencies_wait_for_the_ending_they_name_and_unmeetable_ones_are_cancelled_with_their_cause() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let first = h.submit(JobBuilder::new("a"));
+    let on_any = h.submit(JobBuilder::new("a").after_if(first, After::Any));
+    let on_fail = h.submit(JobBuilder::new("a").after_if(first, After::Failed));
+    let on_ok = h.submit(JobBuilder::new("a").after(first));
+    h.step();
+    assert_eq!(
+        reason(&h, on_fail),
+        Reason::Dependency {
+            on: first,
+            when: After::Failed
+        }
+    );
+    assert!(reason(&h, on_any).to_string().contains("to end"));
+    assert!(h.state.unmet_dependencies().is_empty());
+    // A cancel that claims an unmet dependency while it can still be met is refused.
+    let before = h.state.clone();
+    let err = apply(
+        &mut h.state,
+        Event::Cancel {
+            job: on_ok,
+            at_s: h.now,
+            unmet: Some(first),
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("can still be met"), "{err}");
+    assert_eq!(h.state, before);
+    h.exit(first, false);
+    h.step();
+    assert!(h.is_running(on_any), "afterany starts after a failure");
+    assert!(h.is_running(on_fail), "afternotok starts after a failure");
+    assert!(h.is_pending(on_ok));
+    assert_eq!(
+        reason(&h, on_ok),
+        Reason::DependencyFailed {
+            on: first,
+            when: After::Ok
+        }
+    );
+    assert_eq!(h.state.unmet_dependencies(), vec![(on_ok, first)]);
+    apply(
+        &mut h.state,
+        Event::Cancel {
+            job: on_ok,
+            at_s: h.now,
+            unmet: Some(first),
+        },
+    )
+    .unwrap();
+    assert!(matches!(h.state_of(on_ok), JobState::Cancelled { .. }));
+    assert!(h.state.unmet_dependencies().is_empty());
+    // Waiting for a failure of a job that succeeded can never be met either.
+    let done = h.submit(JobBuilder::new("a"));
+    h.step();
+    h.exit(done, true);
+    let err = h
+        .try_submit(JobBuilder::new("a").after_if(done, After::Failed))
+        .unwrap_err();
+    assert!(err.to_string().contains("ending unsuccessfully"), "{err}");
+    h.submit(JobBuilder::new("a").after_if(done, After::Any));
+}
+
+#[test]
+fn an_array_runs_at_most_its_limit_at_once_and_the_rest_follow_as_they_end() {
+    let mut h = Harness::new(two_teams(1, 8, 0));
+    let first = JobId(h.state.jobs().map(|j| j.spec.id.0 + 1).max().unwrap_or(1));
+    let members: Vec<JobId> = (0..5)
+        .map(|i| h.submit(JobBuilder::new("a").array(first, i, Some(2))))
+        .collect();
+    assert_eq!(members[0], first);
+    h.step();
+    let running = |h: &Harness| members.iter().filter(|&&j| h.is_running(j)).count();
+    assert_eq!(
+        running(&h),
+        2,
+        "the limit of 2 holds though 8 GPUs are free"
+    );
+    assert_eq!(h.state.array_holding(first), 2);
+    assert_eq!(
+        reason(&h, members[2]),
+        Reason::ArrayLimit {
+            array: first,
+            max_running: 2
+        }
+    );
+    // A start beyond the limit is refused by apply itself.
+    let node = h.state.nodes().next().unwrap().spec.id;
+    let before = h.state.clone();
+    let err = apply(
+        &mut h.state,
+        Event::Start {
+            job: members[2],
+            placement: vec![TaskPlacement {
+                node,
+                gpus: vec![7],
+                gpu_milli: 1000,
+            }],
+            admission: Admission::Guaranteed,
+            at_s: h.now,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("the most it allows"), "{err}");
+    assert_eq!(h.state, before);
+    h.exit(members[0], true);
+    h.step();
+    assert_eq!(running(&h), 2);
+    assert!(h.is_running(members[2]), "the next element in order starts");
+    // Without a limit, every element starts where it fits.
+    let free = JobId(members[4].0 + 1);
+    let open: Vec<JobId> = (0..3)
+        .map(|i| h.submit(JobBuilder::new("a").array(free, i, None)))
+        .collect();
+    h.step();
+    assert!(open.iter().all(|&j| h.is_running(j)));
 }
 
 #[test]

@@ -28,6 +28,7 @@ fn gangs_are_packed_into_the_fewest_racks_and_nodes() {
         Event::Cancel {
             job: fillers[0],
             at_s,
+            unmet: None,
         },
     )
     .unwrap();

@@ -192,6 +192,7 @@ fn work_that_cannot_be_preempted_never_borrows_another_teams_guarantee() {
         Event::Cancel {
             job: second,
             at_s: 0,
+            unmet: None,
         },
     )
     .unwrap();

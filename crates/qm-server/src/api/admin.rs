@@ -127,6 +127,13 @@ pub async fn set_team(
             )));
         }
     }
+    for p in req.partitions.iter().flatten() {
+        crate::limits::node_name(p).map_err(|_| {
+            Refusal::BadRequest(format!(
+                "partition name {p:?} is not allowed; use 1 to 63 letters, digits, '.', '-' or '_'"
+            ))
+        })?;
+    }
     crate::limits::node_name(&req.name).map_err(|_| {
         Refusal::BadRequest(format!(
             "team name {:?} is not allowed; use 1 to 63 letters, digits, '.', '-' or '_'",
@@ -173,6 +180,19 @@ pub async fn set_team(
             }
             if let Some(cpus) = req.max_cpu {
                 spec.max_cpu_milli = (cpus > 0).then(|| u64::from(cpus) * 1000);
+            }
+            if let Some(parts) = &req.partitions {
+                for p in parts {
+                    if let Some(other) = inner.state.teams().find(|t| {
+                        t.spec.name != req.name && t.spec.partitions.iter().any(|q| q == p)
+                    }) {
+                        return Err(Refusal::Conflict(format!(
+                            "partition {p:?} already means team {:?}; take it from that team first (qm admin team set {} --partition ...)",
+                            other.spec.name, other.spec.name
+                        )));
+                    }
+                }
+                spec.partitions = parts.clone();
             }
             inner.commit(vec![Event::SetTeam(spec)], &[])?;
             team_views(&inner.state, inner.now_s())

@@ -35,14 +35,26 @@ pub async fn submit(
     Client(p): Client,
     Body(req): Body<SubmitRequest>,
 ) -> Api<SubmitResponse> {
-    let id = s.write(|inner| inner.submit(&p, &req)).await?;
-    Ok(Json(SubmitResponse { job: id.0 }))
+    let ids = s.write(|inner| inner.submit(&p, &req)).await?;
+    Ok(Json(SubmitResponse {
+        job: ids[0].0,
+        jobs: if req.array.is_some() {
+            ids.iter().map(|j| j.0).collect()
+        } else {
+            Vec::new()
+        },
+    }))
 }
 
 impl Inner {
     /// Accepts a submission from `p`: every check first (team, fields and their limits,
-    /// priority range, pending limits), then durable before it returns the job's id.
-    pub(crate) fn submit(&mut self, p: &Principal, req: &SubmitRequest) -> Result<JobId, Refusal> {
+    /// priority range, pending limits), then durable before it returns the job's id (an
+    /// array's jobs' ids, in index order, all accepted or none).
+    pub(crate) fn submit(
+        &mut self,
+        p: &Principal,
+        req: &SubmitRequest,
+    ) -> Result<Vec<JobId>, Refusal> {
         if !p.may_use_team(&req.team) {
             return Err(Refusal::Forbidden(format!(
                 "your token may not submit to team {:?}",
@@ -90,10 +102,23 @@ impl Inner {
                 }
             }
         }
-        self.pending_room(&req.team, &user)?;
-        let id = JobId(self.next_job);
+        let indices = match &req.array {
+            None => Vec::new(),
+            Some(a) => crate::limits::array(a).map_err(Refusal::BadRequest)?,
+        };
+        let count = indices.len().max(1);
+        self.pending_room(&req.team, &user, count)?;
+        let first = JobId(self.next_job);
+        let depends_on = req
+            .after
+            .iter()
+            .map(|d| qm_core::Dependency {
+                job: JobId(d.job),
+                when: views::after_core(d.when),
+            })
+            .collect();
         let spec = JobSpec {
-            id,
+            id: first,
             name: req.name.clone(),
             team: req.team.clone(),
             user,
@@ -111,7 +136,8 @@ impl Inner {
             grace_s: 10,
             min_run_s: 0,
             checkpoint_every_s,
-            depends_on: Vec::new(),
+            depends_on,
+            array: None,
             submit_s: self.now_s(),
         };
         let payload = JobPayload {
@@ -120,10 +146,33 @@ impl Inner {
             workdir: req.workdir.clone(),
             user: run_as,
             fence: req.fence,
+            script: req.script.clone(),
         };
-        self.commit(vec![Event::Submit(spec)], &[(id.0, payload)])?;
-        self.next_job += 1;
-        Ok(id)
+        let ids: Vec<JobId> = (0..count as u64).map(|i| JobId(first.0 + i)).collect();
+        let events = if indices.is_empty() {
+            vec![Event::Submit(spec)]
+        } else {
+            let max_running = req.array.as_ref().and_then(|a| a.max_running);
+            ids.iter()
+                .zip(&indices)
+                .map(|(&id, &index)| {
+                    Event::Submit(JobSpec {
+                        id,
+                        array: Some(qm_core::ArrayMember {
+                            array: first,
+                            index,
+                            max_running,
+                        }),
+                        ..spec.clone()
+                    })
+                })
+                .collect()
+        };
+        let payloads: Vec<(u64, JobPayload)> =
+            ids.iter().map(|id| (id.0, payload.clone())).collect();
+        self.commit(events, &payloads)?;
+        self.next_job += count as u64;
+        Ok(ids)
     }
 }
 
@@ -148,6 +197,10 @@ pub struct JobFilter {
     state: Option<proto::JobState>,
     /// Only this user's jobs.
     user: Option<String>,
+    /// Only the jobs of this array (its id: its first job's).
+    array: Option<u64>,
+    /// Only jobs of this name.
+    name: Option<String>,
     /// At most this many, the newest (default 1000, at most 10000).
     limit: Option<usize>,
     /// Only jobs with a lower id: the last id of the previous page, to page back in time.
@@ -186,6 +239,11 @@ pub async fn list(
                 .filter(|j| f.team.as_ref().is_none_or(|t| &j.spec.team == t))
                 .filter(|j| f.user.as_ref().is_none_or(|u| &j.spec.user == u))
                 .filter(|j| f.state.is_none_or(|st| views::job_state(&j.state) == st))
+                .filter(|j| {
+                    f.array
+                        .is_none_or(|a| j.spec.array.is_some_and(|m| m.array.0 == a))
+                })
+                .filter(|j| f.name.as_ref().is_none_or(|n| &j.spec.name == n))
                 .filter(|j| !private || p.may_use_team(&j.spec.team))
                 .collect();
             if matching.len() > limit {
@@ -218,7 +276,15 @@ pub async fn list(
         let held: std::collections::BTreeSet<u64> = out.iter().map(|j| j.id).collect();
         for rec in records {
             if !held.contains(&rec.id) {
-                out.push(record_view(&rec, &p)?);
+                let view = record_view(&rec, &p)?;
+                // The store is queried by team, user and state; array and name are checked
+                // on the records it returns.
+                let array_ok = f
+                    .array
+                    .is_none_or(|a| view.array.is_some_and(|m| m.array == a));
+                if array_ok && f.name.as_ref().is_none_or(|n| &view.name == n) {
+                    out.push(view);
+                }
             }
         }
     }
@@ -264,22 +330,28 @@ fn ended_job(s: &Server, id: u64, p: &Principal, access: Access) -> Result<JobVi
 }
 
 impl Inner {
-    /// Refuses a submission that would take a user or a team past its limit of pending jobs.
-    fn pending_room(&self, team: &str, user: &str) -> Result<(), Refusal> {
+    /// Refuses a submission of `more` jobs that would take a user or a team past its limit
+    /// of pending jobs.
+    fn pending_room(&self, team: &str, user: &str, more: usize) -> Result<(), Refusal> {
         // Counts the core keeps as jobs enter, start, stop and end: no scan per submission.
         let (by_user, by_team) = self.state.pending_counts(team, user);
         let (max_user, max_team) = (
             self.config.max_pending_per_user,
             self.config.max_pending_per_team,
         );
-        if by_user >= max_user {
+        let these = if more > 1 {
+            format!(" and this array adds {more}")
+        } else {
+            String::new()
+        };
+        if by_user + more > max_user {
             return Err(Refusal::TooMany(format!(
-                "user {user} has {by_user} jobs pending, the most one user may have (qm server --max-pending-per-user); submit more as these start"
+                "user {user} has {by_user} jobs pending{these}, and one user may have at most {max_user} (qm server --max-pending-per-user); submit more as these start"
             )));
         }
-        if by_team >= max_team {
+        if by_team + more > max_team {
             return Err(Refusal::TooMany(format!(
-                "team {team} has {by_team} jobs pending, the most one team may have (qm server --max-pending-per-team); submit more as these start"
+                "team {team} has {by_team} jobs pending{these}, and one team may have at most {max_team} (qm server --max-pending-per-team); submit more as these start"
             )));
         }
         Ok(())
@@ -446,6 +518,7 @@ pub async fn cancel(
                 vec![Event::Cancel {
                     job: JobId(id),
                     at_s,
+                    unmet: None,
                 }],
                 &[],
             )?;

@@ -279,8 +279,23 @@ impl World {
             command: vec!["sim".into(), duration.to_string(), code.to_string()],
             user: None,
             fence,
+            // One job in five waits for the previous one to end in one of three ways: one
+            // whose condition can no longer be met must be ended, not left waiting.
+            after: match self.accepted.keys().next_back() {
+                Some(&prev) if self.rng.chance(0.2) => vec![qm_proto::DependencyView {
+                    job: prev,
+                    when: [
+                        qm_proto::After::Ok,
+                        qm_proto::After::Any,
+                        qm_proto::After::Failed,
+                    ][self.rng.below(3) as usize],
+                }],
+                _ => Vec::new(),
+            },
+            array: None,
+            script: None,
         };
-        let r = inner.submit(&Principal::Admin, &req);
+        let r = inner.submit(&Principal::Admin, &req).map(|ids| ids[0]);
         inner.journal.flush_to(inner.journal.queued());
         match r {
             Ok(id) => {
@@ -297,6 +312,8 @@ impl World {
                     )
                 });
             }
+            // Waiting for a job that already ended otherwise is rightly refused.
+            Err(crate::Refusal::BadRequest(m)) if !req.after.is_empty() && m.contains("never") => {}
             Err(e) => self.fail(format!("a valid submission was refused: {e:?}")),
         }
     }
@@ -315,6 +332,7 @@ impl World {
             vec![qm_core::Event::Cancel {
                 job: JobId(job),
                 at_s,
+                unmet: None,
             }],
             &[],
         );

@@ -57,6 +57,7 @@ impl Core {
             min_run_s: 0,
             checkpoint_every_s: None,
             depends_on: Vec::new(),
+            array: None,
             submit_s: step,
         };
         if apply(&mut self.state, Event::Submit(spec)).is_err() {
@@ -78,6 +79,7 @@ impl Core {
                     Event::Cancel {
                         job: id,
                         at_s: step,
+                        unmet: None,
                     },
                 )
                 .expect("a pending job cancels");
