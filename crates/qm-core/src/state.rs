@@ -156,6 +156,14 @@ pub struct Job {
     /// so that work that was idle does not take back at once what it just gave up.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_idle: bool,
+    /// When it first started, if ever (accounting: its wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_start_s: Option<Secs>,
+    /// Seconds its runs that have ended held their resources, and milli-GPU-seconds.
+    #[serde(default)]
+    pub ran_s: Secs,
+    #[serde(default)]
+    pub gpu_milli_s: u64,
 }
 
 /// A node with what is given out on it.

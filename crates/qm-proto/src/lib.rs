@@ -270,6 +270,21 @@ pub struct JobView {
     pub ended_at: Option<String>,
     pub attempt: u32,
     pub preemptions: u32,
+    /// When it first started (its wait ends there), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_started_s: Option<u64>,
+    /// Seconds its runs held their resources, all runs together (the current one so far).
+    #[serde(default)]
+    pub ran_s: u64,
+    /// GPU-seconds its runs held (GPUs times seconds, shares counted as fractions).
+    #[serde(default)]
+    pub gpu_s: u64,
+    /// GPU-seconds of those its GPUs sat idle.
+    #[serde(default)]
+    pub idle_gpu_s: u64,
+    /// The exit codes of its last run's tasks that have exited, by task index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_codes: Vec<i32>,
     /// While running.
     pub admission: Option<Admission>,
     pub placement: Vec<TaskView>,

@@ -313,6 +313,7 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         })
         .unwrap_or_default();
     let ended_s = j.state.ended_s();
+    let current_s = run.map_or(0, |r| inner.now_s().saturating_sub(r.started_s));
     let (gpus, gpu_milli) = match j.spec.gpu {
         GpuAsk::Whole(0) => (0, 0),
         GpuAsk::Whole(k) => (k, 1000),
@@ -337,6 +338,13 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         submit_s: j.spec.submit_s,
         started_s: run.map(|r| r.started_s),
         ended_s,
+        first_started_s: j.first_start_s,
+        ran_s: j.ran_s + current_s,
+        gpu_s: (j.gpu_milli_s + current_s * j.spec.milli_total()) / 1000,
+        idle_gpu_s: j.idle_milli_s / 1000,
+        exit_codes: codes
+            .map(|c| c.values().copied().collect())
+            .unwrap_or_default(),
         submitted_at: proto::rfc3339(j.spec.submit_s),
         started_at: run.map(|r| proto::rfc3339(r.started_s)),
         ended_at: ended_s.map(proto::rfc3339),

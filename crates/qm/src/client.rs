@@ -350,20 +350,25 @@ pub struct SubmitArgs {
     wait: bool,
     #[arg(long)]
     json: bool,
-    /// A batch script to run (its `#QM` and `#SBATCH` lines give flags; the command line
-    /// wins), then its arguments.
-    #[arg(value_name = "SCRIPT", conflicts_with = "command")]
-    script: Option<PathBuf>,
+    /// A batch script and its arguments (`qm submit train.sh --lr 0.1`: its `#QM` and
+    /// `#SBATCH` lines give flags, the command line wins), or, after `--`, a program and its
+    /// arguments (`qm submit --gpus 2 -- python train.py`).
     #[arg(
-        value_name = "ARGS",
-        requires = "script",
+        value_name = "SCRIPT [ARGS] | -- COMMAND",
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    script_args: Vec<String>,
-    /// Or a program and its arguments, after `--`.
-    #[arg(last = true)]
-    command: Vec<String>,
+    args: Vec<String>,
+}
+
+impl SubmitArgs {
+    /// Whether `args` came after a `--` (a program) rather than as a script and its
+    /// arguments: they are then exactly what follows the first `--` of the command line.
+    fn is_command(&self, raw: &[String]) -> bool {
+        raw.iter()
+            .position(|a| a == "--")
+            .is_some_and(|i| raw[i + 1..] == self.args[..])
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -504,18 +509,20 @@ fn submit_request(
     c: &Client,
     a: &SubmitArgs,
 ) -> Result<(SubmitRequest, Option<String>), Box<dyn Error>> {
-    let (script, flags, command) = match (&a.script, a.command.is_empty()) {
-        (Some(path), _) => {
+    let raw: Vec<String> = std::env::args().collect();
+    let (script, flags, command) = match a.args.split_first() {
+        Some(_) if a.is_command(&raw) => (None, a.job.clone(), a.args.clone()),
+        Some((path, args)) => {
+            let path = Path::new(path);
             let (text, from_script) = read_script(path)?;
             let name = path
                 .file_name()
                 .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
             let mut command = vec![name];
-            command.extend(a.script_args.iter().cloned());
+            command.extend(args.iter().cloned());
             (Some(text), a.job.clone().or(from_script), command)
         }
-        (None, false) => (None, a.job.clone(), a.command.clone()),
-        (None, true) => {
+        None => {
             return Err(fail(
                 1,
                 "nothing to run: give a batch script (qm submit train.sh) or a program after -- (qm submit --gpus 1 -- python train.py)",
@@ -905,6 +912,196 @@ pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>>
                 ", and --all for jobs no longer held in memory"
             }
         );
+    }
+    Ok(())
+}
+
+/// `qm history`: ended jobs, from the server's memory and the store's records.
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    team: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    /// succeeded, failed or cancelled.
+    #[arg(long)]
+    state: Option<JobState>,
+    /// Only jobs that ended in the last DURATION (7d, 12h, 30m).
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    /// Only jobs that ended at least DURATION ago.
+    #[arg(long, value_name = "DURATION")]
+    until: Option<String>,
+    /// At most this many, the newest (up to 10,000).
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// table (for people), csv or json (RFC 3339 times and seconds, for programs).
+    #[arg(long, default_value = "table")]
+    format: HistoryFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HistoryFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// One ended job's accounting row.
+#[derive(Serialize)]
+struct HistoryRow {
+    id: u64,
+    job: String,
+    name: String,
+    team: String,
+    user: String,
+    state: String,
+    submitted_at: String,
+    submit_s: u64,
+    started_at: Option<String>,
+    started_s: Option<u64>,
+    ended_at: String,
+    ended_s: u64,
+    wait_s: Option<u64>,
+    run_s: u64,
+    tasks: u32,
+    gpus_per_task: f64,
+    gpu_hours: f64,
+    idle_gpu_hours: f64,
+    exit_codes: Vec<i32>,
+    preemptions: u32,
+}
+
+pub fn history(conn: &Conn, a: HistoryArgs) -> Result<(), Box<dyn Error>> {
+    if let Some(s) = a.state.filter(|s| {
+        matches!(
+            s,
+            JobState::Pending | JobState::Running | JobState::Stopping
+        )
+    }) {
+        return Err(fail(
+            1,
+            format!("--state {s}: history lists ended jobs; give succeeded, failed or cancelled (qm jobs lists the others)"),
+        ));
+    }
+    let now = unix_now();
+    let ago = |d: &Option<String>| -> Result<Option<u64>, Box<dyn Error>> {
+        d.as_deref()
+            .map(|d| {
+                duration_s(d)
+                    .map_err(|e| fail(1, e))
+                    .map(|s| now.saturating_sub(s.max(0) as u64))
+            })
+            .transpose()
+    };
+    let (since, until) = (ago(&a.since)?, ago(&a.until)?);
+    let c = Client::new(conn)?;
+    let mut q = vec![format!("limit={}", a.limit), "all=true".to_string()];
+    if let Some(t) = &a.team {
+        q.push(format!("team={}", enc(t)));
+    }
+    if let Some(u) = &a.user {
+        q.push(format!("user={}", enc(u)));
+    }
+    if let Some(s) = a.state {
+        q.push(format!("state={s}"));
+    }
+    let jobs: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
+    let rows: Vec<HistoryRow> = jobs
+        .iter()
+        .filter_map(|j| {
+            let end = j.ended_s?;
+            if since.is_some_and(|s| end < s) || until.is_some_and(|u| end > u) {
+                return None;
+            }
+            Some(HistoryRow {
+                id: j.id,
+                job: job_name(j),
+                name: j.name.clone(),
+                team: j.team.clone(),
+                user: j.user.clone(),
+                state: j.state.to_string(),
+                submitted_at: qm_proto::rfc3339(j.submit_s),
+                submit_s: j.submit_s,
+                started_at: j.first_started_s.map(qm_proto::rfc3339),
+                started_s: j.first_started_s,
+                ended_at: qm_proto::rfc3339(end),
+                ended_s: end,
+                wait_s: j.first_started_s.map(|s| s.saturating_sub(j.submit_s)),
+                run_s: j.ran_s,
+                tasks: j.tasks,
+                gpus_per_task: f64::from(j.gpu_milli) / 1000.0 * f64::from(j.gpus.max(1)),
+                gpu_hours: j.gpu_s as f64 / 3600.0,
+                idle_gpu_hours: j.idle_gpu_s as f64 / 3600.0,
+                exit_codes: j.exit_codes.clone(),
+                preemptions: j.preemptions,
+            })
+        })
+        .collect();
+    match a.format {
+        HistoryFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        HistoryFormat::Csv => {
+            println!("id,job,name,team,user,state,submitted_at,started_at,ended_at,wait_s,run_s,tasks,gpus_per_task,gpu_hours,idle_gpu_hours,exit_codes,preemptions");
+            let field = |s: &str| {
+                if s.contains([',', '"', '\n']) {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                } else {
+                    s.to_string()
+                }
+            };
+            for r in &rows {
+                let codes: Vec<String> = r.exit_codes.iter().map(i32::to_string).collect();
+                println!(
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{},{}",
+                    r.id,
+                    r.job,
+                    field(&r.name),
+                    field(&r.team),
+                    field(&r.user),
+                    r.state,
+                    r.submitted_at,
+                    r.started_at.clone().unwrap_or_default(),
+                    r.ended_at,
+                    r.wait_s.map_or(String::new(), |w| w.to_string()),
+                    r.run_s,
+                    r.tasks,
+                    r.gpus_per_task,
+                    r.gpu_hours,
+                    r.idle_gpu_hours,
+                    field(&codes.join(" ")),
+                    r.preemptions
+                );
+            }
+        }
+        HistoryFormat::Table => {
+            println!(
+                "{:<10} {:<10} {:<10} {:<10} {:<16} {:>9} {:>9} {:>6} {:>8} {:>8} {:>5} {:>7}  NAME",
+                "ID", "TEAM", "USER", "STATE", "SUBMITTED", "WAIT", "RUN", "GPUS", "GPU-H", "IDLE-H", "EXIT", "PREEMPT"
+            );
+            for r in &rows {
+                println!(
+                    "{:<10} {:<10} {:<10} {:<10} {:<16} {:>9} {:>9} {:>6} {:>8.2} {:>8.2} {:>5} {:>7}  {}",
+                    r.job,
+                    r.team,
+                    r.user,
+                    r.state,
+                    when(r.submit_s, now),
+                    r.wait_s.map_or("-".into(), span),
+                    span(r.run_s),
+                    format!("{}", r.gpus_per_task * f64::from(r.tasks)),
+                    r.gpu_hours,
+                    r.idle_gpu_hours,
+                    r.exit_codes
+                        .iter()
+                        .max_by_key(|c| c.abs())
+                        .map_or("-".into(), |c| c.to_string()),
+                    r.preemptions,
+                    r.name
+                );
+            }
+            let gpu_h: f64 = rows.iter().map(|r| r.gpu_hours).sum();
+            println!("{} jobs, {gpu_h:.2} GPU-hours", rows.len());
+        }
     }
     Ok(())
 }

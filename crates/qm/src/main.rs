@@ -59,6 +59,9 @@ enum Command {
     },
     /// Cancel jobs: by id (12, an array's id, 12_7), or every one a filter matches.
     Cancel(client::CancelArgs),
+    /// Ended jobs, for accounting: waits, run times, GPU-hours, exits, preemptions and idle
+    /// GPU-hours; from the store, so it reaches back past what the server holds in memory.
+    History(client::HistoryArgs),
     /// A task's output.
     Logs {
         job: String,
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Show { job, json } => client::show(&conn, &job, json),
         Command::Why { job, json } => client::why(&conn, &job, json),
         Command::Cancel(a) => client::cancel(&conn, a),
+        Command::History(a) => client::history(&conn, a),
         Command::Logs { job, task, follow } => client::logs(&conn, &job, task, follow),
         Command::Nodes { what, json } => client::nodes(&conn, what, json),
         Command::Teams { json } => client::teams(&conn, json),
@@ -139,5 +143,14 @@ fn main() -> ExitCode {
             let code = err.downcast_ref::<client::CliError>().map_or(1, |e| e.code);
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -337,6 +337,9 @@ impl ClusterState {
             runs: 0,
             idle_milli_s: 0,
             stopped_idle: false,
+            first_start_s: None,
+            ran_s: 0,
+            gpu_milli_s: 0,
         });
         Ok(())
     }
@@ -434,6 +437,7 @@ impl ClusterState {
         let job = self.jobs.get_mut(&id).expect("checked above");
         job.runs += 1;
         job.stopped_idle = false;
+        job.first_start_s.get_or_insert(at_s);
         job.state = JobState::Running(Run {
             attempt: job.runs,
             placement,
@@ -615,7 +619,13 @@ impl ClusterState {
     fn end_run(&mut self, id: JobId, next: JobState) {
         let requeued = next == JobState::Pending;
         self.release(id);
+        let now = self.clock_s;
         let job = self.jobs.get_mut(&id).expect("a live job");
+        if let Some(run) = job.state.run() {
+            let held = now.saturating_sub(run.started_s);
+            job.ran_s += held;
+            job.gpu_milli_s += held * job.spec.milli_total();
+        }
         let idle = matches!(&job.state, JobState::Stopping(_, s) if s.cause == StopCause::Idle);
         job.state = next;
         if requeued {

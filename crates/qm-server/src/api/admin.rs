@@ -127,6 +127,11 @@ pub async fn set_team(
             )));
         }
     }
+    if req.partitions.as_ref().is_some_and(|p| p.len() > 64) {
+        return Err(Refusal::BadRequest(
+            "a team may have at most 64 partition names".into(),
+        ));
+    }
     for p in req.partitions.iter().flatten() {
         crate::limits::node_name(p).map_err(|_| {
             Refusal::BadRequest(format!(

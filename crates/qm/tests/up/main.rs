@@ -10,5 +10,6 @@ mod jobs;
 mod partition;
 mod postgres;
 mod security;
+mod slurm;
 mod soak;
 mod tls;
