@@ -733,16 +733,20 @@ impl Server {
 
     /// One round: node timeouts, then a plan, executed.
     pub fn tick(&self) -> Result<(), Refusal> {
-        let mut inner = self.lock();
-        inner.check_timeouts()?;
-        inner.end_unmet()?;
-        inner.schedule()?;
-        inner.retain()?;
-        Ok(())
+        self.lock().round()
     }
 }
 
 impl Inner {
+    /// One round of the scheduling loop: node timeouts, jobs whose dependencies can never be
+    /// met, a plan executed, retention.
+    pub(crate) fn round(&mut self) -> Result<(), Refusal> {
+        self.check_timeouts()?;
+        self.end_unmet()?;
+        self.schedule()?;
+        self.retain()
+    }
+
     /// Creates a token (see [`Server::create_token`]); its hash is queued for the store.
     pub(crate) fn create_token(
         &mut self,

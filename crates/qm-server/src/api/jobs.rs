@@ -109,14 +109,7 @@ impl Inner {
         let count = indices.len().max(1);
         self.pending_room(&req.team, &user, count)?;
         let first = JobId(self.next_job);
-        let depends_on = req
-            .after
-            .iter()
-            .map(|d| qm_core::Dependency {
-                job: JobId(d.job),
-                when: views::after_core(d.when),
-            })
-            .collect();
+        let depends_on = self.dependencies(&req.after)?;
         let spec = JobSpec {
             id: first,
             name: req.name.clone(),
@@ -330,6 +323,46 @@ fn ended_job(s: &Server, id: u64, p: &Principal, access: Access) -> Result<JobVi
 }
 
 impl Inner {
+    /// A submission's dependencies for the core. A job the server no longer holds (ended
+    /// and forgotten into the store's records) is checked against its record here: one that
+    /// ended as asked is met already and dropped, any other can never be met.
+    fn dependencies(
+        &self,
+        after: &[proto::DependencyView],
+    ) -> Result<Vec<qm_core::Dependency>, Refusal> {
+        let mut out = Vec::new();
+        for d in after {
+            let job = JobId(d.job);
+            let when = views::after_core(d.when);
+            if self.state.job(job).is_some() || d.job >= self.next_job {
+                out.push(qm_core::Dependency { job, when });
+                continue;
+            }
+            match self.journal.store().ended_job(d.job)? {
+                None => {
+                    return Err(Refusal::BadRequest(format!(
+                        "the job depends on job {}, which does not exist",
+                        d.job
+                    )))
+                }
+                Some(rec) if when.met_by(rec.state == "succeeded") => {}
+                Some(rec) => {
+                    return Err(Refusal::BadRequest(format!(
+                        "the job can never run: it waits for job {} to {}, and it ended {}",
+                        d.job,
+                        match d.when {
+                            proto::After::Ok => "succeed",
+                            proto::After::Any => "end",
+                            proto::After::Failed => "fail",
+                        },
+                        rec.state
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Refuses a submission of `more` jobs that would take a user or a team past its limit
     /// of pending jobs.
     fn pending_room(&self, team: &str, user: &str, more: usize) -> Result<(), Refusal> {

@@ -395,10 +395,7 @@ impl World {
         if now >= self.next_tick {
             self.next_tick = now + 500;
             if let Some(inner) = self.server.as_mut() {
-                let r = inner
-                    .check_timeouts()
-                    .and_then(|()| inner.schedule())
-                    .and_then(|()| inner.retain());
+                let r = inner.round();
                 // The round's writes reach the store with the next answer, or now; a crash
                 // before then loses them, and the commands they hold back, together.
                 if self.rng.chance(0.5) {
