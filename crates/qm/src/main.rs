@@ -22,8 +22,6 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 #[derive(Parser, Debug)]
 #[command(name = "qm", version, about, long_about = None)]
 struct Cli {
-    #[command(flatten)]
-    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,9 +35,16 @@ enum Command {
     /// A node agent, for a real cluster.
     Agent(up::AgentArgs),
     /// Submit a job: `qm submit --gpus 2 --tasks 2 -- python train.py`.
-    Submit(client::SubmitArgs),
+    Submit {
+        #[command(flatten)]
+        args: client::SubmitArgs,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// List jobs.
     Jobs {
+        #[command(flatten)]
+        conn: client::Conn,
         #[command(flatten)]
         query: client::JobQuery,
         #[arg(long)]
@@ -47,23 +52,39 @@ enum Command {
     },
     /// A job's details: tasks, placement, events (JOB: 12, or 12_7 for an array's job).
     Show {
+        #[command(flatten)]
+        conn: client::Conn,
         job: String,
         #[arg(long)]
         json: bool,
     },
     /// Why a job waits, and when it should start.
     Why {
+        #[command(flatten)]
+        conn: client::Conn,
         job: String,
         #[arg(long)]
         json: bool,
     },
     /// Cancel jobs: by id (12, an array's id, 12_7), or every one a filter matches.
-    Cancel(client::CancelArgs),
+    Cancel {
+        #[command(flatten)]
+        args: client::CancelArgs,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// Ended jobs, for accounting: waits, run times, GPU-hours, exits, preemptions and idle
     /// GPU-hours; from the store, so it reaches back past what the server holds in memory.
-    History(client::HistoryArgs),
+    History {
+        #[command(flatten)]
+        args: client::HistoryArgs,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// A task's output.
     Logs {
+        #[command(flatten)]
+        conn: client::Conn,
         job: String,
         #[arg(long, default_value_t = 0)]
         task: u32,
@@ -73,6 +94,8 @@ enum Command {
     },
     /// Nodes, or drain, resume or reset one.
     Nodes {
+        #[command(flatten)]
+        conn: client::Conn,
         #[command(subcommand)]
         what: Option<client::NodesCmd>,
         #[arg(long)]
@@ -80,19 +103,28 @@ enum Command {
     },
     /// The team tree with guaranteed, max, used, borrowed and idle GPUs.
     Teams {
+        #[command(flatten)]
+        conn: client::Conn,
         #[arg(long)]
         json: bool,
     },
     /// The servers: the store, which one leads (since when, its term) and the standbys.
     Cluster {
+        #[command(flatten)]
+        conn: client::Conn,
         #[arg(long)]
         json: bool,
     },
     /// Teams and tokens (admin token).
     Admin {
+        #[command(flatten)]
+        conn: client::Conn,
         #[command(subcommand)]
         what: client::AdminCmd,
     },
+    /// Shell completions: `qm completions bash > /etc/bash_completion.d/qm` (or zsh, fish,
+    /// elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Measure Quartermaster's speed.
     Bench {
         #[command(subcommand)]
@@ -112,22 +144,40 @@ fn main() -> ExitCode {
         qm_agent::fence_guard(&args[2..]);
     }
     let cli = Cli::parse();
-    let conn = cli.conn;
     let result = match cli.command {
         Command::Up(a) => up::up(a),
         Command::Server(a) => up::server(a),
         Command::Agent(a) => up::agent(a),
-        Command::Submit(a) => client::submit(&conn, a),
-        Command::Jobs { query, json } => client::jobs(&conn, &query, json),
-        Command::Show { job, json } => client::show(&conn, &job, json),
-        Command::Why { job, json } => client::why(&conn, &job, json),
-        Command::Cancel(a) => client::cancel(&conn, a),
-        Command::History(a) => client::history(&conn, a),
-        Command::Logs { job, task, follow } => client::logs(&conn, &job, task, follow),
-        Command::Nodes { what, json } => client::nodes(&conn, what, json),
-        Command::Teams { json } => client::teams(&conn, json),
-        Command::Cluster { json } => client::cluster(&conn, json),
-        Command::Admin { what } => client::admin(&conn, what),
+        Command::Submit { args, conn } => client::submit(&conn, args),
+        Command::Jobs { conn, query, json } => client::jobs(&conn, &query, json),
+        Command::Show { conn, job, json } => client::show(&conn, &job, json),
+        Command::Why { conn, job, json } => client::why(&conn, &job, json),
+        Command::Cancel { args, conn } => client::cancel(&conn, args),
+        Command::History { args, conn } => client::history(&conn, args),
+        Command::Logs {
+            conn,
+            job,
+            task,
+            follow,
+        } => client::logs(&conn, &job, task, follow),
+        Command::Nodes { conn, what, json } => client::nodes(&conn, what, json),
+        Command::Teams { conn, json } => client::teams(&conn, json),
+        Command::Cluster { conn, json } => client::cluster(&conn, json),
+        Command::Admin { conn, what } => client::admin(&conn, what),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "qm",
+                &mut out,
+            );
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), &out) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
         Command::Bench { what } => bench::run(what),
         Command::Sim { what } => sim::run(what),
     };

@@ -555,3 +555,43 @@ fn the_agent_refuses_a_join_token_file_others_may_read() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--join-token-file"));
 }
+
+#[test]
+fn client_flags_appear_only_on_commands_that_talk_to_a_server_and_completions_are_written() {
+    let help = |args: &[&str]| {
+        let out = qm(args);
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for cmd in [
+        &["server", "--help"][..],
+        &["agent", "--help"],
+        &["sim", "pack", "--help"],
+        &["up", "--help"],
+    ] {
+        let h = help(cmd);
+        assert!(!h.contains("--token"), "{cmd:?} offers --token:\n{h}");
+    }
+    for cmd in [
+        &["submit", "--help"][..],
+        &["jobs", "--help"],
+        &["admin", "team", "create", "--help"],
+        &["history", "--help"],
+    ] {
+        let h = help(cmd);
+        assert!(
+            h.contains("--server") && h.contains("--token"),
+            "{cmd:?}:\n{h}"
+        );
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = help(&["completions", shell]);
+        assert!(
+            script.contains("submit") && script.contains("array"),
+            "{shell}"
+        );
+    }
+    let out = qm(&["completions", "tcsh"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}

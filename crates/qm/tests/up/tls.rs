@@ -80,8 +80,9 @@ fn the_api_is_served_over_tls_and_verified_by_the_cli_and_the_agents() {
     let ca_file = dir.join("ca.pem");
     let ca_arg = ca_file.to_str().unwrap();
     let with_ca = |args: &[&str]| {
-        let mut all = vec!["--server", &url, "--token", &admin, "--ca", ca_arg];
-        all.extend_from_slice(args);
+        // Client flags go with the command (they are not the `qm` binary's own).
+        let mut all = vec![args[0], "--server", &url, "--token", &admin, "--ca", ca_arg];
+        all.extend_from_slice(&args[1..]);
         qm(&dir, &all)
     };
     let ok = |args: &[&str]| {
@@ -95,7 +96,7 @@ fn the_api_is_served_over_tls_and_verified_by_the_cli_and_the_agents() {
     };
     assert_eq!(ok(&["nodes", "--json"]).trim(), "[]");
     // Without the private CA the certificate is not trusted; plain HTTP gets nowhere.
-    let out = qm(&dir, &["--server", &url, "--token", &admin, "nodes"]);
+    let out = qm(&dir, &["nodes", "--server", &url, "--token", &admin]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the server"), "{err}");
@@ -104,7 +105,7 @@ fn the_api_is_served_over_tls_and_verified_by_the_cli_and_the_agents() {
         "{err}"
     );
     let plain = format!("http://127.0.0.1:{port}");
-    let out = qm(&dir, &["--server", &plain, "--token", &admin, "nodes"]);
+    let out = qm(&dir, &["nodes", "--server", &plain, "--token", &admin]);
     assert!(!out.status.success(), "plain HTTP was answered");
     // An agent over TLS; a job through it.
     ok(&["admin", "team", "create", "t", "--guaranteed", "2"]);
