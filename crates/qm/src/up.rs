@@ -160,9 +160,11 @@ pub struct AgentArgs {
     /// Where task logs go.
     #[arg(long, default_value = ".qm-agent")]
     data_dir: PathBuf,
-    /// How other nodes reach this one (MASTER_ADDR); default 127.0.0.1.
-    #[arg(long, default_value = "127.0.0.1")]
-    address: String,
+    /// How other nodes reach this one (a gang's MASTER_ADDR when its first task runs here);
+    /// default: the address this host uses to reach the server, else its primary
+    /// non-loopback address (said at start).
+    #[arg(long)]
+    address: Option<String>,
     /// The private CA (PEM) that signed an `https://` server's certificate (default: the
     /// public web roots).
     #[arg(long = "server-ca", value_name = "FILE")]
@@ -250,6 +252,51 @@ fn lead(
             }
         })?;
     Ok(Box::new(store))
+}
+
+/// The address other nodes can reach this one at, and how it was found: the local address
+/// of a route to the server (the interface the cluster's traffic uses), else of the default
+/// route, else loopback. UDP `connect` only chooses the route: nothing is sent.
+fn reachable_address(server: &str) -> (String, &'static str) {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let local_via = |to: std::net::SocketAddr| -> Option<std::net::IpAddr> {
+        let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(bind).ok()?;
+        s.connect(to).ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    };
+    let host_port = server
+        .split("://")
+        .nth(1)
+        .unwrap_or(server)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let has_port = host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let with_port = if has_port {
+        host_port
+    } else {
+        format!("{host_port}:443")
+    };
+    if let Some(ip) = with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find_map(local_via))
+    {
+        return (ip.to_string(), "its route to the server");
+    }
+    let default_route: std::net::SocketAddr = ([192, 0, 2, 1], 9).into();
+    if let Some(ip) = local_via(default_route) {
+        return (ip.to_string(), "its primary address");
+    }
+    (
+        "127.0.0.1".into(),
+        "no other address found: a gang spread over several nodes cannot use it",
+    )
 }
 
 /// Reads a join token from a file only its owner may read, or from standard input (`-`).
@@ -446,6 +493,9 @@ pub fn up(args: UpArgs) -> Result<(), Box<dyn Error>> {
                 .arg(dir.join("agent"))
                 .arg("--name")
                 .arg(hostname())
+                // One machine: its tasks reach each other on loopback.
+                .arg("--address")
+                .arg("127.0.0.1")
                 .arg("--join-token-file")
                 .arg(&join_file)
                 // One person's machine: its jobs run as whoever started `qm up`, root too.
@@ -595,6 +645,16 @@ pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
         });
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
+    let address = match args.address {
+        Some(a) => a,
+        None => {
+            let (a, how) = reachable_address(&args.server);
+            eprintln!(
+                "qm agent: other nodes reach this one at {a} ({how}; --address to choose another)"
+            );
+            a
+        }
+    };
     let cfg = qm_agent::AgentConfig {
         server: args.server,
         join_token: args
@@ -608,7 +668,7 @@ pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
         labels,
         topology,
         data_dir: args.data_dir,
-        address: args.address,
+        address,
         cpu_milli,
         mem_mib,
     };

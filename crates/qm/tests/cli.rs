@@ -595,3 +595,54 @@ fn client_flags_appear_only_on_commands_that_talk_to_a_server_and_completions_ar
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
 }
+
+#[test]
+fn an_agent_says_which_address_other_nodes_reach_it_at() {
+    use std::io::{BufRead, BufReader};
+    let dir = tmp("agent-address");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(["agent", "--server", "http://127.0.0.1:9", "--data-dir"])
+        .arg(dir.join("agent"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let addr = first
+        .strip_prefix("qm agent: other nodes reach this one at ")
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("{first}"));
+    let ip: std::net::IpAddr = addr.parse().unwrap();
+    // A host with a route out names the address on it; one without says loopback will not do.
+    if ip.is_loopback() {
+        assert!(first.contains("cannot use it"), "{first}");
+    } else {
+        assert!(
+            first.contains("primary address") || first.contains("route"),
+            "{first}"
+        );
+    }
+    // Given, it is used as given, without a word.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args([
+            "agent",
+            "--server",
+            "http://127.0.0.1:9",
+            "--address",
+            "10.1.2.3",
+            "--data-dir",
+        ])
+        .arg(dir.join("agent2"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("reach this one at"));
+}
