@@ -164,6 +164,9 @@ pub struct Job {
     pub ran_s: Secs,
     #[serde(default)]
     pub gpu_milli_s: u64,
+    /// Running jobs stopped to make room for it (reclaim, priority, idle).
+    #[serde(default)]
+    pub preempted_others: u32,
 }
 
 /// A node with what is given out on it.

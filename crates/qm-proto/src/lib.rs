@@ -195,6 +195,41 @@ pub struct SubmitResponse {
     pub jobs: Vec<u64>,
 }
 
+/// `GET /api/v1/report`: each team's use of the cluster over a window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReportView {
+    pub since_s: u64,
+    pub until_s: u64,
+    /// How often the server samples the teams' use (each sample counts for this long).
+    pub sample_every_s: u64,
+    /// Samples found in the window (none: the server was not running, or too recently).
+    pub samples: u64,
+    pub teams: Vec<TeamReport>,
+}
+
+/// One team's figures in a [`ReportView`]; GPU-hours from the usage samples, the rest from
+/// the jobs that ended in the window or are running and started in it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TeamReport {
+    pub team: String,
+    pub guaranteed_gpu_hours: f64,
+    /// Held by its jobs (and its sub-teams').
+    pub used_gpu_hours: f64,
+    /// The part of that beyond its guarantee.
+    pub borrowed_gpu_hours: f64,
+    /// Of its guarantee, what it left unused while other teams borrowed.
+    pub lent_gpu_hours: f64,
+    /// Held by its jobs while their GPUs sat idle.
+    pub idle_gpu_hours: f64,
+    pub jobs: u64,
+    /// Waits from submission to first start, of the jobs that started.
+    pub wait_p50_s: Option<u64>,
+    pub wait_p99_s: Option<u64>,
+    /// Times its jobs were preempted, and running jobs stopped to make room for its jobs.
+    pub preemptions_suffered: u64,
+    pub preemptions_caused: u64,
+}
+
 /// Where a job sits in its array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArrayView {
@@ -282,6 +317,9 @@ pub struct JobView {
     /// GPU-seconds of those its GPUs sat idle.
     #[serde(default)]
     pub idle_gpu_s: u64,
+    /// Running jobs stopped to make room for it.
+    #[serde(default)]
+    pub preempted_others: u32,
     /// The exit codes of its last run's tasks that have exited, by task index.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit_codes: Vec<i32>,

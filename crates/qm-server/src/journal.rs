@@ -44,6 +44,7 @@ struct Writes {
     tokens: Vec<TokenRecord>,
     nodes: Vec<NodeRecord>,
     ended: Vec<EndedJob>,
+    usage: Vec<qm_store::UsageRow>,
     /// The state as of event `seq`, with the server's derived data, to be saved once the
     /// events up to it are.
     snapshot: Option<(u64, Box<ClusterState>, String)>,
@@ -147,6 +148,11 @@ impl Journal {
         self.push(|q| q.writes.nodes.push(n));
     }
 
+    /// Queues the teams' usage samples.
+    pub fn usage(&self, rows: Vec<qm_store::UsageRow>) {
+        self.push(|q| q.writes.usage.extend(rows));
+    }
+
     /// Queues a snapshot of `state` as of event `seq`, saved after the events up to it.
     pub fn snapshot(&self, seq: u64, state: ClusterState, extra: String) {
         self.push(|q| q.writes.snapshot = Some((seq, Box::new(state), extra)));
@@ -189,6 +195,7 @@ impl Journal {
             tokens: &taken.tokens,
             nodes: &taken.nodes,
             ended: &taken.ended,
+            usage: &taken.usage,
         })?;
         if !taken.events.is_empty() && last != seq {
             return Err(StoreError(format!(

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub retain_logs_s: u64,
     /// Members see only their own teams' jobs.
     pub private_jobs: bool,
+    /// Each team's use (guaranteed, used, borrowed, lent, idle) is sampled into the store
+    /// this often, for `qm report` and the dashboard's history.
+    pub usage_every_s: u64,
     /// Print each refused agent request on standard error (a simulation turns it off).
     pub log_refusals: bool,
     pub scheduler: SchedulerConfig,
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             retain_ended_max: 10_000,
             retain_logs_s: 30 * 86_400,
             private_jobs: false,
+            usage_every_s: 300,
             log_refusals: true,
             scheduler: SchedulerConfig::default(),
         }
@@ -683,6 +687,7 @@ impl Server {
     pub async fn run(self: Arc<Self>) {
         let mut last_sample: Option<Instant> = None;
         let mut last_prune: Option<Instant> = None;
+        let mut last_usage: Option<u64> = None;
         loop {
             if last_prune.is_none_or(|t| t.elapsed() >= LOG_PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
@@ -702,6 +707,18 @@ impl Server {
                 let mut h = self.history();
                 dash::sample(&inner, &mut h);
                 last_sample = Some(Instant::now());
+            }
+            {
+                // Usage samples fall on multiples of the interval (on the server's clock),
+                // so that a restart or a standby taking over continues the same series.
+                let inner = self.lock();
+                let every = inner.config.usage_every_s.max(1);
+                let slot = inner.now_s() / every * every;
+                if last_usage.is_none_or(|l| slot > l) {
+                    last_usage = Some(slot);
+                    let rows = views::usage_rows(&inner.state, slot, inner.now_s());
+                    inner.journal.usage(rows);
+                }
             }
             let t0 = Instant::now();
             if let Err(e) = self.tick() {

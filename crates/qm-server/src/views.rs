@@ -84,6 +84,63 @@ pub fn usage_total(by_model: &BTreeMap<(String, String), Usage>) -> Usage {
     out
 }
 
+/// Each team's usage sample at `at_s` (the state as of `now`): its guarantee, and what its
+/// jobs and its sub-teams' hold, borrowed and idle; lent is the part of its guarantee it
+/// leaves unused while other teams borrow (at most what they borrow).
+pub fn usage_rows(
+    state: &ClusterState,
+    at_s: qm_core::Secs,
+    now: qm_core::Secs,
+) -> Vec<qm_store::UsageRow> {
+    let by_model = usage(state, now);
+    let own = usage_by_team(&by_model);
+    let teams: Vec<&Team> = state.teams().collect();
+    // Each team's use counts toward every ancestor's.
+    let mut subtree: BTreeMap<&str, Usage> = BTreeMap::new();
+    for t in &teams {
+        let u = own.get(t.spec.name.as_str()).copied().unwrap_or_default();
+        let mut name = Some(t.spec.name.as_str());
+        let mut hops = 0;
+        while let Some(n) = name {
+            subtree.entry(n).or_default().add(u);
+            name = state.team(n).and_then(|t| t.spec.parent.as_deref());
+            hops += 1;
+            if hops > 64 {
+                break;
+            }
+        }
+    }
+    let total_borrowed = usage_total(&by_model).borrowed_milli;
+    teams
+        .iter()
+        .map(|t| {
+            let u = subtree
+                .get(t.spec.name.as_str())
+                .copied()
+                .unwrap_or_default();
+            let guaranteed: u64 = t
+                .spec
+                .quotas
+                .values()
+                .map(|q| u64::from(q.guaranteed))
+                .sum::<u64>()
+                * 1000;
+            let others_borrow = total_borrowed.saturating_sub(u.borrowed_milli);
+            qm_store::UsageRow {
+                at_s,
+                team: t.spec.name.clone(),
+                guaranteed_milli: guaranteed,
+                used_milli: u.allocated_milli,
+                borrowed_milli: u.borrowed_milli,
+                lent_milli: guaranteed
+                    .saturating_sub(u.allocated_milli)
+                    .min(others_borrow),
+                idle_milli: u.idle_milli,
+            }
+        })
+        .collect()
+}
+
 /// GPU-hours charged to a team while its GPUs sat idle.
 pub fn idle_gpu_hours(t: &Team) -> f64 {
     t.idle_milli_s_total as f64 / 1000.0 / 3600.0
@@ -342,6 +399,7 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
         ran_s: j.ran_s + current_s,
         gpu_s: (j.gpu_milli_s + current_s * j.spec.milli_total()) / 1000,
         idle_gpu_s: j.idle_milli_s / 1000,
+        preempted_others: j.preempted_others,
         exit_codes: codes
             .map(|c| c.values().copied().collect())
             .unwrap_or_default(),

@@ -90,6 +90,21 @@ pub struct EndedJob {
     pub view: String,
 }
 
+/// One team's GPUs at one moment, in milli-GPUs, as the server samples them (every
+/// `--usage-every`): what it is guaranteed, what its running jobs hold, the part of that
+/// which is borrowed (beyond its guarantee), the part of its guarantee it does not use while
+/// other teams borrow (lent), and what its jobs hold idle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub at_s: u64,
+    pub team: String,
+    pub guaranteed_milli: u64,
+    pub used_milli: u64,
+    pub borrowed_milli: u64,
+    pub lent_milli: u64,
+    pub idle_milli: u64,
+}
+
 /// Which ended jobs to list, newest (highest id) first.
 #[derive(Clone, Debug, Default)]
 pub struct EndedQuery {
@@ -100,6 +115,8 @@ pub struct EndedQuery {
     pub state: Option<String>,
     /// Only ids below this (the cursor of the previous page).
     pub before: Option<u64>,
+    /// Only jobs that ended at or after this.
+    pub ended_since: Option<u64>,
     pub limit: usize,
 }
 
@@ -137,6 +154,8 @@ pub struct Batch<'a> {
     /// Records of jobs the batch's events forget; their payloads and task exits are deleted,
     /// so that a restart loads only what the state still holds.
     pub ended: &'a [EndedJob],
+    /// Samples of the teams' use (a later one for the same time and team replaces it).
+    pub usage: &'a [UsageRow],
 }
 
 /// A task's log as (job, task, attempt).
@@ -161,6 +180,7 @@ pub struct Dump {
     /// (job, task, attempt), offset, bytes: one chunk per row, in key and offset order.
     pub logs: Vec<LogChunk>,
     pub ended: Vec<EndedJob>,
+    pub usage: Vec<UsageRow>,
 }
 
 impl Dump {
@@ -172,7 +192,7 @@ impl Dump {
     pub fn summary(&self) -> String {
         let bytes: usize = self.logs.iter().map(|l| l.2.len()).sum();
         format!(
-            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({bytes} bytes), {} ended job records",
+            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({bytes} bytes), {} ended job records, {} usage samples",
             self.events.len(),
             usize::from(self.snapshot.is_some()),
             self.payloads.len(),
@@ -180,7 +200,8 @@ impl Dump {
             self.nodes.len(),
             self.exits.len(),
             self.logs.len(),
-            self.ended.len()
+            self.ended.len(),
+            self.usage.len()
         )
     }
 
@@ -193,6 +214,8 @@ impl Dump {
         self.exits.sort();
         self.logs.sort_by_key(|l| (l.0, l.1));
         self.ended.sort_by_key(|e| e.id);
+        self.usage
+            .sort_by(|a, b| (a.at_s, &a.team).cmp(&(b.at_s, &b.team)));
     }
 }
 
@@ -209,6 +232,8 @@ pub enum Page {
     Payloads { after: Option<u64> },
     /// Up to [`ENDED_PER_PAGE`] ended jobs' records after this job.
     Ended { after: Option<u64> },
+    /// Up to [`USAGE_PER_PAGE`] usage samples after this (time, team).
+    Usage { after: Option<(u64, String)> },
     /// Up to [`LOG_CHUNKS_PER_PAGE`] log chunks after this (task, offset).
     Logs { after: Option<(LogKey, u64)> },
 }
@@ -220,6 +245,8 @@ pub const PAYLOADS_PER_PAGE: usize = 256;
 pub const LOG_CHUNKS_PER_PAGE: usize = 16;
 /// A record is a few KiB (its command and events).
 pub const ENDED_PER_PAGE: usize = 1_000;
+/// A usage sample is a few dozen bytes.
+pub const USAGE_PER_PAGE: usize = 10_000;
 
 impl Page {
     /// The page after this one, which held `rows`; `None` after the last.
@@ -240,6 +267,12 @@ impl Page {
             }),
             Page::Ended { .. } => Some(match rows.ended.last() {
                 Some(e) if rows.ended.len() == ENDED_PER_PAGE => Page::Ended { after: Some(e.id) },
+                _ => Page::Usage { after: None },
+            }),
+            Page::Usage { .. } => Some(match rows.usage.last() {
+                Some(u) if rows.usage.len() == USAGE_PER_PAGE => Page::Usage {
+                    after: Some((u.at_s, u.team.clone())),
+                },
                 _ => Page::Logs { after: None },
             }),
             Page::Logs { .. } => match rows.logs.last() {
@@ -277,6 +310,7 @@ pub struct Copied {
     pub log_chunks: usize,
     pub log_bytes: usize,
     pub ended: usize,
+    pub usage: usize,
     /// Pages written (each one transaction, checked on its own).
     pub pages: usize,
 }
@@ -292,13 +326,14 @@ impl Copied {
         self.log_chunks += page.logs.len();
         self.log_bytes += page.logs.iter().map(|l| l.2.len()).sum::<usize>();
         self.ended += page.ended.len();
+        self.usage += page.usage.len();
         self.pages += 1;
     }
 
     /// Rows by kind, for people.
     pub fn summary(&self) -> String {
         format!(
-            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({} bytes), {} ended job records, in {} pages",
+            "{} events, {} snapshot, {} job payloads, {} tokens, {} nodes, {} task exits, {} log chunks ({} bytes), {} ended job records, {} usage samples, in {} pages",
             self.events,
             self.snapshots,
             self.payloads,
@@ -308,6 +343,7 @@ impl Copied {
             self.log_chunks,
             self.log_bytes,
             self.ended,
+            self.usage,
             self.pages
         )
     }
@@ -440,6 +476,7 @@ pub trait Store: Send {
             all.exits.extend(rows.exits);
             all.logs.extend(rows.logs);
             all.ended.extend(rows.ended);
+            all.usage.extend(rows.usage);
         }
         Ok(all)
     }
@@ -447,6 +484,8 @@ pub trait Store: Send {
     fn ended_job(&mut self, id: u64) -> Result<Option<EndedJob>, StoreError>;
     /// Records of ended jobs the server forgot, newest first.
     fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError>;
+    /// The teams' usage samples taken from `since_s` to `until_s`, in time order.
+    fn usage(&mut self, since_s: u64, until_s: u64) -> Result<Vec<UsageRow>, StoreError>;
     /// Deletes the task output of forgotten jobs that ended before `before_s`; returns how
     /// many chunks went.
     fn prune_logs(&mut self, before_s: u64) -> Result<u64, StoreError>;
@@ -525,6 +564,10 @@ pub(crate) fn ended_sql(
             sql += &format!(" AND {column} = {}", mark(params.len()));
         }
     }
+    if let Some(since) = q.ended_since {
+        params.push(SqlParam::Int(since.min(i64::MAX as u64) as i64));
+        sql += &format!(" AND end_s >= {}", mark(params.len()));
+    }
     if let Some(teams) = &q.teams {
         params.push(SqlParam::Text(
             serde_json::to_string(teams).unwrap_or_else(|_| "[]".into()),
@@ -556,7 +599,37 @@ CREATE TABLE IF NOT EXISTS log_chunks (job INTEGER NOT NULL, task INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS ended_jobs (id INTEGER PRIMARY KEY, team TEXT NOT NULL, username TEXT NOT NULL, state TEXT NOT NULL, submit_s INTEGER NOT NULL, end_s INTEGER NOT NULL, view TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS ended_jobs_team ON ended_jobs (team, id);
 CREATE INDEX IF NOT EXISTS ended_jobs_user ON ended_jobs (username, id);
+CREATE TABLE IF NOT EXISTS usage (at_s INTEGER NOT NULL, team TEXT NOT NULL, guaranteed_milli INTEGER NOT NULL, used_milli INTEGER NOT NULL, borrowed_milli INTEGER NOT NULL, lent_milli INTEGER NOT NULL, idle_milli INTEGER NOT NULL, PRIMARY KEY (at_s, team));
 ";
+
+/// Inserts a `usage` row with a statement that takes its seven columns in order.
+fn put_usage(stmt: &mut rusqlite::Statement<'_>, u: &UsageRow) -> rusqlite::Result<usize> {
+    stmt.execute(rusqlite::params![
+        u.at_s as i64,
+        u.team,
+        u.guaranteed_milli as i64,
+        u.used_milli as i64,
+        u.borrowed_milli as i64,
+        u.lent_milli as i64,
+        u.idle_milli as i64
+    ])
+}
+
+/// A `usage` row (at_s, team, guaranteed, used, borrowed, lent, idle).
+fn usage_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageRow> {
+    Ok(UsageRow {
+        at_s: r.get::<_, i64>(0)? as u64,
+        team: r.get(1)?,
+        guaranteed_milli: r.get::<_, i64>(2)? as u64,
+        used_milli: r.get::<_, i64>(3)? as u64,
+        borrowed_milli: r.get::<_, i64>(4)? as u64,
+        lent_milli: r.get::<_, i64>(5)? as u64,
+        idle_milli: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+const USAGE_COLUMNS: &str =
+    "at_s, team, guaranteed_milli, used_milli, borrowed_milli, lent_milli, idle_milli";
 
 impl SqliteStore {
     /// Opens (or creates) the database file.
@@ -737,9 +810,29 @@ impl Store for SqliteStore {
                 unpay.execute([e.id as i64])?;
                 unexit.execute([e.id as i64])?;
             }
+            let mut usage = tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO usage ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))?;
+            for u in batch.usage {
+                put_usage(&mut usage, u)?;
+            }
         }
         tx.commit()?;
         Ok(last)
+    }
+
+    fn usage(&mut self, since_s: u64, until_s: u64) -> Result<Vec<UsageRow>, StoreError> {
+        let mut stmt = self.db.prepare_cached(&format!(
+            "SELECT {USAGE_COLUMNS} FROM usage WHERE at_s >= ?1 AND at_s <= ?2 ORDER BY at_s, team"
+        ))?;
+        let rows = stmt.query_map(
+            rusqlite::params![
+                since_s.min(i64::MAX as u64) as i64,
+                until_s.min(i64::MAX as u64) as i64
+            ],
+            usage_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn snapshot(&mut self, seq: u64, state: &ClusterState, extra: &str) -> Result<(), StoreError> {
@@ -906,6 +999,21 @@ impl Store for SqliteStore {
                     out.ended.push(row?);
                 }
             }
+            Page::Usage { after } => {
+                let mut stmt = self.db.prepare(&format!(
+                    "SELECT {USAGE_COLUMNS} FROM usage WHERE (at_s, team) > (?1, ?2) ORDER BY at_s, team LIMIT ?3"
+                ))?;
+                let (at, team) = after
+                    .clone()
+                    .map_or((-1, String::new()), |(a, t)| (a as i64, t));
+                let rows = stmt.query_map(
+                    rusqlite::params![at, team, USAGE_PER_PAGE as i64],
+                    usage_row,
+                )?;
+                for row in rows {
+                    out.usage.push(row?);
+                }
+            }
             Page::Logs { after } => {
                 let (job, task, attempt, at) = Page::log_after(after);
                 let mut stmt = self.db.prepare(
@@ -996,6 +1104,12 @@ impl Store for SqliteStore {
             )?;
             for e in &dump.ended {
                 put_ended(&mut ins, e)?;
+            }
+            let mut ins = tx.prepare(&format!(
+                "INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))?;
+            for u in &dump.usage {
+                put_usage(&mut ins, u)?;
             }
         }
         tx.commit()?;
@@ -1167,6 +1281,56 @@ mod tests {
         assert_eq!(s.log_len((1, 0, 1)).unwrap(), 0);
     }
 
+    /// Usage samples survive reopening; a later sample of the same time and team replaces
+    /// the earlier; a window reads what falls in it, in time order.
+    fn usage_samples_are_kept(open: &dyn Fn() -> Box<dyn Store>) {
+        let row = |at_s: u64, team: &str, used: u64| UsageRow {
+            at_s,
+            team: team.into(),
+            guaranteed_milli: 4000,
+            used_milli: used,
+            borrowed_milli: used / 2,
+            lent_milli: 1000,
+            idle_milli: 0,
+        };
+        {
+            let mut s = open();
+            s.append(Batch {
+                usage: &[row(300, "b", 1), row(300, "a", 2), row(600, "a", 3)],
+                ..Batch::default()
+            })
+            .unwrap();
+            s.append(Batch {
+                usage: &[row(600, "a", 5), row(600, "a", 6)],
+                ..Batch::default()
+            })
+            .unwrap();
+        }
+        let mut s = open();
+        assert_eq!(
+            s.usage(0, 1000).unwrap(),
+            vec![row(300, "a", 2), row(300, "b", 1), row(600, "a", 6)]
+        );
+        assert_eq!(s.usage(301, 1000).unwrap(), vec![row(600, "a", 6)]);
+        assert!(s.usage(700, 1000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sqlite_usage_samples_are_kept() {
+        let dir = std::env::temp_dir().join(format!("qm-store-usage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite:{}", dir.join("qm.db").display());
+        usage_samples_are_kept(&|| open(&url, &DbAccess::default()).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn postgres_usage_samples_are_kept() {
+        let url = test_pg();
+        usage_samples_are_kept(&|| open(&url, &DbAccess::default()).unwrap());
+    }
+
     #[test]
     fn sqlite_events_snapshots_and_logs_survive_reopening() {
         let dir = std::env::temp_dir().join(format!("qm-store-{}", std::process::id()));
@@ -1218,11 +1382,14 @@ mod tests {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         // A database of version 1 (before ended jobs' records) is brought up to date.
         client
-            .batch_execute("DROP TABLE ended_jobs; UPDATE qm_schema SET version = 1")
+            .batch_execute(
+                "DROP TABLE ended_jobs; DROP TABLE usage; UPDATE qm_schema SET version = 1",
+            )
             .unwrap();
         drop((first, second));
         let mut s = open(&url, &DbAccess::default()).unwrap();
         assert_eq!(s.ended_job(1).unwrap(), None);
+        assert!(s.usage(0, u64::MAX).unwrap().is_empty());
         let version: i32 = client
             .query_one("SELECT MAX(version) FROM qm_schema", &[])
             .unwrap()
@@ -1234,7 +1401,10 @@ mod tests {
             .unwrap();
         let err = open(&url, &DbAccess::default()).err().unwrap().to_string();
         assert!(
-            err.contains("schema is version 99, newer than this binary's (2)"),
+            err.contains(&format!(
+                "schema is version 99, newer than this binary's ({})",
+                pg::SCHEMA_VERSION
+            )),
             "{err}"
         );
     }
@@ -1366,6 +1536,22 @@ mod tests {
             ..Batch::default()
         })
         .unwrap();
+        let usage: Vec<UsageRow> = (0..USAGE_PER_PAGE as u64 + 3)
+            .map(|i| UsageRow {
+                at_s: 60 * (i / 2),
+                team: format!("t{}", i % 2),
+                guaranteed_milli: 8000,
+                used_milli: i,
+                borrowed_milli: i / 2,
+                lent_milli: 0,
+                idle_milli: 1,
+            })
+            .collect();
+        from.append(Batch {
+            usage: &usage,
+            ..Batch::default()
+        })
+        .unwrap();
         for job in 1..=3u64 {
             for i in 0..LOG_CHUNKS_PER_PAGE as u64 {
                 from.append_log((job, 0, 1), i * 3, format!("{i:03}").as_bytes())
@@ -1379,7 +1565,9 @@ mod tests {
         assert_eq!(copied.payloads, payloads.len());
         assert_eq!(copied.log_chunks, 3 * LOG_CHUNKS_PER_PAGE);
         assert_eq!(copied.ended, ended.len());
-        assert!(copied.pages > 8, "{}", copied.summary());
+        assert_eq!(copied.usage, usage.len());
+        assert_eq!(to.usage(60, 120).unwrap(), usage[2..6].to_vec());
+        assert!(copied.pages > 9, "{}", copied.summary());
         let mut back = SqliteStore::memory().unwrap();
         let again = migrate(to.as_mut(), &mut back).unwrap();
         assert_eq!(again, copied);

@@ -19,12 +19,12 @@ use qm_core::ClusterState;
 
 use crate::{
     ended_sql, Batch, Dump, EndedJob, EndedQuery, JobPayload, Loaded, NodeRecord, Page, SqlParam,
-    Store, StoreError, TokenRecord, ENDED_PER_PAGE, EVENTS_PER_PAGE, LOG_CHUNKS_PER_PAGE,
-    PAYLOADS_PER_PAGE,
+    Store, StoreError, TokenRecord, UsageRow, ENDED_PER_PAGE, EVENTS_PER_PAGE, LOG_CHUNKS_PER_PAGE,
+    PAYLOADS_PER_PAGE, USAGE_PER_PAGE,
 };
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS qm_schema (version INTEGER NOT NULL);
@@ -40,7 +40,53 @@ CREATE TABLE IF NOT EXISTS qm_servers (holder TEXT PRIMARY KEY, seen TIMESTAMPTZ
 CREATE TABLE IF NOT EXISTS ended_jobs (id BIGINT PRIMARY KEY, team TEXT NOT NULL, username TEXT NOT NULL, state TEXT NOT NULL, submit_s BIGINT NOT NULL, end_s BIGINT NOT NULL, view TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS ended_jobs_team ON ended_jobs (team, id);
 CREATE INDEX IF NOT EXISTS ended_jobs_user ON ended_jobs (username, id);
+CREATE TABLE IF NOT EXISTS usage (at_s BIGINT NOT NULL, team TEXT NOT NULL, guaranteed_milli BIGINT NOT NULL, used_milli BIGINT NOT NULL, borrowed_milli BIGINT NOT NULL, lent_milli BIGINT NOT NULL, idle_milli BIGINT NOT NULL, PRIMARY KEY (at_s, team));
 ";
+
+/// A `usage` row (at_s, team, guaranteed, used, borrowed, lent, idle).
+fn usage_row(r: &postgres::Row) -> UsageRow {
+    UsageRow {
+        at_s: r.get::<_, i64>(0) as u64,
+        team: r.get(1),
+        guaranteed_milli: r.get::<_, i64>(2) as u64,
+        used_milli: r.get::<_, i64>(3) as u64,
+        borrowed_milli: r.get::<_, i64>(4) as u64,
+        lent_milli: r.get::<_, i64>(5) as u64,
+        idle_milli: r.get::<_, i64>(6) as u64,
+    }
+}
+
+/// Inserts `usage` rows in one statement, `conflict` what to do with a (time, team) already
+/// there (empty: refuse).
+fn insert_usage(
+    tx: &mut postgres::Transaction<'_>,
+    rows: &[UsageRow],
+    conflict: &str,
+) -> Result<(), StoreError> {
+    // The last sample of a (time, team) wins (one statement may not touch a row twice).
+    let rows: std::collections::BTreeMap<(u64, &str), &UsageRow> = rows
+        .iter()
+        .map(|u| ((u.at_s, u.team.as_str()), u))
+        .collect();
+    let int = |f: fn(&UsageRow) -> u64| rows.values().map(|u| f(u) as i64).collect::<Vec<_>>();
+    let teams: Vec<&String> = rows.values().map(|u| &u.team).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO usage (at_s, team, guaranteed_milli, used_milli, borrowed_milli, lent_milli, idle_milli) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[]) {conflict}"
+        ),
+        &[
+            &int(|u| u.at_s),
+            &teams,
+            &int(|u| u.guaranteed_milli),
+            &int(|u| u.used_milli),
+            &int(|u| u.borrowed_milli),
+            &int(|u| u.lent_milli),
+            &int(|u| u.idle_milli),
+        ],
+    )?;
+    Ok(())
+}
 
 /// An advisory lock key (`qm` in ASCII), held while the schema is created or migrated, so
 /// that servers starting together do not race.
@@ -525,6 +571,7 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let nodes = batch.nodes.to_vec();
         let ended = batch.ended.to_vec();
+        let usage = batch.usage.to_vec();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
             fence(&mut tx, conn.term)?;
@@ -602,6 +649,15 @@ impl Store for PgStore {
                 )?;
                 tx.execute("DELETE FROM payloads WHERE job = ANY($1)", &[&ids])?;
                 tx.execute("DELETE FROM task_exits WHERE job = ANY($1)", &[&ids])?;
+            }
+            if !usage.is_empty() {
+                insert_usage(
+                    &mut tx,
+                    &usage,
+                    "ON CONFLICT (at_s, team) DO UPDATE SET guaranteed_milli = EXCLUDED.guaranteed_milli, \
+                     used_milli = EXCLUDED.used_milli, borrowed_milli = EXCLUDED.borrowed_milli, \
+                     lent_milli = EXCLUDED.lent_milli, idle_milli = EXCLUDED.idle_milli",
+                )?;
             }
             tx.commit()?;
             conn.last_seq = seq;
@@ -734,6 +790,25 @@ impl Store for PgStore {
         })
     }
 
+    fn usage(&mut self, since_s: u64, until_s: u64) -> Result<Vec<UsageRow>, StoreError> {
+        let (since, until) = (
+            since_s.min(i64::MAX as u64) as i64,
+            until_s.min(i64::MAX as u64) as i64,
+        );
+        self.call(move |conn| {
+            Ok(conn
+                .client
+                .query(
+                    "SELECT at_s, team, guaranteed_milli, used_milli, borrowed_milli, lent_milli, idle_milli FROM usage \
+                     WHERE at_s >= $1 AND at_s <= $2 ORDER BY at_s, team",
+                    &[&since, &until],
+                )?
+                .iter()
+                .map(usage_row)
+                .collect())
+        })
+    }
+
     fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError> {
         let (sql, params) = ended_sql(
             q,
@@ -805,6 +880,16 @@ impl Store for PgStore {
                         out.ended.push(ended_row(&row));
                     }
                 }
+                Page::Usage { after } => {
+                    let (at, team) = after.map_or((-1, String::new()), |(a, t)| (a as i64, t));
+                    for row in c.query(
+                        "SELECT at_s, team, guaranteed_milli, used_milli, borrowed_milli, lent_milli, idle_milli FROM usage \
+                         WHERE (at_s, team) > ($1, $2) ORDER BY at_s, team LIMIT $3",
+                        &[&at, &team, &(USAGE_PER_PAGE as i64)],
+                    )? {
+                        out.usage.push(usage_row(&row));
+                    }
+                }
                 Page::Logs { after } => {
                     let (job, task, attempt, at) = Page::log_after(&after);
                     let (task, attempt) = (task as i32, attempt as i32);
@@ -839,6 +924,7 @@ impl Store for PgStore {
         let exits = dump.exits.clone();
         let logs = dump.logs.clone();
         let ended = dump.ended.clone();
+        let usage = dump.usage.clone();
         self.call(move |conn| {
             let mut tx = conn.client.transaction()?;
             fence(&mut tx, conn.term)?;
@@ -887,6 +973,9 @@ impl Store for PgStore {
             }
             if !ended.is_empty() {
                 insert_ended(&mut tx, &ended, "")?;
+            }
+            if !usage.is_empty() {
+                insert_usage(&mut tx, &usage, "")?;
             }
             tx.commit()?;
             conn.last_seq = events.last().map_or(conn.last_seq, |e| e.0);

@@ -1106,6 +1106,72 @@ pub fn history(conn: &Conn, a: HistoryArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// `qm report`: each team's use over a window.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The window, back from now: 7d, 24h, 90m.
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    since: String,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn report(conn: &Conn, a: ReportArgs) -> Result<(), Box<dyn Error>> {
+    let window = duration_s(&a.since).map_err(|e| fail(1, e))?;
+    if window <= 0 {
+        return Err(fail(
+            1,
+            format!("--since {}: give a positive duration such as 7d", a.since),
+        ));
+    }
+    let c = Client::new(conn)?;
+    let r: qm_proto::ReportView = c.get(&format!("/api/v1/report?window_s={window}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let now = unix_now();
+    println!(
+        "from {} to {} ({} usage samples, one every {})",
+        when(r.since_s, now),
+        when(r.until_s, now),
+        r.samples,
+        span(r.sample_every_s)
+    );
+    println!(
+        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>7}",
+        "TEAM",
+        "GUARANTEED",
+        "USED",
+        "BORROWED",
+        "LENT",
+        "IDLE",
+        "JOBS",
+        "WAIT P50",
+        "WAIT P99",
+        "PREEMPTED",
+        "CAUSED"
+    );
+    for t in &r.teams {
+        println!(
+            "{:<16} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>9} {:>9} {:>9} {:>7}",
+            t.team,
+            t.guaranteed_gpu_hours,
+            t.used_gpu_hours,
+            t.borrowed_gpu_hours,
+            t.lent_gpu_hours,
+            t.idle_gpu_hours,
+            t.jobs,
+            t.wait_p50_s.map_or("-".into(), span),
+            t.wait_p99_s.map_or("-".into(), span),
+            t.preemptions_suffered,
+            t.preemptions_caused
+        );
+    }
+    println!("(GPU-hours; waits from submission to first start)");
+    Ok(())
+}
+
 /// A job's id as people write it: `12`, or `12_7` for index 7 of array 12.
 pub fn resolve(c: &Client, text: &str) -> Result<u64, Box<dyn Error>> {
     let bad = || {
@@ -1292,9 +1358,13 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `s` seconds from now, or ago, in minutes (seconds under a minute).
+/// `s` seconds from now, or ago, in minutes (seconds under a minute; "just now" within a
+/// few seconds, whichever side: the server's clock and this one may differ that much).
 fn from_now(at: u64, now: u64) -> String {
     let d = at.abs_diff(now);
+    if d < 5 {
+        return "just now".into();
+    }
     let span = if d < 60 {
         format!("{d} s")
     } else {

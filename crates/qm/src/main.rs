@@ -81,6 +81,14 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
+    /// Each team's use over a window: GPU-hours guaranteed, used, borrowed, lent and idle,
+    /// its jobs' waits (p50, p99), preemptions suffered and caused.
+    Report {
+        #[command(flatten)]
+        args: client::ReportArgs,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// A task's output.
     Logs {
         #[command(flatten)]
@@ -154,6 +162,7 @@ fn main() -> ExitCode {
         Command::Why { conn, job, json } => client::why(&conn, &job, json),
         Command::Cancel { args, conn } => client::cancel(&conn, args),
         Command::History { args, conn } => client::history(&conn, args),
+        Command::Report { args, conn } => client::report(&conn, args),
         Command::Logs {
             conn,
             job,

@@ -79,6 +79,10 @@ pub struct SchedArgs {
     /// How long task output is kept after its job ended (and left memory); checked hourly.
     #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = retention)]
     retain_logs: u64,
+    /// How often each team's use (guaranteed, used, borrowed, lent, idle GPUs) is sampled
+    /// into the store, for `qm report` and the dashboard's history.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = retention)]
+    usage_every: u64,
 }
 
 /// A non-negative duration in seconds.
@@ -187,6 +191,7 @@ fn open_server(
         retain_ended_max: sched.retain_ended_max,
         retain_logs_s: sched.retain_logs,
         private_jobs: sched.private_jobs,
+        usage_every_s: sched.usage_every.max(1),
         log_refusals: true,
         scheduler: sched.config(),
     };
@@ -645,6 +650,12 @@ pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
         });
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
+    // The join token first: a node that cannot read it says so before anything else.
+    let join_token = args
+        .join_token_file
+        .as_deref()
+        .map(read_join_token)
+        .transpose()?;
     let address = match args.address {
         Some(a) => a,
         None => {
@@ -657,11 +668,7 @@ pub fn agent(args: AgentArgs) -> Result<(), Box<dyn Error>> {
     };
     let cfg = qm_agent::AgentConfig {
         server: args.server,
-        join_token: args
-            .join_token_file
-            .as_deref()
-            .map(read_join_token)
-            .transpose()?,
+        join_token,
         allow_root_tasks: args.allow_root_tasks,
         ca: args.server_ca,
         name: args.name.unwrap_or_else(hostname),

@@ -340,6 +340,7 @@ impl ClusterState {
             first_start_s: None,
             ran_s: 0,
             gpu_milli_s: 0,
+            preempted_others: 0,
         });
         Ok(())
     }
@@ -558,6 +559,9 @@ impl ClusterState {
                 cpu_milli: job.spec.cpu_milli,
                 mem_mib: job.spec.mem_mib,
             }));
+        }
+        if let Some(b) = beneficiary.and_then(|b| self.jobs.get_mut(&b)) {
+            b.preempted_others += 1;
         }
         let job = self.jobs.get_mut(&id).expect("checked above");
         job.state = JobState::Stopping(

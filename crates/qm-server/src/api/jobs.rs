@@ -263,6 +263,7 @@ pub async fn list(
             user: f.user.clone(),
             state: f.state.map(|st| st.as_str().to_string()),
             before: f.before,
+            ended_since: None,
             limit,
         };
         let records = s.journal.store().ended_jobs(&query)?;

@@ -10,12 +10,14 @@
 //! - `admin.rs`: teams and tokens set by an admin; drain and resume.
 //! - `agent.rs`: register, heartbeat, the commands long poll, log uploads.
 //! - `openapi.rs`: the OpenAPI document.
+//! - `report.rs`: each team's use over a window, from the store's usage samples and records.
 
 mod admin;
 mod agent;
 mod cluster;
 mod jobs;
 mod openapi;
+mod report;
 
 pub use openapi::openapi_doc;
 
@@ -215,6 +217,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<Server>> {
         .routes(routes!(admin::resume))
         .routes(routes!(admin::reset))
         .routes(routes!(cluster::teams))
+        .routes(routes!(report::report))
         .routes(routes!(admin::set_team))
         .routes(routes!(admin::create_token))
         .routes(routes!(agent::register))

@@ -930,6 +930,12 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
             [401, 401, 200, 200, 403, 403, 200],
         ),
         (
+            "GET",
+            "/api/v1/report",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
             "POST",
             "/api/v1/admin/teams",
             Some(json!({"name": "c", "guaranteed": 1})),

@@ -420,7 +420,7 @@ fn a_cpu_only_job_runs_without_gpus_while_every_gpu_is_taken() {
     assert!(out.contains("gpus=[]"), "no GPU visible to the task: {out}");
     let shown = up.ok(&["show", &cpu.to_string()]);
     assert!(shown.contains("1 tasks x no GPU"), "{shown}");
-    assert!(shown.contains("checkpoints every 600 s"), "{shown}");
+    assert!(shown.contains("checkpoints every 10 min"), "{shown}");
     // The GPU job was left alone.
     assert_eq!(up.job(gpu)["state"], "running");
     assert_eq!(up.job(gpu)["preemptions"], 0);

@@ -218,3 +218,52 @@ fn history_lists_ended_jobs_from_the_store_across_a_restart() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("id,job,name,team"));
 }
+
+#[test]
+fn report_gives_each_teams_use_from_samples_that_survive_a_restart() {
+    let up = Up::start("slurm-report", &["--usage-every", "1s"]);
+    up.ok(&["admin", "team", "create", "owner", "--guaranteed", "2"]);
+    up.ok(&["admin", "team", "create", "borrower", "--guaranteed", "2"]);
+    // The borrower runs on all four GPUs (two of them the owner's, lent), for a few seconds.
+    let ids: Vec<u64> = (0..4)
+        .map(|_| up.submit(&["--team", "borrower", "--gpus", "1", "--", "sleep", "4"]))
+        .collect();
+    for &id in &ids {
+        up.wait_state(id, "succeeded");
+    }
+    let dir = up.dir.clone();
+    let port = up.port;
+    let mut up = up;
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    std::mem::forget(up);
+    let up = Up::start_in(dir, port, &["--usage-every", "1s"]);
+    let r = up.json(&["report", "--since", "1h", "--json"]);
+    assert!(r["samples"].as_u64().unwrap() >= 3, "{r:#}");
+    let team = |name: &str| {
+        r["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["team"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}: {r:#}"))
+    };
+    let (b, o) = (team("borrower"), team("owner"));
+    let h = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    // Four GPUs for about four seconds: 16 GPU-seconds, half of them borrowed and lent.
+    assert!(h(&b, "used_gpu_hours") * 3600.0 >= 8.0, "{b:#}");
+    assert!(h(&b, "borrowed_gpu_hours") > 0.0, "{b:#}");
+    assert!(h(&o, "lent_gpu_hours") > 0.0, "{o:#}");
+    assert_eq!(h(&o, "used_gpu_hours"), 0.0);
+    assert!(h(&b, "borrowed_gpu_hours") <= h(&b, "used_gpu_hours"));
+    assert_eq!(b["jobs"], 4);
+    assert!(b["wait_p50_s"].as_u64().is_some());
+    let table = up.ok(&["report", "--since", "1h"]);
+    assert!(
+        table.contains("borrower") && table.contains("BORROWED"),
+        "{table}"
+    );
+    let out = up.qm(&["report", "--since", "0"]);
+    assert!(!out.status.success());
+}
