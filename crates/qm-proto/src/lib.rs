@@ -205,6 +205,22 @@ pub struct ReportView {
     /// Samples found in the window (none: the server was not running, or too recently).
     pub samples: u64,
     pub teams: Vec<TeamReport>,
+    /// With `series`: the samples themselves, in time order (thinned to at most 1,000
+    /// moments, each a whole sample of every team).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<UsagePoint>,
+}
+
+/// One team's GPUs at one moment, in milli-GPUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UsagePoint {
+    pub at_s: u64,
+    pub team: String,
+    pub guaranteed_milli: u64,
+    pub used_milli: u64,
+    pub borrowed_milli: u64,
+    pub lent_milli: u64,
+    pub idle_milli: u64,
 }
 
 /// One team's figures in a [`ReportView`]; GPU-hours from the usage samples, the rest from

@@ -81,6 +81,13 @@ function renderPage() {
   const [p, arg] = page();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === "#/" + p));
   if (p === "jobs" && arg) return renderJob(arg);
+  if (p === "report") {
+    // Live snapshots come twice a second; the report is read again at most every 30 s.
+    const key = arg || "7d";
+    if (reportShown.key === key && performance.now() - reportShown.at < 30000 && ($("#report") || reportInflight)) return;
+    reportShown = { key, at: performance.now() };
+    return renderReport(key);
+  }
   if (!snap) { $("#view").innerHTML = "<p>Waiting for data…</p>"; return; }
   const f = { overview, teams, queue, nodes, jobs }[p] || overview;
   $("#view").innerHTML = f();
@@ -194,6 +201,53 @@ async function renderJob(id) {
       <h1>Events</h1><table id="events"><tr><th>time</th><th>what</th><th>detail</th></tr>${events.join("")}</table>
       <h1>Log (task 0, tail)</h1><pre class="log">${esc(log)}</pre>`;
   } catch (e) { if (seq === jobSeq) $("#view").innerHTML = `<p class="error">${esc(e.message)}</p>`; }
+}
+
+// The report: each team's GPU-hours over a window (#/report/1d, 7d, 30d), from the usage
+// samples the server keeps in its store, with each team's use over time.
+const WINDOWS = { "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
+let reportShown = { key: null, at: 0 };
+let reportInflight = false;
+let reportSeq = 0;
+async function renderReport(win) {
+  const seq = ++reportSeq;
+  const w = WINDOWS[win] ? win : "7d";
+  reportInflight = true;
+  try {
+    const r = await api(`/api/v1/report?window_s=${WINDOWS[w]}&series=true`);
+    reportInflight = false;
+    if (seq !== reportSeq) return;
+    const h = (x) => x.toFixed(1);
+    const span = (s) => s == null ? "—" : s < 120 ? s + " s" : s < 7200 ? Math.round(s / 60) + " min" : (s / 3600).toFixed(1) + " h";
+    const rows = r.teams.map((t) => `<tr id="report-${esc(t.team)}"><td>${esc(t.team)}</td><td>${h(t.guaranteed_gpu_hours)}</td><td>${h(t.used_gpu_hours)}</td>
+      <td>${h(t.borrowed_gpu_hours)}</td><td>${h(t.lent_gpu_hours)}</td><td>${h(t.idle_gpu_hours)}</td><td>${t.jobs}</td>
+      <td>${span(t.wait_p50_s)}</td><td>${span(t.wait_p99_s)}</td><td>${t.preemptions_suffered}</td><td>${t.preemptions_caused}</td></tr>`);
+    const links = Object.keys(WINDOWS).map((k) => k === w ? `<b>${k}</b>` : `<a href="#/report/${k}">${k}</a>`).join(" · ");
+    const byTeam = {};
+    for (const s of r.series) (byTeam[s.team] = byTeam[s.team] || []).push(s);
+    const charts = Object.keys(byTeam).sort().map((t) => `<div class="team-chart" id="chart-${esc(t)}"><h2>${esc(t)}</h2>${teamChart(byTeam[t], r.since_s, r.until_s)}</div>`);
+    $("#view").innerHTML = `<h1>Report: the last ${w}</h1><p>${links} · ${r.samples} usage samples, one every ${span(r.sample_every_s)}; GPU-hours; waits from submission to first start</p>
+      <table id="report"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>lent</th><th>idle</th><th>jobs</th><th>wait p50</th><th>wait p99</th><th>preempted</th><th>caused</th></tr>${rows.join("")}</table>
+      <h1>Use over time (GPUs)</h1><p class="legend"><span style="background:#2f6fdf"></span>used<span style="background:#e08a1e"></span>borrowed<span style="background:#1b9a3c"></span>lent<span style="background:#c23"></span>idle<span style="background:#999"></span>guaranteed</p>
+      <div id="report-charts">${charts.join("") || "<p>No samples in this window yet.</p>"}</div>`;
+  } catch (e) {
+    reportInflight = false;
+    if (seq === reportSeq) $("#view").innerHTML = `<p class="error">${esc(e.message)}</p>`;
+  }
+}
+
+// One team's use over time: a line per measure, a time axis in local time, GPUs on the
+// other, and each sample's values on hover.
+function teamChart(pts, t0, t1) {
+  const W = 720, H = 140, L = 40, B = 20;
+  const max = Math.max(1000, ...pts.map((p) => Math.max(p.guaranteed_milli, p.used_milli)));
+  const x = (t) => L + ((t - t0) / Math.max(t1 - t0, 1)) * (W - L - 4), y = (v) => H - B - (v / max) * (H - B - 6);
+  const line = (k, c, dash) => `<polyline fill="none" stroke="${c}" stroke-width="1.5"${dash ? ' stroke-dasharray="4"' : ""} points="${pts.map((p) => x(p.at_s) + "," + y(p[k])).join(" ")}"/>`;
+  const time = (t) => new Date(t * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  const ticks = [t0, (t0 + t1) / 2, t1].map((t, i) => `<text x="${x(t)}" y="${H - 4}" font-size="10" text-anchor="${["start", "middle", "end"][i]}">${time(t)}</text>`).join("");
+  const yAxis = `<text x="2" y="12" font-size="10">${gpus(max)}</text><text x="2" y="${H - B}" font-size="10">0</text>`;
+  const hover = pts.map((p) => `<circle cx="${x(p.at_s)}" cy="${y(p.used_milli)}" r="3" fill="transparent"><title>${time(p.at_s)}: used ${gpus(p.used_milli)}, borrowed ${gpus(p.borrowed_milli)}, lent ${gpus(p.lent_milli)}, idle ${gpus(p.idle_milli)} of ${gpus(p.guaranteed_milli)} guaranteed GPUs</title></circle>`).join("");
+  return `<svg width="${W}" height="${H}" style="background:#fff">${yAxis}${ticks}${line("guaranteed_milli", "#999", true)}${line("used_milli", "#2f6fdf")}${line("borrowed_milli", "#e08a1e")}${line("lent_milli", "#1b9a3c")}${line("idle_milli", "#c23")}${hover}</svg>`;
 }
 
 window.addEventListener("hashchange", render);

@@ -21,7 +21,13 @@ use crate::{Refusal, Server};
 pub struct ReportQuery {
     /// The window, in seconds back from now (default 7 days; at most 10 years).
     window_s: Option<u64>,
+    /// Also the usage samples themselves, for a chart over time.
+    #[serde(default)]
+    series: bool,
 }
+
+/// Moments of a series, at most.
+const MAX_MOMENTS: usize = 1_000;
 
 /// Ended jobs' records read for one report, at most.
 const MAX_RECORDS: usize = 200_000;
@@ -144,8 +150,12 @@ pub async fn report(
         g[3] += u.lent_milli * w;
         g[4] += u.idle_milli * w;
     }
+    let gpu = gpu
+        .into_iter()
+        .map(|(t, g)| (t.to_string(), g))
+        .collect::<BTreeMap<String, [u64; 5]>>();
     let mut names: std::collections::BTreeSet<String> = teams.into_iter().collect();
-    names.extend(gpu.keys().map(|t| t.to_string()));
+    names.extend(gpu.keys().cloned());
     names.extend(tally.keys().cloned());
     let out = names
         .into_iter()
@@ -169,12 +179,33 @@ pub async fn report(
             }
         })
         .collect();
+    let series = if q.series {
+        // Every k-th moment, whole (all teams at once), at most MAX_MOMENTS of them.
+        let step = times.len().div_ceil(MAX_MOMENTS).max(1);
+        let kept: std::collections::BTreeSet<u64> = times.iter().step_by(step).copied().collect();
+        samples
+            .into_iter()
+            .filter(|u| kept.contains(&u.at_s) && visible(&u.team))
+            .map(|u| qm_proto::UsagePoint {
+                at_s: u.at_s,
+                team: u.team,
+                guaranteed_milli: u.guaranteed_milli,
+                used_milli: u.used_milli,
+                borrowed_milli: u.borrowed_milli,
+                lent_milli: u.lent_milli,
+                idle_milli: u.idle_milli,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Json(ReportView {
         since_s: since,
         until_s: now,
         sample_every_s: every,
         samples: times.len() as u64,
         teams: out,
+        series,
     }))
 }
 

@@ -123,3 +123,73 @@ fn the_teams_page_says_what_each_teams_idle_policy_does_next() {
     );
     up.ok(&["cancel", &idle.to_string()]);
 }
+
+#[test]
+fn the_report_page_shows_each_teams_use_over_time_with_a_shareable_url() {
+    let up = Up::start("dash-report", &["--usage-every", "1s"]);
+    up.ok(&["admin", "team", "create", "owner", "--guaranteed", "2"]);
+    up.ok(&["admin", "team", "create", "borrower", "--guaranteed", "0"]);
+    let jobs: Vec<u64> = (0..3)
+        .map(|_| up.submit(&["--team", "borrower", "--gpus", "1", "--", "sleep", "300"]))
+        .collect();
+    for &j in &jobs {
+        up.wait_state(j, "running");
+    }
+    // A few samples of the borrower on three GPUs, two of them the owner's, lent.
+    up.wait_for(|u| {
+        let r = u.json(&["report", "--since", "1h", "--json"]);
+        r["samples"].as_u64().unwrap_or(0) >= 3
+    });
+    let mut b = cdp::Browser::launch();
+    b.goto(&format!("{}/", up.url()));
+    b.wait_for(
+        "!document.querySelector('#signin').hidden",
+        "the sign-in form",
+    );
+    let token = up.token();
+    b.eval(&format!("document.querySelector('#token').value = '{token}'; document.querySelector('#signin-button').click(); true"));
+    b.wait_for(
+        "document.querySelector('#live').textContent === 'live'",
+        "the live stream",
+    );
+    // The page has an address of its own: opened directly, with its window.
+    b.goto(&format!("{}/#/report/1d", up.url()));
+    b.wait_for(
+        "document.querySelector('#report-borrower') && document.querySelector('#view h1').innerText.includes('1d')",
+        "the report table",
+    );
+    let row: String = b
+        .eval("document.querySelector('#report-borrower').innerText")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(row.contains("borrower"), "{row}");
+    // A chart per team, with a time axis and the values of each sample on hover.
+    b.wait_for(
+        "document.querySelectorAll('#chart-borrower polyline').length === 5",
+        "the borrower's chart",
+    );
+    let hover: String = b
+        .eval("document.querySelector('#chart-borrower circle title').textContent")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        hover.contains("used") && hover.contains("borrowed") && hover.contains("GPUs"),
+        "{hover}"
+    );
+    let lent: String = b
+        .eval("document.querySelector('#report-owner').innerText")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(lent.contains("owner"), "{lent}");
+    // The page's icon is inline: no request for a favicon that is not there.
+    assert_eq!(
+        b.eval("document.querySelector('link[rel=icon]').href.startsWith('data:')"),
+        true
+    );
+    for j in jobs {
+        up.ok(&["cancel", &j.to_string()]);
+    }
+}
