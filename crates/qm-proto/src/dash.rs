@@ -97,6 +97,9 @@ pub struct DashPending {
     pub reason: String,
     pub eta_s: Option<u64>,
     pub wait_s: u64,
+    /// Its array's id and its index there, for a job of an array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<(u64, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -90,8 +90,14 @@ function renderPage() {
   }
   if (!snap) { $("#view").innerHTML = "<p>Waiting for data…</p>"; return; }
   const f = { overview, teams, queue, nodes, jobs }[p] || overview;
+  const focused = document.activeElement && document.activeElement.id === "queue-filter";
   $("#view").innerHTML = f();
   if (p === "nodes") drawNodes();
+  if (p === "queue") {
+    const box = $("#queue-filter");
+    box.addEventListener("input", () => { queueFilter = box.value; render(); });
+    if (focused) { box.focus(); box.setSelectionRange(box.value.length, box.value.length); }
+  }
 }
 
 function overview() {
@@ -143,14 +149,37 @@ function idleJobs(list) {
 
 function when(s) { if (s == null) return "—"; const d = s - snap.now; return d <= 0 ? "now" : d < 120 ? d + " s" : d < 7200 ? Math.round(d / 60) + " min" : Math.round(d / 3600) + " h"; }
 
+// The queue, filtered by the words in the box (team, job, reason), an array's pending jobs
+// on one row: those that wait for the same reason are the same row.
+let queueFilter = "";
 function queue() {
   const q = snap.queue;
-  const rows = q.jobs.map((j) => `<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.team)}</td><td>${esc(j.ask)}</td><td>${esc(j.reason)}</td><td>${when(j.eta_s)}</td><td>${j.wait_s} s</td></tr>`);
+  const words = queueFilter.toLowerCase().split(/\s+/).filter((w) => w);
+  const shown = q.jobs.filter((j) => words.every((w) => (j.team + " " + j.id + " " + j.reason + " " + j.ask).toLowerCase().includes(w)));
+  const rows = [];
+  const arrays = {};
+  for (const j of shown) {
+    if (j.array) {
+      const key = j.array[0];
+      if (arrays[key]) { arrays[key].n += 1; arrays[key].lo = Math.min(arrays[key].lo, j.array[1]); arrays[key].hi = Math.max(arrays[key].hi, j.array[1]); continue; }
+      arrays[key] = { n: 1, lo: j.array[1], hi: j.array[1], row: rows.length, j };
+      rows.push(null);
+      continue;
+    }
+    rows.push(`<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.team)}</td><td>${esc(j.ask)}</td><td>${esc(j.reason)}</td><td>${when(j.eta_s)}</td><td>${fmtWait(j.wait_s)}</td></tr>`);
+  }
+  for (const [id, a] of Object.entries(arrays)) {
+    const j = a.j;
+    rows[a.row] = `<tr class="array" id="array-${id}"><td><a href="#/jobs/${j.id}">${id}_[${a.lo}-${a.hi}]</a></td><td>${esc(j.team)}</td><td>${esc(j.ask)} × ${a.n} pending</td><td>${esc(j.reason)}</td><td>${when(j.eta_s)}</td><td>${fmtWait(j.wait_s)}</td></tr>`;
+  }
   const resv = q.reservations.map((r) => `<li>job <a href="#/jobs/${r.id}">${r.id}</a> on ${esc(r.nodes.join(", "))} by ${when(r.start_s)}</li>`);
   return `<h1>Queue (${q.total} pending${q.total > q.jobs.length ? ", first " + q.jobs.length + " shown" : ""})</h1>
+    <p><input id="queue-filter" placeholder="filter: team, job, reason" value="${esc(queueFilter)}"></p>
     <table id="queue"><tr><th>job</th><th>team</th><th>asks</th><th>why it waits</th><th>estimated start</th><th>waiting</th></tr>${rows.join("")}</table>
     <h1>Reservations</h1><ul id="reservations">${resv.join("") || "<li>none</li>"}</ul>`;
 }
+
+function fmtWait(s) { return s < 120 ? s + " s" : s < 7200 ? Math.round(s / 60) + " min" : (s / 3600).toFixed(1) + " h"; }
 
 function nodes() {
   return `<h1>Nodes (${snap.nodes.length})</h1><p class="legend">blue: allocated share of each GPU; green dot: its utilisation; grey: down or draining</p><canvas id="heat"></canvas>`;

@@ -251,6 +251,7 @@ pub fn snapshot_of(
                 reason: pj.reason.to_string(),
                 eta_s: pj.eta_s,
                 wait_s: now.saturating_sub(j.spec.submit_s),
+                array: j.spec.array.map(|a| (a.array.0, a.index)),
             })
         })
         .collect();

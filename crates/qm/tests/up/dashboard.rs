@@ -189,7 +189,20 @@ fn the_report_page_shows_each_teams_use_over_time_with_a_shareable_url() {
         b.eval("document.querySelector('link[rel=icon]').href.startsWith('data:')"),
         true
     );
-    for j in jobs {
-        up.ok(&["cancel", &j.to_string()]);
-    }
+    // The queue folds an array's pending jobs into one row, and filters by what is typed.
+    let array = up.submit(&["--team", "borrower", "--array", "0-4", "--", "sleep", "300"]);
+    let single = up.submit(&["--team", "owner", "--gpus", "4", "--", "sleep", "300"]);
+    b.goto(&format!("{}/#/queue", up.url()));
+    b.wait_for(
+        &format!("document.querySelector('#array-{array}') && document.querySelector('#array-{array}').innerText.includes('× 4 pending')"),
+        "the array's row in the queue",
+    );
+    b.eval("const f = document.querySelector('#queue-filter'); f.value = 'owner'; f.dispatchEvent(new Event('input')); true");
+    b.wait_for(
+        &format!("!document.querySelector('#array-{array}') && document.querySelector('#queue').innerText.includes('{single}')"),
+        "the filtered queue",
+    );
+    up.ok(&["cancel", "--team", "borrower"]);
+    up.ok(&["cancel", &single.to_string()]);
+    drop(jobs);
 }
