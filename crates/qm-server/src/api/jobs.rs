@@ -339,6 +339,9 @@ impl Inner {
                 out.push(qm_core::Dependency { job, when });
                 continue;
             }
+            // Its record is written with the event that forgot it, perhaps still queued:
+            // make it durable before looking (rare: only for jobs no longer in memory).
+            self.journal.flush_to(self.journal.queued());
             match self.journal.store().ended_job(d.job)? {
                 None => {
                     return Err(Refusal::BadRequest(format!(
