@@ -250,11 +250,19 @@ pub enum GpuAsk {
 pub enum Reason {
     /// A job it depends on has not ended yet (`when`: how it must end).
     #[serde(rename = "dependency")]
-    Dependency { on: u64, when: After },
+    Dependency {
+        on: u64,
+        #[serde(default = "after_ok")]
+        when: After,
+    },
     /// A job it depends on ended otherwise than `when` asks (or is unknown): it will never
     /// start, and the server ends it.
     #[serde(rename = "dependency_failed")]
-    DependencyFailed { on: u64, when: After },
+    DependencyFailed {
+        on: u64,
+        #[serde(default = "after_ok")]
+        when: After,
+    },
     /// As many jobs of its array as the array allows (`max_running`) are running.
     #[serde(rename = "array_limit")]
     ArrayLimit { array: u64, max_running: u32 },
@@ -314,6 +322,11 @@ pub enum Reason {
     /// its team's guarantee, which is in use.
     #[serde(rename = "needs_time_limit")]
     NeedsTimeLimit { team: String },
+}
+
+/// What a dependency of an older server's answer, which did not say, waited for.
+fn after_ok() -> After {
+    After::Ok
 }
 
 impl Reason {

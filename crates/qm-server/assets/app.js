@@ -261,7 +261,8 @@ async function renderReport(win) {
       <div id="report-charts">${charts.join("") || "<p>No samples in this window yet.</p>"}</div>`;
   } catch (e) {
     reportInflight = false;
-    if (seq === reportSeq) $("#view").innerHTML = `<p class="error">${esc(e.message)}</p>`;
+    // Shown until the next try (at most every 30 s), not asked again at every snapshot.
+    if (seq === reportSeq) $("#view").innerHTML = `<p class="error" id="report">${esc(e.message)}</p>`;
   }
 }
 

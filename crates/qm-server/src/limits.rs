@@ -26,6 +26,8 @@ pub const MAX_ARRAY: usize = 10_000;
 pub const MAX_ARRAY_INDEX: u32 = 1_000_000;
 /// Jobs one job may depend on.
 pub const MAX_DEPENDENCIES: usize = 64;
+/// Bytes of command, environment and script of all the jobs of one array together.
+pub const MAX_ARRAY_BYTES: usize = 64 << 20;
 /// Bytes of a batch script.
 pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
 

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS qm_servers (holder TEXT PRIMARY KEY, seen TIMESTAMPTZ
 CREATE TABLE IF NOT EXISTS ended_jobs (id BIGINT PRIMARY KEY, team TEXT NOT NULL, username TEXT NOT NULL, state TEXT NOT NULL, submit_s BIGINT NOT NULL, end_s BIGINT NOT NULL, view TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS ended_jobs_team ON ended_jobs (team, id);
 CREATE INDEX IF NOT EXISTS ended_jobs_user ON ended_jobs (username, id);
-CREATE TABLE IF NOT EXISTS usage (at_s BIGINT NOT NULL, team TEXT NOT NULL, guaranteed_milli BIGINT NOT NULL, used_milli BIGINT NOT NULL, borrowed_milli BIGINT NOT NULL, lent_milli BIGINT NOT NULL, idle_milli BIGINT NOT NULL, PRIMARY KEY (at_s, team));
+CREATE TABLE IF NOT EXISTS usage (at_s BIGINT NOT NULL, team TEXT COLLATE \"C\" NOT NULL, guaranteed_milli BIGINT NOT NULL, used_milli BIGINT NOT NULL, borrowed_milli BIGINT NOT NULL, lent_milli BIGINT NOT NULL, idle_milli BIGINT NOT NULL, PRIMARY KEY (at_s, team));
 ";
 
 /// A `usage` row (at_s, team, guaranteed, used, borrowed, lent, idle).

@@ -224,7 +224,7 @@ fn cpu_milli(text: &str) -> Result<u64, String> {
 }
 
 /// Memory per task: `16G`, `512M` or MiB, as MiB.
-fn mem_mib(text: &str) -> Result<u64, String> {
+pub(crate) fn mem_mib(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let bad = || format!("bad --mem {text:?}; expected MiB or 512M, 16G, 1T");
     let (num, mult) = match t.chars().last() {
@@ -309,9 +309,16 @@ impl JobFlags {
         env.extend(self.env);
         let mut after = script.after;
         after.extend(self.after);
+        // Team and partition both say where the job goes: the command line's, if it gives
+        // either, wins whole.
+        let (team, partition) = if self.team.is_some() || self.partition.is_some() {
+            (self.team, self.partition)
+        } else {
+            (script.team, script.partition)
+        };
         JobFlags {
-            team: self.team.or(script.team),
-            partition: self.partition.or(script.partition),
+            team,
+            partition,
             name: self.name.or(script.name),
             gpus: self.gpus.or(script.gpus),
             cpu: self.cpu.or(script.cpu),

@@ -36,6 +36,10 @@ struct Slurm {
     per_node: Option<u32>,
     gpus_per_task: Option<u32>,
     gpus_per_node: Option<u32>,
+    /// `-G/--gpus`: the whole job's, shared by its nodes once they are known.
+    gpus_total: Option<u32>,
+    /// `--mem`: per node, shared by its tasks once they are known.
+    mem_per_node: Option<String>,
     gpu_model: Option<String>,
     flags: Vec<String>,
 }
@@ -136,11 +140,7 @@ fn sbatch(
         "--ntasks-per-node" => s.per_node = Some(count(value)?),
         "--gpus-per-task" => s.gpus_per_task = Some(gpu_count(&need(value)?, s)?),
         "--gpus-per-node" => s.gpus_per_node = Some(gpu_count(&need(value)?, s)?),
-        "-G" | "--gpus" => {
-            // Total GPUs of the job: per node once the nodes are known.
-            let total = gpu_count(&need(value)?, s)?;
-            s.gpus_per_node = Some(total / s.nodes.unwrap_or(1).max(1));
-        }
+        "-G" | "--gpus" => s.gpus_total = Some(gpu_count(&need(value)?, s)?),
         "--gres" => {
             let v = need(value)?;
             for g in v.split(',') {
@@ -176,7 +176,12 @@ fn sbatch(
         }
         "-p" | "--partition" => s.flags.push(format!("--partition={}", need(value)?)),
         "-A" | "--account" => s.flags.push(format!("--team={}", need(value)?)),
-        "--mem" => s.flags.push(format!("--mem={}", need(value)?)),
+        "--mem" => s.mem_per_node = Some(need(value)?),
+        "-H" | "--hold" => {
+            return Err(
+                "#SBATCH --hold: Quartermaster has no held jobs; submit the script when it should run, or make it wait with --dependency".into(),
+            )
+        }
         "-c" | "--cpus-per-task" => s.flags.push(format!("--cpu={}", count(value)?)),
         "-D" | "--chdir" => s.flags.push(format!("--workdir={}", need(value)?)),
         "--export" => {
@@ -237,7 +242,17 @@ fn translate(s: Slurm) -> Result<Vec<String>, String> {
         (None, None) => nodes,
     };
     let per_node = s.per_node.unwrap_or_else(|| tasks.div_ceil(nodes.max(1)));
-    let gpus = match (s.gpus_per_task, s.gpus_per_node) {
+    let gpus_per_node = match (s.gpus_per_node, s.gpus_total) {
+        (Some(g), _) => Some(g),
+        (None, Some(total)) if total % nodes.max(1) == 0 => Some(total / nodes.max(1)),
+        (None, Some(total)) => {
+            return Err(format!(
+                "--gpus={total} cannot be shared evenly by {nodes} nodes; give --gpus-per-node"
+            ))
+        }
+        (None, None) => None,
+    };
+    let gpus = match (s.gpus_per_task, gpus_per_node) {
         (Some(g), _) => Some(g),
         (None, Some(g)) if per_node <= 1 => Some(g),
         (None, Some(g)) if g % per_node == 0 => Some(g / per_node),
@@ -256,6 +271,11 @@ fn translate(s: Slurm) -> Result<Vec<String>, String> {
     }
     if let Some(m) = s.gpu_model {
         out.push(format!("--gpu-model={m}"));
+    }
+    if let Some(mem) = s.mem_per_node {
+        // Slurm's --mem is per node; Quartermaster's per task.
+        let mib = crate::client::mem_mib(&mem).map_err(|e| format!("#SBATCH --mem={mem}: {e}"))?;
+        out.push(format!("--mem={}", mib / u64::from(per_node.max(1))));
     }
     out.extend(s.flags);
     Ok(out)
@@ -301,7 +321,12 @@ pub fn slurm_time(v: &str) -> Result<u64, String> {
 /// `afterok:12:13,afterany:14` as `qm submit --after` values (`12:ok`, `13:ok`, `14:any`).
 fn slurm_dependency(v: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
-    for part in v.split([',', '?']) {
+    if v.contains('?') {
+        return Err(format!(
+            "#SBATCH --dependency={v}: '?' (any one of them) is not supported; Quartermaster waits for all (use ',')"
+        ));
+    }
+    for part in v.split(',') {
         let mut it = part.split(':');
         let kind = it.next().unwrap_or_default();
         let when = match kind {
@@ -493,6 +518,14 @@ mod tests {
     fn gpus_per_task_and_typed_gres_are_read() {
         let d = directives("#SBATCH --nodes=4 --ntasks-per-node=8 --gpus-per-task=1\n").unwrap();
         assert_eq!(d.flags, vec!["--tasks=32", "--gpus=1"]);
+        let d = directives("#SBATCH -N 2 -G 8 --ntasks-per-node=2 --mem=64G\n").unwrap();
+        assert_eq!(d.flags, vec!["--tasks=4", "--gpus=2", "--mem=32768"]);
+        assert!(directives("#SBATCH -N 3 -G 8\n").is_err());
+        assert!(directives("#SBATCH --hold\n")
+            .unwrap_err()
+            .message
+            .contains("held"));
+        assert!(directives("#SBATCH -d afterok:1?afterok:2\n").is_err());
         let d = directives("#SBATCH --gres=gpu:a100:4\n#SBATCH -p big -A vision\n").unwrap();
         assert_eq!(
             d.flags,

@@ -81,8 +81,18 @@ pub struct SchedArgs {
     retain_logs: u64,
     /// How often each team's use (guaranteed, used, borrowed, lent, idle GPUs) is sampled
     /// into the store, for `qm report` and the dashboard's history.
-    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = retention)]
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = positive_duration)]
     usage_every: u64,
+}
+
+/// A positive duration in seconds.
+fn positive_duration(text: &str) -> Result<u64, String> {
+    match retention(text)? {
+        0 => Err(format!(
+            "{text:?} is zero; give a positive duration such as 5m"
+        )),
+        s => Ok(s),
+    }
 }
 
 /// A non-negative duration in seconds.

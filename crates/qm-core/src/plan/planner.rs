@@ -61,6 +61,8 @@ pub(super) fn mask_bits(mut mask: u64) -> impl Iterator<Item = u32> {
 /// Why `spec`'s dependencies keep it from starting, if they do: one not met yet, or one
 /// that ended so that it never will be (a job the state no longer knows never will either).
 pub fn dependency_block(state: &ClusterState, spec: &JobSpec) -> Option<Reason> {
+    // One that can never be met decides, whatever the others are waiting for.
+    let mut waiting = None;
     for d in &spec.depends_on {
         let ended = match state.job(d.job).map(|j| &j.state) {
             Some(JobState::Succeeded { .. }) => Some(true),
@@ -76,14 +78,14 @@ pub fn dependency_block(state: &ClusterState, spec: &JobSpec) -> Option<Reason> 
                 })
             }
             None => {
-                return Some(Reason::Dependency {
+                waiting = waiting.or(Some(Reason::Dependency {
                     on: d.job,
                     when: d.when,
-                })
+                }))
             }
         }
     }
-    None
+    waiting
 }
 
 /// The two passes of the ordered planner.

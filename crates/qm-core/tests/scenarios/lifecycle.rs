@@ -93,6 +93,9 @@ fn dependencies_wait_for_the_ending_they_name_and_unmeetable_ones_are_cancelled_
     let on_any = h.submit(JobBuilder::new("a").after_if(first, After::Any));
     let on_fail = h.submit(JobBuilder::new("a").after_if(first, After::Failed));
     let on_ok = h.submit(JobBuilder::new("a").after(first));
+    // Waits for a job that runs on, and for `first`.
+    let running = h.submit(JobBuilder::new("a").runs_for(1000));
+    let both = h.submit(JobBuilder::new("a").after(running).after(first));
     h.step();
     assert_eq!(
         reason(&h, on_fail),
@@ -128,7 +131,28 @@ fn dependencies_wait_for_the_ending_they_name_and_unmeetable_ones_are_cancelled_
             when: After::Ok
         }
     );
-    assert_eq!(h.state.unmet_dependencies(), vec![(on_ok, first)]);
+    // One that can never be met decides, though the other still runs.
+    assert!(h.is_running(running));
+    assert_eq!(
+        reason(&h, both),
+        Reason::DependencyFailed {
+            on: first,
+            when: After::Ok
+        }
+    );
+    assert_eq!(
+        h.state.unmet_dependencies(),
+        vec![(on_ok, first), (both, first)]
+    );
+    apply(
+        &mut h.state,
+        Event::Cancel {
+            job: both,
+            at_s: h.now,
+            unmet: Some(first),
+        },
+    )
+    .unwrap();
     apply(
         &mut h.state,
         Event::Cancel {

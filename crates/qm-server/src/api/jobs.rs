@@ -109,7 +109,7 @@ impl Inner {
         let count = indices.len().max(1);
         self.pending_room(&req.team, &user, count)?;
         let first = JobId(self.next_job);
-        let depends_on = self.dependencies(&req.after)?;
+        let depends_on = self.dependencies(p, &req.after)?;
         let spec = JobSpec {
             id: first,
             name: req.name.clone(),
@@ -161,6 +161,20 @@ impl Inner {
                 })
                 .collect()
         };
+        // Each job of an array keeps its own copy of what it runs: bound the whole.
+        let bytes = payload.command.iter().map(String::len).sum::<usize>()
+            + payload
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + payload.script.as_ref().map_or(0, String::len);
+        if count > 1 && bytes.saturating_mul(count) > crate::limits::MAX_ARRAY_BYTES {
+            return Err(Refusal::BadRequest(format!(
+                "an array of {count} jobs, each with {bytes} bytes of command, environment and script, is more than {} MiB in all; submit fewer jobs at once, or keep the script and long arguments in a file the jobs read",
+                crate::limits::MAX_ARRAY_BYTES >> 20
+            )));
+        }
         let payloads: Vec<(u64, JobPayload)> =
             ids.iter().map(|id| (id.0, payload.clone())).collect();
         self.commit(events, &payloads)?;
@@ -297,6 +311,7 @@ fn record_view(rec: &qm_store::EndedJob, p: &Principal) -> Result<JobView, Refus
     })?;
     if !p.may_use_team(&rec.team) {
         view.command.clear();
+        view.script = None;
     }
     Ok(view)
 }
@@ -329,12 +344,21 @@ impl Inner {
     /// ended as asked is met already and dropped, any other can never be met.
     fn dependencies(
         &self,
+        p: &Principal,
         after: &[proto::DependencyView],
     ) -> Result<Vec<qm_core::Dependency>, Refusal> {
         let mut out = Vec::new();
         for d in after {
             let job = JobId(d.job);
             let when = views::after_core(d.when);
+            // With private jobs, another team's job is not there for this caller.
+            let hidden = |team: &str| self.config.private_jobs && !p.may_use_team(team);
+            if self.state.job(job).is_some_and(|j| hidden(&j.spec.team)) {
+                return Err(Refusal::BadRequest(format!(
+                    "the job depends on job {}, which does not exist",
+                    d.job
+                )));
+            }
             if self.state.job(job).is_some() || d.job >= self.next_job {
                 out.push(qm_core::Dependency { job, when });
                 continue;
@@ -344,6 +368,12 @@ impl Inner {
             self.journal.flush_to(self.journal.queued());
             match self.journal.store().ended_job(d.job)? {
                 None => {
+                    return Err(Refusal::BadRequest(format!(
+                        "the job depends on job {}, which does not exist",
+                        d.job
+                    )))
+                }
+                Some(rec) if hidden(&rec.team) => {
                     return Err(Refusal::BadRequest(format!(
                         "the job depends on job {}, which does not exist",
                         d.job
@@ -401,6 +431,7 @@ fn seen_by(inner: &Inner, j: &qm_core::Job, p: &Principal) -> JobView {
     let mut view = job_view(inner, j);
     if !p.may_use_team(&j.spec.team) {
         view.command.clear();
+        view.script = None;
     }
     view
 }

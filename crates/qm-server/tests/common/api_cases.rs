@@ -1049,6 +1049,21 @@ async fn members_see_other_teams_jobs_without_commands_or_not_at_all() {
         api.team("a", 2).await;
         api.team("b", 2).await;
         let theirs = api.submit("a", 1).await;
+        // A batch script of team a: its text is as private as its command.
+        let (status, text) = api
+            .call(
+                "POST",
+                "/api/v1/jobs",
+                &api.admin,
+                Some(
+                    json!({"team": "a", "command": ["s.sh"], "script": "#!/bin/sh\necho secret\n"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let scripted: u64 = serde_json::from_str::<serde_json::Value>(&text).unwrap()["job"]
+            .as_u64()
+            .unwrap();
         api.server.tick().unwrap();
         let bob = api
             .server
@@ -1096,6 +1111,13 @@ async fn members_see_other_teams_jobs_without_commands_or_not_at_all() {
         } else {
             let other = other.unwrap();
             assert!(other.command.is_empty(), "{other:?}");
+            let (_, text) = api
+                .call("GET", &format!("/api/v1/jobs/{scripted}"), &bob, None)
+                .await;
+            assert!(
+                !text.contains("secret"),
+                "another team's script shown: {text}"
+            );
             assert_eq!(other.state, qm_proto::JobState::Running);
             assert_eq!(show, StatusCode::OK);
             assert_eq!(logs, StatusCode::FORBIDDEN);
