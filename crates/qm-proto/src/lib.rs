@@ -166,12 +166,8 @@ pub struct SubmitRequest {
 pub struct DependencyView {
     pub job: u64,
     /// Default `ok`.
-    #[serde(default = "after_ok")]
+    #[serde(default)]
     pub when: After,
-}
-
-fn after_ok() -> After {
-    After::Ok
 }
 
 /// The indices of an array and how many of its jobs may run at once.
@@ -211,7 +207,10 @@ pub struct ReportView {
     pub series: Vec<UsagePoint>,
 }
 
-/// One team's GPUs at one moment, in milli-GPUs.
+/// One team's GPUs at one moment, in milli-GPUs, as the server samples them: what it is
+/// guaranteed, what its running jobs (and its sub-teams') hold, the part of that which is
+/// borrowed (beyond its guarantee), the part of its guarantee it leaves unused while other
+/// teams borrow (lent), and what its jobs hold idle. The store keeps these rows as they are.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsagePoint {
     pub at_s: u64,

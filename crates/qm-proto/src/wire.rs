@@ -252,7 +252,7 @@ pub enum Reason {
     #[serde(rename = "dependency")]
     Dependency {
         on: u64,
-        #[serde(default = "after_ok")]
+        #[serde(default)]
         when: After,
     },
     /// A job it depends on ended otherwise than `when` asks (or is unknown): it will never
@@ -260,7 +260,7 @@ pub enum Reason {
     #[serde(rename = "dependency_failed")]
     DependencyFailed {
         on: u64,
-        #[serde(default = "after_ok")]
+        #[serde(default)]
         when: After,
     },
     /// As many jobs of its array as the array allows (`max_running`) are running.
@@ -324,9 +324,12 @@ pub enum Reason {
     NeedsTimeLimit { team: String },
 }
 
-/// What a dependency of an older server's answer, which did not say, waited for.
-fn after_ok() -> After {
-    After::Ok
+/// What a dependency waits for where it does not say (and what an older server's answers
+/// meant): success.
+impl Default for After {
+    fn default() -> After {
+        After::Ok
+    }
 }
 
 impl Reason {

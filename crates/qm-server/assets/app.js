@@ -247,7 +247,7 @@ async function renderReport(win) {
     reportInflight = false;
     if (seq !== reportSeq) return;
     const h = (x) => x.toFixed(1);
-    const span = (s) => s == null ? "—" : s < 120 ? s + " s" : s < 7200 ? Math.round(s / 60) + " min" : (s / 3600).toFixed(1) + " h";
+    const span = (s) => s == null ? "—" : fmtWait(s);
     const rows = r.teams.map((t) => `<tr id="report-${esc(t.team)}"><td>${esc(t.team)}</td><td>${h(t.guaranteed_gpu_hours)}</td><td>${h(t.used_gpu_hours)}</td>
       <td>${h(t.borrowed_gpu_hours)}</td><td>${h(t.lent_gpu_hours)}</td><td>${h(t.idle_gpu_hours)}</td><td>${t.jobs}</td>
       <td>${span(t.wait_p50_s)}</td><td>${span(t.wait_p99_s)}</td><td>${t.preemptions_suffered}</td><td>${t.preemptions_caused}</td></tr>`);

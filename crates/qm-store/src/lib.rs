@@ -90,20 +90,9 @@ pub struct EndedJob {
     pub view: String,
 }
 
-/// One team's GPUs at one moment, in milli-GPUs, as the server samples them (every
-/// `--usage-every`): what it is guaranteed, what its running jobs hold, the part of that
-/// which is borrowed (beyond its guarantee), the part of its guarantee it does not use while
-/// other teams borrow (lent), and what its jobs hold idle.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UsageRow {
-    pub at_s: u64,
-    pub team: String,
-    pub guaranteed_milli: u64,
-    pub used_milli: u64,
-    pub borrowed_milli: u64,
-    pub lent_milli: u64,
-    pub idle_milli: u64,
-}
+/// One team's GPUs at one moment, as the server samples them (every `--usage-every`): the
+/// API's own type, stored as it is served.
+pub use qm_proto::UsagePoint as UsageRow;
 
 /// Which ended jobs to list, newest (highest id) first.
 #[derive(Clone, Debug, Default)]

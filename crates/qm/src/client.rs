@@ -803,29 +803,19 @@ pub struct JobQuery {
 
 pub fn jobs(conn: &Conn, f: &JobQuery, json: bool) -> Result<(), Box<dyn Error>> {
     let c = Client::new(conn)?;
-    let mut q = vec![format!("limit={}", f.limit)];
-    if let Some(t) = &f.team {
-        q.push(format!("team={}", enc(t)));
-    }
-    if let Some(u) = &f.user {
-        q.push(format!("user={}", enc(u)));
-    }
-    if let Some(s) = f.state {
-        q.push(format!("state={s}"));
-    }
-    if let Some(b) = f.before {
-        q.push(format!("before={b}"));
-    }
-    if f.all {
-        q.push("all=true".into());
-    }
-    if let Some(a) = f.array {
-        q.push(format!("array={a}"));
-    }
-    if let Some(n) = &f.name {
-        q.push(format!("name={}", enc(n)));
-    }
-    let jobs: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
+    let jobs = list_jobs(
+        &c,
+        &[
+            ("limit", Some(f.limit.to_string())),
+            ("team", f.team.clone()),
+            ("user", f.user.clone()),
+            ("state", f.state.map(|s| s.to_string())),
+            ("before", f.before.map(|b| b.to_string())),
+            ("all", f.all.then(|| "true".into())),
+            ("array", f.array.map(|a| a.to_string())),
+            ("name", f.name.clone()),
+        ],
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(());
@@ -1003,17 +993,16 @@ pub fn history(conn: &Conn, a: HistoryArgs) -> Result<(), Box<dyn Error>> {
     };
     let (since, until) = (ago(&a.since)?, ago(&a.until)?);
     let c = Client::new(conn)?;
-    let mut q = vec![format!("limit={}", a.limit), "all=true".to_string()];
-    if let Some(t) = &a.team {
-        q.push(format!("team={}", enc(t)));
-    }
-    if let Some(u) = &a.user {
-        q.push(format!("user={}", enc(u)));
-    }
-    if let Some(s) = a.state {
-        q.push(format!("state={s}"));
-    }
-    let jobs: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
+    let jobs = list_jobs(
+        &c,
+        &[
+            ("limit", Some(a.limit.to_string())),
+            ("all", Some("true".into())),
+            ("team", a.team.clone()),
+            ("user", a.user.clone()),
+            ("state", a.state.map(|s| s.to_string())),
+        ],
+    )?;
     let rows: Vec<HistoryRow> = jobs
         .iter()
         .filter_map(|j| {
@@ -1203,7 +1192,26 @@ pub fn resolve(c: &Client, text: &str) -> Result<u64, Box<dyn Error>> {
 
 /// The jobs of an array, those ended long ago included.
 fn array_jobs(c: &Client, array: u64) -> Result<Vec<JobView>, Box<dyn Error>> {
-    c.get(&format!("/api/v1/jobs?array={array}&all=true&limit=10000"))
+    list_jobs(
+        c,
+        &[
+            ("array", Some(array.to_string())),
+            ("all", Some("true".into())),
+            ("limit", Some("10000".into())),
+        ],
+    )
+}
+
+/// `GET /api/v1/jobs` with the filters that are given, their values encoded.
+fn list_jobs(
+    c: &Client,
+    filters: &[(&str, Option<String>)],
+) -> Result<Vec<JobView>, Box<dyn Error>> {
+    let q: Vec<String> = filters
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect();
+    c.get(&format!("/api/v1/jobs?{}", q.join("&")))
 }
 
 /// A job as people name it: `12`, or `12_7` for an array's job.
@@ -1483,20 +1491,16 @@ pub fn cancel(conn: &Conn, a: CancelArgs) -> Result<(), Box<dyn Error>> {
         ids.push(id);
     }
     if filtered {
-        let mut q = vec!["limit=10000".to_string()];
-        if let Some(t) = &a.team {
-            q.push(format!("team={}", enc(t)));
-        }
-        if let Some(u) = &a.user {
-            q.push(format!("user={}", enc(u)));
-        }
-        if let Some(n) = &a.name {
-            q.push(format!("name={}", enc(n)));
-        }
-        if let Some(s) = a.state {
-            q.push(format!("state={s}"));
-        }
-        let listed: Vec<JobView> = c.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
+        let listed = list_jobs(
+            &c,
+            &[
+                ("limit", Some("10000".into())),
+                ("team", a.team.clone()),
+                ("user", a.user.clone()),
+                ("name", a.name.clone()),
+                ("state", a.state.map(|s| s.to_string())),
+            ],
+        )?;
         let live = listed.into_iter().filter(|j| {
             matches!(
                 j.state,

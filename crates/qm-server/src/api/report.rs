@@ -186,15 +186,6 @@ pub async fn report(
         samples
             .into_iter()
             .filter(|u| kept.contains(&u.at_s) && visible(&u.team))
-            .map(|u| qm_proto::UsagePoint {
-                at_s: u.at_s,
-                team: u.team,
-                guaranteed_milli: u.guaranteed_milli,
-                used_milli: u.used_milli,
-                borrowed_milli: u.borrowed_milli,
-                lent_milli: u.lent_milli,
-                idle_milli: u.idle_milli,
-            })
             .collect()
     } else {
         Vec::new()

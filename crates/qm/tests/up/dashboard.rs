@@ -103,18 +103,7 @@ fn the_teams_page_says_what_each_teams_idle_policy_does_next() {
     let idle = up.submit(&["--team", "lab", "--gpus", "1", "--", "sleep", "300"]);
     up.wait_state(idle, "running");
     up.wait_for(|u| u.job(idle)["idle"]["yielding"] == true);
-    let mut b = cdp::Browser::launch();
-    b.goto(&format!("{}/", up.url()));
-    b.wait_for(
-        "!document.querySelector('#signin').hidden",
-        "the sign-in form",
-    );
-    let token = up.token();
-    b.eval(&format!("document.querySelector('#token').value = '{token}'; document.querySelector('#signin-button').click(); true"));
-    b.wait_for(
-        "document.querySelector('#live').textContent === 'live'",
-        "the live stream",
-    );
+    let mut b = signed_in(&up);
     b.goto(&format!("{}/#/teams", up.url()));
     // The default policy: yielding now, released an hour after the window.
     b.wait_for(
@@ -140,18 +129,7 @@ fn the_report_page_shows_each_teams_use_over_time_with_a_shareable_url() {
         let r = u.json(&["report", "--since", "1h", "--json"]);
         r["samples"].as_u64().unwrap_or(0) >= 3
     });
-    let mut b = cdp::Browser::launch();
-    b.goto(&format!("{}/", up.url()));
-    b.wait_for(
-        "!document.querySelector('#signin').hidden",
-        "the sign-in form",
-    );
-    let token = up.token();
-    b.eval(&format!("document.querySelector('#token').value = '{token}'; document.querySelector('#signin-button').click(); true"));
-    b.wait_for(
-        "document.querySelector('#live').textContent === 'live'",
-        "the live stream",
-    );
+    let mut b = signed_in(&up);
     // The page has an address of its own: opened directly, with its window.
     b.goto(&format!("{}/#/report/1d", up.url()));
     b.wait_for(
@@ -205,4 +183,21 @@ fn the_report_page_shows_each_teams_use_over_time_with_a_shareable_url() {
     up.ok(&["cancel", "--team", "borrower"]);
     up.ok(&["cancel", &single.to_string()]);
     drop(jobs);
+}
+
+/// A browser on the dashboard, signed in with the admin token, its live stream open.
+fn signed_in(up: &Up) -> cdp::Browser {
+    let mut b = cdp::Browser::launch();
+    b.goto(&format!("{}/", up.url()));
+    b.wait_for(
+        "!document.querySelector('#signin').hidden",
+        "the sign-in form",
+    );
+    let token = up.token();
+    b.eval(&format!("document.querySelector('#token').value = '{token}'; document.querySelector('#signin-button').click(); true"));
+    b.wait_for(
+        "document.querySelector('#live').textContent === 'live'",
+        "the live stream",
+    );
+    b
 }

@@ -70,6 +70,15 @@ impl Up {
         up
     }
 
+    /// `kill -9` of the server, then `qm up` again on the same data and address.
+    pub fn killed_and_restarted(mut self, extra: &[&str]) -> Up {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        let (dir, port) = (self.dir.clone(), self.port);
+        std::mem::forget(self);
+        Up::start_in(dir, port, extra)
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.join(".qm")
     }

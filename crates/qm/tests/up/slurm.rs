@@ -195,13 +195,7 @@ fn history_lists_ended_jobs_from_the_store_across_a_restart() {
     let bad = up.submit(&["--name", "second", "--", "sh", "-c", "exit 3"]);
     up.wait_state(ok, "succeeded");
     up.wait_state(bad, "failed");
-    let dir = up.dir.clone();
-    let port = up.port;
-    let mut up = up;
-    up.child.kill().unwrap();
-    up.child.wait().unwrap();
-    std::mem::forget(up);
-    let up = Up::start_in(dir, port, &["--retain-ended-max", "1"]);
+    let up = up.killed_and_restarted(&["--retain-ended-max", "1"]);
     let rows = up.json(&["history", "--format", "json"]);
     let rows = rows.as_array().unwrap();
     let row = |id: u64| {
@@ -237,13 +231,7 @@ fn report_gives_each_teams_use_from_samples_that_survive_a_restart() {
     for &id in &ids {
         up.wait_state(id, "succeeded");
     }
-    let dir = up.dir.clone();
-    let port = up.port;
-    let mut up = up;
-    up.child.kill().unwrap();
-    up.child.wait().unwrap();
-    std::mem::forget(up);
-    let up = Up::start_in(dir, port, &["--usage-every", "1s"]);
+    let up = up.killed_and_restarted(&["--usage-every", "1s"]);
     let r = up.json(&["report", "--since", "1h", "--json"]);
     assert!(r["samples"].as_u64().unwrap() >= 3, "{r:#}");
     let team = |name: &str| {
