@@ -119,6 +119,40 @@ pub struct DashNode {
     pub state: NodeState,
     /// Per GPU: `[allocated milli-GPUs, utilisation percent]`.
     pub gpus: Vec<[u32; 2]>,
+    /// The tasks running here: which job holds which GPUs (for the heat map's hover and
+    /// search). Where jobs are private, only the member's own teams' tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<DashTask>,
+}
+
+/// A task on a node: its job, the job's team and the GPUs it holds there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DashTask {
+    pub job: u64,
+    pub team: String,
+    pub gpus: Vec<u32>,
+}
+
+/// One page of the pending queue in plan order (`GET /api/v1/queue`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueuePage {
+    /// Pending jobs in all (that the caller may see).
+    pub total: u64,
+    /// Those matching the filter.
+    pub matched: u64,
+    /// Where this page starts among the matching jobs.
+    pub offset: u64,
+    pub jobs: Vec<DashPending>,
+}
+
+/// Who a token is (`GET /api/v1/whoami`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub role: crate::Role,
+    /// A member's token name (the Unix user its tasks run as); none for an admin.
+    pub name: Option<String>,
+    /// A member's teams; an admin may act for every team.
+    pub teams: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

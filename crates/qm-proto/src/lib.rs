@@ -13,7 +13,7 @@ mod wire;
 
 pub use dash::{
     DashJob, DashNode, DashOverview, DashPending, DashQueue, DashReservation, DashSnapshot,
-    DashTeam, Standing,
+    DashTask, DashTeam, QueuePage, Standing, WhoAmI,
 };
 pub use wire::{
     Admission, After, GpuAsk, IdlePolicy, JobEventKind, JobState, NodeState, PreemptionCause,

@@ -7,6 +7,11 @@ const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<
 const gpus = (m) => (m / 1000).toFixed(m % 1000 ? 1 : 0);
 let snap = null;
 let stream = null;
+// Who is signed in (GET /api/v1/whoami): a member's teams come first on the pages that list
+// teams.
+let me = null;
+// Snapshots received so far (a page read from the API is read again after a new one).
+let snapSeq = 0;
 
 function token() { return sessionStorage.getItem("qm-token"); }
 
@@ -21,6 +26,7 @@ function signOut(message) {
   sessionStorage.removeItem("qm-token");
   if (stream) stream.abort();
   snap = null;
+  me = null;
   $("#view").innerHTML = "";
   $("#nav").hidden = true;
   $("#signin").hidden = false;
@@ -38,6 +44,7 @@ function start() {
   $("#signin").hidden = true;
   $("#nav").hidden = false;
   if (!location.hash) location.hash = "#/overview";
+  api("/api/v1/whoami").then((m) => { me = m; render(); }).catch(() => {});
   connect();
   render();
 }
@@ -59,7 +66,7 @@ async function connect() {
       while ((i = buf.indexOf("\n\n")) >= 0) {
         const block = buf.slice(0, i); buf = buf.slice(i + 2);
         const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
-        if (data) { snap = JSON.parse(data); render(); }
+        if (data) { snap = JSON.parse(data); snapSeq += 1; render(); }
       }
     }
   } catch (e) { if (e.name === "AbortError") return; }
@@ -67,7 +74,20 @@ async function connect() {
   if (token()) setTimeout(connect, 1000);
 }
 
-function page() { return (location.hash || "#/overview").slice(2).split("/"); }
+// A page's URL is its hash: #/PAGE/ARG?q=WORDS&page=N, so any view can be shared.
+function page() { return (location.hash || "#/overview").slice(2).split("?")[0].split("/"); }
+function param(k) { return new URLSearchParams((location.hash.split("?")[1]) || "").get(k) || ""; }
+function withParams(p, kv) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(kv)) if (v) q.set(k, v);
+  const t = q.toString();
+  return "#/" + p + (t ? "?" + t : "");
+}
+// Changes the URL without a new history entry per keystroke, and draws the page again.
+function setParams(p, kv) { history.replaceState(null, "", withParams(p, kv)); render(); }
+function mine(team) { return !!(me && me.teams.includes(team)); }
+// A member's own teams first, then the rest, each group in the order given.
+function mineFirst(list, team) { return [...list.filter((x) => mine(team(x))), ...list.filter((x) => !mine(team(x)))]; }
 
 // How long each render took, in ms (read by `qm bench dashboard --browser`).
 window.qmRenders = [];
@@ -90,13 +110,15 @@ function renderPage() {
   }
   if (!snap) { $("#view").innerHTML = "<p>Waiting for data…</p>"; return; }
   const f = { overview, teams, queue, nodes, jobs }[p] || overview;
-  const focused = document.activeElement && document.activeElement.id === "queue-filter";
+  const focused = document.activeElement && document.activeElement.id;
   $("#view").innerHTML = f();
   if (p === "nodes") drawNodes();
-  if (p === "queue") {
-    const box = $("#queue-filter");
-    box.addEventListener("input", () => { queueFilter = box.value; render(); });
-    if (focused) { box.focus(); box.setSelectionRange(box.value.length, box.value.length); }
+  // The search boxes keep their focus and caret while the page is drawn again.
+  for (const [id, pg] of [["queue-filter", "queue"], ["node-search", "nodes"]]) {
+    const box = document.getElementById(id);
+    if (!box) continue;
+    box.addEventListener("input", () => setParams(pg, { q: box.value }));
+    if (focused === id) { box.focus(); box.setSelectionRange(box.value.length, box.value.length); }
   }
 }
 
@@ -121,11 +143,11 @@ function chart(h, total) {
 }
 
 function teams() {
-  const rows = snap.teams.map((t) => {
+  const rows = mineFirst(snap.teams, (t) => t.name).map((t) => {
     const g = Math.max(t.guaranteed_milli, t.used_milli, 1);
     // Fair-share standing: decayed usage over entitlement; lower is served first.
     const share = t.standing && typeof t.standing.standing === "number" ? t.standing.standing.toFixed(2) : "";
-    return `<tr><td>${esc(t.name)}</td><td>${gpus(t.guaranteed_milli)}</td><td>${gpus(t.used_milli)}</td><td>${gpus(t.borrowed_milli)}</td>
+    return `<tr id="team-${esc(t.name)}"${mine(t.name) ? ' class="mine"' : ""}><td>${esc(t.name)}${mine(t.name) ? " <small>(yours)</small>" : ""}</td><td>${gpus(t.guaranteed_milli)}</td><td>${gpus(t.used_milli)}</td><td>${gpus(t.borrowed_milli)}</td>
       <td>${gpus(t.idle_milli)}</td><td>${t.idle_gpu_hours.toFixed(2)}</td>
       <td><div class="bar"><span style="left:0;width:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;background:#2f6fdf"></span>
       <span style="left:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;width:${(100 * t.borrowed_milli) / g}%;background:#e08a1e"></span></div></td>
@@ -149,16 +171,34 @@ function idleJobs(list) {
 
 function when(s) { if (s == null) return "—"; const d = s - snap.now; return d <= 0 ? "now" : d < 120 ? d + " s" : d < 7200 ? Math.round(d / 60) + " min" : Math.round(d / 3600) + " h"; }
 
-// The queue, filtered by the words in the box (team, job, reason), an array's pending jobs
-// on one row: those that wait for the same reason are the same row.
-let queueFilter = "";
+// The queue in plan order, a page of QUEUE_PAGE at a time, filtered by the words in the box
+// (team, job, ask, reason); an array's pending jobs on one row. The first page unfiltered
+// comes with every snapshot; other pages and filters are read from GET /api/v1/queue (again
+// with each snapshot, one read at a time).
+const QUEUE_PAGE = 100;
+let queueRead = { key: null, seq: -1, page: null, inflight: false };
 function queue() {
   const q = snap.queue;
-  const words = queueFilter.toLowerCase().split(/\s+/).filter((w) => w);
-  const shown = q.jobs.filter((j) => words.every((w) => (j.team + " " + j.id + " " + j.reason + " " + j.ask).toLowerCase().includes(w)));
+  const filter = param("q"), n = Math.max(1, parseInt(param("page"), 10) || 1);
+  let jobs, matched, pageOf;
+  if (!filter && n === 1) {
+    jobs = q.jobs.slice(0, QUEUE_PAGE); matched = q.total;
+  } else {
+    const key = `offset=${(n - 1) * QUEUE_PAGE}&limit=${QUEUE_PAGE}&filter=${encodeURIComponent(filter)}`;
+    if (!queueRead.inflight && (queueRead.key !== key || queueRead.seq !== snapSeq)) {
+      const seq = snapSeq;
+      queueRead.inflight = true;
+      api("/api/v1/queue?" + key).then((r) => { queueRead = { key, seq, page: r, inflight: false }; if (page()[0] === "queue") render(); })
+        .catch((e) => { queueRead = { key, seq, page: { error: e.message }, inflight: false }; if (page()[0] === "queue") render(); });
+    }
+    pageOf = queueRead.key === key ? queueRead.page : null;
+    if (!pageOf) return queueFrame(filter, n, 0, "<tr><td colspan=6>reading…</td></tr>", q);
+    if (pageOf.error) return queueFrame(filter, n, 0, `<tr><td colspan=6 class="error">${esc(pageOf.error)}</td></tr>`, q);
+    jobs = pageOf.jobs; matched = pageOf.matched;
+  }
   const rows = [];
   const arrays = {};
-  for (const j of shown) {
+  for (const j of jobs) {
     if (j.array) {
       const key = j.array[0];
       if (arrays[key]) { arrays[key].n += 1; arrays[key].lo = Math.min(arrays[key].lo, j.array[1]); arrays[key].hi = Math.max(arrays[key].hi, j.array[1]); continue; }
@@ -166,46 +206,117 @@ function queue() {
       rows.push(null);
       continue;
     }
-    rows.push(`<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.team)}</td><td>${esc(j.ask)}</td><td>${esc(j.reason)}</td><td>${when(j.eta_s)}</td><td>${fmtWait(j.wait_s)}</td></tr>`);
+    rows.push(`<tr id="pending-${j.id}"><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.team)}</td><td>${esc(j.ask)}</td><td>${esc(j.reason)}</td><td>${when(j.eta_s)}</td><td>${fmtWait(j.wait_s)}</td></tr>`);
   }
   for (const [id, a] of Object.entries(arrays)) {
     const j = a.j;
     rows[a.row] = `<tr class="array" id="array-${id}"><td><a href="#/jobs/${j.id}">${id}_[${a.lo}-${a.hi}]</a></td><td>${esc(j.team)}</td><td>${esc(j.ask)} × ${a.n} pending</td><td>${esc(j.reason)}</td><td>${when(j.eta_s)}</td><td>${fmtWait(j.wait_s)}</td></tr>`;
   }
+  return queueFrame(filter, n, matched, rows.join("") || "<tr><td colspan=6>no pending job matches</td></tr>", q);
+}
+
+function queueFrame(filter, n, matched, rows, q) {
+  const pages = Math.max(1, Math.ceil(matched / QUEUE_PAGE));
+  const link = (k, text, id) => `<a id="${id}" href="${withParams("queue", { q: filter, page: k > 1 ? String(k) : "" })}">${text}</a>`;
+  const pager = `<p id="pager">${n > 1 ? link(n - 1, "‹ previous", "queue-prev") + " · " : ""}page ${n} of ${pages}${n < pages ? " · " + link(n + 1, "next ›", "queue-next") : ""}</p>`;
   const resv = q.reservations.map((r) => `<li>job <a href="#/jobs/${r.id}">${r.id}</a> on ${esc(r.nodes.join(", "))} by ${when(r.start_s)}</li>`);
-  return `<h1>Queue (${q.total} pending${q.total > q.jobs.length ? ", first " + q.jobs.length + " shown" : ""})</h1>
-    <p><input id="queue-filter" placeholder="filter: team, job, reason" value="${esc(queueFilter)}"></p>
-    <table id="queue"><tr><th>job</th><th>team</th><th>asks</th><th>why it waits</th><th>estimated start</th><th>waiting</th></tr>${rows.join("")}</table>
+  return `<h1>Queue (${q.total} pending${filter ? ", " + matched + " match" : ""})</h1>
+    <p><input id="queue-filter" placeholder="filter: team, job, ask, reason" value="${esc(filter)}"></p>
+    <table id="queue"><tr><th>job</th><th>team</th><th>asks</th><th>why it waits</th><th>estimated start</th><th>waiting</th></tr>${rows}</table>${pager}
     <h1>Reservations</h1><ul id="reservations">${resv.join("") || "<li>none</li>"}</ul>`;
 }
 
 function fmtWait(s) { return s < 120 ? s + " s" : s < 7200 ? Math.round(s / 60) + " min" : (s / 3600).toFixed(1) + " h"; }
 
+// The heat map: a cell per GPU, racks in rows; hovering a cell tells its node, GPU, job,
+// team and utilisation; the search box (node, rack, model, team, or a job's id) outlines the
+// GPUs that match and dims the rest.
 function nodes() {
-  return `<h1>Nodes (${snap.nodes.length})</h1><p class="legend">blue: allocated share of each GPU; green dot: its utilisation; grey: down or draining</p><canvas id="heat"></canvas>`;
+  const q = param("q");
+  const hits = q ? nodeHits(q) : null;
+  const found = hits ? `<span id="node-hits">${hits.nodes} nodes, ${hits.gpus} GPUs match</span>` : "";
+  return `<h1>Nodes (${snap.nodes.length})</h1>
+    <p><input id="node-search" placeholder="search: node, rack, team or job id" value="${esc(q)}"> ${found}</p>
+    <p class="legend">blue: allocated share of each GPU; green dot: its utilisation; grey: down or draining; orange outline: matches the search</p>
+    <div class="heat-wrap"><canvas id="heat"></canvas><div id="heat-tip" hidden></div></div>`;
 }
 
+// The tasks on a node's GPU.
+function gpuTasks(n, k) { return (n.tasks || []).filter((t) => t.gpus.includes(k)); }
+
+// Does GPU k of node n match every word? A word of digits is a job id; any other word is
+// found in the node's name, rack, model or state, or the team of a job on the GPU.
+function gpuMatches(n, k, words) {
+  const ts = gpuTasks(n, k);
+  const text = [n.name, n.rack, n.model, n.state, ...ts.map((t) => t.team)].join(" ").toLowerCase();
+  return words.every((w) => /^\d+$/.test(w) ? ts.some((t) => String(t.job) === w) : text.includes(w));
+}
+
+function searchWords(q) { return q.toLowerCase().split(/\s+/).filter((w) => w); }
+
+function nodeHits(q) {
+  const words = searchWords(q);
+  let nodes = 0, gpus = 0;
+  for (const n of snap.nodes) {
+    const g = n.gpus.filter((_, k) => gpuMatches(n, k, words)).length;
+    if (g) { nodes += 1; gpus += g; }
+  }
+  return { nodes, gpus };
+}
+
+let heatCells = [];
+let heatMouse = null;
 function drawNodes() {
   const racks = {};
   for (const n of snap.nodes) (racks[n.rack] = racks[n.rack] || []).push(n);
   const cell = 9, gap = 2, perRow = Math.max(1, Math.floor((window.innerWidth - 80) / (8 * cell + 6)));
   const names = Object.keys(racks).sort();
+  const words = searchWords(param("q"));
   let rows = 0; for (const r of names) rows += Math.ceil(racks[r].length / perRow);
   const c = $("#heat"); c.width = perRow * (8 * cell + 6) + 60; c.height = rows * (cell + gap) + names.length * 16 + 10;
   const g = c.getContext("2d"); let y = 4;
+  heatCells = [];
   for (const r of names) {
     g.fillStyle = "#555"; g.font = "11px sans-serif"; g.fillText(r || "(no rack)", 2, y + 10); y += 14;
     racks[r].forEach((n, i) => {
       const x0 = 60 + (i % perRow) * (8 * cell + 6), y0 = y + Math.floor(i / perRow) * (cell + gap);
       n.gpus.forEach(([m, u], k) => {
+        const hit = words.length > 0 && gpuMatches(n, k, words);
+        g.globalAlpha = words.length > 0 && !hit ? 0.25 : 1;
         g.fillStyle = n.state !== "ready" ? "#bbb" : `rgba(47,111,223,${0.12 + 0.88 * (m / 1000)})`;
         g.fillRect(x0 + k * cell, y0, cell - 1, cell - 1);
         if (m > 0 && u > 0) { g.fillStyle = `rgba(27,160,60,${u / 100})`; g.fillRect(x0 + k * cell + 2, y0 + 2, cell - 5, cell - 5); }
+        if (hit) { g.strokeStyle = "#e08a1e"; g.lineWidth = 2; g.strokeRect(x0 + k * cell - 0.5, y0 - 0.5, cell, cell); }
+        heatCells.push({ x: x0 + k * cell, y: y0, w: cell, h: cell, n, k });
       });
     });
     y += Math.ceil(racks[r].length / perRow) * (cell + gap) + 2;
   }
+  g.globalAlpha = 1;
+  c.onmousemove = (e) => { const b = c.getBoundingClientRect(); heatMouse = [e.clientX - b.left, e.clientY - b.top]; heatTip(); };
+  c.onmouseleave = () => { heatMouse = null; heatTip(); };
+  heatTip();
 }
+
+// The hovered GPU's details, kept up to date as snapshots arrive.
+function heatTip() {
+  const tip = $("#heat-tip");
+  if (!tip) return;
+  const at = heatMouse && heatCells.find((c) => heatMouse[0] >= c.x && heatMouse[0] < c.x + c.w && heatMouse[1] >= c.y && heatMouse[1] < c.y + c.h);
+  if (!at) { tip.hidden = true; return; }
+  const { n, k } = at, [m, u] = n.gpus[k];
+  const ts = gpuTasks(n, k).map((t) => `job ${t.job} (${esc(t.team)})`).join(", ");
+  tip.innerHTML = `<b>${esc(n.name)}</b> GPU ${k}<br>${esc(n.rack || "no rack")} · ${esc(n.model)} · ${esc(n.state)}<br>` +
+    (m > 0 ? `${ts || "another team's job"}, ${gpus(m)} GPU allocated, utilisation ${u} %` : "free");
+  tip.style.left = at.x + 14 + "px"; tip.style.top = at.y + 14 + "px";
+  tip.hidden = false;
+}
+
+// Where GPU k of a node is drawn, in the viewport (for tests).
+window.qmHeatCell = (name, k) => {
+  const c = heatCells.find((c) => c.n.name === name && c.k === k), b = $("#heat").getBoundingClientRect();
+  return c ? { x: b.left + c.x + 3, y: b.top + c.y + 3 } : null;
+};
 
 function jobs() {
   const rows = snap.jobs.map((j) => `<tr id="job-${j.id}"><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.team)}</td><td class="state-${j.state}">${j.state}</td><td>${esc(j.ask)}</td><td>${esc(j.admission || "")}</td><td>${j.preemptions}</td><td>${esc(j.name)}</td></tr>`);
@@ -248,13 +359,13 @@ async function renderReport(win) {
     if (seq !== reportSeq) return;
     const h = (x) => x.toFixed(1);
     const span = (s) => s == null ? "—" : fmtWait(s);
-    const rows = r.teams.map((t) => `<tr id="report-${esc(t.team)}"><td>${esc(t.team)}</td><td>${h(t.guaranteed_gpu_hours)}</td><td>${h(t.used_gpu_hours)}</td>
+    const rows = mineFirst(r.teams, (t) => t.team).map((t) => `<tr id="report-${esc(t.team)}"${mine(t.team) ? ' class="mine"' : ""}><td>${esc(t.team)}${mine(t.team) ? " <small>(yours)</small>" : ""}</td><td>${h(t.guaranteed_gpu_hours)}</td><td>${h(t.used_gpu_hours)}</td>
       <td>${h(t.borrowed_gpu_hours)}</td><td>${h(t.lent_gpu_hours)}</td><td>${h(t.idle_gpu_hours)}</td><td>${t.jobs}</td>
       <td>${span(t.wait_p50_s)}</td><td>${span(t.wait_p99_s)}</td><td>${t.preemptions_suffered}</td><td>${t.preemptions_caused}</td></tr>`);
     const links = Object.keys(WINDOWS).map((k) => k === w ? `<b>${k}</b>` : `<a href="#/report/${k}">${k}</a>`).join(" · ");
     const byTeam = {};
     for (const s of r.series) (byTeam[s.team] = byTeam[s.team] || []).push(s);
-    const charts = Object.keys(byTeam).sort().map((t) => `<div class="team-chart" id="chart-${esc(t)}"><h2>${esc(t)}</h2>${teamChart(byTeam[t], r.since_s, r.until_s)}</div>`);
+    const charts = mineFirst(Object.keys(byTeam).sort(), (t) => t).map((t) => `<div class="team-chart" id="chart-${esc(t)}"><h2>${esc(t)}</h2>${teamChart(byTeam[t], r.since_s, r.until_s)}</div>`);
     $("#view").innerHTML = `<h1>Report: the last ${w}</h1><p>${links} · ${r.samples} usage samples, one every ${span(r.sample_every_s)}; GPU-hours; waits from submission to first start</p>
       <table id="report"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>lent</th><th>idle</th><th>jobs</th><th>wait p50</th><th>wait p99</th><th>preempted</th><th>caused</th></tr>${rows.join("")}</table>
       <h1>Use over time (GPUs)</h1><p class="legend"><span style="background:#2f6fdf"></span>used<span style="background:#e08a1e"></span>borrowed<span style="background:#1b9a3c"></span>lent<span style="background:#c23"></span>idle<span style="background:#999"></span>guaranteed</p>

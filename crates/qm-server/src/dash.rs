@@ -11,13 +11,14 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use qm_core::{plan, JobState, NodeState};
 use qm_proto::{
     DashJob, DashNode, DashOverview, DashPending, DashQueue, DashReservation, DashSnapshot,
-    DashTeam,
+    DashTask, DashTeam, QueuePage,
 };
 
-use crate::api::Client;
+use crate::api::{Api, Client, Params};
 use crate::auth::Principal;
 use crate::views::{self, usage, usage_total};
 use crate::{Inner, Refusal, Server};
@@ -68,19 +69,22 @@ pub fn sample(inner: &Inner, history: &mut VecDeque<Sample>) {
     }
 }
 
-/// Everything the dashboard shows, as of now.
-pub fn snapshot(inner: &Inner, history: &VecDeque<Sample>) -> DashSnapshot {
-    snapshot_of(&inner.state, history, inner.now_s())
-}
-
 /// The most dashboard streams open at once; one more is refused (429).
 pub const MAX_STREAMS: usize = 256;
 
 /// A snapshot shared by every stream that asks within this long of the same change.
 const SHARED_FOR: Duration = Duration::from_millis(500);
 
-/// The latest snapshot: the change count it was taken at, when, and it with its text.
-pub(crate) type SharedSnapshot = Option<(u64, std::time::Instant, Arc<(DashSnapshot, String)>)>;
+/// The latest snapshot: the change count it was taken at, when, and what it holds.
+pub(crate) type SharedSnapshot = Option<(u64, std::time::Instant, Arc<Shared>)>;
+
+/// A snapshot as every stream shares it: the snapshot, its text, and the plan's whole pending
+/// queue (the snapshot holds its first jobs; `GET /api/v1/queue` pages through the rest).
+pub(crate) struct Shared {
+    snap: DashSnapshot,
+    text: String,
+    pending: Vec<qm_core::PendingJob>,
+}
 
 /// One open stream, counted while it lives.
 struct OpenStream(Arc<std::sync::atomic::AtomicUsize>);
@@ -109,6 +113,20 @@ impl Drop for OpenStream {
 /// (with its plan) is computed per change and half second, and the others reuse it; where
 /// jobs are private each member's copy is filtered from it.
 fn shared_snapshot(s: &Server, p: &Principal) -> String {
+    let inner = s.lock();
+    let shared = shared(s, &inner);
+    if inner.config.private_jobs {
+        let mut own = shared.snap.clone();
+        private_to(&mut own, &inner.state, p);
+        own.to_string()
+    } else {
+        shared.text.clone()
+    }
+}
+
+/// The latest shared snapshot, computed again when something changed or it is older than
+/// half a second.
+fn shared(s: &Server, inner: &Inner) -> Arc<Shared> {
     let changed = *s.changes.borrow();
     let cached = s
         .dash_cache
@@ -116,30 +134,26 @@ fn shared_snapshot(s: &Server, p: &Principal) -> String {
         .expect("the dashboard cache lock is poisoned")
         .clone()
         .filter(|(at, when, _)| *at == changed && when.elapsed() < SHARED_FOR)
-        .map(|(_, _, snap)| snap);
-    let inner = s.lock();
-    let snap = cached.unwrap_or_else(|| {
-        let snap = snapshot(&inner, &s.history());
+        .map(|(_, _, shared)| shared);
+    cached.unwrap_or_else(|| {
+        let (snap, pending) = snapshot_with_queue(&inner.state, &s.history(), inner.now_s());
         let text = snap.to_string();
-        let shared = Arc::new((snap, text));
+        let shared = Arc::new(Shared {
+            snap,
+            text,
+            pending,
+        });
         *s.dash_cache
             .lock()
             .expect("the dashboard cache lock is poisoned") =
             Some((changed, std::time::Instant::now(), shared.clone()));
         shared
-    });
-    if inner.config.private_jobs {
-        let mut own = snap.0.clone();
-        private_to(&mut own, &inner.state, p);
-        own.to_string()
-    } else {
-        snap.1.clone()
-    }
+    })
 }
 
 /// Where jobs are private (`--private-jobs`), a member's snapshot keeps only its own teams'
 /// jobs, queue entries and reservations; teams' totals and nodes' use stay (they name no
-/// job).
+/// job; each node's tasks are cut to the member's teams).
 fn private_to(snap: &mut DashSnapshot, state: &qm_core::ClusterState, p: &Principal) {
     let team_of = |id: u64| {
         state
@@ -149,6 +163,9 @@ fn private_to(snap: &mut DashSnapshot, state: &qm_core::ClusterState, p: &Princi
     };
     snap.jobs.retain(|j| p.may_use_team(&j.team));
     snap.queue.jobs.retain(|j| p.may_use_team(&j.team));
+    for n in &mut snap.nodes {
+        n.tasks.retain(|t| p.may_use_team(&t.team));
+    }
     snap.queue
         .reservations
         .retain(|r| p.may_use_team(&team_of(r.id)));
@@ -160,6 +177,15 @@ pub fn snapshot_of(
     history: &VecDeque<Sample>,
     now: u64,
 ) -> DashSnapshot {
+    snapshot_with_queue(state, history, now).0
+}
+
+/// The snapshot, and the plan's whole pending queue it shows the first of.
+fn snapshot_with_queue(
+    state: &qm_core::ClusterState,
+    history: &VecDeque<Sample>,
+    now: u64,
+) -> (DashSnapshot, Vec<qm_core::PendingJob>) {
     let node_name = |id: u32| {
         state
             .node(qm_core::NodeId(id))
@@ -173,8 +199,9 @@ pub fn snapshot_of(
     let by_model = usage(state, now);
     let total = usage_total(&by_model);
     let p = plan(state, now);
-    // Per-GPU utilisation: the latest sample of the job holding the GPU.
+    // Per-GPU utilisation: the latest sample of the job holding the GPU; per node, its tasks.
     let mut util: BTreeMap<(u32, u32), u8> = BTreeMap::new();
+    let mut tasks: BTreeMap<u32, Vec<DashTask>> = BTreeMap::new();
     for j in state.live_jobs() {
         if let Some(r) = j.state.run() {
             for t in &r.placement {
@@ -182,6 +209,11 @@ pub fn snapshot_of(
                     let u = util.entry((t.node.0, g)).or_default();
                     *u = (*u).max(r.last_util_pct.unwrap_or(0));
                 }
+                tasks.entry(t.node.0).or_default().push(DashTask {
+                    job: j.spec.id.0,
+                    team: j.spec.team.clone(),
+                    gpus: t.gpus.clone(),
+                });
             }
         }
     }
@@ -209,6 +241,7 @@ pub fn snapshot_of(
                     ]
                 })
                 .collect(),
+            tasks: tasks.remove(&n.spec.id.0).unwrap_or_default(),
         })
         .collect();
     let standings: BTreeMap<&str, &qm_core::TeamStanding> =
@@ -242,18 +275,7 @@ pub fn snapshot_of(
         .pending
         .iter()
         .take(QUEUE_SHOWN)
-        .filter_map(|pj| {
-            let j = state.job(pj.job)?;
-            Some(DashPending {
-                id: pj.job.0,
-                team: j.spec.team.clone(),
-                ask: views::ask(&j.spec),
-                reason: pj.reason.to_string(),
-                eta_s: pj.eta_s,
-                wait_s: now.saturating_sub(j.spec.submit_s),
-                array: j.spec.array.map(|a| (a.array.0, a.index)),
-            })
-        })
+        .filter_map(|pj| pending_view(state, pj, now))
         .collect();
     let reservations = p
         .reservations
@@ -281,7 +303,7 @@ pub fn snapshot_of(
         .collect();
     let counts =
         |pred: fn(&JobState) -> bool| state.live_jobs().filter(|j| pred(&j.state)).count() as u64;
-    DashSnapshot {
+    let snap = DashSnapshot {
         now,
         overview: DashOverview {
             gpus_milli: gpus,
@@ -301,7 +323,106 @@ pub fn snapshot_of(
         },
         nodes,
         jobs,
+    };
+    (snap, p.pending)
+}
+
+/// A pending job as the dashboard shows it.
+fn pending_view(
+    state: &qm_core::ClusterState,
+    pj: &qm_core::PendingJob,
+    now: u64,
+) -> Option<DashPending> {
+    let j = state.job(pj.job)?;
+    Some(DashPending {
+        id: pj.job.0,
+        team: j.spec.team.clone(),
+        ask: views::ask(&j.spec),
+        reason: pj.reason.to_string(),
+        eta_s: pj.eta_s,
+        wait_s: now.saturating_sub(j.spec.submit_s),
+        array: j.spec.array.map(|a| (a.array.0, a.index)),
+    })
+}
+
+/// The most pending jobs one page of `GET /api/v1/queue` holds.
+pub const QUEUE_PAGE_MAX: u64 = 1_000;
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QueueQuery {
+    /// Skip this many matching jobs (default 0).
+    offset: Option<u64>,
+    /// At most this many jobs (default 100, at most 1,000).
+    limit: Option<u64>,
+    /// Words that must all appear in a job's team, id, ask or reason (any case).
+    filter: Option<String>,
+}
+
+/// `GET /api/v1/queue`: the pending queue in plan order, a page at a time, filtered.
+#[utoipa::path(get, path = "/api/v1/queue", tag = "dashboard", params(QueueQuery), responses((status = 200, description = "A page of the pending jobs in plan order, with why each waits and its estimated start. With private jobs, a member sees only its own teams' jobs.", body = QueuePage)))]
+pub async fn queue(
+    State(s): State<Arc<Server>>,
+    Client(p): Client,
+    Params(q): Params<QueueQuery>,
+) -> Api<QueuePage> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > QUEUE_PAGE_MAX {
+        return Err(Refusal::BadRequest(format!(
+            "limit is {limit}; give 1 to {QUEUE_PAGE_MAX} jobs a page"
+        )));
     }
+    let offset = q.offset.unwrap_or(0);
+    let words: Vec<String> = q
+        .filter
+        .unwrap_or_default()
+        .to_lowercase()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    s.read(|inner| {
+        let shared = shared(&s, inner);
+        let now = shared.snap.now;
+        let mut total = 0;
+        let mut matched = 0;
+        let mut jobs = Vec::new();
+        for pj in &shared.pending {
+            let Some(j) = inner.state.job(pj.job) else {
+                continue;
+            };
+            if inner.config.private_jobs && !p.may_use_team(&j.spec.team) {
+                continue;
+            }
+            total += 1;
+            let in_page = matched >= offset && (jobs.len() as u64) < limit;
+            if words.is_empty() {
+                // Only the page's jobs are put into words.
+                if in_page {
+                    jobs.extend(pending_view(&inner.state, pj, now));
+                }
+                matched += 1;
+                continue;
+            }
+            let Some(view) = pending_view(&inner.state, pj, now) else {
+                continue;
+            };
+            let text =
+                format!("{} {} {} {}", view.team, view.id, view.reason, view.ask).to_lowercase();
+            if words.iter().all(|w| text.contains(w.as_str())) {
+                if in_page {
+                    jobs.push(view);
+                }
+                matched += 1;
+            }
+        }
+        Ok(Json(QueuePage {
+            total,
+            matched,
+            offset,
+            jobs,
+        }))
+    })
+    .await
 }
 
 /// `GET /api/v1/stream`: snapshots as server-sent events.

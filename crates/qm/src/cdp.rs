@@ -17,6 +17,9 @@ pub struct Browser {
     ws: WebSocket<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     dir: PathBuf,
+    /// Errors the page reported (console errors, uncaught exceptions, failed loads), as they
+    /// arrived.
+    errors: Vec<String>,
 }
 
 impl Browser {
@@ -77,8 +80,11 @@ impl Browser {
             ws,
             next_id: 1,
             dir,
+            errors: Vec::new(),
         };
         b.call("Page.enable", json!({}));
+        b.call("Runtime.enable", json!({}));
+        b.call("Log.enable", json!({}));
         b
     }
 
@@ -98,7 +104,49 @@ impl Browser {
                 assert!(v.get("error").is_none(), "{method}: {}", v["error"]);
                 return v["result"].clone();
             }
+            self.note_event(&v);
         }
+    }
+
+    /// Keeps what an event says went wrong in the page.
+    fn note_event(&mut self, v: &Value) {
+        let p = &v["params"];
+        let error = match v["method"].as_str() {
+            Some("Runtime.consoleAPICalled") if p["type"] == "error" => Some(
+                p["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        a["value"]
+                            .as_str()
+                            .map_or_else(|| a["description"].to_string(), str::to_string)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Some("Runtime.exceptionThrown") => Some(format!(
+                "uncaught: {}",
+                p["exceptionDetails"]["exception"]["description"]
+                    .as_str()
+                    .unwrap_or_else(|| p["exceptionDetails"]["text"].as_str().unwrap_or(""))
+            )),
+            Some("Log.entryAdded") if p["entry"]["level"] == "error" => Some(format!(
+                "{} ({})",
+                p["entry"]["text"].as_str().unwrap_or(""),
+                p["entry"]["url"].as_str().unwrap_or("")
+            )),
+            _ => None,
+        };
+        self.errors.extend(error);
+    }
+
+    /// The errors the page has reported since the last call (console errors, uncaught
+    /// exceptions, resources that failed to load, such as a 404).
+    pub fn take_errors(&mut self) -> Vec<String> {
+        // A round trip, so that events sent before it have been read.
+        self.eval("true");
+        std::mem::take(&mut self.errors)
     }
 
     pub fn goto(&mut self, url: &str) {
@@ -133,6 +181,14 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Moves the mouse to `(x, y)` in the viewport, as a person's pointer would (hover).
+    pub fn mouse_move(&mut self, x: f64, y: f64) {
+        self.call(
+            "Input.dispatchMouseEvent",
+            json!({"type": "mouseMoved", "x": x, "y": y}),
+        );
     }
 
     pub fn screenshot(&mut self, path: &Path) {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use qm_proto::{ClusterView, LeaderView, NodeView, ServerSeen, TeamView};
+use qm_proto::{ClusterView, LeaderView, NodeView, Role, ServerSeen, TeamView, WhoAmI};
 
 use super::{Api, Client};
+use crate::auth::Principal;
 use crate::views::{node_view, team_views};
 use crate::{Refusal, Server};
 
@@ -25,6 +26,22 @@ pub async fn nodes(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<N
 pub async fn teams(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<TeamView>> {
     s.read(|inner| Ok(Json(team_views(&inner.state, inner.now_s()))))
         .await
+}
+
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "cluster", responses((status = 200, description = "Who this token is: admin or member, its name and its teams", body = WhoAmI)))]
+pub async fn whoami(Client(p): Client) -> Json<WhoAmI> {
+    Json(match p {
+        Principal::Member { name, teams } => WhoAmI {
+            role: Role::Member,
+            name: Some(name),
+            teams,
+        },
+        _ => WhoAmI {
+            role: Role::Admin,
+            name: None,
+            teams: Vec::new(),
+        },
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster", responses((status = 200, description = "The servers: the store, who leads (its term and lease) and the standbys", body = ClusterView)))]

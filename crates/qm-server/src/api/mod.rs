@@ -69,7 +69,7 @@ impl IntoResponse for Refusal {
     }
 }
 
-type Api<T> = Result<Json<T>, Refusal>;
+pub(crate) type Api<T> = Result<Json<T>, Refusal>;
 
 /// A JSON body, with a clear message when it does not parse.
 pub struct Body<T>(T);
@@ -93,7 +93,7 @@ where
 
 /// A query string, refused as an `ApiError` (listing the valid values of an enum) when it
 /// does not parse.
-pub struct Params<T>(T);
+pub struct Params<T>(pub(crate) T);
 
 impl<S, T> FromRequestParts<S> for Params<T>
 where
@@ -206,6 +206,8 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<Server>> {
         .routes(routes!(crate::dash::app_js))
         .routes(routes!(crate::dash::app_css))
         .routes(routes!(crate::dash::stream))
+        .routes(routes!(crate::dash::queue))
+        .routes(routes!(cluster::whoami))
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::why))

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use futures_util::StreamExt;
 use qm_proto::{
-    DashSnapshot, Heartbeat, JobView, RegisterRequest, RegisterResponse, TaskKey, TaskUtil,
-    TeamView,
+    DashSnapshot, Heartbeat, JobView, QueuePage, RegisterRequest, RegisterResponse, TaskKey,
+    TaskUtil, TeamView, WhoAmI,
 };
 use qm_server::{Server, ServerConfig};
 use serde_json::{json, Value};
@@ -936,6 +936,18 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
             [401, 401, 200, 200, 403, 403, 200],
         ),
         (
+            "GET",
+            "/api/v1/queue",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/whoami",
+            None,
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
+        (
             "POST",
             "/api/v1/admin/teams",
             Some(json!({"name": "c", "guaranteed": 1})),
@@ -1102,6 +1114,13 @@ async fn members_see_other_teams_jobs_without_commands_or_not_at_all() {
         let json = text.split("data: ").nth(1).unwrap().trim();
         let snap: DashSnapshot = serde_json::from_str(json).unwrap();
         let in_stream = snap.jobs.iter().any(|j| j.id == theirs);
+        // The heat map's tasks name their jobs: another team's only where jobs are shared.
+        let on_nodes = snap
+            .nodes
+            .iter()
+            .flat_map(|n| &n.tasks)
+            .any(|t| t.job == theirs && t.team == "a");
+        assert_eq!(on_nodes, !private, "{:?}", snap.nodes);
         if private {
             assert!(other.is_none(), "{other:?}");
             assert_eq!(show, StatusCode::NOT_FOUND);
@@ -1302,6 +1321,87 @@ async fn a_job_list_with_a_limit_is_the_newest_first() {
     let list: Vec<JobView> = api.ok("GET", "/api/v1/jobs", None).await;
     assert_eq!(list.len(), 6);
     assert!(list.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+}
+
+/// The pending queue pages in plan order past the snapshot's first jobs, with a filter over
+/// team, id, ask and reason; a bad limit is refused; where jobs are private a member pages
+/// through its own teams' jobs only. `whoami` names a member's teams.
+#[tokio::test]
+async fn the_queue_pages_and_filters_in_plan_order() {
+    for private in [false, true] {
+        let api = Api::with(ServerConfig {
+            private_jobs: private,
+            ..ServerConfig::default()
+        });
+        api.node().await;
+        let _: Value = api.ok("POST", "/api/v1/nodes/n0/drain", None).await;
+        api.team("alpha", 0).await;
+        api.team("bravo", 0).await;
+        let mut ids = Vec::new();
+        for i in 0..250 {
+            let team = if i % 5 == 0 { "bravo" } else { "alpha" };
+            ids.push((team, api.submit(team, 1).await));
+        }
+        api.server.tick().unwrap();
+        let all: QueuePage = api.ok("GET", "/api/v1/queue?limit=1000", None).await;
+        assert_eq!((all.total, all.matched, all.offset), (250, 250, 0));
+        let order: Vec<u64> = all.jobs.iter().map(|j| j.id).collect();
+        let mut pages = Vec::new();
+        for offset in [0, 100, 200] {
+            let page: QueuePage = api
+                .ok(
+                    "GET",
+                    &format!("/api/v1/queue?offset={offset}&limit=100"),
+                    None,
+                )
+                .await;
+            assert_eq!(page.offset, offset);
+            pages.extend(page.jobs.iter().map(|j| j.id));
+        }
+        assert_eq!(pages, order, "the pages, end to end, are the queue");
+        let b: QueuePage = api
+            .ok("GET", "/api/v1/queue?filter=BRAVO%20gpu", None)
+            .await;
+        assert_eq!(b.matched, 50);
+        assert!(b.jobs.iter().all(|j| j.team == "bravo"), "{b:?}");
+        let one: QueuePage = api
+            .ok("GET", &format!("/api/v1/queue?filter={}", ids[7].1), None)
+            .await;
+        assert!(one.jobs.iter().any(|j| j.id == ids[7].1), "{one:?}");
+        for bad in ["limit=0", "limit=1001"] {
+            let (status, text) = api
+                .call("GET", &format!("/api/v1/queue?{bad}"), &api.admin, None)
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+            assert!(text.contains("give 1 to 1000"), "{text}");
+        }
+        let bob = api
+            .server
+            .create_token("bob", "member", &["bravo".to_string()])
+            .unwrap();
+        let (_, text) = api
+            .call("GET", "/api/v1/queue?limit=1000", &bob, None)
+            .await;
+        let seen: QueuePage = serde_json::from_str(&text).unwrap();
+        if private {
+            assert_eq!(seen.total, 50);
+            assert!(seen.jobs.iter().all(|j| j.team == "bravo"));
+        } else {
+            assert_eq!(seen.total, 250);
+        }
+        let (_, text) = api.call("GET", "/api/v1/whoami", &bob, None).await;
+        let me: WhoAmI = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (me.role, me.name.as_deref(), me.teams),
+            (
+                qm_proto::Role::Member,
+                Some("bob"),
+                vec!["bravo".to_string()]
+            )
+        );
+        let admin: WhoAmI = api.ok("GET", "/api/v1/whoami", None).await;
+        assert_eq!(admin.role, qm_proto::Role::Admin);
+    }
 }
 
 /// Dashboard streams are capped: one past the cap is refused with 429 and a reason, and a
