@@ -132,14 +132,27 @@ function overview() {
   </div>${chart(snap.history, o.gpus_milli)}`;
 }
 
+// The last hour of the cluster: allocated, borrowed, idle and free GPUs, with a time axis
+// and each sample's values on hover.
 function chart(h, total) {
   if (h.length < 2) return "<p>The chart fills in as samples arrive (every 5 s).</p>";
-  const W = 800, H = 200, t0 = h[0][0], t1 = h[h.length - 1][0], max = Math.max(total, 1);
-  const x = (t) => ((t - t0) / Math.max(t1 - t0, 1)) * W, y = (v) => H - (v / max) * H;
-  const line = (k, c) => `<polyline fill="none" stroke="${c}" stroke-width="2" points="${h.map((s) => x(s[0]) + "," + y(s[k])).join(" ")}"/>`;
-  const free = `<polyline fill="none" stroke="#999" stroke-dasharray="4" points="${h.map((s) => x(s[0]) + "," + y(total - s[1])).join(" ")}"/>`;
-  return `<p class="legend"><span style="background:#2f6fdf"></span>allocated<span style="background:#e08a1e"></span>borrowed<span style="background:#c23"></span>idle<span style="background:#999"></span>free</p>
-  <svg width="${W}" height="${H}" style="background:#fff">${line(1, "#2f6fdf")}${line(2, "#e08a1e")}${line(3, "#c23")}${free}</svg>`;
+  const pts = h.map((s) => ({ at_s: s[0], allocated: s[1], borrowed: s[2], idle: s[3], free: Math.max(total - s[1], 0) }));
+  return timeChart(pts, [["allocated", "#2f6fdf"], ["borrowed", "#e08a1e"], ["idle", "#c23"], ["free", "#999", true]],
+    h[0][0], h[h.length - 1][0], Math.max(total, 1000), 800, 200, "time", (p) => `allocated ${gpus(p.allocated)}, borrowed ${gpus(p.borrowed)}, idle ${gpus(p.idle)}, free ${gpus(p.free)} of ${gpus(total)} GPUs`) +
+    `<p class="legend"><span style="background:#2f6fdf"></span>allocated<span style="background:#e08a1e"></span>borrowed<span style="background:#c23"></span>idle<span style="background:#999"></span>free (GPUs)</p>`;
+}
+
+// A chart over time: a line per series ([key, colour, dashed]), a time axis in local time,
+// GPUs on the other axis, and each point's values (`tell`) on hover.
+function timeChart(pts, series, t0, t1, max, W, H, fmt, tell) {
+  const L = 44, B = 20;
+  const x = (t) => L + ((t - t0) / Math.max(t1 - t0, 1)) * (W - L - 4), y = (v) => H - B - (v / max) * (H - B - 6);
+  const line = ([k, c, dash]) => `<polyline fill="none" stroke="${c}" stroke-width="1.5"${dash ? ' stroke-dasharray="4"' : ""} points="${pts.map((p) => x(p.at_s) + "," + y(p[k])).join(" ")}"/>`;
+  const time = (t) => new Date(t * 1000).toLocaleString([], fmt === "time" ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  const ticks = [t0, (t0 + t1) / 2, t1].map((t, i) => `<text x="${x(t)}" y="${H - 4}" font-size="10" text-anchor="${["start", "middle", "end"][i]}">${time(t)}</text>`).join("");
+  const yAxis = `<text x="2" y="12" font-size="10">${gpus(max)} GPUs</text><text x="2" y="${H - B}" font-size="10">0</text><line x1="${L}" y1="${H - B}" x2="${W - 4}" y2="${H - B}" stroke="#ccc"/>`;
+  const hover = pts.map((p) => `<circle cx="${x(p.at_s)}" cy="${y(p[series[0][0]])}" r="3" fill="transparent"><title>${time(p.at_s)}: ${tell(p)}</title></circle>`).join("");
+  return `<svg width="${W}" height="${H}" style="background:#fff">${yAxis}${ticks}${series.map(line).join("")}${hover}</svg>`;
 }
 
 function teams() {
@@ -159,14 +172,16 @@ function teams() {
 // One line per idle job: flagged when, yielding (any job that needs its GPUs may preempt it),
 // released when.
 function idleJobs(list) {
-  return list.map((i) => {
+  const SHOWN = 3;
+  const more = list.length > SHOWN ? `<div>and ${list.length - SHOWN} more idle jobs</div>` : "";
+  return list.slice(0, SHOWN).map((i) => {
     let what;
     if (!i.flagged) what = `flagged in ${when(i.flagged_at_s)}`;
     else if (i.yielding) what = "yielding";
     else what = "flagged";
     if (i.release_at_s != null) what += `, released in ${when(i.release_at_s)}`;
     return `<div><a href="#/jobs/${i.job}">job ${i.job}</a>: ${esc(what)} (${esc(i.policy)})</div>`;
-  }).join("");
+  }).join("") + more;
 }
 
 function when(s) { if (s == null) return "—"; const d = s - snap.now; return d <= 0 ? "now" : d < 120 ? d + " s" : d < 7200 ? Math.round(d / 60) + " min" : Math.round(d / 3600) + " h"; }
@@ -219,9 +234,10 @@ function queueFrame(filter, n, matched, rows, q) {
   const pages = Math.max(1, Math.ceil(matched / QUEUE_PAGE));
   const link = (k, text, id) => `<a id="${id}" href="${withParams("queue", { q: filter, page: k > 1 ? String(k) : "" })}">${text}</a>`;
   const pager = `<p id="pager">${n > 1 ? link(n - 1, "‹ previous", "queue-prev") + " · " : ""}page ${n} of ${pages}${n < pages ? " · " + link(n + 1, "next ›", "queue-next") : ""}</p>`;
-  const resv = q.reservations.map((r) => `<li>job <a href="#/jobs/${r.id}">${r.id}</a> on ${esc(r.nodes.join(", "))} by ${when(r.start_s)}</li>`);
+  const nodesOf = (r) => r.nodes.length > 8 ? r.nodes.slice(0, 8).join(", ") + ` and ${r.nodes.length - 8} more nodes` : r.nodes.join(", ");
+  const resv = q.reservations.map((r) => `<li>job <a href="#/jobs/${r.id}">${r.id}</a> on ${esc(nodesOf(r))} by ${when(r.start_s)}</li>`);
   return `<h1>Queue (${q.total} pending${filter ? ", " + matched + " match" : ""})</h1>
-    <p><input id="queue-filter" placeholder="filter: team, job, ask, reason" value="${esc(filter)}"></p>
+    <p><input id="queue-filter" size="40" placeholder="filter: team, job, ask, reason" value="${esc(filter)}"></p>
     <table id="queue"><tr><th>job</th><th>team</th><th>asks</th><th>why it waits</th><th>estimated start</th><th>waiting</th></tr>${rows}</table>${pager}
     <h1>Reservations</h1><ul id="reservations">${resv.join("") || "<li>none</li>"}</ul>`;
 }
@@ -236,7 +252,7 @@ function nodes() {
   const hits = q ? nodeHits(q) : null;
   const found = hits ? `<span id="node-hits">${hits.nodes} nodes, ${hits.gpus} GPUs match</span>` : "";
   return `<h1>Nodes (${snap.nodes.length})</h1>
-    <p><input id="node-search" placeholder="search: node, rack, team or job id" value="${esc(q)}"> ${found}</p>
+    <p><input id="node-search" size="40" placeholder="search: node, rack, team or job id" value="${esc(q)}"> ${found}</p>
     <p class="legend">blue: allocated share of each GPU; green dot: its utilisation; grey: down or draining; orange outline: matches the search</p>
     <div class="heat-wrap"><canvas id="heat"></canvas><div id="heat-tip" hidden></div></div>`;
 }
@@ -270,14 +286,14 @@ function drawNodes() {
   const racks = {};
   for (const n of snap.nodes) (racks[n.rack] = racks[n.rack] || []).push(n);
   const cell = 9, gap = 2, perRow = Math.max(1, Math.floor((window.innerWidth - 80) / (8 * cell + 6)));
-  const names = Object.keys(racks).sort();
+  const names = Object.keys(racks).sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
   const words = searchWords(param("q"));
   let rows = 0; for (const r of names) rows += Math.ceil(racks[r].length / perRow);
   const c = $("#heat"); c.width = perRow * (8 * cell + 6) + 60; c.height = rows * (cell + gap) + names.length * 16 + 10;
   const g = c.getContext("2d"); let y = 4;
   heatCells = [];
   for (const r of names) {
-    g.fillStyle = "#555"; g.font = "11px sans-serif"; g.fillText(r || "(no rack)", 2, y + 10); y += 14;
+    g.globalAlpha = 1; g.fillStyle = "#555"; g.font = "11px sans-serif"; g.fillText(r || "(no rack)", 2, y + 10); y += 14;
     racks[r].forEach((n, i) => {
       const x0 = 60 + (i % perRow) * (8 * cell + 6), y0 = y + Math.floor(i / perRow) * (cell + gap);
       n.gpus.forEach(([m, u], k) => {
@@ -380,15 +396,9 @@ async function renderReport(win) {
 // One team's use over time: a line per measure, a time axis in local time, GPUs on the
 // other, and each sample's values on hover.
 function teamChart(pts, t0, t1) {
-  const W = 720, H = 140, L = 40, B = 20;
   const max = Math.max(1000, ...pts.map((p) => Math.max(p.guaranteed_milli, p.used_milli)));
-  const x = (t) => L + ((t - t0) / Math.max(t1 - t0, 1)) * (W - L - 4), y = (v) => H - B - (v / max) * (H - B - 6);
-  const line = (k, c, dash) => `<polyline fill="none" stroke="${c}" stroke-width="1.5"${dash ? ' stroke-dasharray="4"' : ""} points="${pts.map((p) => x(p.at_s) + "," + y(p[k])).join(" ")}"/>`;
-  const time = (t) => new Date(t * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
-  const ticks = [t0, (t0 + t1) / 2, t1].map((t, i) => `<text x="${x(t)}" y="${H - 4}" font-size="10" text-anchor="${["start", "middle", "end"][i]}">${time(t)}</text>`).join("");
-  const yAxis = `<text x="2" y="12" font-size="10">${gpus(max)}</text><text x="2" y="${H - B}" font-size="10">0</text>`;
-  const hover = pts.map((p) => `<circle cx="${x(p.at_s)}" cy="${y(p.used_milli)}" r="3" fill="transparent"><title>${time(p.at_s)}: used ${gpus(p.used_milli)}, borrowed ${gpus(p.borrowed_milli)}, lent ${gpus(p.lent_milli)}, idle ${gpus(p.idle_milli)} of ${gpus(p.guaranteed_milli)} guaranteed GPUs</title></circle>`).join("");
-  return `<svg width="${W}" height="${H}" style="background:#fff">${yAxis}${ticks}${line("guaranteed_milli", "#999", true)}${line("used_milli", "#2f6fdf")}${line("borrowed_milli", "#e08a1e")}${line("lent_milli", "#1b9a3c")}${line("idle_milli", "#c23")}${hover}</svg>`;
+  return timeChart(pts, [["used_milli", "#2f6fdf"], ["guaranteed_milli", "#999", true], ["borrowed_milli", "#e08a1e"], ["lent_milli", "#1b9a3c"], ["idle_milli", "#c23"]],
+    t0, t1, max, 600, 140, "date", (p) => `used ${gpus(p.used_milli)}, borrowed ${gpus(p.borrowed_milli)}, lent ${gpus(p.lent_milli)}, idle ${gpus(p.idle_milli)} of ${gpus(p.guaranteed_milli)} guaranteed GPUs`);
 }
 
 window.addEventListener("hashchange", render);

@@ -31,6 +31,7 @@ pub use auth::{hash_token, new_token};
 pub use dash::snapshot_of as dashboard_snapshot;
 pub use dash::MAX_STREAMS as MAX_DASHBOARD_STREAMS;
 pub use metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+pub use views::usage_rows;
 
 /// Knobs of a server.
 #[derive(Clone, Debug)]

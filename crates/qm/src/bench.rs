@@ -67,6 +67,11 @@ pub struct DashArgs {
     /// first view, and each page's render time.
     #[arg(long)]
     browser: bool,
+    /// Instead of timing: replay a day of that cluster through the scheduling core (its
+    /// usage sampled as the server samples it), serve it, and save a screenshot of every
+    /// dashboard page into this directory (docs/dashboard in the repository).
+    #[arg(long, value_name = "DIR")]
+    screenshots: Option<std::path::PathBuf>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn Error>> {
@@ -141,6 +146,12 @@ pub struct Scenario {
 /// The benchmark cluster: nodes in racks and pods, teams with guarantees that sum to the
 /// cluster, jobs running since various times, and a deep queue.
 pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
+    scenario_at(args, 0)
+}
+
+/// [`scenario`] with its clock starting at `origin` (Unix seconds) instead of 0: the jobs
+/// started over the two hours after it.
+fn scenario_at(args: &PlanArgs, origin: u64) -> Result<Scenario, Box<dyn Error>> {
     let mut rng = Rng::new(args.seed);
     let mut state = ClusterState::new(SchedulerConfig::default());
     for i in 0..args.nodes {
@@ -186,15 +197,15 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
     for id in 1..=u64::from(args.running) {
         let (tasks, gpus) = fit(shape(&mut rng, false));
         let t = team(&mut rng);
-        let spec = job(&mut rng, id, t, tasks, gpus, 0);
+        let spec = job(&mut rng, id, t, tasks, gpus, origin);
         apply(&mut state, Event::Submit(spec))?;
     }
-    let initial = plan(&state, 0);
+    let initial = plan(&state, origin);
     // Nothing runs yet, so the plan stops nothing: its events are its starts, each given its
     // own start time in the last two hours.
-    for mut event in initial.events(0) {
+    for mut event in initial.events(origin) {
         if let Event::Start { at_s, .. } = &mut event {
-            *at_s = rng.below_mod(NOW_S);
+            *at_s = origin + rng.below_mod(NOW_S);
         }
         apply(&mut state, event)?;
     }
@@ -212,7 +223,7 @@ pub fn scenario(args: &PlanArgs) -> Result<Scenario, Box<dyn Error>> {
     for id in first..first + u64::from(args.pending) {
         let (tasks, gpus) = fit(shape(&mut rng, true));
         let t = team(&mut rng);
-        let submit_s = rng.below_mod(NOW_S);
+        let submit_s = origin + rng.below_mod(NOW_S);
         let spec = job(&mut rng, id, t, tasks, gpus, submit_s);
         apply(&mut state, Event::Submit(spec))?;
     }
@@ -325,6 +336,9 @@ fn bench_plan(args: &PlanArgs) -> Result<(), Box<dyn Error>> {
 
 fn bench_dashboard(d: &DashArgs) -> Result<(), Box<dyn Error>> {
     let args = &d.plan;
+    if let Some(dir) = &d.screenshots {
+        return screenshots(args, dir);
+    }
     let sc = scenario(args)?;
     let now = 2 * 3600;
     let history: std::collections::VecDeque<(u64, u64, u64, u64)> = (0..720)
@@ -385,17 +399,46 @@ fn bench_dashboard(d: &DashArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// Serves `state` (the server's own code, a temporary SQLite file, no agents) and renders
-/// each dashboard page in a headless Chromium, reading the page's own render timings.
-fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Error>> {
+/// A server of the bench's own (its own code, a temporary SQLite file holding `state` and
+/// `usage`, no agents: nodes are not timed out for an hour), served on a free port.
+struct Served {
+    /// Runs the server while it lives.
+    _rt: tokio::runtime::Runtime,
+    server: std::sync::Arc<qm_server::Server>,
+    url: String,
+    token: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn serve(state: &ClusterState, usage: &[qm_store::UsageRow]) -> Result<Served, Box<dyn Error>> {
     use qm_store::Store;
     let dir = std::env::temp_dir().join(format!("qm-bench-dash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut store = qm_store::SqliteStore::open(&dir.join("qm.db"))?;
-    store.snapshot(0, &state, "{}")?;
-    let server = qm_server::Server::open(Box::new(store), qm_server::ServerConfig::default())
-        .map_err(|e| format!("{e:?}"))?;
+    store.snapshot(0, state, "{}")?;
+    if !usage.is_empty() {
+        store.append(qm_store::Batch {
+            events: &[],
+            payloads: &[],
+            exits: &[],
+            tokens: &[],
+            nodes: &[],
+            ended: &[],
+            usage,
+        })?;
+    }
+    let config = qm_server::ServerConfig {
+        node_timeout_s: 3600,
+        ..qm_server::ServerConfig::default()
+    };
+    let server = qm_server::Server::open(Box::new(store), config).map_err(|e| format!("{e:?}"))?;
     let token = server
         .create_token("bench", "admin", &[])
         .map_err(|e| format!("{e:?}"))?;
@@ -403,9 +446,24 @@ fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Err
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
     rt.spawn(server.clone().run());
+    let app = qm_server::app(server.clone());
     rt.spawn(async move {
-        let _ = axum::serve(listener, qm_server::app(server)).await;
+        let _ = axum::serve(listener, app).await;
     });
+    Ok(Served {
+        _rt: rt,
+        server,
+        url,
+        token,
+        dir,
+    })
+}
+
+/// Serves `state` and renders each dashboard page in a headless Chromium, reading the page's
+/// own render timings.
+fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Error>> {
+    let served = serve(&state, &[])?;
+    let (url, token) = (served.url.clone(), served.token.clone());
     let mut b = qm::cdp::Browser::launch();
     b.goto(&format!("{url}/"));
     b.wait_for(
@@ -436,6 +494,224 @@ fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Err
         );
     }
     drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(served);
     Ok(serde_json::json!({"first_view_ms": first_view_ms, "pages": pages}))
+}
+
+/// `qm bench dashboard --screenshots DIR`: the bench's cluster through the last day, then
+/// every page of the dashboard as a member of two teams sees it.
+///
+/// The day is replayed through the scheduling core in five-minute steps: each run lasts a
+/// random share of its time limit (nine in ten succeed), 30 jobs of the bench's mix
+/// arrive per step, one job in seven holds its GPUs idle, a plan is applied at every step
+/// and each team's use is sampled as the server samples it (`usage_rows`), so the report
+/// page has a day of history. The day ends now, so times read as they would on a live
+/// cluster.
+fn screenshots(args: &PlanArgs, dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
+    use qm_core::JobState;
+    const DAY: u64 = 86_400;
+    const STEP: u64 = 300;
+    const ARRIVALS: u32 = 30;
+    let end = qm_server::now_s() / STEP * STEP;
+    let origin = end - DAY - NOW_S;
+    let mut sc = scenario_at(args, origin)?;
+    let state = &mut sc.state;
+    let mut rng = Rng::new(args.seed ^ 0x5eed);
+    let mut next_id = state.jobs().map(|j| j.spec.id.0).max().unwrap_or(0) + 1;
+    let mut ends: std::collections::BTreeMap<JobId, u64> = Default::default();
+    let mut usage = Vec::new();
+    let mut t = origin + NOW_S;
+    while t <= end {
+        let mut events = Vec::new();
+        for j in state.live_jobs() {
+            match &j.state {
+                JobState::Running(r) => {
+                    let limit = j.spec.time_limit_s.unwrap_or(3600);
+                    let over = *ends.entry(j.spec.id).or_insert_with(|| {
+                        r.started_s + 600 + rng.below_mod(limit.saturating_sub(600).max(1))
+                    });
+                    if over <= t {
+                        events.push(Event::Exited {
+                            job: j.spec.id,
+                            success: rng.below_mod(10) != 0,
+                            attempt: None,
+                            at_s: t,
+                        });
+                    } else {
+                        let idle = j.spec.id.0 % 7 == 0;
+                        let pct = if idle {
+                            0
+                        } else {
+                            45 + (j.spec.id.0 * 37 % 55) as u8
+                        };
+                        events.push(Event::Utilisation {
+                            job: j.spec.id,
+                            pct,
+                            attempt: None,
+                            at_s: t,
+                        });
+                    }
+                }
+                JobState::Stopping(..) => events.push(Event::Exited {
+                    job: j.spec.id,
+                    success: false,
+                    attempt: None,
+                    at_s: t,
+                }),
+                _ => {}
+            }
+        }
+        for e in events {
+            if let Event::Exited { job, .. } = &e {
+                ends.remove(job);
+            }
+            apply(state, e)?;
+        }
+        for _ in 0..ARRIVALS {
+            let (tasks, gpus) = shape(&mut rng, true);
+            let team = format!("team-{:02}", rng.below_mod(u64::from(args.teams)));
+            let spec = job(&mut rng, next_id, team, tasks.min(args.nodes), gpus, t);
+            next_id += 1;
+            apply(state, Event::Submit(spec))?;
+        }
+        for e in plan(state, t).events(t) {
+            apply(state, e)?;
+        }
+        usage.extend(qm_server::usage_rows(state, t, t));
+        t += STEP;
+    }
+    let served = serve(state, &usage)?;
+    let member = served
+        .server
+        .create_token(
+            "alice",
+            "member",
+            &["team-03".to_string(), "team-11".to_string()],
+        )
+        .map_err(|e| format!("{e:?}"))?;
+    let url = served.url.clone();
+    // A running job of the member's, for its page and the heat map's hover.
+    let (job, node, gpu) = state
+        .live_jobs()
+        .filter(|j| j.spec.team == "team-03")
+        .find_map(|j| {
+            let r = j.state.run()?;
+            let t = r.placement.first()?;
+            let node = state.node(t.node)?.spec.name.clone();
+            Some((j.spec.id.0, node, *t.gpus.first()?))
+        })
+        .ok_or("no job of team-03 runs")?;
+    let mut b = qm::cdp::Browser::launch();
+    b.goto(&format!("{url}/"));
+    b.wait_for(
+        "!document.querySelector('#signin').hidden",
+        "the sign-in form",
+    );
+    b.eval(&format!(
+        "document.querySelector('#token').value = '{member}'; document.querySelector('#signin-button').click(); true"
+    ));
+    b.wait_for("document.querySelector('#c-gpus')", "the overview");
+    // A few of the overview's 5-second samples, for its chart.
+    std::thread::sleep(std::time::Duration::from_secs(16));
+    std::fs::create_dir_all(dir)?;
+    let mut shots = Vec::new();
+    let shot = |b: &mut qm::cdp::Browser, hash: &str, ready: &str, name: &str, full: bool| {
+        b.goto(&format!("{url}/{hash}"));
+        b.wait_for(ready, name);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let path = dir.join(format!("{name}.png"));
+        if full {
+            b.screenshot_full(&path);
+        } else {
+            b.screenshot(&path);
+        }
+        path
+    };
+    shots.push(shot(
+        &mut b,
+        "#/overview",
+        "document.querySelector('#c-gpus') && document.querySelector('#view svg')",
+        "overview",
+        false,
+    ));
+    shots.push(shot(
+        &mut b,
+        "#/teams",
+        "document.querySelector('#teams tr.mine')",
+        "teams",
+        true,
+    ));
+    shots.push(shot(
+        &mut b,
+        "#/queue",
+        "document.querySelector('#pager')",
+        "queue",
+        false,
+    ));
+    shots.push(shot(&mut b, "#/queue?q=team-11%20x8", "document.querySelector('#pager') && !document.querySelector('#queue').innerText.includes('reading')", "queue-filtered", false));
+    shots.push(shot(
+        &mut b,
+        "#/nodes?q=team-03",
+        "document.querySelector('#node-hits')",
+        "nodes-search",
+        false,
+    ));
+    b.goto(&format!("{url}/#/nodes"));
+    b.wait_for(
+        &format!("window.qmHeatCell && window.qmHeatCell('{node}', {gpu})"),
+        "the heat map",
+    );
+    let at = b.eval(&format!("window.qmHeatCell('{node}', {gpu})"));
+    let (x, y) = (
+        at["x"].as_f64().unwrap_or(0.0),
+        at["y"].as_f64().unwrap_or(0.0),
+    );
+    if y > 800.0 {
+        b.eval(&format!("window.scrollTo(0, {}); true", y - 300.0));
+    }
+    let at = b.eval(&format!("window.qmHeatCell('{node}', {gpu})"));
+    b.mouse_move(at["x"].as_f64().unwrap_or(x), at["y"].as_f64().unwrap_or(y));
+    b.wait_for(
+        "!document.querySelector('#heat-tip').hidden",
+        "the hover details",
+    );
+    let path = dir.join("nodes.png");
+    b.screenshot(&path);
+    shots.push(path);
+    shots.push(shot(
+        &mut b,
+        "#/jobs",
+        "document.querySelector('#jobs')",
+        "jobs",
+        false,
+    ));
+    shots.push(shot(
+        &mut b,
+        &format!("#/jobs/{job}"),
+        "document.querySelector('#events')",
+        "job",
+        false,
+    ));
+    shots.push(shot(
+        &mut b,
+        "#/report/1d",
+        "document.querySelector('#report-charts .team-chart')",
+        "report",
+        true,
+    ));
+    let errors = b.take_errors();
+    drop(b);
+    drop(served);
+    if !errors.is_empty() {
+        return Err(format!("the dashboard logged errors: {errors:?}").into());
+    }
+    println!(
+        "a day of {} nodes ({} usage samples), photographed as a member of team-03 and team-11:",
+        args.nodes,
+        usage.len()
+    );
+    for p in shots {
+        println!("  {}", p.display());
+    }
+    Ok(())
 }

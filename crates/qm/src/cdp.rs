@@ -191,6 +191,22 @@ impl Browser {
         );
     }
 
+    /// The whole page, however far it scrolls.
+    pub fn screenshot_full(&mut self, path: &Path) {
+        let m = self.call("Page.getLayoutMetrics", json!({}));
+        let size = &m["cssContentSize"];
+        let r = self.call(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true,
+                "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
     pub fn screenshot(&mut self, path: &Path) {
         let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
         let png = base64::engine::general_purpose::STANDARD

@@ -646,3 +646,45 @@ fn an_agent_says_which_address_other_nodes_reach_it_at() {
     let out = child.wait_with_output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("reach this one at"));
 }
+
+/// `qm bench dashboard --screenshots` replays a day, serves it and photographs every page in
+/// Chromium, as a member of two teams, and fails on any console error.
+#[test]
+fn bench_dashboard_photographs_every_page() {
+    let dir = tmp("shots");
+    let out = qm(&[
+        "bench",
+        "dashboard",
+        "--nodes",
+        "64",
+        "--running",
+        "150",
+        "--pending",
+        "300",
+        "--screenshots",
+        dir.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("photographed as a member"), "{text}");
+    for page in [
+        "overview",
+        "teams",
+        "queue",
+        "queue-filtered",
+        "nodes",
+        "nodes-search",
+        "jobs",
+        "job",
+        "report",
+    ] {
+        let png = std::fs::read(dir.join(format!("{page}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{page}.png is not a PNG");
+        assert!(png.len() > 10_000, "{page}.png is nearly empty");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
