@@ -168,6 +168,11 @@ pub struct DependencyView {
     /// Default `ok`.
     #[serde(default)]
     pub when: After,
+    /// In a submission: `job` is an array's id and the dependency is on every job of the
+    /// array (`ok`: all succeed; `any`: all end), as Slurm's `afterok:ARRAY`. The job then
+    /// depends on each of them, which is how it is shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub array: bool,
 }
 
 /// The indices of an array and how many of its jobs may run at once.

@@ -434,6 +434,7 @@ pub fn job_view(inner: &Inner, j: &Job) -> JobView {
             .map(|d| proto::DependencyView {
                 job: d.job.0,
                 when: after(d.when),
+                array: false,
             })
             .collect(),
         events: inner

@@ -106,6 +106,8 @@ pub struct EndedQuery {
     pub before: Option<u64>,
     /// Only jobs that ended at or after this.
     pub ended_since: Option<u64>,
+    /// Only jobs that ended at or before this.
+    pub ended_until: Option<u64>,
     pub limit: usize,
 }
 
@@ -556,6 +558,10 @@ pub(crate) fn ended_sql(
     if let Some(since) = q.ended_since {
         params.push(SqlParam::Int(since.min(i64::MAX as u64) as i64));
         sql += &format!(" AND end_s >= {}", mark(params.len()));
+    }
+    if let Some(until) = q.ended_until {
+        params.push(SqlParam::Int(until.min(i64::MAX as u64) as i64));
+        sql += &format!(" AND end_s <= {}", mark(params.len()));
     }
     if let Some(teams) = &q.teams {
         params.push(SqlParam::Text(

@@ -563,7 +563,10 @@ fn submit_request(
         .iter()
         .map(|v| crate::script::after_spec(v))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(1, e))?;
+        .map_err(|e| fail(1, e))?
+        .into_iter()
+        .map(|(job, when)| dependency(c, &job, when))
+        .collect::<Result<Vec<_>, _>>()?;
     let req = SubmitRequest {
         team,
         name: flags.name.clone().unwrap_or_default(),
@@ -1001,6 +1004,9 @@ pub fn history(conn: &Conn, a: HistoryArgs) -> Result<(), Box<dyn Error>> {
             ("team", a.team.clone()),
             ("user", a.user.clone()),
             ("state", a.state.map(|s| s.to_string())),
+            // Ended jobs only, in the window, so that `--limit` counts what is listed.
+            ("ended_since", Some(since.unwrap_or(0).to_string())),
+            ("ended_until", until.map(|u| u.to_string())),
         ],
     )?;
     let rows: Vec<HistoryRow> = jobs
@@ -1168,6 +1174,26 @@ pub fn report(conn: &Conn, a: ReportArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// A dependency as people write it, as Slurm reads it: `12_7` is one job of array 12; `12`
+/// is the whole array where 12 is an array's id (each of its jobs must succeed, or end), and
+/// the job 12 otherwise.
+fn dependency(
+    c: &Client,
+    job: &str,
+    when: qm_proto::After,
+) -> Result<qm_proto::DependencyView, Box<dyn Error>> {
+    let id = resolve(c, job)?;
+    // One that cannot be read is sent as it is, for the server to say why it is refused.
+    let array = !job.contains('_')
+        && c.get::<JobView>(&format!("/api/v1/jobs/{id}"))
+            .is_ok_and(|j| j.array.is_some_and(|a| a.array == id));
+    Ok(qm_proto::DependencyView {
+        job: id,
+        when,
+        array,
+    })
+}
+
 /// A job's id as people write it: `12`, or `12_7` for index 7 of array 12.
 pub fn resolve(c: &Client, text: &str) -> Result<u64, Box<dyn Error>> {
     let bad = || {
@@ -1274,8 +1300,27 @@ pub fn show(conn: &Conn, job: &str, json: bool) -> Result<(), Box<dyn Error>> {
             ))
         );
     }
-    for d in &j.after {
-        println!("  after job {} {}", d.job, after_text(d.when));
+    // Runs of consecutive ids with one condition (an array's jobs) on one line.
+    let mut deps: Vec<(qm_proto::After, u64)> = j.after.iter().map(|d| (d.when, d.job)).collect();
+    deps.sort_unstable_by_key(|&(w, id)| (w as u8, id));
+    let mut i = 0;
+    while i < deps.len() {
+        let (when, lo) = deps[i];
+        let mut hi = lo;
+        while i + 1 < deps.len() && deps[i + 1] == (when, hi + 1) {
+            i += 1;
+            hi += 1;
+        }
+        if hi == lo {
+            println!("  after job {lo} {}", after_text(when));
+        } else {
+            println!(
+                "  after jobs {lo}-{hi} ({} jobs) {}",
+                hi - lo + 1,
+                after_text(when)
+            );
+        }
+        i += 1;
     }
     if let Some(every) = j.checkpoint_every_s {
         println!("  checkpoints every {}", span(every));

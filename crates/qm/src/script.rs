@@ -458,20 +458,29 @@ pub fn array_spec(v: &str) -> Result<(Vec<u32>, Option<u32>), String> {
     Ok((out, max))
 }
 
-/// `--after` values: `JOB`, `JOB:ok`, `JOB:any`, `JOB:failed`.
-pub fn after_spec(v: &str) -> Result<qm_proto::DependencyView, String> {
+/// `--after` values: `JOB`, `JOB:ok`, `JOB:any`, `JOB:failed`, where JOB is a job's id, an
+/// array's id (every job of the array) or one job of an array (`12_7`). The job as written,
+/// and the condition.
+pub fn after_spec(v: &str) -> Result<(String, qm_proto::After), String> {
     let (id, when) = match v.split_once(':') {
-        Some((id, w)) => (id, w),
-        None => (v, "ok"),
+        Some((id, w)) => (id.trim(), w),
+        None => (v.trim(), "ok"),
     };
-    let job = id
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| format!("bad --after {v:?}: expected JOB, JOB:ok, JOB:any or JOB:failed"))?;
+    let bad = || {
+        format!("bad --after {v:?}: expected JOB, JOB:ok, JOB:any or JOB:failed, JOB a job's id (12), an array's (12) or one of its jobs (12_7)")
+    };
+    let number = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = match id.split_once('_') {
+        None => number(id),
+        Some((a, i)) => number(a) && number(i),
+    };
+    if !well_formed {
+        return Err(bad());
+    }
     let when = when
         .parse::<qm_proto::After>()
         .map_err(|e| format!("bad --after {v:?}: {e}"))?;
-    Ok(qm_proto::DependencyView { job, when })
+    Ok((id.to_string(), when))
 }
 
 #[cfg(test)]
@@ -559,11 +568,14 @@ mod tests {
         assert!(array_spec("0-9%0").is_err());
         assert_eq!(
             after_spec("12:any").unwrap(),
-            qm_proto::DependencyView {
-                job: 12,
-                when: qm_proto::After::Any
-            }
+            ("12".to_string(), qm_proto::After::Any)
         );
+        assert_eq!(
+            after_spec("12_3").unwrap(),
+            ("12_3".to_string(), qm_proto::After::Ok)
+        );
+        assert!(after_spec("12_").unwrap_err().contains("12_7"));
+        assert!(after_spec("x:ok").is_err());
         assert!(after_spec("12:maybe")
             .unwrap_err()
             .contains("ok, any, failed"));

@@ -212,6 +212,10 @@ pub struct JobFilter {
     limit: Option<usize>,
     /// Only jobs with a lower id: the last id of the previous page, to page back in time.
     before: Option<u64>,
+    /// Only ended jobs, that ended at or after this (Unix seconds; 0 for every ended job).
+    ended_since: Option<u64>,
+    /// Only ended jobs, that ended at or before this (Unix seconds).
+    ended_until: Option<u64>,
     /// Also the ended jobs the server no longer holds in memory (read from the store's
     /// records; see `qm server --retain-ended`).
     #[serde(default)]
@@ -252,6 +256,14 @@ pub async fn list(
                 })
                 .filter(|j| f.name.as_ref().is_none_or(|n| &j.spec.name == n))
                 .filter(|j| !private || p.may_use_team(&j.spec.team))
+                .filter(|j| {
+                    let ended_filter = f.ended_since.is_some() || f.ended_until.is_some();
+                    !ended_filter
+                        || j.state.ended_s().is_some_and(|e| {
+                            f.ended_since.is_none_or(|s| e >= s)
+                                && f.ended_until.is_none_or(|u| e <= u)
+                        })
+                })
                 .collect();
             if matching.len() > limit {
                 matching.select_nth_unstable_by_key(limit, |j| std::cmp::Reverse(j.spec.id));
@@ -271,28 +283,44 @@ pub async fn list(
             (Principal::Member { teams, .. }, true) => Some(teams.clone()),
             _ => None,
         };
-        let query = qm_store::EndedQuery {
-            teams,
-            team: f.team.clone(),
-            user: f.user.clone(),
-            state: f.state.map(|st| st.as_str().to_string()),
-            before: f.before,
-            ended_since: None,
-            limit,
-        };
-        let records = s.journal.store().ended_jobs(&query)?;
+        // The store is queried by team, user, state and end; array and name are checked on
+        // the records it returns, page after page until `limit` match (an array's jobs have
+        // ids from the array's up: no page below it is read).
+        let checked_here = f.array.is_some() || f.name.is_some();
+        let page = if checked_here { limit.max(1000) } else { limit };
         let held: std::collections::BTreeSet<u64> = out.iter().map(|j| j.id).collect();
-        for rec in records {
-            if !held.contains(&rec.id) {
+        let mut cursor = f.before;
+        let mut found = 0;
+        loop {
+            let query = qm_store::EndedQuery {
+                teams: teams.clone(),
+                team: f.team.clone(),
+                user: f.user.clone(),
+                state: f.state.map(|st| st.as_str().to_string()),
+                before: cursor,
+                ended_since: f.ended_since,
+                ended_until: f.ended_until,
+                limit: page,
+            };
+            let records = s.journal.store().ended_jobs(&query)?;
+            let read = records.len();
+            cursor = records.last().map(|r| r.id);
+            for rec in records {
+                if held.contains(&rec.id) {
+                    continue;
+                }
                 let view = record_view(&rec, &p)?;
-                // The store is queried by team, user and state; array and name are checked
-                // on the records it returns.
                 let array_ok = f
                     .array
                     .is_none_or(|a| view.array.is_some_and(|m| m.array == a));
                 if array_ok && f.name.as_ref().is_none_or(|n| &view.name == n) {
                     out.push(view);
+                    found += 1;
                 }
+            }
+            let below_array = f.array.zip(cursor).is_some_and(|(a, c)| c <= a);
+            if !checked_here || read < page || found >= limit || below_array {
+                break;
             }
         }
     }
@@ -348,7 +376,11 @@ impl Inner {
         after: &[proto::DependencyView],
     ) -> Result<Vec<qm_core::Dependency>, Refusal> {
         let mut out = Vec::new();
-        for d in after {
+        let mut members = Vec::new();
+        for d in after.iter().filter(|d| d.array) {
+            members.extend(self.array_members(p, d)?);
+        }
+        for d in after.iter().filter(|d| !d.array).chain(&members) {
             let job = JobId(d.job);
             let when = views::after_core(d.when);
             // With private jobs, another team's job is not there for this caller.
@@ -395,6 +427,64 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+
+    /// A dependency on a whole array as one on each of its jobs, those in memory and those
+    /// forgotten into the store (an array's jobs have consecutive ids from the array's).
+    fn array_members(
+        &self,
+        p: &Principal,
+        d: &proto::DependencyView,
+    ) -> Result<Vec<proto::DependencyView>, Refusal> {
+        if d.when == proto::After::Failed {
+            return Err(Refusal::BadRequest(format!(
+                "a dependency on a whole array is ok (all its jobs succeed) or any (all end), not failed; to wait for one of its jobs to fail, name it ({}_INDEX)",
+                d.job
+            )));
+        }
+        let hidden = |team: &str| self.config.private_jobs && !p.may_use_team(team);
+        let of_array = |a: Option<qm_core::ArrayMember>| a.is_some_and(|a| a.array.0 == d.job);
+        let mut ids: std::collections::BTreeSet<u64> = self
+            .state
+            .jobs()
+            .filter(|j| of_array(j.spec.array) && !hidden(&j.spec.team))
+            .map(|j| j.spec.id.0)
+            .collect();
+        self.journal.flush_to(self.journal.queued());
+        let query = qm_store::EndedQuery {
+            teams: None,
+            team: None,
+            user: None,
+            state: None,
+            before: Some(d.job.saturating_add(crate::limits::MAX_ARRAY as u64)),
+            ended_since: None,
+            ended_until: None,
+            limit: crate::limits::MAX_ARRAY,
+        };
+        for rec in self.journal.store().ended_jobs(&query)? {
+            if rec.id < d.job || hidden(&rec.team) || ids.contains(&rec.id) {
+                continue;
+            }
+            let view: JobView = serde_json::from_str(&rec.view)
+                .map_err(|e| Refusal::Internal(format!("job {}'s record: {e}", rec.id)))?;
+            if view.array.is_some_and(|a| a.array == d.job) {
+                ids.insert(rec.id);
+            }
+        }
+        if ids.is_empty() {
+            return Err(Refusal::BadRequest(format!(
+                "the job depends on array {}, which does not exist (a single job is named without --after's array form)",
+                d.job
+            )));
+        }
+        Ok(ids
+            .into_iter()
+            .map(|job| proto::DependencyView {
+                job,
+                when: d.when,
+                array: false,
+            })
+            .collect())
     }
 
     /// Refuses a submission of `more` jobs that would take a user or a team past its limit

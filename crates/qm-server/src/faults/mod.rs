@@ -289,6 +289,7 @@ impl World {
                         qm_proto::After::Any,
                         qm_proto::After::Failed,
                     ][self.rng.below(3) as usize],
+                    array: false,
                 }],
                 _ => Vec::new(),
             },

@@ -261,3 +261,60 @@ fn report_gives_each_teams_use_from_samples_that_survive_a_restart() {
     let out = up.qm(&["report", "--since", "0"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_dependency_on_a_whole_array_waits_for_all_its_jobs_even_once_they_are_forgotten() {
+    let up = Up::start("slurm-array-deps", &["--retain-ended-max", "1"]);
+    up.ok(&["admin", "team", "create", "default", "--guaranteed", "4"]);
+    // Three jobs of an array, ending one second apart.
+    let a = up.submit(&[
+        "--array",
+        "0-2",
+        "--",
+        "sh",
+        "-c",
+        "sleep $((QM_ARRAY_INDEX + 1))",
+    ]);
+    let after_all = up.submit(&["--after", &a.to_string(), "--", "true"]);
+    let after_one = up.submit(&["--after", &format!("{a}_0"), "--", "true"]);
+    let show = up.ok(&["show", &after_all.to_string()]);
+    assert!(
+        show.contains(&format!("after jobs {a}-{} (3 jobs) succeeded", a + 2)),
+        "{show}"
+    );
+    let show = up.ok(&["show", &after_one.to_string()]);
+    assert!(show.contains(&format!("after job {a} succeeded")), "{show}");
+    // A whole array cannot be waited on to fail: one of its jobs can.
+    let out = up.qm(&["submit", "--after", &format!("{a}:failed"), "--", "true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not failed") && err.contains("_INDEX"),
+        "{err}"
+    );
+    let one = up.wait_state(after_one, "succeeded");
+    let all = up.wait_state(after_all, "succeeded");
+    let ended: Vec<u64> = (a..a + 3)
+        .map(|m| up.wait_state(m, "succeeded")["ended_s"].as_u64().unwrap())
+        .collect();
+    assert!(one["first_started_s"].as_u64().unwrap() >= ended[0]);
+    assert!(
+        all["first_started_s"].as_u64().unwrap() >= *ended.iter().max().unwrap(),
+        "{all:#}"
+    );
+    // Once the array's jobs have left memory (one ended job kept), the store still has them:
+    // listed by array, and a new dependency on the array is met from their records.
+    up.wait_for(|u| jobs(u, &["--array", &a.to_string()]).len() < 3);
+    let stored = jobs(&up, &["--array", &a.to_string(), "--all"]);
+    assert_eq!(stored.len(), 3, "{stored:#?}");
+    let late = up.submit(&["--after", &a.to_string(), "--", "true"]);
+    up.wait_state(late, "succeeded");
+    // History's --limit counts ended jobs only, however many run.
+    let running = up.submit(&["--", "sleep", "300"]);
+    up.wait_state(running, "running");
+    let rows = up.json(&["history", "--limit", "2", "--format", "json"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(rows.iter().all(|r| r["id"] != running), "{rows:#?}");
+    up.ok(&["cancel", &running.to_string()]);
+}
