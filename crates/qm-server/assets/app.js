@@ -27,6 +27,8 @@ function signOut(message) {
   if (stream) stream.abort();
   snap = null;
   me = null;
+  queueRead = { key: null, seq: -1, page: null, inflight: false };
+  heatMouse = null;
   $("#view").innerHTML = "";
   $("#nav").hidden = true;
   $("#signin").hidden = false;
@@ -44,7 +46,8 @@ function start() {
   $("#signin").hidden = true;
   $("#nav").hidden = false;
   if (!location.hash) location.hash = "#/overview";
-  api("/api/v1/whoami").then((m) => { me = m; render(); }).catch(() => {});
+  // The report is cached for 30 s: draw it again with the member's teams first.
+  api("/api/v1/whoami").then((m) => { me = m; reportShown.key = null; render(); }).catch(() => {});
   connect();
   render();
 }
@@ -99,6 +102,7 @@ function render() {
 
 function renderPage() {
   const [p, arg] = page();
+  if (p !== "nodes") heatMouse = null;
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === "#/" + p));
   if (p === "jobs" && arg) return renderJob(arg);
   if (p === "report") {
@@ -203,12 +207,16 @@ function queue() {
     if (!queueRead.inflight && (queueRead.key !== key || queueRead.seq !== snapSeq)) {
       const seq = snapSeq;
       queueRead.inflight = true;
-      api("/api/v1/queue?" + key).then((r) => { queueRead = { key, seq, page: r, inflight: false }; if (page()[0] === "queue") render(); })
-        .catch((e) => { queueRead = { key, seq, page: { error: e.message }, inflight: false }; if (page()[0] === "queue") render(); });
+      // An answer for a session signed out since is dropped.
+      const tok = token();
+      const done = (got) => { if (token() !== tok) return; queueRead = { key, seq, page: got, inflight: false }; if (page()[0] === "queue") render(); };
+      api("/api/v1/queue?" + key).then((r) => done(r)).catch((e) => done({ error: e.message }));
     }
     pageOf = queueRead.key === key ? queueRead.page : null;
-    if (!pageOf) return queueFrame(filter, n, 0, "<tr><td colspan=6>reading…</td></tr>", q);
-    if (pageOf.error) return queueFrame(filter, n, 0, `<tr><td colspan=6 class="error">${esc(pageOf.error)}</td></tr>`, q);
+    // While a page is read, the count last read stands.
+    const known = queueRead.page && queueRead.page.matched != null ? queueRead.page.matched : null;
+    if (!pageOf) return queueFrame(filter, n, known, "<tr><td colspan=6>reading…</td></tr>", q);
+    if (pageOf.error) return queueFrame(filter, n, known, `<tr><td colspan=6 class="error">${esc(pageOf.error)}</td></tr>`, q);
     jobs = pageOf.jobs; matched = pageOf.matched;
   }
   const rows = [];
@@ -230,13 +238,19 @@ function queue() {
   return queueFrame(filter, n, matched, rows.join("") || "<tr><td colspan=6>no pending job matches</td></tr>", q);
 }
 
+// The page around the rows: a count of matches (null while unknown) and a pager.
 function queueFrame(filter, n, matched, rows, q) {
-  const pages = Math.max(1, Math.ceil(matched / QUEUE_PAGE));
   const link = (k, text, id) => `<a id="${id}" href="${withParams("queue", { q: filter, page: k > 1 ? String(k) : "" })}">${text}</a>`;
-  const pager = `<p id="pager">${n > 1 ? link(n - 1, "‹ previous", "queue-prev") + " · " : ""}page ${n} of ${pages}${n < pages ? " · " + link(n + 1, "next ›", "queue-next") : ""}</p>`;
+  let pager;
+  if (matched == null) pager = `<p id="pager">page ${n}</p>`;
+  else {
+    const pages = Math.max(1, Math.ceil(matched / QUEUE_PAGE));
+    const back = n > pages ? link(pages, "‹ last page", "queue-prev") : n > 1 ? link(n - 1, "‹ previous", "queue-prev") : "";
+    pager = `<p id="pager">${back ? back + " · " : ""}page ${n} of ${pages}${n < pages ? " · " + link(n + 1, "next ›", "queue-next") : ""}</p>`;
+  }
   const nodesOf = (r) => r.nodes.length > 8 ? r.nodes.slice(0, 8).join(", ") + ` and ${r.nodes.length - 8} more nodes` : r.nodes.join(", ");
   const resv = q.reservations.map((r) => `<li>job <a href="#/jobs/${r.id}">${r.id}</a> on ${esc(nodesOf(r))} by ${when(r.start_s)}</li>`);
-  return `<h1>Queue (${q.total} pending${filter ? ", " + matched + " match" : ""})</h1>
+  return `<h1>Queue (${q.total} pending${filter && matched != null ? ", " + matched + " match" : ""})</h1>
     <p><input id="queue-filter" size="40" placeholder="filter: team, job, ask, reason" value="${esc(filter)}"></p>
     <table id="queue"><tr><th>job</th><th>team</th><th>asks</th><th>why it waits</th><th>estimated start</th><th>waiting</th></tr>${rows}</table>${pager}
     <h1>Reservations</h1><ul id="reservations">${resv.join("") || "<li>none</li>"}</ul>`;
@@ -330,8 +344,10 @@ function heatTip() {
 
 // Where GPU k of a node is drawn, in the viewport (for tests).
 window.qmHeatCell = (name, k) => {
-  const c = heatCells.find((c) => c.n.name === name && c.k === k), b = $("#heat").getBoundingClientRect();
-  return c ? { x: b.left + c.x + 3, y: b.top + c.y + 3 } : null;
+  const c = heatCells.find((c) => c.n.name === name && c.k === k), canvas = $("#heat");
+  if (!c || !canvas) return null;
+  const b = canvas.getBoundingClientRect();
+  return { x: b.left + c.x + 3, y: b.top + c.y + 3 };
 };
 
 function jobs() {

@@ -84,6 +84,25 @@ pub(crate) struct Shared {
     snap: DashSnapshot,
     text: String,
     pending: Vec<qm_core::PendingJob>,
+    /// Every pending job's view and its words in lower case, built at the first filtered
+    /// read of this snapshot; filtering then reads them without the state's lock.
+    views: std::sync::OnceLock<Vec<(DashPending, String)>>,
+}
+
+impl Shared {
+    fn views(&self, state: &qm_core::ClusterState) -> &[(DashPending, String)] {
+        self.views.get_or_init(|| {
+            self.pending
+                .iter()
+                .filter_map(|pj| pending_view(state, pj, self.snap.now))
+                .map(|v| {
+                    let words =
+                        format!("{} {} {} {}", v.team, v.id, v.reason, v.ask).to_lowercase();
+                    (v, words)
+                })
+                .collect()
+        })
+    }
 }
 
 /// One open stream, counted while it lives.
@@ -118,6 +137,22 @@ fn shared_snapshot(s: &Server, p: &Principal) -> String {
     if inner.config.private_jobs {
         let mut own = shared.snap.clone();
         private_to(&mut own, &inner.state, p);
+        // The queue's first page and count as the member's own: the first of its teams'
+        // jobs in plan order, not those among the first of everyone's.
+        let team_of = |pj: &&qm_core::PendingJob| {
+            inner
+                .state
+                .job(pj.job)
+                .is_some_and(|j| p.may_use_team(&j.spec.team))
+        };
+        own.queue.total = shared.pending.iter().filter(team_of).count() as u64;
+        own.queue.jobs = shared
+            .pending
+            .iter()
+            .filter(team_of)
+            .take(QUEUE_SHOWN)
+            .filter_map(|pj| pending_view(&inner.state, pj, own.now))
+            .collect();
         own.to_string()
     } else {
         shared.text.clone()
@@ -142,6 +177,7 @@ fn shared(s: &Server, inner: &Inner) -> Arc<Shared> {
             snap,
             text,
             pending,
+            views: std::sync::OnceLock::new(),
         });
         *s.dash_cache
             .lock()
@@ -165,6 +201,11 @@ fn private_to(snap: &mut DashSnapshot, state: &qm_core::ClusterState, p: &Princi
     snap.queue.jobs.retain(|j| p.may_use_team(&j.team));
     for n in &mut snap.nodes {
         n.tasks.retain(|t| p.may_use_team(&t.team));
+    }
+    for t in &mut snap.teams {
+        if !p.may_use_team(&t.name) {
+            t.idle_jobs.clear();
+        }
     }
     snap.queue
         .reservations
@@ -380,49 +421,36 @@ pub async fn queue(
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    s.read(|inner| {
-        let shared = shared(&s, inner);
-        let now = shared.snap.now;
-        let mut total = 0;
-        let mut matched = 0;
-        let mut jobs = Vec::new();
-        for pj in &shared.pending {
-            let Some(j) = inner.state.job(pj.job) else {
-                continue;
-            };
-            if inner.config.private_jobs && !p.may_use_team(&j.spec.team) {
-                continue;
+    // The snapshot's views are built under the lock (once per snapshot); they are
+    // filtered and paged without it.
+    let (shared, private) = s
+        .read(|inner| {
+            let shared = shared(&s, inner);
+            shared.views(&inner.state);
+            Ok((shared, inner.config.private_jobs))
+        })
+        .await?;
+    let views = shared.views.get().map_or(&[][..], Vec::as_slice);
+    let visible = views
+        .iter()
+        .filter(|(v, _)| !private || p.may_use_team(&v.team));
+    let total = visible.clone().count() as u64;
+    let mut matched = 0;
+    let mut jobs = Vec::new();
+    for (view, text) in visible {
+        if words.iter().all(|w| text.contains(w.as_str())) {
+            if matched >= offset && (jobs.len() as u64) < limit {
+                jobs.push(view.clone());
             }
-            total += 1;
-            let in_page = matched >= offset && (jobs.len() as u64) < limit;
-            if words.is_empty() {
-                // Only the page's jobs are put into words.
-                if in_page {
-                    jobs.extend(pending_view(&inner.state, pj, now));
-                }
-                matched += 1;
-                continue;
-            }
-            let Some(view) = pending_view(&inner.state, pj, now) else {
-                continue;
-            };
-            let text =
-                format!("{} {} {} {}", view.team, view.id, view.reason, view.ask).to_lowercase();
-            if words.iter().all(|w| text.contains(w.as_str())) {
-                if in_page {
-                    jobs.push(view);
-                }
-                matched += 1;
-            }
+            matched += 1;
         }
-        Ok(Json(QueuePage {
-            total,
-            matched,
-            offset,
-            jobs,
-        }))
-    })
-    .await
+    }
+    Ok(Json(QueuePage {
+        total,
+        matched,
+        offset,
+        jobs,
+    }))
 }
 
 /// `GET /api/v1/stream`: snapshots as server-sent events.

@@ -416,7 +416,11 @@ impl Drop for Served {
     }
 }
 
-fn serve(state: &ClusterState, usage: &[qm_store::UsageRow]) -> Result<Served, Box<dyn Error>> {
+fn serve(
+    state: &ClusterState,
+    usage: &[qm_store::UsageRow],
+    usage_every_s: u64,
+) -> Result<Served, Box<dyn Error>> {
     use qm_store::Store;
     let dir = std::env::temp_dir().join(format!("qm-bench-dash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -436,6 +440,7 @@ fn serve(state: &ClusterState, usage: &[qm_store::UsageRow]) -> Result<Served, B
     }
     let config = qm_server::ServerConfig {
         node_timeout_s: 3600,
+        usage_every_s,
         ..qm_server::ServerConfig::default()
     };
     let server = qm_server::Server::open(Box::new(store), config).map_err(|e| format!("{e:?}"))?;
@@ -462,7 +467,11 @@ fn serve(state: &ClusterState, usage: &[qm_store::UsageRow]) -> Result<Served, B
 /// Serves `state` and renders each dashboard page in a headless Chromium, reading the page's
 /// own render timings.
 fn browser_figures(state: ClusterState) -> Result<serde_json::Value, Box<dyn Error>> {
-    let served = serve(&state, &[])?;
+    let served = serve(
+        &state,
+        &[],
+        qm_server::ServerConfig::default().usage_every_s,
+    )?;
     let (url, token) = (served.url.clone(), served.token.clone());
     let mut b = qm::cdp::Browser::launch();
     b.goto(&format!("{url}/"));
@@ -512,6 +521,12 @@ fn screenshots(args: &PlanArgs, dir: &std::path::Path) -> Result<(), Box<dyn Err
     const DAY: u64 = 86_400;
     const STEP: u64 = 300;
     const ARRIVALS: u32 = 30;
+    if args.nodes == 0 || args.teams < 12 {
+        return Err(
+            "--screenshots needs nodes and at least 12 teams (it signs in as a member of team-03 and team-11)"
+                .into(),
+        );
+    }
     let end = qm_server::now_s() / STEP * STEP;
     let origin = end - DAY - NOW_S;
     let mut sc = scenario_at(args, origin)?;
@@ -580,7 +595,7 @@ fn screenshots(args: &PlanArgs, dir: &std::path::Path) -> Result<(), Box<dyn Err
         usage.extend(qm_server::usage_rows(state, t, t));
         t += STEP;
     }
-    let served = serve(state, &usage)?;
+    let served = serve(state, &usage, STEP)?;
     let member = served
         .server
         .create_token(
@@ -648,7 +663,7 @@ fn screenshots(args: &PlanArgs, dir: &std::path::Path) -> Result<(), Box<dyn Err
         "queue",
         false,
     ));
-    shots.push(shot(&mut b, "#/queue?q=team-11%20x8", "document.querySelector('#pager') && !document.querySelector('#queue').innerText.includes('reading')", "queue-filtered", false));
+    shots.push(shot(&mut b, "#/queue?q=team-11%20x8", "document.querySelector('#queue-filter') && document.querySelector('#queue-filter').value === 'team-11 x8' && !document.querySelector('#queue').innerText.includes('reading')", "queue-filtered", false));
     shots.push(shot(
         &mut b,
         "#/nodes?q=team-03",

@@ -24,7 +24,10 @@ pub struct Browser {
 
 impl Browser {
     pub fn launch() -> Browser {
-        let dir = std::env::temp_dir().join(format!("qm-chromium-{}", std::process::id()));
+        // A profile of its own: tests in one process launch browsers side by side.
+        static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("qm-chromium-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("chromium")
@@ -112,19 +115,21 @@ impl Browser {
     fn note_event(&mut self, v: &Value) {
         let p = &v["params"];
         let error = match v["method"].as_str() {
-            Some("Runtime.consoleAPICalled") if p["type"] == "error" => Some(
-                p["args"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|a| {
-                        a["value"]
-                            .as_str()
-                            .map_or_else(|| a["description"].to_string(), str::to_string)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
+            Some("Runtime.consoleAPICalled") if p["type"] == "error" || p["type"] == "assert" => {
+                Some(
+                    p["args"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| {
+                            a["value"]
+                                .as_str()
+                                .map_or_else(|| a["description"].to_string(), str::to_string)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            }
             Some("Runtime.exceptionThrown") => Some(format!(
                 "uncaught: {}",
                 p["exceptionDetails"]["exception"]["description"]

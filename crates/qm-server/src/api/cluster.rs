@@ -23,9 +23,18 @@ pub async fn nodes(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<N
 }
 
 #[utoipa::path(get, path = "/api/v1/teams", tag = "cluster", responses((status = 200, description = "Every team: guaranteed, max, used, borrowed, idle", body = Vec<TeamView>)))]
-pub async fn teams(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<TeamView>> {
-    s.read(|inner| Ok(Json(team_views(&inner.state, inner.now_s()))))
-        .await
+pub async fn teams(State(s): State<Arc<Server>>, Client(p): Client) -> Api<Vec<TeamView>> {
+    s.read(|inner| {
+        let mut teams = team_views(&inner.state, inner.now_s());
+        // With private jobs, other teams' idle jobs are not named.
+        if inner.config.private_jobs {
+            for t in teams.iter_mut().filter(|t| !p.may_use_team(&t.name)) {
+                t.idle_jobs.clear();
+            }
+        }
+        Ok(Json(teams))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "cluster", responses((status = 200, description = "Who this token is: admin or member, its name and its teams", body = WhoAmI)))]

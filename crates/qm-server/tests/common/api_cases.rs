@@ -1383,12 +1383,45 @@ async fn the_queue_pages_and_filters_in_plan_order() {
             .call("GET", "/api/v1/queue?limit=1000", &bob, None)
             .await;
         let seen: QueuePage = serde_json::from_str(&text).unwrap();
-        if private {
-            assert_eq!(seen.total, 50);
-            assert!(seen.jobs.iter().all(|j| j.team == "bravo"));
-        } else {
-            assert_eq!(seen.total, 250);
+        // The member's snapshot: its queue's first page and count are of what it may see.
+        let (_, body, _) = api.raw("GET", "/api/v1/stream", &bob, None).await;
+        let mut stream = body.into_data_stream();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = stream.next().await.expect("a snapshot").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
         }
+        let snap: DashSnapshot =
+            serde_json::from_str(text.split("data: ").nth(1).unwrap().trim()).unwrap();
+        if private {
+            assert_eq!((seen.total, seen.matched, seen.jobs.len()), (50, 50, 50));
+            assert!(seen.jobs.iter().all(|j| j.team == "bravo"));
+            assert_eq!((snap.queue.total, snap.queue.jobs.len()), (50, 50));
+            assert!(snap.queue.jobs.iter().all(|j| j.team == "bravo"));
+        } else {
+            assert_eq!((seen.total, seen.jobs.len()), (250, 250));
+            assert_eq!((snap.queue.total, snap.queue.jobs.len()), (250, 200));
+        }
+        // A filtered page past the first.
+        let (_, text) = api
+            .call(
+                "GET",
+                "/api/v1/queue?filter=bravo&offset=20&limit=10",
+                &bob,
+                None,
+            )
+            .await;
+        let page: QueuePage = serde_json::from_str(&text).unwrap();
+        let bravo: Vec<u64> = all
+            .jobs
+            .iter()
+            .filter(|j| j.team == "bravo")
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(
+            page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            bravo[20..30].to_vec()
+        );
         let (_, text) = api.call("GET", "/api/v1/whoami", &bob, None).await;
         let me: WhoAmI = serde_json::from_str(&text).unwrap();
         assert_eq!(

@@ -33,7 +33,10 @@ fn the_dashboard_shows_jobs_live_and_a_preemption_behind_a_sign_in() {
     );
     // The refused token's 401 is the one error the console shows.
     let errors = b.take_errors();
-    assert!(errors.iter().all(|e| e.contains("401")), "{errors:?}");
+    assert!(
+        !errors.is_empty() && errors.iter().all(|e| e.contains("401")),
+        "the refusal is reported, and nothing else: {errors:?}"
+    );
     assert_eq!(
         b.eval("document.querySelector('#view').innerText.trim()"),
         ""
@@ -79,9 +82,14 @@ fn the_dashboard_shows_jobs_live_and_a_preemption_behind_a_sign_in() {
         "the preemption on the job page",
     );
     b.screenshot(&shots.join("4-preempted.png"));
-    for page in ["overview", "teams", "queue", "nodes"] {
+    for (page, ready) in [
+        ("overview", "#c-gpus"),
+        ("teams", "#teams"),
+        ("queue", "#queue"),
+        ("nodes", "#heat"),
+    ] {
         b.goto(&format!("{}/#/{page}", up.url()));
-        b.wait_for("document.querySelector('#view h1')", page);
+        b.wait_for(&format!("document.querySelector('{ready}')"), page);
         b.screenshot(&shots.join(format!("5-{page}.png")));
     }
     b.goto(&format!("{}/#/teams", up.url()));
@@ -307,9 +315,13 @@ fn a_member_sees_their_team_first_the_heat_map_tells_and_finds_and_the_queue_pag
         "document.querySelector('#queue') && document.querySelector('#queue').innerText.includes('no pending job matches')",
         "an empty filter",
     );
-    for page in ["overview", "jobs", &format!("jobs/{zeta}")] {
+    for (page, ready) in [
+        ("overview".to_string(), "#c-gpus"),
+        ("jobs".to_string(), "#jobs"),
+        (format!("jobs/{zeta}"), "#job-state"),
+    ] {
         b.goto(&format!("{}/#/{page}", up.url()));
-        b.wait_for("document.querySelector('#view h1')", page);
+        b.wait_for(&format!("document.querySelector('{ready}')"), &page);
     }
     assert_eq!(b.take_errors(), Vec::<String>::new(), "console errors");
     up.ok(&["cancel", &array.to_string()]);
