@@ -347,6 +347,18 @@ pub fn run(
         std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| AgentError(format!("cannot restrict {}: {e}", logs.display())))?;
     }
+    // Batch scripts, each its task's own file: the folder may be passed through (a task's
+    // user opens its own script by name) but not listed. Those of an earlier life go: their
+    // tasks are ended below, and a running interpreter keeps its open file.
+    let scripts = cfg.data_dir.join("scripts");
+    let _ = std::fs::remove_dir_all(&scripts);
+    std::fs::create_dir_all(&scripts)
+        .map_err(|e| AgentError(format!("cannot create {}: {e}", scripts.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&scripts, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| AgentError(format!("cannot restrict {}: {e}", scripts.display())))?;
+    }
     say_who_tasks_run_as(cfg.allow_root_tasks);
     let http = http_agent(
         cfg.ca.as_deref(),
@@ -677,7 +689,7 @@ fn launch(cfg: &AgentConfig, l: &Launch) -> Result<Task, String> {
         cfg.allow_root_tasks,
         &cfg.name,
     )?;
-    Task::spawn(l, &log, gpus, &who)
+    Task::spawn(l, &log, &cfg.data_dir.join("scripts"), gpus, &who)
 }
 
 fn upload(client: &Client, token: &str, key: &TaskKey, t: &mut Task) {

@@ -61,20 +61,23 @@ pub struct Task {
     script: Option<PathBuf>,
 }
 
-/// Writes a batch script to a new private file (mode 0700, created exclusively, so no file
-/// or link planted there is followed), owned by the user the task runs as.
-fn write_script(l: &Launch, text: &str, run_as: Option<&User>) -> Result<PathBuf, String> {
+/// Writes a batch script to a new private file in `dir` (the agent's `scripts` folder,
+/// which others may pass through but not list), mode 0700, created exclusively so that no
+/// file or link planted there is followed, owned by the user the task runs as.
+fn write_script(
+    dir: &Path,
+    l: &Launch,
+    text: &str,
+    run_as: Option<&User>,
+) -> Result<PathBuf, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let path = std::env::temp_dir().join(format!(
-        "qm-script-{}-{}-{}-{}-{nanos}",
-        l.key.job,
-        l.key.task,
-        l.key.attempt,
-        std::process::id()
+    let path = dir.join(format!(
+        "job-{}-task-{}-attempt-{}-{nanos}",
+        l.key.job, l.key.task, l.key.attempt,
     ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -265,7 +268,13 @@ pub fn fence_guard(args: &[std::ffi::OsString]) -> ! {
 }
 
 impl Task {
-    pub fn spawn(l: &Launch, log: &Path, gpus: Vec<u32>, who: &Identity) -> Result<Task, String> {
+    pub fn spawn(
+        l: &Launch,
+        log: &Path,
+        scripts: &Path,
+        gpus: Vec<u32>,
+        who: &Identity,
+    ) -> Result<Task, String> {
         let (name, run_as) = match who {
             Identity::User(name, u) => (name.as_str(), Some(u.clone())),
             Identity::Agent | Identity::Root => ("", None),
@@ -289,7 +298,7 @@ impl Task {
         // A batch script runs as `interpreter [arg] FILE ARGS...` (`command[0]` only names
         // the script as submitted).
         let script = match &l.script {
-            Some(text) => Some(write_script(l, text, run_as.as_ref())?),
+            Some(text) => Some(write_script(scripts, l, text, run_as.as_ref())?),
             None => None,
         };
         let scripted: Vec<String>;

@@ -82,6 +82,14 @@ fn a_batch_script_runs_as_an_array_after_its_dependency_never_more_at_once_than_
     }
     assert!(most <= 2, "{most} jobs of the array ran at once");
     assert!(most >= 1);
+    // Each task's copy of the script was its own, and is gone with it; others may not list
+    // the folder.
+    let scripts = up.data().join("agent").join("scripts");
+    let left: Vec<_> = std::fs::read_dir(&scripts).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&scripts).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o711);
     let prep_end = up.job(prep)["ended_s"].as_u64().unwrap();
     for &m in &members {
         let j = up.job(m);
