@@ -205,6 +205,11 @@ pub struct ReportView {
     pub sample_every_s: u64,
     /// Samples found in the window (none: the server was not running, or too recently).
     pub samples: u64,
+    /// Set when the window holds more ended jobs than one report reads (the newest are
+    /// counted): the job figures (jobs, waits, preemptions) then cover only the later part
+    /// of the window; GPU-hours, from the samples, cover all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_counted_since_s: Option<u64>,
     pub teams: Vec<TeamReport>,
     /// With `series`: the samples themselves, in time order (thinned to at most 1,000
     /// moments, each a whole sample of every team).

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// Each team's use (guaranteed, used, borrowed, lent, idle) is sampled into the store
     /// this often, for `qm report` and the dashboard's history.
     pub usage_every_s: u64,
+    /// Usage samples older than this are deleted (checked hourly).
+    pub retain_usage_s: u64,
     /// Print each refused agent request on standard error (a simulation turns it off).
     pub log_refusals: bool,
     pub scheduler: SchedulerConfig,
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             retain_logs_s: 30 * 86_400,
             private_jobs: false,
             usage_every_s: 300,
+            retain_usage_s: 400 * 86_400,
             log_refusals: true,
             scheduler: SchedulerConfig::default(),
         }
@@ -694,11 +697,27 @@ impl Server {
                 last_prune = Some(Instant::now());
                 let s = self.clone();
                 // Off the async threads: the store's lock may wait for a write in flight.
-                let pruned = tokio::task::spawn_blocking(move || s.prune_logs()).await;
+                let pruned =
+                    tokio::task::spawn_blocking(move || (s.prune_logs(), s.prune_usage())).await;
                 match pruned {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => eprintln!("qm server: deleted {n} log chunks past --retain-logs"),
-                    Ok(Err(e)) => eprintln!("qm server: pruning old task logs failed: {e:?}"),
+                    Ok((logs, usage)) => {
+                        match logs {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                eprintln!("qm server: deleted {n} log chunks past --retain-logs")
+                            }
+                            Err(e) => eprintln!("qm server: pruning old task logs failed: {e:?}"),
+                        }
+                        match usage {
+                            Ok(0) => {}
+                            Ok(n) => eprintln!(
+                                "qm server: deleted {n} usage samples past --retain-usage"
+                            ),
+                            Err(e) => {
+                                eprintln!("qm server: pruning old usage samples failed: {e:?}")
+                            }
+                        }
+                    }
                     Err(e) => eprintln!("qm server: pruning old task logs failed: {e}"),
                 }
             }
@@ -747,6 +766,15 @@ impl Server {
             inner.now_s().saturating_sub(inner.config.retain_logs_s)
         };
         Ok(self.journal.store().prune_logs(before)?)
+    }
+
+    /// Deletes the usage samples older than `retain_usage_s`.
+    pub fn prune_usage(&self) -> Result<u64, Refusal> {
+        let before = {
+            let inner = self.lock();
+            inner.now_s().saturating_sub(inner.config.retain_usage_s)
+        };
+        Ok(self.journal.store().prune_usage(before)?)
     }
 
     /// One round: node timeouts, then a plan, executed.

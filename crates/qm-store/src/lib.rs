@@ -480,6 +480,8 @@ pub trait Store: Send {
     /// Deletes the task output of forgotten jobs that ended before `before_s`; returns how
     /// many chunks went.
     fn prune_logs(&mut self, before_s: u64) -> Result<u64, StoreError>;
+    /// Deletes the usage samples taken before `before_s`; how many.
+    fn prune_usage(&mut self, before_s: u64) -> Result<u64, StoreError>;
     /// One page of rows, as stored (see [`Page`]), in key order.
     fn export_page(&mut self, page: &Page) -> Result<Dump, StoreError>;
     /// The servers sharing this store: who leads and who stands by (`None`: a store only
@@ -926,6 +928,13 @@ impl Store for SqliteStore {
         )? as u64)
     }
 
+    fn prune_usage(&mut self, before_s: u64) -> Result<u64, StoreError> {
+        Ok(self.db.execute(
+            "DELETE FROM usage WHERE at_s < ?1",
+            [before_s.min(i64::MAX as u64) as i64],
+        )? as u64)
+    }
+
     fn ended_jobs(&mut self, q: &EndedQuery) -> Result<Vec<EndedJob>, StoreError> {
         let (sql, params) = ended_sql(q, |i| format!("?{i}"), |p| format!("json_each({p})"));
         let mut stmt = self.db.prepare(&sql)?;
@@ -1308,6 +1317,10 @@ mod tests {
         );
         assert_eq!(s.usage(301, 1000).unwrap(), vec![row(600, "a", 6)]);
         assert!(s.usage(700, 1000).unwrap().is_empty());
+        // Samples older than the retention go, the rest stay.
+        assert_eq!(s.prune_usage(300).unwrap(), 0);
+        assert_eq!(s.prune_usage(301).unwrap(), 2);
+        assert_eq!(s.usage(0, 1000).unwrap(), vec![row(600, "a", 6)]);
     }
 
     #[test]

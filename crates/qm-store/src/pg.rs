@@ -790,6 +790,17 @@ impl Store for PgStore {
         })
     }
 
+    fn prune_usage(&mut self, before_s: u64) -> Result<u64, StoreError> {
+        let before = before_s.min(i64::MAX as u64) as i64;
+        self.call(move |conn| {
+            let mut tx = conn.client.transaction()?;
+            fence(&mut tx, conn.term)?;
+            let n = tx.execute("DELETE FROM usage WHERE at_s < $1", &[&before])?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     fn usage(&mut self, since_s: u64, until_s: u64) -> Result<Vec<UsageRow>, StoreError> {
         let (since, until) = (
             since_s.min(i64::MAX as u64) as i64,

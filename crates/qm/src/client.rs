@@ -1140,6 +1140,12 @@ pub fn report(conn: &Conn, a: ReportArgs) -> Result<(), Box<dyn Error>> {
         r.samples,
         span(r.sample_every_s)
     );
+    if let Some(s) = r.jobs_counted_since_s {
+        println!(
+            "(more jobs ended in the window than one report reads: jobs, waits and preemptions count those that ended since {})",
+            when(s, now)
+        );
+    }
     println!(
         "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>7}",
         "TEAM",

@@ -83,6 +83,9 @@ pub struct SchedArgs {
     /// into the store, for `qm report` and the dashboard's history.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = positive_duration)]
     usage_every: u64,
+    /// How long usage samples are kept (`qm report --since` reaches back this far).
+    #[arg(long, default_value = "400d", value_name = "DURATION", value_parser = positive_duration)]
+    retain_usage: u64,
 }
 
 /// A positive duration in seconds.
@@ -202,6 +205,7 @@ fn open_server(
         retain_logs_s: sched.retain_logs,
         private_jobs: sched.private_jobs,
         usage_every_s: sched.usage_every.max(1),
+        retain_usage_s: sched.retain_usage,
         log_refusals: true,
         scheduler: sched.config(),
     };

@@ -114,6 +114,10 @@ pub async fn report(
         })?;
         (samples, records)
     };
+    // Past the cap, the newest jobs are counted: say from when.
+    let jobs_counted_since_s = (records.len() >= MAX_RECORDS)
+        .then(|| records.iter().map(|r| r.end_s).min())
+        .flatten();
     let mut tally: BTreeMap<String, JobTally> = BTreeMap::new();
     let held: std::collections::BTreeSet<u64> = live.iter().map(|j| j.id).collect();
     for j in &live {
@@ -195,6 +199,7 @@ pub async fn report(
         until_s: now,
         sample_every_s: every,
         samples: times.len() as u64,
+        jobs_counted_since_s,
         teams: out,
         series,
     }))
