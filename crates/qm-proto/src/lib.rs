@@ -175,6 +175,30 @@ pub struct DependencyView {
     pub array: bool,
 }
 
+/// `POST /api/v1/jobs/cancel`: many jobs at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CancelRequest {
+    /// The jobs' ids (an array's jobs each by its own id), at most 10,000.
+    pub jobs: Vec<u64>,
+}
+
+/// What a cancellation of many jobs did, job by job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CancelReport {
+    /// Cancelled now (those that were running are stopping).
+    pub cancelled: Vec<u64>,
+    /// Those that had already ended.
+    pub already_ended: Vec<u64>,
+    /// Those not cancelled, each with why (unknown, or another team's).
+    pub refused: Vec<CancelRefused>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CancelRefused {
+    pub job: u64,
+    pub reason: String,
+}
+
 /// The indices of an array and how many of its jobs may run at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArrayRequest {

@@ -301,6 +301,22 @@ pub enum Refusal {
     Internal(String),
 }
 
+impl Refusal {
+    /// What the refusal says, for answers that list several.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::BadRequest(m)
+            | Refusal::Unauthorized(m)
+            | Refusal::Forbidden(m)
+            | Refusal::NotFound(m)
+            | Refusal::Conflict(m)
+            | Refusal::TooMany(m)
+            | Refusal::MethodNotAllowed(m)
+            | Refusal::Internal(m) => m.clone(),
+        }
+    }
+}
+
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         Refusal::Internal(e.to_string())

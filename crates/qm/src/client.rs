@@ -1180,6 +1180,25 @@ pub fn report(conn: &Conn, a: ReportArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// Sorted ids as ranges: `12-17, 20`.
+fn id_ranges(ids: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let lo = ids[i];
+        while i + 1 < ids.len() && ids[i + 1] == ids[i] + 1 {
+            i += 1;
+        }
+        out.push(if ids[i] == lo {
+            lo.to_string()
+        } else {
+            format!("{lo}-{}", ids[i])
+        });
+        i += 1;
+    }
+    out.join(", ")
+}
+
 /// A dependency as people write it, as Slurm reads it: `12_7` is one job of array 12; `12`
 /// is the whole array where 12 is an array's id (each of its jobs must succeed, or end), and
 /// the job 12 otherwise.
@@ -1568,26 +1587,30 @@ pub fn cancel(conn: &Conn, a: CancelArgs) -> Result<(), Box<dyn Error>> {
     }
     ids.sort_unstable();
     ids.dedup();
-    let (mut done, mut already, mut refused) = (0, 0, Vec::new());
-    for id in ids {
-        let r: Result<JobView, _> =
-            c.post(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({}));
-        match r {
-            Ok(j) if j.state == JobState::Cancelled || j.state == JobState::Stopping => {
-                println!("job {} cancelled ({})", job_name(&j), j.state);
-                done += 1;
-            }
-            Ok(j) => {
-                println!("job {}: already {}", job_name(&j), j.state);
-                already += 1;
-            }
-            Err(e) if e.to_string().contains("has already ended") => {
-                println!("job {id}: already ended");
-                already += 1;
-            }
-            Err(e) => refused.push(format!("job {id}: {e}")),
-        }
+    let (mut done, mut already, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    // One request per 10,000 jobs, each cancelled in one commit.
+    for chunk in ids.chunks(10_000) {
+        let r: qm_proto::CancelReport = c.post(
+            "/api/v1/jobs/cancel",
+            &qm_proto::CancelRequest {
+                jobs: chunk.to_vec(),
+            },
+        )?;
+        done.extend(r.cancelled);
+        already.extend(r.already_ended);
+        refused.extend(
+            r.refused
+                .into_iter()
+                .map(|x| format!("job {}: {}", x.job, x.reason)),
+        );
     }
+    if !done.is_empty() {
+        println!("cancelled: {}", id_ranges(&done));
+    }
+    if !already.is_empty() {
+        println!("already ended: {}", id_ranges(&already));
+    }
+    let (done, already) = (done.len(), already.len());
     println!(
         "{done} cancelled{}",
         if already > 0 {

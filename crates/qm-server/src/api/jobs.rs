@@ -698,6 +698,75 @@ pub async fn cancel(
     }
 }
 
+/// The most jobs one `POST /api/v1/jobs/cancel` names.
+const MAX_CANCEL: usize = 10_000;
+
+#[utoipa::path(post, path = "/api/v1/jobs/cancel", tag = "jobs", request_body = proto::CancelRequest, responses((status = 200, description = "Each job cancelled (in one commit), already ended, or refused with why: one that is unknown or of a team the token does not cover changes nothing", body = proto::CancelReport)))]
+pub async fn cancel_many(
+    State(s): State<Arc<Server>>,
+    Client(p): Client,
+    Body(req): Body<proto::CancelRequest>,
+) -> Api<proto::CancelReport> {
+    if req.jobs.is_empty() || req.jobs.len() > MAX_CANCEL {
+        return Err(Refusal::BadRequest(format!(
+            "{} jobs named; give 1 to {MAX_CANCEL} (send more in several requests)",
+            req.jobs.len()
+        )));
+    }
+    let mut ids = req.jobs.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut report, gone) = s
+        .write(|inner| {
+            let mut report = proto::CancelReport::default();
+            let mut gone = Vec::new();
+            let mut events = Vec::new();
+            let at_s = inner.now_s();
+            for &id in &ids {
+                if inner.state.job(JobId(id)).is_none() && id < inner.next_job {
+                    // Not held: ended long ago, if the store has it (read outside the lock).
+                    gone.push(id);
+                    continue;
+                }
+                match find_job(inner, id, &p, Access::Own) {
+                    Err(e) => report.refused.push(proto::CancelRefused {
+                        job: id,
+                        reason: e.message(),
+                    }),
+                    Ok(job) if job.state.is_terminal() => report.already_ended.push(id),
+                    Ok(_) => {
+                        events.push(Event::Cancel {
+                            job: JobId(id),
+                            at_s,
+                            unmet: None,
+                        });
+                        report.cancelled.push(id);
+                    }
+                }
+            }
+            if !events.is_empty() {
+                inner.commit(events, &[])?;
+                // Running jobs are now stopping: their agents are told.
+                for &id in &report.cancelled {
+                    inner.kill_run(JobId(id));
+                }
+            }
+            Ok((report, gone))
+        })
+        .await?;
+    for id in gone {
+        match ended_job(&s, id, &p, Access::Own) {
+            Ok(_) => report.already_ended.push(id),
+            Err(e) => report.refused.push(proto::CancelRefused {
+                job: id,
+                reason: e.message(),
+            }),
+        }
+    }
+    report.already_ended.sort_unstable();
+    Ok(Json(report))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogQuery {

@@ -212,6 +212,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<Server>> {
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::why))
         .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::cancel_many))
         .routes(routes!(jobs::logs))
         .routes(routes!(cluster::nodes))
         .routes(routes!(cluster::cluster))

@@ -887,6 +887,13 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
             None,
             [401, 401, 200, 403, 403, 403, 200],
         ),
+        // Another team's job is refused in the answer, job by job.
+        (
+            "POST",
+            "/api/v1/jobs/cancel",
+            Some(json!({"jobs": [1]})),
+            [401, 401, 200, 200, 403, 403, 200],
+        ),
         (
             "GET",
             "/api/v1/jobs/{id}/logs",
@@ -1434,6 +1441,57 @@ async fn the_queue_pages_and_filters_in_plan_order() {
         );
         let admin: WhoAmI = api.ok("GET", "/api/v1/whoami", None).await;
         assert_eq!(admin.role, qm_proto::Role::Admin);
+    }
+}
+
+/// Many jobs are cancelled in one request: each is cancelled, found already ended, or
+/// refused with why (unknown, another team's); a refused one changes nothing, and an empty or
+/// oversized request is refused whole.
+#[tokio::test]
+async fn many_jobs_are_cancelled_at_once_each_with_its_outcome() {
+    let api = Api::new();
+    api.node().await;
+    api.team("a", 2).await;
+    api.team("b", 2).await;
+    let running = api.submit("a", 1).await;
+    let pending = api.submit("a", 4).await;
+    let theirs = api.submit("b", 1).await;
+    api.server.tick().unwrap();
+    let ended = api.submit("a", 1).await;
+    let _: Value = api
+        .ok("POST", &format!("/api/v1/jobs/{ended}/cancel"), None)
+        .await;
+    let alice = api
+        .server
+        .create_token("alice", "member", &["a".to_string()])
+        .unwrap();
+    let body = json!({"jobs": [pending, running, ended, theirs, 999_999, pending]});
+    let (status, text) = api
+        .call("POST", "/api/v1/jobs/cancel", &alice, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let r: qm_proto::CancelReport = serde_json::from_str(&text).unwrap();
+    assert_eq!(r.cancelled, vec![running, pending]);
+    assert_eq!(r.already_ended, vec![ended]);
+    let refused: Vec<u64> = r.refused.iter().map(|x| x.job).collect();
+    assert_eq!(refused, vec![theirs, 999_999], "{r:?}");
+    assert!(r.refused[0].reason.contains("team"), "{r:?}");
+    let state = |id: u64| {
+        let api = &api;
+        async move {
+            let j: JobView = api.ok("GET", &format!("/api/v1/jobs/{id}"), None).await;
+            j.state
+        }
+    };
+    assert_eq!(state(pending).await, qm_proto::JobState::Cancelled);
+    assert_ne!(state(running).await, qm_proto::JobState::Running);
+    assert_eq!(state(theirs).await, qm_proto::JobState::Running);
+    for body in [json!({"jobs": []}), json!({"jobs": vec![1; 10_001]})] {
+        let (status, text) = api
+            .call("POST", "/api/v1/jobs/cancel", &api.admin, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains("give 1 to 10000"), "{text}");
     }
 }
 
