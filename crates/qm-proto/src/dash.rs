@@ -54,6 +54,9 @@ pub struct DashTeam {
     pub borrowed_milli: u64,
     pub idle_milli: u64,
     pub idle_gpu_hours: f64,
+    /// Over the last 7 days, from the usage samples.
+    #[serde(default)]
+    pub idle_gpu_hours_7d: f64,
     /// The team's fair-share standing in the latest plan.
     pub standing: Option<Standing>,
     /// Its running jobs whose GPUs are idle now, and what its idle policy does next.

@@ -449,7 +449,12 @@ pub struct TeamView {
     pub used_milli: u64,
     pub borrowed_milli: u64,
     pub idle_milli: u64,
+    /// GPU-hours its jobs held idle, charged to its fair share, since it was created.
     pub idle_gpu_hours: f64,
+    /// GPU-hours its jobs held idle over the last 7 days, from the usage samples (as
+    /// `qm report --since 7d` counts them).
+    #[serde(default)]
+    pub idle_gpu_hours_7d: f64,
     /// The nodes where the team's guarantee lives (its home, sub-teams' included), by name:
     /// work of the team that cannot be preempted borrows only there and on nodes nobody is
     /// guaranteed. Empty for a team without a guarantee.

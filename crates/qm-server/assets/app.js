@@ -165,12 +165,12 @@ function teams() {
     // Fair-share standing: decayed usage over entitlement; lower is served first.
     const share = t.standing && typeof t.standing.standing === "number" ? t.standing.standing.toFixed(2) : "";
     return `<tr id="team-${esc(t.name)}"${mine(t.name) ? ' class="mine"' : ""}><td>${esc(t.name)}${mine(t.name) ? " <small>(yours)</small>" : ""}</td><td>${gpus(t.guaranteed_milli)}</td><td>${gpus(t.used_milli)}</td><td>${gpus(t.borrowed_milli)}</td>
-      <td>${gpus(t.idle_milli)}</td><td>${t.idle_gpu_hours.toFixed(2)}</td>
+      <td>${gpus(t.idle_milli)}</td><td>${t.idle_gpu_hours_7d.toFixed(2)}</td><td>${t.idle_gpu_hours.toFixed(2)}</td>
       <td><div class="bar"><span style="left:0;width:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;background:#2f6fdf"></span>
       <span style="left:${(100 * Math.min(t.used_milli, t.guaranteed_milli)) / g}%;width:${(100 * t.borrowed_milli) / g}%;background:#e08a1e"></span></div></td>
       <td>${esc(share)}</td><td>${idleJobs(t.idle_jobs || [])}</td></tr>`;
   });
-  return `<h1>Teams</h1><table id="teams"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>idle now</th><th>idle GPU-h charged</th><th>use of guarantee</th><th>fair-share standing (lower goes first)</th><th>idle jobs: what the team's idle policy does next</th></tr>${rows.join("")}</table>`;
+  return `<h1>Teams</h1><table id="teams"><tr><th>team</th><th>guaranteed</th><th>used</th><th>borrowed</th><th>idle now</th><th>idle GPU-h, last 7 days</th><th>idle GPU-h charged in all</th><th>use of guarantee</th><th>fair-share standing (lower goes first)</th><th>idle jobs: what the team's idle policy does next</th></tr>${rows.join("")}</table>`;
 }
 
 // One line per idle job: flagged when, yielding (any job that needs its GPUs may preempt it),

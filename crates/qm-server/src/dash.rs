@@ -171,7 +171,10 @@ fn shared(s: &Server, inner: &Inner) -> Arc<Shared> {
         .filter(|(at, when, _)| *at == changed && when.elapsed() < SHARED_FOR)
         .map(|(_, _, shared)| shared);
     cached.unwrap_or_else(|| {
-        let (snap, pending) = snapshot_with_queue(&inner.state, &s.history(), inner.now_s());
+        let (mut snap, pending) = snapshot_with_queue(&inner.state, &s.history(), inner.now_s());
+        for t in &mut snap.teams {
+            t.idle_gpu_hours_7d = s.idle_week(&t.name);
+        }
         let text = snap.to_string();
         let shared = Arc::new(Shared {
             snap,
@@ -302,6 +305,8 @@ fn snapshot_with_queue(
             borrowed_milli: u.borrowed_milli,
             idle_milli: u.idle_milli,
             idle_gpu_hours: views::idle_gpu_hours(t),
+            // Filled in by the server from its usage samples.
+            idle_gpu_hours_7d: 0.0,
             standing: standings
                 .get(t.spec.name.as_str())
                 .map(|s| views::standing(s)),

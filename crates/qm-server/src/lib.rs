@@ -351,6 +351,9 @@ pub struct Server {
     pub(crate) history: Mutex<std::collections::VecDeque<dash::Sample>>,
     /// The dashboard's latest snapshot, shared by its streams, and how many are open.
     pub(crate) dash_cache: Mutex<dash::SharedSnapshot>,
+    /// Each team's idle GPU-hours over the last 7 days, from the store's usage samples,
+    /// summed again after each sample (off the state's lock).
+    pub(crate) idle_week: Mutex<BTreeMap<String, f64>>,
     pub(crate) streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -384,6 +387,7 @@ impl Server {
             changes,
             history: Mutex::new(std::collections::VecDeque::new()),
             dash_cache: Mutex::new(None),
+            idle_week: Mutex::new(BTreeMap::new()),
             streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }))
     }
@@ -744,7 +748,7 @@ impl Server {
                 dash::sample(&inner, &mut h);
                 last_sample = Some(Instant::now());
             }
-            {
+            let sampled = {
                 // Usage samples fall on multiples of the interval (on the server's clock),
                 // so that a restart or a standby taking over continues the same series.
                 let inner = self.lock();
@@ -754,6 +758,17 @@ impl Server {
                     last_usage = Some(slot);
                     let rows = views::usage_rows(&inner.state, slot, inner.now_s());
                     inner.journal.usage(rows);
+                    true
+                } else {
+                    false
+                }
+            };
+            if sampled {
+                let s = self.clone();
+                // Off the async threads and the state's lock: a week of samples is read.
+                let summed = tokio::task::spawn_blocking(move || s.sum_idle_week()).await;
+                if let Ok(Err(e)) = summed {
+                    eprintln!("qm server: summing the week's idle GPU-hours failed: {e:?}");
                 }
             }
             let t0 = Instant::now();
@@ -782,6 +797,40 @@ impl Server {
             inner.now_s().saturating_sub(inner.config.retain_logs_s)
         };
         Ok(self.journal.store().prune_logs(before)?)
+    }
+
+    /// Sums each team's idle GPU-hours over the last 7 days from the store's usage samples
+    /// (once what was queued is durable, the newest sample among them).
+    pub fn sum_idle_week(&self) -> Result<(), Refusal> {
+        let (now, every) = {
+            let inner = self.lock();
+            (inner.now_s(), inner.config.usage_every_s.max(1))
+        };
+        self.journal.flush_to(self.journal.queued());
+        let rows = self
+            .journal
+            .store()
+            .usage(now.saturating_sub(7 * 86_400), now)?;
+        let mut week: BTreeMap<String, f64> = BTreeMap::new();
+        for r in rows {
+            *week.entry(r.team).or_default() +=
+                r.idle_milli as f64 * every as f64 / 1000.0 / 3600.0;
+        }
+        *self
+            .idle_week
+            .lock()
+            .expect("the idle week's lock is poisoned") = week;
+        Ok(())
+    }
+
+    /// Each team's idle GPU-hours over the last 7 days (see [`Server::sum_idle_week`]).
+    pub(crate) fn idle_week(&self, team: &str) -> f64 {
+        self.idle_week
+            .lock()
+            .expect("the idle week's lock is poisoned")
+            .get(team)
+            .copied()
+            .unwrap_or(0.0)
     }
 
     /// Deletes the usage samples older than `retain_usage_s`.

@@ -527,6 +527,7 @@ pub fn team_views(state: &ClusterState, now: qm_core::Secs) -> Vec<TeamView> {
             borrowed_milli: u.borrowed_milli,
             idle_milli: u.idle_milli,
             idle_gpu_hours: idle_gpu_hours(t),
+            idle_gpu_hours_7d: 0.0,
             idle_jobs: state
                 .live_jobs()
                 .filter(|j| j.spec.team == t.spec.name)

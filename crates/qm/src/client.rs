@@ -1711,7 +1711,7 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
         return Ok(());
     }
     println!(
-        "{:<20} {:>10} {:>6} {:>7} {:>9} {:>6} {:>9} {:>10} {:>7}",
+        "{:<20} {:>10} {:>6} {:>7} {:>9} {:>6} {:>10} {:>10} {:>10} {:>7}",
         "TEAM",
         "GUARANTEED",
         "MAX",
@@ -1719,6 +1719,7 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
         "BORROWED",
         "IDLE",
         "IDLE GPU-H",
+        "(LAST 7D)",
         "HOME NODES",
         "MAX CPU"
     );
@@ -1735,7 +1736,7 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
                 .max_cpu_milli
                 .map_or("-".into(), |m| format!("{}", m as f64 / 1000.0));
             println!(
-                "{:<20} {:>10} {:>6} {:>7.1} {:>9.1} {:>6.1} {:>9.2} {:>10} {:>7}",
+                "{:<20} {:>10} {:>6} {:>7.1} {:>9.1} {:>6.1} {:>10.2} {:>10.2} {:>10} {:>7}",
                 format!("{}{}", "  ".repeat(depth), t.name),
                 g,
                 max,
@@ -1743,6 +1744,7 @@ pub fn teams(conn: &Conn, json: bool) -> Result<(), Box<dyn Error>> {
                 t.borrowed_milli as f64 / 1000.0,
                 t.idle_milli as f64 / 1000.0,
                 t.idle_gpu_hours,
+                t.idle_gpu_hours_7d,
                 t.home.len(),
                 max_cpu
             );

@@ -26,6 +26,9 @@ pub async fn nodes(State(s): State<Arc<Server>>, Client(_): Client) -> Api<Vec<N
 pub async fn teams(State(s): State<Arc<Server>>, Client(p): Client) -> Api<Vec<TeamView>> {
     s.read(|inner| {
         let mut teams = team_views(&inner.state, inner.now_s());
+        for t in &mut teams {
+            t.idle_gpu_hours_7d = s.idle_week(&t.name);
+        }
         // With private jobs, other teams' idle jobs are not named.
         if inner.config.private_jobs {
             for t in teams.iter_mut().filter(|t| !p.may_use_team(&t.name)) {

@@ -229,7 +229,9 @@ fn history_lists_ended_jobs_from_the_store_across_a_restart() {
 
 #[test]
 fn report_gives_each_teams_use_from_samples_that_survive_a_restart() {
-    let up = Up::start("slurm-report", &["--usage-every", "1s"]);
+    // Sleeping jobs are idle after a second: their idle GPU-hours are counted too.
+    let flags = ["--usage-every", "1s", "--idle-window-s", "1"];
+    let up = Up::start("slurm-report", &flags);
     up.ok(&["admin", "team", "create", "owner", "--guaranteed", "2"]);
     up.ok(&["admin", "team", "create", "borrower", "--guaranteed", "2"]);
     // The borrower runs on all four GPUs (two of them the owner's, lent), for a few seconds.
@@ -239,7 +241,17 @@ fn report_gives_each_teams_use_from_samples_that_survive_a_restart() {
     for &id in &ids {
         up.wait_state(id, "succeeded");
     }
-    let up = up.killed_and_restarted(&["--usage-every", "1s"]);
+    let up = up.killed_and_restarted(&flags);
+    // `qm teams` sums the last 7 days' samples, those before the restart included.
+    up.wait_for(|u| {
+        u.json(&["teams", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| {
+                t["name"] == "borrower" && t["idle_gpu_hours_7d"].as_f64().unwrap_or(0.0) > 0.0
+            })
+    });
     let r = up.json(&["report", "--since", "1h", "--json"]);
     assert!(r["samples"].as_u64().unwrap() >= 3, "{r:#}");
     let team = |name: &str| {
@@ -260,6 +272,20 @@ fn report_gives_each_teams_use_from_samples_that_survive_a_restart() {
     assert_eq!(h(&o, "used_gpu_hours"), 0.0);
     assert!(h(&b, "borrowed_gpu_hours") <= h(&b, "used_gpu_hours"));
     assert_eq!(b["jobs"], 4);
+    assert!(h(&b, "idle_gpu_hours") > 0.0, "{b:#}");
+    let teams = up.json(&["teams", "--json"]);
+    let week = teams
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "borrower")
+        .unwrap()["idle_gpu_hours_7d"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (week - h(&b, "idle_gpu_hours")).abs() < 1e-6,
+        "the week's idle GPU-hours in qm teams ({week}) and the report's agree: {b:#}"
+    );
     assert!(b["wait_p50_s"].as_u64().is_some());
     let table = up.ok(&["report", "--since", "1h"]);
     assert!(
