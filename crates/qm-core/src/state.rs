@@ -209,6 +209,10 @@ pub struct Hold {
     pub victims: BTreeSet<JobId>,
     /// After this the hold lapses and the GPUs go back to everyone.
     pub until_s: Secs,
+    /// Held for a job that would borrow (it took idle runs that yielded): not set aside
+    /// inside its team's guarantee.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowing: bool,
 }
 
 /// One task's worth of resources in a hold.
@@ -528,6 +532,9 @@ pub enum Event {
         job: JobId,
         cause: StopCause,
         beneficiary: Option<JobId>,
+        /// The beneficiary would borrow: its hold is outside its team's guarantee.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        borrowing: bool,
         at_s: Secs,
     },
     /// Every task of the job has exited. A stopped job goes where its stop cause says.

@@ -543,6 +543,7 @@ impl Inner {
                     job,
                     cause: StopCause::Lost,
                     beneficiary: None,
+                    borrowing: false,
                     at_s: now,
                 });
                 for (i, t) in run.placement.iter().enumerate() {
@@ -607,6 +608,7 @@ impl Inner {
                     job,
                     cause: StopCause::Cancel,
                     beneficiary: None,
+                    borrowing: false,
                     at_s: now,
                 });
                 for (i, t) in run.placement.iter().enumerate() {

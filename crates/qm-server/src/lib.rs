@@ -1120,6 +1120,7 @@ fn record(history: &mut BTreeMap<u64, Vec<JobEvent>>, state: &ClusterState, e: &
             cause,
             beneficiary,
             at_s,
+            ..
         } => {
             let why = match (cause, beneficiary) {
                 (qm_core::StopCause::Reclaim, Some(b)) => {

@@ -64,6 +64,10 @@ pub struct StopOrder {
     pub beneficiary: Option<JobId>,
     /// GPU-seconds of work the stop throws away (since the last checkpoint).
     pub lost_gpu_s: u64,
+    /// The beneficiary would borrow (it took idle runs that yielded, outside its team's
+    /// guarantee): its hold is not set aside inside the guarantee.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +348,7 @@ impl StopOrder {
             job: self.job,
             cause: self.cause,
             beneficiary: self.beneficiary,
+            borrowing: self.borrowing,
             at_s,
         }
     }

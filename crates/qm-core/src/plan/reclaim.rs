@@ -323,6 +323,7 @@ impl<'a> Planner<'a> {
                 cause,
                 beneficiary: Some(spec.id),
                 lost_gpu_s: r.lost_gpu_s,
+                borrowing: class == Admission::Borrowed,
             });
         }
         ids.sort();

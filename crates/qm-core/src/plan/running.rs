@@ -167,6 +167,7 @@ impl<'a> Planner<'a> {
                     cause: StopCause::TimeLimit,
                     beneficiary: None,
                     lost_gpu_s: 0,
+                    borrowing: false,
                 });
             }
         }
@@ -324,10 +325,12 @@ impl<'a> Planner<'a> {
                     by_team.entry(t).or_default().push((key, entry));
                     continue;
                 }
-                // A reclaim's hold is inside the guarantee; one that took idle runs for a
-                // borrowing job (`take_yielded`) is only where it fits. (Known gap: such a
-                // hold is counted before the team's running jobs, so it can push one of them
-                // out of the guarantee until the hold is served; ARCHITECTURE.md.)
+                // A reclaim's hold is inside the guarantee, before the team's running jobs;
+                // one that took idle runs for a borrowing job (`take_yielded`) is outside it:
+                // it never pushes a running job of its team out of the guarantee.
+                if hold.borrowing {
+                    continue;
+                }
                 let pool = self.teams.pool_of_model[t][model];
                 if self.acct.guaranteed_used[t][pool] + milli > self.teams.pools[t][pool].guaranteed
                 {
@@ -430,6 +433,7 @@ impl<'a> Planner<'a> {
                     cause: StopCause::Idle,
                     beneficiary: None,
                     lost_gpu_s: r.lost_gpu_s,
+                    borrowing: false,
                 });
             }
             self.out.idle.push(IdleNotice {

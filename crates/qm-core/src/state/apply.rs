@@ -92,8 +92,9 @@ impl ClusterState {
                 job,
                 cause,
                 beneficiary,
+                borrowing,
                 at_s,
-            } => self.stop(job, cause, beneficiary, at_s),
+            } => self.stop(job, cause, (beneficiary, borrowing), at_s),
             Event::Exited {
                 job,
                 success,
@@ -250,7 +251,9 @@ impl ClusterState {
                         .is_some_and(|n| n.state != NodeState::Down)
                 });
                 match (&j.state, elsewhere) {
-                    (JobState::Running(_), true) => self.stop(job, StopCause::Lost, None, at_s)?,
+                    (JobState::Running(_), true) => {
+                        self.stop(job, StopCause::Lost, (None, false), at_s)?
+                    }
                     (JobState::Stopping(..), true) => {}
                     _ => self.requeue(job, at_s)?,
                 }
@@ -386,7 +389,7 @@ impl ClusterState {
                 self.retire(id);
                 Ok(())
             }
-            JobState::Running(_) => self.stop(id, StopCause::Cancel, None, at_s),
+            JobState::Running(_) => self.stop(id, StopCause::Cancel, (None, false), at_s),
             JobState::Stopping(run, stop) => {
                 // Already stopping: it ends cancelled instead of being requeued. A job stopped
                 // for its time limit still ends failed (timed out).
@@ -496,7 +499,7 @@ impl ClusterState {
         &mut self,
         id: JobId,
         cause: StopCause,
-        beneficiary: Option<JobId>,
+        (beneficiary, borrowing): (Option<JobId>, bool),
         at_s: Secs,
     ) -> Result<(), ApplyError> {
         self.live_job(id)?;
@@ -545,6 +548,7 @@ impl ClusterState {
                 shares: Vec::new(),
                 victims: BTreeSet::new(),
                 until_s: 0,
+                borrowing,
             };
             let hold = self.holds.entry(b).or_insert_with(|| fresh.clone());
             if hold.until_s < at_s {
@@ -552,6 +556,8 @@ impl ClusterState {
                 *hold = fresh;
             }
             hold.victims.insert(id);
+            // Inside the guarantee if any of its stops says so.
+            hold.borrowing &= borrowing;
             hold.until_s = hold.until_s.max(deadline_s.saturating_add(slack));
             hold.shares.extend(run.placement.iter().map(|t| HeldShare {
                 victim: id,

@@ -152,3 +152,77 @@ fn an_idle_job_no_longer_counts_inside_its_teams_guarantee() {
     assert_eq!(stopped, vec![held]);
     assert_eq!(plan.stops[0].beneficiary, Some(next));
 }
+
+#[test]
+fn a_hold_for_a_borrowing_job_never_pushes_its_teams_running_job_out_of_the_guarantee() {
+    // One node of 8 GPUs: `a` and `b` guaranteed 4 each. `a` runs 4 GPUs inside its
+    // guarantee; `b`'s job sits idle and yields. `a`'s next job would borrow: it takes the
+    // yielded job's GPUs (held for it through the grace period). Meanwhile `b` wants its
+    // guarantee back: the borrowing is what gives way, never `a`'s guaranteed job.
+    let state = ClusterBuilder::new()
+        .racks(1, 1, 8)
+        .team_spec(TeamBuilder::new("a").guaranteed(4).build())
+        .team_spec(
+            TeamBuilder::new("b")
+                .guaranteed(4)
+                .idle_policy(IdlePolicy::Yield)
+                .build(),
+        )
+        .build();
+    let mut h = Harness::new(state);
+    let a1 = h.submit(JobBuilder::new("a").gpus(4).limit(100_000));
+    let idle = h.submit(JobBuilder::new("b").gpus(4).limit(100_000));
+    h.step();
+    assert!(h.is_running(a1) && h.is_running(idle));
+    let window = h.state.config.idle_window_s;
+    samples(&mut h, idle, 0, window);
+    let a2 = h.submit(JobBuilder::new("a").gpus(4).limit(3600));
+    let plan = h.step();
+    let stopped: Vec<(JobId, Option<JobId>)> =
+        plan.stops.iter().map(|s| (s.job, s.beneficiary)).collect();
+    assert_eq!(stopped, vec![(idle, Some(a2))]);
+    // During the grace period `a1` stays inside `a`'s guarantee.
+    assert_eq!(
+        admissions(&h.state, h.now).get(&a1),
+        Some(&Admission::Guaranteed)
+    );
+    let b2 = h.submit(JobBuilder::new("b").gpus(4).limit(3600));
+    for _ in 0..4 {
+        h.now += 20;
+        h.reap();
+        let plan = h.step();
+        assert!(
+            plan.stops.iter().all(|s| s.job != a1),
+            "a's guaranteed job was preempted: {:?}",
+            plan.stops
+        );
+    }
+    h.now += 120;
+    h.reap();
+    h.settle();
+    assert!(h.is_running(a1));
+    assert!(
+        h.is_running(a2),
+        "the borrowing job started on the yielded GPUs"
+    );
+    // `b`'s requeued idle job takes free GPUs only, and holds `b`'s place in the queue; once
+    // it is gone, `b`'s next job takes its guarantee back from the borrowing job, not from
+    // `a`'s guaranteed one.
+    apply(
+        &mut h.state,
+        Event::Cancel {
+            job: idle,
+            at_s: h.now,
+            unmet: None,
+        },
+    )
+    .unwrap();
+    let plan = h.step();
+    let stopped: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
+    assert_eq!(stopped, vec![a2]);
+    h.now += 120;
+    h.reap();
+    h.settle();
+    assert!(h.is_running(a1));
+    assert!(h.is_running(b2), "b has its guarantee back");
+}

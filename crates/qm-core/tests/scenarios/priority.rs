@@ -44,6 +44,7 @@ fn a_higher_priority_job_preempts_its_teams_lower_priority_work_after_its_minimu
             cause: StopCause::Priority,
             beneficiary: Some(high),
             lost_gpu_s: 8 * 600,
+            borrowing: false,
         }]
     );
     let why = &plan.pending_job(high).unwrap().reason;
@@ -318,6 +319,7 @@ fn a_stop_for_priority_that_does_not_outrank_its_victim_is_refused() {
         job: victim,
         cause: StopCause::Priority,
         beneficiary,
+        borrowing: false,
         at_s: 0,
     };
     for b in [Some(equal), Some(other), None] {
