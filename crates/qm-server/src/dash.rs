@@ -384,7 +384,7 @@ fn pending_view(
         id: pj.job.0,
         team: j.spec.team.clone(),
         ask: views::ask(&j.spec),
-        reason: pj.reason.to_string(),
+        reason: views::reason_text(&pj.reason, now),
         eta_s: pj.eta_s,
         wait_s: now.saturating_sub(j.spec.submit_s),
         array: j.spec.array.map(|a| (a.array.0, a.index)),

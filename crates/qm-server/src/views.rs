@@ -321,6 +321,54 @@ pub fn standing(s: &qm_core::TeamStanding) -> proto::Standing {
 }
 
 /// What a job asks, short: `2x8 GPU` or `1x250 mGPU`.
+/// Why a job waits, for people: the core writes moments as `t=SECONDSs` (it has no clock and
+/// no time zone); here they read as a UTC time of day and how far from now, or a date when
+/// further than a day.
+pub fn reason_text(r: &qm_core::Reason, now: qm_core::Secs) -> String {
+    let text = r.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("t=") {
+        let after = &rest[i + 2..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<u64>() {
+            Ok(at) if after[digits..].starts_with('s') => {
+                out.push_str(&rest[..i]);
+                out.push_str(&moment(at, now));
+                rest = &after[digits + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..i + 2]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `14:05 UTC (in 17 min)`, `14:05 UTC (3 min ago)`, `2026-12-03 14:05 UTC`.
+fn moment(at: qm_core::Secs, now: qm_core::Secs) -> String {
+    let stamp = proto::rfc3339(at);
+    let (date, time) = (&stamp[..10], &stamp[11..16]);
+    let d = at.abs_diff(now);
+    if d > 86_400 {
+        return format!("{date} {time} UTC");
+    }
+    let span = if d < 120 {
+        format!("{d} s")
+    } else if d < 7200 {
+        format!("{} min", d / 60)
+    } else {
+        format!("{:.1} h", d as f64 / 3600.0)
+    };
+    if at >= now {
+        format!("{time} UTC (in {span})")
+    } else {
+        format!("{time} UTC ({span} ago)")
+    }
+}
+
 pub fn ask(spec: &qm_core::JobSpec) -> String {
     match spec.gpu {
         GpuAsk::Whole(k) => format!("{}x{} GPU", spec.tasks, k),
@@ -542,6 +590,29 @@ mod tests {
     use qm_core::{JobId, StopCause};
 
     use super::*;
+
+    /// Moments in reasons read as times of day and spans from now, never raw seconds.
+    #[test]
+    fn reasons_say_when_in_words() {
+        let now = 1_796_083_200; // 2026-12-01T00:00:00Z
+        let r = qm_core::Reason::Reserved {
+            start_s: now + 17 * 60,
+        };
+        let text = reason_text(&r, now);
+        assert_eq!(
+            text,
+            "GPUs reserved; starts by 00:17 UTC (in 17 min) if running jobs keep their time limits"
+        );
+        let r = qm_core::Reason::BehindReservation {
+            reserved: JobId(7),
+            start_s: now + 3 * 86_400,
+        };
+        let text = reason_text(&r, now);
+        assert!(text.contains("from 2026-12-04 00:00 UTC;"), "{text}");
+        assert!(!text.contains("t="), "{text}");
+        let r = qm_core::Reason::Reserved { start_s: now - 90 };
+        assert!(reason_text(&r, now).contains("23:58 UTC (90 s ago)"));
+    }
 
     /// The wire's reasons and states are the core's, as the API sent them before they were
     /// typed: field for field, name for name.

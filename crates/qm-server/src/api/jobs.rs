@@ -639,7 +639,7 @@ fn why_of(inner: &Inner, id: u64, p: &Principal) -> Api<WhyView> {
             job: id,
             state,
             reason: Some(views::reason(&pj.reason)),
-            message: pj.reason.to_string(),
+            message: views::reason_text(&pj.reason, inner.now_s()),
             eta_s: pj.eta_s,
         })),
         None => Ok(Json(WhyView {
