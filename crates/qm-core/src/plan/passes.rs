@@ -406,7 +406,9 @@ impl<'a> Planner<'a> {
                 lane.tail_skipped = true;
                 return None;
             }
-            if self.guaranteed_somewhere(job, t) {
+            // A job requeued after an idle stop takes free GPUs only: it does not hold its
+            // team's guarantee (and place) against the team's next jobs, which may reclaim.
+            if !job.stopped_idle && self.guaranteed_somewhere(job, t) {
                 return Some(self.rank(job, t));
             }
             lane.skipped.push(job);
