@@ -688,3 +688,69 @@ fn bench_dashboard_photographs_every_page() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Perturbed replays of a trace with idle holds give the idle figures as mean ± SD too.
+#[test]
+fn sim_run_perturb_gives_the_idle_figures_spread() {
+    let dir = tmp("perturb-idle");
+    let gen = dir.join("gen");
+    let out = qm(&[
+        "sim",
+        "gen",
+        "hoarding",
+        "--nodes",
+        "16",
+        "--placeholder-nodes",
+        "2",
+        "--days",
+        "2",
+        "--out",
+        gen.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = dir.join("report");
+    let out = qm(&[
+        "sim",
+        "run",
+        "--trace",
+        gen.join("trace.csv").to_str().unwrap(),
+        "--cluster",
+        "16x8",
+        "--teams",
+        gen.join("teams.toml").to_str().unwrap(),
+        "--policy",
+        "default",
+        "--idle-policy",
+        "warn,release",
+        "--perturb",
+        "2",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let policies = json["perturbed"]["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2);
+    for p in policies {
+        let f = &p["figures"];
+        assert!(f["idle_gpu_hours"]["mean"].as_f64().unwrap() > 0.0, "{f:#}");
+        assert!(f["idle_gpu_hours_while_waiting"]["sd"].is_number(), "{f:#}");
+        assert_eq!(f["busy_stopped_as_idle"]["mean"], 0.0);
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Idle GPUs, mean of the 2 perturbed replays"),
+        "{md}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

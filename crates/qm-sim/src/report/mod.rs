@@ -44,7 +44,9 @@ pub use compare::{compare, team_comparisons, TeamComparison};
 pub use perturbed::{
     perturbed, Figures, Perturbed, PerturbedPolicy, Stat, TeamComparisonMean, TeamWaitsMean,
 };
-pub use tables::{idle_tables, perturbed_table, perturbed_team_tables, table, team_tables};
+pub use tables::{
+    idle_tables, perturbed_idle_table, perturbed_table, perturbed_team_tables, table, team_tables,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TeamReport {
@@ -408,6 +410,18 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
     let idle = idle_tables(report);
     if !idle.is_empty() {
         let _ = writeln!(md, "{idle}");
+    }
+    if let Some(p) = &report.perturbed {
+        let idle = perturbed_idle_table(p);
+        if !idle.is_empty() {
+            let _ = writeln!(
+                md,
+                "## Idle GPUs, mean of the {} perturbed replays
+
+{idle}",
+                p.replays
+            );
+        }
     }
     if let Some(p) = &report.perturbed {
         let _ = writeln!(

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::compare::{self, TeamComparison};
-use super::tables::FIGURES;
+use super::tables::{FIGURES, IDLE_FIGURES};
 use super::{summarize, PolicyReport};
 use crate::sim::SimResult;
 
@@ -116,8 +116,11 @@ pub fn perturbed(seeds: &[u64], replays: &[Vec<SimResult>]) -> Perturbed {
     let per_policy = (0..policies)
         .map(|i| {
             let runs: Vec<PolicyReport> = reports.iter().map(|r| r[i].clone()).collect();
+            // The idle figures too, where the trace has idle holds.
+            let idle = runs.iter().any(|r| r.idle_gpu_hours > 0.0);
             let figures = FIGURES
                 .iter()
+                .chain(IDLE_FIGURES.iter().filter(|_| idle))
                 .map(|f| {
                     let xs: Vec<f64> = runs.iter().map(f.get).collect();
                     (f.key, Stat::of(&xs))

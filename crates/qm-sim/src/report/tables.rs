@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Perturbed, PolicyReport, Report, TeamComparison};
+use super::{Perturbed, PolicyReport, Report, Stat, TeamComparison};
 
 pub(super) fn hours(s: f64) -> String {
     if s < 60.0 {
@@ -137,6 +137,72 @@ pub(super) const FIGURES: [Figure; 13] = [
         get: |p| p.fairness_jain,
     },
 ];
+
+/// The idle figures, over perturbed replays (where the trace has idle holds).
+pub(super) const IDLE_FIGURES: [Figure; 4] = [
+    Figure {
+        key: "idle_gpu_hours",
+        header: "idle GPU-h",
+        unit: Unit::GpuHours,
+        get: |p| p.idle_gpu_hours,
+    },
+    Figure {
+        key: "idle_gpu_hours_while_waiting",
+        header: "idle while jobs waited",
+        unit: Unit::GpuHours,
+        get: |p| p.idle_gpu_hours_while_waiting,
+    },
+    Figure {
+        key: "idle_gpu_hours_reclaimed",
+        header: "reclaimed",
+        unit: Unit::GpuHours,
+        get: |p| p.idle_gpu_hours_reclaimed,
+    },
+    Figure {
+        key: "busy_stopped_as_idle",
+        header: "busy stopped as idle",
+        unit: Unit::Count,
+        get: |p| p.busy_stopped_as_idle as f64,
+    },
+];
+
+/// Over perturbed replays whose trace has idle holds: the idle figures as mean ± sample SD.
+pub fn perturbed_idle_table(perturbed: &Perturbed) -> String {
+    let mut out = String::new();
+    if perturbed
+        .policies
+        .iter()
+        .all(|p| p.figures.get("idle_gpu_hours").is_none())
+    {
+        return out;
+    }
+    let _ = write!(out, "| policy |");
+    for f in &IDLE_FIGURES {
+        let _ = write!(out, " {} |", f.header);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "|---|{}", "---|".repeat(IDLE_FIGURES.len()));
+    for p in &perturbed.policies {
+        let _ = write!(out, "| {} |", p.policy);
+        for f in &IDLE_FIGURES {
+            match p.figures.get(f.key) {
+                Some(Stat {
+                    mean, sd: Some(sd), ..
+                }) => {
+                    let _ = write!(out, " {} ± {} |", f.unit.show(mean), f.unit.show(sd));
+                }
+                Some(stat) => {
+                    let _ = write!(out, " {} |", f.unit.show(stat.mean));
+                }
+                None => {
+                    let _ = write!(out, " - |");
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
 
 fn header(out: &mut String, first: &str, extra: &[&str]) {
     let _ = write!(out, "| {first} |");
