@@ -114,6 +114,9 @@ fn a_restarted_agent_ends_the_tasks_it_lost_and_their_jobs_run_again() {
         "echo attempt $QM_ATTEMPT; sleep 317",
     ]);
     up.wait_state(id, "running");
+    // Running on the server's side is the start it planned; the task has been launched (and
+    // the agent has written it into its ledger) once its first output has come back.
+    up.wait_for(|u| logs(u, id, 0).contains("attempt 1"));
     let node = up.json(&["nodes", "--json"])[0]["name"]
         .as_str()
         .unwrap()
