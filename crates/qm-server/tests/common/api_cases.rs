@@ -171,7 +171,12 @@ impl Api {
 
     /// The first snapshot of the dashboard's stream.
     async fn snapshot(&self) -> DashSnapshot {
-        let (status, body, _) = self.raw("GET", "/api/v1/stream", &self.admin, None).await;
+        self.snapshot_as(&self.admin).await
+    }
+
+    /// The first snapshot of the dashboard's stream, as `token` sees it.
+    async fn snapshot_as(&self, token: &str) -> DashSnapshot {
+        let (status, body, _) = self.raw("GET", "/api/v1/stream", token, None).await;
         assert_eq!(status, StatusCode::OK);
         let mut stream = body.into_data_stream();
         let mut text = String::new();
@@ -1111,15 +1116,7 @@ async fn members_see_other_teams_jobs_without_commands_or_not_at_all() {
         let (cancel, _) = api
             .call("POST", &format!("/api/v1/jobs/{theirs}/cancel"), &bob, None)
             .await;
-        let (_, body, _) = api.raw("GET", "/api/v1/stream", &bob, None).await;
-        let mut stream = body.into_data_stream();
-        let mut text = String::new();
-        while !text.contains("\n\n") {
-            let chunk = stream.next().await.expect("a snapshot").unwrap();
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-        let json = text.split("data: ").nth(1).unwrap().trim();
-        let snap: DashSnapshot = serde_json::from_str(json).unwrap();
+        let snap = api.snapshot_as(&bob).await;
         let in_stream = snap.jobs.iter().any(|j| j.id == theirs);
         // The heat map's tasks name their jobs: another team's only where jobs are shared.
         let on_nodes = snap
@@ -1391,15 +1388,7 @@ async fn the_queue_pages_and_filters_in_plan_order() {
             .await;
         let seen: QueuePage = serde_json::from_str(&text).unwrap();
         // The member's snapshot: its queue's first page and count are of what it may see.
-        let (_, body, _) = api.raw("GET", "/api/v1/stream", &bob, None).await;
-        let mut stream = body.into_data_stream();
-        let mut text = String::new();
-        while !text.contains("\n\n") {
-            let chunk = stream.next().await.expect("a snapshot").unwrap();
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-        let snap: DashSnapshot =
-            serde_json::from_str(text.split("data: ").nth(1).unwrap().trim()).unwrap();
+        let snap = api.snapshot_as(&bob).await;
         if private {
             assert_eq!((seen.total, seen.matched, seen.jobs.len()), (50, 50, 50));
             assert!(seen.jobs.iter().all(|j| j.team == "bravo"));

@@ -176,50 +176,45 @@ pub fn perturbed_idle_table(perturbed: &Perturbed) -> String {
     {
         return out;
     }
-    let _ = write!(out, "| policy |");
-    for f in &IDLE_FIGURES {
-        let _ = write!(out, " {} |", f.header);
-    }
-    let _ = writeln!(out);
-    let _ = writeln!(out, "|---|{}", "---|".repeat(IDLE_FIGURES.len()));
+    header(&mut out, "policy", &IDLE_FIGURES, &[]);
     for p in &perturbed.policies {
         let _ = write!(out, "| {} |", p.policy);
         for f in &IDLE_FIGURES {
-            match p.figures.get(f.key) {
-                Some(Stat {
-                    mean, sd: Some(sd), ..
-                }) => {
-                    let _ = write!(out, " {} ± {} |", f.unit.show(mean), f.unit.show(sd));
-                }
-                Some(stat) => {
-                    let _ = write!(out, " {} |", f.unit.show(stat.mean));
-                }
-                None => {
-                    let _ = write!(out, " - |");
-                }
-            }
+            stat_cell(&mut out, f, p.figures.get(f.key));
         }
         let _ = writeln!(out);
     }
     out
 }
 
-fn header(out: &mut String, first: &str, extra: &[&str]) {
+fn header(out: &mut String, first: &str, figures: &[Figure], extra: &[&str]) {
     let _ = write!(out, "| {first} |");
-    for f in &FIGURES {
+    for f in figures {
         let _ = write!(out, " {} |", f.header);
     }
     for e in extra {
         let _ = write!(out, " {e} |");
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "|---|{}", "---|".repeat(FIGURES.len() + extra.len()));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(figures.len() + extra.len()));
+}
+
+/// One figure over perturbed replays: mean ± sample SD, the mean alone with one replay, `-`
+/// where the replays do not have it.
+fn stat_cell(out: &mut String, f: &Figure, stat: Option<Stat>) {
+    let _ = match stat {
+        Some(Stat {
+            mean, sd: Some(sd), ..
+        }) => write!(out, " {} ± {} |", f.unit.show(mean), f.unit.show(sd)),
+        Some(stat) => write!(out, " {} |", f.unit.show(stat.mean)),
+        None => write!(out, " - |"),
+    };
 }
 
 /// The comparison table printed on stdout and in report.md: one row per policy.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
-    header(&mut out, "policy", &[]);
+    header(&mut out, "policy", &FIGURES, &[]);
     for p in &report.policies {
         let _ = write!(out, "| {} |", p.policy);
         for f in &FIGURES {
@@ -234,15 +229,15 @@ pub fn table(report: &Report) -> String {
 /// the coefficient of variation of the mean wait.
 pub fn perturbed_table(perturbed: &Perturbed) -> String {
     let mut out = String::new();
-    header(&mut out, "policy", &["wait mean CV"]);
+    header(&mut out, "policy", &FIGURES, &["wait mean CV"]);
     for p in &perturbed.policies {
         let _ = write!(out, "| {} |", p.policy);
         for f in &FIGURES {
-            let stat = p.figures.get(f.key).expect("every figure");
-            let _ = match stat.sd {
-                Some(sd) => write!(out, " {} ± {} |", f.unit.show(stat.mean), f.unit.show(sd)),
-                None => write!(out, " {} |", f.unit.show(stat.mean)),
-            };
+            stat_cell(
+                &mut out,
+                f,
+                Some(p.figures.get(f.key).expect("every figure")),
+            );
         }
         let cv = p.figures.get("wait_all_mean_s").and_then(|s| s.cv);
         let _ = writeln!(
