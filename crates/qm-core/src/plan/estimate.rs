@@ -30,6 +30,7 @@ impl<'a> Planner<'a> {
         if self.eta.group_of.is_empty() {
             return;
         }
+        self.releases();
         let groups = self.view.buckets.len();
         let mut rel: Vec<Vec<(Secs, u64)>> = vec![Vec::new(); groups];
         for r in &self.timeline.releases {

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 
 use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
-use crate::state::{Admission, Job, TaskPlacement};
+use crate::state::{Admission, Job, JobState, TaskPlacement};
 
 use super::homes::bit;
 use super::place;
-use super::planner::{mask_bits, shape_of, Planner, MAX_FAILED_ATTEMPTS};
+use super::planner::{gpu_mask, mask_bits, shape_of, Planner, MAX_FAILED_ATTEMPTS};
 use super::{Reason, Reservation};
 
 /// What one running (or starting) task gives back, and when.
@@ -46,6 +46,10 @@ pub(super) type Slack = (u32, u64, u64);
 
 /// When running tasks release what they hold, and what has been promised from when on.
 pub(super) struct Timeline {
+    /// Built on first use ([`Planner::releases`]): most plans that end early never ask.
+    pub(super) built: bool,
+    /// Releases of the jobs this plan starts before the timeline is built, in order.
+    pub(super) deferred: Vec<Release>,
     pub(super) releases: Vec<Release>,
     /// Reservations and claims, in the order they were made.
     pub(super) promises: Vec<Promise>,
@@ -59,6 +63,8 @@ pub(super) struct Timeline {
 impl Timeline {
     pub(super) fn new(nodes: usize) -> Timeline {
         Timeline {
+            built: false,
+            deferred: Vec::new(),
             releases: Vec::new(),
             promises: Vec::new(),
             releases_by_node: vec![Vec::new(); nodes],
@@ -84,13 +90,56 @@ impl<'a> Planner<'a> {
     }
 
     pub(super) fn push_release(&mut self, rel: Release) {
+        if !self.timeline.built {
+            self.timeline.deferred.push(rel);
+            return;
+        }
         self.timeline.releases_by_node[rel.node as usize].push(self.timeline.releases.len());
         self.timeline.releases.push(rel);
+    }
+
+    /// Builds the timeline's releases, if not yet built: what each running or stopping task
+    /// gives back and when (by its time limit, or its stop's deadline), in the order of the
+    /// plan's runs, then those of the jobs the plan has started so far.
+    pub(super) fn releases(&mut self) {
+        if self.timeline.built {
+            return;
+        }
+        self.timeline.built = true;
+        self.timeline.releases.reserve(self.runs.len());
+        for i in 0..self.runs.len() {
+            let r = &self.runs[i];
+            let (limit, est) = match &r.job.state {
+                JobState::Stopping(_, stop) => (stop.deadline_s, stop.deadline_s),
+                state => {
+                    let started = state.run().expect("holding").started_s;
+                    self.end_of(&r.job.spec, started)
+                }
+            };
+            let (spec, placement) = (&r.job.spec, r.placement);
+            for task in placement {
+                if let Some(n) = self.view.dense(task.node) {
+                    self.push_release(Release {
+                        end_s: limit,
+                        est_s: est,
+                        node: n,
+                        gpus: gpu_mask(&task.gpus),
+                        milli: task.gpu_milli,
+                        cpu: spec.cpu_milli,
+                        mem: spec.mem_mib,
+                    });
+                }
+            }
+        }
+        for rel in std::mem::take(&mut self.timeline.deferred) {
+            self.push_release(rel);
+        }
     }
 
     /// Gives a blocked job the earliest start that running jobs' time limits promise, over
     /// its admissible GPU models, and guards the GPUs against backfill that would delay it.
     pub(super) fn reserve(&mut self, job: &Job, admissible: &[(usize, usize, Admission)]) -> bool {
+        self.releases();
         let spec = &job.spec;
         let mut best: Option<(Secs, usize, Vec<TaskPlacement>, Vec<Slack>)> = None;
         for &(_, g, _) in admissible {

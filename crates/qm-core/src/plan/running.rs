@@ -10,8 +10,7 @@ use crate::model::{IdlePolicy, JobId, JobSpec, PolicyKind, Secs, MILLI_PER_GPU};
 use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacement};
 use crate::teams::TeamIndex;
 
-use super::planner::{gpu_mask, Planner};
-use super::reserve::Release;
+use super::planner::Planner;
 use super::{IdleAction, IdleNotice, StopOrder};
 
 /// Reclaim takes a run counted inside its team's guarantee (from a team above its guarantee,
@@ -79,7 +78,6 @@ impl<'a> Planner<'a> {
         let holders = state.jobs.holding.len();
         self.runs.reserve(holders);
         self.eta.job_ends.reserve(holders);
-        self.timeline.releases.reserve(holders);
         // The holders in id order: looked up one by one where the queue is long, read in
         // one walk of the live jobs where most of them hold.
         let by_lookup = holders * 4 < state.jobs.len();
@@ -112,23 +110,6 @@ impl<'a> Planner<'a> {
                 JobState::Stopping(_, stop) => Some(stop.deadline_s),
                 _ => None,
             };
-            let (limit, est) = match stopping {
-                Some(deadline) => (deadline, deadline),
-                None => self.end_of(&job.spec, run.started_s),
-            };
-            for task in &run.placement {
-                if let Some(n) = self.view.dense(task.node) {
-                    self.push_release(Release {
-                        end_s: limit,
-                        est_s: est,
-                        node: n,
-                        gpus: gpu_mask(&task.gpus),
-                        milli: task.gpu_milli,
-                        cpu: job.spec.cpu_milli,
-                        mem: job.spec.mem_mib,
-                    });
-                }
-            }
             let elapsed = self.now.saturating_sub(run.started_s);
             let lost = match job.spec.checkpoint_every_s {
                 Some(every) if every > 0 => elapsed % every,
