@@ -241,6 +241,28 @@ pub struct ClusterState {
     pub(crate) next_team_id: u32,
     /// Highest id of a forgotten job: ids up to it are never reused.
     pub(crate) forgotten_up_to: Option<JobId>,
+    /// The GPU models and the team tree in dense form, built on first use after either
+    /// changed (`apply` drops them there): every plan and every submission's check read them.
+    #[serde(skip)]
+    pub(crate) derived: Derived,
+}
+
+/// What is derived from the nodes' GPU models and the team specs alone, built once for
+/// every plan and submission until one of them changes. Not part of the state's value:
+/// two states are equal, and serialise, without it.
+#[derive(Clone, Default)]
+pub(crate) struct Derived(std::sync::OnceLock<(Vec<String>, crate::teams::TeamIndex)>);
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived")
+    }
 }
 
 /// The live jobs by id, with an index of those holding resources (running or stopping), by
@@ -640,6 +662,18 @@ impl ClusterState {
         }
         names.sort_unstable();
         names.into_iter().map(String::from).collect()
+    }
+
+    /// The GPU models (as [`Self::gpu_models`]) and the team tree indexed over them, kept
+    /// until a node registers or a team changes.
+    pub(crate) fn team_index(&self) -> (&[String], &crate::teams::TeamIndex) {
+        let (models, index) = self.derived.0.get_or_init(|| {
+            let models = self.gpu_models();
+            let index =
+                crate::teams::TeamIndex::build(self.teams.values().map(|t| &t.spec), &models);
+            (models, index)
+        });
+        (models, index)
     }
 
     /// How many ended jobs are still held.

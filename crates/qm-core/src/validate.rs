@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use crate::error::ApplyError;
 use crate::model::{After, GpuAsk, JobId, JobSpec, NodeId, NodeState, MILLI_PER_GPU};
 use crate::state::{placement_milli, task_shape, ClusterState, JobState, Node, TaskPlacement};
-use crate::teams::TeamIndex;
 
 /// Most tasks one gang may have.
 pub const MAX_TASKS: u32 = 100_000;
@@ -177,7 +176,7 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
             children.join(", ")
         )));
     }
-    let models = state.gpu_models();
+    let (models, index) = state.team_index();
     if let Some(model) = &spec.gpu_model {
         if !models.contains(model) {
             return Err(never(format!(
@@ -203,7 +202,6 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
         )));
     }
     // Per model: can one task fit a node, and can the whole gang fit the model's nodes?
-    let index = TeamIndex::build(state.teams.values().map(|t| &t.spec), &models);
     let t = index.by_name[&spec.team];
     let mut why_not = Vec::new();
     for (mi, model) in models.iter().enumerate() {

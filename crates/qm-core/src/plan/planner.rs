@@ -108,7 +108,7 @@ pub(crate) struct Planner<'a> {
     pub(super) policy: PolicyKind,
     /// GPU models, sorted: a model's index is its place here.
     pub(super) models: Vec<String>,
-    pub(super) teams: TeamIndex,
+    pub(super) teams: &'a TeamIndex,
     /// `[team]` rank among the leaf teams (`static` partitions are per leaf).
     pub(super) leaf_rank: Vec<Option<usize>>,
     pub(super) leaf_count: usize,
@@ -178,8 +178,8 @@ impl<'a> Planner<'a> {
     pub(super) fn new(state: &'a ClusterState, now: Secs, explain: bool) -> Planner<'a> {
         let cfg = &state.config;
         let policy = cfg.policy;
-        let models = state.gpu_models();
-        let teams = TeamIndex::build(state.teams.values().map(|t| &t.spec), &models);
+        let (models, teams) = state.team_index();
+        let models = models.to_vec();
         let mut leaf_rank = vec![None; teams.names.len()];
         let mut leaf_count = 0;
         for (t, rank) in leaf_rank.iter_mut().enumerate() {
@@ -189,7 +189,7 @@ impl<'a> Planner<'a> {
             }
         }
         let partition = if policy == PolicyKind::Static {
-            static_partition(state, &models, &teams, &leaf_rank)
+            static_partition(state, &models, teams, &leaf_rank)
         } else {
             BTreeMap::new()
         };
@@ -224,9 +224,9 @@ impl<'a> Planner<'a> {
         let mut view = view;
         view.mix_src = Some((state, models.clone()));
         let node_count = view.ids.len();
-        let acct = Accounting::new(state, &teams, now);
+        let acct = Accounting::new(state, teams, now);
         let homes = if policy == PolicyKind::Default {
-            Homes::build(&view, &models, &node_model, &teams)
+            Homes::build(&view, &models, &node_model, teams)
         } else {
             Homes::none(teams.names.len(), models.len())
         };

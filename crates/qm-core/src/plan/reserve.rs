@@ -238,6 +238,9 @@ impl<'a> Planner<'a> {
         g: usize,
     ) -> Option<(Secs, TaskPlacement, Slack)> {
         let mut best: Option<(Secs, u32, u32, Vec<u32>, u64, u64)> = None;
+        // One buffer of probe times for every node: this runs for each blocked job's
+        // reservation, over every node of the group.
+        let mut times: Vec<Secs> = Vec::new();
         for &n in &self.view.group_nodes[g] {
             let node = self.view.nodes[n as usize];
             if self.keep_to.as_ref().is_some_and(|w| !bit(w, n)) {
@@ -251,7 +254,8 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let ni = n as usize;
-            let mut times: Vec<Secs> = vec![self.now];
+            times.clear();
+            times.push(self.now);
             times.extend(
                 self.timeline.releases_by_node[ni]
                     .iter()
@@ -269,7 +273,7 @@ impl<'a> Planner<'a> {
             times.sort_unstable();
             times.dedup();
             let mut node = ([0u32; 64], 0, 0);
-            for t in times {
+            for &t in &times {
                 if best.as_ref().is_some_and(|b| t > b.0) {
                     break;
                 }

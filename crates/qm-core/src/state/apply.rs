@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    Admission, ClusterState, Event, HeldShare, Hold, Job, JobState, Node, Run, Stop, StopCause,
-    TaskPlacement, Team,
+    Admission, ClusterState, Derived, Event, HeldShare, Hold, Job, JobState, Node, Run, Stop,
+    StopCause, TaskPlacement, Team,
 };
 use crate::error::ApplyError;
 use crate::model::{JobId, JobSpec, NodeId, NodeSpec, NodeState, Secs, TeamSpec};
@@ -185,6 +185,9 @@ impl ClusterState {
             ));
         }
         if let Some(node) = self.nodes.get_mut(&spec.id) {
+            if node.spec.gpu_model != spec.gpu_model {
+                self.derived = Derived::default();
+            }
             let used = node.gpu_used_milli.iter().any(|&m| m > 0)
                 || node.cpu_used_milli > 0
                 || node.mem_used_mib > 0;
@@ -209,6 +212,7 @@ impl ClusterState {
             return Ok(());
         }
         let gpus = spec.gpus as usize;
+        self.derived = Derived::default();
         self.nodes.insert(
             spec.id,
             Node {
@@ -281,6 +285,7 @@ impl ClusterState {
                 });
             }
         }
+        self.derived = Derived::default();
         match self.teams.get_mut(&spec.name) {
             Some(team) => team.spec = spec,
             None => {
@@ -325,6 +330,7 @@ impl ClusterState {
                 why: "it still has pending or running jobs".to_string(),
             });
         }
+        self.derived = Derived::default();
         self.teams.remove(name);
         Ok(())
     }

@@ -236,3 +236,61 @@ fn policies_are_selected_by_name() {
         "unknown policy \"lottery\"; valid policies: default, fifo, static"
     );
 }
+
+/// Plans and submissions read the GPU models and the team tree from a form built once and
+/// kept until a node registers or a team changes: every such change shows at once.
+#[test]
+fn a_new_model_a_new_team_and_a_changed_guarantee_count_from_the_next_event() {
+    let state = ClusterBuilder::new()
+        .node(NodeBuilder::new(8))
+        .team("a", 8)
+        .build();
+    let mut h = Harness::new(state);
+    h.step();
+    let err = h
+        .try_submit(JobBuilder::new("a").model("A100"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"A100\""), "{err}");
+    let mut spec = ClusterBuilder::new()
+        .node(NodeBuilder::new(8).model("A100"))
+        .build()
+        .nodes()
+        .next()
+        .expect("built")
+        .spec
+        .clone();
+    spec.id = NodeId(7);
+    spec.name = "a100-0".to_string();
+    apply(&mut h.state, Event::NodeUp(spec)).expect("node registers");
+    let on_a100 = h.submit(JobBuilder::new("a").model("A100"));
+    let plan = h.step();
+    assert_eq!(plan.starts.len(), 1);
+    assert_eq!(plan.starts[0].job, on_a100);
+    assert_eq!(plan.starts[0].placement[0].node, NodeId(7));
+
+    let err = h.try_submit(JobBuilder::new("b")).unwrap_err().to_string();
+    assert!(err.contains("\"b\""), "{err}");
+    apply(
+        &mut h.state,
+        Event::SetTeam(TeamBuilder::new("b").guaranteed(4).build()),
+    )
+    .expect("team added");
+    h.submit(JobBuilder::new("b"));
+    let standing = |plan: &Plan, team: &str| {
+        plan.teams
+            .iter()
+            .find(|t| t.team == team)
+            .map(|t| t.guaranteed_gpus)
+    };
+    let plan = h.step();
+    assert_eq!(standing(&plan, "b"), Some(4));
+    apply(
+        &mut h.state,
+        Event::SetTeam(TeamBuilder::new("b").guaranteed(6).build()),
+    )
+    .expect("guarantee raised");
+    let plan = h.step();
+    assert_eq!(standing(&plan, "b"), Some(6));
+    assert_eq!(standing(&plan, "a"), Some(8));
+}
