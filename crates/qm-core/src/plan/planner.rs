@@ -152,6 +152,9 @@ pub(super) struct Attempts {
     pub(super) failed_reservations: usize,
 }
 
+/// Ends of releases, ascending, each with the milli-GPUs it frees.
+pub(super) type EndsFreed = std::rc::Rc<Vec<(Secs, u64)>>;
+
 /// Failures remembered within one plan, so that the same question is not asked twice:
 /// capacity only shrinks and guards only tighten during a plan.
 #[derive(Default)]
@@ -170,6 +173,10 @@ pub(super) struct Memos {
     /// Groups where nothing had a finite end (and how many releases and promises there
     /// were then): no reservation can be promised there until that changes.
     pub(super) unreservable: BTreeMap<usize, usize>,
+    /// Per group, the finite ends of the timeline's releases and the milli-GPUs each frees,
+    /// sorted by end, with how many releases there were then (releases are only appended):
+    /// every gang's reservation in the group reads them.
+    pub(super) group_releases: BTreeMap<usize, (usize, EndsFreed)>,
 }
 
 impl<'a> Planner<'a> {

@@ -10,7 +10,7 @@ use crate::state::{Admission, Job, JobState, TaskPlacement};
 
 use super::homes::bit;
 use super::place;
-use super::planner::{gpu_mask, mask_bits, shape_of, Planner, MAX_FAILED_ATTEMPTS};
+use super::planner::{gpu_mask, mask_bits, shape_of, EndsFreed, Planner, MAX_FAILED_ATTEMPTS};
 use super::{Reason, Reservation};
 
 /// What one running (or starting) task gives back, and when.
@@ -307,22 +307,28 @@ impl<'a> Planner<'a> {
         spec: &JobSpec,
         g: usize,
     ) -> Option<(Secs, Vec<TaskPlacement>, Vec<Slack>)> {
-        let mut rel: Vec<&Release> = self
+        let rel = self.group_releases(g);
+        // Release ends are sorted already; the few promises' ends are merged in.
+        let mut ends: Vec<Secs> = self
             .timeline
-            .releases
+            .promises
             .iter()
-            .filter(|r| r.end_s != Secs::MAX && self.view.group[r.node as usize] == Some(g))
+            .filter(|r| r.group == g && r.end_s != Secs::MAX)
+            .map(|r| r.end_s)
             .collect();
-        rel.sort_unstable_by_key(|r| r.end_s);
-        let mut times: Vec<Secs> = rel.iter().map(|r| r.end_s.max(self.now)).collect();
-        times.extend(
-            self.timeline
-                .promises
-                .iter()
-                .filter(|r| r.group == g && r.end_s != Secs::MAX)
-                .map(|r| r.end_s),
-        );
-        times.sort_unstable();
+        ends.sort_unstable();
+        let mut times: Vec<Secs> = Vec::with_capacity(rel.len() + ends.len());
+        let (mut a, mut b) = (rel.iter().map(|r| r.0.max(self.now)).peekable(), 0);
+        while let Some(&t) = a.peek() {
+            if b < ends.len() && ends[b] < t {
+                times.push(ends[b]);
+                b += 1;
+            } else {
+                times.push(t);
+                a.next();
+            }
+        }
+        times.extend_from_slice(&ends[b..]);
         times.dedup();
         if times.is_empty() {
             // Nothing here ever ends by itself: no promise is possible, for any job.
@@ -346,8 +352,8 @@ impl<'a> Planner<'a> {
         let (mut freed, mut ri, mut pi) = (0u64, 0, 0);
         let mut first = None;
         for (i, &t) in times.iter().enumerate() {
-            while ri < rel.len() && rel[ri].end_s <= t {
-                freed += u64::from(rel[ri].milli) * u64::from(rel[ri].gpus.count_ones());
+            while ri < rel.len() && rel[ri].0 <= t {
+                freed += rel[ri].1;
                 ri += 1;
             }
             while pi < promised.len() && promised[pi].0 <= t {
@@ -370,6 +376,28 @@ impl<'a> Planner<'a> {
         };
         self.gang_at(spec, g, times[at])
             .map(|(p, slack)| (times[at], p, slack))
+    }
+
+    /// The finite ends of the releases of group `g`'s nodes, sorted, with the milli-GPUs
+    /// each frees: computed once for every gang reserved until the timeline grows.
+    fn group_releases(&mut self, g: usize) -> EndsFreed {
+        let seen = self.timeline.releases.len();
+        if let Some((n, rel)) = self.memo.group_releases.get(&g) {
+            if *n == seen {
+                return rel.clone();
+            }
+        }
+        let mut rel: Vec<(Secs, u64)> = self
+            .timeline
+            .releases
+            .iter()
+            .filter(|r| r.end_s != Secs::MAX && self.view.group[r.node as usize] == Some(g))
+            .map(|r| (r.end_s, u64::from(r.milli) * u64::from(r.gpus.count_ones())))
+            .collect();
+        rel.sort_unstable();
+        let rel = std::rc::Rc::new(rel);
+        self.memo.group_releases.insert(g, (seen, rel.clone()));
+        rel
     }
 
     /// The first of `times` (ascending) at which the gang fits group `g`, as
