@@ -241,17 +241,25 @@ pub struct ClusterState {
     pub(crate) next_team_id: u32,
     /// Highest id of a forgotten job: ids up to it are never reused.
     pub(crate) forgotten_up_to: Option<JobId>,
-    /// The GPU models and the team tree in dense form, built on first use after either
-    /// changed (`apply` drops them there): every plan and every submission's check read them.
+    /// The GPU models, the team tree in dense form and the teams' homes, built on first use
+    /// after a node registered or a team changed (`apply` drops them there): every plan and
+    /// every submission's check read them.
     #[serde(skip)]
     pub(crate) derived: Derived,
 }
 
-/// What is derived from the nodes' GPU models and the team specs alone, built once for
+/// What is derived from the nodes' specs and the team specs alone, built once for
 /// every plan and submission until one of them changes. Not part of the state's value:
 /// two states are equal, and serialise, without it.
 #[derive(Clone, Default)]
-pub(crate) struct Derived(std::sync::OnceLock<(Vec<String>, crate::teams::TeamIndex)>);
+pub(crate) struct Derived {
+    index: std::sync::OnceLock<(Vec<String>, crate::teams::TeamIndex)>,
+    /// Where guarantees live under `default` (`plan/homes.rs`), and the nodes each team's
+    /// work that cannot be preempted may borrow.
+    pub(crate) homes: std::sync::OnceLock<crate::plan::homes::HomesAndSafe>,
+    /// The same without homes (`fifo`, `static`).
+    pub(crate) no_homes: std::sync::OnceLock<crate::plan::homes::HomesAndSafe>,
+}
 
 impl PartialEq for Derived {
     fn eq(&self, _: &Derived) -> bool {
@@ -667,7 +675,7 @@ impl ClusterState {
     /// The GPU models (as [`Self::gpu_models`]) and the team tree indexed over them, kept
     /// until a node registers or a team changes.
     pub(crate) fn team_index(&self) -> (&[String], &crate::teams::TeamIndex) {
-        let (models, index) = self.derived.0.get_or_init(|| {
+        let (models, index) = self.derived.index.get_or_init(|| {
             let models = self.gpu_models();
             let index =
                 crate::teams::TeamIndex::build(self.teams.values().map(|t| &t.spec), &models);

@@ -22,12 +22,40 @@
 //! team whose home has a down node gets less of its guarantee back in shape until the node
 //! returns; its guarantee as an amount is unchanged.
 
+use crate::state::{ClusterState, Node};
 use crate::teams::TeamIndex;
 
-use super::view::View;
+/// Homes, and per team where its work that cannot be preempted may run
+/// ([`Homes::safe_for`]).
+pub(crate) type HomesAndSafe = (Homes, Vec<Option<Vec<u64>>>);
+
+/// The homes of the state's policy, kept with the state until a node registers or a team
+/// changes: they depend on the nodes' specs (down ones included) and the team tree alone.
+pub(super) fn of_state(state: &ClusterState, default_policy: bool) -> &HomesAndSafe {
+    let (models, teams) = state.team_index();
+    let with_safe = |homes: Homes| {
+        let safe = (0..teams.names.len()).map(|t| homes.safe_for(t)).collect();
+        (homes, safe)
+    };
+    if !default_policy {
+        return state
+            .derived
+            .no_homes
+            .get_or_init(|| with_safe(Homes::none(teams.names.len(), models.len())));
+    }
+    state.derived.homes.get_or_init(|| {
+        let nodes: Vec<&Node> = state.nodes().collect();
+        let node_model: Vec<usize> = nodes
+            .iter()
+            .map(|n| models.binary_search(&n.spec.gpu_model).unwrap_or(0))
+            .collect();
+        with_safe(Homes::build(&nodes, models, &node_model, teams))
+    })
+}
 
 /// Per team, the dense nodes that are home to it (a bit per node).
-pub(super) struct Homes {
+#[derive(Clone)]
+pub(crate) struct Homes {
     /// `[team]`: a bit per dense node; empty where the team is at home nowhere.
     bits: Vec<Vec<u64>>,
     /// `[team][model]`: whether the team has a home node of that model.
@@ -48,14 +76,15 @@ impl Homes {
         }
     }
 
+    /// Homes over `all` (every node, in id order: the plan's dense numbering).
     pub(super) fn build(
-        view: &View,
+        all: &[&Node],
         models: &[String],
         node_model: &[usize],
         teams: &TeamIndex,
     ) -> Homes {
         let n_teams = teams.names.len();
-        let words = view.ids.len().div_ceil(64);
+        let words = all.len().div_ceil(64);
         let mut homes = Homes {
             bits: vec![Vec::new(); n_teams],
             has: vec![vec![false; models.len()]; n_teams],
@@ -70,16 +99,16 @@ impl Homes {
         }
         // Capacity of each model, for guarantees that cover several models.
         let mut caps = vec![0u64; models.len()];
-        for n in 0..view.ids.len() {
+        for n in 0..all.len() {
             caps[node_model[n]] +=
-                u64::from(view.nodes[n].spec.gpus) * u64::from(crate::model::MILLI_PER_GPU);
+                u64::from(all[n].spec.gpus) * u64::from(crate::model::MILLI_PER_GPU);
         }
         for m in 0..models.len() {
-            let mut nodes: Vec<u32> = (0..view.ids.len() as u32)
+            let mut nodes: Vec<u32> = (0..all.len() as u32)
                 .filter(|&n| node_model[n as usize] == m)
                 .collect();
             nodes.sort_by(|&a, &b| {
-                let (a, b) = (&view.nodes[a as usize].spec, &view.nodes[b as usize].spec);
+                let (a, b) = (&all[a as usize].spec, &all[b as usize].spec);
                 a.topology.cmp(&b.topology).then(a.id.cmp(&b.id))
             });
             let cap_m = caps[m];
@@ -114,7 +143,7 @@ impl Homes {
             // Whole nodes first, largest guarantees first.
             for (left, t) in &mut own {
                 while let Some(&n) = nodes.get(next) {
-                    let gpus = u64::from(view.nodes[n as usize].spec.gpus)
+                    let gpus = u64::from(all[n as usize].spec.gpus)
                         * u64::from(crate::model::MILLI_PER_GPU);
                     if gpus == 0 || *left < gpus {
                         break;
@@ -126,7 +155,7 @@ impl Homes {
             }
             // Remainders, one after another on the nodes left.
             let mut room = nodes.get(next).map_or(0, |&n| {
-                u64::from(view.nodes[n as usize].spec.gpus) * u64::from(crate::model::MILLI_PER_GPU)
+                u64::from(all[n as usize].spec.gpus) * u64::from(crate::model::MILLI_PER_GPU)
             });
             for (left, t) in &mut own {
                 while *left > 0 {
@@ -134,7 +163,7 @@ impl Homes {
                     if room == 0 {
                         next += 1;
                         room = nodes.get(next).map_or(0, |&n| {
-                            u64::from(view.nodes[n as usize].spec.gpus)
+                            u64::from(all[n as usize].spec.gpus)
                                 * u64::from(crate::model::MILLI_PER_GPU)
                         });
                         continue;
@@ -147,7 +176,7 @@ impl Homes {
             }
         }
         // Nodes that are nobody's home are common ground: every team is at home there too.
-        let n_nodes = view.ids.len() as u32;
+        let n_nodes = all.len() as u32;
         for (t, bits) in homes.bits.iter_mut().enumerate() {
             if bits.is_empty() {
                 continue;

@@ -7,7 +7,7 @@
 mod estimate;
 mod frag;
 mod holds;
-mod homes;
+pub(crate) mod homes;
 mod order;
 mod partition;
 mod passes;

@@ -498,13 +498,13 @@ impl<'a> Planner<'a> {
         }
         // Models where the job is guaranteed first.
         admissible.sort_by_key(|a| a.2);
-        let (homes, safe) = (self.homes.clone(), self.safe.clone());
+        let (homes, safe) = (self.homes, self.safe);
         let homeless: Vec<bool> = (0..self.models.len())
             .map(|m| self.teams.guaranteed(t, m) > 0 && homes.of(t, m).is_none())
             .collect();
         // Work that cannot be preempted goes only where it never blocks another team's
         // guarantee.
-        let within = |m: usize, class: Admission| keep_to(&safe, t, spec, class, homeless[m]);
+        let within = |m: usize, class: Admission| keep_to(safe, t, spec, class, homeless[m]);
         // A single task that several models of its best class can take goes where it grows
         // the fragmentation least.
         if spec.tasks == 1 && admissible.len() > 1 {
@@ -623,8 +623,8 @@ impl<'a> Planner<'a> {
                 ignore_guards: true,
                 ..Ask::new(spec, admissible[0].1, end_s)
             };
-            let safe = self.safe.clone();
-            let within = keep_to(&safe, t, spec, Admission::Borrowed, false);
+            let safe = self.safe;
+            let within = keep_to(safe, t, spec, Admission::Borrowed, false);
             let never = !self.fits_empty(spec, admissible[0].1, within);
             if never || place::find(&self.view, &ask).is_some() {
                 let team = spec.team.clone();

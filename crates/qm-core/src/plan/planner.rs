@@ -119,10 +119,10 @@ pub(crate) struct Planner<'a> {
     /// Free capacity, updated as the plan starts, claims and reserves.
     pub(super) view: View<'a>,
     /// Where each team's guarantee lives (`default` only; see `homes.rs`).
-    pub(super) homes: std::rc::Rc<Homes>,
+    pub(super) homes: &'a Homes,
     /// `[team]`: where the team's jobs that cannot be preempted may run (its home and
     /// nobody's), or `None` for anywhere.
-    pub(super) safe: std::rc::Rc<Vec<Option<Vec<u64>>>>,
+    pub(super) safe: &'a [Option<Vec<u64>>],
     /// While a job that cannot be preempted is being reserved for: the nodes it may use.
     pub(super) keep_to: Option<Vec<u64>>,
     /// Every running or stopping job, as the plan sees it.
@@ -232,12 +232,7 @@ impl<'a> Planner<'a> {
         view.mix_src = Some((state, models.clone()));
         let node_count = view.ids.len();
         let acct = Accounting::new(state, teams, now);
-        let homes = if policy == PolicyKind::Default {
-            Homes::build(&view, &models, &node_model, teams)
-        } else {
-            Homes::none(teams.names.len(), models.len())
-        };
-        let safe = (0..teams.names.len()).map(|t| homes.safe_for(t)).collect();
+        let (homes, safe) = super::homes::of_state(state, policy == PolicyKind::Default);
         Planner {
             state,
             explain,
@@ -253,8 +248,8 @@ impl<'a> Planner<'a> {
             team_by_id,
             node_model,
             view,
-            homes: std::rc::Rc::new(homes),
-            safe: std::rc::Rc::new(safe),
+            homes,
+            safe,
             keep_to: None,
             runs: Vec::new(),
             acct,

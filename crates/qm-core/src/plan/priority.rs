@@ -107,7 +107,7 @@ impl<'a> Planner<'a> {
         }
         let milli = spec.milli_total();
         let (end_s, _) = self.end_of(spec, self.now);
-        let (homes, safe) = (self.homes.clone(), self.safe.clone());
+        let (homes, safe) = (self.homes, self.safe);
         let capped: Vec<(usize, usize, Admission)> = capped
             .iter()
             .map(|&(m, g)| (m, g, self.class_of(t, m, milli)))
@@ -155,7 +155,7 @@ impl<'a> Planner<'a> {
                 }
             }
             let homeless = self.teams.guaranteed(t, m) > 0 && homes.of(t, m).is_none();
-            let within = keep_to(&safe, t, spec, class, homeless);
+            let within = keep_to(safe, t, spec, class, homeless);
             let ask = Ask::new(spec, g, end_s).within(within);
             // Where it fits already, only its team's `max` stands in the way.
             let found = match self.find_memo(&ask, shape_of(spec, g)) {

@@ -123,7 +123,7 @@ impl<'a> Planner<'a> {
                 !r.stopped && (r.team != Some(team) || r.yielded)
             })
             .collect();
-        let homes = self.homes.clone();
+        let homes = self.homes;
         let ask = Ask::new(spec, g, end_s);
         // First the borrowed work that loses least, wherever it is. A job that cannot be
         // preempted cannot borrow instead: where borrowed work alone cannot make room for it,

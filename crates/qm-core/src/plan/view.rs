@@ -143,12 +143,29 @@ impl<'a> View<'a> {
                 v.group_max_gpus[g] = v.group_max_gpus[g].max(node.spec.gpus);
             }
         }
-        for g in 0..groups {
-            v.buckets[g] = vec![BTreeSet::new(); v.group_max_gpus[g] as usize + 1];
+        // The indices as `index` would fill them node by node, each set built at once from
+        // its sorted contents (far fewer allocations and comparisons on thousands of nodes).
+        let mut buckets: Vec<Vec<Vec<u32>>> = (0..groups)
+            .map(|g| vec![Vec::new(); v.group_max_gpus[g] as usize + 1])
+            .collect();
+        let mut partial: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); groups];
+        for n in 0..v.ids.len() {
+            let Some(g) = v.group[n] else { continue };
+            let wf = v.whole_free[n];
+            buckets[g][wf as usize].push(n as u32);
+            v.group_whole_free[g] += u64::from(wf);
+            for (i, &u) in v.used[v.gpu_range(n as u32)].iter().enumerate() {
+                v.group_free_milli[g] += u64::from(MILLI_PER_GPU - u);
+                if u > 0 && u < MILLI_PER_GPU {
+                    partial[g].push((MILLI_PER_GPU - u, n as u32, i as u32));
+                }
+            }
         }
-        for i in 0..v.ids.len() {
-            v.index(i as u32);
-        }
+        v.buckets = buckets
+            .into_iter()
+            .map(|b| b.into_iter().map(BTreeSet::from_iter).collect())
+            .collect();
+        v.partial = partial.into_iter().map(BTreeSet::from_iter).collect();
         v
     }
 

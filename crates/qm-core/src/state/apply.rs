@@ -185,9 +185,6 @@ impl ClusterState {
             ));
         }
         if let Some(node) = self.nodes.get_mut(&spec.id) {
-            if node.spec.gpu_model != spec.gpu_model {
-                self.derived = Derived::default();
-            }
             let used = node.gpu_used_milli.iter().any(|&m| m > 0)
                 || node.cpu_used_milli > 0
                 || node.mem_used_mib > 0;
@@ -205,6 +202,7 @@ impl ClusterState {
                 node.gpu_used_milli = vec![0; spec.gpus as usize];
             }
             node.spec = spec;
+            self.derived = Derived::default();
             // Coming back clears an outage, not an operator's drain.
             if node.state == NodeState::Down {
                 node.state = NodeState::Ready;

@@ -243,6 +243,7 @@ fn policies_are_selected_by_name() {
 fn a_new_model_a_new_team_and_a_changed_guarantee_count_from_the_next_event() {
     let state = ClusterBuilder::new()
         .node(NodeBuilder::new(8))
+        .node(NodeBuilder::new(8))
         .team("a", 8)
         .build();
     let mut h = Harness::new(state);
@@ -285,6 +286,21 @@ fn a_new_model_a_new_team_and_a_changed_guarantee_count_from_the_next_event() {
     };
     let plan = h.step();
     assert_eq!(standing(&plan, "b"), Some(4));
+    // Homes as kept with the state, against homes computed afresh (a state read back from
+    // its serialised form keeps nothing derived), after each kind of change.
+    let fresh = |state: &ClusterState| {
+        let json = serde_json::to_string(state).expect("serialises");
+        let copy: ClusterState = serde_json::from_str(&json).expect("reads back");
+        qm_core::homes(&copy)
+    };
+    let before = qm_core::homes(&h.state);
+    assert_eq!(before, fresh(&h.state));
+    let mut moved = h.state.nodes().next().expect("a node").spec.clone();
+    moved.topology = vec!["rack-9".to_string()];
+    apply(&mut h.state, Event::NodeUp(moved)).expect("node re-registers");
+    let after = qm_core::homes(&h.state);
+    assert_ne!(after, before, "homes are laid in topology order");
+    assert_eq!(after, fresh(&h.state));
     apply(
         &mut h.state,
         Event::SetTeam(TeamBuilder::new("b").guaranteed(6).build()),
@@ -293,4 +309,6 @@ fn a_new_model_a_new_team_and_a_changed_guarantee_count_from_the_next_event() {
     let plan = h.step();
     assert_eq!(standing(&plan, "b"), Some(6));
     assert_eq!(standing(&plan, "a"), Some(8));
+    assert_eq!(qm_core::homes(&h.state), fresh(&h.state));
+    assert!(qm_core::homes(&h.state).teams.contains_key("b"));
 }
