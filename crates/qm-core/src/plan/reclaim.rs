@@ -21,8 +21,10 @@ const IN_PLACE_TASKS: usize = 64;
 
 /// Borrowed, preemptible runs past their minimum run time: what reclaim may stop.
 pub(super) struct Victims {
-    /// `[model]` indices into the planner's runs, cheapest to stop first.
+    /// `[model]` indices into the planner's runs, cheapest to stop first once `sorted`.
     pub(super) by_model: Vec<Vec<usize>>,
+    /// `by_model` is in order ([`Planner::sort_victims`]).
+    pub(super) sorted: bool,
     /// `[model]` upper bound of milli-GPUs the remaining victims would free.
     pub(super) milli_left: Vec<u64>,
     /// `[model]` milli-GPUs of guaranteed runs away from their team's home that reclaim may
@@ -31,7 +33,7 @@ pub(super) struct Victims {
     /// Some pending job cannot be preempted (and so may take a home back whole).
     pub(super) pinned_pending: bool,
     /// `[model]` runs counted inside the guarantee of a team that holds more than its
-    /// guarantee, preemptible and past their minimum run time, cheapest first: which of such
+    /// guarantee, preemptible and past their minimum run time (in no order): which of such
     /// a team's runs count as borrowed is a convention, so reclaim may take any of them as
     /// long as the team keeps its guarantee (`surplus_fits`).
     pub(super) surplus: Vec<Vec<usize>>,
@@ -48,6 +50,7 @@ impl Victims {
     pub(super) fn new(models: usize) -> Victims {
         Victims {
             by_model: vec![Vec::new(); models],
+            sorted: false,
             milli_left: vec![0; models],
             away_milli: vec![0; models],
             pinned_pending: false,
@@ -115,6 +118,7 @@ impl<'a> Planner<'a> {
         }
         // A team's guarantee protects it from other teams; it does not preempt itself, but
         // for its own idle runs that yielded.
+        self.sort_victims();
         let victims: Vec<usize> = self.victims.by_model[m]
             .iter()
             .copied()
@@ -216,6 +220,7 @@ impl<'a> Planner<'a> {
             if class == Admission::Guaranteed || self.victims.yielded[m] == 0 {
                 continue;
             }
+            self.sort_victims();
             let idle: Vec<usize> = self.victims.by_model[m]
                 .iter()
                 .copied()

@@ -203,11 +203,6 @@ impl<'a> Planner<'a> {
                 self.victims.surplus_milli[r.model] += spec.milli_total();
             }
         }
-        let mut surplus = std::mem::take(&mut self.victims.surplus);
-        for list in &mut surplus {
-            list.sort_by_key(|&i| self.victim_key(i));
-        }
-        self.victims.surplus = surplus;
         self.victims.pinned_pending = self.state.jobs.queues.values().any(|q| q.pinned > 0);
         // Runs away from home matter only to a waiting job that cannot be preempted.
         let away_runs = if self.victims.pinned_pending {
@@ -234,6 +229,17 @@ impl<'a> Planner<'a> {
                 .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
                 .sum();
         }
+        // Victims are put in order when a reclaim first asks (`sort_victims`): most plans
+        // reclaim nothing.
+    }
+
+    /// Puts each model's victims in order, cheapest to stop first, once per plan: their
+    /// keys do not change during a plan.
+    pub(super) fn sort_victims(&mut self) {
+        if self.victims.sorted {
+            return;
+        }
+        self.victims.sorted = true;
         let mut by_model = std::mem::take(&mut self.victims.by_model);
         for list in &mut by_model {
             // Keys inline, so that sorting does not chase pointers per comparison.
@@ -256,29 +262,25 @@ impl<'a> Planner<'a> {
     /// that started borrowed, oldest first; last the victims of priority preemptions, which
     /// are leaving.
     pub(super) fn classify(&mut self) {
-        /// A running job, or a job waiting on a priority preemption's hold.
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-        enum Entry {
-            Run(usize),
-            Waiting(JobId, usize, u64),
-        }
-        /// Leaving (a priority preemption's victim), yielded (idle), admitted at start as,
-        /// started, id.
-        type Key = (bool, bool, Admission, Secs, JobId);
-        let mut by_team: BTreeMap<usize, Vec<(Key, Entry)>> = BTreeMap::new();
+        /// An entry: a running job (its index in `runs`), or past `runs.len()` a job waiting
+        /// on a priority preemption's hold (its index in `waiting`, offset).
+        type Entry = usize;
+        let mut waiting: Vec<(JobId, usize, u64)> = Vec::new();
+        let first_waiting = self.runs.len();
+        let mut by_team: Vec<Vec<(u128, Entry)>> = vec![Vec::new(); self.teams.names.len()];
         for (i, r) in self.runs.iter_mut().enumerate() {
             if let Some(t) = r.team {
                 let run = r.job.state.run().expect("holding");
                 let leaving = matches!(&r.job.state,
                     JobState::Stopping(_, s) if s.cause == StopCause::Priority);
-                let key = (
+                let key = classify_key(
                     leaving,
                     r.yielded,
                     run.admission,
                     run.started_s,
                     r.job.spec.id,
                 );
-                by_team.entry(t).or_default().push((key, Entry::Run(i)));
+                by_team[t].push((key, i));
             } else {
                 r.mode = Admission::Borrowed;
             }
@@ -301,9 +303,9 @@ impl<'a> Planner<'a> {
                 let Some(model) = model else { continue };
                 let milli = job.spec.milli_total();
                 if self.priority_hold(job, hold) {
-                    let key = (false, false, Admission::Guaranteed, Secs::MAX, *b);
-                    let entry = Entry::Waiting(*b, model, milli);
-                    by_team.entry(t).or_default().push((key, entry));
+                    let key = classify_key(false, false, Admission::Guaranteed, Secs::MAX, *b);
+                    by_team[t].push((key, first_waiting + waiting.len()));
+                    waiting.push((*b, model, milli));
                     continue;
                 }
                 // A reclaim's hold is inside the guarantee, before the team's running jobs;
@@ -321,12 +323,37 @@ impl<'a> Planner<'a> {
                 self.acct.guarantee_set_aside.insert(*b, (t, pool, milli));
             }
         }
-        for (t, mut keyed) in by_team {
-            keyed.sort_unstable();
+        for (t, mut keyed) in by_team.into_iter().enumerate() {
+            if keyed.is_empty() {
+                continue;
+            }
             let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
+            // Where every entry fits the guarantee whatever the order, the order changes
+            // nothing: most teams, most plans.
+            let mut all = used.clone();
+            for &(_, e) in &keyed {
+                let (model, milli) = match e {
+                    i if i < first_waiting => {
+                        let r = &self.runs[i];
+                        if r.yielded {
+                            continue;
+                        }
+                        (r.model, r.job.spec.milli_total())
+                    }
+                    w => (waiting[w - first_waiting].1, waiting[w - first_waiting].2),
+                };
+                all[self.teams.pool_of_model[t][model]] += milli;
+            }
+            let fits = all
+                .iter()
+                .zip(&self.teams.pools[t])
+                .all(|(&a, p)| a <= p.guaranteed);
+            if !fits && self.policy == PolicyKind::Default {
+                keyed.sort_unstable();
+            }
             for (_, entry) in keyed {
                 match entry {
-                    Entry::Run(i) => {
+                    i if i < first_waiting => {
                         let r = &mut self.runs[i];
                         let pool = self.teams.pool_of_model[t][r.model];
                         let milli = r.job.spec.milli_total();
@@ -341,7 +368,8 @@ impl<'a> Planner<'a> {
                             r.mode = Admission::Borrowed;
                         }
                     }
-                    Entry::Waiting(b, model, milli) => {
+                    w => {
+                        let (b, model, milli) = waiting[w - first_waiting];
                         let pool = self.teams.pool_of_model[t][model];
                         if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {
                             used[pool] += milli;
@@ -479,5 +507,51 @@ impl<'a> Planner<'a> {
 
     pub(super) fn guaranteed_total(&self, team: usize) -> u64 {
         self.teams.pools[team].iter().map(|p| p.guaranteed).sum()
+    }
+}
+
+/// The order in which `classify` counts a team's runs inside its guarantee, packed into one
+/// integer so that sorting compares no tuples: leaving (a priority preemption's victim),
+/// yielded (idle), admitted at start as, started (clamped below 2^61 s; waiting entries
+/// sort after every run of the same class), then the id, which makes keys unique.
+fn classify_key(
+    leaving: bool,
+    yielded: bool,
+    admission: Admission,
+    started_s: Secs,
+    id: JobId,
+) -> u128 {
+    const START_BITS: u32 = 61;
+    let started = started_s.min((1 << START_BITS) - 1);
+    let class = (u64::from(leaving) << 2) | (u64::from(yielded) << 1) | admission as u64;
+    let hi = (class << START_BITS) | started;
+    (u128::from(hi) << 64) | u128::from(id.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn admission() -> impl Strategy<Value = Admission> {
+        prop_oneof![Just(Admission::Guaranteed), Just(Admission::Borrowed)]
+    }
+
+    fn started() -> impl Strategy<Value = Secs> {
+        prop_oneof![0..10_000u64, 0..(1u64 << 61) - 1, Just(Secs::MAX)]
+    }
+
+    proptest! {
+        /// The packed key orders entries exactly as the tuple it packs.
+        #[test]
+        fn classify_key_orders_as_its_tuple(
+            a in (any::<bool>(), any::<bool>(), admission(), started(), any::<u64>()),
+            b in (any::<bool>(), any::<bool>(), admission(), started(), any::<u64>()),
+        ) {
+            let key = |k: (bool, bool, Admission, Secs, u64)| {
+                classify_key(k.0, k.1, k.2, k.3, JobId(k.4))
+            };
+            prop_assert_eq!(key(a).cmp(&key(b)), a.cmp(&b));
+        }
     }
 }
