@@ -28,8 +28,6 @@ pub(super) struct RunInfo<'a> {
     pub(super) model: usize,
     /// Guaranteed or borrowed under the current quotas (recomputed every plan).
     pub(super) mode: Admission,
-    /// Stopping already (told to stop before this plan).
-    pub(super) stopping: bool,
     /// GPU-seconds lost if preempted now.
     pub(super) lost_gpu_s: u64,
     /// Stopped by this plan because it sat idle past its team's release window.
@@ -40,6 +38,14 @@ pub(super) struct RunInfo<'a> {
     /// counts as borrowed, outside its team's guarantee, and any pending job that needs its
     /// GPUs may preempt it, its own team's included, preemptible or not.
     pub(super) yielded: bool,
+    /// Preemptible and past its minimum run time.
+    pub(super) takable: bool,
+    /// It checkpoints and would lose at most `SURPLUS_MAX_LOSS_S` of work if stopped now.
+    pub(super) cheap: bool,
+    /// Milli-GPUs it holds.
+    pub(super) milli: u64,
+    /// Milli-GPUs of every GPU it touches (whole or in part): what stopping it may free.
+    pub(super) touched: u64,
 }
 
 /// What each team holds and has used, updated as the plan starts and claims.
@@ -110,8 +116,9 @@ impl<'a> Planner<'a> {
                 JobState::Stopping(_, stop) => Some(stop.deadline_s),
                 _ => None,
             };
+            let spec = &job.spec;
             let elapsed = self.now.saturating_sub(run.started_s);
-            let lost = match job.spec.checkpoint_every_s {
+            let lost = match spec.checkpoint_every_s {
                 Some(every) if every > 0 => elapsed % every,
                 _ => elapsed,
             };
@@ -120,29 +127,11 @@ impl<'a> Planner<'a> {
                     self.idle_policy_of(job)
                         .yields(since, self.now, state.config.idle_window_s)
                 });
-            self.runs.push(RunInfo {
-                job,
-                placement: &run.placement,
-                team,
-                model,
-                mode: Admission::Guaranteed,
-                stopping: stopping.is_some(),
-                lost_gpu_s: milli.saturating_mul(lost) / u64::from(MILLI_PER_GPU),
-                stopped: stopping.is_some(),
-                yielded,
-                released: false,
-            });
-        }
-        self.classify();
-        // Time limits, for every policy.
-        for r in &mut self.runs {
-            let spec = &r.job.spec;
-            let run = r.job.state.run().expect("holding");
+            // Time limits, for every policy.
             let over = spec
                 .time_limit_s
                 .is_some_and(|l| self.now >= run.started_s.saturating_add(l));
-            if over && !r.stopping {
-                r.stopped = true;
+            if over && stopping.is_none() {
                 self.out.stops.push(StopOrder {
                     job: spec.id,
                     cause: StopCause::TimeLimit,
@@ -151,7 +140,29 @@ impl<'a> Planner<'a> {
                     borrowing: false,
                 });
             }
+            self.runs.push(RunInfo {
+                job,
+                placement: &run.placement,
+                team,
+                model,
+                mode: Admission::Guaranteed,
+                lost_gpu_s: milli.saturating_mul(lost) / u64::from(MILLI_PER_GPU),
+                stopped: stopping.is_some() || over,
+                yielded,
+                released: false,
+                takable: spec.preemptible && elapsed >= spec.min_run_s,
+                cheap: spec
+                    .checkpoint_every_s
+                    .is_some_and(|every| every > 0 && elapsed % every <= SURPLUS_MAX_LOSS_S),
+                milli,
+                touched: run
+                    .placement
+                    .iter()
+                    .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                    .sum(),
+            });
         }
+        self.classify();
         if self.policy != PolicyKind::Default {
             return;
         }
@@ -166,41 +177,27 @@ impl<'a> Planner<'a> {
             *self.victims.taken.entry(key).or_default() += milli;
         }
         for (i, r) in self.runs.iter().enumerate() {
-            let spec = &r.job.spec;
-            let run = r.job.state.run().expect("holding");
-            let eligible = !r.stopped
-                && (r.yielded
-                    || (r.mode == Admission::Borrowed
-                        && spec.preemptible
-                        && self.now.saturating_sub(run.started_s) >= spec.min_run_s));
+            let eligible =
+                !r.stopped && (r.yielded || (r.mode == Admission::Borrowed && r.takable));
             if eligible {
                 self.victims.by_model[r.model].push(i);
                 self.victims.yielded[r.model] += usize::from(r.yielded);
+                self.victims.milli_left[r.model] += r.touched;
             }
         }
         // Runs counted inside the guarantee of a team above its guarantee, where stopping
         // them costs little: they checkpoint, and lose at most `SURPLUS_MAX_LOSS_S` of work.
         for (i, r) in self.runs.iter().enumerate() {
-            let spec = &r.job.spec;
-            let run = r.job.state.run().expect("holding");
             let Some(t) = r.team else { continue };
+            if !(r.cheap && r.takable && !r.stopped && r.mode == Admission::Guaranteed) {
+                continue;
+            }
             let pool = self.teams.pool_of_model[t][r.model];
-            let elapsed = self.now.saturating_sub(run.started_s);
-            let cheap = match spec.checkpoint_every_s {
-                Some(every) if every > 0 => elapsed % every <= SURPLUS_MAX_LOSS_S,
-                _ => false,
-            };
             let gone = self.victims.taken.get(&(t, pool)).copied().unwrap_or(0);
-            let eligible = cheap
-                && !r.stopped
-                && r.mode == Admission::Guaranteed
-                && spec.preemptible
-                && elapsed >= spec.min_run_s
-                && self.acct.alloc[t][pool].saturating_sub(gone)
-                    > self.teams.pools[t][pool].guaranteed;
-            if eligible {
+            if self.acct.alloc[t][pool].saturating_sub(gone) > self.teams.pools[t][pool].guaranteed
+            {
                 self.victims.surplus[r.model].push(i);
-                self.victims.surplus_milli[r.model] += spec.milli_total();
+                self.victims.surplus_milli[r.model] += r.milli;
             }
         }
         self.victims.pinned_pending = self.state.jobs.queues.values().any(|q| q.pinned > 0);
@@ -212,22 +209,11 @@ impl<'a> Planner<'a> {
         };
         for i in 0..away_runs {
             let r = &self.runs[i];
-            let run = r.job.state.run().expect("holding");
-            let away = !r.stopped
-                && r.mode == Admission::Guaranteed
-                && r.job.spec.preemptible
-                && self.now.saturating_sub(run.started_s) >= r.job.spec.min_run_s
-                && !self.run_at_home(i);
+            let away =
+                !r.stopped && r.mode == Admission::Guaranteed && r.takable && !self.run_at_home(i);
             if away {
-                self.victims.away_milli[r.model] += r.job.spec.milli_total();
+                self.victims.away_milli[r.model] += r.milli;
             }
-        }
-        for (m, list) in self.victims.by_model.iter().enumerate() {
-            self.victims.milli_left[m] = list
-                .iter()
-                .flat_map(|&i| self.runs[i].placement.iter())
-                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                .sum();
         }
         // Victims are put in order when a reclaim first asks (`sort_victims`): most plans
         // reclaim nothing.
