@@ -259,6 +259,8 @@ pub(crate) struct Derived {
     pub(crate) homes: std::sync::OnceLock<crate::plan::homes::HomesAndSafe>,
     /// The same without homes (`fifo`, `static`).
     pub(crate) no_homes: std::sync::OnceLock<crate::plan::homes::HomesAndSafe>,
+    /// The nodes' dense numbering, GPU counts and topology domains (`plan/view.rs`).
+    pub(crate) layout: std::sync::OnceLock<crate::plan::view::Layout>,
 }
 
 impl PartialEq for Derived {

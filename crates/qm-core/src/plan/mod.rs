@@ -17,7 +17,7 @@ mod priority;
 mod reclaim;
 mod reserve;
 mod running;
-mod view;
+pub(crate) mod view;
 
 pub use planner::dependency_block;
 

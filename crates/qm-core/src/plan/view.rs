@@ -42,20 +42,72 @@ impl Guard {
     }
 }
 
+/// What a view takes from the nodes' specs alone: their dense numbering (every node, in id
+/// order), GPU counts and topology domains. Kept with the state until a node registers
+/// (`state::Derived`), so that a plan does not hash every node's topology again.
+#[derive(Clone, Default)]
+pub(crate) struct Layout {
+    ids: Vec<NodeId>,
+    gpus: Vec<u32>,
+    gpu_off: Vec<usize>,
+    domains: Vec<u64>,
+    depth: usize,
+    gpu_total: usize,
+}
+
+impl Layout {
+    fn of(state: &ClusterState) -> &Layout {
+        state.derived.layout.get_or_init(|| {
+            let n = state.nodes.len();
+            let depth = state
+                .nodes
+                .values()
+                .map(|n| n.spec.topology.len())
+                .max()
+                .unwrap_or(0);
+            let mut l = Layout {
+                ids: Vec::with_capacity(n),
+                gpus: Vec::with_capacity(n),
+                gpu_off: Vec::with_capacity(n),
+                domains: Vec::with_capacity(n * depth),
+                depth,
+                gpu_total: 0,
+            };
+            for node in state.nodes.values() {
+                l.ids.push(node.spec.id);
+                l.gpu_off.push(l.gpu_total);
+                l.gpus.push(node.spec.gpus);
+                l.gpu_total += node.spec.gpus as usize;
+                // A domain is named by its path prefix; its id is a hash of that prefix
+                // (FNV-1a), so no interning table is built. Only equality matters.
+                let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+                for level in 0..depth {
+                    let part = node.spec.topology.get(level).map_or("", String::as_str);
+                    for b in part.bytes().chain(std::iter::once(0xff)) {
+                        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                    }
+                    l.domains.push(hash);
+                }
+            }
+            l
+        })
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct View<'a> {
-    pub ids: Vec<NodeId>,
+    pub ids: &'a [NodeId],
     pub nodes: Vec<&'a Node>,
     pub group: Vec<Option<usize>>,
     /// First GPU of node `n` in `used`.
-    pub gpu_off: Vec<usize>,
-    pub gpus: Vec<u32>,
+    pub gpu_off: &'a [usize],
+    pub gpus: &'a [u32],
     pub used: Vec<u32>,
     pub cpu_free: Vec<u64>,
     pub mem_free: Vec<u64>,
     pub whole_free: Vec<u32>,
     /// Topology domain ids, `depth` per node, outermost first.
-    pub domains: Vec<u64>,
+    pub domains: &'a [u64],
     pub depth: usize,
     pub guard: Vec<Guard>,
     /// `[group][whole free GPUs]` → nodes.
@@ -81,18 +133,19 @@ impl<'a> View<'a> {
         mut group_of: impl FnMut(&Node) -> Option<usize>,
     ) -> View<'a> {
         let n = state.nodes.len();
+        let layout = Layout::of(state);
         let mut v = View {
-            ids: Vec::with_capacity(n),
+            ids: &layout.ids,
             nodes: Vec::with_capacity(n),
             group: Vec::with_capacity(n),
-            gpu_off: Vec::with_capacity(n),
-            gpus: Vec::with_capacity(n),
-            used: Vec::new(),
+            gpu_off: &layout.gpu_off,
+            gpus: &layout.gpus,
+            used: Vec::with_capacity(layout.gpu_total),
             cpu_free: Vec::with_capacity(n),
             mem_free: Vec::with_capacity(n),
             whole_free: Vec::with_capacity(n),
-            domains: Vec::new(),
-            depth: 0,
+            domains: &layout.domains,
+            depth: layout.depth,
             guard: vec![NO_GUARD; n],
             buckets: vec![Vec::new(); groups],
             partial: vec![BTreeSet::new(); groups],
@@ -103,16 +156,8 @@ impl<'a> View<'a> {
             mix: OnceCell::new(),
             mix_src: None,
         };
-        let depth = state
-            .nodes
-            .values()
-            .map(|n| n.spec.topology.len())
-            .max()
-            .unwrap_or(0);
-        v.depth = depth;
         for node in state.nodes.values() {
-            let idx = v.ids.len() as u32;
-            v.ids.push(node.spec.id);
+            let idx = v.nodes.len() as u32;
             v.nodes.push(node);
             let group = if node.state == NodeState::Ready {
                 group_of(node)
@@ -120,24 +165,12 @@ impl<'a> View<'a> {
                 None
             };
             v.group.push(group);
-            v.gpu_off.push(v.used.len());
-            v.gpus.push(node.spec.gpus);
             v.used.extend(node.gpu_used_milli.iter().copied());
             v.cpu_free
                 .push(node.spec.cpu_milli.saturating_sub(node.cpu_used_milli));
             v.mem_free
                 .push(node.spec.mem_mib.saturating_sub(node.mem_used_mib));
             v.whole_free.push(node.whole_gpus_free());
-            // A domain is named by its path prefix; its id is a hash of that prefix (FNV-1a),
-            // so no interning table is built per plan. Only equality matters.
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            for level in 0..depth {
-                let part = node.spec.topology.get(level).map_or("", String::as_str);
-                for b in part.bytes().chain(std::iter::once(0xff)) {
-                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-                }
-                v.domains.push(hash);
-            }
             if let Some(g) = group {
                 v.group_nodes[g].push(idx);
                 v.group_max_gpus[g] = v.group_max_gpus[g].max(node.spec.gpus);

@@ -107,3 +107,35 @@ fn gpu_models_and_labels_steer_placement() {
     assert_eq!(model(a100), "A100");
     assert_eq!(model(west), "H100");
 }
+
+/// A node that registers again in another rack is packed by its new rack at the next plan
+/// (plans keep the nodes' topology with the state until a node registers).
+#[test]
+fn a_node_moved_to_another_rack_is_packed_by_its_new_rack() {
+    let state = ClusterBuilder::new()
+        .node(NodeBuilder::new(8).topology(&["dc", "rack-a"]))
+        .node(NodeBuilder::new(8).topology(&["dc", "rack-a"]))
+        .node(NodeBuilder::new(8).topology(&["dc", "rack-b"]))
+        .node(NodeBuilder::new(8).topology(&["dc", "rack-b"]))
+        .team("a", 32)
+        .build();
+    let mut h = Harness::new(state);
+    h.step();
+    // Nodes 1 and 2 swap racks.
+    let ids: Vec<NodeId> = h.state.nodes().map(|n| n.spec.id).collect();
+    for (i, rack) in [(1, "rack-b"), (2, "rack-a")] {
+        let mut spec = h.state.node(ids[i]).unwrap().spec.clone();
+        spec.topology = vec!["dc".to_string(), rack.to_string()];
+        apply(&mut h.state, Event::NodeUp(spec)).expect("node re-registers");
+    }
+    // Node 0 busy: a gang of two whole nodes fits one rack only as nodes 1 and 3 now.
+    h.submit(JobBuilder::new("a").gpus(8).limit(10_000));
+    h.step();
+    h.now = 1;
+    h.submit(JobBuilder::new("a").gpus(8).tasks(2).limit(1_000));
+    let plan = h.step();
+    assert_eq!(plan.starts.len(), 1);
+    let mut nodes: Vec<NodeId> = plan.starts[0].placement.iter().map(|t| t.node).collect();
+    nodes.sort();
+    assert_eq!(nodes, [ids[1], ids[3]], "both tasks in rack-b");
+}
