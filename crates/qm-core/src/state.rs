@@ -286,7 +286,10 @@ impl std::fmt::Debug for Derived {
 pub(crate) struct LiveJobs {
     map: BTreeMap<JobId, Job>,
     pub(crate) holding_by_node: BTreeMap<NodeId, BTreeSet<JobId>>,
-    pub(crate) holding_by_team: BTreeMap<u32, BTreeSet<JobId>>,
+    /// Per team id, its holders with the milli-GPUs each takes (the job's, noted when it
+    /// starts to hold), so that the invariant on a team's allocation sums them without
+    /// looking every holder up.
+    pub(crate) holding_by_team: BTreeMap<u32, BTreeMap<JobId, u64>>,
     /// Live jobs that hold nothing (pending), by team id and by user.
     pub(crate) pending_by_team: BTreeMap<u32, usize>,
     pub(crate) pending_by_user: BTreeMap<String, usize>,
@@ -423,7 +426,7 @@ impl LiveJobs {
         let job = &self.map[&id];
         self.holding_by_team
             .get(&job.team_id)
-            .is_some_and(|s| s.contains(&id))
+            .is_some_and(|s| s.contains_key(&id))
     }
 
     /// Enters a job that now holds resources (its run is set) into the index.
@@ -441,7 +444,7 @@ impl LiveJobs {
         self.holding_by_team
             .entry(job.team_id)
             .or_default()
-            .insert(id);
+            .insert(id, job.spec.milli_total());
         for task in &run.placement {
             self.holding_by_node
                 .entry(task.node)

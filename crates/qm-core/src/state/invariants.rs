@@ -12,9 +12,11 @@
 //! - The index of holding jobs (by node and by team) names exactly the live jobs that hold
 //!   resources.
 //!
-//! After an event only what it touched is checked (its nodes, teams and jobs), so the cost is
-//! one pass over the holding jobs (not the pending queue) for events that move resources, and
-//! nothing for the others.
+//! After an event only what it touched is checked (its nodes, teams and jobs): the holders of
+//! its nodes are looked up, a touched team's allocation is summed from the index's notes (the
+//! milli-GPUs of each holder, checked against the job whenever an event touches it), so the
+//! cost is a walk of the team's notes and of the nodes' few holders for events that move
+//! resources, and nothing for the others. `check_invariants` checks every job.
 
 use super::{task_shape, ClusterState, Event, Job, JobState};
 use crate::model::{JobId, NodeId, NodeState, MILLI_PER_GPU};
@@ -153,21 +155,15 @@ impl ClusterState {
             }
             node_sums.push(sum);
         }
+        // The index notes each holder's milli-GPUs when it starts to hold; `check_job`
+        // checks the note (and the team) of every job an event touches, so the sums need
+        // no lookup of the thousands of holders a team may have.
         let team_sums: Vec<u64> = touched
             .teams
             .iter()
             .map(|team| {
                 let holders = self.jobs.holding_by_team.get(team).into_iter().flatten();
-                holders
-                    .map(|id| {
-                        let (job, _) = holder(id);
-                        assert_eq!(
-                            job.team_id, *team,
-                            "invariant: the index of holding jobs by team is exact: {id}"
-                        );
-                        job.spec.milli_total()
-                    })
-                    .sum()
+                holders.map(|(_, &milli)| milli).sum()
             })
             .collect();
         for (id, (gpu_sum, cpu_sum, mem_sum)) in touched.nodes.iter().zip(&node_sums) {
@@ -222,12 +218,24 @@ impl ClusterState {
         let listed = |set: Option<&std::collections::BTreeSet<JobId>>| {
             set.is_some_and(|set| set.contains(&id))
         };
+        let noted = self
+            .jobs
+            .holding_by_team
+            .get(&job.team_id)
+            .and_then(|holders| holders.get(&id));
         assert_eq!(
-            listed(self.jobs.holding_by_team.get(&job.team_id)),
+            noted.is_some(),
             job.state.run().is_some(),
             "invariant: the index of holding jobs lists exactly the jobs that hold: {id} is {}",
             job.state.name()
         );
+        if let Some(&milli) = noted {
+            assert_eq!(
+                milli,
+                job.spec.milli_total(),
+                "invariant: the index of holding jobs notes each holder's milli-GPUs: {id}"
+            );
+        }
         if let Some(run) = job.state.run() {
             assert!(
                 run.placement
@@ -284,8 +292,9 @@ impl ClusterState {
         let mut jobs: Vec<JobId> = self.jobs.keys().chain(self.done.keys()).copied().collect();
         jobs.sort_unstable();
         jobs.dedup();
-        // Every listed holder is checked to hold by the team sums below; every job that holds
-        // is checked to be listed by `check_job`; so equal counts make the index exact.
+        // Every job that holds is checked by `check_job` to be listed under its own team,
+        // with its own milli-GPUs, and every job that does not, not to be; so equal counts
+        // leave no other entry, and the index is exact.
         let holders = self
             .jobs
             .values()
@@ -361,5 +370,77 @@ impl ClusterState {
         nodes.dedup();
         let all = Touched { nodes, teams, jobs };
         self.check_invariants_for(&all);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::{ClusterBuilder, Harness, JobBuilder};
+    use crate::JobId;
+
+    /// Two teams, one job of each running.
+    fn running() -> (Harness, JobId) {
+        let state = ClusterBuilder::new()
+            .racks(1, 2, 8)
+            .team("a", 8)
+            .team("b", 8)
+            .build();
+        let mut h = Harness::new(state);
+        let job = h.submit(JobBuilder::new("a").gpus(2));
+        h.submit(JobBuilder::new("b").gpus(3));
+        h.step();
+        h.state.check_invariants();
+        (h, job)
+    }
+
+    #[test]
+    #[should_panic(expected = "notes each holder's milli-GPUs")]
+    fn a_wrong_note_of_a_holders_milli_is_caught() {
+        let (mut h, job) = running();
+        let team = h.state.jobs[&job].team_id;
+        *h.state
+            .jobs
+            .holding_by_team
+            .get_mut(&team)
+            .and_then(|m| m.get_mut(&job))
+            .expect("noted") += 1_000;
+        h.state.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "lists exactly the jobs that hold")]
+    fn a_holder_noted_under_another_team_is_caught() {
+        let (mut h, job) = running();
+        let team = h.state.jobs[&job].team_id;
+        let milli = h
+            .state
+            .jobs
+            .holding_by_team
+            .get_mut(&team)
+            .unwrap()
+            .remove(&job);
+        let other = *h
+            .state
+            .jobs
+            .holding_by_team
+            .keys()
+            .find(|&&t| t != team)
+            .unwrap();
+        h.state
+            .jobs
+            .holding_by_team
+            .get_mut(&other)
+            .unwrap()
+            .insert(job, milli.unwrap());
+        h.state.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "a team's allocation is the sum")]
+    fn an_allocation_that_is_not_the_sum_of_the_notes_is_caught() {
+        let (mut h, job) = running();
+        let name = h.state.jobs[&job].spec.team.clone();
+        h.state.teams.get_mut(&name).unwrap().alloc_milli += 1;
+        h.state.check_invariants();
     }
 }
