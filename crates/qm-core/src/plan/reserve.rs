@@ -3,7 +3,8 @@
 //! The timeline they are found on: when each running task releases what it holds, and what
 //! reservations and claims have promised from when on.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
 use crate::state::{Admission, Job, JobState, TaskPlacement};
@@ -403,52 +404,70 @@ impl<'a> Planner<'a> {
     /// The first of `times` (ascending) at which the gang fits group `g`, as
     /// [`Self::gang_fits_at`] would say. A node's capacity for the job changes only when one
     /// of its releases or promises of the group ends (and only grows then), so it is
-    /// computed at the first time and at each of those ends, and the group's total is swept
-    /// through the times once, instead of probing the whole group at each time tried.
+    /// computed at the first time and then at each of those ends as the sweep through the
+    /// times reaches it (nodes' next ends in a heap), stopping at the first time the group's
+    /// total holds the gang: the ends beyond the answer are never probed.
     pub(super) fn gang_first_fit(&self, spec: &JobSpec, g: usize, times: &[Secs]) -> Option<usize> {
         let start = *times.first()?;
+        let last_time = *times.last()?;
         let need = i128::from(spec.tasks);
         let mut total: i128 = 0;
-        let mut deltas: Vec<(Secs, i128)> = Vec::new();
-        let mut changes: Vec<Secs> = Vec::new();
         let mut node = ([0u32; 64], 0, 0);
+        // Per node of the group that may hold the job: its capacity so far, and its ends
+        // after `start` (up to the last time tried), ascending, in `ends[from..to]`.
+        let mut nodes: Vec<(u32, u64, usize, usize)> = Vec::new();
+        let mut ends: Vec<Secs> = Vec::new();
+        let mut next: BinaryHeap<Reverse<(Secs, usize)>> = BinaryHeap::new();
         for &n in &self.view.group_nodes[g] {
             let Some(cap) = self.cap_at(spec, g, n, start, &mut node) else {
                 continue;
             };
             total += i128::from(cap);
             let ni = n as usize;
-            changes.clear();
-            changes.extend(
+            let from = ends.len();
+            let within = |c: &Secs| *c > start && *c <= last_time;
+            ends.extend(
                 self.timeline.releases_by_node[ni]
                     .iter()
-                    .map(|&i| self.timeline.releases[i].end_s),
+                    .map(|&i| self.timeline.releases[i].end_s)
+                    .filter(within),
             );
-            changes.extend(
+            ends.extend(
                 self.timeline.promises_by_node[ni]
                     .iter()
                     .map(|&i| &self.timeline.promises[i])
                     .filter(|r| r.group == g)
-                    .map(|r| r.end_s),
+                    .map(|r| r.end_s)
+                    .filter(within),
             );
-            changes.retain(|&c| c > start && c != Secs::MAX);
-            changes.sort_unstable();
-            changes.dedup();
-            let mut last = cap;
-            for &c in &changes {
-                let cap = self.cap_at(spec, g, n, c, &mut node).unwrap_or(last);
-                if cap != last {
-                    deltas.push((c, i128::from(cap) - i128::from(last)));
-                    last = cap;
+            ends[from..].sort_unstable();
+            // Each end once.
+            let mut kept = from;
+            for j in from..ends.len() {
+                if j == from || ends[j] != ends[kept - 1] {
+                    ends[kept] = ends[j];
+                    kept += 1;
                 }
             }
+            ends.truncate(kept);
+            if ends.len() > from {
+                next.push(Reverse((ends[from], nodes.len())));
+            }
+            nodes.push((n, cap, from, ends.len()));
         }
-        deltas.sort_unstable();
-        let mut d = 0;
         for (i, &t) in times.iter().enumerate() {
-            while d < deltas.len() && deltas[d].0 <= t {
-                total += deltas[d].1;
-                d += 1;
+            while let Some(&Reverse((c, k))) = next.peek() {
+                if c > t {
+                    break;
+                }
+                next.pop();
+                let (n, last, from, to) = nodes[k];
+                let cap = self.cap_at(spec, g, n, c, &mut node).unwrap_or(last);
+                total += i128::from(cap) - i128::from(last);
+                nodes[k] = (n, cap, from + 1, to);
+                if from + 1 < to {
+                    next.push(Reverse((ends[from + 1], k)));
+                }
             }
             if total >= need {
                 return Some(i);
