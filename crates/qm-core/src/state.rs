@@ -241,9 +241,9 @@ pub struct ClusterState {
     pub(crate) next_team_id: u32,
     /// Highest id of a forgotten job: ids up to it are never reused.
     pub(crate) forgotten_up_to: Option<JobId>,
-    /// The GPU models, the team tree in dense form and the teams' homes, built on first use
-    /// after a node registered or a team changed (`apply` drops them there): every plan and
-    /// every submission's check read them.
+    /// The GPU models, the team tree in dense form, the teams' homes and the nodes' layout,
+    /// built on first use after a node registered or a team changed (`apply` drops them
+    /// there): every plan and every submission's check read them.
     #[serde(skip)]
     pub(crate) derived: Derived,
 }

@@ -417,6 +417,7 @@ impl<'a> Planner<'a> {
         // after `start` (up to the last time tried), ascending, in `ends[from..to]`.
         let mut nodes: Vec<(u32, u64, usize, usize)> = Vec::new();
         let mut ends: Vec<Secs> = Vec::new();
+        let mut mine: Vec<Secs> = Vec::new();
         let mut next: BinaryHeap<Reverse<(Secs, usize)>> = BinaryHeap::new();
         for &n in &self.view.group_nodes[g] {
             let Some(cap) = self.cap_at(spec, g, n, start, &mut node) else {
@@ -424,15 +425,15 @@ impl<'a> Planner<'a> {
             };
             total += i128::from(cap);
             let ni = n as usize;
-            let from = ends.len();
             let within = |c: &Secs| *c > start && *c <= last_time;
-            ends.extend(
+            mine.clear();
+            mine.extend(
                 self.timeline.releases_by_node[ni]
                     .iter()
                     .map(|&i| self.timeline.releases[i].end_s)
                     .filter(within),
             );
-            ends.extend(
+            mine.extend(
                 self.timeline.promises_by_node[ni]
                     .iter()
                     .map(|&i| &self.timeline.promises[i])
@@ -440,16 +441,10 @@ impl<'a> Planner<'a> {
                     .map(|r| r.end_s)
                     .filter(within),
             );
-            ends[from..].sort_unstable();
-            // Each end once.
-            let mut kept = from;
-            for j in from..ends.len() {
-                if j == from || ends[j] != ends[kept - 1] {
-                    ends[kept] = ends[j];
-                    kept += 1;
-                }
-            }
-            ends.truncate(kept);
+            mine.sort_unstable();
+            mine.dedup();
+            let from = ends.len();
+            ends.extend_from_slice(&mine);
             if ends.len() > from {
                 next.push(Reverse((ends[from], nodes.len())));
             }

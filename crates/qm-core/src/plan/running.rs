@@ -314,35 +314,37 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
-            // Where every entry fits the guarantee whatever the order, the order changes
-            // nothing: most teams, most plans.
-            let mut all = used.clone();
-            for &(_, e) in &keyed {
-                let (model, milli) = match e {
-                    i if i < first_waiting => {
-                        let r = &self.runs[i];
-                        if r.yielded {
-                            continue;
+            // Only `default` counts in order; and where every entry fits the guarantee
+            // whatever the order, the order changes nothing: most teams, most plans.
+            if self.policy == PolicyKind::Default {
+                let mut all = used.clone();
+                for &(_, e) in &keyed {
+                    let (model, milli) = match e {
+                        i if i < first_waiting => {
+                            let r = &self.runs[i];
+                            if r.yielded {
+                                continue;
+                            }
+                            (r.model, r.milli)
                         }
-                        (r.model, r.job.spec.milli_total())
-                    }
-                    w => (waiting[w - first_waiting].1, waiting[w - first_waiting].2),
-                };
-                all[self.teams.pool_of_model[t][model]] += milli;
-            }
-            let fits = all
-                .iter()
-                .zip(&self.teams.pools[t])
-                .all(|(&a, p)| a <= p.guaranteed);
-            if !fits && self.policy == PolicyKind::Default {
-                keyed.sort_unstable();
+                        w => (waiting[w - first_waiting].1, waiting[w - first_waiting].2),
+                    };
+                    all[self.teams.pool_of_model[t][model]] += milli;
+                }
+                let fits = all
+                    .iter()
+                    .zip(&self.teams.pools[t])
+                    .all(|(&a, p)| a <= p.guaranteed);
+                if !fits {
+                    keyed.sort_unstable();
+                }
             }
             for (_, entry) in keyed {
                 match entry {
                     i if i < first_waiting => {
                         let r = &mut self.runs[i];
                         let pool = self.teams.pool_of_model[t][r.model];
-                        let milli = r.job.spec.milli_total();
+                        let milli = r.milli;
                         if self.policy != PolicyKind::Default
                             || (milli > 0
                                 && !r.yielded

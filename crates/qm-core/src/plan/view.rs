@@ -147,8 +147,8 @@ impl<'a> View<'a> {
             domains: &layout.domains,
             depth: layout.depth,
             guard: vec![NO_GUARD; n],
-            buckets: vec![Vec::new(); groups],
-            partial: vec![BTreeSet::new(); groups],
+            buckets: Vec::new(),
+            partial: Vec::new(),
             group_nodes: vec![Vec::new(); groups],
             group_whole_free: vec![0; groups],
             group_free_milli: vec![0; groups],
@@ -182,17 +182,16 @@ impl<'a> View<'a> {
             .map(|g| vec![Vec::new(); v.group_max_gpus[g] as usize + 1])
             .collect();
         let mut partial: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); groups];
-        for n in 0..v.ids.len() {
-            let Some(g) = v.group[n] else { continue };
-            let wf = v.whole_free[n];
-            buckets[g][wf as usize].push(n as u32);
+        for n in 0..v.ids.len() as u32 {
+            let Some(g) = v.group[n as usize] else {
+                continue;
+            };
+            let wf = v.whole_free[n as usize];
+            buckets[g][wf as usize].push(n);
             v.group_whole_free[g] += u64::from(wf);
-            for (i, &u) in v.used[v.gpu_range(n as u32)].iter().enumerate() {
-                v.group_free_milli[g] += u64::from(MILLI_PER_GPU - u);
-                if u > 0 && u < MILLI_PER_GPU {
-                    partial[g].push((MILLI_PER_GPU - u, n as u32, i as u32));
-                }
-            }
+            let used = &v.used[v.gpu_range(n)];
+            v.group_free_milli[g] += free_milli(used);
+            partial[g].extend(partial_keys(used, n));
         }
         v.buckets = buckets
             .into_iter()
@@ -235,12 +234,7 @@ impl<'a> View<'a> {
     pub fn free_milli(&self, g: usize) -> u64 {
         self.group_nodes[g]
             .iter()
-            .map(|&n| {
-                self.used_of(n)
-                    .iter()
-                    .map(|&u| u64::from(MILLI_PER_GPU - u))
-                    .sum::<u64>()
-            })
+            .map(|&n| free_milli(self.used_of(n)))
             .sum()
     }
 
@@ -252,14 +246,9 @@ impl<'a> View<'a> {
         let wf = self.whole_free[n as usize];
         self.buckets[g][wf as usize].insert(n);
         self.group_whole_free[g] += u64::from(wf);
-        let off = self.gpu_off[n as usize];
-        for i in 0..self.gpus[n as usize] as usize {
-            let u = self.used[off + i];
-            self.group_free_milli[g] += u64::from(MILLI_PER_GPU - u);
-            if u > 0 && u < MILLI_PER_GPU {
-                self.partial[g].insert((MILLI_PER_GPU - u, n, i as u32));
-            }
-        }
+        let used = &self.used[self.gpu_range(n)];
+        self.group_free_milli[g] += free_milli(used);
+        self.partial[g].extend(partial_keys(used, n));
     }
 
     fn unindex(&mut self, n: u32) {
@@ -269,13 +258,10 @@ impl<'a> View<'a> {
         let wf = self.whole_free[n as usize];
         self.buckets[g][wf as usize].remove(&n);
         self.group_whole_free[g] -= u64::from(wf);
-        let off = self.gpu_off[n as usize];
-        for i in 0..self.gpus[n as usize] as usize {
-            let u = self.used[off + i];
-            self.group_free_milli[g] -= u64::from(MILLI_PER_GPU - u);
-            if u > 0 && u < MILLI_PER_GPU {
-                self.partial[g].remove(&(MILLI_PER_GPU - u, n, i as u32));
-            }
+        let used = &self.used[self.gpu_range(n)];
+        self.group_free_milli[g] -= free_milli(used);
+        for key in partial_keys(used, n) {
+            self.partial[g].remove(&key);
         }
     }
 
@@ -369,4 +355,18 @@ impl<'a> View<'a> {
             .filter(|&(i, &u)| u == 0 && forbidden & (1 << i) == 0)
             .count() as u32
     }
+}
+
+/// Free milli-GPUs of a node's GPUs (their used milli), whole and partly used alike.
+fn free_milli(used: &[u32]) -> u64 {
+    used.iter().map(|&u| u64::from(MILLI_PER_GPU - u)).sum()
+}
+
+/// Node `n`'s partly used GPUs (given their used milli) as a group's set keys them: free
+/// milli, node, GPU.
+fn partial_keys(used: &[u32], n: u32) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+    used.iter()
+        .enumerate()
+        .filter(|&(_, &u)| u > 0 && u < MILLI_PER_GPU)
+        .map(move |(i, &u)| (MILLI_PER_GPU - u, n, i as u32))
 }
