@@ -293,8 +293,9 @@ pub(crate) struct LiveJobs {
     /// Live jobs that hold nothing (pending), by team id and by user.
     pub(crate) pending_by_team: BTreeMap<u32, usize>,
     pub(crate) pending_by_user: BTreeMap<String, usize>,
-    /// Every job that holds resources, in id order.
-    pub(crate) holding: BTreeSet<JobId>,
+    /// Every job that holds resources, in id order, with what a plan reads of it
+    /// (`Holder`): a plan walks these compact notes instead of every holder's record.
+    pub(crate) holding: BTreeMap<JobId, Holder>,
     /// Each team's pending jobs in plan order, and how many of them ask for each number of
     /// milli-GPUs: the planner walks a queue from its head as far as a plan needs, instead
     /// of gathering and sorting every pending job at every plan.
@@ -304,6 +305,79 @@ pub(crate) struct LiveJobs {
     pub(crate) shapes: BTreeMap<MixKey, u64>,
     /// Jobs holding resources of each array that limits how many of its jobs run at once.
     pub(crate) holding_by_array: BTreeMap<JobId, usize>,
+}
+
+/// What a plan reads of a job that holds resources, noted when it starts to hold and
+/// renewed by every event that changes its run (a stop, a cancel while stopping, a
+/// utilisation sample): the planner's scan of running work reads these notes, in id order,
+/// and looks a holder's record up only where it needs more (a gang's tasks, a victim's
+/// placement). `check_job` asserts after every event that each touched holder's note is
+/// `Holder::of` its record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) team_id: u32,
+    pub(crate) priority: i32,
+    /// Tasks placed; the first one's node, GPUs (a mask: a node has at most 64) and
+    /// milli-GPUs on each of them (`None` without tasks).
+    pub(crate) tasks: u32,
+    pub(crate) first: Option<(NodeId, u64, u32)>,
+    /// Milli-GPUs it holds, over all tasks.
+    pub(crate) milli: u64,
+    /// Milli-GPUs of every GPU it touches (whole or in part): what stopping it may free.
+    pub(crate) touched: u64,
+    /// Per task.
+    pub(crate) cpu_milli: u64,
+    pub(crate) mem_mib: u64,
+    pub(crate) started_s: Secs,
+    pub(crate) admission: Admission,
+    pub(crate) preemptible: bool,
+    pub(crate) min_run_s: Secs,
+    pub(crate) grace_s: Secs,
+    pub(crate) checkpoint_every_s: Option<Secs>,
+    pub(crate) time_limit_s: Option<Secs>,
+    pub(crate) runtime_estimate_s: Option<Secs>,
+    pub(crate) idle_since_s: Option<Secs>,
+    /// Stopping: its deadline and cause.
+    pub(crate) stop: Option<(Secs, StopCause)>,
+}
+
+impl Holder {
+    /// The note of a job that holds resources; `None` for one that does not.
+    pub(crate) fn of(job: &Job) -> Option<Holder> {
+        let run = job.state.run()?;
+        let spec = &job.spec;
+        let first = run.placement.first().map(|t| {
+            let mask = t.gpus.iter().fold(0u64, |m, &g| m | (1u64 << (g & 63)));
+            (t.node, mask, t.gpu_milli)
+        });
+        Some(Holder {
+            team_id: job.team_id,
+            priority: spec.priority,
+            tasks: run.placement.len() as u32,
+            first,
+            milli: spec.milli_total(),
+            touched: run
+                .placement
+                .iter()
+                .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
+                .sum(),
+            cpu_milli: spec.cpu_milli,
+            mem_mib: spec.mem_mib,
+            started_s: run.started_s,
+            admission: run.admission,
+            preemptible: spec.preemptible,
+            min_run_s: spec.min_run_s,
+            grace_s: spec.grace_s,
+            checkpoint_every_s: spec.checkpoint_every_s,
+            time_limit_s: spec.time_limit_s,
+            runtime_estimate_s: spec.runtime_estimate_s,
+            idle_since_s: run.idle_since_s,
+            stop: match &job.state {
+                JobState::Stopping(_, stop) => Some((stop.deadline_s, stop.cause)),
+                _ => None,
+            },
+        })
+    }
 }
 
 /// A task's shape as the mix counts it: milli-GPUs each GPU must have free, how many such
@@ -435,8 +509,9 @@ impl LiveJobs {
             return;
         }
         self.pending(id, false);
-        self.holding.insert(id);
         let job = &self.map[&id];
+        let note = Holder::of(job).expect("a job that holds has a run");
+        self.holding.insert(id, note);
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
             bump(&mut self.holding_by_array, a.array, true);
         }
@@ -450,6 +525,13 @@ impl LiveJobs {
                 .entry(task.node)
                 .or_default()
                 .insert(id);
+        }
+    }
+
+    /// Renews a holder's note after its run changed (stopping, a cause, an idle sample).
+    pub(crate) fn renote(&mut self, id: JobId) {
+        if let Some(note) = self.holding.get_mut(&id) {
+            *note = Holder::of(&self.map[&id]).expect("a job that holds has a run");
         }
     }
 

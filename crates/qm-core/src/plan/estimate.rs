@@ -126,8 +126,8 @@ impl<'a> Planner<'a> {
         let mut own = vec![0u64; self.teams.names.len()];
         for r in &self.runs {
             let Some(t) = r.team else { continue };
-            let milli = r.job.spec.milli_total();
-            let is_idle = r.job.state.run().is_some_and(|x| x.idle_since_s.is_some());
+            let milli = r.milli;
+            let is_idle = r.note.idle_since_s.is_some();
             for &a in &self.teams.lineage[t] {
                 own[a] += milli;
                 if r.mode == Admission::Borrowed {

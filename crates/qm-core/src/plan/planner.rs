@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{GpuAsk, JobId, JobSpec, PolicyKind, SchedulerConfig, Secs};
-use crate::state::{Admission, ClusterState, Job, JobState, TaskPlacement};
+use crate::model::{GpuAsk, JobId, JobSpec, NodeId, PolicyKind, SchedulerConfig, Secs};
+use crate::state::{Admission, ClusterState, Holder, Job, JobState, TaskPlacement};
 use crate::teams::TeamIndex;
 
 use super::estimate::EstimateInputs;
@@ -40,6 +40,16 @@ pub(super) fn shape_of(spec: &JobSpec, group: usize) -> Option<Shape> {
         spec.cpu_milli,
         spec.mem_mib,
     ))
+}
+
+/// When a job started at `from` with this time limit and runtime estimate ends: by its
+/// time limit, and by its estimate (or its time limit); `Secs::MAX` for never.
+fn ends(time_limit_s: Option<Secs>, estimate_s: Option<Secs>, from: Secs) -> (Secs, Secs) {
+    let limit = time_limit_s.map_or(Secs::MAX, |l| from.saturating_add(l));
+    let est = estimate_s
+        .or(time_limit_s)
+        .map_or(Secs::MAX, |l| from.saturating_add(l));
+    (limit, est)
 }
 
 /// GPU indices as a bit mask (nodes have at most 64 GPUs).
@@ -127,6 +137,11 @@ pub(crate) struct Planner<'a> {
     pub(super) keep_to: Option<Vec<u64>>,
     /// Every running or stopping job, as the plan sees it.
     pub(super) runs: Vec<RunInfo<'a>>,
+    /// `[run]` the records of the runs, looked up together when a step first needs many
+    /// of them (`resolve_runs`): most plans need none.
+    pub(super) run_jobs: std::cell::OnceCell<Vec<&'a Job>>,
+    /// Indices of the runs whose GPUs are idle (their last samples below the threshold).
+    pub(super) idle: Vec<usize>,
     pub(super) acct: Accounting,
     pub(super) victims: Victims,
     /// Runs that a pending job of their own team outranks (`priority.rs`).
@@ -252,23 +267,15 @@ impl<'a> Planner<'a> {
             safe,
             keep_to: None,
             runs: Vec::new(),
+            run_jobs: std::cell::OnceCell::new(),
+            idle: Vec::new(),
             acct,
             timeline: Timeline::new(node_count),
             attempts: Attempts::default(),
             memo: Memos::default(),
             eta: EstimateInputs::default(),
             array_started: BTreeMap::new(),
-            out: Plan {
-                policy,
-                now_s: now,
-                starts: Vec::new(),
-                stops: Vec::new(),
-                reservations: Vec::new(),
-                reclaims: Vec::new(),
-                pending: Vec::new(),
-                idle: Vec::new(),
-                teams: Vec::new(),
-            },
+            out: Plan::empty(policy, now),
         }
     }
 
@@ -307,22 +314,61 @@ impl<'a> Planner<'a> {
         Some(self.node_model[n as usize])
     }
 
+    /// The GPU model of a node.
+    pub(super) fn model_of_node(&self, node: NodeId) -> Option<usize> {
+        let n = self.view.dense(node)?;
+        Some(self.node_model[n as usize])
+    }
+
     /// The planner's index of a job's team.
     pub(super) fn team_of(&self, job: &Job) -> Option<usize> {
-        self.team_by_id.get(job.team_id as usize).copied().flatten()
+        self.team_of_id(job.team_id)
+    }
+
+    /// The planner's index of a team by its id.
+    pub(super) fn team_of_id(&self, id: u32) -> Option<usize> {
+        self.team_by_id.get(id as usize).copied().flatten()
+    }
+
+    /// The record of run `i`: from the records looked up together, once a step has asked
+    /// for them (`resolve_runs`), or else looked up alone.
+    pub(super) fn job(&self, i: usize) -> &'a Job {
+        match self.run_jobs.get() {
+            Some(jobs) => jobs[i],
+            None => &self.state.jobs[&self.runs[i].id],
+        }
+    }
+
+    /// The placement of run `i`.
+    pub(super) fn placement(&self, i: usize) -> &'a [TaskPlacement] {
+        &self.job(i).state.run().expect("a run holds").placement
+    }
+
+    /// Looks the records of all runs up at once, for a step about to read many of them
+    /// (reclaim's victims): one walk of the live jobs where most of them hold, one lookup
+    /// each where the queue is long.
+    pub(super) fn resolve_runs(&self) {
+        self.run_jobs.get_or_init(|| {
+            let jobs = &self.state.jobs;
+            let ids = self.runs.iter().map(|r| r.id);
+            if self.runs.len() * 4 < jobs.len() {
+                return ids.map(|id| &jobs[&id]).collect();
+            }
+            let mut all = jobs.values();
+            ids.map(|id| all.find(|j| j.spec.id == id).expect("a run is live"))
+                .collect()
+        });
+    }
+
+    /// When a run that is not stopping ends (`end_of`), from its note.
+    pub(super) fn end_of_note(&self, note: &Holder) -> (Secs, Secs) {
+        ends(note.time_limit_s, note.runtime_estimate_s, note.started_s)
     }
 
     /// When a job started at `from` ends: by its time limit, and by its runtime estimate (or
     /// its time limit); `Secs::MAX` for never.
     pub(super) fn end_of(&self, spec: &JobSpec, from: Secs) -> (Secs, Secs) {
-        let limit = spec
-            .time_limit_s
-            .map_or(Secs::MAX, |l| from.saturating_add(l));
-        let est = spec
-            .runtime_estimate_s
-            .or(spec.time_limit_s)
-            .map_or(Secs::MAX, |l| from.saturating_add(l));
-        (limit, est)
+        ends(spec.time_limit_s, spec.runtime_estimate_s, from)
     }
 
     pub(super) fn pend(&mut self, job: JobId, reason: Reason, eta_s: Option<Secs>) {

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{PolicyKind, MILLI_PER_GPU};
+use crate::model::PolicyKind;
 use crate::state::{Admission, Job, JobState, StopCause};
 
 use super::passes::keep_to;
@@ -60,15 +60,14 @@ impl<'a> Planner<'a> {
         };
         for (i, r) in self.runs.iter().enumerate() {
             let Some(t) = r.team else { continue };
-            let spec = &r.job.spec;
-            let run = r.job.state.run().expect("holding");
+            let note = r.note;
             let eligible = !r.stopped
-                && spec.preemptible
-                && top[t].is_some_and(|p| spec.priority < p)
-                && self.now.saturating_sub(run.started_s) >= spec.min_run_s;
+                && note.preemptible
+                && top[t].is_some_and(|p| note.priority < p)
+                && self.now.saturating_sub(note.started_s) >= note.min_run_s;
             if eligible {
                 out.by_team_model.entry((t, r.model)).or_default().push(i);
-                out.floor[t] = Some(out.floor[t].map_or(spec.priority, |f| f.min(spec.priority)));
+                out.floor[t] = Some(out.floor[t].map_or(note.priority, |f| f.min(note.priority)));
                 out.left += 1;
             }
         }
@@ -119,9 +118,7 @@ impl<'a> Planner<'a> {
             let candidates: Vec<usize> = list
                 .iter()
                 .copied()
-                .filter(|&i| {
-                    !self.runs[i].stopped && self.runs[i].job.spec.priority < spec.priority
-                })
+                .filter(|&i| !self.runs[i].stopped && self.runs[i].note.priority < spec.priority)
                 .collect();
             if candidates.is_empty() {
                 continue;
@@ -129,15 +126,8 @@ impl<'a> Planner<'a> {
             // Cheap bounds first: the quota the candidates give back, and the free GPUs plus
             // every GPU a candidate touches.
             let need = self.beyond_max(t, m, milli);
-            let freeable: u64 = candidates
-                .iter()
-                .map(|&i| self.runs[i].job.spec.milli_total())
-                .sum();
-            let touched: u64 = candidates
-                .iter()
-                .flat_map(|&i| self.runs[i].placement.iter())
-                .map(|task| task.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                .sum();
+            let freeable: u64 = candidates.iter().map(|&i| self.runs[i].milli).sum();
+            let touched: u64 = candidates.iter().map(|&i| self.runs[i].touched).sum();
             if freeable < need || self.view.group_free_milli[g] + touched < milli {
                 continue;
             }
@@ -174,17 +164,14 @@ impl<'a> Planner<'a> {
                 continue;
             };
             // Then, cheapest first, enough of the others to bring the team within its max.
-            let mut freed: u64 = chosen
-                .iter()
-                .map(|&i| self.runs[i].job.spec.milli_total())
-                .sum();
+            let mut freed: u64 = chosen.iter().map(|&i| self.runs[i].milli).sum();
             for &i in &candidates {
                 if freed >= need {
                     break;
                 }
                 if !chosen.contains(&i) {
                     chosen.push(i);
-                    freed += self.runs[i].job.spec.milli_total();
+                    freed += self.runs[i].milli;
                 }
             }
             if freed < need || chosen.is_empty() {
@@ -194,11 +181,7 @@ impl<'a> Planner<'a> {
                 let r = &self.runs[i];
                 if r.mode == Admission::Borrowed {
                     // It was a victim for reclaim too.
-                    let gpus: u64 = r
-                        .placement
-                        .iter()
-                        .map(|task| task.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                        .sum();
+                    let gpus = r.touched;
                     self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(gpus);
                 }
             }
@@ -229,7 +212,7 @@ impl<'a> Planner<'a> {
             let r = &self.runs[i];
             if r.mode == Admission::Guaranteed && self.teams.pool_of_model[t][r.model] == pool {
                 let used = &mut self.acct.guaranteed_used[t][pool];
-                *used = used.saturating_sub(r.job.spec.milli_total());
+                *used = used.saturating_sub(r.milli);
             }
         }
         self.class_of(t, m, milli)

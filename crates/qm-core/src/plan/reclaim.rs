@@ -174,21 +174,17 @@ impl<'a> Planner<'a> {
         for &i in &chosen {
             let r = &self.runs[i];
             if r.mode == Admission::Guaranteed && self.victims.surplus[m].contains(&i) {
-                let milli = r.job.spec.milli_total();
+                let milli = r.milli;
                 self.victims.surplus_milli[m] = self.victims.surplus_milli[m].saturating_sub(milli);
                 continue;
             }
             // Borrowed victims count against what reclaim may still free; runs taken only
             // to give a home back whole, against what that may still take.
             if r.mode == Admission::Borrowed {
-                let freed: u64 = r
-                    .placement
-                    .iter()
-                    .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                    .sum();
+                let freed = r.touched;
                 self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
             } else {
-                let milli = r.job.spec.milli_total();
+                let milli = r.milli;
                 self.victims.away_milli[m] = self.victims.away_milli[m].saturating_sub(milli);
             }
         }
@@ -226,11 +222,7 @@ impl<'a> Planner<'a> {
                 .copied()
                 .filter(|&i| self.runs[i].yielded && !self.runs[i].stopped)
                 .collect();
-            let touched: u64 = idle
-                .iter()
-                .flat_map(|&i| self.runs[i].placement.iter())
-                .map(|task| task.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                .sum();
+            let touched: u64 = idle.iter().map(|&i| self.runs[i].touched).sum();
             if idle.is_empty() || self.view.group_free_milli[g] + touched < spec.milli_total() {
                 continue;
             }
@@ -240,11 +232,7 @@ impl<'a> Planner<'a> {
                 continue;
             };
             for &i in &chosen {
-                let freed: u64 = self.runs[i]
-                    .placement
-                    .iter()
-                    .map(|task| task.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                    .sum();
+                let freed = self.runs[i].touched;
                 self.victims.milli_left[m] = self.victims.milli_left[m].saturating_sub(freed);
             }
             self.victims.yielded[m] = self.victims.yielded[m].saturating_sub(chosen.len());
@@ -280,7 +268,7 @@ impl<'a> Planner<'a> {
             }
             let pool = self.teams.pool_of_model[t][r.model];
             for &a in &self.teams.lineage[t] {
-                *take.entry((a, pool)).or_default() += r.job.spec.milli_total();
+                *take.entry((a, pool)).or_default() += r.milli;
             }
         }
         take
@@ -319,12 +307,12 @@ impl<'a> Planner<'a> {
         for &i in chosen {
             let r = &mut self.runs[i];
             r.stopped = true;
-            ready_by_s = ready_by_s.max(self.now.saturating_add(r.job.spec.grace_s));
-            ids.push(r.job.spec.id);
+            ready_by_s = ready_by_s.max(self.now.saturating_add(r.note.grace_s));
+            ids.push(r.id);
             // An idle run that yielded is stopped as idle, whatever made room for whom.
             let cause = if r.yielded { StopCause::Idle } else { cause };
             self.out.stops.push(StopOrder {
-                job: r.job.spec.id,
+                job: r.id,
                 cause,
                 beneficiary: Some(spec.id),
                 lost_gpu_s: r.lost_gpu_s,
@@ -375,21 +363,20 @@ impl<'a> Planner<'a> {
     /// take back to have its guarantee in shape.
     fn home_victims(&self, team: usize, m: usize, home: &[u64], victims: &[usize]) -> Vec<usize> {
         let mut out: Vec<usize> = victims.to_vec();
+        self.resolve_runs();
         for (i, r) in self.runs.iter().enumerate() {
-            let Some(run) = r.job.state.run() else {
-                continue;
+            let in_home = || {
+                self.placement(i)
+                    .iter()
+                    .any(|t| self.view.dense(t.node).is_some_and(|n| bit(home, n)))
             };
-            let in_home = r
-                .placement
-                .iter()
-                .any(|t| self.view.dense(t.node).is_some_and(|n| bit(home, n)));
             let eligible = !r.stopped
                 && r.model == m
                 && r.team.is_some_and(|t| t != team)
                 && r.mode == Admission::Guaranteed
-                && r.job.spec.preemptible
-                && self.now.saturating_sub(run.started_s) >= r.job.spec.min_run_s
-                && in_home
+                && r.note.preemptible
+                && self.now.saturating_sub(r.note.started_s) >= r.note.min_run_s
+                && in_home()
                 && !self.run_at_home(i);
             if eligible {
                 out.push(i);
@@ -404,20 +391,19 @@ impl<'a> Planner<'a> {
     /// its indices are ordered sets, so their contents alone decide every later query);
     /// many, on a copy, which then costs less.
     pub(super) fn find_without(&mut self, runs: &[usize], ask: &Ask) -> Option<Vec<TaskPlacement>> {
-        let tasks: usize = runs.iter().map(|&i| self.runs[i].placement.len()).sum();
+        let tasks: usize = runs.iter().map(|&i| self.runs[i].note.tasks as usize).sum();
         if tasks > IN_PLACE_TASKS {
             return place::find(&self.view_without(runs), ask);
         }
+        self.resolve_runs();
         for &i in runs {
-            let r = &self.runs[i];
-            self.view
-                .give(r.placement, r.job.spec.cpu_milli, r.job.spec.mem_mib);
+            let (note, placement) = (self.runs[i].note, self.placement(i));
+            self.view.give(placement, note.cpu_milli, note.mem_mib);
         }
         let found = place::find(&self.view, ask);
         for &i in runs.iter().rev() {
-            let r = &self.runs[i];
-            self.view
-                .take(r.placement, r.job.spec.cpu_milli, r.job.spec.mem_mib);
+            let (note, placement) = (self.runs[i].note, self.placement(i));
+            self.view.take(placement, note.cpu_milli, note.mem_mib);
         }
         found
     }
@@ -425,9 +411,10 @@ impl<'a> Planner<'a> {
     /// A copy of the view with the given running jobs' resources given back.
     fn view_without(&self, runs: &[usize]) -> View<'a> {
         let mut v = self.view.clone();
+        self.resolve_runs();
         for &i in runs {
-            let r = &self.runs[i];
-            v.give(r.placement, r.job.spec.cpu_milli, r.job.spec.mem_mib);
+            let note = self.runs[i].note;
+            v.give(self.placement(i), note.cpu_milli, note.mem_mib);
         }
         v
     }
@@ -442,8 +429,9 @@ impl<'a> Planner<'a> {
     ) -> Option<Vec<usize>> {
         let (spec, g) = (ask.spec, ask.group);
         let mut on_node: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        self.resolve_runs();
         for &i in victims {
-            for task in self.runs[i].placement {
+            for task in self.placement(i) {
                 if let Some(n) = self.view.dense(task.node) {
                     let list = on_node.entry(n).or_default();
                     if list.last() != Some(&i) {
@@ -470,16 +458,16 @@ impl<'a> Planner<'a> {
             let mut chosen = Vec::new();
             for i in list {
                 let r = &self.runs[i];
-                for task in r
-                    .placement
+                for task in self
+                    .placement(i)
                     .iter()
                     .filter(|t| t.node == self.view.ids[n as usize])
                 {
                     for &gi in &task.gpus {
                         used[gi as usize] = used[gi as usize].saturating_sub(task.gpu_milli);
                     }
-                    cpu += r.job.spec.cpu_milli;
-                    mem += r.job.spec.mem_mib;
+                    cpu += r.note.cpu_milli;
+                    mem += r.note.mem_mib;
                 }
                 cost += r.lost_gpu_s;
                 chosen.push(i);
@@ -511,13 +499,12 @@ impl<'a> Planner<'a> {
             .iter()
             .copied()
             .filter(|&i| {
-                self.runs[i]
-                    .placement
+                self.placement(i)
                     .iter()
                     .any(|t| t.gpus.iter().any(|&g| used.contains(&(t.node, g))))
             })
             .collect();
-        chosen.sort_by_key(|&i| Reverse((self.runs[i].lost_gpu_s, self.runs[i].job.spec.id)));
+        chosen.sort_by_key(|&i| Reverse((self.runs[i].lost_gpu_s, self.runs[i].id)));
         let mut k = 0;
         let mut steps = 0;
         while k < chosen.len() && steps < MAX_PRUNE_STEPS {

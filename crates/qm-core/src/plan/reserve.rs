@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
-use crate::state::{Admission, Job, JobState, TaskPlacement};
+use crate::state::{Admission, Job, TaskPlacement};
 
 use super::homes::bit;
 use super::place;
@@ -109,26 +109,33 @@ impl<'a> Planner<'a> {
         self.timeline.built = true;
         self.timeline.releases.reserve(self.runs.len());
         for i in 0..self.runs.len() {
-            let r = &self.runs[i];
-            let (limit, est) = match &r.job.state {
-                JobState::Stopping(_, stop) => (stop.deadline_s, stop.deadline_s),
-                state => {
-                    let started = state.run().expect("holding").started_s;
-                    self.end_of(&r.job.spec, started)
-                }
+            let note = self.runs[i].note;
+            let (limit, est) = match note.stop {
+                Some((deadline, _)) => (deadline, deadline),
+                None => self.end_of_note(note),
             };
-            let (spec, placement) = (&r.job.spec, r.placement);
-            for task in placement {
-                if let Some(n) = self.view.dense(task.node) {
-                    self.push_release(Release {
-                        end_s: limit,
-                        est_s: est,
-                        node: n,
-                        gpus: gpu_mask(&task.gpus),
-                        milli: task.gpu_milli,
-                        cpu: spec.cpu_milli,
-                        mem: spec.mem_mib,
-                    });
+            let release = |node, gpus, milli| Release {
+                end_s: limit,
+                est_s: est,
+                node,
+                gpus,
+                milli,
+                cpu: note.cpu_milli,
+                mem: note.mem_mib,
+            };
+            // One task, from the note; a gang's tasks, from its record.
+            match note.first {
+                Some((node, gpus, milli)) if note.tasks == 1 => {
+                    if let Some(n) = self.view.dense(node) {
+                        self.push_release(release(n, gpus, milli));
+                    }
+                }
+                _ => {
+                    for task in self.placement(i) {
+                        if let Some(n) = self.view.dense(task.node) {
+                            self.push_release(release(n, gpu_mask(&task.gpus), task.gpu_milli));
+                        }
+                    }
                 }
             }
         }

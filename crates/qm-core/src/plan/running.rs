@@ -7,21 +7,23 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use crate::model::{IdlePolicy, JobId, JobSpec, PolicyKind, Secs, MILLI_PER_GPU};
-use crate::state::{Admission, ClusterState, Job, JobState, StopCause, TaskPlacement};
+use crate::state::{Admission, ClusterState, Holder, Job, JobState, StopCause};
 use crate::teams::TeamIndex;
 
 use super::planner::Planner;
-use super::{IdleAction, IdleNotice, StopOrder};
+use super::{IdleAction, IdleNotice, Plan, StopOrder};
 
 /// Reclaim takes a run counted inside its team's guarantee (from a team above its guarantee,
 /// for a job that needs the guarantee in another shape) only if it checkpoints and would lose
 /// at most this much of its run (`reclaim.rs`, `Victims::surplus`).
 pub(super) const SURPLUS_MAX_LOSS_S: Secs = 3_600;
 
-/// A running or stopping job, as this plan sees it.
+/// A running or stopping job, as this plan sees it: its state's note (`Holder`) and what
+/// the plan makes of it. Its record is looked up only where a plan needs more
+/// (`Planner::job`).
 pub(super) struct RunInfo<'a> {
-    pub(super) job: &'a Job,
-    pub(super) placement: &'a [TaskPlacement],
+    pub(super) id: JobId,
+    pub(super) note: &'a Holder,
     /// The planner's index of its team.
     pub(super) team: Option<usize>,
     /// The planner's index of its GPU model.
@@ -42,10 +44,12 @@ pub(super) struct RunInfo<'a> {
     pub(super) takable: bool,
     /// It checkpoints and would lose at most `SURPLUS_MAX_LOSS_S` of work if stopped now.
     pub(super) cheap: bool,
-    /// Milli-GPUs it holds.
+    /// Milli-GPUs it holds, and of every GPU it touches: its note's, copied here for the
+    /// steps that read little else of it.
     pub(super) milli: u64,
-    /// Milli-GPUs of every GPU it touches (whole or in part): what stopping it may free.
     pub(super) touched: u64,
+    /// Its place in the order `classify` counts its team's runs in (`classify_key`).
+    pub(super) order: u128,
 }
 
 /// What each team holds and has used, updated as the plan starts and claims.
@@ -84,82 +88,59 @@ impl<'a> Planner<'a> {
         let holders = state.jobs.holding.len();
         self.runs.reserve(holders);
         self.eta.job_ends.reserve(holders);
-        // The holders in id order: looked up one by one where the queue is long, read in
-        // one walk of the live jobs where most of them hold.
-        let by_lookup = holders * 4 < state.jobs.len();
-        let mut looked_up = state.jobs.holding.iter().map(|id| &state.jobs[id]);
-        let mut walked = state.jobs.values().filter(|j| j.state.run().is_some());
-        let holding: &mut dyn Iterator<Item = &'a Job> = if by_lookup {
-            &mut looked_up
-        } else {
-            &mut walked
-        };
-        for job in holding {
-            let Some(run) = job.state.run() else { continue };
-            let Some(model) = self.model_of(&run.placement) else {
+        for (&id, note) in &state.jobs.holding {
+            let Some(model) = note.first.and_then(|(node, ..)| self.model_of_node(node)) else {
                 continue;
             };
-            let team = self.team_of(job);
-            let milli = job.spec.milli_total();
+            let team = self.team_of_id(note.team_id);
+            let milli = note.milli;
             if let Some(t) = team {
                 self.add_alloc(t, model, milli);
-                self.add_cpu(t, &job.spec);
+                self.add_cpu_total(t, note.cpu_milli * u64::from(note.tasks));
             }
-            let expected_end = match &job.state {
-                JobState::Stopping(_, stop) => stop.deadline_s,
-                _ => self.end_of(&job.spec, run.started_s).1,
+            let expected_end = match note.stop {
+                Some((deadline, _)) => deadline,
+                None => self.end_of_note(note).1,
             };
             if let Some(t) = team {
                 self.eta.job_ends.push((expected_end, t, model, milli));
             }
-            let stopping = match &job.state {
-                JobState::Stopping(_, stop) => Some(stop.deadline_s),
-                _ => None,
-            };
-            let spec = &job.spec;
-            let elapsed = self.now.saturating_sub(run.started_s);
-            let lost = match spec.checkpoint_every_s {
-                Some(every) if every > 0 => elapsed % every,
-                _ => elapsed,
-            };
+            let stopping = note.stop.is_some();
+            let elapsed = self.now.saturating_sub(note.started_s);
             let yielded = self.policy == PolicyKind::Default
-                && run.idle_since_s.is_some_and(|since| {
-                    self.idle_policy_of(job)
-                        .yields(since, self.now, state.config.idle_window_s)
+                && note.idle_since_s.is_some_and(|since| {
+                    self.idle_policy_of(&state.jobs[&id]).yields(
+                        since,
+                        self.now,
+                        state.config.idle_window_s,
+                    )
                 });
             // Time limits, for every policy.
-            let over = spec
-                .time_limit_s
-                .is_some_and(|l| self.now >= run.started_s.saturating_add(l));
-            if over && stopping.is_none() {
-                self.out.stops.push(StopOrder {
-                    job: spec.id,
-                    cause: StopCause::TimeLimit,
-                    beneficiary: None,
-                    lost_gpu_s: 0,
-                    borrowing: false,
-                });
+            let over = past_limit(note, self.now);
+            if over && !stopping {
+                self.out.stops.push(time_limit_stop(id));
+            }
+            let leaving = note.stop.is_some_and(|(_, c)| c == StopCause::Priority);
+            if note.idle_since_s.is_some() {
+                self.idle.push(self.runs.len());
             }
             self.runs.push(RunInfo {
-                job,
-                placement: &run.placement,
+                id,
+                note,
                 team,
                 model,
                 mode: Admission::Guaranteed,
-                lost_gpu_s: milli.saturating_mul(lost) / u64::from(MILLI_PER_GPU),
-                stopped: stopping.is_some() || over,
+                lost_gpu_s: lost_gpu_s(note, self.now),
+                stopped: stopping || over,
                 yielded,
                 released: false,
-                takable: spec.preemptible && elapsed >= spec.min_run_s,
-                cheap: spec
+                takable: note.preemptible && elapsed >= note.min_run_s,
+                cheap: note
                     .checkpoint_every_s
                     .is_some_and(|every| every > 0 && elapsed % every <= SURPLUS_MAX_LOSS_S),
                 milli,
-                touched: run
-                    .placement
-                    .iter()
-                    .map(|t| t.gpus.len() as u64 * u64::from(MILLI_PER_GPU))
-                    .sum(),
+                touched: note.touched,
+                order: classify_key(leaving, yielded, note.admission, note.started_s, id),
             });
         }
         self.classify();
@@ -170,49 +151,48 @@ impl<'a> Planner<'a> {
         // Idle runs that yielded, and those released by this plan, are no longer the team's
         // to keep: what reclaim may take from a team above its guarantee counts without
         // them (`surplus_fits`).
-        let gone: Vec<usize> = (0..self.runs.len())
+        let gone: Vec<usize> = self
+            .idle
+            .iter()
+            .copied()
             .filter(|&i| self.runs[i].yielded || self.runs[i].released)
             .collect();
         for (key, milli) in self.takes(&gone, false) {
             *self.victims.taken.entry(key).or_default() += milli;
         }
-        for (i, r) in self.runs.iter().enumerate() {
-            let eligible =
-                !r.stopped && (r.yielded || (r.mode == Admission::Borrowed && r.takable));
-            if eligible {
-                self.victims.by_model[r.model].push(i);
-                self.victims.yielded[r.model] += usize::from(r.yielded);
-                self.victims.milli_left[r.model] += r.touched;
-            }
-        }
-        // Runs counted inside the guarantee of a team above its guarantee, where stopping
-        // them costs little: they checkpoint, and lose at most `SURPLUS_MAX_LOSS_S` of work.
-        for (i, r) in self.runs.iter().enumerate() {
-            let Some(t) = r.team else { continue };
-            if !(r.cheap && r.takable && !r.stopped && r.mode == Admission::Guaranteed) {
+        self.victims.pinned_pending = self.state.jobs.queues.values().any(|q| q.pinned > 0);
+        for i in 0..self.runs.len() {
+            let r = &self.runs[i];
+            if r.stopped {
                 continue;
             }
-            let pool = self.teams.pool_of_model[t][r.model];
-            let gone = self.victims.taken.get(&(t, pool)).copied().unwrap_or(0);
-            if self.acct.alloc[t][pool].saturating_sub(gone) > self.teams.pools[t][pool].guaranteed
-            {
-                self.victims.surplus[r.model].push(i);
-                self.victims.surplus_milli[r.model] += r.milli;
+            let (model, milli) = (r.model, r.milli);
+            // Victims of reclaim: borrowed runs that may be preempted, and idle ones that
+            // yielded.
+            if r.yielded || (r.mode == Admission::Borrowed && r.takable) {
+                self.victims.by_model[model].push(i);
+                self.victims.yielded[model] += usize::from(r.yielded);
+                self.victims.milli_left[model] += r.touched;
             }
-        }
-        self.victims.pinned_pending = self.state.jobs.queues.values().any(|q| q.pinned > 0);
-        // Runs away from home matter only to a waiting job that cannot be preempted.
-        let away_runs = if self.victims.pinned_pending {
-            self.runs.len()
-        } else {
-            0
-        };
-        for i in 0..away_runs {
-            let r = &self.runs[i];
-            let away =
-                !r.stopped && r.mode == Admission::Guaranteed && r.takable && !self.run_at_home(i);
-            if away {
-                self.victims.away_milli[r.model] += r.milli;
+            if !(r.takable && r.mode == Admission::Guaranteed) {
+                continue;
+            }
+            // Runs counted inside the guarantee of a team above its guarantee, where
+            // stopping them costs little: they checkpoint, and lose at most
+            // `SURPLUS_MAX_LOSS_S` of work.
+            if let Some(t) = r.team.filter(|_| r.cheap) {
+                let pool = self.teams.pool_of_model[t][model];
+                let gone = self.victims.taken.get(&(t, pool)).copied().unwrap_or(0);
+                if self.acct.alloc[t][pool].saturating_sub(gone)
+                    > self.teams.pools[t][pool].guaranteed
+                {
+                    self.victims.surplus[model].push(i);
+                    self.victims.surplus_milli[model] += milli;
+                }
+            }
+            // Runs away from home matter only to a waiting job that cannot be preempted.
+            if self.victims.pinned_pending && !self.run_at_home(i) {
+                self.victims.away_milli[model] += milli;
             }
         }
         // Victims are put in order when a reclaim first asks (`sort_victims`): most plans
@@ -256,17 +236,7 @@ impl<'a> Planner<'a> {
         let mut by_team: Vec<Vec<(u128, Entry)>> = vec![Vec::new(); self.teams.names.len()];
         for (i, r) in self.runs.iter_mut().enumerate() {
             if let Some(t) = r.team {
-                let run = r.job.state.run().expect("holding");
-                let leaving = matches!(&r.job.state,
-                    JobState::Stopping(_, s) if s.cause == StopCause::Priority);
-                let key = classify_key(
-                    leaving,
-                    r.yielded,
-                    run.admission,
-                    run.started_s,
-                    r.job.spec.id,
-                );
-                by_team[t].push((key, i));
+                by_team[t].push((r.order, i));
             } else {
                 r.mode = Admission::Borrowed;
             }
@@ -374,71 +344,44 @@ impl<'a> Planner<'a> {
     /// then the youngest, then by id.
     pub(super) fn victim_key(&self, i: usize) -> (bool, u64, Reverse<Secs>, JobId) {
         let r = &self.runs[i];
-        let started = r.job.state.run().map_or(0, |run| run.started_s);
-        (!r.yielded, r.lost_gpu_s, Reverse(started), r.job.spec.id)
+        (!r.yielded, r.lost_gpu_s, Reverse(r.note.started_s), r.id)
     }
 
     /// The idle policy of the job's team (the default where the team is gone).
     pub(super) fn idle_policy_of(&self, job: &Job) -> IdlePolicy {
-        self.state
-            .teams
-            .get(&job.spec.team)
-            .map_or(IdlePolicy::default(), |t| t.spec.idle_policy)
+        idle_policy_of(self.state, job)
     }
 
     /// Whether every task of run `i` sits on a node that is home to its team.
     pub(super) fn run_at_home(&self, i: usize) -> bool {
         let r = &self.runs[i];
         let Some(t) = r.team else { return false };
-        r.placement.iter().all(|task| {
+        let at_home = |node| {
             self.view
-                .dense(task.node)
+                .dense(node)
                 .is_some_and(|n| self.homes.at_home(t, r.model, n))
-        })
+        };
+        match r.note.first {
+            Some((node, ..)) if r.note.tasks == 1 => at_home(node),
+            _ => self.placement(i).iter().all(|task| at_home(task.node)),
+        }
     }
 
     /// Idle runs past the window: flagged, and stopped where their team's policy releases
     /// them and their time has come (yielding is decided in `scan_running`).
     pub(super) fn idle_reclaim(&mut self) {
-        let window = self.cfg.idle_window_s;
-        for i in 0..self.runs.len() {
+        for k in 0..self.idle.len() {
+            let i = self.idle[k];
             let r = &self.runs[i];
-            if r.stopped {
-                continue;
-            }
-            let run = r.job.state.run().expect("holding");
-            let Some(since) = run.idle_since_s else {
+            let Some(since) = r.note.idle_since_s.filter(|_| !r.stopped) else {
                 continue;
             };
-            if self.now.saturating_sub(since) < window {
-                continue;
-            }
-            let policy = self.idle_policy_of(r.job);
-            let action = match policy {
-                IdlePolicy::Warn => IdleAction::Warn,
-                _ => match policy.release_at(since, window) {
-                    Some(due) if self.now >= due => IdleAction::Released,
-                    release_at_s => IdleAction::Yield { release_at_s },
-                },
-            };
-            let r = &mut self.runs[i];
-            if action == IdleAction::Released {
+            let (job, lost) = (self.job(i), r.lost_gpu_s);
+            if act_on_idle(self.state, job, since, lost, self.now, &mut self.out) {
+                let r = &mut self.runs[i];
                 r.stopped = true;
                 r.released = true;
-                self.out.stops.push(StopOrder {
-                    job: r.job.spec.id,
-                    cause: StopCause::Idle,
-                    beneficiary: None,
-                    lost_gpu_s: r.lost_gpu_s,
-                    borrowing: false,
-                });
             }
-            self.out.idle.push(IdleNotice {
-                job: r.job.spec.id,
-                team: r.job.spec.team.clone(),
-                idle_since_s: since,
-                action,
-            });
         }
     }
 
@@ -452,8 +395,13 @@ impl<'a> Planner<'a> {
 
     /// Counts a job's CPU against its team and the team's ancestors.
     pub(super) fn add_cpu(&mut self, team: usize, spec: &JobSpec) {
+        self.add_cpu_total(team, spec.cpu_milli * u64::from(spec.tasks));
+    }
+
+    /// Counts milli-CPUs against a team and the team's ancestors.
+    fn add_cpu_total(&mut self, team: usize, cpu: u64) {
         for &a in &self.teams.lineage[team] {
-            self.acct.cpu[a] += spec.cpu_milli * u64::from(spec.tasks);
+            self.acct.cpu[a] += cpu;
         }
     }
 
@@ -496,6 +444,118 @@ impl<'a> Planner<'a> {
     pub(super) fn guaranteed_total(&self, team: usize) -> u64 {
         self.teams.pools[team].iter().map(|p| p.guaranteed).sum()
     }
+}
+
+/// The idle policy of the job's team (the default where the team is gone).
+fn idle_policy_of(state: &ClusterState, job: &Job) -> IdlePolicy {
+    state
+        .teams
+        .get(&job.spec.team)
+        .map_or(IdlePolicy::default(), |t| t.spec.idle_policy)
+}
+
+/// Whether a run has reached its time limit at `now`.
+fn past_limit(note: &Holder, now: Secs) -> bool {
+    note.time_limit_s
+        .is_some_and(|l| now >= note.started_s.saturating_add(l))
+}
+
+/// The stop of a run that reached its time limit (it loses nothing it could keep).
+fn time_limit_stop(job: JobId) -> StopOrder {
+    StopOrder {
+        job,
+        cause: StopCause::TimeLimit,
+        beneficiary: None,
+        lost_gpu_s: 0,
+        borrowing: false,
+    }
+}
+
+/// GPU-seconds a run would lose if stopped at `now`: the work since its last checkpoint,
+/// or since its start.
+fn lost_gpu_s(note: &Holder, now: Secs) -> u64 {
+    let elapsed = now.saturating_sub(note.started_s);
+    let lost = match note.checkpoint_every_s {
+        Some(every) if every > 0 => elapsed % every,
+        _ => elapsed,
+    };
+    note.milli.saturating_mul(lost) / u64::from(MILLI_PER_GPU)
+}
+
+/// For a run idle since `since` and not stopping: past the idle window, flags it, and
+/// stops it where its team's policy releases it and its time has come. Whether it stopped it.
+fn act_on_idle(
+    state: &ClusterState,
+    job: &Job,
+    since: Secs,
+    lost_gpu_s: u64,
+    now: Secs,
+    out: &mut Plan,
+) -> bool {
+    let window = state.config.idle_window_s;
+    if now.saturating_sub(since) < window {
+        return false;
+    }
+    let policy = idle_policy_of(state, job);
+    let action = match policy {
+        IdlePolicy::Warn => IdleAction::Warn,
+        _ => match policy.release_at(since, window) {
+            Some(due) if now >= due => IdleAction::Released,
+            release_at_s => IdleAction::Yield { release_at_s },
+        },
+    };
+    let released = action == IdleAction::Released;
+    if released {
+        out.stops.push(StopOrder {
+            job: job.spec.id,
+            cause: StopCause::Idle,
+            beneficiary: None,
+            lost_gpu_s,
+            borrowing: false,
+        });
+    }
+    out.idle.push(IdleNotice {
+        job: job.spec.id,
+        team: job.spec.team.clone(),
+        idle_since_s: since,
+        action,
+    });
+    released
+}
+
+/// The plan of a state where nothing waits (no pending job, no hold), which only time limits
+/// and idle policies can act on: the same stops and idle notices as the planner's, from
+/// one walk of the holders' notes, without the view, the accounting or the admission
+/// modes that only matter to waiting work. `None` where something waits. (Every holder's
+/// nodes exist, an invariant of the state, so every holder with a task is a run the
+/// planner sees.)
+pub(super) fn quiet_plan(state: &ClusterState, now: Secs) -> Option<Plan> {
+    if !state.jobs.queues.is_empty() || !state.holds.is_empty() {
+        return None;
+    }
+    let policy = state.config.policy;
+    let mut out = Plan::empty(policy, now);
+    let mut idle = Vec::new();
+    for (id, note) in &state.jobs.holding {
+        if note.first.is_none() {
+            continue;
+        }
+        let over = past_limit(note, now);
+        if over && note.stop.is_none() {
+            out.stops.push(time_limit_stop(*id));
+        }
+        if let Some(since) = note.idle_since_s.filter(|_| note.stop.is_none() && !over) {
+            idle.push((id, note, since));
+        }
+    }
+    // Idle policies act under `default` only, after the time limits (`scan_running`).
+    if policy == PolicyKind::Default {
+        for (id, note, since) in idle {
+            let job = &state.jobs[id];
+            act_on_idle(state, job, since, lost_gpu_s(note, now), now, &mut out);
+        }
+    }
+    Some(out)
 }
 
 /// The order in which `classify` counts a team's runs inside its guarantee, packed into one

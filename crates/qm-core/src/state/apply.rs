@@ -401,6 +401,7 @@ impl ClusterState {
                     let (run, mut stop) = (run.clone(), stop.clone());
                     stop.cause = StopCause::Cancel;
                     job.state = JobState::Stopping(run, stop);
+                    self.jobs.renote(id);
                 }
                 Ok(())
             }
@@ -583,6 +584,7 @@ impl ClusterState {
                 beneficiary,
             },
         );
+        self.jobs.renote(id);
         Ok(())
     }
 
@@ -694,6 +696,7 @@ impl ClusterState {
         run.last_sample_s = Some(at_s);
         run.last_util_pct = Some(pct);
         job.idle_milli_s = job.idle_milli_s.saturating_add(charged);
+        self.jobs.renote(id);
         if let Some(t) = self.teams.get_mut(&team) {
             t.idle_milli_s_total = t.idle_milli_s_total.saturating_add(charged);
             t.idle_decayed += charged as f64;

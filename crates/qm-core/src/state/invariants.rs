@@ -10,7 +10,7 @@
 //! - Live jobs are not ended; ended jobs are not live.
 //!
 //! - The index of holding jobs (by node and by team) names exactly the live jobs that hold
-//!   resources.
+//!   resources, and each holder's note (`Holder`, what a plan reads of it) is its record's.
 //!
 //! After an event only what it touched is checked (its nodes, teams and jobs): the holders of
 //! its nodes are looked up, a touched team's allocation is summed from the index's notes (the
@@ -65,8 +65,11 @@ impl ClusterState {
                     touched.job_and_resources(j);
                 }
             }
-            // A stop (or a cancel) moves no resources until the job exits.
-            Event::Stop { job, .. } | Event::Cancel { job, .. } => {
+            // A stop (or a cancel) moves no resources until the job exits; a sample moves
+            // none either, but a holder's note follows both.
+            Event::Stop { job, .. }
+            | Event::Cancel { job, .. }
+            | Event::Utilisation { job, .. } => {
                 insert_sorted(&mut touched.jobs, *job);
             }
             Event::NodeUp(spec) => insert_sorted(&mut touched.nodes, spec.id),
@@ -83,10 +86,7 @@ impl ClusterState {
                     insert_sorted(&mut touched.teams, team.id);
                 }
             }
-            Event::Submit(_)
-            | Event::Utilisation { .. }
-            | Event::RemoveTeam { .. }
-            | Event::Forget { .. } => {}
+            Event::Submit(_) | Event::RemoveTeam { .. } | Event::Forget { .. } => {}
         }
         touched
     }
@@ -236,6 +236,11 @@ impl ClusterState {
                 "invariant: the index of holding jobs notes each holder's milli-GPUs: {id}"
             );
         }
+        assert!(
+            self.jobs.holding.get(&id) == super::Holder::of(job).as_ref(),
+            "invariant: the holding jobs' notes are their records': {id} noted {:?}",
+            self.jobs.holding.get(&id)
+        );
         if let Some(run) = job.state.run() {
             assert!(
                 run.placement
@@ -350,15 +355,14 @@ impl ClusterState {
             shapes, self.jobs.shapes,
             "invariant: the mix counts the tasks of exactly the live jobs, by shape"
         );
-        let holding: std::collections::BTreeSet<JobId> = self
+        let holding: std::collections::BTreeMap<JobId, super::Holder> = self
             .jobs
             .values()
-            .filter(|j| j.state.run().is_some())
-            .map(|j| j.spec.id)
+            .filter_map(|j| super::Holder::of(j).map(|note| (j.spec.id, note)))
             .collect();
         assert_eq!(
             holding, self.jobs.holding,
-            "invariant: the set of holding jobs is exactly the jobs that hold"
+            "invariant: the holding jobs are exactly the jobs that hold, each with its note"
         );
         let mut teams_with_holders: Vec<u32> = self.jobs.holding_by_team.keys().copied().collect();
         teams.append(&mut teams_with_holders);
