@@ -293,9 +293,10 @@ pub(crate) struct LiveJobs {
     /// Live jobs that hold nothing (pending), by team id and by user.
     pub(crate) pending_by_team: BTreeMap<u32, usize>,
     pub(crate) pending_by_user: BTreeMap<String, usize>,
-    /// Every job that holds resources, in id order, with what a plan reads of it
-    /// (`Holder`): a plan walks these compact notes instead of every holder's record.
-    pub(crate) holding: BTreeMap<JobId, Holder>,
+    /// Every job that holds resources, with what a plan reads of it (`Holder`), by team and
+    /// in the order a plan counts a team's runs inside its guarantee (`HoldKey`): a plan
+    /// walks these compact notes instead of every holder's record, and needs not sort them.
+    pub(crate) holding: BTreeMap<HoldKey, Holder>,
     /// Each team's pending jobs in plan order, and how many of them ask for each number of
     /// milli-GPUs: the planner walks a queue from its head as far as a plan needs, instead
     /// of gathering and sorting every pending job at every plan.
@@ -339,6 +340,43 @@ pub(crate) struct Holder {
     pub(crate) idle_since_s: Option<Secs>,
     /// Stopping: its deadline and cause.
     pub(crate) stop: Option<(Secs, StopCause)>,
+}
+
+/// A holder's place among the holders: by team id, then in the order in which a plan counts
+/// a team's runs inside its guarantee (`plan/running.rs`, `classify`): the victims of a
+/// priority preemption last (they are leaving), the runs admitted as guaranteed when they
+/// started before those admitted as borrowed, then oldest first, then by id. Only `leaving`
+/// changes while a job holds (a priority stop, or a cancel of one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct HoldKey {
+    pub(crate) team_id: u32,
+    pub(crate) leaving: bool,
+    pub(crate) admission: Admission,
+    pub(crate) started_s: Secs,
+    pub(crate) id: JobId,
+}
+
+impl HoldKey {
+    /// The key of a job that holds resources; `None` for one that does not.
+    pub(crate) fn of(job: &Job) -> Option<HoldKey> {
+        let run = job.state.run()?;
+        Some(HoldKey {
+            team_id: job.team_id,
+            leaving: matches!(&job.state,
+                JobState::Stopping(_, s) if s.cause == StopCause::Priority),
+            admission: run.admission,
+            started_s: run.started_s,
+            id: job.spec.id,
+        })
+    }
+
+    /// The same holder with `leaving` flipped: where its note was before a change of cause.
+    pub(crate) fn flipped(self) -> HoldKey {
+        HoldKey {
+            leaving: !self.leaving,
+            ..self
+        }
+    }
 }
 
 impl Holder {
@@ -510,8 +548,9 @@ impl LiveJobs {
         }
         self.pending(id, false);
         let job = &self.map[&id];
+        let key = HoldKey::of(job).expect("a job that holds has a run");
         let note = Holder::of(job).expect("a job that holds has a run");
-        self.holding.insert(id, note);
+        self.holding.insert(key, note);
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
             bump(&mut self.holding_by_array, a.array, true);
         }
@@ -528,10 +567,17 @@ impl LiveJobs {
         }
     }
 
-    /// Renews a holder's note after its run changed (stopping, a cause, an idle sample).
+    /// Renews a holder's note after its run changed (stopping, a cause, an idle sample),
+    /// and its place, where a priority stop began or was cancelled.
     pub(crate) fn renote(&mut self, id: JobId) {
-        if let Some(note) = self.holding.get_mut(&id) {
-            *note = Holder::of(&self.map[&id]).expect("a job that holds has a run");
+        let job = &self.map[&id];
+        let (Some(key), Some(note)) = (HoldKey::of(job), Holder::of(job)) else {
+            return;
+        };
+        if let Some(noted) = self.holding.get_mut(&key) {
+            *noted = note;
+        } else if self.holding.remove(&key.flipped()).is_some() {
+            self.holding.insert(key, note);
         }
     }
 
@@ -542,7 +588,8 @@ impl LiveJobs {
         if !self.holds(id) {
             return;
         }
-        self.holding.remove(&id);
+        self.holding
+            .remove(&HoldKey::of(job).expect("a job that holds has a run"));
         let job = &self.map[&id];
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
             bump(&mut self.holding_by_array, a.array, false);

@@ -350,12 +350,25 @@ impl<'a> Planner<'a> {
     pub(super) fn resolve_runs(&self) {
         self.run_jobs.get_or_init(|| {
             let jobs = &self.state.jobs;
-            let ids = self.runs.iter().map(|r| r.id);
             if self.runs.len() * 4 < jobs.len() {
-                return ids.map(|id| &jobs[&id]).collect();
+                return self.runs.iter().map(|r| &jobs[&r.id]).collect();
             }
+            // The runs come by team: walk the live jobs in id order beside them in id order.
+            let mut by_id: Vec<(JobId, usize)> = self
+                .runs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.id, i))
+                .collect();
+            by_id.sort_unstable();
+            let mut found = vec![None; self.runs.len()];
             let mut all = jobs.values();
-            ids.map(|id| all.find(|j| j.spec.id == id).expect("a run is live"))
+            for (id, i) in by_id {
+                found[i] = all.find(|j| j.spec.id == id);
+            }
+            found
+                .into_iter()
+                .map(|j| j.expect("a run is live"))
                 .collect()
         });
     }

@@ -48,8 +48,8 @@ pub(super) struct RunInfo<'a> {
     /// steps that read little else of it.
     pub(super) milli: u64,
     pub(super) touched: u64,
-    /// Its place in the order `classify` counts its team's runs in (`classify_key`).
-    pub(super) order: u128,
+    /// A victim of a priority preemption, on its way out: last in its team's guarantee.
+    pub(super) leaving: bool,
 }
 
 /// What each team holds and has used, updated as the plan starts and claims.
@@ -88,7 +88,9 @@ impl<'a> Planner<'a> {
         let holders = state.jobs.holding.len();
         self.runs.reserve(holders);
         self.eta.job_ends.reserve(holders);
-        for (&id, note) in &state.jobs.holding {
+        let mut limit_stops = Vec::new();
+        for (key, note) in &state.jobs.holding {
+            let id = key.id;
             let Some(model) = note.first.and_then(|(node, ..)| self.model_of_node(node)) else {
                 continue;
             };
@@ -118,9 +120,9 @@ impl<'a> Planner<'a> {
             // Time limits, for every policy.
             let over = past_limit(note, self.now);
             if over && !stopping {
-                self.out.stops.push(time_limit_stop(id));
+                limit_stops.push(id);
             }
-            let leaving = note.stop.is_some_and(|(_, c)| c == StopCause::Priority);
+            let leaving = key.leaving;
             if note.idle_since_s.is_some() {
                 self.idle.push(self.runs.len());
             }
@@ -140,9 +142,15 @@ impl<'a> Planner<'a> {
                     .is_some_and(|every| every > 0 && elapsed % every <= SURPLUS_MAX_LOSS_S),
                 milli,
                 touched: note.touched,
-                order: classify_key(leaving, yielded, note.admission, note.started_s, id),
+                leaving,
             });
         }
+        // The runs come by team (`HoldKey`); what the plan says of them comes in id order.
+        limit_stops.sort_unstable();
+        self.out
+            .stops
+            .extend(limit_stops.into_iter().map(time_limit_stop));
+        self.idle.sort_unstable_by_key(|&i| self.runs[i].id);
         self.classify();
         if self.policy != PolicyKind::Default {
             return;
@@ -226,21 +234,12 @@ impl<'a> Planner<'a> {
     /// guaranteed; then jobs waiting on a priority preemption's hold, which take their
     /// victims' place (where it fits: as if they had started guaranteed last); then the jobs
     /// that started borrowed, oldest first; last the victims of priority preemptions, which
-    /// are leaving.
+    /// are leaving. The state keeps the holders in this order (`HoldKey`), so the runs
+    /// arrive in it and nothing is sorted.
     pub(super) fn classify(&mut self) {
-        /// An entry: a running job (its index in `runs`), or past `runs.len()` a job waiting
-        /// on a priority preemption's hold (its index in `waiting`, offset).
-        type Entry = usize;
-        let mut waiting: Vec<(JobId, usize, u64)> = Vec::new();
-        let first_waiting = self.runs.len();
-        let mut by_team: Vec<Vec<(u128, Entry)>> = vec![Vec::new(); self.teams.names.len()];
-        for (i, r) in self.runs.iter_mut().enumerate() {
-            if let Some(t) = r.team {
-                by_team[t].push((r.order, i));
-            } else {
-                r.mode = Admission::Borrowed;
-            }
-        }
+        // Jobs waiting on a priority preemption's hold, per team, in id order: (job, model,
+        // milli-GPUs).
+        let mut waiting: BTreeMap<usize, Vec<(JobId, usize, u64)>> = BTreeMap::new();
         if self.policy == PolicyKind::Default {
             for (b, hold) in &self.state.holds {
                 let Some(job) = self.state.job(*b) else {
@@ -259,9 +258,7 @@ impl<'a> Planner<'a> {
                 let Some(model) = model else { continue };
                 let milli = job.spec.milli_total();
                 if self.priority_hold(job, hold) {
-                    let key = classify_key(false, false, Admission::Guaranteed, Secs::MAX, *b);
-                    by_team[t].push((key, first_waiting + waiting.len()));
-                    waiting.push((*b, model, milli));
+                    waiting.entry(t).or_default().push((*b, model, milli));
                     continue;
                 }
                 // A reclaim's hold is inside the guarantee, before the team's running jobs;
@@ -279,64 +276,61 @@ impl<'a> Planner<'a> {
                 self.acct.guarantee_set_aside.insert(*b, (t, pool, milli));
             }
         }
-        for (t, mut keyed) in by_team.into_iter().enumerate() {
-            if keyed.is_empty() {
+        // The runs come by team, each team's in the order they count in (`HoldKey`): the
+        // waiting jobs go after the runs that started guaranteed, before the others. Idle
+        // runs that yielded count nowhere: where they come changes nothing.
+        let mut i = 0;
+        while i < self.runs.len() {
+            let Some(t) = self.runs[i].team else {
+                self.runs[i].mode = Admission::Borrowed;
+                i += 1;
                 continue;
-            }
+            };
             let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
-            // Only `default` counts in order; and where every entry fits the guarantee
-            // whatever the order, the order changes nothing: most teams, most plans.
-            if self.policy == PolicyKind::Default {
-                let mut all = used.clone();
-                for &(_, e) in &keyed {
-                    let (model, milli) = match e {
-                        i if i < first_waiting => {
-                            let r = &self.runs[i];
-                            if r.yielded {
-                                continue;
-                            }
-                            (r.model, r.milli)
-                        }
-                        w => (waiting[w - first_waiting].1, waiting[w - first_waiting].2),
-                    };
-                    all[self.teams.pool_of_model[t][model]] += milli;
+            let mut held = waiting.remove(&t);
+            while let Some(r) = self.runs.get_mut(i).filter(|r| r.team == Some(t)) {
+                if r.leaving || r.note.admission == Admission::Borrowed {
+                    if let Some(held) = held.take() {
+                        self.count_waiting(t, &held, &mut used);
+                    }
                 }
-                let fits = all
-                    .iter()
-                    .zip(&self.teams.pools[t])
-                    .all(|(&a, p)| a <= p.guaranteed);
-                if !fits {
-                    keyed.sort_unstable();
+                let r = &mut self.runs[i];
+                let pool = self.teams.pool_of_model[t][r.model];
+                let milli = r.milli;
+                if self.policy != PolicyKind::Default
+                    || (milli > 0
+                        && !r.yielded
+                        && used[pool] + milli <= self.teams.pools[t][pool].guaranteed)
+                {
+                    used[pool] += milli;
+                    r.mode = Admission::Guaranteed;
+                } else {
+                    r.mode = Admission::Borrowed;
                 }
+                i += 1;
             }
-            for (_, entry) in keyed {
-                match entry {
-                    i if i < first_waiting => {
-                        let r = &mut self.runs[i];
-                        let pool = self.teams.pool_of_model[t][r.model];
-                        let milli = r.milli;
-                        if self.policy != PolicyKind::Default
-                            || (milli > 0
-                                && !r.yielded
-                                && used[pool] + milli <= self.teams.pools[t][pool].guaranteed)
-                        {
-                            used[pool] += milli;
-                            r.mode = Admission::Guaranteed;
-                        } else {
-                            r.mode = Admission::Borrowed;
-                        }
-                    }
-                    w => {
-                        let (b, model, milli) = waiting[w - first_waiting];
-                        let pool = self.teams.pool_of_model[t][model];
-                        if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {
-                            used[pool] += milli;
-                            self.acct.guarantee_set_aside.insert(b, (t, pool, milli));
-                        }
-                    }
-                }
+            if let Some(held) = held {
+                self.count_waiting(t, &held, &mut used);
             }
             self.acct.guaranteed_used[t] = used;
+        }
+        // Teams with waiting jobs and no runs.
+        for (t, held) in waiting {
+            let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
+            self.count_waiting(t, &held, &mut used);
+            self.acct.guaranteed_used[t] = used;
+        }
+    }
+
+    /// Counts jobs waiting on a priority preemption's hold inside team `t`'s guarantee where
+    /// they fit in what is left of it (`used`), setting their usage aside.
+    fn count_waiting(&mut self, t: usize, held: &[(JobId, usize, u64)], used: &mut [u64]) {
+        for &(b, model, milli) in held {
+            let pool = self.teams.pool_of_model[t][model];
+            if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {
+                used[pool] += milli;
+                self.acct.guarantee_set_aside.insert(b, (t, pool, milli));
+            }
         }
     }
 
@@ -536,70 +530,27 @@ pub(super) fn quiet_plan(state: &ClusterState, now: Secs) -> Option<Plan> {
     let policy = state.config.policy;
     let mut out = Plan::empty(policy, now);
     let mut idle = Vec::new();
-    for (id, note) in &state.jobs.holding {
+    for (key, note) in &state.jobs.holding {
         if note.first.is_none() {
             continue;
         }
         let over = past_limit(note, now);
         if over && note.stop.is_none() {
-            out.stops.push(time_limit_stop(*id));
+            out.stops.push(time_limit_stop(key.id));
         }
         if let Some(since) = note.idle_since_s.filter(|_| note.stop.is_none() && !over) {
-            idle.push((id, note, since));
+            idle.push((key.id, note, since));
         }
     }
-    // Idle policies act under `default` only, after the time limits (`scan_running`).
+    // In id order, as the planner says them (`scan_running`); idle policies act under
+    // `default` only, after the time limits.
+    out.stops.sort_unstable_by_key(|s| s.job);
     if policy == PolicyKind::Default {
+        idle.sort_unstable_by_key(|e| e.0);
         for (id, note, since) in idle {
-            let job = &state.jobs[id];
+            let job = &state.jobs[&id];
             act_on_idle(state, job, since, lost_gpu_s(note, now), now, &mut out);
         }
     }
     Some(out)
-}
-
-/// The order in which `classify` counts a team's runs inside its guarantee, packed into one
-/// integer so that sorting compares no tuples: leaving (a priority preemption's victim),
-/// yielded (idle), admitted at start as, started (clamped below 2^61 s; waiting entries
-/// sort after every run of the same class), then the id, which makes keys unique.
-fn classify_key(
-    leaving: bool,
-    yielded: bool,
-    admission: Admission,
-    started_s: Secs,
-    id: JobId,
-) -> u128 {
-    const START_BITS: u32 = 61;
-    let started = started_s.min((1 << START_BITS) - 1);
-    let class = (u64::from(leaving) << 2) | (u64::from(yielded) << 1) | admission as u64;
-    let hi = (class << START_BITS) | started;
-    (u128::from(hi) << 64) | u128::from(id.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn admission() -> impl Strategy<Value = Admission> {
-        prop_oneof![Just(Admission::Guaranteed), Just(Admission::Borrowed)]
-    }
-
-    fn started() -> impl Strategy<Value = Secs> {
-        prop_oneof![0..10_000u64, 0..(1u64 << 61) - 1, Just(Secs::MAX)]
-    }
-
-    proptest! {
-        /// The packed key orders entries exactly as the tuple it packs.
-        #[test]
-        fn classify_key_orders_as_its_tuple(
-            a in (any::<bool>(), any::<bool>(), admission(), started(), any::<u64>()),
-            b in (any::<bool>(), any::<bool>(), admission(), started(), any::<u64>()),
-        ) {
-            let key = |k: (bool, bool, Admission, Secs, u64)| {
-                classify_key(k.0, k.1, k.2, k.3, JobId(k.4))
-            };
-            prop_assert_eq!(key(a).cmp(&key(b)), a.cmp(&b));
-        }
-    }
 }

@@ -236,11 +236,15 @@ impl ClusterState {
                 "invariant: the index of holding jobs notes each holder's milli-GPUs: {id}"
             );
         }
-        assert!(
-            self.jobs.holding.get(&id) == super::Holder::of(job).as_ref(),
-            "invariant: the holding jobs' notes are their records': {id} noted {:?}",
-            self.jobs.holding.get(&id)
-        );
+        if let Some(key) = super::HoldKey::of(job) {
+            let noted = self.jobs.holding.get(&key);
+            assert!(
+                noted == super::Holder::of(job).as_ref()
+                    && !self.jobs.holding.contains_key(&key.flipped()),
+                "invariant: each holder is noted once, in its place, with its record's note: \
+                 {id} noted {noted:?}"
+            );
+        }
         if let Some(run) = job.state.run() {
             assert!(
                 run.placement
@@ -355,10 +359,10 @@ impl ClusterState {
             shapes, self.jobs.shapes,
             "invariant: the mix counts the tasks of exactly the live jobs, by shape"
         );
-        let holding: std::collections::BTreeMap<JobId, super::Holder> = self
+        let holding: std::collections::BTreeMap<super::HoldKey, super::Holder> = self
             .jobs
             .values()
-            .filter_map(|j| super::Holder::of(j).map(|note| (j.spec.id, note)))
+            .filter_map(|j| Some((super::HoldKey::of(j)?, super::Holder::of(j)?)))
             .collect();
         assert_eq!(
             holding, self.jobs.holding,
@@ -379,6 +383,7 @@ impl ClusterState {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Event, StopCause};
     use crate::testkit::{ClusterBuilder, Harness, JobBuilder};
     use crate::JobId;
 
@@ -436,6 +441,72 @@ mod tests {
             .get_mut(&other)
             .unwrap()
             .insert(job, milli.unwrap());
+        h.state.check_invariants();
+    }
+
+    /// Where the state notes a holder, and what.
+    fn noted(h: &Harness, job: JobId) -> (super::super::HoldKey, super::super::Holder) {
+        let found = h.state.jobs.holding.iter().find(|(k, _)| k.id == job);
+        let (key, note) = found.expect("noted");
+        (*key, note.clone())
+    }
+
+    #[test]
+    fn a_holders_note_follows_its_run_and_its_place_its_cause() {
+        let (mut h, job) = running();
+        let at = h.now;
+        assert!(!noted(&h, job).0.leaving);
+        // A sample renews the note.
+        let sample = Event::Utilisation {
+            job,
+            pct: 0,
+            attempt: None,
+            at_s: at + 1,
+        };
+        crate::apply(&mut h.state, sample).unwrap();
+        assert_eq!(noted(&h, job).1.idle_since_s, Some(at + 1));
+        // A priority stop puts it last among its team's, a cancel of it back in its place.
+        let b = h.submit(JobBuilder::new("a").gpus(8).priority(5));
+        let stop = Event::Stop {
+            job,
+            cause: StopCause::Priority,
+            beneficiary: Some(b),
+            borrowing: false,
+            at_s: at + 2,
+        };
+        crate::apply(&mut h.state, stop).unwrap();
+        let (key, note) = noted(&h, job);
+        assert!(key.leaving);
+        assert_eq!(note.stop.map(|s| s.1), Some(StopCause::Priority));
+        let cancel = Event::Cancel {
+            job,
+            at_s: at + 3,
+            unmet: None,
+        };
+        crate::apply(&mut h.state, cancel).unwrap();
+        let (key, note) = noted(&h, job);
+        assert!(!key.leaving);
+        assert_eq!(note.stop.map(|s| s.1), Some(StopCause::Cancel));
+        assert_eq!(h.state.jobs.holding.len(), 2);
+        h.state.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "each with its note")]
+    fn a_holders_note_that_is_not_its_records_is_caught() {
+        let (mut h, job) = running();
+        let (key, _) = noted(&h, job);
+        h.state.jobs.holding.get_mut(&key).unwrap().started_s += 1;
+        h.state.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "each with its note")]
+    fn a_holder_noted_in_a_stale_place_is_caught() {
+        let (mut h, job) = running();
+        let (key, note) = noted(&h, job);
+        h.state.jobs.holding.remove(&key);
+        h.state.jobs.holding.insert(key.flipped(), note);
         h.state.check_invariants();
     }
 
