@@ -15,6 +15,7 @@ use super::planner::{gpu_mask, mask_bits, shape_of, EndsFreed, Planner, MAX_FAIL
 use super::{Reason, Reservation};
 
 /// What one running (or starting) task gives back, and when.
+#[derive(Clone, Copy)]
 pub(super) struct Release {
     /// By its time limit (`Secs::MAX` without one): what promises are computed from.
     pub(super) end_s: Secs,
@@ -51,24 +52,42 @@ pub(super) struct Timeline {
     pub(super) built: bool,
     /// Releases of the jobs this plan starts before the timeline is built, in order.
     pub(super) deferred: Vec<Release>,
+    /// Every release: those known when the timeline was built, by node (a node's in the
+    /// order of the plan's runs, then of its starts), then those of later starts, in order.
     pub(super) releases: Vec<Release>,
+    /// `[node]` where the node's releases known at build time begin in `releases` (one
+    /// more entry for the end): one array instead of a list per node.
+    pub(super) releases_from: Vec<u32>,
+    /// `[node]` indices into `releases` of later starts' releases there.
+    pub(super) later_by_node: Vec<Vec<usize>>,
     /// Reservations and claims, in the order they were made.
     pub(super) promises: Vec<Promise>,
-    /// `[node]` indices into `releases` and `promises` touching the node.
-    pub(super) releases_by_node: Vec<Vec<usize>>,
+    /// `[node]` indices into `promises` touching the node.
     pub(super) promises_by_node: Vec<Vec<usize>>,
     /// Reservations made per group, against `max_reservations`.
     pub(super) reservations_by_group: BTreeMap<usize, usize>,
 }
 
 impl Timeline {
+    /// The releases on dense node `n`, in the order they became known.
+    pub(super) fn on_node(&self, n: usize) -> impl Iterator<Item = &Release> + '_ {
+        let built = match self.releases_from.get(n..n + 2) {
+            Some(&[from, to]) => &self.releases[from as usize..to as usize],
+            _ => &[],
+        };
+        built
+            .iter()
+            .chain(self.later_by_node[n].iter().map(|&i| &self.releases[i]))
+    }
+
     pub(super) fn new(nodes: usize) -> Timeline {
         Timeline {
             built: false,
             deferred: Vec::new(),
             releases: Vec::new(),
+            releases_from: Vec::new(),
+            later_by_node: vec![Vec::new(); nodes],
             promises: Vec::new(),
-            releases_by_node: vec![Vec::new(); nodes],
             promises_by_node: vec![Vec::new(); nodes],
             reservations_by_group: BTreeMap::new(),
         }
@@ -95,7 +114,7 @@ impl<'a> Planner<'a> {
             self.timeline.deferred.push(rel);
             return;
         }
-        self.timeline.releases_by_node[rel.node as usize].push(self.timeline.releases.len());
+        self.timeline.later_by_node[rel.node as usize].push(self.timeline.releases.len());
         self.timeline.releases.push(rel);
     }
 
@@ -107,7 +126,7 @@ impl<'a> Planner<'a> {
             return;
         }
         self.timeline.built = true;
-        self.timeline.releases.reserve(self.runs.len());
+        let mut known = Vec::with_capacity(self.runs.len() + self.timeline.deferred.len());
         for i in 0..self.runs.len() {
             let note = self.runs[i].note;
             let (limit, est) = match note.stop {
@@ -127,21 +146,37 @@ impl<'a> Planner<'a> {
             match note.first {
                 Some((node, gpus, milli)) if note.tasks == 1 => {
                     if let Some(n) = self.view.dense(node) {
-                        self.push_release(release(n, gpus, milli));
+                        known.push(release(n, gpus, milli));
                     }
                 }
                 _ => {
                     for task in self.placement(i) {
                         if let Some(n) = self.view.dense(task.node) {
-                            self.push_release(release(n, gpu_mask(&task.gpus), task.gpu_milli));
+                            known.push(release(n, gpu_mask(&task.gpus), task.gpu_milli));
                         }
                     }
                 }
             }
         }
-        for rel in std::mem::take(&mut self.timeline.deferred) {
-            self.push_release(rel);
+        known.append(&mut self.timeline.deferred);
+        // By node, each node's in the order they came (a counting sort).
+        let nodes = self.timeline.later_by_node.len();
+        let mut from = vec![0u32; nodes + 1];
+        for r in &known {
+            from[r.node as usize + 1] += 1;
         }
+        for n in 0..nodes {
+            from[n + 1] += from[n];
+        }
+        let mut next = from.clone();
+        let mut sorted = known.clone();
+        for r in known {
+            let at = &mut next[r.node as usize];
+            sorted[*at as usize] = r;
+            *at += 1;
+        }
+        self.timeline.releases = sorted;
+        self.timeline.releases_from = from;
     }
 
     /// Gives a blocked job the earliest start that running jobs' time limits promise, over
@@ -265,9 +300,9 @@ impl<'a> Planner<'a> {
             times.clear();
             times.push(self.now);
             times.extend(
-                self.timeline.releases_by_node[ni]
-                    .iter()
-                    .map(|&i| self.timeline.releases[i].end_s)
+                self.timeline
+                    .on_node(ni)
+                    .map(|r| r.end_s)
                     .filter(|&e| e != Secs::MAX)
                     .map(|e| e.max(self.now)),
             );
@@ -434,12 +469,7 @@ impl<'a> Planner<'a> {
             let ni = n as usize;
             let within = |c: &Secs| *c > start && *c <= last_time;
             mine.clear();
-            mine.extend(
-                self.timeline.releases_by_node[ni]
-                    .iter()
-                    .map(|&i| self.timeline.releases[i].end_s)
-                    .filter(within),
-            );
+            mine.extend(self.timeline.on_node(ni).map(|r| r.end_s).filter(within));
             mine.extend(
                 self.timeline.promises_by_node[ni]
                     .iter()
@@ -536,8 +566,7 @@ impl<'a> Planner<'a> {
         used[..now.len()].copy_from_slice(now);
         *cpu = self.view.cpu_free[ni];
         *mem = self.view.mem_free[ni];
-        for &i in &self.timeline.releases_by_node[ni] {
-            let r = &self.timeline.releases[i];
+        for r in self.timeline.on_node(ni) {
             if r.end_s != Secs::MAX && r.end_s <= t {
                 for gi in mask_bits(r.gpus) {
                     used[gi as usize] = used[gi as usize].saturating_sub(r.milli);

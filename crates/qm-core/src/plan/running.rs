@@ -89,6 +89,9 @@ impl<'a> Planner<'a> {
         self.runs.reserve(holders);
         self.eta.job_ends.reserve(holders);
         let mut limit_stops = Vec::new();
+        // What the team of the runs at hand holds, by model, and its CPU: the runs come by
+        // team, so each team's sums are counted once.
+        let mut held: Option<(usize, Vec<u64>, u64)> = None;
         for (key, note) in &state.jobs.holding {
             let id = key.id;
             let Some(model) = note.first.and_then(|(node, ..)| self.model_of_node(node)) else {
@@ -97,8 +100,13 @@ impl<'a> Planner<'a> {
             let team = self.team_of_id(note.team_id);
             let milli = note.milli;
             if let Some(t) = team {
-                self.add_alloc(t, model, milli);
-                self.add_cpu_total(t, note.cpu_milli * u64::from(note.tasks));
+                if held.as_ref().is_none_or(|h| h.0 != t) {
+                    self.count_held(held.take());
+                    held = Some((t, vec![0; self.models.len()], 0));
+                }
+                let h = held.as_mut().expect("just set");
+                h.1[model] += milli;
+                h.2 += note.cpu_milli * u64::from(note.tasks);
             }
             let expected_end = match note.stop {
                 Some((deadline, _)) => deadline,
@@ -145,6 +153,7 @@ impl<'a> Planner<'a> {
                 leaving,
             });
         }
+        self.count_held(held);
         // The runs come by team (`HoldKey`); what the plan says of them comes in id order.
         limit_stops.sort_unstable();
         self.out
@@ -385,6 +394,20 @@ impl<'a> Planner<'a> {
             self.acct.alloc[a][pool] += milli;
             self.acct.alloc_total[a] += milli;
         }
+    }
+
+    /// Counts what a team's runs hold (milli-GPUs by model, milli-CPUs) against it and its
+    /// ancestors.
+    fn count_held(&mut self, held: Option<(usize, Vec<u64>, u64)>) {
+        let Some((t, by_model, cpu)) = held else {
+            return;
+        };
+        for (model, milli) in by_model.into_iter().enumerate() {
+            if milli > 0 {
+                self.add_alloc(t, model, milli);
+            }
+        }
+        self.add_cpu_total(t, cpu);
     }
 
     /// Counts a job's CPU against its team and the team's ancestors.
