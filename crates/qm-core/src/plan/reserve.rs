@@ -14,6 +14,16 @@ use super::place;
 use super::planner::{gpu_mask, mask_bits, shape_of, EndsFreed, Planner, MAX_FAILED_ATTEMPTS};
 use super::{Reason, Reservation};
 
+/// Whether one task of the job fits a node with these GPUs' used milli, free CPU and free
+/// memory.
+fn fits(spec: &JobSpec, used: &[u32], cpu: u64, mem: u64) -> bool {
+    let gpu_ok = match spec.gpu {
+        GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
+        GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
+    };
+    gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib
+}
+
 /// What one running (or starting) task gives back, and when.
 #[derive(Clone, Copy)]
 pub(super) struct Release {
@@ -299,13 +309,26 @@ impl<'a> Planner<'a> {
             let ni = n as usize;
             times.clear();
             times.push(self.now);
+            let mut ended = false;
             times.extend(
                 self.timeline
                     .on_node(ni)
                     .map(|r| r.end_s)
                     .filter(|&e| e != Secs::MAX)
-                    .map(|e| e.max(self.now)),
+                    .map(|e| {
+                        ended |= e <= self.now;
+                        e.max(self.now)
+                    }),
             );
+            // Nothing on the node has ended yet and it lacks room now: then it lacks room at
+            // `now` on the timeline too (promises only take more), so that probe is skipped.
+            let full_now = !ended
+                && !fits(
+                    spec,
+                    self.view.used_of(n),
+                    self.view.cpu_free[ni],
+                    self.view.mem_free[ni],
+                );
             times.extend(
                 self.timeline.promises_by_node[ni]
                     .iter()
@@ -320,14 +343,13 @@ impl<'a> Planner<'a> {
                 if best.as_ref().is_some_and(|b| t > b.0) {
                     break;
                 }
+                if full_now && t == self.now {
+                    continue;
+                }
                 self.node_at(n, g, t, &mut node);
                 let (buf, cpu, mem) = (&node.0, node.1, node.2);
                 let used = &buf[..self.view.gpus[n as usize] as usize];
-                let gpu_ok = match spec.gpu {
-                    GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
-                    GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
-                };
-                if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
+                if fits(spec, used, cpu, mem) {
                     let whole = used.iter().filter(|&&u| u == 0).count() as u32;
                     let better = best
                         .as_ref()
