@@ -16,7 +16,8 @@ pub(super) struct EstimateInputs {
     /// Group in which each capacity-blocked pending job waits.
     pub(super) group_of: BTreeMap<JobId, usize>,
     /// Expected end (runtime estimate or time limit), team, model and milli-GPUs of every
-    /// holding or starting job, for estimates of jobs waiting on a `max`.
+    /// holding or starting job, for estimates of jobs waiting on a `max` (gathered only when the
+    /// plan explains).
     pub(super) job_ends: Vec<(Secs, usize, usize, u64)>,
     /// Jobs waiting on a `max`: (job, team whose max, model, milli-GPUs over the max).
     pub(super) over_max_waits: Vec<(JobId, usize, usize, u64)>,

@@ -529,9 +529,11 @@ impl<'a> Planner<'a> {
         let (end_s, est_s) = self.end_of(spec, self.now);
         place::commit(&mut self.view, spec, &p, end_s);
         self.account(team, spec, model, class);
-        self.eta
-            .job_ends
-            .push((est_s, team, model, spec.milli_total()));
+        if self.explain {
+            self.eta
+                .job_ends
+                .push((est_s, team, model, spec.milli_total()));
+        }
         for task in &p {
             if let Some(n) = self.view.dense(task.node) {
                 self.push_release(Release {

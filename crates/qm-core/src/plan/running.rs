@@ -87,7 +87,9 @@ impl<'a> Planner<'a> {
         let state = self.state;
         let holders = state.jobs.holding.len();
         self.runs.reserve(holders);
-        self.eta.job_ends.reserve(holders);
+        if self.explain {
+            self.eta.job_ends.reserve(holders);
+        }
         let mut limit_stops = Vec::new();
         // What the team of the runs at hand holds, by model, and its CPU: the runs come by
         // team, so each team's sums are counted once.
@@ -108,11 +110,12 @@ impl<'a> Planner<'a> {
                 h.1[model] += milli;
                 h.2 += note.cpu_milli * u64::from(note.tasks);
             }
-            let expected_end = match note.stop {
-                Some((deadline, _)) => deadline,
-                None => self.end_of_note(note).1,
-            };
-            if let Some(t) = team {
+            // Only estimates read the runs' expected ends (`explain`).
+            if let Some(t) = team.filter(|_| self.explain) {
+                let expected_end = match note.stop {
+                    Some((deadline, _)) => deadline,
+                    None => self.end_of_note(note).1,
+                };
                 self.eta.job_ends.push((expected_end, t, model, milli));
             }
             let stopping = note.stop.is_some();
