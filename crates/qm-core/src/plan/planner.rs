@@ -192,6 +192,9 @@ pub(super) struct Memos {
     /// sorted by end, with how many releases there were then (releases are only appended):
     /// every gang's reservation in the group reads them.
     pub(super) group_releases: BTreeMap<usize, (usize, EndsFreed)>,
+    /// Per shape of a single task, where it first fits on each node (`[node]`), as the last
+    /// reservation of that shape found it.
+    pub(super) earliest: BTreeMap<Shape, Vec<Option<super::reserve::NodeEarliest>>>,
 }
 
 impl<'a> Planner<'a> {

@@ -14,6 +14,24 @@ use super::place;
 use super::planner::{gpu_mask, mask_bits, shape_of, EndsFreed, Planner, MAX_FAILED_ATTEMPTS};
 use super::{Reason, Reservation};
 
+/// Where a single task of some shape first fits on a node (`Planner::earliest_single`), as
+/// last computed, with the node's changes then (its capacity's, its timeline's).
+#[derive(Clone, Copy)]
+pub(super) struct NodeEarliest {
+    changes: (u32, u32),
+    first: First,
+}
+
+#[derive(Clone, Copy)]
+enum First {
+    /// At this time, with this many whole GPUs free.
+    At(Secs, u32),
+    /// Not before this time (the search stopped there: another node was earlier).
+    After(Secs),
+    /// At none of the node's times.
+    Never,
+}
+
 /// Whether one task of the job fits a node with these GPUs' used milli, free CPU and free
 /// memory.
 fn fits(spec: &JobSpec, used: &[u32], cpu: u64, mem: u64) -> bool {
@@ -74,6 +92,8 @@ pub(super) struct Timeline {
     pub(super) promises: Vec<Promise>,
     /// `[node]` indices into `promises` touching the node.
     pub(super) promises_by_node: Vec<Vec<usize>>,
+    /// `[node]` how many releases and promises were added there after the build.
+    pub(super) changes: Vec<u32>,
     /// Reservations made per group, against `max_reservations`.
     pub(super) reservations_by_group: BTreeMap<usize, usize>,
 }
@@ -99,6 +119,7 @@ impl Timeline {
             later_by_node: vec![Vec::new(); nodes],
             promises: Vec::new(),
             promises_by_node: vec![Vec::new(); nodes],
+            changes: vec![0; nodes],
             reservations_by_group: BTreeMap::new(),
         }
     }
@@ -113,6 +134,7 @@ impl<'a> Planner<'a> {
                 let list = &mut self.timeline.promises_by_node[n as usize];
                 if list.last() != Some(&i) {
                     list.push(i);
+                    self.timeline.changes[n as usize] += 1;
                 }
             }
         }
@@ -125,6 +147,7 @@ impl<'a> Planner<'a> {
             return;
         }
         self.timeline.later_by_node[rel.node as usize].push(self.timeline.releases.len());
+        self.timeline.changes[rel.node as usize] += 1;
         self.timeline.releases.push(rel);
     }
 
@@ -284,13 +307,38 @@ impl<'a> Planner<'a> {
 
     /// One task: node by node, the first time (among its own releases and the ends of what
     /// was promised there) at which the task fits; the earliest node wins, then the one with
-    /// the fewest whole GPUs free then, then the lowest index.
+    /// the fewest whole GPUs free then, then the lowest index. What each node gave is kept
+    /// for the next job of the same shape in this plan (`Memos::earliest`) and read again
+    /// while neither the node's capacity nor its releases and promises have changed.
     pub(super) fn earliest_single(
-        &self,
+        &mut self,
         spec: &JobSpec,
         g: usize,
     ) -> Option<(Secs, TaskPlacement, Slack)> {
-        let mut best: Option<(Secs, u32, u32, Vec<u32>, u64, u64)> = None;
+        let Some(shape) = shape_of(spec, g) else {
+            return self.earliest_single_with(spec, g, &mut []);
+        };
+        let mut memo =
+            (self.memo.earliest.remove(&shape)).unwrap_or_else(|| vec![None; self.view.ids.len()]);
+        let found = self.earliest_single_with(spec, g, &mut memo);
+        self.memo.earliest.insert(shape, memo);
+        debug_assert_eq!(
+            found,
+            self.earliest_single_with(spec, g, &mut []),
+            "what was kept of each node gives what the nodes give"
+        );
+        found
+    }
+
+    /// `earliest_single`, reading and keeping what each node gave in `memo` (`[node]`;
+    /// empty: nothing kept).
+    fn earliest_single_with(
+        &self,
+        spec: &JobSpec,
+        g: usize,
+        memo: &mut [Option<NodeEarliest>],
+    ) -> Option<(Secs, TaskPlacement, Slack)> {
+        let mut best: Option<(Secs, u32, u32)> = None;
         // One buffer of probe times for every node: this runs for each blocked job's
         // reservation, over every node of the group.
         let mut times: Vec<Secs> = Vec::new();
@@ -307,6 +355,22 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let ni = n as usize;
+            let changes = (self.view.changes[ni], self.timeline.changes[ni]);
+            let known = memo.get(ni).copied().flatten();
+            match known
+                .filter(|k: &NodeEarliest| k.changes == changes)
+                .map(|k| k.first)
+            {
+                Some(First::At(t, whole)) => {
+                    if best.is_none_or(|b| (t, whole, n) < b) {
+                        best = Some((t, whole, n));
+                    }
+                    continue;
+                }
+                Some(First::Never) => continue,
+                Some(First::After(from)) if best.is_some_and(|b| from > b.0) => continue,
+                _ => {}
+            }
             times.clear();
             times.push(self.now);
             let mut ended = false;
@@ -339,8 +403,10 @@ impl<'a> Planner<'a> {
             times.sort_unstable();
             times.dedup();
             let mut node = ([0u32; 64], 0, 0);
+            let mut first = First::Never;
             for &t in &times {
-                if best.as_ref().is_some_and(|b| t > b.0) {
+                if best.is_some_and(|b| t > b.0) {
+                    first = First::After(t);
                     break;
                 }
                 if full_now && t == self.now {
@@ -351,19 +417,23 @@ impl<'a> Planner<'a> {
                 let used = &buf[..self.view.gpus[n as usize] as usize];
                 if fits(spec, used, cpu, mem) {
                     let whole = used.iter().filter(|&&u| u == 0).count() as u32;
-                    let better = best
-                        .as_ref()
-                        .is_none_or(|b| (t, whole, n) < (b.0, b.1, b.2));
-                    if better {
-                        best = Some((t, whole, n, used.to_vec(), cpu, mem));
+                    first = First::At(t, whole);
+                    if best.is_none_or(|b| (t, whole, n) < b) {
+                        best = Some((t, whole, n));
                     }
                     break;
                 }
             }
+            if let Some(slot) = memo.get_mut(ni) {
+                *slot = Some(NodeEarliest { changes, first });
+            }
         }
-        let (t, _, n, used, cpu, mem) = best?;
-        let task = place::task_on(&used, &self.view, n, spec.gpu);
-        Some((t, task, (n, cpu - spec.cpu_milli, mem - spec.mem_mib)))
+        let (t, _, n) = best?;
+        let mut node = ([0u32; 64], 0, 0);
+        self.node_at(n, g, t, &mut node);
+        let used = &node.0[..self.view.gpus[n as usize] as usize];
+        let task = place::task_on(used, &self.view, n, spec.gpu);
+        Some((t, task, (n, node.1 - spec.cpu_milli, node.2 - spec.mem_mib)))
     }
 
     /// A gang: probe the whole group at release times.

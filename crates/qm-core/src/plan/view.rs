@@ -119,6 +119,9 @@ pub(crate) struct View<'a> {
     /// Free milli-GPUs of each group, fragments included.
     pub group_free_milli: Vec<u64>,
     pub group_max_gpus: Vec<u32>,
+    /// `[node]` how many times its usage has changed in this view: what a result computed
+    /// from a node's capacity is valid for (`Memos::earliest`).
+    pub changes: Vec<u32>,
     /// The workload's mix, for fragmentation-aware placement of single tasks: computed on
     /// first use from `mix_src` (the state and its sorted GPU models).
     mix: OnceCell<Mix>,
@@ -153,6 +156,7 @@ impl<'a> View<'a> {
             group_whole_free: vec![0; groups],
             group_free_milli: vec![0; groups],
             group_max_gpus: vec![0; groups],
+            changes: vec![0; n],
             mix: OnceCell::new(),
             mix_src: None,
         };
@@ -289,6 +293,7 @@ impl<'a> View<'a> {
             *u = (i64::from(*u) + milli).clamp(0, i64::from(MILLI_PER_GPU)) as u32;
         }
         let ni = n as usize;
+        self.changes[ni] = self.changes[ni].wrapping_add(1);
         self.cpu_free[ni] = (self.cpu_free[ni] as i64 - cpu).max(0) as u64;
         self.mem_free[ni] = (self.mem_free[ni] as i64 - mem).max(0) as u64;
     }
