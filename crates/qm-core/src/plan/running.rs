@@ -48,8 +48,9 @@ pub(super) struct RunInfo<'a> {
     /// steps that read little else of it.
     pub(super) milli: u64,
     pub(super) touched: u64,
-    /// A victim of a priority preemption, on its way out: last in its team's guarantee.
-    pub(super) leaving: bool,
+    /// It counts after the jobs waiting on priority holds in its team's guarantee: it
+    /// started borrowed, or it is a priority preemption's victim (`HoldKey`).
+    pub(super) after_waiting: bool,
 }
 
 /// What each team holds and has used, updated as the plan starts and claims.
@@ -133,7 +134,7 @@ impl<'a> Planner<'a> {
             if over && !stopping {
                 limit_stops.push(id);
             }
-            let leaving = key.leaving;
+            let after_waiting = key.leaving || key.admission == Admission::Borrowed;
             if note.idle_since_s.is_some() {
                 self.idle.push(self.runs.len());
             }
@@ -153,7 +154,7 @@ impl<'a> Planner<'a> {
                     .is_some_and(|every| every > 0 && elapsed % every <= SURPLUS_MAX_LOSS_S),
                 milli,
                 touched: note.touched,
-                leaving,
+                after_waiting,
             });
         }
         self.count_held(held);
@@ -301,7 +302,7 @@ impl<'a> Planner<'a> {
             let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
             let mut held = waiting.remove(&t);
             while let Some(r) = self.runs.get_mut(i).filter(|r| r.team == Some(t)) {
-                if r.leaving || r.note.admission == Admission::Borrowed {
+                if r.after_waiting {
                     if let Some(held) = held.take() {
                         self.count_waiting(t, &held, &mut used);
                     }
