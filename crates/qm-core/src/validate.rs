@@ -189,12 +189,10 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
             )));
         }
     }
-    let eligible: Vec<&Node> = state
-        .nodes
-        .values()
-        .filter(|n| node_matches(spec, n))
-        .collect();
-    if eligible.is_empty() {
+    // The nodes the job may use, walked lazily: a submission that fits stops at the first
+    // nodes that hold it (every submission is checked; clusters have thousands of nodes).
+    let eligible = || state.nodes.values().filter(|n| node_matches(spec, n));
+    if eligible().next().is_none() {
         return Err(never(format!(
             "no node has GPU model {} and labels {:?}",
             spec.gpu_model.as_deref().unwrap_or("(any)"),
@@ -205,22 +203,27 @@ pub(crate) fn job(state: &ClusterState, spec: &JobSpec) -> Result<(), ApplyError
     let t = index.by_name[&spec.team];
     let mut why_not = Vec::new();
     for (mi, model) in models.iter().enumerate() {
-        let nodes: Vec<&&Node> = eligible
-            .iter()
-            .filter(|n| &n.spec.gpu_model == model)
-            .collect();
-        if nodes.is_empty() {
+        let nodes = || eligible().filter(|n| &n.spec.gpu_model == model);
+        if nodes().next().is_none() {
             continue;
         }
-        let per_node: u64 = nodes.iter().map(|n| tasks_per_empty_node(spec, n)).sum();
+        // Tasks the model's empty nodes hold, counted as far as the job's tasks (all of them
+        // only where they fall short, for the message).
+        let mut per_node: u64 = 0;
+        for n in nodes() {
+            per_node = per_node.saturating_add(tasks_per_empty_node(spec, n));
+            if per_node >= u64::from(spec.tasks.max(1)) {
+                break;
+            }
+        }
         if per_node == 0 {
             let gpus = match spec.gpu {
                 GpuAsk::Whole(n) => format!("{n} GPU(s)"),
                 GpuAsk::Milli(m) => format!("{m} milli-GPU"),
             };
-            let biggest = nodes.iter().map(|n| n.spec.gpus).max().unwrap_or(0);
-            let cpu = nodes.iter().map(|n| n.spec.cpu_milli).max().unwrap_or(0);
-            let mem = nodes.iter().map(|n| n.spec.mem_mib).max().unwrap_or(0);
+            let biggest = nodes().map(|n| n.spec.gpus).max().unwrap_or(0);
+            let cpu = nodes().map(|n| n.spec.cpu_milli).max().unwrap_or(0);
+            let mem = nodes().map(|n| n.spec.mem_mib).max().unwrap_or(0);
             why_not.push(format!(
                 "a task asks for {gpus}, {} CPU milli-cores and {} MiB but no {model} node has that much (at most {biggest} GPUs, {cpu} CPU milli-cores, {mem} MiB)",
                 spec.cpu_milli, spec.mem_mib
