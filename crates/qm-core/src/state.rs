@@ -28,6 +28,11 @@ pub struct TaskPlacement {
     pub gpu_milli: u32,
 }
 
+/// GPU indices as a bit mask (nodes have at most 64 GPUs).
+pub(crate) fn gpu_mask(gpus: &[u32]) -> u64 {
+    gpus.iter().fold(0, |m, &g| m | (1 << g))
+}
+
 /// Whether a job runs inside its team's guarantee or on lent capacity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -384,10 +389,10 @@ impl Holder {
     pub(crate) fn of(job: &Job) -> Option<Holder> {
         let run = job.state.run()?;
         let spec = &job.spec;
-        let first = run.placement.first().map(|t| {
-            let mask = t.gpus.iter().fold(0u64, |m, &g| m | (1u64 << (g & 63)));
-            (t.node, mask, t.gpu_milli)
-        });
+        let first = run
+            .placement
+            .first()
+            .map(|t| (t.node, gpu_mask(&t.gpus), t.gpu_milli));
         Some(Holder {
             team_id: job.team_id,
             priority: spec.priority,

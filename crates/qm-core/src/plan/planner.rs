@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::{GpuAsk, JobId, JobSpec, NodeId, PolicyKind, SchedulerConfig, Secs};
+pub(super) use crate::state::gpu_mask;
 use crate::state::{Admission, ClusterState, Holder, Job, JobState, TaskPlacement};
 use crate::teams::TeamIndex;
 
@@ -50,11 +51,6 @@ fn ends(time_limit_s: Option<Secs>, estimate_s: Option<Secs>, from: Secs) -> (Se
         .or(time_limit_s)
         .map_or(Secs::MAX, |l| from.saturating_add(l));
     (limit, est)
-}
-
-/// GPU indices as a bit mask (nodes have at most 64 GPUs).
-pub(super) fn gpu_mask(gpus: &[u32]) -> u64 {
-    gpus.iter().fold(0, |m, &g| m | (1 << g))
 }
 
 /// The indices of the set bits, lowest first.
@@ -313,8 +309,7 @@ impl<'a> Planner<'a> {
 
     /// The GPU model of a placement (of its first task's node).
     pub(super) fn model_of(&self, placement: &[TaskPlacement]) -> Option<usize> {
-        let n = self.view.dense(placement.first()?.node)?;
-        Some(self.node_model[n as usize])
+        self.model_of_node(placement.first()?.node)
     }
 
     /// The GPU model of a node.
@@ -376,9 +371,13 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// When a run that is not stopping ends (`end_of`), from its note.
-    pub(super) fn end_of_note(&self, note: &Holder) -> (Secs, Secs) {
-        ends(note.time_limit_s, note.runtime_estimate_s, note.started_s)
+    /// When a run ends, from its note: a stopping one by its stop's deadline, any other as
+    /// `end_of` says (by its time limit, and by its estimate).
+    pub(super) fn run_ends(&self, note: &Holder) -> (Secs, Secs) {
+        match note.stop {
+            Some((deadline, _)) => (deadline, deadline),
+            None => ends(note.time_limit_s, note.runtime_estimate_s, note.started_s),
+        }
     }
 
     /// When a job started at `from` ends: by its time limit, and by its runtime estimate (or

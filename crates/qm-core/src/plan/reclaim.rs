@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{GpuAsk, PolicyKind, MILLI_PER_GPU};
+use crate::model::PolicyKind;
 use crate::state::{Admission, Job, StopCause, TaskPlacement};
 
 use super::homes::bit;
@@ -471,11 +471,7 @@ impl<'a> Planner<'a> {
                 }
                 cost += r.lost_gpu_s;
                 chosen.push(i);
-                let gpu_ok = match spec.gpu {
-                    GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
-                    GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
-                };
-                if gpu_ok && cpu >= spec.cpu_milli && mem >= spec.mem_mib {
+                if super::reserve::fits(spec, &used, cpu, mem) {
                     let fits = surplus.is_none_or(|_| self.surplus_fits(&chosen));
                     if fits && best.as_ref().is_none_or(|b| (cost, n) < (b.0, b.1)) {
                         best = Some((cost, n, chosen.clone()));

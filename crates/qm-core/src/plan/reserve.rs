@@ -34,7 +34,7 @@ enum First {
 
 /// Whether one task of the job fits a node with these GPUs' used milli, free CPU and free
 /// memory.
-fn fits(spec: &JobSpec, used: &[u32], cpu: u64, mem: u64) -> bool {
+pub(super) fn fits(spec: &JobSpec, used: &[u32], cpu: u64, mem: u64) -> bool {
     let gpu_ok = match spec.gpu {
         GpuAsk::Whole(k) => used.iter().filter(|&&u| u == 0).count() >= k as usize,
         GpuAsk::Milli(m) => used.iter().any(|&u| u + m <= MILLI_PER_GPU),
@@ -162,10 +162,7 @@ impl<'a> Planner<'a> {
         let mut known = Vec::with_capacity(self.runs.len() + self.timeline.deferred.len());
         for i in 0..self.runs.len() {
             let note = self.runs[i].note;
-            let (limit, est) = match note.stop {
-                Some((deadline, _)) => (deadline, deadline),
-                None => self.end_of_note(note),
-            };
+            let (limit, est) = self.run_ends(note);
             let release = |node, gpus, milli| Release {
                 end_s: limit,
                 est_s: est,
@@ -260,7 +257,7 @@ impl<'a> Planner<'a> {
         // only the CPU and memory that will still be free when it starts.
         for task in &p {
             if let Some(n) = self.view.dense(task.node) {
-                let mask = task.gpus.iter().fold(0u64, |m, &g| m | (1 << g));
+                let mask = gpu_mask(&task.gpus);
                 let guard = &mut self.view.guard[n as usize];
                 guard.earliest_s = guard.earliest_s.min(t);
                 guard.gpus |= mask;

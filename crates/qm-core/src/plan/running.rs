@@ -113,10 +113,7 @@ impl<'a> Planner<'a> {
             }
             // Only estimates read the runs' expected ends (`explain`).
             if let Some(t) = team.filter(|_| self.explain) {
-                let expected_end = match note.stop {
-                    Some((deadline, _)) => deadline,
-                    None => self.end_of_note(note).1,
-                };
+                let expected_end = self.run_ends(note).1;
                 self.eta.job_ends.push((expected_end, t, model, milli));
             }
             let stopping = note.stop.is_some();
