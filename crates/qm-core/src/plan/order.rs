@@ -61,6 +61,9 @@ pub(super) struct Lane<'a> {
     /// Milli-GPU asks of the jobs that have left the pass (decided, or passed over), by
     /// size, so that the least ask still left is known without a walk.
     gone: Vec<(u64, usize)>,
+    /// Jobs passed over because this plan's starts filled their array: the pass began
+    /// before, so nothing explained them yet (`plan` only).
+    pub(super) filled: Vec<&'a Job>,
 }
 
 impl<'a> Lane<'a> {
@@ -75,6 +78,7 @@ impl<'a> Lane<'a> {
             taken: 0,
             spent: false,
             gone: Vec::new(),
+            filled: Vec::new(),
         }
     }
 

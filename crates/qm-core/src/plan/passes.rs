@@ -279,6 +279,13 @@ impl<'a> Planner<'a> {
                 heap.push(Reverse((key, i)));
             }
         }
+        for lane in &lanes {
+            for job in &lane.filled {
+                if let Some(reason) = self.array_full(&job.spec) {
+                    self.pend(job.spec.id, reason, None);
+                }
+            }
+        }
     }
 
     /// In `decide`, whether nothing left in a lane can change the plan: no reclaim or
@@ -304,6 +311,16 @@ impl<'a> Planner<'a> {
                         .is_some_and(|&r| r >= self.cfg.max_reservations)
             }
         })
+    }
+
+    /// Whether a job's `block` comes from this plan's own starts filling its array: it was
+    /// free to start when the pass began (and so not explained then).
+    fn filled_in_plan(&self, spec: &JobSpec, block: &Reason) -> bool {
+        matches!(block, Reason::ArrayLimit { .. })
+            && spec
+                .array
+                .and_then(|a| a.max_running.map(|max| (a.array, max)))
+                .is_some_and(|(a, max)| self.state.array_holding(a) < max as usize)
     }
 
     /// Explains the pending jobs no lane offers: those waiting on a dependency, and those of
@@ -334,7 +351,14 @@ impl<'a> Planner<'a> {
         lane.head = None;
         while let Some(id) = lane.next_key() {
             let job = self.state.jobs.get(&id).expect("a queued job is live");
-            if handled.contains(&id) || !self.deps_ready(job) {
+            if handled.contains(&id) {
+                lane.gone(job);
+                continue;
+            }
+            if let Some(reason) = self.dep_block(job) {
+                if self.explain && self.filled_in_plan(&job.spec, &reason) {
+                    lane.filled.push(job);
+                }
                 lane.gone(job);
                 continue;
             }

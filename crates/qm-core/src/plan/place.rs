@@ -65,7 +65,7 @@ fn node_ok(view: &View, ask: &Ask, n: u32) -> bool {
 
 /// GPUs of node `n` the ask must leave alone (reserved for a job that starts before this
 /// one would end).
-fn forbidden(view: &View, ask: &Ask, n: u32) -> u64 {
+pub(super) fn forbidden(view: &View, ask: &Ask, n: u32) -> u64 {
     if ask.ignore_guards {
         0
     } else {
@@ -75,12 +75,22 @@ fn forbidden(view: &View, ask: &Ask, n: u32) -> u64 {
 
 /// CPU and memory of node `n` the ask may take.
 fn cpu_mem(view: &View, ask: &Ask, n: u32) -> (u64, u64) {
-    let (cpu, mem) = (view.cpu_free[n as usize], view.mem_free[n as usize]);
+    let (cpu, mem) = guard_slack(view, ask, n);
+    (
+        view.cpu_free[n as usize].min(cpu),
+        view.mem_free[n as usize].min(mem),
+    )
+}
+
+/// The most CPU and memory of node `n` that the ask may take whatever runs there gives
+/// back: what the reservations that start before it would end leave over (unbounded where
+/// none does).
+pub(super) fn guard_slack(view: &View, ask: &Ask, n: u32) -> (u64, u64) {
     let guard = view.guard[n as usize];
     if ask.ignore_guards || ask.end_s <= guard.earliest_s {
-        (cpu, mem)
+        (u64::MAX, u64::MAX)
     } else {
-        (cpu.min(guard.cpu_slack), mem.min(guard.mem_slack))
+        (guard.cpu_slack, guard.mem_slack)
     }
 }
 

@@ -451,7 +451,16 @@ impl<'a> Planner<'a> {
             {
                 continue;
             }
+            // GPUs, CPU and memory promised to reservations that start before the job would
+            // end stay theirs, whatever the victims give back (as `find_without` places).
+            let forbidden = place::forbidden(&self.view, ask, n);
+            let (cpu_slack, mem_slack) = place::guard_slack(&self.view, ask, n);
             let mut used = self.view.used_of(n).to_vec();
+            for (gi, u) in used.iter_mut().enumerate() {
+                if forbidden & (1 << gi) != 0 {
+                    *u = crate::model::MILLI_PER_GPU;
+                }
+            }
             let mut cpu = self.view.cpu_free[n as usize];
             let mut mem = self.view.mem_free[n as usize];
             let mut cost = 0u64;
@@ -463,7 +472,7 @@ impl<'a> Planner<'a> {
                     .iter()
                     .filter(|t| t.node == self.view.ids[n as usize])
                 {
-                    for &gi in &task.gpus {
+                    for &gi in task.gpus.iter().filter(|&&gi| forbidden & (1 << gi) == 0) {
                         used[gi as usize] = used[gi as usize].saturating_sub(task.gpu_milli);
                     }
                     cpu += r.note.cpu_milli;
@@ -471,7 +480,7 @@ impl<'a> Planner<'a> {
                 }
                 cost += r.lost_gpu_s;
                 chosen.push(i);
-                if super::reserve::fits(spec, &used, cpu, mem) {
+                if super::reserve::fits(spec, &used, cpu.min(cpu_slack), mem.min(mem_slack)) {
                     let fits = surplus.is_none_or(|_| self.surplus_fits(&chosen));
                     if fits && best.as_ref().is_none_or(|b| (cost, n) < (b.0, b.1)) {
                         best = Some((cost, n, chosen.clone()));

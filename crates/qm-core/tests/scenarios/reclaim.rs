@@ -1,9 +1,9 @@
 //! Reclaim: who is preempted for whom, and what protects a borrower.
 
-use qm_core::testkit::{Harness, JobBuilder};
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder};
 use qm_core::*;
 
-use super::two_teams;
+use super::{reason, two_teams};
 
 #[test]
 fn reclaim_preempts_the_borrowers_losing_least_work_and_holds_gpus_for_the_owner() {
@@ -260,4 +260,58 @@ fn a_team_reclaims_only_up_to_its_guarantee_per_plan() {
     // The next plan, with the victim still stopping, reclaims nothing more.
     let plan = qm_core::plan(&h.state, h.now);
     assert!(plan.stops.is_empty());
+}
+
+#[test]
+fn reclaim_for_one_task_frees_a_node_that_no_reservation_holds() {
+    // Three 8-GPU nodes. Node 0: b's guaranteed job (4 GPUs) and a cheap borrowed 1-GPU job
+    // of c. Node 2: a's guaranteed 1-GPU job and c's borrowed 7-GPU job. Node 1: free.
+    let mut b = ClusterBuilder::new();
+    for i in 0..3 {
+        b = b.node(
+            NodeBuilder::new(8)
+                .label("slot", &format!("n{i}"))
+                .topology(&["pod", "rack-0"]),
+        );
+    }
+    let state = b.team("a", 17).team("b", 7).team("c", 0).build();
+    let mut h = Harness::new(state);
+    let on = |j: JobBuilder, n: &str| j.selector("slot", n).limit(100_000);
+    h.submit(on(JobBuilder::new("b").gpus(4), "n0").limit(10_000));
+    let cheap = h.submit(on(JobBuilder::new("c").gpus(1), "n0").limit(10_000));
+    h.submit(on(JobBuilder::new("a").gpus(1), "n2"));
+    let dear = h.submit(on(JobBuilder::new("c").gpus(7), "n2"));
+    h.step();
+    // a's two-node gang can be made whole neither on node 0 (b's guaranteed job) nor on
+    // node 2 (a's own): it is reserved nodes 1 and 0 from when node 0's jobs must end.
+    h.now = 100;
+    let gang = h.submit(
+        JobBuilder::new("a")
+            .tasks(2)
+            .gpus(8)
+            .priority(1)
+            .limit(100_000),
+    );
+    h.step();
+    assert!(matches!(
+        reason(&h, gang),
+        Reason::Reserved { start_s: 10_000 }
+    ));
+    // b's next job is inside its guarantee. The free GPUs (node 1, and node 0 beside the
+    // cheap borrower) are promised to the gang; taking back c's larger job on node 2 makes
+    // room outside the reservation, so reclaim takes that one, not the cheaper job on a
+    // reserved node (which would leave the job waiting behind the gang).
+    h.now = 200;
+    let owner = h.submit(JobBuilder::new("b").gpus(1).limit(100_000));
+    let plan = h.step();
+    let victims: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
+    assert_eq!(victims, vec![dear]);
+    assert!(h.is_running(cheap));
+    assert!(matches!(
+        plan.pending_job(owner).unwrap().reason,
+        Reason::WaitingForReclaim { .. }
+    ));
+    h.reap();
+    let plan = h.step();
+    assert!(plan.start_of(owner).is_some());
 }
