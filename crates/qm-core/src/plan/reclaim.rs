@@ -158,6 +158,15 @@ impl<'a> Planner<'a> {
             if wide.len() > victims.len() {
                 let ask = Ask::new(spec, g, end_s).within(Some((2 * team, &home)));
                 found = self.victims_and_place(&ask, &wide, None);
+                // Where the home cannot be made whole now (runs there still within their
+                // minimum run time, a node down), the same victims may make room anywhere:
+                // the rest of the job's shape comes from nodes borrowed work is taken back
+                // from. Without this, short work kept starting on the home's free nodes,
+                // each run protected for its minimum run time, and a 2,048-GPU gang waited
+                // hours for its own guarantee (`qm sim gen big-gang --duration-scale 0.33`).
+                if found.is_none() {
+                    found = self.victims_and_place(&Ask::new(spec, g, end_s), &wide, None);
+                }
             }
         }
         let Some((chosen, placement)) = found else {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder};
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder};
 use qm_core::*;
 
 /// 8 nodes of 8 GPUs, 4 per rack: `frontier` is guaranteed half the cluster, `x` and `y` a
@@ -227,4 +227,57 @@ fn runs_that_do_not_checkpoint_keep_their_place_inside_their_teams_guarantee() {
     assert!(plan.stops.is_empty(), "{:?}", plan.stops);
     assert!(plan.start_of(job).is_none());
     assert_eq!(held(&h)["small"], 12);
+}
+
+#[test]
+fn a_guaranteed_gang_whose_home_holds_a_young_run_takes_borrowed_nodes_elsewhere() {
+    // Four 8-GPU nodes: `big` is at home on nodes 0 and 1, `small` on node 2; node 3 is
+    // nobody's.
+    let mut b = ClusterBuilder::new();
+    for i in 0..4 {
+        b = b.node(
+            NodeBuilder::new(8)
+                .label("slot", &format!("n{i}"))
+                .topology(&["pod", "rack-0"]),
+        );
+    }
+    let mut h = Harness::new(b.team("big", 16).team("small", 8).build());
+    let on = |n: &str| JobBuilder::new("small").selector("slot", n).limit(100_000);
+    // Small's guaranteed run sits in big's home, away from its own; its work that cannot be
+    // preempted borrows at its own home; a borrowed run on common ground; and a young
+    // borrowed run, protected for its minimum run time, in big's home too.
+    let away = h.submit(on("n1").gpus(8));
+    let pinned = h.submit(on("n2").gpus(8).not_preemptible());
+    let common = h.submit(on("n3").gpus(8));
+    let young = h.submit(on("n0").gpus(1).min_run(10_000));
+    h.step();
+    assert!([away, pinned, common, young]
+        .iter()
+        .all(|&j| h.is_running(j)));
+    // Big's two-node run, inside its guarantee, cannot be preempted. Its home cannot be made
+    // whole before the young run's minimum run time has passed; borrowed work on common
+    // ground can be taken back now. It takes node 1 back from the run away from its home
+    // and node 3 from the borrowed run, and starts within the grace period.
+    h.now = 100;
+    let gang = h.submit(
+        JobBuilder::new("big")
+            .tasks(2)
+            .gpus(8)
+            .not_preemptible()
+            .limit(1000),
+    );
+    let plan = h.step();
+    let mut stopped: Vec<JobId> = plan.stops.iter().map(|s| s.job).collect();
+    stopped.sort();
+    assert_eq!(stopped, vec![away, common]);
+    assert!(h.is_running(young) && h.is_running(pinned));
+    h.reap();
+    let plan = h.step();
+    let start = plan
+        .start_of(gang)
+        .expect("the gang starts once its victims are gone");
+    let mut nodes: Vec<u32> = start.placement.iter().map(|t| t.node.0).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec![1, 3]);
+    assert_eq!(start.admission, Admission::Guaranteed);
 }
