@@ -123,7 +123,19 @@ impl<'a> Planner<'a> {
                 self.acct.guaranteed_used[st][pool] -= milli;
             }
             let (end_s, _) = self.end_of(spec, self.now);
-            if let Some((m, _, p)) = self.first_fit(&self.view, spec, t, end_s, &[]) {
+            // On the held nodes first: their GPUs were freed for it. Elsewhere only where they
+            // do not suffice: a free GPU elsewhere may be one a job ranked before it is about
+            // to be promised (this plan's reservations are made after the holds are served),
+            // and the victims would have been stopped for nothing.
+            let mut held_nodes = vec![0u64; self.view.ids.len().div_ceil(64)];
+            for x in &taken {
+                held_nodes[x.node as usize / 64] |= 1 << (x.node % 64);
+            }
+            let within = Some((usize::MAX, held_nodes.as_slice()));
+            let fit = self
+                .first_fit(&self.view, spec, t, end_s, &[], within)
+                .or_else(|| self.first_fit(&self.view, spec, t, end_s, &[], None));
+            if let Some((m, _, p)) = fit {
                 let class = self.class_of(t, m, spec.milli_total());
                 if !self.may_borrow(spec, class) {
                     // No longer inside its guarantee (lowered meanwhile): it may not borrow.
@@ -159,7 +171,7 @@ impl<'a> Planner<'a> {
                     }
                 }
             }
-            if let Some((m, g, p)) = self.first_fit(&future, spec, t, end_s, &freed) {
+            if let Some((m, g, p)) = self.first_fit(&future, spec, t, end_s, &freed, None) {
                 let class = self.class_of(t, m, spec.milli_total());
                 if !self.may_borrow(spec, class) {
                     let team = spec.team.clone();
@@ -210,7 +222,8 @@ impl<'a> Planner<'a> {
 
     /// The first GPU model, in the job's order of candidates, on which its team may grow by
     /// the job (once runs of the team holding `freed[model]` milli-GPUs have exited) and
-    /// `view` has a placement: (model, group, placement).
+    /// `view` has a placement (on the nodes of `within` only, where given): (model, group,
+    /// placement).
     fn first_fit(
         &self,
         view: &View,
@@ -218,6 +231,7 @@ impl<'a> Planner<'a> {
         team: usize,
         end_s: Secs,
         freed: &[u64],
+        within: Option<(usize, &[u64])>,
     ) -> Option<(usize, usize, Vec<TaskPlacement>)> {
         // A CPU cap holds on every model alike.
         if self.over_cpu_max(team, spec).is_some() {
@@ -234,7 +248,7 @@ impl<'a> Planner<'a> {
             let Some(g) = self.group(team, m) else {
                 continue;
             };
-            let ask = Ask::new(spec, g, end_s);
+            let ask = Ask::new(spec, g, end_s).within(within);
             if let Some(p) = place::find(view, &ask) {
                 return Some((m, g, p));
             }

@@ -313,5 +313,12 @@ fn reclaim_for_one_task_frees_a_node_that_no_reservation_holds() {
     ));
     h.reap();
     let plan = h.step();
-    assert!(plan.start_of(owner).is_some());
+    // It starts on the GPUs freed for it, not on the gang's reserved node beside them.
+    let start = plan.start_of(owner).expect("the owner starts");
+    assert_eq!(start.placement[0].node.0, 2);
+    assert_eq!(
+        reason(&h, gang),
+        Reason::Reserved { start_s: 10_000 },
+        "the gang keeps its reservation"
+    );
 }
