@@ -13,6 +13,11 @@ use super::reserve::Promise;
 use super::view::View;
 use super::{Reason, Reservation};
 
+/// The key of the "held nodes only" restriction of a beneficiary's placement (`Ask::within`;
+/// other keys are `2 * team` for a home and `2 * team + 1` for where work that cannot be
+/// preempted may borrow). Such asks are never memoised; the key only has to differ.
+const HELD_NODES: usize = usize::MAX / 2;
+
 /// Amounts actually taken from the view on someone's behalf, to give back exactly.
 pub(super) struct Taken {
     pub(super) node: u32,
@@ -131,7 +136,7 @@ impl<'a> Planner<'a> {
             for x in &taken {
                 held_nodes[x.node as usize / 64] |= 1 << (x.node % 64);
             }
-            let within = Some((usize::MAX, held_nodes.as_slice()));
+            let within = Some((HELD_NODES, held_nodes.as_slice()));
             let fit = self
                 .first_fit(&self.view, spec, t, end_s, &[], within)
                 .or_else(|| self.first_fit(&self.view, spec, t, end_s, &[], None));
