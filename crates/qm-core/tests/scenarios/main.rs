@@ -11,7 +11,7 @@ mod reservations;
 mod sharing;
 mod teams;
 
-use qm_core::testkit::{ClusterBuilder, Harness};
+use qm_core::testkit::{ClusterBuilder, Harness, NodeBuilder};
 use qm_core::*;
 
 fn two_teams(nodes: u32, a: u32, b: u32) -> ClusterState {
@@ -20,6 +20,18 @@ fn two_teams(nodes: u32, a: u32, b: u32) -> ClusterState {
         .team("a", a)
         .team("b", b)
         .build()
+}
+
+/// `n` nodes of 8 GPUs in one rack, node `i` labelled `slot=n{i}` so that a job can be
+/// pinned to it with `.selector("slot", "n{i}")`.
+fn slotted_nodes(n: u32) -> ClusterBuilder {
+    (0..n).fold(ClusterBuilder::new(), |b, i| {
+        b.node(
+            NodeBuilder::new(8)
+                .label("slot", &format!("n{i}"))
+                .topology(&["pod", "rack-0"]),
+        )
+    })
 }
 
 fn reason(h: &Harness, job: JobId) -> Reason {

@@ -1,9 +1,9 @@
 //! Reclaim: who is preempted for whom, and what protects a borrower.
 
-use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder};
+use qm_core::testkit::{Harness, JobBuilder};
 use qm_core::*;
 
-use super::{reason, two_teams};
+use super::{reason, slotted_nodes, two_teams};
 
 #[test]
 fn reclaim_preempts_the_borrowers_losing_least_work_and_holds_gpus_for_the_owner() {
@@ -266,14 +266,7 @@ fn a_team_reclaims_only_up_to_its_guarantee_per_plan() {
 fn reclaim_for_one_task_frees_a_node_that_no_reservation_holds() {
     // Three 8-GPU nodes. Node 0: b's guaranteed job (4 GPUs) and a cheap borrowed 1-GPU job
     // of c. Node 2: a's guaranteed 1-GPU job and c's borrowed 7-GPU job. Node 1: free.
-    let mut b = ClusterBuilder::new();
-    for i in 0..3 {
-        b = b.node(
-            NodeBuilder::new(8)
-                .label("slot", &format!("n{i}"))
-                .topology(&["pod", "rack-0"]),
-        );
-    }
+    let b = slotted_nodes(3);
     let state = b.team("a", 17).team("b", 7).team("c", 0).build();
     let mut h = Harness::new(state);
     let on = |j: JobBuilder, n: &str| j.selector("slot", n).limit(100_000);

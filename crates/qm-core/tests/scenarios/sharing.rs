@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder};
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder};
+
+use super::slotted_nodes;
 use qm_core::*;
 
 /// 8 nodes of 8 GPUs, 4 per rack: `frontier` is guaranteed half the cluster, `x` and `y` a
@@ -233,14 +235,7 @@ fn runs_that_do_not_checkpoint_keep_their_place_inside_their_teams_guarantee() {
 fn a_guaranteed_gang_whose_home_holds_a_young_run_takes_borrowed_nodes_elsewhere() {
     // Four 8-GPU nodes: `big` is at home on nodes 0 and 1, `small` on node 2; node 3 is
     // nobody's.
-    let mut b = ClusterBuilder::new();
-    for i in 0..4 {
-        b = b.node(
-            NodeBuilder::new(8)
-                .label("slot", &format!("n{i}"))
-                .topology(&["pod", "rack-0"]),
-        );
-    }
+    let b = slotted_nodes(4);
     let mut h = Harness::new(b.team("big", 16).team("small", 8).build());
     let on = |n: &str| JobBuilder::new("small").selector("slot", n).limit(100_000);
     // Small's guaranteed run sits in big's home, away from its own; its work that cannot be
