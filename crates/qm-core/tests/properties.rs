@@ -847,7 +847,7 @@ proptest! {
         // Every job here must be able to start: no CPU caps.
         c.cpu_caps = false;
         let (mut state, names) = build(&c);
-        state.config.starvation_wait_s = 0;
+        state.config.starvation_wait_s = Some(0);
         let mut w = World { state, now: 0, names, ids: Vec::new(), durations: BTreeMap::new(), history: Some(Vec::new()) };
         // Jobs arrive over time, each runs within its limit.
         let mut arrivals = jobs.clone();

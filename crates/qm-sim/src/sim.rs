@@ -58,6 +58,9 @@ pub struct SimOptions {
     /// How long GPUs stay below the idle threshold before a job counts as idle
     /// ([`SchedulerConfig::idle_window_s`]).
     pub idle_window_s: Secs,
+    /// Jobs waiting longer than this go first, by age alone
+    /// ([`SchedulerConfig::starvation_wait_s`]; none by default).
+    pub starvation_wait_s: Option<Secs>,
 }
 
 impl SimOptions {
@@ -72,6 +75,7 @@ impl SimOptions {
             checkpoint_every_s: None,
             idle_policy: None,
             idle_window_s: SchedulerConfig::default().idle_window_s,
+            starvation_wait_s: SchedulerConfig::default().starvation_wait_s,
         }
     }
 }
@@ -365,6 +369,7 @@ pub fn initial_state(
         policy: options.policy,
         max_reservations: options.max_reservations,
         idle_window_s: options.idle_window_s,
+        starvation_wait_s: options.starvation_wait_s,
         ..SchedulerConfig::default()
     });
     for node in nodes {

@@ -98,6 +98,7 @@ fn reports_are_written_with_every_field_and_chart() {
         seed: 42,
         checkpoint_every_s: None,
         idle_added: None,
+        starvation_wait_s: None,
         policies: results.iter().map(report::summarize).collect(),
         team_comparisons: report::team_comparisons(&results),
         perturbed: None,

@@ -272,6 +272,11 @@ pub struct RunArgs {
     /// server's --idle-window-s).
     #[arg(long, default_value_t = qm_core::SchedulerConfig::default().idle_window_s)]
     idle_window_s: u64,
+    /// What if jobs waiting longer than this many seconds went first, by age alone (strict
+    /// first come, first served among them) instead of by their teams' fair-share standing?
+    /// Recorded in the report. [default: none, as the scheduler]
+    #[arg(long, value_name = "SECONDS")]
+    starvation_wait_s: Option<u64>,
 }
 
 pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
@@ -491,6 +496,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
                 o.checkpoint_every_s = args.checkpoint_every_s;
                 o.idle_policy = idle_policy;
                 o.idle_window_s = args.idle_window_s;
+                o.starvation_wait_s = args.starvation_wait_s;
                 let name = match idle_policy {
                     Some(p) => format!("{}/{}", policy.name(), qm_sim::sim::idle_policy_name(p)),
                     None => policy.name().to_string(),
@@ -524,6 +530,7 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         seed: args.seed,
         checkpoint_every_s: args.checkpoint_every_s,
         idle_added: args.add_idle,
+        starvation_wait_s: args.starvation_wait_s,
         policies: plain.iter().map(report::summarize).collect(),
         team_comparisons: report::team_comparisons(&plain),
         perturbed: (!replays.is_empty()).then(|| report::perturbed(&seeds, &replays)),

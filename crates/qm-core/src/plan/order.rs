@@ -1,5 +1,6 @@
 //! The order of pending jobs. `rank` is a job's key in the heap of team heads (admission
-//! class, priority, starving first, fair-share standing, submission, id); a `Lane` is one
+//! class, priority, starving first where a starvation wait is set, fair-share standing,
+//! submission, id); a `Lane` is one
 //! team's queue (priority, submission, id) as a pass walks it.
 
 use crate::model::{JobId, PolicyKind, Secs};
@@ -16,8 +17,12 @@ pub(super) fn fixed_point_key(x: f64) -> u64 {
 impl<'a> Planner<'a> {
     pub(super) fn rank(&self, job: &Job, team: usize) -> RankKey {
         let spec = &job.spec;
-        let starving =
-            u8::from(self.now.saturating_sub(spec.submit_s) < self.cfg.starvation_wait_s);
+        // 0 sorts first: a job past the starvation wait, where one is set.
+        let starving = u8::from(
+            self.cfg
+                .starvation_wait_s
+                .is_none_or(|w| self.now.saturating_sub(spec.submit_s) < w),
+        );
         let prio = -i64::from(spec.priority);
         if self.policy != PolicyKind::Default {
             return (0, prio, starving, 0, spec.submit_s, spec.id);

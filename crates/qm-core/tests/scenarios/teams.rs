@@ -312,3 +312,40 @@ fn a_new_model_a_new_team_and_a_changed_guarantee_count_from_the_next_event() {
     assert_eq!(qm_core::homes(&h.state), fresh(&h.state));
     assert!(qm_core::homes(&h.state).teams.contains_key("b"));
 }
+
+/// Two teams borrowing one node's two GPUs: `heavy` has held both for two hours; its next
+/// job has waited longer than `light`'s, both for over an hour. The GPU that frees goes by
+/// fair-share standing, to `light`; only where an administrator set a starvation wait does
+/// age alone decide it.
+fn heavy_and_light(starvation_wait_s: Option<Secs>) -> (Harness, JobId, JobId) {
+    let state = ClusterBuilder::new()
+        .racks(1, 1, 2)
+        .team("heavy", 0)
+        .team("light", 0)
+        .config(|c| c.starvation_wait_s = starvation_wait_s)
+        .build();
+    let mut h = Harness::new(state);
+    h.submit(JobBuilder::new("heavy").runs_for(2 * 3600).limit(10 * 3600));
+    h.submit(JobBuilder::new("heavy").runs_for(4 * 3600).limit(10 * 3600));
+    h.step();
+    let old = h.submit(JobBuilder::new("heavy").runs_for(3600).limit(10 * 3600));
+    h.now = 60;
+    let young = h.submit(JobBuilder::new("light").runs_for(3600).limit(10 * 3600));
+    h.run_until(2 * 3600);
+    (h, old, young)
+}
+
+#[test]
+fn a_freed_gpu_goes_by_fair_share_however_long_both_waited() {
+    let (h, old, young) = heavy_and_light(None);
+    assert!(h.is_running(young), "the team that held nothing goes first");
+    assert!(h.is_pending(old));
+    assert_eq!(h.started_at(young), Some(2 * 3600));
+}
+
+#[test]
+fn a_starvation_wait_puts_the_oldest_job_first_where_an_administrator_sets_one() {
+    let (h, old, young) = heavy_and_light(Some(3600));
+    assert!(h.is_running(old), "past the starvation wait, age decides");
+    assert!(h.is_pending(young));
+}

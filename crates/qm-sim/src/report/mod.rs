@@ -167,6 +167,9 @@ pub struct Report {
     /// its work (and every job a utilisation), seeded by `seed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_added: Option<f64>,
+    /// `qm sim run --starvation-wait-s`: jobs that waited this long went first, by age.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starvation_wait_s: Option<u64>,
     pub policies: Vec<PolicyReport>,
     /// Per team, each policy against the reference, like with like ([`team_comparisons`]).
     pub team_comparisons: Vec<TeamComparison>,
@@ -384,6 +387,12 @@ pub fn write(dir: &Path, report: &Report, results: &[SimResult]) -> std::io::Res
         let _ = writeln!(
             md,
             "Every job checkpoints every {every} s: a preempted job resumes from its last checkpoint.\n"
+        );
+    }
+    if let Some(wait) = report.starvation_wait_s {
+        let _ = writeln!(
+            md,
+            "Jobs that waited longer than {wait} s went first, by age alone (`--starvation-wait-s`).\n"
         );
     }
     if report.perturbed.is_some() {

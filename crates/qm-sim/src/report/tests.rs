@@ -218,6 +218,7 @@ fn report_md_shows_waits_censored_and_the_comparison() {
         seed: 42,
         checkpoint_every_s: None,
         idle_added: None,
+        starvation_wait_s: None,
         policies: results.iter().map(summarize).collect(),
         team_comparisons: team_comparisons(&results),
         perturbed: None,
