@@ -506,9 +506,20 @@ impl Inner {
             resumed: (loaded.snapshot_seq, since_snapshot),
             next_retain_ms: started + retain::RETAIN_EVERY_MS,
         };
+        let mut inner = inner;
+        // The scheduler's settings are the command line's, not those the snapshot was taken
+        // under: the events stored so far replayed under the settings they were applied
+        // with, and a snapshot taken now makes every later one replay under the new ones.
+        if inner.state.config != inner.config.scheduler {
+            inner.state.config = inner.config.scheduler.clone();
+            let extra = Extra::write(&inner.history, &inner.placed);
+            inner
+                .journal
+                .snapshot(inner.seq, inner.state.clone(), extra);
+            inner.since_snapshot = 0;
+        }
         // Launches of running jobs may not have reached their agents before the last stop:
         // send them again (an agent ignores a launch of a task it runs or has run).
-        let mut inner = inner;
         let running: Vec<JobId> = inner
             .state
             .live_jobs()
@@ -597,6 +608,11 @@ impl Server {
     /// (The event the state was loaded from a snapshot at, 0 for none; events replayed.)
     pub fn resumed(&self) -> (u64, u64) {
         self.lock().resumed
+    }
+
+    /// The settings the planner runs with.
+    pub fn scheduler_config(&self) -> qm_core::SchedulerConfig {
+        self.lock().state.config.clone()
     }
 
     /// Whether any admin token exists (a fresh store has none).
@@ -1242,5 +1258,61 @@ mod fail_stop {
             .await
             .expect("the scheduling loop went on with a poisoned state");
         assert!(ended.unwrap_err().is_panic());
+    }
+}
+
+#[cfg(test)]
+mod scheduler_settings {
+    use qm_core::{Event, SchedulerConfig, TeamSpec};
+    use qm_store::SqliteStore;
+
+    use super::{Server, ServerConfig};
+
+    fn open(db: &std::path::Path, scheduler: SchedulerConfig) -> std::sync::Arc<Server> {
+        let config = ServerConfig {
+            snapshot_every: 1,
+            scheduler,
+            ..ServerConfig::default()
+        };
+        Server::open(Box::new(SqliteStore::open(db).unwrap()), config).unwrap()
+    }
+
+    /// A server restarted with other scheduler settings runs with them, although its state
+    /// comes from a snapshot taken under the old ones, and keeps them across a later restart
+    /// with no event in between (the settings were ignored once a snapshot existed).
+    #[test]
+    fn a_restart_takes_the_scheduler_settings_of_its_command_line() {
+        let dir = std::env::temp_dir().join(format!("qm-settings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("qm.db");
+        let old = SchedulerConfig {
+            starvation_wait_s: Some(3600),
+            ..SchedulerConfig::default()
+        };
+        let server = open(&db, old.clone());
+        server
+            .write_sync(|inner| inner.commit(vec![Event::SetTeam(TeamSpec::new("t", 0))], &[]))
+            .unwrap();
+        assert_eq!(server.scheduler_config(), old);
+        drop(server);
+        let new = SchedulerConfig {
+            idle_window_s: 900,
+            ..SchedulerConfig::default()
+        };
+        let server = open(&db, new.clone());
+        assert!(server.resumed().0 > 0, "the state came from a snapshot");
+        assert_eq!(server.scheduler_config(), new);
+        let seq = server.lock().seq;
+        drop(server);
+        let server = open(&db, new.clone());
+        assert_eq!(
+            server.resumed(),
+            (seq, 0),
+            "a snapshot was taken at the restart"
+        );
+        assert_eq!(server.scheduler_config(), new);
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

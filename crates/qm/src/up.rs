@@ -46,6 +46,12 @@ pub struct SchedArgs {
     idle_window_s: u64,
     #[arg(long, default_value_t = 5)]
     idle_threshold_pct: u8,
+    /// Jobs that have waited longer than this many seconds go before all younger work of
+    /// their class and priority, by age alone, instead of by their teams' fair-share
+    /// standing. [default: none; see ARCHITECTURE.md, "Fair share, not age, orders waiting
+    /// jobs", before setting one]
+    #[arg(long, value_name = "SECONDS")]
+    starvation_wait_s: Option<u64>,
     /// Events between snapshots of the state (a restart replays only the events after the
     /// last one).
     #[arg(long, default_value_t = 10_000)]
@@ -109,6 +115,7 @@ impl SchedArgs {
         qm_core::SchedulerConfig {
             idle_window_s: self.idle_window_s,
             idle_threshold_pct: self.idle_threshold_pct,
+            starvation_wait_s: self.starvation_wait_s,
             ..qm_core::SchedulerConfig::default()
         }
     }
