@@ -1,7 +1,7 @@
 //! The order of pending jobs. `rank` is a job's key in the heap of team heads (admission
 //! class, priority, starving first where a starvation wait is set, fair-share standing,
-//! submission, id); a `Lane` is one
-//! team's queue (priority, submission, id) as a pass walks it.
+//! submission, id); a `Lane` is one team's queue (priority, submission, id) as a pass walks
+//! it.
 
 use crate::model::{JobId, PolicyKind, Secs};
 use crate::state::{Job, QueueKey, TeamQueue};
