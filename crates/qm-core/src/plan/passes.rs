@@ -263,7 +263,11 @@ impl<'a> Planner<'a> {
             // The team's next jobs that would be popped right now anyway (before any other
             // team's) and share the fate of its last job that changed nothing are passed over
             // here, without a trip through the heap.
+            // A long run of such jobs is walked only while something could still start: the
+            // pass's end is checked here too, as at the pops (a team's lane whose jobs all
+            // share one standing stays ahead of the others and would be walked to its end).
             let mut next_key = None;
+            let mut walked = 0usize;
             while let Some(next) = self.borrow_head(&lanes[i]) {
                 let key = self.rank(next, t);
                 let fails = last_fail[i]
@@ -274,6 +278,15 @@ impl<'a> Planner<'a> {
                     break;
                 }
                 self.borrow_take(&mut lanes[i], handled);
+                walked += 1;
+                if !self.explain
+                    && walked.is_multiple_of(8)
+                    && self.priority_exhausted()
+                    && self.yield_exhausted()
+                    && self.cannot_fit(least_left(&lanes))
+                {
+                    return;
+                }
             }
             if let Some(key) = next_key {
                 heap.push(Reverse((key, i)));
