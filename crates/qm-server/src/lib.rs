@@ -512,11 +512,7 @@ impl Inner {
         // with, and a snapshot taken now makes every later one replay under the new ones.
         if inner.state.config != inner.config.scheduler {
             inner.state.config = inner.config.scheduler.clone();
-            let extra = Extra::write(&inner.history, &inner.placed);
-            inner
-                .journal
-                .snapshot(inner.seq, inner.state.clone(), extra);
-            inner.since_snapshot = 0;
+            inner.snapshot_now();
         }
         // Launches of running jobs may not have reached their agents before the last stop:
         // send them again (an agent ignores a launch of a task it runs or has run).
@@ -988,15 +984,20 @@ impl Inner {
         }
         self.since_snapshot += events.len() as u64;
         if self.since_snapshot >= self.config.snapshot_every {
-            let extra = Extra::write(&self.history, &self.placed);
-            self.journal.snapshot(self.seq, self.state.clone(), extra);
-            self.since_snapshot = 0;
+            self.snapshot_now();
         }
         for (job, p) in payloads {
             self.payloads.insert(*job, p.clone());
         }
         self.changes.send_modify(|v| *v += 1);
         Ok(())
+    }
+
+    /// Queues a snapshot of the state (with the server's job histories) at the last event.
+    fn snapshot_now(&mut self) {
+        let extra = Extra::write(&self.history, &self.placed);
+        self.journal.snapshot(self.seq, self.state.clone(), extra);
+        self.since_snapshot = 0;
     }
 
     pub fn node_name(&self, id: u32) -> String {

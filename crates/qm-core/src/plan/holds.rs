@@ -134,7 +134,7 @@ impl<'a> Planner<'a> {
             // and the victims would have been stopped for nothing.
             let mut held_nodes = vec![0u64; self.view.ids.len().div_ceil(64)];
             for x in &taken {
-                held_nodes[x.node as usize / 64] |= 1 << (x.node % 64);
+                super::homes::set_bit(&mut held_nodes, x.node);
             }
             let within = Some((HELD_NODES, held_nodes.as_slice()));
             let fit = self

@@ -199,10 +199,10 @@ impl Homes {
             if bits.is_empty() {
                 bits.resize(words, 0);
             }
-            bits[n as usize / 64] |= 1 << (n % 64);
+            set_bit(bits, n);
             self.has[a][model] = true;
         }
-        self.owned[n as usize / 64] |= 1 << (n % 64);
+        set_bit(&mut self.owned, n);
     }
 
     /// The team's home as a bit per dense node, where it has one for this model.
@@ -251,6 +251,11 @@ impl Homes {
         }
         Some(self.owned.iter().map(|&o| !o).collect())
     }
+}
+
+/// Sets node `n`'s bit (the words must reach it).
+pub(super) fn set_bit(bits: &mut [u64], n: u32) {
+    bits[n as usize / 64] |= 1 << (n % 64);
 }
 
 pub(super) fn bit(bits: &[u64], n: u32) -> bool {

@@ -237,14 +237,15 @@ impl<'a> Planner<'a> {
         // Borrowing reclaims nothing (it takes only idle runs that yielded): once no job
         // left can fit the free capacity of any group and no priority preemption or taking
         // of idle runs can happen, nothing left can start (reservations only tighten).
+        let over = |p: &Self, lanes: &[Lane<'a>]| {
+            !p.explain
+                && p.priority_exhausted()
+                && p.yield_exhausted()
+                && p.cannot_fit(least_left(lanes))
+        };
         while let Some(Reverse((_, i))) = heap.pop() {
             pops += 1;
-            if !self.explain
-                && pops % 8 == 1
-                && self.priority_exhausted()
-                && self.yield_exhausted()
-                && self.cannot_fit(least_left(&lanes))
-            {
+            if pops % 8 == 1 && over(self, &lanes) {
                 return;
             }
             if self.lane_spent(&lanes[i]) {
@@ -279,12 +280,7 @@ impl<'a> Planner<'a> {
                 }
                 self.borrow_take(&mut lanes[i], handled);
                 walked += 1;
-                if !self.explain
-                    && walked.is_multiple_of(8)
-                    && self.priority_exhausted()
-                    && self.yield_exhausted()
-                    && self.cannot_fit(least_left(&lanes))
-                {
+                if walked.is_multiple_of(8) && over(self, &lanes) {
                     return;
                 }
             }
