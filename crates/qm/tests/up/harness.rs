@@ -19,12 +19,20 @@ pub struct Up {
     pub banner: Vec<String>,
 }
 
+/// A port for a server to listen on: one no other test of this run was given, outside the
+/// kernel's range of ephemeral ports (32768-60999 on Linux). A port from `bind(0)` comes
+/// from that very range, where any outgoing connection (an agent's, the store's) made
+/// before the server binds can take it, and the server then fails to start.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (std::process::id().wrapping_mul(97).wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Up {
@@ -279,31 +287,51 @@ pub fn spawn_server_on(db: &str, listen: &str, extra: &[&str]) -> (Proc, Receive
         .args(["--listen", listen])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Both streams, to the end, so the server never blocks on a full pipe, whether or not
+    // anyone still listens; its standard error marked, for a failing test to show.
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            // Read to the end, so the server never blocks on a full pipe, whether or not
-            // anyone still listens.
             let _ = tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx2.send(format!("(stderr) {line}"));
         }
     });
     (Proc(child), rx)
 }
 
-/// Waits up to `secs` for a line holding `what`.
+/// Waits up to `secs` for a line holding `what`; a failure says what the server printed
+/// meanwhile and whether it had exited.
 pub fn line_with(rx: &Receiver<String>, what: &str, secs: u64) -> String {
+    use std::sync::mpsc::RecvTimeoutError;
     let until = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
     loop {
         let left = until.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.contains(what) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no line with {what:?} within {secs} s"),
+            Ok(line) if line.contains(what) && !line.starts_with("(stderr) ") => return line,
+            Ok(line) => seen.push(line),
+            Err(e) => {
+                let how = match e {
+                    RecvTimeoutError::Timeout => format!("within {secs} s"),
+                    RecvTimeoutError::Disconnected => "before the server exited".to_string(),
+                };
+                panic!(
+                    "no line with {what:?} {how}; it printed:\n{}",
+                    seen.join("\n")
+                );
+            }
         }
     }
 }
