@@ -293,22 +293,23 @@ pub fn spawn_server_on(db: &str, listen: &str, extra: &[&str]) -> (Proc, Receive
     let (tx, rx) = std::sync::mpsc::channel();
     // Both streams, to the end, so the server never blocks on a full pipe, whether or not
     // anyone still listens; its standard error marked, for a failing test to show.
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx2.send(format!("(stderr) {line}"));
-        }
-    });
+    forward(child.stdout.take().unwrap(), tx.clone(), "");
+    forward(child.stderr.take().unwrap(), tx, "(stderr) ");
     (Proc(child), rx)
+}
+
+/// Sends each line read from `stream`, after `mark`, until the stream ends.
+fn forward(
+    stream: impl std::io::Read + Send + 'static,
+    tx: std::sync::mpsc::Sender<String>,
+    mark: &'static str,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(format!("{mark}{line}"));
+        }
+    });
 }
 
 /// Waits up to `secs` for a line holding `what`; a failure says what the server printed
