@@ -164,7 +164,8 @@ const WHOLE_NODE_SHARE: f64 = 0.05;
 /// A single task: up to [`PER_LEVEL`] candidates from the best level of the best-fit order
 /// (the nodes with the fewest whole free GPUs that fit; for a share, the partly used GPUs with
 /// the least room that fit, else a whole free GPU on the nodes with the fewest), and among them
-/// the one that grows the mix's fragmentation least (the first on ties).
+/// the one that grows the mix's fragmentation least; on ties, the one whose node it keeps busy
+/// least past the node's drain time ([`extends`]), then the first.
 ///
 /// Every node is scored ([`least_growth`]) only when fewer than 5 % of the mix's tasks need
 /// whole nodes: choosing across levels by fragmentation alone spreads small tasks over
@@ -232,19 +233,28 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
     if !scoring || cands.len() <= 1 || view.mix().is_empty() {
         return cands.into_iter().next().map(|t| (t, 0.0));
     }
-    let mut best: Option<(f64, usize)> = None;
+    let mut best: Option<(f64, usize, Secs)> = None;
     let mut after = Vec::new();
     for (i, t) in cands.iter().enumerate() {
         let Some(n) = view.dense(t.node) else {
             continue;
         };
         let delta = growth(view, spec, n, t, frag_now(view, n), &mut after);
-        if best.is_none_or(|(d, _)| delta < d - 1e-9) {
-            best = Some((delta, i));
+        let x = extends(view, n, ask.end_s);
+        if best.is_none_or(|(d, _, bx)| delta < d - 1e-9 || (delta <= d + 1e-9 && x < bx)) {
+            best = Some((delta, i, x));
         }
     }
-    let (delta, i) = best?;
+    let (delta, i, _) = best?;
     Some((cands.swap_remove(i), delta))
+}
+
+/// How long past node `n`'s drain time (when the last of its runs ends by its time limit)
+/// a task ending at `end_s` would keep it busy: 0 where the node's runs outlast it.
+fn extends(view: &View, n: u32, end_s: Secs) -> Secs {
+    view.drain
+        .get(n as usize)
+        .map_or(0, |&d| end_s.saturating_sub(d))
 }
 
 /// The mix's fragmentation of node `n` as it is.
@@ -276,8 +286,9 @@ fn growth(
 
 /// A single task where few of the mix's tasks need whole nodes: every node of the group that
 /// fits it (and for a share, every GPU with room) is scored by how much the placement grows
-/// the fragmentation, and the least growth wins; ties go to the first node in node order (on
-/// that node, the first of its best GPUs), so equally good nodes fill one after another.
+/// the fragmentation, and the least growth wins; ties go to the node the task keeps busy
+/// least past its drain time ([`extends`]), then to the first in node order (on that node,
+/// the first of its best GPUs), so equally good nodes fill one after another.
 ///
 /// Exact growths rather than FGD's integer scores: with FGD's own measure, exact growths
 /// spread tasks and pack worse (94.45 % of openb's GPUs allocated at 130 % demand against
@@ -291,16 +302,23 @@ fn least_growth(
 ) -> Option<(TaskPlacement, f64)> {
     let spec = ask.spec;
     let mut after = Vec::new();
-    // The least growth; ties (to within rounding) go to the first node in node order.
-    let mut best: Option<(f64, TaskPlacement)> = None;
+    // The least growth; ties (to within rounding) go to the node the task keeps busy least
+    // past its drain time, then to the first in node order.
+    let mut best: Option<(f64, TaskPlacement, Secs)> = None;
     let mut offer = |d: f64, t: TaskPlacement| {
-        if best.as_ref().is_none_or(|b| d < b.0 - 1e-9) {
-            best = Some((d, t));
+        let x = view
+            .dense(t.node)
+            .map_or(0, |n| extends(view, n, ask.end_s));
+        if best
+            .as_ref()
+            .is_none_or(|b| d < b.0 - 1e-9 || (d <= b.0 + 1e-9 && x < b.2))
+        {
+            best = Some((d, t, x));
         }
     };
     // Nodes in the same state (free CPU and memory, GPU usage in any order, no GPU the task
     // must avoid) score the same, and a later one never wins a tie: only the first is scored.
-    let mut seen: HashSet<(u64, u64, [u32; 16])> = HashSet::new();
+    let mut seen: HashSet<(u64, u64, [u32; 16], Secs)> = HashSet::new();
     for &n in &view.group_nodes[ask.group] {
         if !fits(n) {
             continue;
@@ -313,7 +331,7 @@ fn least_growth(
             key[..used.len()].sort_unstable();
             let (cpu, mem) = (view.cpu_free[n as usize], view.mem_free[n as usize]);
             // Sorting the usage loses which GPU is masked: only unmasked nodes are merged.
-            if mask == 0 && !seen.insert((cpu, mem, key)) {
+            if mask == 0 && !seen.insert((cpu, mem, key, extends(view, n, ask.end_s))) {
                 continue;
             }
         }
@@ -348,7 +366,7 @@ fn least_growth(
             }
         }
     }
-    best.map(|(d, t)| (t, d))
+    best.map(|(d, t, _)| (t, d))
 }
 
 /// Where one task goes on node `n` if the node's usage were `used`.
@@ -494,6 +512,9 @@ pub(crate) fn commit(view: &mut View, spec: &JobSpec, placement: &[TaskPlacement
             spec.cpu_milli as i64,
             spec.mem_mib as i64,
         );
+        if let Some(d) = view.drain.get_mut(n as usize) {
+            *d = (*d).max(end_s);
+        }
         let guard = &mut view.guard[n as usize];
         if end_s > guard.earliest_s {
             guard.cpu_slack = guard.cpu_slack.saturating_sub(spec.cpu_milli);

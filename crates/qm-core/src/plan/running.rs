@@ -95,11 +95,25 @@ impl<'a> Planner<'a> {
         // What the team of the runs at hand holds, by model, and its CPU: the runs come by
         // team, so each team's sums are counted once.
         let mut held: Option<(usize, Vec<u64>, u64)> = None;
+        let mut drain = vec![0; self.view.ids.len()];
         for (key, note) in &state.jobs.holding {
             let id = key.id;
-            let Some(model) = note.first.and_then(|(node, ..)| self.model_of_node(node)) else {
+            let Some(n) = note.first.and_then(|(node, ..)| self.view.dense(node)) else {
                 continue;
             };
+            let model = self.node_model[n as usize];
+            // When each node's last run ends by its time limit: one task's node from the
+            // note, a gang's from its record.
+            let limit_end = self.run_ends(note).0;
+            if note.tasks == 1 {
+                drain[n as usize] = drain[n as usize].max(limit_end);
+            } else if let Some(run) = state.jobs.get(&id).and_then(|j| j.state.run()) {
+                for task in &run.placement {
+                    if let Some(m) = self.view.dense(task.node) {
+                        drain[m as usize] = drain[m as usize].max(limit_end);
+                    }
+                }
+            }
             let team = self.team_of_id(note.team_id);
             let milli = note.milli;
             if let Some(t) = team {
@@ -155,6 +169,7 @@ impl<'a> Planner<'a> {
             });
         }
         self.count_held(held);
+        self.view.drain = drain;
         // The runs come by team (`HoldKey`); what the plan says of them comes in id order.
         limit_stops.sort_unstable();
         self.out

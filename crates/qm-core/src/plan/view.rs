@@ -126,6 +126,11 @@ pub(crate) struct View<'a> {
     /// first use from `mix_src` (the state and its sorted GPU models).
     mix: OnceCell<Mix>,
     pub mix_src: Option<(&'a ClusterState, Vec<String>)>,
+    /// `[node]` when the node's last run ends by its time limit (`Secs::MAX` where one has
+    /// none; 0 where nothing runs), the jobs this plan starts included: a single task goes,
+    /// among equally good places, where it keeps its node busy least past that
+    /// (`place::extends`). Empty: no such preference.
+    pub drain: Vec<Secs>,
 }
 
 impl<'a> View<'a> {
@@ -159,6 +164,7 @@ impl<'a> View<'a> {
             changes: vec![0; n],
             mix: OnceCell::new(),
             mix_src: None,
+            drain: Vec::new(),
         };
         for node in state.nodes.values() {
             let idx = v.nodes.len() as u32;

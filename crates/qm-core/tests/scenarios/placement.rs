@@ -139,3 +139,30 @@ fn a_node_moved_to_another_rack_is_packed_by_its_new_rack() {
     nodes.sort();
     assert_eq!(nodes, [ids[1], ids[3]], "both tasks in rack-b");
 }
+
+#[test]
+fn a_single_task_joins_runs_that_outlast_it_so_that_short_work_leaves_nodes_whole() {
+    let state = ClusterBuilder::new().racks(1, 2, 8).team("a", 16).build();
+    let mut h = Harness::new(state);
+    let node = |h: &Harness, job| h.state_of(job).run().unwrap().placement[0].node;
+    let short = h.submit(JobBuilder::new("a").gpus(5).limit(3_600));
+    h.step();
+    let long = h.submit(JobBuilder::new("a").gpus(5).limit(864_000));
+    h.step();
+    let short_node = node(&h, short);
+    assert!(
+        short_node < node(&h, long),
+        "the short run holds the first node"
+    );
+    // Both nodes have 3 GPUs free, equally good by fit and fragmentation: a long task goes
+    // where it keeps the node busy no longer than it already is, not to the first node.
+    let long_task = h.submit(JobBuilder::new("a").gpus(1).limit(864_000));
+    h.step();
+    assert_eq!(node(&h, long_task), node(&h, long));
+    // When the short run ends, its node is whole again for an 8-GPU job.
+    h.exit(short, true);
+    let whole = h.submit(JobBuilder::new("a").gpus(8).limit(3_600));
+    h.step();
+    assert!(h.is_running(whole));
+    assert_eq!(node(&h, whole), short_node);
+}
