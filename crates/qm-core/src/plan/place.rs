@@ -241,7 +241,7 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
         };
         let delta = growth(view, spec, n, t, frag_now(view, n), &mut after);
         let x = extends(view, n, ask.end_s);
-        if best.is_none_or(|(d, _, bx)| delta < d - 1e-9 || (delta <= d + 1e-9 && x < bx)) {
+        if best.is_none_or(|(d, _, bx)| beats((delta, x), (d, bx))) {
             best = Some((delta, i, x));
         }
     }
@@ -255,6 +255,13 @@ fn extends(view: &View, n: u32, end_s: Secs) -> Secs {
     view.drain
         .get(n as usize)
         .map_or(0, |&d| end_s.saturating_sub(d))
+}
+
+/// Whether a place that grows the fragmentation by `d` and keeps its node busy `x` past its
+/// drain time beats the best so far: less growth (beyond rounding), or as much and less time
+/// past the drain.
+fn beats((d, x): (f64, Secs), (best_d, best_x): (f64, Secs)) -> bool {
+    d < best_d - 1e-9 || (d <= best_d + 1e-9 && x < best_x)
 }
 
 /// The mix's fragmentation of node `n` as it is.
@@ -305,14 +312,8 @@ fn least_growth(
     // The least growth; ties (to within rounding) go to the node the task keeps busy least
     // past its drain time, then to the first in node order.
     let mut best: Option<(f64, TaskPlacement, Secs)> = None;
-    let mut offer = |d: f64, t: TaskPlacement| {
-        let x = view
-            .dense(t.node)
-            .map_or(0, |n| extends(view, n, ask.end_s));
-        if best
-            .as_ref()
-            .is_none_or(|b| d < b.0 - 1e-9 || (d <= b.0 + 1e-9 && x < b.2))
-        {
+    let mut offer = |d: f64, x: Secs, t: TaskPlacement| {
+        if best.as_ref().is_none_or(|b| beats((d, x), (b.0, b.2))) {
             best = Some((d, t, x));
         }
     };
@@ -324,6 +325,7 @@ fn least_growth(
             continue;
         }
         let mask = forbidden(view, ask, n);
+        let x = extends(view, n, ask.end_s);
         let used = view.used_of(n);
         if used.len() <= 16 {
             let mut key = [u32::MAX; 16];
@@ -331,7 +333,7 @@ fn least_growth(
             key[..used.len()].sort_unstable();
             let (cpu, mem) = (view.cpu_free[n as usize], view.mem_free[n as usize]);
             // Sorting the usage loses which GPU is masked: only unmasked nodes are merged.
-            if mask == 0 && !seen.insert((cpu, mem, key, extends(view, n, ask.end_s))) {
+            if mask == 0 && !seen.insert((cpu, mem, key, x)) {
                 continue;
             }
         }
@@ -340,7 +342,7 @@ fn least_growth(
                 if view.whole_free_outside(n, mask) >= k {
                     let t = assign_one(view.used_of(n), mask, view, n, spec.gpu);
                     let d = growth(view, spec, n, &t, frag_now(view, n), &mut after);
-                    offer(d, t);
+                    offer(d, x, t);
                 }
             }
             GpuAsk::Milli(m) => {
@@ -361,7 +363,7 @@ fn least_growth(
                     }
                 }
                 if let Some((d, t)) = on_node {
-                    offer(d, t);
+                    offer(d, x, t);
                 }
             }
         }
