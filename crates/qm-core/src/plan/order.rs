@@ -16,6 +16,11 @@ pub(super) fn fixed_point_key(x: f64) -> u64 {
 
 impl<'a> Planner<'a> {
     pub(super) fn rank(&self, job: &Job, team: usize) -> RankKey {
+        self.rank_as(job, team, self.guaranteed_somewhere(job, team))
+    }
+
+    /// The key of a job ranked as inside its team's guarantee (`guaranteed`) or borrowing.
+    pub(super) fn rank_as(&self, job: &Job, team: usize, guaranteed: bool) -> RankKey {
         let spec = &job.spec;
         // 0 sorts first: a job past the starvation wait, where one is set.
         let starving = u8::from(
@@ -27,7 +32,6 @@ impl<'a> Planner<'a> {
         if self.policy != PolicyKind::Default {
             return (0, prio, starving, 0, spec.submit_s, spec.id);
         }
-        let guaranteed = self.guaranteed_somewhere(job, team);
         let usage = self.usage(team);
         let g = self.guaranteed_total(team) as f64;
         let (class, key) = if guaranteed {
@@ -69,6 +73,11 @@ pub(super) struct Lane<'a> {
     /// Jobs passed over because this plan's starts filled their array: the pass began
     /// before, so nothing explained them yet (`plan` only).
     pub(super) filled: Vec<&'a Job>,
+    /// The job the guaranteed phase offers as owed its guarantee's shape
+    /// (`Planner::next_guaranteed`), until it is popped.
+    pub(super) owed: Option<JobId>,
+    /// The lane has offered such a job in this plan (at most one).
+    pub(super) owed_done: bool,
 }
 
 impl<'a> Lane<'a> {
@@ -84,6 +93,8 @@ impl<'a> Lane<'a> {
             spent: false,
             gone: Vec::new(),
             filled: Vec::new(),
+            owed: None,
+            owed_done: false,
         }
     }
 

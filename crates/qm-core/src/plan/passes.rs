@@ -188,7 +188,14 @@ impl<'a> Planner<'a> {
             let fate = last_fail[i]
                 .filter(|&(f, at, _)| at == self.decisions() && self.same_fate(f, job))
                 .map(|(_, _, decided)| decided);
+            // A job owed its guarantee's shape (`next_guaranteed`) that could start now is
+            // left to the borrowing phase, where it starts at its turn; one that cannot is
+            // decided here, at its team's standing among guaranteed work: it reserves ahead
+            // of every borrower.
+            let owed = lanes[i].owed.take() == Some(job.spec.id);
             let decided = match fate {
+                _ if owed && self.could_start_now(job, t) => false,
+                _ if owed => self.consider(job, t, Phase::Borrowing),
                 Some(decided) => decided,
                 None => {
                     let before = self.decisions();
@@ -213,7 +220,7 @@ impl<'a> Planner<'a> {
                     .map(|(_, _, decided)| decided);
                 let first = heap.peek().is_none_or(|Reverse(top)| (key, i) < *top);
                 match fate {
-                    Some(decided) if first => {
+                    Some(decided) if first && lanes[i].owed != Some(next.spec.id) => {
                         self.advance(&mut lanes[i], handled);
                         if decided {
                             lanes[i].gone(next);
@@ -434,6 +441,22 @@ impl<'a> Planner<'a> {
             return None;
         }
         while let Some(job) = lane.head {
+            // A team's first job set aside that fits its guarantee whole, while work of the
+            // team that started after it was submitted holds part of the guarantee: in a
+            // partition of its own it would head the queue and hold a reservation, and
+            // younger work would only fill in around it. Offered among guaranteed work
+            // once per plan.
+            if self.policy == PolicyKind::Default
+                && !lane.owed_done
+                && lane.skipped.is_empty()
+                && job.spec.submit_s < self.acct.guaranteed_latest_start[t]
+                && !self.guaranteed_somewhere(job, t)
+                && self.fits_guarantee_whole(job, t)
+            {
+                lane.owed_done = true;
+                lane.owed = Some(job.spec.id);
+                return Some(self.rank_as(job, t, true));
+            }
             if self.policy == PolicyKind::Default && self.guarantee_left(t) < lane.least_left(true)
             {
                 lane.tail_skipped = true;
@@ -448,6 +471,35 @@ impl<'a> Planner<'a> {
             self.advance(lane, handled);
         }
         None
+    }
+
+    /// Whether the job would start now on free capacity as a borrower (what `consider`
+    /// tries first in the borrowing phase).
+    fn could_start_now(&mut self, job: &Job, t: usize) -> bool {
+        let spec = &job.spec;
+        let (end_s, _) = self.end_of(spec, self.now);
+        let safe = self.safe;
+        for m in self.candidate_models(spec) {
+            let Some(g) = self.group(t, m) else { continue };
+            let homeless = self.teams.guaranteed(t, m) > 0 && self.homes.of(t, m).is_none();
+            let within = keep_to(safe, t, spec, Admission::Borrowed, homeless);
+            let ask = Ask::new(spec, g, end_s).within(within);
+            if self.find_memo(&ask, shape_of(spec, g)).is_some() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the job would fit its team's guarantee on some model were none of it used.
+    fn fits_guarantee_whole(&self, job: &Job, team: usize) -> bool {
+        let milli = job.spec.milli_total();
+        milli > 0
+            && !job.stopped_idle
+            && self.candidate_models(&job.spec).any(|m| {
+                let pool = self.teams.pool_of_model[team][m];
+                milli <= self.teams.pools[team][pool].guaranteed
+            })
     }
 
     /// The most milli-GPUs left of the team's guarantee on any model.

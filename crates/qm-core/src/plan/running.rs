@@ -67,6 +67,9 @@ pub(super) struct Accounting {
     pub(super) guaranteed_used: Vec<Vec<u64>>,
     /// Guaranteed usage set aside for each job waiting on a hold: (team, pool, milli).
     pub(super) guarantee_set_aside: BTreeMap<JobId, (usize, usize, u64)>,
+    /// `[team]` the latest start of a run counted inside its guarantee (this plan's
+    /// starts included).
+    pub(super) guaranteed_latest_start: Vec<Secs>,
 }
 
 impl Accounting {
@@ -78,6 +81,7 @@ impl Accounting {
             history: Planner::histories(state, teams, now),
             guaranteed_used: teams.pools.iter().map(|p| vec![0; p.len()]).collect(),
             guarantee_set_aside: BTreeMap::new(),
+            guaranteed_latest_start: vec![0; teams.names.len()],
         }
     }
 }
@@ -329,6 +333,8 @@ impl<'a> Planner<'a> {
                 {
                     used[pool] += milli;
                     r.mode = Admission::Guaranteed;
+                    let latest = &mut self.acct.guaranteed_latest_start[t];
+                    *latest = (*latest).max(r.note.started_s);
                 } else {
                     r.mode = Admission::Borrowed;
                 }
@@ -446,6 +452,7 @@ impl<'a> Planner<'a> {
         if class == Admission::Guaranteed {
             let pool = self.teams.pool_of_model[team][model];
             self.acct.guaranteed_used[team][pool] += milli;
+            self.acct.guaranteed_latest_start[team] = self.now;
         }
     }
 

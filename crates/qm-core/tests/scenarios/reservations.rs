@@ -159,3 +159,53 @@ fn every_pending_job_has_a_reason_and_blocked_ones_an_estimate() {
         "{p:?}"
     );
 }
+
+#[test]
+fn a_job_that_fits_its_teams_guarantee_whole_reserves_ahead_of_borrowers_once_younger_work_passed_it(
+) {
+    // Teams a and b are guaranteed two nodes each of four. One reservation per plan.
+    let state = ClusterBuilder::new()
+        .racks(1, 4, 8)
+        .team("a", 16)
+        .team("b", 16)
+        .config(|c| c.max_reservations = 1)
+        .build();
+    let mut h = Harness::new(state);
+    h.submit(JobBuilder::new("a").gpus(8).limit(10_000));
+    h.submit(JobBuilder::new("b").gpus(8).limit(1_000));
+    h.step();
+    // b's three-node gang can only borrow, and takes the reservation.
+    h.now = 10;
+    let borrower = h.submit(JobBuilder::new("b").gpus(8).tasks(3).limit(5_000));
+    assert!(matches!(
+        h.step().pending_job(borrower).unwrap().reason,
+        Reason::Reserved { .. }
+    ));
+    // a's two-node gang fits a's guarantee whole, but not what a's run leaves of it; a's
+    // younger 8-GPU job fits what is left, and starts inside the guarantee.
+    h.now = 15;
+    let owed = h.submit(JobBuilder::new("a").gpus(8).tasks(2).limit(5_000));
+    h.step();
+    h.now = 20;
+    let younger = h.submit(JobBuilder::new("a").gpus(8).limit(10_000));
+    h.step();
+    assert_eq!(h.started.get(&younger), Some(&20));
+    // In a partition of its own the gang would head a's queue and hold the reservation; in
+    // the pool it now reserves ahead of every borrower.
+    h.now = 21;
+    let plan = h.step();
+    match plan.pending_job(owed).unwrap().reason {
+        Reason::Reserved { start_s } => assert_eq!(start_s, 1_000, "when b's run ends"),
+        ref r => panic!("a's gang not reserved: {r}"),
+    }
+    assert!(
+        !matches!(
+            plan.pending_job(borrower).unwrap().reason,
+            Reason::Reserved { .. }
+        ),
+        "the one reservation goes to the job owed its guarantee's shape"
+    );
+    h.run_until(1_001);
+    assert_eq!(h.started.get(&owed), Some(&1_000));
+    assert!(!h.started.contains_key(&borrower));
+}
