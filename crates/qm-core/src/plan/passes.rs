@@ -191,7 +191,8 @@ impl<'a> Planner<'a> {
             // A job owed its guarantee's shape (`next_guaranteed`) that could start now is
             // left to the borrowing phase, where it starts at its turn; one that cannot is
             // decided here, at its team's standing among guaranteed work: it reserves ahead
-            // of every borrower.
+            // of every borrower and of the guaranteed jobs ranked after it (ARCHITECTURE.md,
+            // "A job passed inside its team's guarantee reserves first").
             let owed = lanes[i].owed.take() == Some(job.spec.id);
             let decided = match fate {
                 _ if owed && self.could_start_now(job, t) => false,
