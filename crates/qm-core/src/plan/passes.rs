@@ -482,14 +482,19 @@ impl<'a> Planner<'a> {
         let safe = self.safe;
         for m in self.candidate_models(spec) {
             let Some(g) = self.group(t, m) else { continue };
-            let homeless = self.teams.guaranteed(t, m) > 0 && self.homes.of(t, m).is_none();
-            let within = keep_to(safe, t, spec, Admission::Borrowed, homeless);
+            let within = keep_to(safe, t, spec, Admission::Borrowed, self.homeless(t, m));
             let ask = Ask::new(spec, g, end_s).within(within);
             if self.find_memo(&ask, shape_of(spec, g)).is_some() {
                 return true;
             }
         }
         false
+    }
+
+    /// Whether team `t` is guaranteed GPUs of model `m` but has no home for them (then its
+    /// work that cannot be preempted is not kept to one: `keep_to`).
+    pub(super) fn homeless(&self, t: usize, m: usize) -> bool {
+        self.teams.guaranteed(t, m) > 0 && self.homes.of(t, m).is_none()
     }
 
     /// Whether the job would fit its team's guarantee on some model were none of it used.
@@ -584,9 +589,9 @@ impl<'a> Planner<'a> {
         }
         // Models where the job is guaranteed first.
         admissible.sort_by_key(|a| a.2);
-        let (homes, safe) = (self.homes, self.safe);
+        let safe = self.safe;
         let homeless: Vec<bool> = (0..self.models.len())
-            .map(|m| self.teams.guaranteed(t, m) > 0 && homes.of(t, m).is_none())
+            .map(|m| self.homeless(t, m))
             .collect();
         // Work that cannot be preempted goes only where it never blocks another team's
         // guarantee.

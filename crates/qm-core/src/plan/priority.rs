@@ -106,7 +106,7 @@ impl<'a> Planner<'a> {
         }
         let milli = spec.milli_total();
         let (end_s, _) = self.end_of(spec, self.now);
-        let (homes, safe) = (self.homes, self.safe);
+        let safe = self.safe;
         let capped: Vec<(usize, usize, Admission)> = capped
             .iter()
             .map(|&(m, g)| (m, g, self.class_of(t, m, milli)))
@@ -144,8 +144,7 @@ impl<'a> Planner<'a> {
                     continue;
                 }
             }
-            let homeless = self.teams.guaranteed(t, m) > 0 && homes.of(t, m).is_none();
-            let within = keep_to(safe, t, spec, class, homeless);
+            let within = keep_to(safe, t, spec, class, self.homeless(t, m));
             let ask = Ask::new(spec, g, end_s).within(within);
             // Where it fits already, only its team's `max` stands in the way.
             let found = match self.find_memo(&ask, shape_of(spec, g)) {

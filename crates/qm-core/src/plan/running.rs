@@ -106,18 +106,6 @@ impl<'a> Planner<'a> {
                 continue;
             };
             let model = self.node_model[n as usize];
-            // When each node's last run ends by its time limit: one task's node from the
-            // note, a gang's from its record.
-            let limit_end = self.run_ends(note).0;
-            if note.tasks == 1 {
-                drain[n as usize] = drain[n as usize].max(limit_end);
-            } else if let Some(run) = state.jobs.get(&id).and_then(|j| j.state.run()) {
-                for task in &run.placement {
-                    if let Some(m) = self.view.dense(task.node) {
-                        drain[m as usize] = drain[m as usize].max(limit_end);
-                    }
-                }
-            }
             let team = self.team_of_id(note.team_id);
             let milli = note.milli;
             if let Some(t) = team {
@@ -171,6 +159,18 @@ impl<'a> Planner<'a> {
                 touched: note.touched,
                 after_waiting,
             });
+            // When each node's last run ends by its time limit: one task's node from the
+            // note, a gang's from its record.
+            let limit_end = self.run_ends(note).0;
+            if note.tasks == 1 {
+                drain[n as usize] = drain[n as usize].max(limit_end);
+            } else {
+                for task in self.placement(self.runs.len() - 1) {
+                    if let Some(m) = self.view.dense(task.node) {
+                        drain[m as usize] = drain[m as usize].max(limit_end);
+                    }
+                }
+            }
         }
         self.count_held(held);
         self.view.drain = drain;
