@@ -61,6 +61,10 @@ pub struct SimOptions {
     /// Jobs waiting longer than this go first, by age alone
     /// ([`SchedulerConfig::starvation_wait_s`]; none by default).
     pub starvation_wait_s: Option<Secs>,
+    /// The trace's id of a job whose story the replay records ([`SimResult::explained`]):
+    /// why it waited at each plan where that changed, when it started, was stopped and
+    /// ended (`qm sim run --explain-job`).
+    pub explain_job: Option<JobId>,
 }
 
 impl SimOptions {
@@ -76,8 +80,16 @@ impl SimOptions {
             idle_policy: None,
             idle_window_s: SchedulerConfig::default().idle_window_s,
             starvation_wait_s: SchedulerConfig::default().starvation_wait_s,
+            explain_job: None,
         }
     }
+}
+
+/// One step of a job's story in a replay ([`SimOptions::explain_job`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explained {
+    pub at_s: Secs,
+    pub what: String,
 }
 
 /// What happened to one trace job.
@@ -127,6 +139,8 @@ pub struct SimResult {
     pub guarantee_denied: BTreeMap<String, u128>,
     /// GPU time held idle, and what the idle policies gave back ([`crate::idle`]).
     pub idle: IdleTotals,
+    /// The story of [`SimOptions::explain_job`], in time order (empty without one).
+    pub explained: Vec<Explained>,
 }
 
 impl SimResult {
@@ -475,6 +489,11 @@ pub fn simulate(
     let (threshold, window) = (state.config.idle_threshold_pct, state.config.idle_window_s);
     let mut meter = IdleMeter::default();
     let mut runs: Vec<RunIdle> = vec![RunIdle::default(); jobs.len()];
+    let explain = options
+        .explain_job
+        .and_then(|x| jobs.iter().position(|j| JobId(j.id) == x))
+        .map(|i| ids[i]);
+    let mut story = Story::default();
     loop {
         let t_arrival = order.get(next).map(|&i| jobs[i].submit_s);
         let t_event = heap.peek().map(|Reverse(e)| e.0);
@@ -598,6 +617,9 @@ pub fn simulate(
         }
         let p = decide(&state, now);
         plans += 1;
+        if let Some(x) = explain {
+            story.tell(&state, &p, x, now);
+        }
         for event in p.events(now) {
             match event {
                 Event::Stop { job: id, cause, .. } => {
@@ -713,7 +735,66 @@ pub fn simulate(
         end_s: now,
         guarantee_denied: denied.totals(),
         idle: meter.totals(),
+        explained: story.lines,
     })
+}
+
+/// A job's story as a replay goes ([`SimOptions::explain_job`]): a line where why it waits
+/// changes, and where it starts, is stopped or ends.
+#[derive(Default)]
+struct Story {
+    lines: Vec<Explained>,
+    /// What the last line said of the job's state, so that a plan that changes nothing for
+    /// it adds none.
+    last: Option<String>,
+}
+
+impl Story {
+    /// What plan `p`, made at `now` of `state`, means for job `x`: a full plan (with its
+    /// explanations) is made where the job waits.
+    fn tell(&mut self, state: &ClusterState, p: &qm_core::Plan, x: JobId, now: Secs) {
+        let Some(job) = state.job(x) else { return };
+        let what = match &job.state {
+            JobState::Pending => match p.starts.iter().find(|s| s.job == x) {
+                Some(start) => {
+                    let mut nodes: Vec<u32> = start.placement.iter().map(|t| t.node.0).collect();
+                    nodes.dedup();
+                    format!(
+                        "starts, {} its team's guarantee, on node(s) {nodes:?}",
+                        match start.admission {
+                            qm_core::Admission::Guaranteed => "inside",
+                            qm_core::Admission::Borrowed => "beyond",
+                        }
+                    )
+                }
+                None => {
+                    let full = qm_core::plan(state, now);
+                    match full.pending_job(x) {
+                        Some(pending) => format!("waits: {}", pending.reason),
+                        None => "waits".to_string(),
+                    }
+                }
+            },
+            JobState::Running(_) => match p.stops.iter().find(|s| s.job == x) {
+                Some(stop) => match stop.beneficiary {
+                    Some(b) => format!("is stopped ({:?}) for job {}", stop.cause, b.0),
+                    None => format!("is stopped ({:?})", stop.cause),
+                },
+                None => "runs".to_string(),
+            },
+            JobState::Stopping(..) => "is stopping".to_string(),
+            ended => format!("has ended: {}", ended.name()),
+        };
+        if self.last.as_deref() != Some(what.as_str()) {
+            if what != "runs" && what != "is stopping" {
+                self.lines.push(Explained {
+                    at_s: now,
+                    what: what.clone(),
+                });
+            }
+            self.last = Some(what);
+        }
+    }
 }
 
 /// The run's GPUs go idle now: counted by the meter; returns the sample to send.
@@ -987,6 +1068,36 @@ mod tests {
         let partition = run(PolicyKind::Static);
         assert_eq!(partition.jobs[1].first_start_s, Some(1_000));
         assert_eq!(partition.guarantee_denied.get("a"), Some(&0));
+    }
+
+    #[test]
+    fn a_replay_tells_the_story_of_the_job_it_is_asked_about() {
+        // b borrows a's node at 0 s; a's job arrives at 1,000 s and takes it back; b is
+        // killed at 1,030 s, waits while a's job runs and starts again at 1,130 s, from the
+        // beginning: it ends at 11,130 s.
+        let (jobs, cluster, teams) = lent_node(8);
+        let mut options = SimOptions::new(PolicyKind::Default);
+        let quiet = simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap();
+        assert!(quiet.explained.is_empty(), "no story unless asked");
+        options.explain_job = Some(JobId(1));
+        let told = simulate(&jobs, &cluster, &teams, &options, &mut |_, _| {}).unwrap();
+        assert_eq!(told.jobs, quiet.jobs, "telling changes nothing");
+        let story: Vec<(Secs, &str)> = told
+            .explained
+            .iter()
+            .map(|l| (l.at_s, l.what.as_str()))
+            .collect();
+        let at: Vec<Secs> = story.iter().map(|s| s.0).collect();
+        assert_eq!(at, [0, 1_000, 1_030, 1_130, 11_130], "{story:?}");
+        assert!(story[0]
+            .1
+            .starts_with("starts, beyond its team's guarantee"));
+        assert_eq!(story[1].1, "is stopped (Reclaim) for job 2");
+        assert!(story[2].1.starts_with("waits: "), "{story:?}");
+        assert!(story[3]
+            .1
+            .starts_with("starts, beyond its team's guarantee"));
+        assert_eq!(story[4].1, "has ended: succeeded");
     }
 
     #[test]

@@ -277,6 +277,11 @@ pub struct RunArgs {
     /// Recorded in the report. [default: none, as the scheduler]
     #[arg(long, value_name = "SECONDS")]
     starvation_wait_s: Option<u64>,
+    /// Tell the story of one job (its id in the trace) in each replay in the trace's order:
+    /// why it waited, at every plan where that changed, and when it started, was stopped
+    /// and ended. Written to explain-job-ID.md beside the report.
+    #[arg(long, value_name = "ID")]
+    explain_job: Option<u64>,
 }
 
 pub fn run(cmd: SimCommand) -> Result<(), Box<dyn Error>> {
@@ -468,6 +473,18 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         cluster.gpus(),
         teams.len()
     );
+    if let Some(x) = args.explain_job {
+        if !trace.jobs.iter().any(|j| j.id == x) {
+            let (lo, hi) = trace
+                .jobs
+                .iter()
+                .fold((u64::MAX, 0), |(lo, hi), j| (lo.min(j.id), hi.max(j.id)));
+            return Err(format!(
+                "--explain-job {x}: the trace has no job with that id (its ids run from {lo} to {hi}: the row number in file order, or the generic CSV's `id` column)"
+            )
+            .into());
+        }
+    }
     let idle: Vec<Option<qm_core::IdlePolicy>> = match &args.idle_policy {
         None => vec![None],
         Some(list) => list
@@ -497,6 +514,8 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
                 o.idle_policy = idle_policy;
                 o.idle_window_s = args.idle_window_s;
                 o.starvation_wait_s = args.starvation_wait_s;
+                // The story is told of the replays in the trace's order.
+                o.explain_job = args.explain_job.filter(|_| k == 0).map(qm_core::JobId);
                 let name = match idle_policy {
                     Some(p) => format!("{}/{}", policy.name(), qm_sim::sim::idle_policy_name(p)),
                     None => policy.name().to_string(),
@@ -536,6 +555,12 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         perturbed: (!replays.is_empty()).then(|| report::perturbed(&seeds, &replays)),
     };
     report::write(&args.out, &report, &plain)?;
+    if let Some(x) = args.explain_job {
+        let path = args.out.join(format!("explain-job-{x}.md"));
+        std::fs::write(&path, explain_md(x, &trace.jobs, &plain))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("qm sim: job {x}'s story written to {}", path.display());
+    }
     println!("{}", report::table(&report));
     if let Some(p) = &report.perturbed {
         println!(
@@ -549,6 +574,40 @@ fn run_trace(args: &RunArgs) -> Result<(), Box<dyn Error>> {
         args.out.join("report.md").display()
     );
     Ok(())
+}
+
+/// Job `x`'s story in each replay of `plain` (`--explain-job`), as Markdown.
+fn explain_md(x: u64, jobs: &[TraceJob], plain: &[SimResult]) -> String {
+    use std::fmt::Write as _;
+    let job = jobs
+        .iter()
+        .find(|j| j.id == x)
+        .expect("checked at the start");
+    let mut out = format!(
+        "# Job {x} of the trace\n\nTeam `{}`, {} task(s) of {}, {} milli-CPU and {} MiB each; submitted at {} s, works {} s.\n",
+        job.team,
+        job.tasks,
+        match job.gpu {
+            qm_core::GpuAsk::Whole(k) => format!("{k} GPU(s)"),
+            qm_core::GpuAsk::Milli(m) => format!("{:.3} of a GPU", f64::from(m) / 1000.0),
+        },
+        job.cpu_milli,
+        job.mem_mib,
+        job.submit_s,
+        job.duration_s
+    );
+    for r in plain {
+        let _ = write!(
+            out,
+            "\n## {}\n\n| at (s) | after submission | what |\n|---|---|---|\n",
+            r.label()
+        );
+        for line in &r.explained {
+            let after = line.at_s.saturating_sub(job.submit_s) as f64 / 3600.0;
+            let _ = writeln!(out, "| {} | {after:.2} h | {} |", line.at_s, line.what);
+        }
+    }
+    out
 }
 
 /// Runs one replay per (label, options) of `runs` on up to `threads` threads; the results in

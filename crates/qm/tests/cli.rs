@@ -754,3 +754,52 @@ fn sim_run_perturb_gives_the_idle_figures_spread() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sim_run_tells_the_story_of_one_job_when_asked() {
+    let dir = tmp("explain");
+    let run = |id: &str| {
+        qm(&[
+            "sim",
+            "run",
+            "--trace",
+            &fixture(),
+            "--cluster",
+            "4x8",
+            "--policy",
+            "default,static",
+            "--explain-job",
+            id,
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let out = run("9999");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--explain-job 9999: the trace has no job with that id"),
+        "{err}"
+    );
+    assert!(!dir.join("report.json").exists(), "nothing written");
+    let out = run("17");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let story = std::fs::read_to_string(dir.join("explain-job-17.md")).unwrap();
+    assert!(story.starts_with("# Job 17 of the trace"), "{story}");
+    for section in ["## default", "## static"] {
+        let part = story
+            .split(section)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{story}"));
+        let part = part.split("\n## ").next().unwrap();
+        // Submitted at 7,200 s: its first line is then, and it runs to its end.
+        assert!(part.contains("| 7200 | 0.00 h |"), "{story}");
+        assert!(part.contains("starts"), "{story}");
+        assert!(part.contains("has ended: succeeded"), "{story}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

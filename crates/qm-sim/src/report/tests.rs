@@ -86,6 +86,7 @@ impl Replay {
             guarantee_denied: self.denied,
             idle: Default::default(),
             idle_policy: None,
+            explained: Vec::new(),
         }
     }
 }
