@@ -601,7 +601,7 @@ mod tests {
         let text = reason_text(&r, now);
         assert_eq!(
             text,
-            "GPUs reserved; starts by 00:17 UTC (in 17 min) if running jobs keep their time limits"
+            "GPUs reserved; starts by 00:17 UTC (in 17 min) if running jobs keep their time limits and no job that goes before it takes them first"
         );
         let r = qm_core::Reason::BehindReservation {
             reserved: JobId(7),

@@ -245,7 +245,10 @@ impl std::fmt::Display for Reason {
                 )
             }
             Reason::Reserved { start_s } => {
-                write!(f, "GPUs reserved; starts by t={start_s}s if running jobs keep their time limits")
+                write!(
+                    f,
+                    "GPUs reserved; starts by t={start_s}s if running jobs keep their time limits and no job that goes before it takes them first"
+                )
             }
             Reason::BehindReservation { reserved, start_s } => write!(
                 f,
