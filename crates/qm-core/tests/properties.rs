@@ -202,6 +202,14 @@ impl World {
         prop_assert_eq!(&plan.starts, &decided.starts);
         prop_assert_eq!(&plan.stops, &decided.stops);
         prop_assert_eq!(&plan.idle, &decided.idle);
+        // What deciding reserves, planning reserves too, in the same order: deciding only
+        // stops early, and leaves out reservations no later decision read.
+        prop_assert!(
+            plan.reservations.starts_with(&decided.reservations),
+            "decided reservations {:?} are not a prefix of planned ones {:?}",
+            decided.reservations,
+            plan.reservations
+        );
         let copy: ClusterState =
             serde_json::from_str(&serde_json::to_string(&self.state).unwrap()).unwrap();
         // A loaded state is the same state, the index of holding jobs rebuilt included.

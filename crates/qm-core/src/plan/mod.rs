@@ -423,9 +423,11 @@ pub fn plan(state: &ClusterState, now: Secs) -> Plan {
     planner::Planner::new(state, now, true).run()
 }
 
-/// The same decisions as [`plan`] (starts, stops, reservations, reclaims, idle notices),
-/// without explaining the jobs that stay pending: `pending` and `teams` are empty. For shells
-/// that only execute plans, such as the simulator.
+/// The same decisions as [`plan`] (starts, stops, reclaims, idle notices), without
+/// explaining the jobs that stay pending: `pending` and `teams` are empty. For shells that
+/// only execute plans, such as the simulator. Its reservations are a prefix of `plan`'s: it
+/// stops once nothing more can start, and makes a reservation only when a later decision
+/// reads it (`reserve.rs`, `Deferred`).
 pub fn decide(state: &ClusterState, now: Secs) -> Plan {
     if let Some(quiet) = running::quiet_plan(state, now) {
         debug_assert_eq!(

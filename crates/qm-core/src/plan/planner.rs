@@ -131,6 +131,10 @@ pub(crate) struct Planner<'a> {
     pub(super) safe: &'a [Option<Vec<u64>>],
     /// While a job that cannot be preempted is being reserved for: the nodes it may use.
     pub(super) keep_to: Option<Vec<u64>>,
+    /// Reservations decided but not yet made (`decide` only: `reserve.rs`, "Deferred").
+    pub(super) deferred: Vec<super::reserve::Deferred<'a>>,
+    /// Whether reservations may be deferred: when deciding without explaining.
+    pub(super) lazy: bool,
     /// Every running or stopping job, as the plan sees it.
     pub(super) runs: Vec<RunInfo<'a>>,
     /// `[run]` the records of the runs, looked up together when a step first needs many
@@ -265,6 +269,8 @@ impl<'a> Planner<'a> {
             homes,
             safe,
             keep_to: None,
+            deferred: Vec::new(),
+            lazy: !explain,
             runs: Vec::new(),
             run_jobs: std::cell::OnceCell::new(),
             idle: Vec::new(),
@@ -564,7 +570,7 @@ impl<'a> Planner<'a> {
         (
             self.out.starts.len(),
             self.out.stops.len(),
-            self.timeline.promises.len(),
+            self.timeline.promises.len() + self.deferred.len(),
             self.out.reclaims.len(),
         )
     }
@@ -585,6 +591,17 @@ impl<'a> Planner<'a> {
         ask: &Ask,
         shape: Option<Shape>,
     ) -> Option<(Vec<TaskPlacement>, f64)> {
+        // With reservations deferred, the guards they would set are not there yet: where
+        // the job does not fit even without guards it does not fit with them; where it
+        // does, the deferred reservations are made first and the guarded question asked.
+        if !ask.ignore_guards && !self.deferred.is_empty() {
+            let free = Ask {
+                ignore_guards: true,
+                ..*ask
+            };
+            self.find_memo_scored(&free, shape)?;
+            self.settle();
+        }
         let key = shape.map(|s| (s, ask.ignore_guards, ask.within.map_or(0, |w| w.0 + 1)));
         if let Some(k) = &key {
             if self.memo.no_fit.get(k).is_some_and(|&end| ask.end_s >= end) {

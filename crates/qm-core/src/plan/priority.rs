@@ -104,6 +104,7 @@ impl<'a> Planner<'a> {
         {
             return false;
         }
+        self.settle();
         let milli = spec.milli_total();
         let (end_s, _) = self.end_of(spec, self.now);
         let safe = self.safe;

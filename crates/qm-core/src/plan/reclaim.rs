@@ -116,58 +116,17 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
-        // A team's guarantee protects it from other teams; it does not preempt itself, but
-        // for its own idle runs that yielded.
-        self.sort_victims();
-        let victims: Vec<usize> = self.victims.by_model[m]
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let r = &self.runs[i];
-                !r.stopped && (r.team != Some(team) || r.yielded)
-            })
-            .collect();
-        let homes = self.homes;
-        let ask = Ask::new(spec, g, end_s);
-        // First the borrowed work that loses least, wherever it is. A job that cannot be
-        // preempted cannot borrow instead: where borrowed work alone cannot make room for it,
-        // it takes its team's home back whole, preempting every run there that is away from
-        // its own team's home too.
+        // With reservations deferred (`reserve.rs`, `Deferred`), their guards are not there
+        // yet: where no victims make room even without guards, none make room with them;
+        // where some do, the reservations are made and the guarded search decides.
         let mut found = None;
-        if !victims.is_empty() {
-            found = self.victims_and_place(&ask, &victims, None);
-        }
-        // Then runs of teams above their guarantee that count inside it, as long as each
-        // such team keeps its guarantee: the guarantee comes back in the shape the job needs
-        // where borrowed work is spread too thin to make it.
-        if found.is_none() && !self.victims.surplus[m].is_empty() {
-            let mut wide: Vec<usize> = self.victims.surplus[m]
-                .iter()
-                .copied()
-                .filter(|&i| !self.runs[i].stopped && self.runs[i].team != Some(team))
-                .chain(victims.iter().copied())
-                .collect();
-            wide.sort_by_key(|&i| self.victim_key(i));
-            if wide.len() > victims.len() {
-                found = self.victims_and_place(&ask, &wide, Some(m));
-            }
-        }
-        if found.is_none() && !spec.preemptible && homes.of(team, m).is_some() {
-            let home = homes.own_bits(team);
-            let wide = self.home_victims(team, m, &home, &victims);
-            if wide.len() > victims.len() {
-                let ask = Ask::new(spec, g, end_s).within(Some((2 * team, &home)));
-                found = self.victims_and_place(&ask, &wide, None);
-                // Where the home cannot be made whole now (runs there still within their
-                // minimum run time, a node down), the same victims may make room anywhere:
-                // the rest of the job's shape comes from nodes borrowed work is taken back
-                // from. Without this, short work kept starting on the home's free nodes,
-                // each run protected for its minimum run time, and a 2,048-GPU gang waited
-                // hours for its own guarantee (`qm sim gen big-gang --duration-scale 0.33`).
-                if found.is_none() {
-                    found = self.victims_and_place(&Ask::new(spec, g, end_s), &wide, None);
-                }
-            }
+        if self.deferred.is_empty()
+            || self
+                .reclaim_search(job, team, (m, g), end_s, true)
+                .is_some()
+        {
+            self.settle();
+            found = self.reclaim_search(job, team, (m, g), end_s, false);
         }
         let Some((chosen, placement)) = found else {
             self.attempts.failed_reclaims += 1;
@@ -203,6 +162,83 @@ impl<'a> Planner<'a> {
         true
     }
 
+    /// Reclaim's search: the victims that make room for the job on group `g` of model `m`,
+    /// and where it then goes (guards ignored or not).
+    fn reclaim_search(
+        &mut self,
+        job: &Job,
+        team: usize,
+        (m, g): (usize, usize),
+        end_s: crate::model::Secs,
+        ignore_guards: bool,
+    ) -> Option<(Vec<usize>, Vec<TaskPlacement>)> {
+        let spec = &job.spec;
+        // A team's guarantee protects it from other teams; it does not preempt itself, but
+        // for its own idle runs that yielded.
+        self.sort_victims();
+        let victims: Vec<usize> = self.victims.by_model[m]
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let r = &self.runs[i];
+                !r.stopped && (r.team != Some(team) || r.yielded)
+            })
+            .collect();
+        let homes = self.homes;
+        let ask = Ask {
+            ignore_guards,
+            ..Ask::new(spec, g, end_s)
+        };
+        // First the borrowed work that loses least, wherever it is. A job that cannot be
+        // preempted cannot borrow instead: where borrowed work alone cannot make room for it,
+        // it takes its team's home back whole, preempting every run there that is away from
+        // its own team's home too.
+        let mut found = None;
+        if !victims.is_empty() {
+            found = self.victims_and_place(&ask, &victims, None);
+        }
+        // Then runs of teams above their guarantee that count inside it, as long as each
+        // such team keeps its guarantee: the guarantee comes back in the shape the job needs
+        // where borrowed work is spread too thin to make it.
+        if found.is_none() && !self.victims.surplus[m].is_empty() {
+            let mut wide: Vec<usize> = self.victims.surplus[m]
+                .iter()
+                .copied()
+                .filter(|&i| !self.runs[i].stopped && self.runs[i].team != Some(team))
+                .chain(victims.iter().copied())
+                .collect();
+            wide.sort_by_key(|&i| self.victim_key(i));
+            if wide.len() > victims.len() {
+                found = self.victims_and_place(&ask, &wide, Some(m));
+            }
+        }
+        if found.is_none() && !spec.preemptible && homes.of(team, m).is_some() {
+            let home = homes.own_bits(team);
+            let wide = self.home_victims(team, m, &home, &victims);
+            if wide.len() > victims.len() {
+                let ask = Ask {
+                    ignore_guards,
+                    ..Ask::new(spec, g, end_s).within(Some((2 * team, &home)))
+                };
+                found = self.victims_and_place(&ask, &wide, None);
+                // Where the home cannot be made whole now (runs there still within their
+                // minimum run time, a node down), the same victims may make room anywhere:
+                // the rest of the job's shape comes from nodes borrowed work is taken back
+                // from. Without this, short work kept starting on the home's free nodes,
+                // each run protected for its minimum run time, and a 2,048-GPU gang waited
+                // hours for its own guarantee (`qm sim gen big-gang --duration-scale 0.33`).
+                if found.is_none() {
+                    let anywhere = Ask {
+                        ignore_guards,
+                        ..Ask::new(spec, g, end_s)
+                    };
+                    found = self.victims_and_place(&anywhere, &wide, None);
+                }
+            }
+        }
+        found
+    }
+
     /// For a job that cannot start now and would borrow: preempts idle runs that
     /// yielded (`IdlePolicy::Yield`), of any team, its own included, where they make room for
     /// it, on the first model of `admissible` (with the class it has there) where they do.
@@ -218,6 +254,7 @@ impl<'a> Planner<'a> {
         if self.yield_exhausted() || self.waits_on_victims(job) || job.stopped_idle {
             return false;
         }
+        self.settle();
         let spec = &job.spec;
         let (end_s, _) = self.end_of(spec, self.now);
         for &(m, g, class) in admissible {

@@ -71,6 +71,21 @@ pub(super) struct Promise {
     pub(super) mem: u64,
 }
 
+/// A reservation `decide` has decided to make but not made yet: the planner knows it will
+/// succeed (the job fits group `group` once every running job and promise with an end has
+/// ended), which is all the plan's counts and the order of its passes depend on. Where and
+/// when it starts matters only through the guards and promises it adds, so it is made (in
+/// order, before anything else) only when the plan comes to read them: a placement that
+/// would succeed without guards, another reservation that cannot be deferred, a reclaim
+/// or a preemption. In most plans that make reservations nothing of that kind follows, and
+/// deciding does not compute them at all. `plan` makes every reservation at once.
+pub(super) struct Deferred<'a> {
+    job: &'a Job,
+    group: usize,
+    admissible: Vec<(usize, usize, Admission)>,
+    keep_to: Option<Vec<u64>>,
+}
+
 /// CPU and memory a node will have left once a reservation has started there.
 pub(super) type Slack = (u32, u64, u64);
 
@@ -210,8 +225,162 @@ impl<'a> Planner<'a> {
     }
 
     /// Gives a blocked job the earliest start that running jobs' time limits promise, over
-    /// its admissible GPU models, and guards the GPUs against backfill that would delay it.
-    pub(super) fn reserve(&mut self, job: &Job, admissible: &[(usize, usize, Admission)]) -> bool {
+    /// its admissible GPU models, and guards the GPUs against backfill that would delay it;
+    /// when deciding, possibly later ([`Deferred`]).
+    pub(super) fn reserve(
+        &mut self,
+        job: &'a Job,
+        admissible: &[(usize, usize, Admission)],
+    ) -> bool {
+        if self.lazy {
+            match self.defer(job, admissible) {
+                Some(deferred) => return deferred,
+                None => self.settle(),
+            }
+        }
+        self.reserve_now(job, admissible)
+    }
+
+    /// Makes the deferred reservations, in the order they were decided.
+    pub(super) fn settle(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        // Counted when deferred; counted again as each is made.
+        for d in &deferred {
+            if let Some(c) = self.timeline.reservations_by_group.get_mut(&d.group) {
+                *c -= 1;
+            }
+        }
+        for d in deferred {
+            let keep_to = std::mem::replace(&mut self.keep_to, d.keep_to);
+            let made = self.reserve_now(d.job, &d.admissible);
+            debug_assert!(made, "a deferred reservation is made");
+            self.keep_to = keep_to;
+        }
+    }
+
+    /// Whether the reservation can be deferred: `Some(false)` where no group would even be
+    /// tried (nothing to do), `Some(true)` where it was deferred, `None` where it must be
+    /// made now. It can be deferred where exactly one group would be tried, the job has a
+    /// time limit (its promise ends) and it fits that group once everything that ends has
+    /// ended: then [`Self::reserve_now`] succeeds there, whatever the earlier deferred
+    /// reservations (all of which end too) take.
+    fn defer(&mut self, job: &'a Job, admissible: &[(usize, usize, Admission)]) -> Option<bool> {
+        let spec = &job.spec;
+        let seen = self.timeline.releases.len();
+        let promised = seen + self.timeline.promises.len() + self.deferred.len();
+        let mut tried = None;
+        for &(_, g, _) in admissible {
+            let used = self
+                .timeline
+                .reservations_by_group
+                .get(&g)
+                .copied()
+                .unwrap_or(0);
+            let shape = shape_of(spec, g);
+            if used >= self.cfg.max_reservations
+                || self.attempts.failed_reservations >= MAX_FAILED_ATTEMPTS
+                || shape.is_some_and(|s| self.memo.no_reserve.get(&s) == Some(&seen))
+                || self.memo.unreservable.get(&g) == Some(&promised)
+            {
+                continue;
+            }
+            if tried.is_some() {
+                return None;
+            }
+            tried = Some(g);
+        }
+        let Some(g) = tried else {
+            return Some(false);
+        };
+        if self.end_of(spec, self.now).0 == Secs::MAX {
+            return None;
+        }
+        if !self.empties_for(spec, g) {
+            self.releases();
+            if !self.fits_in_the_end(spec, g) {
+                return None;
+            }
+        }
+        *self.timeline.reservations_by_group.entry(g).or_default() += 1;
+        self.deferred.push(Deferred {
+            job,
+            group: g,
+            admissible: admissible.to_vec(),
+            keep_to: self.keep_to.clone(),
+        });
+        Some(true)
+    }
+
+    /// Whether a single task fits some node of group `g` (within `keep_to`) that empties:
+    /// everything on it ends by a time limit (its drain time is finite), nothing is held
+    /// there for a reclaim's beneficiary and nothing is promised yet. Then it fits there
+    /// once everything has ended, as [`Self::fits_in_the_end`] would find, without building
+    /// the timeline.
+    fn empties_for(&self, spec: &JobSpec, g: usize) -> bool {
+        if spec.tasks != 1 || !self.state.holds.is_empty() || !self.timeline.promises.is_empty() {
+            return false;
+        }
+        let empty = [0u32; 64];
+        self.view.group_nodes[g].iter().any(|&n| {
+            let node = &self.view.nodes[n as usize].spec;
+            self.keep_to.as_ref().is_none_or(|w| bit(w, n))
+                && self
+                    .view
+                    .drain
+                    .get(n as usize)
+                    .is_some_and(|&d| d != Secs::MAX)
+                && spec
+                    .node_selector
+                    .iter()
+                    .all(|(k, v)| node.labels.get(k) == Some(v))
+                && fits(
+                    spec,
+                    &empty[..self.view.gpus[n as usize] as usize],
+                    node.cpu_milli,
+                    node.mem_mib,
+                )
+        })
+    }
+
+    /// Whether the job fits group `g` (within `keep_to`) once every release and promise
+    /// that ends has ended: capacity on the timeline only grows with time, so then
+    /// [`Self::earliest`] finds a start. A gang also needs some end in the group (its
+    /// search probes only those).
+    fn fits_in_the_end(&mut self, spec: &JobSpec, g: usize) -> bool {
+        let end = Secs::MAX - 1;
+        let mut node = ([0u32; 64], 0, 0);
+        if spec.tasks == 1 {
+            return self.view.group_nodes[g].iter().any(|&n| {
+                self.cap_at(spec, g, n, end, &mut node)
+                    .is_some_and(|cap| cap >= 1)
+            });
+        }
+        let ends = !self.group_releases(g).is_empty()
+            || self.deferred.iter().any(|d| d.group == g)
+            || self
+                .timeline
+                .promises
+                .iter()
+                .any(|p| p.group == g && p.end_s != Secs::MAX);
+        if !ends {
+            return false;
+        }
+        let need = u64::from(spec.tasks);
+        let mut have = 0u64;
+        for &n in &self.view.group_nodes[g] {
+            have += self.cap_at(spec, g, n, end, &mut node).unwrap_or(0);
+            if have >= need {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// [`Self::reserve`], now.
+    fn reserve_now(&mut self, job: &Job, admissible: &[(usize, usize, Admission)]) -> bool {
         self.releases();
         let spec = &job.spec;
         let mut best: Option<(Secs, usize, Vec<TaskPlacement>, Vec<Slack>)> = None;

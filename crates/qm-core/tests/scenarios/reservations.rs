@@ -209,3 +209,39 @@ fn a_job_that_fits_its_teams_guarantee_whole_reserves_ahead_of_borrowers_once_yo
     assert_eq!(h.started.get(&owed), Some(&1_000));
     assert!(!h.started.contains_key(&borrower));
 }
+
+/// `decide` defers a reservation until a later decision reads it (`Deferred` in
+/// `plan/reserve.rs`). A job that fits the free GPUs only by ignoring the reservation's
+/// guards comes later: the reservation is made first, and the job is decided as `plan`
+/// decides it, both when it ends before the reserved start and when it would delay it.
+#[test]
+fn deciding_makes_a_deferred_reservation_before_a_later_job_reads_its_guards() {
+    let mut h = Harness::new(two_teams(2, 8, 8));
+    // 12 GPUs busy until t=1000; 4 free.
+    for _ in 0..12 {
+        h.submit(JobBuilder::new("b").limit(1000));
+    }
+    h.step();
+    let big = h.submit(JobBuilder::new("a").gpus(8).tasks(2).limit(5000));
+    let long = h.submit(JobBuilder::new("b").limit(2000));
+    let full = plan(&h.state, h.now);
+    let quick = decide(&h.state, h.now);
+    assert_eq!(
+        full.pending_job(big).unwrap().reason,
+        Reason::Reserved { start_s: 1000 }
+    );
+    assert!(matches!(
+        full.pending_job(long).unwrap().reason,
+        Reason::BehindReservation { reserved, start_s: 1000 } if reserved == big
+    ));
+    assert!(quick.starts.is_empty(), "{:?}", quick.starts);
+    assert_eq!(full.stops, quick.stops);
+    assert_eq!(full.reservations, quick.reservations);
+    // One that ends before t=1000 backfills, in both.
+    let short = h.submit(JobBuilder::new("b").limit(900));
+    let full = plan(&h.state, h.now);
+    let quick = decide(&h.state, h.now);
+    assert!(full.start_of(short).is_some());
+    assert_eq!(full.starts, quick.starts);
+    assert_eq!(full.stops, quick.stops);
+}
