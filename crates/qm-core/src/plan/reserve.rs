@@ -269,22 +269,9 @@ impl<'a> Planner<'a> {
     /// reservations (all of which end too) take.
     fn defer(&mut self, job: &'a Job, admissible: &[(usize, usize, Admission)]) -> Option<bool> {
         let spec = &job.spec;
-        let seen = self.timeline.releases.len();
-        let promised = seen + self.timeline.promises.len() + self.deferred.len();
         let mut tried = None;
         for &(_, g, _) in admissible {
-            let used = self
-                .timeline
-                .reservations_by_group
-                .get(&g)
-                .copied()
-                .unwrap_or(0);
-            let shape = shape_of(spec, g);
-            if used >= self.cfg.max_reservations
-                || self.attempts.failed_reservations >= MAX_FAILED_ATTEMPTS
-                || shape.is_some_and(|s| self.memo.no_reserve.get(&s) == Some(&seen))
-                || self.memo.unreservable.get(&g) == Some(&promised)
-            {
+            if self.not_tried(spec, g) {
                 continue;
             }
             if tried.is_some() {
@@ -379,29 +366,35 @@ impl<'a> Planner<'a> {
         false
     }
 
+    /// Whether a reservation on group `g` is not even sought: the group's reservations are
+    /// used up, too many failed in this plan, or one failed for this shape (or for anything
+    /// in the group) and nothing has ended or been promised since. Deferred reservations
+    /// count as made.
+    fn not_tried(&self, spec: &JobSpec, g: usize) -> bool {
+        let seen = self.timeline.releases.len();
+        let promised = seen + self.timeline.promises.len() + self.deferred.len();
+        let used = self
+            .timeline
+            .reservations_by_group
+            .get(&g)
+            .copied()
+            .unwrap_or(0);
+        used >= self.cfg.max_reservations
+            || self.attempts.failed_reservations >= MAX_FAILED_ATTEMPTS
+            || shape_of(spec, g).is_some_and(|s| self.memo.no_reserve.get(&s) == Some(&seen))
+            || self.memo.unreservable.get(&g) == Some(&promised)
+    }
+
     /// [`Self::reserve`], now.
     fn reserve_now(&mut self, job: &Job, admissible: &[(usize, usize, Admission)]) -> bool {
         self.releases();
         let spec = &job.spec;
         let mut best: Option<(Secs, usize, Vec<TaskPlacement>, Vec<Slack>)> = None;
         for &(_, g, _) in admissible {
-            let used = self
-                .timeline
-                .reservations_by_group
-                .get(&g)
-                .copied()
-                .unwrap_or(0);
-            let shape = shape_of(spec, g);
-            if used >= self.cfg.max_reservations
-                || self.attempts.failed_reservations >= MAX_FAILED_ATTEMPTS
-                || shape.is_some_and(|s| {
-                    self.memo.no_reserve.get(&s) == Some(&self.timeline.releases.len())
-                })
-                || self.memo.unreservable.get(&g)
-                    == Some(&(self.timeline.releases.len() + self.timeline.promises.len()))
-            {
+            if self.not_tried(spec, g) {
                 continue;
             }
+            let shape = shape_of(spec, g);
             match self.earliest(spec, g) {
                 Some((t, p, slack)) => {
                     if best.as_ref().is_none_or(|b| t < b.0) {
