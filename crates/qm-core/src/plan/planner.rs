@@ -223,8 +223,8 @@ impl<'a> Planner<'a> {
         } else {
             models.len()
         };
-        let view = View::build(state, groups, |node| {
-            let m = models.binary_search(&node.spec.gpu_model).ok()?;
+        let view = View::build(state, groups, |node, model| {
+            let m = model?;
             if policy == PolicyKind::Static {
                 partition.get(&node.spec.id).map(|r| m * leaf_count + r)
             } else {
@@ -242,9 +242,9 @@ impl<'a> Planner<'a> {
             }
         }
         let node_model: Vec<usize> = view
-            .nodes
+            .model
             .iter()
-            .map(|n| models.binary_search(&n.spec.gpu_model).unwrap_or(0))
+            .map(|&m| if m == u32::MAX { 0 } else { m as usize })
             .collect();
         let mut view = view;
         view.mix_src = Some((state, models.clone()));

@@ -53,6 +53,10 @@ pub(crate) struct Layout {
     domains: Vec<u64>,
     depth: usize,
     gpu_total: usize,
+    /// Each node's GPU model, as its index among the state's sorted models
+    /// (`ClusterState::team_index`): a plan needs it for every node, and a search among
+    /// strings per node per plan showed in profiles.
+    model: Vec<u32>,
 }
 
 impl Layout {
@@ -65,6 +69,7 @@ impl Layout {
                 .map(|n| n.spec.topology.len())
                 .max()
                 .unwrap_or(0);
+            let models = state.team_index().0;
             let mut l = Layout {
                 ids: Vec::with_capacity(n),
                 gpus: Vec::with_capacity(n),
@@ -72,12 +77,18 @@ impl Layout {
                 domains: Vec::with_capacity(n * depth),
                 depth,
                 gpu_total: 0,
+                model: Vec::with_capacity(n),
             };
             for node in state.nodes.values() {
                 l.ids.push(node.spec.id);
                 l.gpu_off.push(l.gpu_total);
                 l.gpus.push(node.spec.gpus);
                 l.gpu_total += node.spec.gpus as usize;
+                l.model.push(
+                    models
+                        .binary_search(&node.spec.gpu_model)
+                        .map_or(u32::MAX, |m| m as u32),
+                );
                 // A domain is named by its path prefix; its id is a hash of that prefix
                 // (FNV-1a), so no interning table is built. Only equality matters.
                 let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -102,6 +113,8 @@ pub(crate) struct View<'a> {
     /// First GPU of node `n` in `used`.
     pub gpu_off: &'a [usize],
     pub gpus: &'a [u32],
+    /// `[node]` its GPU model's index (`Layout::model`).
+    pub model: &'a [u32],
     pub used: Vec<u32>,
     pub cpu_free: Vec<u64>,
     pub mem_free: Vec<u64>,
@@ -138,7 +151,7 @@ impl<'a> View<'a> {
     pub fn build(
         state: &'a ClusterState,
         groups: usize,
-        mut group_of: impl FnMut(&Node) -> Option<usize>,
+        mut group_of: impl FnMut(&Node, Option<usize>) -> Option<usize>,
     ) -> View<'a> {
         let n = state.nodes.len();
         let layout = Layout::of(state);
@@ -148,6 +161,7 @@ impl<'a> View<'a> {
             group: Vec::with_capacity(n),
             gpu_off: &layout.gpu_off,
             gpus: &layout.gpus,
+            model: &layout.model,
             used: Vec::with_capacity(layout.gpu_total),
             cpu_free: Vec::with_capacity(n),
             mem_free: Vec::with_capacity(n),
@@ -170,7 +184,8 @@ impl<'a> View<'a> {
             let idx = v.nodes.len() as u32;
             v.nodes.push(node);
             let group = if node.state == NodeState::Ready {
-                group_of(node)
+                let model = layout.model[idx as usize];
+                group_of(node, (model != u32::MAX).then_some(model as usize))
             } else {
                 None
             };
@@ -216,12 +231,7 @@ impl<'a> View<'a> {
         self.mix.get_or_init(|| match &self.mix_src {
             Some((state, models)) => {
                 let index = |m: &str| models.binary_search_by(|x| x.as_str().cmp(m)).ok();
-                let node_model = self
-                    .nodes
-                    .iter()
-                    .map(|n| index(&n.spec.gpu_model).map_or(u32::MAX, |i| i as u32))
-                    .collect();
-                Mix::of(state.jobs.shapes.iter(), index, node_model)
+                Mix::of(state.jobs.shapes.iter(), index, self.model.to_vec())
             }
             None => Mix::default(),
         })
