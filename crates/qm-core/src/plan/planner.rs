@@ -120,8 +120,6 @@ pub(crate) struct Planner<'a> {
     pub(super) leaf_count: usize,
     /// Team id (as jobs carry it) to the planner's team index.
     pub(super) team_by_id: Vec<Option<usize>>,
-    /// `[node]` index into `models`.
-    pub(super) node_model: Vec<usize>,
     /// Free capacity, updated as the plan starts, claims and reserves.
     pub(super) view: View<'a>,
     /// Where each team's guarantee lives (`default` only; see `homes.rs`).
@@ -131,10 +129,9 @@ pub(crate) struct Planner<'a> {
     pub(super) safe: &'a [Option<Vec<u64>>],
     /// While a job that cannot be preempted is being reserved for: the nodes it may use.
     pub(super) keep_to: Option<Vec<u64>>,
-    /// Reservations decided but not yet made (`decide` only: `reserve.rs`, "Deferred").
+    /// Reservations decided but not yet made (`decide` only, that is without `explain`:
+    /// `reserve.rs`, "Deferred").
     pub(super) deferred: Vec<super::reserve::Deferred<'a>>,
-    /// Whether reservations may be deferred: when deciding without explaining.
-    pub(super) lazy: bool,
     /// Every running or stopping job, as the plan sees it.
     pub(super) runs: Vec<RunInfo<'a>>,
     /// `[run]` the records of the runs, looked up together when a step first needs many
@@ -241,11 +238,6 @@ impl<'a> Planner<'a> {
                 team_by_id[id] = Some(i);
             }
         }
-        let node_model: Vec<usize> = view
-            .model
-            .iter()
-            .map(|&m| if m == u32::MAX { 0 } else { m as usize })
-            .collect();
         let mut view = view;
         view.mix_src = Some((state, models.clone()));
         let node_count = view.ids.len();
@@ -264,13 +256,11 @@ impl<'a> Planner<'a> {
             leaf_rank,
             leaf_count,
             team_by_id,
-            node_model,
             view,
             homes,
             safe,
             keep_to: None,
             deferred: Vec::new(),
-            lazy: !explain,
             runs: Vec::new(),
             run_jobs: std::cell::OnceCell::new(),
             idle: Vec::new(),
@@ -321,7 +311,15 @@ impl<'a> Planner<'a> {
     /// The GPU model of a node.
     pub(super) fn model_of_node(&self, node: NodeId) -> Option<usize> {
         let n = self.view.dense(node)?;
-        Some(self.node_model[n as usize])
+        Some(self.model_at(n))
+    }
+
+    /// The GPU model of dense node `n` (index into `models`).
+    pub(super) fn model_at(&self, n: u32) -> usize {
+        match self.view.model[n as usize] {
+            u32::MAX => 0,
+            m => m as usize,
+        }
     }
 
     /// The planner's index of a job's team.

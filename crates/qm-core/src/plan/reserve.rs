@@ -77,8 +77,9 @@ pub(super) struct Promise {
 /// when it starts matters only through the guards and promises it adds, so it is made (in
 /// order, before anything else) only when the plan comes to read them: a placement that
 /// would succeed without guards, another reservation that cannot be deferred, a reclaim
-/// or a preemption. In most plans that make reservations nothing of that kind follows, and
-/// deciding does not compute them at all. `plan` makes every reservation at once.
+/// or a preemption. Where nothing of that kind follows (two reservations in three on the
+/// 160,000-job week, two in five on Philly), deciding never computes them. `plan` makes
+/// every reservation at once.
 pub(super) struct Deferred<'a> {
     job: &'a Job,
     group: usize,
@@ -232,7 +233,7 @@ impl<'a> Planner<'a> {
         job: &'a Job,
         admissible: &[(usize, usize, Admission)],
     ) -> bool {
-        if self.lazy {
+        if !self.explain {
             match self.defer(job, admissible) {
                 Some(deferred) => return deferred,
                 None => self.settle(),

@@ -105,7 +105,7 @@ impl<'a> Planner<'a> {
             let Some(n) = note.first.and_then(|(node, ..)| self.view.dense(node)) else {
                 continue;
             };
-            let model = self.node_model[n as usize];
+            let model = self.model_at(n);
             let team = self.team_of_id(note.team_id);
             let milli = note.milli;
             if let Some(t) = team {
