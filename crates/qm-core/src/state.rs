@@ -266,6 +266,9 @@ pub(crate) struct Derived {
     pub(crate) no_homes: std::sync::OnceLock<crate::plan::homes::HomesAndSafe>,
     /// The nodes' dense numbering, GPU counts and topology domains (`plan/view.rs`).
     pub(crate) layout: std::sync::OnceLock<crate::plan::view::Layout>,
+    /// What each team's runs add up to, as the last plan that walked them found it
+    /// (`plan/tally.rs`): read again while the team's holders are unchanged.
+    pub(crate) tallies: crate::plan::tally::Tallies,
 }
 
 impl PartialEq for Derived {
@@ -311,6 +314,37 @@ pub(crate) struct LiveJobs {
     pub(crate) shapes: BTreeMap<MixKey, u64>,
     /// Jobs holding resources of each array that limits how many of its jobs run at once.
     pub(crate) holding_by_array: BTreeMap<JobId, usize>,
+    /// When each team's holders last changed (`Stamps`).
+    pub(crate) stamps: Stamps,
+}
+
+/// A stamp per team id, renewed whenever one of the team's holders enters, leaves or has
+/// its note renewed with a change: a plan reads a team's tally of its runs again while the
+/// team's stamp is the one the tally was made at (`plan/tally.rs`). Stamps only grow, so a
+/// stamp is never seen twice for a team within one state. Not part of the state's value:
+/// two states are equal, and serialise, without them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stamps {
+    last: u64,
+    by_team: BTreeMap<u32, u64>,
+}
+
+impl Stamps {
+    /// The team's stamp: 0 until one of its holders first changes.
+    pub(crate) fn of(&self, team_id: u32) -> u64 {
+        self.by_team.get(&team_id).copied().unwrap_or(0)
+    }
+
+    fn renew(&mut self, team_id: u32) {
+        self.last += 1;
+        self.by_team.insert(team_id, self.last);
+    }
+}
+
+impl PartialEq for Stamps {
+    fn eq(&self, _: &Stamps) -> bool {
+        true
+    }
 }
 
 /// What a plan reads of a job that holds resources, noted when it starts to hold and
@@ -373,6 +407,17 @@ impl HoldKey {
             started_s: run.started_s,
             id: job.spec.id,
         })
+    }
+
+    /// The first key a holder of team `team_id` can have.
+    pub(crate) fn first_of(team_id: u32) -> HoldKey {
+        HoldKey {
+            team_id,
+            leaving: false,
+            admission: Admission::Guaranteed,
+            started_s: 0,
+            id: JobId(0),
+        }
     }
 
     /// The same holder with `leaving` flipped: where its note was before a change of cause.
@@ -556,6 +601,7 @@ impl LiveJobs {
         let key = HoldKey::of(job).expect("a job that holds has a run");
         let note = Holder::of(job).expect("a job that holds has a run");
         self.holding.insert(key, note);
+        self.stamps.renew(job.team_id);
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
             bump(&mut self.holding_by_array, a.array, true);
         }
@@ -580,9 +626,13 @@ impl LiveJobs {
             return;
         };
         if let Some(noted) = self.holding.get_mut(&key) {
-            *noted = note;
+            if *noted != note {
+                *noted = note;
+                self.stamps.renew(key.team_id);
+            }
         } else if self.holding.remove(&key.flipped()).is_some() {
             self.holding.insert(key, note);
+            self.stamps.renew(key.team_id);
         }
     }
 
@@ -595,6 +645,7 @@ impl LiveJobs {
         }
         self.holding
             .remove(&HoldKey::of(job).expect("a job that holds has a run"));
+        self.stamps.renew(job.team_id);
         let job = &self.map[&id];
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
             bump(&mut self.holding_by_array, a.array, false);

@@ -17,6 +17,7 @@ mod priority;
 mod reclaim;
 mod reserve;
 mod running;
+pub(crate) mod tally;
 pub(crate) mod view;
 
 pub use planner::dependency_block;
@@ -381,6 +382,7 @@ impl StopOrder {
 pub fn admissions(state: &ClusterState, now: Secs) -> BTreeMap<JobId, Admission> {
     let mut planner = planner::Planner::new(state, now, false);
     planner.scan_running();
+    planner.ensure_runs();
     planner.runs.iter().map(|run| (run.id, run.mode)).collect()
 }
 

@@ -132,8 +132,14 @@ pub(crate) struct Planner<'a> {
     /// Reservations decided but not yet made (`decide` only, that is without `explain`:
     /// `reserve.rs`, "Deferred").
     pub(super) deferred: Vec<super::reserve::Deferred<'a>>,
-    /// Every running or stopping job, as the plan sees it.
+    /// Every running or stopping job, as the plan sees it, once listed (`runs_listed`).
     pub(super) runs: Vec<RunInfo<'a>>,
+    /// The runs are listed (`ensure_runs`): at the scan, or, where the plan summed them from
+    /// the teams' tallies (`tally.rs`), when a step first asks for them.
+    pub(super) runs_listed: bool,
+    /// From the tallies (`default`): `[team]` the lowest priority among its runs that a
+    /// pending job of the team may outrank (`find_outranked`).
+    pub(super) lowest_takable: Option<Vec<Option<i32>>>,
     /// `[run]` the records of the runs, looked up together when a step first needs many
     /// of them (`resolve_runs`): most plans need none.
     pub(super) run_jobs: std::cell::OnceCell<Vec<&'a Job>>,
@@ -262,6 +268,8 @@ impl<'a> Planner<'a> {
             keep_to: None,
             deferred: Vec::new(),
             runs: Vec::new(),
+            runs_listed: false,
+            lowest_takable: None,
             run_jobs: std::cell::OnceCell::new(),
             idle: Vec::new(),
             acct,

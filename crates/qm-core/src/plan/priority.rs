@@ -58,6 +58,19 @@ impl<'a> Planner<'a> {
             floor: vec![None; n],
             ..Outranked::default()
         };
+        // From the tallies: where no team outranks its lowest run, no run is outranked, and
+        // the runs need not be listed for it.
+        if let Some(lowest) = &self.lowest_takable {
+            if !lowest
+                .iter()
+                .zip(&top)
+                .any(|(&l, &p)| l.zip(p).is_some_and(|(l, p)| l < p))
+            {
+                self.outranked = out;
+                return;
+            }
+        }
+        self.ensure_runs();
         for (i, r) in self.runs.iter().enumerate() {
             let Some(t) = r.team else { continue };
             let note = r.note;

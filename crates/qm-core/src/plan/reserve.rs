@@ -175,9 +175,19 @@ impl<'a> Planner<'a> {
             return;
         }
         self.timeline.built = true;
-        let mut known = Vec::with_capacity(self.runs.len() + self.timeline.deferred.len());
-        for i in 0..self.runs.len() {
-            let note = self.runs[i].note;
+        let state = self.state;
+        let holding = &state.jobs.holding;
+        let mut known = Vec::with_capacity(holding.len() + self.timeline.deferred.len());
+        // The runs, as the scan sees them (holders whose first node is in the view), in
+        // their order, whether or not the plan listed them.
+        for (key, note) in holding {
+            if note
+                .first
+                .and_then(|(node, ..)| self.view.dense(node))
+                .is_none()
+            {
+                continue;
+            }
             let (limit, est) = self.run_ends(note);
             let release = |node, gpus, milli| Release {
                 end_s: limit,
@@ -196,7 +206,8 @@ impl<'a> Planner<'a> {
                     }
                 }
                 _ => {
-                    for task in self.placement(i) {
+                    let run = state.jobs[&key.id].state.run().expect("a run holds");
+                    for task in &run.placement {
                         if let Some(n) = self.view.dense(task.node) {
                             known.push(release(n, gpu_mask(&task.gpus), task.gpu_milli));
                         }

@@ -11,6 +11,7 @@ use crate::state::{Admission, ClusterState, Holder, Job, JobState, StopCause};
 use crate::teams::TeamIndex;
 
 use super::planner::Planner;
+use super::reclaim::Victims;
 use super::{IdleAction, IdleNotice, Plan, StopOrder};
 
 /// Reclaim takes a run counted inside its team's guarantee (from a team above its guarantee,
@@ -54,6 +55,7 @@ pub(super) struct RunInfo<'a> {
 }
 
 /// What each team holds and has used, updated as the plan starts and claims.
+#[derive(Debug, PartialEq)]
 pub(super) struct Accounting {
     /// `[team][pool]` milli-GPUs held, sub-teams included, updated as the plan starts jobs.
     pub(super) alloc: Vec<Vec<u64>>,
@@ -86,9 +88,107 @@ impl Accounting {
     }
 }
 
+/// What the scan of running work sums up, as the full scan made it (`Planner::list_runs`).
+struct Sums {
+    acct: Accounting,
+    drain: Vec<Secs>,
+    stops: Vec<StopOrder>,
+    idle: Vec<IdleNotice>,
+    victims: Victims,
+}
+
 impl<'a> Planner<'a> {
-    /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs.
+    /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs:
+    /// from the teams' tallies where the plan needs no run one by one from the start
+    /// (`tally.rs`), the runs then listed when a step first asks for them (`ensure_runs`);
+    /// or else by walking every run.
     pub(super) fn scan_running(&mut self) {
+        if !self.explain && self.scan_tallies() {
+            if cfg!(debug_assertions) {
+                self.check_tallies();
+            }
+            return;
+        }
+        self.scan_full();
+        self.runs_listed = true;
+    }
+
+    /// Lists the runs (and reclaim's victims among them), where the plan summed them from
+    /// the tallies: before any step reads a run.
+    pub(super) fn ensure_runs(&mut self) {
+        if !self.runs_listed {
+            self.runs_listed = true;
+            self.list_runs();
+        }
+    }
+
+    /// Runs the full scan for its list of runs and of victims, keeping the plan's sums as
+    /// they are (the plan may have changed them since its scan); the full scan's sums are
+    /// the answer.
+    fn list_runs(&mut self) -> Sums {
+        let fresh = Accounting::new(self.state, self.teams, self.now);
+        let acct = std::mem::replace(&mut self.acct, fresh);
+        let drain = std::mem::take(&mut self.view.drain);
+        let victims = std::mem::replace(&mut self.victims, Victims::new(self.models.len()));
+        let (stops, idle) = (self.out.stops.len(), self.out.idle.len());
+        self.scan_full();
+        let mut sums = Sums {
+            acct: std::mem::replace(&mut self.acct, acct),
+            drain: std::mem::replace(&mut self.view.drain, drain),
+            stops: self.out.stops.split_off(stops),
+            idle: self.out.idle.split_off(idle),
+            victims: std::mem::replace(&mut self.victims, victims),
+        };
+        self.victims.by_model = std::mem::take(&mut sums.victims.by_model);
+        self.victims.surplus = std::mem::take(&mut sums.victims.surplus);
+        sums
+    }
+
+    /// Debug builds: the sums from the tallies are the full scan's. The runs are then
+    /// forgotten again, so that the steps list them as they would in a release build.
+    fn check_tallies(&mut self) {
+        let full = self.list_runs();
+        assert_eq!(full.acct, self.acct, "accounts from the tallies");
+        assert_eq!(full.drain, self.view.drain, "drain from the tallies");
+        assert_eq!(full.stops, self.out.stops, "time limits from the tallies");
+        assert!(full.idle.is_empty() && self.idle.is_empty(), "no idle run");
+        let (v, w) = (&full.victims, &self.victims);
+        assert_eq!(v.milli_left, w.milli_left, "victims from the tallies");
+        assert_eq!(v.surplus_milli, w.surplus_milli, "surplus from the tallies");
+        assert_eq!(v.away_milli, w.away_milli);
+        assert_eq!(v.yielded, w.yielded);
+        assert_eq!(v.taken, w.taken);
+        assert_eq!(v.pinned_pending, w.pinned_pending);
+        if let Some(lowest) = &self.lowest_takable {
+            let mut from_runs = vec![None; lowest.len()];
+            for r in &self.runs {
+                let Some(t) = r.team else { continue };
+                let note = r.note;
+                if !r.stopped
+                    && note.preemptible
+                    && self.now.saturating_sub(note.started_s) >= note.min_run_s
+                {
+                    let l: &mut Option<i32> = &mut from_runs[t];
+                    *l = Some(l.map_or(note.priority, |l| l.min(note.priority)));
+                }
+            }
+            assert_eq!(&from_runs, lowest, "lowest priorities from the tallies");
+        }
+        self.runs.clear();
+        for list in self
+            .victims
+            .by_model
+            .iter_mut()
+            .chain(&mut self.victims.surplus)
+        {
+            list.clear();
+        }
+        self.runs_listed = false;
+    }
+
+    /// Accounting, releases, admission modes, time limits and idle reclaim of holding jobs,
+    /// walking every run.
+    fn scan_full(&mut self) {
         let state = self.state;
         let holders = state.jobs.holding.len();
         self.runs.reserve(holders);
@@ -239,6 +339,7 @@ impl<'a> Planner<'a> {
     /// Puts each model's victims in order, cheapest to stop first, once per plan: their
     /// keys do not change during a plan.
     pub(super) fn sort_victims(&mut self) {
+        self.ensure_runs();
         if self.victims.sorted {
             return;
         }
@@ -495,13 +596,13 @@ fn idle_policy_of(state: &ClusterState, job: &Job) -> IdlePolicy {
 }
 
 /// Whether a run has reached its time limit at `now`.
-fn past_limit(note: &Holder, now: Secs) -> bool {
+pub(super) fn past_limit(note: &Holder, now: Secs) -> bool {
     note.time_limit_s
         .is_some_and(|l| now >= note.started_s.saturating_add(l))
 }
 
 /// The stop of a run that reached its time limit (it loses nothing it could keep).
-fn time_limit_stop(job: JobId) -> StopOrder {
+pub(super) fn time_limit_stop(job: JobId) -> StopOrder {
     StopOrder {
         job,
         cause: StopCause::TimeLimit,

@@ -1,0 +1,291 @@
+//! What each team's runs add up to, kept from plan to plan. Most plans need of the running
+//! work only sums: what each team holds, how much of it counts inside its guarantee, when
+//! each node drains, how much reclaim could free, whether some pending job outranks a run.
+//! The list of runs itself (`RunInfo`) is needed only where a plan stops work (reclaim,
+//! priority preemption) or explains: a few plans in a hundred on a busy cluster (measured
+//! on the 160,184-job `big-gang` week: the victims were looked at in 4 % of the plans that
+//! had something waiting).
+//!
+//! So a plan that has neither holds nor idle runs nor a pending job pinned to its home
+//! (each of which needs the runs one by one from the start) adds the teams' tallies
+//! instead of walking every run. A team's tally is made by walking that team's runs, and
+//! is kept with the state's derived data (`Derived::tallies`), stamped with the team's
+//! `Stamps` and the time until which nothing in it can change by the clock alone (a time
+//! limit reached, a minimum run time passed, a checkpoint's cheap window opening or
+//! closing). A later plan reads it again while the stamp, the policy and the time allow;
+//! a team whose holders changed is walked again. The runs are listed, the way the full
+//! scan lists them, the first time a step asks for them (`Planner::ensure_runs`).
+//!
+//! Debug builds (every test) check every plan's sums against the full scan's.
+
+use std::sync::Mutex;
+
+use crate::model::{JobId, PolicyKind, Secs};
+use crate::state::{Admission, HoldKey};
+
+use super::planner::Planner;
+use super::running::SURPLUS_MAX_LOSS_S;
+
+/// The tallies of the teams' runs, by team id, as the plans that walked them made them.
+#[derive(Default)]
+pub(crate) struct Tallies(Mutex<std::collections::BTreeMap<u32, Tally>>);
+
+/// A copy of the state starts without tallies: the first plan makes them again.
+impl Clone for Tallies {
+    fn clone(&self) -> Tallies {
+        Tallies::default()
+    }
+}
+
+/// One team's runs (those whose first node is in the plan's view), summed.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Tally {
+    /// The team's stamp and the policy it was made under, and the time span in which it
+    /// holds: from when it was made until a run's properties change with the clock.
+    stamp: u64,
+    policy: PolicyKind,
+    from_s: Secs,
+    until_s: Secs,
+    /// The planner's index of the team.
+    team: Option<usize>,
+    /// Milli-GPUs held, by model, and milli-CPUs.
+    held: Vec<u64>,
+    cpu: u64,
+    /// `[pool]` milli-GPUs counted inside the guarantee (`classify`), and the latest start
+    /// of a run counted there.
+    used: Vec<u64>,
+    latest_start_s: Secs,
+    /// (dense node, end by time limit) of every task.
+    drain: Vec<(u32, Secs)>,
+    /// `[model]` milli-GPUs of every GPU touched by borrowed runs reclaim may stop, and
+    /// milli-GPUs of runs counted inside the guarantee that are cheap to stop
+    /// (`Victims::surplus`, counted where the team holds more than its guarantee).
+    victims: Vec<u64>,
+    surplus: Vec<u64>,
+    /// The lowest priority among the runs a pending job of the team may outrank.
+    lowest: Option<i32>,
+    /// Runs that reached their time limit and are not stopping, in the team's order.
+    over: Vec<JobId>,
+    /// Some run is idle: the plan needs the runs one by one.
+    idle: bool,
+}
+
+impl<'a> Planner<'a> {
+    /// The sums of the running work from the teams' tallies, without listing the runs;
+    /// `false`, having changed nothing, where the plan needs the runs from the start (a
+    /// hold, an idle run, a pending job pinned to its home).
+    pub(super) fn scan_tallies(&mut self) -> bool {
+        let state: &'a crate::state::ClusterState = self.state;
+        let default = self.policy == PolicyKind::Default;
+        if !state.holds.is_empty() || (default && state.jobs.queues.values().any(|q| q.pinned > 0))
+        {
+            return false;
+        }
+        let tallies = &state.derived.tallies.0;
+        // A plan that panicked while holding them may have left them half made: start anew.
+        let mut kept = tallies.lock().unwrap_or_else(|poisoned| {
+            tallies.clear_poison();
+            let mut kept = poisoned.into_inner();
+            kept.clear();
+            kept
+        });
+        let holding = &state.jobs.holding;
+        let mut ids = Vec::new();
+        let mut from = HoldKey::first_of(0);
+        while let Some((key, _)) = holding.range(from..).next() {
+            let id = key.team_id;
+            let stamp = state.jobs.stamps.of(id);
+            let fresh = kept.get(&id).is_some_and(|t| {
+                t.stamp == stamp
+                    && t.policy == self.policy
+                    && t.from_s <= self.now
+                    && self.now < t.until_s
+            });
+            if !fresh {
+                let tally = self.tally(id, stamp);
+                kept.insert(id, tally);
+            }
+            if kept[&id].idle {
+                return false;
+            }
+            ids.push(id);
+            match id.checked_add(1) {
+                Some(next) => from = HoldKey::first_of(next),
+                None => break,
+            }
+        }
+        self.view.drain = vec![0; self.view.ids.len()];
+        let mut over = Vec::new();
+        for id in &ids {
+            let tally = &kept[id];
+            if let Some(t) = tally.team {
+                for (model, &milli) in tally.held.iter().enumerate() {
+                    if milli > 0 {
+                        self.add_alloc(t, model, milli);
+                    }
+                }
+                for &a in &self.teams.lineage[t] {
+                    self.acct.cpu[a] += tally.cpu;
+                }
+                debug_assert!(
+                    self.acct.guaranteed_used[t].iter().all(|&u| u == 0),
+                    "one team id per planner team"
+                );
+                self.acct.guaranteed_used[t].clone_from(&tally.used);
+                let latest = &mut self.acct.guaranteed_latest_start[t];
+                *latest = (*latest).max(tally.latest_start_s);
+            }
+            for &(n, end) in &tally.drain {
+                let d = &mut self.view.drain[n as usize];
+                *d = (*d).max(end);
+            }
+            for (m, &milli) in tally.victims.iter().enumerate() {
+                self.victims.milli_left[m] += milli;
+            }
+            over.extend_from_slice(&tally.over);
+        }
+        over.sort_unstable();
+        self.out
+            .stops
+            .extend(over.into_iter().map(super::running::time_limit_stop));
+        if default {
+            // As the full scan counts them: where the team (sub-teams included) holds more
+            // than its guarantee in the model's pool.
+            for id in &ids {
+                let tally = &kept[id];
+                let Some(t) = tally.team else { continue };
+                for (m, &milli) in tally.surplus.iter().enumerate() {
+                    let pool = self.teams.pool_of_model[t][m];
+                    if milli > 0 && self.acct.alloc[t][pool] > self.teams.pools[t][pool].guaranteed
+                    {
+                        self.victims.surplus_milli[m] += milli;
+                    }
+                }
+            }
+            let mut lowest = vec![None; self.teams.names.len()];
+            for id in &ids {
+                let tally = &kept[id];
+                if let (Some(t), Some(low)) = (tally.team, tally.lowest) {
+                    let l: &mut Option<i32> = &mut lowest[t];
+                    *l = Some(l.map_or(low, |l| l.min(low)));
+                }
+            }
+            self.lowest_takable = Some(lowest);
+        }
+        true
+    }
+
+    /// Walks team `id`'s runs as the full scan does (`scan_full`), summing.
+    fn tally(&self, id: u32, stamp: u64) -> Tally {
+        let state = self.state;
+        let now = self.now;
+        let models = self.models.len();
+        let team = self.team_of_id(id);
+        let mut t = Tally {
+            stamp,
+            policy: self.policy,
+            from_s: now,
+            until_s: Secs::MAX,
+            team,
+            held: vec![0; models],
+            cpu: 0,
+            used: team.map_or_else(Vec::new, |t| vec![0; self.teams.pools[t].len()]),
+            latest_start_s: 0,
+            drain: Vec::new(),
+            victims: vec![0; models],
+            surplus: vec![0; models],
+            lowest: None,
+            over: Vec::new(),
+            idle: false,
+        };
+        let default = self.policy == PolicyKind::Default;
+        let end = id.checked_add(1).map(HoldKey::first_of);
+        let block = match end {
+            Some(end) => state.jobs.holding.range(HoldKey::first_of(id)..end),
+            None => state.jobs.holding.range(HoldKey::first_of(id)..),
+        };
+        for (key, note) in block {
+            let Some(n) = note.first.and_then(|(node, ..)| self.view.dense(node)) else {
+                continue;
+            };
+            let model = self.model_at(n);
+            let milli = note.milli;
+            if team.is_some() {
+                t.held[model] += milli;
+                t.cpu += note.cpu_milli * u64::from(note.tasks);
+            }
+            if note.idle_since_s.is_some() {
+                t.idle = true;
+            }
+            let stopping = note.stop.is_some();
+            let elapsed = now.saturating_sub(note.started_s);
+            let over = super::running::past_limit(note, now);
+            if !stopping {
+                if let Some(limit) = note.time_limit_s {
+                    if over {
+                        t.over.push(key.id);
+                    } else {
+                        t.until_s = t.until_s.min(note.started_s.saturating_add(limit));
+                    }
+                }
+            }
+            let stopped = stopping || over;
+            let takable = note.preemptible && elapsed >= note.min_run_s;
+            if note.preemptible && !takable {
+                t.until_s = t.until_s.min(note.started_s.saturating_add(note.min_run_s));
+            }
+            let limit_end = self.run_ends(note).0;
+            if note.tasks == 1 {
+                t.drain.push((n, limit_end));
+            } else {
+                let job = &state.jobs[&key.id];
+                for task in &job.state.run().expect("a run holds").placement {
+                    if let Some(m) = self.view.dense(task.node) {
+                        t.drain.push((m, limit_end));
+                    }
+                }
+            }
+            // Its admission under the current quotas (`classify`, without holds).
+            let mode = match team {
+                None => Admission::Borrowed,
+                Some(tm) => {
+                    let pool = self.teams.pool_of_model[tm][model];
+                    if !default
+                        || (milli > 0
+                            && t.used[pool] + milli <= self.teams.pools[tm][pool].guaranteed)
+                    {
+                        t.used[pool] += milli;
+                        t.latest_start_s = t.latest_start_s.max(note.started_s);
+                        Admission::Guaranteed
+                    } else {
+                        Admission::Borrowed
+                    }
+                }
+            };
+            if !default || stopped {
+                continue;
+            }
+            if mode == Admission::Borrowed && takable {
+                t.victims[model] += note.touched;
+            }
+            if takable {
+                t.lowest = Some(t.lowest.map_or(note.priority, |l| l.min(note.priority)));
+            }
+            if !(takable && mode == Admission::Guaranteed && team.is_some()) {
+                continue;
+            }
+            if let Some(every) = note.checkpoint_every_s.filter(|&e| e > 0) {
+                let into = elapsed % every;
+                if into <= SURPLUS_MAX_LOSS_S {
+                    t.surplus[model] += milli;
+                    if every > SURPLUS_MAX_LOSS_S + 1 {
+                        t.until_s = t.until_s.min(now + (SURPLUS_MAX_LOSS_S + 1 - into));
+                    }
+                } else {
+                    t.until_s = t.until_s.min(now + (every - into));
+                }
+            }
+        }
+        t
+    }
+}
