@@ -251,6 +251,52 @@ pub struct ClusterState {
     /// there): every plan and every submission's check read them.
     #[serde(skip)]
     pub(crate) derived: Derived,
+    /// The nodes whose capacity or state changed, in order, so that the free capacity a
+    /// plan starts from is brought up to date node by node (`plan/view.rs`, `Capacity`).
+    #[serde(skip)]
+    pub(crate) node_log: NodeLog,
+}
+
+/// The nodes whose usage or state changed (a start, a release, a state change), in the
+/// order of the changes, the oldest dropped once there are many: a reader that has seen
+/// the log up to some position reads the nodes changed since, or learns that the log no
+/// longer reaches back that far. Not part of the state's value.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeLog {
+    /// Position of the first change kept.
+    start: u64,
+    changed: std::collections::VecDeque<NodeId>,
+}
+
+impl NodeLog {
+    /// Changes kept at most; a reader further behind starts anew.
+    const KEPT: usize = 16_384;
+
+    fn note(&mut self, node: NodeId) {
+        if self.changed.len() == Self::KEPT {
+            self.changed.drain(..Self::KEPT / 2);
+            self.start += (Self::KEPT / 2) as u64;
+        }
+        self.changed.push_back(node);
+    }
+
+    /// The position after the latest change.
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.changed.len() as u64
+    }
+
+    /// The nodes changed from position `seen` on; `None` where the log no longer reaches
+    /// back that far.
+    pub(crate) fn since(&self, seen: u64) -> Option<impl Iterator<Item = &NodeId>> {
+        let from = usize::try_from(seen.checked_sub(self.start)?).ok()?;
+        (from <= self.changed.len()).then(|| self.changed.range(from..))
+    }
+}
+
+impl PartialEq for NodeLog {
+    fn eq(&self, _: &NodeLog) -> bool {
+        true
+    }
 }
 
 /// What is derived from the nodes' specs and the team specs alone, built once for
@@ -269,6 +315,9 @@ pub(crate) struct Derived {
     /// What each team's runs add up to, as the last plan that walked them found it
     /// (`plan/tally.rs`): read again while the team's holders are unchanged.
     pub(crate) tallies: crate::plan::tally::Tallies,
+    /// The nodes' free capacity as the last plan found it, and how far into the state's
+    /// `NodeLog` it is up to date (`plan/view.rs`).
+    pub(crate) capacity: crate::plan::view::CapacityCache,
 }
 
 impl PartialEq for Derived {

@@ -229,7 +229,7 @@ impl<'a> Planner<'a> {
         let view = View::build(state, groups, |node, model| {
             let m = model?;
             if policy == PolicyKind::Static {
-                partition.get(&node.spec.id).map(|r| m * leaf_count + r)
+                partition.get(&node).map(|r| m * leaf_count + r)
             } else {
                 Some(m)
             }

@@ -202,6 +202,7 @@ impl ClusterState {
                 node.gpu_used_milli = vec![0; spec.gpus as usize];
             }
             node.spec = spec;
+            self.node_log.note(node.spec.id);
             self.derived = Derived::default();
             // Coming back clears an outage, not an operator's drain.
             if node.state == NodeState::Down {
@@ -234,6 +235,7 @@ impl ClusterState {
             return Err(ApplyError::UnknownNode(node));
         };
         n.state = state;
+        self.node_log.note(node);
         if state == NodeState::Down {
             // The jobs holding resources there, in id order. A run with every task on nodes
             // that are down goes back to the queue whole at once. One with tasks still on a
@@ -468,6 +470,7 @@ impl ClusterState {
             }
             node.cpu_used_milli += cpu;
             node.mem_used_mib += mem;
+            self.node_log.note(task.node);
         }
     }
 
@@ -482,6 +485,7 @@ impl ClusterState {
                 }
                 node.cpu_used_milli = node.cpu_used_milli.saturating_sub(cpu);
                 node.mem_used_mib = node.mem_used_mib.saturating_sub(mem);
+                self.node_log.note(task.node);
             }
         }
     }
