@@ -192,7 +192,7 @@ fn single(view: &View, ask: &Ask) -> Option<(TaskPlacement, f64)> {
     let whole_nodes = |k: u32, cands: &mut Vec<TaskPlacement>| {
         for bucket in buckets.iter().skip(k as usize) {
             let mut from_this_level = 0;
-            for &n in bucket {
+            for n in bucket.iter() {
                 let mask = forbidden(view, ask, n);
                 if view.whole_free_outside(n, mask) >= k && fits(n) {
                     cands.push(assign_one(view.used_of(n), mask, view, n, spec.gpu));

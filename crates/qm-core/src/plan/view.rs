@@ -201,6 +201,51 @@ impl Capacity {
     }
 }
 
+/// A set of dense node numbers, as a bitset: iterated in node order, built and copied
+/// without an allocation per node (a plan builds one per group and whole-free count).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl NodeSet {
+    /// An empty set for nodes numbered below `nodes`.
+    pub fn new(nodes: usize) -> NodeSet {
+        NodeSet {
+            words: vec![0; nodes.div_ceil(64)],
+            len: 0,
+        }
+    }
+
+    pub fn insert(&mut self, n: u32) {
+        let (w, bit) = (n as usize / 64, 1u64 << (n % 64));
+        if self.words[w] & bit == 0 {
+            self.words[w] |= bit;
+            self.len += 1;
+        }
+    }
+
+    pub fn remove(&mut self, n: u32) {
+        let (w, bit) = (n as usize / 64, 1u64 << (n % 64));
+        if self.words[w] & bit != 0 {
+            self.words[w] &= !bit;
+            self.len -= 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The nodes, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            super::planner::mask_bits(word).map(move |b| (w * 64) as u32 + b)
+        })
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct View<'a> {
     pub ids: &'a [NodeId],
@@ -220,7 +265,7 @@ pub(crate) struct View<'a> {
     pub depth: usize,
     pub guard: Vec<Guard>,
     /// `[group][whole free GPUs]` → nodes.
-    pub buckets: Vec<Vec<BTreeSet<u32>>>,
+    pub buckets: Vec<Vec<NodeSet>>,
     /// `[group]` → (free milli, node, gpu) of GPUs that are partly used.
     pub partial: Vec<BTreeSet<(u32, u32, u32)>>,
     pub group_nodes: Vec<Vec<u32>>,
@@ -295,8 +340,9 @@ impl<'a> View<'a> {
         }
         // The indices as `index` would fill them node by node, each set built at once from
         // its sorted contents (far fewer allocations and comparisons on thousands of nodes).
-        let mut buckets: Vec<Vec<Vec<u32>>> = (0..groups)
-            .map(|g| vec![Vec::new(); v.group_max_gpus[g] as usize + 1])
+        let nodes = v.ids.len();
+        let mut buckets: Vec<Vec<NodeSet>> = (0..groups)
+            .map(|g| vec![NodeSet::new(nodes); v.group_max_gpus[g] as usize + 1])
             .collect();
         let mut partial: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); groups];
         for n in 0..v.ids.len() as u32 {
@@ -304,16 +350,13 @@ impl<'a> View<'a> {
                 continue;
             };
             let wf = v.whole_free[n as usize];
-            buckets[g][wf as usize].push(n);
+            buckets[g][wf as usize].insert(n);
             v.group_whole_free[g] += u64::from(wf);
             let used = &v.used[v.gpu_range(n)];
             v.group_free_milli[g] += free_milli(used);
             partial[g].extend(partial_keys(used, n));
         }
-        v.buckets = buckets
-            .into_iter()
-            .map(|b| b.into_iter().map(BTreeSet::from_iter).collect())
-            .collect();
+        v.buckets = buckets;
         v.partial = partial.into_iter().map(BTreeSet::from_iter).collect();
         v
     }
@@ -368,7 +411,7 @@ impl<'a> View<'a> {
             return;
         };
         let wf = self.whole_free[n as usize];
-        self.buckets[g][wf as usize].remove(&n);
+        self.buckets[g][wf as usize].remove(n);
         self.group_whole_free[g] -= u64::from(wf);
         let used = &self.used[self.gpu_range(n)];
         self.group_free_milli[g] -= free_milli(used);
