@@ -279,6 +279,7 @@ impl<'a> Planner<'a> {
         let (end_s, _) = self.end_of(spec, from_s);
         self.push_reservation(Promise {
             group,
+            counted_from_s: Secs::MAX,
             end_s,
             placement: placement.to_vec(),
             cpu: spec.cpu_milli,

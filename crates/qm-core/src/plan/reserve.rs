@@ -64,6 +64,13 @@ pub(super) struct Release {
 /// job waiting for its victims (from their deadline), until the job's time limit would end it.
 pub(super) struct Promise {
     pub(super) group: usize,
+    /// From when [`Planner::earliest_gang`]'s aggregate bound counts it against the group's
+    /// free GPUs: a reservation's start (from then on its GPUs are free of running work and
+    /// of the other promises it counts with); never (`Secs::MAX`) for a claim, part of whose
+    /// GPUs the view already counts as taken. Before, its GPUs may still be busy with work
+    /// that the bound counts already: counting them twice would rule out times at which the
+    /// job fits.
+    pub(super) counted_from_s: Secs,
     pub(super) end_s: Secs,
     pub(super) placement: Vec<TaskPlacement>,
     /// CPU milli-cores and memory (MiB) per task.
@@ -445,6 +452,7 @@ impl<'a> Planner<'a> {
         let (end_s, _) = self.end_of(spec, t);
         self.push_reservation(Promise {
             group: g,
+            counted_from_s: t,
             end_s,
             placement: p.clone(),
             cpu: spec.cpu_milli,
@@ -642,19 +650,24 @@ impl<'a> Planner<'a> {
             self.memo.unreservable.insert(g, seen);
             return None;
         }
-        // Necessary condition, cheap: enough milli-GPUs free by then in aggregate.
+        // Necessary condition, cheap: enough milli-GPUs free by then in aggregate. Free now,
+        // plus what has ended by `t`, less what is promised over `t` on GPUs that nothing
+        // else counts then: the promises that have started by `t` (see
+        // `Promise::counted_from_s`). Those are changes in time order: `+` where one starts,
+        // `-` where it ends.
         let free_now = self.view.free_milli(g);
         let need = spec.milli_total();
-        // Promised milli-GPUs of the group by end time; those ending by `t` are free again.
-        let mut promised: Vec<(Secs, u64)> = self
-            .timeline
-            .promises
-            .iter()
-            .filter(|r| r.group == g)
-            .map(|r| (r.end_s, crate::state::placement_milli(&r.placement)))
-            .collect();
+        let mut promised: Vec<(Secs, i64)> = Vec::new();
+        for r in &self.timeline.promises {
+            if r.group != g || r.counted_from_s >= r.end_s {
+                continue;
+            }
+            let milli = crate::state::placement_milli(&r.placement) as i64;
+            promised.push((r.counted_from_s, milli));
+            promised.push((r.end_s, -milli));
+        }
         promised.sort_unstable();
-        let mut reserved: u64 = promised.iter().map(|p| p.1).sum();
+        let mut reserved: i64 = 0;
         let (mut freed, mut ri, mut pi) = (0u64, 0, 0);
         let mut first = None;
         for (i, &t) in times.iter().enumerate() {
@@ -663,10 +676,10 @@ impl<'a> Planner<'a> {
                 ri += 1;
             }
             while pi < promised.len() && promised[pi].0 <= t {
-                reserved -= promised[pi].1;
+                reserved += promised[pi].1;
                 pi += 1;
             }
-            if (free_now + freed).saturating_sub(reserved) >= need {
+            if (free_now + freed).saturating_sub(reserved.max(0) as u64) >= need {
                 first = Some(i);
                 break;
             }

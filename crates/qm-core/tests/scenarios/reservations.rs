@@ -1,6 +1,6 @@
 //! Reservations, backfill and estimated starts.
 
-use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder};
+use qm_core::testkit::{ClusterBuilder, Harness, JobBuilder, NodeBuilder};
 use qm_core::*;
 
 use super::two_teams;
@@ -244,4 +244,53 @@ fn deciding_makes_a_deferred_reservation_before_a_later_job_reads_its_guards() {
     assert!(full.start_of(short).is_some());
     assert_eq!(full.starts, quick.starts);
     assert_eq!(full.stops, quick.stops);
+}
+
+#[test]
+fn a_gang_is_promised_gpus_that_free_before_an_earlier_reservation_starts() {
+    // Node 0 frees at t=1000; nodes 1 and 2 at t=5000.
+    let state = ClusterBuilder::new()
+        .node(NodeBuilder::new(8).label("big", "no"))
+        .node(NodeBuilder::new(8).label("big", "yes"))
+        .node(NodeBuilder::new(8).label("big", "yes"))
+        .team("a", 24)
+        .build();
+    let mut h = Harness::new(state);
+    h.submit(
+        JobBuilder::new("a")
+            .gpus(8)
+            .selector("big", "no")
+            .limit(1000),
+    );
+    for _ in 0..2 {
+        h.submit(
+            JobBuilder::new("a")
+                .gpus(8)
+                .selector("big", "yes")
+                .limit(5000),
+        );
+    }
+    h.step();
+    // The first gang can only have nodes 1 and 2, at t=5000; their GPUs are busy until then
+    // and promised from then on. The second gang fits node 0 at t=1000.
+    let first = h.submit(
+        JobBuilder::new("a")
+            .gpus(8)
+            .tasks(2)
+            .selector("big", "yes")
+            .limit(5000),
+    );
+    let second = h.submit(JobBuilder::new("a").gpus(4).tasks(2).limit(5000));
+    let plan = h.step();
+    {
+        assert_eq!(
+            plan.pending_job(first).map(|p| &p.reason),
+            Some(&Reason::Reserved { start_s: 5000 })
+        );
+        assert_eq!(
+            plan.pending_job(second).map(|p| &p.reason),
+            Some(&Reason::Reserved { start_s: 1000 }),
+            "the first gang's GPUs, busy before it starts, are not counted twice"
+        );
+    }
 }
