@@ -112,7 +112,7 @@ impl Layout {
 /// waiting on memory). Kept with the state's derived data, so a node's registration (which
 /// may change the layout) starts it anew.
 #[derive(Default)]
-pub(crate) struct CapacityCache(std::sync::Mutex<Option<Capacity>>);
+pub(crate) struct CapacityCache(std::sync::Mutex<Option<(Capacity, Option<Indices>)>>);
 
 /// A copy of the state starts without it.
 impl Clone for CapacityCache {
@@ -155,9 +155,9 @@ impl Capacity {
         c
     }
 
-    /// Reads node `id`'s record again.
-    fn refresh(&mut self, state: &ClusterState, layout: &Layout, id: NodeId) {
-        let (Ok(n), Some(node)) = (layout.ids.binary_search(&id), state.nodes.get(&id)) else {
+    /// Reads dense node `n`'s record again.
+    fn refresh(&mut self, state: &ClusterState, layout: &Layout, n: usize) {
+        let Some(node) = state.nodes.get(&layout.ids[n]) else {
             return;
         };
         self.ready[n] = node.state == NodeState::Ready;
@@ -168,8 +168,16 @@ impl Capacity {
         self.whole_free[n] = node.whole_gpus_free();
     }
 
-    /// The nodes' capacity now: the kept one brought up to date, or read anew.
-    fn current(state: &ClusterState, layout: &Layout) -> Capacity {
+    /// The nodes' capacity now, and the indices of the nodes by group for the groups
+    /// `group_of` gives (a ready node's id and model index to its group): the kept ones
+    /// brought up to date (only the nodes changed since are read again and indexed again,
+    /// where no node changed group), or made anew.
+    fn current(
+        state: &ClusterState,
+        layout: &Layout,
+        groups: usize,
+        mut group_of: impl FnMut(NodeId, Option<usize>) -> Option<usize>,
+    ) -> (Capacity, Indices) {
         let cache = &state.derived.capacity.0;
         let mut kept = cache.lock().unwrap_or_else(|poisoned| {
             cache.clear_poison();
@@ -178,32 +186,155 @@ impl Capacity {
             kept
         });
         let end = state.node_log.end();
-        let fresh = match kept.take() {
-            Some(mut c) => match state.node_log.since(c.seen) {
+        let (capacity, indices) = match kept.take() {
+            Some((mut c, mut indices)) => match state.node_log.since(c.seen) {
                 Some(changed) => {
-                    for &id in changed {
-                        c.refresh(state, layout, id);
+                    let mut dense: Vec<usize> = changed
+                        .filter_map(|id| layout.ids.binary_search(id).ok())
+                        .collect();
+                    dense.sort_unstable();
+                    dense.dedup();
+                    for &n in &dense {
+                        if let Some(ix) = indices.as_mut() {
+                            ix.unindex(n as u32, layout, &c);
+                        }
+                        c.refresh(state, layout, n);
                     }
                     c.seen = end;
-                    c
+                    (c, indices.map(|ix| (ix, dense)))
                 }
-                None => Capacity::of(state, layout),
+                None => (Capacity::of(state, layout), None),
             },
-            None => Capacity::of(state, layout),
+            None => (Capacity::of(state, layout), None),
         };
         debug_assert_eq!(
-            fresh,
+            capacity,
             Capacity::of(state, layout),
             "capacity kept up to date"
         );
-        *kept = Some(fresh.clone());
-        fresh
+        let group: Vec<Option<usize>> = (0..layout.ids.len())
+            .map(|n| {
+                if !capacity.ready[n] {
+                    return None;
+                }
+                let model = layout.model[n];
+                group_of(layout.ids[n], (model != u32::MAX).then_some(model as usize))
+            })
+            .collect();
+        let indices = match indices {
+            Some((mut ix, dense)) if ix.groups == groups && ix.group == group => {
+                for n in dense {
+                    ix.index(n as u32, layout, &capacity);
+                }
+                ix
+            }
+            _ => Indices::of(layout, &capacity, group, groups),
+        };
+        debug_assert_eq!(
+            indices,
+            Indices::of(layout, &capacity, indices.group.clone(), groups),
+            "indices kept up to date"
+        );
+        *kept = Some((capacity.clone(), Some(indices.clone())));
+        (capacity, indices)
+    }
+}
+
+/// The view's indices of the nodes by group, for one assignment of nodes to groups, as
+/// [`View::index`] fills them node by node: kept with the capacity, so that a plan indexes
+/// again only the nodes changed since the last (indexing every GPU of 2,048 nodes was an
+/// eighth of a replay of a 16,384-GPU cluster).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Indices {
+    groups: usize,
+    group: Vec<Option<usize>>,
+    group_nodes: Vec<Vec<u32>>,
+    group_max_gpus: Vec<u32>,
+    buckets: Vec<Vec<NodeSet>>,
+    partial: Vec<BTreeSet<(u32, u32, u32)>>,
+    group_whole_free: Vec<u64>,
+    group_free_milli: Vec<u64>,
+}
+
+impl Indices {
+    fn of(layout: &Layout, c: &Capacity, group: Vec<Option<usize>>, groups: usize) -> Indices {
+        let nodes = layout.ids.len();
+        let mut group_nodes = vec![Vec::new(); groups];
+        let mut group_max_gpus = vec![0; groups];
+        for (n, g) in group.iter().enumerate() {
+            if let &Some(g) = g {
+                group_nodes[g].push(n as u32);
+                group_max_gpus[g] = group_max_gpus[g].max(layout.gpus[n]);
+            }
+        }
+        let mut ix = Indices {
+            groups,
+            buckets: group_max_gpus
+                .iter()
+                .map(|&max| vec![NodeSet::new(nodes); max as usize + 1])
+                .collect(),
+            partial: vec![BTreeSet::new(); groups],
+            group_whole_free: vec![0; groups],
+            group_free_milli: vec![0; groups],
+            group,
+            group_nodes,
+            group_max_gpus,
+        };
+        // Each set built at once from its sorted contents (far fewer comparisons on
+        // thousands of nodes than inserting node by node).
+        let mut partial: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); groups];
+        for n in 0..nodes as u32 {
+            let Some(g) = ix.group[n as usize] else {
+                continue;
+            };
+            let wf = c.whole_free[n as usize];
+            ix.buckets[g][wf as usize].insert(n);
+            ix.group_whole_free[g] += u64::from(wf);
+            let used = c.used_of(layout, n);
+            ix.group_free_milli[g] += free_milli(used);
+            partial[g].extend(partial_keys(used, n));
+        }
+        ix.partial = partial.into_iter().map(BTreeSet::from_iter).collect();
+        ix
+    }
+
+    fn index(&mut self, n: u32, layout: &Layout, c: &Capacity) {
+        let Some(g) = self.group[n as usize] else {
+            return;
+        };
+        let wf = c.whole_free[n as usize];
+        self.buckets[g][wf as usize].insert(n);
+        self.group_whole_free[g] += u64::from(wf);
+        let used = c.used_of(layout, n);
+        self.group_free_milli[g] += free_milli(used);
+        self.partial[g].extend(partial_keys(used, n));
+    }
+
+    fn unindex(&mut self, n: u32, layout: &Layout, c: &Capacity) {
+        let Some(g) = self.group[n as usize] else {
+            return;
+        };
+        let wf = c.whole_free[n as usize];
+        self.buckets[g][wf as usize].remove(n);
+        self.group_whole_free[g] -= u64::from(wf);
+        let used = c.used_of(layout, n);
+        self.group_free_milli[g] -= free_milli(used);
+        for key in partial_keys(used, n) {
+            self.partial[g].remove(&key);
+        }
+    }
+}
+
+impl Capacity {
+    fn used_of(&self, layout: &Layout, n: u32) -> &[u32] {
+        let off = layout.gpu_off[n as usize];
+        &self.used[off..off + layout.gpus[n as usize] as usize]
     }
 }
 
 /// A set of dense node numbers, as a bitset: iterated in node order, built and copied
 /// without an allocation per node (a plan builds one per group and whole-free count).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct NodeSet {
     words: Vec<u64>,
     len: usize,
@@ -292,15 +423,15 @@ impl<'a> View<'a> {
     pub fn build(
         state: &'a ClusterState,
         groups: usize,
-        mut group_of: impl FnMut(NodeId, Option<usize>) -> Option<usize>,
+        group_of: impl FnMut(NodeId, Option<usize>) -> Option<usize>,
     ) -> View<'a> {
         let n = state.nodes.len();
         let layout = Layout::of(state);
-        let capacity = Capacity::current(state, layout);
-        let mut v = View {
+        let (capacity, ix) = Capacity::current(state, layout, groups, group_of);
+        View {
             ids: &layout.ids,
             nodes: state.nodes.values().collect(),
-            group: Vec::with_capacity(n),
+            group: ix.group,
             gpu_off: &layout.gpu_off,
             gpus: &layout.gpus,
             model: &layout.model,
@@ -311,54 +442,17 @@ impl<'a> View<'a> {
             domains: &layout.domains,
             depth: layout.depth,
             guard: vec![NO_GUARD; n],
-            buckets: Vec::new(),
-            partial: Vec::new(),
-            group_nodes: vec![Vec::new(); groups],
-            group_whole_free: vec![0; groups],
-            group_free_milli: vec![0; groups],
-            group_max_gpus: vec![0; groups],
+            buckets: ix.buckets,
+            partial: ix.partial,
+            group_nodes: ix.group_nodes,
+            group_whole_free: ix.group_whole_free,
+            group_free_milli: ix.group_free_milli,
+            group_max_gpus: ix.group_max_gpus,
             changes: vec![0; n],
             mix: OnceCell::new(),
             mix_src: None,
             drain: Vec::new(),
-        };
-        for (idx, &ready) in capacity.ready.iter().enumerate() {
-            let group = if ready {
-                let model = layout.model[idx];
-                group_of(
-                    layout.ids[idx],
-                    (model != u32::MAX).then_some(model as usize),
-                )
-            } else {
-                None
-            };
-            v.group.push(group);
-            if let Some(g) = group {
-                v.group_nodes[g].push(idx as u32);
-                v.group_max_gpus[g] = v.group_max_gpus[g].max(layout.gpus[idx]);
-            }
         }
-        // The indices as `index` would fill them node by node, each set built at once from
-        // its sorted contents (far fewer allocations and comparisons on thousands of nodes).
-        let nodes = v.ids.len();
-        let mut buckets: Vec<Vec<NodeSet>> = (0..groups)
-            .map(|g| vec![NodeSet::new(nodes); v.group_max_gpus[g] as usize + 1])
-            .collect();
-        let mut partial: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); groups];
-        for n in 0..v.ids.len() as u32 {
-            let Some(g) = v.group[n as usize] else {
-                continue;
-            };
-            let wf = v.whole_free[n as usize];
-            buckets[g][wf as usize].insert(n);
-            v.group_whole_free[g] += u64::from(wf);
-            let used = &v.used[v.gpu_range(n)];
-            v.group_free_milli[g] += free_milli(used);
-            partial[g].extend(partial_keys(used, n));
-        }
-        v.buckets = buckets;
-        v.partial = partial.into_iter().map(BTreeSet::from_iter).collect();
-        v
     }
 
     /// The workload's mix (empty without a source).
