@@ -140,6 +140,9 @@ pub(crate) struct Planner<'a> {
     /// From the tallies (`default`): `[team]` the lowest priority among its runs that a
     /// pending job of the team may outrank (`find_outranked`).
     pub(super) lowest_takable: Option<Vec<Option<i32>>>,
+    /// The team ids whose tallies this plan added, in order, with their stamps (`tally.rs`):
+    /// the timeline's releases are then theirs, one after another (`releases`).
+    pub(super) tallied: Option<Vec<(u32, u64)>>,
     /// `[run]` the records of the runs, looked up together when a step first needs many
     /// of them (`resolve_runs`): most plans need none.
     pub(super) run_jobs: std::cell::OnceCell<Vec<&'a Job>>,
@@ -270,6 +273,7 @@ impl<'a> Planner<'a> {
             runs: Vec::new(),
             runs_listed: false,
             lowest_takable: None,
+            tallied: None,
             run_jobs: std::cell::OnceCell::new(),
             idle: Vec::new(),
             acct,

@@ -6,8 +6,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use crate::model::{GpuAsk, JobSpec, Secs, MILLI_PER_GPU};
-use crate::state::{Admission, Job, TaskPlacement};
+use crate::model::{GpuAsk, JobId, JobSpec, Secs, MILLI_PER_GPU};
+use crate::state::{Admission, Holder, Job, TaskPlacement};
 
 use super::homes::bit;
 use super::place;
@@ -43,7 +43,7 @@ pub(super) fn fits(spec: &JobSpec, used: &[u32], cpu: u64, mem: u64) -> bool {
 }
 
 /// What one running (or starting) task gives back, and when.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Release {
     /// By its time limit (`Secs::MAX` without one): what promises are computed from.
     pub(super) end_s: Secs,
@@ -182,46 +182,13 @@ impl<'a> Planner<'a> {
             return;
         }
         self.timeline.built = true;
-        let state = self.state;
-        let holding = &state.jobs.holding;
-        let mut known = Vec::with_capacity(holding.len() + self.timeline.deferred.len());
-        // The runs, as the scan sees them (holders whose first node is in the view), in
-        // their order, whether or not the plan listed them.
-        for (key, note) in holding {
-            if note
-                .first
-                .and_then(|(node, ..)| self.view.dense(node))
-                .is_none()
-            {
-                continue;
+        let mut known = match self.tallied_releases() {
+            Some(known) => {
+                debug_assert_eq!(known, self.walked_releases(), "releases from the tallies");
+                known
             }
-            let (limit, est) = self.run_ends(note);
-            let release = |node, gpus, milli| Release {
-                end_s: limit,
-                est_s: est,
-                node,
-                gpus,
-                milli,
-                cpu: note.cpu_milli,
-                mem: note.mem_mib,
-            };
-            // One task, from the note; a gang's tasks, from its record.
-            match note.first {
-                Some((node, gpus, milli)) if note.tasks == 1 => {
-                    if let Some(n) = self.view.dense(node) {
-                        known.push(release(n, gpus, milli));
-                    }
-                }
-                _ => {
-                    let run = state.jobs[&key.id].state.run().expect("a run holds");
-                    for task in &run.placement {
-                        if let Some(n) = self.view.dense(task.node) {
-                            known.push(release(n, gpu_mask(&task.gpus), task.gpu_milli));
-                        }
-                    }
-                }
-            }
-        }
+            None => self.walked_releases(),
+        };
         known.append(&mut self.timeline.deferred);
         // By node, each node's in the order they came (a counting sort).
         let nodes = self.timeline.later_by_node.len();
@@ -241,6 +208,56 @@ impl<'a> Planner<'a> {
         }
         self.timeline.releases = sorted;
         self.timeline.releases_from = from;
+    }
+
+    /// The releases of the runs, walking the holders' notes: the runs as the scan sees them
+    /// (holders whose first node is in the view), in their order, whether or not the plan
+    /// listed them.
+    fn walked_releases(&self) -> Vec<Release> {
+        let state = self.state;
+        let holding = &state.jobs.holding;
+        let mut known = Vec::with_capacity(holding.len() + self.timeline.deferred.len());
+        for (key, note) in holding {
+            if note
+                .first
+                .and_then(|(node, ..)| self.view.dense(node))
+                .is_none()
+            {
+                continue;
+            }
+            self.run_releases(key.id, note, |r| known.push(r));
+        }
+        known
+    }
+
+    /// What run `id` (its note `note`, whose first node is in the view) gives back and when,
+    /// task by task: one task from the note, a gang's tasks from its record.
+    pub(super) fn run_releases(&self, id: JobId, note: &Holder, mut each: impl FnMut(Release)) {
+        let (end_s, est_s) = self.run_ends(note);
+        let release = |node, gpus, milli| Release {
+            end_s,
+            est_s,
+            node,
+            gpus,
+            milli,
+            cpu: note.cpu_milli,
+            mem: note.mem_mib,
+        };
+        match note.first {
+            Some((node, gpus, milli)) if note.tasks == 1 => {
+                if let Some(n) = self.view.dense(node) {
+                    each(release(n, gpus, milli));
+                }
+            }
+            _ => {
+                let run = self.state.jobs[&id].state.run().expect("a run holds");
+                for task in &run.placement {
+                    if let Some(n) = self.view.dense(task.node) {
+                        each(release(n, gpu_mask(&task.gpus), task.gpu_milli));
+                    }
+                }
+            }
+        }
     }
 
     /// Gives a blocked job the earliest start that running jobs' time limits promise, over

@@ -24,6 +24,7 @@ use crate::model::{JobId, PolicyKind, Secs};
 use crate::state::{Admission, HoldKey};
 
 use super::planner::Planner;
+use super::reserve::Release;
 use super::running::SURPLUS_MAX_LOSS_S;
 
 /// The tallies of the teams' runs, by team id, as the plans that walked them made them.
@@ -68,6 +69,9 @@ pub(crate) struct Tally {
     over: Vec<JobId>,
     /// Some run is idle: the plan needs the runs one by one.
     idle: bool,
+    /// What each task gives back and when, in the order the timeline lists the runs
+    /// (`Planner::releases`).
+    releases: Vec<Release>,
 }
 
 impl<'a> Planner<'a> {
@@ -91,6 +95,7 @@ impl<'a> Planner<'a> {
         });
         let holding = &state.jobs.holding;
         let mut ids = Vec::new();
+        let mut stamps = Vec::new();
         let mut from = HoldKey::first_of(0);
         while let Some((key, _)) = holding.range(from..).next() {
             let id = key.team_id;
@@ -109,6 +114,7 @@ impl<'a> Planner<'a> {
                 return false;
             }
             ids.push(id);
+            stamps.push((id, stamp));
             match id.checked_add(1) {
                 Some(next) => from = HoldKey::first_of(next),
                 None => break,
@@ -172,7 +178,22 @@ impl<'a> Planner<'a> {
             }
             self.lowest_takable = Some(lowest);
         }
+        self.tallied = Some(stamps);
         true
+    }
+
+    /// The releases of the runs, from the tallies this plan added, in the order the walk
+    /// of the holders gives them; `None` where the plan added none, or where one of them
+    /// has since been replaced by a tally of other holders.
+    pub(super) fn tallied_releases(&self) -> Option<Vec<Release>> {
+        let tallied = self.tallied.as_ref()?;
+        let kept = self.state.derived.tallies.0.lock().ok()?;
+        let mut all = Vec::new();
+        for (id, stamp) in tallied {
+            let tally = kept.get(id).filter(|t| t.stamp == *stamp)?;
+            all.extend_from_slice(&tally.releases);
+        }
+        Some(all)
     }
 
     /// Walks team `id`'s runs as the full scan does (`scan_full`), summing.
@@ -197,6 +218,7 @@ impl<'a> Planner<'a> {
             lowest: None,
             over: Vec::new(),
             idle: false,
+            releases: Vec::new(),
         };
         let default = self.policy == PolicyKind::Default;
         let end = id.checked_add(1).map(HoldKey::first_of);
@@ -234,17 +256,10 @@ impl<'a> Planner<'a> {
             if note.preemptible && !takable {
                 t.until_s = t.until_s.min(note.started_s.saturating_add(note.min_run_s));
             }
-            let limit_end = self.run_ends(note).0;
-            if note.tasks == 1 {
-                t.drain.push((n, limit_end));
-            } else {
-                let job = &state.jobs[&key.id];
-                for task in &job.state.run().expect("a run holds").placement {
-                    if let Some(m) = self.view.dense(task.node) {
-                        t.drain.push((m, limit_end));
-                    }
-                }
-            }
+            self.run_releases(key.id, note, |r| {
+                t.drain.push((r.node, r.end_s));
+                t.releases.push(r);
+            });
             // Its admission under the current quotas (`classify`, without holds).
             let mode = match team {
                 None => Admission::Borrowed,
