@@ -299,28 +299,52 @@ impl Indices {
     }
 
     fn index(&mut self, n: u32, layout: &Layout, c: &Capacity) {
-        let Some(g) = self.group[n as usize] else {
-            return;
-        };
-        let wf = c.whole_free[n as usize];
-        self.buckets[g][wf as usize].insert(n);
-        self.group_whole_free[g] += u64::from(wf);
-        let used = c.used_of(layout, n);
-        self.group_free_milli[g] += free_milli(used);
-        self.partial[g].extend(partial_keys(used, n));
+        self.file(n, layout, c, true);
     }
 
     fn unindex(&mut self, n: u32, layout: &Layout, c: &Capacity) {
+        self.file(n, layout, c, false);
+    }
+
+    fn file(&mut self, n: u32, layout: &Layout, c: &Capacity, add: bool) {
         let Some(g) = self.group[n as usize] else {
             return;
         };
-        let wf = c.whole_free[n as usize];
-        self.buckets[g][wf as usize].remove(n);
-        self.group_whole_free[g] -= u64::from(wf);
-        let used = c.used_of(layout, n);
-        self.group_free_milli[g] -= free_milli(used);
-        for key in partial_keys(used, n) {
-            self.partial[g].remove(&key);
+        Filing {
+            buckets: &mut self.buckets[g],
+            partial: &mut self.partial[g],
+            whole_free: &mut self.group_whole_free[g],
+            free_milli: &mut self.group_free_milli[g],
+        }
+        .file(n, c.whole_free[n as usize], c.used_of(layout, n), add);
+    }
+}
+
+/// One group's indices, borrowed from a view or from the kept [`Indices`], to file a node
+/// in or out.
+struct Filing<'x> {
+    buckets: &'x mut [NodeSet],
+    partial: &'x mut BTreeSet<(u32, u32, u32)>,
+    whole_free: &'x mut u64,
+    free_milli: &'x mut u64,
+}
+
+impl Filing<'_> {
+    /// Files node `n` (with `wf` whole free GPUs, its GPUs' used milli `used`) in (`add`) or
+    /// out.
+    fn file(self, n: u32, wf: u32, used: &[u32], add: bool) {
+        if add {
+            self.buckets[wf as usize].insert(n);
+            *self.whole_free += u64::from(wf);
+            *self.free_milli += free_milli(used);
+            self.partial.extend(partial_keys(used, n));
+        } else {
+            self.buckets[wf as usize].remove(n);
+            *self.whole_free -= u64::from(wf);
+            *self.free_milli -= free_milli(used);
+            for key in partial_keys(used, n) {
+                self.partial.remove(&key);
+            }
         }
     }
 }
@@ -489,29 +513,25 @@ impl<'a> View<'a> {
 
     /// Adds node `n` to its group's indices.
     fn index(&mut self, n: u32) {
-        let Some(g) = self.group[n as usize] else {
-            return;
-        };
-        let wf = self.whole_free[n as usize];
-        self.buckets[g][wf as usize].insert(n);
-        self.group_whole_free[g] += u64::from(wf);
-        let used = &self.used[self.gpu_range(n)];
-        self.group_free_milli[g] += free_milli(used);
-        self.partial[g].extend(partial_keys(used, n));
+        self.file(n, true);
     }
 
     fn unindex(&mut self, n: u32) {
+        self.file(n, false);
+    }
+
+    fn file(&mut self, n: u32, add: bool) {
         let Some(g) = self.group[n as usize] else {
             return;
         };
-        let wf = self.whole_free[n as usize];
-        self.buckets[g][wf as usize].remove(n);
-        self.group_whole_free[g] -= u64::from(wf);
-        let used = &self.used[self.gpu_range(n)];
-        self.group_free_milli[g] -= free_milli(used);
-        for key in partial_keys(used, n) {
-            self.partial[g].remove(&key);
+        let range = self.gpu_range(n);
+        Filing {
+            buckets: &mut self.buckets[g],
+            partial: &mut self.partial[g],
+            whole_free: &mut self.group_whole_free[g],
+            free_milli: &mut self.group_free_milli[g],
         }
+        .file(n, self.whole_free[n as usize], &self.used[range], add);
     }
 
     /// Changes a node's usage by `delta` milli on the listed GPUs and by the CPU and memory
