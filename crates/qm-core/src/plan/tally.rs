@@ -56,8 +56,6 @@ pub(crate) struct Tally {
     /// of a run counted there.
     used: Vec<u64>,
     latest_start_s: Secs,
-    /// (dense node, end by time limit) of every task.
-    drain: Vec<(u32, Secs)>,
     /// `[model]` milli-GPUs of every GPU touched by borrowed runs reclaim may stop, and
     /// milli-GPUs of runs counted inside the guarantee that are cheap to stop
     /// (`Victims::surplus`, counted where the team holds more than its guarantee).
@@ -69,8 +67,8 @@ pub(crate) struct Tally {
     over: Vec<JobId>,
     /// Some run is idle: the plan needs the runs one by one.
     idle: bool,
-    /// What each task gives back and when, in the order the timeline lists the runs
-    /// (`Planner::releases`).
+    /// What each task gives back and when (by its time limit: the nodes' drain times), in
+    /// the order the timeline lists the runs (`Planner::releases`).
     releases: Vec<Release>,
 }
 
@@ -94,8 +92,7 @@ impl<'a> Planner<'a> {
             kept
         });
         let holding = &state.jobs.holding;
-        let mut ids = Vec::new();
-        let mut stamps = Vec::new();
+        let mut tallied = Vec::new();
         let mut from = HoldKey::first_of(0);
         while let Some((key, _)) = holding.range(from..).next() {
             let id = key.team_id;
@@ -113,8 +110,7 @@ impl<'a> Planner<'a> {
             if kept[&id].idle {
                 return false;
             }
-            ids.push(id);
-            stamps.push((id, stamp));
+            tallied.push((id, stamp));
             match id.checked_add(1) {
                 Some(next) => from = HoldKey::first_of(next),
                 None => break,
@@ -122,7 +118,7 @@ impl<'a> Planner<'a> {
         }
         self.view.drain = vec![0; self.view.ids.len()];
         let mut over = Vec::new();
-        for id in &ids {
+        for (id, _) in &tallied {
             let tally = &kept[id];
             if let Some(t) = tally.team {
                 for (model, &milli) in tally.held.iter().enumerate() {
@@ -141,9 +137,9 @@ impl<'a> Planner<'a> {
                 let latest = &mut self.acct.guaranteed_latest_start[t];
                 *latest = (*latest).max(tally.latest_start_s);
             }
-            for &(n, end) in &tally.drain {
-                let d = &mut self.view.drain[n as usize];
-                *d = (*d).max(end);
+            for r in &tally.releases {
+                let d = &mut self.view.drain[r.node as usize];
+                *d = (*d).max(r.end_s);
             }
             for (m, &milli) in tally.victims.iter().enumerate() {
                 self.victims.milli_left[m] += milli;
@@ -157,7 +153,7 @@ impl<'a> Planner<'a> {
         if default {
             // As the full scan counts them: where the team (sub-teams included) holds more
             // than its guarantee in the model's pool.
-            for id in &ids {
+            for (id, _) in &tallied {
                 let tally = &kept[id];
                 let Some(t) = tally.team else { continue };
                 for (m, &milli) in tally.surplus.iter().enumerate() {
@@ -169,7 +165,7 @@ impl<'a> Planner<'a> {
                 }
             }
             let mut lowest = vec![None; self.teams.names.len()];
-            for id in &ids {
+            for (id, _) in &tallied {
                 let tally = &kept[id];
                 if let (Some(t), Some(low)) = (tally.team, tally.lowest) {
                     let l: &mut Option<i32> = &mut lowest[t];
@@ -178,7 +174,7 @@ impl<'a> Planner<'a> {
             }
             self.lowest_takable = Some(lowest);
         }
-        self.tallied = Some(stamps);
+        self.tallied = Some(tallied);
         true
     }
 
@@ -212,7 +208,6 @@ impl<'a> Planner<'a> {
             cpu: 0,
             used: team.map_or_else(Vec::new, |t| vec![0; self.teams.pools[t].len()]),
             latest_start_s: 0,
-            drain: Vec::new(),
             victims: vec![0; models],
             surplus: vec![0; models],
             lowest: None,
@@ -256,10 +251,7 @@ impl<'a> Planner<'a> {
             if note.preemptible && !takable {
                 t.until_s = t.until_s.min(note.started_s.saturating_add(note.min_run_s));
             }
-            self.run_releases(key.id, note, |r| {
-                t.drain.push((r.node, r.end_s));
-                t.releases.push(r);
-            });
+            self.run_releases(key.id, note, |r| t.releases.push(r));
             // Its admission under the current quotas (`classify`, without holds).
             let mode = match team {
                 None => Admission::Borrowed,

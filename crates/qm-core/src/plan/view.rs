@@ -222,7 +222,7 @@ impl Capacity {
             })
             .collect();
         let indices = match indices {
-            Some((mut ix, dense)) if ix.groups == groups && ix.group == group => {
+            Some((mut ix, dense)) if ix.group_nodes.len() == groups && ix.group == group => {
                 for n in dense {
                     ix.index(n as u32, layout, &capacity);
                 }
@@ -246,7 +246,6 @@ impl Capacity {
 /// eighth of a replay of a 16,384-GPU cluster).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Indices {
-    groups: usize,
     group: Vec<Option<usize>>,
     group_nodes: Vec<Vec<u32>>,
     group_max_gpus: Vec<u32>,
@@ -268,7 +267,6 @@ impl Indices {
             }
         }
         let mut ix = Indices {
-            groups,
             buckets: group_max_gpus
                 .iter()
                 .map(|&max| vec![NodeSet::new(nodes); max as usize + 1])
