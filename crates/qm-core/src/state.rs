@@ -347,6 +347,11 @@ pub(crate) struct LiveJobs {
     /// starts to hold), so that the invariant on a team's allocation sums them without
     /// looking every holder up.
     pub(crate) holding_by_team: BTreeMap<u32, BTreeMap<JobId, u64>>,
+    /// Per team id with holders, the sum of its holders' milli-GPUs as `holding_by_team`
+    /// notes them, kept as holders enter and leave: the invariant on a team's allocation
+    /// after an event compares with it instead of walking the team's holders, and
+    /// `check_invariants` recounts it from the notes.
+    pub(crate) held_milli_by_team: BTreeMap<u32, u64>,
     /// Live jobs that hold nothing (pending), by team id and by user.
     pub(crate) pending_by_team: BTreeMap<u32, usize>,
     pub(crate) pending_by_user: BTreeMap<String, usize>,
@@ -354,6 +359,8 @@ pub(crate) struct LiveJobs {
     /// in the order a plan counts a team's runs inside its guarantee (`HoldKey`): a plan
     /// walks these compact notes instead of every holder's record, and needs not sort them.
     pub(crate) holding: BTreeMap<HoldKey, Holder>,
+    /// The holders a plan must act on as the clock runs, from their notes (`Clocked`).
+    pub(crate) clocked: Clocked,
     /// Each team's pending jobs in plan order, and how many of them ask for each number of
     /// milli-GPUs: the planner walks a queue from its head as far as a plan needs, instead
     /// of gathering and sorting every pending job at every plan.
@@ -365,6 +372,50 @@ pub(crate) struct LiveJobs {
     pub(crate) holding_by_array: BTreeMap<JobId, usize>,
     /// When each team's holders last changed (`Stamps`).
     pub(crate) stamps: Stamps,
+}
+
+/// The holders with a task that the clock alone may make a plan act on, from their notes:
+/// those not stopping that have a time limit, by the time they reach it, and those not
+/// stopping that are idle. A plan where nothing waits acts on these only
+/// (`plan::running::quiet_plan`), so it reads them here instead of walking every holder.
+/// Kept as holders enter, change and leave; `check_invariants` recounts them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Clocked {
+    pub(crate) due: BTreeSet<(Secs, JobId)>,
+    pub(crate) idle: BTreeSet<JobId>,
+}
+
+impl Clocked {
+    /// Files a holder's note in (`on`) or out.
+    pub(crate) fn file(&mut self, id: JobId, note: &Holder, on: bool) {
+        if note.first.is_none() || note.stop.is_some() {
+            return;
+        }
+        if let Some(limit) = note.time_limit_s {
+            let due = (note.started_s.saturating_add(limit), id);
+            if on {
+                self.due.insert(due);
+            } else {
+                self.due.remove(&due);
+            }
+        }
+        if note.idle_since_s.is_some() {
+            if on {
+                self.idle.insert(id);
+            } else {
+                self.idle.remove(&id);
+            }
+        }
+    }
+
+    /// What it would be for these notes.
+    pub(crate) fn of<'n>(notes: impl Iterator<Item = (JobId, &'n Holder)>) -> Clocked {
+        let mut clocked = Clocked::default();
+        for (id, note) in notes {
+            clocked.file(id, note, true);
+        }
+        clocked
+    }
 }
 
 /// A stamp per team id, renewed whenever one of the team's holders enters, leaves or has
@@ -649,16 +700,19 @@ impl LiveJobs {
         let job = &self.map[&id];
         let key = HoldKey::of(job).expect("a job that holds has a run");
         let note = Holder::of(job).expect("a job that holds has a run");
+        self.clocked.file(id, &note, true);
         self.holding.insert(key, note);
         self.stamps.renew(job.team_id);
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
             bump(&mut self.holding_by_array, a.array, true);
         }
         let run = job.state.run().expect("a job that holds has a run");
+        let milli = job.spec.milli_total();
         self.holding_by_team
             .entry(job.team_id)
             .or_default()
-            .insert(id, job.spec.milli_total());
+            .insert(id, milli);
+        *self.held_milli_by_team.entry(job.team_id).or_default() += milli;
         for task in &run.placement {
             self.holding_by_node
                 .entry(task.node)
@@ -676,10 +730,14 @@ impl LiveJobs {
         };
         if let Some(noted) = self.holding.get_mut(&key) {
             if *noted != note {
+                self.clocked.file(id, noted, false);
+                self.clocked.file(id, &note, true);
                 *noted = note;
                 self.stamps.renew(key.team_id);
             }
-        } else if self.holding.remove(&key.flipped()).is_some() {
+        } else if let Some(noted) = self.holding.remove(&key.flipped()) {
+            self.clocked.file(id, &noted, false);
+            self.clocked.file(id, &note, true);
             self.holding.insert(key, note);
             self.stamps.renew(key.team_id);
         }
@@ -692,17 +750,23 @@ impl LiveJobs {
         if !self.holds(id) {
             return;
         }
-        self.holding
-            .remove(&HoldKey::of(job).expect("a job that holds has a run"));
+        let key = HoldKey::of(job).expect("a job that holds has a run");
+        if let Some(noted) = self.holding.remove(&key) {
+            self.clocked.file(id, &noted, false);
+        }
         self.stamps.renew(job.team_id);
         let job = &self.map[&id];
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
             bump(&mut self.holding_by_array, a.array, false);
         }
         if let Some(set) = self.holding_by_team.get_mut(&job.team_id) {
-            set.remove(&id);
+            let milli = set.remove(&id).unwrap_or(0);
+            if let Some(sum) = self.held_milli_by_team.get_mut(&job.team_id) {
+                *sum -= milli;
+            }
             if set.is_empty() {
                 self.holding_by_team.remove(&job.team_id);
+                self.held_milli_by_team.remove(&job.team_id);
             }
         }
         for task in &run.placement {

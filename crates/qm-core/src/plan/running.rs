@@ -665,15 +665,44 @@ fn act_on_idle(
 }
 
 /// The plan of a state where nothing waits (no pending job, no hold), which only time limits
-/// and idle policies can act on: the same stops and idle notices as the planner's, from
-/// one walk of the holders' notes, without the view, the accounting or the admission
-/// modes that only matter to waiting work. `None` where something waits. (Every holder's
-/// nodes exist, an invariant of the state, so every holder with a task is a run the
-/// planner sees.)
+/// and idle policies can act on: the same stops and idle notices as the planner's, from the
+/// state's index of the holders the clock may act on (`Clocked`: those past their time
+/// limit, those idle), without the view, the accounting or the admission modes that only
+/// matter to waiting work. `None` where something waits. (Every holder's nodes exist, an
+/// invariant of the state, so every holder with a task is a run the planner sees.)
 pub(super) fn quiet_plan(state: &ClusterState, now: Secs) -> Option<Plan> {
     if !state.jobs.queues.is_empty() || !state.holds.is_empty() {
         return None;
     }
+    let policy = state.config.policy;
+    let mut out = Plan::empty(policy, now);
+    let clocked = &state.jobs.clocked;
+    let due = clocked.due.iter().take_while(|(at, _)| *at <= now);
+    out.stops.extend(due.map(|&(_, id)| time_limit_stop(id)));
+    // In id order, as the planner says them (`scan_running`); idle policies act under
+    // `default` only, after the time limits.
+    out.stops.sort_unstable_by_key(|s| s.job);
+    if policy == PolicyKind::Default {
+        for &id in &clocked.idle {
+            let job = &state.jobs[&id];
+            let key = crate::state::HoldKey::of(job).expect("an idle holder holds");
+            let note = &state.jobs.holding[&key];
+            let since = note.idle_since_s.expect("an idle holder is idle");
+            if !past_limit(note, now) {
+                act_on_idle(state, job, since, lost_gpu_s(note, now), now, &mut out);
+            }
+        }
+    }
+    debug_assert_eq!(
+        out,
+        walked_quiet_plan(state, now),
+        "the index of clocked holders"
+    );
+    Some(out)
+}
+
+/// `quiet_plan` from one walk of every holder's note (debug builds check the index with it).
+fn walked_quiet_plan(state: &ClusterState, now: Secs) -> Plan {
     let policy = state.config.policy;
     let mut out = Plan::empty(policy, now);
     let mut idle = Vec::new();
@@ -689,8 +718,6 @@ pub(super) fn quiet_plan(state: &ClusterState, now: Secs) -> Option<Plan> {
             idle.push((key.id, note, since));
         }
     }
-    // In id order, as the planner says them (`scan_running`); idle policies act under
-    // `default` only, after the time limits.
     out.stops.sort_unstable_by_key(|s| s.job);
     if policy == PolicyKind::Default {
         idle.sort_unstable_by_key(|e| e.0);
@@ -699,5 +726,5 @@ pub(super) fn quiet_plan(state: &ClusterState, now: Secs) -> Option<Plan> {
             act_on_idle(state, job, since, lost_gpu_s(note, now), now, &mut out);
         }
     }
-    Some(out)
+    out
 }

@@ -13,10 +13,11 @@
 //!   resources, and each holder's note (`Holder`, what a plan reads of it) is its record's.
 //!
 //! After an event only what it touched is checked (its nodes, teams and jobs): the holders of
-//! its nodes are looked up, a touched team's allocation is summed from the index's notes (the
-//! milli-GPUs of each holder, checked against the job whenever an event touches it), so the
-//! cost is a walk of the team's notes and of the nodes' few holders for events that move
-//! resources, and nothing for the others. `check_invariants` checks every job.
+//! its nodes are looked up, a touched team's allocation is compared with the index's sum of
+//! its holders' notes (the milli-GPUs of each holder, checked against the job whenever an
+//! event touches it; the sum kept as holders enter and leave), so the cost is a walk of the
+//! nodes' few holders for events that move resources, and nothing for the others.
+//! `check_invariants` checks every job and recounts the teams' sums from the notes.
 
 use super::{task_shape, ClusterState, Event, Job, JobState};
 use crate::model::{JobId, NodeId, NodeState, MILLI_PER_GPU};
@@ -155,15 +156,16 @@ impl ClusterState {
             }
             node_sums.push(sum);
         }
-        // The index notes each holder's milli-GPUs when it starts to hold; `check_job`
-        // checks the note (and the team) of every job an event touches, so the sums need
-        // no lookup of the thousands of holders a team may have.
+        // The index notes each holder's milli-GPUs when it starts to hold, and keeps each
+        // team's sum of them as holders enter and leave; `check_job` checks the note (and
+        // the team) of every job an event touches, and `check_invariants` recounts the
+        // sums, so a team's sum needs no walk of the thousands of holders it may have.
         let team_sums: Vec<u64> = touched
             .teams
             .iter()
             .map(|team| {
-                let holders = self.jobs.holding_by_team.get(team).into_iter().flatten();
-                holders.map(|(_, &milli)| milli).sum()
+                let sum = self.jobs.held_milli_by_team.get(team).copied();
+                sum.unwrap_or(0)
             })
             .collect();
         for (id, (gpu_sum, cpu_sum, mem_sum)) in touched.nodes.iter().zip(&node_sums) {
@@ -368,6 +370,11 @@ impl ClusterState {
             holding, self.jobs.holding,
             "invariant: the holding jobs are exactly the jobs that hold, each with its note"
         );
+        assert_eq!(
+            super::Clocked::of(holding.iter().map(|(k, n)| (k.id, n))),
+            self.jobs.clocked,
+            "invariant: the holders the clock may act on are those of the notes"
+        );
         let mut teams_with_holders: Vec<u32> = self.jobs.holding_by_team.keys().copied().collect();
         teams.append(&mut teams_with_holders);
         teams.sort_unstable();
@@ -378,6 +385,16 @@ impl ClusterState {
         nodes.dedup();
         let all = Touched { nodes, teams, jobs };
         self.check_invariants_for(&all);
+        let recount: std::collections::BTreeMap<u32, u64> = self
+            .jobs
+            .holding_by_team
+            .iter()
+            .map(|(&team, holders)| (team, holders.values().sum()))
+            .collect();
+        assert_eq!(
+            recount, self.jobs.held_milli_by_team,
+            "invariant: each team's sum of its holders' milli-GPUs is the sum of their notes"
+        );
     }
 }
 
@@ -507,6 +524,33 @@ mod tests {
         let (key, note) = noted(&h, job);
         h.state.jobs.holding.remove(&key);
         h.state.jobs.holding.insert(key.flipped(), note);
+        h.state.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "the clock may act on")]
+    fn an_idle_holder_missing_from_the_clocked_index_is_caught() {
+        let (mut h, job) = running();
+        let sample = Event::Utilisation {
+            job,
+            pct: 0,
+            attempt: None,
+            at_s: h.now + 1,
+        };
+        crate::apply(&mut h.state, sample).unwrap();
+        assert!(h.state.jobs.clocked.idle.remove(&job), "filed as idle");
+        h.state.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "the sum of their notes")]
+    fn a_kept_sum_that_is_not_the_sum_of_the_notes_is_caught() {
+        let (mut h, job) = running();
+        let team = h.state.jobs[&job].team_id;
+        *h.state.jobs.held_milli_by_team.get_mut(&team).unwrap() += 1;
+        let name = h.state.jobs[&job].spec.team.clone();
+        // The allocation agrees with the wrong sum: only the recount tells.
+        h.state.teams.get_mut(&name).unwrap().alloc_milli += 1;
         h.state.check_invariants();
     }
 
