@@ -367,45 +367,7 @@ impl<'a> Planner<'a> {
     /// are leaving. The state keeps the holders in this order (`HoldKey`), so the runs
     /// arrive in it and nothing is sorted.
     pub(super) fn classify(&mut self) {
-        // Jobs waiting on a priority preemption's hold, per team, in id order: (job, model,
-        // milli-GPUs).
-        let mut waiting: BTreeMap<usize, Vec<(JobId, usize, u64)>> = BTreeMap::new();
-        if self.policy == PolicyKind::Default {
-            for (b, hold) in &self.state.holds {
-                let Some(job) = self.state.job(*b) else {
-                    continue;
-                };
-                if job.state != JobState::Pending || self.now > hold.until_s {
-                    continue;
-                }
-                let Some(t) = self.team_of(job) else {
-                    continue;
-                };
-                let model = hold
-                    .shares
-                    .first()
-                    .and_then(|s| self.model_of(std::slice::from_ref(&s.task)));
-                let Some(model) = model else { continue };
-                let milli = job.spec.milli_total();
-                if self.priority_hold(job, hold) {
-                    waiting.entry(t).or_default().push((*b, model, milli));
-                    continue;
-                }
-                // A reclaim's hold is inside the guarantee, before the team's running jobs;
-                // one that took idle runs for a borrowing job (`take_yielded`) is outside it:
-                // it never pushes a running job of its team out of the guarantee.
-                if hold.borrowing {
-                    continue;
-                }
-                let pool = self.teams.pool_of_model[t][model];
-                if self.acct.guaranteed_used[t][pool] + milli > self.teams.pools[t][pool].guaranteed
-                {
-                    continue;
-                }
-                self.acct.guaranteed_used[t][pool] += milli;
-                self.acct.guarantee_set_aside.insert(*b, (t, pool, milli));
-            }
-        }
+        let mut waiting = self.count_holds();
         // The runs come by team, each team's in the order they count in (`HoldKey`): the
         // waiting jobs go after the runs that started guaranteed, before the others. Idle
         // runs that yielded count nowhere: where they come changes nothing.
@@ -454,9 +416,60 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Under `default`, counts the jobs waiting on a reclaim's hold inside their team's
+    /// guarantee, before the team's runs (where they fit in what is left of it, setting
+    /// their usage aside), and lists those waiting on a priority preemption's hold, per
+    /// team in id order: (job, model, milli-GPUs), to be counted after the team's runs
+    /// that started guaranteed (`count_waiting`).
+    pub(super) fn count_holds(&mut self) -> BTreeMap<usize, Vec<(JobId, usize, u64)>> {
+        let mut waiting: BTreeMap<usize, Vec<(JobId, usize, u64)>> = BTreeMap::new();
+        if self.policy != PolicyKind::Default {
+            return waiting;
+        }
+        for (b, hold) in &self.state.holds {
+            let Some(job) = self.state.job(*b) else {
+                continue;
+            };
+            if job.state != JobState::Pending || self.now > hold.until_s {
+                continue;
+            }
+            let Some(t) = self.team_of(job) else {
+                continue;
+            };
+            let model = hold
+                .shares
+                .first()
+                .and_then(|s| self.model_of(std::slice::from_ref(&s.task)));
+            let Some(model) = model else { continue };
+            let milli = job.spec.milli_total();
+            if self.priority_hold(job, hold) {
+                waiting.entry(t).or_default().push((*b, model, milli));
+                continue;
+            }
+            // A reclaim's hold is inside the guarantee, before the team's running jobs;
+            // one that took idle runs for a borrowing job (`take_yielded`) is outside it:
+            // it never pushes a running job of its team out of the guarantee.
+            if hold.borrowing {
+                continue;
+            }
+            let pool = self.teams.pool_of_model[t][model];
+            if self.acct.guaranteed_used[t][pool] + milli > self.teams.pools[t][pool].guaranteed {
+                continue;
+            }
+            self.acct.guaranteed_used[t][pool] += milli;
+            self.acct.guarantee_set_aside.insert(*b, (t, pool, milli));
+        }
+        waiting
+    }
+
     /// Counts jobs waiting on a priority preemption's hold inside team `t`'s guarantee where
     /// they fit in what is left of it (`used`), setting their usage aside.
-    fn count_waiting(&mut self, t: usize, held: &[(JobId, usize, u64)], used: &mut [u64]) {
+    pub(super) fn count_waiting(
+        &mut self,
+        t: usize,
+        held: &[(JobId, usize, u64)],
+        used: &mut [u64],
+    ) {
         for &(b, model, milli) in held {
             let pool = self.teams.pool_of_model[t][model];
             if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {

@@ -6,9 +6,11 @@
 //! on the 160,184-job `big-gang` week: the victims were looked at in 4 % of the plans that
 //! had something waiting).
 //!
-//! So a plan that has neither holds nor idle runs nor a pending job pinned to its home
-//! (each of which needs the runs one by one from the start) adds the teams' tallies
-//! instead of walking every run. A team's tally is made by walking that team's runs, and
+//! So a plan that has neither idle runs nor a pending job pinned to its home (each of
+//! which needs the runs one by one from the start) adds the teams' tallies instead of
+//! walking every run. Jobs waiting on holds count inside their team's guarantee before
+//! (a reclaim's) or among (a priority preemption's) its runs, so a team with such jobs is
+//! tallied from them (its `Seed`, part of what the tally is read again for). A team's tally is made by walking that team's runs, and
 //! is kept with the state's derived data (`Derived::tallies`), stamped with the team's
 //! `Stamps` and the time until which nothing in it can change by the clock alone (a time
 //! limit reached, a minimum run time passed, a checkpoint's cheap window opening or
@@ -38,6 +40,10 @@ impl Clone for Tallies {
     }
 }
 
+/// Where a team's count inside its guarantee starts: the pools' milli-GPUs taken by the
+/// jobs waiting on a reclaim's hold, and the jobs waiting on a priority preemption's hold.
+type Seed = (Vec<u64>, Vec<(JobId, usize, u64)>);
+
 /// One team's runs (those whose first node is in the plan's view), summed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Tally {
@@ -49,6 +55,13 @@ pub(crate) struct Tally {
     until_s: Secs,
     /// The planner's index of the team.
     team: Option<usize>,
+    /// What the team's count inside its guarantee started from: the milli-GPUs of the jobs
+    /// waiting on a reclaim's hold, by pool, and the jobs waiting on a priority
+    /// preemption's hold (`count_holds`); none without holds. Part of the stamp.
+    seed: Seed,
+    /// The jobs waiting on a priority preemption's hold that counted inside the guarantee,
+    /// with their pool and milli-GPUs: their usage is set aside (`count_waiting`).
+    set_aside: Vec<(JobId, usize, u64)>,
     /// Milli-GPUs held, by model, and milli-CPUs.
     held: Vec<u64>,
     cpu: u64,
@@ -74,15 +87,24 @@ pub(crate) struct Tally {
 
 impl<'a> Planner<'a> {
     /// The sums of the running work from the teams' tallies, without listing the runs;
-    /// `false`, having changed nothing, where the plan needs the runs from the start (a
-    /// hold, an idle run, a pending job pinned to its home).
+    /// `false`, having changed nothing, where the plan needs the runs from the start (an
+    /// idle run, a pending job pinned to its home).
     pub(super) fn scan_tallies(&mut self) -> bool {
         let state: &'a crate::state::ClusterState = self.state;
         let default = self.policy == PolicyKind::Default;
-        if !state.holds.is_empty() || (default && state.jobs.queues.values().any(|q| q.pinned > 0))
-        {
+        if default && state.jobs.queues.values().any(|q| q.pinned > 0) {
             return false;
         }
+        // The jobs waiting on holds count before (a reclaim's) or among (a priority
+        // preemption's) their team's runs: each team's tally starts from them. (The counts
+        // are taken back where the plan turns out to need the full scan.)
+        let saved = (!state.holds.is_empty()).then(|| {
+            (
+                self.acct.guaranteed_used.clone(),
+                self.acct.guarantee_set_aside.clone(),
+            )
+        });
+        let mut waiting = self.count_holds();
         let tallies = &state.derived.tallies.0;
         // A plan that panicked while holding them may have left them half made: start anew.
         let mut kept = tallies.lock().unwrap_or_else(|poisoned| {
@@ -97,17 +119,29 @@ impl<'a> Planner<'a> {
         while let Some((key, _)) = holding.range(from..).next() {
             let id = key.team_id;
             let stamp = state.jobs.stamps.of(id);
+            let team = self.team_of_id(id);
+            let seed: Seed = match team {
+                Some(t) => (
+                    self.acct.guaranteed_used[t].clone(),
+                    waiting.remove(&t).unwrap_or_default(),
+                ),
+                None => Seed::default(),
+            };
             let fresh = kept.get(&id).is_some_and(|t| {
                 t.stamp == stamp
                     && t.policy == self.policy
                     && t.from_s <= self.now
                     && self.now < t.until_s
+                    && t.seed == seed
             });
             if !fresh {
-                let tally = self.tally(id, stamp);
+                let tally = self.tally(id, stamp, seed);
                 kept.insert(id, tally);
             }
             if kept[&id].idle {
+                if let Some(saved) = saved {
+                    (self.acct.guaranteed_used, self.acct.guarantee_set_aside) = saved;
+                }
                 return false;
             }
             tallied.push((id, stamp));
@@ -129,11 +163,14 @@ impl<'a> Planner<'a> {
                 for &a in &self.teams.lineage[t] {
                     self.acct.cpu[a] += tally.cpu;
                 }
-                debug_assert!(
-                    self.acct.guaranteed_used[t].iter().all(|&u| u == 0),
+                debug_assert_eq!(
+                    self.acct.guaranteed_used[t], tally.seed.0,
                     "one team id per planner team"
                 );
                 self.acct.guaranteed_used[t].clone_from(&tally.used);
+                for &(b, pool, milli) in &tally.set_aside {
+                    self.acct.guarantee_set_aside.insert(b, (t, pool, milli));
+                }
                 let latest = &mut self.acct.guaranteed_latest_start[t];
                 *latest = (*latest).max(tally.latest_start_s);
             }
@@ -145,6 +182,12 @@ impl<'a> Planner<'a> {
                 self.victims.milli_left[m] += milli;
             }
             over.extend_from_slice(&tally.over);
+        }
+        // Teams with jobs waiting on a priority preemption's hold and no runs.
+        for (t, held) in waiting {
+            let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
+            self.count_waiting(t, &held, &mut used);
+            self.acct.guaranteed_used[t] = used;
         }
         over.sort_unstable();
         self.out
@@ -192,8 +235,9 @@ impl<'a> Planner<'a> {
         Some(all)
     }
 
-    /// Walks team `id`'s runs as the full scan does (`scan_full`), summing.
-    fn tally(&self, id: u32, stamp: u64) -> Tally {
+    /// Walks team `id`'s runs as the full scan does (`scan_full`, `classify`), summing,
+    /// its count inside the guarantee starting from `seed`.
+    fn tally(&self, id: u32, stamp: u64, seed: Seed) -> Tally {
         let state = self.state;
         let now = self.now;
         let models = self.models.len();
@@ -206,7 +250,11 @@ impl<'a> Planner<'a> {
             team,
             held: vec![0; models],
             cpu: 0,
-            used: team.map_or_else(Vec::new, |t| vec![0; self.teams.pools[t].len()]),
+            used: match team {
+                Some(t) if seed.0.is_empty() => vec![0; self.teams.pools[t].len()],
+                _ => seed.0.clone(),
+            },
+            set_aside: Vec::new(),
             latest_start_s: 0,
             victims: vec![0; models],
             surplus: vec![0; models],
@@ -214,7 +262,10 @@ impl<'a> Planner<'a> {
             over: Vec::new(),
             idle: false,
             releases: Vec::new(),
+            seed,
         };
+        // The jobs waiting on a priority preemption's hold, until counted.
+        let mut waiting = Some(std::mem::take(&mut t.seed.1)).filter(|w| !w.is_empty());
         let default = self.policy == PolicyKind::Default;
         let end = id.checked_add(1).map(HoldKey::first_of);
         let block = match end {
@@ -227,6 +278,12 @@ impl<'a> Planner<'a> {
             };
             let model = self.model_at(n);
             let milli = note.milli;
+            if let Some(tm) = team.filter(|_| key.leaving || key.admission == Admission::Borrowed) {
+                if let Some(held) = waiting.take() {
+                    self.count_waiting_into(tm, &held, &mut t.used, &mut t.set_aside);
+                    t.seed.1 = held;
+                }
+            }
             if team.is_some() {
                 t.held[model] += milli;
                 t.cpu += note.cpu_milli * u64::from(note.tasks);
@@ -293,6 +350,28 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        if let (Some(tm), Some(held)) = (team, waiting) {
+            self.count_waiting_into(tm, &held, &mut t.used, &mut t.set_aside);
+            t.seed.1 = held;
+        }
         t
+    }
+
+    /// `count_waiting` into a tally: team `t`'s jobs waiting on a priority preemption's
+    /// hold counted inside its guarantee where they fit in `used`, listed in `set_aside`.
+    fn count_waiting_into(
+        &self,
+        t: usize,
+        held: &[(JobId, usize, u64)],
+        used: &mut [u64],
+        set_aside: &mut Vec<(JobId, usize, u64)>,
+    ) {
+        for &(b, model, milli) in held {
+            let pool = self.teams.pool_of_model[t][model];
+            if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {
+                used[pool] += milli;
+                set_aside.push((b, pool, milli));
+            }
+        }
     }
 }
