@@ -13,8 +13,9 @@
 //! tallied from them (its `Seed`, part of what the tally is read again for). A team's tally is made by walking that team's runs, and
 //! is kept with the state's derived data (`Derived::tallies`), stamped with the team's
 //! `Stamps` and the time until which nothing in it can change by the clock alone (a time
-//! limit reached, a minimum run time passed, a checkpoint's cheap window opening or
-//! closing). A later plan reads it again while the stamp, the policy and the time allow;
+//! limit reached, a checkpointing run's minimum run time passed, a checkpoint's cheap
+//! window opening or closing; a run without checkpoints that comes of age, may be taken
+//! from then on, adds what it adds then as a `Flip` that the plans after that time read). A later plan reads it again while the stamp, the policy and the time allow;
 //! a team whose holders changed is walked again. The runs are listed, the way the full
 //! scan lists them, the first time a step asks for them (`Planner::ensure_runs`).
 //!
@@ -43,6 +44,20 @@ impl Clone for Tallies {
 /// Where a team's count inside its guarantee starts: the pools' milli-GPUs taken by the
 /// jobs waiting on a reclaim's hold, and the jobs waiting on a priority preemption's hold.
 type Seed = (Vec<u64>, Vec<(JobId, usize, u64)>);
+
+/// What a run adds to its team's tally from the moment it has run its minimum time and
+/// may be taken (a run without checkpoints, not stopping, under `default`): its touched
+/// milli-GPUs to what reclaim could free where it counts as borrowed, and its priority to
+/// those a pending job may outrank. Young runs are many on a busy cluster (a run started
+/// in the last five minutes, in the simulator), so the tallies would otherwise be made
+/// again whenever one of them comes of age.
+#[derive(Clone, Debug, PartialEq)]
+struct Flip {
+    at_s: Secs,
+    model: usize,
+    touched: u64,
+    priority: i32,
+}
 
 /// One team's runs (those whose first node is in the plan's view), summed.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +91,10 @@ pub(crate) struct Tally {
     surplus: Vec<u64>,
     /// The lowest priority among the runs a pending job of the team may outrank.
     lowest: Option<i32>,
+    /// Runs that may be taken once they have run their minimum time, and what they add
+    /// then (`Flip`): read by the plans after that time instead of the tally being made
+    /// again.
+    flips: Vec<Flip>,
     /// Runs that reached their time limit and are not stopping, in the team's order.
     over: Vec<JobId>,
     /// Some run is idle: the plan needs the runs one by one.
@@ -181,6 +200,9 @@ impl<'a> Planner<'a> {
             for (m, &milli) in tally.victims.iter().enumerate() {
                 self.victims.milli_left[m] += milli;
             }
+            for f in tally.flips.iter().filter(|f| f.at_s <= self.now) {
+                self.victims.milli_left[f.model] += f.touched;
+            }
             over.extend_from_slice(&tally.over);
         }
         // Teams with jobs waiting on a priority preemption's hold and no runs.
@@ -210,7 +232,9 @@ impl<'a> Planner<'a> {
             let mut lowest = vec![None; self.teams.names.len()];
             for (id, _) in &tallied {
                 let tally = &kept[id];
-                if let (Some(t), Some(low)) = (tally.team, tally.lowest) {
+                let Some(t) = tally.team else { continue };
+                let due = tally.flips.iter().filter(|f| f.at_s <= self.now);
+                for low in tally.lowest.into_iter().chain(due.map(|f| f.priority)) {
                     let l: &mut Option<i32> = &mut lowest[t];
                     *l = Some(l.map_or(low, |l| l.min(low)));
                 }
@@ -259,6 +283,7 @@ impl<'a> Planner<'a> {
             victims: vec![0; models],
             surplus: vec![0; models],
             lowest: None,
+            flips: Vec::new(),
             over: Vec::new(),
             idle: false,
             releases: Vec::new(),
@@ -305,8 +330,10 @@ impl<'a> Planner<'a> {
             }
             let stopped = stopping || over;
             let takable = note.preemptible && elapsed >= note.min_run_s;
-            if note.preemptible && !takable {
-                t.until_s = t.until_s.min(note.started_s.saturating_add(note.min_run_s));
+            let of_age = note.started_s.saturating_add(note.min_run_s);
+            let checkpoints = note.checkpoint_every_s.is_some_and(|e| e > 0);
+            if note.preemptible && !takable && checkpoints {
+                t.until_s = t.until_s.min(of_age);
             }
             self.run_releases(key.id, note, |r| t.releases.push(r));
             // Its admission under the current quotas (`classify`, without holds).
@@ -328,6 +355,18 @@ impl<'a> Planner<'a> {
             };
             if !default || stopped {
                 continue;
+            }
+            if note.preemptible && !takable && !checkpoints {
+                t.flips.push(Flip {
+                    at_s: of_age,
+                    model,
+                    touched: if mode == Admission::Borrowed {
+                        note.touched
+                    } else {
+                        0
+                    },
+                    priority: note.priority,
+                });
             }
             if mode == Admission::Borrowed && takable {
                 t.victims[model] += note.touched;
