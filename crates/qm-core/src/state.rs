@@ -361,6 +361,8 @@ pub(crate) struct LiveJobs {
     pub(crate) holding: BTreeMap<HoldKey, Holder>,
     /// The holders a plan must act on as the clock runs, from their notes (`Clocked`).
     pub(crate) clocked: Clocked,
+    /// The notes that entered and left, in order (`HolderLog`).
+    pub(crate) holder_log: HolderLog,
     /// Each team's pending jobs in plan order, and how many of them ask for each number of
     /// milli-GPUs: the planner walks a queue from its head as far as a plan needs, instead
     /// of gathering and sorting every pending job at every plan.
@@ -415,6 +417,61 @@ impl Clocked {
             clocked.file(id, note, true);
         }
         clocked
+    }
+}
+
+/// The holders' notes as they entered (a start, a renewed note) and left (an exit, a
+/// renewed note's old version), in order, the oldest dropped once there are many: a team's
+/// tally of its runs (`plan/tally.rs`) is brought up to date from the changes since it was
+/// made, where they allow, instead of walking all the team's runs again. Not part of the
+/// state's value.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HolderLog {
+    /// Position of the first change kept.
+    start: u64,
+    changes: std::collections::VecDeque<HolderChange>,
+}
+
+/// One note that entered (`entered`) or left the holders, at its place.
+#[derive(Clone, Debug)]
+pub(crate) struct HolderChange {
+    pub(crate) key: HoldKey,
+    pub(crate) note: Holder,
+    pub(crate) entered: bool,
+}
+
+impl HolderLog {
+    /// Changes kept at most; a reader further behind walks the holders anew.
+    const KEPT: usize = 4_096;
+
+    fn note(&mut self, key: HoldKey, note: &Holder, entered: bool) {
+        if self.changes.len() == Self::KEPT {
+            self.changes.drain(..Self::KEPT / 2);
+            self.start += (Self::KEPT / 2) as u64;
+        }
+        self.changes.push_back(HolderChange {
+            key,
+            note: note.clone(),
+            entered,
+        });
+    }
+
+    /// The position after the latest change.
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.changes.len() as u64
+    }
+
+    /// The changes from position `seen` on; `None` where the log no longer reaches back
+    /// that far.
+    pub(crate) fn since(&self, seen: u64) -> Option<impl Iterator<Item = &HolderChange>> {
+        let from = usize::try_from(seen.checked_sub(self.start)?).ok()?;
+        (from <= self.changes.len()).then(|| self.changes.range(from..))
+    }
+}
+
+impl PartialEq for HolderLog {
+    fn eq(&self, _: &HolderLog) -> bool {
+        true
     }
 }
 
@@ -701,6 +758,7 @@ impl LiveJobs {
         let key = HoldKey::of(job).expect("a job that holds has a run");
         let note = Holder::of(job).expect("a job that holds has a run");
         self.clocked.file(id, &note, true);
+        self.holder_log.note(key, &note, true);
         self.holding.insert(key, note);
         self.stamps.renew(job.team_id);
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
@@ -732,12 +790,16 @@ impl LiveJobs {
             if *noted != note {
                 self.clocked.file(id, noted, false);
                 self.clocked.file(id, &note, true);
+                self.holder_log.note(key, noted, false);
+                self.holder_log.note(key, &note, true);
                 *noted = note;
                 self.stamps.renew(key.team_id);
             }
         } else if let Some(noted) = self.holding.remove(&key.flipped()) {
             self.clocked.file(id, &noted, false);
             self.clocked.file(id, &note, true);
+            self.holder_log.note(key.flipped(), &noted, false);
+            self.holder_log.note(key, &note, true);
             self.holding.insert(key, note);
             self.stamps.renew(key.team_id);
         }
@@ -753,6 +815,7 @@ impl LiveJobs {
         let key = HoldKey::of(job).expect("a job that holds has a run");
         if let Some(noted) = self.holding.remove(&key) {
             self.clocked.file(id, &noted, false);
+            self.holder_log.note(key, &noted, false);
         }
         self.stamps.renew(job.team_id);
         let job = &self.map[&id];

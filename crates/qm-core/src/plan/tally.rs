@@ -10,21 +10,28 @@
 //! which needs the runs one by one from the start) adds the teams' tallies instead of
 //! walking every run. Jobs waiting on holds count inside their team's guarantee before
 //! (a reclaim's) or among (a priority preemption's) its runs, so a team with such jobs is
-//! tallied from them (its `Seed`, part of what the tally is read again for). A team's tally is made by walking that team's runs, and
-//! is kept with the state's derived data (`Derived::tallies`), stamped with the team's
-//! `Stamps` and the time until which nothing in it can change by the clock alone (a time
-//! limit reached, a checkpointing run's minimum run time passed, a checkpoint's cheap
-//! window opening or closing; a run without checkpoints that comes of age, may be taken
-//! from then on, adds what it adds then as a `Flip` that the plans after that time read). A later plan reads it again while the stamp, the policy and the time allow;
-//! a team whose holders changed is walked again. The runs are listed, the way the full
+//! tallied from them (its `Seed`, part of what the tally is read again for).
+//!
+//! A team's tally is made by walking that team's runs, and is kept with the state's
+//! derived data (`Derived::tallies`), stamped with the team's `Stamps` and the time until
+//! which nothing in it can change by the clock alone (a time limit reached, a
+//! checkpointing run's minimum run time passed, a checkpoint's cheap window opening or
+//! closing; a run without checkpoints that comes of age, and may be taken from then on,
+//! adds what it adds then as a `Flip` that the plans after that time read). A later plan
+//! reads it again while the stamp, the policy and the time allow. A team whose holders
+//! changed has its tally brought up to date from the state's log of the notes that
+//! entered and left (`HolderLog`) where the changes allow it (`update`: runs that leave
+//! are taken out, runs that enter after every run counted are counted on, as the walk
+//! would), and is walked again where they do not. The runs are listed, the way the full
 //! scan lists them, the first time a step asks for them (`Planner::ensure_runs`).
 //!
-//! Debug builds (every test) check every plan's sums against the full scan's.
+//! Debug builds (every test) check every plan's sums against the full scan's, and every
+//! tally brought up to date against a walk of the team's runs.
 
 use std::sync::Mutex;
 
 use crate::model::{JobId, PolicyKind, Secs};
-use crate::state::{Admission, HoldKey};
+use crate::state::{Admission, HoldKey, Holder};
 
 use super::planner::Planner;
 use super::reserve::Release;
@@ -53,6 +60,7 @@ type Seed = (Vec<u64>, Vec<(JobId, usize, u64)>);
 /// again whenever one of them comes of age.
 #[derive(Clone, Debug, PartialEq)]
 struct Flip {
+    job: JobId,
     at_s: Secs,
     model: usize,
     touched: u64,
@@ -68,6 +76,8 @@ pub(crate) struct Tally {
     policy: PolicyKind,
     from_s: Secs,
     until_s: Secs,
+    /// How far into the state's `HolderLog` it is up to date.
+    log_pos: u64,
     /// The planner's index of the team.
     team: Option<usize>,
     /// What the team's count inside its guarantee started from: the milli-GPUs of the jobs
@@ -102,6 +112,49 @@ pub(crate) struct Tally {
     /// What each task gives back and when (by its time limit: the nodes' drain times), in
     /// the order the timeline lists the runs (`Planner::releases`).
     releases: Vec<Release>,
+    /// The runs counted, in the walk's order (`Entry`).
+    entries: Vec<Entry>,
+}
+
+/// One run as its team's tally counted it, in the walk's order: what taking it out again
+/// needs (`Planner::update`).
+#[derive(Clone, Debug, PartialEq)]
+struct Entry {
+    key: HoldKey,
+    /// Counted inside the guarantee.
+    guaranteed: bool,
+    /// Its releases, in the tally's list.
+    releases: u32,
+    /// Counted in what reclaim could free, in the cheap surplus, in the lowest priority.
+    victim: bool,
+    surplus: bool,
+    low: Option<i32>,
+}
+
+impl Tally {
+    /// Debug builds: whether it sums what `other` sums (the times it holds for apart).
+    fn same_sums(&self, other: &Tally) -> bool {
+        let sorted = |t: &Tally| {
+            let mut over = t.over.clone();
+            over.sort_unstable();
+            over
+        };
+        self.team == other.team
+            && self.held == other.held
+            && self.cpu == other.cpu
+            && self.used == other.used
+            && self.latest_start_s == other.latest_start_s
+            && self.victims == other.victims
+            && self.surplus == other.surplus
+            && self.lowest == other.lowest
+            && sorted(self) == sorted(other)
+            && self.idle == other.idle
+            && self.releases == other.releases
+            && self.entries == other.entries
+            && self.set_aside == other.set_aside
+            && self.flips.len() == other.flips.len()
+            && self.flips.iter().all(|f| other.flips.contains(f))
+    }
 }
 
 impl<'a> Planner<'a> {
@@ -154,7 +207,22 @@ impl<'a> Planner<'a> {
                     && t.seed == seed
             });
             if !fresh {
-                let tally = self.tally(id, stamp, seed);
+                let updated = kept
+                    .remove(&id)
+                    .and_then(|old| self.update(old, id, stamp, &seed));
+                let tally = match updated {
+                    Some(updated) => {
+                        if cfg!(debug_assertions) {
+                            let walked = self.tally(id, stamp, seed);
+                            assert!(
+                                updated.same_sums(&walked),
+                                "a tally brought up to date is the walk's: {updated:?} against {walked:?}"
+                            );
+                        }
+                        updated
+                    }
+                    None => self.tally(id, stamp, seed),
+                };
                 kept.insert(id, tally);
             }
             if kept[&id].idle {
@@ -263,14 +331,14 @@ impl<'a> Planner<'a> {
     /// its count inside the guarantee starting from `seed`.
     fn tally(&self, id: u32, stamp: u64, seed: Seed) -> Tally {
         let state = self.state;
-        let now = self.now;
         let models = self.models.len();
         let team = self.team_of_id(id);
         let mut t = Tally {
             stamp,
             policy: self.policy,
-            from_s: now,
+            from_s: self.now,
             until_s: Secs::MAX,
+            log_pos: state.jobs.holder_log.end(),
             team,
             held: vec![0; models],
             cpu: 0,
@@ -287,77 +355,104 @@ impl<'a> Planner<'a> {
             over: Vec::new(),
             idle: false,
             releases: Vec::new(),
+            entries: Vec::new(),
             seed,
         };
         // The jobs waiting on a priority preemption's hold, until counted.
         let mut waiting = Some(std::mem::take(&mut t.seed.1)).filter(|w| !w.is_empty());
-        let default = self.policy == PolicyKind::Default;
         let end = id.checked_add(1).map(HoldKey::first_of);
         let block = match end {
             Some(end) => state.jobs.holding.range(HoldKey::first_of(id)..end),
             None => state.jobs.holding.range(HoldKey::first_of(id)..),
         };
         for (key, note) in block {
-            let Some(n) = note.first.and_then(|(node, ..)| self.view.dense(node)) else {
-                continue;
-            };
-            let model = self.model_at(n);
-            let milli = note.milli;
-            if let Some(tm) = team.filter(|_| key.leaving || key.admission == Admission::Borrowed) {
-                if let Some(held) = waiting.take() {
-                    self.count_waiting_into(tm, &held, &mut t.used, &mut t.set_aside);
-                    t.seed.1 = held;
+            self.add_note(&mut t, key, note, &mut waiting);
+        }
+        if let (Some(tm), Some(held)) = (team, waiting) {
+            self.count_waiting_into(tm, &held, &mut t.used, &mut t.set_aside);
+            t.seed.1 = held;
+        }
+        t
+    }
+
+    /// Counts one run into its team's tally, after those before it in the walk's order.
+    fn add_note(
+        &self,
+        t: &mut Tally,
+        key: &HoldKey,
+        note: &Holder,
+        waiting: &mut Option<Vec<(JobId, usize, u64)>>,
+    ) {
+        let now = self.now;
+        let team = t.team;
+        let default = self.policy == PolicyKind::Default;
+        let Some(n) = note.first.and_then(|(node, ..)| self.view.dense(node)) else {
+            return;
+        };
+        let model = self.model_at(n);
+        let milli = note.milli;
+        if let Some(tm) = team.filter(|_| key.leaving || key.admission == Admission::Borrowed) {
+            if let Some(held) = waiting.take() {
+                self.count_waiting_into(tm, &held, &mut t.used, &mut t.set_aside);
+                t.seed.1 = held;
+            }
+        }
+        if team.is_some() {
+            t.held[model] += milli;
+            t.cpu += note.cpu_milli * u64::from(note.tasks);
+        }
+        if note.idle_since_s.is_some() {
+            t.idle = true;
+        }
+        let stopping = note.stop.is_some();
+        let elapsed = now.saturating_sub(note.started_s);
+        let over = super::running::past_limit(note, now);
+        if !stopping {
+            if let Some(limit) = note.time_limit_s {
+                if over {
+                    t.over.push(key.id);
+                } else {
+                    t.until_s = t.until_s.min(note.started_s.saturating_add(limit));
                 }
             }
-            if team.is_some() {
-                t.held[model] += milli;
-                t.cpu += note.cpu_milli * u64::from(note.tasks);
+        }
+        let stopped = stopping || over;
+        let takable = note.preemptible && elapsed >= note.min_run_s;
+        let of_age = note.started_s.saturating_add(note.min_run_s);
+        let checkpoints = note.checkpoint_every_s.is_some_and(|e| e > 0);
+        if note.preemptible && !takable && checkpoints {
+            t.until_s = t.until_s.min(of_age);
+        }
+        let before = t.releases.len();
+        self.run_releases(key.id, note, |r| t.releases.push(r));
+        let mut entry = Entry {
+            key: *key,
+            guaranteed: false,
+            releases: (t.releases.len() - before) as u32,
+            victim: false,
+            surplus: false,
+            low: None,
+        };
+        // Its admission under the current quotas (`classify`).
+        if let Some(tm) = team {
+            let pool = self.teams.pool_of_model[tm][model];
+            if !default
+                || (milli > 0 && t.used[pool] + milli <= self.teams.pools[tm][pool].guaranteed)
+            {
+                t.used[pool] += milli;
+                t.latest_start_s = t.latest_start_s.max(note.started_s);
+                entry.guaranteed = true;
             }
-            if note.idle_since_s.is_some() {
-                t.idle = true;
-            }
-            let stopping = note.stop.is_some();
-            let elapsed = now.saturating_sub(note.started_s);
-            let over = super::running::past_limit(note, now);
-            if !stopping {
-                if let Some(limit) = note.time_limit_s {
-                    if over {
-                        t.over.push(key.id);
-                    } else {
-                        t.until_s = t.until_s.min(note.started_s.saturating_add(limit));
-                    }
-                }
-            }
-            let stopped = stopping || over;
-            let takable = note.preemptible && elapsed >= note.min_run_s;
-            let of_age = note.started_s.saturating_add(note.min_run_s);
-            let checkpoints = note.checkpoint_every_s.is_some_and(|e| e > 0);
-            if note.preemptible && !takable && checkpoints {
-                t.until_s = t.until_s.min(of_age);
-            }
-            self.run_releases(key.id, note, |r| t.releases.push(r));
-            // Its admission under the current quotas (`classify`, without holds).
-            let mode = match team {
-                None => Admission::Borrowed,
-                Some(tm) => {
-                    let pool = self.teams.pool_of_model[tm][model];
-                    if !default
-                        || (milli > 0
-                            && t.used[pool] + milli <= self.teams.pools[tm][pool].guaranteed)
-                    {
-                        t.used[pool] += milli;
-                        t.latest_start_s = t.latest_start_s.max(note.started_s);
-                        Admission::Guaranteed
-                    } else {
-                        Admission::Borrowed
-                    }
-                }
-            };
-            if !default || stopped {
-                continue;
-            }
+        }
+        let mode = if entry.guaranteed {
+            Admission::Guaranteed
+        } else {
+            Admission::Borrowed
+        };
+        if default && !stopped {
             if note.preemptible && !takable && !checkpoints {
                 t.flips.push(Flip {
+                    job: key.id,
                     at_s: of_age,
                     model,
                     touched: if mode == Admission::Borrowed {
@@ -370,30 +465,141 @@ impl<'a> Planner<'a> {
             }
             if mode == Admission::Borrowed && takable {
                 t.victims[model] += note.touched;
+                entry.victim = true;
             }
             if takable {
                 t.lowest = Some(t.lowest.map_or(note.priority, |l| l.min(note.priority)));
+                entry.low = Some(note.priority);
             }
-            if !(takable && mode == Admission::Guaranteed && team.is_some()) {
-                continue;
-            }
-            if let Some(every) = note.checkpoint_every_s.filter(|&e| e > 0) {
-                let into = elapsed % every;
-                if into <= SURPLUS_MAX_LOSS_S {
-                    t.surplus[model] += milli;
-                    if every > SURPLUS_MAX_LOSS_S + 1 {
-                        t.until_s = t.until_s.min(now + (SURPLUS_MAX_LOSS_S + 1 - into));
+            if takable && mode == Admission::Guaranteed && team.is_some() {
+                if let Some(every) = note.checkpoint_every_s.filter(|&e| e > 0) {
+                    let into = elapsed % every;
+                    if into <= SURPLUS_MAX_LOSS_S {
+                        t.surplus[model] += milli;
+                        entry.surplus = true;
+                        if every > SURPLUS_MAX_LOSS_S + 1 {
+                            t.until_s = t.until_s.min(now + (SURPLUS_MAX_LOSS_S + 1 - into));
+                        }
+                    } else {
+                        t.until_s = t.until_s.min(now + (every - into));
                     }
-                } else {
-                    t.until_s = t.until_s.min(now + (every - into));
                 }
             }
         }
-        if let (Some(tm), Some(held)) = (team, waiting) {
-            self.count_waiting_into(tm, &held, &mut t.used, &mut t.set_aside);
-            t.seed.1 = held;
+        t.entries.push(entry);
+    }
+
+    /// Team `id`'s tally `old` brought up to date with the changes of its holders since it
+    /// was made, where they allow it without walking the team's runs again; `None`
+    /// where they do not: a team with jobs waiting on holds; a tally whose time has run
+    /// out; a run entering anywhere but after every run counted (a start comes last among
+    /// its team's runs where it counts as borrowed, or where no run counts as borrowed); a
+    /// run leaving that counted inside the guarantee before one that did not (the later
+    /// one might now count inside); an idle run leaving; the log not reaching back.
+    fn update(&self, mut old: Tally, id: u32, stamp: u64, seed: &Seed) -> Option<Tally> {
+        let now = self.now;
+        let unseeded = seed.1.is_empty() && seed.0.iter().all(|&u| u == 0);
+        if old.policy != self.policy
+            || !unseeded
+            || old.seed != *seed
+            || now < old.from_s
+            || now >= old.until_s
+            || old.team != self.team_of_id(id)
+        {
+            return None;
         }
-        t
+        // The runs come of age since count as the walk now counts them.
+        let (due, young): (Vec<Flip>, Vec<Flip>) = old.flips.drain(..).partition(|f| f.at_s <= now);
+        old.flips = young;
+        for f in due {
+            old.victims[f.model] += f.touched;
+            old.lowest = Some(old.lowest.map_or(f.priority, |l| l.min(f.priority)));
+            let e = old.entries.iter_mut().find(|e| e.key.id == f.job)?;
+            e.victim = !e.guaranteed;
+            e.low = Some(f.priority);
+        }
+        let log = &self.state.jobs.holder_log;
+        // Each place's note before the changes (`None`: none there) and after them.
+        let mut net: std::collections::BTreeMap<HoldKey, (Option<&Holder>, Option<&Holder>)> =
+            std::collections::BTreeMap::new();
+        for change in log.since(old.log_pos)?.filter(|c| c.key.team_id == id) {
+            let now_there = change.entered.then_some(&change.note);
+            net.entry(change.key)
+                .and_modify(|e| e.1 = now_there)
+                .or_insert(((!change.entered).then_some(&change.note), now_there));
+        }
+        // A gang's note shows its first task only: one that left and came back with the
+        // same note may hold other GPUs now.
+        let same = |b: &Holder, a: &Holder| a == b && b.tasks <= 1;
+        let left = net
+            .iter()
+            .filter_map(|(k, (before, after))| match (before, after) {
+                (Some(b), a) if a.is_none_or(|a| !same(b, a)) => Some((k, *b)),
+                _ => None,
+            });
+        let left: Vec<(&HoldKey, &Holder)> = left.collect();
+        for (key, note) in left {
+            let dense = note.first.and_then(|(node, ..)| self.view.dense(node));
+            let found = old.entries.binary_search_by_key(key, |e| e.key);
+            let (Some(n), Ok(i)) = (dense, found) else {
+                if dense.is_none() && found.is_err() {
+                    continue; // Never counted.
+                }
+                return None;
+            };
+            let e = old.entries[i].clone();
+            if note.idle_since_s.is_some()
+                || (e.guaranteed && old.entries[i + 1..].iter().any(|x| !x.guaranteed))
+            {
+                return None;
+            }
+            let model = self.model_at(n);
+            if let Some(tm) = old.team {
+                old.held[model] -= note.milli;
+                old.cpu -= note.cpu_milli * u64::from(note.tasks);
+                if e.guaranteed {
+                    old.used[self.teams.pool_of_model[tm][model]] -= note.milli;
+                }
+            }
+            old.over.retain(|&j| j != key.id);
+            old.flips.retain(|f| f.job != key.id);
+            let from: usize = old.entries[..i].iter().map(|x| x.releases as usize).sum();
+            old.releases.drain(from..from + e.releases as usize);
+            if e.victim {
+                old.victims[model] -= note.touched;
+            }
+            if e.surplus {
+                old.surplus[model] -= note.milli;
+            }
+            old.entries.remove(i);
+            if e.guaranteed {
+                old.latest_start_s = old
+                    .entries
+                    .iter()
+                    .filter(|x| x.guaranteed)
+                    .map(|x| x.key.started_s)
+                    .max()
+                    .unwrap_or(0);
+            }
+            if e.low.is_some() {
+                old.lowest = old.entries.iter().filter_map(|x| x.low).min();
+            }
+        }
+        // Then the runs that entered, after every run counted.
+        let mut none = None;
+        for (key, (before, after)) in &net {
+            let Some(note) = after.filter(|a| before.is_none_or(|b| !same(b, a))) else {
+                continue;
+            };
+            if old.entries.last().is_some_and(|e| e.key >= *key) {
+                return None;
+            }
+            self.add_note(&mut old, key, note, &mut none);
+        }
+        old.stamp = stamp;
+        old.from_s = now;
+        old.log_pos = log.end();
+        Some(old)
     }
 
     /// `count_waiting` into a tally: team `t`'s jobs waiting on a priority preemption's
