@@ -257,44 +257,54 @@ pub struct ClusterState {
     pub(crate) node_log: NodeLog,
 }
 
-/// The nodes whose usage or state changed (a start, a release, a state change), in the
-/// order of the changes, the oldest dropped once there are many: a reader that has seen
-/// the log up to some position reads the nodes changed since, or learns that the log no
-/// longer reaches back that far. Not part of the state's value.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct NodeLog {
+/// Changes in the order they were made, the oldest dropped once there are more than
+/// `KEPT`: a reader that has seen the log up to some position reads the changes since, or
+/// learns that the log no longer reaches back that far. Not part of the state's value.
+#[derive(Clone, Debug)]
+pub(crate) struct Log<T, const KEPT: usize> {
     /// Position of the first change kept.
     start: u64,
-    changed: std::collections::VecDeque<NodeId>,
+    changes: std::collections::VecDeque<T>,
 }
 
-impl NodeLog {
-    /// Changes kept at most; a reader further behind starts anew.
-    const KEPT: usize = 16_384;
+/// The nodes whose usage or state changed (a start, a release, a state change), in the
+/// order of the changes: the free capacity a plan starts from is brought up to date from
+/// them (`plan/view.rs`, `Capacity`).
+pub(crate) type NodeLog = Log<NodeId, 16_384>;
 
-    fn note(&mut self, node: NodeId) {
-        if self.changed.len() == Self::KEPT {
-            self.changed.drain(..Self::KEPT / 2);
-            self.start += (Self::KEPT / 2) as u64;
+impl<T, const KEPT: usize> Default for Log<T, KEPT> {
+    fn default() -> Self {
+        Log {
+            start: 0,
+            changes: std::collections::VecDeque::new(),
         }
-        self.changed.push_back(node);
+    }
+}
+
+impl<T, const KEPT: usize> Log<T, KEPT> {
+    pub(crate) fn note(&mut self, change: T) {
+        if self.changes.len() == KEPT {
+            self.changes.drain(..KEPT / 2);
+            self.start += (KEPT / 2) as u64;
+        }
+        self.changes.push_back(change);
     }
 
     /// The position after the latest change.
     pub(crate) fn end(&self) -> u64 {
-        self.start + self.changed.len() as u64
+        self.start + self.changes.len() as u64
     }
 
-    /// The nodes changed from position `seen` on; `None` where the log no longer reaches
-    /// back that far.
-    pub(crate) fn since(&self, seen: u64) -> Option<impl Iterator<Item = &NodeId>> {
+    /// The changes from position `seen` on; `None` where the log no longer reaches back
+    /// that far.
+    pub(crate) fn since(&self, seen: u64) -> Option<impl Iterator<Item = &T>> {
         let from = usize::try_from(seen.checked_sub(self.start)?).ok()?;
-        (from <= self.changed.len()).then(|| self.changed.range(from..))
+        (from <= self.changes.len()).then(|| self.changes.range(from..))
     }
 }
 
-impl PartialEq for NodeLog {
-    fn eq(&self, _: &NodeLog) -> bool {
+impl<T, const KEPT: usize> PartialEq for Log<T, KEPT> {
+    fn eq(&self, _: &Self) -> bool {
         true
     }
 }
@@ -421,16 +431,11 @@ impl Clocked {
 }
 
 /// The holders' notes as they entered (a start, a renewed note) and left (an exit, a
-/// renewed note's old version), in order, the oldest dropped once there are many: a team's
-/// tally of its runs (`plan/tally.rs`) is brought up to date from the changes since it was
-/// made, where they allow, instead of walking all the team's runs again. Not part of the
-/// state's value.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct HolderLog {
-    /// Position of the first change kept.
-    start: u64,
-    changes: std::collections::VecDeque<HolderChange>,
-}
+/// renewed note's old version), in order: a team's tally of its runs (`plan/tally.rs`) is
+/// brought up to date from the changes since it was made, where they allow, instead of
+/// walking all the team's runs again. A reader further behind than the changes kept walks
+/// the holders anew.
+pub(crate) type HolderLog = Log<HolderChange, 4_096>;
 
 /// One note that entered (`entered`) or left the holders, at its place.
 #[derive(Clone, Debug)]
@@ -440,38 +445,13 @@ pub(crate) struct HolderChange {
     pub(crate) entered: bool,
 }
 
-impl HolderLog {
-    /// Changes kept at most; a reader further behind walks the holders anew.
-    const KEPT: usize = 4_096;
-
-    fn note(&mut self, key: HoldKey, note: &Holder, entered: bool) {
-        if self.changes.len() == Self::KEPT {
-            self.changes.drain(..Self::KEPT / 2);
-            self.start += (Self::KEPT / 2) as u64;
-        }
-        self.changes.push_back(HolderChange {
+impl HolderChange {
+    fn of(key: HoldKey, note: &Holder, entered: bool) -> HolderChange {
+        HolderChange {
             key,
             note: note.clone(),
             entered,
-        });
-    }
-
-    /// The position after the latest change.
-    pub(crate) fn end(&self) -> u64 {
-        self.start + self.changes.len() as u64
-    }
-
-    /// The changes from position `seen` on; `None` where the log no longer reaches back
-    /// that far.
-    pub(crate) fn since(&self, seen: u64) -> Option<impl Iterator<Item = &HolderChange>> {
-        let from = usize::try_from(seen.checked_sub(self.start)?).ok()?;
-        (from <= self.changes.len()).then(|| self.changes.range(from..))
-    }
-}
-
-impl PartialEq for HolderLog {
-    fn eq(&self, _: &HolderLog) -> bool {
-        true
+        }
     }
 }
 
@@ -758,7 +738,7 @@ impl LiveJobs {
         let key = HoldKey::of(job).expect("a job that holds has a run");
         let note = Holder::of(job).expect("a job that holds has a run");
         self.clocked.file(id, &note, true);
-        self.holder_log.note(key, &note, true);
+        self.holder_log.note(HolderChange::of(key, &note, true));
         self.holding.insert(key, note);
         self.stamps.renew(job.team_id);
         if let Some(a) = job.spec.array.filter(|a| a.max_running.is_some()) {
@@ -790,16 +770,17 @@ impl LiveJobs {
             if *noted != note {
                 self.clocked.file(id, noted, false);
                 self.clocked.file(id, &note, true);
-                self.holder_log.note(key, noted, false);
-                self.holder_log.note(key, &note, true);
+                self.holder_log.note(HolderChange::of(key, noted, false));
+                self.holder_log.note(HolderChange::of(key, &note, true));
                 *noted = note;
                 self.stamps.renew(key.team_id);
             }
         } else if let Some(noted) = self.holding.remove(&key.flipped()) {
             self.clocked.file(id, &noted, false);
             self.clocked.file(id, &note, true);
-            self.holder_log.note(key.flipped(), &noted, false);
-            self.holder_log.note(key, &note, true);
+            self.holder_log
+                .note(HolderChange::of(key.flipped(), &noted, false));
+            self.holder_log.note(HolderChange::of(key, &note, true));
             self.holding.insert(key, note);
             self.stamps.renew(key.team_id);
         }
@@ -815,7 +796,7 @@ impl LiveJobs {
         let key = HoldKey::of(job).expect("a job that holds has a run");
         if let Some(noted) = self.holding.remove(&key) {
             self.clocked.file(id, &noted, false);
-            self.holder_log.note(key, &noted, false);
+            self.holder_log.note(HolderChange::of(key, &noted, false));
         }
         self.stamps.renew(job.team_id);
         let job = &self.map[&id];
