@@ -408,7 +408,14 @@ impl<'a> Planner<'a> {
             }
             self.acct.guaranteed_used[t] = used;
         }
-        // Teams with waiting jobs and no runs.
+        self.count_waiting_without_runs(waiting);
+    }
+
+    /// Counts the jobs waiting on a priority preemption's hold of teams with no runs.
+    pub(super) fn count_waiting_without_runs(
+        &mut self,
+        waiting: BTreeMap<usize, Vec<(JobId, usize, u64)>>,
+    ) {
         for (t, held) in waiting {
             let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
             self.count_waiting(t, &held, &mut used);
@@ -470,11 +477,28 @@ impl<'a> Planner<'a> {
         held: &[(JobId, usize, u64)],
         used: &mut [u64],
     ) {
+        let mut aside = Vec::new();
+        self.count_waiting_into(t, held, used, &mut aside);
+        for (b, pool, milli) in aside {
+            self.acct.guarantee_set_aside.insert(b, (t, pool, milli));
+        }
+    }
+
+    /// `count_waiting` into a list: team `t`'s jobs waiting on a priority preemption's hold
+    /// counted inside its guarantee where they fit in `used`, listed in `set_aside` with
+    /// their pool and milli-GPUs.
+    pub(super) fn count_waiting_into(
+        &self,
+        t: usize,
+        held: &[(JobId, usize, u64)],
+        used: &mut [u64],
+        set_aside: &mut Vec<(JobId, usize, u64)>,
+    ) {
         for &(b, model, milli) in held {
             let pool = self.teams.pool_of_model[t][model];
             if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {
                 used[pool] += milli;
-                self.acct.guarantee_set_aside.insert(b, (t, pool, milli));
+                set_aside.push((b, pool, milli));
             }
         }
     }

@@ -273,12 +273,7 @@ impl<'a> Planner<'a> {
             }
             over.extend_from_slice(&tally.over);
         }
-        // Teams with jobs waiting on a priority preemption's hold and no runs.
-        for (t, held) in waiting {
-            let mut used = std::mem::take(&mut self.acct.guaranteed_used[t]);
-            self.count_waiting(t, &held, &mut used);
-            self.acct.guaranteed_used[t] = used;
-        }
+        self.count_waiting_without_runs(waiting);
         over.sort_unstable();
         self.out
             .stops
@@ -600,23 +595,5 @@ impl<'a> Planner<'a> {
         old.from_s = now;
         old.log_pos = log.end();
         Some(old)
-    }
-
-    /// `count_waiting` into a tally: team `t`'s jobs waiting on a priority preemption's
-    /// hold counted inside its guarantee where they fit in `used`, listed in `set_aside`.
-    fn count_waiting_into(
-        &self,
-        t: usize,
-        held: &[(JobId, usize, u64)],
-        used: &mut [u64],
-        set_aside: &mut Vec<(JobId, usize, u64)>,
-    ) {
-        for &(b, model, milli) in held {
-            let pool = self.teams.pool_of_model[t][model];
-            if used[pool] + milli <= self.teams.pools[t][pool].guaranteed {
-                used[pool] += milli;
-                set_aside.push((b, pool, milli));
-            }
-        }
     }
 }
